@@ -1,0 +1,324 @@
+//! The CPU assignment microkernel: distance and argmin fused, no `n × k`
+//! matrix in memory.
+//!
+//! Scores are `‖c‖² − 2·x·c` (the `‖x‖²` term does not change the argmin), so
+//! the inner loop is a register-blocked matrix product: a tile of [`ROWS`]
+//! rows against a panel of `V × LANES` centroids, stored transposed
+//! (`[d][V][LANES]`) so that every step is one broadcast and `V` vector FMAs
+//! per row. The best and second-best scores are tracked per lane and reduced
+//! across lanes once per row. The winner's distance is then recomputed exactly
+//! as `Σ (x − c)²`, so reported distances do not suffer the expansion's
+//! cancellation.
+
+use ndarray::ArrayView2;
+
+use super::simd::{self, F32x16};
+
+pub const LANES: usize = 16;
+pub const ROWS: usize = 4;
+
+/// Centroids packed into panels for the microkernel.
+pub struct PackedCentroids<'c> {
+    pub centroids: ArrayView2<'c, f32>,
+    /// Vectors per panel: 1, 2 or 4 (a panel holds `v × 16` centroids).
+    v: usize,
+    n_panels: usize,
+    /// `n_panels × d × v` vectors of LANES values; padding centroids are 0.
+    panels: Vec<[f32; LANES]>,
+    /// `n_panels × v` vectors of ‖c‖²; padding is +∞ so it never wins.
+    norms: Vec<[f32; LANES]>,
+}
+
+impl<'c> PackedCentroids<'c> {
+    pub fn new(centroids: ArrayView2<'c, f32>) -> Self {
+        let (k, d) = centroids.dim();
+        let v = match k {
+            0..=16 => 1,
+            17..=32 => 2,
+            _ => 4,
+        };
+        let width = v * LANES;
+        let n_panels = k.div_ceil(width);
+        let mut panels = vec![[0.0; LANES]; n_panels * d * v];
+        let mut norms = vec![[f32::INFINITY; LANES]; n_panels * v];
+        for (c, row) in centroids.rows().into_iter().enumerate() {
+            let (p, slot) = (c / width, c % width);
+            let (vi, lane) = (slot / LANES, slot % LANES);
+            for (j, &value) in row.iter().enumerate() {
+                panels[(p * d + j) * v + vi][lane] = value;
+            }
+            norms[p * v + vi][lane] = row.iter().map(|&x| x * x).sum();
+        }
+        Self {
+            centroids,
+            v,
+            n_panels,
+            panels,
+            norms,
+        }
+    }
+
+    pub fn k(&self) -> usize {
+        self.centroids.nrows()
+    }
+}
+
+/// Nearest and second-nearest centroid of one row.
+#[derive(Debug, Clone, Copy)]
+struct Nearest {
+    pub label: u32,
+    pub second: u32,
+}
+
+/// Per-cluster f64 partial sums of one block of rows.
+#[derive(Clone)]
+pub struct Partial {
+    /// `k × d`, row-major.
+    pub sums: Vec<f64>,
+    pub weights: Vec<f64>,
+    pub inertia: f64,
+}
+
+impl Partial {
+    pub fn zeros(k: usize, d: usize) -> Self {
+        Self {
+            sums: vec![0.0; k * d],
+            weights: vec![0.0; k],
+            inertia: 0.0,
+        }
+    }
+
+    /// Adds `other` element-wise (callers add blocks in a fixed order, so the
+    /// result is the same bits on every run).
+    pub fn add(&mut self, other: &Partial) {
+        self.sums.iter_mut().zip(&other.sums).for_each(|(a, b)| *a += b);
+        self.weights.iter_mut().zip(&other.weights).for_each(|(a, b)| *a += b);
+        self.inertia += other.inertia;
+    }
+}
+
+/// Where one block's results go. `second` and `partial` are optional: the
+/// Lloyd step skips the second distance, prediction skips the sums.
+pub struct BlockOut<'o> {
+    pub labels: &'o mut [u32],
+    pub distances: &'o mut [f32],
+    pub second: Option<&'o mut [f32]>,
+    pub partial: Option<&'o mut Partial>,
+}
+
+/// Assigns the rows of `x` (`m × d`, contiguous row-major) and fills `out`.
+pub fn assign_block(x: &[f32], weights: Option<&[f32]>, pc: &PackedCentroids, out: BlockOut) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { assign_block_avx512(x, weights, pc, out) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above.
+            return unsafe { assign_block_avx2(x, weights, pc, out) };
+        }
+    }
+    assign_block_impl::<simd::Portable>(x, weights, pc, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn assign_block_avx512(x: &[f32], w: Option<&[f32]>, pc: &PackedCentroids, out: BlockOut) {
+    assign_block_impl::<simd::Avx512>(x, w, pc, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn assign_block_avx2(x: &[f32], w: Option<&[f32]>, pc: &PackedCentroids, out: BlockOut) {
+    assign_block_impl::<simd::Avx2>(x, w, pc, out)
+}
+
+#[inline(always)]
+fn assign_block_impl<S: F32x16>(
+    x: &[f32],
+    weights: Option<&[f32]>,
+    pc: &PackedCentroids,
+    mut out: BlockOut,
+) {
+    let d = pc.centroids.ncols();
+    let k = pc.k();
+    let m = x.len() / d;
+    let centroids = pc
+        .centroids
+        .as_slice()
+        .expect("packed centroids are standard-layout");
+    let mut padded = vec![0.0f32; ROWS * d];
+    let mut nearest = [Nearest {
+        label: 0,
+        second: 0,
+    }; ROWS];
+    for t in (0..m).step_by(ROWS) {
+        let rows = ROWS.min(m - t);
+        let tile = if rows == ROWS {
+            &x[t * d..(t + ROWS) * d]
+        } else {
+            padded[..rows * d].copy_from_slice(&x[t * d..(t + rows) * d]);
+            &padded[..]
+        };
+        // SAFETY: the caller was compiled with S's CPU features; the tile
+        // holds ROWS × d values and the panels match `pc`'s shape.
+        unsafe {
+            match (pc.v, out.second.is_some()) {
+                (1, false) => nearest_tile::<S, 1, false>(tile, pc, &mut nearest),
+                (2, false) => nearest_tile::<S, 2, false>(tile, pc, &mut nearest),
+                (_, false) => nearest_tile::<S, 4, false>(tile, pc, &mut nearest),
+                (1, true) => nearest_tile::<S, 1, true>(tile, pc, &mut nearest),
+                (2, true) => nearest_tile::<S, 2, true>(tile, pc, &mut nearest),
+                (_, true) => nearest_tile::<S, 4, true>(tile, pc, &mut nearest),
+            }
+        }
+        for (r, near) in nearest.iter().enumerate().take(rows) {
+            let i = t + r;
+            let row = &x[i * d..(i + 1) * d];
+            let label = near.label as usize;
+            let dist = squared_distance(row, &centroids[label * d..(label + 1) * d]);
+            out.labels[i] = near.label;
+            out.distances[i] = dist;
+            if let Some(second) = out.second.as_deref_mut() {
+                let s = near.second as usize;
+                second[i] = if k > 1 {
+                    squared_distance(row, &centroids[s * d..(s + 1) * d])
+                } else {
+                    f32::INFINITY
+                };
+            }
+            if let Some(p) = out.partial.as_deref_mut() {
+                let w = weights.map_or(1.0, |w| w[i]) as f64;
+                let sums = &mut p.sums[label * d..(label + 1) * d];
+                if w == 1.0 {
+                    sums.iter_mut().zip(row).for_each(|(s, &v)| *s += v as f64);
+                } else {
+                    sums.iter_mut().zip(row).for_each(|(s, &v)| *s += w * v as f64);
+                }
+                p.weights[label] += w;
+                p.inertia += w * dist as f64;
+            }
+        }
+    }
+}
+
+/// Per-lane running best and second-best scores of one row. Centroid
+/// indices are carried as f32 (exact below 2²⁴) so one vector type serves.
+#[derive(Clone, Copy)]
+struct LaneBest<S: F32x16> {
+    best: S,
+    best_idx: S,
+    second: S,
+    second_idx: S,
+}
+
+impl<S: F32x16> LaneBest<S> {
+    #[inline(always)]
+    unsafe fn empty() -> Self {
+        Self {
+            best: S::splat(f32::INFINITY),
+            best_idx: S::splat(0.0),
+            second: S::splat(f32::INFINITY),
+            second_idx: S::splat(0.0),
+        }
+    }
+
+    /// Offers `scores` for the centroids `idx` (one per lane). Strict `<`
+    /// keeps the lower index on ties, as a sequential scan would. Without
+    /// `SECOND` only the best is tracked (the Lloyd step needs no more).
+    #[inline(always)]
+    unsafe fn update<const SECOND: bool>(&mut self, scores: S, idx: S) {
+        let better = S::lt(scores, self.best);
+        if SECOND {
+            let better_second = S::lt(scores, self.second);
+            let demoted = S::select(better_second, scores, self.second);
+            self.second = S::select(better, self.best, demoted);
+            let demoted_idx = S::select(better_second, idx, self.second_idx);
+            self.second_idx = S::select(better, self.best_idx, demoted_idx);
+        }
+        self.best_idx = S::select(better, idx, self.best_idx);
+        self.best = S::select(better, scores, self.best);
+    }
+
+    /// Reduces the lanes; ties go to the lower centroid index.
+    #[inline(always)]
+    unsafe fn finish<const SECOND: bool>(&self) -> Nearest {
+        let inf = S::splat(f32::INFINITY);
+        let best = self.best.reduce_min();
+        let label = S::select(S::eq(self.best, S::splat(best)), self.best_idx, inf).reduce_min();
+        if !SECOND {
+            return Nearest { label: label as u32, second: 0 };
+        }
+        // The runner-up is the best of every other lane and the second of the winner's lane.
+        let winner_lane = S::eq(self.best_idx, S::splat(label));
+        let others = S::select(winner_lane, self.second, self.best);
+        let others_idx = S::select(winner_lane, self.second_idx, self.best_idx);
+        let second = others.reduce_min();
+        let second_label = S::select(S::eq(others, S::splat(second)), others_idx, inf).reduce_min();
+        Nearest {
+            label: label as u32,
+            second: if second_label.is_finite() { second_label as u32 } else { 0 },
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn nearest_tile<S: F32x16, const V: usize, const SECOND: bool>(
+    tile: &[f32],
+    pc: &PackedCentroids,
+    out: &mut [Nearest; ROWS],
+) {
+    let d = pc.centroids.ncols();
+    assert!(tile.len() >= ROWS * d && pc.panels.len() >= pc.n_panels * d * V);
+    let lane_index: [f32; LANES] = std::array::from_fn(|l| l as f32);
+    let lane_index = S::load(lane_index.as_ptr());
+    let minus_two = S::splat(-2.0);
+    let mut lanes = [LaneBest::<S>::empty(); ROWS];
+    for p in 0..pc.n_panels {
+        let panel = pc.panels[p * d * V..].as_ptr() as *const f32;
+        let mut acc = [[S::splat(0.0); V]; ROWS];
+        for j in 0..d {
+            let mut c = [S::splat(0.0); V];
+            for (v, cv) in c.iter_mut().enumerate() {
+                *cv = S::load(panel.add((j * V + v) * LANES));
+            }
+            for r in 0..ROWS {
+                let xv = S::splat(*tile.get_unchecked(r * d + j));
+                for v in 0..V {
+                    acc[r][v] = S::fma(xv, c[v], acc[r][v]);
+                }
+            }
+        }
+        for v in 0..V {
+            let norms = S::load(pc.norms[p * V + v].as_ptr());
+            let first = S::splat(((p * V + v) * LANES) as f32);
+            let idx = S::fma(S::splat(1.0), lane_index, first);
+            for r in 0..ROWS {
+                // score = ‖c‖² − 2·x·c
+                lanes[r].update::<SECOND>(S::fma(minus_two, acc[r][v], norms), idx);
+            }
+        }
+    }
+    for r in 0..ROWS {
+        out[r] = lanes[r].finish::<SECOND>();
+    }
+}
+
+/// Exact squared Euclidean distance, `Σ (a − b)²` in f32, with eight partial
+/// sums so the loop vectorises.
+#[inline(always)]
+pub fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            let diff = x[l] - y[l];
+            acc[l] += diff * diff;
+        }
+    }
+    let tail: f32 = ar.iter().zip(br).map(|(x, y)| (x - y) * (x - y)).sum();
+    acc.iter().sum::<f32>() + tail
+}

@@ -1,0 +1,248 @@
+//! Native multi-threaded CPU kernels: the production fallback.
+//!
+//! Work is split into fixed-size blocks of rows processed in parallel by
+//! rayon; per-block f64 partials are then added in block order, so a fit gives
+//! the same bits on every run whatever the thread scheduling.
+
+mod kernel;
+mod simd;
+
+pub use kernel::squared_distance;
+
+use ndarray::{s, Array2, ArrayView1, ArrayView2, Axis, CowArray, Ix2};
+use rayon::prelude::*;
+
+use super::{
+    Assignment, Backend, BackendError, BackendInfo, BackendKind, ClusterSums, ColumnSums, Resident,
+};
+use kernel::{assign_block, BlockOut, PackedCentroids, Partial};
+
+/// The CPU backend. Uses rayon's global pool.
+#[derive(Debug, Default, Clone)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+impl Backend for CpuBackend {
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            backend: BackendKind::Cpu,
+            adapter: format!("cpu ({} threads)", rayon::current_num_threads()),
+        }
+    }
+
+    fn upload<'a>(
+        &'a self,
+        x: ArrayView2<'a, f32>,
+        weights: Option<ArrayView1<'a, f32>>,
+    ) -> Result<Box<dyn Resident + 'a>, BackendError> {
+        let n = x.nrows();
+        Ok(Box::new(CpuResident {
+            x: if x.is_standard_layout() {
+                CowArray::from(x)
+            } else {
+                CowArray::from(x.as_standard_layout().into_owned())
+            },
+            weights: weights.map(|w| w.to_vec()),
+            labels: vec![0; n],
+            distances: vec![0.0; n],
+            second: vec![f32::NAN; n],
+        }))
+    }
+}
+
+/// Rows per parallel block: at least 4096, and at most 256 blocks so that the
+/// per-block `k × d` partials stay small. Depends only on `n`: deterministic.
+fn block_rows(n: usize) -> usize {
+    n.div_ceil(256).max(4096)
+}
+
+struct CpuResident<'a> {
+    x: CowArray<'a, f32, Ix2>,
+    weights: Option<Vec<f32>>,
+    labels: Vec<u32>,
+    distances: Vec<f32>,
+    /// Valid after [`Resident::assign`]; the fused Lloyd step skips it.
+    second: Vec<f32>,
+}
+
+impl CpuResident<'_> {
+    /// Runs the kernel over every block; returns the per-block partials in
+    /// block order when `accumulate` is set.
+    fn run(&mut self, centroids: ArrayView2<f32>, accumulate: bool, second: bool) -> Vec<Partial> {
+        let (n, d, k) = (self.x.nrows(), self.x.ncols(), centroids.nrows());
+        let centroids = centroids.as_standard_layout();
+        let pc = PackedCentroids::new(centroids.view());
+        let rows = block_rows(n);
+        let x = self.x.as_slice().expect("standard layout");
+        let weights = self.weights.as_deref();
+        let second_chunks: Vec<Option<&mut [f32]>> = if second {
+            self.second.chunks_mut(rows).map(Some).collect()
+        } else {
+            (0..n.div_ceil(rows)).map(|_| None).collect()
+        };
+        self.labels
+            .par_chunks_mut(rows)
+            .zip(self.distances.par_chunks_mut(rows))
+            .zip(second_chunks)
+            .enumerate()
+            .map(|(b, ((labels, distances), second))| {
+                let start = b * rows;
+                let m = labels.len();
+                let mut partial = accumulate.then(|| Partial::zeros(k, d));
+                assign_block(
+                    &x[start * d..(start + m) * d],
+                    weights.map(|w| &w[start..start + m]),
+                    &pc,
+                    BlockOut {
+                        labels,
+                        distances,
+                        second,
+                        partial: partial.as_mut(),
+                    },
+                );
+                partial
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    fn weight(&self, i: usize) -> f64 {
+        self.weights.as_ref().map_or(1.0, |w| w[i] as f64)
+    }
+}
+
+impl Resident for CpuResident<'_> {
+    fn n_rows(&self) -> usize {
+        self.x.nrows()
+    }
+
+    fn n_cols(&self) -> usize {
+        self.x.ncols()
+    }
+
+    fn assign(&mut self, centroids: ArrayView2<f32>) -> Result<(), BackendError> {
+        self.run(centroids, false, true);
+        Ok(())
+    }
+
+    fn accumulate(&mut self, k: usize) -> Result<ClusterSums, BackendError> {
+        let d = self.x.ncols();
+        let mut total = Partial::zeros(k, d);
+        for (i, (row, &label)) in self.x.rows().into_iter().zip(&self.labels).enumerate() {
+            let w = self.weight(i);
+            let l = label as usize;
+            for (s, &v) in total.sums[l * d..(l + 1) * d].iter_mut().zip(row) {
+                *s += w * v as f64;
+            }
+            total.weights[l] += w;
+            total.inertia += w * self.distances[i] as f64;
+        }
+        Ok(into_sums(total, k, d))
+    }
+
+    /// Fused: the rows are summed while still in cache from the distance pass.
+    fn lloyd_step(&mut self, centroids: ArrayView2<f32>) -> Result<ClusterSums, BackendError> {
+        let (k, d) = centroids.dim();
+        let mut total = Partial::zeros(k, d);
+        for part in self.run(centroids, true, false) {
+            total.add(&part);
+        }
+        self.second.fill(f32::NAN);
+        Ok(into_sums(total, k, d))
+    }
+
+    fn assignment(&mut self) -> Result<Assignment, BackendError> {
+        Ok(Assignment {
+            labels: self.labels.clone(),
+            distances: self.distances.clone(),
+            second_distances: self.second.clone(),
+        })
+    }
+
+    fn column_sums(&mut self) -> Result<ColumnSums, BackendError> {
+        let d = self.x.ncols();
+        let pivot: Vec<f32> = self.x.row(0).to_vec();
+        let parts: Vec<(Vec<f64>, Vec<f64>)> = self
+            .x
+            .axis_chunks_iter(Axis(0), block_rows(self.x.nrows()))
+            .into_par_iter()
+            .map(|block| {
+                let (mut s, mut q) = (vec![0.0; d], vec![0.0; d]);
+                for row in block.rows() {
+                    for j in 0..d {
+                        let v = (row[j] - pivot[j]) as f64;
+                        s[j] += v;
+                        q[j] += v * v;
+                    }
+                }
+                (s, q)
+            })
+            .collect();
+        let (mut sum, mut sum_sq) = (vec![0.0; d], vec![0.0; d]);
+        for (s, q) in parts {
+            (0..d).for_each(|j| {
+                sum[j] += s[j];
+                sum_sq[j] += q[j];
+            });
+        }
+        Ok(ColumnSums {
+            n: self.x.nrows(),
+            pivot,
+            sum,
+            sum_sq,
+        })
+    }
+
+    fn gram(&mut self, mean: &[f32]) -> Result<Array2<f64>, BackendError> {
+        let d = self.x.ncols();
+        let mean = ArrayView1::from(mean);
+        let parts: Vec<Array2<f32>> = self
+            .x
+            .axis_chunks_iter(Axis(0), 4096)
+            .into_par_iter()
+            .map(|block| {
+                let centred = &block - &mean;
+                centred.t().dot(&centred)
+            })
+            .collect();
+        let mut total = Array2::<f64>::zeros((d, d));
+        for part in parts {
+            total.zip_mut_with(&part, |t, &p| *t += p as f64);
+        }
+        Ok(total)
+    }
+
+    fn project(
+        &mut self,
+        mean: &[f32],
+        components: ArrayView2<f32>,
+    ) -> Result<Array2<f32>, BackendError> {
+        let n = self.x.nrows();
+        let mean = ArrayView1::from(mean);
+        let mut out = Array2::<f32>::zeros((n, components.nrows()));
+        out.axis_chunks_iter_mut(Axis(0), 4096)
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(b, mut out_block)| {
+                let start = b * 4096;
+                let block = self.x.slice(s![start..start + out_block.nrows(), ..]);
+                out_block.assign(&(&block - &mean).dot(&components.t()));
+            });
+        Ok(out)
+    }
+}
+
+fn into_sums(total: Partial, k: usize, d: usize) -> ClusterSums {
+    ClusterSums {
+        sums: Array2::from_shape_vec((k, d), total.sums).expect("k × d partials"),
+        weights: total.weights,
+        inertia: total.inertia,
+    }
+}

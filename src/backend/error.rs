@@ -1,0 +1,36 @@
+/// GPU failures, typed so callers can decide whether a CPU retry makes sense.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum GpuError {
+    #[error("no GPU adapter found (install a Vulkan, Metal or DX12 driver; on Linux without a GPU, Mesa's lavapipe: apt-get install mesa-vulkan-drivers)")]
+    NoAdapter,
+    #[error("no hardware GPU adapter found")]
+    NoHardwareAdapter,
+    #[error("GPU device request failed: {0}")]
+    RequestDevice(String),
+    #[error("GPU out of memory: {0}")]
+    OutOfMemory(String),
+    #[error("GPU device lost: {0}")]
+    DeviceLost(String),
+    #[error("GPU limit exceeded: {0}")]
+    NotSupported(String),
+    #[error("GPU error: {0}")]
+    Other(String),
+}
+
+impl GpuError {
+    /// Failures after which retrying the same work on the CPU is worthwhile.
+    pub fn is_recoverable_on_cpu(&self) -> bool {
+        matches!(
+            self,
+            Self::OutOfMemory(_) | Self::DeviceLost(_) | Self::NotSupported(_) | Self::Other(_)
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum BackendError {
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    #[error("the fit was cancelled")]
+    Cancelled,
+}

@@ -1,0 +1,134 @@
+//! The kernel-level backend trait. K-means and PCA are written once against
+//! [`Backend`] / [`Resident`]; [`cpu::CpuBackend`] and [`gpu::GpuBackend`]
+//! implement the kernels.
+//!
+//! A fit uploads its matrix once ([`Backend::upload`]) and then calls kernels
+//! on the resident copy. A Lloyd step moves only `O(k·d)` values between host
+//! and device: centroids in, per-cluster sums out. Labels and distances stay
+//! resident until [`Resident::assignment`] downloads them once at the end.
+
+pub mod cpu;
+mod error;
+pub mod gpu;
+mod select;
+
+use ndarray::{Array2, ArrayView1, ArrayView2};
+use serde::{Deserialize, Serialize};
+
+pub use error::{BackendError, GpuError};
+pub use select::{select, with_cpu_fallback, BackendChoice};
+
+/// Which implementation ran a computation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Cpu,
+    Gpu,
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Cpu => "cpu",
+            Self::Gpu => "gpu",
+        })
+    }
+}
+
+/// The backend and the device it runs on, as reported in outputs and logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendInfo {
+    pub backend: BackendKind,
+    /// GPU adapter name, or a CPU description (`"cpu (2 threads)"`).
+    pub adapter: String,
+}
+
+/// Per-cluster sums from one assignment, all in f64.
+#[derive(Debug, Clone)]
+pub struct ClusterSums {
+    /// `k × d`: Σ wᵢ·xᵢ over the rows assigned to each cluster.
+    pub sums: Array2<f64>,
+    /// Σ wᵢ per cluster (the count when unweighted).
+    pub weights: Vec<f64>,
+    /// Σ wᵢ·‖xᵢ − c‖² over all rows, against the centroids used to assign.
+    pub inertia: f64,
+}
+
+/// The full assignment of every resident row, downloaded once.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub labels: Vec<u32>,
+    /// Squared Euclidean distance to the assigned centroid.
+    pub distances: Vec<f32>,
+    /// Squared distance to the second-nearest centroid (`+∞` when k = 1).
+    pub second_distances: Vec<f32>,
+}
+
+/// Column sums of `x − pivot` and `(x − pivot)²` (pivot = first row, which
+/// keeps the subtraction exact enough in f32 for data far from the origin).
+#[derive(Debug, Clone)]
+pub struct ColumnSums {
+    pub n: usize,
+    pub pivot: Vec<f32>,
+    pub sum: Vec<f64>,
+    pub sum_sq: Vec<f64>,
+}
+
+impl ColumnSums {
+    pub fn mean(&self) -> Vec<f64> {
+        self.pivot
+            .iter()
+            .zip(&self.sum)
+            .map(|(&p, &s)| p as f64 + s / self.n as f64)
+            .collect()
+    }
+}
+
+/// A compute backend: knows how to upload a matrix and which device it is.
+pub trait Backend: Send + Sync {
+    fn info(&self) -> BackendInfo;
+
+    /// Makes `x` (`n × d`, row-major) resident. `weights` (length `n`) weight
+    /// the centroid sums and inertia; `None` means all ones.
+    fn upload<'a>(
+        &'a self,
+        x: ArrayView2<'a, f32>,
+        weights: Option<ArrayView1<'a, f32>>,
+    ) -> Result<Box<dyn Resident + 'a>, BackendError>;
+}
+
+/// A matrix resident on a backend, and the kernels that run on it.
+pub trait Resident {
+    fn n_rows(&self) -> usize;
+    fn n_cols(&self) -> usize;
+
+    /// Assigns every row to its nearest centroid (`k × d`). Labels, distances
+    /// and second distances stay resident.
+    fn assign(&mut self, centroids: ArrayView2<f32>) -> Result<(), BackendError>;
+
+    /// Sums the rows per cluster, using the labels of the last [`assign`](Self::assign).
+    fn accumulate(&mut self, k: usize) -> Result<ClusterSums, BackendError>;
+
+    /// One Lloyd step's kernels: assign, then accumulate. Backends may fuse them.
+    fn lloyd_step(&mut self, centroids: ArrayView2<f32>) -> Result<ClusterSums, BackendError> {
+        self.assign(centroids)?;
+        self.accumulate(centroids.nrows())
+    }
+
+    /// Downloads the last assignment (`O(n)`: once per fit, or to relocate
+    /// empty clusters).
+    fn assignment(&mut self) -> Result<Assignment, BackendError>;
+
+    /// Column sums about the first row.
+    fn column_sums(&mut self) -> Result<ColumnSums, BackendError>;
+
+    /// `Σ (x − mean)(x − mean)ᵀ`, `d × d`, unnormalised.
+    fn gram(&mut self, mean: &[f32]) -> Result<Array2<f64>, BackendError>;
+
+    /// `(x − mean) · componentsᵀ`, `n × c` for `components` of shape `c × d`.
+    fn project(
+        &mut self,
+        mean: &[f32],
+        components: ArrayView2<f32>,
+    ) -> Result<Array2<f32>, BackendError>;
+}

@@ -1,0 +1,39 @@
+use std::path::PathBuf;
+
+/// Problems with input data. Rows and columns are reported 1-based for rows
+/// (as a spreadsheet shows them, header excluded) and by name for columns.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: unsupported file type (expected .csv or .parquet)")]
+    UnknownFormat { path: PathBuf },
+    #[error("{path}: {message}")]
+    Malformed { path: PathBuf, message: String },
+    #[error("unknown column {name:?}; available columns: {available}")]
+    UnknownColumn { name: String, available: String },
+    #[error("column {column:?}, row {row}: {value:?} is not a number")]
+    NotNumeric {
+        column: String,
+        row: usize,
+        value: String,
+    },
+    #[error("column {column:?} has type {dtype}, which is not numeric")]
+    NonNumericColumn { column: String, dtype: String },
+    #[error("the data has no rows")]
+    NoRows,
+    #[error("the data has no columns")]
+    NoColumns,
+    #[error("non-finite value ({value}) at row {row}, column {column:?}")]
+    NotFinite {
+        row: usize,
+        column: String,
+        value: f32,
+    },
+    #[error("shape mismatch: {n_values} values do not fill rows of width {width}")]
+    Shape { n_values: usize, width: usize },
+}

@@ -1,0 +1,78 @@
+use ndarray::{Array2, ArrayView2, Axis};
+use rayon::prelude::*;
+
+use super::DataError;
+
+/// A numeric table: `n × d` f32, row-major, with column names.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub columns: Vec<String>,
+    pub values: Array2<f32>,
+}
+
+impl Dataset {
+    /// Builds a dataset, checking that it is non-empty and finite.
+    pub fn new(columns: Vec<String>, values: Array2<f32>) -> Result<Self, DataError> {
+        if values.ncols() == 0 || columns.is_empty() {
+            return Err(DataError::NoColumns);
+        }
+        if values.ncols() != columns.len() {
+            return Err(DataError::Shape {
+                n_values: values.len(),
+                width: columns.len(),
+            });
+        }
+        check_finite(values.view(), &columns)?;
+        Ok(Self { columns, values })
+    }
+
+    /// Builds a dataset from a flat row-major buffer.
+    pub fn from_rows(columns: Vec<String>, flat: Vec<f32>) -> Result<Self, DataError> {
+        let width = columns.len();
+        if width == 0 {
+            return Err(DataError::NoColumns);
+        }
+        if flat.len() % width != 0 {
+            return Err(DataError::Shape {
+                n_values: flat.len(),
+                width,
+            });
+        }
+        let values = Array2::from_shape_vec((flat.len() / width, width), flat)
+            .expect("length checked to be a multiple of the width");
+        Self::new(columns, values)
+    }
+
+    pub fn n_rows(&self) -> usize {
+        self.values.nrows()
+    }
+
+    pub fn n_cols(&self) -> usize {
+        self.values.ncols()
+    }
+}
+
+/// Fails on the first NaN or infinity (in row order), naming its row (1-based)
+/// and column. Also rejects a matrix without rows.
+pub fn check_finite(x: ArrayView2<f32>, columns: &[String]) -> Result<(), DataError> {
+    if x.nrows() == 0 {
+        return Err(DataError::NoRows);
+    }
+    let first_bad = x
+        .axis_iter(Axis(0))
+        .into_par_iter()
+        .enumerate()
+        .filter_map(|(i, row)| row.iter().position(|v| !v.is_finite()).map(|j| (i, j)))
+        .min();
+    match first_bad {
+        None => Ok(()),
+        Some((i, j)) => Err(DataError::NotFinite {
+            row: i + 1,
+            column: columns
+                .get(j)
+                .cloned()
+                .unwrap_or_else(|| format!("#{}", j + 1)),
+            value: x[[i, j]],
+        }),
+    }
+}

@@ -1,0 +1,12 @@
+//! Loading tables into an `n × d` row-major f32 matrix, validating them, and
+//! scaling features.
+
+mod error;
+mod matrix;
+mod reader;
+mod scaler;
+
+pub use error::DataError;
+pub use matrix::{check_finite, Dataset};
+pub use reader::{read_table, TableFormat};
+pub use scaler::{ColumnStats, Scaler};

@@ -1,0 +1,157 @@
+//! CSV (with a header) and Parquet readers producing a [`Dataset`].
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow_array::{cast::AsArray, types::Float32Type, Array};
+use arrow_schema::DataType;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use super::{DataError, Dataset};
+
+/// File formats Segmenta reads, chosen by extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableFormat {
+    Csv,
+    Parquet,
+}
+
+impl TableFormat {
+    pub fn from_path(path: &Path) -> Result<Self, DataError> {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("csv") | Some("txt") => Ok(Self::Csv),
+            Some("parquet") | Some("pq") => Ok(Self::Parquet),
+            _ => Err(DataError::UnknownFormat {
+                path: path.to_owned(),
+            }),
+        }
+    }
+}
+
+/// Reads the chosen columns (all columns when `columns` is empty) as f32.
+pub fn read_table(path: &Path, columns: &[String]) -> Result<Dataset, DataError> {
+    let format = TableFormat::from_path(path)?;
+    let file = File::open(path).map_err(|source| DataError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let (names, flat) = match format {
+        TableFormat::Csv => read_csv(file, path, columns)?,
+        TableFormat::Parquet => read_parquet(file, path, columns)?,
+    };
+    Dataset::from_rows(names, flat)
+}
+
+/// Maps requested column names to positions in the header.
+fn resolve_columns(header: &[String], wanted: &[String]) -> Result<Vec<usize>, DataError> {
+    if wanted.is_empty() {
+        return Ok((0..header.len()).collect());
+    }
+    wanted
+        .iter()
+        .map(|name| {
+            header
+                .iter()
+                .position(|h| h == name)
+                .ok_or_else(|| DataError::UnknownColumn {
+                    name: name.clone(),
+                    available: header.join(", "),
+                })
+        })
+        .collect()
+}
+
+fn read_csv(
+    file: File,
+    path: &Path,
+    wanted: &[String],
+) -> Result<(Vec<String>, Vec<f32>), DataError> {
+    let malformed = |e: csv::Error| DataError::Malformed {
+        path: path.to_owned(),
+        message: e.to_string(),
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(std::io::BufReader::with_capacity(1 << 20, file));
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(malformed)?
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    if header.is_empty() {
+        return Err(DataError::NoColumns);
+    }
+    let picks = resolve_columns(&header, wanted)?;
+    let mut flat = Vec::new();
+    let mut record = csv::StringRecord::new();
+    let mut row = 0;
+    while reader.read_record(&mut record).map_err(malformed)? {
+        row += 1;
+        for &c in &picks {
+            let text = record.get(c).unwrap_or("");
+            let value = text.parse::<f32>().map_err(|_| DataError::NotNumeric {
+                column: header[c].clone(),
+                row,
+                value: text.to_owned(),
+            })?;
+            flat.push(value);
+        }
+    }
+    let names = picks.iter().map(|&c| header[c].clone()).collect();
+    Ok((names, flat))
+}
+
+fn read_parquet(
+    file: File,
+    path: &Path,
+    wanted: &[String],
+) -> Result<(Vec<String>, Vec<f32>), DataError> {
+    let malformed = |message: String| DataError::Malformed {
+        path: PathBuf::from(path),
+        message,
+    };
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| malformed(e.to_string()))?;
+    let schema = builder.schema().clone();
+    let header: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let picks = resolve_columns(&header, wanted)?;
+    for &c in &picks {
+        let dtype = schema.field(c).data_type();
+        if !dtype.is_numeric() {
+            return Err(DataError::NonNumericColumn {
+                column: header[c].clone(),
+                dtype: dtype.to_string(),
+            });
+        }
+    }
+    let reader = builder
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(|e| malformed(e.to_string()))?;
+    let width = picks.len();
+    let mut flat = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| malformed(e.to_string()))?;
+        let start = flat.len();
+        flat.resize(start + batch.num_rows() * width, 0.0);
+        for (slot, &c) in picks.iter().enumerate() {
+            let column = arrow_cast::cast(batch.column(c), &DataType::Float32)
+                .map_err(|e| malformed(format!("column {:?}: {e}", header[c])))?;
+            let values = column.as_primitive::<Float32Type>();
+            for (i, v) in values.iter().enumerate() {
+                // Nulls become NaN so validation reports their row and column.
+                flat[start + i * width + slot] = v.unwrap_or(f32::NAN);
+            }
+            debug_assert_eq!(values.len(), batch.num_rows());
+            let _ = values.null_count();
+        }
+    }
+    let names = picks.iter().map(|&c| header[c].clone()).collect();
+    Ok((names, flat))
+}

@@ -1,0 +1,112 @@
+use ndarray::{Array1, ArrayView1, ArrayView2};
+
+use super::init::initial_centroids;
+use super::lloyd::{lloyd, Run, RunSpec};
+use super::model::KMeansModel;
+use super::params::{FitControl, Init, KMeansParams};
+use crate::backend::Backend;
+use crate::data::{check_finite, Scaler};
+use crate::error::{ParamsError, Result};
+
+impl KMeansParams {
+    /// Fits on `x` (`n × d`) with optional sample weights (length `n`).
+    pub fn fit(
+        &self,
+        backend: &dyn Backend,
+        x: ArrayView2<f32>,
+        weights: Option<ArrayView1<f32>>,
+    ) -> Result<KMeansModel> {
+        self.fit_with(backend, x, weights, &FitControl::default())
+    }
+
+    /// [`fit`](Self::fit) with progress reports and cancellation.
+    pub fn fit_with(
+        &self,
+        backend: &dyn Backend,
+        x: ArrayView2<f32>,
+        weights: Option<ArrayView1<f32>>,
+        control: &FitControl,
+    ) -> Result<KMeansModel> {
+        self.check()?;
+        check_finite(x, &[])?;
+        let (n, d) = x.dim();
+        if self.k > n {
+            return Err(ParamsError::KExceedsRows { k: self.k, n_rows: n }.into());
+        }
+        let weights = weights.map(|w| check_weights(w, n)).transpose()?;
+        let scaler = Scaler::fit(x, self.standardize);
+        let working = scaler.transform(x);
+        let init = match &self.init {
+            Init::Given(c) => Init::Given(self.checked_given(c.view(), d, &scaler)?),
+            other => other.clone(),
+        };
+        let variance: f64 =
+            crate::data::ColumnStats::of(working.view()).var.iter().sum::<f64>() / d as f64;
+        let tol = self.tol * variance;
+
+        let info = backend.info();
+        tracing::info!(backend = %info.backend, adapter = %info.adapter, n, d, k = self.k, "k-means fit");
+        let w = weights.as_ref().map(|w| w.as_slice().expect("owned, contiguous"));
+        let mut resident = backend.upload(working.view(), weights.as_ref().map(|w| w.view()))?;
+        let mut best: Option<Run> = None;
+        for run in 0..self.n_init {
+            let seed = self.seed.wrapping_add(run as u64);
+            let start = initial_centroids(&init, working.view(), w, self.k, seed)?;
+            let spec = RunSpec {
+                run,
+                n_init: self.n_init,
+                max_iter: self.max_iter,
+                tol,
+                control,
+            };
+            let result = lloyd(resident.as_mut(), working.view(), w, start, &spec)?;
+            let better = best.as_ref().is_none_or(|b| {
+                result.inertia_history.last() < b.inertia_history.last()
+            });
+            if better {
+                best = Some(result);
+            }
+        }
+        let best = best.expect("n_init >= 1");
+        // The final E-step: labels and distances for the final centroids.
+        resident.assign(best.centroids.view())?;
+        let assignment = resident.assignment()?;
+        Ok(KMeansModel::new(best, assignment, scaler, w, info))
+    }
+
+    fn checked_given(
+        &self,
+        c: ArrayView2<f32>,
+        d: usize,
+        scaler: &Scaler,
+    ) -> Result<ndarray::Array2<f32>, ParamsError> {
+        if c.dim() != (self.k, d) {
+            return Err(ParamsError::InitShape {
+                got_rows: c.nrows(),
+                got_cols: c.ncols(),
+                k: self.k,
+                d,
+            });
+        }
+        if let Some((i, j)) = c.indexed_iter().find(|(_, v)| !v.is_finite()).map(|(ij, _)| ij) {
+            return Err(ParamsError::InitNotFinite { row: i + 1, col: j + 1 });
+        }
+        Ok(scaler.transform(c))
+    }
+}
+
+fn check_weights(w: ArrayView1<f32>, n: usize) -> Result<Array1<f32>, ParamsError> {
+    if w.len() != n {
+        return Err(ParamsError::WeightsLength {
+            expected: n,
+            got: w.len(),
+        });
+    }
+    if let Some((row, &value)) = w.iter().enumerate().find(|(_, v)| !v.is_finite() || **v < 0.0) {
+        return Err(ParamsError::BadWeight { row: row + 1, value });
+    }
+    if w.iter().all(|&v| v == 0.0) {
+        return Err(ParamsError::ZeroWeightSum);
+    }
+    Ok(w.to_owned())
+}

@@ -1,0 +1,196 @@
+//! Initial centroids: k-means++, k-means|| and random. They run on the host
+//! over the scaled working copy; every parallel sum is over fixed blocks added
+//! in order, so a seed always gives the same centroids.
+
+use ndarray::{Array2, ArrayView2};
+use rand::{RngExt, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use rayon::prelude::*;
+
+use super::params::Init;
+use crate::backend::cpu::{squared_distance, CpuBackend};
+use crate::backend::{Backend, BackendError};
+
+const BLOCK: usize = 8192;
+
+/// Chooses `k` initial centroids for the rows of `x` (standard layout).
+pub(super) fn initial_centroids(
+    init: &Init,
+    x: ArrayView2<f32>,
+    weights: Option<&[f32]>,
+    k: usize,
+    seed: u64,
+) -> Result<Array2<f32>, BackendError> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    Ok(match init {
+        Init::Random => random(x, k, &mut rng),
+        Init::KMeansPlusPlus => kmeans_plus_plus(x, weights, k, &mut rng),
+        Init::KMeansParallel => kmeans_parallel(x, weights, k, &mut rng)?,
+        Init::Given(c) => c.clone(),
+    })
+}
+
+fn random(x: ArrayView2<f32>, k: usize, rng: &mut Xoshiro256PlusPlus) -> Array2<f32> {
+    let picks = rand::seq::index::sample(rng, x.nrows(), k).into_vec();
+    x.select(ndarray::Axis(0), &picks)
+}
+
+fn row<'a>(x: &'a ArrayView2<f32>, i: usize) -> &'a [f32] {
+    let d = x.ncols();
+    &x.as_slice().expect("standard layout")[i * d..(i + 1) * d]
+}
+
+fn weight(weights: Option<&[f32]>, i: usize) -> f64 {
+    weights.map_or(1.0, |w| w[i] as f64)
+}
+
+/// Σ over fixed blocks, added in block order (deterministic).
+fn block_sum(n: usize, f: impl Fn(usize) -> f64 + Sync) -> f64 {
+    let parts: Vec<f64> = (0..n.div_ceil(BLOCK))
+        .into_par_iter()
+        .map(|b| (b * BLOCK..((b + 1) * BLOCK).min(n)).map(&f).sum())
+        .collect();
+    parts.iter().sum()
+}
+
+/// Samples an index with probability proportional to `w·D²`; uniform when
+/// every potential is zero (all rows coincide with chosen centres).
+fn sample_by_potential(
+    closest: &[f32],
+    weights: Option<&[f32]>,
+    total: f64,
+    rng: &mut Xoshiro256PlusPlus,
+) -> usize {
+    if total <= 0.0 {
+        return rng.random_range(0..closest.len());
+    }
+    let target = rng.random::<f64>() * total;
+    let mut acc = 0.0;
+    for (i, &d) in closest.iter().enumerate() {
+        acc += weight(weights, i) * d as f64;
+        if acc > target {
+            return i;
+        }
+    }
+    // Rounding left the target beyond the last positive potential.
+    closest
+        .iter()
+        .rposition(|&d| d > 0.0)
+        .unwrap_or(closest.len() - 1)
+}
+
+/// Greedy k-means++ as in scikit-learn: each step draws `2 + ln k` candidates
+/// by `w·D²` and keeps the one that lowers the total potential most.
+pub(super) fn kmeans_plus_plus(
+    x: ArrayView2<f32>,
+    weights: Option<&[f32]>,
+    k: usize,
+    rng: &mut Xoshiro256PlusPlus,
+) -> Array2<f32> {
+    let (n, d) = x.dim();
+    let trials = 2 + (k as f64).ln() as usize;
+    let mut centres = Array2::<f32>::zeros((k, d));
+    let first = match weights {
+        None => rng.random_range(0..n),
+        Some(w) => {
+            let total: f64 = w.iter().map(|&v| v as f64).sum();
+            let ones = vec![1.0f32; n];
+            sample_by_potential(&ones, Some(w), total, rng)
+        }
+    };
+    centres.row_mut(0).assign(&x.row(first));
+    let mut closest: Vec<f32> = (0..n)
+        .into_par_iter()
+        .map(|i| squared_distance(row(&x, i), row(&x, first)))
+        .collect();
+    let mut potential = block_sum(n, |i| weight(weights, i) * closest[i] as f64);
+    let mut candidate_closest = vec![0.0f32; n];
+    let mut best_closest = vec![0.0f32; n];
+    for c in 1..k {
+        let mut best = (f64::INFINITY, 0usize);
+        for _ in 0..trials {
+            let cand = sample_by_potential(&closest, weights, potential, rng);
+            let centre = row(&x, cand);
+            candidate_closest
+                .par_iter_mut()
+                .enumerate()
+                .for_each(|(i, out)| *out = closest[i].min(squared_distance(row(&x, i), centre)));
+            let pot = block_sum(n, |i| weight(weights, i) * candidate_closest[i] as f64);
+            if pot < best.0 {
+                best = (pot, cand);
+                std::mem::swap(&mut best_closest, &mut candidate_closest);
+            }
+        }
+        centres.row_mut(c).assign(&x.row(best.1));
+        potential = best.0;
+        std::mem::swap(&mut closest, &mut best_closest);
+    }
+    centres
+}
+
+/// k-means||: `ROUNDS` rounds, each keeping every row independently with
+/// probability `min(1, ℓ·w·D²/ψ)` (ℓ = 2k); the candidates, weighted by the
+/// rows closest to them, are reduced to k centres by weighted k-means++.
+fn kmeans_parallel(
+    x: ArrayView2<f32>,
+    weights: Option<&[f32]>,
+    k: usize,
+    rng: &mut Xoshiro256PlusPlus,
+) -> Result<Array2<f32>, BackendError> {
+    const ROUNDS: usize = 5;
+    let n = x.nrows();
+    let oversample = 2.0 * k as f64;
+    let mut chosen = vec![rng.random_range(0..n)];
+    let mut closest: Vec<f32> = (0..n)
+        .into_par_iter()
+        .map(|i| squared_distance(row(&x, i), row(&x, chosen[0])))
+        .collect();
+    for round in 0..ROUNDS {
+        let psi = block_sum(n, |i| weight(weights, i) * closest[i] as f64);
+        if psi <= 0.0 {
+            break;
+        }
+        let salt = rng.random::<u64>();
+        let new: Vec<usize> = (0..n)
+            .into_par_iter()
+            .filter(|&i| {
+                let p = oversample * weight(weights, i) * closest[i] as f64 / psi;
+                unit_hash(salt, round as u64, i as u64) < p
+            })
+            .collect();
+        for &c in &new {
+            let centre = row(&x, c);
+            closest
+                .par_iter_mut()
+                .enumerate()
+                .for_each(|(i, d)| *d = d.min(squared_distance(row(&x, i), centre)));
+        }
+        chosen.extend(new);
+    }
+    chosen.sort_unstable();
+    chosen.dedup();
+    if chosen.len() <= k {
+        // Too few candidates (tiny or degenerate data): top up with k-means++.
+        return Ok(kmeans_plus_plus(x, weights, k, rng));
+    }
+    let candidates = x.select(ndarray::Axis(0), &chosen);
+    // Weight each candidate by the rows nearest to it, with the fast kernel.
+    let cpu = CpuBackend::new();
+    let mut resident = cpu.upload(x, None)?;
+    resident.assign(candidates.view())?;
+    let mut cand_weight = vec![0.0f32; chosen.len()];
+    for (i, &label) in resident.assignment()?.labels.iter().enumerate() {
+        cand_weight[label as usize] += weight(weights, i) as f32;
+    }
+    Ok(kmeans_plus_plus(candidates.view(), Some(&cand_weight), k, rng))
+}
+
+/// A uniform number in [0, 1) from (salt, round, i): splitmix64, so sampling
+/// is parallel yet independent of the thread schedule.
+fn unit_hash(salt: u64, round: u64, i: u64) -> f64 {
+    let mut z = salt ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}

@@ -1,0 +1,153 @@
+use ndarray::{Array2, ArrayView2};
+use serde::{Deserialize, Serialize};
+
+use super::lloyd::Run;
+use crate::backend::{Assignment, Backend, BackendInfo};
+use crate::data::{check_finite, Scaler};
+use crate::error::{ParamsError, Result};
+
+/// A fitted k-means model.
+///
+/// Distances are squared Euclidean, measured in the space the model clusters
+/// in: original units, or standard deviations when fitted with
+/// `standardize`. Inertia is their weighted sum, accumulated in f64.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KMeansModel {
+    centroids: Array2<f32>,
+    scaled_centroids: Array2<f32>,
+    scaler: Scaler,
+    labels: Vec<u32>,
+    distances: Vec<f32>,
+    inertia: f64,
+    n_iter: usize,
+    inertia_history: Vec<f64>,
+    cluster_sizes: Vec<usize>,
+    backend: BackendInfo,
+}
+
+/// Labels for new rows, with how clearly each row belongs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    pub labels: Vec<u32>,
+    /// Squared distance to the assigned centroid.
+    pub distances: Vec<f32>,
+    /// Squared distance to the second-nearest centroid minus `distances`
+    /// (≥ 0; small means the row sits between two segments). `None` when k = 1.
+    pub margins: Option<Vec<f32>>,
+}
+
+impl KMeansModel {
+    pub(super) fn new(
+        run: Run,
+        assignment: Assignment,
+        scaler: Scaler,
+        weights: Option<&[f32]>,
+        backend: BackendInfo,
+    ) -> Self {
+        let k = run.centroids.nrows();
+        let mut cluster_sizes = vec![0usize; k];
+        for &l in &assignment.labels {
+            cluster_sizes[l as usize] += 1;
+        }
+        let inertia = assignment
+            .distances
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| weights.map_or(1.0, |w| w[i] as f64) * d as f64)
+            .sum();
+        Self {
+            centroids: scaler.inverse_transform(run.centroids.view()),
+            scaled_centroids: run.centroids,
+            scaler,
+            labels: assignment.labels,
+            distances: assignment.distances,
+            inertia,
+            n_iter: run.n_iter,
+            inertia_history: run.inertia_history,
+            cluster_sizes,
+            backend,
+        }
+    }
+
+    /// Centroids in the data's original units, `k × d`.
+    pub fn centroids(&self) -> &Array2<f32> {
+        &self.centroids
+    }
+
+    /// Centroids in the space distances are measured in (after the scaler).
+    pub fn scaled_centroids(&self) -> &Array2<f32> {
+        &self.scaled_centroids
+    }
+
+    pub fn scaler(&self) -> &Scaler {
+        &self.scaler
+    }
+
+    pub fn k(&self) -> usize {
+        self.centroids.nrows()
+    }
+
+    pub fn n_features(&self) -> usize {
+        self.centroids.ncols()
+    }
+
+    /// Label of every training row.
+    pub fn labels(&self) -> &[u32] {
+        &self.labels
+    }
+
+    /// Squared distance of every training row to its centroid.
+    pub fn distances(&self) -> &[f32] {
+        &self.distances
+    }
+
+    pub fn inertia(&self) -> f64 {
+        self.inertia
+    }
+
+    pub fn n_iter(&self) -> usize {
+        self.n_iter
+    }
+
+    /// Inertia of the assignment made in each iteration of the best run.
+    pub fn inertia_history(&self) -> &[f64] {
+        &self.inertia_history
+    }
+
+    /// Training rows per cluster.
+    pub fn cluster_sizes(&self) -> &[usize] {
+        &self.cluster_sizes
+    }
+
+    pub fn backend(&self) -> &BackendInfo {
+        &self.backend
+    }
+
+    /// Assigns new rows (in original units; the stored scaler is applied).
+    pub fn predict(&self, backend: &dyn Backend, x: ArrayView2<f32>) -> Result<Prediction> {
+        if x.ncols() != self.n_features() {
+            return Err(ParamsError::WidthMismatch {
+                expected: self.n_features(),
+                got: x.ncols(),
+            }
+            .into());
+        }
+        check_finite(x, &[])?;
+        let working = self.scaler.transform(x);
+        let mut resident = backend.upload(working.view(), None)?;
+        resident.assign(self.scaled_centroids.view())?;
+        let a = resident.assignment()?;
+        let margins = (self.k() > 1).then(|| {
+            a.second_distances
+                .iter()
+                .zip(&a.distances)
+                .map(|(&s, &d)| (s - d).max(0.0))
+                .collect()
+        });
+        Ok(Prediction {
+            labels: a.labels,
+            distances: a.distances,
+            margins,
+        })
+    }
+}

@@ -1,0 +1,163 @@
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use ndarray::Array2;
+
+use crate::error::ParamsError;
+
+/// How the first centroids are chosen.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Init {
+    /// Greedy k-means++ (2 + ln k candidates per step), weighted by sample weights.
+    #[default]
+    KMeansPlusPlus,
+    /// Scalable k-means|| (Bahmani et al.): 5 rounds oversampling 2k points,
+    /// then weighted k-means++ on the candidates. For large n.
+    KMeansParallel,
+    /// k distinct rows chosen uniformly.
+    Random,
+    /// Given centroids, `k × d` in the data's original units.
+    Given(Array2<f32>),
+}
+
+/// K-means hyperparameters; build with [`KMeansParams::new`] and the setters.
+#[derive(Debug, Clone)]
+pub struct KMeansParams {
+    pub(super) k: usize,
+    pub(super) init: Init,
+    pub(super) n_init: usize,
+    pub(super) max_iter: usize,
+    pub(super) tol: f64,
+    pub(super) seed: u64,
+    pub(super) standardize: bool,
+}
+
+impl KMeansParams {
+    /// Defaults follow scikit-learn: k-means++, one run, 300 iterations,
+    /// `tol = 1e-4`; seed 0; no standardisation.
+    pub fn new(k: usize) -> Self {
+        Self {
+            k,
+            init: Init::default(),
+            n_init: 1,
+            max_iter: 300,
+            tol: 1e-4,
+            seed: 0,
+            standardize: false,
+        }
+    }
+
+    pub fn init(mut self, init: Init) -> Self {
+        self.init = init;
+        self
+    }
+
+    /// Runs the whole fit `n` times from different seeds; keeps the lowest inertia.
+    pub fn n_init(mut self, n: usize) -> Self {
+        self.n_init = n;
+        self
+    }
+
+    pub fn max_iter(mut self, n: usize) -> Self {
+        self.max_iter = n;
+        self
+    }
+
+    /// Stop when the squared centroid shift summed over clusters is at most
+    /// `tol ×` the mean per-feature variance of the (scaled) data — as
+    /// scikit-learn defines it. `0` runs until the centroids stop moving.
+    pub fn tol(mut self, tol: f64) -> Self {
+        self.tol = tol;
+        self
+    }
+
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Scale every feature to unit variance before clustering; the scaler is
+    /// stored in the model and applied again by `predict`.
+    pub fn standardize(mut self, yes: bool) -> Self {
+        self.standardize = yes;
+        self
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Checks what can be checked without data.
+    pub fn check(&self) -> Result<(), ParamsError> {
+        if self.k == 0 {
+            return Err(ParamsError::ZeroK);
+        }
+        if self.n_init == 0 {
+            return Err(ParamsError::ZeroNInit);
+        }
+        if self.max_iter == 0 {
+            return Err(ParamsError::ZeroMaxIter);
+        }
+        if !self.tol.is_finite() || self.tol < 0.0 {
+            return Err(ParamsError::BadTol(self.tol));
+        }
+        Ok(())
+    }
+}
+
+/// One Lloyd iteration's report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    /// 0-based index of the run among `n_init`.
+    pub run: usize,
+    pub n_init: usize,
+    /// 1-based iteration within the run.
+    pub iteration: usize,
+    pub max_iter: usize,
+    /// Inertia of the assignment made in this iteration.
+    pub inertia: f64,
+    /// Squared centroid shift of this iteration.
+    pub shift: f64,
+}
+
+/// Observation and cancellation of a running fit.
+#[derive(Clone, Default)]
+pub struct FitControl {
+    pub(crate) progress: Option<Arc<dyn Fn(&Progress) + Send + Sync>>,
+    pub(crate) cancel: Option<Arc<AtomicBool>>,
+}
+
+impl FitControl {
+    pub fn on_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(f));
+        self
+    }
+
+    /// The fit stops with [`Error::Cancelled`](crate::Error::Cancelled) at
+    /// the next iteration once `flag` is set.
+    pub fn cancel_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.cancel = Some(flag);
+        self
+    }
+
+    pub(crate) fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn report(&self, p: &Progress) {
+        if let Some(f) = &self.progress {
+            f(p);
+        }
+    }
+}
+
+impl std::fmt::Debug for FitControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FitControl")
+            .field("progress", &self.progress.is_some())
+            .field("cancel", &self.cancel)
+            .finish()
+    }
+}

@@ -1,0 +1,14 @@
+//! Segmenta: customer segmentation with k-means and PCA on wgpu compute
+//! shaders, and a native CPU path that gives the same answers.
+//!
+//! Layout: [`data`] loads and scales tables; [`backend`] holds the kernel
+//! trait and its CPU and GPU implementations; [`kmeans`] and [`pca`] are the
+//! algorithms, written once on top of the trait.
+
+pub mod backend;
+pub mod data;
+mod error;
+pub mod kmeans;
+pub mod pca;
+
+pub use error::{Error, ParamsError, Result};
