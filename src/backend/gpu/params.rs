@@ -1,0 +1,60 @@
+//! Uniform structs, `#[repr(C)]` twins of the `Params` structs in `shaders/`.
+
+use bytemuck::{Pod, Zeroable};
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct AssignParams {
+    pub rows: u32,
+    pub d: u32,
+    pub k: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct AccumulateParams {
+    pub rows: u32,
+    pub d: u32,
+    pub k: u32,
+    pub seg_rows: u32,
+    pub seg_offset: u32,
+    pub _pad: [u32; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct ReduceParams {
+    pub segments: u32,
+    pub width: u32,
+    pub _pad: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct ColSumsParams {
+    pub rows: u32,
+    pub d: u32,
+    pub seg_rows: u32,
+    pub seg_offset: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct GramParams {
+    pub rows: u32,
+    pub d: u32,
+    pub seg_rows: u32,
+    pub seg_offset: u32,
+    pub tiles: u32,
+    pub _pad: [u32; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct ProjectParams {
+    pub rows: u32,
+    pub d: u32,
+    pub c: u32,
+    pub _pad: u32,
+}
