@@ -1,0 +1,173 @@
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+use ndarray::Axis;
+use serde_json::json;
+
+use super::output::{fmt_f, progress_bar, table};
+use super::InputArgs;
+use segmenta::backend::{select, with_cpu_fallback};
+use segmenta::data::read_table;
+use segmenta::kmeans::{FitControl, Init, KMeansParams};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum InitArg {
+    #[value(name = "k-means++")]
+    KMeansPlusPlus,
+    #[value(name = "k-means||")]
+    KMeansParallel,
+    #[value(name = "random")]
+    Random,
+}
+
+#[derive(Debug, Args)]
+pub struct KmeansArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Number of clusters.
+    #[arg(long)]
+    pub k: usize,
+    #[arg(long, value_enum, default_value = "k-means++")]
+    pub init: InitArg,
+    /// Start from these centroids instead (CSV or Parquet, k rows, same columns).
+    #[arg(long, conflicts_with = "init")]
+    pub init_centroids: Option<PathBuf>,
+    /// Runs from different seeds; the lowest inertia wins.
+    #[arg(long, default_value_t = 1)]
+    pub n_init: usize,
+    #[arg(long, default_value_t = 300)]
+    pub max_iter: usize,
+    /// Convergence tolerance, relative to the mean feature variance.
+    #[arg(long, default_value_t = 1e-4)]
+    pub tol: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Scale every feature to unit variance first (stored with the model).
+    #[arg(long)]
+    pub standardize: bool,
+    /// Column holding sample weights (not used as a feature).
+    #[arg(long)]
+    pub weights: Option<String>,
+    /// Write each row's label and squared distance to this CSV file.
+    #[arg(long)]
+    pub labels_out: Option<PathBuf>,
+}
+
+pub fn run(args: KmeansArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let data = read_table(&args.input.input, &args.input.columns)?;
+    let (x, weights, columns) = match &args.weights {
+        None => (data.values, None, data.columns),
+        Some(name) => split_weights(data, name)?,
+    };
+    let init = match &args.init_centroids {
+        Some(path) => Init::Given(read_table(path, &columns)?.values),
+        None => match args.init {
+            InitArg::KMeansPlusPlus => Init::KMeansPlusPlus,
+            InitArg::KMeansParallel => Init::KMeansParallel,
+            InitArg::Random => Init::Random,
+        },
+    };
+    let params = KMeansParams::new(args.k)
+        .init(init)
+        .n_init(args.n_init)
+        .max_iter(args.max_iter)
+        .tol(args.tol)
+        .seed(args.seed)
+        .standardize(args.standardize);
+    params.check()?;
+    let backend = select(args.input.backend)?;
+    let bar = progress_bar((args.max_iter * args.n_init) as u64, args.input.json);
+    let progress_bar = bar.clone();
+    let control = FitControl::default().on_progress(move |p| {
+        progress_bar.set_position((p.run * p.max_iter + p.iteration) as u64);
+        progress_bar.set_message(format!("run {}/{} inertia {:.6e}", p.run + 1, p.n_init, p.inertia));
+    });
+    let model = with_cpu_fallback(args.input.backend, backend.as_ref(), |b| {
+        params.fit_with(b, x.view(), weights.as_ref().map(|w| w.view()), &control)
+    })?;
+    bar.finish_and_clear();
+    if let Some(path) = &args.labels_out {
+        write_labels(path, model.labels(), model.distances())?;
+    }
+    let info = model.backend();
+    if args.input.json {
+        let out = json!({
+            "backend": info.backend,
+            "adapter": info.adapter,
+            "k": model.k(),
+            "n_rows": x.nrows(),
+            "columns": columns,
+            "n_iter": model.n_iter(),
+            "inertia": model.inertia(),
+            "centroids": model.centroids().outer_iter().map(|r| r.to_vec()).collect::<Vec<_>>(),
+            "cluster_sizes": model.cluster_sizes(),
+            "inertia_history": model.inertia_history(),
+            "standardized": args.standardize,
+            "seed": args.seed,
+            "elapsed_ms": started.elapsed().as_secs_f64() * 1e3,
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    println!(
+        "k-means: k = {}, {} rows × {} columns, backend {} [{}]",
+        model.k(),
+        x.nrows(),
+        x.ncols(),
+        info.backend,
+        info.adapter
+    );
+    println!(
+        "converged after {} iterations; inertia {}; {:.2} s",
+        model.n_iter(),
+        fmt_f(model.inertia()),
+        started.elapsed().as_secs_f64()
+    );
+    let mut header = vec!["cluster".to_string(), "size".to_string()];
+    header.extend(columns.iter().cloned());
+    let rows: Vec<Vec<String>> = model
+        .centroids()
+        .outer_iter()
+        .enumerate()
+        .map(|(c, centroid)| {
+            let mut row = vec![c.to_string(), model.cluster_sizes()[c].to_string()];
+            row.extend(centroid.iter().map(|&v| fmt_f(v as f64)));
+            row
+        })
+        .collect();
+    print!("{}", table(&header, &rows));
+    Ok(())
+}
+
+type Split = (ndarray::Array2<f32>, Option<ndarray::Array1<f32>>, Vec<String>);
+
+/// Takes the weights column out of the feature matrix.
+fn split_weights(data: segmenta::data::Dataset, name: &str) -> anyhow::Result<Split> {
+    let j = data
+        .columns
+        .iter()
+        .position(|c| c == name)
+        .ok_or_else(|| segmenta::data::DataError::UnknownColumn {
+            name: name.to_owned(),
+            available: data.columns.join(", "),
+        })?;
+    if data.n_cols() == 1 {
+        anyhow::bail!("the weights column {name:?} is the only column: no features left");
+    }
+    let weights = data.values.column(j).to_owned();
+    let keep: Vec<usize> = (0..data.n_cols()).filter(|&c| c != j).collect();
+    let columns = keep.iter().map(|&c| data.columns[c].clone()).collect();
+    Ok((data.values.select(Axis(1), &keep), Some(weights), columns))
+}
+
+fn write_labels(path: &std::path::Path, labels: &[u32], distances: &[f32]) -> anyhow::Result<()> {
+    let mut w = csv::Writer::from_path(path)?;
+    w.write_record(["row", "label", "distance"])?;
+    for (i, (l, d)) in labels.iter().zip(distances).enumerate() {
+        w.write_record([(i + 1).to_string(), l.to_string(), d.to_string()])?;
+    }
+    w.flush()?;
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! The `segmenta` command line: thin wrappers over the library.
+
+mod bench;
+mod kmeans;
+mod output;
+mod pca;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use segmenta::backend::BackendChoice;
+
+#[derive(Debug, Parser)]
+#[command(name = "segmenta", version, about = "Customer segmentation: k-means and PCA on the GPU or CPU")]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Cluster the rows of a CSV or Parquet file with k-means.
+    Kmeans(kmeans::KmeansArgs),
+    /// Principal component analysis of a CSV or Parquet file.
+    Pca(pca::PcaArgs),
+    /// Time Lloyd iterations on synthetic data (optionally against scikit-learn).
+    Bench(bench::BenchArgs),
+}
+
+/// Options shared by the commands that read a table.
+#[derive(Debug, Args)]
+pub struct InputArgs {
+    /// CSV (with a header row) or Parquet file.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Columns to use, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub columns: Vec<String>,
+    /// auto: a hardware GPU if present, else the CPU. gpu: any GPU adapter
+    /// (software drivers included). cpu: native CPU kernels.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto, env = "SEGMENTA_BACKEND")]
+    pub backend: BackendChoice,
+    /// Print one JSON object on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Kmeans(args) => kmeans::run(args),
+        Command::Pca(args) => pca::run(args),
+        Command::Bench(args) => bench::run(args),
+    }
+}
