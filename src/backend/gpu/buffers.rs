@@ -108,13 +108,27 @@ pub fn read_back_after<T: Pod>(
     Ok(out)
 }
 
-/// A 1-D count of workgroups as a 2-D grid within the 65,535-per-dimension
-/// limit; shaders index groups as `x + y · nx` and skip the overshoot.
-pub fn grid(groups: u32) -> (u32, u32) {
-    const MAX: u32 = 65_535;
-    if groups <= MAX {
+/// A 1-D count of workgroups as a 2-D grid: at most `max_per_dim` along x
+/// (65,535 in WebGPU; tests force less), the rest along y. Shaders index
+/// groups as `x + y · nx` and skip the overshoot.
+pub fn grid(groups: u32, max_per_dim: u32) -> (u32, u32) {
+    if groups <= max_per_dim {
         (groups.max(1), 1)
     } else {
-        (MAX, groups.div_ceil(MAX))
+        (max_per_dim, groups.div_ceil(max_per_dim))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grid;
+
+    #[test]
+    fn grid_covers_every_group_within_the_limit() {
+        for (groups, max) in [(1, 65_535), (65_535, 65_535), (65_536, 65_535), (1_000_000, 65_535), (10, 3)] {
+            let (x, y) = grid(groups, max);
+            assert!(x <= max && y <= 65_535);
+            assert!(x * y >= groups && x * (y - 1) < groups, "{groups}: {x} × {y}");
+        }
     }
 }

@@ -27,6 +27,9 @@ use pipelines::Pipelines;
 pub struct GpuOptions {
     /// Upper bound on rows per chunk (default: what fits one storage binding).
     pub max_chunk_rows: Option<usize>,
+    /// Upper bound on workgroups per dispatch dimension (default: the
+    /// device's, 65,535); small values force the 2-D dispatch path.
+    pub max_workgroups_per_dim: Option<u32>,
 }
 
 /// The GPU backend. Cheap to clone; clones share the device.
@@ -65,6 +68,11 @@ impl GpuBackend {
         let fit = (self.ctx.max_binding_bytes() / (4 * d.max(1)) as u64) as usize;
         let rows = self.options.max_chunk_rows.map_or(fit, |m| m.min(fit));
         rows.max(1)
+    }
+
+    fn max_workgroups_per_dim(&self) -> u32 {
+        let device = self.ctx.limits.max_compute_workgroups_per_dimension;
+        self.options.max_workgroups_per_dim.map_or(device, |m| m.min(device)).max(1)
     }
 
     /// Partial-sum buffers hold at most this many f32 (and one binding).

@@ -108,7 +108,7 @@ impl<'a> GpuResident<'a> {
         });
         pass.set_pipeline(&pipeline.pipeline);
         pass.set_bind_group(0, bind, &[]);
-        let (gx, gy) = grid(groups);
+        let (gx, gy) = grid(groups, self.gpu.max_workgroups_per_dim());
         pass.dispatch_workgroups(gx, gy, 1);
     }
 
