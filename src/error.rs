@@ -33,7 +33,9 @@ pub enum ParamsError {
         n_components: usize,
         n_features: usize,
     },
-    #[error("PCA needs at least 2 rows and n_components ({n_components}) <= rows, got {n_rows} rows")]
+    #[error(
+        "PCA needs at least 2 rows and n_components ({n_components}) <= rows, got {n_rows} rows"
+    )]
     TooFewRows { n_components: usize, n_rows: usize },
     #[error("sample weights: expected {expected} values, got {got}")]
     WeightsLength { expected: usize, got: usize },

@@ -33,7 +33,13 @@ fn sq_norm(v: ndarray::ArrayView1<f32>) -> f64 {
 }
 
 /// Checks `sums` against an f64 host sum over `labels`.
-fn check_sums(x: &Array2<f32>, w: Option<&Array1<f32>>, labels: &[u32], got: &ClusterSums, dists: &[f32]) {
+fn check_sums(
+    x: &Array2<f32>,
+    w: Option<&Array1<f32>>,
+    labels: &[u32],
+    got: &ClusterSums,
+    dists: &[f32],
+) {
     let (k, d) = got.sums.dim();
     let mut sums = Array2::<f64>::zeros((k, d));
     let mut abs = vec![0.0f64; k];
@@ -50,13 +56,27 @@ fn check_sums(x: &Array2<f32>, w: Option<&Array1<f32>>, labels: &[u32], got: &Cl
         }
     }
     for c in 0..k {
-        assert!((got.weights[c] - weights[c]).abs() <= 1e-4 * (1.0 + weights[c]), "cluster {c} weight {} vs {}", got.weights[c], weights[c]);
+        assert!(
+            (got.weights[c] - weights[c]).abs() <= 1e-4 * (1.0 + weights[c]),
+            "cluster {c} weight {} vs {}",
+            got.weights[c],
+            weights[c]
+        );
         for j in 0..d {
             let tol = 1e-4 * (1.0 + abs[c]);
-            assert!((got.sums[[c, j]] - sums[[c, j]]).abs() <= tol, "cluster {c} dim {j}: {} vs {}", got.sums[[c, j]], sums[[c, j]]);
+            assert!(
+                (got.sums[[c, j]] - sums[[c, j]]).abs() <= tol,
+                "cluster {c} dim {j}: {} vs {}",
+                got.sums[[c, j]],
+                sums[[c, j]]
+            );
         }
     }
-    assert!((got.inertia - inertia).abs() <= 1e-4 * (1.0 + inertia), "inertia {} vs {inertia}", got.inertia);
+    assert!(
+        (got.inertia - inertia).abs() <= 1e-4 * (1.0 + inertia),
+        "inertia {} vs {inertia}",
+        got.inertia
+    );
 }
 
 /// Labels equal except at near ties (see the module docs).
@@ -67,7 +87,12 @@ fn check_labels(x: ArrayView2<f32>, c: ArrayView2<f32>, a: &[u32], b: &[u32]) ->
             let (ca, cb) = (c.row(a[i] as usize), c.row(b[i] as usize));
             let (da, db) = (dist2(x.row(i), ca), dist2(x.row(i), cb));
             let scale = 1.0 + sq_norm(x.row(i)) + sq_norm(ca).max(sq_norm(cb));
-            assert!((da - db).abs() <= 1e-5 * scale, "row {i}: labels {} vs {} are not a tie ({da} vs {db})", a[i], b[i]);
+            assert!(
+                (da - db).abs() <= 1e-5 * scale,
+                "row {i}: labels {} vs {} are not a tie ({da} vs {db})",
+                a[i],
+                b[i]
+            );
             ties += 1;
         }
     }
@@ -80,7 +105,16 @@ fn close(a: f32, b: f32, rel: f32) -> bool {
 
 /// Every k-means kernel on one shape.
 fn kernels(n: usize, d: usize, k: usize, chunk_rows: Option<usize>, weighted: bool) {
-    kernels_with(n, d, k, GpuOptions { max_chunk_rows: chunk_rows, ..Default::default() }, weighted)
+    kernels_with(
+        n,
+        d,
+        k,
+        GpuOptions {
+            max_chunk_rows: chunk_rows,
+            ..Default::default()
+        },
+        weighted,
+    )
 }
 
 fn kernels_with(n: usize, d: usize, k: usize, options: GpuOptions, weighted: bool) {
@@ -98,16 +132,40 @@ fn kernels_with(n: usize, d: usize, k: usize, options: GpuOptions, weighted: boo
     check_labels(x.view(), c.view(), &ag.labels, &ah.labels);
     for i in 0..n {
         if ag.labels[i] == ah.labels[i] {
-            assert!(close(ag.distances[i], ah.distances[i], 1e-5), "row {i}: distance {} vs {}", ag.distances[i], ah.distances[i]);
+            assert!(
+                close(ag.distances[i], ah.distances[i], 1e-5),
+                "row {i}: distance {} vs {}",
+                ag.distances[i],
+                ah.distances[i]
+            );
             if k == 1 {
-                assert!(ag.second_distances[i].is_infinite() && ah.second_distances[i].is_infinite());
+                assert!(
+                    ag.second_distances[i].is_infinite() && ah.second_distances[i].is_infinite()
+                );
             } else {
-                assert!(close(ag.second_distances[i], ah.second_distances[i], 1e-5), "row {i}: second {} vs {}", ag.second_distances[i], ah.second_distances[i]);
+                assert!(
+                    close(ag.second_distances[i], ah.second_distances[i], 1e-5),
+                    "row {i}: second {} vs {}",
+                    ag.second_distances[i],
+                    ah.second_distances[i]
+                );
             }
         }
     }
-    check_sums(&x, w.as_ref(), &ag.labels, &g.accumulate(k).unwrap(), &ag.distances);
-    check_sums(&x, w.as_ref(), &ah.labels, &h.accumulate(k).unwrap(), &ah.distances);
+    check_sums(
+        &x,
+        w.as_ref(),
+        &ag.labels,
+        &g.accumulate(k).unwrap(),
+        &ag.distances,
+    );
+    check_sums(
+        &x,
+        w.as_ref(),
+        &ah.labels,
+        &h.accumulate(k).unwrap(),
+        &ah.distances,
+    );
     // The fused step gives the same sums as assign + accumulate.
     let fused = g.lloyd_step(c.view()).unwrap();
     check_sums(&x, w.as_ref(), &ag.labels, &fused, &ag.distances);
@@ -151,7 +209,10 @@ fn kernels_k_above_256() {
 /// more than 16.7 M rows.
 #[test]
 fn kernels_two_dimensional_dispatch() {
-    let options = GpuOptions { max_chunk_rows: Some(1500), max_workgroups_per_dim: Some(3) };
+    let options = GpuOptions {
+        max_chunk_rows: Some(1500),
+        max_workgroups_per_dim: Some(3),
+    };
     kernels_with(2600, 5, 7, options.clone(), true);
     let Some(gpu) = gpu_with(options) else { return };
     let x = pca_data(2600);
@@ -160,7 +221,10 @@ fn kernels_two_dimensional_dispatch() {
     for (a, b) in pg.explained_variance().iter().zip(pc.explained_variance()) {
         assert!((a - b).abs() <= 1e-3 * b, "eigenvalue {a} vs {b}");
     }
-    let (tg, tc) = (pg.transform(&gpu, x.view()).unwrap(), pc.transform(&CpuBackend::new(), x.view()).unwrap());
+    let (tg, tc) = (
+        pg.transform(&gpu, x.view()).unwrap(),
+        pc.transform(&CpuBackend::new(), x.view()).unwrap(),
+    );
     assert!(tg.iter().zip(tc.iter()).all(|(a, b)| (a - b).abs() <= 1e-2));
 }
 
@@ -173,7 +237,11 @@ fn kernels_several_chunks_and_weights() {
 fn fit_parity(x: &Array2<f32>, k: usize, chunk_rows: Option<usize>, standardize: bool) {
     let Some(gpu) = gpu(chunk_rows) else { return };
     let init = x.slice(ndarray::s![..k, ..]).to_owned() + 0.5;
-    let params = KMeansParams::new(k).init(Init::Given(init)).tol(0.0).max_iter(100).standardize(standardize);
+    let params = KMeansParams::new(k)
+        .init(Init::Given(init))
+        .tol(0.0)
+        .max_iter(100)
+        .standardize(standardize);
     let mg = params.fit(&gpu, x.view(), None).unwrap();
     let mc = params.fit(&CpuBackend::new(), x.view(), None).unwrap();
     assert_eq!(mg.backend().backend.to_string(), "gpu");
@@ -206,7 +274,10 @@ fn fit_parity_standardized_several_chunks() {
 fn predict_parity_with_margins() {
     let Some(gpu) = gpu(Some(300)) else { return };
     let (x, _) = blobs(1200, 4, 5, 13);
-    let model = KMeansParams::new(5).seed(3).fit(&CpuBackend::new(), x.view(), None).unwrap();
+    let model = KMeansParams::new(5)
+        .seed(3)
+        .fit(&CpuBackend::new(), x.view(), None)
+        .unwrap();
     let new = uniform(900, 4, -5.0, 45.0, 14);
     let pg = model.predict(&gpu, new.view()).unwrap();
     let pc = model.predict(&CpuBackend::new(), new.view()).unwrap();
@@ -214,7 +285,12 @@ fn predict_parity_with_margins() {
     let (mg, mc) = (pg.margins.unwrap(), pc.margins.unwrap());
     for i in 0..new.nrows() {
         if pg.labels[i] == pc.labels[i] {
-            assert!(close(mg[i], mc[i], 1e-4), "row {i}: margin {} vs {}", mg[i], mc[i]);
+            assert!(
+                close(mg[i], mc[i], 1e-4),
+                "row {i}: margin {} vs {}",
+                mg[i],
+                mc[i]
+            );
         }
     }
 }
@@ -248,7 +324,10 @@ fn pca_parity_several_chunks() {
     for (a, b) in pg.mean().iter().zip(pc.mean().iter()) {
         assert!((a - b).abs() <= 1e-4 * b.abs(), "mean {a} vs {b}");
     }
-    let (tg, tc) = (pg.transform(&gpu, x.view()).unwrap(), pc.transform(&CpuBackend::new(), x.view()).unwrap());
+    let (tg, tc) = (
+        pg.transform(&gpu, x.view()).unwrap(),
+        pc.transform(&CpuBackend::new(), x.view()).unwrap(),
+    );
     for (a, b) in tg.iter().zip(tc.iter()) {
         assert!((a - b).abs() <= 1e-2, "projection {a} vs {b}");
     }

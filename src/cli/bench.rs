@@ -81,7 +81,12 @@ pub fn synthetic(n: usize, d: usize, k: usize, seed: u64) -> (Array2<f32>, Array
     (x, init)
 }
 
-fn time_backend(backend: &dyn Backend, x: &Array2<f32>, init: &Array2<f32>, iters: usize) -> anyhow::Result<Row> {
+fn time_backend(
+    backend: &dyn Backend,
+    x: &Array2<f32>,
+    init: &Array2<f32>,
+    iters: usize,
+) -> anyhow::Result<Row> {
     let t = Instant::now();
     let mut resident = backend.upload(x.view(), None)?;
     resident.lloyd_step(init.view())?; // warm-up; also completes the upload
@@ -94,7 +99,9 @@ fn time_backend(backend: &dyn Backend, x: &Array2<f32>, init: &Array2<f32>, iter
         times.push(t.elapsed().as_secs_f64() * 1e3);
         for (c, mut row) in centroids.rows_mut().into_iter().enumerate() {
             if step.weights[c] > 0.0 {
-                row.iter_mut().zip(step.sums.row(c)).for_each(|(v, &s)| *v = (s / step.weights[c]) as f32);
+                row.iter_mut()
+                    .zip(step.sums.row(c))
+                    .for_each(|(v, &s)| *v = (s / step.weights[c]) as f32);
             }
         }
     }
@@ -126,7 +133,9 @@ fn write_npy(path: &Path, a: &Array2<f32>) -> anyhow::Result<()> {
     f.write_all(b"\x93NUMPY\x01\x00")?;
     f.write_all(&(header.len() as u16).to_le_bytes())?;
     f.write_all(header.as_bytes())?;
-    f.write_all(bytemuck::cast_slice(a.as_standard_layout().as_slice().expect("contiguous")))?;
+    f.write_all(bytemuck::cast_slice(
+        a.as_standard_layout().as_slice().expect("contiguous"),
+    ))?;
     Ok(())
 }
 
@@ -162,7 +171,11 @@ fn compare(x: &Array2<f32>, init: &Array2<f32>, iters: usize) -> anyhow::Result<
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let n = if args.quick { args.n.min(20_000) } else { args.n };
+    let n = if args.quick {
+        args.n.min(20_000)
+    } else {
+        args.n
+    };
     let (x, init) = synthetic(n, args.d, args.k, args.seed);
     let mut rows = Vec::new();
     if args.backend != Which::Gpu {
@@ -179,14 +192,28 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         rows.extend(compare(&x, &init, args.iters)?);
     }
     if args.json {
-        println!("{}", json!({"n": n, "d": args.d, "k": args.k, "iters": args.iters, "results": rows}));
+        println!(
+            "{}",
+            json!({"n": n, "d": args.d, "k": args.k, "iters": args.iters, "results": rows})
+        );
         return Ok(());
     }
-    println!("Lloyd iteration, n = {n}, d = {}, k = {}, median of {} iterations", args.d, args.k, args.iters);
+    println!(
+        "Lloyd iteration, n = {n}, d = {}, k = {}, median of {} iterations",
+        args.d, args.k, args.iters
+    );
     let base = rows.first().map_or(1.0, |r| r.median_ms);
-    let header: Vec<String> = ["implementation", "adapter", "median ms", "min ms", "GFLOP/s", "× first", "upload+1st ms"]
-        .map(String::from)
-        .to_vec();
+    let header: Vec<String> = [
+        "implementation",
+        "adapter",
+        "median ms",
+        "min ms",
+        "GFLOP/s",
+        "× first",
+        "upload+1st ms",
+    ]
+    .map(String::from)
+    .to_vec();
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {

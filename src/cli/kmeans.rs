@@ -82,7 +82,12 @@ pub fn run(args: KmeansArgs) -> anyhow::Result<()> {
     let progress_bar = bar.clone();
     let control = FitControl::default().on_progress(move |p| {
         progress_bar.set_position((p.run * p.max_iter + p.iteration) as u64);
-        progress_bar.set_message(format!("run {}/{} inertia {:.6e}", p.run + 1, p.n_init, p.inertia));
+        progress_bar.set_message(format!(
+            "run {}/{} inertia {:.6e}",
+            p.run + 1,
+            p.n_init,
+            p.inertia
+        ));
     });
     let model = with_cpu_fallback(args.input.backend, backend.as_ref(), |b| {
         params.fit_with(b, x.view(), weights.as_ref().map(|w| w.view()), &control)
@@ -141,18 +146,20 @@ pub fn run(args: KmeansArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-type Split = (ndarray::Array2<f32>, Option<ndarray::Array1<f32>>, Vec<String>);
+type Split = (
+    ndarray::Array2<f32>,
+    Option<ndarray::Array1<f32>>,
+    Vec<String>,
+);
 
 /// Takes the weights column out of the feature matrix.
 fn split_weights(data: segmenta::data::Dataset, name: &str) -> anyhow::Result<Split> {
-    let j = data
-        .columns
-        .iter()
-        .position(|c| c == name)
-        .ok_or_else(|| segmenta::data::DataError::UnknownColumn {
+    let j = data.columns.iter().position(|c| c == name).ok_or_else(|| {
+        segmenta::data::DataError::UnknownColumn {
             name: name.to_owned(),
             available: data.columns.join(", "),
-        })?;
+        }
+    })?;
     if data.n_cols() == 1 {
         anyhow::bail!("the weights column {name:?} is the only column: no features left");
     }

@@ -12,7 +12,11 @@ use clap::{Args, Parser, Subcommand};
 use segmenta::backend::BackendChoice;
 
 #[derive(Debug, Parser)]
-#[command(name = "segmenta", version, about = "Customer segmentation: k-means and PCA on the GPU or CPU")]
+#[command(
+    name = "segmenta",
+    version,
+    about = "Customer segmentation: k-means and PCA on the GPU or CPU"
+)]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]

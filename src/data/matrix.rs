@@ -32,7 +32,7 @@ impl Dataset {
         if width == 0 {
             return Err(DataError::NoColumns);
         }
-        if flat.len() % width != 0 {
+        if !flat.len().is_multiple_of(width) {
             return Err(DataError::Shape {
                 n_values: flat.len(),
                 width,

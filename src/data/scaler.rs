@@ -89,8 +89,10 @@ impl Scaler {
         }
     }
 
+    /// Returns a row-major (standard layout) copy, whatever `x`'s layout:
+    /// the kernels read rows as contiguous slices.
     pub fn transform(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        let mut out = x.to_owned();
+        let mut out = x.as_standard_layout().into_owned();
         let mean = Array1::from(self.mean.clone());
         let scale = Array1::from(self.scale.clone());
         Zip::from(out.rows_mut()).par_for_each(|mut row| {
@@ -103,7 +105,7 @@ impl Scaler {
     }
 
     pub fn inverse_transform(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        let mut out = x.to_owned();
+        let mut out = x.as_standard_layout().into_owned();
         for mut row in out.rows_mut() {
             for ((v, &m), &s) in row.iter_mut().zip(&self.mean).zip(&self.scale) {
                 *v = *v * s + m;

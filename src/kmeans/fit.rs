@@ -31,7 +31,11 @@ impl KMeansParams {
         check_finite(x, &[])?;
         let (n, d) = x.dim();
         if self.k > n {
-            return Err(ParamsError::KExceedsRows { k: self.k, n_rows: n }.into());
+            return Err(ParamsError::KExceedsRows {
+                k: self.k,
+                n_rows: n,
+            }
+            .into());
         }
         let weights = weights.map(|w| check_weights(w, n)).transpose()?;
         let scaler = Scaler::fit(x, self.standardize);
@@ -40,13 +44,18 @@ impl KMeansParams {
             Init::Given(c) => Init::Given(self.checked_given(c.view(), d, &scaler)?),
             other => other.clone(),
         };
-        let variance: f64 =
-            crate::data::ColumnStats::of(working.view()).var.iter().sum::<f64>() / d as f64;
+        let variance: f64 = crate::data::ColumnStats::of(working.view())
+            .var
+            .iter()
+            .sum::<f64>()
+            / d as f64;
         let tol = self.tol * variance;
 
         let info = backend.info();
         tracing::info!(backend = %info.backend, adapter = %info.adapter, n, d, k = self.k, "k-means fit");
-        let w = weights.as_ref().map(|w| w.as_slice().expect("owned, contiguous"));
+        let w = weights
+            .as_ref()
+            .map(|w| w.as_slice().expect("owned, contiguous"));
         let mut resident = backend.upload(working.view(), weights.as_ref().map(|w| w.view()))?;
         let mut best: Option<Run> = None;
         for run in 0..self.n_init {
@@ -60,9 +69,9 @@ impl KMeansParams {
                 control,
             };
             let result = lloyd(resident.as_mut(), working.view(), w, start, &spec)?;
-            let better = best.as_ref().is_none_or(|b| {
-                result.inertia_history.last() < b.inertia_history.last()
-            });
+            let better = best
+                .as_ref()
+                .is_none_or(|b| result.inertia_history.last() < b.inertia_history.last());
             if better {
                 best = Some(result);
             }
@@ -88,8 +97,15 @@ impl KMeansParams {
                 d,
             });
         }
-        if let Some((i, j)) = c.indexed_iter().find(|(_, v)| !v.is_finite()).map(|(ij, _)| ij) {
-            return Err(ParamsError::InitNotFinite { row: i + 1, col: j + 1 });
+        if let Some((i, j)) = c
+            .indexed_iter()
+            .find(|(_, v)| !v.is_finite())
+            .map(|(ij, _)| ij)
+        {
+            return Err(ParamsError::InitNotFinite {
+                row: i + 1,
+                col: j + 1,
+            });
         }
         Ok(scaler.transform(c))
     }
@@ -102,8 +118,15 @@ fn check_weights(w: ArrayView1<f32>, n: usize) -> Result<Array1<f32>, ParamsErro
             got: w.len(),
         });
     }
-    if let Some((row, &value)) = w.iter().enumerate().find(|(_, v)| !v.is_finite() || **v < 0.0) {
-        return Err(ParamsError::BadWeight { row: row + 1, value });
+    if let Some((row, &value)) = w
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !v.is_finite() || **v < 0.0)
+    {
+        return Err(ParamsError::BadWeight {
+            row: row + 1,
+            value,
+        });
     }
     if w.iter().all(|&v| v == 0.0) {
         return Err(ParamsError::ZeroWeightSum);

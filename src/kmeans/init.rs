@@ -182,13 +182,19 @@ fn kmeans_parallel(
     for (i, &label) in resident.assignment()?.labels.iter().enumerate() {
         cand_weight[label as usize] += weight(weights, i) as f32;
     }
-    Ok(kmeans_plus_plus(candidates.view(), Some(&cand_weight), k, rng))
+    Ok(kmeans_plus_plus(
+        candidates.view(),
+        Some(&cand_weight),
+        k,
+        rng,
+    ))
 }
 
 /// A uniform number in [0, 1) from (salt, round, i): splitmix64, so sampling
 /// is parallel yet independent of the thread schedule.
 fn unit_hash(salt: u64, round: u64, i: u64) -> f64 {
-    let mut z = salt ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let mut z =
+        salt ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;

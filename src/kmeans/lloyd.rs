@@ -115,11 +115,11 @@ fn relocate_empty(
     }
     let mut sums = step.sums.clone();
     let mut cluster_weight = step.weights.clone();
-    let mut candidates = order
-        .into_iter()
-        .filter(|&i| assignment.distances[i] > 0.0);
+    let mut candidates = order.into_iter().filter(|&i| assignment.distances[i] > 0.0);
     for &e in empty {
-        let Some(i) = candidates.by_ref().find(|&i| counts[assignment.labels[i] as usize] > 1)
+        let Some(i) = candidates
+            .by_ref()
+            .find(|&i| counts[assignment.labels[i] as usize] > 1)
         else {
             tracing::warn!(
                 "cluster {e} is empty and no row can be moved into it: the data has fewer distinct points than k"

@@ -120,10 +120,13 @@ pub struct Progress {
     pub shift: f64,
 }
 
+/// Called after every Lloyd iteration.
+pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
 /// Observation and cancellation of a running fit.
 #[derive(Clone, Default)]
 pub struct FitControl {
-    pub(crate) progress: Option<Arc<dyn Fn(&Progress) + Send + Sync>>,
+    pub(crate) progress: Option<ProgressFn>,
     pub(crate) cancel: Option<Arc<AtomicBool>>,
 }
 

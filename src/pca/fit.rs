@@ -48,7 +48,10 @@ impl PcaParams {
             let v = vectors.column(i);
             // Sign convention: the largest-magnitude entry is positive, so
             // every backend (and every run) reports the same signs.
-            let pivot = (0..d).fold(0, |best, j| if v[j].abs() > v[best].abs() { j } else { best });
+            let pivot = (0..d).fold(
+                0,
+                |best, j| if v[j].abs() > v[best].abs() { j } else { best },
+            );
             let sign = if v[pivot] < 0.0 { -1.0 } else { 1.0 };
             for (j, out) in row.iter_mut().enumerate() {
                 *out = (sign * v[j]) as f32;

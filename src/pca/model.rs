@@ -64,7 +64,10 @@ impl PcaModel {
         self.check_width(x.ncols(), self.n_features())?;
         check_finite(x, &[])?;
         let mut resident = backend.upload(x, None)?;
-        let mut y = resident.project(self.mean.as_slice().expect("contiguous"), self.components.view())?;
+        let mut y = resident.project(
+            self.mean.as_slice().expect("contiguous"),
+            self.components.view(),
+        )?;
         if self.whiten {
             for (mut col, &v) in y.axis_iter_mut(Axis(1)).zip(&self.explained_variance) {
                 let s = v.sqrt() as f32;

@@ -10,7 +10,10 @@ use segmenta::backend::gpu::{AdapterPolicy, GpuBackend, GpuOptions};
 /// notice when no adapter at all exists. With `SEGMENTA_REQUIRE_GPU=1` (set by
 /// scripts/test.sh once it has installed a driver) a missing adapter fails.
 pub fn gpu(max_chunk_rows: Option<usize>) -> Option<GpuBackend> {
-    gpu_with(GpuOptions { max_chunk_rows, ..Default::default() })
+    gpu_with(GpuOptions {
+        max_chunk_rows,
+        ..Default::default()
+    })
 }
 
 pub fn gpu_with(options: GpuOptions) -> Option<GpuBackend> {
@@ -56,7 +59,10 @@ pub fn blobs(n: usize, d: usize, k: usize, seed: u64) -> (Array2<f32>, Vec<usize
 
 /// Squared distance in f64, as an independent reference.
 pub fn dist2(a: ndarray::ArrayView1<f32>, b: ndarray::ArrayView1<f32>) -> f64 {
-    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum()
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum()
 }
 
 /// Adjusted Rand index of two labelings.
@@ -83,7 +89,11 @@ pub fn adjusted_rand_index(a: &[usize], b: &[u32]) -> f64 {
 /// A reference Lloyd run in f64, written independently of the library:
 /// returns (centroids, labels, inertia) after `iters` iterations or
 /// convergence (no label changes).
-pub fn reference_lloyd(x: &Array2<f32>, init: &Array2<f32>, iters: usize) -> (Array2<f64>, Vec<usize>, f64) {
+pub fn reference_lloyd(
+    x: &Array2<f32>,
+    init: &Array2<f32>,
+    iters: usize,
+) -> (Array2<f64>, Vec<usize>, f64) {
     let (n, d) = x.dim();
     let k = init.nrows();
     let mut c = init.mapv(|v| v as f64);
@@ -92,7 +102,11 @@ pub fn reference_lloyd(x: &Array2<f32>, init: &Array2<f32>, iters: usize) -> (Ar
         let mut changed = false;
         for i in 0..n {
             let best = (0..k)
-                .map(|j| (0..d).map(|t| (x[[i, t]] as f64 - c[[j, t]]).powi(2)).sum::<f64>())
+                .map(|j| {
+                    (0..d)
+                        .map(|t| (x[[i, t]] as f64 - c[[j, t]]).powi(2))
+                        .sum::<f64>()
+                })
                 .enumerate()
                 .min_by(|a, b| a.1.total_cmp(&b.1))
                 .unwrap()
@@ -120,7 +134,11 @@ pub fn reference_lloyd(x: &Array2<f32>, init: &Array2<f32>, iters: usize) -> (Ar
         }
     }
     let inertia = (0..n)
-        .map(|i| (0..d).map(|t| (x[[i, t]] as f64 - c[[labels[i], t]]).powi(2)).sum::<f64>())
+        .map(|i| {
+            (0..d)
+                .map(|t| (x[[i, t]] as f64 - c[[labels[i], t]]).powi(2))
+                .sum::<f64>()
+        })
         .sum();
     (c, labels, inertia)
 }

@@ -91,8 +91,14 @@ impl Partial {
     /// Adds `other` element-wise (callers add blocks in a fixed order, so the
     /// result is the same bits on every run).
     pub fn add(&mut self, other: &Partial) {
-        self.sums.iter_mut().zip(&other.sums).for_each(|(a, b)| *a += b);
-        self.weights.iter_mut().zip(&other.weights).for_each(|(a, b)| *a += b);
+        self.sums
+            .iter_mut()
+            .zip(&other.sums)
+            .for_each(|(a, b)| *a += b);
+        self.weights
+            .iter_mut()
+            .zip(&other.weights)
+            .for_each(|(a, b)| *a += b);
         self.inertia += other.inertia;
     }
 }
@@ -195,7 +201,9 @@ fn assign_block_impl<S: F32x16>(
                 if w == 1.0 {
                     sums.iter_mut().zip(row).for_each(|(s, &v)| *s += v as f64);
                 } else {
-                    sums.iter_mut().zip(row).for_each(|(s, &v)| *s += w * v as f64);
+                    sums.iter_mut()
+                        .zip(row)
+                        .for_each(|(s, &v)| *s += w * v as f64);
                 }
                 p.weights[label] += w;
                 p.inertia += w * dist as f64;
@@ -249,7 +257,10 @@ impl<S: F32x16> LaneBest<S> {
         let best = self.best.reduce_min();
         let label = S::select(S::eq(self.best, S::splat(best)), self.best_idx, inf).reduce_min();
         if !SECOND {
-            return Nearest { label: label as u32, second: 0 };
+            return Nearest {
+                label: label as u32,
+                second: 0,
+            };
         }
         // The runner-up is the best of every other lane and the second of the winner's lane.
         let winner_lane = S::eq(self.best_idx, S::splat(label));
@@ -259,11 +270,17 @@ impl<S: F32x16> LaneBest<S> {
         let second_label = S::select(S::eq(others, S::splat(second)), others_idx, inf).reduce_min();
         Nearest {
             label: label as u32,
-            second: if second_label.is_finite() { second_label as u32 } else { 0 },
+            second: if second_label.is_finite() {
+                second_label as u32
+            } else {
+                0
+            },
         }
     }
 }
 
+// Index loops mirror the register tile; iterators would obscure it.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn nearest_tile<S: F32x16, const V: usize, const SECOND: bool>(
     tile: &[f32],

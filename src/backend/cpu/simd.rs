@@ -46,7 +46,9 @@ impl F32x16 for Portable {
     }
     #[inline(always)]
     unsafe fn select(m: Self::Mask, yes: Self, no: Self) -> Self {
-        Self(std::array::from_fn(|l| if m[l] { yes.0[l] } else { no.0[l] }))
+        Self(std::array::from_fn(
+            |l| if m[l] { yes.0[l] } else { no.0[l] },
+        ))
     }
     #[inline(always)]
     unsafe fn reduce_min(self) -> f32 {

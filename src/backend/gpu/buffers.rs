@@ -24,11 +24,12 @@ pub fn storage(
     let size = size_bytes.max(4);
     let buffer = match contents {
         Some(data) if !data.is_empty() => {
-            ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: data,
-                usage: STORAGE,
-            })
+            ctx.device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(label),
+                    contents: data,
+                    usage: STORAGE,
+                })
         }
         _ => ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
@@ -38,18 +39,21 @@ pub fn storage(
         }),
     };
     if let Some(e) = pollster::block_on(scope.pop()) {
-        return Err(GpuError::OutOfMemory(format!("{label} ({size} bytes): {e}")));
+        return Err(GpuError::OutOfMemory(format!(
+            "{label} ({size} bytes): {e}"
+        )));
     }
     ctx.check()?;
     Ok(buffer)
 }
 
 pub fn uniform<T: Pod>(ctx: &GpuContext, label: &str, value: &T) -> wgpu::Buffer {
-    ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some(label),
-        contents: bytemuck::bytes_of(value),
-        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-    })
+    ctx.device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::bytes_of(value),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        })
 }
 
 /// Copies `count` values of `T` from `src` (at `offset` bytes) to the host,
@@ -75,7 +79,9 @@ pub fn read_back_after<T: Pod>(
     let bytes = (count * std::mem::size_of::<T>()) as u64;
     let mut encoder = encoder.unwrap_or_else(|| {
         ctx.device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read back") })
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("read back"),
+            })
     });
     if bytes == 0 {
         ctx.queue.submit([encoder.finish()]);
@@ -125,10 +131,19 @@ mod tests {
 
     #[test]
     fn grid_covers_every_group_within_the_limit() {
-        for (groups, max) in [(1, 65_535), (65_535, 65_535), (65_536, 65_535), (1_000_000, 65_535), (10, 3)] {
+        for (groups, max) in [
+            (1, 65_535),
+            (65_535, 65_535),
+            (65_536, 65_535),
+            (1_000_000, 65_535),
+            (10, 3),
+        ] {
             let (x, y) = grid(groups, max);
             assert!(x <= max && y <= 65_535);
-            assert!(x * y >= groups && x * (y - 1) < groups, "{groups}: {x} × {y}");
+            assert!(
+                x * y >= groups && x * (y - 1) < groups,
+                "{groups}: {x} × {y}"
+            );
         }
     }
 }

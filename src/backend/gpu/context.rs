@@ -58,13 +58,17 @@ impl GpuContext {
                 other => GpuError::Other(other.to_string()),
             };
             tracing::error!("{err}");
-            sink.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(err);
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert(err);
         }));
         let sink = fault.clone();
         device.set_device_lost_callback(move |reason, message| {
             if reason != wgpu::DeviceLostReason::Destroyed {
                 let err = GpuError::DeviceLost(message);
-                sink.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(err);
+                sink.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(err);
             }
         });
         let adapter_name = format!("{} ({:?}, {:?})", info.name, info.device_type, info.backend);
@@ -88,7 +92,9 @@ impl GpuContext {
 
     /// Largest buffer one binding may see, in bytes.
     pub fn max_binding_bytes(&self) -> u64 {
-        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 
     /// Blocks until submitted work finishes, then reports any recorded error.
@@ -101,7 +107,10 @@ impl GpuContext {
 }
 
 /// Prefers discrete over integrated over virtual over software adapters.
-fn pick_adapter(adapters: Vec<wgpu::Adapter>, policy: AdapterPolicy) -> Result<wgpu::Adapter, GpuError> {
+fn pick_adapter(
+    adapters: Vec<wgpu::Adapter>,
+    policy: AdapterPolicy,
+) -> Result<wgpu::Adapter, GpuError> {
     use wgpu::DeviceType::*;
     let rank = |t: wgpu::DeviceType| match t {
         DiscreteGpu => 0,

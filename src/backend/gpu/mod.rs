@@ -72,7 +72,10 @@ impl GpuBackend {
 
     fn max_workgroups_per_dim(&self) -> u32 {
         let device = self.ctx.limits.max_compute_workgroups_per_dimension;
-        self.options.max_workgroups_per_dim.map_or(device, |m| m.min(device)).max(1)
+        self.options
+            .max_workgroups_per_dim
+            .map_or(device, |m| m.min(device))
+            .max(1)
     }
 
     /// Partial-sum buffers hold at most this many f32 (and one binding).

@@ -76,7 +76,12 @@ impl<'a> GpuResident<'a> {
             chunks.push(Chunk {
                 start,
                 rows,
-                x: storage(ctx, &label("x"), row_bytes * d as u64, bytes_of_rows(block.as_slice().expect("standard layout")))?,
+                x: storage(
+                    ctx,
+                    &label("x"),
+                    row_bytes * d as u64,
+                    bytes_of_rows(block.as_slice().expect("standard layout")),
+                )?,
                 weights: storage(ctx, &label("weights"), row_bytes, bytes_of_rows(&w))?,
                 labels: storage(ctx, &label("labels"), row_bytes, None)?,
                 dists: storage(ctx, &label("dists"), row_bytes, None)?,
@@ -100,7 +105,13 @@ impl<'a> GpuResident<'a> {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
     }
 
-    fn dispatch(&self, encoder: &mut wgpu::CommandEncoder, kernel: Kernel, bind: &wgpu::BindGroup, groups: u32) {
+    fn dispatch(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: Kernel,
+        bind: &wgpu::BindGroup,
+        groups: u32,
+    ) {
         let pipeline = self.gpu.pipelines.get(kernel);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: None,
@@ -130,7 +141,10 @@ impl<'a> GpuResident<'a> {
                 _pad: [0; 2],
             },
         );
-        let bind = self.gpu.pipelines.bind(&self.gpu.ctx, Kernel::Reduce, &[partials, totals, &params]);
+        let bind =
+            self.gpu
+                .pipelines
+                .bind(&self.gpu.ctx, Kernel::Reduce, &[partials, totals, &params]);
         self.dispatch(encoder, Kernel::Reduce, &bind, width.div_ceil(256) as u32);
         bind
     }
@@ -152,31 +166,51 @@ impl<'a> GpuResident<'a> {
         let mut accumulate = Vec::new();
         let mut seg_offset = 0;
         for c in &self.chunks {
-            let p = uniform(ctx, "assign params", &AssignParams {
-                rows: c.rows as u32,
-                d: d as u32,
-                k: k as u32,
-                _pad: 0,
-            });
-            assign.push(pipes.bind(ctx, Kernel::Assign, &[&c.x, &centroids, &norms, &c.labels, &c.dists, &c.second, &p]));
+            let p = uniform(
+                ctx,
+                "assign params",
+                &AssignParams {
+                    rows: c.rows as u32,
+                    d: d as u32,
+                    k: k as u32,
+                    _pad: 0,
+                },
+            );
+            assign.push(pipes.bind(
+                ctx,
+                Kernel::Assign,
+                &[&c.x, &centroids, &norms, &c.labels, &c.dists, &c.second, &p],
+            ));
             let chunk_segments = c.rows.div_ceil(seg_rows);
-            let p = uniform(ctx, "accumulate params", &AccumulateParams {
-                rows: c.rows as u32,
-                d: d as u32,
-                k: k as u32,
-                seg_rows: seg_rows as u32,
-                seg_offset: seg_offset as u32,
-                _pad: [0; 3],
-            });
-            let bind = pipes.bind(ctx, Kernel::Accumulate, &[&c.x, &c.labels, &c.dists, &c.weights, &partials, &p]);
+            let p = uniform(
+                ctx,
+                "accumulate params",
+                &AccumulateParams {
+                    rows: c.rows as u32,
+                    d: d as u32,
+                    k: k as u32,
+                    seg_rows: seg_rows as u32,
+                    seg_offset: seg_offset as u32,
+                    _pad: [0; 3],
+                },
+            );
+            let bind = pipes.bind(
+                ctx,
+                Kernel::Accumulate,
+                &[&c.x, &c.labels, &c.dists, &c.weights, &partials, &p],
+            );
             accumulate.push((bind, chunk_segments as u32));
             seg_offset += chunk_segments;
         }
-        let p = uniform(ctx, "reduce params", &ReduceParams {
-            segments: segments as u32,
-            width: width as u32,
-            _pad: [0; 2],
-        });
+        let p = uniform(
+            ctx,
+            "reduce params",
+            &ReduceParams {
+                segments: segments as u32,
+                width: width as u32,
+                _pad: [0; 2],
+            },
+        );
         let reduce = pipes.bind(ctx, Kernel::Reduce, &[&partials, &totals, &p]);
         self.clusters = Some(Clusters {
             k,
@@ -190,29 +224,54 @@ impl<'a> GpuResident<'a> {
         Ok(self.clusters.as_ref().expect("just set"))
     }
 
-    fn record_assign(&mut self, encoder: &mut wgpu::CommandEncoder, centroids: ArrayView2<f32>) -> Result<(), GpuError> {
+    fn record_assign(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        centroids: ArrayView2<f32>,
+    ) -> Result<(), GpuError> {
         let k = centroids.nrows();
         let centroids = centroids.as_standard_layout();
         // Same f32 sums, in the same order, as the CPU kernel's norms.
-        let norms: Vec<f32> = centroids.rows().into_iter().map(|r| r.iter().map(|&v| v * v).sum()).collect();
+        let norms: Vec<f32> = centroids
+            .rows()
+            .into_iter()
+            .map(|r| r.iter().map(|&v| v * v).sum())
+            .collect();
         self.clusters(k)?;
         let cl = self.clusters.as_ref().expect("built above");
         let q = &self.gpu.ctx.queue;
-        q.write_buffer(&cl.centroids, 0, bytemuck::cast_slice(centroids.as_slice().expect("standard layout")));
+        q.write_buffer(
+            &cl.centroids,
+            0,
+            bytemuck::cast_slice(centroids.as_slice().expect("standard layout")),
+        );
         q.write_buffer(&cl.norms, 0, bytemuck::cast_slice(&norms));
         for (chunk, bind) in self.chunks.iter().zip(&cl.assign) {
-            self.dispatch(encoder, Kernel::Assign, bind, chunk.rows.div_ceil(256) as u32);
+            self.dispatch(
+                encoder,
+                Kernel::Assign,
+                bind,
+                chunk.rows.div_ceil(256) as u32,
+            );
         }
         Ok(())
     }
 
     fn record_accumulate(&self, encoder: &mut wgpu::CommandEncoder) -> Result<(), GpuError> {
-        let cl = self.clusters.as_ref().ok_or_else(|| GpuError::Other("accumulate before assign".into()))?;
+        let cl = self
+            .clusters
+            .as_ref()
+            .ok_or_else(|| GpuError::Other("accumulate before assign".into()))?;
         for (bind, segments) in &cl.accumulate {
             self.dispatch(encoder, Kernel::Accumulate, bind, *segments);
         }
         let width = cl.k * (self.d + 2);
-        self.dispatch(encoder, Kernel::Reduce, &cl.reduce, width.div_ceil(256) as u32);
+        self.dispatch(
+            encoder,
+            Kernel::Reduce,
+            &cl.reduce,
+            width.div_ceil(256) as u32,
+        );
         Ok(())
     }
 
@@ -220,7 +279,8 @@ impl<'a> GpuResident<'a> {
     fn finish_accumulate(&self, encoder: wgpu::CommandEncoder) -> Result<ClusterSums, GpuError> {
         let cl = self.clusters.as_ref().expect("recorded before");
         let (k, d) = (cl.k, self.d);
-        let totals: Vec<f32> = read_back_after(&self.gpu.ctx, Some(encoder), &cl.totals, 0, k * (d + 2))?;
+        let totals: Vec<f32> =
+            read_back_after(&self.gpu.ctx, Some(encoder), &cl.totals, 0, k * (d + 2))?;
         let mut sums = Array2::<f64>::zeros((k, d));
         let mut weights = vec![0.0; k];
         let mut inertia = 0.0;
@@ -231,10 +291,17 @@ impl<'a> GpuResident<'a> {
             weights[c] = row[d] as f64;
             inertia += row[d + 1] as f64;
         }
-        Ok(ClusterSums { sums, weights, inertia })
+        Ok(ClusterSums {
+            sums,
+            weights,
+            inertia,
+        })
     }
 
-    fn read_rows<T: Pod>(&self, pick: impl Fn(&Chunk) -> &wgpu::Buffer) -> Result<Vec<T>, GpuError> {
+    fn read_rows<T: Pod>(
+        &self,
+        pick: impl Fn(&Chunk) -> &wgpu::Buffer,
+    ) -> Result<Vec<T>, GpuError> {
         let mut out = Vec::with_capacity(self.n);
         for c in &self.chunks {
             out.extend(read_back::<T>(&self.gpu.ctx, pick(c), 0, c.rows)?);
@@ -266,7 +333,12 @@ impl<'a> GpuResident<'a> {
             buffers.extend([&partials, &p]);
             let bind = self.gpu.pipelines.bind(ctx, kernel, &buffers);
             let chunk_segments = c.rows.div_ceil(seg_rows);
-            self.dispatch(&mut encoder, kernel, &bind, (chunk_segments * groups_per_segment) as u32);
+            self.dispatch(
+                &mut encoder,
+                kernel,
+                &bind,
+                (chunk_segments * groups_per_segment) as u32,
+            );
             seg_offset += chunk_segments;
             keep.push((bind, p));
         }
@@ -293,7 +365,9 @@ impl Resident for GpuResident<'_> {
 
     fn accumulate(&mut self, k: usize) -> Result<ClusterSums, BackendError> {
         if self.clusters.as_ref().is_none_or(|c| c.k != k) {
-            return Err(GpuError::Other(format!("accumulate(k = {k}) without a matching assign")).into());
+            return Err(
+                GpuError::Other(format!("accumulate(k = {k}) without a matching assign")).into(),
+            );
         }
         let mut encoder = self.encoder("accumulate");
         self.record_accumulate(&mut encoder)?;
@@ -315,7 +389,10 @@ impl Resident for GpuResident<'_> {
         if k1 {
             second.fill(f32::INFINITY);
         } else {
-            second.iter_mut().filter(|v| **v >= BIG).for_each(|v| *v = f32::INFINITY);
+            second
+                .iter_mut()
+                .filter(|v| **v >= BIG)
+                .for_each(|v| *v = f32::INFINITY);
         }
         Ok(Assignment {
             labels: self.read_rows(|c| &c.labels)?,
@@ -326,13 +403,24 @@ impl Resident for GpuResident<'_> {
 
     fn column_sums(&mut self) -> Result<ColumnSums, BackendError> {
         let d = self.d;
-        let pivot = storage(&self.gpu.ctx, "pivot", (4 * d) as u64, bytes_of_rows(&self.pivot))?;
-        let totals = self.segmented(Kernel::ColSums, 2 * d, 1, &[&pivot], |c, seg_rows, seg_offset| ColSumsParams {
-            rows: c.rows as u32,
-            d: d as u32,
-            seg_rows: seg_rows as u32,
-            seg_offset: seg_offset as u32,
-        })?;
+        let pivot = storage(
+            &self.gpu.ctx,
+            "pivot",
+            (4 * d) as u64,
+            bytes_of_rows(&self.pivot),
+        )?;
+        let totals = self.segmented(
+            Kernel::ColSums,
+            2 * d,
+            1,
+            &[&pivot],
+            |c, seg_rows, seg_offset| ColSumsParams {
+                rows: c.rows as u32,
+                d: d as u32,
+                seg_rows: seg_rows as u32,
+                seg_offset: seg_offset as u32,
+            },
+        )?;
         Ok(ColumnSums {
             n: self.n,
             pivot: self.pivot.clone(),
@@ -345,34 +433,63 @@ impl Resident for GpuResident<'_> {
         let d = self.d;
         let tiles = d.div_ceil(16);
         let mean = storage(&self.gpu.ctx, "mean", (4 * d) as u64, bytes_of_rows(mean))?;
-        let totals = self.segmented(Kernel::Gram, d * d, tiles * tiles, &[&mean], |c, seg_rows, seg_offset| GramParams {
-            rows: c.rows as u32,
-            d: d as u32,
-            seg_rows: seg_rows as u32,
-            seg_offset: seg_offset as u32,
-            tiles: tiles as u32,
-            _pad: [0; 3],
-        })?;
-        Ok(Array2::from_shape_fn((d, d), |(i, j)| totals[i * d + j] as f64))
+        let totals = self.segmented(
+            Kernel::Gram,
+            d * d,
+            tiles * tiles,
+            &[&mean],
+            |c, seg_rows, seg_offset| GramParams {
+                rows: c.rows as u32,
+                d: d as u32,
+                seg_rows: seg_rows as u32,
+                seg_offset: seg_offset as u32,
+                tiles: tiles as u32,
+                _pad: [0; 3],
+            },
+        )?;
+        Ok(Array2::from_shape_fn((d, d), |(i, j)| {
+            totals[i * d + j] as f64
+        }))
     }
 
-    fn project(&mut self, mean: &[f32], components: ArrayView2<f32>) -> Result<Array2<f32>, BackendError> {
+    fn project(
+        &mut self,
+        mean: &[f32],
+        components: ArrayView2<f32>,
+    ) -> Result<Array2<f32>, BackendError> {
         let (ctx, d, nc) = (&self.gpu.ctx, self.d, components.nrows());
         let components = components.as_standard_layout();
         let mean = storage(ctx, "mean", (4 * d) as u64, bytes_of_rows(mean))?;
-        let comps = storage(ctx, "components", (4 * nc * d) as u64, bytes_of_rows(components.as_slice().expect("standard layout")))?;
+        let comps = storage(
+            ctx,
+            "components",
+            (4 * nc * d) as u64,
+            bytes_of_rows(components.as_slice().expect("standard layout")),
+        )?;
         let mut out = Array2::<f32>::zeros((self.n, nc));
         for c in &self.chunks {
             let y = storage(ctx, "projection", (4 * c.rows * nc) as u64, None)?;
-            let p = uniform(ctx, "project params", &ProjectParams {
-                rows: c.rows as u32,
-                d: d as u32,
-                c: nc as u32,
-                _pad: 0,
-            });
-            let bind = self.gpu.pipelines.bind(ctx, Kernel::Project, &[&c.x, &mean, &comps, &y, &p]);
+            let p = uniform(
+                ctx,
+                "project params",
+                &ProjectParams {
+                    rows: c.rows as u32,
+                    d: d as u32,
+                    c: nc as u32,
+                    _pad: 0,
+                },
+            );
+            let bind =
+                self.gpu
+                    .pipelines
+                    .bind(ctx, Kernel::Project, &[&c.x, &mean, &comps, &y, &p]);
             let mut encoder = self.encoder("project");
-            self.dispatch(&mut encoder, Kernel::Project, &bind, (c.rows * nc).div_ceil(256) as u32);
+            self.dispatch(
+                &mut encoder,
+                Kernel::Project,
+                &bind,
+                (c.rows * nc).div_ceil(256) as u32,
+            );
             let values: Vec<f32> = read_back_after(ctx, Some(encoder), &y, 0, c.rows * nc)?;
             out.slice_mut(ndarray::s![c.start..c.start + c.rows, ..])
                 .assign(&ArrayView2::from_shape((c.rows, nc), &values).expect("rows × c values"));

@@ -1,0 +1,370 @@
+//! The `segmenta` binary: outputs, and a clear error (never a panic) for bad input.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray};
+use assert_cmd::Command;
+use predicates::prelude::*;
+use tempfile::TempDir;
+
+fn segmenta() -> Command {
+    let mut cmd = Command::cargo_bin("segmenta").unwrap();
+    cmd.env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .env_remove("SEGMENTA_BACKEND");
+    cmd
+}
+
+fn write(dir: &TempDir, name: &str, text: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/customers.csv")
+}
+
+/// Runs a command that must fail cleanly with `message` on stderr.
+fn fails_with(args: &[&str], message: &str) {
+    segmenta()
+        .args(args)
+        .assert()
+        .failure()
+        .code(1)
+        .stderr(predicate::str::contains(message))
+        .stderr(predicate::str::contains("panicked").not());
+}
+
+#[test]
+fn kmeans_json_is_one_object_with_the_documented_fields() {
+    let out = segmenta()
+        .args([
+            "kmeans",
+            "--input",
+            example().to_str().unwrap(),
+            "--k",
+            "4",
+            "--backend",
+            "cpu",
+            "--standardize",
+            "--json",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(text.trim().lines().count(), 1, "exactly one line: {text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for field in [
+        "backend",
+        "adapter",
+        "k",
+        "n_iter",
+        "inertia",
+        "centroids",
+        "cluster_sizes",
+        "inertia_history",
+    ] {
+        assert!(v.get(field).is_some(), "missing {field}: {v}");
+    }
+    assert_eq!(v["backend"], "cpu");
+    assert_eq!(v["k"], 4);
+    assert_eq!(v["centroids"].as_array().unwrap().len(), 4);
+    assert_eq!(v["centroids"][0].as_array().unwrap().len(), 5);
+    let sizes: u64 = v["cluster_sizes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .sum();
+    assert_eq!(sizes, 800);
+    assert_eq!(
+        v["inertia_history"].as_array().unwrap().len() as u64,
+        v["n_iter"].as_u64().unwrap()
+    );
+}
+
+#[test]
+fn pca_json_has_the_documented_fields() {
+    let out = segmenta()
+        .args([
+            "pca",
+            "--input",
+            example().to_str().unwrap(),
+            "--n-components",
+            "2",
+            "--backend",
+            "cpu",
+            "--json",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    for field in [
+        "backend",
+        "adapter",
+        "n_components",
+        "explained_variance",
+        "explained_variance_ratio",
+        "components",
+        "mean",
+    ] {
+        assert!(v.get(field).is_some(), "missing {field}: {v}");
+    }
+    assert_eq!(v["components"].as_array().unwrap().len(), 2);
+    assert_eq!(v["mean"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn table_output_names_backend_and_clusters() {
+    segmenta()
+        .args([
+            "kmeans",
+            "--input",
+            example().to_str().unwrap(),
+            "--k",
+            "3",
+            "--backend",
+            "cpu",
+            "--columns",
+            "recency_days,monetary",
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("backend cpu"))
+        .stdout(predicate::str::contains("recency_days"))
+        .stdout(predicate::str::contains("tenure_days").not());
+}
+
+#[test]
+fn labels_out_writes_one_row_per_input_row() {
+    let dir = TempDir::new().unwrap();
+    let out = dir.path().join("labels.csv");
+    segmenta()
+        .args([
+            "kmeans",
+            "--input",
+            example().to_str().unwrap(),
+            "--k",
+            "4",
+            "--backend",
+            "cpu",
+            "--labels-out",
+            out.to_str().unwrap(),
+        ])
+        .assert()
+        .success();
+    let text = std::fs::read_to_string(out).unwrap();
+    assert_eq!(text.lines().count(), 801);
+    assert!(text.starts_with("row,label,distance"));
+}
+
+#[test]
+fn parquet_input_with_a_weights_column() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("t.parquet");
+    let col = |v: Vec<f64>| Arc::new(Float64Array::from(v)) as ArrayRef;
+    let batch = RecordBatch::try_from_iter([
+        (
+            "a",
+            col((0..40)
+                .map(|i| (i % 2) as f64 * 10.0 + i as f64 * 0.01)
+                .collect()),
+        ),
+        ("b", col((0..40).map(|i| (i % 2) as f64 * -5.0).collect())),
+        ("w", col(vec![1.0; 40])),
+        (
+            "name",
+            Arc::new(StringArray::from_iter_values(
+                (0..40).map(|i| format!("c{i}")),
+            )) as ArrayRef,
+        ),
+    ])
+    .unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&path).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    let p = path.to_str().unwrap();
+    let out = segmenta()
+        .args([
+            "kmeans",
+            "--input",
+            p,
+            "--columns",
+            "a,b,w",
+            "--weights",
+            "w",
+            "--k",
+            "2",
+            "--backend",
+            "cpu",
+            "--json",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["cluster_sizes"], serde_json::json!([20, 20]));
+    assert_eq!(v["columns"], serde_json::json!(["a", "b"]));
+    fails_with(
+        &["kmeans", "--input", p, "--k", "2", "--columns", "a,name"],
+        "column \"name\" has type Utf8, which is not numeric",
+    );
+}
+
+#[test]
+fn missing_file() {
+    fails_with(
+        &["kmeans", "--input", "/nonexistent/data.csv", "--k", "2"],
+        "cannot read /nonexistent/data.csv",
+    );
+}
+
+#[test]
+fn unreadable_file() {
+    let dir = TempDir::new().unwrap();
+    let folder = dir.path().join("folder.csv");
+    std::fs::create_dir(&folder).unwrap();
+    fails_with(
+        &["kmeans", "--input", folder.to_str().unwrap(), "--k", "2"],
+        "folder.csv",
+    );
+}
+
+#[test]
+fn unsupported_file_type() {
+    let dir = TempDir::new().unwrap();
+    let p = write(&dir, "data.xlsx", "a\n1\n");
+    fails_with(
+        &["kmeans", "--input", p.to_str().unwrap(), "--k", "2"],
+        "unsupported file type",
+    );
+}
+
+#[test]
+fn empty_data() {
+    let dir = TempDir::new().unwrap();
+    let p = write(&dir, "empty.csv", "a,b\n");
+    fails_with(
+        &["kmeans", "--input", p.to_str().unwrap(), "--k", "1"],
+        "the data has no rows",
+    );
+    let p = write(&dir, "nothing.csv", "");
+    fails_with(
+        &["kmeans", "--input", p.to_str().unwrap(), "--k", "1"],
+        "no columns",
+    );
+}
+
+#[test]
+fn nan_and_infinity_name_row_and_column() {
+    let dir = TempDir::new().unwrap();
+    let p = write(&dir, "nan.csv", "a,b\n1,2\n3,NaN\n");
+    fails_with(
+        &["kmeans", "--input", p.to_str().unwrap(), "--k", "1"],
+        "non-finite value (NaN) at row 2, column \"b\"",
+    );
+    let p = write(&dir, "inf.csv", "a,b\n1,2\ninf,4\n5,6\n");
+    fails_with(
+        &["pca", "--input", p.to_str().unwrap(), "--n-components", "1"],
+        "non-finite value (inf) at row 2, column \"a\"",
+    );
+}
+
+#[test]
+fn k_out_of_range() {
+    let p = example();
+    let p = p.to_str().unwrap();
+    fails_with(
+        &["kmeans", "--input", p, "--k", "0"],
+        "k must be at least 1",
+    );
+    fails_with(
+        &["kmeans", "--input", p, "--k", "801"],
+        "k = 801 is larger than the number of rows (800)",
+    );
+}
+
+#[test]
+fn too_many_components() {
+    fails_with(
+        &[
+            "pca",
+            "--input",
+            example().to_str().unwrap(),
+            "--n-components",
+            "6",
+        ],
+        "n_components = 6 is larger than the number of features (5)",
+    );
+}
+
+#[test]
+fn unknown_column() {
+    fails_with(
+        &[
+            "kmeans",
+            "--input",
+            example().to_str().unwrap(),
+            "--k",
+            "2",
+            "--columns",
+            "recency_days,age",
+        ],
+        "unknown column \"age\"",
+    );
+}
+
+#[test]
+fn non_numeric_value_names_column_and_row() {
+    let dir = TempDir::new().unwrap();
+    let p = write(&dir, "text.csv", "id,spend\n1,10.5\n2,abc\n");
+    fails_with(
+        &["kmeans", "--input", p.to_str().unwrap(), "--k", "1"],
+        "column \"spend\", row 2: \"abc\" is not a number",
+    );
+}
+
+#[test]
+fn backend_choice_without_any_vulkan_driver() {
+    // Point the Vulkan loader at no driver: `gpu` must fail clearly, `auto`
+    // must quietly use the CPU.
+    let p = example();
+    let run = |backend: &str| {
+        let mut cmd = segmenta();
+        cmd.env("VK_ICD_FILENAMES", "/nonexistent.json")
+            .env("VK_DRIVER_FILES", "/nonexistent.json")
+            .args([
+                "kmeans",
+                "--input",
+                p.to_str().unwrap(),
+                "--k",
+                "2",
+                "--json",
+                "--backend",
+                backend,
+            ]);
+        cmd
+    };
+    run("gpu")
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("no GPU adapter found"));
+    run("auto")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("\"backend\":\"cpu\""));
+}

@@ -1,0 +1,276 @@
+//! Clustering and PCA quality on data with a known answer, on both backends.
+
+mod common;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use common::{adjusted_rand_index, blobs, gpu, reference_lloyd, uniform};
+use ndarray::{array, Array1, Array2};
+use segmenta::backend::cpu::CpuBackend;
+use segmenta::backend::{
+    with_cpu_fallback, Backend, BackendChoice, BackendError, BackendInfo, BackendKind, GpuError,
+    Resident,
+};
+use segmenta::kmeans::{FitControl, Init, KMeansParams};
+use segmenta::pca::PcaParams;
+use segmenta::Error;
+
+fn backends() -> Vec<Box<dyn Backend>> {
+    let mut all: Vec<Box<dyn Backend>> = vec![Box::new(CpuBackend::new())];
+    if let Some(g) = gpu(None) {
+        all.push(Box::new(g));
+    }
+    all
+}
+
+#[test]
+fn blobs_are_recovered() {
+    let (x, truth) = blobs(4000, 6, 8, 1);
+    for b in backends() {
+        for init in [Init::KMeansPlusPlus, Init::KMeansParallel] {
+            let model = KMeansParams::new(8)
+                .init(init.clone())
+                .n_init(3)
+                .seed(5)
+                .fit(b.as_ref(), x.view(), None)
+                .unwrap();
+            let ari = adjusted_rand_index(&truth, model.labels());
+            assert!(ari >= 0.99, "{:?} {init:?}: ARI {ari}", b.info());
+        }
+    }
+}
+
+#[test]
+fn inertia_matches_an_independent_reference() {
+    let x = uniform(1500, 4, 0.0, 10.0, 2);
+    let init = x.slice(ndarray::s![..6, ..]).to_owned();
+    let (_, _, reference) = reference_lloyd(&x, &init, 300);
+    for b in backends() {
+        let model = KMeansParams::new(6)
+            .init(Init::Given(init.clone()))
+            .tol(0.0)
+            .fit(b.as_ref(), x.view(), None)
+            .unwrap();
+        let rel = (model.inertia() - reference).abs() / reference;
+        assert!(
+            rel <= 0.01,
+            "{:?}: inertia {} vs reference {reference}",
+            b.info(),
+            model.inertia()
+        );
+    }
+}
+
+#[test]
+fn same_seed_same_result() {
+    let (x, _) = blobs(3000, 5, 6, 3);
+    for b in backends() {
+        for init in [Init::KMeansPlusPlus, Init::KMeansParallel, Init::Random] {
+            let params = KMeansParams::new(6).init(init).n_init(2).seed(42);
+            let a = params.fit(b.as_ref(), x.view(), None).unwrap();
+            let c = params.fit(b.as_ref(), x.view(), None).unwrap();
+            assert_eq!(a.centroids(), c.centroids());
+            assert_eq!(a.labels(), c.labels());
+            assert_eq!(a.inertia().to_bits(), c.inertia().to_bits());
+            assert_eq!(a.inertia_history(), c.inertia_history());
+        }
+    }
+}
+
+#[test]
+fn empty_clusters_are_relocated() {
+    // The third initial centroid is far from every row: it gets no rows in
+    // the first iteration and must be moved, not left empty or NaN.
+    let (x, _) = blobs(600, 2, 3, 4);
+    let init = array![[0.0f32, 0.0], [20.0, 0.0], [1e4, 1e4]];
+    for b in backends() {
+        let model = KMeansParams::new(3)
+            .init(Init::Given(init.clone()))
+            .fit(b.as_ref(), x.view(), None)
+            .unwrap();
+        assert!(model.centroids().iter().all(|v| v.is_finite()));
+        assert_eq!(model.cluster_sizes().len(), 3);
+        assert!(
+            model.cluster_sizes().iter().all(|&s| s > 0),
+            "{:?}",
+            model.cluster_sizes()
+        );
+    }
+}
+
+#[test]
+fn k_equals_n_gives_singletons() {
+    let x = uniform(40, 3, 0.0, 1.0, 5);
+    for b in backends() {
+        let model = KMeansParams::new(40)
+            .fit(b.as_ref(), x.view(), None)
+            .unwrap();
+        assert!(model.cluster_sizes().iter().all(|&s| s == 1));
+        assert!(model.inertia() < 1e-6);
+    }
+}
+
+#[test]
+fn integer_weights_equal_repeated_rows() {
+    let x = uniform(300, 3, 0.0, 1.0, 6);
+    let reps: Vec<usize> = (0..300).map(|i| 1 + i % 3).collect();
+    let repeated = Array2::from_shape_fn((reps.iter().sum(), 3), |(i, j)| {
+        let mut r = i;
+        let mut src = 0;
+        while r >= reps[src] {
+            r -= reps[src];
+            src += 1;
+        }
+        x[[src, j]]
+    });
+    let w = Array1::from_iter(reps.iter().map(|&r| r as f32));
+    let init = x.slice(ndarray::s![..4, ..]).to_owned();
+    let params = KMeansParams::new(4).init(Init::Given(init)).tol(0.0);
+    for b in backends() {
+        let weighted = params.fit(b.as_ref(), x.view(), Some(w.view())).unwrap();
+        let plain = params.fit(b.as_ref(), repeated.view(), None).unwrap();
+        for (a, c) in weighted.centroids().iter().zip(plain.centroids().iter()) {
+            assert!((a - c).abs() < 1e-4, "{a} vs {c}");
+        }
+        assert!((weighted.inertia() - plain.inertia()).abs() < 1e-3 * plain.inertia());
+    }
+}
+
+#[test]
+fn standardized_model_predicts_raw_rows() {
+    // Column 1 is in units 1000× larger; the scaler must be stored with the
+    // model and applied again to raw rows by `predict`.
+    let (x, truth) = blobs(900, 2, 3, 7);
+    let raw = &x * &ndarray::arr1(&[1.0f32, 1000.0]);
+    let model = KMeansParams::new(3)
+        .standardize(true)
+        .seed(1)
+        .fit(&CpuBackend::new(), raw.view(), None)
+        .unwrap();
+    assert!(adjusted_rand_index(&truth, model.labels()) > 0.99);
+    assert!(model.scaler().standardize);
+    let scale = &model.scaler().scale;
+    assert!(scale[1] > 500.0 * scale[0], "{scale:?}");
+    // Centroids are reported in original units.
+    let col1_max = raw.column(1).iter().fold(0.0f32, |m, &v| m.max(v));
+    assert!(model
+        .centroids()
+        .column(1)
+        .iter()
+        .any(|&v| v > 0.3 * col1_max));
+    let again = model.predict(&CpuBackend::new(), raw.view()).unwrap();
+    assert_eq!(again.labels, model.labels());
+    assert!(again.margins.unwrap().iter().all(|&m| m >= 0.0));
+}
+
+#[test]
+fn cancellation_stops_the_fit() {
+    let (x, _) = blobs(500, 2, 3, 9);
+    let flag = Arc::new(AtomicBool::new(true));
+    let control = FitControl::default().cancel_flag(flag);
+    let err = KMeansParams::new(3)
+        .fit_with(&CpuBackend::new(), x.view(), None, &control)
+        .unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+}
+
+#[test]
+fn progress_reports_every_iteration() {
+    let (x, _) = blobs(500, 2, 3, 10);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let control =
+        FitControl::default().on_progress(move |p| sink.lock().unwrap().push(p.iteration));
+    let model = KMeansParams::new(3)
+        .fit_with(&CpuBackend::new(), x.view(), None, &control)
+        .unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        (1..=model.n_iter()).collect::<Vec<_>>()
+    );
+}
+
+/// A backend whose device is "lost" on upload, as a GPU can be mid-fit.
+struct LostGpu;
+
+impl Backend for LostGpu {
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            backend: BackendKind::Gpu,
+            adapter: "lost".into(),
+        }
+    }
+    fn upload<'a>(
+        &'a self,
+        _: ndarray::ArrayView2<'a, f32>,
+        _: Option<ndarray::ArrayView1<'a, f32>>,
+    ) -> Result<Box<dyn Resident + 'a>, BackendError> {
+        Err(GpuError::DeviceLost("simulated".into()).into())
+    }
+}
+
+#[test]
+fn auto_falls_back_to_the_cpu_when_the_gpu_fails() {
+    let (x, _) = blobs(300, 2, 3, 11);
+    let params = KMeansParams::new(3);
+    let model = with_cpu_fallback(BackendChoice::Auto, &LostGpu, |b| {
+        params.fit(b, x.view(), None)
+    })
+    .unwrap();
+    assert_eq!(model.backend().backend, BackendKind::Cpu);
+    // An explicit `gpu` choice reports the failure instead.
+    let err = with_cpu_fallback(BackendChoice::Gpu, &LostGpu, |b| {
+        params.fit(b, x.view(), None)
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("device lost"), "{err}");
+}
+
+#[test]
+fn pca_recovers_planted_directions() {
+    // Variance 9 along (1, 1)/√2, 1 along (1, −1)/√2, 0.01 along z.
+    let base = uniform(4000, 3, -1.0, 1.0, 12) * 3.0f32.sqrt();
+    let x = Array2::from_shape_fn((4000, 3), |(i, j)| {
+        let (a, b, c) = (3.0 * base[[i, 0]], base[[i, 1]], 0.1 * base[[i, 2]]);
+        let s = std::f32::consts::FRAC_1_SQRT_2;
+        [s * (a + b), s * (a - b), c][j] + 50.0
+    });
+    for b in backends() {
+        let pca = PcaParams::new(2).fit(b.as_ref(), x.view()).unwrap();
+        let ev = pca.explained_variance();
+        assert!(
+            (ev[0] - 9.0).abs() < 0.5 && (ev[1] - 1.0).abs() < 0.1,
+            "{ev:?}"
+        );
+        let c0 = pca.components().row(0);
+        assert!((c0[0] - c0[1]).abs() < 0.02 && c0[2].abs() < 0.02, "{c0}");
+        let y = pca.transform(b.as_ref(), x.view()).unwrap();
+        let back = pca.inverse_transform(y.view()).unwrap();
+        let err = (&back - &x).iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+        assert!(err < 0.5, "reconstruction error {err}");
+    }
+}
+
+#[test]
+fn pca_whitening_gives_unit_variance() {
+    let x = uniform(3000, 4, -1.0, 1.0, 13) * ndarray::arr1(&[5.0f32, 2.0, 1.0, 0.5]);
+    let pca = PcaParams::new(3)
+        .whiten(true)
+        .fit(&CpuBackend::new(), x.view())
+        .unwrap();
+    let y = pca.transform(&CpuBackend::new(), x.view()).unwrap();
+    for col in y.columns() {
+        let var = col.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / (col.len() - 1) as f64;
+        assert!((var - 1.0).abs() < 1e-3, "variance {var}");
+    }
+    let back = pca.inverse_transform(y.view()).unwrap();
+    let full = PcaParams::new(3).fit(&CpuBackend::new(), x.view()).unwrap();
+    let direct = full
+        .inverse_transform(full.transform(&CpuBackend::new(), x.view()).unwrap().view())
+        .unwrap();
+    assert!(back
+        .iter()
+        .zip(direct.iter())
+        .all(|(a, b)| (a - b).abs() < 1e-3));
+}
