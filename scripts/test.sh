@@ -35,4 +35,4 @@ echo "== cargo test"
 cargo test --all-targets
 cargo test --doc
 echo "== bench smoke test (segmenta bench --quick)"
-cargo run --quiet --release -- bench --quick --iters 3
+cargo run --quiet -- bench --quick --iters 3
