@@ -25,6 +25,18 @@ fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/customers.csv")
 }
 
+/// Runs a command that must succeed and print one JSON value.
+fn json_of(args: &[&str]) -> serde_json::Value {
+    let out = segmenta()
+        .args(args)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    serde_json::from_slice(&out).unwrap()
+}
+
 /// Runs a command that must fail cleanly with `message` on stderr.
 fn fails_with(args: &[&str], message: &str) {
     segmenta()
@@ -38,26 +50,17 @@ fn fails_with(args: &[&str], message: &str) {
 
 #[test]
 fn kmeans_json_is_one_object_with_the_documented_fields() {
-    let out = segmenta()
-        .args([
-            "kmeans",
-            "--input",
-            example().to_str().unwrap(),
-            "--k",
-            "4",
-            "--backend",
-            "cpu",
-            "--standardize",
-            "--json",
-        ])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let text = String::from_utf8(out).unwrap();
-    assert_eq!(text.trim().lines().count(), 1, "exactly one line: {text}");
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let v = json_of(&[
+        "kmeans",
+        "--input",
+        example().to_str().unwrap(),
+        "--k",
+        "4",
+        "--backend",
+        "cpu",
+        "--standardize",
+        "--json",
+    ]);
     for field in [
         "backend",
         "adapter",
@@ -89,23 +92,16 @@ fn kmeans_json_is_one_object_with_the_documented_fields() {
 
 #[test]
 fn pca_json_has_the_documented_fields() {
-    let out = segmenta()
-        .args([
-            "pca",
-            "--input",
-            example().to_str().unwrap(),
-            "--n-components",
-            "2",
-            "--backend",
-            "cpu",
-            "--json",
-        ])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let v = json_of(&[
+        "pca",
+        "--input",
+        example().to_str().unwrap(),
+        "--n-components",
+        "2",
+        "--backend",
+        "cpu",
+        "--json",
+    ]);
     for field in [
         "backend",
         "adapter",
@@ -196,27 +192,20 @@ fn parquet_input_with_a_weights_column() {
     writer.write(&batch).unwrap();
     writer.close().unwrap();
     let p = path.to_str().unwrap();
-    let out = segmenta()
-        .args([
-            "kmeans",
-            "--input",
-            p,
-            "--columns",
-            "a,b,w",
-            "--weights",
-            "w",
-            "--k",
-            "2",
-            "--backend",
-            "cpu",
-            "--json",
-        ])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let v = json_of(&[
+        "kmeans",
+        "--input",
+        p,
+        "--columns",
+        "a,b,w",
+        "--weights",
+        "w",
+        "--k",
+        "2",
+        "--backend",
+        "cpu",
+        "--json",
+    ]);
     assert_eq!(v["cluster_sizes"], serde_json::json!([20, 20]));
     assert_eq!(v["columns"], serde_json::json!(["a", "b"]));
     fails_with(
@@ -244,43 +233,39 @@ fn unreadable_file() {
     );
 }
 
+/// Writes `text` to a file called `name` and runs `command` on it with
+/// `extra` arguments; it must fail with `message`.
+fn fails_on_file(name: &str, text: &str, command: &[&str], message: &str) {
+    let dir = TempDir::new().unwrap();
+    let path = write(&dir, name, text);
+    let mut args = vec![command[0], "--input", path.to_str().unwrap()];
+    args.extend_from_slice(&command[1..]);
+    fails_with(&args, message);
+}
+
+const KMEANS_K1: &[&str] = &["kmeans", "--k", "1"];
+
 #[test]
 fn unsupported_file_type() {
-    let dir = TempDir::new().unwrap();
-    let p = write(&dir, "data.xlsx", "a\n1\n");
-    fails_with(
-        &["kmeans", "--input", p.to_str().unwrap(), "--k", "2"],
-        "unsupported file type",
-    );
+    fails_on_file("data.xlsx", "a\n1\n", KMEANS_K1, "unsupported file type");
 }
 
 #[test]
 fn empty_data() {
-    let dir = TempDir::new().unwrap();
-    let p = write(&dir, "empty.csv", "a,b\n");
-    fails_with(
-        &["kmeans", "--input", p.to_str().unwrap(), "--k", "1"],
-        "the data has no rows",
-    );
-    let p = write(&dir, "nothing.csv", "");
-    fails_with(
-        &["kmeans", "--input", p.to_str().unwrap(), "--k", "1"],
-        "no columns",
-    );
+    fails_on_file("empty.csv", "a,b\n", KMEANS_K1, "the data has no rows");
+    fails_on_file("nothing.csv", "", KMEANS_K1, "no columns");
 }
 
 #[test]
 fn nan_and_infinity_name_row_and_column() {
-    let dir = TempDir::new().unwrap();
-    let p = write(&dir, "nan.csv", "a,b\n1,2\n3,NaN\n");
-    fails_with(
-        &["kmeans", "--input", p.to_str().unwrap(), "--k", "1"],
-        "non-finite value (NaN) at row 2, column \"b\"",
-    );
-    let p = write(&dir, "inf.csv", "a,b\n1,2\ninf,4\n5,6\n");
-    fails_with(
-        &["pca", "--input", p.to_str().unwrap(), "--n-components", "1"],
-        "non-finite value (inf) at row 2, column \"a\"",
+    let nan = "non-finite value (NaN) at row 2, column \"b\"";
+    fails_on_file("nan.csv", "a,b\n1,2\n3,NaN\n", KMEANS_K1, nan);
+    let inf = "non-finite value (inf) at row 2, column \"a\"";
+    fails_on_file(
+        "inf.csv",
+        "a,b\n1,2\ninf,4\n5,6\n",
+        &["pca", "--n-components", "1"],
+        inf,
     );
 }
 
@@ -330,12 +315,8 @@ fn unknown_column() {
 
 #[test]
 fn non_numeric_value_names_column_and_row() {
-    let dir = TempDir::new().unwrap();
-    let p = write(&dir, "text.csv", "id,spend\n1,10.5\n2,abc\n");
-    fails_with(
-        &["kmeans", "--input", p.to_str().unwrap(), "--k", "1"],
-        "column \"spend\", row 2: \"abc\" is not a number",
-    );
+    let message = "column \"spend\", row 2: \"abc\" is not a number";
+    fails_on_file("text.csv", "id,spend\n1,10.5\n2,abc\n", KMEANS_K1, message);
 }
 
 #[test]

@@ -215,17 +215,7 @@ fn kernels_two_dimensional_dispatch() {
     };
     kernels_with(2600, 5, 7, options.clone(), true);
     let Some(gpu) = gpu_with(options) else { return };
-    let x = pca_data(2600);
-    let pg = PcaParams::new(3).fit(&gpu, x.view()).unwrap();
-    let pc = PcaParams::new(3).fit(&CpuBackend::new(), x.view()).unwrap();
-    for (a, b) in pg.explained_variance().iter().zip(pc.explained_variance()) {
-        assert!((a - b).abs() <= 1e-3 * b, "eigenvalue {a} vs {b}");
-    }
-    let (tg, tc) = (
-        pg.transform(&gpu, x.view()).unwrap(),
-        pc.transform(&CpuBackend::new(), x.view()).unwrap(),
-    );
-    assert!(tg.iter().zip(tc.iter()).all(|(a, b)| (a - b).abs() <= 1e-2));
+    pca_parity(&gpu, &pca_data(2600), 3);
 }
 
 #[test]
@@ -311,9 +301,13 @@ fn pca_data(n: usize) -> Array2<f32> {
 #[test]
 fn pca_parity_several_chunks() {
     let Some(gpu) = gpu(Some(700)) else { return };
-    let x = pca_data(3000);
-    let params = PcaParams::new(4);
-    let pg = params.fit(&gpu, x.view()).unwrap();
+    pca_parity(&gpu, &pca_data(3000), 4);
+}
+
+/// PCA on both backends: eigenvalues, components, mean and projections agree.
+fn pca_parity(gpu: &dyn Backend, x: &Array2<f32>, c: usize) {
+    let params = PcaParams::new(c);
+    let pg = params.fit(gpu, x.view()).unwrap();
     let pc = params.fit(&CpuBackend::new(), x.view()).unwrap();
     for (a, b) in pg.explained_variance().iter().zip(pc.explained_variance()) {
         assert!((a - b).abs() <= 1e-3 * b, "eigenvalue {a} vs {b}");
@@ -325,7 +319,7 @@ fn pca_parity_several_chunks() {
         assert!((a - b).abs() <= 1e-4 * b.abs(), "mean {a} vs {b}");
     }
     let (tg, tc) = (
-        pg.transform(&gpu, x.view()).unwrap(),
+        pg.transform(gpu, x.view()).unwrap(),
         pc.transform(&CpuBackend::new(), x.view()).unwrap(),
     );
     for (a, b) in tg.iter().zip(tc.iter()) {
