@@ -47,6 +47,24 @@ pub enum ParamsError {
     WidthMismatch { expected: usize, got: usize },
 }
 
+impl ParamsError {
+    /// The request field this error is about (for error details over gRPC).
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::ZeroK | Self::KExceedsRows { .. } => "k",
+            Self::ZeroNInit => "n_init",
+            Self::ZeroMaxIter => "max_iter",
+            Self::BadTol(_) => "tol",
+            Self::InitShape { .. } | Self::InitNotFinite { .. } => "initial_centroids",
+            Self::ZeroComponents
+            | Self::ComponentsExceedFeatures { .. }
+            | Self::TooFewRows { .. } => "n_components",
+            Self::WeightsLength { .. } | Self::BadWeight { .. } | Self::ZeroWeightSum => "weights",
+            Self::WidthMismatch { .. } => "rows",
+        }
+    }
+}
+
 /// Any failure of the library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -12,3 +12,4 @@ pub mod kmeans;
 pub mod pca;
 
 pub use error::{Error, ParamsError, Result};
+pub mod service;

@@ -1,9 +1,11 @@
 //! The `segmenta` command line: thin wrappers over the library.
 
 mod bench;
+mod client;
 mod kmeans;
 mod output;
 mod pca;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -33,6 +35,10 @@ pub enum Command {
     Pca(pca::PcaArgs),
     /// Time Lloyd iterations on synthetic data (optionally against scikit-learn).
     Bench(bench::BenchArgs),
+    /// Run the gRPC server.
+    Serve(serve::ServeArgs),
+    /// Talk to a running server.
+    Client(client::ClientArgs),
 }
 
 /// Options shared by the commands that read a table.
@@ -73,5 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Kmeans(args) => kmeans::run(args),
         Command::Pca(args) => pca::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Client(args) => client::run(args),
     }
 }

@@ -15,8 +15,10 @@
 mod fit;
 mod init;
 mod lloyd;
+mod metrics;
 mod model;
 mod params;
 
+pub use metrics::{evaluate, Evaluation};
 pub use model::{KMeansModel, Prediction};
 pub use params::{FitControl, Init, KMeansParams, Progress};

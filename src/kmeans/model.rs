@@ -8,6 +8,9 @@ use crate::error::{ParamsError, Result};
 
 /// A fitted k-means model.
 ///
+/// Serialising it keeps what prediction and reporting need; the per-row
+/// training `labels` and `distances` are not persisted (they come back empty).
+///
 /// Distances are squared Euclidean, measured in the space the model clusters
 /// in: original units, or standard deviations when fitted with
 /// `standardize`. Inertia is their weighted sum, accumulated in f64.
@@ -16,7 +19,9 @@ pub struct KMeansModel {
     centroids: Array2<f32>,
     scaled_centroids: Array2<f32>,
     scaler: Scaler,
+    #[serde(skip)]
     labels: Vec<u32>,
+    #[serde(skip)]
     distances: Vec<f32>,
     inertia: f64,
     n_iter: usize,

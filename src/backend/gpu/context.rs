@@ -24,6 +24,7 @@ pub struct GpuContext {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub adapter_name: String,
+    pub device_type: wgpu::DeviceType,
     pub limits: wgpu::Limits,
     fault: Arc<Mutex<Option<GpuError>>>,
 }
@@ -77,6 +78,7 @@ impl GpuContext {
             device,
             queue,
             adapter_name,
+            device_type: info.device_type,
             limits,
             fault,
         })

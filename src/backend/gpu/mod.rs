@@ -63,6 +63,14 @@ impl GpuBackend {
         &self.ctx.adapter_name
     }
 
+    /// A discrete or integrated GPU (not a software rasteriser).
+    pub fn is_hardware(&self) -> bool {
+        matches!(
+            self.ctx.device_type,
+            wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu
+        )
+    }
+
     /// Rows per chunk for width `d`: one chunk must fit one storage binding.
     fn chunk_rows(&self, d: usize) -> usize {
         let fit = (self.ctx.max_binding_bytes() / (4 * d.max(1)) as u64) as usize;
