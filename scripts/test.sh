@@ -29,6 +29,14 @@ if have_vulkan; then
     export SEGMENTA_REQUIRE_GPU=1
 fi
 
+# The Python client test needs grpcio-tools (from PyPI).
+if python3 -m pip install -q --disable-pip-version-check -r clients/python/requirements.txt >/dev/null 2>&1 &&
+    python3 -c "import grpc, grpc_tools" 2>/dev/null; then
+    export SEGMENTA_REQUIRE_PYTHON=1
+else
+    echo "warning: could not install grpcio-tools: the Python client test will be skipped" >&2
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo test"

@@ -1,0 +1,855 @@
+//! The gRPC service, end to end: a real server on 127.0.0.1:0 and the
+//! generated client. Every call has a deadline so a hang fails the test.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::blobs;
+use ndarray::Array2;
+use segmenta::backend::cpu::CpuBackend;
+use segmenta::backend::BackendChoice;
+use segmenta::kmeans::KMeansParams;
+use segmenta::pca::PcaParams;
+use segmenta::service::proto as pb;
+use segmenta::service::{serve, Limits, ServerConfig};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic::Code;
+
+use pb::upload_request::Message;
+
+struct TestServer {
+    channel: Channel,
+    addr: String,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    async fn start(dir: &Path, limits: Limits) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = ServerConfig {
+            data_dir: dir.to_owned(),
+            backend: BackendChoice::Cpu,
+            limits,
+        };
+        let done = tokio::spawn(async move {
+            serve(config, listener, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        let channel = Channel::from_shared(addr.clone())
+            .unwrap()
+            .timeout(Duration::from_secs(60))
+            .connect()
+            .await
+            .unwrap();
+        Self {
+            channel,
+            addr,
+            stop: Some(stop),
+            done,
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(60), self.done)
+            .await
+            .expect("server stops")
+            .unwrap();
+    }
+
+    fn datasets(&self) -> pb::datasets_client::DatasetsClient<Channel> {
+        pb::datasets_client::DatasetsClient::new(self.channel.clone())
+    }
+    fn jobs(&self) -> pb::jobs_client::JobsClient<Channel> {
+        pb::jobs_client::JobsClient::new(self.channel.clone())
+    }
+    fn clustering(&self) -> pb::clustering_client::ClusteringClient<Channel> {
+        pb::clustering_client::ClusteringClient::new(self.channel.clone())
+    }
+    fn decomposition(&self) -> pb::decomposition_client::DecompositionClient<Channel> {
+        pb::decomposition_client::DecompositionClient::new(self.channel.clone())
+    }
+    fn models(&self) -> pb::models_client::ModelsClient<Channel> {
+        pb::models_client::ModelsClient::new(self.channel.clone())
+    }
+    fn server(&self) -> pb::server_client::ServerClient<Channel> {
+        pb::server_client::ServerClient::new(self.channel.clone())
+    }
+
+    async fn upload(&self, columns: &[&str], x: &Array2<f32>) -> pb::Dataset {
+        let mut messages = vec![header("test", columns)];
+        for block in x
+            .as_standard_layout()
+            .as_slice()
+            .unwrap()
+            .chunks(columns.len() * 500)
+        {
+            messages.push(rows(block.to_vec()));
+        }
+        self.datasets()
+            .upload(tokio_stream::iter(messages))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Follows a job to its end; returns the finished job and the progress events seen.
+    async fn finish(&self, id: &str) -> (pb::Job, Vec<pb::JobProgress>) {
+        let mut stream = self
+            .jobs()
+            .watch_job(pb::WatchJobRequest { id: id.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut progress = Vec::new();
+        while let Some(event) = stream.message().await.unwrap() {
+            match event.event.unwrap() {
+                pb::job_event::Event::Progress(p) => progress.push(p),
+                pb::job_event::Event::Finished(job) => return (job, progress),
+            }
+        }
+        panic!("watch stream ended without a finished job");
+    }
+}
+
+fn header(name: &str, columns: &[&str]) -> pb::UploadRequest {
+    pb::UploadRequest {
+        message: Some(Message::Header(pb::UploadHeader {
+            name: name.into(),
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+        })),
+    }
+}
+
+fn rows(values: Vec<f32>) -> pb::UploadRequest {
+    pb::UploadRequest {
+        message: Some(Message::Rows(pb::RowBlock { values })),
+    }
+}
+
+fn flat(x: &Array2<f32>) -> Vec<f32> {
+    x.as_standard_layout().iter().copied().collect()
+}
+
+fn kmeans_of(job: &pb::Job) -> pb::KMeansModel {
+    match job.result.clone() {
+        Some(pb::job::Result::Kmeans(m)) => m,
+        other => panic!("expected a k-means model, got {other:?} ({})", job.error),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn round_trip_matches_the_library() {
+    runtime().block_on(async {
+        let dir = TempDir::new().unwrap();
+        let server = TestServer::start(dir.path(), Limits::default()).await;
+        let (x, _) = blobs(3000, 3, 4, 21);
+        let dataset = server.upload(&["a", "b", "c"], &x).await;
+        assert_eq!((dataset.n_rows, dataset.n_cols), (3000, 3));
+        assert_eq!(
+            server
+                .datasets()
+                .get(pb::GetDatasetRequest {
+                    id: dataset.id.clone()
+                })
+                .await
+                .unwrap()
+                .into_inner(),
+            dataset
+        );
+
+        let fit = pb::FitKMeansRequest {
+            dataset_id: dataset.id.clone(),
+            k: 4,
+            seed: 9,
+            standardize: true,
+            n_init: 2,
+            backend: pb::Backend::Cpu as i32,
+            ..Default::default()
+        };
+        let job = server
+            .clustering()
+            .fit_k_means(fit)
+            .await
+            .unwrap()
+            .into_inner();
+        let (job, progress) = server.finish(&job.id).await;
+        assert_eq!(job.state, pb::JobState::Succeeded as i32, "{}", job.error);
+        assert!(!progress.is_empty());
+        let model = kmeans_of(&job);
+        let local = KMeansParams::new(4)
+            .seed(9)
+            .standardize(true)
+            .n_init(2)
+            .fit(&CpuBackend::new(), x.view(), None)
+            .unwrap();
+        assert_eq!(model.centroids, flat(local.centroids()));
+        assert_eq!(model.inertia, local.inertia());
+        assert_eq!(model.n_iter as usize, local.n_iter());
+        assert_eq!(model.backend, "cpu");
+
+        let probe = x.slice(ndarray::s![..200, ..]).to_owned();
+        let assigned = server
+            .clustering()
+            .assign(pb::AssignRequest {
+                model_id: model.id.clone(),
+                rows: flat(&probe),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let expected = local.predict(&CpuBackend::new(), probe.view()).unwrap();
+        assert_eq!(assigned.labels, expected.labels);
+        assert_eq!(assigned.distances, expected.distances);
+        assert_eq!(assigned.margins, expected.margins.unwrap());
+
+        // The bidirectional stream answers each request in order.
+        let requests = (0..3).map(|i| pb::AssignRequest {
+            model_id: model.id.clone(),
+            rows: flat(&x.slice(ndarray::s![i * 10..i * 10 + 10, ..]).to_owned()),
+        });
+        let mut answers = server
+            .clustering()
+            .assign_stream(tokio_stream::iter(requests.collect::<Vec<_>>()))
+            .await
+            .unwrap()
+            .into_inner();
+        for i in 0..3 {
+            let r = answers
+                .message()
+                .await
+                .unwrap()
+                .expect("one answer per request");
+            assert_eq!(r.labels, &local.labels()[i * 10..i * 10 + 10]);
+        }
+        assert!(answers.message().await.unwrap().is_none());
+
+        let eval = server
+            .clustering()
+            .evaluate(pb::EvaluateRequest {
+                model_id: model.id.clone(),
+                dataset_id: dataset.id.clone(),
+                silhouette_sample_size: 500,
+                seed: 1,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(eval.silhouette > 0.5 && eval.silhouette <= 1.0, "{eval:?}");
+        assert_eq!(eval.silhouette_sample_size, 500);
+        assert!(
+            eval.davies_bouldin > 0.0 && eval.davies_bouldin < 1.0,
+            "{eval:?}"
+        );
+        assert!(eval.calinski_harabasz > 100.0, "{eval:?}");
+
+        let job = server
+            .decomposition()
+            .fit_pca(pb::FitPcaRequest {
+                dataset_id: dataset.id.clone(),
+                n_components: 2,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let (job, _) = server.finish(&job.id).await;
+        let Some(pb::job::Result::Pca(pca)) = job.result else {
+            panic!("no PCA model: {}", job.error)
+        };
+        let local_pca = PcaParams::new(2).fit(&CpuBackend::new(), x.view()).unwrap();
+        assert_eq!(pca.components, flat(local_pca.components()));
+        let t = server
+            .decomposition()
+            .transform(pb::TransformRequest {
+                model_id: pca.id.clone(),
+                rows: flat(&probe),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            t.values,
+            flat(
+                &local_pca
+                    .transform(&CpuBackend::new(), probe.view())
+                    .unwrap()
+            )
+        );
+
+        assert_eq!(
+            server
+                .models()
+                .list(pb::ListModelsRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .models
+                .len(),
+            2
+        );
+        server
+            .models()
+            .delete(pb::DeleteModelRequest {
+                id: model.id.clone(),
+            })
+            .await
+            .unwrap();
+        server
+            .datasets()
+            .delete(pb::DeleteDatasetRequest {
+                id: dataset.id.clone(),
+            })
+            .await
+            .unwrap();
+        let gone = server
+            .datasets()
+            .get(pb::GetDatasetRequest {
+                id: dataset.id.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(gone.code(), Code::NotFound);
+        assert_eq!(
+            server
+                .models()
+                .get(pb::GetModelRequest { id: model.id })
+                .await
+                .unwrap_err()
+                .code(),
+            Code::NotFound
+        );
+        // Deleted means deleted: no file of the dataset is left on disk.
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("datasets"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        server.stop().await;
+    });
+}
+
+#[test]
+fn import_runs_as_a_job() {
+    runtime().block_on(async {
+        let dir = TempDir::new().unwrap();
+        let server = TestServer::start(dir.path(), Limits::default()).await;
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/customers.csv");
+        let job = server
+            .datasets()
+            .import(pb::ImportRequest {
+                path: path.to_string_lossy().into(),
+                columns: vec!["recency_days".into(), "monetary".into()],
+                name: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let (job, _) = server.finish(&job.id).await;
+        let Some(pb::job::Result::Dataset(d)) = job.result else {
+            panic!("{}", job.error)
+        };
+        assert_eq!(
+            (d.n_rows, d.n_cols, d.name.as_str()),
+            (800, 2, "customers.csv")
+        );
+        let job = server
+            .datasets()
+            .import(pb::ImportRequest {
+                path: "/nonexistent.csv".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let (job, _) = server.finish(&job.id).await;
+        assert_eq!(job.state, pb::JobState::Failed as i32);
+        assert!(
+            job.error.contains("cannot read /nonexistent.csv"),
+            "{}",
+            job.error
+        );
+        server.stop().await;
+    });
+}
+
+#[test]
+fn cancel_a_running_fit_and_restart_on_the_same_data() {
+    runtime().block_on(async {
+        let dir = TempDir::new().unwrap();
+        let server = TestServer::start(dir.path(), Limits::default()).await;
+        let (x, _) = blobs(20_000, 8, 30, 22);
+        let dataset = server
+            .upload(&["a", "b", "c", "d", "e", "f", "g", "h"], &x)
+            .await;
+        // Long enough to still be running when the cancel arrives.
+        let long = pb::FitKMeansRequest {
+            dataset_id: dataset.id.clone(),
+            k: 30,
+            n_init: 1000,
+            tol: Some(0.0),
+            ..Default::default()
+        };
+        let job = server
+            .clustering()
+            .fit_k_means(long)
+            .await
+            .unwrap()
+            .into_inner();
+        let mut stream = server
+            .jobs()
+            .watch_job(pb::WatchJobRequest { id: job.id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        while let Some(e) = stream.message().await.unwrap() {
+            if matches!(e.event, Some(pb::job_event::Event::Progress(ref p)) if p.iteration > 0) {
+                break;
+            }
+        }
+        drop(stream); // a watcher leaving does not stop the job
+        let state = server
+            .jobs()
+            .get_job(pb::GetJobRequest { id: job.id.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .state;
+        assert_eq!(state, pb::JobState::Running as i32);
+        server
+            .jobs()
+            .cancel_job(pb::CancelJobRequest { id: job.id.clone() })
+            .await
+            .unwrap();
+        let (done, _) = tokio::time::timeout(Duration::from_secs(30), server.finish(&job.id))
+            .await
+            .expect("cancelled promptly");
+        assert_eq!(done.state, pb::JobState::Cancelled as i32);
+
+        let fit = pb::FitKMeansRequest {
+            dataset_id: dataset.id.clone(),
+            k: 3,
+            ..Default::default()
+        };
+        let job = server
+            .clustering()
+            .fit_k_means(fit)
+            .await
+            .unwrap()
+            .into_inner();
+        let model = kmeans_of(&server.finish(&job.id).await.0);
+        server.stop().await;
+
+        let again = TestServer::start(dir.path(), Limits::default()).await;
+        let datasets = again
+            .datasets()
+            .list(pb::ListDatasetsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .datasets;
+        assert_eq!(datasets, vec![dataset]);
+        let models = again
+            .models()
+            .list(pb::ListModelsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .models;
+        assert_eq!(models.len(), 1);
+        let probe = flat(&x.slice(ndarray::s![..5, ..]).to_owned());
+        let labels = again
+            .clustering()
+            .assign(pb::AssignRequest {
+                model_id: model.id,
+                rows: probe,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .labels;
+        assert_eq!(labels.len(), 5);
+        again.stop().await;
+    });
+}
+
+#[test]
+fn bad_requests_get_the_right_code_and_the_server_keeps_serving() {
+    runtime().block_on(async {
+        let dir = TempDir::new().unwrap();
+        let limits = Limits {
+            max_message_bytes: 1 << 20,
+            max_dataset_bytes: 64 * 1024,
+            max_concurrent_jobs: 2,
+            max_assign_rows: 100,
+        };
+        let server = TestServer::start(dir.path(), limits).await;
+        let code = |r: Result<tonic::Response<pb::Dataset>, tonic::Status>| r.unwrap_err();
+
+        // Malformed upload streams.
+        let e = code(
+            server
+                .datasets()
+                .upload(tokio_stream::iter(vec![rows(vec![1.0, 2.0])]))
+                .await,
+        );
+        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+        assert!(e.message().contains("first message must be a header"));
+        let e = code(
+            server
+                .datasets()
+                .upload(tokio_stream::iter(Vec::<pb::UploadRequest>::new()))
+                .await,
+        );
+        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+        let e = code(
+            server
+                .datasets()
+                .upload(tokio_stream::iter(vec![
+                    header("x", &["a", "b"]),
+                    rows(vec![1.0, 2.0, 3.0]),
+                ]))
+                .await,
+        );
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("not whole rows of 2 columns"), "{e}");
+        let e = code(
+            server
+                .datasets()
+                .upload(tokio_stream::iter(vec![
+                    header("x", &["a", "b"]),
+                    rows(vec![1.0, 2.0, 3.0, f32::NAN]),
+                ]))
+                .await,
+        );
+        assert!(
+            e.message()
+                .contains("non-finite value at row 2, column \"b\""),
+            "{e}"
+        );
+        let e = code(
+            server
+                .datasets()
+                .upload(tokio_stream::iter(vec![header("x", &["a"])]))
+                .await,
+        );
+        assert!(e.message().contains("no rows"), "{e}");
+        // Over the message limit (tonic answers OUT_OF_RANGE) and the dataset limit.
+        let e = code(
+            server
+                .datasets()
+                .upload(tokio_stream::iter(vec![
+                    header("x", &["a"]),
+                    rows(vec![0.0; 300_000]),
+                ]))
+                .await,
+        );
+        assert_eq!(e.code(), Code::OutOfRange, "{e}");
+        let blocks: Vec<_> = std::iter::once(header("x", &["a"]))
+            .chain((0..5).map(|_| rows(vec![0.0; 5000])))
+            .collect();
+        let e = code(server.datasets().upload(tokio_stream::iter(blocks)).await);
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+        assert!(e.message().contains("max_dataset_bytes"), "{e}");
+        // Nothing half-written is visible.
+        assert!(server
+            .datasets()
+            .list(pb::ListDatasetsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .datasets
+            .is_empty());
+
+        // Unknown ids.
+        let nf = |s: tonic::Status| assert_eq!(s.code(), Code::NotFound, "{s}");
+        nf(server
+            .datasets()
+            .get(pb::GetDatasetRequest {
+                id: "ds-missing".into(),
+            })
+            .await
+            .unwrap_err());
+        nf(server
+            .datasets()
+            .get(pb::GetDatasetRequest {
+                id: "../../etc/passwd".into(),
+            })
+            .await
+            .unwrap_err());
+        nf(server
+            .clustering()
+            .fit_k_means(pb::FitKMeansRequest {
+                dataset_id: "ds-missing".into(),
+                k: 2,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err());
+        nf(server
+            .clustering()
+            .assign(pb::AssignRequest {
+                model_id: "km-missing".into(),
+                rows: vec![1.0],
+            })
+            .await
+            .unwrap_err());
+        nf(server
+            .jobs()
+            .get_job(pb::GetJobRequest {
+                id: "job-missing".into(),
+            })
+            .await
+            .unwrap_err());
+        nf(server
+            .jobs()
+            .watch_job(pb::WatchJobRequest {
+                id: "job-missing".into(),
+            })
+            .await
+            .unwrap_err());
+        nf(server
+            .models()
+            .delete(pb::DeleteModelRequest {
+                id: "km-missing".into(),
+            })
+            .await
+            .unwrap_err());
+
+        // Bad arguments, naming the field.
+        let (x, _) = blobs(300, 2, 3, 23);
+        let dataset = server.upload(&["a", "b"], &x).await;
+        let fit = |k: u32| pb::FitKMeansRequest {
+            dataset_id: dataset.id.clone(),
+            k,
+            ..Default::default()
+        };
+        let e = server.clustering().fit_k_means(fit(0)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().starts_with("k:"), "{e}");
+        let e = server.clustering().fit_k_means(fit(301)).await.unwrap_err();
+        assert!(
+            e.message().contains("larger than the number of rows (300)"),
+            "{e}"
+        );
+        let e = server
+            .clustering()
+            .fit_k_means(pb::FitKMeansRequest {
+                columns: vec!["zzz".into()],
+                ..fit(2)
+            })
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("unknown column \"zzz\""), "{e}");
+        let e = server
+            .clustering()
+            .fit_k_means(pb::FitKMeansRequest {
+                backend: 99,
+                ..fit(2)
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        let e = server
+            .decomposition()
+            .fit_pca(pb::FitPcaRequest {
+                dataset_id: dataset.id.clone(),
+                n_components: 3,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(e.message().starts_with("n_components:"), "{e}");
+
+        let job = server
+            .clustering()
+            .fit_k_means(fit(3))
+            .await
+            .unwrap()
+            .into_inner();
+        let model = kmeans_of(&server.finish(&job.id).await.0);
+        let assign = |rows: Vec<f32>| pb::AssignRequest {
+            model_id: model.id.clone(),
+            rows,
+        };
+        let e = server
+            .clustering()
+            .assign(assign(vec![1.0, 2.0, 3.0]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("rows of width 2"), "{e}");
+        let e = server
+            .clustering()
+            .assign(assign(vec![1.0, f32::INFINITY]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+        let e = server
+            .clustering()
+            .assign(assign(vec![0.5; 2 * 101]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted);
+        assert!(e.message().contains("max_assign_rows"), "{e}");
+        let e = server
+            .decomposition()
+            .transform(pb::TransformRequest {
+                model_id: model.id.clone(),
+                rows: vec![1.0, 2.0],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+        // A bad request in a stream ends that stream with its error.
+        let mut s = server
+            .clustering()
+            .assign_stream(tokio_stream::iter(vec![
+                assign(vec![1.0, 2.0]),
+                assign(vec![1.0]),
+            ]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(s.message().await.unwrap().is_some());
+        assert_eq!(s.message().await.unwrap_err().code(), Code::InvalidArgument);
+
+        // Still serving.
+        let info = server
+            .server()
+            .get_info(pb::GetInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(info.limits.unwrap().max_assign_rows, 100);
+        assert_eq!(
+            server
+                .clustering()
+                .assign(assign(vec![1.0, 2.0]))
+                .await
+                .unwrap()
+                .into_inner()
+                .labels
+                .len(),
+            1
+        );
+        server.stop().await;
+    });
+}
+
+#[test]
+fn health_and_reflection() {
+    runtime().block_on(async {
+        let dir = TempDir::new().unwrap();
+        let server = TestServer::start(dir.path(), Limits::default()).await;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel.clone());
+        let mut status = 0;
+        for _ in 0..100 {
+            status = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            if status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+
+        use tonic_reflection::pb::v1::{
+            server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+            ServerReflectionRequest,
+        };
+        let mut reflection = ServerReflectionClient::new(server.channel.clone());
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = reflection
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(MessageResponse::ListServicesResponse(list)) =
+            responses.message().await.unwrap().unwrap().message_response
+        else {
+            panic!("no service list")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        for s in [
+            "segmenta.v1.Datasets",
+            "segmenta.v1.Clustering",
+            "segmenta.v1.Jobs",
+            "grpc.health.v1.Health",
+        ] {
+            assert!(names.iter().any(|n| n == s), "{s} missing from {names:?}");
+        }
+        drop(responses);
+        server.stop().await;
+    });
+}
+
+/// A Python client generated from the proto with grpcio-tools runs the round
+/// trip (clients/python/segmenta_client.py, also the README's example).
+#[test]
+fn python_client_round_trip() {
+    let has_grpc_tools = std::process::Command::new("python3")
+        .args(["-c", "import grpc, grpc_tools"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_grpc_tools {
+        if std::env::var("SEGMENTA_REQUIRE_PYTHON").as_deref() == Ok("1") {
+            panic!("SEGMENTA_REQUIRE_PYTHON=1 but python3 cannot import grpc and grpc_tools");
+        }
+        eprintln!("skipped: python3 with grpcio-tools not found (pip install -r clients/python/requirements.txt)");
+        return;
+    }
+    runtime().block_on(async {
+        let dir = TempDir::new().unwrap();
+        let server = TestServer::start(dir.path(), Limits::default()).await;
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python/segmenta_client.py");
+        let addr = server.addr.trim_start_matches("http://").to_owned();
+        let out = tokio::process::Command::new("python3")
+            .arg(script)
+            .args(["--server", &addr])
+            .output()
+            .await
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(
+            out.status.success(),
+            "python client failed:\n{stdout}\n{stderr}"
+        );
+        assert!(stdout.contains("round trip ok"), "{stdout}");
+        server.stop().await;
+    });
+}
