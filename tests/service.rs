@@ -86,15 +86,21 @@ impl TestServer {
         pb::server_client::ServerClient::new(self.channel.clone())
     }
 
+    /// Uploads in blocks of 500 rows, alternating the two encodings.
     async fn upload(&self, columns: &[&str], x: &Array2<f32>) -> pb::Dataset {
         let mut messages = vec![header("test", columns)];
-        for block in x
-            .as_standard_layout()
+        let values = x.as_standard_layout().to_owned();
+        for (i, block) in values
             .as_slice()
             .unwrap()
             .chunks(columns.len() * 500)
+            .enumerate()
         {
-            messages.push(rows(block.to_vec()));
+            messages.push(if i % 2 == 0 {
+                rows(block.to_vec())
+            } else {
+                raw_rows(block.iter().flat_map(|v| v.to_le_bytes()).collect())
+            });
         }
         self.datasets()
             .upload(tokio_stream::iter(messages))
@@ -133,7 +139,20 @@ fn header(name: &str, columns: &[&str]) -> pb::UploadRequest {
 
 fn rows(values: Vec<f32>) -> pb::UploadRequest {
     pb::UploadRequest {
-        message: Some(Message::Rows(pb::RowBlock { values })),
+        message: Some(Message::Rows(pb::RowBlock {
+            values,
+            ..Default::default()
+        })),
+    }
+}
+
+/// The fast form: raw little-endian bytes.
+fn raw_rows(bytes: Vec<u8>) -> pb::UploadRequest {
+    pb::UploadRequest {
+        message: Some(Message::Rows(pb::RowBlock {
+            values_f32le: bytes.into(),
+            ..Default::default()
+        })),
     }
 }
 
@@ -399,6 +418,20 @@ fn cancel_a_running_fit_and_restart_on_the_same_data() {
         let dataset = server
             .upload(&["a", "b", "c", "d", "e", "f", "g", "h"], &x)
             .await;
+        let fit = pb::FitKMeansRequest {
+            dataset_id: dataset.id.clone(),
+            k: 3,
+            ..Default::default()
+        };
+        let job = server
+            .clustering()
+            .fit_k_means(fit)
+            .await
+            .unwrap()
+            .into_inner();
+        let model = kmeans_of(&server.finish(&job.id).await.0);
+        let probe = flat(&x.slice(ndarray::s![..5, ..]).to_owned());
+
         // Long enough to still be running when the cancel arrives.
         let long = pb::FitKMeansRequest {
             dataset_id: dataset.id.clone(),
@@ -409,7 +442,7 @@ fn cancel_a_running_fit_and_restart_on_the_same_data() {
         };
         let job = server
             .clustering()
-            .fit_k_means(long)
+            .fit_k_means(long.clone())
             .await
             .unwrap()
             .into_inner();
@@ -433,6 +466,16 @@ fn cancel_a_running_fit_and_restart_on_the_same_data() {
             .into_inner()
             .state;
         assert_eq!(state, pb::JobState::Running as i32);
+        // Assign is served while the fit runs.
+        let assign = pb::AssignRequest {
+            model_id: model.id.clone(),
+            rows: probe.clone(),
+        };
+        let served =
+            tokio::time::timeout(Duration::from_secs(10), server.clustering().assign(assign))
+                .await
+                .expect("assign not blocked by the fit");
+        assert_eq!(served.unwrap().into_inner().labels.len(), 5);
         server
             .jobs()
             .cancel_job(pb::CancelJobRequest { id: job.id.clone() })
@@ -443,19 +486,27 @@ fn cancel_a_running_fit_and_restart_on_the_same_data() {
             .expect("cancelled promptly");
         assert_eq!(done.state, pb::JobState::Cancelled as i32);
 
-        let fit = pb::FitKMeansRequest {
-            dataset_id: dataset.id.clone(),
-            k: 3,
-            ..Default::default()
-        };
+        // Shutting down with a fit running cancels it; no model is written.
         let job = server
             .clustering()
-            .fit_k_means(fit)
+            .fit_k_means(long)
             .await
             .unwrap()
             .into_inner();
-        let model = kmeans_of(&server.finish(&job.id).await.0);
-        server.stop().await;
+        let mut stream = server
+            .jobs()
+            .watch_job(pb::WatchJobRequest { id: job.id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        while let Some(e) = stream.message().await.unwrap() {
+            if matches!(e.event, Some(pb::job_event::Event::Progress(ref p)) if p.iteration > 0) {
+                break;
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(30), server.stop())
+            .await
+            .expect("graceful shutdown is prompt");
 
         let again = TestServer::start(dir.path(), Limits::default()).await;
         let datasets = again
@@ -473,8 +524,7 @@ fn cancel_a_running_fit_and_restart_on_the_same_data() {
             .unwrap()
             .into_inner()
             .models;
-        assert_eq!(models.len(), 1);
-        let probe = flat(&x.slice(ndarray::s![..5, ..]).to_owned());
+        assert_eq!(models.len(), 1, "only the finished model survives");
         let labels = again
             .clustering()
             .assign(pb::AssignRequest {
@@ -551,6 +601,33 @@ fn bad_requests_get_the_right_code_and_the_server_keeps_serving() {
                 .await,
         );
         assert!(e.message().contains("no rows"), "{e}");
+        let e = code(
+            server
+                .datasets()
+                .upload(tokio_stream::iter(vec![
+                    header("x", &["a"]),
+                    raw_rows(vec![0, 0, 128]),
+                ]))
+                .await,
+        );
+        assert!(
+            e.message().contains("3 bytes are not whole 4-byte floats"),
+            "{e}"
+        );
+        let both = pb::UploadRequest {
+            message: Some(Message::Rows(pb::RowBlock {
+                values: vec![1.0],
+                values_f32le: vec![0, 0, 0, 0].into(),
+            })),
+        };
+        let e = code(
+            server
+                .datasets()
+                .upload(tokio_stream::iter(vec![header("x", &["a"]), both]))
+                .await,
+        );
+        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+        assert!(e.message().contains("not both"), "{e}");
         // Over the message limit (tonic answers OUT_OF_RANGE) and the dataset limit.
         let e = code(
             server

@@ -52,6 +52,10 @@ pub struct BenchArgs {
     pub json: bool,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Measure the gRPC service instead: upload throughput of the n × d data
+    /// and Assign throughput with 10,000-row requests, over loopback.
+    #[arg(long)]
+    pub service: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -177,6 +181,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.n
     };
     let (x, init) = synthetic(n, args.d, args.k, args.seed);
+    if args.service {
+        return super::bench_service::run(&x, args.k, args.json);
+    }
     let mut rows = Vec::new();
     if args.backend != Which::Gpu {
         rows.push(time_backend(&CpuBackend::new(), &x, &init, args.iters)?);

@@ -91,8 +91,8 @@ pub enum ClientCommand {
     Info,
 }
 
-/// Rows per upload message: about 1 MiB, well under any message limit.
-const BLOCK_VALUES: usize = 256 * 1024;
+/// Values per upload message: about 2 MiB, well under the 4 MiB default limit.
+const BLOCK_VALUES: usize = 512 * 1024;
 
 pub fn run(args: ClientArgs) -> anyhow::Result<()> {
     tokio::runtime::Runtime::new()?.block_on(run_async(args))
@@ -120,16 +120,8 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                     .file_name()
                     .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
             });
-            let dataset = upload(
-                channel,
-                &name,
-                data.columns.clone(),
-                data.values
-                    .as_standard_layout()
-                    .as_slice()
-                    .expect("contiguous"),
-            )
-            .await?;
+            let values: std::sync::Arc<[f32]> = data.values.iter().copied().collect();
+            let dataset = upload(channel, &name, data.columns.clone(), values).await?;
             println!(
                 "uploaded {} rows × {} columns as {}",
                 dataset.n_rows, dataset.n_cols, dataset.id
@@ -280,34 +272,40 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Streams `values` (row-major) as whole-row blocks after a header.
+/// Streams `values` (row-major) as whole-row blocks after a header; blocks
+/// are built as the transport asks for them, not all up front.
 pub async fn upload(
     channel: Channel,
     name: &str,
     columns: Vec<String>,
-    values: &[f32],
+    values: std::sync::Arc<[f32]>,
 ) -> anyhow::Result<pb::Dataset> {
     use pb::upload_request::Message;
     let width = columns.len();
-    let rows_per_block = (BLOCK_VALUES / width).max(1);
-    let mut messages = vec![pb::UploadRequest {
+    let block = (BLOCK_VALUES / width).max(1) * width;
+    let header = pb::UploadRequest {
         message: Some(Message::Header(pb::UploadHeader {
             name: name.to_owned(),
             columns,
         })),
-    }];
-    messages.extend(
-        values
-            .chunks(rows_per_block * width)
-            .map(|c| pb::UploadRequest {
-                message: Some(Message::Rows(pb::RowBlock { values: c.to_vec() })),
-            }),
-    );
+    };
+    let n_blocks = values.len().div_ceil(block);
+    let blocks = (0..n_blocks).map(move |b| {
+        let rows = &values[b * block..((b + 1) * block).min(values.len())];
+        let mut bytes = Vec::with_capacity(4 * rows.len());
+        for v in rows {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        pb::UploadRequest {
+            message: Some(Message::Rows(pb::RowBlock {
+                values: Vec::new(),
+                values_f32le: bytes.into(),
+            })),
+        }
+    });
+    let messages = tokio_stream::iter(std::iter::once(header).chain(blocks));
     let mut client = pb::datasets_client::DatasetsClient::new(channel);
-    Ok(client
-        .upload(tokio_stream::iter(messages))
-        .await?
-        .into_inner())
+    Ok(client.upload(messages).await?.into_inner())
 }
 
 /// Follows a job with a progress bar; prints its result or fails with its error.

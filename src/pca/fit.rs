@@ -41,7 +41,10 @@ impl PcaParams {
         let gram = resident.gram(&mean)?;
         let cov = gram.mapv(|g| g / (n - 1) as f64);
         let (values, vectors) = sorted_eigen(&cov);
-        let total: f64 = (0..d).map(|j| cov[[j, j]]).sum();
+        // Total variance as the sum of all eigenvalues (clamped at 0, as the
+        // kept ones are), not the trace: the same rounding on both sides keeps
+        // every ratio ≤ 1.
+        let total: f64 = values.iter().map(|&v| v.max(0.0)).sum();
         let explained_variance: Vec<f64> = values.iter().take(c).map(|&v| v.max(0.0)).collect();
         let mut components = Array2::<f32>::zeros((c, d));
         for (i, mut row) in components.rows_mut().into_iter().enumerate() {

@@ -283,13 +283,16 @@ impl DatasetWriter {
     pub fn append(&mut self, values: &[f32]) -> ServiceResult<()> {
         debug_assert_eq!(values.len() % self.width(), 0);
         let file = self.file.as_mut().expect("open until finish");
-        let mut buf = Vec::with_capacity(values.len() * 4);
+        // The file is little-endian f32: on little-endian machines, the bytes as they are.
+        #[cfg(target_endian = "little")]
+        file.write_all(bytemuck::cast_slice(values))
+            .map_err(ServiceError::io)?;
+        #[cfg(target_endian = "big")]
         for v in values {
-            buf.extend_from_slice(&v.to_le_bytes());
+            file.write_all(&v.to_le_bytes()).map_err(ServiceError::io)?;
         }
-        file.write_all(&buf).map_err(ServiceError::io)?;
         self.meta.n_rows += (values.len() / self.width()) as u64;
-        self.meta.size_bytes += buf.len() as u64;
+        self.meta.size_bytes += 4 * values.len() as u64;
         Ok(())
     }
 
@@ -313,5 +316,43 @@ impl Drop for DatasetWriter {
         if self.file.is_some() {
             let _ = fs::remove_dir_all(&self.tmp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftovers_of_a_crash_are_invisible_and_cleared() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data = Dataset::from_rows(vec!["a".into()], vec![1.0, 2.0]).unwrap();
+        let kept = store.put_dataset("kept", &data).unwrap();
+        // A writer dropped mid-way (as when a client disconnects) leaves nothing.
+        let mut w = store.begin_dataset("half", vec!["a".into()]).unwrap();
+        w.append(&[1.0]).unwrap();
+        drop(w);
+        // A crash between writing and renaming leaves a temporary directory.
+        std::fs::create_dir_all(dir.path().join("datasets/.tmp-ds-crashed")).unwrap();
+        std::fs::write(dir.path().join("models/.tmp-km-x.json"), b"{partial").unwrap();
+        assert_eq!(store.list_datasets().unwrap(), vec![kept.clone()]);
+        assert!(store.list_models().unwrap().is_empty());
+        let reopened = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("datasets"))
+                .unwrap()
+                .count(),
+            1
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("models"))
+                .unwrap()
+                .count(),
+            0
+        );
+        let (meta, back) = reopened.load_dataset(&kept.id).unwrap();
+        assert_eq!(meta, kept);
+        assert_eq!(back.values, data.values);
     }
 }

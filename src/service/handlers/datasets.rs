@@ -7,6 +7,30 @@ use crate::service::error::ServiceError;
 use crate::service::proto as pb;
 use crate::service::proto::upload_request::Message;
 
+/// The block's values, from whichever of its two fields is set.
+fn row_values(block: pb::RowBlock) -> Result<Vec<f32>, ServiceError> {
+    match (block.values.is_empty(), block.values_f32le.is_empty()) {
+        (_, true) => Ok(block.values),
+        (true, false) => {
+            let bytes = block.values_f32le;
+            if !bytes.len().is_multiple_of(4) {
+                return Err(ServiceError::invalid(
+                    "rows.values_f32le",
+                    format!("{} bytes are not whole 4-byte floats", bytes.len()),
+                ));
+            }
+            Ok(bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                .collect())
+        }
+        (false, false) => Err(ServiceError::invalid(
+            "rows",
+            "set values or values_f32le, not both",
+        )),
+    }
+}
+
 pub struct DatasetsService {
     pub engine: Arc<Engine>,
 }
@@ -46,7 +70,7 @@ impl pb::datasets_server::Datasets for DatasetsService {
         let mut row = 0u64;
         while let Some(msg) = stream.message().await? {
             let block = match msg.message {
-                Some(Message::Rows(b)) => b.values,
+                Some(Message::Rows(b)) => row_values(b)?,
                 _ => {
                     return Err(ServiceError::invalid(
                         "rows",
