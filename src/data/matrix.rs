@@ -43,6 +43,24 @@ impl Dataset {
         Self::new(columns, values)
     }
 
+    /// The named columns (all when `wanted` is empty), as a new matrix.
+    pub fn select_columns(
+        &self,
+        wanted: &[String],
+    ) -> Result<(Array2<f32>, Vec<String>), DataError> {
+        if wanted.is_empty() {
+            return Ok((self.values.clone(), self.columns.clone()));
+        }
+        let idx = super::resolve_columns(&self.columns, wanted)?;
+        Ok((
+            self.values
+                .select(Axis(1), &idx)
+                .as_standard_layout()
+                .into_owned(),
+            wanted.to_vec(),
+        ))
+    }
+
     pub fn n_rows(&self) -> usize {
         self.values.nrows()
     }

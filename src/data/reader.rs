@@ -47,8 +47,9 @@ pub fn read_table(path: &Path, columns: &[String]) -> Result<Dataset, DataError>
     Dataset::from_rows(names, flat)
 }
 
-/// Maps requested column names to positions in the header.
-fn resolve_columns(header: &[String], wanted: &[String]) -> Result<Vec<usize>, DataError> {
+/// Maps requested column names to positions in the header (all columns when
+/// `wanted` is empty); an unknown name is an error listing the available ones.
+pub fn resolve_columns(header: &[String], wanted: &[String]) -> Result<Vec<usize>, DataError> {
     if wanted.is_empty() {
         return Ok((0..header.len()).collect());
     }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use ndarray::{Array2, Axis};
+use ndarray::Array2;
 use tokio::sync::OnceCell;
 
 use super::config::ServerConfig;
@@ -14,7 +14,7 @@ use super::storage::{new_id, now_ms, DatasetMeta, ModelBody, ModelRecord, Store}
 use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::{AdapterPolicy, GpuBackend};
 use crate::backend::{with_cpu_fallback, Backend, BackendChoice};
-use crate::data::{read_table, DataError, Dataset};
+use crate::data::{read_table, resolve_columns};
 use crate::kmeans::{evaluate, Evaluation, FitControl, Init, KMeansParams, Prediction};
 use crate::pca::PcaParams;
 
@@ -86,32 +86,6 @@ pub struct Engine {
     pub jobs: Jobs,
     backends: OnceCell<Arc<Backends>>,
     models: Mutex<HashMap<String, Arc<ModelRecord>>>,
-}
-
-/// Picks `wanted` columns (all when empty) out of `data`.
-fn select_columns(
-    data: &Dataset,
-    wanted: &[String],
-) -> Result<(Array2<f32>, Vec<String>), DataError> {
-    if wanted.is_empty() {
-        return Ok((data.values.clone(), data.columns.clone()));
-    }
-    let idx = column_indices(&data.columns, wanted)?;
-    Ok((data.values.select(Axis(1), &idx), wanted.to_vec()))
-}
-
-fn column_indices(have: &[String], wanted: &[String]) -> Result<Vec<usize>, DataError> {
-    wanted
-        .iter()
-        .map(|w| {
-            have.iter()
-                .position(|c| c == w)
-                .ok_or_else(|| DataError::UnknownColumn {
-                    name: w.clone(),
-                    available: have.join(", "),
-                })
-        })
-        .collect()
 }
 
 impl Engine {
@@ -236,10 +210,16 @@ impl Engine {
             job.columns.clone()
         };
         if let Some(w) = &job.weights_column {
-            column_indices(&meta.columns, std::slice::from_ref(w)).map_err(crate::Error::from)?;
+            resolve_columns(&meta.columns, std::slice::from_ref(w)).map_err(crate::Error::from)?;
             features.retain(|c| c != w);
         }
-        column_indices(&meta.columns, &features).map_err(crate::Error::from)?;
+        if features.is_empty() {
+            return Err(ServiceError::invalid(
+                "columns",
+                "no feature columns left besides the weights column",
+            ));
+        }
+        resolve_columns(&meta.columns, &features).map_err(crate::Error::from)?;
         if job.params.k() as u64 > meta.n_rows {
             return Err(ServiceError::invalid(
                 "k",
@@ -271,10 +251,10 @@ impl Engine {
     ) -> ServiceResult<JobOutput> {
         ctx.phase("loading");
         let (_, data) = self.store.load_dataset(&job.dataset_id)?;
-        let (x, columns) = select_columns(&data, &features).map_err(crate::Error::from)?;
+        let (x, columns) = data.select_columns(&features).map_err(crate::Error::from)?;
         let weights = match &job.weights_column {
             Some(w) => Some(
-                select_columns(&data, std::slice::from_ref(w))
+                data.select_columns(std::slice::from_ref(w))
                     .map_err(crate::Error::from)?
                     .0
                     .column(0)
@@ -332,7 +312,7 @@ impl Engine {
         } else {
             job.columns.clone()
         };
-        column_indices(&meta.columns, &features).map_err(crate::Error::from)?;
+        resolve_columns(&meta.columns, &features).map_err(crate::Error::from)?;
         let c = job.params.n_components;
         if c == 0 || c > features.len() {
             return Err(ServiceError::invalid(
@@ -351,7 +331,7 @@ impl Engine {
             let (backend, _) = backends.resolve(Some(choice))?;
             ctx.phase("loading");
             let (_, data) = engine.store.load_dataset(&job.dataset_id)?;
-            let (x, columns) = select_columns(&data, &features).map_err(crate::Error::from)?;
+            let (x, columns) = data.select_columns(&features).map_err(crate::Error::from)?;
             ctx.phase("fitting");
             let model = with_cpu_fallback(choice, backend, |b| job.params.fit(b, x.view()))?;
             engine.save_model(&job.dataset_id, columns, ModelBody::Pca(model))
@@ -428,7 +408,9 @@ impl Engine {
                 unreachable!("checked above")
             };
             let (_, data) = engine.store.load_dataset(&dataset_id)?;
-            let (x, _) = select_columns(&data, &record.columns).map_err(crate::Error::from)?;
+            let (x, _) = data
+                .select_columns(&record.columns)
+                .map_err(crate::Error::from)?;
             let labels = model.predict(&CpuBackend::new(), x.view())?.labels;
             let scaled = model.scaler().transform(x.view());
             Ok(evaluate(scaled.view(), &labels, model.k(), sample, seed))
