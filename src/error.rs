@@ -45,6 +45,10 @@ pub enum ParamsError {
     ZeroWeightSum,
     #[error("rows have {got} features, the model expects {expected}")]
     WidthMismatch { expected: usize, got: usize },
+    #[error("log1p flags: expected one per feature ({expected}), got {got}")]
+    Log1pLength { expected: usize, got: usize },
+    #[error("row {row}, feature {col} is {value}: ln(1 + x) needs values above -1")]
+    Log1pDomain { row: usize, col: usize, value: f32 },
 }
 
 impl ParamsError {
@@ -60,7 +64,8 @@ impl ParamsError {
             | Self::ComponentsExceedFeatures { .. }
             | Self::TooFewRows { .. } => "n_components",
             Self::WeightsLength { .. } | Self::BadWeight { .. } | Self::ZeroWeightSum => "weights",
-            Self::WidthMismatch { .. } => "rows",
+            Self::WidthMismatch { .. } | Self::Log1pDomain { .. } => "rows",
+            Self::Log1pLength { .. } => "log1p",
         }
     }
 }
@@ -74,6 +79,8 @@ pub enum Error {
     Data(#[from] DataError),
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error(transparent)]
+    Segmentation(#[from] crate::segmentation::SegmentationError),
     #[error("the fit was cancelled")]
     Cancelled,
 }

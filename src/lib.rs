@@ -3,13 +3,16 @@
 //!
 //! Layout: [`data`] loads and scales tables; [`backend`] holds the kernel
 //! trait and its CPU and GPU implementations; [`kmeans`] and [`pca`] are the
-//! algorithms, written once on top of the trait.
+//! algorithms, written once on top of the trait; [`segmentation`] is the
+//! customer workflow built on them (RFM, choosing k, profiles, refresh,
+//! report); [`service`] serves it all over gRPC.
 
 pub mod backend;
 pub mod data;
 mod error;
 pub mod kmeans;
 pub mod pca;
+pub mod segmentation;
 
 pub use error::{Error, ParamsError, Result};
 pub mod service;

@@ -6,6 +6,7 @@ mod client;
 mod kmeans;
 mod output;
 mod pca;
+mod segment;
 mod serve;
 
 use std::path::PathBuf;
@@ -30,6 +31,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Generate a retail transaction log with planted groups and segment it.
+    Demo(segment::DemoArgs),
+    /// Segment customers from a transaction log: RFM, k-means, profiles, report.
+    Segment(segment::SegmentArgs),
     /// Cluster the rows of a CSV or Parquet file with k-means.
     Kmeans(kmeans::KmeansArgs),
     /// Principal component analysis of a CSV or Parquet file.
@@ -77,6 +82,8 @@ pub fn init_logging(verbose: u8) {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Demo(args) => segment::run_demo(args),
+        Command::Segment(args) => segment::run_segment(args),
         Command::Kmeans(args) => kmeans::run(args),
         Command::Pca(args) => pca::run(args),
         Command::Bench(args) => bench::run(args),

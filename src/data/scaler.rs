@@ -54,21 +54,41 @@ impl ColumnStats {
     }
 }
 
-/// Centres (and optionally scales) features: `(x - mean) / scale`.
+/// Optionally takes `ln(1 + x)` of chosen columns, then centres (and
+/// optionally scales) features: `(f(x) - mean) / scale`.
 ///
 /// K-means always centres its working copy — like scikit-learn — because the
 /// fast distance expansion `‖x‖² − 2x·c + ‖c‖²` loses precision far from the
 /// origin. With `standardize`, `scale` is the standard deviation (1 for
 /// constant columns); otherwise it is 1 and distances stay in original units.
+/// `log1p` tames right-skewed features such as spend, whose long tail would
+/// otherwise own a cluster of its own; it is stored so that new rows get the
+/// same treatment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scaler {
     pub mean: Vec<f32>,
     pub scale: Vec<f32>,
     pub standardize: bool,
+    /// Per column: take `ln(1 + x)` first. Empty means no column.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log1p: Vec<bool>,
 }
 
 impl Scaler {
     pub fn fit(x: ArrayView2<f32>, standardize: bool) -> Self {
+        Self::fit_log1p(x, standardize, Vec::new())
+    }
+
+    /// [`fit`](Self::fit) after `ln(1 + x)` on the columns flagged in
+    /// `log1p` (empty: none). Call [`check_domain`](Self::check_domain) first.
+    pub fn fit_log1p(x: ArrayView2<f32>, standardize: bool, log1p: Vec<bool>) -> Self {
+        let logged;
+        let x = if log1p.iter().any(|&l| l) {
+            logged = apply_log1p(x, &log1p);
+            logged.view()
+        } else {
+            x
+        };
         let stats = ColumnStats::of(x);
         let scale = stats
             .var
@@ -86,7 +106,20 @@ impl Scaler {
             mean: stats.mean.iter().map(|&m| m as f32).collect(),
             scale,
             standardize,
+            log1p,
         }
+    }
+
+    /// The first value that `ln(1 + x)` cannot take (≤ −1), as 0-based
+    /// (row, column, value).
+    pub fn check_domain(x: ArrayView2<f32>, log1p: &[bool]) -> Option<(usize, usize, f32)> {
+        x.indexed_iter()
+            .find(|&((_, j), &v)| log1p.get(j).copied().unwrap_or(false) && v <= -1.0)
+            .map(|((i, j), &v)| (i, j, v))
+    }
+
+    fn logs(&self, j: usize) -> bool {
+        self.log1p.get(j).copied().unwrap_or(false)
     }
 
     /// Returns a row-major (standard layout) copy, whatever `x`'s layout:
@@ -95,11 +128,16 @@ impl Scaler {
         let mut out = x.as_standard_layout().into_owned();
         let mean = Array1::from(self.mean.clone());
         let scale = Array1::from(self.scale.clone());
+        let log = Array1::from_shape_fn(self.mean.len(), |j| self.logs(j));
         Zip::from(out.rows_mut()).par_for_each(|mut row| {
             Zip::from(&mut row)
                 .and(&mean)
                 .and(&scale)
-                .for_each(|v, &m, &s| *v = (*v - m) / s);
+                .and(&log)
+                .for_each(|v, &m, &s, &l| {
+                    let x = if l { v.ln_1p() } else { *v };
+                    *v = (x - m) / s
+                });
         });
         out
     }
@@ -107,10 +145,23 @@ impl Scaler {
     pub fn inverse_transform(&self, x: ArrayView2<f32>) -> Array2<f32> {
         let mut out = x.as_standard_layout().into_owned();
         for mut row in out.rows_mut() {
-            for ((v, &m), &s) in row.iter_mut().zip(&self.mean).zip(&self.scale) {
-                *v = *v * s + m;
+            for (j, ((v, &m), &s)) in row.iter_mut().zip(&self.mean).zip(&self.scale).enumerate() {
+                let x = *v * s + m;
+                *v = if self.logs(j) { x.exp_m1() } else { x };
             }
         }
         out
     }
+}
+
+fn apply_log1p(x: ArrayView2<f32>, log1p: &[bool]) -> Array2<f32> {
+    let mut out = x.as_standard_layout().into_owned();
+    for mut row in out.rows_mut() {
+        for (v, &l) in row.iter_mut().zip(log1p) {
+            if l {
+                *v = v.ln_1p();
+            }
+        }
+    }
+    out
 }

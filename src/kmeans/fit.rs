@@ -38,7 +38,15 @@ impl KMeansParams {
             .into());
         }
         let weights = weights.map(|w| check_weights(w, n)).transpose()?;
-        let scaler = Scaler::fit(x, self.standardize);
+        if !self.log1p.is_empty() && self.log1p.len() != d {
+            return Err(ParamsError::Log1pLength {
+                expected: d,
+                got: self.log1p.len(),
+            }
+            .into());
+        }
+        check_log1p_domain(x, &self.log1p)?;
+        let scaler = Scaler::fit_log1p(x, self.standardize, self.log1p.clone());
         let working = scaler.transform(x);
         let init = match &self.init {
             Init::Given(c) => Init::Given(self.checked_given(c.view(), d, &scaler)?),
@@ -108,6 +116,18 @@ impl KMeansParams {
             });
         }
         Ok(scaler.transform(c))
+    }
+}
+
+/// Rows must lie in the domain of `ln(1 + x)` on the flagged columns.
+pub(super) fn check_log1p_domain(x: ArrayView2<f32>, log1p: &[bool]) -> Result<(), ParamsError> {
+    match Scaler::check_domain(x, log1p) {
+        Some((row, col, value)) => Err(ParamsError::Log1pDomain {
+            row: row + 1,
+            col: col + 1,
+            value,
+        }),
+        None => Ok(()),
     }
 }
 

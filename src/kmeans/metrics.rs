@@ -191,3 +191,26 @@ fn silhouette(
         .sum();
     (total / s as f64, s)
 }
+
+/// Adjusted Rand index of two labellings of the same rows: 1 for the same
+/// partition (whatever the label numbers), about 0 for unrelated ones.
+pub fn adjusted_rand_index(a: &[u32], b: &[u32]) -> f64 {
+    let size = |l: &[u32]| l.iter().max().map_or(0, |&m| m as usize + 1);
+    let (ka, kb) = (size(a), size(b));
+    let mut table = vec![0u64; ka * kb];
+    for (&x, &y) in a.iter().zip(b) {
+        table[x as usize * kb + y as usize] += 1;
+    }
+    let pairs = |v: u64| (v * v.saturating_sub(1)) as f64 / 2.0;
+    let both: f64 = table.iter().map(|&v| pairs(v)).sum();
+    let rows: f64 = table.chunks(kb.max(1)).map(|r| pairs(r.iter().sum())).sum();
+    let cols: f64 = (0..kb)
+        .map(|j| pairs((0..ka).map(|i| table[i * kb + j]).sum()))
+        .sum();
+    let expected = rows * cols / pairs(a.len() as u64).max(1.0);
+    let max = (rows + cols) / 2.0;
+    if max == expected {
+        return 1.0;
+    }
+    (both - expected) / (max - expected)
+}

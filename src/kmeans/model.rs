@@ -128,6 +128,23 @@ impl KMeansModel {
         &self.backend
     }
 
+    /// Renumbers the clusters: cluster `i` becomes `new_id[i]` (a
+    /// permutation of `0..k`). Used to keep segment ids stable on refresh.
+    pub fn renumber(&mut self, new_id: &[usize]) {
+        let k = self.k();
+        assert_eq!(new_id.len(), k, "one new id per cluster");
+        let mut old_of = vec![0; k];
+        for (old, &new) in new_id.iter().enumerate() {
+            old_of[new] = old;
+        }
+        self.centroids = self.centroids.select(ndarray::Axis(0), &old_of);
+        self.scaled_centroids = self.scaled_centroids.select(ndarray::Axis(0), &old_of);
+        self.cluster_sizes = old_of.iter().map(|&o| self.cluster_sizes[o]).collect();
+        for l in &mut self.labels {
+            *l = new_id[*l as usize] as u32;
+        }
+    }
+
     /// Assigns new rows (in original units; the stored scaler is applied).
     pub fn predict(&self, backend: &dyn Backend, x: ArrayView2<f32>) -> Result<Prediction> {
         if x.ncols() != self.n_features() {
@@ -138,6 +155,7 @@ impl KMeansModel {
             .into());
         }
         check_finite(x, &[])?;
+        super::fit::check_log1p_domain(x, &self.scaler.log1p)?;
         let working = self.scaler.transform(x);
         let mut resident = backend.upload(working.view(), None)?;
         resident.assign(self.scaled_centroids.view())?;

@@ -30,6 +30,7 @@ pub struct KMeansParams {
     pub(super) tol: f64,
     pub(super) seed: u64,
     pub(super) standardize: bool,
+    pub(super) log1p: Vec<bool>,
 }
 
 impl KMeansParams {
@@ -44,6 +45,7 @@ impl KMeansParams {
             tol: 1e-4,
             seed: 0,
             standardize: false,
+            log1p: Vec::new(),
         }
     }
 
@@ -83,8 +85,26 @@ impl KMeansParams {
         self
     }
 
+    /// Per feature: cluster on `ln(1 + x)` instead of `x` (before any
+    /// standardisation), for right-skewed features such as spend. Stored in
+    /// the model and applied again by `predict`. Empty (the default): none.
+    pub fn log1p(mut self, columns: Vec<bool>) -> Self {
+        self.log1p = columns;
+        self
+    }
+
     pub fn k(&self) -> usize {
         self.k
+    }
+
+    /// The same parameters with another k (for sweeps over k).
+    pub fn with_k(mut self, k: usize) -> Self {
+        self.k = k;
+        self
+    }
+
+    pub fn seed_value(&self) -> u64 {
+        self.seed
     }
 
     /// Checks what can be checked without data.

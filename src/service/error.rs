@@ -5,6 +5,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::backend::BackendError;
 use crate::data::DataError;
+use crate::segmentation::SegmentationError;
 use crate::Error;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +57,21 @@ impl From<Error> for ServiceError {
                     _ => "rows",
                 };
                 Self::invalid(field, d.to_string())
+            }
+            Error::Segmentation(s) => {
+                let field = match &s {
+                    SegmentationError::BadRow { .. } | SegmentationError::NoCustomers { .. } => {
+                        "transactions"
+                    }
+                    SegmentationError::TooFewCustomers { .. }
+                    | SegmentationError::BadKRange(_)
+                    | SegmentationError::KMismatch { .. } => "k",
+                    SegmentationError::BadDate(_) => "as_of",
+                    SegmentationError::BadPercentile(_) => "outlier_percentile",
+                    SegmentationError::PreviousModel { .. } => "previous_model_id",
+                    SegmentationError::Output { .. } => return Self::Internal(s.to_string()),
+                };
+                Self::invalid(field, s.to_string())
             }
             Error::Backend(BackendError::Gpu(g)) => Self::Unavailable(g.to_string()),
             Error::Backend(BackendError::Cancelled) | Error::Cancelled => Self::Cancelled,

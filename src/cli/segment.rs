@@ -1,0 +1,347 @@
+//! `segmenta segment` and `segmenta demo`: the customer segmentation job.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Args;
+use serde_json::json;
+
+use super::output::{fmt_f, progress_bar, table};
+use segmenta::backend::{select, with_cpu_fallback, BackendChoice};
+use segmenta::kmeans::adjusted_rand_index;
+use segmenta::segmentation::demo::{write_demo_log, PlantedGroup};
+use segmenta::segmentation::sweep::parse_k_range;
+use segmenta::segmentation::transactions::{BadRowPolicy, TransactionColumns};
+use segmenta::segmentation::{
+    run_segmentation, write_outputs, KChoice, OutputFiles, SegmentControl, SegmentModel,
+    SegmentParams, SegmentRun, SegmentationError,
+};
+
+/// Options shared by `segment` and `demo`.
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// Number of segments (default: chosen from --k-range).
+    #[arg(long, conflicts_with = "k_range")]
+    pub k: Option<usize>,
+    /// Try every k in MIN..MAX (inclusive) and keep the recommended one
+    /// (default 2..10; a refresh keeps the previous model's k).
+    #[arg(long, value_name = "MIN..MAX")]
+    pub k_range: Option<String>,
+    /// Members beyond this percentile of their segment's distances are outliers.
+    #[arg(long, default_value_t = 99.0)]
+    pub outlier_percentile: f64,
+    /// k-means runs per k; the lowest inertia wins.
+    #[arg(long, default_value_t = 3)]
+    pub n_init: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// auto: a hardware GPU if present, else the CPU. gpu: any GPU adapter
+    /// (software drivers included). cpu: native CPU kernels.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto, env = "SEGMENTA_BACKEND")]
+    pub backend: BackendChoice,
+    /// Print one JSON object on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SegmentArgs {
+    /// Transaction log, CSV (with a header) or Parquet.
+    #[arg(long)]
+    pub transactions: PathBuf,
+    /// Where the customer table, segments.json, model.json and report.html go.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Recency and tenure are measured to this date (YYYY-MM-DD; default:
+    /// the day after the latest transaction). Later lines are ignored.
+    #[arg(long, value_name = "DATE")]
+    pub as_of: Option<String>,
+    /// model.json of an earlier run: refit warm-started from it, keep its
+    /// segment ids and report who moved.
+    #[arg(long, value_name = "MODEL")]
+    pub previous: Option<PathBuf>,
+    #[arg(long, default_value = "customer_id")]
+    pub customer_col: String,
+    /// Dates (YYYY-MM-DD) or ISO 8601 timestamps.
+    #[arg(long, default_value = "date")]
+    pub date_col: String,
+    /// Spend per line (a unit price when --quantity-col is given);
+    /// negative amounts are refunds.
+    #[arg(long, default_value = "amount")]
+    pub amount_col: String,
+    /// Spend = amount × quantity.
+    #[arg(long)]
+    pub quantity_col: Option<String>,
+    /// Frequency counts distinct orders (default: distinct purchase days).
+    #[arg(long)]
+    pub order_col: Option<String>,
+    /// skip: count unreadable rows and report them; reject: stop at the first.
+    #[arg(long, value_enum, default_value_t = BadRowPolicy::Skip)]
+    pub bad_rows: BadRowPolicy,
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Customers in the generated log.
+    #[arg(long, default_value_t = 100_000)]
+    pub customers: usize,
+    /// Seed of the generated log.
+    #[arg(long, default_value_t = 42)]
+    pub data_seed: u64,
+    /// Output directory (the log goes there too).
+    #[arg(long, default_value = "segmenta-demo")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+fn k_choice(job: &JobArgs) -> anyhow::Result<Option<KChoice>> {
+    Ok(match (job.k, &job.k_range) {
+        (Some(k), _) => Some(KChoice::Fixed(k)),
+        (None, Some(r)) => Some(KChoice::Range(
+            parse_k_range(r).ok_or_else(|| SegmentationError::BadKRange(r.clone()))?,
+        )),
+        (None, None) => None,
+    })
+}
+
+fn params(
+    job: &JobArgs,
+    columns: TransactionColumns,
+    bad_rows: BadRowPolicy,
+    as_of: Option<&str>,
+) -> anyhow::Result<SegmentParams> {
+    let as_of = as_of
+        .map(|d| {
+            chrono::NaiveDate::parse_from_str(d.trim(), "%Y-%m-%d")
+                .map_err(|_| SegmentationError::BadDate(d.to_owned()))
+        })
+        .transpose()?;
+    Ok(SegmentParams {
+        columns,
+        bad_rows,
+        as_of,
+        k: k_choice(job)?,
+        outlier_percentile: job.outlier_percentile,
+        seed: job.seed,
+        n_init: job.n_init,
+        ..SegmentParams::default()
+    })
+}
+
+/// Runs the job with a progress bar and writes the outputs.
+fn execute(
+    job: &JobArgs,
+    transactions: &Path,
+    params: &SegmentParams,
+    previous: Option<&SegmentModel>,
+    out: &Path,
+) -> anyhow::Result<(SegmentRun, OutputFiles)> {
+    let backend = select(job.backend)?;
+    let bar = progress_bar(100, job.json);
+    let phase_bar = bar.clone();
+    let control = SegmentControl {
+        on_phase: Some(Arc::new(move |phase: &str, fraction: f64| {
+            phase_bar.set_position((fraction * 100.0) as u64);
+            phase_bar.set_message(phase.to_owned());
+        })),
+        ..SegmentControl::default()
+    };
+    let run = with_cpu_fallback(job.backend, backend.as_ref(), |b| {
+        run_segmentation(b, transactions, params, previous, &control)
+    })?;
+    bar.set_message("writing the report");
+    let files = write_outputs(&run, out)?;
+    bar.finish_and_clear();
+    Ok((run, files))
+}
+
+pub fn run_segment(args: SegmentArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let columns = TransactionColumns {
+        customer: args.customer_col.clone(),
+        date: args.date_col.clone(),
+        amount: args.amount_col.clone(),
+        quantity: args.quantity_col.clone(),
+        order: args.order_col.clone(),
+    };
+    let params = params(&args.job, columns, args.bad_rows, args.as_of.as_deref())?;
+    let previous = args
+        .previous
+        .as_deref()
+        .map(SegmentModel::load)
+        .transpose()?;
+    let (run, files) = execute(
+        &args.job,
+        &args.transactions,
+        &params,
+        previous.as_ref(),
+        &args.out,
+    )?;
+    report(&args.job, &run, &files, started, None)
+}
+
+pub fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&args.out)?;
+    let log_path = args.out.join("transactions.csv");
+    if !args.job.json {
+        eprintln!(
+            "Generating {} customers' transactions (seed {})...",
+            args.customers, args.data_seed
+        );
+    }
+    let demo = write_demo_log(&log_path, args.customers, args.data_seed)?;
+    write_planted(
+        &args.out.join("planted_groups.csv"),
+        &demo.customer_ids,
+        &demo.groups,
+    )?;
+    let columns = TransactionColumns {
+        order: Some("order_id".into()),
+        ..TransactionColumns::default()
+    };
+    let params = params(&args.job, columns, BadRowPolicy::Skip, None)?;
+    let (run, files) = execute(&args.job, &log_path, &params, None, &args.out)?;
+    // Customers keep their generation order in the features (first
+    // appearance differs), so map planted groups by id.
+    let planted: std::collections::HashMap<&str, u32> = demo
+        .customer_ids
+        .iter()
+        .map(String::as_str)
+        .zip(
+            demo.groups
+                .iter()
+                .map(|g| PlantedGroup::ALL.iter().position(|p| p == g).unwrap_or(0) as u32),
+        )
+        .collect();
+    let truth: Vec<u32> = run
+        .customers
+        .ids
+        .iter()
+        .map(|id| planted[id.as_str()])
+        .collect();
+    let ari = adjusted_rand_index(&truth, &run.prediction.labels);
+    let demo_info = json!({
+        "transactions": log_path,
+        "rows": demo.rows,
+        "planted_groups": PlantedGroup::ALL.iter().map(|g| g.name()).collect::<Vec<_>>(),
+        "adjusted_rand_index": ari,
+    });
+    report(&args.job, &run, &files, started, Some(demo_info))
+}
+
+fn write_planted(path: &Path, ids: &[String], groups: &[PlantedGroup]) -> anyhow::Result<()> {
+    let mut w = csv::Writer::from_path(path)?;
+    w.write_record(["customer_id", "planted_group"])?;
+    for (id, g) in ids.iter().zip(groups) {
+        w.write_record([id.as_str(), g.name()])?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+fn report(
+    job: &JobArgs,
+    run: &SegmentRun,
+    files: &OutputFiles,
+    started: Instant,
+    demo: Option<serde_json::Value>,
+) -> anyhow::Result<()> {
+    let elapsed = started.elapsed().as_secs_f64();
+    if job.json {
+        let out = json!({
+            "as_of": run.model.as_of,
+            "k": run.model.k(),
+            "n_customers": run.customers.ids.len(),
+            "backend": run.backend,
+            "segments": run.profiles,
+            "k_sweep": run.sweep,
+            "refresh": run.refresh,
+            "input": run.input,
+            "files": files,
+            "demo": demo,
+            "elapsed_seconds": elapsed,
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    let i = &run.input;
+    println!(
+        "{} customers as of {} from {} rows ({} unreadable rows skipped); backend {} [{}]",
+        run.customers.ids.len(),
+        run.model.as_of,
+        i.rows_read,
+        i.bad_rows.total,
+        run.backend.backend,
+        run.backend.adapter
+    );
+    if let Some(sweep) = &run.sweep {
+        let tried: Vec<String> = sweep
+            .scores
+            .iter()
+            .map(|s| format!("{}:{:.3}", s.k, s.silhouette))
+            .collect();
+        println!(
+            "k = {} recommended (silhouette by k: {})",
+            sweep.recommended_k,
+            tried.join(" ")
+        );
+    }
+    let header: Vec<String> = [
+        "segment",
+        "customers",
+        "share",
+        "recency",
+        "frequency",
+        "monetary",
+        "description",
+        "top RFM segment",
+        "outliers",
+    ]
+    .map(String::from)
+    .to_vec();
+    let rows: Vec<Vec<String>> = run
+        .profiles
+        .iter()
+        .map(|p| {
+            vec![
+                p.id.to_string(),
+                p.size.to_string(),
+                format!("{:.1}%", p.share * 100.0),
+                fmt_f(p.features[0].median),
+                fmt_f(p.features[1].median),
+                fmt_f(p.features[2].median),
+                p.description.clone(),
+                p.top_rfm_segments
+                    .first()
+                    .map_or(String::new(), |(s, _)| s.name().to_owned()),
+                p.outliers.to_string(),
+            ]
+        })
+        .collect();
+    print!("{}", table(&header, &rows));
+    println!("(recency, frequency, monetary: segment medians)");
+    if let Some(r) = &run.refresh {
+        println!(
+            "refresh since {}: {:.1}% of returning customers kept their segment",
+            r.previous_as_of,
+            r.transitions.stayed_fraction() * 100.0
+        );
+    }
+    if let Some(demo) = demo {
+        println!(
+            "planted groups recovered: adjusted Rand index {:.3}",
+            demo["adjusted_rand_index"].as_f64().unwrap_or(0.0)
+        );
+    }
+    println!(
+        "report: {}  ({:.1} s)",
+        files.report_html.display(),
+        elapsed
+    );
+    Ok(())
+}

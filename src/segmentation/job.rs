@@ -1,0 +1,413 @@
+//! The segment job: transactions in, named, profiled, stable segments out.
+
+use std::ops::RangeInclusive;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use ndarray::{Array2, ArrayView2, Axis};
+use serde::{Deserialize, Serialize};
+
+use super::error::SegmentationError;
+use super::features::{
+    customer_features, CustomerFeatures, FeatureNotes, FrequencyBasis, FEATURE_NAMES, FREQUENCY,
+    MONETARY, RECENCY,
+};
+use super::profile::{profile, ProfileInput, SegmentProfile};
+use super::refresh::{match_segments, size_drift, transitions, SizeDrift, Transitions};
+use super::rfm::{rfm_scores, RfmScore, RfmSegment};
+use super::sweep::{sweep_k, KSweep};
+use super::transactions::{read_transactions, BadRowPolicy, BadRows, TransactionColumns};
+use crate::backend::{Backend, BackendInfo};
+use crate::error::Result;
+use crate::kmeans::{FitControl, Init, KMeansModel, KMeansParams, Prediction};
+use crate::pca::PcaParams;
+
+/// How many segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KChoice {
+    Fixed(usize),
+    /// Fit each k and recommend one ([`super::sweep::RULE`]).
+    Range(RangeInclusive<usize>),
+}
+
+/// The k range swept when neither k nor a previous model is given.
+pub const DEFAULT_K_RANGE: RangeInclusive<usize> = 2..=10;
+
+/// Options of the segment job; `Default` is what the CLI uses.
+#[derive(Debug, Clone)]
+pub struct SegmentParams {
+    pub columns: TransactionColumns,
+    pub bad_rows: BadRowPolicy,
+    /// Default: the day after the latest transaction.
+    pub as_of: Option<NaiveDate>,
+    /// Default: the previous model's k on a refresh, else [`DEFAULT_K_RANGE`].
+    pub k: Option<KChoice>,
+    /// Members farther from their centroid than this percentile (0–100) of
+    /// their segment are flagged as outliers.
+    pub outlier_percentile: f64,
+    pub seed: u64,
+    /// k-means runs per k (best inertia kept).
+    pub n_init: usize,
+    /// Rows sampled for the silhouette (it costs `O(s²)`).
+    pub silhouette_sample: usize,
+}
+
+impl Default for SegmentParams {
+    fn default() -> Self {
+        Self {
+            columns: TransactionColumns::default(),
+            bad_rows: BadRowPolicy::Skip,
+            as_of: None,
+            k: None,
+            outlier_percentile: 99.0,
+            seed: 0,
+            n_init: 3,
+            silhouette_sample: 4000,
+        }
+    }
+}
+
+/// What a later refresh needs: the fitted model with its preprocessing, and
+/// who was in which segment. Saved as `model.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SegmentModel {
+    pub as_of: NaiveDate,
+    pub features: Vec<String>,
+    /// Clusters on `log1p` (where the features are skewed) then
+    /// standardised features; the preprocessing is stored inside.
+    pub kmeans: KMeansModel,
+    /// One per segment id.
+    pub descriptions: Vec<String>,
+    pub customer_ids: Vec<String>,
+    pub labels: Vec<u32>,
+}
+
+impl SegmentModel {
+    pub fn load(path: &Path) -> Result<Self> {
+        let bad = |message: String| SegmentationError::PreviousModel {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let model: Self = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        if model.features != FEATURE_NAMES || model.kmeans.n_features() != FEATURE_NAMES.len() {
+            return Err(bad(format!(
+                "features {:?} are not Segmenta's {:?}",
+                model.features, FEATURE_NAMES
+            ))
+            .into());
+        }
+        if model.labels.len() != model.customer_ids.len()
+            || model.labels.iter().any(|&l| l as usize >= model.kmeans.k())
+        {
+            return Err(bad("customer labels do not match the model".into()).into());
+        }
+        Ok(model)
+    }
+
+    /// Assigns customers (features in original units, `n × 5`); the stored
+    /// log1p and scaling are applied first.
+    pub fn assign(&self, backend: &dyn Backend, features: ArrayView2<f32>) -> Result<Prediction> {
+        self.kmeans.predict(backend, features)
+    }
+
+    pub fn k(&self) -> usize {
+        self.kmeans.k()
+    }
+}
+
+/// Reading the log: what was used and what was not.
+#[derive(Debug, Clone, Serialize)]
+pub struct InputSummary {
+    pub rows_read: usize,
+    pub bad_rows: BadRows,
+    pub notes: FeatureNotes,
+    pub frequency_basis: FrequencyBasis,
+    pub n_customers: usize,
+}
+
+/// A refresh against a previous model.
+#[derive(Debug, Clone, Serialize)]
+pub struct Refresh {
+    pub previous_as_of: NaiveDate,
+    pub transitions: Transitions,
+    pub size_drift: Vec<SizeDrift>,
+}
+
+/// A 2-D PCA view of (a sample of) the customers, for the scatter plot.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scatter {
+    pub points: Vec<[f32; 2]>,
+    pub labels: Vec<u32>,
+    pub explained_variance_ratio: [f64; 2],
+}
+
+/// Everything the segment job produces.
+#[derive(Debug, Clone)]
+pub struct SegmentRun {
+    pub model: SegmentModel,
+    pub customers: CustomerFeatures,
+    pub rfm: Vec<RfmScore>,
+    pub rfm_segments: Vec<RfmSegment>,
+    pub prediction: Prediction,
+    pub outliers: Vec<bool>,
+    pub profiles: Vec<SegmentProfile>,
+    pub sweep: Option<KSweep>,
+    pub refresh: Option<Refresh>,
+    pub scatter: Scatter,
+    pub input: InputSummary,
+    pub backend: BackendInfo,
+}
+
+impl SegmentRun {
+    pub fn margins(&self) -> Vec<f32> {
+        self.prediction
+            .margins
+            .clone()
+            .unwrap_or_else(|| vec![0.0; self.prediction.labels.len()])
+    }
+}
+
+/// Called with a phase's name and the job's overall fraction done (0–1).
+pub type PhaseFn = Arc<dyn Fn(&str, f64) + Send + Sync>;
+
+/// Observation and cancellation of a segment job.
+#[derive(Clone, Default)]
+pub struct SegmentControl {
+    /// Per Lloyd iteration; cancellation is checked there too.
+    pub fit: FitControl,
+    /// Called at each phase with the job's overall fraction done (0–1).
+    pub on_phase: Option<PhaseFn>,
+}
+
+impl SegmentControl {
+    fn phase(&self, name: &str, fraction: f64) {
+        tracing::info!(phase = name, "segment job");
+        if let Some(f) = &self.on_phase {
+            f(name, fraction);
+        }
+    }
+}
+
+/// Runs the whole job on `transactions` (CSV or Parquet). With `previous`,
+/// re-fits warm-started from it, keeps its segment ids and reports who moved.
+pub fn run_segmentation(
+    backend: &dyn Backend,
+    transactions: &Path,
+    params: &SegmentParams,
+    previous: Option<&SegmentModel>,
+    control: &SegmentControl,
+) -> Result<SegmentRun> {
+    if !(params.outlier_percentile > 0.0 && params.outlier_percentile < 100.0) {
+        return Err(SegmentationError::BadPercentile(params.outlier_percentile).into());
+    }
+    control.phase("reading transactions", 0.0);
+    let log = read_transactions(transactions, &params.columns, params.bad_rows)?;
+    control.phase("computing features", 0.1);
+    let customers = customer_features(&log, params.as_of)?;
+    let input = InputSummary {
+        rows_read: log.rows_read,
+        bad_rows: log.bad_rows.clone(),
+        notes: customers.notes.clone(),
+        frequency_basis: customers.frequency_basis,
+        n_customers: customers.ids.len(),
+    };
+    drop(log);
+    segment_customers(backend, customers, input, params, previous, control)
+}
+
+/// The job from customer features on (for callers that build features
+/// themselves).
+pub fn segment_customers(
+    backend: &dyn Backend,
+    customers: CustomerFeatures,
+    input: InputSummary,
+    params: &SegmentParams,
+    previous: Option<&SegmentModel>,
+    control: &SegmentControl,
+) -> Result<SegmentRun> {
+    let x = customers.values.view();
+    let n = x.nrows();
+    let col = |j: usize| x.column(j).to_vec();
+    let rfm = rfm_scores(&col(RECENCY), &col(FREQUENCY), &col(MONETARY));
+    let rfm_segments: Vec<RfmSegment> = rfm.iter().map(RfmScore::segment).collect();
+
+    let log1p = previous.map_or_else(|| skewed_columns(x), |p| p.kmeans.scaler().log1p.clone());
+    let base = KMeansParams::new(1)
+        .standardize(true)
+        .log1p(log1p)
+        .n_init(params.n_init)
+        .seed(params.seed);
+    control.phase("clustering", 0.2);
+    let (mut kmeans, sweep) = match (previous, &params.k) {
+        (Some(p), k) => {
+            if let Some(requested) = match k {
+                Some(KChoice::Fixed(r)) if *r != p.k() => Some(*r),
+                Some(KChoice::Range(r)) if r.clone().ne(p.k()..=p.k()) => Some(*r.end()),
+                _ => None,
+            } {
+                return Err(SegmentationError::KMismatch {
+                    previous: p.k(),
+                    requested,
+                }
+                .into());
+            }
+            check_enough(n, p.k())?;
+            let warm = base
+                .with_k(p.k())
+                .n_init(1)
+                .init(Init::Given(p.kmeans.centroids().clone()));
+            (warm.fit_with(backend, x, None, &control.fit)?, None)
+        }
+        (None, Some(KChoice::Fixed(k))) => {
+            check_enough(n, *k)?;
+            (
+                base.with_k(*k).fit_with(backend, x, None, &control.fit)?,
+                None,
+            )
+        }
+        (None, range) => {
+            let range = match range {
+                Some(KChoice::Range(r)) => r.clone(),
+                _ => DEFAULT_K_RANGE,
+            };
+            check_enough(n, *range.start())?;
+            let range = *range.start()..=(*range.end()).min(n);
+            let on_fit = |i: usize, total: usize| {
+                control.phase(
+                    &format!("choosing k: {i}/{total} fitted"),
+                    0.2 + 0.6 * i as f64 / total as f64,
+                )
+            };
+            let (sweep, models) = sweep_k(
+                backend,
+                x,
+                range.clone(),
+                &base,
+                params.silhouette_sample,
+                &control.fit,
+                &on_fit,
+            )?;
+            let best = models
+                .into_iter()
+                .nth(sweep.recommended_k - range.start())
+                .expect("recommended k is in the range");
+            (best, Some(sweep))
+        }
+    };
+    if let Some(p) = previous {
+        // Previous centroids in this fit's scaled space (same log1p flags, so
+        // the map is exact), then the cheapest one-to-one matching.
+        let old = kmeans.scaler().transform(p.kmeans.centroids().view());
+        let new_id = match_segments(old.view(), kmeans.scaled_centroids().view());
+        kmeans.renumber(&new_id);
+    }
+
+    control.phase("profiling segments", 0.85);
+    let prediction = kmeans.predict(backend, x)?;
+    let margins = prediction.margins.clone().unwrap_or_else(|| vec![0.0; n]);
+    let (profiles, outliers) = profile(&ProfileInput {
+        values: x,
+        labels: &prediction.labels,
+        distances: &prediction.distances,
+        margins: &margins,
+        rfm: &rfm_segments,
+        scaled_centroids: kmeans.scaled_centroids().view(),
+        outlier_percentile: params.outlier_percentile,
+    });
+    let refresh = previous.map(|p| Refresh {
+        previous_as_of: p.as_of,
+        transitions: transitions(
+            kmeans.k(),
+            (&p.customer_ids, &p.labels),
+            (&customers.ids, &prediction.labels),
+        ),
+        size_drift: size_drift(kmeans.k(), &p.labels, &prediction.labels),
+    });
+    control.phase("projecting for the report", 0.9);
+    let scatter = scatter(backend, &kmeans, x, &prediction.labels, params.seed)?;
+    let backend_info = kmeans.backend().clone();
+    let model = SegmentModel {
+        as_of: customers.as_of,
+        features: FEATURE_NAMES.iter().map(|s| s.to_string()).collect(),
+        descriptions: profiles.iter().map(|p| p.description.clone()).collect(),
+        customer_ids: customers.ids.clone(),
+        labels: prediction.labels.clone(),
+        kmeans,
+    };
+    Ok(SegmentRun {
+        model,
+        customers,
+        rfm,
+        rfm_segments,
+        prediction,
+        outliers,
+        profiles,
+        sweep,
+        refresh,
+        scatter,
+        input,
+        backend: backend_info,
+    })
+}
+
+fn check_enough(n_customers: usize, k: usize) -> Result<()> {
+    if n_customers < k.max(2) {
+        return Err(SegmentationError::TooFewCustomers { n_customers, k }.into());
+    }
+    Ok(())
+}
+
+/// Sample skewness above which a non-negative feature is clustered on
+/// `ln(1 + x)`: spend and order counts typically sit far above it.
+pub const SKEW_THRESHOLD: f64 = 1.0;
+
+/// Flags the non-negative columns whose sample skewness exceeds
+/// [`SKEW_THRESHOLD`].
+pub fn skewed_columns(x: ArrayView2<f32>) -> Vec<bool> {
+    x.axis_iter(Axis(1))
+        .map(|c| {
+            let n = c.len() as f64;
+            let mean = c.iter().map(|&v| v as f64).sum::<f64>() / n;
+            let (m2, m3) = c.iter().fold((0.0, 0.0), |(m2, m3), &v| {
+                let d = v as f64 - mean;
+                (m2 + d * d, m3 + d * d * d)
+            });
+            let (m2, m3) = (m2 / n, m3 / n);
+            let skew = if m2 > 0.0 { m3 / m2.powf(1.5) } else { 0.0 };
+            c.iter().all(|&v| v >= 0.0) && skew > SKEW_THRESHOLD
+        })
+        .collect()
+}
+
+/// Points shown in the scatter plot at most.
+const SCATTER_POINTS: usize = 5000;
+
+fn scatter(
+    backend: &dyn Backend,
+    kmeans: &KMeansModel,
+    x: ArrayView2<f32>,
+    labels: &[u32],
+    seed: u64,
+) -> Result<Scatter> {
+    let scaled = kmeans.scaler().transform(x);
+    let n = x.nrows();
+    let pca = PcaParams::new(2.min(x.ncols())).fit(backend, scaled.view())?;
+    // An evenly spaced sample, offset by the seed: deterministic and
+    // representative of segment sizes.
+    let step = n.div_ceil(SCATTER_POINTS).max(1);
+    let rows: Vec<usize> = (seed as usize % step..n).step_by(step).collect();
+    let sample: Array2<f32> = scaled.select(Axis(0), &rows);
+    let projected = pca.transform(backend, sample.view())?;
+    let ratio = pca.explained_variance_ratio();
+    Ok(Scatter {
+        points: projected
+            .rows()
+            .into_iter()
+            .map(|r| [r[0], r.get(1).copied().unwrap_or(0.0)])
+            .collect(),
+        labels: rows.iter().map(|&i| labels[i]).collect(),
+        explained_variance_ratio: [ratio[0], ratio.get(1).copied().unwrap_or(0.0)],
+    })
+}

@@ -1,0 +1,27 @@
+//! The customer segmentation workflow: from a transaction log to named,
+//! profiled segments whose ids stay stable when they are refreshed.
+//!
+//! [`run_segmentation`] is the whole job; [`write_outputs`] writes the
+//! per-customer table, `segments.json`, `model.json` and the HTML report.
+//! The steps are public for callers that need one of them:
+//! [`transactions`] → [`features`] → [`rfm`] → k-means (choosing k with
+//! [`sweep`]) → [`profile`] → [`refresh`] → [`report`].
+
+pub mod demo;
+mod error;
+pub mod features;
+mod job;
+mod output;
+pub mod profile;
+pub mod refresh;
+pub mod report;
+pub mod rfm;
+pub mod sweep;
+pub mod transactions;
+
+pub use error::{RowProblem, SegmentationError};
+pub use job::{
+    run_segmentation, segment_customers, skewed_columns, InputSummary, KChoice, Refresh, Scatter,
+    SegmentControl, SegmentModel, SegmentParams, SegmentRun, DEFAULT_K_RANGE,
+};
+pub use output::{write_outputs, OutputFiles};

@@ -1,0 +1,204 @@
+//! Writing a segment run to a directory: the per-customer table (CSV and
+//! Parquet), `segments.json`, `model.json` and the HTML report.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::{
+    ArrayRef, BooleanArray, Float32Array, RecordBatch, StringArray, UInt32Array, UInt8Array,
+};
+use parquet::arrow::ArrowWriter;
+use serde::Serialize;
+
+use super::error::SegmentationError;
+use super::features::FEATURE_NAMES;
+use super::job::{InputSummary, Refresh, SegmentRun};
+use super::profile::SegmentProfile;
+use super::report;
+use super::rfm::RfmSegment;
+use super::sweep::KSweep;
+use crate::backend::BackendInfo;
+use crate::error::Result;
+
+/// Paths of everything [`write_outputs`] wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputFiles {
+    pub customers_csv: PathBuf,
+    pub customers_parquet: PathBuf,
+    pub segments_json: PathBuf,
+    pub model_json: PathBuf,
+    pub report_html: PathBuf,
+    pub charts: Vec<PathBuf>,
+}
+
+/// Writes every output into `dir` (created if needed). Each file is written
+/// under a temporary name and renamed into place, so a crash never leaves a
+/// half-written file under a final name.
+pub fn write_outputs(run: &SegmentRun, dir: &Path) -> Result<OutputFiles> {
+    fs::create_dir_all(dir).map_err(|e| SegmentationError::output(dir, e))?;
+    let files = OutputFiles {
+        customers_csv: dir.join("customers.csv"),
+        customers_parquet: dir.join("customers.parquet"),
+        segments_json: dir.join("segments.json"),
+        model_json: dir.join("model.json"),
+        report_html: dir.join("report.html"),
+        charts: Vec::new(),
+    };
+    write_atomic(&files.customers_csv, &customers_csv(run)?)?;
+    write_atomic(&files.customers_parquet, &customers_parquet(run)?)?;
+    let doc = serde_json::to_vec_pretty(&SegmentsDocument::of(run)).expect("serialisable");
+    write_atomic(&files.segments_json, &doc)?;
+    let model = serde_json::to_vec(&run.model).expect("serialisable");
+    write_atomic(&files.model_json, &model)?;
+    let charts = report::write_charts(run, dir)?;
+    let html = report::html(run, &charts);
+    write_atomic(&files.report_html, html.as_bytes())?;
+    Ok(OutputFiles {
+        charts: charts.into_iter().map(|c| dir.join(c.file)).collect(),
+        ..files
+    })
+}
+
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp-write");
+    let write = || -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        SegmentationError::output(path, e).into()
+    })
+}
+
+/// Column names of the per-customer table.
+pub const CUSTOMER_COLUMNS: [&str; 14] = [
+    "customer_id",
+    "recency_days",
+    "frequency",
+    "monetary",
+    "avg_order_value",
+    "tenure_days",
+    "r_score",
+    "f_score",
+    "m_score",
+    "rfm_segment",
+    "segment",
+    "distance",
+    "margin",
+    "outlier",
+];
+
+fn customers_csv(run: &SegmentRun) -> Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let fail = |e: csv::Error| SegmentationError::output(Path::new("customers.csv"), e);
+    w.write_record(CUSTOMER_COLUMNS).map_err(fail)?;
+    let margins = run.margins();
+    for (i, id) in run.customers.ids.iter().enumerate() {
+        let f = run.customers.values.row(i);
+        let s = run.rfm[i];
+        let mut record: Vec<String> = vec![id.clone()];
+        record.extend(f.iter().map(|v| v.to_string()));
+        record.extend([s.r, s.f, s.m].map(|v| v.to_string()));
+        record.push(run.rfm_segments[i].name().to_owned());
+        record.push(run.prediction.labels[i].to_string());
+        record.push(run.prediction.distances[i].to_string());
+        record.push(margins[i].to_string());
+        record.push(run.outliers[i].to_string());
+        w.write_record(&record).map_err(fail)?;
+    }
+    w.into_inner()
+        .map_err(|e| SegmentationError::output(Path::new("customers.csv"), e).into())
+}
+
+fn customers_parquet(run: &SegmentRun) -> Result<Vec<u8>> {
+    let fail =
+        |e: &dyn std::fmt::Display| SegmentationError::output(Path::new("customers.parquet"), e);
+    let x = &run.customers.values;
+    let mut columns: Vec<ArrayRef> = vec![Arc::new(StringArray::from(run.customers.ids.clone()))];
+    for j in 0..FEATURE_NAMES.len() {
+        columns.push(Arc::new(Float32Array::from(x.column(j).to_vec())));
+    }
+    for pick in [
+        |s: &super::rfm::RfmScore| s.r,
+        |s: &super::rfm::RfmScore| s.f,
+        |s: &super::rfm::RfmScore| s.m,
+    ] {
+        columns.push(Arc::new(UInt8Array::from(
+            run.rfm.iter().map(pick).collect::<Vec<_>>(),
+        )));
+    }
+    columns.push(Arc::new(StringArray::from(
+        run.rfm_segments
+            .iter()
+            .map(RfmSegment::name)
+            .collect::<Vec<_>>(),
+    )));
+    columns.push(Arc::new(UInt32Array::from(run.prediction.labels.clone())));
+    columns.push(Arc::new(Float32Array::from(
+        run.prediction.distances.clone(),
+    )));
+    columns.push(Arc::new(Float32Array::from(run.margins())));
+    columns.push(Arc::new(BooleanArray::from(run.outliers.clone())));
+    let batch =
+        RecordBatch::try_from_iter(CUSTOMER_COLUMNS.iter().zip(columns).map(|(n, c)| (*n, c)))
+            .map_err(|e| fail(&e))?;
+    let mut buffer = Vec::new();
+    let mut writer =
+        ArrowWriter::try_new(&mut buffer, batch.schema(), None).map_err(|e| fail(&e))?;
+    writer.write(&batch).map_err(|e| fail(&e))?;
+    writer.close().map_err(|e| fail(&e))?;
+    Ok(buffer)
+}
+
+/// `segments.json`: everything but the per-customer rows.
+#[derive(Serialize)]
+pub struct SegmentsDocument<'a> {
+    pub as_of: chrono::NaiveDate,
+    pub n_customers: usize,
+    pub k: usize,
+    pub backend: &'a BackendInfo,
+    pub preprocessing: Preprocessing,
+    pub segments: &'a [SegmentProfile],
+    pub k_sweep: Option<&'a KSweep>,
+    pub refresh: Option<&'a Refresh>,
+    pub input: &'a InputSummary,
+}
+
+/// How features are transformed before clustering (stored in the model).
+#[derive(Serialize)]
+pub struct Preprocessing {
+    pub features: Vec<&'static str>,
+    pub log1p: Vec<bool>,
+    /// Mean and standard deviation after log1p.
+    pub mean: Vec<f32>,
+    pub scale: Vec<f32>,
+}
+
+impl<'a> SegmentsDocument<'a> {
+    pub fn of(run: &'a SegmentRun) -> Self {
+        let scaler = run.model.kmeans.scaler();
+        Self {
+            as_of: run.model.as_of,
+            n_customers: run.customers.ids.len(),
+            k: run.model.k(),
+            backend: &run.backend,
+            preprocessing: Preprocessing {
+                features: FEATURE_NAMES.to_vec(),
+                log1p: (0..FEATURE_NAMES.len())
+                    .map(|j| scaler.log1p.get(j).copied().unwrap_or(false))
+                    .collect(),
+                mean: scaler.mean.clone(),
+                scale: scaler.scale.clone(),
+            },
+            segments: &run.profiles,
+            k_sweep: run.sweep.as_ref(),
+            refresh: run.refresh.as_ref(),
+            input: &run.input,
+        }
+    }
+}
