@@ -349,3 +349,163 @@ fn backend_choice_without_any_vulkan_driver() {
         .success()
         .stdout(predicate::str::contains("\"backend\":\"cpu\""));
 }
+
+// ---------------------------------------------------------------- segment and demo
+
+#[test]
+fn demo_recovers_its_planted_groups_and_writes_the_report() {
+    let dir = TempDir::new().unwrap();
+    let out = dir.path().join("demo");
+    let v = json_of(&[
+        "demo",
+        "--customers",
+        "3000",
+        "--out",
+        out.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--json",
+    ]);
+    assert_eq!(v["k"], 5, "k chosen by the sweep");
+    assert!(
+        v["demo"]["adjusted_rand_index"].as_f64().unwrap() >= 0.95,
+        "{}",
+        v["demo"]
+    );
+    for file in [
+        "transactions.csv",
+        "planted_groups.csv",
+        "customers.csv",
+        "customers.parquet",
+        "segments.json",
+        "model.json",
+        "report.html",
+    ] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+}
+
+#[test]
+fn segment_then_refresh_from_the_cli() {
+    let dir = TempDir::new().unwrap();
+    let log = dir.path().join("log.csv");
+    segmenta::segmentation::demo::write_demo_log(&log, 2_000, 3).unwrap();
+    let first = dir.path().join("first");
+    let v = json_of(&[
+        "segment",
+        "--transactions",
+        log.to_str().unwrap(),
+        "--order-col",
+        "order_id",
+        "--k",
+        "4",
+        "--as-of",
+        "2026-01-20",
+        "--out",
+        first.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--json",
+    ]);
+    assert_eq!(v["k"], 4);
+    assert_eq!(v["as_of"], "2026-01-20");
+    assert!(v["k_sweep"].is_null());
+    let model = first.join("model.json");
+    let second = dir.path().join("second");
+    let v = json_of(&[
+        "segment",
+        "--transactions",
+        log.to_str().unwrap(),
+        "--order-col",
+        "order_id",
+        "--previous",
+        model.to_str().unwrap(),
+        "--as-of",
+        "2026-01-20",
+        "--out",
+        second.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--json",
+    ]);
+    assert_eq!(
+        v["refresh"]["transitions"]["arrived"],
+        serde_json::json!([0, 0, 0, 0])
+    );
+    assert!(second.join("transitions.png").is_file());
+    // The table form names the report.
+    segmenta()
+        .args([
+            "segment",
+            "--transactions",
+            log.to_str().unwrap(),
+            "--k",
+            "3",
+            "--out",
+            second.to_str().unwrap(),
+            "--backend",
+            "cpu",
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("report: ").and(predicate::str::contains("report.html")));
+}
+
+#[test]
+fn segment_rejects_bad_options_and_rows_clearly() {
+    let dir = TempDir::new().unwrap();
+    let log = write(
+        &dir,
+        "log.csv",
+        "customer_id,date,amount\na,2024-01-01,5\nb,2024-01-02,oops\nc,2024-01-03,7\n",
+    );
+    let out = dir.path().join("out");
+    let base = |extra: &[&str]| {
+        let mut args = vec![
+            "segment",
+            "--transactions",
+            log.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--backend",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let check = |extra: &[&str], message: &str| {
+        let args = base(extra);
+        fails_with(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            message,
+        );
+    };
+    check(
+        &["--bad-rows", "reject"],
+        "row 2: amount is not a finite number (column \"amount\", value \"oops\")",
+    );
+    check(&["--k-range", "9..2"], "invalid k range \"9..2\"");
+    check(&["--k", "5"], "2 customers are too few to form 5 segments");
+    check(&["--as-of", "01/02/2024"], "invalid date \"01/02/2024\"");
+    check(
+        &["--as-of", "2020-01-01"],
+        "no customer has a purchase on or before the as-of date 2020-01-01",
+    );
+    check(&["--amount-col", "total"], "unknown column \"total\"");
+    check(
+        &["--outlier-percentile", "100"],
+        "outlier percentile must be in (0, 100)",
+    );
+    let garbage = write(&dir, "model.json", "{\"not\": \"a model\"}");
+    check(&["--previous", garbage.to_str().unwrap()], "previous model");
+    fails_with(
+        &[
+            "segment",
+            "--transactions",
+            "/nonexistent/log.csv",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "cannot read",
+    );
+}
