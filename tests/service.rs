@@ -930,3 +930,280 @@ fn python_client_round_trip() {
         server.stop().await;
     });
 }
+
+// ---------------------------------------------------------------- segmentation
+
+fn tx_header(name: &str, format: pb::FileFormat) -> pb::UploadTransactionsRequest {
+    pb::UploadTransactionsRequest {
+        message: Some(pb::upload_transactions_request::Message::Header(
+            pb::TransactionsHeader {
+                name: name.into(),
+                format: format as i32,
+            },
+        )),
+    }
+}
+
+fn tx_chunk(bytes: &[u8]) -> pb::UploadTransactionsRequest {
+    pb::UploadTransactionsRequest {
+        message: Some(pb::upload_transactions_request::Message::Chunk(
+            bytes.to_vec(),
+        )),
+    }
+}
+
+impl TestServer {
+    fn segmentations(&self) -> pb::segmentations_client::SegmentationsClient<Channel> {
+        pb::segmentations_client::SegmentationsClient::new(self.channel.clone())
+    }
+
+    async fn upload_log(&self, bytes: &[u8]) -> pb::TransactionLog {
+        let mut messages = vec![tx_header("log.csv", pb::FileFormat::Csv)];
+        messages.extend(bytes.chunks(64 * 1024).map(tx_chunk));
+        self.segmentations()
+            .upload_transactions(tokio_stream::iter(messages))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn download(&self, id: &str, name: &str) -> Result<Vec<u8>, tonic::Status> {
+        let mut stream = self
+            .segmentations()
+            .download_artifact(pb::DownloadArtifactRequest {
+                segmentation_id: id.into(),
+                name: name.into(),
+            })
+            .await?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            out.extend_from_slice(&chunk.data);
+        }
+        Ok(out)
+    }
+}
+
+fn segmentation_of(job: &pb::Job) -> pb::Segmentation {
+    match job.result.clone() {
+        Some(pb::job::Result::Segmentation(s)) => s,
+        other => panic!("expected a segmentation, got {other:?} ({})", job.error),
+    }
+}
+
+#[test]
+fn segment_over_grpc_matches_the_library_and_refreshes_stably() {
+    use segmenta::segmentation::transactions::TransactionColumns;
+    use segmenta::segmentation::{run_segmentation, KChoice, SegmentControl, SegmentParams};
+    runtime().block_on(async {
+        let dir = TempDir::new().unwrap();
+        let log = dir.path().join("log.csv");
+        segmenta::segmentation::demo::write_demo_log(&log, 3_000, 9).unwrap();
+        let server = TestServer::start(&dir.path().join("data"), Limits::default()).await;
+        let uploaded = server.upload_log(&std::fs::read(&log).unwrap()).await;
+        assert_eq!(uploaded.size_bytes, std::fs::metadata(&log).unwrap().len());
+
+        let request = pb::SegmentRequest {
+            source: Some(pb::segment_request::Source::TransactionsId(
+                uploaded.id.clone(),
+            )),
+            columns: Some(pb::TransactionColumns {
+                order: "order_id".into(),
+                ..Default::default()
+            }),
+            k_choice: Some(pb::segment_request::KChoice::KRange(pb::KRange {
+                min: 3,
+                max: 6,
+            })),
+            ..Default::default()
+        };
+        let job = server
+            .segmentations()
+            .segment(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(job.kind, pb::JobKind::Segment as i32);
+        let (done, progress) = server.finish(&job.id).await;
+        let seg = segmentation_of(&done);
+        assert!(
+            progress.iter().any(|p| p.phase.starts_with("choosing k")),
+            "{progress:?}"
+        );
+
+        // The same job through the library gives the same segments.
+        let params = SegmentParams {
+            columns: TransactionColumns {
+                order: Some("order_id".into()),
+                ..Default::default()
+            },
+            k: Some(KChoice::Range(3..=6)),
+            ..SegmentParams::default()
+        };
+        let lib = run_segmentation(
+            &CpuBackend::new(),
+            &log,
+            &params,
+            None,
+            &SegmentControl::default(),
+        )
+        .unwrap();
+        assert_eq!(seg.k as usize, lib.model.k());
+        assert_eq!(seg.n_customers as usize, lib.customers.ids.len());
+        let sizes: Vec<u64> = seg.segments.iter().map(|s| s.size).collect();
+        let lib_sizes: Vec<u64> = lib.profiles.iter().map(|p| p.size as u64).collect();
+        assert_eq!(sizes, lib_sizes);
+        assert_eq!(seg.k_sweep.as_ref().unwrap().scores.len(), 4);
+        let input = seg.input.as_ref().unwrap();
+        assert_eq!(input.bad_rows as usize, lib.input.bad_rows.total);
+        assert_eq!(input.frequency_basis, "orders");
+
+        // Get returns the stored document; artifacts download intact.
+        let got = server
+            .segmentations()
+            .get_segmentation(pb::GetSegmentationRequest { id: seg.id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got, seg);
+        let html =
+            String::from_utf8(server.download(&seg.id, "report.html").await.unwrap()).unwrap();
+        assert!(html.contains("<h2>Segments</h2>"));
+        let png = server.download(&seg.id, "pca_scatter.png").await.unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        let e = server.download(&seg.id, "../meta.json").await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e}");
+
+        // The segmentation is a model: Assign applies its log1p and scaling.
+        let x = lib.customers.values.slice(ndarray::s![..50, ..]).to_owned();
+        let assigned = server
+            .clustering()
+            .assign(pb::AssignRequest {
+                model_id: seg.id.clone(),
+                rows: flat(&x),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(assigned.labels, lib.prediction.labels[..50]);
+
+        // A refresh on the same log keeps every customer's segment id.
+        let refresh = pb::SegmentRequest {
+            previous_segmentation_id: seg.id.clone(),
+            k_choice: None,
+            ..request.clone()
+        };
+        let job = server
+            .segmentations()
+            .segment(refresh)
+            .await
+            .unwrap()
+            .into_inner();
+        let again = segmentation_of(&server.finish(&job.id).await.0);
+        let r = again.refresh.unwrap();
+        for (i, row) in r.rows.iter().enumerate() {
+            for (j, &c) in row.counts.iter().enumerate() {
+                assert_eq!(c, if i == j { sizes[i] } else { 0 }, "rows[{i}][{j}]");
+            }
+        }
+        assert_eq!(r.stayed_fraction, 1.0);
+
+        // Bad requests: clear errors, and the server keeps serving.
+        let bad = |r: pb::SegmentRequest| {
+            let client = server.segmentations();
+            async move { client.clone().segment(r).await.unwrap_err() }
+        };
+        let e = bad(pb::SegmentRequest::default()).await;
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("transactions_id"), "{e}");
+        let e = bad(pb::SegmentRequest {
+            source: Some(pb::segment_request::Source::TransactionsId(
+                "tx-nope".into(),
+            )),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(e.code(), Code::NotFound, "{e}");
+        let e = bad(pb::SegmentRequest {
+            k_choice: Some(pb::segment_request::KChoice::KRange(pb::KRange {
+                min: 5,
+                max: 2,
+            })),
+            ..request.clone()
+        })
+        .await;
+        assert!(
+            e.message().contains("k_range") || e.message().contains("min <= max"),
+            "{e}"
+        );
+        let e = bad(pb::SegmentRequest {
+            as_of: "last tuesday".into(),
+            ..request.clone()
+        })
+        .await;
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("invalid date"), "{e}");
+        let e = bad(pb::SegmentRequest {
+            previous_segmentation_id: "seg-missing".into(),
+            ..request.clone()
+        })
+        .await;
+        assert_eq!(e.code(), Code::NotFound, "{e}");
+        // A job that fails while reading (a rejected bad row) reports the row.
+        let broken = server
+            .upload_log(b"customer_id,date,amount\na,2024-01-01,5\nb,someday,3\n")
+            .await;
+        let job = server
+            .segmentations()
+            .segment(pb::SegmentRequest {
+                source: Some(pb::segment_request::Source::TransactionsId(broken.id)),
+                bad_rows: pb::BadRowPolicy::Reject as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let (failed, _) = server.finish(&job.id).await;
+        assert_eq!(failed.state, pb::JobState::Failed as i32);
+        assert!(
+            failed.error.contains("row 2: unparsable date"),
+            "{}",
+            failed.error
+        );
+        // Malformed upload streams.
+        let e = server
+            .segmentations()
+            .upload_transactions(tokio_stream::iter(vec![tx_chunk(b"x")]))
+            .await
+            .unwrap_err();
+        assert!(
+            e.message().contains("first message must be a header"),
+            "{e}"
+        );
+        let e = server
+            .segmentations()
+            .upload_transactions(tokio_stream::iter(vec![
+                tx_header("x", pb::FileFormat::Unspecified),
+                tx_chunk(b"x"),
+            ]))
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("header.format"), "{e}");
+        let e = server
+            .segmentations()
+            .upload_transactions(tokio_stream::iter(vec![tx_header(
+                "x",
+                pb::FileFormat::Csv,
+            )]))
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("empty"), "{e}");
+        // Still serving.
+        server
+            .segmentations()
+            .get_segmentation(pb::GetSegmentationRequest { id: seg.id.clone() })
+            .await
+            .unwrap();
+        server.stop().await;
+    });
+}

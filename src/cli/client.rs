@@ -342,6 +342,21 @@ async fn watch(channel: Channel, id: &str) -> anyhow::Result<()> {
                                 "model {}: {} components, explained variance ratio {:?}",
                                 p.id, p.n_components, p.explained_variance_ratio
                             ),
+                            Some(pb::job::Result::Segmentation(s)) => {
+                                println!(
+                                    "segmentation {}: {} customers as of {} in {} segments",
+                                    s.id, s.n_customers, s.as_of, s.k
+                                );
+                                for p in &s.segments {
+                                    println!(
+                                        "  segment {}: {} customers ({:.1}%), {}",
+                                        p.id,
+                                        p.size,
+                                        p.share * 100.0,
+                                        p.description
+                                    );
+                                }
+                            }
                             None => println!("job {id} succeeded"),
                         }
                         return Ok(());

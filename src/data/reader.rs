@@ -10,13 +10,22 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use super::{DataError, Dataset};
 
 /// File formats Segmenta reads, chosen by extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TableFormat {
     Csv,
     Parquet,
 }
 
 impl TableFormat {
+    /// The usual file extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Csv => "csv",
+            Self::Parquet => "parquet",
+        }
+    }
+
     pub fn from_path(path: &Path) -> Result<Self, DataError> {
         match path
             .extension()

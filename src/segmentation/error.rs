@@ -1,7 +1,9 @@
 use std::path::PathBuf;
 
 /// What is wrong with one transaction row.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RowProblem {
     MissingCustomerId,

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use chrono::NaiveDate;
 use ndarray::Array2;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::SegmentationError;
 use super::transactions::{date_of, day_number, TransactionLog};
@@ -24,7 +24,7 @@ pub const MONETARY: usize = 2;
 pub const TENURE: usize = 4;
 
 /// What frequency counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FrequencyBasis {
     /// Distinct order ids (when the log has an order column).
@@ -35,7 +35,7 @@ pub enum FrequencyBasis {
 }
 
 /// Lines and customers left out of the features, and why.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FeatureNotes {
     /// Lines dated after the as-of date.
     pub lines_after_as_of: usize,

@@ -118,7 +118,7 @@ impl SegmentModel {
 }
 
 /// Reading the log: what was used and what was not.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InputSummary {
     pub rows_read: usize,
     pub bad_rows: BadRows,
@@ -128,7 +128,7 @@ pub struct InputSummary {
 }
 
 /// A refresh against a previous model.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Refresh {
     pub previous_as_of: NaiveDate,
     pub transitions: Transitions,

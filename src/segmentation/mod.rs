@@ -24,4 +24,4 @@ pub use job::{
     run_segmentation, segment_customers, skewed_columns, InputSummary, KChoice, Refresh, Scatter,
     SegmentControl, SegmentModel, SegmentParams, SegmentRun, DEFAULT_K_RANGE,
 };
-pub use output::{write_outputs, OutputFiles};
+pub use output::{write_outputs, OutputFiles, Preprocessing, SegmentsDocument, CUSTOMER_COLUMNS};

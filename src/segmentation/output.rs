@@ -10,7 +10,7 @@ use arrow_array::{
     ArrayRef, BooleanArray, Float32Array, RecordBatch, StringArray, UInt32Array, UInt8Array,
 };
 use parquet::arrow::ArrowWriter;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::SegmentationError;
 use super::features::FEATURE_NAMES;
@@ -155,50 +155,51 @@ fn customers_parquet(run: &SegmentRun) -> Result<Vec<u8>> {
     Ok(buffer)
 }
 
-/// `segments.json`: everything but the per-customer rows.
-#[derive(Serialize)]
-pub struct SegmentsDocument<'a> {
+/// `segments.json`: everything but the per-customer rows. The service reads
+/// it back to answer queries about a stored segmentation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SegmentsDocument {
     pub as_of: chrono::NaiveDate,
     pub n_customers: usize,
     pub k: usize,
-    pub backend: &'a BackendInfo,
+    pub backend: BackendInfo,
     pub preprocessing: Preprocessing,
-    pub segments: &'a [SegmentProfile],
-    pub k_sweep: Option<&'a KSweep>,
-    pub refresh: Option<&'a Refresh>,
-    pub input: &'a InputSummary,
+    pub segments: Vec<SegmentProfile>,
+    pub k_sweep: Option<KSweep>,
+    pub refresh: Option<Refresh>,
+    pub input: InputSummary,
 }
 
 /// How features are transformed before clustering (stored in the model).
-#[derive(Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Preprocessing {
-    pub features: Vec<&'static str>,
+    pub features: Vec<String>,
     pub log1p: Vec<bool>,
     /// Mean and standard deviation after log1p.
     pub mean: Vec<f32>,
     pub scale: Vec<f32>,
 }
 
-impl<'a> SegmentsDocument<'a> {
-    pub fn of(run: &'a SegmentRun) -> Self {
+impl SegmentsDocument {
+    pub fn of(run: &SegmentRun) -> Self {
         let scaler = run.model.kmeans.scaler();
         Self {
             as_of: run.model.as_of,
             n_customers: run.customers.ids.len(),
             k: run.model.k(),
-            backend: &run.backend,
+            backend: run.backend.clone(),
             preprocessing: Preprocessing {
-                features: FEATURE_NAMES.to_vec(),
+                features: FEATURE_NAMES.iter().map(|s| s.to_string()).collect(),
                 log1p: (0..FEATURE_NAMES.len())
                     .map(|j| scaler.log1p.get(j).copied().unwrap_or(false))
                     .collect(),
                 mean: scaler.mean.clone(),
                 scale: scaler.scale.clone(),
             },
-            segments: &run.profiles,
-            k_sweep: run.sweep.as_ref(),
-            refresh: run.refresh.as_ref(),
-            input: &run.input,
+            segments: run.profiles.clone(),
+            k_sweep: run.sweep.clone(),
+            refresh: run.refresh.clone(),
+            input: run.input.clone(),
         }
     }
 }

@@ -2,12 +2,12 @@
 //! medians, lift, a generated description, the RFM names inside, outliers.
 
 use ndarray::{ArrayView2, Axis};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::features::FEATURE_NAMES;
 use super::rfm::RfmSegment;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureProfile {
     pub feature: String,
     pub mean: f64,
@@ -17,7 +17,7 @@ pub struct FeatureProfile {
     pub lift: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SegmentProfile {
     /// Stable segment id (kept across refreshes).
     pub id: usize,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use ndarray::ArrayView2;
 use pathfinding::prelude::{kuhn_munkres_min, Matrix};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// For each new cluster `i`, the old segment id it continues: the matching
 /// of new to old centroids (same k, same space) with the least total squared
@@ -29,7 +29,7 @@ pub fn match_segments(old: ArrayView2<f32>, new: ArrayView2<f32>) -> Vec<usize> 
 
 /// Customers by previous and current segment, plus the ones that arrived
 /// or left.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Transitions {
     /// `counts[old][new]`: customers in both runs.
     pub counts: Vec<Vec<usize>>,
@@ -53,7 +53,7 @@ impl Transitions {
 }
 
 /// Size of each segment before and after.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SizeDrift {
     pub segment: usize,
     pub previous_size: usize,

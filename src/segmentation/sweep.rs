@@ -3,7 +3,7 @@
 use std::ops::RangeInclusive;
 
 use ndarray::ArrayView2;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 use crate::error::Result;
@@ -11,7 +11,7 @@ use crate::kmeans::{evaluate, FitControl, KMeansModel, KMeansParams};
 
 /// Scores of one k. Metrics are measured where k-means clusters: after the
 /// model's log1p and standard scaling.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KScore {
     pub k: usize,
     /// Within-cluster sum of squares: look for the elbow.
@@ -25,11 +25,11 @@ pub struct KScore {
 }
 
 /// The scores of every k tried, and the one recommended.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KSweep {
     pub scores: Vec<KScore>,
     pub recommended_k: usize,
-    pub rule: &'static str,
+    pub rule: String,
 }
 
 /// How the sweep recommends k, in words (also in the report).
@@ -76,7 +76,7 @@ pub fn sweep_k(
         KSweep {
             scores,
             recommended_k,
-            rule: RULE,
+            rule: RULE.to_owned(),
         },
         models,
     ))

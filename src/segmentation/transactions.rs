@@ -65,7 +65,7 @@ pub struct Line {
 }
 
 /// The skipped rows of a load, by problem.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BadRows {
     pub total: usize,
     pub by_problem: BTreeMap<RowProblem, usize>,

@@ -2,9 +2,12 @@
 
 use super::jobs::{JobKind, JobOutput, JobProgress, JobSnapshot, JobState};
 use super::proto as pb;
-use super::storage::{DatasetMeta, ModelBody, ModelRecord};
+use super::storage::{DatasetMeta, ModelBody, ModelRecord, SegmentationMeta, TransactionsMeta};
 use crate::backend::BackendChoice;
+use crate::data::TableFormat;
 use crate::kmeans::Evaluation;
+use crate::segmentation::features::FrequencyBasis;
+use crate::segmentation::SegmentsDocument;
 
 pub fn timestamp(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -101,6 +104,7 @@ impl From<&JobSnapshot> for pb::Job {
             JobKind::Import => pb::JobKind::Import,
             JobKind::FitKMeans => pb::JobKind::FitKmeans,
             JobKind::FitPca => pb::JobKind::FitPca,
+            JobKind::Segment => pb::JobKind::Segment,
         };
         let state = match s.state {
             JobState::Queued => pb::JobState::Queued,
@@ -115,6 +119,7 @@ impl From<&JobSnapshot> for pb::Job {
                 pb::model::Model::Kmeans(k) => pb::job::Result::Kmeans(k),
                 pb::model::Model::Pca(p) => pb::job::Result::Pca(p),
             },
+            JobOutput::Segmentation(s) => pb::job::Result::Segmentation(segmentation(&s.0, &s.1)),
         });
         Self {
             id: s.id.clone(),
@@ -138,5 +143,139 @@ impl From<&Evaluation> for pb::EvaluateResponse {
             davies_bouldin: e.davies_bouldin,
             calinski_harabasz: e.calinski_harabasz,
         }
+    }
+}
+
+pub fn file_format(f: TableFormat) -> pb::FileFormat {
+    match f {
+        TableFormat::Csv => pb::FileFormat::Csv,
+        TableFormat::Parquet => pb::FileFormat::Parquet,
+    }
+}
+
+impl From<&TransactionsMeta> for pb::TransactionLog {
+    fn from(m: &TransactionsMeta) -> Self {
+        Self {
+            id: m.id.clone(),
+            name: m.name.clone(),
+            format: file_format(m.format) as i32,
+            size_bytes: m.size_bytes,
+            created_at: Some(timestamp(m.created_at_ms)),
+        }
+    }
+}
+
+/// A stored segmentation as the API shows it.
+pub fn segmentation(meta: &SegmentationMeta, doc: &SegmentsDocument) -> pb::Segmentation {
+    let segments = doc
+        .segments
+        .iter()
+        .map(|p| pb::SegmentProfile {
+            id: p.id as u32,
+            size: p.size as u64,
+            share: p.share,
+            description: p.description.clone(),
+            features: p
+                .features
+                .iter()
+                .map(|f| pb::FeatureProfile {
+                    feature: f.feature.clone(),
+                    mean: f.mean,
+                    median: f.median,
+                    lift: f.lift,
+                })
+                .collect(),
+            top_rfm_segments: p
+                .top_rfm_segments
+                .iter()
+                .map(|(s, c)| pb::RfmCount {
+                    rfm_segment: s.name().to_owned(),
+                    customers: *c as u64,
+                })
+                .collect(),
+            outlier_threshold: p.outlier_threshold,
+            outliers: p.outliers as u64,
+            mean_margin: p.mean_margin,
+        })
+        .collect();
+    let k_sweep = doc.k_sweep.as_ref().map(|s| pb::KSweep {
+        scores: s
+            .scores
+            .iter()
+            .map(|k| pb::KScore {
+                k: k.k as u32,
+                inertia: k.inertia,
+                silhouette: k.silhouette,
+                davies_bouldin: k.davies_bouldin,
+                calinski_harabasz: k.calinski_harabasz,
+            })
+            .collect(),
+        recommended_k: s.recommended_k as u32,
+        rule: s.rule.clone(),
+    });
+    let u64s = |v: &[usize]| v.iter().map(|&c| c as u64).collect::<Vec<_>>();
+    let refresh = doc.refresh.as_ref().map(|r| pb::Refresh {
+        previous_as_of: r.previous_as_of.to_string(),
+        rows: r
+            .transitions
+            .counts
+            .iter()
+            .map(|row| pb::TransitionRow { counts: u64s(row) })
+            .collect(),
+        arrived: u64s(&r.transitions.arrived),
+        left: u64s(&r.transitions.left),
+        size_drift: r
+            .size_drift
+            .iter()
+            .map(|d| pb::SizeDrift {
+                segment: d.segment as u32,
+                previous_size: d.previous_size as u64,
+                size: d.size as u64,
+                previous_share: d.previous_share,
+                share: d.share,
+            })
+            .collect(),
+        stayed_fraction: r.transitions.stayed_fraction(),
+    });
+    let i = &doc.input;
+    let input = pb::InputSummary {
+        rows_read: i.rows_read as u64,
+        bad_rows: i.bad_rows.total as u64,
+        bad_rows_by_problem: i
+            .bad_rows
+            .by_problem
+            .iter()
+            .map(|(p, &c)| {
+                let key = serde_json::to_value(p)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                (key, c as u64)
+            })
+            .collect(),
+        lines_after_as_of: i.notes.lines_after_as_of as u64,
+        refund_lines: i.notes.refund_lines as u64,
+        customers_without_purchase: i.notes.customers_without_purchase as u64,
+        frequency_basis: match i.frequency_basis {
+            FrequencyBasis::Orders => "orders",
+            FrequencyBasis::PurchaseDays => "purchase_days",
+        }
+        .to_owned(),
+    };
+    pb::Segmentation {
+        id: meta.id.clone(),
+        as_of: doc.as_of.to_string(),
+        k: doc.k as u32,
+        n_customers: doc.n_customers as u64,
+        features: doc.preprocessing.features.clone(),
+        log1p: doc.preprocessing.log1p.clone(),
+        segments,
+        k_sweep,
+        refresh,
+        input: Some(input),
+        artifacts: meta.artifacts.clone(),
+        backend: doc.backend.backend.to_string(),
+        adapter: doc.backend.adapter.clone(),
+        created_at: Some(timestamp(meta.created_at_ms)),
     }
 }

@@ -15,13 +15,15 @@ use std::time::Instant;
 use tokio::sync::{watch, Semaphore};
 
 use super::error::ServiceError;
-use super::storage::{now_ms, DatasetMeta, ModelRecord};
+use super::storage::{now_ms, DatasetMeta, ModelRecord, SegmentationMeta};
+use crate::segmentation::SegmentsDocument;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobKind {
     Import,
     FitKMeans,
     FitPca,
+    Segment,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +55,7 @@ pub struct JobProgress {
 pub enum JobOutput {
     Dataset(DatasetMeta),
     Model(Box<ModelRecord>),
+    Segmentation(Box<(SegmentationMeta, SegmentsDocument)>),
 }
 
 /// What a watcher sees.

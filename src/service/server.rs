@@ -110,6 +110,10 @@ pub async fn serve(
             ModelsService { engine: e() }
         ))
         .add_service(limited!(
+            pb::segmentations_server::SegmentationsServer<_>,
+            SegmentationsService { engine: e() }
+        ))
+        .add_service(limited!(
             pb::server_server::ServerServer<_>,
             ServerService { engine: e() }
         ));

@@ -102,7 +102,7 @@ fn sweep_table(h: &mut String, run: &SegmentRun) {
         h,
         "<h2>Choosing k</h2>\n<p>Recommended k = <b>{}</b>: {}</p>\n<table><tr><th>k</th><th>inertia</th><th>silhouette</th><th>Davies–Bouldin</th><th>Calinski–Harabasz</th></tr>",
         sweep.recommended_k,
-        escape(sweep.rule)
+        escape(&sweep.rule)
     );
     for s in &sweep.scores {
         let _ = writeln!(

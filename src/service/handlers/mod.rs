@@ -5,6 +5,7 @@ mod datasets;
 mod decomposition;
 mod jobs;
 mod models;
+mod segmentations;
 mod server_info;
 
 pub use clustering::ClusteringService;
@@ -12,4 +13,5 @@ pub use datasets::DatasetsService;
 pub use decomposition::DecompositionService;
 pub use jobs::JobsService;
 pub use models::ModelsService;
+pub use segmentations::SegmentationsService;
 pub use server_info::ServerService;

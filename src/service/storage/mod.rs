@@ -3,6 +3,8 @@
 //! ```text
 //! DATA_DIR/datasets/<id>/meta.json, values.f32   (little-endian f32, row-major)
 //! DATA_DIR/models/<id>.json
+//! DATA_DIR/transactions/<id>/meta.json, log.csv | log.parquet   (as uploaded)
+//! DATA_DIR/segmentations/<id>/meta.json + the segment job's outputs
 //! ```
 //! Every write goes to a temporary name, is fsynced, then renamed into place
 //! (and the directory fsynced): a crash leaves either the old state or the
@@ -20,6 +22,10 @@ use super::error::{ServiceError, ServiceResult};
 use crate::data::Dataset;
 use crate::kmeans::KMeansModel;
 use crate::pca::PcaModel;
+
+mod segmentations;
+
+pub use segmentations::{SegmentationMeta, TransactionsMeta, TransactionsWriter};
 
 const TMP: &str = ".tmp-";
 
@@ -97,6 +103,8 @@ fn write_json_atomically<T: Serialize>(path: &Path, value: &T) -> std::io::Resul
 pub struct Store {
     datasets: PathBuf,
     models: PathBuf,
+    transactions: PathBuf,
+    segmentations: PathBuf,
 }
 
 impl Store {
@@ -106,8 +114,15 @@ impl Store {
         let store = Self {
             datasets: root.join("datasets"),
             models: root.join("models"),
+            transactions: root.join("transactions"),
+            segmentations: root.join("segmentations"),
         };
-        for dir in [&store.datasets, &store.models] {
+        for dir in [
+            &store.datasets,
+            &store.models,
+            &store.transactions,
+            &store.segmentations,
+        ] {
             fs::create_dir_all(dir)?;
             for entry in fs::read_dir(dir)? {
                 let entry = entry?;

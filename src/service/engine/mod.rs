@@ -1,6 +1,10 @@
 //! The service's state and domain operations. Handlers validate and convert;
 //! the engine does the work (with the library) and owns storage and jobs.
 
+mod segment;
+
+pub use segment::{LogSource, SegmentJob};
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 

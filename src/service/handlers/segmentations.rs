@@ -1,0 +1,205 @@
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::data::TableFormat;
+use crate::segmentation::transactions::{BadRowPolicy, TransactionColumns};
+use crate::segmentation::{KChoice, SegmentParams, SegmentationError};
+use crate::service::convert::{backend_choice, segmentation};
+use crate::service::engine::{Engine, LogSource, SegmentJob};
+use crate::service::error::ServiceError;
+use crate::service::proto as pb;
+use crate::service::proto::upload_transactions_request::Message;
+
+/// Artifacts are sent in chunks of this size, well under any message limit.
+const CHUNK_BYTES: usize = 1 << 20;
+
+pub struct SegmentationsService {
+    pub engine: Arc<Engine>,
+}
+
+fn columns(c: Option<pb::TransactionColumns>) -> TransactionColumns {
+    let c = c.unwrap_or_default();
+    let defaults = TransactionColumns::default();
+    let or = |s: String, d: String| if s.is_empty() { d } else { s };
+    let optional = |s: String| (!s.is_empty()).then_some(s);
+    TransactionColumns {
+        customer: or(c.customer, defaults.customer),
+        date: or(c.date, defaults.date),
+        amount: or(c.amount, defaults.amount),
+        quantity: optional(c.quantity),
+        order: optional(c.order),
+    }
+}
+
+fn k_choice(k: Option<pb::segment_request::KChoice>) -> Result<Option<KChoice>, ServiceError> {
+    use pb::segment_request::KChoice as K;
+    match k {
+        None => Ok(None),
+        Some(K::K(0)) => Err(ServiceError::invalid("k", "k must be at least 1")),
+        Some(K::K(k)) => Ok(Some(KChoice::Fixed(k as usize))),
+        Some(K::KRange(r)) if 1 <= r.min && r.min <= r.max => {
+            Ok(Some(KChoice::Range(r.min as usize..=r.max as usize)))
+        }
+        Some(K::KRange(r)) => Err(ServiceError::invalid(
+            "k_range",
+            format!("expected 1 <= min <= max, got {}..{}", r.min, r.max),
+        )),
+    }
+}
+
+/// A request, checked and typed.
+fn segment_job(r: pb::SegmentRequest) -> Result<SegmentJob, ServiceError> {
+    use pb::segment_request::Source;
+    let source = match r.source {
+        Some(Source::TransactionsId(id)) if !id.is_empty() => LogSource::Uploaded(id),
+        Some(Source::TransactionsPath(p)) if !p.is_empty() => LogSource::ServerPath(p),
+        _ => {
+            return Err(ServiceError::invalid(
+                "source",
+                "set transactions_id (from UploadTransactions) or transactions_path",
+            ))
+        }
+    };
+    let as_of = match r.as_of.trim() {
+        "" => None,
+        d => Some(
+            chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+                .map_err(|_| crate::Error::from(SegmentationError::BadDate(d.to_owned())))?,
+        ),
+    };
+    let bad_rows = match pb::BadRowPolicy::try_from(r.bad_rows) {
+        Ok(pb::BadRowPolicy::Unspecified | pb::BadRowPolicy::Skip) => BadRowPolicy::Skip,
+        Ok(pb::BadRowPolicy::Reject) => BadRowPolicy::Reject,
+        Err(_) => {
+            return Err(ServiceError::invalid(
+                "bad_rows",
+                format!("unknown policy {}", r.bad_rows),
+            ))
+        }
+    };
+    let defaults = SegmentParams::default();
+    let params = SegmentParams {
+        columns: columns(r.columns),
+        bad_rows,
+        as_of,
+        k: k_choice(r.k_choice)?,
+        outlier_percentile: if r.outlier_percentile == 0.0 {
+            defaults.outlier_percentile
+        } else {
+            r.outlier_percentile
+        },
+        seed: r.seed,
+        n_init: if r.n_init == 0 {
+            defaults.n_init
+        } else {
+            r.n_init as usize
+        },
+        ..defaults
+    };
+    if !(params.outlier_percentile > 0.0 && params.outlier_percentile < 100.0) {
+        return Err(crate::Error::from(SegmentationError::BadPercentile(
+            params.outlier_percentile,
+        ))
+        .into());
+    }
+    Ok(SegmentJob {
+        source,
+        params,
+        previous_id: (!r.previous_segmentation_id.is_empty()).then_some(r.previous_segmentation_id),
+        backend: backend_choice(r.backend)?,
+    })
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::FileChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::segmentations_server::Segmentations for SegmentationsService {
+    /// Streams the file to a temporary name; it appears only once the stream
+    /// ends cleanly.
+    async fn upload_transactions(
+        &self,
+        request: Request<Streaming<pb::UploadTransactionsRequest>>,
+    ) -> Result<Response<pb::TransactionLog>, Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            Some(pb::UploadTransactionsRequest {
+                message: Some(Message::Header(h)),
+            }) => h,
+            Some(_) => {
+                return Err(ServiceError::invalid(
+                    "header",
+                    "the first message must be a header (name, format)",
+                )
+                .into())
+            }
+            None => return Err(ServiceError::invalid("header", "empty stream: no header").into()),
+        };
+        let format = match pb::FileFormat::try_from(header.format) {
+            Ok(pb::FileFormat::Csv) => TableFormat::Csv,
+            Ok(pb::FileFormat::Parquet) => TableFormat::Parquet,
+            _ => {
+                return Err(ServiceError::invalid(
+                    "header.format",
+                    "set FILE_FORMAT_CSV or FILE_FORMAT_PARQUET",
+                )
+                .into())
+            }
+        };
+        let store = self.engine.store.clone();
+        let mut writer =
+            tokio::task::block_in_place(|| store.begin_transactions(&header.name, format))?;
+        while let Some(msg) = stream.message().await? {
+            let Some(Message::Chunk(bytes)) = msg.message else {
+                return Err(
+                    ServiceError::invalid("chunk", "only chunks may follow the header").into(),
+                );
+            };
+            self.engine
+                .check_dataset_size(writer.size_bytes() + bytes.len() as u64)?;
+            tokio::task::block_in_place(|| writer.append(&bytes))?;
+        }
+        if writer.size_bytes() == 0 {
+            return Err(ServiceError::invalid("chunk", "the upload is empty").into());
+        }
+        let meta = tokio::task::block_in_place(|| writer.finish())?;
+        tracing::info!(id = %meta.id, bytes = meta.size_bytes, "transaction log uploaded");
+        Ok(Response::new((&meta).into()))
+    }
+
+    async fn segment(
+        &self,
+        request: Request<pb::SegmentRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let job = segment_job(request.into_inner())?;
+        let snapshot = self.engine.segment(job).await?;
+        Ok(Response::new((&snapshot).into()))
+    }
+
+    async fn get_segmentation(
+        &self,
+        request: Request<pb::GetSegmentationRequest>,
+    ) -> Result<Response<pb::Segmentation>, Status> {
+        let id = request.into_inner().id;
+        let (meta, doc) = tokio::task::block_in_place(|| self.engine.store.segmentation(&id))?;
+        Ok(Response::new(segmentation(&meta, &doc)))
+    }
+
+    type DownloadArtifactStream = ChunkStream;
+
+    async fn download_artifact(
+        &self,
+        request: Request<pb::DownloadArtifactRequest>,
+    ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
+        let r = request.into_inner();
+        let path = self.engine.store.artifact(&r.segmentation_id, &r.name)?;
+        let bytes = tokio::fs::read(&path).await.map_err(ServiceError::io)?;
+        let chunks: Vec<Result<pb::FileChunk, Status>> = bytes
+            .chunks(CHUNK_BYTES)
+            .map(|c| Ok(pb::FileChunk { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+}
