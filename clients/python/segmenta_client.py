@@ -1,7 +1,8 @@
 """A Segmenta client in Python, generated from proto/ with grpcio-tools.
 
 Runs the whole round trip: upload -> fit (watching progress) -> assign ->
-evaluate -> PCA -> transform -> delete.
+evaluate -> PCA -> transform; then the customer workflow: upload a
+transaction log -> segment -> download the report; then delete.
 
     pip install -r clients/python/requirements.txt
     python3 clients/python/segmenta_client.py --server 127.0.0.1:50051
@@ -10,6 +11,7 @@ The stubs are generated into a temporary folder at start-up, so the only
 input is the .proto file.
 """
 import argparse
+import datetime
 import importlib
 import pathlib
 import random
@@ -48,6 +50,20 @@ def blobs(n, seed=5):
     return rows
 
 
+def transactions(n, seed=3):
+    """A CSV transaction log: frequent big spenders, occasional buyers, lapsed."""
+    rng = random.Random(seed)
+    end = datetime.date(2025, 12, 31)
+    lines = ["customer_id,date,amount"]
+    for i in range(n):
+        kind = i % 3
+        orders, gap, start, spend = [(20, 12, 5, 150.0), (4, 60, 20, 40.0), (2, 30, 400, 25.0)][kind]
+        for j in range(orders):
+            day = end - datetime.timedelta(days=start + j * gap + rng.randrange(3))
+            lines.append(f"C{i:05d},{day.isoformat()},{rng.uniform(0.8, 1.2) * spend:.2f}")
+    return ("\n".join(lines) + "\n").encode()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--server", default="127.0.0.1:50051")
@@ -59,6 +75,7 @@ def main():
     clustering = rpc.ClusteringStub(channel)
     decomposition = rpc.DecompositionStub(channel)
     models = rpc.ModelsStub(channel)
+    segmentations = rpc.SegmentationsStub(channel)
 
     rows = blobs(3000)
     columns = ["recency", "frequency", "spend"]
@@ -111,7 +128,27 @@ def main():
         assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
         print(f"bad input rejected: {e.code().name}: {e.details()}")
 
-    for model_id in (model.id, pca.id):
+    # The customer workflow: a transaction log in, segments and a report out.
+    log = transactions(600)
+
+    def log_messages():
+        yield pb.UploadTransactionsRequest(header=pb.TransactionsHeader(name="py-log.csv", format=pb.FILE_FORMAT_CSV))
+        for start in range(0, len(log), 64 * 1024):
+            yield pb.UploadTransactionsRequest(chunk=log[start:start + 64 * 1024])
+
+    uploaded = segmentations.UploadTransactions(log_messages())
+    seg = wait(segmentations.Segment(pb.SegmentRequest(
+        transactions_id=uploaded.id, k=3, backend=pb.BACKEND_CPU))).segmentation
+    for s in seg.segments:
+        print(f"segment {s.id}: {s.size} customers, {s.description}")
+    assert seg.k == 3 and seg.n_customers == 600
+    assert sorted(s.size for s in seg.segments) == [200, 200, 200], [s.size for s in seg.segments]
+    report = b"".join(chunk.data for chunk in segmentations.DownloadArtifact(
+        pb.DownloadArtifactRequest(segmentation_id=seg.id, name="report.html")))
+    assert b"<h2>Segments</h2>" in report
+    print(f"report.html downloaded ({len(report)} bytes); artifacts: {list(seg.artifacts)}")
+
+    for model_id in (model.id, pca.id, seg.id):
         models.Delete(pb.DeleteModelRequest(id=model_id))
     datasets.Delete(pb.DeleteDatasetRequest(id=dataset.id))
     print("round trip ok")
