@@ -1198,12 +1198,45 @@ fn segment_over_grpc_matches_the_library_and_refreshes_stably() {
             .await
             .unwrap_err();
         assert!(e.message().contains("empty"), "{e}");
-        // Still serving.
+        // Still serving; deleting removes the outputs, the model and the log.
         server
             .segmentations()
             .get_segmentation(pb::GetSegmentationRequest { id: seg.id.clone() })
             .await
             .unwrap();
+        let mut s = server.segmentations();
+        s.delete_segmentation(pb::DeleteSegmentationRequest { id: seg.id.clone() })
+            .await
+            .unwrap();
+        let e = s
+            .get_segmentation(pb::GetSegmentationRequest { id: seg.id.clone() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+        let e = server
+            .models()
+            .get(pb::GetModelRequest { id: seg.id.clone() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+        assert!(!dir.path().join("data/segmentations").join(&seg.id).exists());
+        s.delete_transactions(pb::DeleteTransactionsRequest {
+            id: uploaded.id.clone(),
+        })
+        .await
+        .unwrap();
+        assert!(!dir
+            .path()
+            .join("data/transactions")
+            .join(&uploaded.id)
+            .exists());
+        let e = s
+            .delete_transactions(pb::DeleteTransactionsRequest {
+                id: uploaded.id.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
         server.stop().await;
     });
 }

@@ -202,4 +202,27 @@ impl pb::segmentations_server::Segmentations for SegmentationsService {
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
+
+    async fn delete_transactions(
+        &self,
+        request: Request<pb::DeleteTransactionsRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let id = request.into_inner().id;
+        tokio::task::block_in_place(|| self.engine.store.delete_transactions(&id))?;
+        Ok(Response::new(pb::DeleteResponse { deleted: true }))
+    }
+
+    async fn delete_segmentation(
+        &self,
+        request: Request<pb::DeleteSegmentationRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let id = request.into_inner().id;
+        tokio::task::block_in_place(|| self.engine.store.delete_segmentation(&id))?;
+        // Its model may already have been deleted through Models.
+        match self.engine.delete_model(&id) {
+            Ok(()) | Err(ServiceError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Response::new(pb::DeleteResponse { deleted: true }))
+    }
 }

@@ -85,6 +85,15 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Removes a stored directory: renamed away first (so it vanishes at once,
+/// atomically), then deleted.
+fn remove_dir(parent: &Path, dir: &Path, id: &str) -> ServiceResult<()> {
+    let doomed = parent.join(format!("{TMP}deleted-{id}"));
+    fs::rename(dir, &doomed).map_err(ServiceError::io)?;
+    sync_dir(parent).map_err(ServiceError::io)?;
+    fs::remove_dir_all(&doomed).map_err(ServiceError::io)
+}
+
 fn write_json_atomically<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
     let dir = path.parent().expect("file in a directory");
     let tmp = dir.join(format!(
@@ -227,14 +236,9 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes the dataset from disk: renamed away first (so it vanishes at
-    /// once, atomically), then deleted.
+    /// Removes the dataset from disk.
     pub fn delete_dataset(&self, id: &str) -> ServiceResult<()> {
-        let dir = self.dataset_dir(id)?;
-        let doomed = self.datasets.join(format!("{TMP}deleted-{id}"));
-        fs::rename(&dir, &doomed).map_err(ServiceError::io)?;
-        sync_dir(&self.datasets).map_err(ServiceError::io)?;
-        fs::remove_dir_all(&doomed).map_err(ServiceError::io)
+        remove_dir(&self.datasets, &self.dataset_dir(id)?, id)
     }
 
     pub fn put_model(&self, record: &ModelRecord) -> ServiceResult<()> {

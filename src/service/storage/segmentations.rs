@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_id, new_id, now_ms, sync_dir, write_json_atomically, Store, TMP};
+use super::{check_id, new_id, now_ms, remove_dir, sync_dir, write_json_atomically, Store, TMP};
 use crate::data::TableFormat;
 use crate::segmentation::{SegmentModel, SegmentsDocument};
 use crate::service::error::{ServiceError, ServiceResult};
@@ -174,5 +174,15 @@ impl Store {
             });
         }
         Ok(self.segmentation_dir(id)?.join(name))
+    }
+
+    pub fn delete_transactions(&self, id: &str) -> ServiceResult<()> {
+        self.transactions(id)?;
+        remove_dir(&self.transactions, &self.transactions.join(id), id)
+    }
+
+    /// Removes the outputs; the caller removes the registered model.
+    pub fn delete_segmentation(&self, id: &str) -> ServiceResult<()> {
+        remove_dir(&self.segmentations, &self.segmentation_dir(id)?, id)
     }
 }
