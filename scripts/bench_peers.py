@@ -1,9 +1,12 @@
-"""Times scikit-learn's (and, when installed, FAISS's) Lloyd iteration on the
-data and initial centroids that `segmenta bench --compare` wrote.
+"""Times scikit-learn and FAISS on the data `segmenta bench --compare` wrote.
 
-Usage: bench_peers.py DIR ITERS  -> JSON list of [name, median_ms, min_ms] on stdout.
-Each peer runs a fixed number of iterations with tol = 0; the per-iteration
-time is the fit time divided by the iterations it ran, median of 3 fits.
+Usage: bench_peers.py DIR TASK PARAM ITERS
+  TASK lloyd    : PARAM = k; Lloyd from DIR/init.npy, ITERS iterations, tol = 0;
+                  reports the fit time divided by the iterations run.
+  TASK pca      : PARAM = components; a whole fit.
+  TASK kmeans++ : PARAM = k; greedy k-means++ initialisation.
+Prints a JSON list of [name, adapter, median_ms, min_ms]: median and best of 3.
+FAISS runs when installed, on the GPU too when it sees one (faiss-gpu).
 """
 import json
 import statistics
@@ -13,45 +16,71 @@ import time
 import numpy as np
 
 
-def per_iteration(fit, repeats=3):
+def timed(fit, repeats=3):
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        n_iter = fit()
-        times.append((time.perf_counter() - t) * 1e3 / max(n_iter, 1))
+        units = fit()
+        times.append((time.perf_counter() - t) * 1e3 / max(units, 1))
     return statistics.median(times), min(times)
 
 
 def main():
-    folder, iters = sys.argv[1], int(sys.argv[2])
+    folder, task, param, iters = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     x = np.load(f"{folder}/x.npy")
-    init = np.load(f"{folder}/init.npy")
     results = []
-
-    from sklearn.cluster import KMeans
     import sklearn
-
-    def sk():
-        km = KMeans(n_clusters=init.shape[0], init=init, n_init=1, max_iter=iters, tol=0.0, algorithm="lloyd")
-        km.fit(x)
-        return km.n_iter_
-
-    med, best = per_iteration(sk)
-    results.append([f"scikit-learn {sklearn.__version__}", med, best])
-
     try:
         import faiss
     except ImportError:
         faiss = None
-    if faiss is not None:
-        def fa():
-            km = faiss.Kmeans(x.shape[1], init.shape[0], niter=iters, verbose=False, min_points_per_centroid=1,
-                              max_points_per_centroid=10**9)
-            km.train(x, init_centroids=init)
-            return iters
+    sk = f"scikit-learn {sklearn.__version__}"
 
-        med, best = per_iteration(fa)
-        results.append([f"faiss {faiss.__version__}", med, best])
+    if task == "lloyd":
+        from sklearn.cluster import KMeans
+        init = np.load(f"{folder}/init.npy")
+
+        def fit_sklearn():
+            km = KMeans(n_clusters=param, init=init, n_init=1, max_iter=iters, tol=0.0, algorithm="lloyd")
+            km.fit(x)
+            return km.n_iter_
+
+        results.append([sk, "cpu", *timed(fit_sklearn)])
+        if faiss is not None:
+            gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+            for gpu in [False] + ([True] if gpus > 0 else []):
+                def fit_faiss():
+                    km = faiss.Kmeans(x.shape[1], param, niter=iters, verbose=False, gpu=gpu,
+                                      min_points_per_centroid=1, max_points_per_centroid=10**9)
+                    km.train(x, init_centroids=init)
+                    return iters
+
+                results.append([f"faiss {faiss.__version__}", "gpu" if gpu else "cpu", *timed(fit_faiss)])
+    elif task == "pca":
+        from sklearn.decomposition import PCA
+
+        def fit_sklearn():
+            PCA(n_components=param, svd_solver="covariance_eigh").fit(x)
+            return 1
+
+        results.append([sk, "cpu", *timed(fit_sklearn)])
+        if faiss is not None:
+            def fit_faiss():
+                pca = faiss.PCAMatrix(x.shape[1], param)
+                pca.train(x)
+                return 1
+
+            results.append([f"faiss {faiss.__version__}", "cpu", *timed(fit_faiss)])
+    elif task == "kmeans++":
+        from sklearn.cluster import kmeans_plusplus
+
+        def fit_sklearn():
+            kmeans_plusplus(x, n_clusters=param, random_state=0)
+            return 1
+
+        results.append([sk, "cpu", *timed(fit_sklearn)])
+    else:
+        sys.exit(f"unknown task {task}")
     json.dump(results, sys.stdout)
 
 

@@ -1,7 +1,6 @@
 //! The `segmenta` command line: thin wrappers over the library.
 
 mod bench;
-mod bench_service;
 mod client;
 mod kmeans;
 mod output;

@@ -91,6 +91,28 @@ impl KMeansParams {
         Ok(KMeansModel::new(best, assignment, scaler, w, info))
     }
 
+    /// The centroids a fit on `x` would start from, in `x`'s units (no
+    /// scaling): for timing and inspecting the initialisation alone.
+    pub fn initial_centroids(&self, x: ArrayView2<f32>) -> Result<ndarray::Array2<f32>> {
+        self.check()?;
+        check_finite(x, &[])?;
+        if self.k > x.nrows() {
+            return Err(ParamsError::KExceedsRows {
+                k: self.k,
+                n_rows: x.nrows(),
+            }
+            .into());
+        }
+        let x = x.as_standard_layout();
+        Ok(initial_centroids(
+            &self.init,
+            x.view(),
+            None,
+            self.k,
+            self.seed,
+        )?)
+    }
+
     fn checked_given(
         &self,
         c: ArrayView2<f32>,

@@ -9,8 +9,8 @@ use segmenta::service::proto as pb;
 use segmenta::service::{serve, Limits, ServerConfig};
 use serde_json::json;
 
-use super::client::upload;
-use super::output::table;
+use crate::cli::client::upload;
+use crate::cli::output::table;
 
 const ASSIGN_ROWS: usize = 10_000;
 const REPEATS: usize = 3;

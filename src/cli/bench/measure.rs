@@ -1,0 +1,148 @@
+//! Timing one workload on one backend, peak memory, and the CPU's measured
+//! matrix-multiply peak.
+
+use std::time::Instant;
+
+use ndarray::{Array2, Axis};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::workloads::{Task, Workload};
+use segmenta::backend::Backend;
+use segmenta::kmeans::{Init, KMeansParams};
+use segmenta::pca::PcaParams;
+
+/// One implementation's figures on one workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measurement {
+    pub workload: &'static str,
+    pub implementation: String,
+    pub adapter: String,
+    pub unit: &'static str,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub gflops: f64,
+    /// GFLOP/s over the backend's measured peak, when one was measured.
+    pub peak_fraction: Option<f64>,
+    /// Upload, warm-up and every timed repetition.
+    pub end_to_end_ms: Option<f64>,
+    /// Peak resident host memory during the measurement (Linux).
+    pub peak_rss_mib: Option<f64>,
+}
+
+fn median_min(mut times: Vec<f64>) -> (f64, f64) {
+    times.sort_by(f64::total_cmp);
+    (times[times.len() / 2], times[0])
+}
+
+/// Times `w` on `backend`: `iters` Lloyd iterations, or `repeats` fits or
+/// initialisations.
+pub fn run(
+    w: &Workload,
+    backend: &dyn Backend,
+    x: &Array2<f32>,
+    iters: usize,
+    repeats: usize,
+) -> anyhow::Result<Measurement> {
+    reset_peak_rss();
+    let started = Instant::now();
+    let times = match w.task {
+        Task::Lloyd { k } => lloyd(backend, x, k, iters)?,
+        Task::Pca { components } => (0..repeats)
+            .map(|_| {
+                let t = Instant::now();
+                PcaParams::new(components).fit(backend, x.view())?;
+                Ok(t.elapsed().as_secs_f64() * 1e3)
+            })
+            .collect::<anyhow::Result<_>>()?,
+        Task::KMeansPlusPlus { k } => (0..repeats)
+            .map(|r| {
+                let t = Instant::now();
+                KMeansParams::new(k)
+                    .init(Init::KMeansPlusPlus)
+                    .seed(r as u64)
+                    .initial_centroids(x.view())?;
+                Ok(t.elapsed().as_secs_f64() * 1e3)
+            })
+            .collect::<anyhow::Result<_>>()?,
+    };
+    let end_to_end_ms = started.elapsed().as_secs_f64() * 1e3;
+    let (median_ms, min_ms) = median_min(times);
+    let info = backend.info();
+    let host_only = matches!(w.task, Task::KMeansPlusPlus { .. });
+    Ok(Measurement {
+        workload: w.id,
+        implementation: if host_only {
+            "segmenta (host)".into()
+        } else {
+            format!("segmenta {}", info.backend)
+        },
+        adapter: info.adapter,
+        unit: w.unit(),
+        median_ms,
+        min_ms,
+        gflops: w.flop() / (median_ms * 1e-3) / 1e9,
+        peak_fraction: None,
+        end_to_end_ms: Some(end_to_end_ms),
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+/// Per-iteration times of `iters` Lloyd steps after a warm-up step (which
+/// also completes the upload), starting from the first k rows.
+fn lloyd(
+    backend: &dyn Backend,
+    x: &Array2<f32>,
+    k: usize,
+    iters: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let mut centroids = x.slice(ndarray::s![..k, ..]).to_owned();
+    let mut resident = backend.upload(x.view(), None)?;
+    resident.lloyd_step(centroids.view())?;
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        let step = resident.lloyd_step(centroids.view())?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        for (c, mut row) in centroids.rows_mut().into_iter().enumerate() {
+            if step.weights[c] > 0.0 {
+                row.iter_mut()
+                    .zip(step.sums.row(c))
+                    .for_each(|(v, &s)| *v = (s / step.weights[c]) as f32);
+            }
+        }
+    }
+    Ok(times)
+}
+
+/// The CPU's matrix-multiply throughput on all cores (GFLOP/s, best of 5):
+/// an f32 GEMM split into row blocks, one per rayon task.
+pub fn cpu_peak_gflops() -> f64 {
+    let (m, kk, n) = (4096, 512, 512);
+    let a = Array2::from_shape_fn((m, kk), |(i, j)| ((i * 7 + j * 3) % 13) as f32 * 0.1);
+    let b = Array2::from_shape_fn((kk, n), |(i, j)| ((i * 5 + j) % 11) as f32 * 0.1);
+    let mut c = Array2::<f32>::zeros((m, n));
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        c.axis_chunks_iter_mut(Axis(0), 256)
+            .into_par_iter()
+            .zip(a.axis_chunks_iter(Axis(0), 256).into_par_iter())
+            .for_each(|(mut out, rows)| out.assign(&rows.dot(&b)));
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&c);
+    2.0 * (m * kk * n) as f64 / best / 1e9
+}
+
+/// Resets the kernel's peak-RSS counter for this process (Linux ≥ 4.0).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

@@ -1,0 +1,229 @@
+//! `segmenta bench`: the standard workloads W1–W5 on every available
+//! backend, optionally against scikit-learn and FAISS on identical data.
+
+mod measure;
+mod peers;
+mod service;
+mod workloads;
+
+use clap::{Args, ValueEnum};
+use ndarray::Array2;
+use rand::{RngExt, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use serde_json::json;
+
+use super::output::table;
+use measure::Measurement;
+use segmenta::backend::cpu::CpuBackend;
+use segmenta::backend::gpu::{AdapterPolicy, GpuBackend};
+use segmenta::backend::Backend;
+use workloads::{Task, Workload};
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
+pub enum Which {
+    All,
+    Cpu,
+    Gpu,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Workloads to run, comma-separated (default: all of W1–W5).
+    #[arg(long, value_delimiter = ',', value_name = "W1,W2,...")]
+    pub workload: Vec<String>,
+    /// Lloyd iterations timed per k-means workload (median reported).
+    #[arg(long, default_value_t = 20)]
+    pub iters: usize,
+    /// Fits (PCA) or initialisations (k-means++) timed per workload.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    #[arg(long, value_enum, default_value_t = Which::All)]
+    pub backend: Which,
+    /// Also run W3 (n = 10,000,000) on the CPU: minutes, and 2.5 GiB of data.
+    #[arg(long)]
+    pub cpu_w3: bool,
+    /// Scaled-down sizes (n = 20,000): a smoke test, not a timing.
+    #[arg(long)]
+    pub quick: bool,
+    /// Also run scikit-learn and FAISS on the same data in this run
+    /// (pip install -r scripts/requirements-bench.txt).
+    #[arg(long)]
+    pub compare: bool,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Measure the gRPC service instead (W1's data): upload throughput and
+    /// Assign throughput with 10,000-row requests, over loopback.
+    #[arg(long)]
+    pub service: bool,
+}
+
+/// Gaussian-ish blobs (sum of uniforms) around `centres` random centres;
+/// fixed seed.
+pub fn synthetic(n: usize, d: usize, centres: usize, seed: u64) -> Array2<f32> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let c = Array2::from_shape_fn((centres, d), |_| rng.random::<f32>() * 10.0);
+    let mut x = Array2::<f32>::zeros((n, d));
+    for mut row in x.rows_mut() {
+        let pick = rng.random_range(0..centres);
+        for (j, v) in row.iter_mut().enumerate() {
+            let noise: f32 = (0..3).map(|_| rng.random::<f32>()).sum::<f32>() - 1.5;
+            *v = c[[pick, j]] + noise;
+        }
+    }
+    x
+}
+
+fn data_for(w: &Workload, seed: u64) -> Array2<f32> {
+    let centres = match w.task {
+        Task::Lloyd { k } | Task::KMeansPlusPlus { k } => k,
+        Task::Pca { components } => components,
+    };
+    synthetic(w.n, w.d, centres, seed)
+}
+
+fn selected(args: &BenchArgs) -> anyhow::Result<Vec<Workload>> {
+    let all = workloads::standard(args.quick);
+    if args.workload.is_empty() {
+        return Ok(all);
+    }
+    args.workload
+        .iter()
+        .map(|name| {
+            all.iter()
+                .find(|w| w.id.eq_ignore_ascii_case(name.trim()))
+                .copied()
+                .ok_or_else(|| {
+                    anyhow::anyhow!("unknown workload {name:?}; choose from W1, W2, W3, W4, W5")
+                })
+        })
+        .collect()
+}
+
+fn backends(which: Which) -> anyhow::Result<Vec<Box<dyn Backend>>> {
+    let mut out: Vec<Box<dyn Backend>> = Vec::new();
+    if which != Which::Gpu {
+        out.push(Box::new(CpuBackend::new()));
+    }
+    if which != Which::Cpu {
+        match GpuBackend::new(AdapterPolicy::Any) {
+            Ok(gpu) => out.push(Box::new(gpu)),
+            Err(e) if which == Which::All => eprintln!("GPU skipped: {e}"),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.service {
+        let w = workloads::standard(args.quick)[0];
+        let Task::Lloyd { k } = w.task else {
+            unreachable!("W1 is k-means")
+        };
+        return service::run(&data_for(&w, args.seed), k, args.json);
+    }
+    let workloads = selected(&args)?;
+    let backends = backends(args.backend)?;
+    let cpu_peak = backends
+        .iter()
+        .any(|b| b.info().backend == segmenta::backend::BackendKind::Cpu)
+        .then(measure::cpu_peak_gflops);
+    let mut results: Vec<Measurement> = Vec::new();
+    let mut skipped: Vec<String> = Vec::new();
+    for w in &workloads {
+        if !args.json {
+            eprintln!("{} ...", w.describe());
+        }
+        let x = data_for(w, args.seed);
+        let host_only = matches!(w.task, Task::KMeansPlusPlus { .. });
+        for backend in &backends {
+            let kind = backend.info().backend;
+            let on_cpu = kind == segmenta::backend::BackendKind::Cpu;
+            if w.gpu_sized && on_cpu && !args.cpu_w3 {
+                skipped.push(format!("{} on the CPU (add --cpu-w3)", w.id));
+                continue;
+            }
+            let mut m = measure::run(w, backend.as_ref(), &x, args.iters, args.repeats)?;
+            if on_cpu || host_only {
+                m.peak_fraction = cpu_peak.map(|p| m.gflops / p);
+            }
+            results.push(m);
+            if host_only {
+                break; // the same host code whichever backend is chosen
+            }
+        }
+        if args.compare {
+            results.extend(peers::compare(w, &x, args.iters)?);
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "quick": args.quick,
+                "iters": args.iters,
+                "repeats": args.repeats,
+                "seed": args.seed,
+                "cpu_peak_gflops": cpu_peak,
+                "workloads": workloads,
+                "results": results,
+                "skipped": skipped,
+            })
+        );
+        return Ok(());
+    }
+    print_table(&workloads, &results, cpu_peak);
+    for s in &skipped {
+        println!("skipped: {s}");
+    }
+    Ok(())
+}
+
+fn print_table(workloads: &[Workload], results: &[Measurement], cpu_peak: Option<f64>) {
+    if let Some(p) = cpu_peak {
+        println!("CPU matrix-multiply peak, measured: {p:.1} GFLOP/s");
+    }
+    for w in workloads {
+        let rows: Vec<&Measurement> = results.iter().filter(|m| m.workload == w.id).collect();
+        let Some(first) = rows.first() else { continue };
+        println!(
+            "\n{} — {}, median of the timed runs",
+            w.describe(),
+            w.unit()
+        );
+        let header: Vec<String> = [
+            "implementation",
+            "adapter",
+            "median ms",
+            "min ms",
+            "GFLOP/s",
+            "% of peak",
+            "× first",
+            "end-to-end ms",
+            "peak RSS MiB",
+        ]
+        .map(String::from)
+        .to_vec();
+        let opt =
+            |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+        let cells: Vec<Vec<String>> = rows
+            .iter()
+            .map(|m| {
+                vec![
+                    m.implementation.clone(),
+                    m.adapter.clone(),
+                    format!("{:.2}", m.median_ms),
+                    format!("{:.2}", m.min_ms),
+                    format!("{:.1}", m.gflops),
+                    opt(m.peak_fraction.map(|f| f * 100.0), 0),
+                    format!("{:.2}", m.median_ms / first.median_ms),
+                    opt(m.end_to_end_ms, 0),
+                    opt(m.peak_rss_mib, 0),
+                ]
+            })
+            .collect();
+        print!("{}", table(&header, &cells));
+    }
+}
