@@ -81,6 +81,11 @@ fn sample_by_potential(
 
 /// Greedy k-means++ as in scikit-learn: each step draws `2 + ln k` candidates
 /// by `w·D²` and keeps the one that lowers the total potential most.
+///
+/// One step reads the data once: the candidates are drawn together (from
+/// one prefix sum of the potential, by binary search) and scored together,
+/// each row's distances to all of them computed while the row is in cache;
+/// the winner's per-row minima are kept, so no second pass is needed.
 pub(super) fn kmeans_plus_plus(
     x: ArrayView2<f32>,
     weights: Option<&[f32]>,
@@ -104,28 +109,115 @@ pub(super) fn kmeans_plus_plus(
         .map(|i| squared_distance(row(&x, i), row(&x, first)))
         .collect();
     let mut potential = block_sum(n, |i| weight(weights, i) * closest[i] as f64);
-    let mut candidate_closest = vec![0.0f32; n];
-    let mut best_closest = vec![0.0f32; n];
+    let mut cumulative = vec![0.0f64; n];
+    let mut minima = vec![0.0f32; n * trials];
     for c in 1..k {
-        let mut best = (f64::INFINITY, 0usize);
-        for _ in 0..trials {
-            let cand = sample_by_potential(&closest, weights, potential, rng);
-            let centre = row(&x, cand);
-            candidate_closest
-                .par_iter_mut()
-                .enumerate()
-                .for_each(|(i, out)| *out = closest[i].min(squared_distance(row(&x, i), centre)));
-            let pot = block_sum(n, |i| weight(weights, i) * candidate_closest[i] as f64);
-            if pot < best.0 {
-                best = (pot, cand);
-                std::mem::swap(&mut best_closest, &mut candidate_closest);
+        prefix_sums(&closest, weights, &mut cumulative);
+        let candidates: Vec<usize> = (0..trials)
+            .map(|_| sample_prefix(&cumulative, &closest, potential, rng))
+            .collect();
+        let potentials = score_candidates(x, weights, &closest, &candidates, &mut minima);
+        let mut best = 0;
+        for (t, &p) in potentials.iter().enumerate() {
+            if p < potentials[best] {
+                best = t;
             }
         }
-        centres.row_mut(c).assign(&x.row(best.1));
-        potential = best.0;
-        std::mem::swap(&mut closest, &mut best_closest);
+        centres.row_mut(c).assign(&x.row(candidates[best]));
+        potential = potentials[best];
+        closest
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(i, m)| *m = minima[i * trials + best]);
     }
     centres
+}
+
+/// `cumulative[i] = Σ_{j ≤ i} w_j·closest_j`, in fixed blocks (deterministic).
+fn prefix_sums(closest: &[f32], weights: Option<&[f32]>, cumulative: &mut [f64]) {
+    let totals: Vec<f64> = cumulative
+        .par_chunks_mut(BLOCK)
+        .enumerate()
+        .map(|(b, out)| {
+            let mut acc = 0.0;
+            for (r, o) in out.iter_mut().enumerate() {
+                let i = b * BLOCK + r;
+                acc += weight(weights, i) * closest[i] as f64;
+                *o = acc;
+            }
+            acc
+        })
+        .collect();
+    let offsets: Vec<f64> = totals
+        .iter()
+        .scan(0.0, |acc, &t| {
+            let start = *acc;
+            *acc += t;
+            Some(start)
+        })
+        .collect();
+    cumulative
+        .par_chunks_mut(BLOCK)
+        .zip(offsets)
+        .for_each(|(out, offset)| out.iter_mut().for_each(|v| *v += offset));
+}
+
+/// Draws a row with probability `w·D² / potential`, by binary search in the
+/// prefix sums; uniform when every potential is zero.
+fn sample_prefix(
+    cumulative: &[f64],
+    closest: &[f32],
+    potential: f64,
+    rng: &mut Xoshiro256PlusPlus,
+) -> usize {
+    if potential <= 0.0 {
+        return rng.random_range(0..cumulative.len());
+    }
+    let target = rng.random::<f64>() * potential;
+    let i = cumulative.partition_point(|&c| c <= target);
+    if i < cumulative.len() {
+        return i;
+    }
+    // Rounding left the target beyond the last positive potential.
+    closest
+        .iter()
+        .rposition(|&d| d > 0.0)
+        .unwrap_or(cumulative.len() - 1)
+}
+
+/// The potential each candidate would leave, `Σ w·min(closest, D²(x, c))`,
+/// summed in fixed blocks; `minima[i·t + j]` gets row i's minimum with
+/// candidate j.
+fn score_candidates(
+    x: ArrayView2<f32>,
+    weights: Option<&[f32]>,
+    closest: &[f32],
+    candidates: &[usize],
+    minima: &mut [f32],
+) -> Vec<f64> {
+    let t = candidates.len();
+    let centres: Vec<&[f32]> = candidates.iter().map(|&c| row(&x, c)).collect();
+    let parts: Vec<Vec<f64>> = minima
+        .par_chunks_mut(BLOCK * t)
+        .enumerate()
+        .map(|(b, out)| {
+            let mut sums = vec![0.0f64; t];
+            for (r, o) in out.chunks_mut(t).enumerate() {
+                let i = b * BLOCK + r;
+                let (xi, w) = (row(&x, i), weight(weights, i));
+                for ((m, s), centre) in o.iter_mut().zip(&mut sums).zip(&centres) {
+                    *m = closest[i].min(squared_distance(xi, centre));
+                    *s += w * *m as f64;
+                }
+            }
+            sums
+        })
+        .collect();
+    let mut total = vec![0.0f64; t];
+    for part in parts {
+        total.iter_mut().zip(part).for_each(|(a, p)| *a += p);
+    }
+    total
 }
 
 /// k-means||: `ROUNDS` rounds, each keeping every row independently with

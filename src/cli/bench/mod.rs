@@ -133,19 +133,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut results: Vec<Measurement> = Vec::new();
     let mut skipped: Vec<String> = Vec::new();
     for w in &workloads {
+        let on_cpu = |b: &dyn Backend| b.info().backend == segmenta::backend::BackendKind::Cpu;
+        let runs: Vec<&dyn Backend> = backends
+            .iter()
+            .map(|b| b.as_ref())
+            .filter(|b| !(w.gpu_sized && on_cpu(*b) && !args.cpu_w3))
+            .collect();
+        if runs.len() < backends.len() {
+            skipped.push(format!("{} on the CPU (add --cpu-w3)", w.id));
+        }
+        if runs.is_empty() {
+            continue; // nor the peers: their figures need ours beside them
+        }
         if !args.json {
             eprintln!("{} ...", w.describe());
         }
         let x = data_for(w, args.seed);
         let host_only = matches!(w.task, Task::KMeansPlusPlus { .. });
-        for backend in &backends {
-            let kind = backend.info().backend;
-            let on_cpu = kind == segmenta::backend::BackendKind::Cpu;
-            if w.gpu_sized && on_cpu && !args.cpu_w3 {
-                skipped.push(format!("{} on the CPU (add --cpu-w3)", w.id));
-                continue;
-            }
-            let mut m = measure::run(w, backend.as_ref(), &x, args.iters, args.repeats)?;
+        for backend in runs {
+            let on_cpu = on_cpu(backend);
+            let mut m = measure::run(w, backend, &x, args.iters, args.repeats)?;
             if on_cpu || host_only {
                 m.peak_fraction = cpu_peak.map(|p| m.gflops / p);
             }
