@@ -274,3 +274,89 @@ fn pca_whitening_gives_unit_variance() {
         .zip(direct.iter())
         .all(|(a, b)| (a - b).abs() < 1e-3));
 }
+
+/// Every backend's assignment kernels against an f64 brute force, on shapes
+/// that cover both CPU kernels (k ≤ 16 rows-in-lanes, k > 16 panels), widths
+/// around the 16-column transpose chunks, and row counts that leave partial
+/// tiles. Labels must be the exact argmin except at near-ties (within
+/// `1e-5 · (1 + ‖x‖² + ‖c‖²)`, the f32 rounding of either scoring);
+/// distances are f32 sums of d squares, so `1e-5` relative; cluster sums are
+/// checked against an f64 sum over the backend's own labels.
+#[test]
+fn kernels_match_a_brute_force_reference() {
+    let shapes = [
+        (1, 1, 1),
+        (37, 3, 5),
+        (203, 16, 8),
+        (301, 17, 16),
+        (130, 33, 17),
+        (77, 5, 40),
+    ];
+    for b in backends() {
+        for &(n, d, k) in &shapes {
+            let x = uniform(n, d, -3.0, 5.0, (n + d) as u64);
+            let c = uniform(k, d, -3.0, 5.0, (k * 7 + d) as u64);
+            let w = Array1::from_shape_fn(n, |i| 0.5 + (i % 3) as f32);
+            let mut r = b.upload(x.view(), Some(w.view())).unwrap();
+            r.assign(c.view()).unwrap();
+            let a = r.assignment().unwrap();
+            let fused = r.lloyd_step(c.view()).unwrap();
+            let what = format!("{:?} n={n} d={d} k={k}", b.info().backend);
+            let (mut sums, mut weights, mut inertia) =
+                (Array2::<f64>::zeros((k, d)), vec![0.0; k], 0.0);
+            for i in 0..n {
+                let row = x.row(i);
+                let mut exact: Vec<(f64, usize)> =
+                    (0..k).map(|j| (common::dist2(row, c.row(j)), j)).collect();
+                exact.sort_by(|p, q| p.0.total_cmp(&q.0).then(p.1.cmp(&q.1)));
+                let l = a.labels[i] as usize;
+                let tie = 1e-5 * (1.0 + row.dot(&row) as f64 + c.row(l).dot(&c.row(l)) as f64);
+                assert!(
+                    common::dist2(row, c.row(l)) - exact[0].0 <= tie,
+                    "{what}: row {i} label {l}, best {:?}",
+                    exact[0]
+                );
+                let close = |got: f32, want: f64| (got as f64 - want).abs() <= 1e-5 * (1.0 + want);
+                assert!(
+                    close(a.distances[i], common::dist2(row, c.row(l))),
+                    "{what}: row {i} distance {}",
+                    a.distances[i]
+                );
+                if k == 1 {
+                    assert_eq!(a.second_distances[i], f32::INFINITY, "{what}");
+                } else {
+                    assert!(
+                        close(a.second_distances[i], exact[1].0),
+                        "{what}: row {i} second {} vs {}",
+                        a.second_distances[i],
+                        exact[1].0
+                    );
+                }
+                let wi = w[i] as f64;
+                for j in 0..d {
+                    sums[[l, j]] += wi * x[[i, j]] as f64;
+                }
+                weights[l] += wi;
+                inertia += wi * a.distances[i] as f64;
+            }
+            let scale: f64 = x.iter().map(|v| v.abs() as f64).sum::<f64>() * 3.0;
+            for (got, want) in fused.sums.iter().zip(&sums) {
+                assert!(
+                    (got - want).abs() <= 1e-4 * scale / k as f64,
+                    "{what}: sum {got} vs {want}"
+                );
+            }
+            for (got, want) in fused.weights.iter().zip(&weights) {
+                assert!(
+                    (got - want).abs() <= 1e-4 * (1.0 + want),
+                    "{what}: weight {got} vs {want}"
+                );
+            }
+            assert!(
+                (fused.inertia - inertia).abs() <= 1e-5 * (1.0 + inertia),
+                "{what}: inertia {} vs {inertia}",
+                fused.inertia
+            );
+        }
+    }
+}

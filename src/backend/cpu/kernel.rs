@@ -1,7 +1,9 @@
-//! The CPU assignment microkernel: distance and argmin fused, no `n × k`
-//! matrix in memory.
+//! The CPU assignment microkernels: distance and argmin fused, no `n × k`
+//! matrix in memory. Two kernels share the bookkeeping: one for small k
+//! (rows in lanes, [`nearest_in_lanes`]) and one for larger k (centroids in
+//! lanes, below).
 //!
-//! Scores are `‖c‖² − 2·x·c` (the `‖x‖²` term does not change the argmin), so
+//! For larger k, scores are `‖c‖² − 2·x·c` (the `‖x‖²` term does not change the argmin), so
 //! the inner loop is a register-blocked matrix product: a tile of [`ROWS`]
 //! rows against a panel of `V × LANES` centroids, stored transposed
 //! (`[d][V][LANES]`) so that every step is one broadcast and `V` vector FMAs
@@ -16,6 +18,10 @@ use super::simd::{self, F32x16};
 
 pub const LANES: usize = 16;
 pub const ROWS: usize = 4;
+/// Up to this many centroids, rows go in the lanes instead of centroids
+/// ([`nearest_in_lanes`]): a panel would leave lanes idle, and the per-row
+/// horizontal reductions and distance recomputation would dominate.
+pub const SMALL_K: usize = 16;
 
 /// Centroids packed into panels for the microkernel.
 pub struct PackedCentroids<'c> {
@@ -27,11 +33,28 @@ pub struct PackedCentroids<'c> {
     panels: Vec<[f32; LANES]>,
     /// `n_panels × v` vectors of ‖c‖²; padding is +∞ so it never wins.
     norms: Vec<[f32; LANES]>,
+    /// For the small-k kernel instead of panels: the centroids row-major,
+    /// zero-padded to a whole number of [`GROUP`]s.
+    grouped: Vec<f32>,
 }
 
 impl<'c> PackedCentroids<'c> {
     pub fn new(centroids: ArrayView2<'c, f32>) -> Self {
         let (k, d) = centroids.dim();
+        if k <= SMALL_K {
+            let mut grouped = vec![0.0; k.div_ceil(GROUP) * GROUP * d];
+            for (dst, &v) in grouped.iter_mut().zip(centroids.iter()) {
+                *dst = v;
+            }
+            return Self {
+                centroids,
+                v: 0,
+                n_panels: 0,
+                panels: Vec::new(),
+                norms: Vec::new(),
+                grouped,
+            };
+        }
         let v = match k {
             0..=16 => 1,
             17..=32 => 2,
@@ -55,11 +78,13 @@ impl<'c> PackedCentroids<'c> {
             n_panels,
             panels,
             norms,
+            grouped: Vec::new(),
         }
     }
 
-    pub fn k(&self) -> usize {
-        self.centroids.nrows()
+    /// Whether the small-k kernel runs (see [`SMALL_K`]).
+    fn rows_in_lanes(&self) -> bool {
+        self.centroids.nrows() <= SMALL_K
     }
 }
 
@@ -141,6 +166,15 @@ unsafe fn assign_block_avx2(x: &[f32], w: Option<&[f32]>, pc: &PackedCentroids, 
     assign_block_impl::<simd::Avx2>(x, w, pc, out)
 }
 
+/// One tile's outputs: the rows' slices of the block's labels, distances
+/// (exact squared distance to the nearest centroid) and, when asked, second
+/// distances (to the runner-up; +∞ when k = 1).
+struct TileOut<'o> {
+    labels: &'o mut [u32],
+    distances: &'o mut [f32],
+    second: Option<&'o mut [f32]>,
+}
+
 #[inline(always)]
 fn assign_block_impl<S: F32x16>(
     x: &[f32],
@@ -149,65 +183,173 @@ fn assign_block_impl<S: F32x16>(
     mut out: BlockOut,
 ) {
     let d = pc.centroids.ncols();
-    let k = pc.k();
     let m = x.len() / d;
-    let centroids = pc
-        .centroids
-        .as_slice()
-        .expect("packed centroids are standard-layout");
-    let mut padded = vec![0.0f32; ROWS * d];
-    let mut nearest = [Nearest {
-        label: 0,
-        second: 0,
-    }; ROWS];
-    for t in (0..m).step_by(ROWS) {
-        let rows = ROWS.min(m - t);
-        let tile = if rows == ROWS {
-            &x[t * d..(t + ROWS) * d]
+    let tile_rows = if pc.rows_in_lanes() { LANES } else { ROWS };
+    let mut padded = vec![0.0f32; tile_rows * d];
+    let mut columns = vec![0.0f32; LANES * d];
+    let mut second = out.second;
+    let mut inertia = [0.0f64; 4];
+    for t in (0..m).step_by(tile_rows) {
+        let rows = tile_rows.min(m - t);
+        let tile = if rows == tile_rows {
+            &x[t * d..(t + tile_rows) * d]
         } else {
             padded[..rows * d].copy_from_slice(&x[t * d..(t + rows) * d]);
             &padded[..]
         };
-        // SAFETY: the caller was compiled with S's CPU features; the tile
-        // holds ROWS × d values and the panels match `pc`'s shape.
+        let tile_out = TileOut {
+            labels: &mut out.labels[t..t + rows],
+            distances: &mut out.distances[t..t + rows],
+            second: second.as_deref_mut().map(|s| &mut s[t..t + rows]),
+        };
+        // SAFETY (both kernels): the caller was compiled with S's CPU
+        // features; every tile holds `tile_rows × d` values and the packing
+        // matches `pc`.
         unsafe {
-            match (pc.v, out.second.is_some()) {
-                (1, false) => nearest_tile::<S, 1, false>(tile, pc, &mut nearest),
-                (2, false) => nearest_tile::<S, 2, false>(tile, pc, &mut nearest),
-                (_, false) => nearest_tile::<S, 4, false>(tile, pc, &mut nearest),
-                (1, true) => nearest_tile::<S, 1, true>(tile, pc, &mut nearest),
-                (2, true) => nearest_tile::<S, 2, true>(tile, pc, &mut nearest),
-                (_, true) => nearest_tile::<S, 4, true>(tile, pc, &mut nearest),
+            match (pc.rows_in_lanes(), tile_out.second.is_some()) {
+                (true, true) => nearest_in_lanes::<S, true>(tile, pc, &mut columns, tile_out),
+                (true, false) => nearest_in_lanes::<S, false>(tile, pc, &mut columns, tile_out),
+                (false, _) => nearest_in_panels::<S>(tile, pc, tile_out),
             }
         }
-        for (r, near) in nearest.iter().enumerate().take(rows) {
-            let i = t + r;
-            let row = &x[i * d..(i + 1) * d];
-            let label = near.label as usize;
-            let dist = squared_distance(row, &centroids[label * d..(label + 1) * d]);
-            out.labels[i] = near.label;
-            out.distances[i] = dist;
-            if let Some(second) = out.second.as_deref_mut() {
-                let s = near.second as usize;
-                second[i] = if k > 1 {
-                    squared_distance(row, &centroids[s * d..(s + 1) * d])
-                } else {
-                    f32::INFINITY
-                };
-            }
-            if let Some(p) = out.partial.as_deref_mut() {
+        if let Some(p) = out.partial.as_deref_mut() {
+            for r in 0..rows {
+                let i = t + r;
+                let label = out.labels[i] as usize;
                 let w = weights.map_or(1.0, |w| w[i]) as f64;
-                let sums = &mut p.sums[label * d..(label + 1) * d];
-                if w == 1.0 {
-                    sums.iter_mut().zip(row).for_each(|(s, &v)| *s += v as f64);
-                } else {
-                    sums.iter_mut()
-                        .zip(row)
-                        .for_each(|(s, &v)| *s += w * v as f64);
+                // SAFETY: as above.
+                unsafe {
+                    S::add_scaled_f64(
+                        &mut p.sums[label * d..(label + 1) * d],
+                        &x[i * d..(i + 1) * d],
+                        w,
+                    );
                 }
                 p.weights[label] += w;
-                p.inertia += w * dist as f64;
+                inertia[r % 4] += w * out.distances[i] as f64;
             }
+        }
+    }
+    if let Some(p) = out.partial {
+        // Four partial sums break the serial f64 add chain; fixed order.
+        p.inertia += (inertia[0] + inertia[1]) + (inertia[2] + inertia[3]);
+    }
+}
+
+/// Centroids scored together in [`nearest_in_lanes`]: with two partial sums
+/// each, eight independent FMA chains hide the FMA latency.
+const GROUP: usize = 4;
+
+/// The small-k kernel: sixteen rows in the lanes of one vector, centroids in
+/// an outer loop. The tile is transposed once (in registers where the CPU
+/// has AVX-512), distances are computed
+/// directly as `Σ (x − c)²` (exact, so nothing is recomputed), and the argmin
+/// is a lane-wise compare: no horizontal reductions. Ties keep the lower
+/// centroid index, as in the panel kernel.
+// Index loops mirror the register tile; iterators would obscure it.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn nearest_in_lanes<S: F32x16, const SECOND: bool>(
+    tile: &[f32],
+    pc: &PackedCentroids,
+    columns: &mut [f32],
+    out: TileOut,
+) {
+    let (k, d) = pc.centroids.dim();
+    assert!(
+        tile.len() >= LANES * d
+            && columns.len() == d * LANES
+            && pc.grouped.len() >= k.div_ceil(GROUP) * GROUP * d
+    );
+    S::transpose_tile(tile, d, columns);
+    let columns: &[f32] = columns;
+    let column = |j: usize| S::load(columns.as_ptr().add(j * LANES));
+    let c = pc.grouped.as_ptr();
+    let one = S::splat(1.0);
+    let mut lanes = LaneBest::<S>::empty();
+    for g in (0..k).step_by(GROUP) {
+        let mut even = [S::splat(0.0); GROUP];
+        let mut odd = [S::splat(0.0); GROUP];
+        let mut j = 0;
+        while j + 1 < d {
+            for q in 0..GROUP {
+                let row = c.add((g + q) * d + j);
+                let a = S::sub(column(j), S::splat(*row));
+                even[q] = S::fma(a, a, even[q]);
+                let b = S::sub(column(j + 1), S::splat(*row.add(1)));
+                odd[q] = S::fma(b, b, odd[q]);
+            }
+            j += 2;
+        }
+        if j < d {
+            for q in 0..GROUP {
+                let a = S::sub(column(j), S::splat(*c.add((g + q) * d + j)));
+                even[q] = S::fma(a, a, even[q]);
+            }
+        }
+        for q in 0..GROUP.min(k - g) {
+            let dist = S::fma(one, even[q], odd[q]);
+            lanes.update::<SECOND>(dist, S::splat((g + q) as f32));
+        }
+    }
+    let rows = out.labels.len();
+    let mut best = [0.0f32; LANES];
+    let mut label = [0.0f32; LANES];
+    let mut runner_up = [0.0f32; LANES];
+    lanes.best_idx.store(label.as_mut_ptr());
+    for (dst, &l) in out.labels.iter_mut().zip(&label) {
+        *dst = l as u32;
+    }
+    // Whole tiles store straight into the outputs (a slice copy of a
+    // run-time length would be a `memcpy` call per tile).
+    if rows == LANES {
+        lanes.best.store(out.distances.as_mut_ptr());
+        if let Some(second) = out.second {
+            lanes.second.store(second.as_mut_ptr());
+        }
+    } else {
+        lanes.best.store(best.as_mut_ptr());
+        out.distances.copy_from_slice(&best[..rows]);
+        if let Some(second) = out.second {
+            lanes.second.store(runner_up.as_mut_ptr());
+            second.copy_from_slice(&runner_up[..rows]);
+        }
+    }
+}
+
+/// The large-k kernel: [`ROWS`] rows against panels of centroids (see the
+/// module docs), then the winner's (and runner-up's) exact distance.
+#[inline(always)]
+unsafe fn nearest_in_panels<S: F32x16>(tile: &[f32], pc: &PackedCentroids, out: TileOut) {
+    let (k, d) = pc.centroids.dim();
+    let centroids = pc
+        .centroids
+        .as_slice()
+        .expect("packed centroids are standard-layout");
+    let mut nearest = [Nearest {
+        label: 0,
+        second: 0,
+    }; ROWS];
+    match (pc.v, out.second.is_some()) {
+        (1, false) => nearest_tile::<S, 1, false>(tile, pc, &mut nearest),
+        (2, false) => nearest_tile::<S, 2, false>(tile, pc, &mut nearest),
+        (_, false) => nearest_tile::<S, 4, false>(tile, pc, &mut nearest),
+        (1, true) => nearest_tile::<S, 1, true>(tile, pc, &mut nearest),
+        (2, true) => nearest_tile::<S, 2, true>(tile, pc, &mut nearest),
+        (_, true) => nearest_tile::<S, 4, true>(tile, pc, &mut nearest),
+    }
+    let centroid = |c: u32| &centroids[c as usize * d..(c as usize + 1) * d];
+    let mut second = out.second;
+    for (r, near) in nearest.iter().enumerate().take(out.labels.len()) {
+        let row = &tile[r * d..(r + 1) * d];
+        out.labels[r] = near.label;
+        out.distances[r] = squared_distance(row, centroid(near.label));
+        if let Some(s) = second.as_deref_mut() {
+            s[r] = if k == 1 {
+                f32::INFINITY
+            } else {
+                squared_distance(row, centroid(near.second))
+            };
         }
     }
 }

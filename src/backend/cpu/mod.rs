@@ -51,6 +51,7 @@ impl Backend for CpuBackend {
             labels: vec![0; n],
             distances: vec![0.0; n],
             second: vec![f32::NAN; n],
+            second_valid: false,
         }))
     }
 }
@@ -66,8 +67,10 @@ struct CpuResident<'a> {
     weights: Option<Vec<f32>>,
     labels: Vec<u32>,
     distances: Vec<f32>,
-    /// Valid after [`Resident::assign`]; the fused Lloyd step skips it.
     second: Vec<f32>,
+    /// Set by [`Resident::assign`]; the fused Lloyd step skips the second
+    /// distances, and [`Resident::assignment`] then reports them as NaN.
+    second_valid: bool,
 }
 
 impl CpuResident<'_> {
@@ -129,6 +132,7 @@ impl Resident for CpuResident<'_> {
 
     fn assign(&mut self, centroids: ArrayView2<f32>) -> Result<(), BackendError> {
         self.run(centroids, false, true);
+        self.second_valid = true;
         Ok(())
     }
 
@@ -154,7 +158,7 @@ impl Resident for CpuResident<'_> {
         for part in self.run(centroids, true, false) {
             total.add(&part);
         }
-        self.second.fill(f32::NAN);
+        self.second_valid = false;
         Ok(into_sums(total, k, d))
     }
 
@@ -162,7 +166,11 @@ impl Resident for CpuResident<'_> {
         Ok(Assignment {
             labels: self.labels.clone(),
             distances: self.distances.clone(),
-            second_distances: self.second.clone(),
+            second_distances: if self.second_valid {
+                self.second.clone()
+            } else {
+                vec![f32::NAN; self.second.len()]
+            },
         })
     }
 

@@ -11,6 +11,32 @@ pub trait F32x16: Copy {
     unsafe fn load(p: *const f32) -> Self;
     /// `a·b + c`
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+    /// `a − b`
+    unsafe fn sub(a: Self, b: Self) -> Self;
+    /// `sums[j] += w · row[j]` in f64, for the per-cluster sums.
+    #[inline(always)]
+    unsafe fn add_scaled_f64(sums: &mut [f64], row: &[f32], w: f64) {
+        if w == 1.0 {
+            sums.iter_mut().zip(row).for_each(|(s, &v)| *s += v as f64);
+        } else {
+            sums.iter_mut()
+                .zip(row)
+                .for_each(|(s, &v)| *s += w * v as f64);
+        }
+    }
+
+    /// Transposes a tile of 16 rows of `d` values (row-major) into `d`
+    /// columns of 16 (`out[j · 16 + r] = tile[r · d + j]`).
+    #[inline(always)]
+    unsafe fn transpose_tile(tile: &[f32], d: usize, out: &mut [f32]) {
+        debug_assert!(tile.len() >= 16 * d && out.len() >= 16 * d);
+        for (r, row) in tile.chunks_exact(d).take(16).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                *out.get_unchecked_mut(j * 16 + r) = v;
+            }
+        }
+    }
+    unsafe fn store(self, p: *mut f32);
     unsafe fn lt(a: Self, b: Self) -> Self::Mask;
     unsafe fn eq(a: Self, b: Self) -> Self::Mask;
     /// Lanes of `yes` where `m` is set, else of `no`.
@@ -35,6 +61,14 @@ impl F32x16 for Portable {
     #[inline(always)]
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
         Self(std::array::from_fn(|l| a.0[l] * b.0[l] + c.0[l]))
+    }
+    #[inline(always)]
+    unsafe fn sub(a: Self, b: Self) -> Self {
+        Self(std::array::from_fn(|l| a.0[l] - b.0[l]))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        std::ptr::write_unaligned(p as *mut [f32; 16], self.0)
     }
     #[inline(always)]
     unsafe fn lt(a: Self, b: Self) -> Self::Mask {
@@ -82,6 +116,54 @@ mod x86 {
             Self(_mm512_fmadd_ps(a.0, b.0, c.0))
         }
         #[inline(always)]
+        unsafe fn sub(a: Self, b: Self) -> Self {
+            Self(_mm512_sub_ps(a.0, b.0))
+        }
+        /// Four values per step with a fused multiply-add (`1·x + s` rounds
+        /// exactly as `x + s`). 256-bit on purpose: the next row of the same
+        /// cluster reloads these sums, and where the core splits a 512-bit
+        /// store in two halves the reload cannot be forwarded from them and
+        /// waits for the store to retire (a quarter of the step's time).
+        #[inline(always)]
+        unsafe fn add_scaled_f64(sums: &mut [f64], row: &[f32], w: f64) {
+            let d = row.len();
+            assert!(sums.len() >= d);
+            let wv = _mm256_set1_pd(w);
+            let full = d - d % 4;
+            for j in (0..full).step_by(4) {
+                let x = _mm256_cvtps_pd(_mm_loadu_ps(row.as_ptr().add(j)));
+                let s = _mm256_loadu_pd(sums.as_ptr().add(j));
+                _mm256_storeu_pd(sums.as_mut_ptr().add(j), _mm256_fmadd_pd(wv, x, s));
+            }
+            for j in full..d {
+                sums[j] += w * row[j] as f64;
+            }
+        }
+
+        /// In registers, 16 × 16 at a time: a scalar copy would be
+        /// auto-vectorised into scatters, which are far slower.
+        #[inline(always)]
+        unsafe fn transpose_tile(tile: &[f32], d: usize, out: &mut [f32]) {
+            assert!(tile.len() >= 16 * d && out.len() >= 16 * d);
+            for j0 in (0..d).step_by(16) {
+                let width = (d - j0).min(16);
+                let mask = (u32::MAX >> (32 - width)) as __mmask16;
+                let mut rows = [_mm512_setzero_ps(); 16];
+                for (r, row) in rows.iter_mut().enumerate() {
+                    // Masked: the last chunk of the last row may end the slice.
+                    *row = _mm512_maskz_loadu_ps(mask, tile.as_ptr().add(r * d + j0));
+                }
+                let columns = transpose16(rows);
+                for (c, column) in columns.iter().enumerate().take(width) {
+                    _mm512_storeu_ps(out.as_mut_ptr().add((j0 + c) * 16), *column);
+                }
+            }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm512_storeu_ps(p, self.0)
+        }
+        #[inline(always)]
         unsafe fn lt(a: Self, b: Self) -> Self::Mask {
             _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a.0, b.0)
         }
@@ -97,6 +179,47 @@ mod x86 {
         unsafe fn reduce_min(self) -> f32 {
             _mm512_reduce_min_ps(self.0)
         }
+    }
+
+    /// 16 × 16 transpose: interleave pairs of rows, then pairs of pairs
+    /// (64-bit), then 128-bit lanes twice.
+    #[inline(always)]
+    unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+        let mut t = [_mm512_setzero_ps(); 16];
+        for p in 0..8 {
+            t[2 * p] = _mm512_unpacklo_ps(r[2 * p], r[2 * p + 1]);
+            t[2 * p + 1] = _mm512_unpackhi_ps(r[2 * p], r[2 * p + 1]);
+        }
+        // u[4q + c]: column c (+4, +8, +12 by 128-bit lane) of rows 4q..4q+4.
+        let mut u = [_mm512_setzero_ps(); 16];
+        for q in 0..4 {
+            let (a0, a1, b0, b1) = (t[4 * q], t[4 * q + 1], t[4 * q + 2], t[4 * q + 3]);
+            let pd = |a: __m512, b: __m512, hi: bool| {
+                let (a, b) = (_mm512_castps_pd(a), _mm512_castps_pd(b));
+                _mm512_castpd_ps(if hi {
+                    _mm512_unpackhi_pd(a, b)
+                } else {
+                    _mm512_unpacklo_pd(a, b)
+                })
+            };
+            u[4 * q] = pd(a0, b0, false);
+            u[4 * q + 1] = pd(a0, b0, true);
+            u[4 * q + 2] = pd(a1, b1, false);
+            u[4 * q + 3] = pd(a1, b1, true);
+        }
+        let mut out = [_mm512_setzero_ps(); 16];
+        for c in 0..4 {
+            // Lanes [c, c+8 | c, c+8] of rows 0–3 | 4–7, and of rows 8–11 | 12–15.
+            let v0 = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+            let v1 = _mm512_shuffle_f32x4::<0xdd>(u[c], u[4 + c]);
+            let v2 = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+            let v3 = _mm512_shuffle_f32x4::<0xdd>(u[8 + c], u[12 + c]);
+            out[c] = _mm512_shuffle_f32x4::<0x88>(v0, v2);
+            out[c + 8] = _mm512_shuffle_f32x4::<0xdd>(v0, v2);
+            out[c + 4] = _mm512_shuffle_f32x4::<0x88>(v1, v3);
+            out[c + 12] = _mm512_shuffle_f32x4::<0xdd>(v1, v3);
+        }
+        out
     }
 
     #[derive(Clone, Copy)]
@@ -118,6 +241,15 @@ mod x86 {
                 _mm256_fmadd_ps(a.0, b.0, c.0),
                 _mm256_fmadd_ps(a.1, b.1, c.1),
             )
+        }
+        #[inline(always)]
+        unsafe fn sub(a: Self, b: Self) -> Self {
+            Self(_mm256_sub_ps(a.0, b.0), _mm256_sub_ps(a.1, b.1))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm256_storeu_ps(p, self.0);
+            _mm256_storeu_ps(p.add(8), self.1);
         }
         #[inline(always)]
         unsafe fn lt(a: Self, b: Self) -> Self::Mask {
