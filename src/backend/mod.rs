@@ -64,8 +64,9 @@ pub struct Assignment {
     pub second_distances: Vec<f32>,
 }
 
-/// Column sums of `x − pivot` and `(x − pivot)²` (pivot = first row, which
-/// keeps the subtraction exact enough in f32 for data far from the origin).
+/// Column sums of `x − pivot` and `(x − pivot)²`. The pivot is a point near
+/// the data (the first row, or the mean of the leading rows), which keeps
+/// the subtraction exact enough in f32 for data far from the origin.
 #[derive(Debug, Clone)]
 pub struct ColumnSums {
     pub n: usize,
@@ -124,6 +125,16 @@ pub trait Resident {
 
     /// `Σ (x − mean)(x − mean)ᵀ`, `d × d`, unnormalised.
     fn gram(&mut self, mean: &[f32]) -> Result<Array2<f64>, BackendError>;
+
+    /// PCA's statistics: the column sums and the Gram about the mean. Two
+    /// passes ([`column_sums`](Self::column_sums), then [`gram`](Self::gram))
+    /// unless a backend fuses them.
+    fn centred_gram(&mut self) -> Result<(ColumnSums, Array2<f64>), BackendError> {
+        let sums = self.column_sums()?;
+        let mean: Vec<f32> = sums.mean().iter().map(|&m| m as f32).collect();
+        let gram = self.gram(&mean)?;
+        Ok((sums, gram))
+    }
 
     /// `(x − mean) · componentsᵀ`, `n × c` for `components` of shape `c × d`.
     fn project(

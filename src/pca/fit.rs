@@ -32,13 +32,8 @@ impl PcaParams {
         let info = backend.info();
         tracing::info!(backend = %info.backend, adapter = %info.adapter, n, d, c, "PCA fit");
         let mut resident = backend.upload(x, None)?;
-        let mean: Vec<f32> = resident
-            .column_sums()?
-            .mean()
-            .iter()
-            .map(|&m| m as f32)
-            .collect();
-        let gram = resident.gram(&mean)?;
+        let (sums, gram) = resident.centred_gram()?;
+        let mean: Vec<f32> = sums.mean().iter().map(|&m| m as f32).collect();
         let cov = gram.mapv(|g| g / (n - 1) as f64);
         let (values, vectors) = sorted_eigen(&cov);
         // Total variance as the sum of all eigenvalues (clamped at 0, as the

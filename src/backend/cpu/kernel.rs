@@ -14,7 +14,7 @@
 
 use ndarray::ArrayView2;
 
-use super::simd::{self, F32x16};
+use super::simd::{self, F32x16, SimdKernel};
 
 pub const LANES: usize = 16;
 pub const ROWS: usize = 4;
@@ -139,31 +139,27 @@ pub struct BlockOut<'o> {
 
 /// Assigns the rows of `x` (`m × d`, contiguous row-major) and fills `out`.
 pub fn assign_block(x: &[f32], weights: Option<&[f32]>, pc: &PackedCentroids, out: BlockOut) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports the features the function is compiled for.
-            return unsafe { assign_block_avx512(x, weights, pc, out) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: as above.
-            return unsafe { assign_block_avx2(x, weights, pc, out) };
-        }
+    simd::dispatch(AssignBlock {
+        x,
+        weights,
+        pc,
+        out,
+    })
+}
+
+struct AssignBlock<'a, 'c, 'o> {
+    x: &'a [f32],
+    weights: Option<&'a [f32]>,
+    pc: &'a PackedCentroids<'c>,
+    out: BlockOut<'o>,
+}
+
+impl SimdKernel for AssignBlock<'_, '_, '_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: F32x16>(self) {
+        assign_block_impl::<S>(self.x, self.weights, self.pc, self.out)
     }
-    assign_block_impl::<simd::Portable>(x, weights, pc, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn assign_block_avx512(x: &[f32], w: Option<&[f32]>, pc: &PackedCentroids, out: BlockOut) {
-    assign_block_impl::<simd::Avx512>(x, w, pc, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn assign_block_avx2(x: &[f32], w: Option<&[f32]>, pc: &PackedCentroids, out: BlockOut) {
-    assign_block_impl::<simd::Avx2>(x, w, pc, out)
 }
 
 /// One tile's outputs: the rows' slices of the block's labels, distances

@@ -4,6 +4,7 @@
 //! rayon; per-block f64 partials are then added in block order, so a fit gives
 //! the same bits on every run whatever the thread scheduling.
 
+mod gram;
 mod kernel;
 mod simd;
 
@@ -206,6 +207,16 @@ impl Resident for CpuResident<'_> {
             sum,
             sum_sq,
         })
+    }
+
+    /// One pass, upper triangle only (see [`gram`]).
+    fn centred_gram(&mut self) -> Result<(ColumnSums, Array2<f64>), BackendError> {
+        let (n, d) = self.x.dim();
+        Ok(gram::centred_gram(
+            self.x.as_slice().expect("standard layout"),
+            n,
+            d,
+        ))
     }
 
     fn gram(&mut self, mean: &[f32]) -> Result<Array2<f64>, BackendError> {

@@ -2,6 +2,45 @@
 //! implemented with AVX-512, with AVX2 (two halves), and portably. The kernel
 //! is written once, generic over [`F32x16`].
 
+/// A kernel written once over [`F32x16`]; [`dispatch`] runs it with the
+/// widest vectors the CPU has. `run` must be `#[inline(always)]` so that it
+/// is compiled inside the caller with that CPU's features.
+pub trait SimdKernel {
+    type Output;
+    fn run<S: F32x16>(self) -> Self::Output;
+}
+
+/// Runs `kernel` with AVX-512, else AVX2 + FMA, else portable code.
+pub fn dispatch<K: SimdKernel>(kernel: K) -> K::Output {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { run_avx512(kernel) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above.
+            return unsafe { run_avx2(kernel) };
+        }
+    }
+    kernel.run::<Portable>()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn run_avx512<K: SimdKernel>(kernel: K) -> K::Output {
+    kernel.run::<Avx512>()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2<K: SimdKernel>(kernel: K) -> K::Output {
+    kernel.run::<Avx2>()
+}
+
 /// Sixteen f32 lanes. Methods are `unsafe` because the x86 implementations
 /// require the CPU features their caller was compiled for; loads and stores
 /// also need 16 readable floats.
