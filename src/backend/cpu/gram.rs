@@ -105,7 +105,7 @@ impl SimdKernel for UpperGram<'_> {
     #[inline(always)]
     fn run<S: F32x16>(self) {
         let tiles = self.dp / LANES;
-        assert!(self.a.len() % self.dp == 0 && self.gram.len() == self.dp * self.dp);
+        assert!(self.a.len().is_multiple_of(self.dp) && self.gram.len() == self.dp * self.dp);
         for ti in 0..tiles {
             for tj in ti..tiles {
                 // SAFETY: dispatched with S's CPU features; the tile's rows
