@@ -360,3 +360,26 @@ fn kernels_match_a_brute_force_reference() {
         }
     }
 }
+
+/// Device timing: a GPU step is bracketed by timestamp queries where the
+/// adapter has them (lavapipe does), the CPU reports none, and the GPU peak
+/// probe gives a finite positive figure.
+#[test]
+fn step_device_time_and_gpu_peak() {
+    let x = uniform(2000, 8, 0.0, 1.0, 3);
+    let c = x.slice(ndarray::s![..4, ..]).to_owned();
+    let cpu = CpuBackend::new();
+    let mut r = cpu.upload(x.view(), None).unwrap();
+    r.lloyd_step(c.view()).unwrap();
+    assert_eq!(r.last_step_device_ms(), None);
+    let Some(g) = gpu(None) else { return };
+    let mut r = g.upload(x.view(), None).unwrap();
+    assert_eq!(r.last_step_device_ms(), None, "no step yet");
+    r.lloyd_step(c.view()).unwrap();
+    match r.last_step_device_ms() {
+        Some(ms) => assert!(ms > 0.0 && ms < 60_000.0, "device time {ms} ms"),
+        None => assert!(!g.has_timestamps(), "timestamps supported but none read"),
+    }
+    let peak = g.peak_gflops().unwrap();
+    assert!(peak.is_finite() && peak > 0.0, "peak {peak}");
+}

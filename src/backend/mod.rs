@@ -116,6 +116,14 @@ pub trait Resident {
         self.accumulate(centroids.nrows())
     }
 
+    /// Device time of the last [`lloyd_step`](Self::lloyd_step) in ms, from
+    /// GPU timestamp queries where the adapter supports them (`None` on the
+    /// CPU and elsewhere). Reading it waits for the device: call it after
+    /// wall-clock timing, not inside it.
+    fn last_step_device_ms(&mut self) -> Option<f64> {
+        None
+    }
+
     /// Downloads the last assignment (`O(n)`: once per fit, or to relocate
     /// empty clusters).
     fn assignment(&mut self) -> Result<Assignment, BackendError>;

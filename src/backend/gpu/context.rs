@@ -26,6 +26,9 @@ pub struct GpuContext {
     pub adapter_name: String,
     pub device_type: wgpu::DeviceType,
     pub limits: wgpu::Limits,
+    /// Nanoseconds per timestamp tick, where the adapter supports timestamp
+    /// queries (then requested on the device); `None` otherwise.
+    pub timestamp_period_ns: Option<f32>,
     fault: Arc<Mutex<Option<GpuError>>>,
 }
 
@@ -42,9 +45,15 @@ impl GpuContext {
         let adapter = pick_adapter(adapters, policy)?;
         let info = adapter.get_info();
         let limits = adapter.limits();
+        let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("segmenta"),
-            required_features: wgpu::Features::empty(),
+            // Timestamps only time kernels; nothing depends on them.
+            required_features: if timestamps {
+                wgpu::Features::TIMESTAMP_QUERY
+            } else {
+                wgpu::Features::empty()
+            },
             // The adapter's own limits: the defaults cap buffers at 256 MiB.
             required_limits: limits.clone(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -72,6 +81,7 @@ impl GpuContext {
                     .get_or_insert(err);
             }
         });
+        let timestamp_period_ns = timestamps.then(|| queue.get_timestamp_period());
         let adapter_name = format!("{} ({:?}, {:?})", info.name, info.device_type, info.backend);
         tracing::info!(adapter = %adapter_name, "GPU device ready");
         Ok(Self {
@@ -80,6 +90,7 @@ impl GpuContext {
             adapter_name,
             device_type: info.device_type,
             limits,
+            timestamp_period_ns,
             fault,
         })
     }

@@ -8,6 +8,7 @@
 mod buffers;
 mod context;
 mod params;
+mod peak;
 mod pipelines;
 mod resident;
 
@@ -69,6 +70,11 @@ impl GpuBackend {
             self.ctx.device_type,
             wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu
         )
+    }
+
+    /// Whether Lloyd steps are timed on the device (timestamp queries).
+    pub fn has_timestamps(&self) -> bool {
+        self.ctx.timestamp_period_ns.is_some()
     }
 
     /// Rows per chunk for width `d`: one chunk must fit one storage binding.

@@ -58,3 +58,19 @@ pub struct ProjectParams {
     pub c: u32,
     pub _pad: u32,
 }
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct PeakParams {
+    pub iters: u32,
+    pub _pad: [u32; 3],
+}
+
+impl PeakParams {
+    pub fn new(iters: u32) -> Self {
+        Self {
+            iters,
+            _pad: [0; 3],
+        }
+    }
+}

@@ -11,6 +11,7 @@ pub enum Kernel {
     ColSums,
     Gram,
     Project,
+    Peak,
 }
 
 /// Binding kinds in binding order: `R` read-only storage, `W` read-write
@@ -23,13 +24,14 @@ enum Slot {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 6] = [
+    pub const ALL: [Kernel; 7] = [
         Kernel::Assign,
         Kernel::Accumulate,
         Kernel::Reduce,
         Kernel::ColSums,
         Kernel::Gram,
         Kernel::Project,
+        Kernel::Peak,
     ];
 
     pub fn source(self) -> &'static str {
@@ -40,6 +42,7 @@ impl Kernel {
             Kernel::ColSums => include_str!("../../../shaders/colsums.wgsl"),
             Kernel::Gram => include_str!("../../../shaders/gram.wgsl"),
             Kernel::Project => include_str!("../../../shaders/project.wgsl"),
+            Kernel::Peak => include_str!("../../../shaders/peak.wgsl"),
         }
     }
 
@@ -52,6 +55,7 @@ impl Kernel {
             Kernel::ColSums => &[R, R, W, U],
             Kernel::Gram => &[R, R, W, U],
             Kernel::Project => &[R, R, R, W, U],
+            Kernel::Peak => &[W, U],
         }
     }
 
@@ -63,6 +67,7 @@ impl Kernel {
             Kernel::ColSums => "colsums",
             Kernel::Gram => "gram",
             Kernel::Project => "project",
+            Kernel::Peak => "peak",
         }
     }
 }

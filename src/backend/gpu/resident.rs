@@ -42,6 +42,16 @@ pub struct GpuResident<'a> {
     pivot: Vec<f32>,
     chunks: Vec<Chunk>,
     clusters: Option<Clusters>,
+    /// Set up on the first Lloyd step when the device has timestamps.
+    timer: Option<Timer>,
+}
+
+/// Two timestamps around a Lloyd step's kernels, resolved on the device and
+/// read only when asked for.
+struct Timer {
+    queries: wgpu::QuerySet,
+    resolved: wgpu::Buffer,
+    period_ns: f32,
 }
 
 fn bytes_of_rows<T: Pod>(values: &[T]) -> Option<&[u8]> {
@@ -95,7 +105,41 @@ impl<'a> GpuResident<'a> {
             pivot: x.row(0).to_vec(),
             chunks,
             clusters: None,
+            timer: None,
         })
+    }
+
+    /// Writes timestamp `index` (0: start, 1: end) from an empty compute
+    /// pass, so the pair brackets every kernel recorded in between. Does
+    /// nothing without timestamp support.
+    fn timestamp(&mut self, encoder: &mut wgpu::CommandEncoder, index: u32) {
+        let Some(period_ns) = self.gpu.ctx.timestamp_period_ns else {
+            return;
+        };
+        let device = &self.gpu.ctx.device;
+        let timer = self.timer.get_or_insert_with(|| Timer {
+            queries: device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("step timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            }),
+            resolved: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("resolved timestamps"),
+                size: 16,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+            period_ns,
+        });
+        let writes = wgpu::ComputePassTimestampWrites {
+            query_set: &timer.queries,
+            beginning_of_pass_write_index: (index == 0).then_some(0),
+            end_of_pass_write_index: (index == 1).then_some(1),
+        };
+        drop(encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("timestamp"),
+            timestamp_writes: Some(writes),
+        }));
     }
 
     fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
@@ -378,9 +422,21 @@ impl Resident for GpuResident<'_> {
     /// only the `k × (d + 2)` totals.
     fn lloyd_step(&mut self, centroids: ArrayView2<f32>) -> Result<ClusterSums, BackendError> {
         let mut encoder = self.encoder("lloyd step");
+        self.timestamp(&mut encoder, 0);
         self.record_assign(&mut encoder, centroids)?;
         self.record_accumulate(&mut encoder)?;
+        self.timestamp(&mut encoder, 1);
+        if let Some(t) = &self.timer {
+            encoder.resolve_query_set(&t.queries, 0..2, &t.resolved, 0);
+        }
         Ok(self.finish_accumulate(encoder)?)
+    }
+
+    fn last_step_device_ms(&mut self) -> Option<f64> {
+        let t = self.timer.as_ref()?;
+        let ticks: Vec<u64> = read_back(&self.gpu.ctx, &t.resolved, 0, 2).ok()?;
+        let elapsed = ticks[1].checked_sub(ticks[0])?;
+        Some(elapsed as f64 * t.period_ns as f64 * 1e-6)
     }
 
     fn assignment(&mut self) -> Result<Assignment, BackendError> {

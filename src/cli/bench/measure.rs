@@ -21,6 +21,9 @@ pub struct Measurement {
     pub unit: &'static str,
     pub median_ms: f64,
     pub min_ms: f64,
+    /// Median device time per iteration from GPU timestamp queries, where
+    /// the adapter supports them (k-means on the GPU).
+    pub device_median_ms: Option<f64>,
     pub gflops: f64,
     /// GFLOP/s over the backend's measured peak, when one was measured.
     pub peak_fraction: Option<f64>,
@@ -46,8 +49,9 @@ pub fn run(
 ) -> anyhow::Result<Measurement> {
     reset_peak_rss();
     let started = Instant::now();
+    let mut device_times = Vec::new();
     let times = match w.task {
-        Task::Lloyd { k } => lloyd(backend, x, k, iters)?,
+        Task::Lloyd { k } => lloyd(backend, x, k, iters, &mut device_times)?,
         Task::Pca { components } => (0..repeats)
             .map(|_| {
                 let t = Instant::now();
@@ -81,6 +85,7 @@ pub fn run(
         unit: w.unit(),
         median_ms,
         min_ms,
+        device_median_ms: (!device_times.is_empty()).then(|| median_min(device_times).0),
         gflops: w.flop() / (median_ms * 1e-3) / 1e9,
         peak_fraction: None,
         end_to_end_ms: Some(end_to_end_ms),
@@ -88,13 +93,15 @@ pub fn run(
     })
 }
 
-/// Per-iteration times of `iters` Lloyd steps after a warm-up step (which
-/// also completes the upload), starting from the first k rows.
+/// Per-iteration wall times of `iters` Lloyd steps after a warm-up step
+/// (which also completes the upload), starting from the first k rows; device
+/// times go to `device_times` where the backend has timestamps.
 fn lloyd(
     backend: &dyn Backend,
     x: &Array2<f32>,
     k: usize,
     iters: usize,
+    device_times: &mut Vec<f64>,
 ) -> anyhow::Result<Vec<f64>> {
     let mut centroids = x.slice(ndarray::s![..k, ..]).to_owned();
     let mut resident = backend.upload(x.view(), None)?;
@@ -104,6 +111,7 @@ fn lloyd(
         let t = Instant::now();
         let step = resident.lloyd_step(centroids.view())?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
+        device_times.extend(resident.last_step_device_ms());
         for (c, mut row) in centroids.rows_mut().into_iter().enumerate() {
             if step.weights[c] > 0.0 {
                 row.iter_mut()

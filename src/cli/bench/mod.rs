@@ -101,19 +101,24 @@ fn selected(args: &BenchArgs) -> anyhow::Result<Vec<Workload>> {
         .collect()
 }
 
-fn backends(which: Which) -> anyhow::Result<Vec<Box<dyn Backend>>> {
+/// The backends to run, and the GPU's measured f32 peak when there is one.
+fn backends(which: Which) -> anyhow::Result<(Vec<Box<dyn Backend>>, Option<f64>)> {
     let mut out: Vec<Box<dyn Backend>> = Vec::new();
-    if which != Which::Gpu {
-        out.push(Box::new(CpuBackend::new()));
-    }
+    let mut gpu_peak = None;
     if which != Which::Cpu {
         match GpuBackend::new(AdapterPolicy::Any) {
-            Ok(gpu) => out.push(Box::new(gpu)),
+            Ok(gpu) => {
+                gpu_peak = Some(gpu.peak_gflops()?);
+                out.push(Box::new(gpu));
+            }
             Err(e) if which == Which::All => eprintln!("GPU skipped: {e}"),
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(out)
+    if which != Which::Gpu {
+        out.insert(0, Box::new(CpuBackend::new()));
+    }
+    Ok((out, gpu_peak))
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -125,7 +130,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         return service::run(&data_for(&w, args.seed), k, args.json);
     }
     let workloads = selected(&args)?;
-    let backends = backends(args.backend)?;
+    let (backends, gpu_peak) = backends(args.backend)?;
     let cpu_peak = backends
         .iter()
         .any(|b| b.info().backend == segmenta::backend::BackendKind::Cpu)
@@ -153,9 +158,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         for backend in runs {
             let on_cpu = on_cpu(backend);
             let mut m = measure::run(w, backend, &x, args.iters, args.repeats)?;
-            if on_cpu || host_only {
-                m.peak_fraction = cpu_peak.map(|p| m.gflops / p);
-            }
+            let peak = if on_cpu || host_only {
+                cpu_peak
+            } else {
+                gpu_peak
+            };
+            m.peak_fraction = peak.map(|p| m.gflops / p);
             results.push(m);
             if host_only {
                 break; // the same host code whichever backend is chosen
@@ -174,6 +182,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 "repeats": args.repeats,
                 "seed": args.seed,
                 "cpu_peak_gflops": cpu_peak,
+                "gpu_peak_gflops": gpu_peak,
                 "workloads": workloads,
                 "results": results,
                 "skipped": skipped,
@@ -181,16 +190,24 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    print_table(&workloads, &results, cpu_peak);
+    print_table(&workloads, &results, cpu_peak, gpu_peak);
     for s in &skipped {
         println!("skipped: {s}");
     }
     Ok(())
 }
 
-fn print_table(workloads: &[Workload], results: &[Measurement], cpu_peak: Option<f64>) {
+fn print_table(
+    workloads: &[Workload],
+    results: &[Measurement],
+    cpu_peak: Option<f64>,
+    gpu_peak: Option<f64>,
+) {
     if let Some(p) = cpu_peak {
         println!("CPU matrix-multiply peak, measured: {p:.1} GFLOP/s");
+    }
+    if let Some(p) = gpu_peak {
+        println!("GPU FMA peak, measured: {p:.1} GFLOP/s");
     }
     for w in workloads {
         let rows: Vec<&Measurement> = results.iter().filter(|m| m.workload == w.id).collect();
@@ -205,6 +222,7 @@ fn print_table(workloads: &[Workload], results: &[Measurement], cpu_peak: Option
             "adapter",
             "median ms",
             "min ms",
+            "device ms",
             "GFLOP/s",
             "% of peak",
             "× first",
@@ -223,6 +241,7 @@ fn print_table(workloads: &[Workload], results: &[Measurement], cpu_peak: Option
                     m.adapter.clone(),
                     format!("{:.2}", m.median_ms),
                     format!("{:.2}", m.min_ms),
+                    opt(m.device_median_ms, 2),
                     format!("{:.1}", m.gflops),
                     opt(m.peak_fraction.map(|f| f * 100.0), 0),
                     format!("{:.2}", m.median_ms / first.median_ms),

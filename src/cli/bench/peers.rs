@@ -69,6 +69,7 @@ pub fn compare(w: &Workload, x: &Array2<f32>, iters: usize) -> anyhow::Result<Ve
             unit: w.unit(),
             median_ms,
             min_ms,
+            device_median_ms: None,
             gflops: w.flop() / (median_ms * 1e-3) / 1e9,
             peak_fraction: None,
             end_to_end_ms: None,
