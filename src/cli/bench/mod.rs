@@ -102,7 +102,9 @@ fn selected(args: &BenchArgs) -> anyhow::Result<Vec<Workload>> {
 }
 
 /// The backends to run, and the GPU's measured f32 peak when there is one.
-fn backends(which: Which) -> anyhow::Result<(Vec<Box<dyn Backend>>, Option<f64>)> {
+type Backends = (Vec<Box<dyn Backend>>, Option<f64>);
+
+fn backends(which: Which) -> anyhow::Result<Backends> {
     let mut out: Vec<Box<dyn Backend>> = Vec::new();
     let mut gpu_peak = None;
     if which != Which::Cpu {
