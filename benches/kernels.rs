@@ -1,5 +1,6 @@
 //! Kernel benchmarks per backend and shape: assignment, the fused Lloyd step
-//! (assignment + centroid sums), Gram and projection. Seeded data.
+//! (assignment + centroid sums), Gram (alone, and PCA's fused sums + Gram)
+//! and projection. Seeded data.
 //!
 //! `cargo bench --bench kernels` runs both backends (the GPU one on whatever
 //! adapter is present: on lavapipe its numbers say nothing about a real GPU).
@@ -71,6 +72,10 @@ fn pca_kernels(c: &mut Criterion) {
         let id = format!("{name}/n{n}_d{d}");
         group.bench_function(BenchmarkId::new("gram", &id), |b| {
             b.iter(|| resident.gram(&mean).unwrap())
+        });
+        // What a PCA fit calls: sums and Gram (fused in one pass on the CPU).
+        group.bench_function(BenchmarkId::new("centred_gram", &id), |b| {
+            b.iter(|| resident.centred_gram().unwrap())
         });
         group.bench_function(BenchmarkId::new("project_c8", &id), |b| {
             b.iter(|| resident.project(&mean, components.view()).unwrap())
