@@ -36,27 +36,35 @@ pub(super) fn centred_gram(x: &[f32], n: usize, d: usize) -> (ColumnSums, Array2
             .for_each(|(p, &v)| *p += v as f64);
     }
     let pivot: Vec<f32> = pivot64.iter().map(|&p| (p / lead as f64) as f32).collect();
-
-    let parts: Vec<(Vec<f64>, Vec<f32>)> = x
-        .par_chunks(block_rows(n) * d)
-        .map(|block| block_gram(block, d, &pivot))
-        .collect();
-    let mut sum = vec![0.0f64; d];
-    let mut upper = vec![0.0f64; padded(d) * padded(d)];
-    for (s, g) in parts {
-        sum.iter_mut().zip(&s).for_each(|(a, b)| *a += b);
-        upper.iter_mut().zip(&g).for_each(|(a, &b)| *a += b as f64);
-    }
-    let dp = padded(d);
-    let shifted = |i: usize, j: usize| upper[i.min(j) * dp + i.max(j)];
-    let gram = Array2::from_shape_fn((d, d), |(i, j)| shifted(i, j) - sum[i] * sum[j] / n as f64);
+    let (sum, shifted) = gram_about(x, n, d, &pivot);
+    let gram = Array2::from_shape_fn((d, d), |(i, j)| {
+        shifted[[i, j]] - sum[i] * sum[j] / n as f64
+    });
     let sums = ColumnSums {
         n,
-        sum_sq: (0..d).map(|j| shifted(j, j)).collect(),
+        sum_sq: shifted.diag().to_vec(),
         pivot,
         sum,
     };
     (sums, gram)
+}
+
+/// Column sums of `x − centre` and the Gram `Σ (x − centre)(x − centre)ᵀ`
+/// (both halves filled), in one pass.
+pub(super) fn gram_about(x: &[f32], n: usize, d: usize, centre: &[f32]) -> (Vec<f64>, Array2<f64>) {
+    let parts: Vec<(Vec<f64>, Vec<f32>)> = x
+        .par_chunks(block_rows(n) * d)
+        .map(|block| block_gram(block, d, centre))
+        .collect();
+    let dp = padded(d);
+    let mut sum = vec![0.0f64; d];
+    let mut upper = vec![0.0f64; dp * dp];
+    for (s, g) in parts {
+        sum.iter_mut().zip(&s).for_each(|(a, b)| *a += b);
+        upper.iter_mut().zip(&g).for_each(|(a, &b)| *a += b as f64);
+    }
+    let gram = Array2::from_shape_fn((d, d), |(i, j)| upper[i.min(j) * dp + i.max(j)]);
+    (sum, gram)
 }
 
 /// One block's f64 column sums of `x − pivot` and f32 Gram about the pivot

@@ -220,22 +220,9 @@ impl Resident for CpuResident<'_> {
     }
 
     fn gram(&mut self, mean: &[f32]) -> Result<Array2<f64>, BackendError> {
-        let d = self.x.ncols();
-        let mean = ArrayView1::from(mean);
-        let parts: Vec<Array2<f32>> = self
-            .x
-            .axis_chunks_iter(Axis(0), 4096)
-            .into_par_iter()
-            .map(|block| {
-                let centred = &block - &mean;
-                centred.t().dot(&centred)
-            })
-            .collect();
-        let mut total = Array2::<f64>::zeros((d, d));
-        for part in parts {
-            total.zip_mut_with(&part, |t, &p| *t += p as f64);
-        }
-        Ok(total)
+        let (n, d) = self.x.dim();
+        let x = self.x.as_slice().expect("standard layout");
+        Ok(gram::gram_about(x, n, d, mean).1)
     }
 
     fn project(
