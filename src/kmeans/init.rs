@@ -53,32 +53,6 @@ fn block_sum(n: usize, f: impl Fn(usize) -> f64 + Sync) -> f64 {
     parts.iter().sum()
 }
 
-/// Samples an index with probability proportional to `w·D²`; uniform when
-/// every potential is zero (all rows coincide with chosen centres).
-fn sample_by_potential(
-    closest: &[f32],
-    weights: Option<&[f32]>,
-    total: f64,
-    rng: &mut Xoshiro256PlusPlus,
-) -> usize {
-    if total <= 0.0 {
-        return rng.random_range(0..closest.len());
-    }
-    let target = rng.random::<f64>() * total;
-    let mut acc = 0.0;
-    for (i, &d) in closest.iter().enumerate() {
-        acc += weight(weights, i) * d as f64;
-        if acc > target {
-            return i;
-        }
-    }
-    // Rounding left the target beyond the last positive potential.
-    closest
-        .iter()
-        .rposition(|&d| d > 0.0)
-        .unwrap_or(closest.len() - 1)
-}
-
 /// Greedy k-means++ as in scikit-learn: each step draws `2 + ln k` candidates
 /// by `w·D²` and keeps the one that lowers the total potential most.
 ///
@@ -95,12 +69,14 @@ pub(super) fn kmeans_plus_plus(
     let (n, d) = x.dim();
     let trials = 2 + (k as f64).ln() as usize;
     let mut centres = Array2::<f32>::zeros((k, d));
+    let mut cumulative = vec![0.0f64; n];
     let first = match weights {
         None => rng.random_range(0..n),
-        Some(w) => {
-            let total: f64 = w.iter().map(|&v| v as f64).sum();
+        Some(_) => {
+            // By weight alone: every row's potential is 1.
             let ones = vec![1.0f32; n];
-            sample_by_potential(&ones, Some(w), total, rng)
+            prefix_sums(&ones, weights, &mut cumulative);
+            sample_prefix(&cumulative, &ones, cumulative[n - 1], rng)
         }
     };
     centres.row_mut(0).assign(&x.row(first));
@@ -109,7 +85,6 @@ pub(super) fn kmeans_plus_plus(
         .map(|i| squared_distance(row(&x, i), row(&x, first)))
         .collect();
     let mut potential = block_sum(n, |i| weight(weights, i) * closest[i] as f64);
-    let mut cumulative = vec![0.0f64; n];
     let mut minima = vec![0.0f32; n * trials];
     for c in 1..k {
         prefix_sums(&closest, weights, &mut cumulative);
