@@ -4,6 +4,7 @@
 //! rayon; per-block f64 partials are then added in block order, so a fit gives
 //! the same bits on every run whatever the thread scheduling.
 
+mod bounds;
 mod gram;
 mod kernel;
 mod simd;
@@ -16,15 +17,35 @@ use rayon::prelude::*;
 use super::{
     Assignment, Backend, BackendError, BackendInfo, BackendKind, ClusterSums, ColumnSums, Resident,
 };
+use bounds::{Bounds, Rows};
 use kernel::{assign_block, BlockOut, PackedCentroids, Partial};
 
 /// The CPU backend. Uses rayon's global pool.
-#[derive(Debug, Default, Clone)]
-pub struct CpuBackend;
+///
+/// Lloyd steps are pruned with Hamerly's bounds (see [`bounds`]): the same
+/// assignment as an exhaustive step, up to ties within f32 rounding, with
+/// most distance computations skipped once centroids settle.
+/// [`CpuBackend::exhaustive`] scores every row against every centroid on
+/// every step, as the GPU does (benchmarks use it to measure the kernels).
+#[derive(Debug, Clone)]
+pub struct CpuBackend {
+    prune: bool,
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self { prune: true }
+    }
+}
 
 impl CpuBackend {
     pub fn new() -> Self {
-        Self
+        Self::default()
+    }
+
+    /// A backend whose Lloyd steps score every row against every centroid.
+    pub fn exhaustive() -> Self {
+        Self { prune: false }
     }
 }
 
@@ -53,6 +74,9 @@ impl Backend for CpuBackend {
             distances: vec![0.0; n],
             second: vec![f32::NAN; n],
             second_valid: false,
+            prune: self.prune,
+            bounds: None,
+            distances_stale: false,
         }))
     }
 }
@@ -72,6 +96,12 @@ struct CpuResident<'a> {
     /// Set by [`Resident::assign`]; the fused Lloyd step skips the second
     /// distances, and [`Resident::assignment`] then reports them as NaN.
     second_valid: bool,
+    prune: bool,
+    /// Carried between pruned Lloyd steps; dropped by [`Resident::assign`].
+    bounds: Option<Bounds>,
+    /// A pruned step leaves `distances` behind; [`Resident::assignment`]
+    /// recomputes them against the bounds' centroids.
+    distances_stale: bool,
 }
 
 impl CpuResident<'_> {
@@ -120,6 +150,66 @@ impl CpuResident<'_> {
     fn weight(&self, i: usize) -> f64 {
         self.weights.as_ref().map_or(1.0, |w| w[i] as f64)
     }
+
+    fn rows(&mut self) -> Rows<'_> {
+        Rows {
+            x: self.x.as_slice().expect("standard layout"),
+            d: self.x.ncols(),
+            weights: self.weights.as_deref(),
+            labels: &mut self.labels,
+            block: block_rows(self.x.nrows()),
+        }
+    }
+
+    /// An exhaustive step that also records second distances, and the
+    /// bounds built from it.
+    fn first_pruned_step(&mut self, centroids: ArrayView2<f32>) -> Partial {
+        let (k, d) = centroids.dim();
+        let mut total = Partial::zeros(k, d);
+        for part in self.run(centroids, true, true) {
+            total.add(&part);
+        }
+        let centroids = centroids.as_standard_layout();
+        self.bounds = Some(Bounds::new(
+            centroids.as_slice().expect("standard layout"),
+            &total,
+            &self.distances,
+            &self.second,
+        ));
+        self.second_valid = true;
+        self.distances_stale = false;
+        total
+    }
+
+    fn pruned_step(&mut self, centroids: ArrayView2<f32>) -> Partial {
+        let centroids = centroids.as_standard_layout();
+        let pc = PackedCentroids::new(centroids.view());
+        let mut bounds = self.bounds.take().expect("bounds checked by caller");
+        let total = bounds.step(&mut self.rows(), &pc);
+        self.bounds = Some(bounds);
+        self.second_valid = false;
+        self.distances_stale = true;
+        total
+    }
+
+    /// Exact squared distances to the assigned centroids of the last step.
+    fn refresh_distances(&mut self) {
+        let Some(bounds) = &self.bounds else { return };
+        let d = self.x.ncols();
+        let (x, centroids) = (
+            self.x.as_slice().expect("standard layout"),
+            bounds.centroids(),
+        );
+        self.distances
+            .par_iter_mut()
+            .zip(x.par_chunks(d))
+            .zip(self.labels.par_iter())
+            .for_each(|((dist, row), &l)| {
+                let l = l as usize;
+                *dist = squared_distance(row, &centroids[l * d..(l + 1) * d]);
+            });
+        self.distances_stale = false;
+    }
 }
 
 impl Resident for CpuResident<'_> {
@@ -134,6 +224,8 @@ impl Resident for CpuResident<'_> {
     fn assign(&mut self, centroids: ArrayView2<f32>) -> Result<(), BackendError> {
         self.run(centroids, false, true);
         self.second_valid = true;
+        self.bounds = None;
+        self.distances_stale = false;
         Ok(())
     }
 
@@ -153,8 +245,16 @@ impl Resident for CpuResident<'_> {
     }
 
     /// Fused: the rows are summed while still in cache from the distance pass.
+    /// Pruned (see [`bounds`]) unless the backend is exhaustive.
     fn lloyd_step(&mut self, centroids: ArrayView2<f32>) -> Result<ClusterSums, BackendError> {
         let (k, d) = centroids.dim();
+        if self.prune {
+            let total = match &self.bounds {
+                Some(b) if b.fits(k) => self.pruned_step(centroids),
+                _ => self.first_pruned_step(centroids),
+            };
+            return Ok(into_sums(total, k, d));
+        }
         let mut total = Partial::zeros(k, d);
         for part in self.run(centroids, true, false) {
             total.add(&part);
@@ -164,6 +264,9 @@ impl Resident for CpuResident<'_> {
     }
 
     fn assignment(&mut self) -> Result<Assignment, BackendError> {
+        if self.distances_stale {
+            self.refresh_distances();
+        }
         Ok(Assignment {
             labels: self.labels.clone(),
             distances: self.distances.clone(),

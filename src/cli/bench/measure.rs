@@ -51,7 +51,7 @@ pub fn run(
     let started = Instant::now();
     let mut device_times = Vec::new();
     let times = match w.task {
-        Task::Lloyd { k } => lloyd(backend, x, k, iters, &mut device_times)?,
+        Task::Lloyd { k } => lloyd(backend, x, k, iters, repeats, &mut device_times)?,
         Task::Pca { components } => (0..repeats)
             .map(|_| {
                 let t = Instant::now();
@@ -93,32 +93,45 @@ pub fn run(
     })
 }
 
-/// Per-iteration wall times of `iters` Lloyd steps after a warm-up step
-/// (which also completes the upload), starting from the first k rows; device
-/// times go to `device_times` where the backend has timestamps.
+/// Wall time per Lloyd iteration of `repeats` whole runs of `iters` steps
+/// from the first k rows, each on a fresh upload (not timed), so that a
+/// pruned backend's first, exhaustive step is counted like the peers' first
+/// iteration. One untimed warm-up step first (pipelines, first touch).
+/// Device times per iteration go to `device_times` where the backend has
+/// timestamps.
 fn lloyd(
     backend: &dyn Backend,
     x: &Array2<f32>,
     k: usize,
     iters: usize,
+    repeats: usize,
     device_times: &mut Vec<f64>,
 ) -> anyhow::Result<Vec<f64>> {
-    let mut centroids = x.slice(ndarray::s![..k, ..]).to_owned();
-    let mut resident = backend.upload(x.view(), None)?;
-    resident.lloyd_step(centroids.view())?;
-    let mut times = Vec::with_capacity(iters);
-    for _ in 0..iters {
-        let t = Instant::now();
-        let step = resident.lloyd_step(centroids.view())?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-        device_times.extend(resident.last_step_device_ms());
-        for (c, mut row) in centroids.rows_mut().into_iter().enumerate() {
-            if step.weights[c] > 0.0 {
-                row.iter_mut()
-                    .zip(step.sums.row(c))
-                    .for_each(|(v, &s)| *v = (s / step.weights[c]) as f32);
+    let initial = x.slice(ndarray::s![..k, ..]).to_owned();
+    backend.upload(x.view(), None)?.lloyd_step(initial.view())?;
+    let mut times = Vec::with_capacity(repeats);
+    for _ in 0..repeats.max(1) {
+        let mut centroids = initial.clone();
+        let mut resident = backend.upload(x.view(), None)?;
+        let mut elapsed = 0.0;
+        let mut device = Some(0.0);
+        for _ in 0..iters {
+            let t = Instant::now();
+            let step = resident.lloyd_step(centroids.view())?;
+            elapsed += t.elapsed().as_secs_f64() * 1e3;
+            device = device
+                .zip(resident.last_step_device_ms())
+                .map(|(a, b)| a + b);
+            for (c, mut row) in centroids.rows_mut().into_iter().enumerate() {
+                if step.weights[c] > 0.0 {
+                    row.iter_mut()
+                        .zip(step.sums.row(c))
+                        .for_each(|(v, &s)| *v = (s / step.weights[c]) as f32);
+                }
             }
         }
+        times.push(elapsed / iters.max(1) as f64);
+        device_times.extend(device.map(|t| t / iters.max(1) as f64));
     }
     Ok(times)
 }

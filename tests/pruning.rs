@@ -1,0 +1,192 @@
+//! The CPU's pruned Lloyd steps (Hamerly's bounds) against exhaustive ones
+//! on the same data and the same centroids at every step.
+//!
+//! Tolerances, and why:
+//! - **Labels** are equal except near ties: both paths pick the nearest
+//!   centroid from f32 distances; bounds are widened by a few f32 ulps, so a
+//!   row may keep a label that an exhaustive scan flips only when the two
+//!   distances agree to about `1e-5` of `1 + ‖x‖² + ‖c‖²` (checked in f64).
+//! - **Sums and weights** of the pruned path are updated by the rows that
+//!   changed cluster, in f64; they are checked against an f64 host sum over
+//!   its own labels to `1e-9` relative (f64 round-off over a few thousand
+//!   additions, far below f32 resolution).
+//! - **Inertia** of the pruned path comes from the sums, about the data's
+//!   mean; the host reference sums exact f64 distances. The gap is the
+//!   exhaustive first step's f32 per-row distances (`~d·ε ≈ 4e-6` relative)
+//!   carried through, so we allow `1e-5` relative.
+
+mod common;
+
+use common::{blobs, dist2, uniform};
+use ndarray::{Array1, Array2, ArrayView2};
+use segmenta::backend::cpu::CpuBackend;
+use segmenta::backend::{Backend, ClusterSums};
+use segmenta::kmeans::{Init, KMeansParams};
+
+fn sq_norm(v: ndarray::ArrayView1<f32>) -> f64 {
+    v.iter().map(|&a| (a as f64).powi(2)).sum()
+}
+
+fn assert_ties_only(x: ArrayView2<f32>, c: ArrayView2<f32>, a: &[u32], b: &[u32]) -> usize {
+    let mut ties = 0;
+    for i in 0..x.nrows() {
+        if a[i] != b[i] {
+            let (ca, cb) = (c.row(a[i] as usize), c.row(b[i] as usize));
+            let (da, db) = (dist2(x.row(i), ca), dist2(x.row(i), cb));
+            let scale = 1.0 + sq_norm(x.row(i)) + sq_norm(ca).max(sq_norm(cb));
+            assert!(
+                (da - db).abs() <= 1e-5 * scale,
+                "row {i}: pruned label {} vs exhaustive {} is not a tie ({da} vs {db})",
+                a[i],
+                b[i]
+            );
+            ties += 1;
+        }
+    }
+    ties
+}
+
+/// Checks a step's sums, weights and inertia against an f64 host reference
+/// over `labels`.
+fn assert_step(
+    x: &Array2<f32>,
+    w: Option<&Array1<f32>>,
+    c: ArrayView2<f32>,
+    labels: &[u32],
+    got: &ClusterSums,
+) {
+    let (k, d) = got.sums.dim();
+    let mut sums = Array2::<f64>::zeros((k, d));
+    let mut weights = vec![0.0f64; k];
+    let mut scale = vec![0.0f64; k];
+    let mut inertia = 0.0;
+    for (i, &l) in labels.iter().enumerate() {
+        let wi = w.map_or(1.0, |w| w[i] as f64);
+        let l = l as usize;
+        weights[l] += wi;
+        inertia += wi * dist2(x.row(i), c.row(l));
+        for j in 0..d {
+            sums[[l, j]] += wi * x[[i, j]] as f64;
+            scale[l] += wi * (x[[i, j]] as f64).abs();
+        }
+    }
+    for c in 0..k {
+        assert!(
+            (got.weights[c] - weights[c]).abs() <= 1e-9 * (1.0 + weights[c]),
+            "cluster {c}: weight {} vs {}",
+            got.weights[c],
+            weights[c]
+        );
+        for j in 0..d {
+            assert!(
+                (got.sums[[c, j]] - sums[[c, j]]).abs() <= 1e-9 * (1.0 + scale[c]),
+                "cluster {c} dim {j}: {} vs {}",
+                got.sums[[c, j]],
+                sums[[c, j]]
+            );
+        }
+    }
+    assert!(
+        (got.inertia - inertia).abs() <= 1e-5 * inertia,
+        "inertia {} vs {inertia}",
+        got.inertia
+    );
+}
+
+fn means(step: &ClusterSums, previous: &Array2<f32>) -> Array2<f32> {
+    let mut next = previous.clone();
+    for (c, mut row) in next.rows_mut().into_iter().enumerate() {
+        if step.weights[c] > 0.0 {
+            for (v, &s) in row.iter_mut().zip(step.sums.row(c)) {
+                *v = (s / step.weights[c]) as f32;
+            }
+        }
+    }
+    next
+}
+
+/// Runs `steps` Lloyd steps on both paths, feeding both the exhaustive
+/// path's means, and checks every step; returns the near ties seen.
+fn compare(x: &Array2<f32>, w: Option<&Array1<f32>>, k: usize, steps: usize) -> usize {
+    let (pruned, exhaustive) = (CpuBackend::new(), CpuBackend::exhaustive());
+    let mut p = pruned.upload(x.view(), w.map(|w| w.view())).unwrap();
+    let mut e = exhaustive.upload(x.view(), w.map(|w| w.view())).unwrap();
+    let mut c = x.slice(ndarray::s![..k, ..]).to_owned();
+    let mut ties = 0;
+    for step in 0..steps {
+        let got = p.lloyd_step(c.view()).unwrap();
+        let want = e.lloyd_step(c.view()).unwrap();
+        let (a, b) = (p.assignment().unwrap(), e.assignment().unwrap());
+        ties += assert_ties_only(x.view(), c.view(), &a.labels, &b.labels);
+        assert_step(x, w, c.view(), &a.labels, &got);
+        // The distances downloaded after a pruned step are exact.
+        for (i, &l) in a.labels.iter().enumerate() {
+            let exact = dist2(x.row(i), c.row(l as usize));
+            assert!(
+                (a.distances[i] as f64 - exact).abs() <= 1e-5 * (1.0 + exact),
+                "step {step} row {i}: distance {} vs {exact}",
+                a.distances[i]
+            );
+        }
+        c = means(&want, &c);
+    }
+    ties
+}
+
+#[test]
+fn small_k_weighted_steps_match_the_exhaustive_ones() {
+    // Five centroids for three blobs (the first rows cycle through the
+    // blobs): two blobs are split, and their shared boundary keeps moving.
+    let (x, _) = blobs(20_003, 7, 3, 11);
+    let w = uniform(x.nrows(), 1, 0.5, 2.0, 3).column(0).to_owned();
+    compare(&x, Some(&w), 5, 12);
+}
+
+#[test]
+fn panel_kernel_steps_match_the_exhaustive_ones() {
+    let (x, _) = blobs(12_001, 33, 24, 12);
+    compare(&x, None, 40, 10);
+}
+
+#[test]
+fn steps_match_far_from_the_origin() {
+    // Inertia comes from sums about the data's mean: an offset of 1,000
+    // (a million in ‖x‖²) must not cost precision.
+    let (x, _) = blobs(9_000, 4, 3, 13);
+    compare(&(x + 1000.0), None, 6, 8);
+}
+
+#[test]
+fn k_equal_one_and_duplicate_centroids() {
+    let x = uniform(5_000, 3, -1.0, 1.0, 14);
+    compare(&x, None, 1, 3);
+    // Two identical centroids: half-gaps of zero prune nothing, and ties
+    // between them must resolve like the exhaustive scan's.
+    let mut y = x.clone();
+    let first = y.row(0).to_owned();
+    y.row_mut(1).assign(&first);
+    compare(&y, None, 4, 4);
+}
+
+#[test]
+fn fits_with_empty_cluster_relocation_agree() {
+    let (x, _) = blobs(6_000, 5, 4, 15);
+    // Centroids stacked on one row: all but one cluster start empty and are
+    // relocated, after which the bounds must still hold.
+    let init = Array2::from_shape_fn((4, 5), |(_, j)| x[[0, j]]);
+    let fit = |backend: &dyn Backend| {
+        KMeansParams::new(4)
+            .init(Init::Given(init.clone()))
+            .n_init(1)
+            .max_iter(30)
+            .tol(0.0)
+            .fit(backend, x.view(), None)
+            .unwrap()
+    };
+    let (p, e) = (fit(&CpuBackend::new()), fit(&CpuBackend::exhaustive()));
+    assert_ties_only(x.view(), e.centroids().view(), p.labels(), e.labels());
+    for (a, b) in p.centroids().iter().zip(e.centroids()) {
+        assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+    }
+    assert!((p.inertia() - e.inertia()).abs() <= 1e-6 * e.inertia());
+}
