@@ -20,17 +20,13 @@
 
 mod common;
 
-use common::{blobs, dist2, gpu, gpu_with, uniform};
-use ndarray::{Array1, Array2, ArrayView2};
+use common::{assert_ties_only, blobs, gpu, gpu_with, uniform};
+use ndarray::{Array1, Array2};
 use segmenta::backend::cpu::CpuBackend;
 use segmenta::backend::gpu::GpuOptions;
 use segmenta::backend::{Backend, ClusterSums};
 use segmenta::kmeans::{Init, KMeansParams};
 use segmenta::pca::PcaParams;
-
-fn sq_norm(v: ndarray::ArrayView1<f32>) -> f64 {
-    v.iter().map(|&a| (a as f64).powi(2)).sum()
-}
 
 /// Checks `sums` against an f64 host sum over `labels`.
 fn check_sums(
@@ -79,26 +75,6 @@ fn check_sums(
     );
 }
 
-/// Labels equal except at near ties (see the module docs).
-fn check_labels(x: ArrayView2<f32>, c: ArrayView2<f32>, a: &[u32], b: &[u32]) -> usize {
-    let mut ties = 0;
-    for i in 0..x.nrows() {
-        if a[i] != b[i] {
-            let (ca, cb) = (c.row(a[i] as usize), c.row(b[i] as usize));
-            let (da, db) = (dist2(x.row(i), ca), dist2(x.row(i), cb));
-            let scale = 1.0 + sq_norm(x.row(i)) + sq_norm(ca).max(sq_norm(cb));
-            assert!(
-                (da - db).abs() <= 1e-5 * scale,
-                "row {i}: labels {} vs {} are not a tie ({da} vs {db})",
-                a[i],
-                b[i]
-            );
-            ties += 1;
-        }
-    }
-    ties
-}
-
 fn close(a: f32, b: f32, rel: f32) -> bool {
     (a - b).abs() <= rel * (1.0 + a.abs().max(b.abs()))
 }
@@ -129,7 +105,7 @@ fn kernels_with(n: usize, d: usize, k: usize, options: GpuOptions, weighted: boo
     h.assign(c.view()).unwrap();
     let (ag, ah) = (g.assignment().unwrap(), h.assignment().unwrap());
     assert_eq!(ag.labels.len(), n);
-    check_labels(x.view(), c.view(), &ag.labels, &ah.labels);
+    assert_ties_only(x.view(), c.view(), &ag.labels, &ah.labels);
     for i in 0..n {
         if ag.labels[i] == ah.labels[i] {
             assert!(
@@ -237,7 +213,7 @@ fn fit_parity(x: &Array2<f32>, k: usize, chunk_rows: Option<usize>, standardize:
     assert_eq!(mg.backend().backend.to_string(), "gpu");
     assert_eq!(mc.backend().backend.to_string(), "cpu");
     assert_eq!(mg.n_iter(), mc.n_iter());
-    check_labels(x.view(), mc.centroids().view(), mg.labels(), mc.labels());
+    assert_ties_only(x.view(), mc.centroids().view(), mg.labels(), mc.labels());
     let scale = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     for (a, b) in mg.centroids().iter().zip(mc.centroids().iter()) {
         assert!((a - b).abs() <= 1e-4 * scale, "centroid {a} vs {b}");
@@ -271,7 +247,7 @@ fn predict_parity_with_margins() {
     let new = uniform(900, 4, -5.0, 45.0, 14);
     let pg = model.predict(&gpu, new.view()).unwrap();
     let pc = model.predict(&CpuBackend::new(), new.view()).unwrap();
-    check_labels(new.view(), model.centroids().view(), &pg.labels, &pc.labels);
+    assert_ties_only(new.view(), model.centroids().view(), &pg.labels, &pc.labels);
     let (mg, mc) = (pg.margins.unwrap(), pc.margins.unwrap());
     for i in 0..new.nrows() {
         if pg.labels[i] == pc.labels[i] {

@@ -17,34 +17,11 @@
 
 mod common;
 
-use common::{blobs, dist2, uniform};
+use common::{assert_ties_only, blobs, dist2, uniform};
 use ndarray::{Array1, Array2, ArrayView2};
 use segmenta::backend::cpu::CpuBackend;
 use segmenta::backend::{Backend, ClusterSums};
 use segmenta::kmeans::{Init, KMeansParams};
-
-fn sq_norm(v: ndarray::ArrayView1<f32>) -> f64 {
-    v.iter().map(|&a| (a as f64).powi(2)).sum()
-}
-
-fn assert_ties_only(x: ArrayView2<f32>, c: ArrayView2<f32>, a: &[u32], b: &[u32]) -> usize {
-    let mut ties = 0;
-    for i in 0..x.nrows() {
-        if a[i] != b[i] {
-            let (ca, cb) = (c.row(a[i] as usize), c.row(b[i] as usize));
-            let (da, db) = (dist2(x.row(i), ca), dist2(x.row(i), cb));
-            let scale = 1.0 + sq_norm(x.row(i)) + sq_norm(ca).max(sq_norm(cb));
-            assert!(
-                (da - db).abs() <= 1e-5 * scale,
-                "row {i}: pruned label {} vs exhaustive {} is not a tie ({da} vs {db})",
-                a[i],
-                b[i]
-            );
-            ties += 1;
-        }
-    }
-    ties
-}
 
 /// Checks a step's sums, weights and inertia against an f64 host reference
 /// over `labels`.

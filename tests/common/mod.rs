@@ -65,6 +65,38 @@ pub fn dist2(a: ndarray::ArrayView1<f32>, b: ndarray::ArrayView1<f32>) -> f64 {
         .sum()
 }
 
+fn sq_norm(v: ndarray::ArrayView1<f32>) -> f64 {
+    v.iter().map(|&a| (a as f64).powi(2)).sum()
+}
+
+/// Asserts that labelings `a` and `b` of `x` against centroids `c` differ
+/// only at near ties: rows whose two centroids' exact f64 distances agree
+/// to `1e-5 · (1 + ‖x‖² + ‖c‖²)`, the scale of f32 rounding in
+/// `‖c‖² − 2x·c`. Returns how many rows differ.
+pub fn assert_ties_only(
+    x: ndarray::ArrayView2<f32>,
+    c: ndarray::ArrayView2<f32>,
+    a: &[u32],
+    b: &[u32],
+) -> usize {
+    let mut ties = 0;
+    for i in 0..x.nrows() {
+        if a[i] != b[i] {
+            let (ca, cb) = (c.row(a[i] as usize), c.row(b[i] as usize));
+            let (da, db) = (dist2(x.row(i), ca), dist2(x.row(i), cb));
+            let scale = 1.0 + sq_norm(x.row(i)) + sq_norm(ca).max(sq_norm(cb));
+            assert!(
+                (da - db).abs() <= 1e-5 * scale,
+                "row {i}: labels {} vs {} are not a tie ({da} vs {db})",
+                a[i],
+                b[i]
+            );
+            ties += 1;
+        }
+    }
+    ties
+}
+
 /// Adjusted Rand index of two labelings.
 pub fn adjusted_rand_index(a: &[usize], b: &[u32]) -> f64 {
     let ka = a.iter().max().map_or(0, |m| m + 1);

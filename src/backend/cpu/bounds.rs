@@ -46,9 +46,9 @@ pub(super) struct Bounds {
     k: usize,
     upper: Vec<f32>,
     lower: Vec<f32>,
-    /// `k × d`: Σ w·x per cluster for the current labels.
-    sums: Vec<f64>,
-    weights: Vec<f64>,
+    /// Σ w·x and Σ w per cluster for the current labels, and the inertia of
+    /// the last step.
+    totals: Partial,
     /// The weighted mean of the data, and Σ w·‖x − pivot‖² (see
     /// [`Bounds::inertia`]).
     pivot: Vec<f64>,
@@ -87,8 +87,7 @@ impl Bounds {
             k,
             upper,
             lower,
-            sums: total.sums.clone(),
-            weights: total.weights.clone(),
+            totals: total.clone(),
             pivot,
             spread: 0.0,
         };
@@ -159,24 +158,12 @@ impl Bounds {
                 )
             })
             .collect();
-        let mut changed = Partial::zeros(k, d);
         for delta in deltas.iter().flatten() {
-            changed.add(delta);
+            self.totals.add(delta);
         }
-        self.sums
-            .iter_mut()
-            .zip(&changed.sums)
-            .for_each(|(s, c)| *s += c);
-        self.weights
-            .iter_mut()
-            .zip(&changed.weights)
-            .for_each(|(w, c)| *w += c);
         self.centroids.copy_from_slice(centroids);
-        Partial {
-            sums: self.sums.clone(),
-            weights: self.weights.clone(),
-            inertia: self.inertia(),
-        }
+        self.totals.inertia = self.inertia();
+        self.totals.clone()
     }
 
     /// Σ w·‖x − c‖² from the running sums, without touching the rows:
@@ -192,10 +179,10 @@ impl Bounds {
         let d = self.pivot.len();
         let mut total = 0.0;
         for c in 0..self.k {
-            let w = self.weights[c];
+            let w = self.totals.weights[c];
             for (j, &p) in self.pivot.iter().enumerate() {
                 let offset = self.centroids[c * d + j] as f64 - p;
-                let centred_sum = self.sums[c * d + j] - w * p;
+                let centred_sum = self.totals.sums[c * d + j] - w * p;
                 total += offset * (w * offset - 2.0 * centred_sum);
             }
         }
