@@ -383,3 +383,41 @@ fn step_device_time_and_gpu_peak() {
     let peak = g.peak_gflops().unwrap();
     assert!(peak.is_finite() && peak > 0.0, "peak {peak}");
 }
+
+/// PCA rejects NaN and infinities naming the first one, on every backend:
+/// the CPU finds them through its column sums (no separate pass), so both
+/// a bad value among the rows that set its pivot and one far after them,
+/// and opposite infinities in one column (their sum is NaN, not ∞).
+#[test]
+fn pca_names_the_first_non_finite_value_on_every_backend() {
+    let cases: [&[(usize, usize, f32)]; 4] = [
+        &[(2_500, 3, f32::NAN)],
+        &[(10, 1, f32::INFINITY)],
+        &[(1_200, 0, f32::NEG_INFINITY), (2_900, 0, f32::INFINITY)],
+        &[(2_999, 4, f32::NAN), (1_999, 2, f32::INFINITY)],
+    ];
+    let mut backends: Vec<Box<dyn segmenta::backend::Backend>> = vec![Box::new(CpuBackend::new())];
+    backends.extend(gpu(None).map(|g| Box::new(g) as Box<dyn segmenta::backend::Backend>));
+    for backend in &backends {
+        for bad in cases {
+            let mut x = uniform(3_000, 5, -1.0, 1.0, 21);
+            for &(i, j, v) in bad {
+                x[[i, j]] = v;
+            }
+            let (row, column, _) = *bad.iter().min_by_key(|b| (b.0, b.1)).unwrap();
+            match PcaParams::new(2).fit(backend.as_ref(), x.view()) {
+                Err(Error::Data(segmenta::data::DataError::NotFinite {
+                    row: r,
+                    column: c,
+                    ..
+                })) => {
+                    assert_eq!((r, c), (row + 1, format!("#{}", column + 1)), "{bad:?}");
+                }
+                other => panic!(
+                    "{bad:?} on {:?}: expected NotFinite, got {other:?}",
+                    backend.info()
+                ),
+            }
+        }
+    }
+}

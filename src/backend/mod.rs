@@ -89,6 +89,15 @@ impl ColumnSums {
 pub trait Backend: Send + Sync {
     fn info(&self) -> BackendInfo;
 
+    /// Whether any NaN or infinity in a resident matrix is sure to make
+    /// [`Resident::centred_gram`]'s column sums non-finite (IEEE arithmetic,
+    /// as on the host). Fits on such a backend look for bad values only when
+    /// the sums say there are some, instead of in a pass of their own; GPU
+    /// drivers make no such promise.
+    fn propagates_non_finite(&self) -> bool {
+        false
+    }
+
     /// Makes `x` (`n × d`, row-major) resident. `weights` (length `n`) weight
     /// the centroid sums and inertia; `None` means all ones.
     fn upload<'a>(

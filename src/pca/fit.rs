@@ -9,7 +9,13 @@ use crate::error::{ParamsError, Result};
 impl PcaParams {
     /// Fits on `x` (`n × d`).
     pub fn fit(&self, backend: &dyn Backend, x: ArrayView2<f32>) -> Result<PcaModel> {
-        check_finite(x, &[])?;
+        // Where the backend propagates NaN and infinity into the column
+        // sums, the check waits for them: one pass over the data instead of
+        // two (a matrix without rows is still rejected here).
+        let check_after = backend.propagates_non_finite() && x.nrows() > 0;
+        if !check_after {
+            check_finite(x, &[])?;
+        }
         let (n, d) = x.dim();
         let c = self.n_components;
         if c == 0 {
@@ -33,6 +39,11 @@ impl PcaParams {
         tracing::info!(backend = %info.backend, adapter = %info.adapter, n, d, c, "PCA fit");
         let mut resident = backend.upload(x, None)?;
         let (sums, gram) = resident.centred_gram()?;
+        if check_after && !sums.sum.iter().all(|v| v.is_finite()) {
+            // Names the first bad value. It passes only if finite values
+            // overflowed f32, as an upfront check would have let them.
+            check_finite(x, &[])?;
+        }
         let mean: Vec<f32> = sums.mean().iter().map(|&m| m as f32).collect();
         let cov = gram.mapv(|g| g / (n - 1) as f64);
         let (values, vectors) = sorted_eigen(&cov);

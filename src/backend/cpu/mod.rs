@@ -57,6 +57,12 @@ impl Backend for CpuBackend {
         }
     }
 
+    /// f32 and f64 arithmetic on the host: `v − pivot` is NaN or infinite
+    /// for a NaN or infinite `v`, and so is any f64 sum it enters.
+    fn propagates_non_finite(&self) -> bool {
+        true
+    }
+
     fn upload<'a>(
         &'a self,
         x: ArrayView2<'a, f32>,
