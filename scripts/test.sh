@@ -43,4 +43,4 @@ echo "== cargo test"
 cargo test --all-targets
 cargo test --doc
 echo "== bench smoke test (segmenta bench --quick)"
-cargo run --quiet -- bench --quick --iters 3
+cargo run --quiet -- bench --quick --iters 3 --repeats 1
