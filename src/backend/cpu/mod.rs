@@ -187,10 +187,9 @@ impl CpuResident<'_> {
         total
     }
 
-    fn pruned_step(&mut self, centroids: ArrayView2<f32>) -> Partial {
+    fn pruned_step(&mut self, mut bounds: Bounds, centroids: ArrayView2<f32>) -> Partial {
         let centroids = centroids.as_standard_layout();
         let pc = PackedCentroids::new(centroids.view());
-        let mut bounds = self.bounds.take().expect("bounds checked by caller");
         let total = bounds.step(&mut self.rows(), &pc);
         self.bounds = Some(bounds);
         self.second_valid = false;
@@ -255,8 +254,8 @@ impl Resident for CpuResident<'_> {
     fn lloyd_step(&mut self, centroids: ArrayView2<f32>) -> Result<ClusterSums, BackendError> {
         let (k, d) = centroids.dim();
         if self.prune {
-            let total = match &self.bounds {
-                Some(b) if b.fits(k) => self.pruned_step(centroids),
+            let total = match self.bounds.take() {
+                Some(b) if b.fits(k) => self.pruned_step(b, centroids),
                 _ => self.first_pruned_step(centroids),
             };
             return Ok(into_sums(total, k, d));
