@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::{assert_ties_only, blobs, gpu, gpu_with, uniform};
+use common::{assert_ties_only, blobs, gpu, gpu_with, host_sums, uniform, HostSums};
 use ndarray::{Array1, Array2};
 use segmenta::backend::cpu::CpuBackend;
 use segmenta::backend::gpu::GpuOptions;
@@ -37,20 +37,12 @@ fn check_sums(
     dists: &[f32],
 ) {
     let (k, d) = got.sums.dim();
-    let mut sums = Array2::<f64>::zeros((k, d));
-    let mut abs = vec![0.0f64; k];
-    let mut weights = vec![0.0f64; k];
-    let mut inertia = 0.0;
-    for (i, &l) in labels.iter().enumerate() {
-        let wi = w.map_or(1.0, |w| w[i] as f64);
-        let l = l as usize;
-        weights[l] += wi;
-        inertia += wi * dists[i] as f64;
-        for j in 0..d {
-            sums[[l, j]] += wi * x[[i, j]] as f64;
-            abs[l] += wi * (x[[i, j]] as f64).abs() / d as f64;
-        }
-    }
+    let HostSums {
+        sums,
+        weights,
+        abs,
+        inertia,
+    } = host_sums(x, w, labels, k, |i| dists[i] as f64);
     for c in 0..k {
         assert!(
             (got.weights[c] - weights[c]).abs() <= 1e-4 * (1.0 + weights[c]),
@@ -59,7 +51,7 @@ fn check_sums(
             weights[c]
         );
         for j in 0..d {
-            let tol = 1e-4 * (1.0 + abs[c]);
+            let tol = 1e-4 * (1.0 + abs[c] / d as f64);
             assert!(
                 (got.sums[[c, j]] - sums[[c, j]]).abs() <= tol,
                 "cluster {c} dim {j}: {} vs {}",

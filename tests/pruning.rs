@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::{assert_ties_only, blobs, dist2, uniform};
+use common::{assert_ties_only, blobs, dist2, host_sums, uniform, HostSums};
 use ndarray::{Array1, Array2, ArrayView2};
 use segmenta::backend::cpu::CpuBackend;
 use segmenta::backend::{Backend, ClusterSums};
@@ -33,20 +33,14 @@ fn assert_step(
     got: &ClusterSums,
 ) {
     let (k, d) = got.sums.dim();
-    let mut sums = Array2::<f64>::zeros((k, d));
-    let mut weights = vec![0.0f64; k];
-    let mut scale = vec![0.0f64; k];
-    let mut inertia = 0.0;
-    for (i, &l) in labels.iter().enumerate() {
-        let wi = w.map_or(1.0, |w| w[i] as f64);
-        let l = l as usize;
-        weights[l] += wi;
-        inertia += wi * dist2(x.row(i), c.row(l));
-        for j in 0..d {
-            sums[[l, j]] += wi * x[[i, j]] as f64;
-            scale[l] += wi * (x[[i, j]] as f64).abs();
-        }
-    }
+    let HostSums {
+        sums,
+        weights,
+        abs: scale,
+        inertia,
+    } = host_sums(x, w, labels, k, |i| {
+        dist2(x.row(i), c.row(labels[i] as usize))
+    });
     for c in 0..k {
         assert!(
             (got.weights[c] - weights[c]).abs() <= 1e-9 * (1.0 + weights[c]),

@@ -97,6 +97,46 @@ pub fn assert_ties_only(
     ties
 }
 
+/// An f64 host reference for one assignment's cluster sums.
+pub struct HostSums {
+    /// `k × d`: Σ w·x per cluster.
+    pub sums: ndarray::Array2<f64>,
+    pub weights: Vec<f64>,
+    /// Σ w·|x| over each cluster's values: the scale of its sums' round-off.
+    pub abs: Vec<f64>,
+    /// Σ w·`row_inertia(i)`.
+    pub inertia: f64,
+}
+
+/// Sums `x`'s rows (weighted by `w`) per label in f64, and the inertia from
+/// each row's squared distance `row_inertia(i)`.
+pub fn host_sums(
+    x: &ndarray::Array2<f32>,
+    w: Option<&ndarray::Array1<f32>>,
+    labels: &[u32],
+    k: usize,
+    row_inertia: impl Fn(usize) -> f64,
+) -> HostSums {
+    let d = x.ncols();
+    let mut out = HostSums {
+        sums: ndarray::Array2::zeros((k, d)),
+        weights: vec![0.0; k],
+        abs: vec![0.0; k],
+        inertia: 0.0,
+    };
+    for (i, &l) in labels.iter().enumerate() {
+        let wi = w.map_or(1.0, |w| w[i] as f64);
+        let l = l as usize;
+        out.weights[l] += wi;
+        out.inertia += wi * row_inertia(i);
+        for j in 0..d {
+            out.sums[[l, j]] += wi * x[[i, j]] as f64;
+            out.abs[l] += wi * (x[[i, j]] as f64).abs();
+        }
+    }
+    out
+}
+
 /// Adjusted Rand index of two labelings.
 pub fn adjusted_rand_index(a: &[usize], b: &[u32]) -> f64 {
     let ka = a.iter().max().map_or(0, |m| m + 1);

@@ -153,6 +153,16 @@ impl CpuResident<'_> {
             .collect()
     }
 
+    /// [`run`](Self::run) with the sums, its blocks added in order.
+    fn run_summed(&mut self, centroids: ArrayView2<f32>, second: bool) -> Partial {
+        let (k, d) = centroids.dim();
+        let mut total = Partial::zeros(k, d);
+        for part in self.run(centroids, true, second) {
+            total.add(&part);
+        }
+        total
+    }
+
     fn weight(&self, i: usize) -> f64 {
         self.weights.as_ref().map_or(1.0, |w| w[i] as f64)
     }
@@ -170,11 +180,7 @@ impl CpuResident<'_> {
     /// An exhaustive step that also records second distances, and the
     /// bounds built from it.
     fn first_pruned_step(&mut self, centroids: ArrayView2<f32>) -> Partial {
-        let (k, d) = centroids.dim();
-        let mut total = Partial::zeros(k, d);
-        for part in self.run(centroids, true, true) {
-            total.add(&part);
-        }
+        let total = self.run_summed(centroids, true);
         let centroids = centroids.as_standard_layout();
         self.bounds = Some(Bounds::new(
             centroids.as_slice().expect("standard layout"),
@@ -260,10 +266,7 @@ impl Resident for CpuResident<'_> {
             };
             return Ok(into_sums(total, k, d));
         }
-        let mut total = Partial::zeros(k, d);
-        for part in self.run(centroids, true, false) {
-            total.add(&part);
-        }
+        let total = self.run_summed(centroids, false);
         self.second_valid = false;
         Ok(into_sums(total, k, d))
     }
