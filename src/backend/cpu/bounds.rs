@@ -341,17 +341,8 @@ const PREFETCH_ROWS: usize = 16;
 /// Asks for `row` in cache ahead of its use (a hint: never faults).
 #[inline(always)]
 fn prefetch(row: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let (first, last) = (row.as_ptr(), row.as_ptr().wrapping_add(row.len() - 1));
-        // SAFETY: prefetching is a hint, valid for any address.
-        #[allow(unused_unsafe)]
-        unsafe {
-            _mm_prefetch::<_MM_HINT_T0>(first.cast());
-            _mm_prefetch::<_MM_HINT_T0>(last.cast());
-        }
-    }
+    simd::prefetch(row.as_ptr());
+    simd::prefetch(row.as_ptr().wrapping_add(row.len() - 1));
 }
 
 /// Half the distance from each centroid to its nearest other centroid

@@ -8,21 +8,33 @@
 //! mean, so the pivot is the mean of the leading rows, not the first row.
 //!
 //! Why the upper triangle: the Gram is symmetric, so its 16 × 16 tiles
-//! `(i, j)` with `i ≤ j` are enough: 36 of 64 tiles at d = 128.
+//! `(i, j)` with `i ≤ j` are enough: 36 of 64 tiles at d = 128, the eight on
+//! the diagonal doing little more than their upper half.
+//!
+//! Why it is fast: the product is bound by the FMA units, so everything
+//! else hides behind it. Rows are centred a sub-block at a time into scratch
+//! that stays in cache, and the next sub-block is prefetched a line at a
+//! time between the product's rows; each tile's f32 sums go into an f64
+//! Gram once per sub-block.
 
 use ndarray::Array2;
 use rayon::prelude::*;
 
-use super::block_rows;
-use super::simd::{self, F32x16, SimdKernel};
+use super::simd::{self, F32x16, F32x8, SimdKernel};
 use crate::backend::ColumnSums;
 
 const LANES: usize = 16;
 
 /// Rows averaged for the pivot.
 const PIVOT_ROWS: usize = 1024;
-/// Rows centred into scratch at a time: 512 × d f32 stay in L2 for d ≤ 256.
+/// Rows centred into scratch at a time: 512 × d f32 stay in L2 for d ≤ 256,
+/// beside the next 512 rows being prefetched. It also bounds how many
+/// products a tile sums in f32 before they go into the block's f64 Gram.
 const SUB_ROWS: usize = 512;
+/// Blocks per pass, whatever the thread count, so that the sums are added in
+/// the same order on every machine; each block's scratch and f64 Gram are
+/// set up once, and the blocks' Grams are added up serially.
+const BLOCKS: usize = 16;
 
 /// Column sums about the pivot and the centred Gram `Σ (x − mean)(x − mean)ᵀ`
 /// of the row-major `n × d` matrix `x`.
@@ -52,46 +64,144 @@ pub(super) fn centred_gram(x: &[f32], n: usize, d: usize) -> (ColumnSums, Array2
 /// Column sums of `x − centre` and the Gram `Σ (x − centre)(x − centre)ᵀ`
 /// (both halves filled), in one pass.
 pub(super) fn gram_about(x: &[f32], n: usize, d: usize, centre: &[f32]) -> (Vec<f64>, Array2<f64>) {
-    let parts: Vec<(Vec<f64>, Vec<f32>)> = x
-        .par_chunks(block_rows(n) * d)
-        .map(|block| block_gram(block, d, centre))
+    let block = (n.div_ceil(BLOCKS).next_multiple_of(SUB_ROWS) * d).max(1);
+    let parts: Vec<(Vec<f64>, Vec<f64>)> = (0..n * d)
+        .into_par_iter()
+        .step_by(block)
+        .map(|start| block_gram(&x[start..], block, d, centre))
         .collect();
     let dp = padded(d);
     let mut sum = vec![0.0f64; d];
     let mut upper = vec![0.0f64; dp * dp];
     for (s, g) in parts {
         sum.iter_mut().zip(&s).for_each(|(a, b)| *a += b);
-        upper.iter_mut().zip(&g).for_each(|(a, &b)| *a += b as f64);
+        upper.iter_mut().zip(&g).for_each(|(a, b)| *a += b);
     }
     let gram = Array2::from_shape_fn((d, d), |(i, j)| upper[i.min(j) * dp + i.max(j)]);
     (sum, gram)
 }
 
-/// One block's f64 column sums of `x − pivot` and f32 Gram about the pivot
+/// One block's f64 column sums of `x − pivot` and f64 Gram about the pivot
 /// (`dp × dp` with `dp` = d rounded up to 16; upper tiles only, the lower
-/// triangle is left unspecified).
-fn block_gram(block: &[f32], d: usize, pivot: &[f32]) -> (Vec<f64>, Vec<f32>) {
+/// triangle is left unspecified). The block is the first `len` values of
+/// `rest`; what follows it is only prefetched.
+fn block_gram(rest: &[f32], len: usize, d: usize, pivot: &[f32]) -> (Vec<f64>, Vec<f64>) {
     let dp = padded(d);
     let mut sums = vec![0.0f64; d];
-    let mut gram = vec![0.0f32; dp * dp];
+    let mut gram = vec![0.0f64; dp * dp];
     let mut scratch = vec![0.0f32; SUB_ROWS * dp];
-    for sub in block.chunks(SUB_ROWS * d) {
+    let mut sub_sums = vec![0.0f32; dp];
+    let block = &rest[..len.min(rest.len())];
+    for (s, sub) in block.chunks(SUB_ROWS * d).enumerate() {
         let m = sub.len() / d;
-        for (dst, src) in scratch.chunks_exact_mut(dp).zip(sub.chunks_exact(d)) {
-            for ((o, &v), &p) in dst.iter_mut().zip(src).zip(pivot) {
-                *o = v - p;
-            }
-            for (s, &o) in sums.iter_mut().zip(dst.iter()) {
-                *s += o as f64;
-            }
+        simd::dispatch(Centre {
+            x: sub,
+            d,
+            dp,
+            pivot,
+            out: &mut scratch[..m * dp],
+            sums: &mut sub_sums,
+        });
+        for (total, part) in sums.iter_mut().zip(&mut sub_sums) {
+            *total += std::mem::take(part) as f64;
         }
+        // The next rows come from memory while these are multiplied: the
+        // arithmetic then hides the stream instead of waiting on it. Past
+        // the block's end they are probably this thread's next block.
+        let next = (s + 1) * SUB_ROWS * d;
+        let ahead = rest
+            .get(next..(next + SUB_ROWS * d).min(rest.len()))
+            .unwrap_or(&[]);
         simd::dispatch(UpperGram {
             a: &scratch[..m * dp],
             dp,
             gram: &mut gram,
+            ahead,
         });
     }
     (sums, gram)
+}
+
+/// `out = x − pivot` (`out` rows padded to `dp` with zeros) and
+/// `sums += Σ (x − pivot)` in f32: a sub-block's few hundred rows lose no
+/// more to f32 than the Gram's own f32 sums do, and the f64 totals take
+/// over from there. It goes down a strip of columns at a time, so that the
+/// strip's pivot and running sums stay in registers.
+struct Centre<'a> {
+    x: &'a [f32],
+    d: usize,
+    dp: usize,
+    pivot: &'a [f32],
+    out: &'a mut [f32],
+    sums: &'a mut [f32],
+}
+
+impl SimdKernel for Centre<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: F32x16>(self) {
+        let Centre {
+            x,
+            d,
+            dp,
+            pivot,
+            out,
+            sums,
+        } = self;
+        let full = d / LANES * LANES;
+        assert!(pivot.len() == d && sums.len() == dp && out.len() / dp == x.len() / d);
+        let mut c = 0;
+        while c < full {
+            let width = ((full - c) / LANES).min(STRIP);
+            // SAFETY: dispatched with S's CPU features; `c + 16·width ≤ d ≤
+            // dp` for every row touched.
+            unsafe {
+                if width == STRIP {
+                    centre_strip::<S, STRIP>(x, d, dp, c, pivot, out, sums);
+                } else {
+                    centre_strip::<S, 1>(x, d, dp, c, pivot, out, sums);
+                }
+            }
+            c += if width == STRIP { STRIP * LANES } else { LANES };
+        }
+        for (dst, src) in out.chunks_exact_mut(dp).zip(x.chunks_exact(d)) {
+            for j in full..d {
+                dst[j] = src[j] - pivot[j];
+                sums[j] += dst[j];
+            }
+        }
+    }
+}
+
+/// Vectors per strip in [`Centre`]: each row's strip is a few contiguous
+/// cache lines, and its pivot and sums fit in registers.
+const STRIP: usize = 4;
+
+/// [`Centre`] on the `W` vectors of columns from `c`.
+#[inline(always)]
+unsafe fn centre_strip<S: F32x16, const W: usize>(
+    x: &[f32],
+    d: usize,
+    dp: usize,
+    c: usize,
+    pivot: &[f32],
+    out: &mut [f32],
+    sums: &mut [f32],
+) {
+    let one = S::splat(1.0);
+    let p: [S; W] = std::array::from_fn(|q| S::load(pivot.as_ptr().add(c + q * LANES)));
+    let mut sum: [S; W] = std::array::from_fn(|q| S::load(sums.as_ptr().add(c + q * LANES)));
+    for (dst, src) in out.chunks_exact_mut(dp).zip(x.chunks_exact(d)) {
+        for q in 0..W {
+            let at = c + q * LANES;
+            let v = S::sub(S::load(src.as_ptr().add(at)), p[q]);
+            v.store(dst.as_mut_ptr().add(at));
+            sum[q] = S::fma(one, v, sum[q]);
+        }
+    }
+    for (q, s) in sum.iter().enumerate() {
+        s.store(sums.as_mut_ptr().add(c + q * LANES));
+    }
 }
 
 /// `d` rounded up to whole vectors; the padding columns are zero.
@@ -100,12 +210,14 @@ fn padded(d: usize) -> usize {
 }
 
 /// `gram += aᵀ·a` on the tiles `(i, j)` with `i ≤ j`, for `a` of shape
-/// `m × dp` (row-major). The rows are already in cache in the layout the
-/// microkernel wants, so unlike a general matrix product nothing is packed.
+/// `m × dp` (row-major), prefetching `ahead` on the way. The rows are
+/// already in cache in the layout the microkernel wants, so unlike a
+/// general matrix product nothing is packed.
 struct UpperGram<'a> {
     a: &'a [f32],
     dp: usize,
-    gram: &'a mut [f32],
+    gram: &'a mut [f64],
+    ahead: &'a [f32],
 }
 
 impl SimdKernel for UpperGram<'_> {
@@ -114,41 +226,214 @@ impl SimdKernel for UpperGram<'_> {
     fn run<S: F32x16>(self) {
         let tiles = self.dp / LANES;
         assert!(self.a.len().is_multiple_of(self.dp) && self.gram.len() == self.dp * self.dp);
+        // Each tile prefetches an equal share of `ahead`, in whole lines.
+        let share = self
+            .ahead
+            .len()
+            .div_ceil(tiles * (tiles + 1) / 2)
+            .next_multiple_of(LINE);
+        let mut shares = self.ahead.chunks(share.max(LINE));
         for ti in 0..tiles {
             for tj in ti..tiles {
+                let ahead = shares.next().unwrap_or(&[]);
+                let (i0, j0) = (ti * LANES, tj * LANES);
                 // SAFETY: dispatched with S's CPU features; the tile's rows
                 // and columns lie inside `a` and `gram` (asserted above).
-                unsafe { tile::<S>(self.a, self.dp, ti * LANES, tj * LANES, self.gram) }
+                unsafe {
+                    if ti == tj {
+                        diagonal_tile::<S>(self.a, self.dp, i0, self.gram, ahead)
+                    } else {
+                        tile::<S>(self.a, self.dp, i0, j0, self.gram, ahead)
+                    }
+                }
             }
         }
     }
 }
 
+/// f32 values in a cache line.
+const LINE: usize = 16;
+/// Rows of a tile per prefetched line: spreads the next rows' stream over
+/// the whole product (about 3 GB/s per core at d = 128).
+const ROWS_PER_LINE: usize = 4;
+
 /// One 16 × 16 tile: for every row, one vector of columns `j0..j0+16`
 /// times sixteen broadcasts of columns `i0..i0+16`; sixteen independent
-/// accumulators keep the FMA units busy.
+/// accumulators keep the FMA units busy. Every few rows one line of
+/// `ahead` is prefetched.
 // Index loops mirror the register tile; iterators would obscure it.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn tile<S: F32x16>(a: &[f32], dp: usize, i0: usize, j0: usize, gram: &mut [f32]) {
+unsafe fn tile<S: F32x16>(
+    a: &[f32],
+    dp: usize,
+    i0: usize,
+    j0: usize,
+    gram: &mut [f64],
+    ahead: &[f32],
+) {
     let mut acc = [S::splat(0.0); LANES];
-    for row in a.chunks_exact(dp) {
+    for (r, row) in a.chunks_exact(dp).enumerate() {
+        prefetch_share(ahead, r);
         let p = row.as_ptr();
         let right = S::load(p.add(j0));
         for ii in 0..LANES {
             acc[ii] = S::fma(S::splat(*p.add(i0 + ii)), right, acc[ii]);
         }
     }
-    let one = S::splat(1.0);
     for ii in 0..LANES {
-        let g = gram.as_mut_ptr().add((i0 + ii) * dp + j0);
-        S::fma(one, acc[ii], S::load(g)).store(g);
+        flush::<S>(acc[ii], gram, (i0 + ii) * dp + j0);
+    }
+}
+
+/// A tile on the diagonal needs only its upper triangle: its first eight
+/// rows as in [`tile`], its last eight only on their last eight columns, in
+/// half-width vectors (a quarter of the tile's work saved where 512-bit
+/// operations are split in two).
+// Index loops mirror the register tile; iterators would obscure it.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn diagonal_tile<S: F32x16>(
+    a: &[f32],
+    dp: usize,
+    i0: usize,
+    gram: &mut [f64],
+    ahead: &[f32],
+) {
+    const HALF: usize = LANES / 2;
+    let mut top = [S::splat(0.0); HALF];
+    let mut bottom = [S::Half::splat(0.0); HALF];
+    for (r, row) in a.chunks_exact(dp).enumerate() {
+        prefetch_share(ahead, r);
+        let p = row.as_ptr().add(i0);
+        let whole = S::load(p);
+        let right = S::Half::load(p.add(HALF));
+        for ii in 0..HALF {
+            top[ii] = S::fma(S::splat(*p.add(ii)), whole, top[ii]);
+            bottom[ii] = S::Half::fma(S::Half::splat(*p.add(HALF + ii)), right, bottom[ii]);
+        }
+    }
+    let mut lanes = [0.0f32; HALF];
+    for ii in 0..HALF {
+        flush::<S>(top[ii], gram, (i0 + ii) * dp + i0);
+        bottom[ii].store(lanes.as_mut_ptr());
+        let at = (i0 + HALF + ii) * dp + i0 + HALF;
+        S::add_scaled_f64(&mut gram[at..at + HALF], &lanes, 1.0);
+    }
+}
+
+/// Adds a row of a tile's f32 sums into the block's f64 Gram at `at`.
+#[inline(always)]
+unsafe fn flush<S: F32x16>(acc: S, gram: &mut [f64], at: usize) {
+    let mut lanes = [0.0f32; LANES];
+    acc.store(lanes.as_mut_ptr());
+    S::add_scaled_f64(&mut gram[at..at + LANES], &lanes, 1.0);
+}
+
+/// Prefetches a tile's share of the next rows: one line every
+/// [`ROWS_PER_LINE`] rows while the share lasts.
+#[inline(always)]
+fn prefetch_share(ahead: &[f32], r: usize) {
+    if r.is_multiple_of(ROWS_PER_LINE) && r / ROWS_PER_LINE * LINE < ahead.len() {
+        simd::prefetch(ahead[r / ROWS_PER_LINE * LINE..].as_ptr());
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Centring and the upper-triangle product on every vector type the CPU
+    /// runs (not only the one `dispatch` picks here), against scalar loops:
+    /// three tiles across, so diagonal and off-diagonal tiles, and a row
+    /// count that is not a multiple of anything.
+    #[test]
+    fn every_vector_path_matches_scalar_loops() {
+        let (m, d) = (37, 40);
+        let dp = padded(d);
+        let x: Vec<f32> = (0..m * d)
+            .map(|i| ((i * 37) % 101) as f32 / 10.0 - 5.0)
+            .collect();
+        let pivot: Vec<f32> = (0..d).map(|j| j as f32 * 0.1).collect();
+        let centred: Vec<f32> = (0..m * d).map(|i| x[i] - pivot[i % d]).collect();
+        let check = |name: &str, run: &dyn Fn(Centre, UpperGram)| {
+            let (mut out, mut sums, mut gram) =
+                (vec![0.0; m * dp], vec![0.0; dp], vec![0.0; dp * dp]);
+            let centre = Centre {
+                x: &x,
+                d,
+                dp,
+                pivot: &pivot,
+                out: &mut out,
+                sums: &mut sums,
+            };
+            let scratch: Vec<f32> = (0..m * dp)
+                .map(|i| {
+                    if i % dp < d {
+                        centred[i / dp * d + i % dp]
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            run(
+                centre,
+                UpperGram {
+                    a: &scratch,
+                    dp,
+                    gram: &mut gram,
+                    ahead: &x,
+                },
+            );
+            for r in 0..m {
+                for j in 0..dp {
+                    let want = if j < d { centred[r * d + j] } else { 0.0 };
+                    assert_eq!(out[r * dp + j], want, "{name}: centred[{r}, {j}]");
+                }
+            }
+            for j in 0..d {
+                let want: f32 = (0..m).map(|r| centred[r * d + j]).sum();
+                assert!(
+                    (sums[j] - want).abs() <= 1e-4 * want.abs().max(1.0),
+                    "{name}: sum {j}"
+                );
+                for i in 0..=j {
+                    let want: f64 = (0..m)
+                        .map(|r| centred[r * d + i] as f64 * centred[r * d + j] as f64)
+                        .sum();
+                    // 37 f32 products of values below 10 summed in f32.
+                    let got = gram[i * dp + j];
+                    assert!(
+                        (got - want).abs() <= 1e-5 * want.abs().max(100.0),
+                        "{name}: gram[{i}, {j}] = {got}, want {want}"
+                    );
+                }
+            }
+        };
+        check("portable", &|c, g| {
+            c.run::<simd::Portable>();
+            g.run::<simd::Portable>();
+        });
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                check("avx2", &|c, g| {
+                    c.run::<simd::Avx2>();
+                    g.run::<simd::Avx2>();
+                });
+            }
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+            {
+                check("avx512", &|c, g| {
+                    c.run::<simd::Avx512>();
+                    g.run::<simd::Avx512>();
+                });
+            }
+        }
+    }
 
     /// Against an f64 two-pass reference, on data far from the origin (where
     /// an uncentred or first-row-pivoted f32 Gram would lose digits), with d

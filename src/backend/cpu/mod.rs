@@ -76,9 +76,11 @@ impl Backend for CpuBackend {
                 CowArray::from(x.as_standard_layout().into_owned())
             },
             weights: weights.map(|w| w.to_vec()),
+            // Zeroed, so that a fit that never assigns (PCA) never touches
+            // these pages; `second` is only read once a step has written it.
             labels: vec![0; n],
             distances: vec![0.0; n],
-            second: vec![f32::NAN; n],
+            second: vec![0.0; n],
             second_valid: false,
             prune: self.prune,
             bounds: None,

@@ -41,11 +41,31 @@ unsafe fn run_avx2<K: SimdKernel>(kernel: K) -> K::Output {
     kernel.run::<Avx2>()
 }
 
+/// Asks for the cache line holding `p` ahead of its use (a hint: any
+/// address is valid, none faults).
+#[inline(always)]
+pub fn prefetch(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: prefetching is a hint, valid for any address.
+        #[allow(unused_unsafe)]
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(p.cast());
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Sixteen f32 lanes. Methods are `unsafe` because the x86 implementations
 /// require the CPU features their caller was compiled for; loads and stores
 /// also need 16 readable floats.
 pub trait F32x16: Copy {
     type Mask: Copy;
+    /// Eight lanes, for work that would leave half of a vector idle: on
+    /// CPUs that split 512-bit operations in two it costs half as much.
+    type Half: F32x8;
     unsafe fn splat(v: f32) -> Self;
     unsafe fn load(p: *const f32) -> Self;
     /// `a·b + c`
@@ -84,11 +104,43 @@ pub trait F32x16: Copy {
     unsafe fn reduce_min(self) -> f32;
 }
 
+/// Eight f32 lanes: just what the Gram's diagonal tiles need.
+pub trait F32x8: Copy {
+    unsafe fn splat(v: f32) -> Self;
+    unsafe fn load(p: *const f32) -> Self;
+    /// `a·b + c`
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+    unsafe fn store(self, p: *mut f32);
+}
+
 #[derive(Clone, Copy)]
 pub struct Portable([f32; 16]);
 
+#[derive(Clone, Copy)]
+pub struct PortableHalf([f32; 8]);
+
+impl F32x8 for PortableHalf {
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        Self([v; 8])
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        Self(std::ptr::read_unaligned(p as *const [f32; 8]))
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        Self(std::array::from_fn(|l| a.0[l] * b.0[l] + c.0[l]))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        std::ptr::write_unaligned(p as *mut [f32; 8], self.0)
+    }
+}
+
 impl F32x16 for Portable {
     type Mask = [bool; 16];
+    type Half = PortableHalf;
     #[inline(always)]
     unsafe fn splat(v: f32) -> Self {
         Self([v; 16])
@@ -134,14 +186,38 @@ pub use x86::{Avx2, Avx512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::F32x16;
+    use super::{F32x16, F32x8};
     use std::arch::x86_64::*;
+
+    /// Both x86 paths' eight lanes: one AVX register.
+    #[derive(Clone, Copy)]
+    pub struct Half256(__m256);
+
+    impl F32x8 for Half256 {
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            Self(_mm256_set1_ps(v))
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Self(_mm256_loadu_ps(p))
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+            Self(_mm256_fmadd_ps(a.0, b.0, c.0))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm256_storeu_ps(p, self.0)
+        }
+    }
 
     #[derive(Clone, Copy)]
     pub struct Avx512(__m512);
 
     impl F32x16 for Avx512 {
         type Mask = __mmask16;
+        type Half = Half256;
         #[inline(always)]
         unsafe fn splat(v: f32) -> Self {
             Self(_mm512_set1_ps(v))
@@ -266,6 +342,7 @@ mod x86 {
 
     impl F32x16 for Avx2 {
         type Mask = (__m256, __m256);
+        type Half = Half256;
         #[inline(always)]
         unsafe fn splat(v: f32) -> Self {
             Self(_mm256_set1_ps(v), _mm256_set1_ps(v))
