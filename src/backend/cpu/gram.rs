@@ -474,7 +474,7 @@ mod tests {
                     let want: f64 = (0..n)
                         .map(|r| (x[r * d + i] as f64 - mean[i]) * (x[r * d + j] as f64 - mean[j]))
                         .sum();
-                    // f32 products summed in f32 over one block: ~1e-6 of the
+                    // f32 products summed in f32 over one sub-block: ~1e-6 of the
                     // largest diagonal entry; 1e-4 leaves room.
                     assert!(
                         (gram[[i, j]] - want).abs() <= 1e-4 * scale.max(1e-12),
