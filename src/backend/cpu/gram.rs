@@ -150,19 +150,16 @@ impl SimdKernel for Centre<'_> {
         } = self;
         let full = d / LANES * LANES;
         assert!(pivot.len() == d && sums.len() == dp && out.len() / dp == x.len() / d);
-        let mut c = 0;
-        while c < full {
-            let width = ((full - c) / LANES).min(STRIP);
-            // SAFETY: dispatched with S's CPU features; `c + 16·width ≤ d ≤
-            // dp` for every row touched.
-            unsafe {
-                if width == STRIP {
-                    centre_strip::<S, STRIP>(x, d, dp, c, pivot, out, sums);
-                } else {
-                    centre_strip::<S, 1>(x, d, dp, c, pivot, out, sums);
-                }
+        let wide = full / (STRIP * LANES) * (STRIP * LANES);
+        // SAFETY: dispatched with S's CPU features; every strip ends at or
+        // before column `full ≤ d ≤ dp`.
+        unsafe {
+            for c in (0..wide).step_by(STRIP * LANES) {
+                centre_strip::<S, STRIP>(x, d, dp, c, pivot, out, sums);
             }
-            c += if width == STRIP { STRIP * LANES } else { LANES };
+            for c in (wide..full).step_by(LANES) {
+                centre_strip::<S, 1>(x, d, dp, c, pivot, out, sums);
+            }
         }
         for (dst, src) in out.chunks_exact_mut(dp).zip(x.chunks_exact(d)) {
             for j in full..d {
@@ -226,16 +223,24 @@ impl SimdKernel for UpperGram<'_> {
     fn run<S: F32x16>(self) {
         let tiles = self.dp / LANES;
         assert!(self.a.len().is_multiple_of(self.dp) && self.gram.len() == self.dp * self.dp);
-        // Each tile prefetches an equal share of `ahead`, in whole lines.
+        // Each tile prefetches an equal share of `ahead`, in whole lines,
+        // spread over its rows.
         let share = self
             .ahead
             .len()
             .div_ceil(tiles * (tiles + 1) / 2)
-            .next_multiple_of(LINE);
-        let mut shares = self.ahead.chunks(share.max(LINE));
+            .next_multiple_of(LINE)
+            .max(LINE);
+        let rows = self.a.len() / self.dp;
+        // A power of two, so that the row test is a mask.
+        let every = 1 << (rows / (share / LINE)).max(1).ilog2();
+        let mut shares = self
+            .ahead
+            .chunks(share)
+            .map(|lines| Prefetch { lines, every });
         for ti in 0..tiles {
             for tj in ti..tiles {
-                let ahead = shares.next().unwrap_or(&[]);
+                let ahead = shares.next().unwrap_or(Prefetch { lines: &[], every });
                 let (i0, j0) = (ti * LANES, tj * LANES);
                 // SAFETY: dispatched with S's CPU features; the tile's rows
                 // and columns lie inside `a` and `gram` (asserted above).
@@ -253,14 +258,27 @@ impl SimdKernel for UpperGram<'_> {
 
 /// f32 values in a cache line.
 const LINE: usize = 16;
-/// Rows of a tile per prefetched line: spreads the next rows' stream over
-/// the whole product (about 3 GB/s per core at d = 128).
-const ROWS_PER_LINE: usize = 4;
+
+/// A tile's share of the next rows to prefetch: one line every `every`
+/// rows of the product (a power of two), while the share lasts.
+#[derive(Clone, Copy)]
+struct Prefetch<'a> {
+    lines: &'a [f32],
+    every: usize,
+}
+
+impl Prefetch<'_> {
+    #[inline(always)]
+    fn at_row(self, r: usize) {
+        if r & (self.every - 1) == 0 && r / self.every * LINE < self.lines.len() {
+            simd::prefetch(self.lines[r / self.every * LINE..].as_ptr());
+        }
+    }
+}
 
 /// One 16 × 16 tile: for every row, one vector of columns `j0..j0+16`
 /// times sixteen broadcasts of columns `i0..i0+16`; sixteen independent
-/// accumulators keep the FMA units busy. Every few rows one line of
-/// `ahead` is prefetched.
+/// accumulators keep the FMA units busy.
 // Index loops mirror the register tile; iterators would obscure it.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
@@ -270,11 +288,11 @@ unsafe fn tile<S: F32x16>(
     i0: usize,
     j0: usize,
     gram: &mut [f64],
-    ahead: &[f32],
+    ahead: Prefetch,
 ) {
     let mut acc = [S::splat(0.0); LANES];
     for (r, row) in a.chunks_exact(dp).enumerate() {
-        prefetch_share(ahead, r);
+        ahead.at_row(r);
         let p = row.as_ptr();
         let right = S::load(p.add(j0));
         for ii in 0..LANES {
@@ -298,13 +316,13 @@ unsafe fn diagonal_tile<S: F32x16>(
     dp: usize,
     i0: usize,
     gram: &mut [f64],
-    ahead: &[f32],
+    ahead: Prefetch,
 ) {
     const HALF: usize = LANES / 2;
     let mut top = [S::splat(0.0); HALF];
     let mut bottom = [S::Half::splat(0.0); HALF];
     for (r, row) in a.chunks_exact(dp).enumerate() {
-        prefetch_share(ahead, r);
+        ahead.at_row(r);
         let p = row.as_ptr().add(i0);
         let whole = S::load(p);
         let right = S::Half::load(p.add(HALF));
@@ -328,15 +346,6 @@ unsafe fn flush<S: F32x16>(acc: S, gram: &mut [f64], at: usize) {
     let mut lanes = [0.0f32; LANES];
     acc.store(lanes.as_mut_ptr());
     S::add_scaled_f64(&mut gram[at..at + LANES], &lanes, 1.0);
-}
-
-/// Prefetches a tile's share of the next rows: one line every
-/// [`ROWS_PER_LINE`] rows while the share lasts.
-#[inline(always)]
-fn prefetch_share(ahead: &[f32], r: usize) {
-    if r.is_multiple_of(ROWS_PER_LINE) && r / ROWS_PER_LINE * LINE < ahead.len() {
-        simd::prefetch(ahead[r / ROWS_PER_LINE * LINE..].as_ptr());
-    }
 }
 
 #[cfg(test)]
