@@ -29,15 +29,21 @@ struct TestServer {
 }
 
 impl TestServer {
+    /// A server on `dir` whose import root is the examples' data folder.
     async fn start(dir: &Path, limits: Limits) -> Self {
+        Self::start_with(ServerConfig {
+            backend: BackendChoice::Cpu,
+            limits,
+            import_roots: vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data")],
+            ..ServerConfig::new(dir)
+        })
+        .await
+    }
+
+    async fn start_with(config: ServerConfig) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let config = ServerConfig {
-            data_dir: dir.to_owned(),
-            backend: BackendChoice::Cpu,
-            limits,
-        };
         let done = tokio::spawn(async move {
             serve(config, listener, async move {
                 let _ = stopped.await;
@@ -317,7 +323,7 @@ fn round_trip_matches_the_library() {
         assert_eq!(
             server
                 .models()
-                .list(pb::ListModelsRequest {})
+                .list(pb::ListModelsRequest::default())
                 .await
                 .unwrap()
                 .into_inner()
@@ -335,6 +341,7 @@ fn round_trip_matches_the_library() {
         server
             .datasets()
             .delete(pb::DeleteDatasetRequest {
+                cascade: true,
                 id: dataset.id.clone(),
             })
             .await
@@ -389,22 +396,29 @@ fn import_runs_as_a_job() {
             (d.n_rows, d.n_cols, d.name.as_str()),
             (800, 2, "customers.csv")
         );
-        let job = server
-            .datasets()
-            .import(pb::ImportRequest {
-                path: "/nonexistent.csv".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let (job, _) = server.finish(&job.id).await;
-        assert_eq!(job.state, pb::JobState::Failed as i32);
-        assert!(
-            job.error.contains("cannot read /nonexistent.csv"),
-            "{}",
-            job.error
-        );
+        // Outside the import root, missing or not: the same answer, at once.
+        for path in [
+            "/nonexistent.csv".to_string(),
+            "/etc/passwd".to_string(),
+            path.with_file_name("../../Cargo.toml")
+                .to_string_lossy()
+                .into_owned(),
+        ] {
+            let e = server
+                .datasets()
+                .import(pb::ImportRequest {
+                    path: path.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied, "{path}");
+            assert!(
+                e.message().contains("not found or not allowed"),
+                "{}",
+                e.message()
+            );
+        }
         server.stop().await;
     });
 }
@@ -436,7 +450,7 @@ fn cancel_a_running_fit_and_restart_on_the_same_data() {
         let long = pb::FitKMeansRequest {
             dataset_id: dataset.id.clone(),
             k: 30,
-            n_init: 1000,
+            n_init: 30,
             tol: Some(0.0),
             ..Default::default()
         };
@@ -511,7 +525,7 @@ fn cancel_a_running_fit_and_restart_on_the_same_data() {
         let again = TestServer::start(dir.path(), Limits::default()).await;
         let datasets = again
             .datasets()
-            .list(pb::ListDatasetsRequest {})
+            .list(pb::ListDatasetsRequest::default())
             .await
             .unwrap()
             .into_inner()
@@ -519,12 +533,32 @@ fn cancel_a_running_fit_and_restart_on_the_same_data() {
         assert_eq!(datasets, vec![dataset]);
         let models = again
             .models()
-            .list(pb::ListModelsRequest {})
+            .list(pb::ListModelsRequest::default())
             .await
             .unwrap()
             .into_inner()
             .models;
         assert_eq!(models.len(), 1, "only the finished model survives");
+        // The interrupted fit is known after the restart and runs again.
+        let resumed = again
+            .jobs()
+            .get_job(pb::GetJobRequest { id: job.id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            [pb::JobState::Queued as i32, pb::JobState::Running as i32].contains(&resumed.state),
+            "{resumed:?}"
+        );
+        let cancelled = again
+            .jobs()
+            .get_job(pb::GetJobRequest {
+                id: done.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(cancelled.state, pb::JobState::Cancelled as i32);
         let labels = again
             .clustering()
             .assign(pb::AssignRequest {
@@ -549,6 +583,7 @@ fn bad_requests_get_the_right_code_and_the_server_keeps_serving() {
             max_dataset_bytes: 64 * 1024,
             max_concurrent_jobs: 2,
             max_assign_rows: 100,
+            ..Limits::default()
         };
         let server = TestServer::start(dir.path(), limits).await;
         let code = |r: Result<tonic::Response<pb::Dataset>, tonic::Status>| r.unwrap_err();
@@ -648,7 +683,7 @@ fn bad_requests_get_the_right_code_and_the_server_keeps_serving() {
         // Nothing half-written is visible.
         assert!(server
             .datasets()
-            .list(pb::ListDatasetsRequest {})
+            .list(pb::ListDatasetsRequest::default())
             .await
             .unwrap()
             .into_inner()
@@ -1220,11 +1255,40 @@ fn segment_over_grpc_matches_the_library_and_refreshes_stably() {
             .unwrap_err();
         assert_eq!(e.code(), Code::NotFound);
         assert!(!dir.path().join("data/segmentations").join(&seg.id).exists());
-        s.delete_transactions(pb::DeleteTransactionsRequest {
-            id: uploaded.id.clone(),
-        })
-        .await
-        .unwrap();
+        // The refresh was made from the same log: a plain delete is refused
+        // and names it; a cascading one takes it along.
+        let e = s
+            .delete_transactions(pb::DeleteTransactionsRequest {
+                id: uploaded.id.clone(),
+                cascade: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert!(e.message().contains(&again.id), "{}", e.message());
+        let deleted = s
+            .delete_transactions(pb::DeleteTransactionsRequest {
+                id: uploaded.id.clone(),
+                cascade: true,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .deleted_ids;
+        assert_eq!(deleted, vec![uploaded.id.clone(), again.id.clone()]);
+        assert!(!dir
+            .path()
+            .join("data/segmentations")
+            .join(&again.id)
+            .exists());
+        let e = server
+            .models()
+            .get(pb::GetModelRequest {
+                id: again.id.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
         assert!(!dir
             .path()
             .join("data/transactions")
@@ -1233,6 +1297,7 @@ fn segment_over_grpc_matches_the_library_and_refreshes_stably() {
         let e = s
             .delete_transactions(pb::DeleteTransactionsRequest {
                 id: uploaded.id.clone(),
+                cascade: false,
             })
             .await
             .unwrap_err();

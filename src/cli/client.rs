@@ -5,20 +5,44 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use segmenta::data::read_table;
 use segmenta::service::proto as pb;
-use tonic::transport::Channel;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use super::output::progress_bar;
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// Server address.
+    /// Server address: HOST:PORT (the form `serve --addr` takes) or a URL.
     #[arg(
         long,
-        default_value = "http://127.0.0.1:50051",
+        default_value = "127.0.0.1:50051",
         env = "SEGMENTA_SERVER",
         global = true
     )]
     pub server: String,
+    /// API key, sent as `authorization: Bearer KEY`.
+    #[arg(long, env = "SEGMENTA_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// Connect with TLS, trusting this CA certificate (PEM).
+    #[arg(long, env = "SEGMENTA_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for servers that require one (mutual TLS).
+    #[arg(
+        long,
+        env = "SEGMENTA_CLIENT_CERT",
+        global = true,
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "SEGMENTA_CLIENT_KEY",
+        global = true,
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: ClientCommand,
 }
@@ -85,8 +109,18 @@ pub enum ClientCommand {
     Datasets,
     /// List models.
     Models,
-    /// Delete a dataset (ds-…) or a model (km-…, pca-…).
-    Delete { id: String },
+    /// Delete a dataset (ds-…), a model (km-…, pca-…), a transaction log
+    /// (tx-…) or a segmentation (seg-…). Needs the admin role.
+    Delete {
+        id: String,
+        /// Also delete what was made from it (models of a dataset,
+        /// segmentations of a log); without it, such a delete is refused.
+        #[arg(long)]
+        cascade: bool,
+    },
+    /// Remove one customer from every stored log, output and job record
+    /// (GDPR Art. 17). Needs the admin role.
+    EraseCustomer { id: String },
     /// Server version, backends and limits.
     Info,
 }
@@ -95,18 +129,89 @@ pub enum ClientCommand {
 const BLOCK_VALUES: usize = 512 * 1024;
 
 pub fn run(args: ClientArgs) -> anyhow::Result<()> {
-    tokio::runtime::Runtime::new()?.block_on(run_async(args))
+    tokio::runtime::Runtime::new()?.block_on(async {
+        run_async(args)
+            .await
+            .map_err(|e| match e.downcast::<tonic::Status>() {
+                Ok(status) => anyhow::anyhow!("{:?}: {}", status.code(), status.message()),
+                Err(e) => e,
+            })
+    })
 }
 
 fn print_json<T: std::fmt::Debug>(value: &T) {
     println!("{value:#?}");
 }
 
-async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
-    let channel = Channel::from_shared(args.server.clone())?
+/// Adds the API key to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel whose calls carry the API key (if any).
+pub type Conn = InterceptedService<Channel, Bearer>;
+
+pub fn with_token(channel: Channel, token: Option<&str>) -> anyhow::Result<Conn> {
+    let value = token
+        .map(|t| MetadataValue::try_from(format!("Bearer {t}")))
+        .transpose()
+        .map_err(|_| anyhow::anyhow!("the API key has characters a header cannot carry"))?;
+    Ok(InterceptedService::new(channel, Bearer(value)))
+}
+
+/// The whole chain of an error: tonic's "transport error" says little alone.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+async fn connect(args: &ClientArgs) -> anyhow::Result<Conn> {
+    let tls = args.ca_cert.is_some();
+    let url = if args.server.contains("://") {
+        args.server.clone()
+    } else {
+        format!("{}://{}", if tls { "https" } else { "http" }, args.server)
+    };
+    let mut endpoint = segmenta::service::endpoint(&url)
+        .map_err(|e| anyhow::anyhow!("bad server address {:?}: {}", args.server, chain(&e)))?;
+    if let Some(ca) = &args.ca_cert {
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+        };
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+        if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| anyhow::anyhow!("TLS: {}", chain(&e)))?;
+    }
+    let channel = endpoint
         .connect()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", args.server))?;
+        .map_err(|e| anyhow::anyhow!("cannot connect to {url}: {}", chain(&e)))?;
+    with_token(channel, args.token.as_deref())
+}
+
+async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
+    let channel = connect(&args).await?;
     let max = 64 << 20;
     match args.command {
         ClientCommand::Upload {
@@ -214,12 +319,24 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
             }
         }
         ClientCommand::Datasets => {
-            for d in pb::datasets_client::DatasetsClient::new(channel)
-                .list(pb::ListDatasetsRequest {})
-                .await?
-                .into_inner()
-                .datasets
-            {
+            let mut client = pb::datasets_client::DatasetsClient::new(channel);
+            let mut all = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list(pb::ListDatasetsRequest {
+                        page_size: 0,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                all.extend(page.datasets);
+                page_token = page.next_page_token;
+                if page_token.is_empty() {
+                    break;
+                }
+            }
+            for d in all {
                 println!(
                     "{}  {:>10} rows × {:<3} {}  [{}]",
                     d.id,
@@ -231,12 +348,24 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
             }
         }
         ClientCommand::Models => {
-            for m in pb::models_client::ModelsClient::new(channel)
-                .list(pb::ListModelsRequest {})
-                .await?
-                .into_inner()
-                .models
-            {
+            let mut client = pb::models_client::ModelsClient::new(channel);
+            let mut all = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list(pb::ListModelsRequest {
+                        page_size: 0,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                all.extend(page.models);
+                page_token = page.next_page_token;
+                if page_token.is_empty() {
+                    break;
+                }
+            }
+            for m in all {
                 match m.model {
                     Some(pb::model::Model::Kmeans(k)) => println!(
                         "{}  k-means k = {}, inertia {:.6e}, dataset {}",
@@ -250,17 +379,46 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        ClientCommand::Delete { id } => {
-            if id.starts_with("ds-") {
+        ClientCommand::Delete { id, cascade } => {
+            let response = if id.starts_with("ds-") {
                 pb::datasets_client::DatasetsClient::new(channel)
-                    .delete(pb::DeleteDatasetRequest { id: id.clone() })
-                    .await?;
+                    .delete(pb::DeleteDatasetRequest {
+                        id: id.clone(),
+                        cascade,
+                    })
+                    .await?
+            } else if id.starts_with("tx-") {
+                pb::segmentations_client::SegmentationsClient::new(channel)
+                    .delete_transactions(pb::DeleteTransactionsRequest {
+                        id: id.clone(),
+                        cascade,
+                    })
+                    .await?
+            } else if id.starts_with("seg-") {
+                pb::segmentations_client::SegmentationsClient::new(channel)
+                    .delete_segmentation(pb::DeleteSegmentationRequest { id: id.clone() })
+                    .await?
             } else {
                 pb::models_client::ModelsClient::new(channel)
                     .delete(pb::DeleteModelRequest { id: id.clone() })
-                    .await?;
+                    .await?
+            };
+            for deleted in response.into_inner().deleted_ids {
+                println!("deleted {deleted}");
             }
-            println!("deleted {id}");
+        }
+        ClientCommand::EraseCustomer { id } => {
+            let changed = pb::privacy_client::PrivacyClient::new(channel)
+                .erase_customer(pb::EraseCustomerRequest { customer_id: id })
+                .await?
+                .into_inner()
+                .changed;
+            if changed.is_empty() {
+                println!("no stored object named that customer");
+            }
+            for c in changed {
+                println!("{} {}: {} rows removed", c.kind, c.id, c.rows_removed);
+            }
         }
         ClientCommand::Info => print_json(
             &pb::server_client::ServerClient::new(channel)
@@ -275,7 +433,7 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
 /// Streams `values` (row-major) as whole-row blocks after a header; blocks
 /// are built as the transport asks for them, not all up front.
 pub async fn upload(
-    channel: Channel,
+    channel: Conn,
     name: &str,
     columns: Vec<String>,
     values: std::sync::Arc<[f32]>,
@@ -309,7 +467,7 @@ pub async fn upload(
 }
 
 /// Follows a job with a progress bar; prints its result or fails with its error.
-async fn watch(channel: Channel, id: &str) -> anyhow::Result<()> {
+async fn watch(channel: Conn, id: &str) -> anyhow::Result<()> {
     let mut events = pb::jobs_client::JobsClient::new(channel)
         .watch_job(pb::WatchJobRequest { id: id.to_owned() })
         .await?

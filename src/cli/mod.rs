@@ -2,6 +2,7 @@
 
 mod bench;
 mod client;
+mod keys;
 mod kmeans;
 mod output;
 mod pca;
@@ -44,6 +45,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Talk to a running server.
     Client(client::ClientArgs),
+    /// Create API keys for `serve --auth-keys`.
+    Keys(keys::KeysArgs),
 }
 
 /// Options shared by the commands that read a table.
@@ -88,5 +91,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Client(args) => client::run(args),
+        Command::Keys(args) => keys::run(args),
     }
 }

@@ -34,6 +34,13 @@ pub enum DataError {
         column: String,
         value: f32,
     },
+    /// A read stopped at a size limit before holding the whole file.
+    #[error("{what} exceeds the limit {limit} ({max})")]
+    TooLarge {
+        limit: &'static str,
+        what: String,
+        max: u64,
+    },
     #[error("shape mismatch: {n_values} values do not fill rows of width {width}")]
     Shape { n_values: usize, width: usize },
 }

@@ -8,5 +8,5 @@ mod scaler;
 
 pub use error::DataError;
 pub use matrix::{check_finite, Dataset};
-pub use reader::{read_table, resolve_columns, TableFormat};
+pub use reader::{read_table, read_table_limited, resolve_columns, ReadLimits, TableFormat};
 pub use scaler::{ColumnStats, Scaler};

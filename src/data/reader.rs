@@ -42,16 +42,64 @@ impl TableFormat {
     }
 }
 
+/// Bounds on what a read may hold, checked while reading (a server must
+/// not parse a whole file only to find it too large).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    /// Values (rows × chosen columns) held.
+    pub max_values: usize,
+    /// Columns chosen.
+    pub max_columns: usize,
+}
+
+impl ReadLimits {
+    pub const NONE: Self = Self {
+        max_values: usize::MAX,
+        max_columns: usize::MAX,
+    };
+
+    fn check_columns(&self, n: usize) -> Result<(), DataError> {
+        if n > self.max_columns {
+            return Err(DataError::TooLarge {
+                limit: "max_features",
+                what: format!("{n} columns"),
+                max: self.max_columns as u64,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_values(&self, n: usize) -> Result<(), DataError> {
+        if n > self.max_values {
+            return Err(DataError::TooLarge {
+                limit: "max_dataset_bytes",
+                what: format!("more than {} bytes of values", 4 * self.max_values as u64),
+                max: 4 * self.max_values as u64,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Reads the chosen columns (all columns when `columns` is empty) as f32.
 pub fn read_table(path: &Path, columns: &[String]) -> Result<Dataset, DataError> {
+    read_table_limited(path, columns, ReadLimits::NONE)
+}
+
+/// [`read_table`], stopping as soon as the data would pass `limits`.
+pub fn read_table_limited(
+    path: &Path,
+    columns: &[String],
+    limits: ReadLimits,
+) -> Result<Dataset, DataError> {
     let format = TableFormat::from_path(path)?;
     let file = File::open(path).map_err(|source| DataError::Io {
         path: path.to_owned(),
         source,
     })?;
     let (names, flat) = match format {
-        TableFormat::Csv => read_csv(file, path, columns)?,
-        TableFormat::Parquet => read_parquet(file, path, columns)?,
+        TableFormat::Csv => read_csv(file, path, columns, limits)?,
+        TableFormat::Parquet => read_parquet(file, path, columns, limits)?,
     };
     Dataset::from_rows(names, flat)
 }
@@ -80,6 +128,7 @@ fn read_csv(
     file: File,
     path: &Path,
     wanted: &[String],
+    limits: ReadLimits,
 ) -> Result<(Vec<String>, Vec<f32>), DataError> {
     let malformed = |e: csv::Error| DataError::Malformed {
         path: path.to_owned(),
@@ -98,11 +147,13 @@ fn read_csv(
         return Err(DataError::NoColumns);
     }
     let picks = resolve_columns(&header, wanted)?;
+    limits.check_columns(picks.len())?;
     let mut flat = Vec::new();
     let mut record = csv::StringRecord::new();
     let mut row = 0;
     while reader.read_record(&mut record).map_err(malformed)? {
         row += 1;
+        limits.check_values(flat.len() + picks.len())?;
         for &c in &picks {
             let text = record.get(c).unwrap_or("");
             let value = text.parse::<f32>().map_err(|_| DataError::NotNumeric {
@@ -121,6 +172,7 @@ fn read_parquet(
     file: File,
     path: &Path,
     wanted: &[String],
+    limits: ReadLimits,
 ) -> Result<(Vec<String>, Vec<f32>), DataError> {
     let malformed = |message: String| DataError::Malformed {
         path: PathBuf::from(path),
@@ -131,6 +183,7 @@ fn read_parquet(
     let schema = builder.schema().clone();
     let header: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let picks = resolve_columns(&header, wanted)?;
+    limits.check_columns(picks.len())?;
     for &c in &picks {
         let dtype = schema.field(c).data_type();
         if !dtype.is_numeric() {
@@ -149,6 +202,7 @@ fn read_parquet(
     for batch in reader {
         let batch = batch.map_err(|e| malformed(e.to_string()))?;
         let start = flat.len();
+        limits.check_values(start + batch.num_rows() * width)?;
         flat.resize(start + batch.num_rows() * width, 0.0);
         for (slot, &c) in picks.iter().enumerate() {
             let column = arrow_cast::cast(batch.column(c), &DataType::Float32)

@@ -68,7 +68,14 @@ impl KMeansParams {
         let mut best: Option<Run> = None;
         for run in 0..self.n_init {
             let seed = self.seed.wrapping_add(run as u64);
-            let start = initial_centroids(&init, working.view(), w, self.k, seed)?;
+            let start = initial_centroids(
+                &init,
+                working.view(),
+                w,
+                self.k,
+                seed,
+                &control.cancel_token(),
+            )?;
             let spec = RunSpec {
                 run,
                 n_init: self.n_init,
@@ -110,6 +117,7 @@ impl KMeansParams {
             None,
             self.k,
             self.seed,
+            &crate::backend::Cancel::default(),
         )?)
     }
 

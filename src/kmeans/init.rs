@@ -9,23 +9,25 @@ use rayon::prelude::*;
 
 use super::params::Init;
 use crate::backend::cpu::{squared_distance, CpuBackend};
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, Cancel};
 
 const BLOCK: usize = 8192;
 
 /// Chooses `k` initial centroids for the rows of `x` (standard layout).
+/// `cancel` is checked once per centre (k-means++) or round (k-means||).
 pub(super) fn initial_centroids(
     init: &Init,
     x: ArrayView2<f32>,
     weights: Option<&[f32]>,
     k: usize,
     seed: u64,
+    cancel: &Cancel,
 ) -> Result<Array2<f32>, BackendError> {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     Ok(match init {
         Init::Random => random(x, k, &mut rng),
-        Init::KMeansPlusPlus => kmeans_plus_plus(x, weights, k, &mut rng),
-        Init::KMeansParallel => kmeans_parallel(x, weights, k, &mut rng)?,
+        Init::KMeansPlusPlus => kmeans_plus_plus(x, weights, k, &mut rng, cancel)?,
+        Init::KMeansParallel => kmeans_parallel(x, weights, k, &mut rng, cancel)?,
         Init::Given(c) => c.clone(),
     })
 }
@@ -65,7 +67,8 @@ pub(super) fn kmeans_plus_plus(
     weights: Option<&[f32]>,
     k: usize,
     rng: &mut Xoshiro256PlusPlus,
-) -> Array2<f32> {
+    cancel: &Cancel,
+) -> Result<Array2<f32>, BackendError> {
     let (n, d) = x.dim();
     let trials = 2 + (k as f64).ln() as usize;
     let mut centres = Array2::<f32>::zeros((k, d));
@@ -87,6 +90,7 @@ pub(super) fn kmeans_plus_plus(
     let mut potential = block_sum(n, |i| weight(weights, i) * closest[i] as f64);
     let mut minima = vec![0.0f32; n * trials];
     for c in 1..k {
+        cancel.check()?;
         prefix_sums(&closest, weights, &mut cumulative);
         let candidates: Vec<usize> = (0..trials)
             .map(|_| sample_prefix(&cumulative, &closest, potential, rng))
@@ -105,7 +109,7 @@ pub(super) fn kmeans_plus_plus(
             .enumerate()
             .for_each(|(i, m)| *m = minima[i * trials + best]);
     }
-    centres
+    Ok(centres)
 }
 
 /// `cumulative[i] = Σ_{j ≤ i} w_j·closest_j`, in fixed blocks (deterministic).
@@ -203,6 +207,7 @@ fn kmeans_parallel(
     weights: Option<&[f32]>,
     k: usize,
     rng: &mut Xoshiro256PlusPlus,
+    cancel: &Cancel,
 ) -> Result<Array2<f32>, BackendError> {
     const ROUNDS: usize = 5;
     let n = x.nrows();
@@ -213,6 +218,7 @@ fn kmeans_parallel(
         .map(|i| squared_distance(row(&x, i), row(&x, chosen[0])))
         .collect();
     for round in 0..ROUNDS {
+        cancel.check()?;
         let psi = block_sum(n, |i| weight(weights, i) * closest[i] as f64);
         if psi <= 0.0 {
             break;
@@ -238,23 +244,18 @@ fn kmeans_parallel(
     chosen.dedup();
     if chosen.len() <= k {
         // Too few candidates (tiny or degenerate data): top up with k-means++.
-        return Ok(kmeans_plus_plus(x, weights, k, rng));
+        return kmeans_plus_plus(x, weights, k, rng, cancel);
     }
     let candidates = x.select(ndarray::Axis(0), &chosen);
     // Weight each candidate by the rows nearest to it, with the fast kernel.
-    let cpu = CpuBackend::new();
+    let cpu = CpuBackend::new().with_cancel(cancel.clone());
     let mut resident = cpu.upload(x, None)?;
     resident.assign(candidates.view())?;
     let mut cand_weight = vec![0.0f32; chosen.len()];
     for (i, &label) in resident.assignment()?.labels.iter().enumerate() {
         cand_weight[label as usize] += weight(weights, i) as f32;
     }
-    Ok(kmeans_plus_plus(
-        candidates.view(),
-        Some(&cand_weight),
-        k,
-        rng,
-    ))
+    kmeans_plus_plus(candidates.view(), Some(&cand_weight), k, rng, cancel)
 }
 
 /// A uniform number in [0, 1) from (salt, round, i): splitmix64, so sampling

@@ -1,6 +1,7 @@
 //! Cluster-quality metrics, as scikit-learn defines them (Euclidean distances,
 //! in the space the model clusters in).
 
+use crate::backend::{BackendError, Cancel};
 use ndarray::{Array2, ArrayView2};
 use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -41,6 +42,21 @@ pub fn evaluate(
     sample_size: usize,
     seed: u64,
 ) -> Evaluation {
+    evaluate_with(x, labels, k, sample_size, seed, &Cancel::default())
+        .expect("only cancellation can stop an evaluation")
+}
+
+/// [`evaluate`], stopping with [`BackendError::Cancelled`] soon after
+/// `cancel` is set (its `O(s²d)` silhouette and `O(k²d)` Davies–Bouldin
+/// loops check it per row and per cluster).
+pub fn evaluate_with(
+    x: ArrayView2<f32>,
+    labels: &[u32],
+    k: usize,
+    sample_size: usize,
+    seed: u64,
+    cancel: &Cancel,
+) -> Result<Evaluation, BackendError> {
     let (n, d) = x.dim();
     let mut means = Array2::<f64>::zeros((k, d));
     let mut counts = vec![0usize; k];
@@ -99,6 +115,9 @@ pub fn evaluate(
     let davies_bouldin = if live.len() > 1 {
         live.iter()
             .map(|&a| {
+                if cancel.is_set() {
+                    return 0.0;
+                }
                 live.iter()
                     .filter(|&&b| b != a)
                     .map(|&b| {
@@ -123,14 +142,16 @@ pub fn evaluate(
         0.0
     };
 
-    let (silhouette, silhouette_sample_size) = silhouette(x, labels, k, sample_size, seed);
-    Evaluation {
+    cancel.check()?;
+    let (silhouette, silhouette_sample_size) = silhouette(x, labels, k, sample_size, seed, cancel);
+    cancel.check()?;
+    Ok(Evaluation {
         inertia,
         silhouette,
         silhouette_sample_size,
         davies_bouldin,
         calinski_harabasz,
-    }
+    })
 }
 
 /// Mean silhouette on a sample; rows alone in their (sampled) cluster score 0.
@@ -140,6 +161,7 @@ fn silhouette(
     k: usize,
     sample_size: usize,
     seed: u64,
+    cancel: &Cancel,
 ) -> (f64, usize) {
     let n = x.nrows();
     let picks: Vec<usize> = if n <= sample_size {
@@ -161,6 +183,9 @@ fn silhouette(
     let total: f64 = picks
         .par_iter()
         .map(|&i| {
+            if cancel.is_set() {
+                return 0.0;
+            }
             let xi = x.row(i);
             let mut sums = vec![0.0f64; k];
             for &j in &picks {

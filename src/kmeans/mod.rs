@@ -19,6 +19,6 @@ mod metrics;
 mod model;
 mod params;
 
-pub use metrics::{adjusted_rand_index, evaluate, Evaluation};
+pub use metrics::{adjusted_rand_index, evaluate, evaluate_with, Evaluation};
 pub use model::{KMeansModel, Prediction};
 pub use params::{FitControl, Init, KMeansParams, Progress};

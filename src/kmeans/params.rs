@@ -103,6 +103,15 @@ impl KMeansParams {
         self
     }
 
+    /// Lloyd runs from different initial centroids.
+    pub fn n_init_value(&self) -> usize {
+        self.n_init
+    }
+
+    pub fn max_iter_value(&self) -> usize {
+        self.max_iter
+    }
+
     pub fn seed_value(&self) -> u64 {
         self.seed
     }
@@ -161,6 +170,14 @@ impl FitControl {
     pub fn cancel_flag(mut self, flag: Arc<AtomicBool>) -> Self {
         self.cancel = Some(flag);
         self
+    }
+
+    /// The flag as the kernels take it.
+    pub fn cancel_token(&self) -> crate::backend::Cancel {
+        self.cancel
+            .clone()
+            .map(crate::backend::Cancel::new)
+            .unwrap_or_default()
     }
 
     pub(crate) fn cancelled(&self) -> bool {

@@ -1,5 +1,6 @@
 //! Domain ↔ proto conversions, in one place.
 
+use super::engine::Engine;
 use super::jobs::{JobKind, JobOutput, JobProgress, JobSnapshot, JobState};
 use super::proto as pb;
 use super::storage::{DatasetMeta, ModelBody, ModelRecord, SegmentationMeta, TransactionsMeta};
@@ -98,39 +99,48 @@ impl From<&JobProgress> for pb::JobProgress {
     }
 }
 
-impl From<&JobSnapshot> for pb::Job {
-    fn from(s: &JobSnapshot) -> Self {
-        let kind = match s.kind {
-            JobKind::Import => pb::JobKind::Import,
-            JobKind::FitKMeans => pb::JobKind::FitKmeans,
-            JobKind::FitPca => pb::JobKind::FitPca,
-            JobKind::Segment => pb::JobKind::Segment,
-        };
-        let state = match s.state {
-            JobState::Queued => pb::JobState::Queued,
-            JobState::Running => pb::JobState::Running,
-            JobState::Succeeded => pb::JobState::Succeeded,
-            JobState::Failed => pb::JobState::Failed,
-            JobState::Cancelled => pb::JobState::Cancelled,
-        };
-        let result = s.output.as_ref().map(|o| match o {
-            JobOutput::Dataset(d) => pb::job::Result::Dataset(d.into()),
-            JobOutput::Model(m) => match pb::Model::from(m.as_ref()).model.expect("always set") {
+/// The job as clients see it; a finished job's result is read from the
+/// store (a record holds only its id), and is absent once deleted.
+pub fn job(s: &JobSnapshot, engine: &Engine) -> pb::Job {
+    let kind = match s.kind {
+        JobKind::Import => pb::JobKind::Import,
+        JobKind::FitKMeans => pb::JobKind::FitKmeans,
+        JobKind::FitPca => pb::JobKind::FitPca,
+        JobKind::Segment => pb::JobKind::Segment,
+    };
+    let state = match s.state {
+        JobState::Queued => pb::JobState::Queued,
+        JobState::Running => pb::JobState::Running,
+        JobState::Succeeded => pb::JobState::Succeeded,
+        JobState::Failed => pb::JobState::Failed,
+        JobState::Cancelled => pb::JobState::Cancelled,
+    };
+    let result = s.output.as_ref().and_then(|o| match o {
+        JobOutput::Dataset(id) => engine
+            .dataset(id)
+            .ok()
+            .map(|d| pb::job::Result::Dataset((&d).into())),
+        JobOutput::Model(id) => engine.model(id).ok().and_then(|m| {
+            pb::Model::from(m.as_ref()).model.map(|m| match m {
                 pb::model::Model::Kmeans(k) => pb::job::Result::Kmeans(k),
                 pb::model::Model::Pca(p) => pb::job::Result::Pca(p),
-            },
-            JobOutput::Segmentation(s) => pb::job::Result::Segmentation(segmentation(&s.0, &s.1)),
-        });
-        Self {
-            id: s.id.clone(),
-            kind: kind as i32,
-            state: state as i32,
-            progress: Some((&s.progress).into()),
-            result,
-            error: s.error.clone().unwrap_or_default(),
-            created_at: Some(timestamp(s.created_at_ms)),
-            finished_at: s.finished_at_ms.map(timestamp),
-        }
+            })
+        }),
+        JobOutput::Segmentation(id) => engine
+            .store
+            .segmentation(id)
+            .ok()
+            .map(|(meta, doc)| pb::job::Result::Segmentation(segmentation(&meta, &doc))),
+    });
+    pb::Job {
+        id: s.id.clone(),
+        kind: kind as i32,
+        state: state as i32,
+        progress: Some((&s.progress).into()),
+        result,
+        error: s.error.clone().unwrap_or_default(),
+        created_at: Some(timestamp(s.created_at_ms)),
+        finished_at: s.finished_at_ms.map(timestamp),
     }
 }
 

@@ -3,7 +3,7 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::backend::BackendError;
+use crate::backend::{BackendError, GpuError};
 use crate::data::DataError;
 use crate::segmentation::SegmentationError;
 use crate::Error;
@@ -12,8 +12,17 @@ use crate::Error;
 pub enum ServiceError {
     #[error("{field}: {message}")]
     InvalidArgument { field: String, message: String },
+    /// `id` is already clipped to a short prefix (see [`ServiceError::not_found`]).
     #[error("{what} {id:?} not found")]
     NotFound { what: &'static str, id: String },
+    #[error("{what} {id:?} not found; available: {available}")]
+    NotFoundIn {
+        what: &'static str,
+        id: String,
+        available: String,
+    },
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("limit {limit} exceeded: {message}")]
@@ -23,6 +32,8 @@ pub enum ServiceError {
     },
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error("cancelled")]
     Cancelled,
     #[error("internal error: {0}")]
@@ -37,8 +48,24 @@ impl ServiceError {
         }
     }
 
+    /// Client input echoed in a message is clipped to a short prefix.
+    pub fn not_found(what: &'static str, id: &str) -> Self {
+        Self::NotFound {
+            what,
+            id: crate::service::auth::clip(id),
+        }
+    }
+
+    /// A storage failure. A full disk or quota is RESOURCE_EXHAUSTED (the
+    /// client may retry once space is freed); anything else is INTERNAL.
     pub fn io(e: std::io::Error) -> Self {
-        Self::Internal(format!("storage: {e}"))
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => Self::ResourceExhausted {
+                limit: "disk space",
+                message: format!("the data directory's disk is full ({e}); nothing was stored"),
+            },
+            _ => Self::Internal(format!("storage: {e}")),
+        }
     }
 }
 
@@ -54,7 +81,17 @@ impl From<Error> for ServiceError {
                     DataError::Io { .. }
                     | DataError::UnknownFormat { .. }
                     | DataError::Malformed { .. } => "path",
-                    _ => "rows",
+                    DataError::TooLarge { limit, .. } => {
+                        return Self::ResourceExhausted {
+                            limit,
+                            message: d.to_string(),
+                        }
+                    }
+                    DataError::NotNumeric { .. }
+                    | DataError::NoRows
+                    | DataError::NoColumns
+                    | DataError::NotFinite { .. }
+                    | DataError::Shape { .. } => "rows",
                 };
                 Self::invalid(field, d.to_string())
             }
@@ -73,15 +110,41 @@ impl From<Error> for ServiceError {
                 };
                 Self::invalid(field, s.to_string())
             }
-            Error::Backend(BackendError::Gpu(g)) => Self::Unavailable(g.to_string()),
+            Error::Backend(BackendError::Gpu(g)) => match g {
+                GpuError::OutOfMemory(_) | GpuError::NotSupported(_) => Self::ResourceExhausted {
+                    limit: "GPU memory",
+                    message: g.to_string(),
+                },
+                GpuError::NoAdapter
+                | GpuError::NoHardwareAdapter
+                | GpuError::RequestDevice(_)
+                | GpuError::DeviceLost(_) => Self::Unavailable(g.to_string()),
+                GpuError::Other(_) => Self::Internal(g.to_string()),
+            },
             Error::Backend(BackendError::Cancelled) | Error::Cancelled => Self::Cancelled,
         }
     }
 }
 
+/// Longest status message sent: error texts can quote client input (column
+/// names, paths), and a status must never echo megabytes back.
+const MAX_MESSAGE_BYTES: usize = 1024;
+
+fn bounded(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut end = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("… (truncated)");
+    }
+    message
+}
+
 impl From<ServiceError> for Status {
     fn from(e: ServiceError) -> Self {
-        let message = e.to_string();
+        let message = bounded(e.to_string());
         match e {
             ServiceError::InvalidArgument {
                 field,
@@ -89,12 +152,16 @@ impl From<ServiceError> for Status {
             } => Status::with_error_details(
                 Code::InvalidArgument,
                 message,
-                ErrorDetails::with_bad_request_violation(field, why),
+                ErrorDetails::with_bad_request_violation(field, bounded(why)),
             ),
-            ServiceError::NotFound { .. } => Status::not_found(message),
+            ServiceError::NotFound { .. } | ServiceError::NotFoundIn { .. } => {
+                Status::not_found(message)
+            }
+            ServiceError::PermissionDenied(_) => Status::permission_denied(message),
             ServiceError::FailedPrecondition(_) => Status::failed_precondition(message),
             ServiceError::ResourceExhausted { .. } => Status::resource_exhausted(message),
             ServiceError::Unavailable(_) => Status::unavailable(message),
+            ServiceError::DeadlineExceeded(_) => Status::deadline_exceeded(message),
             ServiceError::Cancelled => Status::cancelled(message),
             ServiceError::Internal(_) => Status::internal(message),
         }

@@ -1,24 +1,34 @@
-//! Long-running work: imports and fits run as jobs on a bounded pool.
+//! Long-running work: imports, fits and segment jobs run as jobs on a
+//! bounded pool, and their records outlive the process.
 //!
 //! A job is queued until one of `max_concurrent_jobs` permits is free; jobs
 //! on the GPU also queue (first come, first served) for the one GPU slot, so
-//! a long fit cannot starve the next. The compute runs in `spawn_blocking`,
-//! off the async runtime, so `Assign` calls keep being served. Watchers
-//! subscribe to a `watch` channel; the job goes on whether or not anyone
-//! watches. Cancellation sets a flag the fit checks every iteration.
+//! a long fit cannot starve the next. The compute runs on its own rayon pool
+//! whose threads run at a lower priority (nice 10), so calls that answer a
+//! client (`Assign`, `Transform`) keep their latency while fits saturate the
+//! cores. Watchers subscribe to a `watch` channel; the job goes on whether
+//! or not anyone watches. Cancellation sets a flag every compute loop checks.
+//!
+//! Each job's record (kind, request, state, result id or error, times) is a
+//! JSON file in `DATA_DIR/jobs/`, rewritten atomically at every change of
+//! state. After a restart, finished jobs are served from their records and
+//! unfinished ones run again from their stored request, under the same id.
+//! A record holds ids, never per-row data; finished jobs are pruned after
+//! the retention time or past the maximum count.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Semaphore};
 
-use super::error::ServiceError;
-use super::storage::{now_ms, DatasetMeta, ModelRecord, SegmentationMeta};
-use crate::segmentation::SegmentsDocument;
+use super::error::{ServiceError, ServiceResult};
+use super::storage::{now_ms, write_json_atomically};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum JobKind {
     Import,
     FitKMeans,
@@ -26,7 +36,18 @@ pub enum JobKind {
     Segment,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Import => "import",
+            Self::FitKMeans => "fit_kmeans",
+            Self::FitPca => "fit_pca",
+            Self::Segment => "segment",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum JobState {
     Queued,
     Running,
@@ -39,9 +60,19 @@ impl JobState {
     pub fn is_finished(self) -> bool {
         matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
     }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobProgress {
     pub phase: String,
     pub run: u32,
@@ -51,15 +82,24 @@ pub struct JobProgress {
     pub elapsed_seconds: f64,
 }
 
-#[derive(Debug, Clone)]
+/// What a finished job made: the id of an object in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobOutput {
-    Dataset(DatasetMeta),
-    Model(Box<ModelRecord>),
-    Segmentation(Box<(SegmentationMeta, SegmentsDocument)>),
+    Dataset(String),
+    Model(String),
+    Segmentation(String),
 }
 
-/// What a watcher sees.
-#[derive(Debug, Clone)]
+impl JobOutput {
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Dataset(id) | Self::Model(id) | Self::Segmentation(id) => id,
+        }
+    }
+}
+
+/// What a watcher sees, and what is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobSnapshot {
     pub id: String,
     pub kind: JobKind,
@@ -71,9 +111,18 @@ pub struct JobSnapshot {
     pub finished_at_ms: Option<i64>,
 }
 
+/// A job's stored record: its snapshot and the request that started it
+/// (the protobuf bytes, hex-encoded), to run it again after a restart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub snapshot: JobSnapshot,
+    pub request: String,
+}
+
 pub struct JobHandle {
     cancel: Arc<AtomicBool>,
     state: watch::Sender<JobSnapshot>,
+    request: String,
 }
 
 impl JobHandle {
@@ -110,49 +159,272 @@ impl JobContext {
             ..Default::default()
         });
     }
+
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+}
+
+/// How many jobs may wait and how long finished ones are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct JobLimits {
+    pub max_concurrent: usize,
+    pub max_queued: usize,
+    pub retention: Duration,
+    pub max_retained: usize,
 }
 
 pub struct Jobs {
+    dir: PathBuf,
+    limits: JobLimits,
     jobs: Mutex<HashMap<String, Arc<JobHandle>>>,
     permits: Arc<Semaphore>,
     gpu: Arc<Semaphore>,
+    queued: Arc<AtomicUsize>,
+    pool: Arc<rayon::ThreadPool>,
+    /// Set at shutdown: nothing new starts, records stay as they are so the
+    /// next start runs unfinished jobs again, and watchers are let go.
+    closing: watch::Sender<bool>,
+}
+
+/// The compute pool for jobs: as many threads as cores, at nice 10.
+fn job_pool() -> std::io::Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("segmenta-job-{i}"))
+        .start_handler(|_| lower_priority())
+        .build()
+        .map_err(std::io::Error::other)
+}
+
+/// Lowers the calling thread's scheduling priority (Linux: nice is per thread).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority has no memory-safety preconditions; `gettid` is
+    // the calling thread, and a failure only leaves the priority unchanged.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
 }
 
 impl Jobs {
-    pub fn new(max_concurrent: usize) -> Self {
-        Self {
+    /// Opens the job records in `dir`. Returns the jobs and the records of
+    /// those that had not finished, for the engine to run again.
+    pub fn open(dir: &Path, limits: JobLimits) -> std::io::Result<(Self, Vec<JobRecord>)> {
+        std::fs::create_dir_all(dir)?;
+        let jobs = Self {
+            dir: dir.to_owned(),
+            limits,
             jobs: Mutex::new(HashMap::new()),
-            permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            permits: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
             gpu: Arc::new(Semaphore::new(1)),
+            queued: Arc::new(AtomicUsize::new(0)),
+            pool: Arc::new(job_pool()?),
+            closing: watch::channel(false).0,
+        };
+        let mut unfinished = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            let Some(name) = name else { continue };
+            if name.starts_with(super::storage::TMP) {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            if !name.ends_with(".json") {
+                continue;
+            }
+            let record: JobRecord = match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(file = %name, "skipping an unreadable job record: {e}");
+                    continue;
+                }
+            };
+            // Unfinished jobs are visible (queued) at once, before the
+            // engine runs them again; their handle is reused then.
+            let mut shown = record.snapshot.clone();
+            if !shown.state.is_finished() {
+                shown.state = JobState::Queued;
+                shown.progress = JobProgress {
+                    phase: "queued again after a restart".into(),
+                    ..Default::default()
+                };
+            }
+            let (tx, _) = watch::channel(shown);
+            jobs.lock().insert(
+                record.snapshot.id.clone(),
+                Arc::new(JobHandle {
+                    cancel: Arc::new(AtomicBool::new(false)),
+                    state: tx,
+                    request: record.request.clone(),
+                }),
+            );
+            if !record.snapshot.state.is_finished() {
+                unfinished.push(record);
+            }
         }
+        unfinished.sort_by(|a, b| a.snapshot.id.cmp(&b.snapshot.id));
+        jobs.prune();
+        Ok((jobs, unfinished))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<JobHandle>>> {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn get(&self, id: &str) -> Result<Arc<JobHandle>, ServiceError> {
+    pub fn get(&self, id: &str) -> ServiceResult<Arc<JobHandle>> {
         self.lock()
             .get(id)
             .cloned()
-            .ok_or_else(|| ServiceError::NotFound {
-                what: "job",
-                id: id.to_owned(),
-            })
+            .ok_or_else(|| ServiceError::not_found("job", id))
     }
 
-    pub fn list(&self) -> Vec<JobSnapshot> {
-        let mut all: Vec<JobSnapshot> = self.lock().values().map(|j| j.snapshot()).collect();
+    /// Jobs in id order (which is creation order), from after `after`.
+    pub fn list(&self, after: Option<&str>) -> Vec<JobSnapshot> {
+        let mut all: Vec<JobSnapshot> = self
+            .lock()
+            .values()
+            .map(|j| j.snapshot())
+            .filter(|s| after.is_none_or(|a| s.id.as_str() > a))
+            .collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));
         all
     }
 
-    /// Starts `work` as a job and returns its first snapshot at once.
-    pub fn submit<F>(&self, kind: JobKind, uses_gpu: bool, work: F) -> JobSnapshot
+    /// (kind, state) of every job known, for metrics.
+    pub fn counts(&self) -> Vec<(JobKind, JobState)> {
+        self.lock()
+            .values()
+            .map(|j| {
+                let s = j.snapshot();
+                (s.kind, s.state)
+            })
+            .collect()
+    }
+
+    /// Becomes `true` when the server starts shutting down.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    fn is_closing(&self) -> bool {
+        *self.closing.borrow()
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Whether a new job would be refused.
+    pub fn is_full(&self) -> bool {
+        self.queued() >= self.limits.max_queued
+    }
+
+    /// The compute pool jobs run on; `Evaluate` runs there too.
+    pub fn pool(&self) -> Arc<rayon::ThreadPool> {
+        self.pool.clone()
+    }
+
+    /// A permit to compute, in the jobs' queue (for `Evaluate`).
+    pub async fn admit(&self) -> ServiceResult<tokio::sync::OwnedSemaphorePermit> {
+        if self.is_full() {
+            return Err(self.full());
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        let permit = self.permits.clone().acquire_owned().await;
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        permit.map_err(|_| ServiceError::Unavailable("the server is shutting down".into()))
+    }
+
+    fn full(&self) -> ServiceError {
+        ServiceError::ResourceExhausted {
+            limit: "max_queued_jobs",
+            message: format!(
+                "{} jobs are already waiting; retry later",
+                self.limits.max_queued
+            ),
+        }
+    }
+
+    fn persist(&self, snapshot: &JobSnapshot, request: &str) {
+        let record = JobRecord {
+            snapshot: snapshot.clone(),
+            request: request.to_owned(),
+        };
+        let path = self.dir.join(format!("{}.json", snapshot.id));
+        if let Err(e) = write_json_atomically(&path, &record) {
+            tracing::error!(job = %snapshot.id, "cannot store the job record: {e}");
+        }
+    }
+
+    /// Starts `work` as a new job; its record is stored before this returns.
+    pub fn submit<F>(
+        self: &Arc<Self>,
+        kind: JobKind,
+        uses_gpu: bool,
+        request: &[u8],
+        work: F,
+    ) -> ServiceResult<JobSnapshot>
     where
-        F: FnOnce(&JobContext) -> Result<JobOutput, ServiceError> + Send + 'static,
+        F: FnOnce(&JobContext) -> ServiceResult<JobOutput> + Send + 'static,
     {
+        if self.is_closing() {
+            return Err(ServiceError::Unavailable(
+                "the server is shutting down".into(),
+            ));
+        }
+        if self.is_full() {
+            return Err(self.full());
+        }
         let id = super::storage::new_id("job");
+        Ok(self.start(id, now_ms(), kind, uses_gpu, hex::encode(request), work))
+    }
+
+    /// Runs a job from before a restart again, under its id.
+    pub fn resume<F>(self: &Arc<Self>, record: &JobRecord, uses_gpu: bool, work: F) -> JobSnapshot
+    where
+        F: FnOnce(&JobContext) -> ServiceResult<JobOutput> + Send + 'static,
+    {
+        let s = &record.snapshot;
+        self.start(
+            s.id.clone(),
+            s.created_at_ms,
+            s.kind,
+            uses_gpu,
+            record.request.clone(),
+            work,
+        )
+    }
+
+    /// Marks a job from before a restart failed (its request no longer
+    /// makes sense, e.g. its dataset was deleted).
+    pub fn fail_stored(&self, record: &JobRecord, error: String) {
+        let mut s = record.snapshot.clone();
+        s.state = JobState::Failed;
+        s.error = Some(error);
+        s.finished_at_ms = Some(now_ms());
+        self.persist(&s, &record.request);
+        if let Some(h) = self.lock().get(&s.id) {
+            h.state.send_replace(s);
+        }
+    }
+
+    fn start<F>(
+        self: &Arc<Self>,
+        id: String,
+        created_at_ms: i64,
+        kind: JobKind,
+        uses_gpu: bool,
+        request: String,
+        work: F,
+    ) -> JobSnapshot
+    where
+        F: FnOnce(&JobContext) -> ServiceResult<JobOutput> + Send + 'static,
+    {
         let snapshot = JobSnapshot {
             id: id.clone(),
             kind,
@@ -163,37 +435,65 @@ impl Jobs {
             },
             output: None,
             error: None,
-            created_at_ms: now_ms(),
+            created_at_ms,
             finished_at_ms: None,
         };
-        let (tx, _) = watch::channel(snapshot.clone());
-        let handle = Arc::new(JobHandle {
-            cancel: Arc::new(AtomicBool::new(false)),
-            state: tx,
-        });
-        self.lock().insert(id, handle.clone());
-        let (permits, gpu) = (self.permits.clone(), self.gpu.clone());
+        self.persist(&snapshot, &request);
+        let existing = self
+            .lock()
+            .get(&id)
+            .filter(|h| !h.snapshot().state.is_finished())
+            .cloned();
+        let handle = match existing {
+            // A job from before a restart: same watchers, same cancel flag.
+            Some(h) => {
+                h.state.send_replace(snapshot.clone());
+                h
+            }
+            None => {
+                let (tx, _) = watch::channel(snapshot.clone());
+                let h = Arc::new(JobHandle {
+                    cancel: Arc::new(AtomicBool::new(false)),
+                    state: tx,
+                    request,
+                });
+                self.lock().insert(id, h.clone());
+                h
+            }
+        };
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        let jobs = self.clone();
         tokio::spawn(async move {
-            let _permit = permits.acquire_owned().await.expect("never closed");
-            let _gpu = if uses_gpu {
-                Some(gpu.acquire_owned().await.expect("never closed"))
-            } else {
-                None
+            let permit = jobs.permits.clone().acquire_owned().await;
+            let gpu = match (&permit, uses_gpu) {
+                (Ok(_), true) => Some(jobs.gpu.clone().acquire_owned().await),
+                _ => None,
             };
+            jobs.queued.fetch_sub(1, Ordering::Relaxed);
+            if permit.is_err() || jobs.is_closing() {
+                // Shutting down before it started: the record stays queued.
+                return;
+            }
             let ctx = JobContext {
                 cancel: handle.cancel.clone(),
                 started: Instant::now(),
                 state: handle.state.clone(),
             };
-            let result = if handle.cancel.load(Ordering::Relaxed) {
+            let result = if ctx.cancelled() {
                 Err(ServiceError::Cancelled)
             } else {
                 handle.state.send_modify(|s| s.state = JobState::Running);
-                let ctx2 = ctx.clone();
-                tokio::task::spawn_blocking(move || work(&ctx2))
+                jobs.persist(&handle.snapshot(), &handle.request);
+                let (ctx2, pool) = (ctx.clone(), jobs.pool.clone());
+                tokio::task::spawn_blocking(move || pool.install(|| work(&ctx2)))
                     .await
                     .unwrap_or_else(|e| Err(ServiceError::Internal(format!("job panicked: {e}"))))
             };
+            drop((gpu, permit));
+            if jobs.is_closing() && matches!(result, Err(ServiceError::Cancelled)) {
+                // Stopped by shutdown, not by a client: run again at the next start.
+                return;
+            }
             handle.state.send_modify(|s| {
                 s.finished_at_ms = Some(now_ms());
                 match result {
@@ -213,22 +513,76 @@ impl Jobs {
                     }
                 }
             });
+            jobs.persist(&handle.snapshot(), &handle.request);
+            jobs.prune();
         });
         snapshot
     }
 
-    /// Cancels every unfinished job and waits (up to `timeout`) for them to stop.
-    pub async fn shutdown(&self, timeout: std::time::Duration) {
+    /// Forgets finished jobs past the retention time, then the oldest
+    /// finished ones past the maximum count; their records are deleted.
+    pub fn prune(&self) {
+        let now = now_ms();
+        let retention = self.limits.retention.as_millis() as i64;
+        let mut jobs = self.lock();
+        let mut finished: Vec<(i64, String)> = jobs
+            .values()
+            .map(|h| h.snapshot())
+            .filter_map(|s| s.finished_at_ms.map(|t| (t, s.id)))
+            .collect();
+        finished.sort();
+        let excess = finished.len().saturating_sub(self.limits.max_retained);
+        for (i, (finished_at, id)) in finished.into_iter().enumerate() {
+            if i < excess || now - finished_at > retention {
+                jobs.remove(&id);
+                let _ = std::fs::remove_file(self.dir.join(format!("{id}.json")));
+            }
+        }
+    }
+
+    /// Rewrites every stored record whose error text contains `needle`
+    /// (customer erasure); returns the ids of those changed.
+    pub fn scrub(&self, needle: &str) -> Vec<String> {
         let handles: Vec<Arc<JobHandle>> = self.lock().values().cloned().collect();
+        let mut changed = Vec::new();
+        for h in handles {
+            let snapshot = h.snapshot();
+            let hit = snapshot
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains(needle));
+            if hit {
+                h.state.send_modify(|s| {
+                    s.error = s.error.as_ref().map(|e| e.replace(needle, "[erased]"));
+                });
+                self.persist(&h.snapshot(), &h.request);
+                changed.push(snapshot.id);
+            }
+        }
+        changed
+    }
+
+    /// Stops taking jobs, cancels every unfinished one and waits (up to
+    /// `timeout`) for them to stop. Their records stay unfinished, so the
+    /// next start runs them again.
+    pub async fn shutdown(&self, timeout: Duration) {
+        self.closing.send_replace(true);
+        self.permits.close();
+        let handles: Vec<Arc<JobHandle>> = self
+            .lock()
+            .values()
+            .filter(|h| !h.snapshot().state.is_finished())
+            .cloned()
+            .collect();
         for h in &handles {
             h.cancel();
         }
-        let wait = async {
-            for h in handles {
-                let mut rx = h.subscribe();
-                let _ = rx.wait_for(|s| s.state.is_finished()).await;
-            }
-        };
-        let _ = tokio::time::timeout(timeout, wait).await;
+        // Running jobs stop at their next cancellation check.
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline
+            && self.permits.available_permits() < self.limits.max_concurrent.max(1)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

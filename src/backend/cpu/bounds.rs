@@ -24,6 +24,7 @@ use rayon::prelude::*;
 
 use super::kernel::{assign_block, squared_distance, BlockOut, PackedCentroids, Partial};
 use super::simd::{self, F32x16, SimdKernel};
+use crate::backend::Cancel;
 
 /// Relative widening of every bound: several times the rounding error of an
 /// f32 distance over a few hundred features.
@@ -110,7 +111,9 @@ impl Bounds {
     /// One pruned Lloyd step against `centroids` (`k × d`): relabels
     /// `rows.labels` and returns the per-cluster sums and the inertia
     /// against `centroids`.
-    pub fn step(&mut self, rows: &mut Rows, pc: &PackedCentroids) -> Partial {
+    /// Blocks not yet started when `cancel` is set are skipped (the result
+    /// is then unusable; the caller checks the flag).
+    pub fn step(&mut self, rows: &mut Rows, pc: &PackedCentroids, cancel: &Cancel) -> Partial {
         let (k, d) = (self.k, rows.d);
         let centroids = pc.centroids.as_slice().expect("standard layout");
         let moved: Vec<f32> = (0..k)
@@ -147,6 +150,9 @@ impl Bounds {
             .zip(self.lower.par_chunks_mut(block))
             .enumerate()
             .map(|(b, ((labels, upper), lower))| {
+                if cancel.is_set() {
+                    return None;
+                }
                 let start = b * block;
                 let m = labels.len();
                 context.block(

@@ -21,7 +21,7 @@ use ndarray::Array2;
 use rayon::prelude::*;
 
 use super::simd::{self, F32x16, F32x8, SimdKernel};
-use crate::backend::ColumnSums;
+use crate::backend::{Cancel, ColumnSums};
 
 const LANES: usize = 16;
 
@@ -38,7 +38,14 @@ const BLOCKS: usize = 16;
 
 /// Column sums about the pivot and the centred Gram `Σ (x − mean)(x − mean)ᵀ`
 /// of the row-major `n × d` matrix `x`.
-pub(super) fn centred_gram(x: &[f32], n: usize, d: usize) -> (ColumnSums, Array2<f64>) {
+/// Blocks not started once `cancel` is set are skipped: the result is then
+/// unusable, and the caller checks the flag.
+pub(super) fn centred_gram(
+    x: &[f32],
+    n: usize,
+    d: usize,
+    cancel: &Cancel,
+) -> (ColumnSums, Array2<f64>) {
     let lead = n.min(PIVOT_ROWS);
     let mut pivot64 = vec![0.0f64; d];
     for row in x.chunks_exact(d).take(lead) {
@@ -48,7 +55,7 @@ pub(super) fn centred_gram(x: &[f32], n: usize, d: usize) -> (ColumnSums, Array2
             .for_each(|(p, &v)| *p += v as f64);
     }
     let pivot: Vec<f32> = pivot64.iter().map(|&p| (p / lead as f64) as f32).collect();
-    let (sum, shifted) = gram_about(x, n, d, &pivot);
+    let (sum, shifted) = gram_about(x, n, d, &pivot, cancel);
     let gram = Array2::from_shape_fn((d, d), |(i, j)| {
         shifted[[i, j]] - sum[i] * sum[j] / n as f64
     });
@@ -63,12 +70,18 @@ pub(super) fn centred_gram(x: &[f32], n: usize, d: usize) -> (ColumnSums, Array2
 
 /// Column sums of `x − centre` and the Gram `Σ (x − centre)(x − centre)ᵀ`
 /// (both halves filled), in one pass.
-pub(super) fn gram_about(x: &[f32], n: usize, d: usize, centre: &[f32]) -> (Vec<f64>, Array2<f64>) {
+pub(super) fn gram_about(
+    x: &[f32],
+    n: usize,
+    d: usize,
+    centre: &[f32],
+    cancel: &Cancel,
+) -> (Vec<f64>, Array2<f64>) {
     let block = (n.div_ceil(BLOCKS).next_multiple_of(SUB_ROWS) * d).max(1);
     let parts: Vec<(Vec<f64>, Vec<f64>)> = (0..n * d)
         .into_par_iter()
         .step_by(block)
-        .map(|start| block_gram(&x[start..], block, d, centre))
+        .map(|start| block_gram(&x[start..], block, d, centre, cancel))
         .collect();
     let dp = padded(d);
     let mut sum = vec![0.0f64; d];
@@ -85,7 +98,13 @@ pub(super) fn gram_about(x: &[f32], n: usize, d: usize, centre: &[f32]) -> (Vec<
 /// (`dp × dp` with `dp` = d rounded up to 16; upper tiles only, the lower
 /// triangle is left unspecified). The block is the first `len` values of
 /// `rest`; what follows it is only prefetched.
-fn block_gram(rest: &[f32], len: usize, d: usize, pivot: &[f32]) -> (Vec<f64>, Vec<f64>) {
+fn block_gram(
+    rest: &[f32],
+    len: usize,
+    d: usize,
+    pivot: &[f32],
+    cancel: &Cancel,
+) -> (Vec<f64>, Vec<f64>) {
     let dp = padded(d);
     let mut sums = vec![0.0f64; d];
     let mut gram = vec![0.0f64; dp * dp];
@@ -93,6 +112,9 @@ fn block_gram(rest: &[f32], len: usize, d: usize, pivot: &[f32]) -> (Vec<f64>, V
     let mut sub_sums = vec![0.0f32; dp];
     let block = &rest[..len.min(rest.len())];
     for (s, sub) in block.chunks(SUB_ROWS * d).enumerate() {
+        if cancel.is_set() {
+            break;
+        }
         let m = sub.len() / d;
         simd::dispatch(Centre {
             x: sub,
@@ -463,7 +485,7 @@ mod tests {
             let mean: Vec<f64> = (0..d)
                 .map(|j| (0..n).map(|r| x[r * d + j] as f64).sum::<f64>() / n as f64)
                 .collect();
-            let (sums, gram) = centred_gram(&x, n, d);
+            let (sums, gram) = centred_gram(&x, n, d, &Cancel::default());
             for (j, m) in sums.mean().iter().enumerate() {
                 assert!(
                     (m - mean[j]).abs() <= 1e-6 * mean[j].abs(),

@@ -15,7 +15,8 @@ use ndarray::{s, Array2, ArrayView1, ArrayView2, Axis, CowArray, Ix2};
 use rayon::prelude::*;
 
 use super::{
-    Assignment, Backend, BackendError, BackendInfo, BackendKind, ClusterSums, ColumnSums, Resident,
+    Assignment, Backend, BackendError, BackendInfo, BackendKind, Cancel, ClusterSums, ColumnSums,
+    Resident,
 };
 use bounds::{Bounds, Rows};
 use kernel::{assign_block, BlockOut, PackedCentroids, Partial};
@@ -30,11 +31,15 @@ use kernel::{assign_block, BlockOut, PackedCentroids, Partial};
 #[derive(Debug, Clone)]
 pub struct CpuBackend {
     prune: bool,
+    cancel: Cancel,
 }
 
 impl Default for CpuBackend {
     fn default() -> Self {
-        Self { prune: true }
+        Self {
+            prune: true,
+            cancel: Cancel::default(),
+        }
     }
 }
 
@@ -45,7 +50,21 @@ impl CpuBackend {
 
     /// A backend whose Lloyd steps score every row against every centroid.
     pub fn exhaustive() -> Self {
-        Self { prune: false }
+        Self {
+            prune: false,
+            ..Self::default()
+        }
+    }
+
+    /// Kernels on this backend's residents stop between blocks of rows once
+    /// `flag` is set, and return [`BackendError::Cancelled`].
+    pub fn cancel_on(self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.with_cancel(Cancel::new(flag))
+    }
+
+    pub fn with_cancel(mut self, cancel: Cancel) -> Self {
+        self.cancel = cancel;
+        self
     }
 }
 
@@ -85,6 +104,7 @@ impl Backend for CpuBackend {
             prune: self.prune,
             bounds: None,
             distances_stale: false,
+            cancel: self.cancel.clone(),
         }))
     }
 }
@@ -110,6 +130,7 @@ struct CpuResident<'a> {
     /// A pruned step leaves `distances` behind; [`Resident::assignment`]
     /// recomputes them against the bounds' centroids.
     distances_stale: bool,
+    cancel: Cancel,
 }
 
 impl CpuResident<'_> {
@@ -122,6 +143,7 @@ impl CpuResident<'_> {
         let rows = block_rows(n);
         let x = self.x.as_slice().expect("standard layout");
         let weights = self.weights.as_deref();
+        let cancel = &self.cancel;
         let second_chunks: Vec<Option<&mut [f32]>> = if second {
             self.second.chunks_mut(rows).map(Some).collect()
         } else {
@@ -136,6 +158,9 @@ impl CpuResident<'_> {
                 let start = b * rows;
                 let m = labels.len();
                 let mut partial = accumulate.then(|| Partial::zeros(k, d));
+                if cancel.is_set() {
+                    return partial;
+                }
                 assign_block(
                     &x[start * d..(start + m) * d],
                     weights.map(|w| &w[start..start + m]),
@@ -198,7 +223,8 @@ impl CpuResident<'_> {
     fn pruned_step(&mut self, mut bounds: Bounds, centroids: ArrayView2<f32>) -> Partial {
         let centroids = centroids.as_standard_layout();
         let pc = PackedCentroids::new(centroids.view());
-        let total = bounds.step(&mut self.rows(), &pc);
+        let cancel = self.cancel.clone();
+        let total = bounds.step(&mut self.rows(), &pc, &cancel);
         self.bounds = Some(bounds);
         self.second_valid = false;
         self.distances_stale = true;
@@ -236,6 +262,7 @@ impl Resident for CpuResident<'_> {
 
     fn assign(&mut self, centroids: ArrayView2<f32>) -> Result<(), BackendError> {
         self.run(centroids, false, true);
+        self.cancel.check()?;
         self.second_valid = true;
         self.bounds = None;
         self.distances_stale = false;
@@ -266,9 +293,15 @@ impl Resident for CpuResident<'_> {
                 Some(b) if b.fits(k) => self.pruned_step(b, centroids),
                 _ => self.first_pruned_step(centroids),
             };
+            if self.cancel.is_set() {
+                // Bounds half-updated: never reused, the fit is over.
+                self.bounds = None;
+                return Err(BackendError::Cancelled);
+            }
             return Ok(into_sums(total, k, d));
         }
         let total = self.run_summed(centroids, false);
+        self.cancel.check()?;
         self.second_valid = false;
         Ok(into_sums(total, k, d))
     }
@@ -325,17 +358,22 @@ impl Resident for CpuResident<'_> {
     /// One pass, upper triangle only (see [`gram`]).
     fn centred_gram(&mut self) -> Result<(ColumnSums, Array2<f64>), BackendError> {
         let (n, d) = self.x.dim();
-        Ok(gram::centred_gram(
+        let out = gram::centred_gram(
             self.x.as_slice().expect("standard layout"),
             n,
             d,
-        ))
+            &self.cancel,
+        );
+        self.cancel.check()?;
+        Ok(out)
     }
 
     fn gram(&mut self, mean: &[f32]) -> Result<Array2<f64>, BackendError> {
         let (n, d) = self.x.dim();
         let x = self.x.as_slice().expect("standard layout");
-        Ok(gram::gram_about(x, n, d, mean).1)
+        let gram = gram::gram_about(x, n, d, mean, &self.cancel).1;
+        self.cancel.check()?;
+        Ok(gram)
     }
 
     fn project(

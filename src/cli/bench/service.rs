@@ -9,7 +9,7 @@ use segmenta::service::proto as pb;
 use segmenta::service::{serve, Limits, ServerConfig};
 use serde_json::json;
 
-use crate::cli::client::upload;
+use crate::cli::client::{upload, with_token};
 use crate::cli::output::table;
 
 const ASSIGN_ROWS: usize = 10_000;
@@ -26,7 +26,7 @@ pub fn run(x: &Array2<f32>, k: usize, as_json: bool) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = format!("http://{}", listener.local_addr()?);
         let limits = Limits { max_message_bytes: 64 << 20, max_assign_rows: ASSIGN_ROWS, ..Limits::default() };
-        let config = ServerConfig { data_dir: dir.path().to_owned(), backend: BackendChoice::Cpu, limits };
+        let config = ServerConfig { backend: BackendChoice::Cpu, limits, ..ServerConfig::new(dir.path()) };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(config, listener, async move {
             let _ = stopped.await;
@@ -41,7 +41,7 @@ pub fn run(x: &Array2<f32>, k: usize, as_json: bool) -> anyhow::Result<()> {
         let mut dataset = None;
         for _ in 0..REPEATS {
             let t = Instant::now();
-            dataset = Some(upload(channel.clone(), "bench", columns.clone(), flat.clone()).await?);
+            dataset = Some(upload(with_token(channel.clone(), None)?, "bench", columns.clone(), flat.clone()).await?);
             upload_secs.push(t.elapsed().as_secs_f64());
         }
         let dataset = dataset.expect("REPEATS > 0");

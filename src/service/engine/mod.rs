@@ -1,25 +1,31 @@
 //! The service's state and domain operations. Handlers validate and convert;
-//! the engine does the work (with the library) and owns storage and jobs.
+//! the engine checks every request's cost against the limits, does the work
+//! (with the library) and owns storage and jobs.
 
+mod cost;
+mod privacy;
 mod segment;
 
+pub use privacy::Erased;
 pub use segment::{LogSource, SegmentJob};
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use ndarray::Array2;
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 
 use super::config::ServerConfig;
 use super::error::{ServiceError, ServiceResult};
-use super::jobs::{JobContext, JobKind, JobOutput, JobProgress, JobSnapshot, Jobs};
-use super::storage::{new_id, now_ms, DatasetMeta, ModelBody, ModelRecord, Store};
+use super::jobs::{JobContext, JobKind, JobLimits, JobOutput, JobRecord, JobSnapshot, Jobs};
+use super::paths::{content_error, ImportRoots};
+use super::storage::{new_id, now_ms, DatasetMeta, ModelBody, ModelRecord, OpenError, Store};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::{AdapterPolicy, GpuBackend};
-use crate::backend::{with_cpu_fallback, Backend, BackendChoice};
-use crate::data::{read_table, resolve_columns};
-use crate::kmeans::{evaluate, Evaluation, FitControl, Init, KMeansParams, Prediction};
+use crate::backend::{with_cpu_fallback, Backend, BackendChoice, BackendKind, Cancel};
+use crate::data::{read_table_limited, resolve_columns, ReadLimits};
+use crate::kmeans::{evaluate_with, Evaluation, FitControl, Init, KMeansParams, Prediction};
 use crate::pca::PcaParams;
 
 /// The compute backends this server can use.
@@ -66,6 +72,21 @@ impl Backends {
             },
         }
     }
+
+    /// The backend a job runs on: on the CPU, one whose kernels stop
+    /// between blocks of rows once the job is cancelled.
+    fn for_job<'a>(
+        &'a self,
+        choice: BackendChoice,
+        cpu: &'a CpuBackend,
+    ) -> ServiceResult<&'a dyn Backend> {
+        let (b, _) = self.resolve(Some(choice))?;
+        Ok(if b.info().backend == BackendKind::Cpu {
+            cpu
+        } else {
+            b
+        })
+    }
 }
 
 /// What a k-means fit request asks for, checked and typed.
@@ -84,25 +105,68 @@ pub struct PcaJob {
     pub backend: Option<BackendChoice>,
 }
 
+/// Where a job comes from: a new request (its protobuf bytes, stored for a
+/// restart) or the record of a job from before a restart.
+#[derive(Clone, Copy)]
+pub enum Origin<'a> {
+    New(&'a [u8]),
+    Resumed(&'a JobRecord),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Sets a flag when dropped: a call whose client went away (or whose
+/// deadline passed) stops the compute it started.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 pub struct Engine {
     pub config: ServerConfig,
     pub store: Store,
-    pub jobs: Jobs,
+    pub jobs: Arc<Jobs>,
+    pub roots: ImportRoots,
+    uploads: Arc<Semaphore>,
     backends: OnceCell<Arc<Backends>>,
     models: Mutex<HashMap<String, Arc<ModelRecord>>>,
 }
 
 impl Engine {
-    pub fn new(config: ServerConfig) -> std::io::Result<Self> {
-        let store = Store::open(&config.data_dir)?;
-        let jobs = Jobs::new(config.limits.max_concurrent_jobs);
-        Ok(Self {
+    /// Opens the data directory (locking it) and the job records. Returns
+    /// the records of jobs that had not finished, to run again.
+    pub fn open(config: ServerConfig) -> Result<(Arc<Self>, Vec<JobRecord>), EngineError> {
+        let l = &config.limits;
+        let store = Store::open_with_quota(&config.data_dir, l.max_data_dir_bytes)?;
+        let (jobs, unfinished) = Jobs::open(
+            &config.data_dir.join("jobs"),
+            JobLimits {
+                max_concurrent: l.max_concurrent_jobs,
+                max_queued: l.max_queued_jobs,
+                retention: l.job_retention,
+                max_retained: l.max_retained_jobs,
+            },
+        )?;
+        let roots = ImportRoots::new(&config.import_roots)?;
+        let engine = Self {
+            uploads: Arc::new(Semaphore::new(l.max_concurrent_uploads.max(1))),
             config,
             store,
-            jobs,
+            jobs: Arc::new(jobs),
+            roots,
             backends: OnceCell::new(),
             models: Mutex::new(HashMap::new()),
-        })
+        };
+        Ok((Arc::new(engine), unfinished))
     }
 
     /// The backends, initialised on first use (GPU start-up can take seconds).
@@ -118,6 +182,25 @@ impl Engine {
             })
             .await
             .clone()
+    }
+
+    /// The backends if they are initialised already (metrics never wait).
+    pub fn backends_if_ready(&self) -> Option<Arc<Backends>> {
+        self.backends.get().cloned()
+    }
+
+    /// A slot for one upload stream, or RESOURCE_EXHAUSTED at once.
+    pub fn upload_slot(&self) -> ServiceResult<OwnedSemaphorePermit> {
+        self.uploads
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ServiceError::ResourceExhausted {
+                limit: "max_concurrent_uploads",
+                message: format!(
+                    "{} uploads are in progress; retry when one finishes",
+                    self.config.limits.max_concurrent_uploads
+                ),
+            })
     }
 
     fn check_rows(&self, n_values: usize, width: usize) -> ServiceResult<usize> {
@@ -148,7 +231,7 @@ impl Engine {
         if bytes > limit {
             return Err(ServiceError::ResourceExhausted {
                 limit: "max_dataset_bytes",
-                message: format!("the dataset would hold {bytes} bytes; the limit is {limit}"),
+                message: format!("the data would hold {bytes} bytes; the limit is {limit}"),
             });
         }
         Ok(())
@@ -173,39 +256,142 @@ impl Engine {
 
     pub fn delete_model(&self, id: &str) -> ServiceResult<()> {
         self.store.delete_model(id)?;
+        self.forget_model(id);
+        Ok(())
+    }
+
+    fn forget_model(&self, id: &str) {
         self.models
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
-        Ok(())
     }
 
+    /// Deletes a dataset; with `cascade`, the models fitted on it too,
+    /// otherwise their existence is FAILED_PRECONDITION. Returns what went.
+    pub fn delete_dataset(&self, id: &str, cascade: bool) -> ServiceResult<Vec<String>> {
+        self.store.dataset(id)?;
+        let models = self.store.models_from(id)?;
+        self.cascade_or_refuse("dataset", id, &models, cascade)?;
+        self.store.delete_dataset(id)?;
+        for m in &models {
+            self.delete_model(m)?;
+        }
+        Ok(std::iter::once(id.to_owned()).chain(models).collect())
+    }
+
+    /// Deletes an uploaded log; with `cascade`, the segmentations made from
+    /// it (outputs and models) too.
+    pub fn delete_transactions(&self, id: &str, cascade: bool) -> ServiceResult<Vec<String>> {
+        self.store.transactions(id)?;
+        let derived: Vec<String> = self
+            .store
+            .list_segmentations()?
+            .into_iter()
+            .filter(|s| s.source == id)
+            .map(|s| s.id)
+            .collect();
+        self.cascade_or_refuse("transaction log", id, &derived, cascade)?;
+        self.store.delete_transactions(id)?;
+        for s in &derived {
+            self.delete_segmentation(s)?;
+        }
+        Ok(std::iter::once(id.to_owned()).chain(derived).collect())
+    }
+
+    /// A segmentation's outputs and its registered model.
+    pub fn delete_segmentation(&self, id: &str) -> ServiceResult<()> {
+        self.store.delete_segmentation(id)?;
+        // Its model may already have been deleted through Models.
+        match self.delete_model(id) {
+            Ok(()) | Err(ServiceError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn cascade_or_refuse(
+        &self,
+        what: &str,
+        id: &str,
+        dependents: &[String],
+        cascade: bool,
+    ) -> ServiceResult<()> {
+        if dependents.is_empty() || cascade {
+            return Ok(());
+        }
+        let shown: Vec<&str> = dependents.iter().take(20).map(String::as_str).collect();
+        Err(ServiceError::FailedPrecondition(format!(
+            "{what} {id} has {} derived object(s) ({}{}); delete them first or set cascade = true",
+            dependents.len(),
+            shown.join(", "),
+            if dependents.len() > shown.len() {
+                ", …"
+            } else {
+                ""
+            }
+        )))
+    }
+
+    /// Starts (or, after a restart, resumes) a job.
+    fn spawn<F>(
+        self: &Arc<Self>,
+        kind: JobKind,
+        uses_gpu: bool,
+        origin: Origin,
+        work: F,
+    ) -> ServiceResult<JobSnapshot>
+    where
+        F: FnOnce(&JobContext) -> ServiceResult<JobOutput> + Send + 'static,
+    {
+        match origin {
+            Origin::New(request) => self.jobs.submit(kind, uses_gpu, request, work),
+            Origin::Resumed(record) => Ok(self.jobs.resume(record, uses_gpu, work)),
+        }
+    }
+
+    /// Reads a file under an import root into a new dataset, as a job. The
+    /// path is checked before the job is queued; sizes are checked while
+    /// reading, so a huge file is refused without being parsed whole.
     pub fn import(
         self: &Arc<Self>,
         path: String,
         columns: Vec<String>,
         name: String,
-    ) -> JobSnapshot {
+        origin: Origin,
+    ) -> ServiceResult<JobSnapshot> {
+        let resolved = self.roots.resolve("path", &path)?;
+        self.check_names("columns", &columns)?;
+        let name = if name.is_empty() {
+            resolved
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        } else {
+            name
+        };
+        self.check_name("name", &name)?;
         let engine = self.clone();
-        self.jobs.submit(JobKind::Import, false, move |ctx| {
+        let l = self.config.limits;
+        let limits = ReadLimits {
+            max_values: (l.max_dataset_bytes / 4).min(usize::MAX as u64) as usize,
+            max_columns: l.max_features,
+        };
+        self.spawn(JobKind::Import, false, origin, move |ctx| {
             ctx.phase("reading");
-            let data =
-                read_table(std::path::Path::new(&path), &columns).map_err(crate::Error::from)?;
-            engine.check_dataset_size((data.values.len() * 4) as u64)?;
+            let data = read_table_limited(&resolved, &columns, limits).map_err(content_error)?;
+            engine.check_names("columns", &data.columns)?;
             ctx.phase("storing");
-            let name = if name.is_empty() {
-                std::path::Path::new(&path)
-                    .file_name()
-                    .map_or(path.clone(), |n| n.to_string_lossy().into_owned())
-            } else {
-                name
-            };
-            Ok(JobOutput::Dataset(engine.store.put_dataset(&name, &data)?))
+            Ok(JobOutput::Dataset(
+                engine.store.put_dataset(&name, &data)?.id,
+            ))
         })
     }
 
-    /// Checks what can be checked before queueing, then starts the fit.
-    pub async fn fit_kmeans(self: &Arc<Self>, job: KMeansJob) -> ServiceResult<JobSnapshot> {
+    /// Checks the request and its cost before queueing, then starts the fit.
+    pub async fn fit_kmeans(
+        self: &Arc<Self>,
+        job: KMeansJob,
+        origin: Origin<'_>,
+    ) -> ServiceResult<JobSnapshot> {
         job.params.check().map_err(crate::Error::from)?;
         let meta = self.store.dataset(&job.dataset_id)?;
         let mut features = if job.columns.is_empty() {
@@ -234,15 +420,21 @@ impl Engine {
                 ),
             ));
         }
+        cost::kmeans(
+            &self.config.limits,
+            &job.params,
+            meta.n_rows,
+            features.len(),
+        )?;
         let backends = self.backends().await;
         let (backend, choice) = backends.resolve(job.backend)?;
-        let uses_gpu = backend.info().backend == crate::backend::BackendKind::Gpu;
+        let uses_gpu = backend.info().backend == BackendKind::Gpu;
         let engine = self.clone();
-        let backends2 = backends.clone();
-        Ok(self.jobs.submit(JobKind::FitKMeans, uses_gpu, move |ctx| {
-            let (backend, _) = backends2.resolve(Some(choice))?;
+        self.spawn(JobKind::FitKMeans, uses_gpu, origin, move |ctx| {
+            let cpu = CpuBackend::new().cancel_on(ctx.cancel.clone());
+            let backend = backends.for_job(choice, &cpu)?;
             engine.run_kmeans(ctx, backend, choice, &job, features)
-        }))
+        })
     }
 
     fn run_kmeans(
@@ -266,11 +458,12 @@ impl Engine {
             ),
             None => None,
         };
+        drop(data);
         let sink = ctx.clone();
         let control = FitControl::default()
             .cancel_flag(ctx.cancel.clone())
             .on_progress(move |p| {
-                sink.progress(JobProgress {
+                sink.progress(super::jobs::JobProgress {
                     phase: "lloyd".into(),
                     run: p.run as u32,
                     iteration: p.iteration as u32,
@@ -306,10 +499,14 @@ impl Engine {
             body,
         };
         self.store.put_model(&record)?;
-        Ok(JobOutput::Model(Box::new(record)))
+        Ok(JobOutput::Model(record.id))
     }
 
-    pub async fn fit_pca(self: &Arc<Self>, job: PcaJob) -> ServiceResult<JobSnapshot> {
+    pub async fn fit_pca(
+        self: &Arc<Self>,
+        job: PcaJob,
+        origin: Origin<'_>,
+    ) -> ServiceResult<JobSnapshot> {
         let meta = self.store.dataset(&job.dataset_id)?;
         let features = if job.columns.is_empty() {
             meta.columns.clone()
@@ -327,23 +524,30 @@ impl Engine {
                 ),
             ));
         }
+        cost::pca(&self.config.limits, meta.n_rows, features.len())?;
         let backends = self.backends().await;
         let (backend, choice) = backends.resolve(job.backend)?;
-        let uses_gpu = backend.info().backend == crate::backend::BackendKind::Gpu;
+        let uses_gpu = backend.info().backend == BackendKind::Gpu;
         let engine = self.clone();
-        Ok(self.jobs.submit(JobKind::FitPca, uses_gpu, move |ctx| {
-            let (backend, _) = backends.resolve(Some(choice))?;
+        self.spawn(JobKind::FitPca, uses_gpu, origin, move |ctx| {
+            let cpu = CpuBackend::new().cancel_on(ctx.cancel.clone());
+            let backend = backends.for_job(choice, &cpu)?;
             ctx.phase("loading");
             let (_, data) = engine.store.load_dataset(&job.dataset_id)?;
             let (x, columns) = data.select_columns(&features).map_err(crate::Error::from)?;
+            drop(data);
             ctx.phase("fitting");
             let model = with_cpu_fallback(choice, backend, |b| job.params.fit(b, x.view()))?;
+            if ctx.cancelled() {
+                return Err(ServiceError::Cancelled);
+            }
             engine.save_model(&job.dataset_id, columns, ModelBody::Pca(model))
-        }))
+        })
     }
 
     /// Scores raw rows with a k-means model, on the CPU (small batches: the
-    /// GPU's round trip would cost more than the work).
+    /// GPU's round trip would cost more than the work). Runs on the
+    /// default rayon pool, at normal priority, apart from the jobs' pool.
     pub async fn assign(&self, model_id: &str, rows: Vec<f32>) -> ServiceResult<Prediction> {
         let record = self.model(model_id)?;
         let ModelBody::KMeans(model) = &record.body else {
@@ -353,12 +557,14 @@ impl Engine {
         };
         let n = self.check_rows(rows.len(), model.n_features())?;
         let record = record.clone();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let _guard = CancelOnDrop(cancel.clone());
         tokio::task::spawn_blocking(move || {
             let ModelBody::KMeans(model) = &record.body else {
                 unreachable!("checked above")
             };
             let x = Array2::from_shape_vec((n, model.n_features()), rows).expect("checked shape");
-            Ok(model.predict(&CpuBackend::new(), x.view())?)
+            Ok(model.predict(&CpuBackend::new().cancel_on(cancel), x.view())?)
         })
         .await
         .map_err(|e| ServiceError::Internal(e.to_string()))?
@@ -391,6 +597,9 @@ impl Engine {
         .map_err(|e| ServiceError::Internal(e.to_string()))?
     }
 
+    /// Scores a model on a dataset. Waits for a compute slot in the jobs'
+    /// queue and runs on their pool; a client that goes away or whose
+    /// deadline passes stops it (the dropped call sets its cancel flag).
     pub async fn evaluate(
         self: &Arc<Self>,
         model_id: &str,
@@ -399,25 +608,52 @@ impl Engine {
         seed: u64,
     ) -> ServiceResult<Evaluation> {
         let record = self.model(model_id)?;
-        if !matches!(record.body, ModelBody::KMeans(_)) {
+        let ModelBody::KMeans(model) = &record.body else {
             return Err(ServiceError::FailedPrecondition(format!(
                 "model {model_id} is not a k-means model"
             )));
-        }
-        self.store.dataset(dataset_id)?;
+        };
+        let meta = self.store.dataset(dataset_id)?;
+        resolve_columns(&meta.columns, &record.columns).map_err(crate::Error::from)?;
+        cost::evaluate(
+            &self.config.limits,
+            meta.n_rows,
+            model.k(),
+            model.n_features(),
+            sample,
+        )?;
+        let permit = self.jobs.admit().await?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let _guard = CancelOnDrop(cancel.clone());
         let engine = self.clone();
         let dataset_id = dataset_id.to_owned();
+        let pool = self.jobs.pool();
         tokio::task::spawn_blocking(move || {
-            let ModelBody::KMeans(model) = &record.body else {
-                unreachable!("checked above")
-            };
-            let (_, data) = engine.store.load_dataset(&dataset_id)?;
-            let (x, _) = data
-                .select_columns(&record.columns)
+            let _permit = permit;
+            pool.install(|| {
+                let ModelBody::KMeans(model) = &record.body else {
+                    unreachable!("checked above")
+                };
+                let (_, data) = engine.store.load_dataset(&dataset_id)?;
+                let (x, _) = data
+                    .select_columns(&record.columns)
+                    .map_err(crate::Error::from)?;
+                drop(data);
+                let cpu = CpuBackend::new().cancel_on(cancel.clone());
+                let labels = model.predict(&cpu, x.view())?.labels;
+                let scaled = model.scaler().transform(x.view());
+                drop(x);
+                let e = evaluate_with(
+                    scaled.view(),
+                    &labels,
+                    model.k(),
+                    sample,
+                    seed,
+                    &Cancel::new(cancel),
+                )
                 .map_err(crate::Error::from)?;
-            let labels = model.predict(&CpuBackend::new(), x.view())?.labels;
-            let scaled = model.scaler().transform(x.view());
-            Ok(evaluate(scaled.view(), &labels, model.k(), sample, seed))
+                Ok(e)
+            })
         })
         .await
         .map_err(|e| ServiceError::Internal(e.to_string()))?
@@ -425,6 +661,36 @@ impl Engine {
 
     pub fn dataset(&self, id: &str) -> ServiceResult<DatasetMeta> {
         self.store.dataset(id)
+    }
+
+    /// A name is at most `max_name_bytes` (datasets, logs, columns).
+    pub fn check_name(&self, field: &str, name: &str) -> ServiceResult<()> {
+        let max = self.config.limits.max_name_bytes;
+        if name.len() > max {
+            return Err(ServiceError::invalid(
+                field,
+                format!("a name of {} bytes; the limit is {max}", name.len()),
+            ));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(ServiceError::invalid(
+                field,
+                "names may not contain control characters",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Column lists: each name checked, and at most `max_features` of them.
+    pub fn check_names(&self, field: &str, names: &[String]) -> ServiceResult<()> {
+        let max = self.config.limits.max_features;
+        if names.len() > max {
+            return Err(ServiceError::ResourceExhausted {
+                limit: "max_features",
+                message: format!("{} columns; the limit is {max}", names.len()),
+            });
+        }
+        names.iter().try_for_each(|n| self.check_name(field, n))
     }
 }
 

@@ -1,17 +1,25 @@
 //! The segment job over gRPC: same library call as the CLI, outputs staged
 //! and committed into the store, the model registered for Assign.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::Engine;
-use crate::backend::{with_cpu_fallback, BackendChoice};
+use super::{Engine, Origin};
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{with_cpu_fallback, BackendChoice, BackendKind};
 use crate::kmeans::FitControl;
 use crate::segmentation::features::FEATURE_NAMES;
-use crate::segmentation::{run_segmentation, write_outputs, SegmentControl, SegmentParams};
-use crate::service::error::ServiceResult;
+use crate::segmentation::{
+    run_segmentation, write_outputs, KChoice, SegmentControl, SegmentParams,
+};
+use crate::service::error::{ServiceError, ServiceResult};
 use crate::service::jobs::{JobKind, JobOutput, JobProgress, JobSnapshot};
+use crate::service::paths::segmentation_content_error;
 use crate::service::storage::{now_ms, ModelBody, ModelRecord, SegmentationMeta};
+
+/// Most values of k one sweep may try (each is a full set of fits).
+const MAX_SWEEP_KS: usize = 64;
+/// Most k-means runs per k in a segment job.
+const MAX_SEGMENT_N_INIT: usize = 100;
 
 /// Where the transaction log comes from.
 #[derive(Debug, Clone)]
@@ -29,12 +37,24 @@ pub struct SegmentJob {
 }
 
 impl Engine {
-    /// Checks the log and the previous segmentation exist, then queues the job.
-    pub async fn segment(self: &Arc<Self>, job: SegmentJob) -> ServiceResult<JobSnapshot> {
-        let (path, source) = match &job.source {
-            LogSource::Uploaded(id) => (self.store.transactions_path(id)?, id.clone()),
-            LogSource::ServerPath(p) => (PathBuf::from(p), p.clone()),
+    /// Checks the log, the previous segmentation and the request's cost,
+    /// then queues the job.
+    pub async fn segment(
+        self: &Arc<Self>,
+        job: SegmentJob,
+        origin: Origin<'_>,
+    ) -> ServiceResult<JobSnapshot> {
+        let (path, source, server_file) = match &job.source {
+            LogSource::Uploaded(id) => (self.store.transactions_path(id)?, id.clone(), false),
+            LogSource::ServerPath(p) => {
+                let path = self.roots.resolve("transactions_path", p)?;
+                let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                self.check_dataset_size(bytes)?;
+                let source = path.to_string_lossy().into_owned();
+                (path, source, true)
+            }
         };
+        self.check_segment_cost(&job.params)?;
         let previous = job
             .previous_id
             .as_deref()
@@ -42,10 +62,11 @@ impl Engine {
             .transpose()?;
         let backends = self.backends().await;
         let (backend, choice) = backends.resolve(job.backend)?;
-        let uses_gpu = backend.info().backend == crate::backend::BackendKind::Gpu;
+        let uses_gpu = backend.info().backend == BackendKind::Gpu;
         let engine = self.clone();
-        Ok(self.jobs.submit(JobKind::Segment, uses_gpu, move |ctx| {
-            let (backend, _) = backends.resolve(Some(choice))?;
+        self.spawn(JobKind::Segment, uses_gpu, origin, move |ctx| {
+            let cpu = CpuBackend::new().cancel_on(ctx.cancel.clone());
+            let backend = backends.for_job(choice, &cpu)?;
             let sink = ctx.clone();
             let control = SegmentControl {
                 fit: FitControl::default().cancel_flag(ctx.cancel.clone()),
@@ -59,10 +80,48 @@ impl Engine {
             };
             let run = with_cpu_fallback(choice, backend, |b| {
                 run_segmentation(b, &path, &job.params, previous.as_ref(), &control)
+            })
+            .map_err(|e| {
+                if server_file {
+                    segmentation_content_error(e)
+                } else {
+                    e.into()
+                }
             })?;
             ctx.phase("writing outputs");
             engine.store_segmentation(&run, source)
-        }))
+        })
+    }
+
+    fn check_segment_cost(&self, params: &SegmentParams) -> ServiceResult<()> {
+        let max_k = self.config.limits.max_k;
+        let (lo, hi) = match &params.k {
+            None => (2, 10),
+            Some(KChoice::Fixed(k)) => (*k, *k),
+            Some(KChoice::Range(r)) => (*r.start(), *r.end()),
+        };
+        if hi > max_k {
+            return Err(ServiceError::ResourceExhausted {
+                limit: "max_k",
+                message: format!("k up to {hi}; the limit is {max_k}"),
+            });
+        }
+        if hi - lo + 1 > MAX_SWEEP_KS {
+            return Err(ServiceError::invalid(
+                "k_range",
+                format!(
+                    "a sweep over {} values of k; at most {MAX_SWEEP_KS}",
+                    hi - lo + 1
+                ),
+            ));
+        }
+        if params.n_init > MAX_SEGMENT_N_INIT {
+            return Err(ServiceError::invalid(
+                "n_init",
+                format!("n_init = {}; at most {MAX_SEGMENT_N_INIT}", params.n_init),
+            ));
+        }
+        Ok(())
     }
 
     fn store_segmentation(
@@ -107,7 +166,6 @@ impl Engine {
             created_at_ms: meta.created_at_ms,
             body: ModelBody::KMeans(run.model.kmeans.clone()),
         })?;
-        let (meta, doc) = self.store.segmentation(&id)?;
-        Ok(JobOutput::Segmentation(Box::new((meta, doc))))
+        Ok(JobOutput::Segmentation(id))
     }
 }

@@ -1,13 +1,15 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use prost::Message as _;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::kmeans::{KMeansParams, Prediction};
-use crate::service::convert::backend_choice;
-use crate::service::engine::{kmeans_init, Engine, KMeansJob};
+use crate::service::convert::{backend_choice, job};
+use crate::service::engine::{kmeans_init, Engine, KMeansJob, Origin};
 use crate::service::error::ServiceError;
+use crate::service::gate::note;
 use crate::service::proto as pb;
 
 pub struct ClusteringService {
@@ -62,15 +64,20 @@ impl pb::clustering_server::Clustering for ClusteringService {
         &self,
         request: Request<pb::FitKMeansRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let job = KMeansJob::try_from(request.into_inner())?;
-        let snapshot = self.engine.fit_kmeans(job).await?;
-        Ok(Response::new((&snapshot).into()))
+        let r = request.get_ref().clone();
+        note(&request, &[&r.dataset_id]);
+        let bytes = r.encode_to_vec();
+        let fit = KMeansJob::try_from(r)?;
+        let snapshot = self.engine.fit_kmeans(fit, Origin::New(&bytes)).await?;
+        note(&request, &[&snapshot.id]);
+        Ok(Response::new(job(&snapshot, &self.engine)))
     }
 
     async fn assign(
         &self,
         request: Request<pb::AssignRequest>,
     ) -> Result<Response<pb::AssignResponse>, Status> {
+        note(&request, &[&request.get_ref().model_id]);
         let r = request.into_inner();
         let p = self.engine.assign(&r.model_id, r.rows).await?;
         Ok(Response::new(response(p)))
@@ -85,11 +92,18 @@ impl pb::clustering_server::Clustering for ClusteringService {
         request: Request<Streaming<pb::AssignRequest>>,
     ) -> Result<Response<AssignStream>, Status> {
         let engine = self.engine.clone();
+        let audit = request
+            .extensions()
+            .get::<crate::service::gate::AuditIds>()
+            .cloned();
         let requests = request.into_inner();
         let responses = requests.then(move |r| {
-            let engine = engine.clone();
+            let (engine, audit) = (engine.clone(), audit.clone());
             async move {
                 let r = r?;
+                if let Some(a) = &audit {
+                    a.push(&r.model_id);
+                }
                 Ok(response(engine.assign(&r.model_id, r.rows).await?))
             }
         });
@@ -100,6 +114,10 @@ impl pb::clustering_server::Clustering for ClusteringService {
         &self,
         request: Request<pb::EvaluateRequest>,
     ) -> Result<Response<pb::EvaluateResponse>, Status> {
+        note(
+            &request,
+            &[&request.get_ref().model_id, &request.get_ref().dataset_id],
+        );
         let r = request.into_inner();
         let sample = if r.silhouette_sample_size == 0 {
             10_000

@@ -1,9 +1,13 @@
 use std::sync::Arc;
 
+use prost::Message as _;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::service::engine::Engine;
+use super::{next_message, page_request, paginate};
+use crate::service::convert::job;
+use crate::service::engine::{Engine, Origin};
 use crate::service::error::ServiceError;
+use crate::service::gate::note;
 use crate::service::proto as pb;
 use crate::service::proto::upload_request::Message;
 
@@ -38,13 +42,20 @@ pub struct DatasetsService {
 #[tonic::async_trait]
 impl pb::datasets_server::Datasets for DatasetsService {
     /// Streams rows straight to a temporary file; the dataset appears only
-    /// once the stream ends cleanly (any error leaves nothing behind).
+    /// once the stream ends cleanly (any error, an idle stream or a client
+    /// that goes away leaves nothing behind).
     async fn upload(
         &self,
         request: Request<Streaming<pb::UploadRequest>>,
     ) -> Result<Response<pb::Dataset>, Status> {
+        let _slot = self.engine.upload_slot()?;
+        let idle = self.engine.config.limits.idle_timeout;
+        let audit = request
+            .extensions()
+            .get::<crate::service::gate::AuditIds>()
+            .cloned();
         let mut stream = request.into_inner();
-        let header = match stream.message().await? {
+        let header = match next_message(&mut stream, idle).await? {
             Some(pb::UploadRequest {
                 message: Some(Message::Header(h)),
             }) => h,
@@ -62,13 +73,15 @@ impl pb::datasets_server::Datasets for DatasetsService {
                 ServiceError::invalid("header.columns", "at least one column is needed").into(),
             );
         }
+        self.engine.check_name("header.name", &header.name)?;
+        self.engine.check_names("header.columns", &header.columns)?;
         let store = self.engine.store.clone();
         let mut writer = tokio::task::block_in_place(|| {
             store.begin_dataset(&header.name, header.columns.clone())
         })?;
         let width = writer.width();
         let mut row = 0u64;
-        while let Some(msg) = stream.message().await? {
+        while let Some(msg) = next_message(&mut stream, idle).await? {
             let block = match msg.message {
                 Some(Message::Rows(b)) => row_values(b)?,
                 _ => {
@@ -106,6 +119,9 @@ impl pb::datasets_server::Datasets for DatasetsService {
             return Err(ServiceError::invalid("rows", "the upload has no rows").into());
         }
         let meta = tokio::task::block_in_place(|| writer.finish())?;
+        if let Some(a) = audit {
+            a.push(&meta.id);
+        }
         tracing::info!(id = %meta.id, rows = meta.n_rows, "dataset uploaded");
         Ok(Response::new((&meta).into()))
     }
@@ -114,43 +130,59 @@ impl pb::datasets_server::Datasets for DatasetsService {
         &self,
         request: Request<pb::ImportRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let r = request.into_inner();
+        let r = request.get_ref().clone();
         if r.path.is_empty() {
             return Err(ServiceError::invalid("path", "a file path is needed").into());
         }
-        let job = self.engine.import(r.path, r.columns, r.name);
-        Ok(Response::new((&job).into()))
+        let bytes = r.encode_to_vec();
+        let snapshot = self
+            .engine
+            .import(r.path, r.columns, r.name, Origin::New(&bytes))?;
+        note(&request, &[&snapshot.id]);
+        Ok(Response::new(job(&snapshot, &self.engine)))
     }
 
     async fn get(
         &self,
         request: Request<pb::GetDatasetRequest>,
     ) -> Result<Response<pb::Dataset>, Status> {
-        let meta = self.engine.dataset(&request.into_inner().id)?;
+        note(&request, &[&request.get_ref().id]);
+        let meta = self.engine.dataset(&request.get_ref().id)?;
         Ok(Response::new((&meta).into()))
     }
 
     async fn list(
         &self,
-        _: Request<pb::ListDatasetsRequest>,
+        request: Request<pb::ListDatasetsRequest>,
     ) -> Result<Response<pb::ListDatasetsResponse>, Status> {
-        let datasets = self
-            .engine
-            .store
-            .list_datasets()?
-            .iter()
-            .map(Into::into)
-            .collect();
-        Ok(Response::new(pb::ListDatasetsResponse { datasets }))
+        let r = request.into_inner();
+        let page = page_request(r.page_size, r.page_token)?;
+        let store = self.engine.store.clone();
+        let all = tokio::task::block_in_place(|| store.list_datasets())?;
+        let (datasets, next_page_token) = paginate(
+            all.iter().map(|d| (d.id.clone(), pb::Dataset::from(d))),
+            &page,
+            self.engine.config.limits.max_message_bytes / 2,
+        );
+        Ok(Response::new(pb::ListDatasetsResponse {
+            datasets,
+            next_page_token,
+        }))
     }
 
     async fn delete(
         &self,
         request: Request<pb::DeleteDatasetRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let id = request.into_inner().id;
-        let store = self.engine.store.clone();
-        tokio::task::block_in_place(|| store.delete_dataset(&id))?;
-        Ok(Response::new(pb::DeleteResponse { deleted: true }))
+        note(&request, &[&request.get_ref().id]);
+        let r = request.get_ref();
+        let engine = self.engine.clone();
+        let deleted_ids = tokio::task::block_in_place(|| engine.delete_dataset(&r.id, r.cascade))?;
+        let ids: Vec<&str> = deleted_ids.iter().map(String::as_str).collect();
+        note(&request, &ids);
+        Ok(Response::new(pb::DeleteResponse {
+            deleted: true,
+            deleted_ids,
+        }))
     }
 }

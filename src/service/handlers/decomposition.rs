@@ -1,11 +1,13 @@
 use std::sync::Arc;
 
+use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use crate::pca::PcaParams;
-use crate::service::convert::backend_choice;
-use crate::service::engine::{Engine, PcaJob};
+use crate::service::convert::{backend_choice, job};
+use crate::service::engine::{Engine, Origin, PcaJob};
 use crate::service::error::ServiceError;
+use crate::service::gate::note;
 use crate::service::proto as pb;
 
 pub struct DecompositionService {
@@ -37,15 +39,20 @@ impl pb::decomposition_server::Decomposition for DecompositionService {
         &self,
         request: Request<pb::FitPcaRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let job = PcaJob::try_from(request.into_inner())?;
-        let snapshot = self.engine.fit_pca(job).await?;
-        Ok(Response::new((&snapshot).into()))
+        let r = request.get_ref().clone();
+        note(&request, &[&r.dataset_id]);
+        let bytes = r.encode_to_vec();
+        let fit = PcaJob::try_from(r)?;
+        let snapshot = self.engine.fit_pca(fit, Origin::New(&bytes)).await?;
+        note(&request, &[&snapshot.id]);
+        Ok(Response::new(job(&snapshot, &self.engine)))
     }
 
     async fn transform(
         &self,
         request: Request<pb::TransformRequest>,
     ) -> Result<Response<pb::TransformResponse>, Status> {
+        note(&request, &[&request.get_ref().model_id]);
         let r = request.into_inner();
         let (c, y) = self.engine.transform(&r.model_id, r.rows).await?;
         Ok(Response::new(pb::TransformResponse {

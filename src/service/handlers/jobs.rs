@@ -5,7 +5,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::{page_request, paginate};
+use crate::service::convert::job;
 use crate::service::engine::Engine;
+use crate::service::gate::note;
 use crate::service::proto as pb;
 
 pub struct JobsService {
@@ -24,18 +27,21 @@ impl pb::jobs_server::Jobs for JobsService {
         &self,
         request: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        let handle = self.engine.jobs.get(&request.into_inner().id)?;
+        note(&request, &[&request.get_ref().id]);
+        let handle = self.engine.jobs.get(&request.get_ref().id)?;
         let mut rx = handle.subscribe();
         let (tx, out) = tokio::sync::mpsc::channel(16);
+        let engine = self.engine.clone();
+        let mut closing = self.engine.jobs.closing();
         tokio::spawn(async move {
             loop {
                 let snapshot = rx.borrow_and_update().clone();
-                let event = if snapshot.state.is_finished() {
-                    pb::job_event::Event::Finished((&snapshot).into())
+                let last = snapshot.state.is_finished();
+                let event = if last {
+                    pb::job_event::Event::Finished(job(&snapshot, &engine))
                 } else {
                     pb::job_event::Event::Progress((&snapshot.progress).into())
                 };
-                let last = snapshot.state.is_finished();
                 if tx
                     .send(Ok(pb::JobEvent { event: Some(event) }))
                     .await
@@ -44,8 +50,20 @@ impl pb::jobs_server::Jobs for JobsService {
                 {
                     return;
                 }
-                if rx.changed().await.is_err() {
-                    return;
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() {
+                        return;
+                    },
+                    // Shutdown: end the stream so the server can stop; the
+                    // job runs again when the server is back.
+                    _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => {
+                        let _ = tx
+                            .send(Err(Status::unavailable(
+                                "the server is shutting down; the job runs again when it is back: watch it then",
+                            )))
+                            .await;
+                        return;
+                    }
                 }
             }
         });
@@ -56,24 +74,40 @@ impl pb::jobs_server::Jobs for JobsService {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let handle = self.engine.jobs.get(&request.into_inner().id)?;
-        Ok(Response::new((&handle.snapshot()).into()))
+        note(&request, &[&request.get_ref().id]);
+        let handle = self.engine.jobs.get(&request.get_ref().id)?;
+        Ok(Response::new(job(&handle.snapshot(), &self.engine)))
     }
 
     async fn list_jobs(
         &self,
-        _: Request<pb::ListJobsRequest>,
+        request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let jobs = self.engine.jobs.list().iter().map(Into::into).collect();
-        Ok(Response::new(pb::ListJobsResponse { jobs }))
+        let r = request.into_inner();
+        let page = page_request(r.page_size, r.page_token)?;
+        let snapshots = self.engine.jobs.list(page.after.as_deref());
+        let engine = &self.engine;
+        let (jobs, next_page_token) = paginate(
+            snapshots
+                .iter()
+                .take(page.size + 1)
+                .map(|s| (s.id.clone(), job(s, engine))),
+            &page,
+            engine.config.limits.max_message_bytes / 2,
+        );
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs,
+            next_page_token,
+        }))
     }
 
     async fn cancel_job(
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let handle = self.engine.jobs.get(&request.into_inner().id)?;
+        note(&request, &[&request.get_ref().id]);
+        let handle = self.engine.jobs.get(&request.get_ref().id)?;
         handle.cancel();
-        Ok(Response::new((&handle.snapshot()).into()))
+        Ok(Response::new(job(&handle.snapshot(), &self.engine)))
     }
 }

@@ -5,6 +5,8 @@ mod datasets;
 mod decomposition;
 mod jobs;
 mod models;
+mod privacy;
+mod resume;
 mod segmentations;
 mod server_info;
 
@@ -13,5 +15,122 @@ pub use datasets::DatasetsService;
 pub use decomposition::DecompositionService;
 pub use jobs::JobsService;
 pub use models::ModelsService;
+pub use privacy::PrivacyService;
+pub use resume::resume_jobs;
 pub use segmentations::SegmentationsService;
 pub use server_info::ServerService;
+
+use std::time::Duration;
+
+use tonic::Streaming;
+
+use super::error::ServiceError;
+
+/// Page size when a list request gives none, and the largest allowed.
+const DEFAULT_PAGE_SIZE: usize = 100;
+const MAX_PAGE_SIZE: usize = 1000;
+
+/// A list request's page: how many items, and after which id.
+struct PageRequest {
+    size: usize,
+    after: Option<String>,
+}
+
+fn page_request(size: u32, token: String) -> Result<PageRequest, ServiceError> {
+    let size = match size as usize {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    };
+    // Tokens are the last id of the previous page: our own id syntax.
+    let valid = token.len() < 100 && token.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if !valid {
+        return Err(ServiceError::invalid(
+            "page_token",
+            "not a token from a previous response",
+        ));
+    }
+    Ok(PageRequest {
+        size,
+        after: (!token.is_empty()).then_some(token),
+    })
+}
+
+/// Takes items (sorted by id) after the page's token until the page is full
+/// or the next item would take the encoded page past `budget` bytes (a page
+/// holds at least one item). Returns the page and the next page's token.
+fn paginate<T: prost::Message>(
+    items: impl IntoIterator<Item = (String, T)>,
+    page: &PageRequest,
+    budget: usize,
+) -> (Vec<T>, String) {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    let mut last = String::new();
+    let mut items = items
+        .into_iter()
+        .filter(|(id, _)| page.after.as_ref().is_none_or(|a| id > a))
+        .peekable();
+    while let Some((id, item)) = items.next_if(|(_, item)| {
+        out.is_empty() || (out.len() < page.size && bytes + item.encoded_len() + 8 <= budget)
+    }) {
+        bytes += item.encoded_len() + 8;
+        out.push(item);
+        last = id;
+    }
+    let next = if items.peek().is_some() {
+        last
+    } else {
+        String::new()
+    };
+    (out, next)
+}
+
+/// The next message of an upload stream, or an error once it has been idle
+/// for `idle` (the caller's writer is dropped, which removes its files).
+async fn next_message<T>(
+    stream: &mut Streaming<T>,
+    idle: Duration,
+) -> Result<Option<T>, tonic::Status> {
+    match tokio::time::timeout(idle, stream.message()).await {
+        Ok(m) => m,
+        Err(_) => Err(ServiceError::DeadlineExceeded(format!(
+            "the upload sent nothing for {} s (the server's idle timeout); nothing was stored",
+            idle.as_secs_f64()
+        ))
+        .into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_end_at_the_count_or_the_byte_budget() {
+        let items = |n: usize| {
+            (0..n).map(|i| {
+                (
+                    format!("ds-{i:03}"),
+                    super::super::proto::GetDatasetRequest {
+                        id: "x".repeat(100),
+                    },
+                )
+            })
+        };
+        let page = page_request(3, String::new()).unwrap();
+        let (got, next) = paginate(items(10), &page, 1 << 20);
+        assert_eq!((got.len(), next.as_str()), (3, "ds-002"));
+        let page = page_request(3, next).unwrap();
+        let (got, next) = paginate(items(10), &page, 1 << 20);
+        assert_eq!((got.len(), next.as_str()), (3, "ds-005"));
+        let page = page_request(100, String::new()).unwrap();
+        let (got, next) = paginate(items(10), &page, 250);
+        assert_eq!((got.len(), next.as_str()), (2, "ds-001"));
+        let (got, next) = paginate(items(10), &page, 10);
+        assert_eq!(got.len(), 1, "a page holds at least one item");
+        assert_eq!(next, "ds-000");
+        let (got, next) = paginate(items(2), &page, 1 << 20);
+        assert_eq!((got.len(), next.as_str()), (2, ""));
+        assert!(page_request(1, "../x".into()).is_err());
+    }
+}

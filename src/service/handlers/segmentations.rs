@@ -1,15 +1,18 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use prost::Message as _;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::next_message;
 use crate::data::TableFormat;
 use crate::segmentation::transactions::{BadRowPolicy, TransactionColumns};
 use crate::segmentation::{KChoice, SegmentParams, SegmentationError};
-use crate::service::convert::{backend_choice, segmentation};
-use crate::service::engine::{Engine, LogSource, SegmentJob};
+use crate::service::convert::{backend_choice, job, segmentation};
+use crate::service::engine::{Engine, LogSource, Origin, SegmentJob};
 use crate::service::error::ServiceError;
+use crate::service::gate::{note, AuditIds};
 use crate::service::proto as pb;
 use crate::service::proto::upload_transactions_request::Message;
 
@@ -51,7 +54,7 @@ fn k_choice(k: Option<pb::segment_request::KChoice>) -> Result<Option<KChoice>, 
 }
 
 /// A request, checked and typed.
-fn segment_job(r: pb::SegmentRequest) -> Result<SegmentJob, ServiceError> {
+pub(super) fn segment_job(r: pb::SegmentRequest) -> Result<SegmentJob, ServiceError> {
     use pb::segment_request::Source;
     let source = match r.source {
         Some(Source::TransactionsId(id)) if !id.is_empty() => LogSource::Uploaded(id),
@@ -123,8 +126,11 @@ impl pb::segmentations_server::Segmentations for SegmentationsService {
         &self,
         request: Request<Streaming<pb::UploadTransactionsRequest>>,
     ) -> Result<Response<pb::TransactionLog>, Status> {
+        let _slot = self.engine.upload_slot()?;
+        let idle = self.engine.config.limits.idle_timeout;
+        let audit = request.extensions().get::<AuditIds>().cloned();
         let mut stream = request.into_inner();
-        let header = match stream.message().await? {
+        let header = match next_message(&mut stream, idle).await? {
             Some(pb::UploadTransactionsRequest {
                 message: Some(Message::Header(h)),
             }) => h,
@@ -148,10 +154,11 @@ impl pb::segmentations_server::Segmentations for SegmentationsService {
                 .into())
             }
         };
+        self.engine.check_name("header.name", &header.name)?;
         let store = self.engine.store.clone();
         let mut writer =
             tokio::task::block_in_place(|| store.begin_transactions(&header.name, format))?;
-        while let Some(msg) = stream.message().await? {
+        while let Some(msg) = next_message(&mut stream, idle).await? {
             let Some(Message::Chunk(bytes)) = msg.message else {
                 return Err(
                     ServiceError::invalid("chunk", "only chunks may follow the header").into(),
@@ -165,6 +172,9 @@ impl pb::segmentations_server::Segmentations for SegmentationsService {
             return Err(ServiceError::invalid("chunk", "the upload is empty").into());
         }
         let meta = tokio::task::block_in_place(|| writer.finish())?;
+        if let Some(a) = audit {
+            a.push(&meta.id);
+        }
         tracing::info!(id = %meta.id, bytes = meta.size_bytes, "transaction log uploaded");
         Ok(Response::new((&meta).into()))
     }
@@ -173,15 +183,23 @@ impl pb::segmentations_server::Segmentations for SegmentationsService {
         &self,
         request: Request<pb::SegmentRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let job = segment_job(request.into_inner())?;
-        let snapshot = self.engine.segment(job).await?;
-        Ok(Response::new((&snapshot).into()))
+        let r = request.get_ref().clone();
+        if let Some(pb::segment_request::Source::TransactionsId(id)) = &r.source {
+            note(&request, &[id]);
+        }
+        note(&request, &[&r.previous_segmentation_id]);
+        let bytes = r.encode_to_vec();
+        let segment = segment_job(r)?;
+        let snapshot = self.engine.segment(segment, Origin::New(&bytes)).await?;
+        note(&request, &[&snapshot.id]);
+        Ok(Response::new(job(&snapshot, &self.engine)))
     }
 
     async fn get_segmentation(
         &self,
         request: Request<pb::GetSegmentationRequest>,
     ) -> Result<Response<pb::Segmentation>, Status> {
+        note(&request, &[&request.get_ref().id]);
         let id = request.into_inner().id;
         let (meta, doc) = tokio::task::block_in_place(|| self.engine.store.segmentation(&id))?;
         Ok(Response::new(segmentation(&meta, &doc)))
@@ -193,36 +211,62 @@ impl pb::segmentations_server::Segmentations for SegmentationsService {
         &self,
         request: Request<pb::DownloadArtifactRequest>,
     ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
+        note(&request, &[&request.get_ref().segmentation_id]);
         let r = request.into_inner();
         let path = self.engine.store.artifact(&r.segmentation_id, &r.name)?;
-        let bytes = tokio::fs::read(&path).await.map_err(ServiceError::io)?;
-        let chunks: Vec<Result<pb::FileChunk, Status>> = bytes
-            .chunks(CHUNK_BYTES)
-            .map(|c| Ok(pb::FileChunk { data: c.to_vec() }))
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(ServiceError::io)?;
+        // Read a chunk at a time as the client takes them: a large artifact
+        // never sits whole in memory.
+        let chunks = futures_util::stream::unfold(Some(file), |file| async move {
+            use tokio::io::AsyncReadExt;
+            let mut file = file?;
+            let mut buf = vec![0u8; CHUNK_BYTES];
+            let mut filled = 0;
+            while filled < CHUNK_BYTES {
+                match file.read(&mut buf[filled..]).await {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) => return Some((Err(Status::from(ServiceError::io(e))), None)),
+                }
+            }
+            if filled == 0 {
+                return None;
+            }
+            buf.truncate(filled);
+            Some((Ok(pb::FileChunk { data: buf }), Some(file)))
+        });
+        Ok(Response::new(Box::pin(chunks)))
     }
 
     async fn delete_transactions(
         &self,
         request: Request<pb::DeleteTransactionsRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let id = request.into_inner().id;
-        tokio::task::block_in_place(|| self.engine.store.delete_transactions(&id))?;
-        Ok(Response::new(pb::DeleteResponse { deleted: true }))
+        note(&request, &[&request.get_ref().id]);
+        let r = request.get_ref();
+        let engine = self.engine.clone();
+        let deleted_ids =
+            tokio::task::block_in_place(|| engine.delete_transactions(&r.id, r.cascade))?;
+        let ids: Vec<&str> = deleted_ids.iter().map(String::as_str).collect();
+        note(&request, &ids);
+        Ok(Response::new(pb::DeleteResponse {
+            deleted: true,
+            deleted_ids,
+        }))
     }
 
     async fn delete_segmentation(
         &self,
         request: Request<pb::DeleteSegmentationRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let id = request.into_inner().id;
-        tokio::task::block_in_place(|| self.engine.store.delete_segmentation(&id))?;
-        // Its model may already have been deleted through Models.
-        match self.engine.delete_model(&id) {
-            Ok(()) | Err(ServiceError::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-        Ok(Response::new(pb::DeleteResponse { deleted: true }))
+        let id = request.get_ref().id.clone();
+        note(&request, &[&id]);
+        tokio::task::block_in_place(|| self.engine.delete_segmentation(&id))?;
+        Ok(Response::new(pb::DeleteResponse {
+            deleted: true,
+            deleted_ids: vec![id],
+        }))
     }
 }

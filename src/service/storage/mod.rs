@@ -5,7 +5,11 @@
 //! DATA_DIR/models/<id>.json
 //! DATA_DIR/transactions/<id>/meta.json, log.csv | log.parquet   (as uploaded)
 //! DATA_DIR/segmentations/<id>/meta.json + the segment job's outputs
+//! DATA_DIR/jobs/<id>.json                         (job records, see `jobs`)
+//! DATA_DIR/.lock                                  (held while a server runs)
 //! ```
+//! One server owns a data directory: [`Store::open`] takes an exclusive
+//! advisory lock on `.lock` and fails if another process holds it.
 //! Every write goes to a temporary name, is fsynced, then renamed into place
 //! (and the directory fsynced): a crash leaves either the old state or the
 //! new, never a partial dataset or model. Leftover temporaries are removed at
@@ -14,6 +18,8 @@
 use std::fs::{self, File};
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
@@ -27,7 +33,7 @@ mod segmentations;
 
 pub use segmentations::{SegmentationMeta, TransactionsMeta, TransactionsWriter};
 
-const TMP: &str = ".tmp-";
+pub(crate) const TMP: &str = ".tmp-";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetMeta {
@@ -74,10 +80,7 @@ fn check_id(what: &'static str, id: &str) -> ServiceResult<()> {
     if ok {
         Ok(())
     } else {
-        Err(ServiceError::NotFound {
-            what,
-            id: id.to_owned(),
-        })
+        Err(ServiceError::not_found(what, id))
     }
 }
 
@@ -94,37 +97,116 @@ fn remove_dir(parent: &Path, dir: &Path, id: &str) -> ServiceResult<()> {
     fs::remove_dir_all(&doomed).map_err(ServiceError::io)
 }
 
-fn write_json_atomically<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
-    let dir = path.parent().expect("file in a directory");
-    let tmp = dir.join(format!(
-        "{TMP}{}",
-        path.file_name().unwrap().to_string_lossy()
-    ));
-    let mut f = BufWriter::new(File::create(&tmp)?);
-    serde_json::to_writer(&mut f, value)?;
-    let f = f.into_inner().map_err(|e| e.into_error())?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)?;
-    sync_dir(dir)
+pub(crate) fn write_json_atomically<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    let text = serde_json::to_vec(value)?;
+    write_bytes_atomically(path, &text)
+}
+
+/// Bytes stored, against the optional quota. Writers reserve as they
+/// write, so concurrent uploads cannot overshoot it together.
+#[derive(Debug)]
+struct Usage {
+    used: AtomicU64,
+    quota: Option<u64>,
+}
+
+impl Usage {
+    fn reserve(&self, bytes: u64) -> ServiceResult<()> {
+        let Some(quota) = self.quota else {
+            self.used.fetch_add(bytes, Ordering::Relaxed);
+            return Ok(());
+        };
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                (u + bytes <= quota).then_some(u + bytes)
+            })
+            .map(|_| ())
+            .map_err(|used| ServiceError::ResourceExhausted {
+                limit: "max_data_dir_bytes",
+                message: format!(
+                    "storing {bytes} more bytes would exceed the data directory's quota ({used} of {quota} bytes used)"
+                ),
+            })
+    }
+
+    fn release(&self, bytes: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(bytes))
+            });
+    }
+}
+
+/// Bytes in the files under `path`.
+fn tree_bytes(path: &Path) -> u64 {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| tree_bytes(&e.path()))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the data directory {0} is in use by another segmenta server (it holds {0}/.lock); stop it or choose another --data-dir")]
+    Locked(PathBuf),
 }
 
 #[derive(Debug, Clone)]
 pub struct Store {
+    root: PathBuf,
     datasets: PathBuf,
     models: PathBuf,
     transactions: PathBuf,
     segmentations: PathBuf,
+    usage: Arc<Usage>,
+    /// Held for the store's lifetime: the advisory lock on `.lock`.
+    _lock: Arc<File>,
 }
 
 impl Store {
-    /// Opens (creating if needed) a data directory and clears temporaries
-    /// left by a crash.
-    pub fn open(root: &Path) -> std::io::Result<Self> {
+    /// Opens (creating if needed) a data directory without a quota.
+    pub fn open(root: &Path) -> Result<Self, OpenError> {
+        Self::open_with_quota(root, None)
+    }
+
+    /// Opens (creating if needed) a data directory, locks it, and clears
+    /// temporaries left by a crash.
+    pub fn open_with_quota(root: &Path, quota: Option<u64>) -> Result<Self, OpenError> {
+        fs::create_dir_all(root)?;
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join(".lock"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(OpenError::Locked(root.to_owned())),
+            Err(fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
         let store = Self {
+            root: root.to_owned(),
             datasets: root.join("datasets"),
             models: root.join("models"),
             transactions: root.join("transactions"),
             segmentations: root.join("segmentations"),
+            usage: Arc::new(Usage {
+                used: AtomicU64::new(0),
+                quota,
+            }),
+            _lock: Arc::new(lock),
         };
         for dir in [
             &store.datasets,
@@ -145,7 +227,50 @@ impl Store {
                 }
             }
         }
+        store.recount();
         Ok(store)
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Bytes stored (datasets, logs, models, outputs).
+    pub fn used_bytes(&self) -> u64 {
+        self.usage.used.load(Ordering::Relaxed)
+    }
+
+    /// Measures the stored bytes again (after files were rewritten in place).
+    pub fn recount(&self) {
+        let used = [
+            &self.datasets,
+            &self.models,
+            &self.transactions,
+            &self.segmentations,
+        ]
+        .iter()
+        .map(|d| tree_bytes(d))
+        .sum();
+        self.usage.used.store(used, Ordering::Relaxed);
+    }
+
+    /// Counts `bytes` about to be written against the quota.
+    pub fn reserve(&self, bytes: u64) -> ServiceResult<()> {
+        self.usage.reserve(bytes)
+    }
+
+    /// Returns bytes that were reserved but not kept.
+    pub fn release(&self, bytes: u64) {
+        self.usage.release(bytes)
+    }
+
+    /// Removes a stored directory and gives its bytes back to the quota.
+    fn remove_tree(&self, parent: &Path, dir: &Path, id: &str) -> ServiceResult<()> {
+        let bytes = tree_bytes(dir);
+        remove_dir(parent, dir, id)?;
+        self.release(bytes);
+        Ok(())
     }
 
     /// Starts writing a dataset; nothing is visible until [`DatasetWriter::finish`].
@@ -166,6 +291,8 @@ impl Store {
             tmp,
             dest: self.datasets.clone(),
             file: Some(BufWriter::with_capacity(1 << 20, file)),
+            store: self.clone(),
+            committed: false,
         })
     }
 
@@ -183,10 +310,7 @@ impl Store {
         if dir.join("meta.json").is_file() {
             Ok(dir)
         } else {
-            Err(ServiceError::NotFound {
-                what: "dataset",
-                id: id.to_owned(),
-            })
+            Err(ServiceError::not_found("dataset", id))
         }
     }
 
@@ -238,22 +362,24 @@ impl Store {
 
     /// Removes the dataset from disk.
     pub fn delete_dataset(&self, id: &str) -> ServiceResult<()> {
-        remove_dir(&self.datasets, &self.dataset_dir(id)?, id)
+        self.remove_tree(&self.datasets, &self.dataset_dir(id)?, id)
     }
 
     pub fn put_model(&self, record: &ModelRecord) -> ServiceResult<()> {
         check_id("model", &record.id)?;
-        write_json_atomically(&self.models.join(format!("{}.json", record.id)), record)
-            .map_err(ServiceError::io)
+        let path = self.models.join(format!("{}.json", record.id));
+        let text = serde_json::to_vec(record).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        self.reserve(text.len() as u64)?;
+        write_bytes_atomically(&path, &text).map_err(|e| {
+            self.release(text.len() as u64);
+            ServiceError::io(e)
+        })
     }
 
     pub fn model(&self, id: &str) -> ServiceResult<ModelRecord> {
         check_id("model", id)?;
         let path = self.models.join(format!("{id}.json"));
-        let text = fs::read(&path).map_err(|_| ServiceError::NotFound {
-            what: "model",
-            id: id.to_owned(),
-        })?;
+        let text = fs::read(&path).map_err(|_| ServiceError::not_found("model", id))?;
         serde_json::from_slice(&text)
             .map_err(|e| ServiceError::Internal(format!("model {id}: {e}")))
     }
@@ -275,10 +401,57 @@ impl Store {
     }
 
     pub fn delete_model(&self, id: &str) -> ServiceResult<()> {
-        self.model(id)?;
-        fs::remove_file(self.models.join(format!("{id}.json"))).map_err(ServiceError::io)?;
+        check_id("model", id)?;
+        let path = self.models.join(format!("{id}.json"));
+        let bytes = fs::metadata(&path)
+            .map_err(|_| ServiceError::not_found("model", id))?
+            .len();
+        fs::remove_file(&path).map_err(ServiceError::io)?;
+        self.release(bytes);
         sync_dir(&self.models).map_err(ServiceError::io)
     }
+
+    /// Ids of the models fitted on a dataset (or made from a log).
+    pub fn models_from(&self, source: &str) -> ServiceResult<Vec<String>> {
+        Ok(self
+            .list_models()?
+            .into_iter()
+            .filter(|m| m.dataset_id == source)
+            .map(|m| m.id)
+            .collect())
+    }
+}
+
+/// Writes `bytes` to `path` atomically (see [`replace_file_with`]).
+pub(crate) fn write_bytes_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace_file_with(path, |f| f.write_all(bytes))
+}
+
+/// Replaces `path` with what `write` produces: written to a temporary name
+/// in the same directory, fsynced, renamed over `path`, and the directory
+/// fsynced. The one way every stored file is replaced: a crash or a full
+/// disk leaves the old file or the new one, and no temporary behind.
+pub(crate) fn replace_file_with(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let dir = path.parent().expect("file in a directory");
+    let tmp = dir.join(format!(
+        "{TMP}{}",
+        path.file_name().unwrap().to_string_lossy()
+    ));
+    let result = (|| {
+        let mut f = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        write(&mut f)?;
+        let f = f.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// A dataset being written. Dropped without `finish`, it leaves nothing behind.
@@ -287,6 +460,8 @@ pub struct DatasetWriter {
     tmp: PathBuf,
     dest: PathBuf,
     file: Option<BufWriter<File>>,
+    store: Store,
+    committed: bool,
 }
 
 impl DatasetWriter {
@@ -301,6 +476,7 @@ impl DatasetWriter {
     /// Appends whole rows.
     pub fn append(&mut self, values: &[f32]) -> ServiceResult<()> {
         debug_assert_eq!(values.len() % self.width(), 0);
+        self.store.reserve(4 * values.len() as u64)?;
         let file = self.file.as_mut().expect("open until finish");
         // The file is little-endian f32: on little-endian machines, the bytes as they are.
         #[cfg(target_endian = "little")]
@@ -325,15 +501,19 @@ impl DatasetWriter {
         write_json_atomically(&self.tmp.join("meta.json"), &self.meta).map_err(ServiceError::io)?;
         let dest = self.dest.join(&self.meta.id);
         fs::rename(&self.tmp, &dest).map_err(ServiceError::io)?;
+        self.committed = true;
         sync_dir(&self.dest).map_err(ServiceError::io)?;
         Ok(self.meta.clone())
     }
 }
 
 impl Drop for DatasetWriter {
+    /// An upload that did not finish (client gone, bad block, disk full)
+    /// leaves nothing behind.
     fn drop(&mut self) {
-        if self.file.is_some() {
+        if !self.committed {
             let _ = fs::remove_dir_all(&self.tmp);
+            self.store.release(self.meta.size_bytes);
         }
     }
 }
@@ -357,6 +537,7 @@ mod tests {
         std::fs::write(dir.path().join("models/.tmp-km-x.json"), b"{partial").unwrap();
         assert_eq!(store.list_datasets().unwrap(), vec![kept.clone()]);
         assert!(store.list_models().unwrap().is_empty());
+        drop(store);
         let reopened = Store::open(dir.path()).unwrap();
         assert_eq!(
             std::fs::read_dir(dir.path().join("datasets"))
@@ -373,5 +554,47 @@ mod tests {
         let (meta, back) = reopened.load_dataset(&kept.id).unwrap();
         assert_eq!(meta, kept);
         assert_eq!(back.values, data.values);
+    }
+
+    #[test]
+    fn one_store_per_directory() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let first = Store::open(dir.path()).unwrap();
+        let e = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(e, OpenError::Locked(_)), "{e}");
+        assert!(e.to_string().contains("in use by another segmenta server"));
+        drop(first);
+        Store::open(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn the_quota_refuses_writes_and_counts_deletes() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = Store::open_with_quota(dir.path(), Some(1000)).unwrap();
+        let mut w = store.begin_dataset("big", vec!["a".into()]).unwrap();
+        w.append(&[1.0; 200]).unwrap();
+        let e = w.append(&[1.0; 100]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ServiceError::ResourceExhausted {
+                    limit: "max_data_dir_bytes",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        drop(w);
+        assert_eq!(
+            store.used_bytes(),
+            0,
+            "an abandoned upload gives its bytes back"
+        );
+        let small = Dataset::from_rows(vec!["a".into()], vec![1.0; 100]).unwrap();
+        let kept = store.put_dataset("small", &small).unwrap();
+        let used = store.used_bytes();
+        assert!(used >= 400, "{used}");
+        store.delete_dataset(&kept.id).unwrap();
+        assert_eq!(store.used_bytes(), 0);
     }
 }

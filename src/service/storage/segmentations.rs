@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_id, new_id, now_ms, remove_dir, sync_dir, write_json_atomically, Store, TMP};
+use super::{check_id, new_id, now_ms, sync_dir, tree_bytes, write_json_atomically, Store, TMP};
 use crate::data::TableFormat;
 use crate::segmentation::{SegmentModel, SegmentsDocument};
 use crate::service::error::{ServiceError, ServiceResult};
@@ -38,6 +38,8 @@ pub struct TransactionsWriter {
     tmp: PathBuf,
     dest: PathBuf,
     file: Option<BufWriter<File>>,
+    store: Store,
+    committed: bool,
 }
 
 impl TransactionsWriter {
@@ -46,6 +48,7 @@ impl TransactionsWriter {
     }
 
     pub fn append(&mut self, bytes: &[u8]) -> ServiceResult<()> {
+        self.store.reserve(bytes.len() as u64)?;
         let file = self.file.as_mut().expect("open until finish");
         file.write_all(bytes).map_err(ServiceError::io)?;
         self.meta.size_bytes += bytes.len() as u64;
@@ -60,6 +63,7 @@ impl TransactionsWriter {
         file.sync_all().map_err(ServiceError::io)?;
         write_json_atomically(&self.tmp.join("meta.json"), &self.meta).map_err(ServiceError::io)?;
         fs::rename(&self.tmp, self.dest.join(&self.meta.id)).map_err(ServiceError::io)?;
+        self.committed = true;
         sync_dir(&self.dest).map_err(ServiceError::io)?;
         Ok(self.meta.clone())
     }
@@ -67,8 +71,9 @@ impl TransactionsWriter {
 
 impl Drop for TransactionsWriter {
     fn drop(&mut self) {
-        if self.file.is_some() {
+        if !self.committed {
             let _ = fs::remove_dir_all(&self.tmp);
+            self.store.release(self.meta.size_bytes);
         }
     }
 }
@@ -98,14 +103,13 @@ impl Store {
             tmp,
             dest: self.transactions.clone(),
             file: Some(BufWriter::with_capacity(1 << 20, file)),
+            store: self.clone(),
+            committed: false,
         })
     }
 
     pub fn transactions(&self, id: &str) -> ServiceResult<TransactionsMeta> {
-        let not_found = || ServiceError::NotFound {
-            what: "transaction log",
-            id: id.to_owned(),
-        };
+        let not_found = || ServiceError::not_found("transaction log", id);
         check_id("transaction log", id)?;
         let text =
             fs::read(self.transactions.join(id).join("meta.json")).map_err(|_| not_found())?;
@@ -127,11 +131,18 @@ impl Store {
         Ok((id, dir))
     }
 
-    /// Makes staged outputs visible under their id, atomically.
+    /// Makes staged outputs visible under their id, atomically, once they
+    /// fit in the quota.
     pub fn commit_segmentation(&self, staged: &Path, meta: &SegmentationMeta) -> ServiceResult<()> {
         write_json_atomically(&staged.join("meta.json"), meta).map_err(ServiceError::io)?;
-        fs::rename(staged, self.segmentations.join(&meta.id)).map_err(ServiceError::io)?;
-        sync_dir(&self.segmentations).map_err(ServiceError::io)
+        let bytes = tree_bytes(staged);
+        self.reserve(bytes)?;
+        let committed = fs::rename(staged, self.segmentations.join(&meta.id))
+            .and_then(|()| sync_dir(&self.segmentations));
+        committed.map_err(|e| {
+            self.release(bytes);
+            ServiceError::io(e)
+        })
     }
 
     fn segmentation_dir(&self, id: &str) -> ServiceResult<PathBuf> {
@@ -140,10 +151,7 @@ impl Store {
         if dir.join("meta.json").is_file() {
             Ok(dir)
         } else {
-            Err(ServiceError::NotFound {
-                what: "segmentation",
-                id: id.to_owned(),
-            })
+            Err(ServiceError::not_found("segmentation", id))
         }
     }
 
@@ -168,9 +176,10 @@ impl Store {
     pub fn artifact(&self, id: &str, name: &str) -> ServiceResult<PathBuf> {
         let meta: SegmentationMeta = self.read_json(id, "meta.json")?;
         if !meta.artifacts.iter().any(|a| a == name) {
-            return Err(ServiceError::NotFound {
+            return Err(ServiceError::NotFoundIn {
                 what: "artifact",
-                id: format!("{id}/{name} (available: {})", meta.artifacts.join(", ")),
+                id: name.to_owned(),
+                available: meta.artifacts.join(", "),
             });
         }
         Ok(self.segmentation_dir(id)?.join(name))
@@ -178,11 +187,46 @@ impl Store {
 
     pub fn delete_transactions(&self, id: &str) -> ServiceResult<()> {
         self.transactions(id)?;
-        remove_dir(&self.transactions, &self.transactions.join(id), id)
+        self.remove_tree(&self.transactions, &self.transactions.join(id), id)
     }
 
     /// Removes the outputs; the caller removes the registered model.
     pub fn delete_segmentation(&self, id: &str) -> ServiceResult<()> {
-        remove_dir(&self.segmentations, &self.segmentation_dir(id)?, id)
+        self.remove_tree(&self.segmentations, &self.segmentation_dir(id)?, id)
+    }
+
+    pub fn list_transactions(&self) -> ServiceResult<Vec<TransactionsMeta>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.transactions).map_err(ServiceError::io)? {
+            let name = entry.map_err(ServiceError::io)?.file_name();
+            let name = name.to_string_lossy();
+            if !name.starts_with(TMP) {
+                if let Ok(meta) = self.transactions(&name) {
+                    out.push(meta);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    pub fn list_segmentations(&self) -> ServiceResult<Vec<SegmentationMeta>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.segmentations).map_err(ServiceError::io)? {
+            let name = entry.map_err(ServiceError::io)?.file_name();
+            let name = name.to_string_lossy();
+            if !name.starts_with(TMP) {
+                if let Ok(meta) = self.read_json::<SegmentationMeta>(&name, "meta.json") {
+                    out.push(meta);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// The directory of a stored segmentation's outputs (for erasure).
+    pub fn segmentation_path(&self, id: &str) -> ServiceResult<PathBuf> {
+        self.segmentation_dir(id)
     }
 }

@@ -1,0 +1,161 @@
+//! What a request would cost, checked against the limits before it runs:
+//! memory that grows with the request's shape, and work that grows with
+//! its product. A refusal names the limit, so an operator knows which knob
+//! to turn and a client knows what to shrink.
+
+use crate::kmeans::KMeansParams;
+use crate::service::config::Limits;
+use crate::service::error::{ServiceError, ServiceResult};
+
+fn exhausted(limit: &'static str, message: String) -> ServiceError {
+    ServiceError::ResourceExhausted { limit, message }
+}
+
+fn features(limits: &Limits, d: usize) -> ServiceResult<()> {
+    if d > limits.max_features {
+        return Err(exhausted(
+            "max_features",
+            format!("{d} features; the limit is {}", limits.max_features),
+        ));
+    }
+    Ok(())
+}
+
+/// A model must fit in one response message (centroids in two copies:
+/// original and scaled units).
+fn model_fits_message(limits: &Limits, values: usize) -> ServiceResult<()> {
+    let bytes = 8 * values as u64;
+    if bytes > limits.max_message_bytes as u64 / 2 {
+        return Err(exhausted(
+            "max_message_bytes",
+            format!(
+                "the model would hold {values} centroid values ({bytes} bytes), more than half the message limit of {} bytes",
+                limits.max_message_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub fn kmeans(limits: &Limits, params: &KMeansParams, n_rows: u64, d: usize) -> ServiceResult<()> {
+    let k = params.k();
+    features(limits, d)?;
+    if k > limits.max_k {
+        return Err(exhausted(
+            "max_k",
+            format!("k = {k}; the limit is {}", limits.max_k),
+        ));
+    }
+    let iterations = params
+        .n_init_value()
+        .saturating_mul(params.max_iter_value());
+    if iterations > limits.max_iterations {
+        return Err(exhausted(
+            "max_iterations",
+            format!(
+                "n_init × max_iter = {iterations}; the limit is {}",
+                limits.max_iterations
+            ),
+        ));
+    }
+    model_fits_message(limits, k.saturating_mul(d))?;
+    let work = n_rows as f64 * k as f64 * d as f64 * iterations as f64;
+    if work > limits.max_fit_work {
+        return Err(exhausted(
+            "max_fit_work",
+            format!(
+                "rows × k × features × n_init × max_iter = {work:.3e}; the limit is {:.3e} (lower max_iter or n_init, or k)",
+                limits.max_fit_work
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// PCA keeps a `d × d` Gram per block of rows (16 of them) in f64, then
+/// decomposes it in `O(d³)`; `d` is bounded by `max_features`, the pass
+/// over the rows by the work budget.
+pub fn pca(limits: &Limits, n_rows: u64, d: usize) -> ServiceResult<()> {
+    features(limits, d)?;
+    let work = n_rows as f64 * d as f64 * d as f64 / 2.0 + (d as f64).powi(3);
+    if work > limits.max_fit_work {
+        return Err(exhausted(
+            "max_fit_work",
+            format!(
+                "rows × features² / 2 + features³ = {work:.3e}; the limit is {:.3e}",
+                limits.max_fit_work
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Evaluate assigns every row (`n·k·d`), compares clusters pairwise
+/// (`k²·d`) and the silhouette sample pairwise (`s²·d`).
+pub fn evaluate(
+    limits: &Limits,
+    n_rows: u64,
+    k: usize,
+    d: usize,
+    sample: usize,
+) -> ServiceResult<()> {
+    if sample > limits.max_silhouette_sample {
+        return Err(exhausted(
+            "max_silhouette_sample",
+            format!(
+                "a silhouette sample of {sample} rows; the limit is {} (its cost grows with the square)",
+                limits.max_silhouette_sample
+            ),
+        ));
+    }
+    let s = (sample as u64).min(n_rows) as f64;
+    let work = (n_rows as f64 * k as f64 + (k as f64).powi(2) + s * s) * d as f64;
+    if work > limits.max_fit_work {
+        return Err(exhausted(
+            "max_fit_work",
+            format!(
+                "(rows × k + k² + sample²) × features = {work:.3e}; the limit is {:.3e}",
+                limits.max_fit_work
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_limit_is_named_when_passed() {
+        let l = Limits::default();
+        let refuse = |r: ServiceResult<()>, limit: &str| match r {
+            Err(ServiceError::ResourceExhausted { limit: got, .. }) => assert_eq!(got, limit),
+            other => panic!("expected {limit}, got {other:?}"),
+        };
+        refuse(
+            kmeans(&l, &KMeansParams::new(200_000), 1_000_000, 2),
+            "max_k",
+        );
+        refuse(
+            kmeans(&l, &KMeansParams::new(8).n_init(100).max_iter(1000), 10, 2),
+            "max_iterations",
+        );
+        refuse(kmeans(&l, &KMeansParams::new(8), 10, 5000), "max_features");
+        refuse(
+            kmeans(&l, &KMeansParams::new(100_000), 1_000_000, 32),
+            "max_message_bytes",
+        );
+        refuse(
+            kmeans(&l, &KMeansParams::new(10_000), 100_000_000, 64),
+            "max_fit_work",
+        );
+        refuse(pca(&l, 2, 2_000_000), "max_features");
+        refuse(pca(&l, 1 << 40, 4096), "max_fit_work");
+        refuse(evaluate(&l, 10, 2, 2, 1_000_000), "max_silhouette_sample");
+        assert!(kmeans(&l, &KMeansParams::new(64), 1_000_000, 32).is_ok());
+        assert!(kmeans(&l, &KMeansParams::new(100_000), 1_000_000, 2).is_ok());
+        assert!(pca(&l, 1_000_000, 128).is_ok());
+        assert!(evaluate(&l, 1_000_000, 64, 32, 10_000).is_ok());
+    }
+}

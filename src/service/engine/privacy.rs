@@ -1,0 +1,220 @@
+//! Erasure of one customer (GDPR Art. 17, CCPA): every stored file that can
+//! hold a customer id is rewritten without that customer, atomically (a
+//! crash leaves the old file or the new, never a half-erased one).
+//!
+//! A transaction-log line, or an output row, goes when any of its fields
+//! equals the id exactly: the log's customer column is only known to the
+//! segment jobs that read it, and a rule that looks at every column cannot
+//! miss the one that matters. Datasets hold numbers only, and models hold
+//! centroids, so neither can name a customer.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::{Array, BooleanArray, RecordBatch, StringArray};
+use arrow_schema::DataType;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+
+use super::Engine;
+use crate::data::TableFormat;
+use crate::segmentation::SegmentModel;
+use crate::service::error::{ServiceError, ServiceResult};
+use crate::service::storage::{replace_file_with, write_bytes_atomically};
+
+/// One object the erasure changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Erased {
+    /// `transaction_log`, `segmentation` or `job`.
+    pub kind: &'static str,
+    pub id: String,
+    /// Lines or rows removed from it.
+    pub rows_removed: u64,
+}
+
+impl Engine {
+    /// Removes `customer_id` from every transaction log, segmentation output
+    /// and job record; returns what changed.
+    pub fn erase_customer(&self, customer_id: &str) -> ServiceResult<Vec<Erased>> {
+        if customer_id.is_empty() {
+            return Err(ServiceError::invalid(
+                "customer_id",
+                "a customer id is needed",
+            ));
+        }
+        self.check_name("customer_id", customer_id)?;
+        let mut changed = Vec::new();
+        for log in self.store.list_transactions()? {
+            let path = self.store.transactions_path(&log.id)?;
+            let removed = match log.format {
+                TableFormat::Csv => erase_csv(&path, customer_id)?,
+                TableFormat::Parquet => erase_parquet(&path, customer_id)?,
+            };
+            if removed > 0 {
+                changed.push(Erased {
+                    kind: "transaction_log",
+                    id: log.id,
+                    rows_removed: removed,
+                });
+            }
+        }
+        for seg in self.store.list_segmentations()? {
+            let dir = self.store.segmentation_path(&seg.id)?;
+            let mut removed = 0;
+            for name in &seg.artifacts {
+                let path = dir.join(name);
+                removed += match name.as_str() {
+                    "customers.csv" => erase_csv(&path, customer_id)?,
+                    "customers.parquet" => erase_parquet(&path, customer_id)?,
+                    "model.json" => erase_model(&path, customer_id)?,
+                    // Reports, charts and segments.json hold aggregates only.
+                    _ => 0,
+                };
+            }
+            if removed > 0 {
+                changed.push(Erased {
+                    kind: "segmentation",
+                    id: seg.id,
+                    rows_removed: removed,
+                });
+            }
+        }
+        for job in self.jobs.scrub(customer_id) {
+            changed.push(Erased {
+                kind: "job",
+                id: job,
+                rows_removed: 0,
+            });
+        }
+        self.store.recount();
+        Ok(changed)
+    }
+}
+
+fn storage(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Internal(format!("erasure: {e}"))
+}
+
+/// Rewrites a CSV file without the records that have a field equal to
+/// `id` (the header is kept); returns how many went.
+fn erase_csv(path: &Path, id: &str) -> ServiceResult<u64> {
+    let matches = |r: &csv::ByteRecord| r.iter().any(|f| f.trim_ascii() == id.as_bytes());
+    let open = || -> ServiceResult<csv::Reader<BufReader<File>>> {
+        let file = File::open(path).map_err(ServiceError::io)?;
+        Ok(csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(BufReader::new(file)))
+    };
+    // A first pass decides whether anything changes, so untouched files
+    // are never rewritten.
+    let mut hits = 0u64;
+    let mut record = csv::ByteRecord::new();
+    let mut reader = open()?;
+    let mut first = true;
+    while reader.read_byte_record(&mut record).map_err(storage)? {
+        if !std::mem::take(&mut first) && matches(&record) {
+            hits += 1;
+        }
+    }
+    if hits == 0 {
+        return Ok(0);
+    }
+    let mut reader = open()?;
+    replace_file_with(path, |out| {
+        let mut writer = csv::Writer::from_writer(out);
+        let mut first = true;
+        while reader
+            .read_byte_record(&mut record)
+            .map_err(std::io::Error::other)?
+        {
+            if std::mem::take(&mut first) || !matches(&record) {
+                writer.write_byte_record(&record)?;
+            }
+        }
+        writer.flush()
+    })
+    .map_err(ServiceError::io)?;
+    Ok(hits)
+}
+
+/// Rewrites a Parquet file without the rows that have a column (read as
+/// text) equal to `id`.
+fn erase_parquet(path: &Path, id: &str) -> ServiceResult<u64> {
+    let read = || -> ServiceResult<_> {
+        ParquetRecordBatchReaderBuilder::try_new(File::open(path).map_err(ServiceError::io)?)
+            .and_then(|b| b.build())
+            .map_err(storage)
+    };
+    let keep_mask = |batch: &RecordBatch| -> ServiceResult<BooleanArray> {
+        let mut keep = vec![true; batch.num_rows()];
+        for column in batch.columns() {
+            let Ok(text) = arrow_cast::cast(column, &DataType::Utf8) else {
+                continue;
+            };
+            let text = text
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| storage("a column cast to text is not text"))?;
+            for (i, k) in keep.iter_mut().enumerate() {
+                if text.is_valid(i) && text.value(i).trim() == id {
+                    *k = false;
+                }
+            }
+        }
+        Ok(BooleanArray::from(keep))
+    };
+    let mut hits = 0u64;
+    let mut schema = None;
+    for batch in read()? {
+        let batch = batch.map_err(storage)?;
+        schema.get_or_insert_with(|| batch.schema());
+        let mask = keep_mask(&batch)?;
+        hits += (mask.len() - mask.true_count()) as u64;
+    }
+    let Some(schema) = schema.filter(|_| hits > 0) else {
+        return Ok(0);
+    };
+    let mut batches = Vec::new();
+    for batch in read()? {
+        let batch = batch.map_err(storage)?;
+        let mask = keep_mask(&batch)?;
+        batches.push(arrow_select::filter::filter_record_batch(&batch, &mask).map_err(storage)?);
+    }
+    replace_file_with(path, |out| {
+        let mut writer =
+            ArrowWriter::try_new(out, Arc::clone(&schema), None).map_err(std::io::Error::other)?;
+        for b in &batches {
+            writer.write(b).map_err(std::io::Error::other)?;
+        }
+        writer.close().map_err(std::io::Error::other)?;
+        Ok(())
+    })
+    .map_err(ServiceError::io)?;
+    Ok(hits)
+}
+
+/// Removes the customer from a segmentation's `model.json` (its customer
+/// list and their labels, kept for stable refreshes).
+fn erase_model(path: &Path, id: &str) -> ServiceResult<u64> {
+    let text = std::fs::read(path).map_err(ServiceError::io)?;
+    let mut model: SegmentModel = serde_json::from_slice(&text).map_err(storage)?;
+    let before = model.customer_ids.len();
+    let keep: Vec<bool> = model.customer_ids.iter().map(|c| c != id).collect();
+    let mut k = keep.iter();
+    model
+        .customer_ids
+        .retain(|_| *k.next().expect("same length"));
+    if model.labels.len() == keep.len() {
+        let mut k = keep.iter();
+        model.labels.retain(|_| *k.next().expect("same length"));
+    }
+    let removed = (before - model.customer_ids.len()) as u64;
+    if removed > 0 {
+        let text = serde_json::to_vec(&model).map_err(storage)?;
+        write_bytes_atomically(path, &text).map_err(ServiceError::io)?;
+    }
+    Ok(removed)
+}

@@ -1,0 +1,209 @@
+//! Server-side files (`Import`, `Segment` from a path): off unless the
+//! operator names import roots, and then only regular files under them.
+//!
+//! A path is canonicalised (every symlink resolved) and must lie under a
+//! canonicalised root, so `..`, absolute paths elsewhere, `/proc/self/…` and
+//! symlinks leading out are all refused. Devices, FIFOs, sockets and
+//! directories are refused too, and so is a file whose mode lets nobody read
+//! it (root could, but an operator who took every read bit away did not
+//! mean to share it). Whatever the reason, the answer is the same "not found
+//! or not allowed": the API is no oracle for what exists on the server.
+//!
+//! Errors about a file's contents never quote them (see [`content_error`]).
+
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use super::auth::clip;
+use super::error::ServiceError;
+use crate::data::DataError;
+use crate::segmentation::SegmentationError;
+
+#[derive(Debug, Clone, Default)]
+pub struct ImportRoots {
+    roots: Vec<PathBuf>,
+}
+
+impl ImportRoots {
+    /// Canonicalises each root; one that does not exist is an error at start-up.
+    pub fn new(roots: &[PathBuf]) -> std::io::Result<Self> {
+        let roots = roots
+            .iter()
+            .map(|r| {
+                r.canonicalize().map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("import root {}: {e}", r.display()))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { roots })
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        !self.roots.is_empty()
+    }
+
+    /// The canonical path of an allowed regular file.
+    pub fn resolve(&self, field: &str, path: &str) -> Result<PathBuf, ServiceError> {
+        if !self.is_enabled() {
+            return Err(ServiceError::PermissionDenied(format!(
+                "{field}: server-side paths are disabled on this server; upload the file instead, \
+                 or start the server with --import-root DIR to allow files under DIR"
+            )));
+        }
+        let refused = || {
+            ServiceError::PermissionDenied(format!(
+                "{field}: {:?}: not found or not allowed (only regular files under the server's import roots)",
+                clip(path)
+            ))
+        };
+        if path.is_empty() || path.len() > 4096 || path.contains('\0') {
+            return Err(refused());
+        }
+        let canonical = Path::new(path).canonicalize().map_err(|_| refused())?;
+        if !self.roots.iter().any(|r| canonical.starts_with(r)) {
+            return Err(refused());
+        }
+        // O_NOFOLLOW: the last component must not have become a symlink since.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&canonical)
+            .map_err(|_| refused())?;
+        let meta = file.metadata().map_err(|_| refused())?;
+        if !meta.file_type().is_file() || meta.mode() & 0o444 == 0 {
+            return Err(refused());
+        }
+        Ok(canonical)
+    }
+}
+
+/// A data error about a server-side file, without the file's contents: no
+/// cell values, no header beyond the column the client named, no parser
+/// messages (which can quote bytes).
+pub fn content_error(e: DataError) -> ServiceError {
+    let (field, message) = match e {
+        DataError::Io { .. } | DataError::UnknownFormat { .. } => {
+            ("path", "not found or not allowed".to_owned())
+        }
+        DataError::Malformed { .. } => (
+            "path",
+            "the file is not valid CSV (with a header row) or Parquet".to_owned(),
+        ),
+        DataError::UnknownColumn { name, .. } => (
+            "columns",
+            format!("the file has no column {:?}", clip(&name)),
+        ),
+        DataError::NonNumericColumn { column, .. } => (
+            "columns",
+            format!("column {:?} is not numeric", clip(&column)),
+        ),
+        DataError::NotNumeric { column, row, .. } => (
+            "path",
+            format!("row {row}, column {:?}: not a number", clip(&column)),
+        ),
+        DataError::NotFinite { row, column, .. } => (
+            "path",
+            format!("row {row}, column {:?}: not a finite number", clip(&column)),
+        ),
+        e @ (DataError::NoRows
+        | DataError::NoColumns
+        | DataError::Shape { .. }
+        | DataError::TooLarge { .. }) => return crate::Error::from(e).into(),
+    };
+    ServiceError::invalid(field, message)
+}
+
+/// [`content_error`] for the segment job's errors: a bad row is named by
+/// its number and problem, never its value.
+pub fn segmentation_content_error(e: crate::Error) -> ServiceError {
+    match e {
+        crate::Error::Data(d) => content_error(d),
+        crate::Error::Segmentation(SegmentationError::BadRow {
+            row,
+            problem,
+            column,
+            ..
+        }) => ServiceError::invalid(
+            "transactions",
+            format!("row {row}: {problem} (column {:?})", clip(&column)),
+        ),
+        other => other.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_under_a_root_are_allowed() {
+        let outside = tempfile::TempDir::new().unwrap();
+        let root = tempfile::TempDir::new().unwrap();
+        let inside = root.path().join("ok.csv");
+        std::fs::write(&inside, "a\n1\n").unwrap();
+        std::fs::write(outside.path().join("secret.csv"), "a\n1\n").unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("secret.csv"),
+            root.path().join("link.csv"),
+        )
+        .unwrap();
+        std::fs::create_dir(root.path().join("dir.csv")).unwrap();
+        let locked = root.path().join("locked.csv");
+        std::fs::write(&locked, "a\n1\n").unwrap();
+        std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000))
+            .unwrap();
+
+        let none = ImportRoots::default();
+        let e = none.resolve("path", inside.to_str().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("--import-root"), "{e}");
+
+        let roots = ImportRoots::new(&[root.path().to_owned()]).unwrap();
+        assert_eq!(
+            roots.resolve("path", inside.to_str().unwrap()).unwrap(),
+            inside.canonicalize().unwrap()
+        );
+        let escape = format!("{}/../{}/secret.csv", root.path().display(), {
+            outside.path().file_name().unwrap().to_string_lossy()
+        });
+        for bad in [
+            outside
+                .path()
+                .join("secret.csv")
+                .to_string_lossy()
+                .into_owned(),
+            escape,
+            root.path().join("link.csv").to_string_lossy().into_owned(),
+            root.path().join("dir.csv").to_string_lossy().into_owned(),
+            root.path()
+                .join("missing.csv")
+                .to_string_lossy()
+                .into_owned(),
+            locked.to_string_lossy().into_owned(),
+            "/proc/self/cwd/Cargo.toml".into(),
+            "/dev/zero".into(),
+            String::new(),
+        ] {
+            let e = roots.resolve("path", &bad).unwrap_err();
+            assert!(
+                matches!(&e, ServiceError::PermissionDenied(m) if m.contains("not found or not allowed")),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn content_errors_quote_nothing_from_the_file() {
+        let e = content_error(DataError::NotNumeric {
+            column: "amount".into(),
+            row: 7,
+            value: "alice@example.com".into(),
+        });
+        assert!(!e.to_string().contains("alice"), "{e}");
+        assert!(e.to_string().contains("row 7"), "{e}");
+        let e = content_error(DataError::UnknownColumn {
+            name: "x".into(),
+            available: "ssn, salary".into(),
+        });
+        assert!(!e.to_string().contains("ssn"), "{e}");
+    }
+}
