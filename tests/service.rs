@@ -930,13 +930,14 @@ fn health_and_reflection() {
 /// trip (clients/python/segmenta_client.py, also the README's example).
 #[test]
 fn python_client_round_trip() {
-    let has_grpc_tools = std::process::Command::new("python3")
+    let python = std::env::var("SEGMENTA_PYTHON").unwrap_or("python3".into());
+    let has_grpc_tools = std::process::Command::new(&python)
         .args(["-c", "import grpc, grpc_tools"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_grpc_tools {
         if std::env::var("SEGMENTA_REQUIRE_PYTHON").as_deref() == Ok("1") {
-            panic!("SEGMENTA_REQUIRE_PYTHON=1 but python3 cannot import grpc and grpc_tools");
+            panic!("SEGMENTA_REQUIRE_PYTHON=1 but {python} cannot import grpc and grpc_tools");
         }
         eprintln!("skipped: python3 with grpcio-tools not found (pip install -r clients/python/requirements.txt)");
         return;
@@ -947,7 +948,7 @@ fn python_client_round_trip() {
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python/segmenta_client.py");
         let addr = server.addr.trim_start_matches("http://").to_owned();
-        let out = tokio::process::Command::new("python3")
+        let out = tokio::process::Command::new(&python)
             .arg(script)
             .args(["--server", &addr])
             .output()

@@ -1,18 +1,37 @@
 """A Segmenta client in Python, generated from proto/ with grpcio-tools.
 
 Runs the whole round trip: upload -> fit (watching progress) -> assign ->
-evaluate -> PCA -> transform; then the customer workflow: upload a
-transaction log -> segment -> download the report; then delete.
+evaluate -> PCA -> transform -> list (page by page); then the customer
+workflow: upload a transaction log -> segment -> download the report; then
+delete (cascading from the dataset and the log to what was made from them).
 
-    pip install -r clients/python/requirements.txt
-    python3 clients/python/segmenta_client.py --server 127.0.0.1:50051
+Install the requirements into a virtual environment (not system-wide), then
+run it with that environment's Python:
+
+    python3 -m venv .venv && .venv/bin/pip install -r clients/python/requirements.txt
+    .venv/bin/python clients/python/segmenta_client.py --server 127.0.0.1:50051
+
+Against a server with API keys and TLS (`serve --auth-keys --tls-cert
+--tls-key`, and `--tls-client-ca` for mutual TLS):
+
+    .venv/bin/python clients/python/segmenta_client.py --server HOST:PORT \\
+        --token KEY --ca-cert ca.pem [--client-cert client.pem --client-key client.key]
+
+The key (`--token`, default the SEGMENTA_TOKEN environment variable) is sent
+on every call as `authorization: Bearer KEY`: with TLS as gRPC call
+credentials, without TLS (a loopback test server) by a client interceptor.
+`--ca-cert` switches to TLS, trusting that CA; `--server-name` checks the
+server's certificate for that name instead of the host in `--server`.
 
 The stubs are generated into a temporary folder at start-up, so the only
-input is the .proto file.
+input is the .proto file. `load_stubs` and `connect` are reused by the other
+scripts in this folder.
 """
 import argparse
+import collections
 import datetime
 import importlib
+import os
 import pathlib
 import random
 import sys
@@ -38,6 +57,118 @@ def load_stubs():
     return (importlib.import_module("segmenta.v1.segmenta_pb2"),
             importlib.import_module("segmenta.v1.segmenta_pb2_grpc"))
 
+
+# ---------------------------------------------------------------- connection
+
+class _CallDetails(
+        collections.namedtuple(
+            "_CallDetails",
+            ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
+        grpc.ClientCallDetails):
+    pass
+
+
+class BearerInterceptor(grpc.UnaryUnaryClientInterceptor,
+                        grpc.UnaryStreamClientInterceptor,
+                        grpc.StreamUnaryClientInterceptor,
+                        grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer TOKEN` to every call, of every kind.
+
+    For plaintext channels, where grpcio refuses call credentials (TLS
+    channels use grpc.access_token_call_credentials instead)."""
+
+    def __init__(self, token):
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details):
+        metadata = [m for m in (details.metadata or ()) if m[0] != "authorization"]
+        metadata.append(self._header)
+        return _CallDetails(
+            details.method, details.timeout, metadata, details.credentials,
+            getattr(details, "wait_for_ready", None), getattr(details, "compression", None))
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        return continuation(self._with_token(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):
+        return continuation(self._with_token(client_call_details), request)
+
+    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return continuation(self._with_token(client_call_details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return continuation(self._with_token(client_call_details), request_iterator)
+
+
+def add_connection_args(parser):
+    parser.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT")
+    parser.add_argument("--token", default=os.environ.get("SEGMENTA_TOKEN") or None,
+                        help="API key, sent as `authorization: Bearer KEY` "
+                             "(default: $SEGMENTA_TOKEN)")
+    parser.add_argument("--ca-cert", metavar="PEM",
+                        help="connect with TLS, trusting this CA certificate")
+    parser.add_argument("--client-cert", metavar="PEM",
+                        help="client certificate for mutual TLS (with --client-key)")
+    parser.add_argument("--client-key", metavar="PEM",
+                        help="the client certificate's private key")
+    parser.add_argument("--server-name",
+                        help="the name the server's TLS certificate must carry "
+                             "(default: the host in --server)")
+
+
+def check_connection_args(parser, args):
+    if bool(args.client_cert) != bool(args.client_key):
+        parser.error("--client-cert and --client-key go together")
+    if args.client_cert and not args.ca_cert:
+        parser.error("--client-cert needs --ca-cert (mutual TLS is TLS)")
+    if args.server_name and not args.ca_cert:
+        parser.error("--server-name needs --ca-cert")
+
+
+def connect(server, token=None, ca_cert=None, client_cert=None, client_key=None,
+            server_name=None, options=()):
+    """A channel to `server`: TLS when `ca_cert` is given (mutual TLS with
+    `client_cert` and `client_key`); every call carries `token` if given."""
+    options = list(options)
+    if ca_cert is None:
+        channel = grpc.insecure_channel(server, options=options)
+        if token:
+            channel = grpc.intercept_channel(channel, BearerInterceptor(token))
+        return channel
+
+    def read(path):
+        return pathlib.Path(path).read_bytes()
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(ca_cert),
+        private_key=read(client_key) if client_key else None,
+        certificate_chain=read(client_cert) if client_cert else None)
+    if token:
+        credentials = grpc.composite_channel_credentials(
+            credentials, grpc.access_token_call_credentials(token))
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.secure_channel(server, credentials, options=options)
+
+
+def connect_from_args(args, **kwargs):
+    return connect(args.server, token=args.token, ca_cert=args.ca_cert,
+                   client_cert=args.client_cert, client_key=args.client_key,
+                   server_name=args.server_name, **kwargs)
+
+
+def list_all(call, request_type, field, page_size=0):
+    """Every item of a paged List call, following next_page_token."""
+    token = ""
+    while True:
+        page = call(request_type(page_size=page_size, page_token=token))
+        yield from getattr(page, field)
+        token = page.next_page_token
+        if not token:
+            return
+
+
+# ---------------------------------------------------------------- data
 
 def blobs(n, seed=5):
     """Three groups of customers: (recency, frequency, spend)."""
@@ -65,11 +196,15 @@ def transactions(n, seed=3):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--server", default="127.0.0.1:50051")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_connection_args(parser)
     args = parser.parse_args()
+    check_connection_args(parser, args)
     pb, rpc = load_stubs()
-    channel = grpc.insecure_channel(args.server)
+    channel = connect_from_args(args)
+    info = rpc.ServerStub(channel).GetInfo(pb.GetInfoRequest())
+    print(f"server {info.version}: tls={info.tls} auth_required={info.auth_required} "
+          f"backends={list(info.backends)}")
     datasets = rpc.DatasetsStub(channel)
     jobs = rpc.JobsStub(channel)
     clustering = rpc.ClusteringStub(channel)
@@ -121,6 +256,14 @@ def main():
     assert len(projected.values) == 6 * 2
     print(f"PCA explained variance ratio: {[round(r, 4) for r in pca.explained_variance_ratio]}")
 
+    # Lists come in pages: follow next_page_token (small pages, to show it).
+    listed = [d.id for d in list_all(datasets.List, pb.ListDatasetsRequest, "datasets", page_size=1)]
+    assert dataset.id in listed, listed
+    listed = [m.kmeans.id or m.pca.id
+              for m in list_all(models.List, pb.ListModelsRequest, "models", page_size=1)]
+    assert model.id in listed and pca.id in listed, listed
+    print(f"listed: {len(listed)} model(s)")
+
     try:
         clustering.Assign(pb.AssignRequest(model_id=model.id, rows=[1.0, 2.0]))
         sys.exit("a row of the wrong width was accepted")
@@ -148,9 +291,23 @@ def main():
     assert b"<h2>Segments</h2>" in report
     print(f"report.html downloaded ({len(report)} bytes); artifacts: {list(seg.artifacts)}")
 
-    for model_id in (model.id, pca.id, seg.id):
-        models.Delete(pb.DeleteModelRequest(id=model_id))
-    datasets.Delete(pb.DeleteDatasetRequest(id=dataset.id))
+    # A dataset with models refuses a plain delete (FAILED_PRECONDITION);
+    # with cascade its models go too. Likewise a log and its segmentations.
+    deleted = list(models.Delete(pb.DeleteModelRequest(id=model.id)).deleted_ids)
+    assert deleted == [model.id], deleted
+    try:
+        datasets.Delete(pb.DeleteDatasetRequest(id=dataset.id))
+        sys.exit("a dataset with a model was deleted without cascade")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.FAILED_PRECONDITION, e
+    cascaded = datasets.Delete(pb.DeleteDatasetRequest(id=dataset.id, cascade=True)).deleted_ids
+    assert dataset.id in cascaded and pca.id in cascaded, cascaded
+    deleted += cascaded
+    cascaded = segmentations.DeleteTransactions(
+        pb.DeleteTransactionsRequest(id=uploaded.id, cascade=True)).deleted_ids
+    assert uploaded.id in cascaded and seg.id in cascaded, cascaded
+    deleted += cascaded
+    print(f"deleted: {', '.join(deleted)}")
     print("round trip ok")
 
 

@@ -6,6 +6,8 @@ use rand::{RngExt, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use segmenta::backend::gpu::{AdapterPolicy, GpuBackend, GpuOptions};
 
+pub mod server;
+
 /// A GPU backend on any adapter (lavapipe in CI), or `None` with a printed
 /// notice when no adapter at all exists. With `SEGMENTA_REQUIRE_GPU=1` (set by
 /// scripts/test.sh once it has installed a driver) a missing adapter fails.
