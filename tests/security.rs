@@ -8,13 +8,13 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use arrow_array::Array as _;
 use common::server::{runtime, with_key, Keys, Pki, Served};
 use segmenta::backend::BackendChoice;
 use segmenta::service::proto as pb;
 use segmenta::service::{Limits, ServerConfig};
 use tempfile::TempDir;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-use arrow_array::Array as _;
 use tonic::Code;
 
 use pb::upload_request::Message;
@@ -49,7 +49,10 @@ fn grouped(n: usize) -> Vec<f32> {
     (0..n)
         .flat_map(|i| {
             let g = (i % 3) as f32;
-            [g * 10.0 + (i % 7) as f32 * 0.1, g * -5.0 + (i % 5) as f32 * 0.1]
+            [
+                g * 10.0 + (i % 7) as f32 * 0.1,
+                g * -5.0 + (i % 5) as f32 * 0.1,
+            ]
         })
         .collect()
 }
@@ -66,7 +69,11 @@ fn clustering(c: &Channel) -> pb::clustering_client::ClusteringClient<Channel> {
     pb::clustering_client::ClusteringClient::new(c.clone())
 }
 
-async fn upload(c: &Channel, key: Option<&str>, values: Vec<f32>) -> Result<pb::Dataset, tonic::Status> {
+async fn upload(
+    c: &Channel,
+    key: Option<&str>,
+    values: Vec<f32>,
+) -> Result<pb::Dataset, tonic::Status> {
     let stream = tokio_stream::iter(vec![header(&["a", "b"]), rows(values)]);
     let request = match key {
         Some(k) => with_key(stream, k),
@@ -129,26 +136,38 @@ fn keys_and_roles_decide_every_call() {
         let list = || pb::ListDatasetsRequest::default();
         let e = datasets(&c).list(list()).await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
-        assert!(e.message().contains("authorization: Bearer"), "{}", e.message());
+        assert!(
+            e.message().contains("authorization: Bearer"),
+            "{}",
+            e.message()
+        );
         let e = datasets(&c)
             .list(with_key(list(), "sgk_not-a-key"))
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
         let mut bad_scheme = tonic::Request::new(list());
-        bad_scheme
-            .metadata_mut()
-            .insert("authorization", format!("Basic {}", keys.admin).parse().unwrap());
+        bad_scheme.metadata_mut().insert(
+            "authorization",
+            format!("Basic {}", keys.admin).parse().unwrap(),
+        );
         assert_eq!(
             datasets(&c).list(bad_scheme).await.unwrap_err().code(),
             Code::Unauthenticated
         );
 
         // read: reads only.
-        datasets(&c).list(with_key(list(), &keys.read)).await.unwrap();
+        datasets(&c)
+            .list(with_key(list(), &keys.read))
+            .await
+            .unwrap();
         let e = upload(&c, Some(&keys.read), grouped(30)).await.unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied);
-        assert!(e.message().contains("needs the write role"), "{}", e.message());
+        assert!(
+            e.message().contains("needs the write role"),
+            "{}",
+            e.message()
+        );
         assert!(e.message().contains("analyst"), "{}", e.message());
 
         // write: uploads and fits, but no deletes.
@@ -182,7 +201,11 @@ fn keys_and_roles_decide_every_call() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied);
-        assert!(e.message().contains("needs the admin role"), "{}", e.message());
+        assert!(
+            e.message().contains("needs the admin role"),
+            "{}",
+            e.message()
+        );
         let erase = pb::EraseCustomerRequest {
             customer_id: "C1".into(),
         };
@@ -238,7 +261,11 @@ fn keys_and_roles_decide_every_call() {
     });
 }
 
-async fn tls_channel(addr: std::net::SocketAddr, pki: &Pki, identity: bool) -> Result<Channel, String> {
+async fn tls_channel(
+    addr: std::net::SocketAddr,
+    pki: &Pki,
+    identity: bool,
+) -> Result<Channel, String> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&pki.ca))
         .domain_name("localhost");
@@ -274,7 +301,10 @@ fn python_has_grpc() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok && std::env::var("SEGMENTA_REQUIRE_PYTHON").as_deref() == Ok("1") {
-        panic!("SEGMENTA_REQUIRE_PYTHON=1 but {} cannot import grpc and grpc_tools", python());
+        panic!(
+            "SEGMENTA_REQUIRE_PYTHON=1 but {} cannot import grpc and grpc_tools",
+            python()
+        );
     }
     ok
 }
@@ -307,13 +337,19 @@ fn tls_and_mutual_tls_with_rust_and_python_clients() {
         }
         // A client that does not trust the CA is refused at the handshake.
         let other = Pki::new();
-        assert!(tls_channel(server.addr, &other, false).await.is_err()
-            || info(&tls_channel(server.addr, &other, false).await.unwrap(), &keys.read)
+        assert!(
+            tls_channel(server.addr, &other, false).await.is_err()
+                || info(
+                    &tls_channel(server.addr, &other, false).await.unwrap(),
+                    &keys.read
+                )
                 .await
-                .is_err());
+                .is_err()
+        );
 
         if python_has_grpc() {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python/auth_tls_check.py");
+            let script =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python/auth_tls_check.py");
             let out = std::process::Command::new(python())
                 .arg(&script)
                 .args(["--server", &server.addr.to_string()])
@@ -327,7 +363,9 @@ fn tls_and_mutual_tls_with_rust_and_python_clients() {
             assert!(out.status.success(), "{text}");
             assert!(text.contains("0 failed"), "{text}");
         } else {
-            eprintln!("SKIPPED: the Python TLS client check (no grpcio); scripts/test.sh installs it");
+            eprintln!(
+                "SKIPPED: the Python TLS client check (no grpcio); scripts/test.sh installs it"
+            );
         }
         server.stop().await.unwrap();
 
@@ -367,7 +405,11 @@ fn requests_past_a_limit_are_refused_before_any_work() {
         let c = server.channel().await;
         let exhausted = |e: tonic::Status, limit: &str| {
             assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
-            assert!(e.message().contains(limit), "{} should name {limit}", e.message());
+            assert!(
+                e.message().contains(limit),
+                "{} should name {limit}",
+                e.message()
+            );
         };
         // Too wide, refused at the header: nothing is stored.
         let wide: Vec<String> = (0..9).map(|i| format!("c{i}")).collect();
@@ -411,7 +453,10 @@ fn requests_past_a_limit_are_refused_before_any_work() {
             ..Default::default()
         };
         exhausted(
-            clustering(&c).fit_k_means(fit(51, 1, 10)).await.unwrap_err(),
+            clustering(&c)
+                .fit_k_means(fit(51, 1, 10))
+                .await
+                .unwrap_err(),
             "max_k",
         );
         exhausted(
@@ -468,7 +513,13 @@ fn requests_past_a_limit_are_refused_before_any_work() {
 /// Entries in the data directory's store folders named like temporaries.
 fn temporaries(data: &Path) -> Vec<String> {
     let mut found = Vec::new();
-    for sub in ["datasets", "models", "transactions", "segmentations", "jobs"] {
+    for sub in [
+        "datasets",
+        "models",
+        "transactions",
+        "segmentations",
+        "jobs",
+    ] {
         if let Ok(entries) = std::fs::read_dir(data.join(sub)) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -509,7 +560,11 @@ fn idle_and_excess_uploads_are_cut_off_and_leave_nothing() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let e = upload(&c, None, grouped(3)).await.unwrap_err();
         assert_eq!(e.code(), Code::ResourceExhausted);
-        assert!(e.message().contains("max_concurrent_uploads"), "{}", e.message());
+        assert!(
+            e.message().contains("max_concurrent_uploads"),
+            "{}",
+            e.message()
+        );
         let e = idle.await.unwrap().unwrap_err();
         assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
         assert!(e.message().contains("idle"), "{}", e.message());
@@ -621,7 +676,9 @@ fn finished_jobs_are_pruned_and_lists_page() {
             .jobs;
         assert_eq!(listed.len(), 2, "{listed:?}");
         assert_eq!(
-            std::fs::read_dir(dir.path().join("data/jobs")).unwrap().count(),
+            std::fs::read_dir(dir.path().join("data/jobs"))
+                .unwrap()
+                .count(),
             2,
             "pruned records are deleted"
         );
@@ -694,7 +751,11 @@ fn a_quota_or_a_full_disk_refuses_writes_and_keeps_serving() {
         upload(&c, None, grouped(100)).await.unwrap();
         let e = upload(&c, None, grouped(5000)).await.unwrap_err();
         assert_eq!(e.code(), Code::ResourceExhausted);
-        assert!(e.message().contains("max_data_dir_bytes"), "{}", e.message());
+        assert!(
+            e.message().contains("max_data_dir_bytes"),
+            "{}",
+            e.message()
+        );
         assert!(temporaries(&dir.path().join("data")).is_empty());
         upload(&c, None, grouped(100)).await.unwrap();
         server.stop().await.unwrap();
@@ -742,9 +803,7 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
     every_file(dir, &mut files);
     files
         .into_iter()
-        .filter(|f| {
-            std::fs::read(f).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
-        })
+        .filter(|f| std::fs::read(f).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)))
         .map(|f| f.display().to_string())
         .collect()
 }
@@ -762,7 +821,9 @@ fn erasing_a_customer_leaves_no_trace_in_the_data_dir() {
                 log.push_str(&format!("C{i:03},2026-0{}-1{j},{}.50\n", 1 + i % 9, 10 + i));
             }
         }
-        log.push_str(&format!("{target},2026-03-04,99.00\n{target},2026-05-06,12.00\n"));
+        log.push_str(&format!(
+            "{target},2026-03-04,99.00\n{target},2026-05-06,12.00\n"
+        ));
         let mut s = pb::segmentations_client::SegmentationsClient::new(c.clone());
         let uploaded = s
             .upload_transactions(tokio_stream::iter(vec![
@@ -785,7 +846,9 @@ fn erasing_a_customer_leaves_no_trace_in_the_data_dir() {
             .into_inner();
         let job = s
             .segment(pb::SegmentRequest {
-                source: Some(pb::segment_request::Source::TransactionsId(uploaded.id.clone())),
+                source: Some(pb::segment_request::Source::TransactionsId(
+                    uploaded.id.clone(),
+                )),
                 k_choice: Some(pb::segment_request::KChoice::K(3)),
                 ..Default::default()
             })
@@ -796,7 +859,10 @@ fn erasing_a_customer_leaves_no_trace_in_the_data_dir() {
         assert_eq!(done.state, pb::JobState::Succeeded as i32, "{}", done.error);
         let data = dir.path().join("data");
         let before = files_containing(&data, target.as_bytes());
-        assert!(before.len() >= 3, "the id is stored before erasure: {before:?}");
+        assert!(
+            before.len() >= 3,
+            "the id is stored before erasure: {before:?}"
+        );
 
         let changed = pb::privacy_client::PrivacyClient::new(c.clone())
             .erase_customer(pb::EraseCustomerRequest {
@@ -811,20 +877,25 @@ fn erasing_a_customer_leaves_no_trace_in_the_data_dir() {
             .find(|o| o.kind == "transaction_log")
             .expect("the log changed");
         assert_eq!(log_change.rows_removed, 2);
-        assert!(changed.iter().any(|o| o.kind == "segmentation"), "{changed:?}");
+        assert!(
+            changed.iter().any(|o| o.kind == "segmentation"),
+            "{changed:?}"
+        );
         let after = files_containing(&data, target.as_bytes());
         assert!(after.is_empty(), "still named in {after:?}");
         // Parquet compresses: read the customer table back too.
         let Some(pb::job::Result::Segmentation(seg)) = done.result else {
             panic!()
         };
-        let parquet = data.join("segmentations").join(&seg.id).join("customers.parquet");
+        let parquet = data
+            .join("segmentations")
+            .join(&seg.id)
+            .join("customers.parquet");
         let file = std::fs::File::open(&parquet).unwrap();
-        let reader =
-            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-                .unwrap()
-                .build()
-                .unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
         let mut customers = 0;
         for batch in reader {
             let batch = batch.unwrap();
@@ -869,7 +940,9 @@ fn metrics_are_served_as_prometheus_text() {
         let c = server.channel().await;
         let d = upload(&c, None, grouped(30)).await.unwrap();
         datasets(&c)
-            .get(pb::GetDatasetRequest { id: "ds-nope".into() })
+            .get(pb::GetDatasetRequest {
+                id: "ds-nope".into(),
+            })
             .await
             .unwrap_err();
         let job = clustering(&c)

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use segmenta::backend::BackendChoice;
-use segmenta::service::{serve, shutdown_signal, Limits, ServerConfig, TlsFiles};
+use segmenta::service::{serve_with, shutdown_signal, Limits, ServerConfig, TlsFiles};
 
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 5m, 24h)"))
@@ -172,7 +172,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                  Pass --auth-keys FILE (create keys with `segmenta keys new`), or --insecure to accept that"
             );
         }
-        eprintln!(
+        let banner = format!(
             "segmenta serving on {local}{} (data in {}; {})",
             if config.tls.is_some() { " with TLS" } else { "" },
             config.data_dir.display(),
@@ -182,7 +182,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 "no API keys: every caller is an admin"
             }
         );
-        serve(config, listener, shutdown_signal()).await?;
+        serve_with(config, listener, shutdown_signal(), || eprintln!("{banner}")).await?;
         Ok(())
     });
     // Compute threads stop at their next cancellation check; never let one

@@ -22,7 +22,7 @@ mod server;
 pub mod storage;
 
 pub use config::{Limits, ServerConfig, TlsFiles};
-pub use server::{serve, shutdown_signal, ServeError};
+pub use server::{serve, serve_with, shutdown_signal, ServeError};
 
 /// A client endpoint for `url` with the flow-control windows the server
 /// uses, so large messages are not throttled. Add TLS with

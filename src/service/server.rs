@@ -91,6 +91,17 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_with(config, listener, shutdown, || {}).await
+}
+
+/// [`serve`], calling `on_ready` once the data directory is open (locked,
+/// crash leftovers cleared) and calls are about to be accepted.
+pub async fn serve_with(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(),
+) -> Result<(), ServeError> {
     let max = config.limits.max_message_bytes;
     let keys = match &config.auth_keys {
         Some(path) => {
@@ -249,6 +260,7 @@ pub async fn serve(
         set_health(&reporter, ServingStatus::NotServing).await;
         stopping.jobs.shutdown(JOB_STOP_TIMEOUT).await;
     };
+    on_ready();
     // The builder's tcp_nodelay only reaches sockets it accepts itself: set it
     // here, or Nagle's algorithm meets delayed ACKs and adds ~40 ms per call.
     let incoming = TcpListenerStream::new(listener).map(|conn| {

@@ -435,10 +435,14 @@ pub(crate) fn replace_file_with(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
+    // A name no other writer uses, even for the same file at the same time.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().expect("file in a directory");
     let tmp = dir.join(format!(
-        "{TMP}{}",
-        path.file_name().unwrap().to_string_lossy()
+        "{TMP}{}.{}.{}",
+        path.file_name().unwrap().to_string_lossy(),
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
         let mut f = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);

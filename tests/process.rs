@@ -1,0 +1,761 @@
+//! The real `segmenta serve` process: secure defaults, one server per data
+//! directory, key reloading on SIGHUP, a prompt exit on SIGTERM, nothing
+//! acknowledged lost to SIGKILL, and logs free of customer data.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::server::{runtime, with_key, Keys};
+use segmenta::service::proto as pb;
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// A `segmenta serve` child on 127.0.0.1:0; its stderr is collected.
+struct Server {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_segmenta"));
+        cmd.args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--backend",
+            "cpu",
+            "--data-dir",
+        ])
+        .arg(data)
+        .args(extra)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(rest) = line.split("segmenta serving on ").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                        let _ = tx.send(addr);
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start: {:?}", log.lock().unwrap());
+            }
+        };
+        Self { child, addr, log }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .timeout(Duration::from_secs(30))
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety concerns.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Waits for the process to exit by itself; `None` if it is still up.
+    fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn serve_refuses_an_open_address_without_keys_and_a_locked_data_dir() {
+    let dir = TempDir::new().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_segmenta"))
+        .args(["serve", "--addr", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("without API keys") && err.contains("--insecure"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+
+    let _first = Server::start(&dir.path().join("data"), &[], &[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_segmenta"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("in use by another segmenta server"), "{err}");
+}
+
+#[test]
+fn sighup_reloads_the_keys_file() {
+    let dir = TempDir::new().unwrap();
+    let file = dir.path().join("keys");
+    let old = Keys::write_file(&file);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--auth-keys", file.to_str().unwrap()],
+        &[],
+    );
+    runtime().block_on(async {
+        let c = server.channel().await;
+        let list = |key: &str| {
+            let mut client = pb::datasets_client::DatasetsClient::new(c.clone());
+            let request = with_key(pb::ListDatasetsRequest::default(), key);
+            async move { client.list(request).await }
+        };
+        list(&old.read).await.unwrap();
+        let new = Keys::write_file(&file);
+        server.signal(libc::SIGHUP);
+        let start = Instant::now();
+        loop {
+            match list(&old.read).await {
+                Err(e) if e.code() == Code::Unauthenticated => break,
+                _ if start.elapsed() > Duration::from_secs(20) => panic!("old key still works"),
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        list(&new.read).await.unwrap();
+        // A broken file keeps the keys in force.
+        std::fs::write(&file, "ops owner 1234\n").unwrap();
+        server.signal(libc::SIGHUP);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        list(&new.read).await.unwrap();
+    });
+    assert!(
+        server.log().contains("keys file not reloaded"),
+        "{}",
+        server.log()
+    );
+}
+
+async fn upload(
+    c: &Channel,
+    columns: &[&str],
+    values: &[f32],
+) -> Result<pb::Dataset, tonic::Status> {
+    use pb::upload_request::Message;
+    let mut messages = vec![pb::UploadRequest {
+        message: Some(Message::Header(pb::UploadHeader {
+            name: "d".into(),
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+        })),
+    }];
+    for block in values.chunks(columns.len() * 4096) {
+        messages.push(pb::UploadRequest {
+            message: Some(Message::Rows(pb::RowBlock {
+                values: block.to_vec(),
+                values_f32le: Default::default(),
+            })),
+        });
+    }
+    pb::datasets_client::DatasetsClient::new(c.clone())
+        .upload(tokio_stream::iter(messages))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn finish(c: &Channel, id: &str, limit: Duration) -> pb::Job {
+    let start = Instant::now();
+    loop {
+        let job = pb::jobs_client::JobsClient::new(c.clone())
+            .get_job(pb::GetJobRequest { id: id.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        let finished = [
+            pb::JobState::Succeeded as i32,
+            pb::JobState::Failed as i32,
+            pb::JobState::Cancelled as i32,
+        ];
+        if finished.contains(&job.state) {
+            return job;
+        }
+        assert!(start.elapsed() < limit, "job {id} did not finish: {job:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn sigterm_ends_the_process_while_a_fit_and_an_evaluation_run() {
+    let dir = TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, &[], &[]);
+    let long_job = runtime().block_on(async {
+        let c = server.channel().await;
+        let n = 100_000;
+        let values: Vec<f32> = (0..2 * n as u64)
+            .map(|i| ((i * 7919) % 10007) as f32)
+            .collect();
+        let d = upload(&c, &["a", "b"], &values).await.unwrap();
+        let mut clustering = pb::clustering_client::ClusteringClient::new(c.clone());
+        let small = clustering
+            .fit_k_means(pb::FitKMeansRequest {
+                dataset_id: d.id.clone(),
+                k: 5,
+                max_iter: 5,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let small = finish(&c, &small.id, Duration::from_secs(60)).await;
+        let Some(pb::job::Result::Kmeans(model)) = small.result else {
+            panic!("{}", small.error)
+        };
+        let long = clustering
+            .fit_k_means(pb::FitKMeansRequest {
+                dataset_id: d.id.clone(),
+                k: 20_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut evaluate = clustering.clone();
+        let request = pb::EvaluateRequest {
+            model_id: model.id,
+            dataset_id: d.id,
+            silhouette_sample_size: 20_000,
+            seed: 1,
+        };
+        tokio::spawn(async move { evaluate.evaluate(request).await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        long.id
+    });
+    let asked = Instant::now();
+    server.signal(libc::SIGTERM);
+    let status = server
+        .wait_exit(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("still running 20 s after SIGTERM:\n{}", server.log()));
+    eprintln!("exited {:?} after SIGTERM", asked.elapsed());
+    assert!(status.success(), "{status:?}\n{}", server.log());
+    assert!(
+        server.log().contains("segmenta stopped"),
+        "{}",
+        server.log()
+    );
+    // The interrupted fit is still known, and queued to run again.
+    let again = Server::start(&data, &[], &[]);
+    runtime().block_on(async {
+        let c = again.channel().await;
+        let job = pb::jobs_client::JobsClient::new(c.clone())
+            .get_job(pb::GetJobRequest {
+                id: long_job.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            [pb::JobState::Queued as i32, pb::JobState::Running as i32].contains(&job.state),
+            "{job:?}"
+        );
+        pb::jobs_client::JobsClient::new(c)
+            .cancel_job(pb::CancelJobRequest { id: long_job })
+            .await
+            .unwrap();
+    });
+}
+
+fn sha(bytes: &[u8]) -> Vec<u8> {
+    Sha256::digest(bytes).to_vec()
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Every `.tmp-` entry anywhere under `dir`.
+fn temporaries(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                out.push(p.clone());
+            }
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// A tiny deterministic generator, so a failing round can be replayed.
+struct Rand(u64);
+
+impl Rand {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn transaction_log(customers: usize) -> Vec<u8> {
+    let mut log = String::from("customer_id,date,amount\n");
+    for i in 0..customers {
+        for j in 0..(1 + i % 5) {
+            log.push_str(&format!(
+                "K{i:05},2026-{:02}-{:02},{}.25\n",
+                1 + i % 12,
+                1 + j,
+                5 + i % 90
+            ));
+        }
+    }
+    log.into_bytes()
+}
+
+#[test]
+fn sigkill_at_any_moment_loses_nothing_acknowledged() {
+    const ROUNDS: usize = 20;
+    let seed = 0x5eed_0000_u64 + std::process::id() as u64;
+    eprintln!("kill -9 rounds with seed {seed:#x}");
+    let mut rng = Rand(seed);
+    let dir = TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    let root = dir.path().join("imports");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut csv = String::from("a,b,c\n");
+    for i in 0..20_000 {
+        csv.push_str(&format!("{},{},{}\n", i % 97, (i * 31) % 89, (i * 7) % 13));
+    }
+    std::fs::write(root.join("rows.csv"), csv).unwrap();
+    let extra = ["--import-root", root.to_str().unwrap()];
+
+    // What the server acknowledged, with what the client sent.
+    let datasets: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let logs: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let jobs: Arc<Mutex<Vec<String>>> = Arc::default();
+    let started = Instant::now();
+    for round in 0..ROUNDS {
+        // What the last kill left half-written must be gone once the server is up.
+        let leftovers = temporaries(&data);
+        let mut server = Server::start(&data, &extra, &[]);
+        for t in &leftovers {
+            assert!(!t.exists(), "round {round}: {t:?} survived the restart");
+        }
+        let delay = Duration::from_millis(5 + rng.below(250));
+        let sizes: Vec<usize> = (0..4).map(|_| 500 + rng.below(30_000) as usize).collect();
+        let rt = runtime();
+        rt.block_on(async {
+            let c = server.channel().await;
+            // Check what the previous rounds left, before adding more.
+            let known = datasets.lock().unwrap().clone();
+            for (id, bytes) in &known {
+                let meta = pb::datasets_client::DatasetsClient::new(c.clone())
+                    .get(pb::GetDatasetRequest { id: id.clone() })
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!("round {round}: acknowledged dataset {id} lost: {e}")
+                    })
+                    .into_inner();
+                let stored =
+                    std::fs::read(data.join("datasets").join(id).join("values.f32")).unwrap();
+                assert_eq!(
+                    sha(&stored),
+                    sha(bytes),
+                    "round {round}: dataset {id} changed"
+                );
+                assert_eq!(meta.size_bytes as usize, bytes.len());
+            }
+            for (id, bytes) in logs.lock().unwrap().iter() {
+                let stored = std::fs::read(data.join("transactions").join(id).join("log.csv"))
+                    .unwrap_or_else(|e| panic!("round {round}: acknowledged log {id} lost: {e}"));
+                assert_eq!(sha(&stored), sha(bytes), "round {round}: log {id} changed");
+            }
+            for id in jobs.lock().unwrap().iter() {
+                let job = pb::jobs_client::JobsClient::new(c.clone())
+                    .get_job(pb::GetJobRequest { id: id.clone() })
+                    .await
+                    .unwrap_or_else(|e| panic!("round {round}: acknowledged job {id} lost: {e}"))
+                    .into_inner();
+                assert_ne!(
+                    job.state,
+                    pb::JobState::Failed as i32,
+                    "round {round}: {job:?}"
+                );
+            }
+            // Every dataset visible is whole.
+            let visible = pb::datasets_client::DatasetsClient::new(c.clone())
+                .list(pb::ListDatasetsRequest {
+                    page_size: 1000,
+                    page_token: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .datasets;
+            for d in &visible {
+                let len = std::fs::metadata(data.join("datasets").join(&d.id).join("values.f32"))
+                    .unwrap()
+                    .len();
+                assert_eq!(len, d.n_rows * d.n_cols as u64 * 4, "round {round}: {d:?}");
+            }
+
+            // Work, interrupted at a random moment.
+            let work = async {
+                let mut tasks = Vec::new();
+                for (i, &n) in sizes.iter().enumerate() {
+                    let (c, datasets, logs, jobs) =
+                        (c.clone(), datasets.clone(), logs.clone(), jobs.clone());
+                    let root = root.clone();
+                    tasks.push(tokio::spawn(async move {
+                        match i {
+                            0 | 1 => {
+                                let values: Vec<f32> =
+                                    (0..3 * n).map(|v| ((v * 13 + i) % 101) as f32).collect();
+                                if let Ok(d) = upload(&c, &["x", "y", "z"], &values).await {
+                                    datasets
+                                        .lock()
+                                        .unwrap()
+                                        .push((d.id.clone(), f32_bytes(&values)));
+                                    let fit =
+                                        pb::clustering_client::ClusteringClient::new(c.clone())
+                                            .fit_k_means(pb::FitKMeansRequest {
+                                                dataset_id: d.id,
+                                                k: 4,
+                                                ..Default::default()
+                                            })
+                                            .await;
+                                    if let Ok(job) = fit {
+                                        jobs.lock().unwrap().push(job.into_inner().id);
+                                    }
+                                }
+                            }
+                            2 => {
+                                let import = pb::datasets_client::DatasetsClient::new(c.clone())
+                                    .import(pb::ImportRequest {
+                                        path: root.join("rows.csv").to_string_lossy().into(),
+                                        ..Default::default()
+                                    })
+                                    .await;
+                                if let Ok(job) = import {
+                                    jobs.lock().unwrap().push(job.into_inner().id);
+                                }
+                            }
+                            _ => {
+                                let bytes = transaction_log(n / 20 + 30);
+                                let mut s =
+                                    pb::segmentations_client::SegmentationsClient::new(c.clone());
+                                let messages = vec![
+                                    pb::UploadTransactionsRequest {
+                                        message: Some(
+                                            pb::upload_transactions_request::Message::Header(
+                                                pb::TransactionsHeader {
+                                                    name: "log.csv".into(),
+                                                    format: pb::FileFormat::Csv as i32,
+                                                },
+                                            ),
+                                        ),
+                                    },
+                                    pb::UploadTransactionsRequest {
+                                        message: Some(
+                                            pb::upload_transactions_request::Message::Chunk(
+                                                bytes.clone(),
+                                            ),
+                                        ),
+                                    },
+                                ];
+                                if let Ok(log) =
+                                    s.upload_transactions(tokio_stream::iter(messages)).await
+                                {
+                                    let id = log.into_inner().id;
+                                    logs.lock().unwrap().push((id.clone(), bytes));
+                                    let job = s
+                                        .segment(pb::SegmentRequest {
+                                            source: Some(
+                                                pb::segment_request::Source::TransactionsId(id),
+                                            ),
+                                            k_choice: Some(pb::segment_request::KChoice::K(3)),
+                                            ..Default::default()
+                                        })
+                                        .await;
+                                    if let Ok(job) = job {
+                                        jobs.lock().unwrap().push(job.into_inner().id);
+                                    }
+                                }
+                            }
+                        }
+                    }));
+                }
+                for t in tasks {
+                    let _ = t.await;
+                }
+            };
+            let _ = tokio::time::timeout(delay, work).await;
+        });
+        server.child.kill().unwrap();
+        server.child.wait().unwrap();
+        drop(rt);
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "rounds take too long"
+        );
+    }
+    // Last: restart once more, let every interrupted job finish, stop
+    // cleanly: no temporary is left anywhere.
+    let mut server = Server::start(&data, &extra, &[]);
+    runtime().block_on(async {
+        let c = server.channel().await;
+        let ids = jobs.lock().unwrap().clone();
+        assert!(!ids.is_empty(), "no job was acknowledged in {ROUNDS} rounds");
+        for id in &ids {
+            let job = finish(&c, id, Duration::from_secs(120)).await;
+            assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+        }
+        eprintln!(
+            "{ROUNDS} rounds: {} datasets, {} logs, {} jobs acknowledged; all intact, all jobs done",
+            datasets.lock().unwrap().len(),
+            logs.lock().unwrap().len(),
+            ids.len()
+        );
+    });
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(30)).is_some());
+    assert!(temporaries(&data).is_empty(), "{:?}", temporaries(&data));
+}
+
+#[test]
+fn trace_logs_hold_no_customer_data_and_audit_every_call() {
+    let dir = TempDir::new().unwrap();
+    let file = dir.path().join("keys");
+    let keys = Keys::write_file(&file);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--auth-keys", file.to_str().unwrap()],
+        &[("RUST_LOG", "trace")],
+    );
+    let planted_column = "plantedcolumnq7";
+    let planted_customer = "PLANTEDCUSTOMER93K";
+    runtime().block_on(async {
+        let c = server.channel().await;
+        let admin = keys.admin.as_str();
+        use pb::upload_request::Message;
+        let values: Vec<f32> = (0..300)
+            .map(|i| 4242.4242 + (i % 3) as f32 * 1000.0)
+            .collect();
+        let messages = vec![
+            pb::UploadRequest {
+                message: Some(Message::Header(pb::UploadHeader {
+                    name: "planteddatasetname".into(),
+                    columns: vec![planted_column.into(), "b".into(), "c".into()],
+                })),
+            },
+            pb::UploadRequest {
+                message: Some(Message::Rows(pb::RowBlock {
+                    values: values.clone(),
+                    values_f32le: Default::default(),
+                })),
+            },
+        ];
+        let d = pb::datasets_client::DatasetsClient::new(c.clone())
+            .upload(with_key(tokio_stream::iter(messages), admin))
+            .await
+            .unwrap()
+            .into_inner();
+        let job = pb::clustering_client::ClusteringClient::new(c.clone())
+            .fit_k_means(with_key(
+                pb::FitKMeansRequest {
+                    dataset_id: d.id.clone(),
+                    k: 3,
+                    ..Default::default()
+                },
+                admin,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut jobs = pb::jobs_client::JobsClient::new(c.clone());
+        let model = loop {
+            let j = jobs
+                .get_job(with_key(pb::GetJobRequest { id: job.id.clone() }, admin))
+                .await
+                .unwrap()
+                .into_inner();
+            if let Some(pb::job::Result::Kmeans(m)) = j.result {
+                break m;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        pb::clustering_client::ClusteringClient::new(c.clone())
+            .assign(with_key(
+                pb::AssignRequest {
+                    model_id: model.id,
+                    rows: vec![4242.4242, 5242.4242, 6242.4242],
+                },
+                admin,
+            ))
+            .await
+            .unwrap();
+        let mut log = String::from("customer_id,date,amount\n");
+        for i in 0..40 {
+            log.push_str(&format!("N{i},2026-02-{:02},{}.00\n", 1 + i % 20, 10 + i));
+        }
+        log.push_str(&format!("{planted_customer},2026-02-03,7777.77\n"));
+        log.push_str("BADROW,notadate,1.00\n");
+        let mut s = pb::segmentations_client::SegmentationsClient::new(c.clone());
+        let tx = s
+            .upload_transactions(with_key(
+                tokio_stream::iter(vec![
+                    pb::UploadTransactionsRequest {
+                        message: Some(pb::upload_transactions_request::Message::Header(
+                            pb::TransactionsHeader {
+                                name: "plantedlogname.csv".into(),
+                                format: pb::FileFormat::Csv as i32,
+                            },
+                        )),
+                    },
+                    pb::UploadTransactionsRequest {
+                        message: Some(pb::upload_transactions_request::Message::Chunk(
+                            log.into_bytes(),
+                        )),
+                    },
+                ]),
+                admin,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let seg = s
+            .segment(with_key(
+                pb::SegmentRequest {
+                    source: Some(pb::segment_request::Source::TransactionsId(tx.id.clone())),
+                    k_choice: Some(pb::segment_request::KChoice::K(3)),
+                    ..Default::default()
+                },
+                admin,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        loop {
+            let j = jobs
+                .get_job(with_key(pb::GetJobRequest { id: seg.id.clone() }, admin))
+                .await
+                .unwrap()
+                .into_inner();
+            if j.state == pb::JobState::Succeeded as i32 {
+                break;
+            }
+            assert_ne!(j.state, pb::JobState::Failed as i32, "{}", j.error);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // A bad request quoting a customer id, and an erasure.
+        let _ = pb::datasets_client::DatasetsClient::new(c.clone())
+            .get(with_key(
+                pb::GetDatasetRequest {
+                    id: planted_customer.into(),
+                },
+                admin,
+            ))
+            .await
+            .unwrap_err();
+        pb::privacy_client::PrivacyClient::new(c.clone())
+            .erase_customer(with_key(
+                pb::EraseCustomerRequest {
+                    customer_id: planted_customer.into(),
+                },
+                admin,
+            ))
+            .await
+            .unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let log = server.log();
+    assert!(log.lines().count() > 50, "trace output expected:\n{log}");
+    for planted in [
+        planted_column,
+        planted_customer,
+        "planteddatasetname",
+        "plantedlogname",
+        "4242.42",
+        "7777.77",
+        "BADROW",
+        "notadate",
+        keys.admin.as_str(),
+        &keys.admin[4..20],
+    ] {
+        assert!(
+            !log.contains(planted),
+            "{planted:?} appears in the log:\n{}",
+            log.lines()
+                .filter(|l| l.contains(planted))
+                .take(5)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    for audited in [
+        "/segmenta.v1.Datasets/Upload",
+        "/segmenta.v1.Clustering/FitKMeans",
+        "/segmenta.v1.Clustering/Assign",
+        "/segmenta.v1.Segmentations/Segment",
+        "/segmenta.v1.Privacy/EraseCustomer",
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("audit") && l.contains(audited) && l.contains("key=ops")),
+            "no audit line for {audited}"
+        );
+    }
+}
