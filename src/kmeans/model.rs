@@ -92,6 +92,49 @@ impl KMeansModel {
         self.centroids.nrows()
     }
 
+    /// Whether a model read from a file is whole: every shape agrees with
+    /// the centroids', and every stored number is finite (scales positive).
+    /// A deserialised model is checked before use, so a damaged or
+    /// hand-edited file is an error, never a panic.
+    pub fn check_consistent(&self) -> std::result::Result<(), String> {
+        let (k, d) = self.centroids.dim();
+        let s = &self.scaler;
+        if k == 0 || d == 0 {
+            return Err(format!("the model has {k} centroids of {d} features"));
+        }
+        if self.scaled_centroids.dim() != (k, d) {
+            return Err(format!(
+                "scaled centroids are {:?}, centroids {k}×{d}",
+                self.scaled_centroids.dim()
+            ));
+        }
+        if s.mean.len() != d || s.scale.len() != d || !(s.log1p.is_empty() || s.log1p.len() == d) {
+            return Err(format!(
+                "the scaler has {} means, {} scales and {} log1p flags for {d} features",
+                s.mean.len(),
+                s.scale.len(),
+                s.log1p.len()
+            ));
+        }
+        if !self.cluster_sizes.is_empty() && self.cluster_sizes.len() != k {
+            return Err(format!(
+                "{} cluster sizes for k = {k}",
+                self.cluster_sizes.len()
+            ));
+        }
+        let finite = self
+            .centroids
+            .iter()
+            .chain(&self.scaled_centroids)
+            .chain(&s.mean);
+        if finite.into_iter().any(|v| !v.is_finite())
+            || s.scale.iter().any(|v| !(v.is_finite() && *v > 0.0))
+        {
+            return Err("the model holds a non-finite number or a non-positive scale".into());
+        }
+        Ok(())
+    }
+
     pub fn n_features(&self) -> usize {
         self.centroids.ncols()
     }

@@ -98,6 +98,15 @@ impl SegmentModel {
             ))
             .into());
         }
+        model.kmeans.check_consistent().map_err(bad)?;
+        if model.descriptions.len() != model.kmeans.k() {
+            return Err(bad(format!(
+                "{} segment descriptions for k = {}",
+                model.descriptions.len(),
+                model.kmeans.k()
+            ))
+            .into());
+        }
         if model.labels.len() != model.customer_ids.len()
             || model.labels.iter().any(|&l| l as usize >= model.kmeans.k())
         {

@@ -116,6 +116,11 @@ pub fn parse_day(text: &str) -> Option<i32> {
             .find_map(|f| chrono::NaiveDateTime::parse_from_str(text, f).ok())
             .map(|t| t.date())
         })?;
+    // Years outside 1900–9998 are typos or sentinels (9999-12-31), not
+    // purchases; the as-of date must also fit after the latest one.
+    if !(1900..=9998).contains(&chrono::Datelike::year(&date)) {
+        return None;
+    }
     Some(day_number(date))
 }
 
@@ -123,8 +128,16 @@ pub fn day_number(date: NaiveDate) -> i32 {
     (date - NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid")).num_days() as i32
 }
 
+/// The date of a day number, clamped to the calendar's range.
 pub fn date_of(day: i32) -> NaiveDate {
-    NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid") + chrono::TimeDelta::days(day as i64)
+    NaiveDate::from_ymd_opt(1970, 1, 1)
+        .expect("valid")
+        .checked_add_signed(chrono::TimeDelta::days(day as i64))
+        .unwrap_or(if day < 0 {
+            NaiveDate::MIN
+        } else {
+            NaiveDate::MAX
+        })
 }
 
 /// Builds the log row by row, whatever the file format.

@@ -380,8 +380,13 @@ impl Store {
         check_id("model", id)?;
         let path = self.models.join(format!("{id}.json"));
         let text = fs::read(&path).map_err(|_| ServiceError::not_found("model", id))?;
-        serde_json::from_slice(&text)
-            .map_err(|e| ServiceError::Internal(format!("model {id}: {e}")))
+        let record: ModelRecord = serde_json::from_slice(&text)
+            .map_err(|e| ServiceError::Internal(format!("model {id}: {e}")))?;
+        if let ModelBody::KMeans(m) = &record.body {
+            m.check_consistent()
+                .map_err(|e| ServiceError::Internal(format!("model {id} is damaged: {e}")))?;
+        }
+        Ok(record)
     }
 
     pub fn list_models(&self) -> ServiceResult<Vec<ModelRecord>> {
