@@ -3,6 +3,7 @@
 
 mod measure;
 mod peers;
+mod load;
 mod service;
 mod workloads;
 
@@ -59,6 +60,14 @@ pub struct BenchArgs {
     /// Assign throughput with 10,000-row requests, over loopback.
     #[arg(long)]
     pub service: bool,
+    /// With --service: a load test against a real `segmenta serve` process
+    /// on loopback: 16 clients sending 1,000-row Assign calls while two fits
+    /// and one evaluation run; Assign latency, throughput, server peak RSS.
+    #[arg(long, requires = "service")]
+    pub load: bool,
+    /// With --load: how long the clients send, in seconds.
+    #[arg(long, default_value_t = 20)]
+    pub load_seconds: u64,
 }
 
 /// Gaussian-ish blobs (sum of uniforms) around `centres` random centres;
@@ -126,6 +135,9 @@ fn backends(which: Which) -> anyhow::Result<Backends> {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.load {
+        return load::run(args.load_seconds, args.seed, args.json);
+    }
     if args.service {
         let w = workloads::standard(args.quick)[0];
         let Task::Lloyd { k } = w.task else {
