@@ -590,9 +590,9 @@ fn known_panics_are_errors_now() {
         .expect("a scaler mean in model.json");
     scaler.pop();
     std::fs::write(&files.model_json, serde_json::to_vec(&model).unwrap()).unwrap();
-    let e = segmenta::segmentation::SegmentModel::load(&files.model_json)
-        .err()
-        .expect("a damaged scaler is refused");
+    let Err(e) = segmenta::segmentation::SegmentModel::load(&files.model_json) else {
+        panic!("a damaged scaler was accepted");
+    };
     assert!(e.to_string().contains("scaler"), "{e}");
 
     text.push_str("C1,9999-12-31,5.0\nC2,+262143-12-31,5.0\n");

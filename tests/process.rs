@@ -365,6 +365,9 @@ fn transaction_log(customers: usize) -> Vec<u8> {
     log.into_bytes()
 }
 
+/// Ids the server acknowledged, with the bytes the client sent.
+type Acknowledged = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 #[test]
 fn sigkill_at_any_moment_loses_nothing_acknowledged() {
     const ROUNDS: usize = 20;
@@ -383,8 +386,8 @@ fn sigkill_at_any_moment_loses_nothing_acknowledged() {
     let extra = ["--import-root", root.to_str().unwrap()];
 
     // What the server acknowledged, with what the client sent.
-    let datasets: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
-    let logs: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let datasets: Acknowledged = Arc::default();
+    let logs: Acknowledged = Arc::default();
     let jobs: Arc<Mutex<Vec<String>>> = Arc::default();
     let started = Instant::now();
     for round in 0..ROUNDS {
@@ -418,12 +421,14 @@ fn sigkill_at_any_moment_loses_nothing_acknowledged() {
                 );
                 assert_eq!(meta.size_bytes as usize, bytes.len());
             }
-            for (id, bytes) in logs.lock().unwrap().iter() {
+            let known_logs = logs.lock().unwrap().clone();
+            for (id, bytes) in &known_logs {
                 let stored = std::fs::read(data.join("transactions").join(id).join("log.csv"))
                     .unwrap_or_else(|e| panic!("round {round}: acknowledged log {id} lost: {e}"));
                 assert_eq!(sha(&stored), sha(bytes), "round {round}: log {id} changed");
             }
-            for id in jobs.lock().unwrap().iter() {
+            let known_jobs = jobs.lock().unwrap().clone();
+            for id in &known_jobs {
                 let job = pb::jobs_client::JobsClient::new(c.clone())
                     .get_job(pb::GetJobRequest { id: id.clone() })
                     .await

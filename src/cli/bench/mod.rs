@@ -1,9 +1,9 @@
 //! `segmenta bench`: the standard workloads W1–W5 on every available
 //! backend, optionally against scikit-learn and FAISS on identical data.
 
+mod load;
 mod measure;
 mod peers;
-mod load;
 mod service;
 mod workloads;
 
