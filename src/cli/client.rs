@@ -319,23 +319,21 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
             }
         }
         ClientCommand::Datasets => {
-            let mut client = pb::datasets_client::DatasetsClient::new(channel);
-            let mut all = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = client
-                    .list(pb::ListDatasetsRequest {
-                        page_size: 0,
-                        page_token,
-                    })
-                    .await?
-                    .into_inner();
-                all.extend(page.datasets);
-                page_token = page.next_page_token;
-                if page_token.is_empty() {
-                    break;
+            let client = pb::datasets_client::DatasetsClient::new(channel);
+            let all = all_pages(|page_token| {
+                let mut client = client.clone();
+                async move {
+                    let page = client
+                        .list(pb::ListDatasetsRequest {
+                            page_size: 0,
+                            page_token,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((page.datasets, page.next_page_token))
                 }
-            }
+            })
+            .await?;
             for d in all {
                 println!(
                     "{}  {:>10} rows × {:<3} {}  [{}]",
@@ -348,23 +346,21 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
             }
         }
         ClientCommand::Models => {
-            let mut client = pb::models_client::ModelsClient::new(channel);
-            let mut all = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = client
-                    .list(pb::ListModelsRequest {
-                        page_size: 0,
-                        page_token,
-                    })
-                    .await?
-                    .into_inner();
-                all.extend(page.models);
-                page_token = page.next_page_token;
-                if page_token.is_empty() {
-                    break;
+            let client = pb::models_client::ModelsClient::new(channel);
+            let all = all_pages(|page_token| {
+                let mut client = client.clone();
+                async move {
+                    let page = client
+                        .list(pb::ListModelsRequest {
+                            page_size: 0,
+                            page_token,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((page.models, page.next_page_token))
                 }
-            }
+            })
+            .await?;
             for m in all {
                 match m.model {
                     Some(pb::model::Model::Kmeans(k)) => println!(
@@ -428,6 +424,25 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Every page of a list: `fetch(token)` returns a page and the next token
+/// (empty after the last page).
+async fn all_pages<T, F, Fut>(mut fetch: F) -> anyhow::Result<Vec<T>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(Vec<T>, String)>>,
+{
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (page, next) = fetch(token).await?;
+        all.extend(page);
+        if next.is_empty() {
+            return Ok(all);
+        }
+        token = next;
+    }
 }
 
 /// Streams `values` (row-major) as whole-row blocks after a header; blocks
