@@ -77,12 +77,24 @@ pub enum Error {
     Params(#[from] ParamsError),
     #[error(transparent)]
     Data(#[from] DataError),
+    /// A GPU failure (cancellation inside a kernel becomes [`Error::Cancelled`]).
     #[error(transparent)]
-    Backend(#[from] BackendError),
+    Backend(BackendError),
     #[error(transparent)]
     Segmentation(#[from] crate::segmentation::SegmentationError),
     #[error("the fit was cancelled")]
     Cancelled,
+}
+
+/// One cancellation error, wherever the flag was seen: between iterations
+/// or inside a kernel.
+impl From<BackendError> for Error {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::Cancelled => Self::Cancelled,
+            other => Self::Backend(other),
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
