@@ -539,6 +539,7 @@ fn idle_and_excess_uploads_are_cut_off_and_leave_nothing() {
         let server = Served::start(ServerConfig {
             limits: Limits {
                 idle_timeout: Duration::from_secs(1),
+                handshake_timeout: Duration::from_secs(1),
                 max_concurrent_uploads: 1,
                 ..Limits::default()
             },
@@ -565,11 +566,34 @@ fn idle_and_excess_uploads_are_cut_off_and_leave_nothing() {
             "{}",
             e.message()
         );
+        // A connection that never speaks is closed after the handshake timeout.
+        let silent = tokio::task::spawn_blocking({
+            let addr = server.addr;
+            move || {
+                use std::io::Read;
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let t = Instant::now();
+                let mut buf = [0u8; 64];
+                // hyper may write its SETTINGS first; read until the close.
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                t.elapsed()
+            }
+        });
         let e = idle.await.unwrap().unwrap_err();
         assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
         assert!(e.message().contains("idle"), "{}", e.message());
         assert!(started.elapsed() < Duration::from_secs(30));
         drop(tx);
+        let closed_after = silent.await.unwrap();
+        assert!(
+            closed_after < Duration::from_secs(15),
+            "a silent connection stayed open {closed_after:?}"
+        );
         assert!(temporaries(&dir.path().join("data")).is_empty());
         let listed = datasets(&c)
             .list(pb::ListDatasetsRequest::default())
@@ -731,7 +755,11 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        // Lazy: the server may still hold a file open for a moment.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
     }
 }
 
@@ -955,6 +983,18 @@ fn metrics_are_served_as_prometheus_text() {
             .unwrap()
             .into_inner();
         finish(&c, None, &job.id).await;
+        // A path spelled with extra slashes is not a known method: it gets
+        // no label of its own (labels must not grow with attacker input).
+        let mut grpc = tonic::client::Grpc::new(c.clone());
+        grpc.ready().await.unwrap();
+        let odd: tonic::Result<tonic::Response<pb::ServerInfo>> = grpc
+            .unary(
+                tonic::Request::new(pb::GetInfoRequest {}),
+                http::uri::PathAndQuery::from_static("//segmenta.v1.Server/GetInfo"),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await;
+        assert_eq!(odd.unwrap_err().code(), Code::Unimplemented);
         let text = tokio::task::spawn_blocking(move || {
             use std::io::{Read, Write};
             let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -976,9 +1016,11 @@ fn metrics_are_served_as_prometheus_text() {
             "segmenta_job_queue_depth 0",
             "segmenta_stored_bytes",
             "segmenta_backend{backend=\"cpu\"",
+            "segmenta_requests_total{method=\"unknown\",code=\"Unimplemented\"} 1",
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
         }
+        assert!(!text.contains("//segmenta"), "{text}");
         server.stop().await.unwrap();
     });
 }

@@ -102,6 +102,12 @@ pub struct LimitArgs {
     /// HTTP/2 streams per connection.
     #[arg(long, default_value_t = Limits::default().max_streams_per_connection, env = "SEGMENTA_MAX_STREAMS_PER_CONNECTION")]
     pub max_streams_per_connection: u32,
+    /// Connections open at once (keep it under the process's file limit).
+    #[arg(long, default_value_t = Limits::default().max_connections, env = "SEGMENTA_MAX_CONNECTIONS")]
+    pub max_connections: usize,
+    /// A new connection silent this long is closed.
+    #[arg(long, default_value = "10s", value_parser = duration, env = "SEGMENTA_HANDSHAKE_TIMEOUT")]
+    pub handshake_timeout: Duration,
     /// Bytes in a name (datasets, logs, columns).
     #[arg(long, default_value_t = Limits::default().max_name_bytes, env = "SEGMENTA_MAX_NAME_BYTES")]
     pub max_name_bytes: usize,
@@ -136,6 +142,8 @@ impl From<LimitArgs> for Limits {
             max_concurrent_requests: a.max_concurrent_requests,
             max_concurrent_uploads: a.max_concurrent_uploads,
             max_streams_per_connection: a.max_streams_per_connection,
+            max_connections: a.max_connections,
+            handshake_timeout: a.handshake_timeout,
             max_name_bytes: a.max_name_bytes,
             request_timeout: a.request_timeout,
             idle_timeout: a.idle_timeout,

@@ -182,10 +182,17 @@ impl Keys {
             .clone()
     }
 
-    /// Re-reads the file. A file that no longer parses leaves the old keys
-    /// in force (and says why), so a typo cannot lock everyone out.
+    /// Re-reads the file. A file that no longer parses, or lists no key,
+    /// leaves the old keys in force (and says why), so a typo cannot lock
+    /// everyone out.
     pub fn reload(&self) -> Result<usize, KeyFileError> {
         let fresh = KeySet::load(&self.path)?;
+        if fresh.is_empty() {
+            return Err(KeyFileError::Line {
+                line: 0,
+                message: "the file lists no keys; keeping the old ones".into(),
+            });
+        }
         let n = fresh.len();
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
         Ok(n)
@@ -227,7 +234,9 @@ pub struct Method {
 /// probing for methods needs credentials too) and then gets UNIMPLEMENTED.
 pub fn method(path: &str) -> Option<Method> {
     use Role::*;
-    let (service, name) = path.trim_start_matches('/').split_once('/')?;
+    // Exactly `/service/method`: any other spelling (extra slashes, say) is
+    // unknown, so it cannot pose as a known method in logs and metrics.
+    let (service, name) = path.strip_prefix('/')?.split_once('/')?;
     let unary = |role| {
         Some(Method {
             access: Access::Needs(role),
@@ -364,6 +373,8 @@ mod tests {
             Some(Access::Needs(Role::Admin))
         );
         assert_eq!(method("/nope"), None);
+        assert_eq!(method("//segmenta.v1.Server/GetInfo"), None);
+        assert_eq!(method("/segmenta.v1.Server/GetInfo/"), None);
         assert_eq!(method("/segmenta.v1.Datasets/Steal"), None);
     }
 

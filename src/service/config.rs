@@ -66,6 +66,11 @@ pub struct Limits {
     pub max_concurrent_uploads: usize,
     /// HTTP/2 streams one connection may have open.
     pub max_streams_per_connection: u32,
+    /// Connections open at once; more are closed as they arrive.
+    pub max_connections: usize,
+    /// A new connection that sends nothing (no HTTP/2 preface, no TLS
+    /// ClientHello) for this long is closed.
+    pub handshake_timeout: Duration,
     /// Bytes of a name (datasets, logs, columns).
     pub max_name_bytes: usize,
     /// Longest a unary call may run (the client's shorter deadline wins).
@@ -95,6 +100,8 @@ impl Default for Limits {
             max_concurrent_requests: 256,
             max_concurrent_uploads: 8,
             max_streams_per_connection: 128,
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(10),
             max_name_bytes: 256,
             request_timeout: Duration::from_secs(300),
             idle_timeout: Duration::from_secs(60),

@@ -6,6 +6,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::backend::{BackendError, GpuError};
 use crate::data::DataError;
 use crate::segmentation::SegmentationError;
+use crate::service::auth::clip;
 use crate::Error;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,10 +51,7 @@ impl ServiceError {
 
     /// Client input echoed in a message is clipped to a short prefix.
     pub fn not_found(what: &'static str, id: &str) -> Self {
-        Self::NotFound {
-            what,
-            id: crate::service::auth::clip(id),
-        }
+        Self::NotFound { what, id: clip(id) }
     }
 
     /// A storage failure. A full disk or quota is RESOURCE_EXHAUSTED (the
@@ -69,10 +67,35 @@ impl ServiceError {
     }
 }
 
+/// A server-side list (column names) shortened to what a message needs.
+fn clip_list(s: &str) -> String {
+    if s.len() <= 512 {
+        s.to_owned()
+    } else {
+        let mut end = 512;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}, …", &s[..end])
+    }
+}
+
 impl From<Error> for ServiceError {
     fn from(e: Error) -> Self {
         match e {
             Error::Params(p) => Self::invalid(p.field(), p.to_string()),
+            Error::Data(DataError::UnknownColumn { name, available }) => Self::invalid(
+                "columns",
+                format!(
+                    "unknown column {:?}; available columns: {}",
+                    clip(&name),
+                    clip_list(&available)
+                ),
+            ),
+            Error::Segmentation(SegmentationError::BadDate(d)) => Self::invalid(
+                "as_of",
+                format!("invalid date {:?}: expected YYYY-MM-DD", clip(&d)),
+            ),
             Error::Data(d) => {
                 let field = match &d {
                     DataError::UnknownColumn { .. } | DataError::NonNumericColumn { .. } => {

@@ -74,6 +74,9 @@ pub struct GateConfig {
     pub keys: Option<Arc<Keys>>,
     pub max_concurrent_requests: usize,
     pub request_timeout: Duration,
+    /// A unary call's message must arrive whole within this long.
+    pub body_timeout: Duration,
+    pub max_message_bytes: usize,
     pub metrics: Arc<Metrics>,
 }
 
@@ -87,6 +90,8 @@ struct GateState {
     in_flight: Arc<Semaphore>,
     max_concurrent_requests: usize,
     request_timeout: Duration,
+    body_timeout: Duration,
+    max_message_bytes: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -98,6 +103,8 @@ impl GateLayer {
                 in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
                 max_concurrent_requests: config.max_concurrent_requests.max(1),
                 request_timeout: config.request_timeout,
+                body_timeout: config.body_timeout,
+                max_message_bytes: config.max_message_bytes,
                 metrics: config.metrics,
             }),
         }
@@ -167,6 +174,36 @@ impl GateState {
     }
 }
 
+impl GateState {
+    /// Reads a unary call's body whole (at most one message and its frame
+    /// header), within the body timeout.
+    async fn buffer_body(&self, request: Request) -> Result<Request, Status> {
+        use http_body_util::BodyExt;
+        let (parts, body) = request.into_parts();
+        let limit = self.max_message_bytes + 5 + 1024;
+        let limited = http_body_util::Limited::new(body, limit);
+        let bytes = match tokio::time::timeout(self.body_timeout, limited.collect()).await {
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "the request's message did not arrive within {} s",
+                    self.body_timeout.as_secs_f64()
+                )))
+            }
+            Ok(Err(_)) => {
+                return Err(Status::out_of_range(format!(
+                    "the request is larger than the message limit ({} bytes)",
+                    self.max_message_bytes
+                )))
+            }
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
+        Ok(http::Request::from_parts(
+            parts,
+            Body::new(http_body_util::Full::new(bytes)),
+        ))
+    }
+}
+
 /// A known method's path, or `unknown` (bounded label sets and log lines).
 fn method_label(path: &str) -> &str {
     if auth::method(path).is_some() {
@@ -230,6 +267,19 @@ where
                 }
             };
             record.caller = caller.name.clone();
+            let unary = method.is_none_or(|m| m.unary);
+            if unary {
+                // The whole message first, within the body timeout, and only
+                // then a slot: a client that sends half a message holds no
+                // slot while it stalls.
+                match state.buffer_body(request).await {
+                    Ok(r) => request = r,
+                    Err(status) => {
+                        record.code = Some(status.code());
+                        return Ok(status.into_http());
+                    }
+                }
+            }
             let Ok(permit) = state.in_flight.clone().try_acquire_owned() else {
                 state.metrics.shed();
                 let status = Status::resource_exhausted(format!(
@@ -242,7 +292,7 @@ where
             request.extensions_mut().insert(record.ids.clone());
             request.extensions_mut().insert(caller);
             let call = inner.call(request);
-            let response = if method.is_none_or(|m| m.unary) {
+            let response = if unary {
                 match tokio::time::timeout(state.request_timeout, call).await {
                     Ok(r) => r?,
                     Err(_) => {

@@ -122,7 +122,25 @@ pub struct JobRecord {
 pub struct JobHandle {
     cancel: Arc<AtomicBool>,
     state: watch::Sender<JobSnapshot>,
-    request: String,
+    /// Kept until the job finishes (a finished job never runs again), so
+    /// retained jobs hold no request bytes, in memory or on disk.
+    request: Mutex<String>,
+}
+
+impl JobHandle {
+    fn request(&self) -> String {
+        self.request
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn drop_request(&self) {
+        self.request
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
 }
 
 impl JobHandle {
@@ -260,7 +278,11 @@ impl Jobs {
                 Arc::new(JobHandle {
                     cancel: Arc::new(AtomicBool::new(false)),
                     state: tx,
-                    request: record.request.clone(),
+                    request: Mutex::new(if record.snapshot.state.is_finished() {
+                        String::new()
+                    } else {
+                        record.request.clone()
+                    }),
                 }),
             );
             if !record.snapshot.state.is_finished() {
@@ -407,8 +429,9 @@ impl Jobs {
         s.state = JobState::Failed;
         s.error = Some(error);
         s.finished_at_ms = Some(now_ms());
-        self.persist(&s, &record.request);
+        self.persist(&s, "");
         if let Some(h) = self.lock().get(&s.id) {
+            h.drop_request();
             h.state.send_replace(s);
         }
     }
@@ -455,7 +478,7 @@ impl Jobs {
                 let h = Arc::new(JobHandle {
                     cancel: Arc::new(AtomicBool::new(false)),
                     state: tx,
-                    request,
+                    request: Mutex::new(request),
                 });
                 self.lock().insert(id, h.clone());
                 h
@@ -483,7 +506,7 @@ impl Jobs {
                 Err(ServiceError::Cancelled)
             } else {
                 handle.state.send_modify(|s| s.state = JobState::Running);
-                jobs.persist(&handle.snapshot(), &handle.request);
+                jobs.persist(&handle.snapshot(), &handle.request());
                 let (ctx2, pool) = (ctx.clone(), jobs.pool.clone());
                 tokio::task::spawn_blocking(move || pool.install(|| work(&ctx2)))
                     .await
@@ -513,7 +536,8 @@ impl Jobs {
                     }
                 }
             });
-            jobs.persist(&handle.snapshot(), &handle.request);
+            handle.drop_request();
+            jobs.persist(&handle.snapshot(), "");
             jobs.prune();
         });
         snapshot
@@ -555,7 +579,7 @@ impl Jobs {
                 h.state.send_modify(|s| {
                     s.error = s.error.as_ref().map(|e| e.replace(needle, "[erased]"));
                 });
-                self.persist(&h.snapshot(), &h.request);
+                self.persist(&h.snapshot(), &h.request());
                 changed.push(snapshot.id);
             }
         }

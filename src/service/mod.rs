@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod config;
+mod conn;
 mod convert;
 pub mod engine;
 pub mod error;

@@ -44,18 +44,36 @@ impl ImportRoots {
 
     /// The canonical path of an allowed regular file.
     pub fn resolve(&self, field: &str, path: &str) -> Result<PathBuf, ServiceError> {
+        self.allow(field, path).map(|f| f.path)
+    }
+
+    /// Checks `path` again when a queued job is about to read it: it must
+    /// still pass every check and be the same file (device and inode), so a
+    /// file swapped for a link to elsewhere meanwhile is refused.
+    pub fn recheck(&self, field: &str, allowed: &Allowed) -> Result<(), ServiceError> {
+        let now = self.allow(field, &allowed.asked)?;
+        if (now.dev, now.ino) != (allowed.dev, allowed.ino) {
+            return Err(self.refused(field, &allowed.asked));
+        }
+        Ok(())
+    }
+
+    fn refused(&self, field: &str, path: &str) -> ServiceError {
+        ServiceError::PermissionDenied(format!(
+            "{field}: {:?}: not found or not allowed (only regular files under the server's import roots)",
+            clip(path)
+        ))
+    }
+
+    /// The file `path` names, if it is allowed.
+    pub fn allow(&self, field: &str, path: &str) -> Result<Allowed, ServiceError> {
         if !self.is_enabled() {
             return Err(ServiceError::PermissionDenied(format!(
                 "{field}: server-side paths are disabled on this server; upload the file instead, \
                  or start the server with --import-root DIR to allow files under DIR"
             )));
         }
-        let refused = || {
-            ServiceError::PermissionDenied(format!(
-                "{field}: {:?}: not found or not allowed (only regular files under the server's import roots)",
-                clip(path)
-            ))
-        };
+        let refused = || self.refused(field, path);
         if path.is_empty() || path.len() > 4096 || path.contains('\0') {
             return Err(refused());
         }
@@ -70,11 +88,28 @@ impl ImportRoots {
             .open(&canonical)
             .map_err(|_| refused())?;
         let meta = file.metadata().map_err(|_| refused())?;
-        if !meta.file_type().is_file() || meta.mode() & 0o444 == 0 {
+        // More than one link: a hard link could bring a file from outside
+        // the roots in, and canonicalising cannot tell.
+        if !meta.file_type().is_file() || meta.mode() & 0o444 == 0 || meta.nlink() != 1 {
             return Err(refused());
         }
-        Ok(canonical)
+        Ok(Allowed {
+            asked: path.to_owned(),
+            path: canonical,
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
     }
+}
+
+/// A server-side file that passed the checks, and which file it was.
+#[derive(Debug, Clone)]
+pub struct Allowed {
+    /// As the client wrote it (checked again before reading).
+    pub asked: String,
+    pub path: PathBuf,
+    dev: u64,
+    ino: u64,
 }
 
 /// A data error about a server-side file, without the file's contents: no
@@ -93,18 +128,17 @@ pub fn content_error(e: DataError) -> ServiceError {
             "columns",
             format!("the file has no column {:?}", clip(&name)),
         ),
-        DataError::NonNumericColumn { column, .. } => (
+        DataError::NonNumericColumn { .. } => (
             "columns",
-            format!("column {:?} is not numeric", clip(&column)),
+            "a chosen column is not numeric (name the numeric columns)".to_owned(),
         ),
-        DataError::NotNumeric { column, row, .. } => (
-            "path",
-            format!("row {row}, column {:?}: not a number", clip(&column)),
-        ),
-        DataError::NotFinite { row, column, .. } => (
-            "path",
-            format!("row {row}, column {:?}: not a finite number", clip(&column)),
-        ),
+        // The column's name comes from the file's header: not quoted.
+        DataError::NotNumeric { row, .. } => {
+            ("path", format!("row {row}: a value is not a number"))
+        }
+        DataError::NotFinite { row, .. } => {
+            ("path", format!("row {row}: a value is not a finite number"))
+        }
         e @ (DataError::NoRows
         | DataError::NoColumns
         | DataError::Shape { .. }
@@ -113,11 +147,17 @@ pub fn content_error(e: DataError) -> ServiceError {
     ServiceError::invalid(field, message)
 }
 
-/// [`content_error`] for the segment job's errors: a bad row is named by
-/// its number and problem, never its value.
-pub fn segmentation_content_error(e: crate::Error) -> ServiceError {
+/// A segment job's error without cell values: job records are readable by
+/// every read key and outlive the log. For a server-side file, also nothing
+/// from its header ([`content_error`]); for an uploaded log, the column
+/// names the client gave stay, to help fix the request.
+pub fn segmentation_content_error(e: crate::Error, server_file: bool) -> ServiceError {
     match e {
-        crate::Error::Data(d) => content_error(d),
+        crate::Error::Data(d) if server_file => content_error(d),
+        crate::Error::Data(DataError::NotNumeric { column, row, .. }) => ServiceError::invalid(
+            "transactions",
+            format!("row {row}, column {:?}: not a number", clip(&column)),
+        ),
         crate::Error::Segmentation(SegmentationError::BadRow {
             row,
             problem,
@@ -125,7 +165,11 @@ pub fn segmentation_content_error(e: crate::Error) -> ServiceError {
             ..
         }) => ServiceError::invalid(
             "transactions",
-            format!("row {row}: {problem} (column {:?})", clip(&column)),
+            if server_file {
+                format!("row {row}: {problem}")
+            } else {
+                format!("row {row}: {problem} (column {:?})", clip(&column))
+            },
         ),
         other => other.into(),
     }
@@ -148,6 +192,11 @@ mod tests {
         )
         .unwrap();
         std::fs::create_dir(root.path().join("dir.csv")).unwrap();
+        std::fs::hard_link(
+            outside.path().join("secret.csv"),
+            root.path().join("hard.csv"),
+        )
+        .unwrap();
         let locked = root.path().join("locked.csv");
         std::fs::write(&locked, "a\n1\n").unwrap();
         std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000))
@@ -174,6 +223,7 @@ mod tests {
             escape,
             root.path().join("link.csv").to_string_lossy().into_owned(),
             root.path().join("dir.csv").to_string_lossy().into_owned(),
+            root.path().join("hard.csv").to_string_lossy().into_owned(),
             root.path()
                 .join("missing.csv")
                 .to_string_lossy()
@@ -189,6 +239,25 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn a_file_swapped_after_the_check_is_refused() {
+        let root = tempfile::TempDir::new().unwrap();
+        let outside = tempfile::TempDir::new().unwrap();
+        let file = root.path().join("swap.csv");
+        std::fs::write(&file, "a\n1\n").unwrap();
+        std::fs::write(outside.path().join("secret.csv"), "b\n2\n").unwrap();
+        let roots = ImportRoots::new(&[root.path().to_owned()]).unwrap();
+        let allowed = roots.allow("path", file.to_str().unwrap()).unwrap();
+        roots.recheck("path", &allowed).unwrap();
+        std::fs::remove_file(&file).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret.csv"), &file).unwrap();
+        assert!(roots.recheck("path", &allowed).is_err());
+        // A hard link to the outside file in its place: another inode.
+        std::fs::remove_file(&file).unwrap();
+        std::fs::hard_link(outside.path().join("secret.csv"), &file).unwrap();
+        assert!(roots.recheck("path", &allowed).is_err());
     }
 
     #[test]

@@ -202,6 +202,8 @@ pub async fn serve_with(
         keys,
         max_concurrent_requests: limits.max_concurrent_requests,
         request_timeout: limits.request_timeout,
+        body_timeout: limits.idle_timeout,
+        max_message_bytes: limits.max_message_bytes,
         metrics: metrics.clone(),
     });
     let mut builder = Server::builder();
@@ -261,13 +263,13 @@ pub async fn serve_with(
         stopping.jobs.shutdown(JOB_STOP_TIMEOUT).await;
     };
     on_ready();
-    // The builder's tcp_nodelay only reaches sockets it accepts itself: set it
-    // here, or Nagle's algorithm meets delayed ACKs and adds ~40 ms per call.
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        if let Ok(socket) = &conn {
-            let _ = socket.set_nodelay(true);
-        }
-        conn
+    // Each connection takes a slot and must speak within a deadline (see
+    // `conn`). The builder's tcp_nodelay only reaches sockets it accepts
+    // itself: `admit` sets it, or Nagle's algorithm meets delayed ACKs and
+    // adds ~40 ms per call.
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let incoming = TcpListenerStream::new(listener).map(move |conn| {
+        conn.and_then(|socket| super::conn::admit(socket, &slots, limits.handshake_timeout))
     });
     router
         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -7,6 +7,13 @@ use crate::kmeans::KMeansParams;
 use crate::service::config::Limits;
 use crate::service::error::{ServiceError, ServiceResult};
 
+const GIB: f64 = (1u64 << 30) as f64;
+/// Memory one k-means step may hold in per-block partial sums.
+const MAX_STEP_BYTES: f64 = GIB;
+/// Distance evaluations (rows × k × features) one Assign call may cost:
+/// about a second of one core.
+pub const MAX_ASSIGN_WORK: f64 = 1e10;
+
 fn exhausted(limit: &'static str, message: String) -> ServiceError {
     ServiceError::ResourceExhausted { limit, message }
 }
@@ -59,6 +66,20 @@ pub fn kmeans(limits: &Limits, params: &KMeansParams, n_rows: u64, d: usize) -> 
         ));
     }
     model_fits_message(limits, k.saturating_mul(d))?;
+    // The CPU keeps one k × (d + 1) f64 partial per block of rows (up to
+    // 256 blocks of at least 4,096 rows) until a step's sums are added.
+    let blocks = (n_rows / 4096).clamp(1, 256) as f64;
+    let partials = blocks * k as f64 * (d + 1) as f64 * 8.0;
+    if partials > MAX_STEP_BYTES {
+        return Err(exhausted(
+            "max_k",
+            format!(
+                "k = {k} on {n_rows} rows × {d} features needs {:.1} GiB of partial sums per step; at most {:.0} GiB (lower k)",
+                partials / GIB,
+                MAX_STEP_BYTES / GIB
+            ),
+        ));
+    }
     let work = n_rows as f64 * k as f64 * d as f64 * iterations as f64;
     if work > limits.max_fit_work {
         return Err(exhausted(
@@ -75,14 +96,53 @@ pub fn kmeans(limits: &Limits, params: &KMeansParams, n_rows: u64, d: usize) -> 
 /// PCA keeps a `d × d` Gram per block of rows (16 of them) in f64, then
 /// decomposes it in `O(d³)`; `d` is bounded by `max_features`, the pass
 /// over the rows by the work budget.
-pub fn pca(limits: &Limits, n_rows: u64, d: usize) -> ServiceResult<()> {
+pub fn pca(limits: &Limits, n_rows: u64, d: usize, n_components: usize) -> ServiceResult<()> {
     features(limits, d)?;
+    // Components, mean and spectra must fit in one response.
+    model_fits_message(limits, n_components.saturating_mul(d) / 2 + d)?;
     let work = n_rows as f64 * d as f64 * d as f64 / 2.0 + (d as f64).powi(3);
     if work > limits.max_fit_work {
         return Err(exhausted(
             "max_fit_work",
             format!(
                 "rows × features² / 2 + features³ = {work:.3e}; the limit is {:.3e}",
+                limits.max_fit_work
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Scoring rows against a model: `rows × k × d` distances.
+pub fn assign(rows: usize, k: usize, d: usize) -> ServiceResult<()> {
+    let work = rows as f64 * k as f64 * d as f64;
+    if work > MAX_ASSIGN_WORK {
+        return Err(exhausted(
+            "max_assign_rows",
+            format!(
+                "{rows} rows × k = {k} × {d} features = {work:.2e} distances in one call; at most {MAX_ASSIGN_WORK:.0e}: send fewer rows per call"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A segment job clusters each customer (at most one per log line) for
+/// every k of its sweep, `n_init` times, up to 300 iterations each, on 5
+/// features.
+pub fn segment(
+    limits: &Limits,
+    max_lines: u64,
+    ks: std::ops::RangeInclusive<usize>,
+    n_init: usize,
+) -> ServiceResult<()> {
+    let sum_k: f64 = ks.map(|k| k as f64).sum();
+    let work = max_lines as f64 * sum_k * n_init as f64 * 300.0 * 5.0;
+    if work > limits.max_fit_work {
+        return Err(exhausted(
+            "max_fit_work",
+            format!(
+                "up to {max_lines} customers × Σk = {sum_k} × n_init {n_init} × 300 iterations × 5 features = {work:.3e}; the limit is {:.3e} (narrow the k range or lower n_init)",
                 limits.max_fit_work
             ),
         ));
@@ -147,15 +207,24 @@ mod tests {
             "max_message_bytes",
         );
         refuse(
-            kmeans(&l, &KMeansParams::new(10_000), 100_000_000, 64),
+            kmeans(&l, &KMeansParams::new(1_000), 1_000_000_000, 64),
             "max_fit_work",
         );
-        refuse(pca(&l, 2, 2_000_000), "max_features");
-        refuse(pca(&l, 1 << 40, 4096), "max_fit_work");
+        refuse(pca(&l, 2, 2_000_000, 1), "max_features");
+        refuse(pca(&l, 1 << 40, 4096, 1), "max_fit_work");
+        refuse(pca(&l, 1000, 2100, 2100), "max_message_bytes");
+        refuse(
+            kmeans(&l, &KMeansParams::new(100_000).max_iter(1), 1_000_000, 10),
+            "max_k",
+        );
+        refuse(assign(1_000_000, 100_000, 10), "max_assign_rows");
+        refuse(segment(&l, 100_000, 29_937..=30_000, 100), "max_fit_work");
+        assert!(segment(&l, 10_000_000, 2..=10, 3).is_ok());
+        assert!(assign(1000, 64, 32).is_ok());
         refuse(evaluate(&l, 10, 2, 2, 1_000_000), "max_silhouette_sample");
         assert!(kmeans(&l, &KMeansParams::new(64), 1_000_000, 32).is_ok());
         assert!(kmeans(&l, &KMeansParams::new(100_000), 1_000_000, 2).is_ok());
-        assert!(pca(&l, 1_000_000, 128).is_ok());
+        assert!(pca(&l, 1_000_000, 128, 16).is_ok());
         assert!(evaluate(&l, 1_000_000, 64, 32, 10_000).is_ok());
     }
 }

@@ -121,6 +121,9 @@ pub enum EngineError {
     Io(#[from] std::io::Error),
 }
 
+/// Models kept in memory for Assign; past this the cache starts over.
+const MODEL_CACHE_ENTRIES: usize = 64;
+
 /// Sets a flag when dropped: a call whose client went away (or whose
 /// deadline passed) stops the compute it started.
 struct CancelOnDrop(Arc<AtomicBool>);
@@ -139,6 +142,19 @@ pub struct Engine {
     uploads: Arc<Semaphore>,
     backends: OnceCell<Arc<Backends>>,
     models: Mutex<HashMap<String, Arc<ModelRecord>>>,
+    /// Held while a job stores its result, while something is deleted and
+    /// while a customer is erased; counts the erasures. A job that read its
+    /// input before an erasure, or whose input was deleted meanwhile,
+    /// stores nothing.
+    commits: Mutex<u64>,
+}
+
+/// What a job's result was made from, checked when it is stored.
+pub enum Source<'a> {
+    Dataset(&'a str),
+    Log(&'a str),
+    /// A server-side file or nothing stored: nothing to check.
+    None,
 }
 
 impl Engine {
@@ -165,6 +181,7 @@ impl Engine {
             roots,
             backends: OnceCell::new(),
             models: Mutex::new(HashMap::new()),
+            commits: Mutex::new(0),
         };
         Ok((Arc::new(engine), unfinished))
     }
@@ -247,10 +264,12 @@ impl Engine {
             return Ok(m.clone());
         }
         let record = Arc::new(self.store.model(id)?);
-        self.models
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_owned(), record.clone());
+        let mut cache = self.models.lock().unwrap_or_else(|p| p.into_inner());
+        // A bounded cache: models can be megabytes each.
+        if cache.len() >= MODEL_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(id.to_owned(), record.clone());
         Ok(record)
     }
 
@@ -267,9 +286,58 @@ impl Engine {
             .remove(id);
     }
 
+    fn commits(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.commits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The erasure count, read when a job starts.
+    pub fn erasures(&self) -> u64 {
+        *self.commits()
+    }
+
+    /// Stores a job's result with `store`, unless a customer was erased
+    /// since the job started (`erasures`) or its source is gone.
+    pub fn commit<T>(
+        &self,
+        erasures: u64,
+        source: Source,
+        store: impl FnOnce() -> ServiceResult<T>,
+    ) -> ServiceResult<T> {
+        let guard = self.commits();
+        if *guard != erasures {
+            return Err(ServiceError::FailedPrecondition(
+                "a customer was erased while this job ran; nothing was stored: run it again".into(),
+            ));
+        }
+        let gone = match source {
+            Source::Dataset(id) => self.store.dataset(id).err().map(|_| ("dataset", id)),
+            Source::Log(id) => self
+                .store
+                .transactions(id)
+                .err()
+                .map(|_| ("transaction log", id)),
+            Source::None => None,
+        };
+        if let Some((what, id)) = gone {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "{what} {id} was deleted while this job ran; nothing was stored"
+            )));
+        }
+        store()
+    }
+
+    /// Erases under the commit lock, so no job stores a result read before.
+    pub fn erase_customer(&self, customer_id: &str) -> ServiceResult<Vec<Erased>> {
+        let mut guard = self.commits();
+        let erased = self.erase_customer_unlocked(customer_id)?;
+        *guard += 1;
+        Ok(erased)
+    }
+
     /// Deletes a dataset; with `cascade`, the models fitted on it too,
     /// otherwise their existence is FAILED_PRECONDITION. Returns what went.
     pub fn delete_dataset(&self, id: &str, cascade: bool) -> ServiceResult<Vec<String>> {
+        let _guard = self.commits();
         self.store.dataset(id)?;
         let models = self.store.models_from(id)?;
         self.cascade_or_refuse("dataset", id, &models, cascade)?;
@@ -283,6 +351,7 @@ impl Engine {
     /// Deletes an uploaded log; with `cascade`, the segmentations made from
     /// it (outputs and models) too.
     pub fn delete_transactions(&self, id: &str, cascade: bool) -> ServiceResult<Vec<String>> {
+        let _guard = self.commits();
         self.store.transactions(id)?;
         let derived: Vec<String> = self
             .store
@@ -359,7 +428,8 @@ impl Engine {
         name: String,
         origin: Origin,
     ) -> ServiceResult<JobSnapshot> {
-        let resolved = self.roots.resolve("path", &path)?;
+        let allowed = self.roots.allow("path", &path)?;
+        let resolved = allowed.path.clone();
         self.check_names("columns", &columns)?;
         let name = if name.is_empty() {
             resolved
@@ -376,6 +446,7 @@ impl Engine {
             max_columns: l.max_features,
         };
         self.spawn(JobKind::Import, false, origin, move |ctx| {
+            engine.roots.recheck("path", &allowed)?;
             ctx.phase("reading");
             let data = read_table_limited(&resolved, &columns, limits).map_err(content_error)?;
             engine.check_names("columns", &data.columns)?;
@@ -393,6 +464,7 @@ impl Engine {
         origin: Origin<'_>,
     ) -> ServiceResult<JobSnapshot> {
         job.params.check().map_err(crate::Error::from)?;
+        self.check_names("columns", &job.columns)?;
         let meta = self.store.dataset(&job.dataset_id)?;
         let mut features = if job.columns.is_empty() {
             meta.columns.clone()
@@ -446,6 +518,7 @@ impl Engine {
         features: Vec<String>,
     ) -> ServiceResult<JobOutput> {
         ctx.phase("loading");
+        let erasures = self.erasures();
         let (_, data) = self.store.load_dataset(&job.dataset_id)?;
         let (x, columns) = data.select_columns(&features).map_err(crate::Error::from)?;
         let weights = match &job.weights_column {
@@ -478,7 +551,9 @@ impl Engine {
             job.params
                 .fit_with(b, x.view(), weights.as_ref().map(|w| w.view()), &control)
         })?;
-        self.save_model(&job.dataset_id, columns, ModelBody::KMeans(model))
+        self.commit(erasures, Source::Dataset(&job.dataset_id), || {
+            self.save_model(&job.dataset_id, columns, ModelBody::KMeans(model))
+        })
     }
 
     fn save_model(
@@ -507,6 +582,7 @@ impl Engine {
         job: PcaJob,
         origin: Origin<'_>,
     ) -> ServiceResult<JobSnapshot> {
+        self.check_names("columns", &job.columns)?;
         let meta = self.store.dataset(&job.dataset_id)?;
         let features = if job.columns.is_empty() {
             meta.columns.clone()
@@ -524,7 +600,7 @@ impl Engine {
                 ),
             ));
         }
-        cost::pca(&self.config.limits, meta.n_rows, features.len())?;
+        cost::pca(&self.config.limits, meta.n_rows, features.len(), c)?;
         let backends = self.backends().await;
         let (backend, choice) = backends.resolve(job.backend)?;
         let uses_gpu = backend.info().backend == BackendKind::Gpu;
@@ -533,6 +609,7 @@ impl Engine {
             let cpu = CpuBackend::new().cancel_on(ctx.cancel.clone());
             let backend = backends.for_job(choice, &cpu)?;
             ctx.phase("loading");
+            let erasures = engine.erasures();
             let (_, data) = engine.store.load_dataset(&job.dataset_id)?;
             let (x, columns) = data.select_columns(&features).map_err(crate::Error::from)?;
             drop(data);
@@ -541,7 +618,9 @@ impl Engine {
             if ctx.cancelled() {
                 return Err(ServiceError::Cancelled);
             }
-            engine.save_model(&job.dataset_id, columns, ModelBody::Pca(model))
+            engine.commit(erasures, Source::Dataset(&job.dataset_id), || {
+                engine.save_model(&job.dataset_id, columns, ModelBody::Pca(model))
+            })
         })
     }
 
@@ -556,6 +635,7 @@ impl Engine {
             )));
         };
         let n = self.check_rows(rows.len(), model.n_features())?;
+        cost::assign(n, model.k(), model.n_features())?;
         let record = record.clone();
         let cancel = Arc::new(AtomicBool::new(false));
         let _guard = CancelOnDrop(cancel.clone());

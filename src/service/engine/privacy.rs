@@ -36,8 +36,9 @@ pub struct Erased {
 
 impl Engine {
     /// Removes `customer_id` from every transaction log, segmentation output
-    /// and job record; returns what changed.
-    pub fn erase_customer(&self, customer_id: &str) -> ServiceResult<Vec<Erased>> {
+    /// and job record; returns what changed. The caller holds the commit
+    /// lock ([`Engine::erase_customer`]).
+    pub(super) fn erase_customer_unlocked(&self, customer_id: &str) -> ServiceResult<Vec<Erased>> {
         if customer_id.is_empty() {
             return Err(ServiceError::invalid(
                 "customer_id",

@@ -1,11 +1,13 @@
 //! The segment job over gRPC: same library call as the CLI, outputs staged
 //! and committed into the store, the model registered for Assign.
 
+use std::path::Path;
 use std::sync::Arc;
 
-use super::{Engine, Origin};
+use super::{Engine, Origin, Source};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{with_cpu_fallback, BackendChoice, BackendKind};
+use crate::data::TableFormat;
 use crate::kmeans::FitControl;
 use crate::segmentation::features::FEATURE_NAMES;
 use crate::segmentation::{
@@ -20,6 +22,27 @@ use crate::service::storage::{now_ms, ModelBody, ModelRecord, SegmentationMeta};
 const MAX_SWEEP_KS: usize = 64;
 /// Most k-means runs per k in a segment job.
 const MAX_SEGMENT_N_INIT: usize = 100;
+
+/// Memory a parsed log line takes (customer id, day, amount, order), to
+/// bound what a small compressed Parquet file can unpack into.
+const BYTES_PER_LINE: u64 = 64;
+
+/// At most how many lines a log holds: a Parquet file says so in its
+/// footer; a CSV line takes at least 12 bytes (`a,2026-1-1,1` and a newline).
+fn log_lines(path: &Path) -> ServiceResult<u64> {
+    match TableFormat::from_path(path) {
+        Ok(TableFormat::Parquet) => {
+            let file = std::fs::File::open(path).map_err(ServiceError::io)?;
+            let builder =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                    .map_err(|_| {
+                        ServiceError::invalid("transactions", "not a valid Parquet file")
+                    })?;
+            Ok(builder.metadata().file_metadata().num_rows().max(0) as u64)
+        }
+        _ => Ok(std::fs::metadata(path).map_err(ServiceError::io)?.len() / 12 + 1),
+    }
+}
 
 /// Where the transaction log comes from.
 #[derive(Debug, Clone)]
@@ -44,17 +67,28 @@ impl Engine {
         job: SegmentJob,
         origin: Origin<'_>,
     ) -> ServiceResult<JobSnapshot> {
+        let mut allowed = None;
         let (path, source, server_file) = match &job.source {
             LogSource::Uploaded(id) => (self.store.transactions_path(id)?, id.clone(), false),
             LogSource::ServerPath(p) => {
-                let path = self.roots.resolve("transactions_path", p)?;
+                let a = self.roots.allow("transactions_path", p)?;
+                let path = a.path.clone();
+                allowed = Some(a);
                 let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                 self.check_dataset_size(bytes)?;
-                let source = path.to_string_lossy().into_owned();
+                // Only the file's name is kept: the server's directory layout
+                // is not the clients' business.
+                let source = format!(
+                    "file:{}",
+                    path.file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+                );
                 (path, source, true)
             }
         };
-        self.check_segment_cost(&job.params)?;
+        let lines = log_lines(&path)?;
+        self.check_dataset_size(lines.saturating_mul(BYTES_PER_LINE))?;
+        self.check_segment_cost(&job.params, lines)?;
         let previous = job
             .previous_id
             .as_deref()
@@ -67,6 +101,10 @@ impl Engine {
         self.spawn(JobKind::Segment, uses_gpu, origin, move |ctx| {
             let cpu = CpuBackend::new().cancel_on(ctx.cancel.clone());
             let backend = backends.for_job(choice, &cpu)?;
+            if let Some(a) = &allowed {
+                engine.roots.recheck("transactions_path", a)?;
+            }
+            let erasures = engine.erasures();
             let sink = ctx.clone();
             let control = SegmentControl {
                 fit: FitControl::default().cancel_flag(ctx.cancel.clone()),
@@ -81,19 +119,19 @@ impl Engine {
             let run = with_cpu_fallback(choice, backend, |b| {
                 run_segmentation(b, &path, &job.params, previous.as_ref(), &control)
             })
-            .map_err(|e| {
-                if server_file {
-                    segmentation_content_error(e)
-                } else {
-                    e.into()
-                }
-            })?;
+            // Never a cell value in a job's error: job records are readable
+            // by every read key and outlive the log.
+            .map_err(|e| segmentation_content_error(e, server_file))?;
             ctx.phase("writing outputs");
-            engine.store_segmentation(&run, source)
+            let from = match &job.source {
+                LogSource::Uploaded(id) => Source::Log(id),
+                LogSource::ServerPath(_) => Source::None,
+            };
+            engine.commit(erasures, from, || engine.store_segmentation(&run, source))
         })
     }
 
-    fn check_segment_cost(&self, params: &SegmentParams) -> ServiceResult<()> {
+    fn check_segment_cost(&self, params: &SegmentParams, lines: u64) -> ServiceResult<()> {
         let max_k = self.config.limits.max_k;
         let (lo, hi) = match &params.k {
             None => (2, 10),
@@ -121,7 +159,7 @@ impl Engine {
                 format!("n_init = {}; at most {MAX_SEGMENT_N_INIT}", params.n_init),
             ));
         }
-        Ok(())
+        super::cost::segment(&self.config.limits, lines, lo..=hi, params.n_init)
     }
 
     fn store_segmentation(

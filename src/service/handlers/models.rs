@@ -28,13 +28,23 @@ impl pb::models_server::Models for ModelsService {
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
         let r = request.into_inner();
         let page = page_request(r.page_size, r.page_token)?;
-        let store = self.engine.store.clone();
-        let all = tokio::task::block_in_place(|| store.list_models())?;
-        let (models, next_page_token) = paginate(
-            all.iter().map(|m| (m.id.clone(), pb::Model::from(m))),
-            &page,
-            self.engine.config.limits.max_message_bytes / 2,
-        );
+        let engine = self.engine.clone();
+        let (models, next_page_token) = tokio::task::block_in_place(|| {
+            let ids = engine.store.model_ids()?;
+            // Models are read as the page fills, never all at once.
+            let after = ids
+                .into_iter()
+                .filter(|id| page.after.as_ref().is_none_or(|a| id > a));
+            let loaded = after.filter_map(|id| {
+                let m = engine.store.model(&id).ok()?;
+                Some((id, pb::Model::from(&m)))
+            });
+            Ok::<_, crate::service::error::ServiceError>(paginate(
+                loaded,
+                &page,
+                engine.config.limits.max_message_bytes / 2,
+            ))
+        })?;
         Ok(Response::new(pb::ListModelsResponse {
             models,
             next_page_token,

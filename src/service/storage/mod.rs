@@ -389,7 +389,9 @@ impl Store {
         Ok(record)
     }
 
-    pub fn list_models(&self) -> ServiceResult<Vec<ModelRecord>> {
+    /// Model ids in order; the models themselves are read one at a time
+    /// (a page of a list reads only what it returns).
+    pub fn model_ids(&self) -> ServiceResult<Vec<String>> {
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.models).map_err(ServiceError::io)? {
             let name = entry
@@ -398,11 +400,15 @@ impl Store {
                 .to_string_lossy()
                 .into_owned();
             if let Some(id) = name.strip_suffix(".json").filter(|n| !n.starts_with(TMP)) {
-                out.push(self.model(id)?);
+                out.push(id.to_owned());
             }
         }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out.sort();
         Ok(out)
+    }
+
+    pub fn list_models(&self) -> ServiceResult<Vec<ModelRecord>> {
+        self.model_ids()?.iter().map(|id| self.model(id)).collect()
     }
 
     pub fn delete_model(&self, id: &str) -> ServiceResult<()> {
@@ -416,14 +422,16 @@ impl Store {
         sync_dir(&self.models).map_err(ServiceError::io)
     }
 
-    /// Ids of the models fitted on a dataset (or made from a log).
+    /// Ids of the models fitted on a dataset (or made from a log). Reads
+    /// each model in turn, keeping only its id.
     pub fn models_from(&self, source: &str) -> ServiceResult<Vec<String>> {
-        Ok(self
-            .list_models()?
-            .into_iter()
-            .filter(|m| m.dataset_id == source)
-            .map(|m| m.id)
-            .collect())
+        let mut out = Vec::new();
+        for id in self.model_ids()? {
+            if self.model(&id)?.dataset_id == source {
+                out.push(id);
+            }
+        }
+        Ok(out)
     }
 }
 

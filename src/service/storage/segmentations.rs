@@ -178,7 +178,7 @@ impl Store {
         if !meta.artifacts.iter().any(|a| a == name) {
             return Err(ServiceError::NotFoundIn {
                 what: "artifact",
-                id: name.to_owned(),
+                id: crate::service::auth::clip(name),
                 available: meta.artifacts.join(", "),
             });
         }
