@@ -93,5 +93,5 @@ cargo test --all-targets
 cargo test --doc
 echo "== bench smoke test (segmenta bench --quick)"
 cargo run --quiet -- bench --quick --iters 3 --repeats 1
-echo "== load test smoke (segmenta bench --service --load, 3 s)"
-cargo run --quiet -- bench --service --load --load-seconds 3
+echo "== load test smoke (segmenta bench --service --load --quick, 2 s)"
+cargo run --quiet -- bench --service --load --quick --load-seconds 2

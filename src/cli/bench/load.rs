@@ -106,7 +106,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-pub fn run(seconds: u64, seed: u64, as_json: bool) -> anyhow::Result<()> {
+/// `quick`: 50,000 rows instead of 500,000 (a smoke test, not a timing).
+pub fn run(seconds: u64, quick: bool, seed: u64, as_json: bool) -> anyhow::Result<()> {
+    let n = if quick { 50_000 } else { 500_000 };
     let dir = tempfile::tempdir()?;
     let server = spawn_server(&dir.path().join("data"))?;
     let runtime = tokio::runtime::Runtime::new()?;
@@ -114,7 +116,7 @@ pub fn run(seconds: u64, seed: u64, as_json: bool) -> anyhow::Result<()> {
         let channel = segmenta::service::connect(&format!("http://{}", server.addr)).await?;
         let columns: Vec<String> = (0..D).map(|j| format!("f{j}")).collect();
         // The fits' data: 500,000 × 16; the scoring model is fitted first.
-        let big: Arc<[f32]> = blobs(500_000, seed).into();
+        let big: Arc<[f32]> = blobs(n, seed).into();
         let dataset = upload(with_token(channel.clone(), None)?, "load", columns, big.clone()).await?;
         let mut clustering = pb::clustering_client::ClusteringClient::new(channel.clone());
         let fit = |k: u32, max_iter: u32, tol: f64| pb::FitKMeansRequest {
@@ -228,7 +230,7 @@ pub fn run(seconds: u64, seed: u64, as_json: bool) -> anyhow::Result<()> {
         }
         println!(
             "load on loopback: {CLIENTS} clients × Assign({ROWS_PER_CALL} rows, d = {D}, k = 32) for {window:.1} s, \
-             while 2 fits (500,000 × 16, k = 512 and 1,024) and 1 evaluation (sample 20,000) run"
+             while 2 fits ({n} × 16, k = 512 and 1,024) and 1 evaluation (sample 20,000) run"
         );
         let header = ["measure", "value"].map(String::from).to_vec();
         let rows = vec![

@@ -136,7 +136,7 @@ fn backends(which: Which) -> anyhow::Result<Backends> {
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.load {
-        return load::run(args.load_seconds, args.seed, args.json);
+        return load::run(args.load_seconds, args.quick, args.seed, args.json);
     }
     if args.service {
         let w = workloads::standard(args.quick)[0];
