@@ -36,7 +36,7 @@ fn model_fits_message(limits: &Limits, values: usize) -> ServiceResult<()> {
         return Err(exhausted(
             "max_message_bytes",
             format!(
-                "the model would hold {values} centroid values ({bytes} bytes), more than half the message limit of {} bytes",
+                "the model would hold {values} values ({bytes} bytes), more than half the message limit of {} bytes",
                 limits.max_message_bytes
             ),
         ));
