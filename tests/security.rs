@@ -692,20 +692,32 @@ fn finished_jobs_are_pruned_and_lists_page() {
             finish(&c, None, &job.id).await;
             ids.push(d.id);
         }
-        let listed = jobs(&c)
-            .list_jobs(pb::ListJobsRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .jobs;
-        assert_eq!(listed.len(), 2, "{listed:?}");
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("data/jobs"))
+        // Pruning follows each job's end: give the last one a moment.
+        let start = Instant::now();
+        loop {
+            let listed = jobs(&c)
+                .list_jobs(pb::ListJobsRequest::default())
+                .await
                 .unwrap()
-                .count(),
-            2,
-            "pruned records are deleted"
-        );
+                .into_inner()
+                .jobs;
+            let records = std::fs::read_dir(dir.path().join("data/jobs"))
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| !e.file_name().to_string_lossy().starts_with(".tmp-"))
+                })
+                .count();
+            if listed.len() == 2 && records == 2 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{} jobs listed, {records} records kept",
+                listed.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         // Pages of one, in id order, ending with an empty token.
         let mut token = String::new();
         let mut seen = Vec::new();
@@ -995,20 +1007,7 @@ fn metrics_are_served_as_prometheus_text() {
             )
             .await;
         assert_eq!(odd.unwrap_err().code(), Code::Unimplemented);
-        let text = tokio::task::spawn_blocking(move || {
-            use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect(addr).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                .unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            out
-        })
-        .await
-        .unwrap();
-        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-        for needle in [
+        let needles = [
             "segmenta_requests_total{method=\"/segmenta.v1.Datasets/Upload\",code=\"Ok\"} 1",
             "segmenta_requests_total{method=\"/segmenta.v1.Datasets/Get\",code=\"NotFound\"} 1",
             "segmenta_request_duration_seconds_bucket",
@@ -1017,9 +1016,40 @@ fn metrics_are_served_as_prometheus_text() {
             "segmenta_stored_bytes",
             "segmenta_backend{backend=\"cpu\"",
             "segmenta_requests_total{method=\"unknown\",code=\"Unimplemented\"} 1",
-        ] {
-            assert!(text.contains(needle), "{needle} missing from\n{text}");
-        }
+        ];
+        // A call is counted when its response ends, just after the client
+        // has it: scrape again until the last one shows (10 s at most).
+        let start = Instant::now();
+        let text = loop {
+            let text = tokio::task::spawn_blocking(move || {
+                use std::io::{Read, Write};
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                s.write_all(
+                    b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+                )
+                .unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).unwrap();
+                out
+            })
+            .await
+            .unwrap();
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+            let missing: Vec<&str> = needles
+                .iter()
+                .copied()
+                .filter(|n| !text.contains(n))
+                .collect();
+            if missing.is_empty() {
+                break text;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{missing:?} missing from\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         assert!(!text.contains("//segmenta"), "{text}");
         server.stop().await.unwrap();
     });
