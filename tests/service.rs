@@ -939,7 +939,7 @@ fn python_client_round_trip() {
         if std::env::var("SEGMENTA_REQUIRE_PYTHON").as_deref() == Ok("1") {
             panic!("SEGMENTA_REQUIRE_PYTHON=1 but {python} cannot import grpc and grpc_tools");
         }
-        eprintln!("skipped: python3 with grpcio-tools not found (pip install -r clients/python/requirements.txt)");
+        eprintln!("SKIPPED: no Python with grpcio-tools (scripts/test.sh makes one in .venv-test and sets SEGMENTA_PYTHON)");
         return;
     }
     runtime().block_on(async {
