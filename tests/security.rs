@@ -1054,3 +1054,96 @@ fn metrics_are_served_as_prometheus_text() {
         server.stop().await.unwrap();
     });
 }
+
+#[test]
+fn scoring_in_streams_takes_the_same_slots_as_unary_calls() {
+    runtime().block_on(async {
+        let dir = TempDir::new().unwrap();
+        let server = Served::start(ServerConfig {
+            limits: Limits {
+                max_concurrent_requests: 1,
+                ..Limits::default()
+            },
+            ..config(dir.path())
+        })
+        .await;
+        let c = server.channel().await;
+        let d = 16;
+        let values: Vec<f32> = (0..5000 * d).map(|i| ((i * 7919) % 1009) as f32).collect();
+        let mut messages = vec![pb::UploadRequest {
+            message: Some(Message::Header(pb::UploadHeader {
+                name: "s".into(),
+                columns: (0..d).map(|j| format!("f{j}")).collect(),
+            })),
+        }];
+        messages.push(rows(values));
+        let ds = datasets(&c)
+            .upload(tokio_stream::iter(messages))
+            .await
+            .unwrap()
+            .into_inner();
+        let job = clustering(&c)
+            .fit_k_means(pb::FitKMeansRequest {
+                dataset_id: ds.id,
+                k: 4000,
+                max_iter: 1,
+                init: pb::InitMethod::Random as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let job = finish(&c, None, &job.id).await;
+        let Some(pb::job::Result::Kmeans(model)) = job.result else {
+            panic!("{}", job.error)
+        };
+        // One stream message of 150,000 rows against k = 4,000 keeps the one
+        // scoring slot busy for a while; a unary Assign meanwhile is shed.
+        let big: Vec<f32> = (0..150_000 * d).map(|i| (i % 997) as f32).collect();
+        let mut refused = None;
+        for _ in 0..10 {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tx.send(pb::AssignRequest {
+                model_id: model.id.clone(),
+                rows: big.clone(),
+            })
+            .await
+            .unwrap();
+            let mut streaming = clustering(&c);
+            let stream = tokio::spawn(async move {
+                let mut out = streaming
+                    .assign_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await?
+                    .into_inner();
+                let first = out.message().await;
+                drop(tx);
+                first
+            });
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let unary = clustering(&c)
+                .assign(pb::AssignRequest {
+                    model_id: model.id.clone(),
+                    rows: big[..d].to_vec(),
+                })
+                .await;
+            let streamed = stream.await.unwrap();
+            match &streamed {
+                // The unary call took the slot first: try again.
+                Err(s) if s.code() == Code::ResourceExhausted => continue,
+                other => assert!(other.is_ok(), "{other:?}"),
+            }
+            if let Err(e) = unary {
+                refused = Some(e);
+                break;
+            }
+        }
+        let e = refused.expect("a unary Assign got a slot the stream held, ten times");
+        assert_eq!(e.code(), Code::ResourceExhausted);
+        assert!(
+            e.message().contains("max_concurrent_requests"),
+            "{}",
+            e.message()
+        );
+        server.stop().await.unwrap();
+    });
+}

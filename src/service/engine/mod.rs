@@ -140,6 +140,9 @@ pub struct Engine {
     pub jobs: Arc<Jobs>,
     pub roots: ImportRoots,
     uploads: Arc<Semaphore>,
+    /// Slots for scoring (Assign, Transform), whether the rows come in a
+    /// unary call or a stream message: streams do not hold the gate's slots.
+    scoring: Arc<Semaphore>,
     backends: OnceCell<Arc<Backends>>,
     models: Mutex<HashMap<String, Arc<ModelRecord>>>,
     /// Held while a job stores its result, while something is deleted and
@@ -175,6 +178,7 @@ impl Engine {
         let roots = ImportRoots::new(&config.import_roots)?;
         let engine = Self {
             uploads: Arc::new(Semaphore::new(l.max_concurrent_uploads.max(1))),
+            scoring: Arc::new(Semaphore::new(l.max_concurrent_requests.max(1))),
             config,
             store,
             jobs: Arc::new(jobs),
@@ -216,6 +220,20 @@ impl Engine {
                 message: format!(
                     "{} uploads are in progress; retry when one finishes",
                     self.config.limits.max_concurrent_uploads
+                ),
+            })
+    }
+
+    /// A scoring slot, or RESOURCE_EXHAUSTED at once (load shedding).
+    fn scoring_slot(&self) -> ServiceResult<OwnedSemaphorePermit> {
+        self.scoring
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ServiceError::ResourceExhausted {
+                limit: "max_concurrent_requests",
+                message: format!(
+                    "server busy: {} scoring calls in progress; retry with backoff",
+                    self.config.limits.max_concurrent_requests
                 ),
             })
     }
@@ -636,6 +654,7 @@ impl Engine {
         };
         let n = self.check_rows(rows.len(), model.n_features())?;
         cost::assign(n, model.k(), model.n_features())?;
+        let _slot = self.scoring_slot()?;
         let record = record.clone();
         let cancel = Arc::new(AtomicBool::new(false));
         let _guard = CancelOnDrop(cancel.clone());
@@ -662,6 +681,7 @@ impl Engine {
             )));
         };
         let n = self.check_rows(rows.len(), model.n_features())?;
+        let _slot = self.scoring_slot()?;
         let record = record.clone();
         tokio::task::spawn_blocking(move || {
             let ModelBody::Pca(model) = &record.body else {
