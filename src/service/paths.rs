@@ -42,11 +42,6 @@ impl ImportRoots {
         !self.roots.is_empty()
     }
 
-    /// The canonical path of an allowed regular file.
-    pub fn resolve(&self, field: &str, path: &str) -> Result<PathBuf, ServiceError> {
-        self.allow(field, path).map(|f| f.path)
-    }
-
     /// Checks `path` again when a queued job is about to read it: it must
     /// still pass every check and be the same file (device and inode), so a
     /// file swapped for a link to elsewhere meanwhile is refused.
@@ -203,12 +198,12 @@ mod tests {
             .unwrap();
 
         let none = ImportRoots::default();
-        let e = none.resolve("path", inside.to_str().unwrap()).unwrap_err();
+        let e = none.allow("path", inside.to_str().unwrap()).unwrap_err();
         assert!(e.to_string().contains("--import-root"), "{e}");
 
         let roots = ImportRoots::new(&[root.path().to_owned()]).unwrap();
         assert_eq!(
-            roots.resolve("path", inside.to_str().unwrap()).unwrap(),
+            roots.allow("path", inside.to_str().unwrap()).unwrap().path,
             inside.canonicalize().unwrap()
         );
         let escape = format!("{}/../{}/secret.csv", root.path().display(), {
@@ -233,7 +228,7 @@ mod tests {
             "/dev/zero".into(),
             String::new(),
         ] {
-            let e = roots.resolve("path", &bad).unwrap_err();
+            let e = roots.allow("path", &bad).unwrap_err();
             assert!(
                 matches!(&e, ServiceError::PermissionDenied(m) if m.contains("not found or not allowed")),
                 "{bad}: {e}"

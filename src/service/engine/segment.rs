@@ -27,9 +27,13 @@ const MAX_SEGMENT_N_INIT: usize = 100;
 /// bound what a small compressed Parquet file can unpack into.
 const BYTES_PER_LINE: u64 = 64;
 
-/// At most how many lines a log holds: a Parquet file says so in its
-/// footer; a CSV line takes at least 12 bytes (`a,2026-1-1,1` and a newline).
-fn log_lines(path: &Path) -> ServiceResult<u64> {
+/// A log's size before parsing: at most how many lines it holds, and how
+/// many bytes it counts as against `max_dataset_bytes`. A Parquet file
+/// states its rows in its footer and counts as what they unpack into; a CSV
+/// file counts as itself, and a line takes at least 12 bytes (`a,2026-1-1,1`
+/// and a newline).
+fn log_extent(path: &Path) -> ServiceResult<(u64, u64)> {
+    let bytes = std::fs::metadata(path).map_err(ServiceError::io)?.len();
     match TableFormat::from_path(path) {
         Ok(TableFormat::Parquet) => {
             let file = std::fs::File::open(path).map_err(ServiceError::io)?;
@@ -38,9 +42,10 @@ fn log_lines(path: &Path) -> ServiceResult<u64> {
                     .map_err(|_| {
                         ServiceError::invalid("transactions", "not a valid Parquet file")
                     })?;
-            Ok(builder.metadata().file_metadata().num_rows().max(0) as u64)
+            let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
+            Ok((rows, bytes.max(rows.saturating_mul(BYTES_PER_LINE))))
         }
-        _ => Ok(std::fs::metadata(path).map_err(ServiceError::io)?.len() / 12 + 1),
+        _ => Ok((bytes / 12 + 1, bytes)),
     }
 }
 
@@ -74,8 +79,6 @@ impl Engine {
                 let a = self.roots.allow("transactions_path", p)?;
                 let path = a.path.clone();
                 allowed = Some(a);
-                let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                self.check_dataset_size(bytes)?;
                 // Only the file's name is kept: the server's directory layout
                 // is not the clients' business.
                 let source = format!(
@@ -86,8 +89,8 @@ impl Engine {
                 (path, source, true)
             }
         };
-        let lines = log_lines(&path)?;
-        self.check_dataset_size(lines.saturating_mul(BYTES_PER_LINE))?;
+        let (lines, bytes) = log_extent(&path)?;
+        self.check_dataset_size(bytes)?;
         self.check_segment_cost(&job.params, lines)?;
         let previous = job
             .previous_id
