@@ -482,13 +482,23 @@ fn segment_rejects_bad_options_and_rows_clearly() {
     };
     check(
         &["--bad-rows", "reject"],
-        "row 2: amount is not a finite number (column \"amount\", value \"oops\")",
+        "row 2: an unreadable amount (column \"amount\", value \"oops\")",
     );
+    check(
+        &[],
+        "1 of 3 rows (33.3 %) could not be read, more than the 1 % allowed (--max-bad-rows 0.01): \
+         1 with an unreadable amount (e.g. row 2, column \"amount\": \"oops\")",
+    );
+    check(&["--max-bad-rows", "1.5"], "invalid --max-bad-rows 1.5");
+    let tolerant = ["--max-bad-rows", "0.5"];
     check(&["--k-range", "9..2"], "invalid k range \"9..2\"");
-    check(&["--k", "5"], "2 customers are too few to form 5 segments");
+    check(
+        &[&tolerant[..], &["--k", "5"]].concat(),
+        "2 customers are too few to form 5 segments",
+    );
     check(&["--as-of", "01/02/2024"], "invalid date \"01/02/2024\"");
     check(
-        &["--as-of", "2020-01-01"],
+        &[&tolerant[..], &["--as-of", "2020-01-01"]].concat(),
         "no customer has a purchase on or before the as-of date 2020-01-01",
     );
     check(&["--amount-col", "total"], "unknown column \"total\"");

@@ -423,6 +423,12 @@ fn extreme_numbers_and_wrong_combinations_are_answered() {
                             seed: 0,
                             n_init: x,
                             backend: e,
+                            text_format: (x % 3 != 0).then(|| pb::TextFormat {
+                                delimiter: ["", ";", "::", "\u{0}"][z as usize % 4].into(),
+                                decimal_comma: y % 2 == 0,
+                                date_format: ["", "%d/%m/%Y", "%Q", "%"][y as usize % 4].into(),
+                            }),
+                            max_bad_rows: (x % 2 == 0).then_some(f),
                         })
                         .await
                         .map(|_| ()),

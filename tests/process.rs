@@ -509,6 +509,7 @@ fn sigkill_at_any_moment_loses_nothing_acknowledged() {
                                                 pb::TransactionsHeader {
                                                     name: "log.csv".into(),
                                                     format: pb::FileFormat::Csv as i32,
+                                                    text_format: None,
                                                 },
                                             ),
                                         ),
@@ -667,6 +668,7 @@ fn trace_logs_hold_no_customer_data_and_audit_every_call() {
                             pb::TransactionsHeader {
                                 name: "plantedlogname.csv".into(),
                                 format: pb::FileFormat::Csv as i32,
+                                text_format: None,
                             },
                         )),
                     },

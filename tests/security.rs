@@ -872,6 +872,7 @@ fn erasing_a_customer_leaves_no_trace_in_the_data_dir() {
                         pb::TransactionsHeader {
                             name: "log.csv".into(),
                             format: pb::FileFormat::Csv as i32,
+                            text_format: None,
                         },
                     )),
                 },

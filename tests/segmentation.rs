@@ -147,8 +147,16 @@ fn bad_rows_are_counted_when_skipped() {
     assert_eq!(b.by_problem[&RowProblem::BadDate], 1);
     assert_eq!(b.by_problem[&RowProblem::BadAmount], 2, "text and infinity");
     assert_eq!(b.by_problem[&RowProblem::BadQuantity], 1);
-    assert_eq!(b.examples[0], (2, RowProblem::MissingCustomerId));
-    assert_eq!(b.examples[3], (5, RowProblem::BadQuantity));
+    let e = &b.examples;
+    assert_eq!(
+        (e[0].row, &e[0].problem),
+        (2, &RowProblem::MissingCustomerId)
+    );
+    assert_eq!((e[3].row, &e[3].problem), (5, &RowProblem::BadQuantity));
+    assert_eq!(
+        (e[3].column.as_str(), e[3].value.as_str()),
+        ("quantity", "lots")
+    );
 }
 
 #[test]

@@ -384,6 +384,7 @@ fn import_runs_as_a_job() {
                 path: path.to_string_lossy().into(),
                 columns: vec!["recency_days".into(), "monetary".into()],
                 name: String::new(),
+                text_format: None,
             })
             .await
             .unwrap()
@@ -975,6 +976,7 @@ fn tx_header(name: &str, format: pb::FileFormat) -> pb::UploadTransactionsReques
             pb::TransactionsHeader {
                 name: name.into(),
                 format: format as i32,
+                text_format: None,
             },
         )),
     }
@@ -1202,7 +1204,7 @@ fn segment_over_grpc_matches_the_library_and_refreshes_stably() {
         let (failed, _) = server.finish(&job.id).await;
         assert_eq!(failed.state, pb::JobState::Failed as i32);
         assert!(
-            failed.error.contains("row 2: unparsable date"),
+            failed.error.contains("row 2: an unreadable date"),
             "{}",
             failed.error
         );

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::output::{fmt_f, progress_bar, table};
 use super::InputArgs;
 use segmenta::backend::{select, with_cpu_fallback};
-use segmenta::data::read_table;
+use segmenta::data::{read_table, read_table_limited, ReadLimits};
 use segmenta::kmeans::{FitControl, Init, KMeansParams};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -56,7 +56,12 @@ pub struct KmeansArgs {
 
 pub fn run(args: KmeansArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let data = read_table(&args.input.input, &args.input.columns)?;
+    let data = read_table_limited(
+        &args.input.input,
+        &args.input.columns,
+        &args.input.text.format(None),
+        ReadLimits::NONE,
+    )?;
     let (x, weights, columns) = match &args.weights {
         None => (data.values, None, data.columns),
         Some(name) => split_weights(data, name)?,
@@ -105,6 +110,7 @@ pub fn run(args: KmeansArgs) -> anyhow::Result<()> {
             "n_rows": x.nrows(),
             "columns": columns,
             "n_iter": model.n_iter(),
+            "converged": model.converged(),
             "inertia": model.inertia(),
             "centroids": model.centroids().outer_iter().map(|r| r.to_vec()).collect::<Vec<_>>(),
             "cluster_sizes": model.cluster_sizes(),
@@ -125,8 +131,15 @@ pub fn run(args: KmeansArgs) -> anyhow::Result<()> {
         info.adapter
     );
     println!(
-        "converged after {} iterations; inertia {}; {:.2} s",
-        model.n_iter(),
+        "{}; inertia {}; {:.2} s",
+        if model.converged() {
+            format!("converged after {} iterations", model.n_iter())
+        } else {
+            format!(
+                "stopped at max_iter = {} before converging (raise --max-iter or --tol)",
+                model.n_iter()
+            )
+        },
         fmt_f(model.inertia()),
         started.elapsed().as_secs_f64()
     );
@@ -158,6 +171,7 @@ fn split_weights(data: segmenta::data::Dataset, name: &str) -> anyhow::Result<Sp
         segmenta::data::DataError::UnknownColumn {
             name: name.to_owned(),
             available: data.columns.join(", "),
+            hint: String::new(),
         }
     })?;
     if data.n_cols() == 1 {

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use segmenta::backend::BackendChoice;
+use segmenta::data::{Delimiter, TextFormat};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -49,15 +50,43 @@ pub enum Command {
     Keys(keys::KeysArgs),
 }
 
+/// How a text file writes its fields (CSV, TSV, TXT).
+#[derive(Debug, Clone, Args)]
+pub struct TextArgs {
+    /// Field separator: , ; tab or | (default: sniffed from the header line).
+    #[arg(long, value_name = "SEP", value_parser = parse_delimiter)]
+    pub delimiter: Option<Delimiter>,
+    /// Numbers are written 12,50 and 1.234,50 (currency symbols, spaces and
+    /// thousands separators are read either way).
+    #[arg(long)]
+    pub decimal_comma: bool,
+}
+
+impl TextArgs {
+    pub fn format(&self, date_format: Option<String>) -> TextFormat {
+        TextFormat {
+            delimiter: self.delimiter,
+            decimal_comma: self.decimal_comma,
+            date_format,
+        }
+    }
+}
+
+fn parse_delimiter(s: &str) -> Result<Delimiter, String> {
+    s.parse()
+}
+
 /// Options shared by the commands that read a table.
 #[derive(Debug, Args)]
 pub struct InputArgs {
-    /// CSV (with a header row) or Parquet file.
+    /// CSV/TSV (with a header row) or Parquet file.
     #[arg(long)]
     pub input: PathBuf,
     /// Columns to use, comma-separated (default: all).
     #[arg(long, value_delimiter = ',')]
     pub columns: Vec<String>,
+    #[command(flatten)]
+    pub text: TextArgs,
     /// auto: a hardware GPU if present, else the CPU. gpu: any GPU adapter
     /// (software drivers included). cpu: native CPU kernels.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto, env = "SEGMENTA_BACKEND")]

@@ -6,7 +6,7 @@ use serde_json::json;
 use super::output::{fmt_f, table};
 use super::InputArgs;
 use segmenta::backend::{select, with_cpu_fallback};
-use segmenta::data::read_table;
+use segmenta::data::{read_table_limited, ReadLimits};
 use segmenta::pca::PcaParams;
 
 #[derive(Debug, Args)]
@@ -23,7 +23,12 @@ pub struct PcaArgs {
 
 pub fn run(args: PcaArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let data = read_table(&args.input.input, &args.input.columns)?;
+    let data = read_table_limited(
+        &args.input.input,
+        &args.input.columns,
+        &args.input.text.format(None),
+        ReadLimits::NONE,
+    )?;
     let params = PcaParams::new(args.n_components).whiten(args.whiten);
     let backend = select(args.input.backend)?;
     let model = with_cpu_fallback(args.input.backend, backend.as_ref(), |b| {

@@ -15,7 +15,7 @@ use segmenta::segmentation::sweep::parse_k_range;
 use segmenta::segmentation::transactions::{BadRowPolicy, TransactionColumns};
 use segmenta::segmentation::{
     run_segmentation, write_outputs, KChoice, OutputFiles, SegmentControl, SegmentModel,
-    SegmentParams, SegmentRun, SegmentationError,
+    SegmentParams, SegmentRun, SegmentationError, DEFAULT_MAX_BAD_ROWS,
 };
 
 /// Options shared by `segment` and `demo`.
@@ -34,6 +34,7 @@ pub struct JobArgs {
     /// k-means runs per k; the lowest inertia wins.
     #[arg(long, default_value_t = 3)]
     pub n_init: usize,
+    /// Seed of every random choice: same seed, same data, same segments.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// auto: a hardware GPU if present, else the CPU. gpu: any GPU adapter
@@ -61,16 +62,18 @@ pub struct SegmentArgs {
     /// segment ids and report who moved.
     #[arg(long, value_name = "MODEL")]
     pub previous: Option<PathBuf>,
+    /// Customer ids (any text).
     #[arg(long, default_value = "customer_id")]
     pub customer_col: String,
-    /// Dates (YYYY-MM-DD) or ISO 8601 timestamps.
+    /// Purchase dates: ISO 8601 dates or timestamps, DD/MM/YYYY or
+    /// MM/DD/YYYY (detected), or any --date-format.
     #[arg(long, default_value = "date")]
     pub date_col: String,
     /// Spend per line (a unit price when --quantity-col is given);
     /// negative amounts are refunds.
     #[arg(long, default_value = "amount")]
     pub amount_col: String,
-    /// Spend = amount × quantity.
+    /// When given, a line's spend is amount × quantity.
     #[arg(long)]
     pub quantity_col: Option<String>,
     /// Frequency counts distinct orders (default: distinct purchase days).
@@ -79,6 +82,17 @@ pub struct SegmentArgs {
     /// skip: count unreadable rows and report them; reject: stop at the first.
     #[arg(long, value_enum, default_value_t = BadRowPolicy::Skip)]
     pub bad_rows: BadRowPolicy,
+    /// With --bad-rows skip: the largest fraction of unreadable rows (0–1)
+    /// before the job fails with a summary of what could not be read.
+    #[arg(long, default_value_t = DEFAULT_MAX_BAD_ROWS, value_name = "FRACTION")]
+    pub max_bad_rows: f64,
+    /// strftime format of the date column, e.g. %d/%m/%Y or "%m/%d/%Y %H:%M"
+    /// (default: ISO 8601; day-first or month-first dates are detected when
+    /// a day above 12 settles which).
+    #[arg(long, value_name = "FORMAT")]
+    pub date_format: Option<String>,
+    #[command(flatten)]
+    pub text: super::TextArgs,
     #[command(flatten)]
     pub job: JobArgs,
 }
@@ -168,7 +182,9 @@ pub fn run_segment(args: SegmentArgs) -> anyhow::Result<()> {
         quantity: args.quantity_col.clone(),
         order: args.order_col.clone(),
     };
-    let params = params(&args.job, columns, args.bad_rows, args.as_of.as_deref())?;
+    let mut params = params(&args.job, columns, args.bad_rows, args.as_of.as_deref())?;
+    params.format = args.text.format(args.date_format.clone());
+    params.max_bad_rows = args.max_bad_rows;
     let previous = args
         .previous
         .as_deref()
@@ -256,6 +272,7 @@ fn report(
         let out = json!({
             "as_of": run.model.as_of,
             "k": run.model.k(),
+            "converged": run.model.kmeans.converged(),
             "n_customers": run.customers.ids.len(),
             "backend": run.backend,
             "segments": run.profiles,
@@ -270,6 +287,14 @@ fn report(
         return Ok(());
     }
     let i = &run.input;
+    if i.bad_rows.total > 0 {
+        eprintln!(
+            "warning: {} of {} rows skipped as unreadable: {}",
+            i.bad_rows.total,
+            i.rows_read,
+            i.bad_rows.summary(true)
+        );
+    }
     println!(
         "{} customers as of {} from {} rows ({} unreadable rows skipped); backend {} [{}]",
         run.customers.ids.len(),
@@ -279,6 +304,20 @@ fn report(
         run.backend.backend,
         run.backend.adapter
     );
+    println!(
+        "read as: {}dates {}",
+        i.delimiter.map_or(String::new(), |d| format!(
+            "fields separated by {:?}, ",
+            d.shown()
+        )),
+        i.date_format
+    );
+    if !run.model.kmeans.converged() {
+        println!(
+            "k-means stopped at max_iter after {} iterations before converging",
+            run.model.kmeans.n_iter()
+        );
+    }
     if let Some(sweep) = &run.sweep {
         let tried: Vec<String> = sweep
             .scores

@@ -4,23 +4,31 @@ use std::path::PathBuf;
 /// (as a spreadsheet shows them, header excluded) and by name for columns.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("cannot read {path}: {source}")]
+    /// The io error is in the message, not a `source`: printed with its
+    /// chain, it would say "No such file or directory" twice.
+    #[error("cannot read {path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("{path}: unsupported file type (expected .csv or .parquet)")]
+    #[error("{path}: unsupported file type (expected .csv, .tsv, .txt or .parquet)")]
     UnknownFormat { path: PathBuf },
     #[error("{path}: {message}")]
     Malformed { path: PathBuf, message: String },
-    #[error("unknown column {name:?}; available columns: {available}")]
-    UnknownColumn { name: String, available: String },
-    #[error("column {column:?}, row {row}: {value:?} is not a number")]
+    /// `hint` is empty or starts with "; ".
+    #[error("unknown column {name:?}; available columns: {available}{hint}")]
+    UnknownColumn {
+        name: String,
+        available: String,
+        hint: String,
+    },
+    /// `hint` is empty or starts with a space.
+    #[error("column {column:?}, row {row}: {value:?} is not a number{hint}")]
     NotNumeric {
         column: String,
         row: usize,
         value: String,
+        hint: String,
     },
     #[error("column {column:?} has type {dtype}, which is not numeric")]
     NonNumericColumn { column: String, dtype: String },

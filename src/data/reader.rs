@@ -7,6 +7,7 @@ use arrow_array::{cast::AsArray, types::Float32Type, Array};
 use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+use super::text::{csv_reader, delimiter_hint, parse_number, Delimiter, TextFormat};
 use super::{DataError, Dataset};
 
 /// File formats Segmenta reads, chosen by extension.
@@ -33,7 +34,7 @@ impl TableFormat {
             .map(str::to_ascii_lowercase)
             .as_deref()
         {
-            Some("csv") | Some("txt") => Ok(Self::Csv),
+            Some("csv") | Some("txt") | Some("tsv") => Ok(Self::Csv),
             Some("parquet") | Some("pq") => Ok(Self::Parquet),
             _ => Err(DataError::UnknownFormat {
                 path: path.to_owned(),
@@ -83,22 +84,25 @@ impl ReadLimits {
 
 /// Reads the chosen columns (all columns when `columns` is empty) as f32.
 pub fn read_table(path: &Path, columns: &[String]) -> Result<Dataset, DataError> {
-    read_table_limited(path, columns, ReadLimits::NONE)
+    read_table_limited(path, columns, &TextFormat::default(), ReadLimits::NONE)
 }
 
-/// [`read_table`], stopping as soon as the data would pass `limits`.
+/// [`read_table`] for text written as `format` says (Parquet ignores it),
+/// stopping as soon as the data would pass `limits`.
 pub fn read_table_limited(
     path: &Path,
     columns: &[String],
+    format: &TextFormat,
     limits: ReadLimits,
 ) -> Result<Dataset, DataError> {
+    let text = format;
     let format = TableFormat::from_path(path)?;
-    let file = File::open(path).map_err(|source| DataError::Io {
+    let file = File::open(path).map_err(|error| DataError::Io {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     let (names, flat) = match format {
-        TableFormat::Csv => read_csv(file, path, columns, limits)?,
+        TableFormat::Csv => read_csv(file, path, columns, text, limits)?,
         TableFormat::Parquet => read_parquet(file, path, columns, limits)?,
     };
     Dataset::from_rows(names, flat)
@@ -119,6 +123,7 @@ pub fn resolve_columns(header: &[String], wanted: &[String]) -> Result<Vec<usize
                 .ok_or_else(|| DataError::UnknownColumn {
                     name: name.clone(),
                     available: header.join(", "),
+                    hint: String::new(),
                 })
         })
         .collect()
@@ -128,15 +133,22 @@ fn read_csv(
     file: File,
     path: &Path,
     wanted: &[String],
+    format: &TextFormat,
     limits: ReadLimits,
 ) -> Result<(Vec<String>, Vec<f32>), DataError> {
     let malformed = |e: csv::Error| DataError::Malformed {
         path: path.to_owned(),
         message: e.to_string(),
     };
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_reader(std::io::BufReader::with_capacity(1 << 20, file));
+    let (mut reader, delimiter) = csv_reader(
+        std::io::BufReader::with_capacity(1 << 20, file),
+        format,
+        false,
+    )
+    .map_err(|error| DataError::Io {
+        path: path.to_owned(),
+        error,
+    })?;
     let header: Vec<String> = reader
         .headers()
         .map_err(malformed)?
@@ -146,7 +158,8 @@ fn read_csv(
     if header.is_empty() {
         return Err(DataError::NoColumns);
     }
-    let picks = resolve_columns(&header, wanted)?;
+    let picks =
+        resolve_columns(&header, wanted).map_err(|e| with_delimiter_hint(e, &header, delimiter))?;
     limits.check_columns(picks.len())?;
     let mut flat = Vec::new();
     let mut record = csv::StringRecord::new();
@@ -156,16 +169,122 @@ fn read_csv(
         limits.check_values(flat.len() + picks.len())?;
         for &c in &picks {
             let text = record.get(c).unwrap_or("");
-            let value = text.parse::<f32>().map_err(|_| DataError::NotNumeric {
-                column: header[c].clone(),
-                row,
-                value: text.to_owned(),
-            })?;
+            // NaN and infinities parse, so validation names them as such.
+            let literal = text.trim().parse::<f32>().ok().filter(|v| !v.is_finite());
+            let value = literal
+                .or_else(|| parse_number(text, format.decimal_comma).map(|v| v as f32))
+                .filter(|v| !v.is_infinite() || literal.is_some())
+                .ok_or_else(|| DataError::NotNumeric {
+                    column: header[c].clone(),
+                    row,
+                    value: text.to_owned(),
+                    hint: number_hint(text, format.decimal_comma),
+                })?;
             flat.push(value);
         }
     }
     let names = picks.iter().map(|&c| header[c].clone()).collect();
     Ok((names, flat))
+}
+
+/// One column as text (ids, names), in row order: a CSV field as written,
+/// a Parquet value cast to text; nulls are empty.
+pub fn read_text_column(
+    path: &Path,
+    column: &str,
+    format: &TextFormat,
+) -> Result<Vec<String>, DataError> {
+    let table = TableFormat::from_path(path)?;
+    let file = File::open(path).map_err(|error| DataError::Io {
+        path: path.to_owned(),
+        error,
+    })?;
+    let wanted = [column.to_owned()];
+    let mut out = Vec::new();
+    match table {
+        TableFormat::Csv => {
+            let (mut reader, delimiter) = csv_reader(std::io::BufReader::new(file), format, false)
+                .map_err(|error| DataError::Io {
+                    path: path.to_owned(),
+                    error,
+                })?;
+            let malformed = |e: csv::Error| DataError::Malformed {
+                path: path.to_owned(),
+                message: e.to_string(),
+            };
+            let header: Vec<String> = reader
+                .headers()
+                .map_err(malformed)?
+                .iter()
+                .map(str::to_owned)
+                .collect();
+            let c = resolve_columns(&header, &wanted)
+                .map_err(|e| with_delimiter_hint(e, &header, delimiter))?[0];
+            for record in reader.records() {
+                out.push(record.map_err(malformed)?.get(c).unwrap_or("").to_owned());
+            }
+        }
+        TableFormat::Parquet => {
+            let malformed = |message: String| DataError::Malformed {
+                path: path.to_owned(),
+                message,
+            };
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(|e| malformed(e.to_string()))?;
+            let header: Vec<String> = builder
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
+            let c = resolve_columns(&header, &wanted)?[0];
+            for batch in builder.build().map_err(|e| malformed(e.to_string()))? {
+                let batch = batch.map_err(|e| malformed(e.to_string()))?;
+                let text = arrow_cast::cast(batch.column(c), &DataType::Utf8)
+                    .map_err(|e| malformed(e.to_string()))?;
+                let text = text.as_string::<i32>();
+                out.extend((0..text.len()).map(|i| {
+                    if text.is_null(i) {
+                        String::new()
+                    } else {
+                        text.value(i).to_owned()
+                    }
+                }));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// An unknown column in a header that did not split gets the delimiter
+/// that would split it.
+pub fn with_delimiter_hint(e: DataError, header: &[String], used: Delimiter) -> DataError {
+    match (e, delimiter_hint(header, used)) {
+        (
+            DataError::UnknownColumn {
+                name, available, ..
+            },
+            Some(h),
+        ) => DataError::UnknownColumn {
+            name,
+            available,
+            hint: format!("; {h}"),
+        },
+        (e, _) => e,
+    }
+}
+
+/// What would make `text` a number: the other decimal separator.
+pub fn number_hint(text: &str, decimal_comma: bool) -> String {
+    if parse_number(text, !decimal_comma).is_some() {
+        if decimal_comma {
+            " (drop --decimal-comma: it reads as a number with a decimal point)".into()
+        } else {
+            " (pass --decimal-comma: it reads as a number with a decimal comma)".into()
+        }
+    } else {
+        String::new()
+    }
 }
 
 fn read_parquet(

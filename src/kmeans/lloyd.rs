@@ -12,6 +12,8 @@ use crate::Error;
 pub(super) struct Run {
     pub centroids: Array2<f32>,
     pub n_iter: usize,
+    /// The centroid shift fell within tolerance (not stopped at max_iter).
+    pub converged: bool,
     pub inertia_history: Vec<f64>,
 }
 
@@ -63,6 +65,7 @@ pub(super) fn lloyd(
             return Ok(Run {
                 centroids,
                 n_iter: iteration,
+                converged: true,
                 inertia_history: history,
             });
         }
@@ -70,6 +73,7 @@ pub(super) fn lloyd(
     Ok(Run {
         centroids,
         n_iter: spec.max_iter,
+        converged: false,
         inertia_history: history,
     })
 }

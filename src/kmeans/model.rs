@@ -25,6 +25,10 @@ pub struct KMeansModel {
     distances: Vec<f32>,
     inertia: f64,
     n_iter: usize,
+    /// Absent from model files written before it was recorded: read as
+    /// `false` (unknown is not claimed as converged).
+    #[serde(default)]
+    converged: bool,
     inertia_history: Vec<f64>,
     cluster_sizes: Vec<usize>,
     backend: BackendInfo,
@@ -68,6 +72,7 @@ impl KMeansModel {
             distances: assignment.distances,
             inertia,
             n_iter: run.n_iter,
+            converged: run.converged,
             inertia_history: run.inertia_history,
             cluster_sizes,
             backend,
@@ -155,6 +160,12 @@ impl KMeansModel {
 
     pub fn n_iter(&self) -> usize {
         self.n_iter
+    }
+
+    /// Whether the fit converged within tolerance; `false` when it stopped
+    /// at `max_iter`.
+    pub fn converged(&self) -> bool {
+        self.converged
     }
 
     /// Inertia of the assignment made in each iteration of the best run.

@@ -15,10 +15,10 @@ pub enum RowProblem {
 impl RowProblem {
     pub fn describe(&self) -> &'static str {
         match self {
-            Self::MissingCustomerId => "missing customer id",
-            Self::BadDate => "unparsable date",
-            Self::BadAmount => "amount is not a finite number",
-            Self::BadQuantity => "quantity is not a finite number",
+            Self::MissingCustomerId => "no customer id",
+            Self::BadDate => "an unreadable date",
+            Self::BadAmount => "an unreadable amount",
+            Self::BadQuantity => "an unreadable quantity",
         }
     }
 }
@@ -42,6 +42,26 @@ pub enum SegmentationError {
     },
     #[error("no customer has a purchase on or before the as-of date {as_of}")]
     NoCustomers { as_of: chrono::NaiveDate },
+    /// `summary` says how many by problem, with examples and fixes;
+    /// `summary_without_values` the same without quoting any cell.
+    #[error("{}: {summary}", too_many(*bad, *rows, *allowed))]
+    TooManyBadRows {
+        bad: usize,
+        rows: usize,
+        /// The fraction allowed (`--max-bad-rows`).
+        allowed: f64,
+        summary: String,
+        summary_without_values: String,
+    },
+    #[error("dates in column {column:?} such as {example:?} can be day-first or month-first, and no date in the file has a day above 12 to tell; pass --date-format {day_first} or --date-format {month_first}")]
+    AmbiguousDates {
+        column: String,
+        example: String,
+        day_first: String,
+        month_first: String,
+    },
+    #[error("invalid --max-bad-rows {0}: expected a fraction from 0 to 1 (0.01 is 1 %)")]
+    BadMaxBadRows(f64),
     #[error("{n_customers} customers are too few to form {k} segments")]
     TooFewCustomers { n_customers: usize, k: usize },
     #[error("invalid k range {0:?}: expected MIN..MAX with 1 <= MIN <= MAX, e.g. 2..12")]
@@ -58,7 +78,42 @@ pub enum SegmentationError {
     Output { path: PathBuf, message: String },
 }
 
+fn too_many(bad: usize, rows: usize, allowed: f64) -> String {
+    use super::transactions::thousands;
+    if bad == rows {
+        format!("none of the {} rows could be read", thousands(rows))
+    } else {
+        format!(
+            "{} of {} rows ({:.1} %) could not be read, more than the {} % allowed (--max-bad-rows {allowed})",
+            thousands(bad),
+            thousands(rows),
+            100.0 * bad as f64 / rows.max(1) as f64,
+            allowed * 100.0
+        )
+    }
+}
+
 impl SegmentationError {
+    /// The message without cell values (for job records a service keeps).
+    pub fn without_values(&self) -> String {
+        match self {
+            Self::TooManyBadRows {
+                bad,
+                rows,
+                allowed,
+                summary_without_values,
+                ..
+            } => format!("{}: {summary_without_values}", too_many(*bad, *rows, *allowed)),
+            Self::BadRow { row, problem, column, .. } => {
+                format!("row {row}: {problem} (column {column:?})")
+            }
+            Self::AmbiguousDates { column, day_first, month_first, .. } => format!(
+                "dates in column {column:?} can be day-first or month-first, and no date in the file has a day above 12 to tell; pass date_format {day_first} or {month_first}"
+            ),
+            other => other.to_string(),
+        }
+    }
+
     pub(crate) fn output(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
         Self::Output {
             path: path.to_owned(),

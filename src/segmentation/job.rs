@@ -17,8 +17,9 @@ use super::profile::{profile, ProfileInput, SegmentProfile};
 use super::refresh::{match_segments, size_drift, transitions, SizeDrift, Transitions};
 use super::rfm::{rfm_scores, RfmScore, RfmSegment};
 use super::sweep::{sweep_k, KSweep};
-use super::transactions::{read_transactions, BadRowPolicy, BadRows, TransactionColumns};
+use super::transactions::{read_transactions_as, BadRowPolicy, BadRows, TransactionColumns};
 use crate::backend::{Backend, BackendInfo};
+use crate::data::{Delimiter, TextFormat};
 use crate::error::Result;
 use crate::kmeans::{FitControl, Init, KMeansModel, KMeansParams, Prediction};
 use crate::pca::PcaParams;
@@ -34,11 +35,19 @@ pub enum KChoice {
 /// The k range swept when neither k nor a previous model is given.
 pub const DEFAULT_K_RANGE: RangeInclusive<usize> = 2..=10;
 
+/// Unreadable rows tolerated by default: 1 %.
+pub const DEFAULT_MAX_BAD_ROWS: f64 = 0.01;
+
 /// Options of the segment job; `Default` is what the CLI uses.
 #[derive(Debug, Clone)]
 pub struct SegmentParams {
     pub columns: TransactionColumns,
+    /// Delimiter, decimal comma and date format of a text log.
+    pub format: TextFormat,
     pub bad_rows: BadRowPolicy,
+    /// With [`BadRowPolicy::Skip`], the largest fraction of rows that may be
+    /// unreadable before the job fails with a summary (default 0.01).
+    pub max_bad_rows: f64,
     /// Default: the day after the latest transaction.
     pub as_of: Option<NaiveDate>,
     /// Default: the previous model's k on a refresh, else [`DEFAULT_K_RANGE`].
@@ -57,7 +66,9 @@ impl Default for SegmentParams {
     fn default() -> Self {
         Self {
             columns: TransactionColumns::default(),
+            format: TextFormat::default(),
             bad_rows: BadRowPolicy::Skip,
+            max_bad_rows: DEFAULT_MAX_BAD_ROWS,
             as_of: None,
             k: None,
             outlier_percentile: 99.0,
@@ -131,6 +142,12 @@ impl SegmentModel {
 pub struct InputSummary {
     pub rows_read: usize,
     pub bad_rows: BadRows,
+    /// The field separator of a text log (sniffed or given).
+    #[serde(default)]
+    pub delimiter: Option<Delimiter>,
+    /// How dates were read, e.g. "ISO 8601" or "%d/%m/%Y (detected)".
+    #[serde(default)]
+    pub date_format: String,
     pub notes: FeatureNotes,
     pub frequency_basis: FrequencyBasis,
     pub n_customers: usize,
@@ -211,13 +228,29 @@ pub fn run_segmentation(
     if !(params.outlier_percentile > 0.0 && params.outlier_percentile < 100.0) {
         return Err(SegmentationError::BadPercentile(params.outlier_percentile).into());
     }
+    if !(0.0..=1.0).contains(&params.max_bad_rows) {
+        return Err(SegmentationError::BadMaxBadRows(params.max_bad_rows).into());
+    }
     control.phase("reading transactions", 0.0);
-    let log = read_transactions(transactions, &params.columns, params.bad_rows)?;
+    let log = read_transactions_as(
+        transactions,
+        &params.columns,
+        &params.format,
+        params.bad_rows,
+    )?;
+    check_bad_rows(
+        &log.bad_rows,
+        log.rows_read,
+        log.lines.is_empty(),
+        params.max_bad_rows,
+    )?;
     control.phase("computing features", 0.1);
     let customers = customer_features(&log, params.as_of)?;
     let input = InputSummary {
         rows_read: log.rows_read,
         bad_rows: log.bad_rows.clone(),
+        delimiter: log.delimiter,
+        date_format: log.date_format.clone(),
         notes: customers.notes.clone(),
         frequency_basis: customers.frequency_basis,
         n_customers: customers.ids.len(),
@@ -359,6 +392,22 @@ pub fn segment_customers(
         input,
         backend: backend_info,
     })
+}
+
+/// Fails when more than `allowed` of the rows (or every row) could not be
+/// read: a job on what is left would describe a different customer base.
+fn check_bad_rows(bad: &BadRows, rows: usize, nothing_read: bool, allowed: f64) -> Result<()> {
+    if bad.total > 0 && (nothing_read || bad.total as f64 > allowed * rows as f64) {
+        return Err(SegmentationError::TooManyBadRows {
+            bad: bad.total,
+            rows,
+            allowed,
+            summary: bad.summary(true),
+            summary_without_values: bad.summary(false),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 fn check_enough(n_customers: usize, k: usize) -> Result<()> {

@@ -22,6 +22,6 @@ pub mod transactions;
 pub use error::{RowProblem, SegmentationError};
 pub use job::{
     run_segmentation, segment_customers, skewed_columns, InputSummary, KChoice, Refresh, Scatter,
-    SegmentControl, SegmentModel, SegmentParams, SegmentRun, DEFAULT_K_RANGE,
+    SegmentControl, SegmentModel, SegmentParams, SegmentRun, DEFAULT_K_RANGE, DEFAULT_MAX_BAD_ROWS,
 };
 pub use output::{write_outputs, OutputFiles, Preprocessing, SegmentsDocument, CUSTOMER_COLUMNS};

@@ -11,7 +11,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
 
 use super::error::{RowProblem, SegmentationError};
-use crate::data::{resolve_columns, DataError, TableFormat};
+use crate::data::text::{csv_reader, parse_number, Delimiter, TextFormat};
+use crate::data::{resolve_columns, with_delimiter_hint, DataError, TableFormat};
 use crate::error::Result;
 
 /// Which columns of the log hold what. Only the first three are required.
@@ -64,25 +65,76 @@ pub struct Line {
     pub order: Option<u32>,
 }
 
+/// One unreadable row, for a look.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BadRowExample {
+    /// 1-based, header excluded.
+    pub row: usize,
+    pub problem: RowProblem,
+    pub column: String,
+    /// The field as written (clipped to 40 characters).
+    pub value: String,
+    /// The option that would read it, when one would (e.g. `--decimal-comma`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
 /// The skipped rows of a load, by problem.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BadRows {
     pub total: usize,
     pub by_problem: BTreeMap<RowProblem, usize>,
-    /// The first few skipped rows (1-based, header excluded), for a look.
-    pub examples: Vec<(usize, RowProblem)>,
+    /// The first few skipped rows, and the first of every problem.
+    pub examples: Vec<BadRowExample>,
 }
 
 const EXAMPLES: usize = 10;
 
 impl BadRows {
-    fn record(&mut self, row: usize, problem: RowProblem) {
+    fn record(&mut self, example: BadRowExample) {
         self.total += 1;
-        *self.by_problem.entry(problem.clone()).or_default() += 1;
-        if self.examples.len() < EXAMPLES {
-            self.examples.push((row, problem));
+        let count = self.by_problem.entry(example.problem.clone()).or_default();
+        *count += 1;
+        if self.examples.len() < EXAMPLES || *count == 1 {
+            self.examples.push(example);
         }
     }
+
+    /// One line: how many rows by problem, an example of each (with its
+    /// value when `values`) and the option that would fix it.
+    pub fn summary(&self, values: bool) -> String {
+        self.by_problem
+            .iter()
+            .map(|(problem, n)| {
+                let mut part = format!("{} with {problem}", thousands(*n));
+                if let Some(e) = self.examples.iter().find(|e| &e.problem == problem) {
+                    part.push_str(&format!(" (e.g. row {}, column {:?}", e.row, e.column));
+                    if values {
+                        part.push_str(&format!(": {:?}", e.value));
+                    }
+                    if let Some(fix) = &e.fix {
+                        part.push_str(&format!("; {fix}"));
+                    }
+                    part.push(')');
+                }
+                part
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// `1234567` as `1,234,567`.
+pub fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// A parsed transaction log.
@@ -93,14 +145,20 @@ pub struct TransactionLog {
     pub lines: Vec<Line>,
     pub rows_read: usize,
     pub bad_rows: BadRows,
+    /// The field separator used (`None` for Parquet).
+    pub delimiter: Option<Delimiter>,
+    /// How dates were read, in words (e.g. "ISO 8601", "%d/%m/%Y (detected)").
+    pub date_format: String,
 }
 
 /// Parses a date or timestamp as written (its calendar date, time zones not
-/// converted), as days since 1970-01-01.
+/// converted), as days since 1970-01-01: ISO 8601, and year-first dates
+/// with `/` or `.`.
 pub fn parse_day(text: &str) -> Option<i32> {
     let text = text.trim();
-    let date = NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .ok()
+    let date = ["%Y-%m-%d", "%Y/%m/%d", "%Y.%m.%d"]
+        .iter()
+        .find_map(|f| NaiveDate::parse_from_str(text, f).ok())
         .or_else(|| {
             chrono::DateTime::parse_from_rfc3339(text)
                 .ok()
@@ -116,12 +174,88 @@ pub fn parse_day(text: &str) -> Option<i32> {
             .find_map(|f| chrono::NaiveDateTime::parse_from_str(text, f).ok())
             .map(|t| t.date())
         })?;
-    // Years outside 1900–9998 are typos or sentinels (9999-12-31), not
-    // purchases; the as-of date must also fit after the latest one.
-    if !(1900..=9998).contains(&chrono::Datelike::year(&date)) {
+    in_range(date)
+}
+
+/// Years outside 1900–9998 are typos or sentinels (9999-12-31), not
+/// purchases; the as-of date must also fit after the latest one.
+fn in_range(date: NaiveDate) -> Option<i32> {
+    (1900..=9998)
+        .contains(&chrono::Datelike::year(&date))
+        .then(|| day_number(date))
+}
+
+/// Parses `text` with a strftime format (a date, or a date and time).
+pub fn parse_day_as(text: &str, format: &str) -> Option<i32> {
+    let text = text.trim();
+    NaiveDate::parse_from_str(text, format)
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDateTime::parse_from_str(text, format)
+                .ok()
+                .map(|t| t.date())
+        })
+        .and_then(in_range)
+}
+
+/// Whether `format` is a strftime format chrono can use.
+pub fn check_date_format(format: &str) -> std::result::Result<(), String> {
+    use chrono::format::{Item, StrftimeItems};
+    if format.trim().is_empty() || StrftimeItems::new(format).any(|i| matches!(i, Item::Error)) {
+        return Err(format!(
+            "invalid date format {format:?}: expected strftime, e.g. %d/%m/%Y"
+        ));
+    }
+    Ok(())
+}
+
+/// A `1/3/2024`-style date (day and month in an order the file must
+/// settle), with any time after it ignored: the two leading numbers, the
+/// year and the separator.
+fn numeric_date(text: &str) -> Option<(u32, u32, i32, char)> {
+    let date = text.trim().split([' ', 'T']).next()?;
+    let sep = date.chars().find(|c| matches!(c, '/' | '.' | '-'))?;
+    let mut parts = date.split(sep);
+    let (a, b, y) = (parts.next()?, parts.next()?, parts.next()?);
+    let short = |p: &str| (1..=2).contains(&p.len()) && p.bytes().all(|c| c.is_ascii_digit());
+    if parts.next().is_some() || !short(a) || !short(b) || y.len() != 4 {
         return None;
     }
-    Some(day_number(date))
+    Some((a.parse().ok()?, b.parse().ok()?, y.parse().ok()?, sep))
+}
+
+/// Which comes first in a `1/3/2024`-style date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DateOrder {
+    DayFirst,
+    MonthFirst,
+}
+
+impl DateOrder {
+    fn format(self, sep: char) -> String {
+        match self {
+            Self::DayFirst => format!("%d{sep}%m{sep}%Y"),
+            Self::MonthFirst => format!("%m{sep}%d{sep}%Y"),
+        }
+    }
+
+    fn date(self, a: u32, b: u32, year: i32) -> Option<i32> {
+        let (day, month) = match self {
+            Self::DayFirst => (a, b),
+            Self::MonthFirst => (b, a),
+        };
+        NaiveDate::from_ymd_opt(year, month, day).and_then(in_range)
+    }
+}
+
+/// A line whose date waits for the file to settle the day/month order.
+struct PendingDate {
+    line: usize,
+    row: usize,
+    a: u32,
+    b: u32,
+    year: i32,
+    sep: char,
 }
 
 pub fn day_number(date: NaiveDate) -> i32 {
@@ -143,22 +277,42 @@ pub fn date_of(day: i32) -> NaiveDate {
 /// Builds the log row by row, whatever the file format.
 struct Builder<'a> {
     columns: &'a TransactionColumns,
+    format: &'a TextFormat,
     policy: BadRowPolicy,
     customers: HashMap<String, u32>,
     orders: HashMap<String, u32>,
+    pending: Vec<PendingDate>,
+    /// Fields read from typed Parquet columns (numbers, dates): their text
+    /// is canonical, whatever the text format says.
+    typed: [bool; 5],
     log: TransactionLog,
 }
+
+/// A field quoted in an example: clipped, so a huge cell stays small.
+fn clip_value(v: &str) -> String {
+    if v.chars().count() <= 40 {
+        v.to_owned()
+    } else {
+        v.chars().take(40).chain("…".chars()).collect()
+    }
+}
+
+/// A row's problem: what, in which column, the value as written.
+type Problem<'c, 'r> = (RowProblem, &'c str, &'r str);
 
 /// One row's fields as text, in the order customer, date, amount, quantity, order.
 type Fields<'r> = [Option<&'r str>; 5];
 
 impl<'a> Builder<'a> {
-    fn new(columns: &'a TransactionColumns, policy: BadRowPolicy) -> Self {
+    fn new(columns: &'a TransactionColumns, format: &'a TextFormat, policy: BadRowPolicy) -> Self {
         Self {
             columns,
+            format,
             policy,
             customers: HashMap::new(),
             orders: HashMap::new(),
+            pending: Vec::new(),
+            typed: [false; 5],
             log: TransactionLog::default(),
         }
     }
@@ -166,28 +320,60 @@ impl<'a> Builder<'a> {
     fn push(&mut self, fields: Fields) -> Result<()> {
         self.log.rows_read += 1;
         let row = self.log.rows_read;
-        match self.parse(fields) {
+        match self.parse(fields, row) {
             Ok(line) => self.log.lines.push(line),
-            Err((problem, column, value)) => match self.policy {
-                BadRowPolicy::Skip => self.log.bad_rows.record(row, problem),
-                BadRowPolicy::Reject => {
-                    return Err(SegmentationError::BadRow {
-                        row,
-                        problem,
-                        column: column.to_owned(),
-                        value: value.to_owned(),
-                    }
-                    .into())
-                }
-            },
+            Err((problem, column, value)) => self.bad(row, problem, column, value)?,
         }
         Ok(())
     }
 
-    fn parse<'r>(
-        &mut self,
-        f: Fields<'r>,
-    ) -> std::result::Result<Line, (RowProblem, &'a str, &'r str)>
+    fn bad(&mut self, row: usize, problem: RowProblem, column: &str, value: &str) -> Result<()> {
+        match self.policy {
+            BadRowPolicy::Skip => {
+                let fix = self.fix(&problem, value);
+                self.log.bad_rows.record(BadRowExample {
+                    row,
+                    problem,
+                    column: column.to_owned(),
+                    value: clip_value(value),
+                    fix,
+                });
+                Ok(())
+            }
+            BadRowPolicy::Reject => Err(SegmentationError::BadRow {
+                row,
+                problem,
+                column: column.to_owned(),
+                value: value.to_owned(),
+            }
+            .into()),
+        }
+    }
+
+    /// The option that would read `value`, when one would.
+    fn fix(&self, problem: &RowProblem, value: &str) -> Option<String> {
+        let comma = self.format.decimal_comma;
+        match problem {
+            RowProblem::BadAmount | RowProblem::BadQuantity => {
+                parse_number(value, !comma).map(|_| {
+                    if comma {
+                        "it reads without --decimal-comma".to_owned()
+                    } else {
+                        "pass --decimal-comma".to_owned()
+                    }
+                })
+            }
+            RowProblem::BadDate if !value.trim().is_empty() => {
+                Some(match &self.format.date_format {
+                    Some(f) => format!("it does not match --date-format {f:?}"),
+                    None => "pass --date-format with its strftime format, e.g. %d.%m.%Y".to_owned(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn parse<'r>(&mut self, f: Fields<'r>, row: usize) -> std::result::Result<Line, Problem<'a, 'r>>
     where
         'a: 'r,
     {
@@ -197,13 +383,35 @@ impl<'a> Builder<'a> {
             return Err((RowProblem::MissingCustomerId, &c.customer, id));
         }
         let date = f[1].unwrap_or("");
-        let day = parse_day(date).ok_or((RowProblem::BadDate, c.date.as_str(), date))?;
+        let bad_date = (RowProblem::BadDate, c.date.as_str(), date);
+        let (day, pending) = match &self.format.date_format {
+            Some(format) if !self.typed[1] => (parse_day_as(date, format).ok_or(bad_date)?, None),
+            _ => match parse_day(date) {
+                Some(day) => (day, None),
+                None => (0, Some(numeric_date(date).ok_or(bad_date)?)),
+            },
+        };
+        let comma = |field: usize| self.format.decimal_comma && !self.typed[field];
         let amount = f[2].unwrap_or("");
-        let mut spend =
-            parse_number(amount).ok_or((RowProblem::BadAmount, c.amount.as_str(), amount))?;
+        let mut spend = parse_number(amount, comma(2)).ok_or((
+            RowProblem::BadAmount,
+            c.amount.as_str(),
+            amount,
+        ))?;
         if let Some(name) = &c.quantity {
             let q = f[3].unwrap_or("");
-            spend *= parse_number(q).ok_or((RowProblem::BadQuantity, name.as_str(), q))?;
+            spend *=
+                parse_number(q, comma(3)).ok_or((RowProblem::BadQuantity, name.as_str(), q))?;
+        }
+        if let Some((a, b, year, sep)) = pending {
+            self.pending.push(PendingDate {
+                line: self.log.lines.len(),
+                row,
+                a,
+                b,
+                year,
+                sep,
+            });
         }
         let order = f[4]
             .map(str::trim)
@@ -218,13 +426,67 @@ impl<'a> Builder<'a> {
         })
     }
 
-    fn finish(mut self) -> TransactionLog {
+    /// Dates written `1/3/2024` are read once the whole file has said
+    /// which order it uses: a first number above 12 means day first, a
+    /// second above 12 month first. The majority order wins (the others are
+    /// bad dates); a file where nothing settles it is an error asking for
+    /// `--date-format`.
+    fn settle_dates(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            self.log.date_format = match &self.format.date_format {
+                Some(f) => format!("{f} (given)"),
+                None => "ISO 8601".into(),
+            };
+            return Ok(());
+        }
+        let day_first = self.pending.iter().filter(|p| p.a > 12).count();
+        let month_first = self.pending.iter().filter(|p| p.b > 12).count();
+        let sep = self.pending[0].sep;
+        let order = match (day_first, month_first) {
+            (0, 0) => {
+                let p = &self.pending[0];
+                return Err(SegmentationError::AmbiguousDates {
+                    column: self.columns.date.clone(),
+                    example: format!("{:02}{sep}{:02}{sep}{}", p.a, p.b, p.year),
+                    day_first: DateOrder::DayFirst.format(sep),
+                    month_first: DateOrder::MonthFirst.format(sep),
+                }
+                .into());
+            }
+            (d, m) if d >= m => DateOrder::DayFirst,
+            _ => DateOrder::MonthFirst,
+        };
+        self.log.date_format = format!("{} (detected)", order.format(sep));
+        let mut drop = vec![false; self.log.lines.len()];
+        for p in std::mem::take(&mut self.pending) {
+            match order.date(p.a, p.b, p.year) {
+                Some(day) if p.sep == sep => self.log.lines[p.line].day = day,
+                _ => {
+                    drop[p.line] = true;
+                    let value = format!("{:02}{}{:02}{}{}", p.a, p.sep, p.b, p.sep, p.year);
+                    let column = self.columns.date.clone();
+                    self.bad(p.row, RowProblem::BadDate, &column, &value)?;
+                }
+            }
+        }
+        if drop.iter().any(|&d| d) {
+            let mut i = 0;
+            self.log.lines.retain(|_| {
+                i += 1;
+                !drop[i - 1]
+            });
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<TransactionLog> {
+        self.settle_dates()?;
         let mut ids = vec![String::new(); self.customers.len()];
         for (id, i) in self.customers {
             ids[i as usize] = id;
         }
         self.log.customer_ids = ids;
-        self.log
+        Ok(self.log)
     }
 }
 
@@ -237,28 +499,42 @@ fn intern(map: &mut HashMap<String, u32>, key: &str) -> u32 {
     i
 }
 
-fn parse_number(text: &str) -> Option<f64> {
-    text.trim().parse::<f64>().ok().filter(|v| v.is_finite())
-}
-
-/// Reads a transaction log. Bad rows are skipped and counted, or rejected,
-/// as `policy` says; unknown column names are an error listing the header.
+/// Reads a transaction log written in the default text format (see
+/// [`read_transactions_as`]).
 pub fn read_transactions(
     path: &Path,
     columns: &TransactionColumns,
     policy: BadRowPolicy,
 ) -> Result<TransactionLog> {
-    let format = TableFormat::from_path(path)?;
-    let file = File::open(path).map_err(|source| DataError::Io {
+    read_transactions_as(path, columns, &TextFormat::default(), policy)
+}
+
+/// Reads a transaction log whose text is written as `format` says (Parquet
+/// string columns too). Bad rows are skipped and counted, or rejected, as
+/// `policy` says; unknown column names are an error listing the header.
+pub fn read_transactions_as(
+    path: &Path,
+    columns: &TransactionColumns,
+    format: &TextFormat,
+    policy: BadRowPolicy,
+) -> Result<TransactionLog> {
+    if let Some(f) = &format.date_format {
+        check_date_format(f).map_err(|message| DataError::Malformed {
+            path: path.to_owned(),
+            message,
+        })?;
+    }
+    let table = TableFormat::from_path(path)?;
+    let file = File::open(path).map_err(|error| DataError::Io {
         path: path.to_owned(),
-        source,
+        error,
     })?;
-    let mut builder = Builder::new(columns, policy);
-    match format {
+    let mut builder = Builder::new(columns, format, policy);
+    match table {
         TableFormat::Csv => read_csv(file, path, &mut builder)?,
         TableFormat::Parquet => read_parquet(file, path, &mut builder)?,
     }
-    Ok(builder.finish())
+    builder.finish()
 }
 
 fn wanted(columns: &TransactionColumns) -> Vec<Option<String>> {
@@ -271,12 +547,22 @@ fn wanted(columns: &TransactionColumns) -> Vec<Option<String>> {
     ]
 }
 
-/// Positions of the five fields in `header` (`None` for optional ones not used).
-fn positions(header: &[String], columns: &TransactionColumns) -> Result<Vec<Option<usize>>> {
+/// Positions of the five fields in `header` (`None` for optional ones not
+/// used). A header that did not split on `delimiter` gets a hint.
+fn positions(
+    header: &[String],
+    columns: &TransactionColumns,
+    delimiter: Option<Delimiter>,
+) -> Result<Vec<Option<usize>>> {
     wanted(columns)
         .into_iter()
         .map(|name| match name {
-            Some(name) => Ok(Some(resolve_columns(header, &[name])?[0])),
+            Some(name) => Ok(Some(
+                resolve_columns(header, &[name]).map_err(|e| match delimiter {
+                    Some(d) => with_delimiter_hint(e, header, d),
+                    None => e,
+                })?[0],
+            )),
             None => Ok(None),
         })
         .collect()
@@ -290,17 +576,23 @@ fn malformed(path: &Path, message: impl std::fmt::Display) -> DataError {
 }
 
 fn read_csv(file: File, path: &Path, builder: &mut Builder) -> Result<()> {
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .flexible(true)
-        .from_reader(std::io::BufReader::with_capacity(1 << 20, file));
+    let (mut reader, delimiter) = csv_reader(
+        std::io::BufReader::with_capacity(1 << 20, file),
+        builder.format,
+        true,
+    )
+    .map_err(|error| DataError::Io {
+        path: path.to_owned(),
+        error,
+    })?;
+    builder.log.delimiter = Some(delimiter);
     let header: Vec<String> = reader
         .headers()
         .map_err(|e| malformed(path, e))?
         .iter()
         .map(str::to_owned)
         .collect();
-    let at = positions(&header, builder.columns)?;
+    let at = positions(&header, builder.columns, Some(delimiter))?;
     let mut record = csv::StringRecord::new();
     while reader
         .read_record(&mut record)
@@ -323,7 +615,13 @@ fn read_parquet(file: File, path: &Path, builder: &mut Builder) -> Result<()> {
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    let at = positions(&header, builder.columns)?;
+    let at = positions(&header, builder.columns, None)?;
+    for (field, c) in at.iter().enumerate() {
+        if let Some(c) = c {
+            let t = reader.schema().field(*c).data_type().clone();
+            builder.typed[field] = t.is_numeric() || t.is_temporal();
+        }
+    }
     let reader = reader
         .with_batch_size(64 * 1024)
         .build()
@@ -373,5 +671,21 @@ mod tests {
         for bad in ["", "yesterday", "2024-13-01", "01/03/2024"] {
             assert_eq!(parse_day(bad), None, "{bad}");
         }
+        assert_eq!(parse_day("2024/03/01"), Some(d));
+        assert_eq!(parse_day_as("01.03.2024", "%d.%m.%Y"), Some(d));
+        assert_eq!(parse_day_as("03/01/2024 10:15", "%m/%d/%Y %H:%M"), Some(d));
+        assert!(check_date_format("%d/%m/%Y").is_ok());
+        assert!(check_date_format("%Q").is_err());
+    }
+
+    #[test]
+    fn numeric_dates_keep_both_orders_open() {
+        assert_eq!(numeric_date("25/03/2024"), Some((25, 3, 2024, '/')));
+        assert_eq!(numeric_date("3.25.2024 10:00"), Some((3, 25, 2024, '.')));
+        assert_eq!(numeric_date("2024-03-01"), None);
+        assert_eq!(numeric_date("1/3/24"), None);
+        assert_eq!(DateOrder::DayFirst.date(31, 2, 2024), None);
+        assert_eq!(thousands(1234567), "1,234,567");
+        assert_eq!(thousands(12), "12");
     }
 }

@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 /// What a key may do; each role includes the ones below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
-    /// Get, List, watching jobs, Assign, Transform, Evaluate, downloads.
+    /// Get, List, watching jobs, Assign, (inverse) Transform, Evaluate, downloads.
     Read,
     /// Read, plus uploads, imports, fits, segment jobs and cancelling jobs.
     Write,
@@ -273,7 +273,7 @@ pub fn method(path: &str) -> Option<Method> {
         ("segmenta.v1.Clustering", "Assign" | "Evaluate") => unary(Read),
         ("segmenta.v1.Clustering", "AssignStream") => stream(Read),
         ("segmenta.v1.Decomposition", "FitPca") => unary(Write),
-        ("segmenta.v1.Decomposition", "Transform") => unary(Read),
+        ("segmenta.v1.Decomposition", "Transform" | "InverseTransform") => unary(Read),
         ("segmenta.v1.Segmentations", "UploadTransactions") => stream(Write),
         ("segmenta.v1.Segmentations", "Segment") => unary(Write),
         ("segmenta.v1.Segmentations", "GetSegmentation") => unary(Read),

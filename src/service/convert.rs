@@ -1,13 +1,15 @@
 //! Domain ↔ proto conversions, in one place.
 
 use super::engine::Engine;
+use super::error::ServiceError;
 use super::jobs::{JobKind, JobOutput, JobProgress, JobSnapshot, JobState};
 use super::proto as pb;
 use super::storage::{DatasetMeta, ModelBody, ModelRecord, SegmentationMeta, TransactionsMeta};
 use crate::backend::BackendChoice;
-use crate::data::TableFormat;
+use crate::data::{Delimiter, TableFormat, TextFormat};
 use crate::kmeans::Evaluation;
 use crate::segmentation::features::FrequencyBasis;
+use crate::segmentation::transactions::check_date_format;
 use crate::segmentation::SegmentsDocument;
 
 pub fn timestamp(ms: i64) -> prost_types::Timestamp {
@@ -28,6 +30,39 @@ pub fn backend_choice(value: i32) -> Result<Option<BackendChoice>, super::error:
             format!("unknown backend {value}"),
         )),
     }
+}
+
+/// A request's text format, checked; `None` when the request has none.
+pub fn text_format(
+    f: Option<pb::TextFormat>,
+    field: &'static str,
+) -> Result<Option<TextFormat>, ServiceError> {
+    let Some(f) = f else { return Ok(None) };
+    let delimiter =
+        match f.delimiter.as_str() {
+            "" => None,
+            d => Some(d.parse::<Delimiter>().map_err(|e| {
+                ServiceError::invalid(field, e.chars().take(120).collect::<String>())
+            })?),
+        };
+    let date_format = match f.date_format.as_str() {
+        "" => None,
+        d if d.len() > 64 => {
+            return Err(ServiceError::invalid(
+                field,
+                "date_format: at most 64 bytes",
+            ))
+        }
+        d => {
+            check_date_format(d).map_err(|e| ServiceError::invalid(field, e))?;
+            Some(d.to_owned())
+        }
+    };
+    Ok(Some(TextFormat {
+        delimiter,
+        decimal_comma: f.decimal_comma,
+        date_format,
+    }))
 }
 
 impl From<&DatasetMeta> for pb::Dataset {
@@ -65,6 +100,7 @@ impl From<&ModelRecord> for pb::Model {
                 adapter: m.backend().adapter.clone(),
                 standardized: m.scaler().standardize,
                 created_at: Some(timestamp(r.created_at_ms)),
+                converged: m.converged(),
             }),
             ModelBody::Pca(m) => pb::model::Model::Pca(pb::PcaModel {
                 id: r.id.clone(),
@@ -271,6 +307,8 @@ pub fn segmentation(meta: &SegmentationMeta, doc: &SegmentsDocument) -> pb::Segm
             FrequencyBasis::PurchaseDays => "purchase_days",
         }
         .to_owned(),
+        delimiter: i.delimiter.map_or(String::new(), |d| d.shown().to_owned()),
+        date_format: i.date_format.clone(),
     };
     pb::Segmentation {
         id: meta.id.clone(),

@@ -84,12 +84,17 @@ impl From<Error> for ServiceError {
     fn from(e: Error) -> Self {
         match e {
             Error::Params(p) => Self::invalid(p.field(), p.to_string()),
-            Error::Data(DataError::UnknownColumn { name, available }) => Self::invalid(
+            Error::Data(DataError::UnknownColumn {
+                name,
+                available,
+                hint,
+            }) => Self::invalid(
                 "columns",
                 format!(
-                    "unknown column {:?}; available columns: {}",
+                    "unknown column {:?}; available columns: {}{}",
                     clip(&name),
-                    clip_list(&available)
+                    clip_list(&available),
+                    hint
                 ),
             ),
             Error::Segmentation(SegmentationError::BadDate(d)) => Self::invalid(
@@ -120,9 +125,14 @@ impl From<Error> for ServiceError {
             }
             Error::Segmentation(s) => {
                 let field = match &s {
-                    SegmentationError::BadRow { .. } | SegmentationError::NoCustomers { .. } => {
-                        "transactions"
+                    SegmentationError::BadRow { .. }
+                    | SegmentationError::TooManyBadRows { .. }
+                    | SegmentationError::AmbiguousDates { .. } => {
+                        // Job records never quote a cell of the log.
+                        return Self::invalid("transactions", s.without_values());
                     }
+                    SegmentationError::NoCustomers { .. } => "transactions",
+                    SegmentationError::BadMaxBadRows(_) => "max_bad_rows",
                     SegmentationError::TooFewCustomers { .. }
                     | SegmentationError::BadKRange(_)
                     | SegmentationError::KMismatch { .. } => "k",

@@ -261,12 +261,14 @@ mod tests {
             column: "amount".into(),
             row: 7,
             value: "alice@example.com".into(),
+            hint: String::new(),
         });
         assert!(!e.to_string().contains("alice"), "{e}");
         assert!(e.to_string().contains("row 7"), "{e}");
         let e = content_error(DataError::UnknownColumn {
             name: "x".into(),
             available: "ssn, salary".into(),
+            hint: String::new(),
         });
         assert!(!e.to_string().contains("ssn"), "{e}");
     }

@@ -172,19 +172,22 @@ fn input_notes(h: &mut String, run: &SegmentRun) {
             super::features::FrequencyBasis::PurchaseDays => "distinct purchase days",
         }
     );
-    if !i.bad_rows.examples.is_empty() {
-        let rows: Vec<String> = i
-            .bad_rows
-            .examples
-            .iter()
-            .map(|(row, p)| format!("row {row}: {p}"))
-            .collect();
+    if i.bad_rows.total > 0 {
         let _ = writeln!(
             h,
-            "<p class=\"note\">First skipped rows: {}</p>",
-            escape(&rows.join("; "))
+            "<p class=\"note\">Skipped rows by problem: {}</p>",
+            escape(&i.bad_rows.summary(true))
         );
     }
+    let _ = writeln!(
+        h,
+        "<p class=\"note\">Read as: {}dates {}.</p>",
+        i.delimiter.map_or(String::new(), |d| format!(
+            "fields separated by “{}”, ",
+            d.shown()
+        )),
+        escape(&i.date_format)
+    );
 }
 
 fn rfm_rules(h: &mut String) {

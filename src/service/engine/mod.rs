@@ -24,7 +24,7 @@ use super::storage::{new_id, now_ms, DatasetMeta, ModelBody, ModelRecord, OpenEr
 use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::{AdapterPolicy, GpuBackend};
 use crate::backend::{with_cpu_fallback, Backend, BackendChoice, BackendKind, Cancel};
-use crate::data::{read_table_limited, resolve_columns, ReadLimits};
+use crate::data::{read_table_limited, resolve_columns, ReadLimits, TextFormat};
 use crate::kmeans::{evaluate_with, Evaluation, FitControl, Init, KMeansParams, Prediction};
 use crate::pca::PcaParams;
 
@@ -444,6 +444,7 @@ impl Engine {
         path: String,
         columns: Vec<String>,
         name: String,
+        format: TextFormat,
         origin: Origin,
     ) -> ServiceResult<JobSnapshot> {
         let allowed = self.roots.allow("path", &path)?;
@@ -466,7 +467,8 @@ impl Engine {
         self.spawn(JobKind::Import, false, origin, move |ctx| {
             engine.roots.recheck("path", &allowed)?;
             ctx.phase("reading");
-            let data = read_table_limited(&resolved, &columns, limits).map_err(content_error)?;
+            let data =
+                read_table_limited(&resolved, &columns, &format, limits).map_err(content_error)?;
             engine.check_names("columns", &data.columns)?;
             ctx.phase("storing");
             Ok(JobOutput::Dataset(
@@ -692,6 +694,35 @@ impl Engine {
                 model.n_components(),
                 model.transform(&CpuBackend::new(), x.view())?,
             ))
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(e.to_string()))?
+    }
+
+    /// Maps component values back to the model's columns.
+    pub async fn inverse_transform(
+        &self,
+        model_id: &str,
+        values: Vec<f32>,
+    ) -> ServiceResult<Array2<f32>> {
+        let record = self.model(model_id)?;
+        let ModelBody::Pca(model) = &record.body else {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "model {model_id} is not a PCA model"
+            )));
+        };
+        let n = self.check_rows(values.len(), model.n_components())?;
+        // The output is wider than the input: bound it by the row limit too.
+        self.check_rows(n * model.n_features(), model.n_features())?;
+        let _slot = self.scoring_slot()?;
+        let record = record.clone();
+        tokio::task::spawn_blocking(move || {
+            let ModelBody::Pca(model) = &record.body else {
+                unreachable!("checked above")
+            };
+            let y =
+                Array2::from_shape_vec((n, model.n_components()), values).expect("checked shape");
+            Ok(model.inverse_transform(y.view())?)
         })
         .await
         .map_err(|e| ServiceError::Internal(e.to_string()))?

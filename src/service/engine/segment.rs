@@ -59,6 +59,9 @@ pub enum LogSource {
 /// A segment request, checked and typed.
 pub struct SegmentJob {
     pub source: LogSource,
+    /// The request's text format; `None`: the one stored with an uploaded
+    /// log (the default for a server path).
+    pub text_format: Option<crate::data::TextFormat>,
     pub params: SegmentParams,
     pub previous_id: Option<String>,
     pub backend: Option<BackendChoice>,
@@ -69,9 +72,14 @@ impl Engine {
     /// then queues the job.
     pub async fn segment(
         self: &Arc<Self>,
-        job: SegmentJob,
+        mut job: SegmentJob,
         origin: Origin<'_>,
     ) -> ServiceResult<JobSnapshot> {
+        job.params.format = match (job.text_format.take(), &job.source) {
+            (Some(f), _) => f,
+            (None, LogSource::Uploaded(id)) => self.store.transactions(id)?.text_format,
+            (None, LogSource::ServerPath(_)) => Default::default(),
+        };
         let mut allowed = None;
         let (path, source, server_file) = match &job.source {
             LogSource::Uploaded(id) => (self.store.transactions_path(id)?, id.clone(), false),

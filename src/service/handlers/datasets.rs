@@ -4,7 +4,7 @@ use prost::Message as _;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{next_message, page_request, paginate};
-use crate::service::convert::job;
+use crate::service::convert::{job, text_format};
 use crate::service::engine::{Engine, Origin};
 use crate::service::error::ServiceError;
 use crate::service::gate::note;
@@ -135,9 +135,10 @@ impl pb::datasets_server::Datasets for DatasetsService {
             return Err(ServiceError::invalid("path", "a file path is needed").into());
         }
         let bytes = r.encode_to_vec();
-        let snapshot = self
-            .engine
-            .import(r.path, r.columns, r.name, Origin::New(&bytes))?;
+        let format = text_format(r.text_format, "text_format")?.unwrap_or_default();
+        let snapshot =
+            self.engine
+                .import(r.path, r.columns, r.name, format, Origin::New(&bytes))?;
         note(&request, &[&snapshot.id]);
         Ok(Response::new(job(&snapshot, &self.engine)))
     }

@@ -60,4 +60,16 @@ impl pb::decomposition_server::Decomposition for DecompositionService {
             values: y.iter().copied().collect(),
         }))
     }
+
+    async fn inverse_transform(
+        &self,
+        request: Request<pb::InverseTransformRequest>,
+    ) -> Result<Response<pb::InverseTransformResponse>, Status> {
+        note(&request, &[&request.get_ref().model_id]);
+        let r = request.into_inner();
+        let x = self.engine.inverse_transform(&r.model_id, r.values).await?;
+        Ok(Response::new(pb::InverseTransformResponse {
+            rows: x.iter().copied().collect(),
+        }))
+    }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use prost::Message;
 
 use super::segmentations::segment_job;
+use crate::service::convert::text_format;
 use crate::service::engine::{Engine, KMeansJob, Origin, PcaJob};
 use crate::service::error::ServiceError;
 use crate::service::jobs::{JobKind, JobRecord};
@@ -22,7 +23,8 @@ async fn resume(engine: &Arc<Engine>, record: &JobRecord) -> Result<(), ServiceE
     match record.snapshot.kind {
         JobKind::Import => {
             let r: pb::ImportRequest = decode(record)?;
-            engine.import(r.path, r.columns, r.name, origin)?;
+            let format = text_format(r.text_format, "text_format")?.unwrap_or_default();
+            engine.import(r.path, r.columns, r.name, format, origin)?;
         }
         JobKind::FitKMeans => {
             let job = KMeansJob::try_from(decode::<pb::FitKMeansRequest>(record)?)?;

@@ -9,7 +9,7 @@ use super::next_message;
 use crate::data::TableFormat;
 use crate::segmentation::transactions::{BadRowPolicy, TransactionColumns};
 use crate::segmentation::{KChoice, SegmentParams, SegmentationError};
-use crate::service::convert::{backend_choice, job, segmentation};
+use crate::service::convert::{backend_choice, job, segmentation, text_format};
 use crate::service::engine::{Engine, LogSource, Origin, SegmentJob};
 use crate::service::error::ServiceError;
 use crate::service::gate::{note, AuditIds};
@@ -108,9 +108,17 @@ pub(super) fn segment_job(r: pb::SegmentRequest) -> Result<SegmentJob, ServiceEr
         ))
         .into());
     }
+    let max_bad_rows = r.max_bad_rows.unwrap_or(params.max_bad_rows);
+    if !(0.0..=1.0).contains(&max_bad_rows) {
+        return Err(crate::Error::from(SegmentationError::BadMaxBadRows(max_bad_rows)).into());
+    }
     Ok(SegmentJob {
         source,
-        params,
+        text_format: text_format(r.text_format, "text_format")?,
+        params: SegmentParams {
+            max_bad_rows,
+            ..params
+        },
         previous_id: (!r.previous_segmentation_id.is_empty()).then_some(r.previous_segmentation_id),
         backend: backend_choice(r.backend)?,
     })
@@ -155,9 +163,12 @@ impl pb::segmentations_server::Segmentations for SegmentationsService {
             }
         };
         self.engine.check_name("header.name", &header.name)?;
+        let text_format =
+            text_format(header.text_format, "header.text_format")?.unwrap_or_default();
         let store = self.engine.store.clone();
-        let mut writer =
-            tokio::task::block_in_place(|| store.begin_transactions(&header.name, format))?;
+        let mut writer = tokio::task::block_in_place(|| {
+            store.begin_transactions(&header.name, format, text_format)
+        })?;
         while let Some(msg) = next_message(&mut stream, idle).await? {
             let Some(Message::Chunk(bytes)) = msg.message else {
                 return Err(

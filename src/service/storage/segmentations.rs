@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{check_id, new_id, now_ms, sync_dir, tree_bytes, write_json_atomically, Store, TMP};
-use crate::data::TableFormat;
+use crate::data::{TableFormat, TextFormat};
 use crate::segmentation::{SegmentModel, SegmentsDocument};
 use crate::service::error::{ServiceError, ServiceResult};
 
@@ -16,6 +16,9 @@ pub struct TransactionsMeta {
     pub id: String,
     pub name: String,
     pub format: TableFormat,
+    /// How the text of the log is written, as its uploader said.
+    #[serde(default)]
+    pub text_format: TextFormat,
     pub size_bytes: u64,
     pub created_at_ms: i64,
 }
@@ -87,6 +90,7 @@ impl Store {
         &self,
         name: &str,
         format: TableFormat,
+        text_format: TextFormat,
     ) -> ServiceResult<TransactionsWriter> {
         let id = new_id("tx");
         let tmp = self.transactions.join(format!("{TMP}{id}"));
@@ -97,6 +101,7 @@ impl Store {
                 id,
                 name: name.to_owned(),
                 format,
+                text_format,
                 size_bytes: 0,
                 created_at_ms: now_ms(),
             },

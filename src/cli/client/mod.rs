@@ -3,13 +3,69 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use segmenta::data::read_table;
+use segmenta::backend::BackendChoice;
+use segmenta::data::{read_table, read_table_limited, read_text_column, ReadLimits, TextFormat};
 use segmenta::service::proto as pb;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
+use super::kmeans::InitArg;
 use super::output::progress_bar;
+use super::TextArgs;
+
+mod info;
+mod segment;
+
+/// The proto form of a text format (empty fields: the defaults).
+pub fn proto_text_format(f: &TextFormat) -> pb::TextFormat {
+    pb::TextFormat {
+        delimiter: f.delimiter.map_or(String::new(), |d| d.shown().to_owned()),
+        decimal_comma: f.decimal_comma,
+        date_format: f.date_format.clone().unwrap_or_default(),
+    }
+}
+
+pub fn proto_backend(b: Option<BackendChoice>) -> pb::Backend {
+    match b {
+        None => pb::Backend::Unspecified,
+        Some(BackendChoice::Auto) => pb::Backend::Auto,
+        Some(BackendChoice::Gpu) => pb::Backend::Gpu,
+        Some(BackendChoice::Cpu) => pb::Backend::Cpu,
+    }
+}
+
+fn fit_request(f: FitArgs) -> anyhow::Result<pb::FitKMeansRequest> {
+    let (init, initial_centroids) = match &f.init_centroids {
+        Some(path) => {
+            let names: Vec<String> = f.columns.clone();
+            let c = read_table(path, &names)?;
+            (pb::InitMethod::Given, c.values.iter().copied().collect())
+        }
+        None => (
+            match f.init {
+                InitArg::KMeansPlusPlus => pb::InitMethod::KmeansPlusPlus,
+                InitArg::KMeansParallel => pb::InitMethod::KmeansParallel,
+                InitArg::Random => pb::InitMethod::Random,
+            },
+            Vec::new(),
+        ),
+    };
+    Ok(pb::FitKMeansRequest {
+        dataset_id: f.dataset,
+        k: f.k,
+        columns: f.columns,
+        init: init as i32,
+        initial_centroids,
+        n_init: f.n_init,
+        max_iter: f.max_iter,
+        tol: Some(f.tol),
+        seed: f.seed,
+        backend: proto_backend(f.backend) as i32,
+        standardize: f.standardize,
+        weights_column: f.weights.unwrap_or_default(),
+    })
+}
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
@@ -49,61 +105,84 @@ pub struct ClientArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
-    /// Upload a local CSV or Parquet file as a dataset.
+    /// Upload a local CSV/TSV or Parquet file as a dataset.
     Upload {
+        /// The file (CSV/TSV with a header row, or Parquet).
         #[arg(long)]
         input: PathBuf,
+        /// Columns to upload, comma-separated (default: all; all numeric).
         #[arg(long, value_delimiter = ',')]
         columns: Vec<String>,
+        /// Dataset name (default: the file name).
         #[arg(long)]
         name: Option<String>,
+        #[command(flatten)]
+        text: TextArgs,
     },
-    /// Have the server import a file it can read (runs as a job).
+    /// Have the server import a file under one of its import roots (a job).
     Import {
+        /// Path on the server.
         #[arg(long)]
         path: String,
+        /// Columns to keep, comma-separated (default: all; all numeric).
         #[arg(long, value_delimiter = ',')]
         columns: Vec<String>,
+        /// Dataset name (default: the file name).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        text: TextArgs,
     },
     /// Fit k-means on a dataset and follow the job.
-    Fit {
-        #[arg(long)]
-        dataset: String,
-        #[arg(long)]
-        k: u32,
-        #[arg(long, value_delimiter = ',')]
-        columns: Vec<String>,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        #[arg(long)]
-        standardize: bool,
-        #[arg(long, default_value_t = 1)]
-        n_init: u32,
-        /// Return the job id at once instead of following it.
-        #[arg(long)]
-        detach: bool,
-    },
+    Fit(FitArgs),
     /// Fit PCA on a dataset and follow the job.
     Pca {
+        /// Dataset id (ds-…).
         #[arg(long)]
         dataset: String,
+        /// Number of principal components to keep.
         #[arg(long)]
         n_components: u32,
-        #[arg(long)]
-        whiten: bool,
-    },
-    /// Follow a job until it ends.
-    Watch { job: String },
-    /// Cancel a job.
-    Cancel { job: String },
-    /// Assign the rows of a local file with a k-means model; prints label, distance, margin.
-    Assign {
-        #[arg(long)]
-        model: String,
-        #[arg(long)]
-        input: PathBuf,
+        /// Columns to use, comma-separated (default: all).
         #[arg(long, value_delimiter = ',')]
         columns: Vec<String>,
+        /// Scale projected components to unit variance.
+        #[arg(long)]
+        whiten: bool,
+        /// Backend on the server (default: the server's).
+        #[arg(long, value_enum)]
+        backend: Option<BackendChoice>,
+    },
+    /// Segment customers: upload a transaction log (or name one on the
+    /// server), run the segment job, download its report and tables.
+    Segment(Box<segment::ClientSegmentArgs>),
+    /// Follow a job until it ends.
+    Watch {
+        /// Job id (job-…).
+        job: String,
+    },
+    /// Cancel a job.
+    Cancel {
+        /// Job id (job-…).
+        job: String,
+    },
+    /// Assign the rows of a local file to a model's clusters; prints CSV:
+    /// id (or row), label, distance, margin.
+    Assign {
+        /// k-means model or segmentation id (km-…, seg-…).
+        #[arg(long)]
+        model: String,
+        /// The rows, with the model's feature columns.
+        #[arg(long)]
+        input: PathBuf,
+        /// Feature columns, comma-separated, in the model's order (default: all).
+        #[arg(long, value_delimiter = ',')]
+        columns: Vec<String>,
+        /// Column whose values name each row in the output (default: row numbers).
+        #[arg(long)]
+        id_col: Option<String>,
+        #[command(flatten)]
+        text: TextArgs,
     },
     /// List datasets.
     Datasets,
@@ -112,6 +191,7 @@ pub enum ClientCommand {
     /// Delete a dataset (ds-…), a model (km-…, pca-…), a transaction log
     /// (tx-…) or a segmentation (seg-…). Needs the admin role.
     Delete {
+        /// The object's id.
         id: String,
         /// Also delete what was made from it (models of a dataset,
         /// segmentations of a log); without it, such a delete is refused.
@@ -120,9 +200,61 @@ pub enum ClientCommand {
     },
     /// Remove one customer from every stored log, output and job record
     /// (GDPR Art. 17). Needs the admin role.
-    EraseCustomer { id: String },
-    /// Server version, backends and limits.
-    Info,
+    EraseCustomer {
+        /// The customer id exactly as the logs write it.
+        id: String,
+    },
+    /// Server version, backends, security settings and limits.
+    Info {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `client fit`: every k-means option the server takes.
+#[derive(Debug, Args)]
+pub struct FitArgs {
+    /// Dataset id (ds-…).
+    #[arg(long)]
+    dataset: String,
+    /// Number of clusters.
+    #[arg(long)]
+    k: u32,
+    /// Feature columns, comma-separated (default: all but --weights).
+    #[arg(long, value_delimiter = ',')]
+    columns: Vec<String>,
+    /// How the first centroids are chosen.
+    #[arg(long, value_enum, default_value = "k-means++")]
+    init: InitArg,
+    /// Start from these centroids instead (local CSV/Parquet, k rows, the
+    /// feature columns in order, original units).
+    #[arg(long, conflicts_with = "init")]
+    init_centroids: Option<PathBuf>,
+    /// Runs from different seeds; the lowest inertia wins.
+    #[arg(long, default_value_t = 1)]
+    n_init: u32,
+    /// Most Lloyd iterations per run.
+    #[arg(long, default_value_t = 300)]
+    max_iter: u32,
+    /// Convergence tolerance, relative to the mean feature variance.
+    #[arg(long, default_value_t = 1e-4)]
+    tol: f64,
+    /// Seed of the initialisation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Scale every feature to unit variance first (stored with the model).
+    #[arg(long)]
+    standardize: bool,
+    /// Dataset column holding sample weights (not used as a feature).
+    #[arg(long)]
+    weights: Option<String>,
+    /// Backend on the server (default: the server's).
+    #[arg(long, value_enum)]
+    backend: Option<BackendChoice>,
+    /// Print the job id at once instead of following it.
+    #[arg(long)]
+    detach: bool,
 }
 
 /// Values per upload message: about 2 MiB, well under the 4 MiB default limit.
@@ -133,14 +265,40 @@ pub fn run(args: ClientArgs) -> anyhow::Result<()> {
         run_async(args)
             .await
             .map_err(|e| match e.downcast::<tonic::Status>() {
-                Ok(status) => anyhow::anyhow!("{:?}: {}", status.code(), status.message()),
+                Ok(status) => anyhow::anyhow!("{}", status_line(&status)),
                 Err(e) => e,
             })
     })
 }
 
-fn print_json<T: std::fmt::Debug>(value: &T) {
-    println!("{value:#?}");
+/// A status as the server meant it: its code's gRPC name and its message.
+pub fn status_line(status: &tonic::Status) -> String {
+    use tonic::Code::*;
+    let name = match status.code() {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    };
+    let message = status.message();
+    if message.is_empty() {
+        format!("{name} (the server gave no message)")
+    } else {
+        format!("{name}: {message}")
+    }
 }
 
 /// Adds the API key to every call.
@@ -218,8 +376,9 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
             input,
             columns,
             name,
+            text,
         } => {
-            let data = read_table(&input, &columns)?;
+            let data = read_table_limited(&input, &columns, &text.format(None), ReadLimits::NONE)?;
             let name = name.unwrap_or_else(|| {
                 input
                     .file_name()
@@ -232,36 +391,28 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                 dataset.n_rows, dataset.n_cols, dataset.id
             );
         }
-        ClientCommand::Import { path, columns } => {
+        ClientCommand::Import {
+            path,
+            columns,
+            name,
+            text,
+        } => {
             let job = pb::datasets_client::DatasetsClient::new(channel.clone())
                 .import(pb::ImportRequest {
                     path,
                     columns,
-                    name: String::new(),
+                    name: name.unwrap_or_default(),
+                    text_format: Some(proto_text_format(&text.format(None))),
                 })
                 .await?
                 .into_inner();
             watch(channel, &job.id).await?;
         }
-        ClientCommand::Fit {
-            dataset,
-            k,
-            columns,
-            seed,
-            standardize,
-            n_init,
-            detach,
-        } => {
-            let request = pb::FitKMeansRequest {
-                dataset_id: dataset,
-                k,
-                columns,
-                seed,
-                standardize,
-                n_init,
-                ..Default::default()
-            };
+        ClientCommand::Fit(fit) => {
+            let detach = fit.detach;
+            let request = fit_request(fit)?;
             let job = pb::clustering_client::ClusteringClient::new(channel.clone())
+                .max_encoding_message_size(max)
                 .fit_k_means(request)
                 .await?
                 .into_inner();
@@ -271,16 +422,20 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                 watch(channel, &job.id).await?;
             }
         }
+        ClientCommand::Segment(a) => segment::run(channel, *a).await?,
         ClientCommand::Pca {
             dataset,
             n_components,
+            columns,
             whiten,
+            backend,
         } => {
             let request = pb::FitPcaRequest {
                 dataset_id: dataset,
                 n_components,
+                columns,
                 whiten,
-                ..Default::default()
+                backend: proto_backend(backend) as i32,
             };
             let job = pb::decomposition_client::DecompositionClient::new(channel.clone())
                 .fit_pca(request)
@@ -288,7 +443,9 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                 .into_inner();
             watch(channel, &job.id).await?;
         }
-        ClientCommand::Watch { job } => watch(channel, &job).await?,
+        ClientCommand::Watch { job } => {
+            watch(channel, &job).await?;
+        }
         ClientCommand::Cancel { job } => {
             let job = pb::jobs_client::JobsClient::new(channel)
                 .cancel_job(pb::CancelJobRequest { id: job })
@@ -300,8 +457,15 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
             model,
             input,
             columns,
+            id_col,
+            text,
         } => {
-            let data = read_table(&input, &columns)?;
+            let format = text.format(None);
+            let data = read_table_limited(&input, &columns, &format, ReadLimits::NONE)?;
+            let ids = match &id_col {
+                Some(col) => Some(read_text_column(&input, col, &format)?),
+                None => None,
+            };
             let mut client = pb::clustering_client::ClusteringClient::new(channel)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max);
@@ -312,11 +476,26 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            println!("row,label,distance,margin");
+            let mut out = csv::Writer::from_writer(std::io::stdout().lock());
+            out.write_record([
+                id_col.as_deref().unwrap_or("row"),
+                "label",
+                "distance",
+                "margin",
+            ])?;
             for i in 0..r.labels.len() {
+                let id = ids
+                    .as_ref()
+                    .map_or_else(|| (i + 1).to_string(), |ids| ids[i].clone());
                 let margin = r.margins.get(i).map_or(String::new(), |m| m.to_string());
-                println!("{},{},{},{}", i + 1, r.labels[i], r.distances[i], margin);
+                out.write_record([
+                    id,
+                    r.labels[i].to_string(),
+                    r.distances[i].to_string(),
+                    margin,
+                ])?;
             }
+            out.flush()?;
         }
         ClientCommand::Datasets => {
             let client = pb::datasets_client::DatasetsClient::new(channel);
@@ -416,12 +595,17 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                 println!("{} {}: {} rows removed", c.kind, c.id, c.rows_removed);
             }
         }
-        ClientCommand::Info => print_json(
-            &pb::server_client::ServerClient::new(channel)
+        ClientCommand::Info { json } => {
+            let info = pb::server_client::ServerClient::new(channel)
                 .get_info(pb::GetInfoRequest {})
                 .await?
-                .into_inner(),
-        ),
+                .into_inner();
+            if json {
+                println!("{}", info::json(&info));
+            } else {
+                print!("{}", info::text(&info));
+            }
+        }
     }
     Ok(())
 }
@@ -481,8 +665,9 @@ pub async fn upload(
     Ok(client.upload(messages).await?.into_inner())
 }
 
-/// Follows a job with a progress bar; prints its result or fails with its error.
-async fn watch(channel: Conn, id: &str) -> anyhow::Result<()> {
+/// Follows a job with a progress bar; prints its result and returns the
+/// finished job, or fails with its error.
+async fn watch(channel: Conn, id: &str) -> anyhow::Result<pb::Job> {
     let mut events = pb::jobs_client::JobsClient::new(channel)
         .watch_job(pb::WatchJobRequest { id: id.to_owned() })
         .await?
@@ -502,13 +687,22 @@ async fn watch(channel: Conn, id: &str) -> anyhow::Result<()> {
                 bar.finish_and_clear();
                 match pb::JobState::try_from(job.state) {
                     Ok(pb::JobState::Succeeded) => {
-                        match job.result {
+                        match &job.result {
                             Some(pb::job::Result::Dataset(d)) => println!(
                                 "dataset {} ({} rows × {} columns)",
                                 d.id, d.n_rows, d.n_cols
                             ),
                             Some(pb::job::Result::Kmeans(m)) => {
-                                println!("model {}: k = {}, {} iterations, inertia {:.6e}, backend {} [{}]", m.id, m.k, m.n_iter, m.inertia, m.backend, m.adapter);
+                                println!(
+                                    "model {}: k = {}, {} after {} iterations, inertia {:.6e}, backend {} [{}]",
+                                    m.id,
+                                    m.k,
+                                    if m.converged { "converged" } else { "stopped at max_iter" },
+                                    m.n_iter,
+                                    m.inertia,
+                                    m.backend,
+                                    m.adapter
+                                );
                                 println!("cluster sizes: {:?}", m.cluster_sizes);
                             }
                             Some(pb::job::Result::Pca(p)) => println!(
@@ -532,7 +726,7 @@ async fn watch(channel: Conn, id: &str) -> anyhow::Result<()> {
                             }
                             None => println!("job {id} succeeded"),
                         }
-                        return Ok(());
+                        return Ok(job);
                     }
                     _ => anyhow::bail!("job {id} ended: {}", job.error),
                 }

@@ -1,0 +1,215 @@
+//! `client segment`: upload a log, run the segment job on the server and
+//! download what it made.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use clap::Args;
+use segmenta::backend::BackendChoice;
+use segmenta::data::TableFormat;
+use segmenta::segmentation::sweep::parse_k_range;
+use segmenta::segmentation::SegmentationError;
+use segmenta::service::proto as pb;
+
+use super::{proto_backend, proto_text_format, watch, Conn};
+use crate::cli::TextArgs;
+
+#[derive(Debug, Args)]
+pub struct ClientSegmentArgs {
+    /// A local transaction log (CSV/TSV or Parquet), uploaded first.
+    #[arg(long, required_unless_present_any = ["transactions_id", "server_path"])]
+    transactions: Option<PathBuf>,
+    /// A log uploaded before (tx-…).
+    #[arg(long, conflicts_with_all = ["transactions", "server_path"])]
+    transactions_id: Option<String>,
+    /// A log under one of the server's import roots.
+    #[arg(long, conflicts_with = "transactions")]
+    server_path: Option<String>,
+    /// Download the report, charts, customer table, segments.json and
+    /// model.json into this directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Number of segments (default: chosen from --k-range).
+    #[arg(long, conflicts_with = "k_range")]
+    k: Option<u32>,
+    /// Try every k in MIN..MAX and keep the recommended one.
+    #[arg(long, value_name = "MIN..MAX")]
+    k_range: Option<String>,
+    /// Recency and tenure are measured to this date (YYYY-MM-DD).
+    #[arg(long, value_name = "DATE")]
+    as_of: Option<String>,
+    /// Refresh: warm-start from this segmentation (seg-…) and keep its ids.
+    #[arg(long)]
+    previous: Option<String>,
+    /// Customer id column.
+    #[arg(long, default_value = "customer_id")]
+    customer_col: String,
+    /// Purchase date column.
+    #[arg(long, default_value = "date")]
+    date_col: String,
+    /// Spend column (a unit price with --quantity-col).
+    #[arg(long, default_value = "amount")]
+    amount_col: String,
+    /// Spend = amount × quantity.
+    #[arg(long)]
+    quantity_col: Option<String>,
+    /// Frequency counts distinct orders of this column.
+    #[arg(long)]
+    order_col: Option<String>,
+    /// strftime format of the dates, e.g. %d/%m/%Y.
+    #[arg(long, value_name = "FORMAT")]
+    date_format: Option<String>,
+    #[command(flatten)]
+    text: TextArgs,
+    /// Stop at the first unreadable row instead of skipping.
+    #[arg(long)]
+    reject_bad_rows: bool,
+    /// Largest fraction of unreadable rows (0–1) before the job fails.
+    #[arg(long, value_name = "FRACTION")]
+    max_bad_rows: Option<f64>,
+    /// Members beyond this percentile of their segment's distances are outliers.
+    #[arg(long)]
+    outlier_percentile: Option<f64>,
+    /// k-means runs per k.
+    #[arg(long)]
+    n_init: Option<u32>,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Backend on the server (default: the server's).
+    #[arg(long, value_enum)]
+    backend: Option<BackendChoice>,
+}
+
+/// Bytes per upload message.
+const CHUNK: usize = 1 << 20;
+
+async fn upload_log(channel: Conn, path: &PathBuf, text: pb::TextFormat) -> anyhow::Result<String> {
+    use pb::upload_transactions_request::Message;
+    let format = match TableFormat::from_path(path)? {
+        TableFormat::Csv => pb::FileFormat::Csv,
+        TableFormat::Parquet => pb::FileFormat::Parquet,
+    };
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let header = pb::UploadTransactionsRequest {
+        message: Some(Message::Header(pb::TransactionsHeader {
+            name,
+            format: format as i32,
+            text_format: Some(text),
+        })),
+    };
+    // Chunks are read as the transport asks for them.
+    let chunks = std::iter::from_fn(move || {
+        let mut buf = vec![0u8; CHUNK];
+        match file.read(&mut buf) {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some(pb::UploadTransactionsRequest {
+                    message: Some(Message::Chunk(buf)),
+                })
+            }
+        }
+    });
+    let messages = tokio_stream::iter(std::iter::once(header).chain(chunks));
+    let log = pb::segmentations_client::SegmentationsClient::new(channel)
+        .upload_transactions(messages)
+        .await?
+        .into_inner();
+    eprintln!(
+        "uploaded {} ({} bytes) as {}",
+        log.name, log.size_bytes, log.id
+    );
+    Ok(log.id)
+}
+
+pub async fn run(channel: Conn, a: ClientSegmentArgs) -> anyhow::Result<()> {
+    use pb::segment_request::{KChoice, Source};
+    let text = proto_text_format(&a.text.format(a.date_format.clone()));
+    let source = match (&a.transactions, a.transactions_id, a.server_path) {
+        (Some(path), _, _) => {
+            Source::TransactionsId(upload_log(channel.clone(), path, text.clone()).await?)
+        }
+        (None, Some(id), _) => Source::TransactionsId(id),
+        (None, None, Some(p)) => Source::TransactionsPath(p),
+        (None, None, None) => {
+            anyhow::bail!("give --transactions, --transactions-id or --server-path")
+        }
+    };
+    let k_choice = match (a.k, &a.k_range) {
+        (Some(k), _) => Some(KChoice::K(k)),
+        (None, Some(r)) => {
+            let r = parse_k_range(r).ok_or_else(|| SegmentationError::BadKRange(r.clone()))?;
+            Some(KChoice::KRange(pb::KRange {
+                min: *r.start() as u32,
+                max: *r.end() as u32,
+            }))
+        }
+        (None, None) => None,
+    };
+    let request = pb::SegmentRequest {
+        source: Some(source),
+        columns: Some(pb::TransactionColumns {
+            customer: a.customer_col,
+            date: a.date_col,
+            amount: a.amount_col,
+            quantity: a.quantity_col.unwrap_or_default(),
+            order: a.order_col.unwrap_or_default(),
+        }),
+        k_choice,
+        as_of: a.as_of.unwrap_or_default(),
+        previous_segmentation_id: a.previous.unwrap_or_default(),
+        bad_rows: if a.reject_bad_rows {
+            pb::BadRowPolicy::Reject
+        } else {
+            pb::BadRowPolicy::Skip
+        } as i32,
+        outlier_percentile: a.outlier_percentile.unwrap_or(0.0),
+        seed: a.seed,
+        n_init: a.n_init.unwrap_or(0),
+        backend: proto_backend(a.backend) as i32,
+        text_format: Some(text),
+        max_bad_rows: a.max_bad_rows,
+    };
+    let mut client = pb::segmentations_client::SegmentationsClient::new(channel.clone());
+    let job = client.segment(request).await?.into_inner();
+    let finished = watch(channel, &job.id).await?;
+    let Some(pb::job::Result::Segmentation(seg)) = finished.result else {
+        anyhow::bail!("job {} finished without a segmentation", job.id);
+    };
+    if let Some(dir) = &a.out {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        for name in &seg.artifacts {
+            let mut stream = client
+                .download_artifact(pb::DownloadArtifactRequest {
+                    segmentation_id: seg.id.clone(),
+                    name: name.clone(),
+                })
+                .await?
+                .into_inner();
+            let mut bytes = Vec::new();
+            while let Some(chunk) = stream.message().await? {
+                bytes.extend_from_slice(&chunk.data);
+            }
+            // Names come from the server: keep only a plain file name.
+            let file = std::path::Path::new(name)
+                .file_name()
+                .ok_or_else(|| anyhow::anyhow!("the server named an artifact {name:?}"))?;
+            let path = dir.join(file);
+            std::fs::write(&path, &bytes)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        }
+        println!(
+            "{} files downloaded into {}; open {}",
+            seg.artifacts.len(),
+            dir.display(),
+            dir.join("report.html").display()
+        );
+    }
+    Ok(())
+}

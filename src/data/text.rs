@@ -1,0 +1,307 @@
+//! How real exports write their text: delimiters, decimal commas, currency
+//! symbols, thousands separators and byte-order marks.
+//!
+//! Spreadsheets and shop systems differ in every one of these; the readers
+//! take a [`TextFormat`] so one file is never half-read as another.
+
+use std::io::BufRead;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A field separator Segmenta reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delimiter {
+    Comma,
+    Semicolon,
+    Tab,
+    Pipe,
+}
+
+impl Delimiter {
+    pub const ALL: [Delimiter; 4] = [Self::Comma, Self::Semicolon, Self::Tab, Self::Pipe];
+
+    pub fn byte(self) -> u8 {
+        match self {
+            Self::Comma => b',',
+            Self::Semicolon => b';',
+            Self::Tab => b'\t',
+            Self::Pipe => b'|',
+        }
+    }
+
+    /// How a user writes it on the command line.
+    pub fn shown(self) -> &'static str {
+        match self {
+            Self::Comma => ",",
+            Self::Semicolon => ";",
+            Self::Tab => "tab",
+            Self::Pipe => "|",
+        }
+    }
+
+    /// The delimiter that splits `header` into the most fields (outside
+    /// quotes); a comma when none occurs.
+    pub fn sniff(header: &str) -> Self {
+        let mut counts = [0usize; 4];
+        let mut quoted = false;
+        for c in header.chars() {
+            if c == '"' {
+                quoted = !quoted;
+            } else if !quoted {
+                if let Some(i) = Self::ALL.iter().position(|d| d.byte() as char == c) {
+                    counts[i] += 1;
+                }
+            }
+        }
+        // Ties keep the earlier entry of ALL: the comma first.
+        let best = (0..4).fold(0, |b, i| if counts[i] > counts[b] { i } else { b });
+        Self::ALL[best]
+    }
+}
+
+impl FromStr for Delimiter {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "," | "comma" => Ok(Self::Comma),
+            ";" | "semicolon" => Ok(Self::Semicolon),
+            "\t" | "\\t" | "tab" => Ok(Self::Tab),
+            "|" | "pipe" => Ok(Self::Pipe),
+            other => Err(format!("unsupported delimiter {other:?}: use , ; tab or |")),
+        }
+    }
+}
+
+impl std::fmt::Display for Delimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.shown())
+    }
+}
+
+/// How a text table writes its fields. `Default`: the delimiter sniffed
+/// from the header line, a decimal point, ISO 8601 dates (day-first or
+/// month-first dates detected when the file settles which).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TextFormat {
+    /// `None`: sniffed from the header line.
+    #[serde(default)]
+    pub delimiter: Option<Delimiter>,
+    /// `12,50` and `1.234,50` instead of `12.50` and `1,234.50`.
+    #[serde(default)]
+    pub decimal_comma: bool,
+    /// A strftime format for the date column (e.g. `%d/%m/%Y`); `None`:
+    /// ISO 8601, or day-/month-first detected from the file.
+    #[serde(default)]
+    pub date_format: Option<String>,
+}
+
+/// UTF-8 byte-order mark, as spreadsheets write it.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Skips a byte-order mark and settles the delimiter: the one given, else
+/// the one sniffed from the first line. Reads nothing past the first buffer.
+pub fn prepare<R: BufRead>(reader: &mut R, given: Option<Delimiter>) -> std::io::Result<Delimiter> {
+    let buffer = reader.fill_buf()?;
+    if buffer.starts_with(BOM) {
+        reader.consume(BOM.len());
+    }
+    if let Some(d) = given {
+        return Ok(d);
+    }
+    let buffer = reader.fill_buf()?;
+    let end = buffer
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(buffer.len());
+    Ok(Delimiter::sniff(&String::from_utf8_lossy(&buffer[..end])))
+}
+
+/// A csv reader over `reader` for `format`: BOM skipped, delimiter settled,
+/// fields trimmed, quotes and CRLF handled. Returns the delimiter used.
+pub fn csv_reader<R: BufRead>(
+    mut reader: R,
+    format: &TextFormat,
+    flexible: bool,
+) -> std::io::Result<(csv::Reader<R>, Delimiter)> {
+    let delimiter = prepare(&mut reader, format.delimiter)?;
+    let csv = csv::ReaderBuilder::new()
+        .delimiter(delimiter.byte())
+        .trim(csv::Trim::All)
+        .flexible(flexible)
+        .from_reader(reader);
+    Ok((csv, delimiter))
+}
+
+/// A hint for a header that did not split: when the only column holds
+/// another delimiter, the file is separated by that one.
+pub fn delimiter_hint(header: &[String], used: Delimiter) -> Option<String> {
+    let [only] = header else { return None };
+    Delimiter::ALL
+        .into_iter()
+        .filter(|d| *d != used)
+        .find(|d| only.contains(d.byte() as char))
+        .map(|d| format!("the header did not split on '{used}'; try --delimiter '{d}'"))
+}
+
+/// Parses a number as exports write it: surrounding spaces, a currency
+/// symbol or code before or after (`$12.50`, `12,50 €`, `EUR 3`), thousands
+/// separators (`1,234.50`; `1.234,50` with `decimal_comma`), a sign before
+/// or after, accounting parentheses for negatives (`(12.50)`).
+///
+/// Separators must group digits by three, so `12,50` is not read as 1250
+/// without `decimal_comma`: it fails, and the caller can suggest the option.
+/// Non-finite values are refused.
+pub fn parse_number(text: &str, decimal_comma: bool) -> Option<f64> {
+    let t = text.trim();
+    let plain = if decimal_comma {
+        !t.contains(['.', ','])
+    } else {
+        true
+    };
+    if plain {
+        if let Ok(v) = t.parse::<f64>() {
+            return v.is_finite().then_some(v);
+        }
+    }
+    let (parens, t) = match t.strip_prefix('(').and_then(|s| s.strip_suffix(')')) {
+        Some(inner) => (true, inner.trim()),
+        None => (false, t),
+    };
+    let first = t.find(|c: char| c.is_ascii_digit() || c == '.' || c == ',')?;
+    let last = t.rfind(|c: char| c.is_ascii_digit())?;
+    if last < first {
+        return None;
+    }
+    let (prefix, body, suffix) = (&t[..first], &t[first..=last], &t[last + 1..]);
+    let mut negative = parens;
+    let mut signs = 0;
+    for c in prefix.chars().chain(suffix.chars()) {
+        match c {
+            '-' | '+' => {
+                signs += 1;
+                negative ^= c == '-';
+            }
+            c if c.is_whitespace() || c.is_alphabetic() || c == '$' || !c.is_ascii() => {}
+            _ => return None,
+        }
+    }
+    if signs > 1 || (parens && signs > 0) {
+        return None;
+    }
+    let (decimal, group) = if decimal_comma {
+        (',', '.')
+    } else {
+        ('.', ',')
+    };
+    let body: String = body
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '\u{a0}' | '\u{202f}' | '\''))
+        .collect();
+    let (int, frac) = match body.split_once(decimal) {
+        Some((i, f)) => (i, Some(f)),
+        None => (body.as_str(), None),
+    };
+    if let Some(f) = frac {
+        if !f.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+    }
+    let groups: Vec<&str> = int.split(group).collect();
+    let grouped = groups.len() > 1;
+    for (i, g) in groups.iter().enumerate() {
+        let ok = g.bytes().all(|b| b.is_ascii_digit())
+            && match (grouped, i) {
+                (false, _) => true,
+                (true, 0) => (1..=3).contains(&g.len()),
+                (true, _) => g.len() == 3,
+            };
+        if !ok {
+            return None;
+        }
+    }
+    let digits: String = groups.concat();
+    if digits.is_empty() && frac.is_none_or(str::is_empty) {
+        return None;
+    }
+    let v: f64 = format!(
+        "{}.{}",
+        if digits.is_empty() { "0" } else { &digits },
+        frac.unwrap_or("0")
+    )
+    .parse()
+    .ok()?;
+    let v = if negative { -v } else { v };
+    v.is_finite().then_some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_numbers_parse() {
+        let cases = [
+            ("12.50", false, Some(12.5)),
+            ("  7 ", false, Some(7.0)),
+            ("1e-5", false, Some(1e-5)),
+            ("$12.50", false, Some(12.5)),
+            ("-$12.50", false, Some(-12.5)),
+            ("$-12.50", false, Some(-12.5)),
+            ("$1,234.50", false, Some(1234.5)),
+            ("1,234,567", false, Some(1_234_567.0)),
+            ("(12.50)", false, Some(-12.5)),
+            ("12.50 USD", false, Some(12.5)),
+            ("£3", false, Some(3.0)),
+            ("12,50", false, None),
+            ("1,23,456", false, None),
+            ("12,50", true, Some(12.5)),
+            ("1.234,50 €", true, Some(1234.5)),
+            ("1 234,50 €", true, Some(1234.5)),
+            ("-0,5", true, Some(-0.5)),
+            ("12.50", true, None),
+            ("12", true, Some(12.0)),
+            ("", false, None),
+            ("abc", false, None),
+            ("NaN", false, None),
+            ("inf", false, None),
+            ("#12", false, None),
+            ("--12", false, None),
+            ("12-", false, Some(-12.0)),
+        ];
+        for (text, comma, want) in cases {
+            assert_eq!(
+                parse_number(text, comma),
+                want,
+                "{text:?} decimal_comma={comma}"
+            );
+        }
+    }
+
+    #[test]
+    fn delimiters_are_sniffed_outside_quotes() {
+        assert_eq!(
+            Delimiter::sniff("customer_id;date;amount"),
+            Delimiter::Semicolon
+        );
+        assert_eq!(Delimiter::sniff("a\tb\tc"), Delimiter::Tab);
+        assert_eq!(Delimiter::sniff("a|b"), Delimiter::Pipe);
+        assert_eq!(Delimiter::sniff("\"x;y;z\",b"), Delimiter::Comma);
+        assert_eq!(Delimiter::sniff("single"), Delimiter::Comma);
+        assert_eq!("tab".parse::<Delimiter>(), Ok(Delimiter::Tab));
+        assert!(":".parse::<Delimiter>().is_err());
+    }
+
+    #[test]
+    fn a_bom_is_skipped_and_the_header_sniffed() {
+        let text = b"\xEF\xBB\xBFid;x\r\n1;2,5\r\n";
+        let format = TextFormat::default();
+        let (mut r, d) = csv_reader(&text[..], &format, false).unwrap();
+        assert_eq!(d, Delimiter::Semicolon);
+        assert_eq!(r.headers().unwrap(), vec!["id", "x"]);
+        let row = r.records().next().unwrap().unwrap();
+        assert_eq!(parse_number(&row[1], true), Some(2.5));
+    }
+}
