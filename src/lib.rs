@@ -11,6 +11,7 @@ pub mod backend;
 pub mod data;
 mod error;
 pub mod kmeans;
+pub mod model_file;
 pub mod pca;
 pub mod segmentation;
 

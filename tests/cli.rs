@@ -519,3 +519,249 @@ fn segment_rejects_bad_options_and_rows_clearly() {
         "cannot read",
     );
 }
+
+fn read_csv(path: &Path) -> Vec<Vec<String>> {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let mut rows = vec![r.headers().unwrap().iter().map(String::from).collect()];
+    rows.extend(
+        r.records()
+            .map(|rec| rec.unwrap().iter().map(String::from).collect()),
+    );
+    rows
+}
+
+#[test]
+fn a_saved_kmeans_model_assigns_offline_as_the_fit_did() {
+    let dir = TempDir::new().unwrap();
+    let model = dir.path().join("km.json");
+    let labels = dir.path().join("labels.csv");
+    let assigned = dir.path().join("assigned.csv");
+    let input = example();
+    let v = json_of(&[
+        "kmeans",
+        "--input",
+        input.to_str().unwrap(),
+        "--columns",
+        "recency_days,monetary,frequency",
+        "--k",
+        "4",
+        "--standardize",
+        "--backend",
+        "cpu",
+        "--json",
+        "--save-model",
+        model.to_str().unwrap(),
+        "--labels-out",
+        labels.to_str().unwrap(),
+    ]);
+    assert_eq!(v["converged"], true);
+    segmenta()
+        .args([
+            "assign",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--id-col",
+            "tenure_days",
+            "--backend",
+            "cpu",
+            "--out",
+            assigned.to_str().unwrap(),
+        ])
+        .assert()
+        .success();
+    let fit = read_csv(&labels);
+    let offline = read_csv(&assigned);
+    assert_eq!(offline[0], ["tenure_days", "label", "distance", "margin"]);
+    assert_eq!(fit.len(), offline.len());
+    let source = read_csv(&input);
+    for i in 1..fit.len() {
+        assert_eq!(fit[i][1], offline[i][1], "row {i}: the same label");
+        assert_eq!(
+            offline[i][0], source[i][4],
+            "row {i}: keyed by the id column"
+        );
+    }
+    // A PCA model is refused by name.
+    let pca = dir.path().join("pca.json");
+    segmenta()
+        .args([
+            "pca",
+            "--input",
+            input.to_str().unwrap(),
+            "--n-components",
+            "2",
+        ])
+        .args(["--backend", "cpu", "--save-model", pca.to_str().unwrap()])
+        .assert()
+        .success();
+    fails_with(
+        &[
+            "assign",
+            "--model",
+            pca.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ],
+        "holds a PCA model; this command needs a k-means model",
+    );
+    let garbage = write(&dir, "garbage.json", "{\"format\": \"other\"}");
+    fails_with(
+        &[
+            "assign",
+            "--model",
+            garbage.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ],
+        "is not a Segmenta model file",
+    );
+    let newer = write(
+        &dir,
+        "newer.json",
+        "{\"format\": \"segmenta-model\", \"version\": 99, \"kind\": \"kmeans\"}",
+    );
+    fails_with(
+        &[
+            "assign",
+            "--model",
+            newer.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ],
+        "version 99 model file",
+    );
+}
+
+#[test]
+fn max_iter_reached_is_not_called_converged() {
+    let input = example();
+    let args = [
+        "kmeans",
+        "--input",
+        input.to_str().unwrap(),
+        "--k",
+        "6",
+        "--max-iter",
+        "1",
+    ];
+    let v = json_of(&[&args[..], &["--backend", "cpu", "--json"]].concat());
+    assert_eq!(v["converged"], false);
+    assert_eq!(v["n_iter"], 1);
+    segmenta()
+        .args(args)
+        .args(["--backend", "cpu"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "stopped at max_iter = 1 before converging",
+        ))
+        .stdout(predicate::str::contains("converged after").not());
+}
+
+#[test]
+fn pca_transforms_and_inverts_from_the_cli() {
+    let dir = TempDir::new().unwrap();
+    let input = example();
+    let model = dir.path().join("pca.json");
+    let projected = dir.path().join("pc.csv");
+    let back = dir.path().join("back.csv");
+    let cols = "recency_days,frequency,monetary";
+    segmenta()
+        .args(["pca", "--input", input.to_str().unwrap(), "--columns", cols])
+        .args(["--n-components", "3", "--backend", "cpu", "--save-model"])
+        .args([
+            model.to_str().unwrap(),
+            "--transform-out",
+            projected.to_str().unwrap(),
+        ])
+        .assert()
+        .success();
+    assert_eq!(read_csv(&projected)[0], ["row", "pc1", "pc2", "pc3"]);
+    segmenta()
+        .args(["pca", "--model", model.to_str().unwrap(), "--input"])
+        .args([projected.to_str().unwrap(), "--inverse", "--transform-out"])
+        .args([back.to_str().unwrap(), "--backend", "cpu"])
+        .assert()
+        .success();
+    let (original, restored) = (read_csv(&input), read_csv(&back));
+    assert_eq!(
+        restored[0],
+        ["row", "recency_days", "frequency", "monetary"]
+    );
+    assert_eq!(original.len(), restored.len());
+    for i in 1..original.len() {
+        for (j, c) in [0usize, 1, 2].iter().enumerate() {
+            let want: f64 = original[i][*c].parse().unwrap();
+            let got: f64 = restored[i][j + 1].parse().unwrap();
+            // All components kept: the round trip is exact up to f32
+            // rounding of values in the thousands (relative 1e-5).
+            assert!(
+                (want - got).abs() <= 1e-5 * want.abs().max(100.0),
+                "row {i} col {c}: {want} vs {got}"
+            );
+        }
+    }
+}
+
+#[test]
+fn score_reproduces_the_segments_of_the_run_that_saved_the_model() {
+    let dir = TempDir::new().unwrap();
+    let log = dir.path().join("log.csv");
+    segmenta::segmentation::demo::write_demo_log(&log, 1_500, 5).unwrap();
+    let out = dir.path().join("run");
+    let common = [
+        "--order-col",
+        "order_id",
+        "--as-of",
+        "2026-01-20",
+        "--backend",
+        "cpu",
+    ];
+    segmenta()
+        .args([
+            "segment",
+            "--transactions",
+            log.to_str().unwrap(),
+            "--k",
+            "4",
+        ])
+        .args(["--out", out.to_str().unwrap()])
+        .args(common)
+        .assert()
+        .success();
+    let scored = dir.path().join("scored.csv");
+    segmenta()
+        .args(["score", "--model", out.to_str().unwrap(), "--transactions"])
+        .args([log.to_str().unwrap(), "--out", scored.to_str().unwrap()])
+        .args(common)
+        .assert()
+        .success();
+    let table = read_csv(&out.join("customers.csv"));
+    let col = |name: &str| table[0].iter().position(|c| c == name).unwrap();
+    let (id, segment) = (col("customer_id"), col("segment"));
+    let want: std::collections::HashMap<&str, &str> = table[1..]
+        .iter()
+        .map(|r| (r[id].as_str(), r[segment].as_str()))
+        .collect();
+    let got = read_csv(&scored);
+    assert_eq!(
+        got[0],
+        [
+            "customer_id",
+            "segment",
+            "description",
+            "distance",
+            "margin"
+        ]
+    );
+    assert_eq!(got.len(), table.len());
+    let segments: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("segments.json")).unwrap()).unwrap();
+    for r in &got[1..] {
+        assert_eq!(want[r[0].as_str()], r[1], "customer {}", r[0]);
+        let s: usize = r[1].parse().unwrap();
+        assert_eq!(segments["segments"][s]["description"], r[2].as_str());
+    }
+}

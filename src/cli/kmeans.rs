@@ -10,6 +10,7 @@ use super::InputArgs;
 use segmenta::backend::{select, with_cpu_fallback};
 use segmenta::data::{read_table, read_table_limited, ReadLimits};
 use segmenta::kmeans::{FitControl, Init, KMeansParams};
+use segmenta::model_file::TableModel;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum InitArg {
@@ -52,6 +53,10 @@ pub struct KmeansArgs {
     /// Write each row's label and squared distance to this CSV file.
     #[arg(long)]
     pub labels_out: Option<PathBuf>,
+    /// Save the model (centroids, scaling, columns) to this file, for
+    /// `segmenta assign --model`.
+    #[arg(long, value_name = "FILE")]
+    pub save_model: Option<PathBuf>,
 }
 
 pub fn run(args: KmeansArgs) -> anyhow::Result<()> {
@@ -100,6 +105,13 @@ pub fn run(args: KmeansArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     if let Some(path) = &args.labels_out {
         write_labels(path, model.labels(), model.distances())?;
+    }
+    if let Some(path) = &args.save_model {
+        TableModel::Kmeans {
+            columns: columns.clone(),
+            model: model.clone(),
+        }
+        .save(path)?;
     }
     let info = model.backend();
     if args.input.json {

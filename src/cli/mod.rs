@@ -1,5 +1,6 @@
 //! The `segmenta` command line: thin wrappers over the library.
 
+mod assign;
 mod bench;
 mod client;
 mod keys;
@@ -40,6 +41,10 @@ pub enum Command {
     Kmeans(kmeans::KmeansArgs),
     /// Principal component analysis of a CSV or Parquet file.
     Pca(pca::PcaArgs),
+    /// Assign rows to the clusters of a saved model (no server needed).
+    Assign(assign::AssignArgs),
+    /// Score customers from a transaction log against a segment run's model.
+    Score(assign::ScoreArgs),
     /// Time Lloyd iterations on synthetic data (optionally against scikit-learn).
     Bench(bench::BenchArgs),
     /// Run the gRPC server.
@@ -120,6 +125,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Segment(args) => segment::run_segment(args),
         Command::Kmeans(args) => kmeans::run(args),
         Command::Pca(args) => pca::run(args),
+        Command::Assign(args) => assign::run_assign(args),
+        Command::Score(args) => assign::run_score(args),
         Command::Bench(args) => bench::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Client(args) => client::run(args),

@@ -80,9 +80,16 @@ impl Default for SegmentParams {
 }
 
 /// What a later refresh needs: the fitted model with its preprocessing, and
-/// who was in which segment. Saved as `model.json`.
+/// who was in which segment. Saved as `model.json`, a model file of kind
+/// `segments` ([`crate::model_file`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SegmentModel {
+    #[serde(default = "model_format")]
+    pub format: String,
+    #[serde(default = "model_version")]
+    pub version: u32,
+    #[serde(default = "segments_kind")]
+    pub kind: String,
     pub as_of: NaiveDate,
     pub features: Vec<String>,
     /// Clusters on `log1p` (where the features are skewed) then
@@ -94,6 +101,16 @@ pub struct SegmentModel {
     pub labels: Vec<u32>,
 }
 
+fn model_format() -> String {
+    crate::model_file::FORMAT.into()
+}
+fn model_version() -> u32 {
+    crate::model_file::VERSION
+}
+fn segments_kind() -> String {
+    "segments".into()
+}
+
 impl SegmentModel {
     pub fn load(path: &Path) -> Result<Self> {
         let bad = |message: String| SegmentationError::PreviousModel {
@@ -102,6 +119,14 @@ impl SegmentModel {
         };
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
         let model: Self = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        if model.version > crate::model_file::VERSION {
+            return Err(bad(format!(
+                "a version {} model file; this build reads up to version {}",
+                model.version,
+                crate::model_file::VERSION
+            ))
+            .into());
+        }
         if model.features != FEATURE_NAMES || model.kmeans.n_features() != FEATURE_NAMES.len() {
             return Err(bad(format!(
                 "features {:?} are not Segmenta's {:?}",
@@ -371,6 +396,9 @@ pub fn segment_customers(
     let scatter = scatter(backend, &kmeans, x, &prediction.labels, params.seed)?;
     let backend_info = kmeans.backend().clone();
     let model = SegmentModel {
+        format: model_format(),
+        version: model_version(),
+        kind: segments_kind(),
         as_of: customers.as_of,
         features: FEATURE_NAMES.iter().map(|s| s.to_string()).collect(),
         descriptions: profiles.iter().map(|p| p.description.clone()).collect(),

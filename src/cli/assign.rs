@@ -1,0 +1,236 @@
+//! `segmenta assign` and `segmenta score`: scoring with a saved model, no
+//! server needed.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use ndarray::Array2;
+
+use super::TextArgs;
+use segmenta::backend::{select, with_cpu_fallback, BackendChoice};
+use segmenta::data::{read_table_limited, read_text_column, ReadLimits};
+use segmenta::kmeans::Prediction;
+use segmenta::model_file::ModelFile;
+use segmenta::segmentation::features::{customer_features, FEATURE_NAMES};
+use segmenta::segmentation::transactions::{
+    read_transactions_as, BadRowPolicy, TransactionColumns,
+};
+use segmenta::segmentation::SegmentationError;
+
+#[derive(Debug, Args)]
+pub struct AssignArgs {
+    /// A model file: `kmeans --save-model`, or a segment run's model.json
+    /// (rows are then customers' features: recency_days, frequency, …).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Rows to assign (CSV/TSV or Parquet) with the model's columns.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Column whose values name each row in the output (default: row numbers).
+    #[arg(long)]
+    pub id_col: Option<String>,
+    /// Write the CSV here instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub text: TextArgs,
+    /// auto: a hardware GPU if present, else the CPU. gpu: any GPU adapter. cpu: native kernels.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto, env = "SEGMENTA_BACKEND")]
+    pub backend: BackendChoice,
+}
+
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// A segment run's model.json (or its output directory).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Transactions of new or updated customers (CSV/TSV or Parquet).
+    #[arg(long)]
+    pub transactions: PathBuf,
+    /// Features are computed as of this date (YYYY-MM-DD; default: the day
+    /// after the latest transaction).
+    #[arg(long, value_name = "DATE")]
+    pub as_of: Option<String>,
+    /// Write the CSV here instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Customer id column.
+    #[arg(long, default_value = "customer_id")]
+    pub customer_col: String,
+    /// Purchase date column.
+    #[arg(long, default_value = "date")]
+    pub date_col: String,
+    /// Spend column (a unit price with --quantity-col).
+    #[arg(long, default_value = "amount")]
+    pub amount_col: String,
+    /// Spend = amount × quantity.
+    #[arg(long)]
+    pub quantity_col: Option<String>,
+    /// Frequency counts distinct orders of this column.
+    #[arg(long)]
+    pub order_col: Option<String>,
+    /// strftime format of the dates, e.g. %d/%m/%Y.
+    #[arg(long, value_name = "FORMAT")]
+    pub date_format: Option<String>,
+    #[command(flatten)]
+    pub text: TextArgs,
+    /// auto: a hardware GPU if present, else the CPU. gpu: any GPU adapter. cpu: native kernels.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto, env = "SEGMENTA_BACKEND")]
+    pub backend: BackendChoice,
+}
+
+fn predict(
+    choice: BackendChoice,
+    x: &Array2<f32>,
+    model: &segmenta::kmeans::KMeansModel,
+) -> anyhow::Result<Prediction> {
+    let backend = select(choice)?;
+    Ok(with_cpu_fallback(choice, backend.as_ref(), |b| {
+        model.predict(b, x.view())
+    })?)
+}
+
+fn writer(out: Option<&Path>) -> anyhow::Result<csv::Writer<Box<dyn std::io::Write>>> {
+    let sink: Box<dyn std::io::Write> = match out {
+        Some(p) => Box::new(
+            std::fs::File::create(p)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    Ok(csv::Writer::from_writer(sink))
+}
+
+/// One CSV row per input row: id, label (and description), distance, margin.
+fn write_rows(
+    out: Option<&Path>,
+    id_name: &str,
+    ids: &[String],
+    p: &Prediction,
+    descriptions: Option<&[String]>,
+) -> anyhow::Result<()> {
+    let mut w = writer(out)?;
+    let mut header = vec![
+        id_name,
+        if descriptions.is_some() {
+            "segment"
+        } else {
+            "label"
+        },
+    ];
+    if descriptions.is_some() {
+        header.push("description");
+    }
+    header.extend(["distance", "margin"]);
+    w.write_record(&header)?;
+    for (i, id) in ids.iter().enumerate() {
+        let label = p.labels[i];
+        let mut record = vec![id.clone(), label.to_string()];
+        if let Some(d) = descriptions {
+            record.push(d.get(label as usize).cloned().unwrap_or_default());
+        }
+        record.push(p.distances[i].to_string());
+        record.push(
+            p.margins
+                .as_ref()
+                .map_or(String::new(), |m| m[i].to_string()),
+        );
+        w.write_record(&record)?;
+    }
+    w.flush()?;
+    if let Some(path) = out {
+        eprintln!("{} rows written to {}", ids.len(), path.display());
+    }
+    Ok(())
+}
+
+pub fn run_assign(args: AssignArgs) -> anyhow::Result<()> {
+    let file = ModelFile::load(&args.model)?;
+    let (columns, model, descriptions) = match file {
+        ModelFile::Segments(s) => {
+            let s = *s;
+            (
+                FEATURE_NAMES
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>(),
+                s.kmeans,
+                Some(s.descriptions),
+            )
+        }
+        other => {
+            let (columns, model) = other.kmeans(&args.model)?;
+            (columns, model, None)
+        }
+    };
+    let format = args.text.format(None);
+    let data = read_table_limited(&args.input, &columns, &format, ReadLimits::NONE)?;
+    let ids = match &args.id_col {
+        Some(col) => read_text_column(&args.input, col, &format)?,
+        None => (1..=data.n_rows()).map(|i| i.to_string()).collect(),
+    };
+    let p = predict(args.backend, &data.values, &model)?;
+    write_rows(
+        args.out.as_deref(),
+        args.id_col.as_deref().unwrap_or("row"),
+        &ids,
+        &p,
+        descriptions.as_deref(),
+    )
+}
+
+pub fn run_score(args: ScoreArgs) -> anyhow::Result<()> {
+    let path = if args.model.is_dir() {
+        args.model.join("model.json")
+    } else {
+        args.model.clone()
+    };
+    let model = match ModelFile::load(&path)? {
+        ModelFile::Segments(s) => *s,
+        other => anyhow::bail!(
+            "{} holds a {} model; score needs a segment run's model.json (use assign for k-means models)",
+            path.display(),
+            other.kind()
+        ),
+    };
+    let as_of = args
+        .as_of
+        .as_deref()
+        .map(|d| {
+            chrono::NaiveDate::parse_from_str(d.trim(), "%Y-%m-%d")
+                .map_err(|_| SegmentationError::BadDate(d.to_owned()))
+        })
+        .transpose()?;
+    let columns = TransactionColumns {
+        customer: args.customer_col,
+        date: args.date_col,
+        amount: args.amount_col,
+        quantity: args.quantity_col,
+        order: args.order_col,
+    };
+    let format = args.text.format(args.date_format);
+    let log = read_transactions_as(&args.transactions, &columns, &format, BadRowPolicy::Skip)?;
+    if log.bad_rows.total > 0 {
+        eprintln!(
+            "warning: {} of {} rows skipped as unreadable: {}",
+            log.bad_rows.total,
+            log.rows_read,
+            log.bad_rows.summary(true)
+        );
+    }
+    let customers = customer_features(&log, as_of)?;
+    let p = predict(args.backend, &customers.values, &model.kmeans)?;
+    eprintln!(
+        "{} customers scored as of {} against the segments of {}",
+        customers.ids.len(),
+        customers.as_of,
+        model.as_of
+    );
+    write_rows(
+        args.out.as_deref(),
+        "customer_id",
+        &customers.ids,
+        &p,
+        Some(&model.descriptions),
+    )
+}
