@@ -36,7 +36,7 @@ pub enum TableModel {
 #[derive(Debug, Clone)]
 pub enum ModelFile {
     Table(TableModel),
-    Segments(Box<SegmentModel>),
+    Segments(SegmentModel),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,9 +92,9 @@ impl ModelFile {
             return Err(ModelFileError::TooNew { path: p, version });
         }
         let model = match value.get("kind").and_then(|k| k.as_str()) {
-            None | Some("segments") => Self::Segments(Box::new(
-                SegmentModel::load(path).map_err(|e| not(e.to_string()))?,
-            )),
+            None | Some("segments") => {
+                Self::Segments(SegmentModel::load(path).map_err(|e| not(e.to_string()))?)
+            }
             Some(_) => Self::Table(serde_json::from_value(value).map_err(|e| not(e.to_string()))?),
         };
         if let Self::Table(t) = &model {

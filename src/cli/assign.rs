@@ -147,17 +147,14 @@ fn write_rows(
 pub fn run_assign(args: AssignArgs) -> anyhow::Result<()> {
     let file = ModelFile::load(&args.model)?;
     let (columns, model, descriptions) = match file {
-        ModelFile::Segments(s) => {
-            let s = *s;
-            (
-                FEATURE_NAMES
-                    .iter()
-                    .map(|c| c.to_string())
-                    .collect::<Vec<_>>(),
-                s.kmeans,
-                Some(s.descriptions),
-            )
-        }
+        ModelFile::Segments(s) => (
+            FEATURE_NAMES
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>(),
+            s.kmeans,
+            Some(s.descriptions),
+        ),
         other => {
             let (columns, model) = other.kmeans(&args.model)?;
             (columns, model, None)
@@ -186,7 +183,7 @@ pub fn run_score(args: ScoreArgs) -> anyhow::Result<()> {
         args.model.clone()
     };
     let model = match ModelFile::load(&path)? {
-        ModelFile::Segments(s) => *s,
+        ModelFile::Segments(s) => s,
         other => anyhow::bail!(
             "{} holds a {} model; score needs a segment run's model.json (use assign for k-means models)",
             path.display(),

@@ -115,11 +115,18 @@ fn selected(args: &BenchArgs) -> anyhow::Result<Vec<Workload>> {
 /// The backends to run, and the GPU's measured f32 peak when there is one.
 type Backends = (Vec<Box<dyn Backend>>, Option<f64>);
 
-fn backends(which: Which) -> anyhow::Result<Backends> {
+/// `quick` with every backend skips a software GPU adapter (lavapipe runs
+/// the shaders hundreds of times slower than a GPU: minutes even for the
+/// quick shapes); `--backend gpu` still runs it.
+fn backends(which: Which, quick: bool) -> anyhow::Result<Backends> {
     let mut out: Vec<Box<dyn Backend>> = Vec::new();
     let mut gpu_peak = None;
     if which != Which::Cpu {
         match GpuBackend::new(AdapterPolicy::Any) {
+            Ok(gpu) if quick && which == Which::All && !gpu.is_hardware() => eprintln!(
+                "GPU skipped under --quick: {} is a software adapter (run with --backend gpu to time it anyway)",
+                gpu.adapter_name()
+            ),
             Ok(gpu) => {
                 gpu_peak = Some(gpu.peak_gflops()?);
                 out.push(Box::new(gpu));
@@ -146,7 +153,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         return service::run(&data_for(&w, args.seed), k, args.json);
     }
     let workloads = selected(&args)?;
-    let (backends, gpu_peak) = backends(args.backend)?;
+    let (backends, gpu_peak) = backends(args.backend, args.quick)?;
     let cpu_peak = backends
         .iter()
         .any(|b| b.info().backend == segmenta::backend::BackendKind::Cpu)
