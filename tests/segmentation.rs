@@ -452,8 +452,122 @@ fn a_refresh_on_a_newer_log_reports_movers_and_new_customers() {
     );
     assert_eq!(both + arrived, new.customers.ids.len());
     assert!(arrived > 0, "customers who first bought after July 2025");
-    let moved = both - (0..5).map(|i| t.counts[i][i]).sum::<usize>();
+    let moved = both - t.stayed();
     assert!(moved > 0, "half a year changes some customers' behaviour");
+    let diagonal: usize = (0..5)
+        .filter(|&i| t.ids[i] == t.previous_ids[i])
+        .map(|i| t.counts[i][i])
+        .sum();
+    assert!(
+        t.stayed() >= diagonal,
+        "stayed counts every pair with the same id"
+    );
+}
+
+#[test]
+fn a_group_that_leaves_retires_its_id_and_a_new_group_gets_a_new_one() {
+    let dir = TempDir::new().unwrap();
+    let fixed = demo_params(&SegmentParams {
+        k: Some(KChoice::Fixed(5)),
+        ..SegmentParams::default()
+    });
+    let (first, _) = demo_run(&dir, 4_000, &fixed);
+    let path = dir.path().join("transactions.csv");
+    // The changed log: every customer of the largest segment is gone, and
+    // a new kind of customer arrives (a daily buyer of tiny baskets).
+    let largest = first.profiles.iter().max_by_key(|p| p.size).unwrap().id as u32;
+    let gone: std::collections::HashSet<&str> = first
+        .customers
+        .ids
+        .iter()
+        .zip(&first.prediction.labels)
+        .filter(|(_, &l)| first.model.id_of(l) == largest)
+        .map(|(id, _)| id.as_str())
+        .collect();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    let customer = header.split(',').position(|c| c == "customer_id").unwrap();
+    let mut changed: Vec<String> = vec![header.to_owned()];
+    changed.extend(
+        lines
+            .filter(|l| !gone.contains(l.split(',').nth(customer).unwrap()))
+            .map(str::to_owned),
+    );
+    let columns: Vec<&str> = header.split(',').collect();
+    let last_day = first.model.as_of - chrono::Days::new(1);
+    for c in 0..800 {
+        for d in 0..60u64 {
+            let fields: Vec<String> = columns
+                .iter()
+                .map(|&name| match name {
+                    "customer_id" => format!("NEW{c}"),
+                    "order_id" => format!("NEW{c}-{d}"),
+                    "date" => (last_day - chrono::Days::new(d)).to_string(),
+                    "amount" => "1.50".to_owned(),
+                    _ => "1".to_owned(),
+                })
+                .collect();
+            changed.push(fields.join(","));
+        }
+    }
+    let changed_path = dir.path().join("changed.csv");
+    std::fs::write(&changed_path, changed.join("\n")).unwrap();
+    let params = demo_params(&SegmentParams {
+        as_of: Some(first.model.as_of),
+        ..SegmentParams::default()
+    });
+    let refreshed = run_segmentation(
+        &CpuBackend::new(),
+        &changed_path,
+        &params,
+        Some(&first.model),
+        &SegmentControl::default(),
+    )
+    .unwrap();
+    let r = refreshed.refresh.as_ref().unwrap();
+    let ids = refreshed.model.ids();
+    assert!(
+        !ids.contains(&largest),
+        "the gone group's id is retired: {ids:?}"
+    );
+    assert!(
+        r.changes
+            .contains(&segmenta::segmentation::refresh::SegmentChange::Retired { id: largest }),
+        "{:?}",
+        r.changes
+    );
+    assert!(
+        ids.iter().any(|&i| i >= 5),
+        "a new id, never a reused one: {ids:?}"
+    );
+    // The new customers sit mostly in one segment, and it has a new id.
+    let mut by_id: HashMap<u32, usize> = HashMap::new();
+    for (id, &l) in refreshed
+        .customers
+        .ids
+        .iter()
+        .zip(&refreshed.prediction.labels)
+    {
+        if id.starts_with("NEW") {
+            *by_id.entry(refreshed.model.id_of(l)).or_default() += 1;
+        }
+    }
+    let (&home, &n) = by_id.iter().max_by_key(|(_, &n)| n).unwrap();
+    assert!(n >= 600 && home >= 5, "new customers {by_id:?}");
+    // Kept is counted: returning customers whose id did not change.
+    let t = &r.transitions;
+    assert_eq!(t.returning(), first.customers.ids.len() - gone.len());
+    assert!(t.stayed() <= t.returning());
+    // The segment ids in the table are the model's ids.
+    let files = write_outputs(&refreshed, &dir.path().join("out")).unwrap();
+    let table = std::fs::read_to_string(files.customers_csv).unwrap();
+    let seen: std::collections::BTreeSet<u32> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(10).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ids);
 }
 
 #[test]

@@ -107,8 +107,9 @@ fn write_rows(
     id_name: &str,
     ids: &[String],
     p: &Prediction,
-    descriptions: Option<&[String]>,
+    segments: Option<(&[String], &[u32])>,
 ) -> anyhow::Result<()> {
+    let descriptions = segments.map(|s| s.0);
     let mut w = writer(out)?;
     let mut header = vec![
         id_name,
@@ -125,7 +126,9 @@ fn write_rows(
     w.write_record(&header)?;
     for (i, id) in ids.iter().enumerate() {
         let label = p.labels[i];
-        let mut record = vec![id.clone(), label.to_string()];
+        // Segments are reported by their stable id, not the centroid row.
+        let shown = segments.map_or(label, |s| s.1.get(label as usize).copied().unwrap_or(label));
+        let mut record = vec![id.clone(), shown.to_string()];
         if let Some(d) = descriptions {
             record.push(d.get(label as usize).cloned().unwrap_or_default());
         }
@@ -146,14 +149,14 @@ fn write_rows(
 
 pub fn run_assign(args: AssignArgs) -> anyhow::Result<()> {
     let file = ModelFile::load(&args.model)?;
-    let (columns, model, descriptions) = match file {
+    let (columns, model, segments) = match file {
         ModelFile::Segments(s) => (
             FEATURE_NAMES
                 .iter()
                 .map(|c| c.to_string())
                 .collect::<Vec<_>>(),
-            s.kmeans,
-            Some(s.descriptions),
+            s.kmeans.clone(),
+            Some((s.descriptions.clone(), s.ids())),
         ),
         other => {
             let (columns, model) = other.kmeans(&args.model)?;
@@ -172,7 +175,7 @@ pub fn run_assign(args: AssignArgs) -> anyhow::Result<()> {
         args.id_col.as_deref().unwrap_or("row"),
         &ids,
         &p,
-        descriptions.as_deref(),
+        segments.as_ref().map(|(d, i)| (d.as_slice(), i.as_slice())),
     )
 }
 
@@ -228,6 +231,6 @@ pub fn run_score(args: ScoreArgs) -> anyhow::Result<()> {
         "customer_id",
         &customers.ids,
         &p,
-        Some(&model.descriptions),
+        Some((&model.descriptions, &model.ids())),
     )
 }

@@ -366,9 +366,9 @@ fn report(
     println!("(recency, frequency, monetary: segment medians)");
     if let Some(r) = &run.refresh {
         println!(
-            "refresh since {}: {:.1}% of returning customers kept their segment",
+            "refresh since {}: {}",
             r.previous_as_of,
-            r.transitions.stayed_fraction() * 100.0
+            segmenta::segmentation::refresh::kept_sentence(r)
         );
     }
     if let Some(demo) = demo {

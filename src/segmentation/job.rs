@@ -14,7 +14,7 @@ use super::features::{
     MONETARY, RECENCY,
 };
 use super::profile::{profile, ProfileInput, SegmentProfile};
-use super::refresh::{match_segments, size_drift, transitions, SizeDrift, Transitions};
+use super::refresh::{carry_ids, size_drift, transitions, SegmentChange, SizeDrift, Transitions};
 use super::rfm::{rfm_scores, RfmScore, RfmSegment};
 use super::sweep::{sweep_k, KSweep};
 use super::transactions::{read_transactions_as, BadRowPolicy, BadRows, TransactionColumns};
@@ -95,9 +95,18 @@ pub struct SegmentModel {
     /// Clusters on `log1p` (where the features are skewed) then
     /// standardised features; the preprocessing is stored inside.
     pub kmeans: KMeansModel,
-    /// One per segment id.
+    /// One per cluster (centroid row).
     pub descriptions: Vec<String>,
+    /// The segment id of each cluster (centroid row), ascending. Ids are
+    /// kept across refreshes while a segment is the same group, and never
+    /// reused; empty in files from before ids were carried (then `0..k`).
+    #[serde(default)]
+    pub segment_ids: Vec<u32>,
+    /// The id the next new segment gets.
+    #[serde(default)]
+    pub next_segment_id: u32,
     pub customer_ids: Vec<String>,
+    /// Per customer: the cluster (centroid row), not the segment id.
     pub labels: Vec<u32>,
 }
 
@@ -160,6 +169,23 @@ impl SegmentModel {
     pub fn k(&self) -> usize {
         self.kmeans.k()
     }
+
+    /// The segment id of each cluster.
+    pub fn ids(&self) -> Vec<u32> {
+        if self.segment_ids.len() == self.k() {
+            self.segment_ids.clone()
+        } else {
+            (0..self.k() as u32).collect()
+        }
+    }
+
+    /// The segment id of cluster `label`.
+    pub fn id_of(&self, label: u32) -> u32 {
+        self.segment_ids
+            .get(label as usize)
+            .copied()
+            .unwrap_or(label)
+    }
 }
 
 /// Reading the log: what was used and what was not.
@@ -184,14 +210,21 @@ pub struct Refresh {
     pub previous_as_of: NaiveDate,
     pub transitions: Transitions,
     pub size_drift: Vec<SizeDrift>,
+    /// Splits, merges, new and retired segments.
+    #[serde(default)]
+    pub changes: Vec<SegmentChange>,
 }
 
 /// A 2-D PCA view of (a sample of) the customers, for the scatter plot.
 #[derive(Debug, Clone, Serialize)]
 pub struct Scatter {
     pub points: Vec<[f32; 2]>,
+    /// Cluster index (position in the profiles) of each point.
     pub labels: Vec<u32>,
     pub explained_variance_ratio: [f64; 2],
+    /// What drives each axis in words, e.g. "frequency and monetary": the
+    /// features with the largest loadings.
+    pub drivers: [String; 2],
 }
 
 /// Everything the segment job produces.
@@ -325,7 +358,16 @@ pub fn segment_customers(
                 .with_k(p.k())
                 .n_init(1)
                 .init(Init::Given(p.kmeans.centroids().clone()));
-            (warm.fit_with(backend, x, None, &control.fit)?, None)
+            let fit = warm.fit_with(backend, x, None, &control.fit)?;
+            // Data the previous centroids already fit (one step, within
+            // tolerance: identical data, say) keep them, so the refresh
+            // reproduces the previous assignment instead of nudging
+            // customers on a border across it.
+            if fit.n_iter() == 1 && fit.converged() && fit.scaler() == p.kmeans.scaler() {
+                (p.kmeans.clone(), None)
+            } else {
+                (fit, None)
+            }
         }
         (None, Some(KChoice::Fixed(k))) => {
             check_enough(n, *k)?;
@@ -363,18 +405,38 @@ pub fn segment_customers(
             (best, Some(sweep))
         }
     };
-    if let Some(p) = previous {
-        // Previous centroids in this fit's scaled space (same log1p flags, so
-        // the map is exact), then the cheapest one-to-one matching.
-        let old = kmeans.scaler().transform(p.kmeans.centroids().view());
-        let new_id = match_segments(old.view(), kmeans.scaled_centroids().view());
-        kmeans.renumber(&new_id);
-    }
-
     control.phase("profiling segments", 0.85);
-    let prediction = kmeans.predict(backend, x)?;
+    let mut prediction = kmeans.predict(backend, x)?;
+    let k = kmeans.k();
+    let carry = previous.map(|p| {
+        let overlap = transitions(
+            (&p.ids(), &vec![0; k]),
+            (&p.customer_ids, &p.labels),
+            (&customers.ids, &prediction.labels),
+        )
+        .counts;
+        carry_ids(&overlap, &p.ids(), p.next_segment_id)
+    });
+    let (segment_ids, next_segment_id, changes) = match carry {
+        Some(c) => {
+            // Clusters in ascending id order.
+            let mut order: Vec<usize> = (0..k).collect();
+            order.sort_by_key(|&c_| c.ids[c_]);
+            let mut new_index = vec![0; k];
+            for (position, &cluster) in order.iter().enumerate() {
+                new_index[cluster] = position;
+            }
+            kmeans.renumber(&new_index);
+            for l in &mut prediction.labels {
+                *l = new_index[*l as usize] as u32;
+            }
+            let ids: Vec<u32> = order.iter().map(|&c_| c.ids[c_]).collect();
+            (ids, c.next_id, c.changes)
+        }
+        None => ((0..k as u32).collect(), k as u32, Vec::new()),
+    };
     let margins = prediction.margins.clone().unwrap_or_else(|| vec![0.0; n]);
-    let (profiles, outliers) = profile(&ProfileInput {
+    let (mut profiles, outliers) = profile(&ProfileInput {
         values: x,
         labels: &prediction.labels,
         distances: &prediction.distances,
@@ -383,14 +445,18 @@ pub fn segment_customers(
         scaled_centroids: kmeans.scaled_centroids().view(),
         outlier_percentile: params.outlier_percentile,
     });
+    for (p, &id) in profiles.iter_mut().zip(&segment_ids) {
+        p.id = id as usize;
+    }
     let refresh = previous.map(|p| Refresh {
         previous_as_of: p.as_of,
         transitions: transitions(
-            kmeans.k(),
+            (&p.ids(), &segment_ids),
             (&p.customer_ids, &p.labels),
             (&customers.ids, &prediction.labels),
         ),
-        size_drift: size_drift(kmeans.k(), &p.labels, &prediction.labels),
+        size_drift: size_drift((&p.ids(), &segment_ids), &p.labels, &prediction.labels),
+        changes: changes.clone(),
     });
     control.phase("projecting for the report", 0.9);
     let scatter = scatter(backend, &kmeans, x, &prediction.labels, params.seed)?;
@@ -402,6 +468,8 @@ pub fn segment_customers(
         as_of: customers.as_of,
         features: FEATURE_NAMES.iter().map(|s| s.to_string()).collect(),
         descriptions: profiles.iter().map(|p| p.description.clone()).collect(),
+        segment_ids,
+        next_segment_id,
         customer_ids: customers.ids.clone(),
         labels: prediction.labels.clone(),
         kmeans,
@@ -487,7 +555,24 @@ fn scatter(
     let sample: Array2<f32> = scaled.select(Axis(0), &rows);
     let projected = pca.transform(backend, sample.view())?;
     let ratio = pca.explained_variance_ratio();
+    let drivers = |c: usize| -> String {
+        let Some(row) = pca.components().outer_iter().nth(c) else {
+            return "nothing (one feature)".into();
+        };
+        let mut by: Vec<(usize, f32)> = row.iter().map(|v| v.abs()).enumerate().collect();
+        by.sort_by(|a, b| b.1.total_cmp(&a.1));
+        // The features carrying most of the axis: the top one, and the
+        // next while it is at least half as large.
+        let names: Vec<&str> = by
+            .iter()
+            .take_while(|&&(_, v)| v >= by[0].1 * 0.5)
+            .take(3)
+            .map(|&(j, _)| FEATURE_NAMES[j])
+            .collect();
+        names.join(", ")
+    };
     Ok(Scatter {
+        drivers: [drivers(0), drivers(1)],
         points: projected
             .rows()
             .into_iter()

@@ -105,7 +105,7 @@ fn customers_csv(run: &SegmentRun) -> Result<Vec<u8>> {
         record.extend(f.iter().map(|v| v.to_string()));
         record.extend([s.r, s.f, s.m].map(|v| v.to_string()));
         record.push(run.rfm_segments[i].name().to_owned());
-        record.push(run.prediction.labels[i].to_string());
+        record.push(run.model.id_of(run.prediction.labels[i]).to_string());
         record.push(run.prediction.distances[i].to_string());
         record.push(margins[i].to_string());
         record.push(run.outliers[i].to_string());
@@ -138,7 +138,13 @@ fn customers_parquet(run: &SegmentRun) -> Result<Vec<u8>> {
             .map(RfmSegment::name)
             .collect::<Vec<_>>(),
     )));
-    columns.push(Arc::new(UInt32Array::from(run.prediction.labels.clone())));
+    columns.push(Arc::new(UInt32Array::from(
+        run.prediction
+            .labels
+            .iter()
+            .map(|&l| run.model.id_of(l))
+            .collect::<Vec<_>>(),
+    )));
     columns.push(Arc::new(Float32Array::from(
         run.prediction.distances.clone(),
     )));

@@ -288,6 +288,13 @@ struct Builder<'a> {
     log: TransactionLog,
 }
 
+/// Digits in a value that does not start with a four-digit year.
+fn looks_like_other_date(value: &str) -> bool {
+    let v = value.trim();
+    let year_first = v.len() >= 5 && v[..4].bytes().all(|b| b.is_ascii_digit());
+    v.bytes().any(|b| b.is_ascii_digit()) && !year_first
+}
+
 /// A field quoted in an example: clipped, so a huge cell stays small.
 fn clip_value(v: &str) -> String {
     if v.chars().count() <= 40 {
@@ -363,7 +370,8 @@ impl<'a> Builder<'a> {
                     }
                 })
             }
-            RowProblem::BadDate if !value.trim().is_empty() => {
+            // A year-first value is an ISO date with a typo, not another format.
+            RowProblem::BadDate if looks_like_other_date(value) => {
                 Some(match &self.format.date_format {
                     Some(f) => format!("it does not match --date-format {f:?}"),
                     None => "pass --date-format with its strftime format, e.g. %d.%m.%Y".to_owned(),

@@ -282,6 +282,9 @@ pub fn segmentation(meta: &SegmentationMeta, doc: &SegmentsDocument) -> pb::Segm
             })
             .collect(),
         stayed_fraction: r.transitions.stayed_fraction(),
+        previous_segment_ids: r.transitions.previous_ids.clone(),
+        segment_ids: r.transitions.ids.clone(),
+        summary: crate::segmentation::refresh::kept_sentence(r),
     });
     let i = &doc.input;
     let input = pb::InputSummary {

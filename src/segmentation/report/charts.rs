@@ -74,23 +74,24 @@ pub fn write_charts(run: &SegmentRun, dir: &Path) -> Result<Vec<Chart>> {
         let ks: Vec<f64> = sweep.scores.iter().map(|s| s.k as f64).collect();
         let elbow = Chart {
             file: "elbow.png",
-            title: "Inertia against k (elbow)",
+            title: "Inertia against k (elbow); the chosen k in red",
         };
         let inertia: Vec<f64> = sweep.scores.iter().map(|s| s.inertia).collect();
         draw(dir, &elbow, |a| {
             line_chart(
                 a,
                 elbow.title,
-                "inertia",
+                "inertia (within-segment sum of squares)",
                 &ks,
                 &inertia,
                 sweep.recommended_k,
+                false,
             )
         })?;
         charts.push(elbow);
         let sil = Chart {
             file: "silhouette.png",
-            title: "Silhouette against k (higher is better)",
+            title: "Silhouette against k (higher is better; axis from 0)",
         };
         let silhouette: Vec<f64> = sweep.scores.iter().map(|s| s.silhouette).collect();
         draw(dir, &sil, |a| {
@@ -101,6 +102,7 @@ pub fn write_charts(run: &SegmentRun, dir: &Path) -> Result<Vec<Chart>> {
                 &ks,
                 &silhouette,
                 sweep.recommended_k,
+                true,
             )
         })?;
         charts.push(sil);
@@ -141,6 +143,7 @@ fn line_chart(
     xs: &[f64],
     ys: &[f64],
     mark: usize,
+    from_zero: bool,
 ) -> std::result::Result<(), String> {
     let (lo, hi) = ys
         .iter()
@@ -148,6 +151,13 @@ fn line_chart(
             (l.min(v), h.max(v))
         });
     let pad = ((hi - lo) * 0.1).max(1e-9);
+    // A score axis from 0 (or below, for negative scores): differences
+    // between k look as large as they are.
+    let (lo, pad_lo) = if from_zero {
+        (lo.min(0.0), 0.0)
+    } else {
+        (lo, pad)
+    };
     let x0 = xs.first().copied().unwrap_or(0.0);
     let x1 = xs.last().copied().unwrap_or(1.0).max(x0 + 1.0);
     let mut chart = ChartBuilder::on(a)
@@ -155,11 +165,11 @@ fn line_chart(
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(80)
-        .build_cartesian_2d((x0 - 0.5)..(x1 + 0.5), (lo - pad)..(hi + pad))
+        .build_cartesian_2d((x0 - 0.5)..(x1 + 0.5), (lo - pad_lo)..(hi + pad))
         .map_err(s)?;
     chart
         .configure_mesh()
-        .x_desc("k")
+        .x_desc(format!("k (chosen: {mark})"))
         .y_desc(y_desc)
         .x_labels(xs.len().min(20))
         .x_label_formatter(&|v| format!("{v:.0}"))
@@ -198,8 +208,10 @@ fn scatter_chart(a: &Area, run: &SegmentRun, title: &str) -> std::result::Result
         }
     };
     let [r1, r2] = run.scatter.explained_variance_ratio;
-    let mut chart = ChartBuilder::on(a)
-        .caption(title, (FONT, 22))
+    // The legend gets its own panel: it never covers customers.
+    let (plot, legend) = a.split_horizontally(SIZE.0 - 260);
+    let mut chart = ChartBuilder::on(&plot)
+        .caption(title, (FONT, 20))
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(60)
@@ -207,42 +219,95 @@ fn scatter_chart(a: &Area, run: &SegmentRun, title: &str) -> std::result::Result
         .map_err(s)?;
     chart
         .configure_mesh()
-        .x_desc(format!("PC1 ({:.0}% of variance)", r1 * 100.0))
-        .y_desc(format!("PC2 ({:.0}% of variance)", r2 * 100.0))
-        .label_style((FONT, 14))
+        .x_desc(format!(
+            "PC1 ({:.0}% of variance): mostly {}",
+            r1 * 100.0,
+            run.scatter.drivers[0]
+        ))
+        .y_desc(format!(
+            "PC2 ({:.0}%): mostly {}",
+            r2 * 100.0,
+            run.scatter.drivers[1]
+        ))
+        .label_style((FONT, 13))
         .draw()
         .map_err(s)?;
-    for (id, p) in run.profiles.iter().enumerate() {
-        let colour = segment_colour(id);
+    for (index, p) in run.profiles.iter().enumerate() {
+        let colour = segment_colour(p.id);
         chart
             .draw_series(
                 pts.iter()
                     .zip(&run.scatter.labels)
-                    .filter(|(_, &l)| l as usize == id)
+                    .filter(|(_, &l)| l as usize == index)
                     .map(|(q, _)| Circle::new((q[0], q[1]), 2, colour.mix(0.6).filled())),
             )
-            .map_err(s)?
-            .label(format!("{id}: {}", p.description))
-            .legend(move |(x, y)| Circle::new((x, y), 5, colour.filled()));
+            .map_err(s)?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font((FONT, 13))
-        .draw()
-        .map_err(s)?;
+    let text = TextStyle::from((FONT, 13).into_font());
+    for (i, p) in run.profiles.iter().enumerate() {
+        let y = 60 + 44 * i as i32;
+        legend
+            .draw(&Circle::new((12, y + 7), 6, segment_colour(p.id).filled()))
+            .map_err(s)?;
+        for (line, part) in wrap(&segment_name(p), 30).iter().enumerate() {
+            legend
+                .draw(&Text::new(
+                    part.clone(),
+                    (26, y + 16 * line as i32),
+                    text.clone(),
+                ))
+                .map_err(s)?;
+        }
+    }
     Ok(())
 }
 
-/// Blue below the base, red above, white at lift 1; saturates at 4× either way.
-fn lift_colour(lift: f64) -> RGBColor {
-    let t = (lift.max(1e-6).log2() / 2.0).clamp(-1.0, 1.0);
+/// Splits `text` at spaces into lines of at most `width` characters.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = vec![String::new()];
+    for word in text.split(' ') {
+        let last = lines.last_mut().expect("one line");
+        if !last.is_empty() && last.len() + 1 + word.len() > width {
+            lines.push(word.to_owned());
+        } else {
+            if !last.is_empty() {
+                last.push(' ');
+            }
+            last.push_str(word);
+        }
+    }
+    lines
+}
+
+/// "3: recent, frequent, high spend".
+pub fn segment_name(p: &crate::segmentation::profile::SegmentProfile) -> String {
+    format!("{}: {}", p.id, p.description)
+}
+
+/// Whether a higher value of each feature is better for the business:
+/// recency is days since the last purchase, so lower is better.
+const HIGHER_IS_BETTER: [bool; 5] = [false, true, true, true, true];
+
+/// The goodness of a lift in log2 units: positive is better than the base.
+fn goodness(feature: usize, lift: f64) -> f64 {
+    let l = lift.max(1e-3).log2();
+    if HIGHER_IS_BETTER[feature] {
+        l
+    } else {
+        -l
+    }
+}
+
+/// Green for better than the base, red for worse, white at lift 1; the
+/// shade is linear in log2(lift) up to `full` (the largest in the chart),
+/// so 0.07× and 0.24× are told apart.
+fn goodness_colour(g: f64, full: f64) -> RGBColor {
+    let t = (g / full.max(1e-9)).clamp(-1.0, 1.0);
     let fade = |c: u8| (255.0 - (255.0 - c as f64) * t.abs()) as u8;
     if t >= 0.0 {
-        RGBColor(fade(214), fade(39), fade(40))
+        RGBColor(fade(26), fade(152), fade(80))
     } else {
-        RGBColor(fade(31), fade(119), fade(180))
+        RGBColor(fade(215), fade(48), fade(39))
     }
 }
 
@@ -303,19 +368,62 @@ fn grid_chart(
     Ok(())
 }
 
+/// Names short enough for an axis: the id and the description, clipped.
 fn segment_names(run: &SegmentRun) -> Vec<String> {
     run.profiles
         .iter()
-        .map(|p| format!("segment {}", p.id))
+        .map(|p| {
+            let name = segment_name(p);
+            if name.chars().count() > 34 {
+                name.chars().take(33).chain(['…']).collect()
+            } else {
+                name
+            }
+        })
         .collect()
 }
 
 fn profile_heatmap(a: &Area, run: &SegmentRun, title: &str) -> std::result::Result<(), String> {
-    let columns: Vec<String> = FEATURE_NAMES.iter().map(|s| s.to_string()).collect();
-    grid_chart(a, title, &columns, &segment_names(run), &|r, c| {
+    let columns: Vec<String> = FEATURE_NAMES
+        .iter()
+        .enumerate()
+        .map(|(j, s)| {
+            if HIGHER_IS_BETTER[j] {
+                s.to_string()
+            } else {
+                format!("{s} (low = good)")
+            }
+        })
+        .collect();
+    let full = run
+        .profiles
+        .iter()
+        .flat_map(|p| {
+            p.features
+                .iter()
+                .enumerate()
+                .map(|(j, f)| goodness(j, f.lift).abs())
+        })
+        .fold(0.0, f64::max);
+    let (grid, key) = a.split_vertically(SIZE.1 - 30);
+    grid_chart(&grid, title, &columns, &segment_names(run), &|r, c| {
         let lift = run.profiles[r].features[c].lift;
-        (lift_colour(lift), format!("{lift:.2}×"))
-    })
+        (
+            goodness_colour(goodness(c, lift), full),
+            format!("{lift:.2}×"),
+        )
+    })?;
+    key.draw(&Text::new(
+        format!(
+            "cells: segment mean ÷ base mean. Green: better than the base, red: worse; shade by log2 of the lift, full at {:.1}× (or 1/{:.1}×)",
+            full.exp2(),
+            full.exp2()
+        ),
+        (16, 6),
+        TextStyle::from((FONT, 13).into_font()),
+    ))
+    .map_err(s)?;
+    Ok(())
 }
 
 fn transition_heatmap(a: &Area, run: &SegmentRun, title: &str) -> std::result::Result<(), String> {
@@ -324,9 +432,15 @@ fn transition_heatmap(a: &Area, run: &SegmentRun, title: &str) -> std::result::R
     };
     let t = &refresh.transitions;
     let k = t.counts.len();
-    let mut columns: Vec<String> = (0..k).map(|i| format!("now {i}")).collect();
+    let k_new = t.arrived.len();
+    let id = |v: &[u32], i: usize| v.get(i).copied().unwrap_or(i as u32);
+    let mut columns: Vec<String> = (0..k_new)
+        .map(|i| format!("now {}", id(&t.ids, i)))
+        .collect();
     columns.push("left".into());
-    let mut rows: Vec<String> = (0..k).map(|i| format!("was {i}")).collect();
+    let mut rows: Vec<String> = (0..k)
+        .map(|i| format!("was {}", id(&t.previous_ids, i)))
+        .collect();
     rows.push("new customers".into());
     let max = t
         .counts
@@ -339,7 +453,7 @@ fn transition_heatmap(a: &Area, run: &SegmentRun, title: &str) -> std::result::R
         .unwrap_or(1)
         .max(1);
     grid_chart(a, title, &columns, &rows, &|r, c| {
-        let count = match (r < k, c < k) {
+        let count = match (r < k, c < k_new) {
             (true, true) => t.counts[r][c],
             (true, false) => t.left[r],
             (false, true) => t.arrived[c],
@@ -362,7 +476,7 @@ fn size_bars(a: &Area, run: &SegmentRun, title: &str) -> std::result::Result<(),
     let mut chart = ChartBuilder::on(a)
         .caption(title, (FONT, 22))
         .margin(16)
-        .x_label_area_size(44)
+        .x_label_area_size(60)
         .y_label_area_size(80)
         .build_cartesian_2d(0.0..k as f64, 0.0..max * 1.15)
         .map_err(s)?;
@@ -374,17 +488,18 @@ fn size_bars(a: &Area, run: &SegmentRun, title: &str) -> std::result::Result<(),
         .x_label_formatter(&|v| {
             let i = v.floor() as usize;
             if (v - v.floor() - 0.5).abs() < 1e-6 && i < k {
-                names[i].clone()
+                // Bars are narrow: the first words of the description.
+                names[i].chars().take(90 / k.max(1) + 6).collect()
             } else {
                 String::new()
             }
         })
         .y_desc("customers")
-        .label_style((FONT, 14))
+        .label_style((FONT, 12))
         .draw()
         .map_err(s)?;
-    for p in &run.profiles {
-        let x = p.id as f64;
+    for (i, p) in run.profiles.iter().enumerate() {
+        let x = i as f64;
         chart
             .draw_series([Rectangle::new(
                 [(x + 0.15, 0.0), (x + 0.85, p.size as f64)],

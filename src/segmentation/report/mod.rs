@@ -117,21 +117,21 @@ fn sweep_table(h: &mut String, run: &SegmentRun) {
 fn refresh_tables(h: &mut String, run: &SegmentRun) {
     let Some(r) = &run.refresh else { return };
     let t = &r.transitions;
-    let k = t.counts.len();
+    let (k, k_new) = (t.counts.len(), t.arrived.len());
+    let id = |v: &[u32], i: usize| v.get(i).copied().unwrap_or(i as u32);
     let _ = write!(
         h,
-        "<h2>Refresh since {}</h2>\n<p>{:.1}% of returning customers stayed in their segment. \
-         Rows: previous segment; columns: current segment.</p>\n<table><tr><th></th>",
+        "<h2>Refresh since {}</h2>\n<p>{}</p>\n<p>Rows: previous segment; columns: current segment.</p>\n<table><tr><th></th>",
         r.previous_as_of,
-        t.stayed_fraction() * 100.0
+        escape(&super::refresh::kept_sentence(r)),
     );
-    for j in 0..k {
-        let _ = write!(h, "<th>now {j}</th>");
+    for j in 0..k_new {
+        let _ = write!(h, "<th>now {}</th>", id(&t.ids, j));
     }
     h.push_str("<th>left</th></tr>\n");
     for i in 0..k {
-        let _ = write!(h, "<tr><th>was {i}</th>");
-        for j in 0..k {
+        let _ = write!(h, "<tr><th>was {}</th>", id(&t.previous_ids, i));
+        for j in 0..k_new {
             let _ = write!(h, "<td>{}</td>", t.counts[i][j]);
         }
         let _ = writeln!(h, "<td>{}</td></tr>", t.left[i]);
