@@ -429,6 +429,12 @@ fn extreme_numbers_and_wrong_combinations_are_answered() {
                                 date_format: ["", "%d/%m/%Y", "%Q", "%"][y as usize % 4].into(),
                             }),
                             max_bad_rows: (x % 2 == 0).then_some(f),
+                            features: if y % 3 == 0 {
+                                vec![["tenure_days", "x", "", "monetary"][z as usize % 4].into()]
+                            } else {
+                                Vec::new()
+                            },
+                            min_share: (z % 2 == 0).then_some(f),
                         })
                         .await
                         .map(|_| ()),

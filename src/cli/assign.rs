@@ -11,7 +11,7 @@ use segmenta::backend::{select, with_cpu_fallback, BackendChoice};
 use segmenta::data::{read_table_limited, read_text_column, ReadLimits};
 use segmenta::kmeans::Prediction;
 use segmenta::model_file::ModelFile;
-use segmenta::segmentation::features::{customer_features, FEATURE_NAMES};
+use segmenta::segmentation::features::customer_features;
 use segmenta::segmentation::transactions::{
     read_transactions_as, BadRowPolicy, TransactionColumns,
 };
@@ -151,10 +151,7 @@ pub fn run_assign(args: AssignArgs) -> anyhow::Result<()> {
     let file = ModelFile::load(&args.model)?;
     let (columns, model, segments) = match file {
         ModelFile::Segments(s) => (
-            FEATURE_NAMES
-                .iter()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>(),
+            s.features.clone(),
             s.kmeans.clone(),
             Some((s.descriptions.clone(), s.ids())),
         ),
@@ -219,7 +216,10 @@ pub fn run_score(args: ScoreArgs) -> anyhow::Result<()> {
         );
     }
     let customers = customer_features(&log, as_of)?;
-    let p = predict(args.backend, &customers.values, &model.kmeans)?;
+    let backend = select(args.backend)?;
+    let p = with_cpu_fallback(args.backend, backend.as_ref(), |b| {
+        model.assign(b, customers.values.view())
+    })?;
     eprintln!(
         "{} customers scored as of {} against the segments of {}",
         customers.ids.len(),

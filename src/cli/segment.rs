@@ -15,7 +15,7 @@ use segmenta::segmentation::sweep::parse_k_range;
 use segmenta::segmentation::transactions::{BadRowPolicy, TransactionColumns};
 use segmenta::segmentation::{
     run_segmentation, write_outputs, KChoice, OutputFiles, SegmentControl, SegmentModel,
-    SegmentParams, SegmentRun, SegmentationError, DEFAULT_MAX_BAD_ROWS,
+    SegmentParams, SegmentRun, SegmentationError, DEFAULT_MAX_BAD_ROWS, DEFAULT_MIN_SHARE,
 };
 
 /// Options shared by `segment` and `demo`.
@@ -25,9 +25,17 @@ pub struct JobArgs {
     #[arg(long, conflicts_with = "k_range")]
     pub k: Option<usize>,
     /// Try every k in MIN..MAX (inclusive) and keep the recommended one
-    /// (default 2..10; a refresh keeps the previous model's k).
+    /// (default 3..8; a refresh keeps the previous model's k).
     #[arg(long, value_name = "MIN..MAX")]
     pub k_range: Option<String>,
+    /// A recommended k has no segment smaller than this share of customers.
+    #[arg(long, default_value_t = DEFAULT_MIN_SHARE, value_name = "FRACTION")]
+    pub min_share: f64,
+    /// Features to cluster on, comma-separated, from recency_days,
+    /// frequency, monetary, avg_order_value, tenure_days (default: every
+    /// one with spread across the customers; all five are profiled).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub features: Vec<String>,
     /// Members beyond this percentile of their segment's distances are outliers.
     #[arg(long, default_value_t = 99.0)]
     pub outlier_percentile: f64,
@@ -142,6 +150,8 @@ fn params(
         outlier_percentile: job.outlier_percentile,
         seed: job.seed,
         n_init: job.n_init,
+        min_share: job.min_share,
+        features: (!job.features.is_empty()).then(|| job.features.clone()),
         ..SegmentParams::default()
     })
 }
@@ -318,17 +328,52 @@ fn report(
             run.model.kmeans.n_iter()
         );
     }
+    let f = &run.feature_choice;
+    println!(
+        "clustered on {}{}",
+        f.clustered.join(", "),
+        if f.left_out.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({} left out: little spread across customers)",
+                f.left_out
+                    .iter()
+                    .map(|(n, s)| format!("{n}, spread {s:.2}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        }
+    );
     if let Some(sweep) = &run.sweep {
-        let tried: Vec<String> = sweep
+        let header: Vec<String> = [
+            "k",
+            "silhouette",
+            "smallest segment",
+            "stability",
+            "eligible",
+        ]
+        .map(String::from)
+        .to_vec();
+        let rows: Vec<Vec<String>> = sweep
             .scores
             .iter()
-            .map(|s| format!("{}:{:.3}", s.k, s.silhouette))
+            .map(|s| {
+                vec![
+                    format!(
+                        "{}{}",
+                        s.k,
+                        if s.k == sweep.recommended_k { " *" } else { "" }
+                    ),
+                    format!("{:.3}", s.silhouette),
+                    format!("{:.1}%", s.min_share * 100.0),
+                    format!("{:.2}", s.stability),
+                    if s.eligible { "yes" } else { "no" }.to_owned(),
+                ]
+            })
             .collect();
-        println!(
-            "k = {} recommended (silhouette by k: {})",
-            sweep.recommended_k,
-            tried.join(" ")
-        );
+        print!("{}", table(&header, &rows));
+        println!("recommended {}", sweep.reason);
     }
     let header: Vec<String> = [
         "segment",

@@ -62,6 +62,10 @@ pub enum SegmentationError {
     },
     #[error("invalid --max-bad-rows {0}: expected a fraction from 0 to 1 (0.01 is 1 %)")]
     BadMaxBadRows(f64),
+    #[error("invalid --min-share {0}: expected a fraction from 0 to 1 (0.05 is 5 %)")]
+    BadMinShare(f64),
+    #[error("invalid features: {0}")]
+    BadFeatures(String),
     #[error("{n_customers} customers are too few to form {k} segments")]
     TooFewCustomers { n_customers: usize, k: usize },
     #[error("invalid k range {0:?}: expected MIN..MAX with 1 <= MIN <= MAX, e.g. 2..12")]

@@ -21,6 +21,7 @@ pub const FEATURE_NAMES: [&str; 5] = [
 pub const RECENCY: usize = 0;
 pub const FREQUENCY: usize = 1;
 pub const MONETARY: usize = 2;
+pub const AVG_ORDER: usize = 3;
 pub const TENURE: usize = 4;
 
 /// What frequency counts.

@@ -16,7 +16,7 @@ use super::features::{
 use super::profile::{profile, ProfileInput, SegmentProfile};
 use super::refresh::{carry_ids, size_drift, transitions, SegmentChange, SizeDrift, Transitions};
 use super::rfm::{rfm_scores, RfmScore, RfmSegment};
-use super::sweep::{sweep_k, KSweep};
+use super::sweep::{sweep_k, Criteria, KSweep};
 use super::transactions::{read_transactions_as, BadRowPolicy, BadRows, TransactionColumns};
 use crate::backend::{Backend, BackendInfo};
 use crate::data::{Delimiter, TextFormat};
@@ -32,8 +32,105 @@ pub enum KChoice {
     Range(RangeInclusive<usize>),
 }
 
-/// The k range swept when neither k nor a previous model is given.
-pub const DEFAULT_K_RANGE: RangeInclusive<usize> = 2..=10;
+/// The k range swept when neither k nor a previous model is given: fewer
+/// than 3 segments rarely tell a team anything new, more than 8 rarely get
+/// a campaign each.
+pub const DEFAULT_K_RANGE: RangeInclusive<usize> = 3..=8;
+
+/// The smallest segment a recommended k may have, as a share of customers.
+pub const DEFAULT_MIN_SHARE: f64 = 0.05;
+
+/// Positions in [`FEATURE_NAMES`] of `names` (a non-empty subset, in that
+/// order, without repeats).
+pub fn feature_columns(names: &[String]) -> std::result::Result<Vec<usize>, String> {
+    let mut columns = Vec::with_capacity(names.len());
+    for name in names {
+        let j = FEATURE_NAMES
+            .iter()
+            .position(|f| f == name)
+            .ok_or_else(|| {
+                format!(
+                    "unknown feature {name:?}; choose from {}",
+                    FEATURE_NAMES.join(", ")
+                )
+            })?;
+        if columns.last().is_some_and(|&last| last >= j) {
+            return Err(format!(
+                "features must be listed once each, in the order {}",
+                FEATURE_NAMES.join(", ")
+            ));
+        }
+        columns.push(j);
+    }
+    if columns.is_empty() {
+        return Err("no features to cluster on".into());
+    }
+    Ok(columns)
+}
+
+/// Which features were clustered on, and which were left out and why.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FeatureChoice {
+    pub clustered: Vec<String>,
+    /// Features left out automatically: (name, spread) where the spread
+    /// (interquartile range over the median) was below the minimum.
+    pub left_out: Vec<(String, f64)>,
+}
+
+/// The clustered features: the ones asked for, else every feature whose
+/// spread across the base is at least [`super::profile::MIN_SPREAD`] (at
+/// least the two with the most spread).
+fn choose_features(
+    x: ArrayView2<f32>,
+    asked: Option<&[String]>,
+) -> Result<(Vec<usize>, FeatureChoice)> {
+    let names = |c: &[usize]| c.iter().map(|&j| FEATURE_NAMES[j].to_owned()).collect();
+    if let Some(asked) = asked {
+        let mut sorted: Vec<String> = Vec::new();
+        for f in FEATURE_NAMES {
+            if asked.iter().any(|a| a == f) {
+                sorted.push(f.to_owned());
+            }
+        }
+        if let Some(unknown) = asked.iter().find(|a| !FEATURE_NAMES.contains(&a.as_str())) {
+            return Err(SegmentationError::BadFeatures(format!(
+                "unknown feature {unknown:?}; choose from {}",
+                FEATURE_NAMES.join(", ")
+            ))
+            .into());
+        }
+        let c = feature_columns(&sorted).map_err(SegmentationError::BadFeatures)?;
+        return Ok((
+            c.clone(),
+            FeatureChoice {
+                clustered: names(&c),
+                left_out: Vec::new(),
+            },
+        ));
+    }
+    let base = super::profile::BaseStats::of(x);
+    let spread: Vec<f64> = (0..FEATURE_NAMES.len()).map(|j| base.spread(j)).collect();
+    let mut c: Vec<usize> = (0..FEATURE_NAMES.len())
+        .filter(|&j| spread[j] >= super::profile::MIN_SPREAD)
+        .collect();
+    if c.len() < 2 {
+        let mut by: Vec<usize> = (0..FEATURE_NAMES.len()).collect();
+        by.sort_by(|&a, &b| spread[b].total_cmp(&spread[a]));
+        c = by[..2].to_vec();
+        c.sort();
+    }
+    let left_out = (0..FEATURE_NAMES.len())
+        .filter(|j| !c.contains(j))
+        .map(|j| (FEATURE_NAMES[j].to_owned(), spread[j]))
+        .collect();
+    Ok((
+        c.clone(),
+        FeatureChoice {
+            clustered: names(&c),
+            left_out,
+        },
+    ))
+}
 
 /// Unreadable rows tolerated by default: 1 %.
 pub const DEFAULT_MAX_BAD_ROWS: f64 = 0.01;
@@ -60,6 +157,11 @@ pub struct SegmentParams {
     pub n_init: usize,
     /// Rows sampled for the silhouette (it costs `O(s²)`).
     pub silhouette_sample: usize,
+    /// Features to cluster on (names from [`FEATURE_NAMES`]); `None`: every
+    /// feature with spread across the base (a refresh keeps the previous).
+    pub features: Option<Vec<String>>,
+    /// The smallest segment a recommended k may have (share of customers).
+    pub min_share: f64,
 }
 
 impl Default for SegmentParams {
@@ -75,6 +177,8 @@ impl Default for SegmentParams {
             seed: 0,
             n_init: 3,
             silhouette_sample: 4000,
+            features: None,
+            min_share: DEFAULT_MIN_SHARE,
         }
     }
 }
@@ -136,10 +240,12 @@ impl SegmentModel {
             ))
             .into());
         }
-        if model.features != FEATURE_NAMES || model.kmeans.n_features() != FEATURE_NAMES.len() {
+        let columns = feature_columns(&model.features).map_err(bad)?;
+        if model.kmeans.n_features() != columns.len() {
             return Err(bad(format!(
-                "features {:?} are not Segmenta's {:?}",
-                model.features, FEATURE_NAMES
+                "{} features listed for a model of {}",
+                columns.len(),
+                model.kmeans.n_features()
             ))
             .into());
         }
@@ -160,10 +266,18 @@ impl SegmentModel {
         Ok(model)
     }
 
-    /// Assigns customers (features in original units, `n × 5`); the stored
-    /// log1p and scaling are applied first.
+    /// Assigns customers (all five features in original units, `n × 5`):
+    /// the clustered features are picked, the stored log1p and scaling
+    /// applied.
     pub fn assign(&self, backend: &dyn Backend, features: ArrayView2<f32>) -> Result<Prediction> {
-        self.kmeans.predict(backend, features)
+        let columns = feature_columns(&self.features).map_err(|message| {
+            SegmentationError::PreviousModel {
+                path: "model".into(),
+                message,
+            }
+        })?;
+        self.kmeans
+            .predict(backend, features.select(Axis(1), &columns).view())
     }
 
     pub fn k(&self) -> usize {
@@ -239,6 +353,7 @@ pub struct SegmentRun {
     pub profiles: Vec<SegmentProfile>,
     pub sweep: Option<KSweep>,
     pub refresh: Option<Refresh>,
+    pub feature_choice: FeatureChoice,
     pub scatter: Scatter,
     pub input: InputSummary,
     pub backend: BackendInfo,
@@ -327,10 +442,26 @@ pub fn segment_customers(
     previous: Option<&SegmentModel>,
     control: &SegmentControl,
 ) -> Result<SegmentRun> {
-    let x = customers.values.view();
-    let n = x.nrows();
-    let col = |j: usize| x.column(j).to_vec();
+    let all = customers.values.view();
+    let n = all.nrows();
+    let col = |j: usize| all.column(j).to_vec();
     let rfm = rfm_scores(&col(RECENCY), &col(FREQUENCY), &col(MONETARY));
+    if !(0.0..1.0).contains(&params.min_share) {
+        return Err(SegmentationError::BadMinShare(params.min_share).into());
+    }
+    let (columns, feature_choice) = match previous {
+        Some(p) => {
+            let c = feature_columns(&p.features).map_err(SegmentationError::BadFeatures)?;
+            let choice = FeatureChoice {
+                clustered: p.features.clone(),
+                left_out: Vec::new(),
+            };
+            (c, choice)
+        }
+        None => choose_features(all, params.features.as_deref())?,
+    };
+    let clustered = all.select(Axis(1), &columns);
+    let x = clustered.view();
     let rfm_segments: Vec<RfmSegment> = rfm.iter().map(RfmScore::segment).collect();
 
     let log1p = previous.map_or_else(|| skewed_columns(x), |p| p.kmeans.scaler().log1p.clone());
@@ -394,7 +525,10 @@ pub fn segment_customers(
                 x,
                 range.clone(),
                 &base,
-                params.silhouette_sample,
+                Criteria {
+                    silhouette_sample: params.silhouette_sample,
+                    min_share: params.min_share,
+                },
                 &control.fit,
                 &on_fit,
             )?;
@@ -437,12 +571,12 @@ pub fn segment_customers(
     };
     let margins = prediction.margins.clone().unwrap_or_else(|| vec![0.0; n]);
     let (mut profiles, outliers) = profile(&ProfileInput {
-        values: x,
+        values: all,
         labels: &prediction.labels,
         distances: &prediction.distances,
         margins: &margins,
         rfm: &rfm_segments,
-        scaled_centroids: kmeans.scaled_centroids().view(),
+        k,
         outlier_percentile: params.outlier_percentile,
     });
     for (p, &id) in profiles.iter_mut().zip(&segment_ids) {
@@ -459,14 +593,15 @@ pub fn segment_customers(
         changes: changes.clone(),
     });
     control.phase("projecting for the report", 0.9);
-    let scatter = scatter(backend, &kmeans, x, &prediction.labels, params.seed)?;
+    let names: Vec<&str> = columns.iter().map(|&j| FEATURE_NAMES[j]).collect();
+    let scatter = scatter(backend, &kmeans, x, &names, &prediction.labels, params.seed)?;
     let backend_info = kmeans.backend().clone();
     let model = SegmentModel {
         format: model_format(),
         version: model_version(),
         kind: segments_kind(),
         as_of: customers.as_of,
-        features: FEATURE_NAMES.iter().map(|s| s.to_string()).collect(),
+        features: feature_choice.clustered.clone(),
         descriptions: profiles.iter().map(|p| p.description.clone()).collect(),
         segment_ids,
         next_segment_id,
@@ -484,6 +619,7 @@ pub fn segment_customers(
         profiles,
         sweep,
         refresh,
+        feature_choice,
         scatter,
         input,
         backend: backend_info,
@@ -542,6 +678,7 @@ fn scatter(
     backend: &dyn Backend,
     kmeans: &KMeansModel,
     x: ArrayView2<f32>,
+    names: &[&str],
     labels: &[u32],
     seed: u64,
 ) -> Result<Scatter> {
@@ -567,7 +704,7 @@ fn scatter(
             .iter()
             .take_while(|&&(_, v)| v >= by[0].1 * 0.5)
             .take(3)
-            .map(|&(j, _)| FEATURE_NAMES[j])
+            .map(|&(j, _)| names[j])
             .collect();
         names.join(", ")
     };

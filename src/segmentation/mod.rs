@@ -21,7 +21,8 @@ pub mod transactions;
 
 pub use error::{RowProblem, SegmentationError};
 pub use job::{
-    run_segmentation, segment_customers, skewed_columns, InputSummary, KChoice, Refresh, Scatter,
-    SegmentControl, SegmentModel, SegmentParams, SegmentRun, DEFAULT_K_RANGE, DEFAULT_MAX_BAD_ROWS,
+    feature_columns, run_segmentation, segment_customers, skewed_columns, FeatureChoice,
+    InputSummary, KChoice, Refresh, Scatter, SegmentControl, SegmentModel, SegmentParams,
+    SegmentRun, DEFAULT_K_RANGE, DEFAULT_MAX_BAD_ROWS, DEFAULT_MIN_SHARE,
 };
 pub use output::{write_outputs, OutputFiles, Preprocessing, SegmentsDocument, CUSTOMER_COLUMNS};

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::SegmentationError;
 use super::features::FEATURE_NAMES;
-use super::job::{InputSummary, Refresh, SegmentRun};
+use super::job::{FeatureChoice, InputSummary, Refresh, SegmentRun};
 use super::profile::SegmentProfile;
 use super::report;
 use super::rfm::RfmSegment;
@@ -174,6 +174,8 @@ pub struct SegmentsDocument {
     pub k_sweep: Option<KSweep>,
     pub refresh: Option<Refresh>,
     pub input: InputSummary,
+    #[serde(default)]
+    pub feature_choice: FeatureChoice,
 }
 
 /// How features are transformed before clustering (stored in the model).
@@ -195,8 +197,8 @@ impl SegmentsDocument {
             k: run.model.k(),
             backend: run.backend.clone(),
             preprocessing: Preprocessing {
-                features: FEATURE_NAMES.iter().map(|s| s.to_string()).collect(),
-                log1p: (0..FEATURE_NAMES.len())
+                features: run.model.features.clone(),
+                log1p: (0..run.model.features.len())
                     .map(|j| scaler.log1p.get(j).copied().unwrap_or(false))
                     .collect(),
                 mean: scaler.mean.clone(),
@@ -206,6 +208,7 @@ impl SegmentsDocument {
             k_sweep: run.sweep.clone(),
             refresh: run.refresh.clone(),
             input: run.input.clone(),
+            feature_choice: run.feature_choice.clone(),
         }
     }
 }

@@ -4,7 +4,7 @@
 use ndarray::{ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 
-use super::features::FEATURE_NAMES;
+use super::features::{AVG_ORDER, FEATURE_NAMES, FREQUENCY, MONETARY, RECENCY, TENURE};
 use super::rfm::RfmSegment;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,8 +44,8 @@ pub struct ProfileInput<'a> {
     pub distances: &'a [f32],
     pub margins: &'a [f32],
     pub rfm: &'a [RfmSegment],
-    /// `k × 5` centroids after log1p and standard scaling: z-scores.
-    pub scaled_centroids: ArrayView2<'a, f32>,
+    /// Number of segments (labels are `0..k`).
+    pub k: usize,
     /// Percentile (0–100) of a segment's distances above which a member is
     /// an outlier.
     pub outlier_percentile: f64,
@@ -53,8 +53,9 @@ pub struct ProfileInput<'a> {
 
 /// Profiles every segment and flags each customer as an outlier or not.
 pub fn profile(input: &ProfileInput) -> (Vec<SegmentProfile>, Vec<bool>) {
-    let k = input.scaled_centroids.nrows();
+    let k = input.k;
     let n = input.labels.len();
+    let base = BaseStats::of(input.values);
     let mut members: Vec<Vec<usize>> = vec![Vec::new(); k];
     for (i, &l) in input.labels.iter().enumerate() {
         members[l as usize].push(i);
@@ -65,7 +66,7 @@ pub fn profile(input: &ProfileInput) -> (Vec<SegmentProfile>, Vec<bool>) {
         .iter()
         .enumerate()
         .map(|(id, rows)| {
-            let features = FEATURE_NAMES
+            let features: Vec<FeatureProfile> = FEATURE_NAMES
                 .iter()
                 .enumerate()
                 .map(|(j, name)| {
@@ -94,7 +95,10 @@ pub fn profile(input: &ProfileInput) -> (Vec<SegmentProfile>, Vec<bool>) {
                 id,
                 size: rows.len(),
                 share: rows.len() as f64 / n as f64,
-                description: describe(input.scaled_centroids.row(id).as_slice().unwrap_or(&[])),
+                description: describe(
+                    &features.iter().map(|f| f.median).collect::<Vec<_>>(),
+                    &base,
+                ),
                 features,
                 top_rfm_segments: top_rfm(rows, input.rfm),
                 outlier_threshold: threshold,
@@ -107,35 +111,110 @@ pub fn profile(input: &ProfileInput) -> (Vec<SegmentProfile>, Vec<bool>) {
     (profiles, outlier)
 }
 
-/// How far (in standard deviations of the scaled features) a centroid must
-/// sit from the average before the description mentions it.
-const NOTABLE: f32 = 0.5;
+/// A customer is "new" when their first purchase is at most this many days
+/// before the as-of date (a segment: its median tenure).
+pub const NEW_DAYS: f64 = 90.0;
+/// "Lapsed": no purchase for at least this many days (median recency).
+pub const LAPSED_DAYS: f64 = 180.0;
+/// "Recent": a purchase within this many days (median recency).
+pub const RECENT_DAYS: f64 = 60.0;
+/// "Long-standing": a first purchase at least this many days ago.
+pub const LONG_STANDING_DAYS: f64 = 365.0;
+/// A segment's median earns a relative word ("high spend") when it sits in
+/// the top or bottom third of the whole base.
+const THIRD: f64 = 1.0 / 3.0;
+/// A feature whose robust spread across the base is below this earns no
+/// word: in a single cohort, tenure differs by days, not by kind of customer.
+pub const MIN_SPREAD: f64 = 0.25;
 
-/// Words for a centroid's z-scores, in feature order: low word, high word.
-const WORDS: [(&str, &str); 5] = [
-    ("recent", "lapsed"),
-    ("infrequent", "frequent"),
-    ("low spend", "high spend"),
-    ("small baskets", "big baskets"),
-    ("new", "long-standing"),
-];
+/// The whole base's distribution of each feature, for placing a segment's
+/// median in it.
+pub struct BaseStats {
+    sorted: Vec<Vec<f64>>,
+}
 
-/// A short description from a centroid in scaled units, e.g.
-/// "recent, frequent, high spend".
-pub fn describe(z: &[f32]) -> String {
-    let words: Vec<&str> = z
-        .iter()
-        .zip(WORDS)
-        .filter_map(|(&z, (low, high))| {
-            if z <= -NOTABLE {
-                Some(low)
-            } else if z >= NOTABLE {
-                Some(high)
-            } else {
-                None
-            }
-        })
-        .collect();
+impl BaseStats {
+    pub fn of(values: ArrayView2<f32>) -> Self {
+        Self {
+            sorted: values
+                .axis_iter(Axis(1))
+                .map(|c| {
+                    let mut v: Vec<f64> = c.iter().map(|&x| x as f64).collect();
+                    v.sort_by(f64::total_cmp);
+                    v
+                })
+                .collect(),
+        }
+    }
+
+    /// The share of customers below `value` (ties count half): 0.9 means
+    /// the value is higher than 90 % of the base.
+    pub fn rank(&self, feature: usize, value: f64) -> f64 {
+        let v = &self.sorted[feature];
+        let below = v.partition_point(|&x| x < value);
+        let equal = v.partition_point(|&x| x <= value) - below;
+        (below as f64 + equal as f64 / 2.0) / v.len().max(1) as f64
+    }
+
+    /// Interquartile range over the median (robust to heavy tails); 0 for
+    /// a constant or empty column.
+    pub fn spread(&self, feature: usize) -> f64 {
+        let v = &self.sorted[feature];
+        if v.is_empty() {
+            return 0.0;
+        }
+        let q = |p: f64| v[((p * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)];
+        let (q1, q2, q3) = (q(0.25), q(0.5), q(0.75));
+        if q2.abs() > 0.0 {
+            (q3 - q1) / q2.abs()
+        } else if q3 > q1 {
+            f64::INFINITY
+        } else {
+            0.0
+        }
+    }
+}
+
+/// A description true of a segment's medians (`medians` in
+/// [`FEATURE_NAMES`] order), e.g. "recent, frequent, high spend".
+///
+/// - recency: "recent" when the median is in the base's lowest third and
+///   within [`RECENT_DAYS`]; "lapsed" when in the highest third and at
+///   least [`LAPSED_DAYS`].
+/// - frequency: "one-time buyers" when the median is one purchase;
+///   "frequent" / "infrequent" by third otherwise.
+/// - monetary and average order value: "high/low spend", "big/small
+///   baskets" by third.
+/// - tenure: "new" only when the median first purchase is within
+///   [`NEW_DAYS`]; "long-standing" when in the highest third and at least
+///   [`LONG_STANDING_DAYS`].
+///
+/// A feature whose spread across the base is below [`MIN_SPREAD`] earns no
+/// word (days apart in a single cohort are not a difference in kind).
+pub fn describe(medians: &[f64], base: &BaseStats) -> String {
+    let mut words: Vec<&str> = Vec::new();
+    for (j, &m) in medians.iter().enumerate() {
+        if base.spread(j) < MIN_SPREAD && !(j == FREQUENCY && m <= 1.0) {
+            continue;
+        }
+        let r = base.rank(j, m);
+        let (low, high) = (r <= THIRD, r >= 1.0 - THIRD);
+        let word = match j {
+            RECENCY if low && m <= RECENT_DAYS => Some("recent"),
+            RECENCY if high && m >= LAPSED_DAYS => Some("lapsed"),
+            FREQUENCY if m <= 1.0 => Some("one-time buyers"),
+            FREQUENCY if high => Some("frequent"),
+            FREQUENCY if low => Some("infrequent"),
+            MONETARY if high => Some("high spend"),
+            MONETARY if low => Some("low spend"),
+            AVG_ORDER if high => Some("big baskets"),
+            AVG_ORDER if low => Some("small baskets"),
+            TENURE if m <= NEW_DAYS => Some("new"),
+            TENURE if high && m >= LONG_STANDING_DAYS => Some("long-standing"),
+            _ => None,
+        };
+        words.extend(word);
+    }
     if words.is_empty() {
         "typical on every feature".into()
     } else {
@@ -182,16 +261,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn descriptions_name_notable_features_only() {
+    fn descriptions_are_true_of_the_medians() {
+        // A base of 100 customers with spread on every feature.
+        let rows: Vec<f32> = (0..100)
+            .flat_map(|i| {
+                let i = i as f32;
+                [
+                    i * 5.0,
+                    1.0 + (i / 10.0).floor(),
+                    10.0 * i,
+                    5.0 + i,
+                    30.0 + 10.0 * i,
+                ]
+            })
+            .collect();
+        let x = ndarray::Array2::from_shape_vec((100, 5), rows).unwrap();
+        let base = BaseStats::of(x.view());
         assert_eq!(
-            describe(&[-1.0, 1.2, 0.9, 0.1, 0.0]),
-            "recent, frequent, high spend"
+            describe(&[20.0, 9.0, 950.0, 100.0, 60.0], &base),
+            "recent, frequent, high spend, big baskets, new"
         );
         assert_eq!(
-            describe(&[1.5, -0.7, 0.2, 0.0, 0.6]),
-            "lapsed, infrequent, long-standing"
+            describe(&[480.0, 1.0, 20.0, 7.0, 1000.0], &base),
+            "lapsed, one-time buyers, low spend, small baskets, long-standing"
         );
-        assert_eq!(describe(&[0.1; 5]), "typical on every feature");
+        // Lowest quarter of tenure but 120 days: not "new".
+        assert_eq!(
+            describe(&[250.0, 5.0, 500.0, 55.0, 120.0], &base),
+            "typical on every feature"
+        );
+        // A single cohort: tenure 463–506 days earns no word at all.
+        let cohort: Vec<f32> = (0..100)
+            .flat_map(|i| [i as f32 * 4.0, 2.0, 50.0, 25.0, 463.0 + (i % 44) as f32])
+            .collect();
+        let c = BaseStats::of(
+            ndarray::Array2::from_shape_vec((100, 5), cohort)
+                .unwrap()
+                .view(),
+        );
+        assert!(c.spread(TENURE) < MIN_SPREAD);
+        assert!(!describe(&[10.0, 2.0, 50.0, 25.0, 463.0], &c).contains("new"));
     }
 
     #[test]

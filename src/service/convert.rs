@@ -254,10 +254,14 @@ pub fn segmentation(meta: &SegmentationMeta, doc: &SegmentsDocument) -> pb::Segm
                 silhouette: k.silhouette,
                 davies_bouldin: k.davies_bouldin,
                 calinski_harabasz: k.calinski_harabasz,
+                min_share: k.min_share,
+                stability: k.stability,
+                eligible: k.eligible,
             })
             .collect(),
         recommended_k: s.recommended_k as u32,
         rule: s.rule.clone(),
+        reason: s.reason.clone(),
     });
     let u64s = |v: &[usize]| v.iter().map(|&c| c as u64).collect::<Vec<_>>();
     let refresh = doc.refresh.as_ref().map(|r| pb::Refresh {
@@ -328,5 +332,11 @@ pub fn segmentation(meta: &SegmentationMeta, doc: &SegmentsDocument) -> pb::Segm
         backend: doc.backend.backend.to_string(),
         adapter: doc.backend.adapter.clone(),
         created_at: Some(timestamp(meta.created_at_ms)),
+        features_left_out: doc
+            .feature_choice
+            .left_out
+            .iter()
+            .map(|(f, _)| f.clone())
+            .collect(),
     }
 }

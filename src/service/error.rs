@@ -133,6 +133,8 @@ impl From<Error> for ServiceError {
                     }
                     SegmentationError::NoCustomers { .. } => "transactions",
                     SegmentationError::BadMaxBadRows(_) => "max_bad_rows",
+                    SegmentationError::BadMinShare(_) => "min_share",
+                    SegmentationError::BadFeatures(_) => "features",
                     SegmentationError::TooFewCustomers { .. }
                     | SegmentationError::BadKRange(_)
                     | SegmentationError::KMismatch { .. } => "k",

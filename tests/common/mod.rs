@@ -6,6 +6,7 @@ use rand::{RngExt, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use segmenta::backend::gpu::{AdapterPolicy, GpuBackend, GpuOptions};
 
+pub mod logs;
 pub mod server;
 
 /// A GPU backend on any adapter (lavapipe in CI), or `None` with a printed

@@ -38,6 +38,13 @@ pub struct ClientSegmentArgs {
     /// Recency and tenure are measured to this date (YYYY-MM-DD).
     #[arg(long, value_name = "DATE")]
     as_of: Option<String>,
+    /// A recommended k has no segment below this share of customers.
+    #[arg(long, value_name = "FRACTION")]
+    min_share: Option<f64>,
+    /// Features to cluster on, comma-separated (default: every one with
+    /// spread across the customers).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    features: Vec<String>,
     /// Refresh: warm-start from this segmentation (seg-…) and keep its ids.
     #[arg(long)]
     previous: Option<String>,
@@ -174,6 +181,8 @@ pub async fn run(channel: Conn, a: ClientSegmentArgs) -> anyhow::Result<()> {
         backend: proto_backend(a.backend) as i32,
         text_format: Some(text),
         max_bad_rows: a.max_bad_rows,
+        features: a.features,
+        min_share: a.min_share,
     };
     let mut client = pb::segmentations_client::SegmentationsClient::new(channel.clone());
     let job = client.segment(request).await?.into_inner();

@@ -323,7 +323,7 @@ fn grid_chart(
         .caption(title, (FONT, 22))
         .margin(16)
         .x_label_area_size(44)
-        .y_label_area_size(200)
+        .y_label_area_size(270)
         .build_cartesian_2d(0.0..nc as f64, 0.0..nr as f64)
         .map_err(s)?;
     let label = |names: &[String], v: f64| {
@@ -374,8 +374,8 @@ fn segment_names(run: &SegmentRun) -> Vec<String> {
         .iter()
         .map(|p| {
             let name = segment_name(p);
-            if name.chars().count() > 34 {
-                name.chars().take(33).chain(['…']).collect()
+            if name.chars().count() > 38 {
+                name.chars().take(37).chain(['…']).collect()
             } else {
                 name
             }
@@ -388,10 +388,15 @@ fn profile_heatmap(a: &Area, run: &SegmentRun, title: &str) -> std::result::Resu
         .iter()
         .enumerate()
         .map(|(j, s)| {
-            if HIGHER_IS_BETTER[j] {
+            let name = if HIGHER_IS_BETTER[j] {
                 s.to_string()
             } else {
                 format!("{s} (low = good)")
+            };
+            if run.model.features.iter().any(|f| f == s) {
+                name
+            } else {
+                format!("{name} (not clustered)")
             }
         })
         .collect();
@@ -464,6 +469,7 @@ fn transition_heatmap(a: &Area, run: &SegmentRun, title: &str) -> std::result::R
     })
 }
 
+/// Horizontal bars: the segment names fit on the axis in full.
 fn size_bars(a: &Area, run: &SegmentRun, title: &str) -> std::result::Result<(), String> {
     let k = run.profiles.len();
     let max = run
@@ -476,45 +482,44 @@ fn size_bars(a: &Area, run: &SegmentRun, title: &str) -> std::result::Result<(),
     let mut chart = ChartBuilder::on(a)
         .caption(title, (FONT, 22))
         .margin(16)
-        .x_label_area_size(60)
-        .y_label_area_size(80)
-        .build_cartesian_2d(0.0..k as f64, 0.0..max * 1.15)
+        .x_label_area_size(44)
+        .y_label_area_size(290)
+        .build_cartesian_2d(0.0..max * 1.2, 0.0..k as f64)
         .map_err(s)?;
     let names = segment_names(run);
     chart
         .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(k * 2 + 1)
-        .x_label_formatter(&|v| {
+        .disable_y_mesh()
+        .y_labels(k * 2 + 1)
+        .y_label_formatter(&|v| {
             let i = v.floor() as usize;
             if (v - v.floor() - 0.5).abs() < 1e-6 && i < k {
-                // Bars are narrow: the first words of the description.
-                names[i].chars().take(90 / k.max(1) + 6).collect()
+                names[k - 1 - i].clone()
             } else {
                 String::new()
             }
         })
-        .y_desc("customers")
-        .label_style((FONT, 12))
+        .x_desc("customers")
+        .label_style((FONT, 13))
         .draw()
         .map_err(s)?;
     for (i, p) in run.profiles.iter().enumerate() {
-        let x = i as f64;
+        let y = (k - 1 - i) as f64;
         chart
             .draw_series([Rectangle::new(
-                [(x + 0.15, 0.0), (x + 0.85, p.size as f64)],
+                [(0.0, y + 0.15), (p.size as f64, y + 0.85)],
                 segment_colour(p.id).filled(),
             )])
             .map_err(s)?;
         let style =
             TextStyle::from((FONT, 14).into_font()).pos(plotters::style::text_anchor::Pos::new(
-                plotters::style::text_anchor::HPos::Center,
-                plotters::style::text_anchor::VPos::Bottom,
+                plotters::style::text_anchor::HPos::Left,
+                plotters::style::text_anchor::VPos::Center,
             ));
         chart
             .draw_series([Text::new(
-                format!("{:.1}%", p.share * 100.0),
-                (x + 0.5, p.size as f64 + max * 0.02),
+                format!("{} ({:.1}%)", p.size, p.share * 100.0),
+                (p.size as f64 + max * 0.01, y + 0.5),
                 style,
             )])
             .map_err(s)?;

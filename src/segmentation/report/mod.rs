@@ -91,7 +91,18 @@ fn segments_table(h: &mut String, run: &SegmentRun) {
             p.mean_margin
         );
     }
-    h.push_str("</table>\n<p class=\"note\">Lift is the segment mean over the whole base's mean. \
+    let _ = writeln!(
+        h,
+        "</table>\n<p class=\"note\">Descriptions are true of the segment's medians: a word for a feature \
+         whose median sits in the base's top or bottom third; \"new\" only for a median first purchase \
+         within {} days, \"recent\" within {} days, \"lapsed\" after {} days, \"long-standing\" after {} days; \
+         no word for a feature with little spread across the base.</p>",
+        super::profile::NEW_DAYS,
+        super::profile::RECENT_DAYS,
+        super::profile::LAPSED_DAYS,
+        super::profile::LONG_STANDING_DAYS
+    );
+    h.push_str("<p class=\"note\">Lift is the segment mean over the whole base's mean. \
         Outliers sit farther from their segment's centre than the chosen percentile of its members. \
         The margin is how much farther the second-nearest segment is (squared, in standardised units).</p>\n");
 }
@@ -100,18 +111,45 @@ fn sweep_table(h: &mut String, run: &SegmentRun) {
     let Some(sweep) = &run.sweep else { return };
     let _ = writeln!(
         h,
-        "<h2>Choosing k</h2>\n<p>Recommended k = <b>{}</b>: {}</p>\n<table><tr><th>k</th><th>inertia</th><th>silhouette</th><th>Davies–Bouldin</th><th>Calinski–Harabasz</th></tr>",
-        sweep.recommended_k,
+        "<h2>Choosing k</h2>\n<p>Recommended <b>{}</b></p>\n<p class=\"note\">The rule: {}</p>\n<table><tr><th>k</th><th>silhouette</th><th>smallest segment</th><th>stability (ARI)</th><th>eligible</th><th>inertia</th><th>Davies–Bouldin</th><th>Calinski–Harabasz</th></tr>",
+        escape(&sweep.reason),
         escape(&sweep.rule)
     );
     for s in &sweep.scores {
         let _ = writeln!(
             h,
-            "<tr><td>{}</td><td>{:.1}</td><td>{:.4}</td><td>{:.4}</td><td>{:.1}</td></tr>",
-            s.k, s.inertia, s.silhouette, s.davies_bouldin, s.calinski_harabasz
+            "<tr><td>{}{}</td><td>{:.4}</td><td>{:.1}%</td><td>{:.2}</td><td>{}</td><td>{:.1}</td><td>{:.4}</td><td>{:.1}</td></tr>",
+            s.k,
+            if s.k == sweep.recommended_k { " ★" } else { "" },
+            s.silhouette,
+            s.min_share * 100.0,
+            s.stability,
+            if s.eligible { "yes" } else { "no" },
+            s.inertia,
+            s.davies_bouldin,
+            s.calinski_harabasz
         );
     }
     h.push_str("</table>\n");
+    let f = &run.feature_choice;
+    let _ = writeln!(
+        h,
+        "<p class=\"note\">Clustered on {}.{}</p>",
+        escape(&f.clustered.join(", ")),
+        if f.left_out.is_empty() {
+            String::new()
+        } else {
+            escape(&format!(
+                " Left out for little spread across customers (interquartile range over median below {}): {}.",
+                super::profile::MIN_SPREAD,
+                f.left_out
+                    .iter()
+                    .map(|(n, s)| format!("{n} ({s:.2})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        }
+    );
 }
 
 fn refresh_tables(h: &mut String, run: &SegmentRun) {

@@ -9,7 +9,6 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::{with_cpu_fallback, BackendChoice, BackendKind};
 use crate::data::TableFormat;
 use crate::kmeans::FitControl;
-use crate::segmentation::features::FEATURE_NAMES;
 use crate::segmentation::{
     run_segmentation, write_outputs, KChoice, SegmentControl, SegmentParams,
 };
@@ -145,7 +144,10 @@ impl Engine {
     fn check_segment_cost(&self, params: &SegmentParams, lines: u64) -> ServiceResult<()> {
         let max_k = self.config.limits.max_k;
         let (lo, hi) = match &params.k {
-            None => (2, 10),
+            None => (
+                *crate::segmentation::DEFAULT_K_RANGE.start(),
+                *crate::segmentation::DEFAULT_K_RANGE.end(),
+            ),
             Some(KChoice::Fixed(k)) => (*k, *k),
             Some(KChoice::Range(r)) => (*r.start(), *r.end()),
         };
@@ -211,7 +213,7 @@ impl Engine {
         self.store.put_model(&ModelRecord {
             id: id.clone(),
             dataset_id: source,
-            columns: FEATURE_NAMES.iter().map(|s| s.to_string()).collect(),
+            columns: run.model.features.clone(),
             created_at_ms: meta.created_at_ms,
             body: ModelBody::KMeans(run.model.kmeans.clone()),
         })?;

@@ -109,6 +109,18 @@ pub(super) fn segment_job(r: pb::SegmentRequest) -> Result<SegmentJob, ServiceEr
         .into());
     }
     let max_bad_rows = r.max_bad_rows.unwrap_or(params.max_bad_rows);
+    let min_share = r.min_share.unwrap_or(params.min_share);
+    if !(0.0..1.0).contains(&min_share) {
+        return Err(crate::Error::from(SegmentationError::BadMinShare(min_share)).into());
+    }
+    if r.features.len() > crate::segmentation::features::FEATURE_NAMES.len()
+        || r.features.iter().any(|f| f.len() > 64)
+    {
+        return Err(ServiceError::invalid(
+            "features",
+            "at most the five features, by name",
+        ));
+    }
     if !(0.0..=1.0).contains(&max_bad_rows) {
         return Err(crate::Error::from(SegmentationError::BadMaxBadRows(max_bad_rows)).into());
     }
@@ -117,6 +129,8 @@ pub(super) fn segment_job(r: pb::SegmentRequest) -> Result<SegmentJob, ServiceEr
         text_format: text_format(r.text_format, "text_format")?,
         params: SegmentParams {
             max_bad_rows,
+            min_share,
+            features: (!r.features.is_empty()).then_some(r.features),
             ..params
         },
         previous_id: (!r.previous_segmentation_id.is_empty()).then_some(r.previous_segmentation_id),
