@@ -609,6 +609,15 @@ fn known_panics_are_errors_now() {
 
     text.push_str("C1,9999-12-31,5.0\nC2,+262143-12-31,5.0\n");
     std::fs::write(&log, &text).unwrap();
+    // 2 of 32 rows: above the default 1 %, so the job fails with a summary…
+    let e = segmenta::segmentation::run_segmentation(&backend, &log, &params, None, &control)
+        .unwrap_err();
+    assert!(e.to_string().contains("2 of 32 rows"), "{e}");
+    // …and with a tolerance they are skipped.
+    let params = segmenta::segmentation::SegmentParams {
+        max_bad_rows: 0.1,
+        ..params
+    };
     let run = segmenta::segmentation::run_segmentation(&backend, &log, &params, None, &control)
         .expect("sentinel dates are bad rows, not a panic");
     assert_eq!(run.input.bad_rows.total, 2, "{:?}", run.input.bad_rows);
