@@ -74,12 +74,18 @@ impl ModelFile {
             path: p.clone(),
             message: e.to_string(),
         })?;
+        Self::parse(&text, &p)
+    }
+
+    /// [`Self::load`] from bytes; `name` names them in errors.
+    pub fn parse(text: &[u8], name: &str) -> Result<Self, ModelFileError> {
+        let p = name.to_owned();
         let not = |message: String| ModelFileError::NotAModel {
             path: p.clone(),
             message,
         };
         let value: serde_json::Value =
-            serde_json::from_slice(&text).map_err(|e| not(e.to_string()))?;
+            serde_json::from_slice(text).map_err(|e| not(e.to_string()))?;
         let format = value.get("format").and_then(|f| f.as_str());
         match format {
             Some(FORMAT) => {}
@@ -93,7 +99,7 @@ impl ModelFile {
         }
         let model = match value.get("kind").and_then(|k| k.as_str()) {
             None | Some("segments") => {
-                Self::Segments(SegmentModel::load(path).map_err(|e| not(e.to_string()))?)
+                Self::Segments(SegmentModel::from_json(text, &p).map_err(|e| not(e.to_string()))?)
             }
             Some(_) => Self::Table(serde_json::from_value(value).map_err(|e| not(e.to_string()))?),
         };
@@ -140,6 +146,7 @@ impl TableModel {
                 }
             }
             Self::Pca { columns, model } => {
+                model.check_consistent()?;
                 if columns.len() != model.n_features() {
                     return Err(format!(
                         "{} column names for {} features",
@@ -152,12 +159,17 @@ impl TableModel {
         Ok(())
     }
 
-    /// Writes the model file atomically (a temporary name, then a rename).
-    pub fn save(&self, path: &Path) -> Result<(), ModelFileError> {
+    /// The model file's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
         let mut value = serde_json::to_value(self).expect("serialisable");
         value["format"] = FORMAT.into();
         value["version"] = VERSION.into();
-        write_atomic(path, &serde_json::to_vec(&value).expect("serialisable"))
+        serde_json::to_vec(&value).expect("serialisable")
+    }
+
+    /// Writes the model file atomically (a temporary name, then a rename).
+    pub fn save(&self, path: &Path) -> Result<(), ModelFileError> {
+        write_atomic(path, &self.to_bytes())
     }
 }
 

@@ -688,6 +688,8 @@ fn trace_logs_hold_no_customer_data_and_audit_every_call() {
                 pb::SegmentRequest {
                     source: Some(pb::segment_request::Source::TransactionsId(tx.id.clone())),
                     k_choice: Some(pb::segment_request::KChoice::K(3)),
+                    // The planted unreadable row is 1 of 42.
+                    max_bad_rows: Some(0.1),
                     ..Default::default()
                 },
                 admin,
@@ -765,4 +767,232 @@ fn trace_logs_hold_no_customer_data_and_audit_every_call() {
             "no audit line for {audited}"
         );
     }
+}
+
+/// Runs the `segmenta` binary; returns (exit code, stdout, stderr).
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_segmenta"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .env_remove("SEGMENTA_BACKEND")
+        .env_remove("SEGMENTA_SERVER")
+        .env_remove("SEGMENTA_TOKEN")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The command-line client as a user drives it: both address forms,
+/// readable and JSON info, a whole segment job with its downloads, model
+/// files moving between the server and offline scoring, and errors that
+/// name the status code in one line.
+#[test]
+fn the_cli_client_runs_the_workflow_against_a_real_server() {
+    let dir = TempDir::new().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[], &[]);
+    let addr = server.addr.clone();
+    let url = format!("http://{addr}");
+
+    let (code, out, err) = cli(&["client", "--server", &addr, "info"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("Segmenta ") && out.contains("limits:"),
+        "{out}"
+    );
+    assert!(!out.contains("ServerInfo {"), "readable, not Debug: {out}");
+    let (code, out, _) = cli(&["client", "--server", &url, "info", "--json"]);
+    assert_eq!(code, 0);
+    let info: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(info["limits"]["max_k"].as_u64().unwrap() > 0);
+
+    // A European export, segmented on the server, artifacts downloaded.
+    let log = dir.path().join("eu.csv");
+    let mut text = String::from("customer_id;date;amount\n");
+    for i in 0..120 {
+        for j in 0..(1 + i % 4) {
+            text.push_str(&format!(
+                "K{i:03};{:02}/{:02}/2025;{},50 €\n",
+                13 + j,
+                1 + i % 12,
+                5 + i
+            ));
+        }
+    }
+    std::fs::write(&log, text).unwrap();
+    let out_dir = dir.path().join("downloaded");
+    let (code, out, err) = cli(&[
+        "client",
+        "--server",
+        &addr,
+        "segment",
+        "--transactions",
+        log.to_str().unwrap(),
+        "--decimal-comma",
+        "--k",
+        "3",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("segmentation seg-"), "{out}");
+    for f in [
+        "report.html",
+        "customers.csv",
+        "segments.json",
+        "model.json",
+    ] {
+        assert!(out_dir.join(f).is_file(), "{f} downloaded: {out}");
+    }
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("segments.json")).unwrap()).unwrap();
+    assert_eq!(doc["n_customers"], 120);
+    assert_eq!(doc["input"]["delimiter"], "semicolon");
+    assert!(doc["input"]["date_format"]
+        .as_str()
+        .unwrap()
+        .starts_with("%d/%m/%Y"));
+
+    // Without --decimal-comma the job fails with the fix, in one line.
+    let (code, _, err) = cli(&[
+        "client",
+        "--server",
+        &addr,
+        "segment",
+        "--transactions",
+        log.to_str().unwrap(),
+        "--k",
+        "3",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("none of the") && err.contains("pass --decimal-comma"),
+        "{err}"
+    );
+    assert!(!err.contains("50 €"), "no cell value from the log: {err}");
+
+    // A model fitted offline, imported, scored on the server like offline.
+    let table = dir.path().join("t.csv");
+    let mut rows = String::from("id,x,y\n");
+    for i in 0..60 {
+        rows.push_str(&format!("r{i},{},{}\n", (i % 3) * 10 + i % 2, (i % 3) * 7));
+    }
+    std::fs::write(&table, rows).unwrap();
+    let model = dir.path().join("km.json");
+    let (code, _, err) = cli(&[
+        "kmeans",
+        "--input",
+        table.to_str().unwrap(),
+        "--columns",
+        "x,y",
+        "--k",
+        "3",
+        "--backend",
+        "cpu",
+        "--save-model",
+        model.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cli(&[
+        "client",
+        "--server",
+        &addr,
+        "import-model",
+        model.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let id = out.split_whitespace().next().unwrap().to_owned();
+    assert!(id.starts_with("km-"), "{out}");
+    let (code, remote, err) = cli(&[
+        "client",
+        "--server",
+        &addr,
+        "assign",
+        "--model",
+        &id,
+        "--input",
+        table.to_str().unwrap(),
+        "--columns",
+        "x,y",
+        "--id-col",
+        "id",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, local, err) = cli(&[
+        "assign",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        table.to_str().unwrap(),
+        "--id-col",
+        "id",
+        "--backend",
+        "cpu",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let labels = |csv: &str| -> Vec<(String, String)> {
+        csv.lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f[0].to_owned(), f[1].to_owned())
+            })
+            .collect()
+    };
+    assert_eq!(labels(&remote), labels(&local));
+    assert!(remote.starts_with("id,label,"), "{remote}");
+    let exported = dir.path().join("exported.json");
+    let (code, _, err) = cli(&[
+        "client",
+        "--server",
+        &addr,
+        "export-model",
+        &id,
+        "--out",
+        exported.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, again, err) = cli(&[
+        "assign",
+        "--model",
+        exported.to_str().unwrap(),
+        "--input",
+        table.to_str().unwrap(),
+        "--id-col",
+        "id",
+        "--backend",
+        "cpu",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(labels(&again), labels(&local));
+
+    // Errors: the status code by name and the server's message, one line.
+    let (code, _, err) = cli(&["client", "--server", &addr, "watch", "job-nope"]);
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: NOT_FOUND: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let (code, _, err) = cli(&[
+        "client",
+        "--server",
+        &addr,
+        "import-model",
+        table.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: INVALID_ARGUMENT: "), "{err}");
+    // A missing local file: said once.
+    let (code, _, err) = cli(&[
+        "client",
+        "--server",
+        &addr,
+        "upload",
+        "--input",
+        "/nonexistent/x.csv",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    drop(server);
 }

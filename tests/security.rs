@@ -885,6 +885,31 @@ fn erasing_a_customer_leaves_no_trace_in_the_data_dir() {
             .await
             .unwrap()
             .into_inner();
+        // A European export of the same shop: BOM, semicolons, decimal
+        // commas. Erasure must split it as the reader does.
+        let mut eu = b"\xEF\xBB\xBFcustomer_id;date;amount\r\n".to_vec();
+        eu.extend(format!("C001;01/02/2026;\"1.234,50\"\r\n{target};13/03/2026;99,00\r\n{target};14/05/2026;12,00\r\n").bytes());
+        let european = s
+            .upload_transactions(tokio_stream::iter(vec![
+                pb::UploadTransactionsRequest {
+                    message: Some(pb::upload_transactions_request::Message::Header(
+                        pb::TransactionsHeader {
+                            name: "eu.csv".into(),
+                            format: pb::FileFormat::Csv as i32,
+                            text_format: Some(pb::TextFormat {
+                                decimal_comma: true,
+                                ..Default::default()
+                            }),
+                        },
+                    )),
+                },
+                pb::UploadTransactionsRequest {
+                    message: Some(pb::upload_transactions_request::Message::Chunk(eu)),
+                },
+            ]))
+            .await
+            .unwrap()
+            .into_inner();
         let job = s
             .segment(pb::SegmentRequest {
                 source: Some(pb::segment_request::Source::TransactionsId(
@@ -913,11 +938,17 @@ fn erasing_a_customer_leaves_no_trace_in_the_data_dir() {
             .unwrap()
             .into_inner()
             .changed;
-        let log_change = changed
-            .iter()
-            .find(|o| o.kind == "transaction_log")
-            .expect("the log changed");
-        assert_eq!(log_change.rows_removed, 2);
+        for log in [&uploaded.id, &european.id] {
+            let log_change = changed
+                .iter()
+                .find(|o| o.kind == "transaction_log" && &o.id == log)
+                .unwrap_or_else(|| panic!("log {log} changed: {changed:?}"));
+            assert_eq!(log_change.rows_removed, 2);
+        }
+        let eu_file = data.join("transactions").join(&european.id).join("log.csv");
+        let kept = std::fs::read(&eu_file).unwrap();
+        assert!(kept.starts_with(b"\xEF\xBB\xBFcustomer_id;date;amount"), "{:?}", String::from_utf8_lossy(&kept));
+        assert!(String::from_utf8_lossy(&kept).contains("C001;01/02/2026;"), "delimiter kept");
         assert!(
             changed.iter().any(|o| o.kind == "segmentation"),
             "{changed:?}"

@@ -110,6 +110,12 @@ fn write_rows(
     segments: Option<(&[String], &[u32])>,
 ) -> anyhow::Result<()> {
     let descriptions = segments.map(|s| s.0);
+    anyhow::ensure!(
+        ids.len() == p.labels.len(),
+        "{} ids for {} rows",
+        ids.len(),
+        p.labels.len()
+    );
     let mut w = writer(out)?;
     let mut header = vec![
         id_name,

@@ -52,12 +52,19 @@ pub fn run(args: PcaArgs) -> anyhow::Result<()> {
     let (model, columns, data) = match &args.model {
         Some(path) => {
             let (columns, model) = ModelFile::load(path)?.pca(path)?;
+            // The model's own columns, by name: a reordered --columns would
+            // project the wrong values.
+            if !args.input.columns.is_empty() && args.input.columns != columns {
+                anyhow::bail!(
+                    "the model was fitted on the columns {}; --columns {} differs (leave it out to use the model's)",
+                    columns.join(","),
+                    args.input.columns.join(",")
+                );
+            }
             let wanted = if args.inverse {
                 component_names(model.n_components())
-            } else if args.input.columns.is_empty() {
-                columns.clone()
             } else {
-                args.input.columns.clone()
+                columns.clone()
             };
             let data = read_table_limited(&args.input.input, &wanted, &format, ReadLimits::NONE)?;
             (model, columns, data)

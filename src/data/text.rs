@@ -170,21 +170,30 @@ pub fn parse_number(text: &str, decimal_comma: bool) -> Option<f64> {
         Some(inner) => (true, inner.trim()),
         None => (false, t),
     };
-    let first = t.find(|c: char| c.is_ascii_digit() || c == '.' || c == ',')?;
-    let last = t.rfind(|c: char| c.is_ascii_digit())?;
-    if last < first {
-        return None;
+    // The number starts at its first digit, or at a separator right before
+    // it (".50") unless that separator ends a word ("Rs. 500", "Fr.20").
+    let digit = t.find(|c: char| c.is_ascii_digit())?;
+    let mut first = digit;
+    if let Some(sep) = t[..digit].chars().last().filter(|c| matches!(c, '.' | ',')) {
+        let before = t[..digit - sep.len_utf8()].chars().last();
+        if !before.is_some_and(char::is_alphabetic) {
+            first = digit - sep.len_utf8();
+        }
     }
+    let last = t.rfind(|c: char| c.is_ascii_digit())?;
     let (prefix, body, suffix) = (&t[..first], &t[first..=last], &t[last + 1..]);
     let mut negative = parens;
     let mut signs = 0;
     for c in prefix.chars().chain(suffix.chars()) {
         match c {
-            '-' | '+' => {
+            // U+2212 is the typographic minus.
+            '-' | '+' | '\u{2212}' => {
                 signs += 1;
-                negative ^= c == '-';
+                negative ^= c != '+';
             }
-            c if c.is_whitespace() || c.is_alphabetic() || c == '$' || !c.is_ascii() => {}
+            // "Rs. 500": a dot ending an abbreviation.
+            '.' if prefix.chars().any(char::is_alphabetic) => {}
+            c if c.is_whitespace() || c.is_alphabetic() || is_currency(c) => {}
             _ => return None,
         }
     }
@@ -196,9 +205,17 @@ pub fn parse_number(text: &str, decimal_comma: bool) -> Option<f64> {
     } else {
         ('.', ',')
     };
+    // Spaces and apostrophes group digits too (1 234,50; 1'234.50): the
+    // same groups of three are required of them.
     let body: String = body
         .chars()
-        .filter(|c| !matches!(c, ' ' | '\u{a0}' | '\u{202f}' | '\''))
+        .map(|c| {
+            if matches!(c, ' ' | '\u{a0}' | '\u{202f}' | '\'') {
+                group
+            } else {
+                c
+            }
+        })
         .collect();
     let (int, frac) = match body.split_once(decimal) {
         Some((i, f)) => (i, Some(f)),
@@ -237,6 +254,41 @@ pub fn parse_number(text: &str, decimal_comma: bool) -> Option<f64> {
     v.is_finite().then_some(v)
 }
 
+/// Currency symbols written next to amounts.
+fn is_currency(c: char) -> bool {
+    matches!(
+        c,
+        '$' | '€'
+            | '£'
+            | '¥'
+            | '¢'
+            | '₹'
+            | '₩'
+            | '₽'
+            | '₺'
+            | '₪'
+            | '₫'
+            | '₴'
+            | '₦'
+            | '₱'
+            | '฿'
+            | '₿'
+            | '₣'
+            | '₲'
+            | '₵'
+            | '₡'
+            | '₭'
+            | '₮'
+            | '₸'
+            | '₼'
+            | '₾'
+            | '﷼'
+            | '៛'
+            | '₨'
+            | '¤'
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +322,17 @@ mod tests {
             ("#12", false, None),
             ("--12", false, None),
             ("12-", false, Some(-12.0)),
+            ("Rs. 500", false, Some(500.0)),
+            ("Rs.500", false, Some(500.0)),
+            ("Fr. 20", false, Some(20.0)),
+            (".50", false, Some(0.5)),
+            ("$.50", false, Some(0.5)),
+            ("\u{2212}12,50", true, Some(-12.5)),
+            ("12.50\u{2212}", false, Some(-12.5)),
+            ("12 50", false, None),
+            ("1 2 3", false, None),
+            ("1'234.50", false, Some(1234.5)),
+            ("12.50 §", false, None),
         ];
         for (text, comma, want) in cases {
             assert_eq!(

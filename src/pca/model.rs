@@ -20,6 +20,46 @@ pub struct PcaModel {
 }
 
 impl PcaModel {
+    /// A deserialised model is checked before use: shapes that disagree
+    /// are an error, never a panic in `transform`.
+    pub fn check_consistent(&self) -> std::result::Result<(), String> {
+        let (c, d) = self.components.dim();
+        if c == 0 || d == 0 || c > d {
+            return Err(format!("{c} components of width {d}"));
+        }
+        if self.mean.len() != d {
+            return Err(format!(
+                "a mean of {} values for {d} features",
+                self.mean.len()
+            ));
+        }
+        for (name, len) in [
+            ("explained_variance", self.explained_variance.len()),
+            (
+                "explained_variance_ratio",
+                self.explained_variance_ratio.len(),
+            ),
+            ("singular_values", self.singular_values.len()),
+        ] {
+            if len != c {
+                return Err(format!("{len} {name} values for {c} components"));
+            }
+        }
+        let finite = self
+            .components
+            .iter()
+            .chain(self.mean.iter())
+            .all(|v| v.is_finite())
+            && self
+                .explained_variance
+                .iter()
+                .all(|v| v.is_finite() && *v >= 0.0);
+        if !finite {
+            return Err("non-finite or negative values".into());
+        }
+        Ok(())
+    }
+
     pub fn mean(&self) -> &Array1<f32> {
         &self.mean
     }

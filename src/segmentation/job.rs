@@ -226,12 +226,21 @@ fn segments_kind() -> String {
 
 impl SegmentModel {
     pub fn load(path: &Path) -> Result<Self> {
+        let name = path.display().to_string();
+        let text = std::fs::read(path).map_err(|e| SegmentationError::PreviousModel {
+            path: name.clone(),
+            message: e.to_string(),
+        })?;
+        Self::from_json(&text, &name)
+    }
+
+    /// [`Self::load`] from bytes; `name` names them in errors.
+    pub fn from_json(text: &[u8], name: &str) -> Result<Self> {
         let bad = |message: String| SegmentationError::PreviousModel {
-            path: path.display().to_string(),
+            path: name.to_owned(),
             message,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        let model: Self = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let model: Self = serde_json::from_slice(text).map_err(|e| bad(e.to_string()))?;
         if model.version > crate::model_file::VERSION {
             return Err(bad(format!(
                 "a version {} model file; this build reads up to version {}",

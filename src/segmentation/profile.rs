@@ -95,10 +95,14 @@ pub fn profile(input: &ProfileInput) -> (Vec<SegmentProfile>, Vec<bool>) {
                 id,
                 size: rows.len(),
                 share: rows.len() as f64 / n as f64,
-                description: describe(
-                    &features.iter().map(|f| f.median).collect::<Vec<_>>(),
-                    &base,
-                ),
+                description: if rows.is_empty() {
+                    "empty".into()
+                } else {
+                    describe(
+                        &features.iter().map(|f| f.median).collect::<Vec<_>>(),
+                        &base,
+                    )
+                },
                 features,
                 top_rfm_segments: top_rfm(rows, input.rfm),
                 outlier_threshold: threshold,

@@ -56,17 +56,24 @@ impl RfmScore {
     }
 }
 
-/// The standard named RFM segments.
+/// The standard named RFM segments. Serialised by their names as people
+/// read them ("About to Sleep"), as in the CSV and over gRPC; the Rust
+/// names of older files are still read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum RfmSegment {
     Champions,
     Loyal,
+    #[serde(rename = "Potential Loyalists", alias = "PotentialLoyalists")]
     PotentialLoyalists,
     New,
     Promising,
+    #[serde(rename = "Need Attention", alias = "NeedAttention")]
     NeedAttention,
+    #[serde(rename = "About to Sleep", alias = "AboutToSleep")]
     AboutToSleep,
+    #[serde(rename = "At Risk", alias = "AtRisk")]
     AtRisk,
+    #[serde(rename = "Can't Lose Them", alias = "CantLoseThem")]
     CantLoseThem,
     Hibernating,
     Lost,
@@ -185,6 +192,17 @@ mod tests {
         assert_eq!(quintile_scores(&[0.0, 1.0], true), [1, 3]);
         assert_eq!(quintile_scores(&[0.0, 1.0], false), [3, 1]);
         assert!(quintile_scores(&[], true).is_empty());
+    }
+
+    #[test]
+    fn names_are_spelt_alike_in_json_and_text() {
+        for s in RfmSegment::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.name());
+            let back: RfmSegment = serde_json::from_value(s.name().into()).unwrap();
+            assert_eq!(back, s);
+        }
+        let old: RfmSegment = serde_json::from_str("\"AboutToSleep\"").unwrap();
+        assert_eq!(old, RfmSegment::AboutToSleep);
     }
 
     #[test]

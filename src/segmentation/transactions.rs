@@ -85,10 +85,37 @@ pub struct BadRows {
     pub total: usize,
     pub by_problem: BTreeMap<RowProblem, usize>,
     /// The first few skipped rows, and the first of every problem.
+    #[serde(deserialize_with = "examples_any_version")]
     pub examples: Vec<BadRowExample>,
 }
 
 const EXAMPLES: usize = 10;
+
+/// Reads examples as this version writes them, or as `[row, problem]`
+/// pairs (files written before examples had columns and values).
+fn examples_any_version<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<BadRowExample>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Any {
+        Now(BadRowExample),
+        Pair(usize, RowProblem),
+    }
+    Ok(Vec::<Any>::deserialize(d)?
+        .into_iter()
+        .map(|a| match a {
+            Any::Now(e) => e,
+            Any::Pair(row, problem) => BadRowExample {
+                row,
+                problem,
+                column: String::new(),
+                value: String::new(),
+                fix: None,
+            },
+        })
+        .collect())
+}
 
 impl BadRows {
     fn record(&mut self, example: BadRowExample) {
@@ -109,7 +136,7 @@ impl BadRows {
                 let mut part = format!("{} with {problem}", thousands(*n));
                 if let Some(e) = self.examples.iter().find(|e| &e.problem == problem) {
                     part.push_str(&format!(" (e.g. row {}, column {:?}", e.row, e.column));
-                    if values {
+                    if values && !e.value.is_empty() {
                         part.push_str(&format!(": {:?}", e.value));
                     }
                     if let Some(fix) = &e.fix {
@@ -291,7 +318,10 @@ struct Builder<'a> {
 /// Digits in a value that does not start with a four-digit year.
 fn looks_like_other_date(value: &str) -> bool {
     let v = value.trim();
-    let year_first = v.len() >= 5 && v[..4].bytes().all(|b| b.is_ascii_digit());
+    let year_first = v
+        .as_bytes()
+        .get(..4)
+        .is_some_and(|b| b.iter().all(u8::is_ascii_digit));
     v.bytes().any(|b| b.is_ascii_digit()) && !year_first
 }
 
@@ -393,7 +423,13 @@ impl<'a> Builder<'a> {
         let date = f[1].unwrap_or("");
         let bad_date = (RowProblem::BadDate, c.date.as_str(), date);
         let (day, pending) = match &self.format.date_format {
-            Some(format) if !self.typed[1] => (parse_day_as(date, format).ok_or(bad_date)?, None),
+            // A given format, and ISO 8601 for the rows that use it.
+            Some(format) if !self.typed[1] => (
+                parse_day_as(date, format)
+                    .or_else(|| parse_day(date))
+                    .ok_or(bad_date)?,
+                None,
+            ),
             _ => match parse_day(date) {
                 Some(day) => (day, None),
                 None => (0, Some(numeric_date(date).ok_or(bad_date)?)),
@@ -449,9 +485,19 @@ impl<'a> Builder<'a> {
         }
         let day_first = self.pending.iter().filter(|p| p.a > 12).count();
         let month_first = self.pending.iter().filter(|p| p.b > 12).count();
-        let sep = self.pending[0].sep;
+        // The separator most of these dates use.
+        let mut seps: Vec<(char, usize)> = Vec::new();
+        for p in &self.pending {
+            match seps.iter_mut().find(|(c, _)| *c == p.sep) {
+                Some((_, n)) => *n += 1,
+                None => seps.push((p.sep, 1)),
+            }
+        }
+        let sep = seps.iter().max_by_key(|(_, n)| *n).map_or('/', |(c, _)| *c);
         let order = match (day_first, month_first) {
-            (0, 0) => {
+            // Most dates written this way and nothing settles the order:
+            // ask. A few such dates among ISO ones are bad rows.
+            (0, 0) if 2 * self.pending.len() > self.log.rows_read => {
                 let p = &self.pending[0];
                 return Err(SegmentationError::AmbiguousDates {
                     column: self.columns.date.clone(),
@@ -461,13 +507,17 @@ impl<'a> Builder<'a> {
                 }
                 .into());
             }
-            (d, m) if d >= m => DateOrder::DayFirst,
-            _ => DateOrder::MonthFirst,
+            (0, 0) => None,
+            (d, m) if d >= m => Some(DateOrder::DayFirst),
+            _ => Some(DateOrder::MonthFirst),
         };
-        self.log.date_format = format!("{} (detected)", order.format(sep));
+        self.log.date_format = match order {
+            Some(o) => format!("{} (detected)", o.format(sep)),
+            None => "ISO 8601".into(),
+        };
         let mut drop = vec![false; self.log.lines.len()];
         for p in std::mem::take(&mut self.pending) {
-            match order.date(p.a, p.b, p.year) {
+            match order.and_then(|o| o.date(p.a, p.b, p.year)) {
                 Some(day) if p.sep == sep => self.log.lines[p.line].day = day,
                 _ => {
                     drop[p.line] = true;
@@ -684,6 +734,23 @@ mod tests {
         assert_eq!(parse_day_as("03/01/2024 10:15", "%m/%d/%Y %H:%M"), Some(d));
         assert!(check_date_format("%d/%m/%Y").is_ok());
         assert!(check_date_format("%Q").is_err());
+    }
+
+    #[test]
+    fn examples_of_older_files_still_read() {
+        let old: BadRows = serde_json::from_str(
+            r#"{"total": 2, "by_problem": {"bad_date": 2}, "examples": [[7, "bad_date"], [9, "bad_date"]]}"#,
+        )
+        .unwrap();
+        assert_eq!(old.examples[1].row, 9);
+        assert_eq!(
+            old.summary(true),
+            "2 with an unreadable date (e.g. row 7, column \"\")"
+        );
+        // A date cell with multi-byte characters gets no hint and no panic.
+        assert!(!looks_like_other_date("2024-01-0x"));
+        assert!(looks_like_other_date("5 févr. 2024"));
+        assert!(!looks_like_other_date("é"));
     }
 
     #[test]

@@ -32,12 +32,16 @@ pub fn backend_choice(value: i32) -> Result<Option<BackendChoice>, super::error:
     }
 }
 
-/// A request's text format, checked; `None` when the request has none.
+/// A request's text format, checked; `None` when the request has none or
+/// leaves every field empty (then a stored format applies).
 pub fn text_format(
     f: Option<pb::TextFormat>,
     field: &'static str,
 ) -> Result<Option<TextFormat>, ServiceError> {
     let Some(f) = f else { return Ok(None) };
+    if f == pb::TextFormat::default() {
+        return Ok(None);
+    }
     let delimiter =
         match f.delimiter.as_str() {
             "" => None,

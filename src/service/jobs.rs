@@ -510,7 +510,15 @@ impl Jobs {
                 let (ctx2, pool) = (ctx.clone(), jobs.pool.clone());
                 tokio::task::spawn_blocking(move || pool.install(|| work(&ctx2)))
                     .await
-                    .unwrap_or_else(|e| Err(ServiceError::Internal(format!("job panicked: {e}"))))
+                    .unwrap_or_else(|e| {
+                        // The panic's message can quote data: the server log
+                        // has it, the job record (readable by every read key)
+                        // does not.
+                        tracing::error!(error = %e, "a job panicked");
+                        Err(ServiceError::Internal(
+                            "the job failed on a bug (see the server log)".into(),
+                        ))
+                    })
             };
             drop((gpu, permit));
             if jobs.is_closing() && matches!(result, Err(ServiceError::Cancelled)) {

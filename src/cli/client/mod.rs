@@ -17,13 +17,14 @@ use super::TextArgs;
 mod info;
 mod segment;
 
-/// The proto form of a text format (empty fields: the defaults).
-pub fn proto_text_format(f: &TextFormat) -> pb::TextFormat {
-    pb::TextFormat {
+/// The proto form of a text format; `None` when every option is left at
+/// its default, so the server keeps a format stored with an uploaded log.
+pub fn proto_text_format(f: &TextFormat) -> Option<pb::TextFormat> {
+    (f != &TextFormat::default()).then(|| pb::TextFormat {
         delimiter: f.delimiter.map_or(String::new(), |d| d.shown().to_owned()),
         decimal_comma: f.decimal_comma,
         date_format: f.date_format.clone().unwrap_or_default(),
-    }
+    })
 }
 
 pub fn proto_backend(b: Option<BackendChoice>) -> pb::Backend {
@@ -183,6 +184,20 @@ pub enum ClientCommand {
         id_col: Option<String>,
         #[command(flatten)]
         text: TextArgs,
+    },
+    /// Save a stored model as a model file (for `segmenta assign --model`).
+    ExportModel {
+        /// Model or segmentation id (km-…, pca-…, seg-…).
+        id: String,
+        /// Where the model file goes.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Register a model file (`kmeans --save-model`, `pca --save-model`, a
+    /// segment run's model.json) with the server; prints the new model id.
+    ImportModel {
+        /// The model file.
+        file: PathBuf,
     },
     /// List datasets.
     Datasets,
@@ -402,7 +417,7 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                     path,
                     columns,
                     name: name.unwrap_or_default(),
-                    text_format: Some(proto_text_format(&text.format(None))),
+                    text_format: proto_text_format(&text.format(None)),
                 })
                 .await?
                 .into_inner();
@@ -466,6 +481,17 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                 Some(col) => Some(read_text_column(&input, col, &format)?),
                 None => None,
             };
+            // A segmentation's labels are positions in its segments: report
+            // the stable segment ids, as customers.csv does.
+            let segment_ids: Option<Vec<u32>> = if model.starts_with("seg-") {
+                let seg = pb::segmentations_client::SegmentationsClient::new(channel.clone())
+                    .get_segmentation(pb::GetSegmentationRequest { id: model.clone() })
+                    .await?
+                    .into_inner();
+                Some(seg.segments.iter().map(|p| p.id).collect())
+            } else {
+                None
+            };
             let mut client = pb::clustering_client::ClusteringClient::new(channel)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max);
@@ -477,25 +503,57 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             let mut out = csv::Writer::from_writer(std::io::stdout().lock());
+            let label_name = if segment_ids.is_some() {
+                "segment"
+            } else {
+                "label"
+            };
             out.write_record([
                 id_col.as_deref().unwrap_or("row"),
-                "label",
+                label_name,
                 "distance",
                 "margin",
             ])?;
             for i in 0..r.labels.len() {
-                let id = ids
+                let id = ids.as_ref().map_or_else(
+                    || (i + 1).to_string(),
+                    |ids| ids.get(i).cloned().unwrap_or_default(),
+                );
+                let label = r.labels[i];
+                let label = segment_ids
                     .as_ref()
-                    .map_or_else(|| (i + 1).to_string(), |ids| ids[i].clone());
+                    .and_then(|s| s.get(label as usize).copied())
+                    .unwrap_or(label);
                 let margin = r.margins.get(i).map_or(String::new(), |m| m.to_string());
-                out.write_record([
-                    id,
-                    r.labels[i].to_string(),
-                    r.distances[i].to_string(),
-                    margin,
-                ])?;
+                out.write_record([id, label.to_string(), r.distances[i].to_string(), margin])?;
             }
             out.flush()?;
+        }
+        ClientCommand::ExportModel { id, out } => {
+            let file = pb::models_client::ModelsClient::new(channel)
+                .max_decoding_message_size(max)
+                .export(pb::GetModelRequest { id: id.clone() })
+                .await?
+                .into_inner();
+            std::fs::write(&out, &file.content)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+            println!("model {id} saved to {}", out.display());
+        }
+        ClientCommand::ImportModel { file } => {
+            let content = std::fs::read(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let model = pb::models_client::ModelsClient::new(channel)
+                .max_encoding_message_size(max)
+                .import(pb::ImportModelRequest { content })
+                .await?
+                .into_inner();
+            match model.model {
+                Some(pb::model::Model::Kmeans(k)) => println!("{}  k-means k = {}", k.id, k.k),
+                Some(pb::model::Model::Pca(p)) => {
+                    println!("{}  PCA {} components", p.id, p.n_components)
+                }
+                None => {}
+            }
         }
         ClientCommand::Datasets => {
             let client = pb::datasets_client::DatasetsClient::new(channel);

@@ -91,7 +91,11 @@ pub struct ClientSegmentArgs {
 /// Bytes per upload message.
 const CHUNK: usize = 1 << 20;
 
-async fn upload_log(channel: Conn, path: &PathBuf, text: pb::TextFormat) -> anyhow::Result<String> {
+async fn upload_log(
+    channel: Conn,
+    path: &PathBuf,
+    text: Option<pb::TextFormat>,
+) -> anyhow::Result<String> {
     use pb::upload_transactions_request::Message;
     let format = match TableFormat::from_path(path)? {
         TableFormat::Csv => pb::FileFormat::Csv,
@@ -106,27 +110,48 @@ async fn upload_log(channel: Conn, path: &PathBuf, text: pb::TextFormat) -> anyh
         message: Some(Message::Header(pb::TransactionsHeader {
             name,
             format: format as i32,
-            text_format: Some(text),
+            text_format: text,
         })),
     };
-    // Chunks are read as the transport asks for them.
+    // Chunks are read as the transport asks for them. A read error must
+    // not end the stream as if the file were whole: it sends a second
+    // header, which the server refuses, discarding what it received.
+    let failed: std::sync::Arc<std::sync::Mutex<Option<std::io::Error>>> = Default::default();
+    let failure = failed.clone();
+    let mut done = false;
     let chunks = std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
         let mut buf = vec![0u8; CHUNK];
         match file.read(&mut buf) {
-            Ok(0) | Err(_) => None,
+            Ok(0) => None,
             Ok(n) => {
                 buf.truncate(n);
                 Some(pb::UploadTransactionsRequest {
                     message: Some(Message::Chunk(buf)),
                 })
             }
+            Err(e) => {
+                done = true;
+                *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                Some(pb::UploadTransactionsRequest {
+                    message: Some(Message::Header(pb::TransactionsHeader::default())),
+                })
+            }
         }
     });
     let messages = tokio_stream::iter(std::iter::once(header).chain(chunks));
-    let log = pb::segmentations_client::SegmentationsClient::new(channel)
+    let sent = pb::segmentations_client::SegmentationsClient::new(channel)
         .upload_transactions(messages)
-        .await?
-        .into_inner();
+        .await;
+    if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        anyhow::bail!(
+            "cannot read {}: {e} (the upload was abandoned)",
+            path.display()
+        );
+    }
+    let log = sent?.into_inner();
     eprintln!(
         "uploaded {} ({} bytes) as {}",
         log.name, log.size_bytes, log.id
@@ -179,7 +204,7 @@ pub async fn run(channel: Conn, a: ClientSegmentArgs) -> anyhow::Result<()> {
         seed: a.seed,
         n_init: a.n_init.unwrap_or(0),
         backend: proto_backend(a.backend) as i32,
-        text_format: Some(text),
+        text_format: text,
         max_bad_rows: a.max_bad_rows,
         features: a.features,
         min_share: a.min_share,

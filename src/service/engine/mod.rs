@@ -699,6 +699,73 @@ impl Engine {
         .map_err(|e| ServiceError::Internal(e.to_string()))?
     }
 
+    /// A stored model as a model file.
+    pub fn export_model(&self, record: &ModelRecord) -> Vec<u8> {
+        let columns = record.columns.clone();
+        match &record.body {
+            ModelBody::KMeans(model) => crate::model_file::TableModel::Kmeans {
+                columns,
+                model: model.clone(),
+            },
+            ModelBody::Pca(model) => crate::model_file::TableModel::Pca {
+                columns,
+                model: model.clone(),
+            },
+        }
+        .to_bytes()
+    }
+
+    /// Checks a model file against the limits and stores it as a new model.
+    pub fn import_model(&self, content: &[u8]) -> ServiceResult<ModelRecord> {
+        use crate::model_file::{ModelFile, TableModel};
+        let file = ModelFile::parse(content, "the model file").map_err(|e| {
+            ServiceError::invalid("content", crate::service::auth::clip(&e.to_string()))
+        })?;
+        let (columns, body) = match file {
+            ModelFile::Table(TableModel::Kmeans { columns, model }) => {
+                (columns, ModelBody::KMeans(model))
+            }
+            ModelFile::Table(TableModel::Pca { columns, model }) => {
+                (columns, ModelBody::Pca(model))
+            }
+            // Customer ids and labels stay behind: a model needs none.
+            ModelFile::Segments(s) => (s.features, ModelBody::KMeans(s.kmeans)),
+        };
+        let limits = &self.config.limits;
+        if columns.len() > limits.max_features {
+            return Err(ServiceError::ResourceExhausted {
+                limit: "max_features",
+                message: format!(
+                    "{} features; the limit is {}",
+                    columns.len(),
+                    limits.max_features
+                ),
+            });
+        }
+        if let ModelBody::KMeans(m) = &body {
+            if m.k() > limits.max_k {
+                return Err(ServiceError::ResourceExhausted {
+                    limit: "max_k",
+                    message: format!("k = {}; the limit is {}", m.k(), limits.max_k),
+                });
+            }
+        }
+        self.check_names("columns", &columns)?;
+        let prefix = match body {
+            ModelBody::KMeans(_) => "km",
+            ModelBody::Pca(_) => "pca",
+        };
+        let record = ModelRecord {
+            id: new_id(prefix),
+            dataset_id: "imported".into(),
+            columns,
+            created_at_ms: now_ms(),
+            body,
+        };
+        self.store.put_model(&record)?;
+        Ok(record)
+    }
+
     /// Maps component values back to the model's columns.
     pub async fn inverse_transform(
         &self,
@@ -711,9 +778,9 @@ impl Engine {
                 "model {model_id} is not a PCA model"
             )));
         };
+        // The output (n × columns) is no wider than a Transform's input:
+        // max_assign_rows bounds both.
         let n = self.check_rows(values.len(), model.n_components())?;
-        // The output is wider than the input: bound it by the row limit too.
-        self.check_rows(n * model.n_features(), model.n_features())?;
         let _slot = self.scoring_slot()?;
         let record = record.clone();
         tokio::task::spawn_blocking(move || {

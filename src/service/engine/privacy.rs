@@ -19,7 +19,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 
 use super::Engine;
-use crate::data::TableFormat;
+use crate::data::{Delimiter, TableFormat};
 use crate::segmentation::SegmentModel;
 use crate::service::error::{ServiceError, ServiceResult};
 use crate::service::storage::{replace_file_with, write_bytes_atomically};
@@ -50,7 +50,7 @@ impl Engine {
         for log in self.store.list_transactions()? {
             let path = self.store.transactions_path(&log.id)?;
             let removed = match log.format {
-                TableFormat::Csv => erase_csv(&path, customer_id)?,
+                TableFormat::Csv => erase_csv(&path, customer_id, log.text_format.delimiter)?,
                 TableFormat::Parquet => erase_parquet(&path, customer_id)?,
             };
             if removed > 0 {
@@ -67,7 +67,7 @@ impl Engine {
             for name in &seg.artifacts {
                 let path = dir.join(name);
                 removed += match name.as_str() {
-                    "customers.csv" => erase_csv(&path, customer_id)?,
+                    "customers.csv" => erase_csv(&path, customer_id, Some(Delimiter::Comma))?,
                     "customers.parquet" => erase_parquet(&path, customer_id)?,
                     "model.json" => erase_model(&path, customer_id)?,
                     // Reports, charts and segments.json hold aggregates only.
@@ -98,22 +98,30 @@ fn storage(e: impl std::fmt::Display) -> ServiceError {
     ServiceError::Internal(format!("erasure: {e}"))
 }
 
-/// Rewrites a CSV file without the records that have a field equal to
-/// `id` (the header is kept); returns how many went.
-fn erase_csv(path: &Path, id: &str) -> ServiceResult<u64> {
+/// Rewrites a text table without the records that have a field equal to
+/// `id` (the header is kept); returns how many went. The delimiter is the
+/// one given (as uploaded) or sniffed, as the readers do; a byte-order
+/// mark and the delimiter are kept.
+fn erase_csv(path: &Path, id: &str, delimiter: Option<Delimiter>) -> ServiceResult<u64> {
     let matches = |r: &csv::ByteRecord| r.iter().any(|f| f.trim_ascii() == id.as_bytes());
-    let open = || -> ServiceResult<csv::Reader<BufReader<File>>> {
-        let file = File::open(path).map_err(ServiceError::io)?;
-        Ok(csv::ReaderBuilder::new()
+    let open = || -> ServiceResult<(csv::Reader<BufReader<File>>, u8, bool)> {
+        let mut file = BufReader::new(File::open(path).map_err(ServiceError::io)?);
+        let bom = std::io::BufRead::fill_buf(&mut file)
+            .map_err(ServiceError::io)?
+            .starts_with(b"\xEF\xBB\xBF");
+        let d = crate::data::text::prepare(&mut file, delimiter).map_err(ServiceError::io)?;
+        let reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
-            .from_reader(BufReader::new(file)))
+            .delimiter(d.byte())
+            .from_reader(file);
+        Ok((reader, d.byte(), bom))
     };
     // A first pass decides whether anything changes, so untouched files
     // are never rewritten.
     let mut hits = 0u64;
     let mut record = csv::ByteRecord::new();
-    let mut reader = open()?;
+    let (mut reader, _, _) = open()?;
     let mut first = true;
     while reader.read_byte_record(&mut record).map_err(storage)? {
         if !std::mem::take(&mut first) && matches(&record) {
@@ -123,9 +131,14 @@ fn erase_csv(path: &Path, id: &str) -> ServiceResult<u64> {
     if hits == 0 {
         return Ok(0);
     }
-    let mut reader = open()?;
+    let (mut reader, delimiter, bom) = open()?;
     replace_file_with(path, |out| {
-        let mut writer = csv::Writer::from_writer(out);
+        if bom {
+            std::io::Write::write_all(out, b"\xEF\xBB\xBF")?;
+        }
+        let mut writer = csv::WriterBuilder::new()
+            .delimiter(delimiter)
+            .from_writer(out);
         let mut first = true;
         while reader
             .read_byte_record(&mut record)

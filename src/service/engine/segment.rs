@@ -126,12 +126,19 @@ impl Engine {
                     })
                 })),
             };
-            let run = with_cpu_fallback(choice, backend, |b| {
+            let mut run = with_cpu_fallback(choice, backend, |b| {
                 run_segmentation(b, &path, &job.params, previous.as_ref(), &control)
             })
             // Never a cell value in a job's error: job records are readable
             // by every read key and outlive the log.
             .map_err(|e| segmentation_content_error(e, server_file))?;
+            // Nor in the stored outputs: an unreadable cell can be anything
+            // (a name shifted into the date column), and erasure would not
+            // find it in segments.json or the report. Rows, columns and
+            // fixes stay.
+            for example in &mut run.input.bad_rows.examples {
+                example.value.clear();
+            }
             ctx.phase("writing outputs");
             let from = match &job.source {
                 LogSource::Uploaded(id) => Source::Log(id),

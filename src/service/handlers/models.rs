@@ -51,6 +51,28 @@ impl pb::models_server::Models for ModelsService {
         }))
     }
 
+    async fn export(
+        &self,
+        request: Request<pb::GetModelRequest>,
+    ) -> Result<Response<pb::ModelFile>, Status> {
+        note(&request, &[&request.get_ref().id]);
+        let record = self.engine.model(&request.get_ref().id)?;
+        Ok(Response::new(pb::ModelFile {
+            content: self.engine.export_model(&record),
+        }))
+    }
+
+    async fn import(
+        &self,
+        request: Request<pb::ImportModelRequest>,
+    ) -> Result<Response<pb::Model>, Status> {
+        let engine = self.engine.clone();
+        let content = request.get_ref().content.clone();
+        let record = tokio::task::block_in_place(|| engine.import_model(&content))?;
+        note(&request, &[&record.id]);
+        Ok(Response::new((&record).into()))
+    }
+
     async fn delete(
         &self,
         request: Request<pb::DeleteModelRequest>,
