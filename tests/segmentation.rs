@@ -312,8 +312,18 @@ fn the_demo_planted_groups_are_recovered_with_the_recommended_k() {
     let dir = TempDir::new().unwrap();
     let (run, truth) = demo_run(&dir, 20_000, &SegmentParams::default());
     let sweep = run.sweep.as_ref().expect("a k range was swept");
-    assert_eq!(sweep.scores.len(), 9, "k = 2..=10");
+    assert_eq!(sweep.scores.len(), 6, "k = 3..=8");
     assert_eq!(sweep.recommended_k, PlantedGroup::ALL.len());
+    let chosen = &sweep.scores[sweep.recommended_k - 3];
+    assert!(
+        chosen.eligible && chosen.stability >= 0.75 && chosen.min_share >= 0.05,
+        "{chosen:?}"
+    );
+    assert!(
+        sweep.reason.starts_with("k = 5: the highest silhouette"),
+        "{}",
+        sweep.reason
+    );
     let ari = adjusted_rand_index(&truth, &run.prediction.labels);
     assert!(ari >= 0.98, "adjusted Rand index {ari}");
     // The log's unreadable rows were skipped and reported, not fatal.

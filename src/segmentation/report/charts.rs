@@ -78,15 +78,25 @@ pub fn write_charts(run: &SegmentRun, dir: &Path) -> Result<Vec<Chart>> {
         };
         let inertia: Vec<f64> = sweep.scores.iter().map(|s| s.inertia).collect();
         draw(dir, &elbow, |a| {
+            let (chart, key) = a.split_vertically(SIZE.1 - 30);
             line_chart(
-                a,
+                &chart,
                 elbow.title,
                 "inertia (within-segment sum of squares)",
                 &ks,
                 &inertia,
                 sweep.recommended_k,
                 false,
-            )
+            )?;
+            key.draw(&Text::new(
+                format!(
+                    "k = {} chosen by silhouette, smallest segment and stability (the report's table), not by the elbow alone",
+                    sweep.recommended_k
+                ),
+                (16, 6),
+                TextStyle::from((FONT, 13).into_font()),
+            ))
+            .map_err(s)
         })?;
         charts.push(elbow);
         let sil = Chart {
