@@ -29,6 +29,7 @@ pub struct KmeansArgs {
     /// Number of clusters.
     #[arg(long)]
     pub k: usize,
+    /// How the first centroids are chosen.
     #[arg(long, value_enum, default_value = "k-means++")]
     pub init: InitArg,
     /// Start from these centroids instead (CSV or Parquet, k rows, same columns).
@@ -37,11 +38,13 @@ pub struct KmeansArgs {
     /// Runs from different seeds; the lowest inertia wins.
     #[arg(long, default_value_t = 1)]
     pub n_init: usize,
+    /// Most Lloyd iterations per run.
     #[arg(long, default_value_t = 300)]
     pub max_iter: usize,
     /// Convergence tolerance, relative to the mean feature variance.
     #[arg(long, default_value_t = 1e-4)]
     pub tol: f64,
+    /// Seed of the initialisation: same seed, same data, same model.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Scale every feature to unit variance first (stored with the model).

@@ -336,6 +336,10 @@ pub struct Refresh {
     /// Splits, merges, new and retired segments.
     #[serde(default)]
     pub changes: Vec<SegmentChange>,
+    /// The previous run's description of each of its segments, in the
+    /// order of `transitions.previous_ids`.
+    #[serde(default)]
+    pub previous_descriptions: Vec<String>,
 }
 
 /// A 2-D PCA view of (a sample of) the customers, for the scatter plot.
@@ -600,6 +604,7 @@ pub fn segment_customers(
         ),
         size_drift: size_drift((&p.ids(), &segment_ids), &p.labels, &prediction.labels),
         changes: changes.clone(),
+        previous_descriptions: p.descriptions.clone(),
     });
     control.phase("projecting for the report", 0.9);
     let names: Vec<&str> = columns.iter().map(|&j| FEATURE_NAMES[j]).collect();

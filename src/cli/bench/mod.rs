@@ -40,20 +40,24 @@ pub struct BenchArgs {
     /// workload: the median and the best are reported.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
+    /// all: the CPU and a GPU adapter if there is one (a software one is
+    /// skipped under --quick); cpu or gpu: that one only.
     #[arg(long, value_enum, default_value_t = Which::All)]
     pub backend: Which,
     /// Also run W3 (n = 10,000,000) on the CPU: minutes, and 2.5 GiB of data.
     #[arg(long)]
     pub cpu_w3: bool,
-    /// Scaled-down sizes (n = 20,000): a smoke test, not a timing.
+    /// Scaled-down sizes (n = 20,000; W3 5,000): a smoke test, not a timing.
     #[arg(long)]
     pub quick: bool,
     /// Also run scikit-learn and FAISS on the same data in this run
     /// (pip install -r scripts/requirements-bench.txt).
     #[arg(long)]
     pub compare: bool,
+    /// Print one JSON document on stdout instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Seed of the synthetic data.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Measure the gRPC service instead (W1's data): upload throughput and

@@ -454,7 +454,17 @@ fn transition_heatmap(a: &Area, run: &SegmentRun, title: &str) -> std::result::R
         .collect();
     columns.push("left".into());
     let mut rows: Vec<String> = (0..k)
-        .map(|i| format!("was {}", id(&t.previous_ids, i)))
+        .map(|i| {
+            let name = match refresh.previous_descriptions.get(i) {
+                Some(d) => format!("was {}: {d}", id(&t.previous_ids, i)),
+                None => format!("was {}", id(&t.previous_ids, i)),
+            };
+            if name.chars().count() > 38 {
+                name.chars().take(37).chain(['…']).collect()
+            } else {
+                name
+            }
+        })
         .collect();
     rows.push("new customers".into());
     let max = t
@@ -467,7 +477,8 @@ fn transition_heatmap(a: &Area, run: &SegmentRun, title: &str) -> std::result::R
         .max()
         .unwrap_or(1)
         .max(1);
-    grid_chart(a, title, &columns, &rows, &|r, c| {
+    let (grid, key) = a.split_vertically(SIZE.1 - 30);
+    grid_chart(&grid, title, &columns, &rows, &|r, c| {
         let count = match (r < k, c < k_new) {
             (true, true) => t.counts[r][c],
             (true, false) => t.left[r],
@@ -476,7 +487,19 @@ fn transition_heatmap(a: &Area, run: &SegmentRun, title: &str) -> std::result::R
         };
         let shade = 255 - (200.0 * count as f64 / max as f64) as u8;
         (RGBColor(shade, shade, 255), count.to_string())
-    })
+    })?;
+    // The current segments' names, under the chart.
+    let names: Vec<String> = run.profiles.iter().map(segment_name).collect();
+    let mut line = format!("now: {}", names.join(" · "));
+    if line.chars().count() > 140 {
+        line = line.chars().take(139).chain(['…']).collect();
+    }
+    key.draw(&Text::new(
+        line,
+        (16, 6),
+        TextStyle::from((FONT, 12).into_font()),
+    ))
+    .map_err(s)
 }
 
 /// Horizontal bars: the segment names fit on the axis in full.

@@ -137,12 +137,15 @@ pub fn segment(
     n_init: usize,
 ) -> ServiceResult<()> {
     let sum_k: f64 = ks.map(|k| k as f64).sum();
-    let work = max_lines as f64 * sum_k * n_init as f64 * 300.0 * 5.0;
+    // A sweep also fits each k on 3 bootstrap samples of up to 5,000
+    // customers (its stability): as many row-fits as 3 × min(n, 5,000).
+    let rows = max_lines as f64 * n_init as f64 + 3.0 * (max_lines as f64).min(5000.0);
+    let work = rows * sum_k * 300.0 * 5.0;
     if work > limits.max_fit_work {
         return Err(exhausted(
             "max_fit_work",
             format!(
-                "up to {max_lines} customers × Σk = {sum_k} × n_init {n_init} × 300 iterations × 5 features = {work:.3e}; the limit is {:.3e} (narrow the k range or lower n_init)",
+                "up to {max_lines} customers × n_init {n_init} (plus 3 bootstrap fits) × Σk = {sum_k} × 300 iterations × 5 features = {work:.3e}; the limit is {:.3e} (narrow the k range or lower n_init)",
                 limits.max_fit_work
             ),
         ));
