@@ -73,7 +73,12 @@ impl Cancel {
 }
 
 /// Per-cluster sums from one assignment, all in f64.
-#[derive(Debug, Clone)]
+///
+/// Sums over disjoint sets of rows add up (`+=`, [`ClusterSums::merge`]):
+/// chunks, partitions of a distributed fit and several devices reduce to
+/// the sums of all their rows, in f64 on the host, against the same
+/// centroids.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClusterSums {
     /// `k × d`: Σ wᵢ·xᵢ over the rows assigned to each cluster.
     pub sums: Array2<f64>,
@@ -81,6 +86,58 @@ pub struct ClusterSums {
     pub weights: Vec<f64>,
     /// Σ wᵢ·‖xᵢ − c‖² over all rows, against the centroids used to assign.
     pub inertia: f64,
+}
+
+/// Sums of different shapes cannot be added.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cluster sums of shape {left:?} and {right:?} cannot be added")]
+pub struct SumsShapeError {
+    pub left: (usize, usize),
+    pub right: (usize, usize),
+}
+
+impl ClusterSums {
+    /// The sums of no rows: the identity of [`Self::merge`].
+    pub fn zeros(k: usize, d: usize) -> Self {
+        Self {
+            sums: Array2::zeros((k, d)),
+            weights: vec![0.0; k],
+            inertia: 0.0,
+        }
+    }
+
+    /// `(k, d)`.
+    pub fn dim(&self) -> (usize, usize) {
+        self.sums.dim()
+    }
+
+    /// Adds the sums of other rows (against the same centroids).
+    pub fn merge(&mut self, other: &ClusterSums) -> Result<(), SumsShapeError> {
+        if self.dim() != other.dim() || self.weights.len() != other.weights.len() {
+            return Err(SumsShapeError {
+                left: self.dim(),
+                right: other.dim(),
+            });
+        }
+        self.sums += &other.sums;
+        for (w, o) in self.weights.iter_mut().zip(&other.weights) {
+            *w += o;
+        }
+        self.inertia += other.inertia;
+        Ok(())
+    }
+
+    /// Adds up any number of partial sums of shape `k × d`.
+    pub fn total<'a>(
+        k: usize,
+        d: usize,
+        parts: impl IntoIterator<Item = &'a ClusterSums>,
+    ) -> Result<Self, SumsShapeError> {
+        parts.into_iter().try_fold(Self::zeros(k, d), |mut acc, p| {
+            acc.merge(p)?;
+            Ok(acc)
+        })
+    }
 }
 
 /// The full assignment of every resident row, downloaded once.
