@@ -94,3 +94,38 @@ fn merging_is_checked_and_zeros_are_its_identity() {
     assert_eq!(twice.inertia, 8.0);
     assert!(twice.sums.iter().all(|&v| v == 3.0));
 }
+
+/// Both backends report the same fields with the same meaning: second
+/// distances after `assign`, none after a Lloyd step (pruned or not).
+#[test]
+fn second_distances_follow_the_same_contract_on_every_backend() {
+    let (x, _) = blobs(600, 4, 3, 5);
+    let c = x.slice(s![..3, ..]).to_owned();
+    let cpu = CpuBackend::new();
+    let exhaustive = CpuBackend::exhaustive();
+    let g = gpu(None);
+    let mut backends: Vec<&dyn Backend> = vec![&cpu, &exhaustive];
+    if let Some(g) = &g {
+        backends.push(g);
+    }
+    for b in backends {
+        let what = b.info().adapter;
+        let mut r = b.upload(x.view(), None).unwrap();
+        r.assign(c.view()).unwrap();
+        let a = r.assignment().unwrap();
+        let second = a.second_distances.expect("after assign");
+        assert!(
+            second
+                .iter()
+                .zip(&a.distances)
+                .all(|(s, d)| s.is_finite() && s >= d),
+            "{what}"
+        );
+        for _ in 0..3 {
+            r.lloyd_step(c.view()).unwrap();
+            assert!(r.assignment().unwrap().second_distances.is_none(), "{what}");
+        }
+        r.assign(c.view()).unwrap();
+        assert!(r.assignment().unwrap().second_distances.is_some(), "{what}");
+    }
+}

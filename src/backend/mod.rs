@@ -147,7 +147,10 @@ pub struct Assignment {
     /// Squared Euclidean distance to the assigned centroid.
     pub distances: Vec<f32>,
     /// Squared distance to the second-nearest centroid (`+∞` when k = 1).
-    pub second_distances: Vec<f32>,
+    /// The same on every backend: `Some` when the last kernel was
+    /// [`Resident::assign`], `None` after a [`Resident::lloyd_step`], which
+    /// need not compute them (the CPU's pruned steps skip them).
+    pub second_distances: Option<Vec<f32>>,
 }
 
 /// Column sums of `x − pivot` and `(x − pivot)²`. The pivot is a point near

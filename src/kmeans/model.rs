@@ -214,13 +214,16 @@ impl KMeansModel {
         let mut resident = backend.upload(working.view(), None)?;
         resident.assign(self.scaled_centroids.view())?;
         let a = resident.assignment()?;
-        let margins = (self.k() > 1).then(|| {
-            a.second_distances
-                .iter()
-                .zip(&a.distances)
-                .map(|(&s, &d)| (s - d).max(0.0))
-                .collect()
-        });
+        let margins = (self.k() > 1)
+            .then_some(a.second_distances.as_ref())
+            .flatten()
+            .map(|second| {
+                second
+                    .iter()
+                    .zip(&a.distances)
+                    .map(|(&s, &d)| (s - d).max(0.0))
+                    .collect()
+            });
         Ok(Prediction {
             labels: a.labels,
             distances: a.distances,

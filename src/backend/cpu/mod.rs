@@ -215,7 +215,8 @@ impl CpuResident<'_> {
             &self.distances,
             &self.second,
         ));
-        self.second_valid = true;
+        // A Lloyd step reports no second distances, pruned or not.
+        self.second_valid = false;
         self.distances_stale = false;
         total
     }
@@ -313,11 +314,7 @@ impl Resident for CpuResident<'_> {
         Ok(Assignment {
             labels: self.labels.clone(),
             distances: self.distances.clone(),
-            second_distances: if self.second_valid {
-                self.second.clone()
-            } else {
-                vec![f32::NAN; self.second.len()]
-            },
+            second_distances: self.second_valid.then(|| self.second.clone()),
         })
     }
 

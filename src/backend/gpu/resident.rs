@@ -44,6 +44,8 @@ pub struct GpuResident<'a> {
     clusters: Option<Clusters>,
     /// Set up on the first Lloyd step when the device has timestamps.
     timer: Option<Timer>,
+    /// The last kernel was `assign`: second distances are reported.
+    assigned: bool,
 }
 
 /// Two timestamps around a Lloyd step's kernels, resolved on the device and
@@ -106,6 +108,7 @@ impl<'a> GpuResident<'a> {
             chunks,
             clusters: None,
             timer: None,
+            assigned: false,
         })
     }
 
@@ -404,7 +407,9 @@ impl Resident for GpuResident<'_> {
         let mut encoder = self.encoder("assign");
         self.record_assign(&mut encoder, centroids)?;
         self.gpu.ctx.queue.submit([encoder.finish()]);
-        Ok(self.gpu.ctx.check()?)
+        self.gpu.ctx.check()?;
+        self.assigned = true;
+        Ok(())
     }
 
     fn accumulate(&mut self, k: usize) -> Result<ClusterSums, BackendError> {
@@ -421,6 +426,7 @@ impl Resident for GpuResident<'_> {
     /// Assignment, partial sums and reduction in one submission; reads back
     /// only the `k × (d + 2)` totals.
     fn lloyd_step(&mut self, centroids: ArrayView2<f32>) -> Result<ClusterSums, BackendError> {
+        self.assigned = false;
         let mut encoder = self.encoder("lloyd step");
         self.timestamp(&mut encoder, 0);
         self.record_assign(&mut encoder, centroids)?;
@@ -453,7 +459,7 @@ impl Resident for GpuResident<'_> {
         Ok(Assignment {
             labels: self.read_rows(|c| &c.labels)?,
             distances: self.read_rows(|c| &c.dists)?,
-            second_distances: second,
+            second_distances: self.assigned.then_some(second),
         })
     }
 
