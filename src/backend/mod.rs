@@ -199,8 +199,9 @@ pub trait Backend: Send + Sync {
     ) -> Result<Box<dyn Resident + 'a>, BackendError>;
 }
 
-/// A matrix resident on a backend, and the kernels that run on it.
-pub trait Resident {
+/// A matrix resident on a backend, and the kernels that run on it. `Send`:
+/// a resident can move to the thread (or task) that runs its partition.
+pub trait Resident: Send {
     fn n_rows(&self) -> usize;
     fn n_cols(&self) -> usize;
 
