@@ -6,16 +6,13 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use ndarray::Array2;
 
-use super::TextArgs;
+use super::{parse_as_of, LogArgs, TextArgs};
 use segmenta::backend::{select, with_cpu_fallback, BackendChoice};
 use segmenta::data::{read_table_limited, read_text_column, ReadLimits};
 use segmenta::kmeans::Prediction;
 use segmenta::model_file::ModelFile;
 use segmenta::segmentation::features::customer_features;
-use segmenta::segmentation::transactions::{
-    read_transactions_as, BadRowPolicy, TransactionColumns,
-};
-use segmenta::segmentation::SegmentationError;
+use segmenta::segmentation::transactions::{read_transactions_as, BadRowPolicy};
 
 #[derive(Debug, Args)]
 pub struct AssignArgs {
@@ -54,26 +51,8 @@ pub struct ScoreArgs {
     /// Write the CSV here instead of standard output.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Customer id column.
-    #[arg(long, default_value = "customer_id")]
-    pub customer_col: String,
-    /// Purchase date column.
-    #[arg(long, default_value = "date")]
-    pub date_col: String,
-    /// Spend column (a unit price with --quantity-col).
-    #[arg(long, default_value = "amount")]
-    pub amount_col: String,
-    /// Spend = amount × quantity.
-    #[arg(long)]
-    pub quantity_col: Option<String>,
-    /// Frequency counts distinct orders of this column.
-    #[arg(long)]
-    pub order_col: Option<String>,
-    /// strftime format of the dates, e.g. %d/%m/%Y.
-    #[arg(long, value_name = "FORMAT")]
-    pub date_format: Option<String>,
     #[command(flatten)]
-    pub text: TextArgs,
+    pub log: LogArgs,
     /// auto: a hardware GPU if present, else the CPU. gpu: any GPU adapter. cpu: native kernels.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto, env = "SEGMENTA_BACKEND")]
     pub backend: BackendChoice,
@@ -196,23 +175,13 @@ pub fn run_score(args: ScoreArgs) -> anyhow::Result<()> {
             other.kind()
         ),
     };
-    let as_of = args
-        .as_of
-        .as_deref()
-        .map(|d| {
-            chrono::NaiveDate::parse_from_str(d.trim(), "%Y-%m-%d")
-                .map_err(|_| SegmentationError::BadDate(d.to_owned()))
-        })
-        .transpose()?;
-    let columns = TransactionColumns {
-        customer: args.customer_col,
-        date: args.date_col,
-        amount: args.amount_col,
-        quantity: args.quantity_col,
-        order: args.order_col,
-    };
-    let format = args.text.format(args.date_format);
-    let log = read_transactions_as(&args.transactions, &columns, &format, BadRowPolicy::Skip)?;
+    let as_of = parse_as_of(args.as_of.as_deref())?;
+    let log = read_transactions_as(
+        &args.transactions,
+        &args.log.columns(),
+        &args.log.format(),
+        BadRowPolicy::Skip,
+    )?;
     if log.bad_rows.total > 0 {
         eprintln!(
             "warning: {} of {} rows skipped as unreadable: {}",

@@ -16,6 +16,8 @@ use clap::{Args, Parser, Subcommand};
 
 use segmenta::backend::BackendChoice;
 use segmenta::data::{Delimiter, TextFormat};
+use segmenta::segmentation::transactions::TransactionColumns;
+use segmenta::segmentation::SegmentationError;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -75,6 +77,62 @@ impl TextArgs {
             date_format,
         }
     }
+}
+
+/// Where a transaction log keeps what, and how its text is written: the
+/// options of every command that reads a log (`segment`, `score`,
+/// `client segment`).
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Customer ids (any text).
+    #[arg(long, default_value = "customer_id")]
+    pub customer_col: String,
+    /// Purchase dates: ISO 8601 dates or timestamps, DD/MM/YYYY or
+    /// MM/DD/YYYY (detected), or any --date-format.
+    #[arg(long, default_value = "date")]
+    pub date_col: String,
+    /// Spend per line (a unit price when --quantity-col is given);
+    /// negative amounts are refunds.
+    #[arg(long, default_value = "amount")]
+    pub amount_col: String,
+    /// When given, a line's spend is amount × quantity.
+    #[arg(long)]
+    pub quantity_col: Option<String>,
+    /// Frequency counts distinct orders (default: distinct purchase days).
+    #[arg(long)]
+    pub order_col: Option<String>,
+    /// strftime format of the date column, e.g. %d/%m/%Y or "%m/%d/%Y %H:%M"
+    /// (default: ISO 8601; day-first or month-first dates are detected when
+    /// a day above 12 settles which).
+    #[arg(long, value_name = "FORMAT")]
+    pub date_format: Option<String>,
+    #[command(flatten)]
+    pub text: TextArgs,
+}
+
+impl LogArgs {
+    pub fn columns(&self) -> TransactionColumns {
+        TransactionColumns {
+            customer: self.customer_col.clone(),
+            date: self.date_col.clone(),
+            amount: self.amount_col.clone(),
+            quantity: self.quantity_col.clone(),
+            order: self.order_col.clone(),
+        }
+    }
+
+    pub fn format(&self) -> TextFormat {
+        self.text.format(self.date_format.clone())
+    }
+}
+
+/// `--as-of YYYY-MM-DD`.
+pub fn parse_as_of(text: Option<&str>) -> Result<Option<chrono::NaiveDate>, SegmentationError> {
+    text.map(|d| {
+        chrono::NaiveDate::parse_from_str(d.trim(), "%Y-%m-%d")
+            .map_err(|_| SegmentationError::BadDate(d.to_owned()))
+    })
+    .transpose()
 }
 
 fn parse_delimiter(s: &str) -> Result<Delimiter, String> {

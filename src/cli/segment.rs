@@ -70,23 +70,6 @@ pub struct SegmentArgs {
     /// segment ids and report who moved.
     #[arg(long, value_name = "MODEL")]
     pub previous: Option<PathBuf>,
-    /// Customer ids (any text).
-    #[arg(long, default_value = "customer_id")]
-    pub customer_col: String,
-    /// Purchase dates: ISO 8601 dates or timestamps, DD/MM/YYYY or
-    /// MM/DD/YYYY (detected), or any --date-format.
-    #[arg(long, default_value = "date")]
-    pub date_col: String,
-    /// Spend per line (a unit price when --quantity-col is given);
-    /// negative amounts are refunds.
-    #[arg(long, default_value = "amount")]
-    pub amount_col: String,
-    /// When given, a line's spend is amount × quantity.
-    #[arg(long)]
-    pub quantity_col: Option<String>,
-    /// Frequency counts distinct orders (default: distinct purchase days).
-    #[arg(long)]
-    pub order_col: Option<String>,
     /// skip: count unreadable rows and report them; reject: stop at the first.
     #[arg(long, value_enum, default_value_t = BadRowPolicy::Skip)]
     pub bad_rows: BadRowPolicy,
@@ -94,13 +77,8 @@ pub struct SegmentArgs {
     /// before the job fails with a summary of what could not be read.
     #[arg(long, default_value_t = DEFAULT_MAX_BAD_ROWS, value_name = "FRACTION")]
     pub max_bad_rows: f64,
-    /// strftime format of the date column, e.g. %d/%m/%Y or "%m/%d/%Y %H:%M"
-    /// (default: ISO 8601; day-first or month-first dates are detected when
-    /// a day above 12 settles which).
-    #[arg(long, value_name = "FORMAT")]
-    pub date_format: Option<String>,
     #[command(flatten)]
-    pub text: super::TextArgs,
+    pub log: super::LogArgs,
     #[command(flatten)]
     pub job: JobArgs,
 }
@@ -136,12 +114,7 @@ fn params(
     bad_rows: BadRowPolicy,
     as_of: Option<&str>,
 ) -> anyhow::Result<SegmentParams> {
-    let as_of = as_of
-        .map(|d| {
-            chrono::NaiveDate::parse_from_str(d.trim(), "%Y-%m-%d")
-                .map_err(|_| SegmentationError::BadDate(d.to_owned()))
-        })
-        .transpose()?;
+    let as_of = super::parse_as_of(as_of)?;
     Ok(SegmentParams {
         columns,
         bad_rows,
@@ -185,15 +158,13 @@ fn execute(
 
 pub fn run_segment(args: SegmentArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let columns = TransactionColumns {
-        customer: args.customer_col.clone(),
-        date: args.date_col.clone(),
-        amount: args.amount_col.clone(),
-        quantity: args.quantity_col.clone(),
-        order: args.order_col.clone(),
-    };
-    let mut params = params(&args.job, columns, args.bad_rows, args.as_of.as_deref())?;
-    params.format = args.text.format(args.date_format.clone());
+    let mut params = params(
+        &args.job,
+        args.log.columns(),
+        args.bad_rows,
+        args.as_of.as_deref(),
+    )?;
+    params.format = args.log.format();
     params.max_bad_rows = args.max_bad_rows;
     let previous = args
         .previous

@@ -12,7 +12,7 @@ use segmenta::segmentation::SegmentationError;
 use segmenta::service::proto as pb;
 
 use super::{proto_backend, proto_text_format, watch, Conn};
-use crate::cli::TextArgs;
+use crate::cli::LogArgs;
 
 #[derive(Debug, Args)]
 pub struct ClientSegmentArgs {
@@ -48,26 +48,8 @@ pub struct ClientSegmentArgs {
     /// Refresh: warm-start from this segmentation (seg-…) and keep its ids.
     #[arg(long)]
     previous: Option<String>,
-    /// Customer id column.
-    #[arg(long, default_value = "customer_id")]
-    customer_col: String,
-    /// Purchase date column.
-    #[arg(long, default_value = "date")]
-    date_col: String,
-    /// Spend column (a unit price with --quantity-col).
-    #[arg(long, default_value = "amount")]
-    amount_col: String,
-    /// Spend = amount × quantity.
-    #[arg(long)]
-    quantity_col: Option<String>,
-    /// Frequency counts distinct orders of this column.
-    #[arg(long)]
-    order_col: Option<String>,
-    /// strftime format of the dates, e.g. %d/%m/%Y.
-    #[arg(long, value_name = "FORMAT")]
-    date_format: Option<String>,
     #[command(flatten)]
-    text: TextArgs,
+    log: LogArgs,
     /// Stop at the first unreadable row instead of skipping.
     #[arg(long)]
     reject_bad_rows: bool,
@@ -161,7 +143,7 @@ async fn upload_log(
 
 pub async fn run(channel: Conn, a: ClientSegmentArgs) -> anyhow::Result<()> {
     use pb::segment_request::{KChoice, Source};
-    let text = proto_text_format(&a.text.format(a.date_format.clone()));
+    let text = proto_text_format(&a.log.format());
     let source = match (&a.transactions, a.transactions_id, a.server_path) {
         (Some(path), _, _) => {
             Source::TransactionsId(upload_log(channel.clone(), path, text.clone()).await?)
@@ -185,12 +167,15 @@ pub async fn run(channel: Conn, a: ClientSegmentArgs) -> anyhow::Result<()> {
     };
     let request = pb::SegmentRequest {
         source: Some(source),
-        columns: Some(pb::TransactionColumns {
-            customer: a.customer_col,
-            date: a.date_col,
-            amount: a.amount_col,
-            quantity: a.quantity_col.unwrap_or_default(),
-            order: a.order_col.unwrap_or_default(),
+        columns: Some({
+            let c = a.log.columns();
+            pb::TransactionColumns {
+                customer: c.customer,
+                date: c.date,
+                amount: c.amount,
+                quantity: c.quantity.unwrap_or_default(),
+                order: c.order.unwrap_or_default(),
+            }
         }),
         k_choice,
         as_of: a.as_of.unwrap_or_default(),
