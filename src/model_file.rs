@@ -134,27 +134,21 @@ impl ModelFile {
 
 impl TableModel {
     fn check(&self) -> Result<(), String> {
-        match self {
+        let (columns, n_features) = match self {
             Self::Kmeans { columns, model } => {
                 model.check_consistent()?;
-                if columns.len() != model.n_features() {
-                    return Err(format!(
-                        "{} column names for {} features",
-                        columns.len(),
-                        model.n_features()
-                    ));
-                }
+                (columns, model.n_features())
             }
             Self::Pca { columns, model } => {
                 model.check_consistent()?;
-                if columns.len() != model.n_features() {
-                    return Err(format!(
-                        "{} column names for {} features",
-                        columns.len(),
-                        model.n_features()
-                    ));
-                }
+                (columns, model.n_features())
             }
+        };
+        if columns.len() != n_features {
+            return Err(format!(
+                "{} column names for {n_features} features",
+                columns.len()
+            ));
         }
         Ok(())
     }
@@ -174,19 +168,8 @@ impl TableModel {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelFileError> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        ModelFileError::Write {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        }
+    crate::segmentation::replace_atomically(path, bytes).map_err(|e| ModelFileError::Write {
+        path: path.display().to_string(),
+        message: e.to_string(),
     })
 }

@@ -88,6 +88,7 @@ const UNARY: &[&str] = &[
     "/segmenta.v1.Clustering/Evaluate",
     "/segmenta.v1.Decomposition/FitPca",
     "/segmenta.v1.Decomposition/Transform",
+    "/segmenta.v1.Decomposition/InverseTransform",
     "/segmenta.v1.Segmentations/Segment",
     "/segmenta.v1.Segmentations/GetSegmentation",
     "/segmenta.v1.Segmentations/DeleteTransactions",
@@ -95,6 +96,8 @@ const UNARY: &[&str] = &[
     "/segmenta.v1.Models/Get",
     "/segmenta.v1.Models/List",
     "/segmenta.v1.Models/Delete",
+    "/segmenta.v1.Models/Export",
+    "/segmenta.v1.Models/Import",
     "/segmenta.v1.Server/GetInfo",
     "/segmenta.v1.Privacy/EraseCustomer",
 ];

@@ -25,4 +25,5 @@ pub use job::{
     InputSummary, KChoice, Refresh, Scatter, SegmentControl, SegmentModel, SegmentParams,
     SegmentRun, DEFAULT_K_RANGE, DEFAULT_MAX_BAD_ROWS, DEFAULT_MIN_SHARE,
 };
+pub(crate) use output::replace_atomically;
 pub use output::{write_outputs, OutputFiles, Preprocessing, SegmentsDocument, CUSTOMER_COLUMNS};

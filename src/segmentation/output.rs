@@ -62,16 +62,21 @@ pub fn write_outputs(run: &SegmentRun, dir: &Path) -> Result<OutputFiles> {
 }
 
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp-write");
+    replace_atomically(path, bytes).map_err(|e| SegmentationError::output(path, e).into())
+}
+
+/// Writes `bytes` under a temporary name (this process's), syncs and
+/// renames it to `path`; on failure nothing is left behind.
+pub(crate) fn replace_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp-write-{}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)
     };
-    write().map_err(|e| {
+    write().inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
-        SegmentationError::output(path, e).into()
     })
 }
 

@@ -373,6 +373,18 @@ mod tests {
             access("/segmenta.v1.Privacy/EraseCustomer"),
             Some(Access::Needs(Role::Admin))
         );
+        // Registering a model writes; exporting one and inverse
+        // transforms read.
+        assert_eq!(
+            access("/segmenta.v1.Models/Import"),
+            Some(Access::Needs(Role::Write))
+        );
+        for read in [
+            "/segmenta.v1.Models/Export",
+            "/segmenta.v1.Decomposition/InverseTransform",
+        ] {
+            assert_eq!(access(read), Some(Access::Needs(Role::Read)), "{read}");
+        }
         assert_eq!(method("/nope"), None);
         assert_eq!(method("//segmenta.v1.Server/GetInfo"), None);
         assert_eq!(method("/segmenta.v1.Server/GetInfo/"), None);
