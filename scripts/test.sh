@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
+if [ -n "${CI:-}" ]; then
+    # A fresh clone builds once: incremental caches only cost disk (gigabytes) and time.
+    export CARGO_INCREMENTAL=0
+fi
 
 have_vulkan() {
     ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1' &&
@@ -91,6 +95,9 @@ cargo fmt --all -- --check
 echo "== cargo test"
 cargo test --all-targets
 cargo test --doc
+if [ -n "${CI:-}" ]; then
+    echo "== disk used by the build: $(du -sh target 2>/dev/null | cut -f1)"
+fi
 echo "== bench smoke test (segmenta bench --quick)"
 cargo run --quiet -- bench --quick --iters 3 --repeats 1
 echo "== load test smoke (segmenta bench --service --load --quick, 2 s)"
