@@ -33,9 +33,10 @@ if have_vulkan; then
     export SEGMENTA_REQUIRE_GPU=1
 fi
 
-# The Python tests need grpcio-tools (from PyPI), installed into a virtual
-# environment of their own (Debian 12's python3 refuses system-wide pip
-# installs, PEP 668). The Rust tests run Python as $SEGMENTA_PYTHON.
+# The Python package (clients/python) and its tests' requirements (pytest,
+# scikit-learn, pandas, pyarrow, grpcio-tools) go into a virtual environment
+# of their own (Debian 12's python3 refuses system-wide pip installs, PEP
+# 668). The Rust tests run Python as $SEGMENTA_PYTHON.
 VENV=.venv-test
 python_warning() {
     echo "" >&2
@@ -70,14 +71,14 @@ setup_python() {
             fi
         fi
     fi
-    echo "== installing the Python client's requirements into $VENV"
+    echo "== installing the Python package (clients/python, with its test extra) into $VENV"
     if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
-        -r clients/python/requirements.txt >/dev/null; then
-        python_warning "could not install clients/python/requirements.txt into $VENV"
+        "./clients/python[test]" >/dev/null; then
+        python_warning "could not install ./clients/python[test] into $VENV"
         return 1
     fi
-    if ! "$VENV/bin/python" -c "import grpc, grpc_tools" 2>/dev/null; then
-        python_warning "$VENV/bin/python cannot import grpc and grpc_tools"
+    if ! "$VENV/bin/python" -c "import segmenta, sklearn, pandas, pyarrow, grpc_tools" 2>/dev/null; then
+        python_warning "$VENV/bin/python cannot import segmenta and its test requirements"
         return 1
     fi
 }
@@ -95,6 +96,16 @@ cargo fmt --all -- --check
 echo "== cargo test"
 cargo test --all-targets
 cargo test --doc
+if [ -n "${SEGMENTA_PYTHON:-}" ]; then
+    echo "== Python package tests (pytest, against real segmenta servers)"
+    cargo build --quiet
+    target_dir="${CARGO_TARGET_DIR:-target}"
+    case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
+    SEGMENTA_BIN="$target_dir/debug/segmenta" \
+        "$SEGMENTA_PYTHON" -m pytest -q -p no:cacheprovider clients/python/tests
+else
+    python_warning "no Python environment: the Python package tests are not run"
+fi
 if [ -n "${CI:-}" ]; then
     echo "== disk used by the build: $(du -sh target 2>/dev/null | cut -f1)"
 fi

@@ -393,6 +393,7 @@ fn extreme_numbers_and_wrong_combinations_are_answered() {
                         .assign(pb::AssignRequest {
                             model_id: a,
                             rows: values,
+                            n_features: 0,
                         })
                         .await
                         .map(|_| ()),

@@ -648,6 +648,7 @@ fn trace_logs_hold_no_customer_data_and_audit_every_call() {
                 pb::AssignRequest {
                     model_id: model.id,
                     rows: vec![4242.4242, 5242.4242, 6242.4242],
+                    n_features: 0,
                 },
                 admin,
             ))

@@ -297,12 +297,12 @@ fn python() -> String {
 
 fn python_has_grpc() -> bool {
     let ok = std::process::Command::new(python())
-        .args(["-c", "import grpc, grpc_tools"])
+        .args(["-c", "import grpc, segmenta"])
         .status()
         .is_ok_and(|s| s.success());
     if !ok && std::env::var("SEGMENTA_REQUIRE_PYTHON").as_deref() == Ok("1") {
         panic!(
-            "SEGMENTA_REQUIRE_PYTHON=1 but {} cannot import grpc and grpc_tools",
+            "SEGMENTA_REQUIRE_PYTHON=1 but {} cannot import grpc and segmenta (pip install ./clients/python)",
             python()
         );
     }
@@ -349,7 +349,7 @@ fn tls_and_mutual_tls_with_rust_and_python_clients() {
 
         if python_has_grpc() {
             let script =
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python/auth_tls_check.py");
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python/examples/auth_tls_check.py");
             let out = std::process::Command::new(python())
                 .arg(&script)
                 .args(["--server", &server.addr.to_string()])
@@ -364,7 +364,7 @@ fn tls_and_mutual_tls_with_rust_and_python_clients() {
             assert!(text.contains("0 failed"), "{text}");
         } else {
             eprintln!(
-                "SKIPPED: the Python TLS client check (no grpcio); scripts/test.sh installs it"
+                "SKIPPED: the Python TLS client check (no segmenta package); scripts/test.sh installs it"
             );
         }
         server.stop().await.unwrap();
@@ -1138,6 +1138,7 @@ fn scoring_in_streams_takes_the_same_slots_as_unary_calls() {
             tx.send(pb::AssignRequest {
                 model_id: model.id.clone(),
                 rows: big.clone(),
+                n_features: 0,
             })
             .await
             .unwrap();

@@ -237,6 +237,7 @@ fn round_trip_matches_the_library() {
             .assign(pb::AssignRequest {
                 model_id: model.id.clone(),
                 rows: flat(&probe),
+                n_features: 0,
             })
             .await
             .unwrap()
@@ -307,6 +308,7 @@ fn round_trip_matches_the_library() {
             .transform(pb::TransformRequest {
                 model_id: pca.id.clone(),
                 rows: flat(&probe),
+                n_features: 0,
             })
             .await
             .unwrap()
@@ -485,6 +487,7 @@ fn cancel_a_running_fit_and_restart_on_the_same_data() {
         let assign = pb::AssignRequest {
             model_id: model.id.clone(),
             rows: probe.clone(),
+            n_features: 0,
         };
         let served =
             tokio::time::timeout(Duration::from_secs(10), server.clustering().assign(assign))
@@ -565,6 +568,7 @@ fn cancel_a_running_fit_and_restart_on_the_same_data() {
             .assign(pb::AssignRequest {
                 model_id: model.id,
                 rows: probe,
+                n_features: 0,
             })
             .await
             .unwrap()
@@ -721,6 +725,7 @@ fn bad_requests_get_the_right_code_and_the_server_keeps_serving() {
             .assign(pb::AssignRequest {
                 model_id: "km-missing".into(),
                 rows: vec![1.0],
+                n_features: 0,
             })
             .await
             .unwrap_err());
@@ -801,6 +806,7 @@ fn bad_requests_get_the_right_code_and_the_server_keeps_serving() {
         let assign = |rows: Vec<f32>| pb::AssignRequest {
             model_id: model.id.clone(),
             rows,
+            n_features: 0,
         };
         let e = server
             .clustering()
@@ -809,6 +815,22 @@ fn bad_requests_get_the_right_code_and_the_server_keeps_serving() {
             .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
         assert!(e.message().contains("rows of width 2"), "{e}");
+        // Four rows of one feature fill two rows of the model's two: only a
+        // declared width catches them.
+        let e = server
+            .clustering()
+            .assign(pb::AssignRequest {
+                n_features: 1,
+                ..assign(vec![1.0, 2.0, 3.0, 4.0])
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message()
+                .contains("the rows have 1 features; the model has 2"),
+            "{e}"
+        );
         let e = server
             .clustering()
             .assign(assign(vec![1.0, f32::INFINITY]))
@@ -827,6 +849,7 @@ fn bad_requests_get_the_right_code_and_the_server_keeps_serving() {
             .transform(pb::TransformRequest {
                 model_id: model.id.clone(),
                 rows: vec![1.0, 2.0],
+                n_features: 0,
             })
             .await
             .unwrap_err();
@@ -927,27 +950,28 @@ fn health_and_reflection() {
     });
 }
 
-/// A Python client generated from the proto with grpcio-tools runs the round
-/// trip (clients/python/segmenta_client.py, also the README's example).
+/// The Python package's tour of the API runs against this server
+/// (clients/python/examples/round_trip.py; the package's own tests are run
+/// by pytest from scripts/test.sh).
 #[test]
 fn python_client_round_trip() {
     let python = std::env::var("SEGMENTA_PYTHON").unwrap_or("python3".into());
-    let has_grpc_tools = std::process::Command::new(&python)
-        .args(["-c", "import grpc, grpc_tools"])
+    let has_package = std::process::Command::new(&python)
+        .args(["-c", "import segmenta"])
         .output()
         .is_ok_and(|o| o.status.success());
-    if !has_grpc_tools {
+    if !has_package {
         if std::env::var("SEGMENTA_REQUIRE_PYTHON").as_deref() == Ok("1") {
-            panic!("SEGMENTA_REQUIRE_PYTHON=1 but {python} cannot import grpc and grpc_tools");
+            panic!("SEGMENTA_REQUIRE_PYTHON=1 but {python} cannot import segmenta");
         }
-        eprintln!("SKIPPED: no Python with grpcio-tools (scripts/test.sh makes one in .venv-test and sets SEGMENTA_PYTHON)");
+        eprintln!("SKIPPED: no Python with the segmenta package (scripts/test.sh installs it into .venv-test and sets SEGMENTA_PYTHON)");
         return;
     }
     runtime().block_on(async {
         let dir = TempDir::new().unwrap();
         let server = TestServer::start(dir.path(), Limits::default()).await;
         let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python/segmenta_client.py");
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python/examples/round_trip.py");
         let addr = server.addr.trim_start_matches("http://").to_owned();
         let out = tokio::process::Command::new(&python)
             .arg(script)
@@ -1119,6 +1143,7 @@ fn segment_over_grpc_matches_the_library_and_refreshes_stably() {
             .assign(pb::AssignRequest {
                 model_id: seg.id.clone(),
                 rows: flat(&x),
+                n_features: 0,
             })
             .await
             .unwrap()

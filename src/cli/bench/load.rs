@@ -172,6 +172,7 @@ pub fn run(seconds: u64, quick: bool, seed: u64, as_json: bool) -> anyhow::Resul
                         .assign(pb::AssignRequest {
                             model_id: model_id.clone(),
                             rows: rows.clone(),
+                            n_features: 0,
                         })
                         .await;
                     let ms = t.elapsed().as_secs_f64() * 1e3;

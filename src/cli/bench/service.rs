@@ -66,7 +66,7 @@ pub fn run(x: &Array2<f32>, k: usize, as_json: bool) -> anyhow::Result<()> {
         for _ in 0..REPEATS {
             let t = Instant::now();
             for rows in &requests {
-                clustering.assign(pb::AssignRequest { model_id: model_id.clone(), rows: rows.clone() }).await?;
+                clustering.assign(pb::AssignRequest { model_id: model_id.clone(), rows: rows.clone(), n_features: 0 }).await?;
             }
             assign_rates.push((requests.len() * ASSIGN_ROWS) as f64 / t.elapsed().as_secs_f64());
         }

@@ -499,6 +499,7 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                 .assign(pb::AssignRequest {
                     model_id: model,
                     rows: data.values.iter().copied().collect(),
+                    n_features: data.values.ncols() as u32,
                 })
                 .await?
                 .into_inner();

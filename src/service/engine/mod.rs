@@ -238,7 +238,16 @@ impl Engine {
             })
     }
 
-    fn check_rows(&self, n_values: usize, width: usize) -> ServiceResult<usize> {
+    /// `declared`: the caller's row width (`n_features` in the request; 0 =
+    /// not said), which catches rows of the wrong width whose values happen
+    /// to fill whole rows of the model's.
+    fn check_rows(&self, n_values: usize, width: usize, declared: u32) -> ServiceResult<usize> {
+        if declared != 0 && declared as usize != width {
+            return Err(ServiceError::invalid(
+                "n_features",
+                format!("the rows have {declared} features; the model has {width}"),
+            ));
+        }
         if width == 0 || !n_values.is_multiple_of(width) {
             return Err(ServiceError::invalid(
                 "rows",
@@ -647,14 +656,19 @@ impl Engine {
     /// Scores raw rows with a k-means model, on the CPU (small batches: the
     /// GPU's round trip would cost more than the work). Runs on the
     /// default rayon pool, at normal priority, apart from the jobs' pool.
-    pub async fn assign(&self, model_id: &str, rows: Vec<f32>) -> ServiceResult<Prediction> {
+    pub async fn assign(
+        &self,
+        model_id: &str,
+        rows: Vec<f32>,
+        n_features: u32,
+    ) -> ServiceResult<Prediction> {
         let record = self.model(model_id)?;
         let ModelBody::KMeans(model) = &record.body else {
             return Err(ServiceError::FailedPrecondition(format!(
                 "model {model_id} is not a k-means model"
             )));
         };
-        let n = self.check_rows(rows.len(), model.n_features())?;
+        let n = self.check_rows(rows.len(), model.n_features(), n_features)?;
         cost::assign(n, model.k(), model.n_features())?;
         let _slot = self.scoring_slot()?;
         let record = record.clone();
@@ -675,6 +689,7 @@ impl Engine {
         &self,
         model_id: &str,
         rows: Vec<f32>,
+        n_features: u32,
     ) -> ServiceResult<(usize, Array2<f32>)> {
         let record = self.model(model_id)?;
         let ModelBody::Pca(model) = &record.body else {
@@ -682,7 +697,7 @@ impl Engine {
                 "model {model_id} is not a PCA model"
             )));
         };
-        let n = self.check_rows(rows.len(), model.n_features())?;
+        let n = self.check_rows(rows.len(), model.n_features(), n_features)?;
         let _slot = self.scoring_slot()?;
         let record = record.clone();
         tokio::task::spawn_blocking(move || {
@@ -771,6 +786,7 @@ impl Engine {
         &self,
         model_id: &str,
         values: Vec<f32>,
+        n_components: u32,
     ) -> ServiceResult<Array2<f32>> {
         let record = self.model(model_id)?;
         let ModelBody::Pca(model) = &record.body else {
@@ -780,7 +796,7 @@ impl Engine {
         };
         // The output (n × columns) is no wider than a Transform's input:
         // max_assign_rows bounds both.
-        let n = self.check_rows(values.len(), model.n_components())?;
+        let n = self.check_rows(values.len(), model.n_components(), n_components)?;
         let _slot = self.scoring_slot()?;
         let record = record.clone();
         tokio::task::spawn_blocking(move || {

@@ -79,7 +79,10 @@ impl pb::clustering_server::Clustering for ClusteringService {
     ) -> Result<Response<pb::AssignResponse>, Status> {
         note(&request, &[&request.get_ref().model_id]);
         let r = request.into_inner();
-        let p = self.engine.assign(&r.model_id, r.rows).await?;
+        let p = self
+            .engine
+            .assign(&r.model_id, r.rows, r.n_features)
+            .await?;
         Ok(Response::new(response(p)))
     }
 
@@ -104,7 +107,9 @@ impl pb::clustering_server::Clustering for ClusteringService {
                 if let Some(a) = &audit {
                     a.push(&r.model_id);
                 }
-                Ok(response(engine.assign(&r.model_id, r.rows).await?))
+                Ok(response(
+                    engine.assign(&r.model_id, r.rows, r.n_features).await?,
+                ))
             }
         });
         Ok(Response::new(Box::pin(responses)))

@@ -54,7 +54,10 @@ impl pb::decomposition_server::Decomposition for DecompositionService {
     ) -> Result<Response<pb::TransformResponse>, Status> {
         note(&request, &[&request.get_ref().model_id]);
         let r = request.into_inner();
-        let (c, y) = self.engine.transform(&r.model_id, r.rows).await?;
+        let (c, y) = self
+            .engine
+            .transform(&r.model_id, r.rows, r.n_features)
+            .await?;
         Ok(Response::new(pb::TransformResponse {
             n_components: c as u32,
             values: y.iter().copied().collect(),
@@ -67,7 +70,10 @@ impl pb::decomposition_server::Decomposition for DecompositionService {
     ) -> Result<Response<pb::InverseTransformResponse>, Status> {
         note(&request, &[&request.get_ref().model_id]);
         let r = request.into_inner();
-        let x = self.engine.inverse_transform(&r.model_id, r.values).await?;
+        let x = self
+            .engine
+            .inverse_transform(&r.model_id, r.values, r.n_components)
+            .await?;
         Ok(Response::new(pb::InverseTransformResponse {
             rows: x.iter().copied().collect(),
         }))

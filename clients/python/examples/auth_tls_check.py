@@ -3,21 +3,23 @@
 Used by the Rust test-suite against a server started with `--auth-keys`,
 `--tls-cert` and `--tls-key` (and `--tls-client-ca` for mutual TLS):
 
-    .venv/bin/python clients/python/auth_tls_check.py --server HOST:PORT \\
+    .venv/bin/python clients/python/examples/auth_tls_check.py --server HOST:PORT \\
         --ca-cert ca.pem --token KEY [--client-cert client.pem --client-key client.key]
 
 Prints one line per check and exits non-zero at the first failure; on
-success the last line is "auth_tls_check: N passed, 0 failed". The stubs come
-from the proto, through segmenta_client.load_stubs (same folder).
+success the last line is "auth_tls_check: N passed, 0 failed". It talks to
+the raw stubs of the `segmenta` package (pip install ./clients/python), to
+check the wire, not the Client's conveniences.
 """
 import argparse
-import pathlib
 import sys
 
 import grpc
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import segmenta_client  # noqa: E402
+from segmenta import Tls
+from segmenta._channel import connect
+from segmenta.v1 import segmenta_pb2 as pb
+from segmenta.v1 import segmenta_pb2_grpc as rpc
 
 TIMEOUT = 10
 PLAINTEXT_TIMEOUT = 5
@@ -108,13 +110,10 @@ def main():
     if bool(args.client_cert) != bool(args.client_key):
         parser.error("--client-cert and --client-key go together")
 
-    pb, rpc = segmenta_client.load_stubs()
-
     def tls(token):
-        return segmenta_client.connect(
-            args.server, token=token, ca_cert=args.ca_cert,
-            client_cert=args.client_cert, client_key=args.client_key,
-            server_name=args.server_name)
+        return connect(args.server, token=token, tls=Tls(
+            ca_cert=args.ca_cert, client_cert=args.client_cert, client_key=args.client_key,
+            server_name=args.server_name))
 
     with_token, without_token = tls(args.token), tls(None)
     plaintext = grpc.insecure_channel(args.server)

@@ -1,0 +1,162 @@
+"""segmenta.Client against real servers: the API in Python terms, chunked
+uploads and assigns, paging, and errors as exceptions with status codes."""
+import io
+import pathlib
+import socket
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+import segmenta
+from conftest import KEYS, Server
+
+
+@pytest.fixture(scope="module")
+def small_server(tmp_path_factory):
+    """Tight limits, so uploads and assigns must go in many messages."""
+    s = Server(tmp_path_factory.mktemp("small"), "--max-message-bytes", "65536",
+               "--max-assign-rows", "100")
+    yield s
+    s.stop()
+
+
+def test_info_reports_the_server(client):
+    info = client.info()
+    assert info.version and "cpu" in info.backends
+    assert client.limits.max_message_bytes > 0
+    assert not info.auth_required and not info.tls
+
+
+def test_uploads_and_assigns_go_in_chunks_within_the_limits(small_server, blobs):
+    X, labels = blobs
+    X = np.vstack([X] * 5)  # 3000 rows × 4: several upload messages at a 64 KiB limit
+    with segmenta.Client(small_server.address) as c:
+        assert c.limits.max_message_bytes == 65536
+        ds = c.upload(X, name="chunked")
+        assert (ds.n_rows, ds.n_cols, list(ds.columns)) == (3000, 4, ["x0", "x1", "x2", "x3"])
+        model = c.fit_kmeans(ds.id, 3, seed=1, n_init=2)
+        a = c.assign(model.id, X)  # 100 rows per call
+        assert a.labels.shape == (3000,) and a.distances.shape == (3000,)
+        assert (a.labels[:600] == a.labels[600:1200]).all()
+        from sklearn.metrics import adjusted_rand_score
+        assert adjusted_rand_score(labels, a.labels[:600]) > 0.99
+        c.delete_dataset(ds.id, cascade=True)
+
+
+def test_dataframes_and_arrow_tables_keep_their_column_names(client, blobs):
+    X, _ = blobs
+    frame = pd.DataFrame(X, columns=["recency", "frequency", "spend", "tenure"])
+    ds = client.upload(frame, name="frame")
+    assert list(ds.columns) == ["recency", "frequency", "spend", "tenure"]
+    table = pa.Table.from_pandas(frame)
+    ds2 = client.upload(table, name="table")
+    assert list(ds2.columns) == list(ds.columns) and ds2.n_rows == 600
+    model = client.fit_kmeans(ds.id, 3, columns=["recency", "spend"], seed=2)
+    assert list(model.columns) == ["recency", "spend"]
+    assert client.assign(model.id, frame[["recency", "spend"]]).labels.shape == (600,)
+    for d in (ds, ds2):
+        client.delete_dataset(d.id, cascade=True)
+
+
+def test_lists_follow_pages(client, blobs):
+    X, _ = blobs
+    made = [client.upload(X[:50], name=f"page-{i}").id for i in range(3)]
+    listed = [d.id for d in client.list_datasets(page_size=1)]
+    assert set(made) <= set(listed) and len(listed) == len(set(listed))
+    for d in made:
+        client.delete_dataset(d)
+
+
+def test_pca_transform_and_inverse_round_trip(client, blobs):
+    X, _ = blobs
+    ds = client.upload(X)
+    pca = client.fit_pca(ds.id, 4)
+    Y = client.transform(pca.id, X[:20])
+    np.testing.assert_allclose(client.inverse_transform(pca.id, Y), X[:20], atol=1e-3)
+    client.delete_dataset(ds.id, cascade=True)
+
+
+def test_models_export_and_import(client, blobs):
+    X, _ = blobs
+    ds = client.upload(X)
+    model = client.fit_kmeans(ds.id, 3, seed=1)
+    content = client.export_model(model.id)
+    copy = client.import_model(content).kmeans
+    assert copy.id != model.id and copy.k == 3
+    assert (client.assign(copy.id, X).labels == client.assign(model.id, X).labels).all()
+    assert model.id in [m.kmeans.id for m in client.list_models()]
+    assert client.delete_model(copy.id) == [copy.id]
+    client.delete_dataset(ds.id, cascade=True)
+
+
+def test_streamed_assign_answers_each_batch_in_order(client, blobs):
+    X, _ = blobs
+    ds = client.upload(X)
+    model = client.fit_kmeans(ds.id, 3, seed=1)
+    whole = client.assign(model.id, X).labels
+    parts = list(client.assign_stream(model.id, (X[i:i + 100] for i in range(0, 600, 100))))
+    assert len(parts) == 6
+    assert (np.concatenate([p.labels for p in parts]) == whole).all()
+    client.delete_dataset(ds.id, cascade=True)
+
+
+def test_errors_are_exceptions_with_the_status_code(client, blobs):
+    X, _ = blobs
+    with pytest.raises(segmenta.NotFound) as e:
+        client.get_dataset("ds-does-not-exist")
+    assert e.value.code.name == "NOT_FOUND" and "ds-does-not-exist"[:8] in e.value.message
+    ds = client.upload(X)
+    model = client.fit_kmeans(ds.id, 3, seed=1)
+    with pytest.raises(segmenta.InvalidArgument, match="the rows have 3 features; the model has 4"):
+        client.assign(model.id, X[:, :3])  # 1,800 values: whole rows of 4 too
+    with pytest.raises(segmenta.FailedPrecondition, match=model.id):
+        client.delete_dataset(ds.id)  # it has a model: cascade is needed
+    with pytest.raises(ValueError, match="unknown backend"):
+        client.fit_kmeans(ds.id, 3, backend="tpu")
+    client.delete_dataset(ds.id, cascade=True)
+    # A job that fails raises JobFailed with the server's reason.
+    log = client.upload_transactions(b"customer_id,date,amount\nC1,not a date,3\n", name="bad.csv")
+    with pytest.raises(segmenta.JobFailed, match="could be read") as failed:
+        client.wait(client.start_segment(transactions_id=log.id, k=3))
+    assert failed.value.job.state == segmenta.v1.segmenta_pb2.JOB_STATE_FAILED
+    client.delete_transactions(log.id, cascade=True)
+
+
+def test_keys_roles_and_a_server_that_is_down(keyed_server, monkeypatch):
+    with segmenta.Client(keyed_server.address, token="") as anonymous:
+        with pytest.raises(segmenta.Unauthenticated):
+            anonymous.list_datasets().__next__()
+    role, key = KEYS["reader"]
+    with segmenta.Client(keyed_server.address, token=key) as reader:
+        assert reader.info().auth_required
+        with pytest.raises(segmenta.PermissionDenied):
+            reader.upload(np.ones((3, 2)))
+    # The key from the environment, as the estimators use it.
+    monkeypatch.setenv("SEGMENTA_TOKEN", KEYS["writer"][1])
+    monkeypatch.setenv("SEGMENTA_SERVER", keyed_server.address)
+    with pytest.warns(UserWarning, match="needs an admin key"):
+        km = segmenta.KMeans(2, random_state=0).fit(np.array([[0.0, 0], [0, 1], [9, 9], [9, 8]]))
+    assert sorted(np.bincount(km.labels_)) == [2, 2]
+    # Nothing listens on a port we just closed: Unavailable, quickly.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with segmenta.Client(f"127.0.0.1:{port}", timeout=5) as down:
+        with pytest.raises(segmenta.Unavailable):
+            down.info()
+
+
+def test_no_address_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("SEGMENTA_SERVER", raising=False)
+    with pytest.raises(ValueError, match="SEGMENTA_SERVER"):
+        segmenta.Client()
+
+
+def test_progress_bars_show_uploads_and_jobs(client, blobs, capsys):
+    X, _ = blobs
+    km = segmenta.KMeans(3, random_state=0, client=client, progress=True).fit(X)
+    err = capsys.readouterr().err
+    assert "upload" in err and "job" in err, err
+    assert km.labels_.shape == (600,)
