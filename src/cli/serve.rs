@@ -123,6 +123,12 @@ pub struct LimitArgs {
     /// Most finished jobs kept (oldest go first).
     #[arg(long, default_value_t = Limits::default().max_retained_jobs, env = "SEGMENTA_MAX_RETAINED_JOBS")]
     pub max_retained_jobs: usize,
+    /// Bytes of distributed fits' partitions (Clustering.PutPartition) held in memory.
+    #[arg(long, default_value_t = Limits::default().max_partition_cache_bytes, env = "SEGMENTA_MAX_PARTITION_CACHE_BYTES")]
+    pub max_partition_cache_bytes: u64,
+    /// How long an unused cached partition is kept, unless its upload says.
+    #[arg(long, default_value = "10m", value_parser = duration, env = "SEGMENTA_PARTITION_TTL")]
+    pub partition_ttl: Duration,
 }
 
 impl From<LimitArgs> for Limits {
@@ -149,6 +155,8 @@ impl From<LimitArgs> for Limits {
             idle_timeout: a.idle_timeout,
             job_retention: a.job_retention,
             max_retained_jobs: a.max_retained_jobs,
+            max_partition_cache_bytes: a.max_partition_cache_bytes,
+            partition_ttl: a.partition_ttl,
         }
     }
 }

@@ -260,7 +260,7 @@ fn kmeans_parallel(
 
 /// A uniform number in [0, 1) from (salt, round, i): splitmix64, so sampling
 /// is parallel yet independent of the thread schedule.
-fn unit_hash(salt: u64, round: u64, i: u64) -> f64 {
+pub(super) fn unit_hash(salt: u64, round: u64, i: u64) -> f64 {
     let mut z =
         salt ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

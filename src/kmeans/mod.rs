@@ -18,6 +18,7 @@ mod lloyd;
 mod metrics;
 mod model;
 mod params;
+pub mod partial;
 
 pub use metrics::{adjusted_rand_index, evaluate, evaluate_with, Evaluation};
 pub use model::{KMeansModel, Prediction};

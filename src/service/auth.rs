@@ -272,6 +272,12 @@ pub fn method(path: &str) -> Option<Method> {
         ("segmenta.v1.Clustering", "FitKMeans") => unary(Write),
         ("segmenta.v1.Clustering", "Assign" | "Evaluate") => unary(Read),
         ("segmenta.v1.Clustering", "AssignStream") => stream(Read),
+        ("segmenta.v1.Clustering", "PutPartition") => stream(Write),
+        ("segmenta.v1.Clustering", "ReleasePartitions") => unary(Write),
+        (
+            "segmenta.v1.Clustering",
+            "PartialStep" | "PartitionCost" | "SampleByCost" | "CandidateWeights",
+        ) => unary(Read),
         ("segmenta.v1.Decomposition", "FitPca") => unary(Write),
         ("segmenta.v1.Decomposition", "Transform" | "InverseTransform") => unary(Read),
         ("segmenta.v1.Segmentations", "UploadTransactions") => stream(Write),

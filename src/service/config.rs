@@ -81,6 +81,10 @@ pub struct Limits {
     pub job_retention: Duration,
     /// ...or once more than this many have finished (oldest first).
     pub max_retained_jobs: usize,
+    /// Bytes of distributed fits' partitions cached in memory, all callers together.
+    pub max_partition_cache_bytes: u64,
+    /// How long an unused partition stays cached unless its upload says.
+    pub partition_ttl: Duration,
 }
 
 impl Default for Limits {
@@ -107,6 +111,8 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             job_retention: Duration::from_secs(24 * 3600),
             max_retained_jobs: 1000,
+            max_partition_cache_bytes: 2 << 30,
+            partition_ttl: Duration::from_secs(600),
         }
     }
 }

@@ -3,6 +3,8 @@
 //! (with the library) and owns storage and jobs.
 
 mod cost;
+pub mod distributed;
+pub mod partitions;
 mod privacy;
 mod segment;
 
@@ -145,6 +147,8 @@ pub struct Engine {
     scoring: Arc<Semaphore>,
     backends: OnceCell<Arc<Backends>>,
     models: Mutex<HashMap<String, Arc<ModelRecord>>>,
+    /// Rows of distributed fits' partitions, in memory.
+    pub partitions: partitions::PartitionCache,
     /// Held while a job stores its result, while something is deleted and
     /// while a customer is erased; counts the erasures. A job that read its
     /// input before an erasure, or whose input was deleted meanwhile,
@@ -176,6 +180,8 @@ impl Engine {
             },
         )?;
         let roots = ImportRoots::new(&config.import_roots)?;
+        let partitions =
+            partitions::PartitionCache::new(l.max_partition_cache_bytes, l.partition_ttl);
         let engine = Self {
             uploads: Arc::new(Semaphore::new(l.max_concurrent_uploads.max(1))),
             scoring: Arc::new(Semaphore::new(l.max_concurrent_requests.max(1))),
@@ -185,6 +191,7 @@ impl Engine {
             roots,
             backends: OnceCell::new(),
             models: Mutex::new(HashMap::new()),
+            partitions,
             commits: Mutex::new(0),
         };
         Ok((Arc::new(engine), unfinished))

@@ -5,12 +5,17 @@ use prost::Message as _;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::backend::ClusterSums;
 use crate::kmeans::{KMeansParams, Prediction};
 use crate::service::convert::{backend_choice, job};
+use crate::service::engine::distributed::{check_rows, check_weights, f32_values};
+use crate::service::engine::partitions::PartitionRows;
 use crate::service::engine::{kmeans_init, Engine, KMeansJob, Origin};
 use crate::service::error::ServiceError;
-use crate::service::gate::note;
+use crate::service::gate::{caller, note};
 use crate::service::proto as pb;
+
+use super::next_message;
 
 pub struct ClusteringService {
     pub engine: Arc<Engine>,
@@ -22,6 +27,95 @@ fn response(p: Prediction) -> pb::AssignResponse {
         distances: p.distances,
         margins: p.margins.unwrap_or_default(),
     }
+}
+
+/// Whose partitions a call may use: the key's name (`anonymous` without keys).
+fn owner<T>(request: &Request<T>) -> String {
+    caller(request).map_or_else(|| "anonymous".to_owned(), |c| c.name.clone())
+}
+
+fn sums_message(s: ClusterSums, n_rows: u64) -> pb::ClusterSums {
+    let (k, d) = s.dim();
+    pb::ClusterSums {
+        k: k as u32,
+        n_features: d as u32,
+        sums: s.sums.iter().copied().collect(),
+        weights: s.weights,
+        inertia: s.inertia,
+        n_rows,
+    }
+}
+
+/// Reads a PutPartition stream to its end: the header, then whole rows,
+/// each block checked, the cache's room checked as bytes arrive.
+async fn read_partition(
+    engine: &Engine,
+    owner: &str,
+    stream: &mut Streaming<pb::PutPartitionRequest>,
+) -> Result<(pb::PartitionHeader, PartitionRows), Status> {
+    use pb::put_partition_request::Message;
+    let idle = engine.config.limits.idle_timeout;
+    let header = match next_message(stream, idle).await? {
+        Some(pb::PutPartitionRequest {
+            message: Some(Message::Header(h)),
+        }) => h,
+        Some(_) => {
+            return Err(ServiceError::invalid(
+                "header",
+                "the first message must be a header (key, n_features)",
+            )
+            .into())
+        }
+        None => return Err(ServiceError::invalid("header", "empty stream: no header").into()),
+    };
+    engine.check_partition_header(owner, &header)?;
+    let key = header.key.clone().expect("checked");
+    let d = header.n_features as usize;
+    let (mut values, mut weights) = (Vec::<f32>::new(), Vec::<f32>::new());
+    while let Some(msg) = next_message(stream, idle).await? {
+        let Some(Message::Rows(block)) = msg.message else {
+            return Err(ServiceError::invalid("rows", "only rows may follow the header").into());
+        };
+        let v = f32_values("rows.values_f32le", &block.values_f32le)?;
+        if !v.len().is_multiple_of(d) {
+            return Err(ServiceError::invalid(
+                "rows.values_f32le",
+                format!(
+                    "a block of {} values is not whole rows of {d} (after row {})",
+                    v.len(),
+                    values.len() / d
+                ),
+            )
+            .into());
+        }
+        check_rows("rows.values_f32le", &v, d)?;
+        let w = f32_values("rows.weights_f32le", &block.weights_f32le)?;
+        if header.has_weights != !w.is_empty() || (header.has_weights && w.len() * d != v.len()) {
+            return Err(ServiceError::invalid(
+                "rows.weights_f32le",
+                if header.has_weights {
+                    format!("{} weights for {} rows", w.len(), v.len() / d)
+                } else {
+                    "weights sent, but the header says has_weights = false".into()
+                },
+            )
+            .into());
+        }
+        check_weights("rows.weights_f32le", &w)?;
+        let incoming = 4 * (values.len() + v.len() + weights.len() + w.len()) as u64;
+        engine
+            .partitions
+            .check_room(owner, &key.fit_id, key.index, incoming)?;
+        engine.check_dataset_size(incoming)?;
+        values.extend_from_slice(&v);
+        weights.extend_from_slice(&w);
+    }
+    let n = values.len() / d;
+    let rows = PartitionRows {
+        x: ndarray::Array2::from_shape_vec((n, d), values).expect("whole rows"),
+        weights: header.has_weights.then(|| ndarray::Array1::from(weights)),
+    };
+    Ok((header, rows))
 }
 
 impl TryFrom<pb::FitKMeansRequest> for KMeansJob {
@@ -113,6 +207,96 @@ impl pb::clustering_server::Clustering for ClusteringService {
             }
         });
         Ok(Response::new(Box::pin(responses)))
+    }
+
+    async fn put_partition(
+        &self,
+        request: Request<Streaming<pb::PutPartitionRequest>>,
+    ) -> Result<Response<pb::Partition>, Status> {
+        let _slot = self.engine.upload_slot()?;
+        let who = owner(&request);
+        let mut stream = request.into_inner();
+        // Nothing is cached until the stream has ended cleanly: a broken
+        // retry leaves the earlier upload in place.
+        let (header, rows) = read_partition(&self.engine, &who, &mut stream).await?;
+        let key = header.key.clone().expect("checked");
+        let (n_rows, n_features) = (rows.x.nrows() as u64, header.n_features);
+        let ttl = (header.ttl_seconds > 0)
+            .then(|| std::time::Duration::from_secs(header.ttl_seconds as u64));
+        let stored = self.engine.put_partition(&who, &key, rows, ttl)?;
+        Ok(Response::new(pb::Partition {
+            key: Some(key),
+            n_rows,
+            n_features,
+            replaced: stored.replaced,
+            ttl_seconds: stored.ttl.as_secs_f64(),
+        }))
+    }
+
+    async fn release_partitions(
+        &self,
+        request: Request<pb::ReleasePartitionsRequest>,
+    ) -> Result<Response<pb::ReleasePartitionsResponse>, Status> {
+        let who = owner(&request);
+        let released = self
+            .engine
+            .release_partitions(&who, &request.get_ref().fit_id)?;
+        Ok(Response::new(pb::ReleasePartitionsResponse {
+            released: released as u32,
+        }))
+    }
+
+    async fn partial_step(
+        &self,
+        request: Request<pb::PartialStepRequest>,
+    ) -> Result<Response<pb::ClusterSums>, Status> {
+        let who = owner(&request);
+        let (sums, n_rows) = self.engine.partial_step(&who, request.into_inner()).await?;
+        Ok(Response::new(sums_message(sums, n_rows)))
+    }
+
+    async fn partition_cost(
+        &self,
+        request: Request<pb::PartitionCostRequest>,
+    ) -> Result<Response<pb::PartitionCostResponse>, Status> {
+        let who = owner(&request);
+        let (cost, n_rows, total_weight) = self
+            .engine
+            .partition_cost(&who, request.into_inner())
+            .await?;
+        Ok(Response::new(pb::PartitionCostResponse {
+            cost,
+            n_rows,
+            total_weight,
+        }))
+    }
+
+    async fn sample_by_cost(
+        &self,
+        request: Request<pb::SampleByCostRequest>,
+    ) -> Result<Response<pb::SampleByCostResponse>, Status> {
+        let who = owner(&request);
+        let sample = self
+            .engine
+            .sample_by_cost(&who, request.into_inner())
+            .await?;
+        Ok(Response::new(pb::SampleByCostResponse {
+            values_f32le: sample.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            n_features: sample.ncols() as u32,
+            n_rows: sample.nrows() as u64,
+        }))
+    }
+
+    async fn candidate_weights(
+        &self,
+        request: Request<pb::CandidateWeightsRequest>,
+    ) -> Result<Response<pb::CandidateWeightsResponse>, Status> {
+        let who = owner(&request);
+        let weights = self
+            .engine
+            .candidate_weights(&who, request.into_inner())
+            .await?;
+        Ok(Response::new(pb::CandidateWeightsResponse { weights }))
     }
 
     async fn evaluate(

@@ -51,6 +51,8 @@ impl pb::server_server::Server for ServerService {
                 idle_timeout_seconds: l.idle_timeout.as_secs_f64(),
                 job_retention_seconds: l.job_retention.as_secs_f64(),
                 max_retained_jobs: l.max_retained_jobs as u32,
+                max_partition_cache_bytes: l.max_partition_cache_bytes,
+                partition_ttl_seconds: l.partition_ttl.as_secs_f64(),
                 max_connections: l.max_connections as u32,
                 handshake_timeout_seconds: l.handshake_timeout.as_secs_f64(),
             }),

@@ -1,0 +1,379 @@
+//! The engine's side of distributed fits: rows from a cached partition,
+//! inline bytes or a dataset, and one partition's share of a k-means step
+//! or of k-means|| initialisation (see `crate::kmeans::partial`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ndarray::{Array1, Array2, ArrayView2};
+
+use super::partitions::{check_fit_id, PartitionRows, Stored};
+use super::{cost, Engine};
+use crate::backend::{Backend, ClusterSums};
+use crate::kmeans::partial;
+use crate::service::convert::backend_choice;
+use crate::service::error::{ServiceError, ServiceResult};
+use crate::service::proto as pb;
+
+/// Little-endian float32 bytes as floats.
+pub fn f32_values(field: &str, bytes: &[u8]) -> ServiceResult<Vec<f32>> {
+    if !bytes.len().is_multiple_of(4) {
+        return Err(ServiceError::invalid(
+            field,
+            format!("{} bytes are not whole 4-byte floats", bytes.len()),
+        ));
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+        .collect())
+}
+
+/// Checks finite values (and non-negative weights), naming the first bad one.
+pub fn check_rows(field: &str, values: &[f32], width: usize) -> ServiceResult<()> {
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(ServiceError::invalid(
+            field,
+            format!(
+                "non-finite value at row {}, column {}",
+                i / width,
+                i % width
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_weights(field: &str, w: &[f32]) -> ServiceResult<()> {
+    if let Some(i) = w.iter().position(|v| !v.is_finite() || *v < 0.0) {
+        return Err(ServiceError::invalid(
+            field,
+            format!(
+                "weight {} of row {i} is not a finite non-negative number",
+                w[i]
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Inline rows into a partition (validated).
+fn inline_rows(r: &pb::InlineRows, max_features: usize) -> ServiceResult<PartitionRows> {
+    let d = r.n_features as usize;
+    if d == 0 || d > max_features {
+        return Err(ServiceError::invalid(
+            "rows.rows.n_features",
+            format!("must be 1 to {max_features}, got {d}"),
+        ));
+    }
+    let values = f32_values("rows.rows.values_f32le", &r.values_f32le)?;
+    if values.is_empty() || !values.len().is_multiple_of(d) {
+        return Err(ServiceError::invalid(
+            "rows.rows.values_f32le",
+            format!("{} values are not whole rows of {d}", values.len()),
+        ));
+    }
+    check_rows("rows.rows.values_f32le", &values, d)?;
+    let n = values.len() / d;
+    let weights = if r.weights_f32le.is_empty() {
+        None
+    } else {
+        let w = f32_values("rows.rows.weights_f32le", &r.weights_f32le)?;
+        if w.len() != n {
+            return Err(ServiceError::invalid(
+                "rows.rows.weights_f32le",
+                format!("{} weights for {n} rows", w.len()),
+            ));
+        }
+        check_weights("rows.rows.weights_f32le", &w)?;
+        Some(Array1::from(w))
+    };
+    Ok(PartitionRows {
+        x: Array2::from_shape_vec((n, d), values).expect("whole rows"),
+        weights,
+    })
+}
+
+/// Centres sent with a request: `c × d`, finite, at least one.
+fn centres(field: &str, values: &[f32], d: usize, max_k: usize) -> ServiceResult<Array2<f32>> {
+    if values.is_empty() || !values.len().is_multiple_of(d) {
+        return Err(ServiceError::invalid(
+            field,
+            format!(
+                "{} values are not whole rows of the partition's {d} features (at least one row)",
+                values.len()
+            ),
+        ));
+    }
+    let c = values.len() / d;
+    if c > max_k {
+        return Err(ServiceError::ResourceExhausted {
+            limit: "max_k",
+            message: format!("{c} centres; the limit is {max_k}"),
+        });
+    }
+    check_rows(field, values, d)?;
+    Ok(Array2::from_shape_vec((c, d), values.to_vec()).expect("whole rows"))
+}
+
+impl Engine {
+    /// A partition key's parts, checked.
+    fn partition_key(key: Option<&pb::PartitionKey>) -> ServiceResult<(&str, u32)> {
+        let key = key.ok_or_else(|| ServiceError::invalid("key", "a partition key is needed"))?;
+        check_fit_id(&key.fit_id)?;
+        Ok((&key.fit_id, key.index))
+    }
+
+    /// Caches a partition (already read from its stream and validated).
+    pub fn put_partition(
+        &self,
+        owner: &str,
+        key: &pb::PartitionKey,
+        rows: PartitionRows,
+        ttl: Option<Duration>,
+    ) -> ServiceResult<Stored> {
+        let (fit_id, index) = Self::partition_key(Some(key))?;
+        self.partitions.put(owner, fit_id, index, rows, ttl)
+    }
+
+    /// The partition header's checks, before any rows are read.
+    pub fn check_partition_header(
+        &self,
+        owner: &str,
+        h: &pb::PartitionHeader,
+    ) -> ServiceResult<()> {
+        let (fit_id, index) = Self::partition_key(h.key.as_ref())?;
+        let max = self.config.limits.max_features;
+        if h.n_features == 0 || h.n_features as usize > max {
+            return Err(ServiceError::invalid(
+                "header.n_features",
+                format!("must be 1 to {max}, got {}", h.n_features),
+            ));
+        }
+        self.partitions.check_room(owner, fit_id, index, 0)
+    }
+
+    pub fn release_partitions(&self, owner: &str, fit_id: &str) -> ServiceResult<usize> {
+        check_fit_id(fit_id)?;
+        Ok(self.partitions.release(owner, fit_id))
+    }
+
+    /// The rows a distributed step works on.
+    async fn source_rows(
+        &self,
+        owner: &str,
+        source: Option<pb::RowSource>,
+    ) -> ServiceResult<Arc<PartitionRows>> {
+        use pb::row_source::Source;
+        let source =
+            source.ok_or_else(|| ServiceError::invalid("rows", "a row source is needed"))?;
+        match source.source {
+            Some(Source::Partition(key)) => {
+                let (fit_id, index) = Self::partition_key(Some(&key))?;
+                self.partitions.get(owner, fit_id, index)
+            }
+            Some(Source::Rows(r)) => {
+                Ok(Arc::new(inline_rows(&r, self.config.limits.max_features)?))
+            }
+            Some(Source::DatasetId(id)) => {
+                let meta = self.dataset(&id)?;
+                let weights_column =
+                    (!source.weights_column.is_empty()).then_some(source.weights_column);
+                let mut features = if source.columns.is_empty() {
+                    meta.columns.clone()
+                } else {
+                    source.columns
+                };
+                if let Some(w) = &weights_column {
+                    features.retain(|c| c != w);
+                }
+                self.check_names("rows.columns", &features)?;
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || {
+                    let (_, data) = store.load_dataset(&id)?;
+                    let (x, _) = data.select_columns(&features).map_err(crate::Error::from)?;
+                    let weights = match &weights_column {
+                        Some(w) => Some(
+                            data.select_columns(std::slice::from_ref(w))
+                                .map_err(crate::Error::from)?
+                                .0
+                                .column(0)
+                                .to_owned(),
+                        ),
+                        None => None,
+                    };
+                    Ok(Arc::new(PartitionRows { x, weights }))
+                })
+                .await
+                .map_err(|e| ServiceError::Internal(e.to_string()))?
+            }
+            None => Err(ServiceError::invalid(
+                "rows",
+                "set partition, rows or dataset_id",
+            )),
+        }
+    }
+
+    /// Runs `f` on the rows and the centres, on the chosen backend, in a
+    /// scoring slot (like Assign).
+    async fn on_rows<T: Send + 'static>(
+        &self,
+        owner: &str,
+        source: Option<pb::RowSource>,
+        centre_field: &str,
+        centre_values: &[f32],
+        backend: i32,
+        f: impl FnOnce(
+                &dyn Backend,
+                &PartitionRows,
+                ArrayView2<f32>,
+            ) -> Result<T, crate::backend::BackendError>
+            + Send
+            + 'static,
+    ) -> ServiceResult<(T, Arc<PartitionRows>)> {
+        let choice = backend_choice(backend)?;
+        let rows = self.source_rows(owner, source).await?;
+        let d = rows.x.ncols();
+        let c = centres(centre_field, centre_values, d, self.config.limits.max_k)?;
+        cost::assign(rows.x.nrows(), c.nrows(), d)?;
+        let _slot = self.scoring_slot()?;
+        let backends = self.backends().await;
+        let held = rows.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            let (backend, _) = backends.resolve(choice)?;
+            f(backend, &held, c.view()).map_err(|e| ServiceError::from(crate::Error::from(e)))
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(e.to_string()))??;
+        Ok((out, rows))
+    }
+
+    /// The sums and the partition's row count.
+    pub async fn partial_step(
+        &self,
+        owner: &str,
+        r: pb::PartialStepRequest,
+    ) -> ServiceResult<(ClusterSums, u64)> {
+        let (sums, rows) = self
+            .on_rows(
+                owner,
+                r.rows,
+                "centroids",
+                &r.centroids,
+                r.backend,
+                |b, rows, c| {
+                    partial::partial_step(
+                        b,
+                        rows.x.view(),
+                        rows.weights.as_ref().map(|w| w.view()),
+                        c,
+                    )
+                },
+            )
+            .await?;
+        Ok((sums, rows.x.nrows() as u64))
+    }
+
+    /// (cost, rows, total weight).
+    pub async fn partition_cost(
+        &self,
+        owner: &str,
+        r: pb::PartitionCostRequest,
+    ) -> ServiceResult<(f64, u64, f64)> {
+        let (cost, rows) = self
+            .on_rows(
+                owner,
+                r.rows,
+                "centers",
+                &r.centers,
+                r.backend,
+                |b, rows, c| {
+                    partial::cost(b, rows.x.view(), rows.weights.as_ref().map(|w| w.view()), c)
+                },
+            )
+            .await?;
+        let total_weight = rows
+            .weights
+            .as_ref()
+            .map_or(rows.x.nrows() as f64, |w| w.iter().map(|&v| v as f64).sum());
+        Ok((cost, rows.x.nrows() as u64, total_weight))
+    }
+
+    /// The sampled rows (row-major) and the width.
+    pub async fn sample_by_cost(
+        &self,
+        owner: &str,
+        r: pb::SampleByCostRequest,
+    ) -> ServiceResult<Array2<f32>> {
+        if !(r.oversampling.is_finite() && r.oversampling > 0.0) {
+            return Err(ServiceError::invalid(
+                "oversampling",
+                "must be a finite number > 0",
+            ));
+        }
+        if !(r.total_cost.is_finite() && r.total_cost > 0.0) {
+            return Err(ServiceError::invalid(
+                "total_cost",
+                "must be a finite number > 0 (the sum of PartitionCost over every partition)",
+            ));
+        }
+        let (l, total, seed) = (r.oversampling, r.total_cost, r.seed);
+        let (chosen, rows) = self
+            .on_rows(
+                owner,
+                r.rows,
+                "centers",
+                &r.centers,
+                r.backend,
+                move |b, rows, c| {
+                    partial::sample_by_cost(
+                        b,
+                        rows.x.view(),
+                        rows.weights.as_ref().map(|w| w.view()),
+                        c,
+                        l,
+                        total,
+                        seed,
+                    )
+                },
+            )
+            .await?;
+        let sample = rows.x.select(ndarray::Axis(0), &chosen);
+        let bytes = 4 * sample.len();
+        if bytes > self.config.limits.max_message_bytes / 2 {
+            return Err(ServiceError::ResourceExhausted {
+                limit: "max_message_bytes",
+                message: format!(
+                    "the sample holds {} rows ({bytes} bytes): lower oversampling or check total_cost",
+                    sample.nrows()
+                ),
+            });
+        }
+        Ok(sample)
+    }
+
+    pub async fn candidate_weights(
+        &self,
+        owner: &str,
+        r: pb::CandidateWeightsRequest,
+    ) -> ServiceResult<Vec<f64>> {
+        let (w, _) = self
+            .on_rows(
+                owner,
+                r.rows,
+                "candidates",
+                &r.candidates,
+                r.backend,
+                |b, rows, c| {
+                    partial::candidate_weights(
+                        b,
+                        rows.x.view(),
+                        rows.weights.as_ref().map(|w| w.view()),
+                        c,
+                    )
+                },
+            )
+            .await?;
+        Ok(w)
+    }
+}

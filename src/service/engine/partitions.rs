@@ -1,0 +1,262 @@
+//! Partitions cached for distributed fits (`Clustering.PutPartition`).
+//!
+//! In memory only (a cache, not storage: nothing reaches the disk), keyed by
+//! the caller, the driver's fit id and the partition index, so a key of
+//! another caller never reaches these rows. Uploading a key again replaces
+//! its rows at once; an entry unused for its TTL is dropped at the next
+//! access to the cache; the whole cache is bounded in bytes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ndarray::{Array1, Array2};
+
+use crate::service::error::{ServiceError, ServiceResult};
+
+/// A partition's rows and optional weights.
+pub struct PartitionRows {
+    pub x: Array2<f32>,
+    pub weights: Option<Array1<f32>>,
+}
+
+impl PartitionRows {
+    pub fn bytes(&self) -> u64 {
+        4 * (self.x.len() + self.weights.as_ref().map_or(0, |w| w.len())) as u64
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    owner: String,
+    fit_id: String,
+    index: u32,
+}
+
+struct Entry {
+    rows: Arc<PartitionRows>,
+    ttl: Duration,
+    last_used: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<Key, Entry>,
+    bytes: u64,
+}
+
+impl Inner {
+    fn sweep(&mut self, now: Instant) {
+        let before = self.entries.len();
+        let mut freed = 0;
+        self.entries.retain(|_, e| {
+            let live = now.duration_since(e.last_used) < e.ttl;
+            if !live {
+                freed += e.rows.bytes();
+            }
+            live
+        });
+        self.bytes -= freed;
+        if self.entries.len() < before {
+            tracing::debug!(expired = before - self.entries.len(), "partitions expired");
+        }
+    }
+}
+
+pub struct PartitionCache {
+    inner: Mutex<Inner>,
+    max_bytes: u64,
+    default_ttl: Duration,
+}
+
+/// What a put did.
+pub struct Stored {
+    pub replaced: bool,
+    pub ttl: Duration,
+}
+
+/// A fit id: 1 to 128 bytes of `[A-Za-z0-9._-]` (a UUID, a Spark app id).
+pub fn check_fit_id(fit_id: &str) -> ServiceResult<()> {
+    let ok = (1..=128).contains(&fit_id.len())
+        && fit_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::invalid(
+            "key.fit_id",
+            "1 to 128 letters, digits, '-', '_' or '.'",
+        ))
+    }
+}
+
+impl PartitionCache {
+    pub fn new(max_bytes: u64, default_ttl: Duration) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            max_bytes,
+            default_ttl,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `incoming` more bytes could be cached for `(owner, fit_id,
+    /// index)` now (its current rows would be replaced, so they do not
+    /// count). Checked while a partition streams in, before it is all here.
+    pub fn check_room(
+        &self,
+        owner: &str,
+        fit_id: &str,
+        index: u32,
+        incoming: u64,
+    ) -> ServiceResult<()> {
+        let mut inner = self.lock();
+        inner.sweep(Instant::now());
+        let key = Key {
+            owner: owner.into(),
+            fit_id: fit_id.into(),
+            index,
+        };
+        let current = inner.entries.get(&key).map_or(0, |e| e.rows.bytes());
+        let after = inner.bytes - current + incoming;
+        if after > self.max_bytes {
+            return Err(ServiceError::ResourceExhausted {
+                limit: "max_partition_cache_bytes",
+                message: format!(
+                    "caching this partition would hold {after} bytes of partitions; the limit is {} \
+                     (release finished fits' partitions, or use smaller partitions)",
+                    self.max_bytes
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Caches `rows` under the key, replacing what was there.
+    pub fn put(
+        &self,
+        owner: &str,
+        fit_id: &str,
+        index: u32,
+        rows: PartitionRows,
+        ttl: Option<Duration>,
+    ) -> ServiceResult<Stored> {
+        self.check_room(owner, fit_id, index, rows.bytes())?;
+        let ttl = ttl.unwrap_or(self.default_ttl);
+        let key = Key {
+            owner: owner.into(),
+            fit_id: fit_id.into(),
+            index,
+        };
+        let mut inner = self.lock();
+        let bytes = rows.bytes();
+        let entry = Entry {
+            rows: Arc::new(rows),
+            ttl,
+            last_used: Instant::now(),
+        };
+        let old = inner.entries.insert(key, entry);
+        let replaced = old.is_some();
+        inner.bytes = inner.bytes - old.map_or(0, |e| e.rows.bytes()) + bytes;
+        Ok(Stored { replaced, ttl })
+    }
+
+    /// The rows under the key (and a fresh TTL), or NOT_FOUND saying what to do.
+    pub fn get(&self, owner: &str, fit_id: &str, index: u32) -> ServiceResult<Arc<PartitionRows>> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.sweep(now);
+        let key = Key {
+            owner: owner.into(),
+            fit_id: fit_id.into(),
+            index,
+        };
+        match inner.entries.get_mut(&key) {
+            Some(e) => {
+                e.last_used = now;
+                Ok(e.rows.clone())
+            }
+            None => Err(ServiceError::NotFound {
+                what: "partition",
+                id: format!(
+                    "{}/{index} (never uploaded by this caller, released, or expired unused; upload it again)",
+                    crate::service::auth::clip(fit_id)
+                ),
+            }),
+        }
+    }
+
+    /// Drops every partition of the caller's fit; returns how many.
+    pub fn release(&self, owner: &str, fit_id: &str) -> usize {
+        let mut inner = self.lock();
+        let before = inner.entries.len();
+        let mut freed = 0;
+        inner.entries.retain(|k, e| {
+            let keep = !(k.owner == owner && k.fit_id == fit_id);
+            if !keep {
+                freed += e.rows.bytes();
+            }
+            keep
+        });
+        inner.bytes -= freed;
+        inner.sweep(Instant::now());
+        before - inner.entries.len()
+    }
+
+    /// Bytes cached now (after dropping expired entries).
+    pub fn bytes(&self) -> u64 {
+        let mut inner = self.lock();
+        inner.sweep(Instant::now());
+        inner.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(n: usize) -> PartitionRows {
+        PartitionRows {
+            x: Array2::zeros((n, 2)),
+            weights: None,
+        }
+    }
+
+    #[test]
+    fn keys_are_per_caller_replaced_whole_bounded_and_expire() {
+        let cache = PartitionCache::new(1000, Duration::from_secs(60));
+        assert!(!cache.put("a", "fit", 0, rows(10), None).unwrap().replaced);
+        assert!(cache.put("a", "fit", 0, rows(20), None).unwrap().replaced);
+        assert_eq!(cache.get("a", "fit", 0).unwrap().x.nrows(), 20);
+        assert_eq!(cache.bytes(), 160);
+        // Another caller's key of the same name is not these rows.
+        assert!(matches!(
+            cache.get("b", "fit", 0),
+            Err(ServiceError::NotFound { .. })
+        ));
+        // Over the budget: refused, naming the limit; the old rows stay.
+        let e = cache.put("a", "fit", 1, rows(200), None).unwrap_err();
+        assert!(e.to_string().contains("max_partition_cache_bytes"), "{e}");
+        // Replacing a key only counts the difference.
+        cache.put("a", "fit", 0, rows(120), None).unwrap();
+        assert_eq!(cache.bytes(), 960);
+        assert!(
+            cache.put("b", "fit", 0, rows(10), None).is_err(),
+            "one budget for all callers"
+        );
+        assert_eq!(cache.release("a", "fit"), 1);
+        assert_eq!(cache.bytes(), 0);
+        cache
+            .put("b", "fit", 0, rows(1), Some(Duration::from_millis(1)))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(cache.get("b", "fit", 0).is_err(), "expired");
+        assert_eq!(cache.bytes(), 0);
+        assert!(check_fit_id("fit-1_a.b").is_ok());
+        assert!(check_fit_id("../x").is_err() && check_fit_id("").is_err());
+    }
+}
