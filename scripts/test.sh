@@ -71,21 +71,38 @@ setup_python() {
             fi
         fi
     fi
-    echo "== installing the Python package (clients/python, with its test extra) into $VENV"
+    echo "== installing the Python package (clients/python, with its test and spark extras) into $VENV"
     if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
-        "./clients/python[test]" >/dev/null; then
-        python_warning "could not install ./clients/python[test] into $VENV"
+        "./clients/python[test,spark]" >/dev/null; then
+        python_warning "could not install ./clients/python[test,spark] into $VENV"
         return 1
     fi
-    if ! "$VENV/bin/python" -c "import segmenta, sklearn, pandas, pyarrow, grpc_tools" 2>/dev/null; then
+    if ! "$VENV/bin/python" -c "import segmenta, sklearn, pandas, pyarrow, grpc_tools, pyspark" 2>/dev/null; then
         python_warning "$VENV/bin/python cannot import segmenta and its test requirements"
         return 1
     fi
 }
+# The Spark tests run a local Spark, which needs Java 17 (Debian's
+# openjdk-17-jre-headless).
+have_java() { command -v java >/dev/null 2>&1 && java -version >/dev/null 2>&1; }
+if ! have_java && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "== installing Java for the Spark tests (openjdk-17-jre-headless)"
+    apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null || true
+fi
+
 if setup_python; then
     export SEGMENTA_PYTHON="$PWD/$VENV/bin/python"
     # Python is set up: a Python test that cannot run is a failure, not a skip.
     export SEGMENTA_REQUIRE_PYTHON=1
+    if have_java; then
+        export SEGMENTA_REQUIRE_SPARK=1
+    elif [ -n "${CI:-}" ]; then
+        echo "error: CI must run the Spark tests, and Java could not be installed" >&2
+        exit 1
+    else
+        python_warning "no Java: the Spark tests will be skipped"
+    fi
 elif [ -n "${CI:-}" ]; then
     echo "error: CI must run the Python client tests, and Python could not be set up" >&2
     exit 1

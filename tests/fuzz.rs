@@ -86,6 +86,11 @@ const UNARY: &[&str] = &[
     "/segmenta.v1.Clustering/FitKMeans",
     "/segmenta.v1.Clustering/Assign",
     "/segmenta.v1.Clustering/Evaluate",
+    "/segmenta.v1.Clustering/ReleasePartitions",
+    "/segmenta.v1.Clustering/PartialStep",
+    "/segmenta.v1.Clustering/PartitionCost",
+    "/segmenta.v1.Clustering/SampleByCost",
+    "/segmenta.v1.Clustering/CandidateWeights",
     "/segmenta.v1.Decomposition/FitPca",
     "/segmenta.v1.Decomposition/Transform",
     "/segmenta.v1.Decomposition/InverseTransform",
@@ -98,6 +103,7 @@ const UNARY: &[&str] = &[
     "/segmenta.v1.Models/Delete",
     "/segmenta.v1.Models/Export",
     "/segmenta.v1.Models/Import",
+    "/segmenta.v1.Models/CreateKMeans",
     "/segmenta.v1.Server/GetInfo",
     "/segmenta.v1.Privacy/EraseCustomer",
 ];
@@ -105,6 +111,7 @@ const UNARY: &[&str] = &[
 const CLIENT_STREAMING: &[&str] = &[
     "/segmenta.v1.Datasets/Upload",
     "/segmenta.v1.Segmentations/UploadTransactions",
+    "/segmenta.v1.Clustering/PutPartition",
 ];
 
 const SERVER_STREAMING: &[&str] = &[

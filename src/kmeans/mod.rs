@@ -21,5 +21,5 @@ mod params;
 pub mod partial;
 
 pub use metrics::{adjusted_rand_index, evaluate, evaluate_with, Evaluation};
-pub use model::{KMeansModel, Prediction};
+pub use model::{FitSummary, KMeansModel, Prediction};
 pub use params::{FitControl, Init, KMeansParams, Progress};

@@ -34,6 +34,17 @@ pub struct KMeansModel {
     backend: BackendInfo,
 }
 
+/// What a fit done elsewhere measured (see [`KMeansModel::from_centroids`]).
+#[derive(Debug, Clone, Default)]
+pub struct FitSummary {
+    pub inertia: f64,
+    pub n_iter: usize,
+    pub converged: bool,
+    pub inertia_history: Vec<f64>,
+    /// Rows per cluster; empty when not counted.
+    pub cluster_sizes: Vec<usize>,
+}
+
 /// Labels for new rows, with how clearly each row belongs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
@@ -75,6 +86,35 @@ impl KMeansModel {
             converged: run.converged,
             inertia_history: run.inertia_history,
             cluster_sizes,
+            backend,
+        }
+    }
+
+    /// A model of centroids fitted elsewhere (a distributed fit whose driver
+    /// reduced the partitions' sums), in the rows' own units (no scaling).
+    /// `summary` is what the fit measured, kept for reports.
+    pub fn from_centroids(
+        centroids: Array2<f32>,
+        summary: FitSummary,
+        backend: BackendInfo,
+    ) -> Self {
+        let d = centroids.ncols();
+        Self {
+            scaled_centroids: centroids.clone(),
+            centroids,
+            scaler: Scaler {
+                mean: vec![0.0; d],
+                scale: vec![1.0; d],
+                standardize: false,
+                log1p: Vec::new(),
+            },
+            labels: Vec::new(),
+            distances: Vec::new(),
+            inertia: summary.inertia,
+            n_iter: summary.n_iter,
+            converged: summary.converged,
+            inertia_history: summary.inertia_history,
+            cluster_sizes: summary.cluster_sizes,
             backend,
         }
     }

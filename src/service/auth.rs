@@ -286,7 +286,7 @@ pub fn method(path: &str) -> Option<Method> {
         ("segmenta.v1.Segmentations", "DownloadArtifact") => stream(Read),
         ("segmenta.v1.Segmentations", "DeleteTransactions" | "DeleteSegmentation") => unary(Admin),
         ("segmenta.v1.Models", "Get" | "List" | "Export") => unary(Read),
-        ("segmenta.v1.Models", "Import") => unary(Write),
+        ("segmenta.v1.Models", "Import" | "CreateKMeans") => unary(Write),
         ("segmenta.v1.Models", "Delete") => unary(Admin),
         ("segmenta.v1.Server", "GetInfo") => unary(Read),
         ("segmenta.v1.Privacy", "EraseCustomer") => unary(Admin),
@@ -385,9 +385,28 @@ mod tests {
             access("/segmenta.v1.Models/Import"),
             Some(Access::Needs(Role::Write))
         );
+        // Caching partitions and registering centroids write; a partition's
+        // share of a step or of k-means|| only reads.
+        for write in [
+            "/segmenta.v1.Clustering/ReleasePartitions",
+            "/segmenta.v1.Models/CreateKMeans",
+        ] {
+            assert_eq!(access(write), Some(Access::Needs(Role::Write)), "{write}");
+        }
+        assert_eq!(
+            method("/segmenta.v1.Clustering/PutPartition"),
+            Some(Method {
+                access: Access::Needs(Role::Write),
+                unary: false
+            })
+        );
         for read in [
             "/segmenta.v1.Models/Export",
             "/segmenta.v1.Decomposition/InverseTransform",
+            "/segmenta.v1.Clustering/PartialStep",
+            "/segmenta.v1.Clustering/PartitionCost",
+            "/segmenta.v1.Clustering/SampleByCost",
+            "/segmenta.v1.Clustering/CandidateWeights",
         ] {
             assert_eq!(access(read), Some(Access::Needs(Role::Read)), "{read}");
         }

@@ -74,7 +74,8 @@ def server(tmp_path_factory):
     assert not panics, "the server panicked:\n" + "\n".join(panics)
 
 
-KEYS = {"reader": ("read", "r-key-0123456789abcdef"), "writer": ("write", "w-key-0123456789abcdef")}
+KEYS = {"reader": ("read", "r-key-0123456789abcdef"), "writer": ("write", "w-key-0123456789abcdef"),
+        "other": ("write", "o-key-0123456789abcdef")}
 
 
 @pytest.fixture(scope="session")

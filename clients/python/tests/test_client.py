@@ -160,3 +160,77 @@ def test_progress_bars_show_uploads_and_jobs(client, blobs, capsys):
     err = capsys.readouterr().err
     assert "upload" in err and "job" in err, err
     assert km.labels_.shape == (600,)
+
+
+def test_partial_sums_of_cached_partitions_add_up_to_the_whole(client, blobs):
+    X, _ = blobs
+    w = np.linspace(0.5, 2.0, len(X))
+    c = X[[0, 250, 500]]
+    ds = client.upload(np.column_stack([X, w]), columns=["a", "b", "c", "d", "w"])
+    whole = client.partial_step(c, dataset_id=ds.id, weights_column="w")
+    assert whole.n_rows == 600 and whole.weights.sum() == pytest.approx(w.sum(), rel=1e-6)
+    parts = [(0, 1), (1, 333), (333, 600)]
+    for i, (lo, hi) in enumerate(parts):
+        p = client.put_partition("fit-a", i, X[lo:hi], w[lo:hi])
+        assert (p.n_rows, p.n_features, p.replaced) == (hi - lo, 4, False)
+    # A retried task uploads its partition again: replaced, not added.
+    again = client.put_partition("fit-a", 1, X[1:333], w[1:333])
+    assert again.replaced
+    shares = [client.partial_step(c, partition=("fit-a", i)) for i in range(3)]
+    np.testing.assert_allclose(sum(s.sums for s in shares), whole.sums, rtol=1e-9)
+    np.testing.assert_allclose(sum(s.weights for s in shares), whole.weights, rtol=1e-9)
+    assert sum(s.inertia for s in shares) == pytest.approx(whole.inertia, rel=1e-9)
+    # Inline rows give the same share as the cached partition.
+    inline = client.partial_step(c, rows=X[1:333], weights=w[1:333])
+    np.testing.assert_array_equal(inline.sums, shares[1].sums)
+    # k-means|| steps: cost, seeded sampling, candidate weights.
+    cost = sum(client.partition_cost(c[:1], partition=("fit-a", i))[0] for i in range(3))
+    total_cost, n, weight = client.partition_cost(c[:1], dataset_id=ds.id, weights_column="w")
+    assert cost == pytest.approx(total_cost, rel=1e-9) and n == 600
+    a = client.sample_by_cost(c[:1], 6.0, cost, seed=4, partition=("fit-a", 1))
+    b = client.sample_by_cost(c[:1], 6.0, cost, seed=4, partition=("fit-a", 1))
+    np.testing.assert_array_equal(a, b)
+    assert a.shape[1] == 4 and 0 < len(a) < 60
+    cw = sum(client.candidate_weights(c, partition=("fit-a", i)) for i in range(3))
+    np.testing.assert_allclose(cw, whole.weights, rtol=1e-9)
+    assert client.release_partitions("fit-a") == 3
+    with pytest.raises(segmenta.NotFound, match="upload it again"):
+        client.partial_step(c, partition=("fit-a", 0))
+    client.delete_dataset(ds.id)
+
+
+def test_partitions_expire_and_belong_to_their_caller(keyed_server):
+    import time
+
+    X = np.arange(12, dtype=np.float32).reshape(6, 2)
+    with segmenta.Client(keyed_server.address, token=KEYS["writer"][1]) as writer, \
+            segmenta.Client(keyed_server.address, token=KEYS["other"][1]) as other, \
+            segmenta.Client(keyed_server.address, token=KEYS["reader"][1]) as reader:
+        writer.put_partition("shared-name", 0, X)
+        assert writer.partial_step(X[:2], partition=("shared-name", 0)).n_rows == 6
+        with pytest.raises(segmenta.NotFound):
+            other.partial_step(X[:2], partition=("shared-name", 0))
+        assert other.release_partitions("shared-name") == 0
+        with pytest.raises(segmenta.PermissionDenied):
+            reader.put_partition("mine", 0, X)
+        writer.put_partition("short", 0, X, ttl_seconds=1)
+        writer.partial_step(X[:2], partition=("short", 0))  # a use renews the TTL
+        time.sleep(2.5)  # unused for longer than its TTL
+        with pytest.raises(segmenta.NotFound, match="expired"):
+            writer.partial_step(X[:2], partition=("short", 0))
+
+
+def test_bad_partitions_are_refused_with_the_reason(client):
+    X = np.ones((4, 3))
+    with pytest.raises(segmenta.InvalidArgument, match="fit_id"):
+        client.put_partition("../etc", 0, X)
+    with pytest.raises(ValueError, match="4 values for 5 rows|sample_weight has 4"):
+        client.put_partition("f", 0, np.ones((5, 3)), np.ones(4))
+    with pytest.raises(segmenta.InvalidArgument, match="whole rows"):
+        client.partial_step(np.ones((2, 2)), rows=X)  # centres of the wrong width
+    with pytest.raises(segmenta.InvalidArgument, match="total_cost"):
+        client.sample_by_cost(X[:1], 2.0, 0.0, 1, rows=X)
+    model = client.create_kmeans(np.eye(3), columns=["a", "b", "c"], n_iter=4)
+    assert (client.assign(model.id, np.eye(3) * 0.9).labels == [0, 1, 2]).all()
+    with pytest.raises(segmenta.InvalidArgument, match="names for 3"):
+        client.create_kmeans(np.eye(3), columns=["a"])

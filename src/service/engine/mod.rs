@@ -788,6 +788,76 @@ impl Engine {
         Ok(record)
     }
 
+    /// A k-means model from centroids a distributed fit's driver reduced.
+    pub fn create_kmeans(
+        &self,
+        r: crate::service::proto::CreateKMeansRequest,
+    ) -> ServiceResult<ModelRecord> {
+        let limits = &self.config.limits;
+        let k = r.k as usize;
+        if k == 0 || k > limits.max_k {
+            return Err(ServiceError::invalid(
+                "k",
+                format!("must be 1 to {}, got {k}", limits.max_k),
+            ));
+        }
+        if r.centroids.is_empty() || !r.centroids.len().is_multiple_of(k) {
+            return Err(ServiceError::invalid(
+                "centroids",
+                format!("{} values are not k = {k} whole rows", r.centroids.len()),
+            ));
+        }
+        let d = r.centroids.len() / k;
+        distributed::check_rows("centroids", &r.centroids, d)?;
+        let columns = if r.columns.is_empty() {
+            (0..d).map(|j| format!("x{j}")).collect()
+        } else {
+            r.columns
+        };
+        if columns.len() != d {
+            return Err(ServiceError::invalid(
+                "columns",
+                format!("{} names for {d} centroid columns", columns.len()),
+            ));
+        }
+        if d > limits.max_features {
+            return Err(ServiceError::ResourceExhausted {
+                limit: "max_features",
+                message: format!("{d} features; the limit is {}", limits.max_features),
+            });
+        }
+        self.check_names("columns", &columns)?;
+        if !r.cluster_sizes.is_empty() && r.cluster_sizes.len() != k {
+            return Err(ServiceError::invalid(
+                "cluster_sizes",
+                format!("{} sizes for k = {k}", r.cluster_sizes.len()),
+            ));
+        }
+        let summary = crate::kmeans::FitSummary {
+            inertia: r.inertia,
+            n_iter: r.n_iter as usize,
+            converged: r.converged,
+            inertia_history: r.inertia_history,
+            cluster_sizes: r.cluster_sizes.iter().map(|&s| s as usize).collect(),
+        };
+        let backend = crate::backend::BackendInfo {
+            backend: BackendKind::Cpu,
+            adapter: "distributed".into(),
+        };
+        let centroids = Array2::from_shape_vec((k, d), r.centroids).expect("whole rows");
+        let record = ModelRecord {
+            id: new_id("km"),
+            dataset_id: "distributed".into(),
+            columns,
+            created_at_ms: now_ms(),
+            body: ModelBody::KMeans(crate::kmeans::KMeansModel::from_centroids(
+                centroids, summary, backend,
+            )),
+        };
+        self.store.put_model(&record)?;
+        Ok(record)
+    }
+
     /// Maps component values back to the model's columns.
     pub async fn inverse_transform(
         &self,

@@ -73,6 +73,17 @@ impl pb::models_server::Models for ModelsService {
         Ok(Response::new((&record).into()))
     }
 
+    async fn create_k_means(
+        &self,
+        request: Request<pb::CreateKMeansRequest>,
+    ) -> Result<Response<pb::Model>, Status> {
+        let engine = self.engine.clone();
+        let r = request.get_ref().clone();
+        let record = tokio::task::block_in_place(|| engine.create_kmeans(r))?;
+        note(&request, &[&record.id]);
+        Ok(Response::new((&record).into()))
+    }
+
     async fn delete(
         &self,
         request: Request<pb::DeleteModelRequest>,

@@ -21,7 +21,7 @@ from .errors import JobFailed, SegmentaError, from_rpc_error
 from .v1 import segmenta_pb2 as pb
 from .v1 import segmenta_pb2_grpc as rpc
 
-__all__ = ["Client", "Assignment", "Tls"]
+__all__ = ["Client", "Assignment", "PartialSums", "Tls"]
 
 _BACKENDS = {None: pb.BACKEND_UNSPECIFIED, "auto": pb.BACKEND_AUTO,
              "gpu": pb.BACKEND_GPU, "cpu": pb.BACKEND_CPU}
@@ -30,6 +30,16 @@ _INITS = {"k-means++": pb.INIT_METHOD_KMEANS_PLUS_PLUS, "k-means||": pb.INIT_MET
 _FORMATS = {".csv": pb.FILE_FORMAT_CSV, ".tsv": pb.FILE_FORMAT_CSV, ".txt": pb.FILE_FORMAT_CSV,
             ".parquet": pb.FILE_FORMAT_PARQUET}
 _DONE = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
+
+
+class PartialSums(NamedTuple):
+    """One partition's share of a Lloyd step: add these up over partitions,
+    then ``sums / weights[:, None]`` are the new centroids."""
+
+    sums: np.ndarray      # k × d, float64
+    weights: np.ndarray   # k, float64
+    inertia: float
+    n_rows: int
 
 
 class Assignment(NamedTuple):
@@ -330,6 +340,103 @@ class Client:
         return self._call(self._clustering.Evaluate, pb.EvaluateRequest(
             model_id=model_id, dataset_id=dataset_id,
             silhouette_sample_size=int(silhouette_sample_size), seed=int(seed)))
+
+    # ------------------------------------------------------------ distributed fits
+
+    def put_partition(self, fit_id: str, index: int, X, weights=None,
+                      ttl_seconds: int = 0) -> pb.Partition:
+        """Caches a partition's rows on the server under ``(fit_id, index)``
+        (in chunks). The same key again replaces it; a retried task is safe."""
+        matrix = _arrays.as_matrix(X)
+        n, d = matrix.shape
+        w = _arrays.as_weights(weights, n) if weights is not None else None
+        step = self._rows_per_message(d + (1 if w is not None else 0))
+        key = pb.PartitionKey(fit_id=fit_id, index=int(index))
+
+        def messages():
+            yield pb.PutPartitionRequest(header=pb.PartitionHeader(
+                key=key, n_features=d, has_weights=w is not None, ttl_seconds=int(ttl_seconds)))
+            for start in range(0, n, step):
+                rows = pb.PartitionRows(values_f32le=matrix[start:start + step].astype("<f4").tobytes())
+                if w is not None:
+                    rows.weights_f32le = w[start:start + step].astype("<f4").tobytes()
+                yield pb.PutPartitionRequest(rows=rows)
+
+        return self._call(self._clustering.PutPartition, messages())
+
+    def release_partitions(self, fit_id: str) -> int:
+        """Drops every cached partition of the fit; returns how many."""
+        return self._call(self._clustering.ReleasePartitions,
+                          pb.ReleasePartitionsRequest(fit_id=fit_id)).released
+
+    @staticmethod
+    def _source(partition=None, rows=None, weights=None, dataset_id=None, columns=None,
+                weights_column=None) -> pb.RowSource:
+        given = [partition is not None, rows is not None, dataset_id is not None]
+        if sum(given) != 1:
+            raise ValueError("give one of partition=(fit_id, index), rows= and dataset_id=")
+        if partition is not None:
+            fit_id, index = partition
+            return pb.RowSource(partition=pb.PartitionKey(fit_id=fit_id, index=int(index)))
+        if rows is not None:
+            matrix = _arrays.as_matrix(rows, "rows")
+            inline = pb.InlineRows(values_f32le=matrix.astype("<f4").tobytes(), n_features=matrix.shape[1])
+            if weights is not None:
+                inline.weights_f32le = _arrays.as_weights(weights, matrix.shape[0]).astype("<f4").tobytes()
+            return pb.RowSource(rows=inline)
+        return pb.RowSource(dataset_id=dataset_id, columns=list(columns or ()),
+                            weights_column=weights_column or "")
+
+    def partial_step(self, centroids, *, partition=None, rows=None, weights=None, dataset_id=None,
+                     columns=None, weights_column=None, backend: Optional[str] = None) -> PartialSums:
+        """One Lloyd step's sums over one partition (cached, inline or a dataset)."""
+        c = _arrays.as_matrix(centroids, "centroids")
+        r = self._call(self._clustering.PartialStep, pb.PartialStepRequest(
+            rows=self._source(partition, rows, weights, dataset_id, columns, weights_column),
+            centroids=c.reshape(-1), backend=_backend(backend)))
+        return PartialSums(np.asarray(r.sums, dtype=np.float64).reshape(r.k, r.n_features),
+                           np.asarray(r.weights, dtype=np.float64), r.inertia, r.n_rows)
+
+    def partition_cost(self, centers, *, partition=None, rows=None, weights=None, dataset_id=None,
+                       columns=None, weights_column=None, backend: Optional[str] = None):
+        """(Σ w·d² to the nearest centre, rows, total weight) of one partition."""
+        c = _arrays.as_matrix(centers, "centers")
+        r = self._call(self._clustering.PartitionCost, pb.PartitionCostRequest(
+            rows=self._source(partition, rows, weights, dataset_id, columns, weights_column),
+            centers=c.reshape(-1), backend=_backend(backend)))
+        return r.cost, r.n_rows, r.total_weight
+
+    def sample_by_cost(self, centers, oversampling: float, total_cost: float, seed: int, *,
+                       partition=None, rows=None, weights=None, dataset_id=None, columns=None,
+                       weights_column=None, backend: Optional[str] = None) -> np.ndarray:
+        """k-means||'s seeded sample of one partition's rows (rows × d, float32)."""
+        c = _arrays.as_matrix(centers, "centers")
+        r = self._call(self._clustering.SampleByCost, pb.SampleByCostRequest(
+            rows=self._source(partition, rows, weights, dataset_id, columns, weights_column),
+            centers=c.reshape(-1), oversampling=float(oversampling), total_cost=float(total_cost),
+            seed=int(seed) & 0xFFFFFFFFFFFFFFFF, backend=_backend(backend)))
+        return np.frombuffer(r.values_f32le, dtype="<f4").reshape(r.n_rows, r.n_features)
+
+    def candidate_weights(self, candidates, *, partition=None, rows=None, weights=None,
+                          dataset_id=None, columns=None, weights_column=None,
+                          backend: Optional[str] = None) -> np.ndarray:
+        """Per candidate, the weight of one partition's rows nearest to it."""
+        c = _arrays.as_matrix(candidates, "candidates")
+        r = self._call(self._clustering.CandidateWeights, pb.CandidateWeightsRequest(
+            rows=self._source(partition, rows, weights, dataset_id, columns, weights_column),
+            candidates=c.reshape(-1), backend=_backend(backend)))
+        return np.asarray(r.weights, dtype=np.float64)
+
+    def create_kmeans(self, centroids, columns: Optional[Sequence[str]] = None, inertia: float = 0.0,
+                      n_iter: int = 0, converged: bool = False, inertia_history=(),
+                      cluster_sizes=()) -> pb.KMeansModel:
+        """Registers centroids fitted elsewhere as a k-means model (for Assign)."""
+        c = _arrays.as_matrix(centroids, "centroids")
+        return self._call(self._models.CreateKMeans, pb.CreateKMeansRequest(
+            columns=list(columns or ()), k=c.shape[0], centroids=c.reshape(-1),
+            inertia=float(inertia), n_iter=int(n_iter), converged=bool(converged),
+            inertia_history=[float(v) for v in inertia_history],
+            cluster_sizes=[int(v) for v in cluster_sizes])).kmeans
 
     # ------------------------------------------------------------ PCA
 

@@ -266,6 +266,180 @@ class CancelJobRequest(_message.Message):
     id: str
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
+class PartitionKey(_message.Message):
+    __slots__ = ("fit_id", "index")
+    FIT_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    fit_id: str
+    index: int
+    def __init__(self, fit_id: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
+
+class PartitionHeader(_message.Message):
+    __slots__ = ("key", "n_features", "has_weights", "ttl_seconds")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    N_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    HAS_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    key: PartitionKey
+    n_features: int
+    has_weights: bool
+    ttl_seconds: int
+    def __init__(self, key: _Optional[_Union[PartitionKey, _Mapping]] = ..., n_features: _Optional[int] = ..., has_weights: _Optional[bool] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class PartitionRows(_message.Message):
+    __slots__ = ("values_f32le", "weights_f32le")
+    VALUES_F32LE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_F32LE_FIELD_NUMBER: _ClassVar[int]
+    values_f32le: bytes
+    weights_f32le: bytes
+    def __init__(self, values_f32le: _Optional[bytes] = ..., weights_f32le: _Optional[bytes] = ...) -> None: ...
+
+class PutPartitionRequest(_message.Message):
+    __slots__ = ("header", "rows")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    header: PartitionHeader
+    rows: PartitionRows
+    def __init__(self, header: _Optional[_Union[PartitionHeader, _Mapping]] = ..., rows: _Optional[_Union[PartitionRows, _Mapping]] = ...) -> None: ...
+
+class Partition(_message.Message):
+    __slots__ = ("key", "n_rows", "n_features", "replaced", "ttl_seconds")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    N_ROWS_FIELD_NUMBER: _ClassVar[int]
+    N_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    key: PartitionKey
+    n_rows: int
+    n_features: int
+    replaced: bool
+    ttl_seconds: float
+    def __init__(self, key: _Optional[_Union[PartitionKey, _Mapping]] = ..., n_rows: _Optional[int] = ..., n_features: _Optional[int] = ..., replaced: _Optional[bool] = ..., ttl_seconds: _Optional[float] = ...) -> None: ...
+
+class ReleasePartitionsRequest(_message.Message):
+    __slots__ = ("fit_id",)
+    FIT_ID_FIELD_NUMBER: _ClassVar[int]
+    fit_id: str
+    def __init__(self, fit_id: _Optional[str] = ...) -> None: ...
+
+class ReleasePartitionsResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: int
+    def __init__(self, released: _Optional[int] = ...) -> None: ...
+
+class InlineRows(_message.Message):
+    __slots__ = ("values_f32le", "n_features", "weights_f32le")
+    VALUES_F32LE_FIELD_NUMBER: _ClassVar[int]
+    N_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_F32LE_FIELD_NUMBER: _ClassVar[int]
+    values_f32le: bytes
+    n_features: int
+    weights_f32le: bytes
+    def __init__(self, values_f32le: _Optional[bytes] = ..., n_features: _Optional[int] = ..., weights_f32le: _Optional[bytes] = ...) -> None: ...
+
+class RowSource(_message.Message):
+    __slots__ = ("partition", "rows", "dataset_id", "columns", "weights_column")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_COLUMN_FIELD_NUMBER: _ClassVar[int]
+    partition: PartitionKey
+    rows: InlineRows
+    dataset_id: str
+    columns: _containers.RepeatedScalarFieldContainer[str]
+    weights_column: str
+    def __init__(self, partition: _Optional[_Union[PartitionKey, _Mapping]] = ..., rows: _Optional[_Union[InlineRows, _Mapping]] = ..., dataset_id: _Optional[str] = ..., columns: _Optional[_Iterable[str]] = ..., weights_column: _Optional[str] = ...) -> None: ...
+
+class PartialStepRequest(_message.Message):
+    __slots__ = ("rows", "centroids", "backend")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    CENTROIDS_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    rows: RowSource
+    centroids: _containers.RepeatedScalarFieldContainer[float]
+    backend: Backend
+    def __init__(self, rows: _Optional[_Union[RowSource, _Mapping]] = ..., centroids: _Optional[_Iterable[float]] = ..., backend: _Optional[_Union[Backend, str]] = ...) -> None: ...
+
+class ClusterSums(_message.Message):
+    __slots__ = ("k", "n_features", "sums", "weights", "inertia", "n_rows")
+    K_FIELD_NUMBER: _ClassVar[int]
+    N_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    SUMS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    INERTIA_FIELD_NUMBER: _ClassVar[int]
+    N_ROWS_FIELD_NUMBER: _ClassVar[int]
+    k: int
+    n_features: int
+    sums: _containers.RepeatedScalarFieldContainer[float]
+    weights: _containers.RepeatedScalarFieldContainer[float]
+    inertia: float
+    n_rows: int
+    def __init__(self, k: _Optional[int] = ..., n_features: _Optional[int] = ..., sums: _Optional[_Iterable[float]] = ..., weights: _Optional[_Iterable[float]] = ..., inertia: _Optional[float] = ..., n_rows: _Optional[int] = ...) -> None: ...
+
+class PartitionCostRequest(_message.Message):
+    __slots__ = ("rows", "centers", "backend")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    CENTERS_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    rows: RowSource
+    centers: _containers.RepeatedScalarFieldContainer[float]
+    backend: Backend
+    def __init__(self, rows: _Optional[_Union[RowSource, _Mapping]] = ..., centers: _Optional[_Iterable[float]] = ..., backend: _Optional[_Union[Backend, str]] = ...) -> None: ...
+
+class PartitionCostResponse(_message.Message):
+    __slots__ = ("cost", "n_rows", "total_weight")
+    COST_FIELD_NUMBER: _ClassVar[int]
+    N_ROWS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    cost: float
+    n_rows: int
+    total_weight: float
+    def __init__(self, cost: _Optional[float] = ..., n_rows: _Optional[int] = ..., total_weight: _Optional[float] = ...) -> None: ...
+
+class SampleByCostRequest(_message.Message):
+    __slots__ = ("rows", "centers", "oversampling", "total_cost", "seed", "backend")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    CENTERS_FIELD_NUMBER: _ClassVar[int]
+    OVERSAMPLING_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_COST_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    rows: RowSource
+    centers: _containers.RepeatedScalarFieldContainer[float]
+    oversampling: float
+    total_cost: float
+    seed: int
+    backend: Backend
+    def __init__(self, rows: _Optional[_Union[RowSource, _Mapping]] = ..., centers: _Optional[_Iterable[float]] = ..., oversampling: _Optional[float] = ..., total_cost: _Optional[float] = ..., seed: _Optional[int] = ..., backend: _Optional[_Union[Backend, str]] = ...) -> None: ...
+
+class SampleByCostResponse(_message.Message):
+    __slots__ = ("values_f32le", "n_features", "n_rows")
+    VALUES_F32LE_FIELD_NUMBER: _ClassVar[int]
+    N_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    N_ROWS_FIELD_NUMBER: _ClassVar[int]
+    values_f32le: bytes
+    n_features: int
+    n_rows: int
+    def __init__(self, values_f32le: _Optional[bytes] = ..., n_features: _Optional[int] = ..., n_rows: _Optional[int] = ...) -> None: ...
+
+class CandidateWeightsRequest(_message.Message):
+    __slots__ = ("rows", "candidates", "backend")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    rows: RowSource
+    candidates: _containers.RepeatedScalarFieldContainer[float]
+    backend: Backend
+    def __init__(self, rows: _Optional[_Union[RowSource, _Mapping]] = ..., candidates: _Optional[_Iterable[float]] = ..., backend: _Optional[_Union[Backend, str]] = ...) -> None: ...
+
+class CandidateWeightsResponse(_message.Message):
+    __slots__ = ("weights",)
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    weights: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, weights: _Optional[_Iterable[float]] = ...) -> None: ...
+
 class FitKMeansRequest(_message.Message):
     __slots__ = ("dataset_id", "k", "columns", "init", "initial_centroids", "n_init", "max_iter", "tol", "seed", "backend", "standardize", "weights_column")
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
@@ -753,6 +927,26 @@ class Segmentation(_message.Message):
     features_left_out: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, id: _Optional[str] = ..., as_of: _Optional[str] = ..., k: _Optional[int] = ..., n_customers: _Optional[int] = ..., features: _Optional[_Iterable[str]] = ..., log1p: _Optional[_Iterable[bool]] = ..., segments: _Optional[_Iterable[_Union[SegmentProfile, _Mapping]]] = ..., k_sweep: _Optional[_Union[KSweep, _Mapping]] = ..., refresh: _Optional[_Union[Refresh, _Mapping]] = ..., input: _Optional[_Union[InputSummary, _Mapping]] = ..., artifacts: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., adapter: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., features_left_out: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class CreateKMeansRequest(_message.Message):
+    __slots__ = ("columns", "k", "centroids", "inertia", "n_iter", "converged", "inertia_history", "cluster_sizes")
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    CENTROIDS_FIELD_NUMBER: _ClassVar[int]
+    INERTIA_FIELD_NUMBER: _ClassVar[int]
+    N_ITER_FIELD_NUMBER: _ClassVar[int]
+    CONVERGED_FIELD_NUMBER: _ClassVar[int]
+    INERTIA_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_SIZES_FIELD_NUMBER: _ClassVar[int]
+    columns: _containers.RepeatedScalarFieldContainer[str]
+    k: int
+    centroids: _containers.RepeatedScalarFieldContainer[float]
+    inertia: float
+    n_iter: int
+    converged: bool
+    inertia_history: _containers.RepeatedScalarFieldContainer[float]
+    cluster_sizes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, columns: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., centroids: _Optional[_Iterable[float]] = ..., inertia: _Optional[float] = ..., n_iter: _Optional[int] = ..., converged: _Optional[bool] = ..., inertia_history: _Optional[_Iterable[float]] = ..., cluster_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class ModelFile(_message.Message):
     __slots__ = ("content",)
     CONTENT_FIELD_NUMBER: _ClassVar[int]
@@ -806,7 +1000,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_message_bytes", "max_dataset_bytes", "max_concurrent_jobs", "max_assign_rows", "max_data_dir_bytes", "max_features", "max_k", "max_iterations", "max_fit_work", "max_silhouette_sample", "max_queued_jobs", "max_concurrent_requests", "max_concurrent_uploads", "max_streams_per_connection", "max_name_bytes", "request_timeout_seconds", "idle_timeout_seconds", "job_retention_seconds", "max_retained_jobs", "max_connections", "handshake_timeout_seconds")
+    __slots__ = ("max_message_bytes", "max_dataset_bytes", "max_concurrent_jobs", "max_assign_rows", "max_data_dir_bytes", "max_features", "max_k", "max_iterations", "max_fit_work", "max_silhouette_sample", "max_queued_jobs", "max_concurrent_requests", "max_concurrent_uploads", "max_streams_per_connection", "max_name_bytes", "request_timeout_seconds", "idle_timeout_seconds", "job_retention_seconds", "max_retained_jobs", "max_connections", "handshake_timeout_seconds", "max_partition_cache_bytes", "partition_ttl_seconds")
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_DATASET_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENT_JOBS_FIELD_NUMBER: _ClassVar[int]
@@ -828,6 +1022,8 @@ class Limits(_message.Message):
     MAX_RETAINED_JOBS_FIELD_NUMBER: _ClassVar[int]
     MAX_CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
     HANDSHAKE_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARTITION_CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     max_message_bytes: int
     max_dataset_bytes: int
     max_concurrent_jobs: int
@@ -849,7 +1045,9 @@ class Limits(_message.Message):
     max_retained_jobs: int
     max_connections: int
     handshake_timeout_seconds: float
-    def __init__(self, max_message_bytes: _Optional[int] = ..., max_dataset_bytes: _Optional[int] = ..., max_concurrent_jobs: _Optional[int] = ..., max_assign_rows: _Optional[int] = ..., max_data_dir_bytes: _Optional[int] = ..., max_features: _Optional[int] = ..., max_k: _Optional[int] = ..., max_iterations: _Optional[int] = ..., max_fit_work: _Optional[float] = ..., max_silhouette_sample: _Optional[int] = ..., max_queued_jobs: _Optional[int] = ..., max_concurrent_requests: _Optional[int] = ..., max_concurrent_uploads: _Optional[int] = ..., max_streams_per_connection: _Optional[int] = ..., max_name_bytes: _Optional[int] = ..., request_timeout_seconds: _Optional[float] = ..., idle_timeout_seconds: _Optional[float] = ..., job_retention_seconds: _Optional[float] = ..., max_retained_jobs: _Optional[int] = ..., max_connections: _Optional[int] = ..., handshake_timeout_seconds: _Optional[float] = ...) -> None: ...
+    max_partition_cache_bytes: int
+    partition_ttl_seconds: float
+    def __init__(self, max_message_bytes: _Optional[int] = ..., max_dataset_bytes: _Optional[int] = ..., max_concurrent_jobs: _Optional[int] = ..., max_assign_rows: _Optional[int] = ..., max_data_dir_bytes: _Optional[int] = ..., max_features: _Optional[int] = ..., max_k: _Optional[int] = ..., max_iterations: _Optional[int] = ..., max_fit_work: _Optional[float] = ..., max_silhouette_sample: _Optional[int] = ..., max_queued_jobs: _Optional[int] = ..., max_concurrent_requests: _Optional[int] = ..., max_concurrent_uploads: _Optional[int] = ..., max_streams_per_connection: _Optional[int] = ..., max_name_bytes: _Optional[int] = ..., request_timeout_seconds: _Optional[float] = ..., idle_timeout_seconds: _Optional[float] = ..., job_retention_seconds: _Optional[float] = ..., max_retained_jobs: _Optional[int] = ..., max_connections: _Optional[int] = ..., handshake_timeout_seconds: _Optional[float] = ..., max_partition_cache_bytes: _Optional[int] = ..., partition_ttl_seconds: _Optional[float] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
     __slots__ = ("version", "backends", "gpu_adapters", "default_backend", "default_adapter", "limits", "auth_required", "tls", "server_paths")

@@ -524,6 +524,36 @@ class ClusteringStub:
                 request_serializer=segmenta_dot_v1_dot_segmenta__pb2.EvaluateRequest.SerializeToString,
                 response_deserializer=segmenta_dot_v1_dot_segmenta__pb2.EvaluateResponse.FromString,
                 _registered_method=True)
+        self.PutPartition = channel.stream_unary(
+                '/segmenta.v1.Clustering/PutPartition',
+                request_serializer=segmenta_dot_v1_dot_segmenta__pb2.PutPartitionRequest.SerializeToString,
+                response_deserializer=segmenta_dot_v1_dot_segmenta__pb2.Partition.FromString,
+                _registered_method=True)
+        self.ReleasePartitions = channel.unary_unary(
+                '/segmenta.v1.Clustering/ReleasePartitions',
+                request_serializer=segmenta_dot_v1_dot_segmenta__pb2.ReleasePartitionsRequest.SerializeToString,
+                response_deserializer=segmenta_dot_v1_dot_segmenta__pb2.ReleasePartitionsResponse.FromString,
+                _registered_method=True)
+        self.PartialStep = channel.unary_unary(
+                '/segmenta.v1.Clustering/PartialStep',
+                request_serializer=segmenta_dot_v1_dot_segmenta__pb2.PartialStepRequest.SerializeToString,
+                response_deserializer=segmenta_dot_v1_dot_segmenta__pb2.ClusterSums.FromString,
+                _registered_method=True)
+        self.PartitionCost = channel.unary_unary(
+                '/segmenta.v1.Clustering/PartitionCost',
+                request_serializer=segmenta_dot_v1_dot_segmenta__pb2.PartitionCostRequest.SerializeToString,
+                response_deserializer=segmenta_dot_v1_dot_segmenta__pb2.PartitionCostResponse.FromString,
+                _registered_method=True)
+        self.SampleByCost = channel.unary_unary(
+                '/segmenta.v1.Clustering/SampleByCost',
+                request_serializer=segmenta_dot_v1_dot_segmenta__pb2.SampleByCostRequest.SerializeToString,
+                response_deserializer=segmenta_dot_v1_dot_segmenta__pb2.SampleByCostResponse.FromString,
+                _registered_method=True)
+        self.CandidateWeights = channel.unary_unary(
+                '/segmenta.v1.Clustering/CandidateWeights',
+                request_serializer=segmenta_dot_v1_dot_segmenta__pb2.CandidateWeightsRequest.SerializeToString,
+                response_deserializer=segmenta_dot_v1_dot_segmenta__pb2.CandidateWeightsResponse.FromString,
+                _registered_method=True)
 
 
 class ClusteringServicer:
@@ -558,6 +588,62 @@ class ClusteringServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutPartition(self, request_iterator, context):
+        """Building blocks for a k-means whose rows are spread over many machines
+        (a Spark job, say): the driver keeps the centroids, each partition's
+        task asks a Segmenta server for its partition's share, and the driver
+        adds the shares up. Results depend only on the rows, the centres and
+        the seed, so a retried or speculative task gets the same answer.
+
+        Caches a partition's rows under a client-chosen key (a fit id and a
+        partition index), so later iterations send only the centroids. Client
+        streaming: a header, then rows. Uploading the same key again (a retried
+        task) replaces the partition atomically, once the new rows are all in.
+        Partitions are the caller's own (another key cannot use them), live in
+        memory only, and expire when unused for their TTL.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleasePartitions(self, request, context):
+        """Drops every partition of a fit (when the fit ends).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PartialStep(self, request, context):
+        """One Lloyd step's sums over the rows: per cluster the weighted sum of the
+        rows nearest to its centroid, their weight, and the inertia.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PartitionCost(self, request, context):
+        """k-means|| (Bahmani et al.; as Spark MLlib and cuML): the rows' cost
+        against the centres so far, ...
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SampleByCost(self, request, context):
+        """... a seeded sample with probability min(1, l · w · d² / total_cost),
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CandidateWeights(self, request, context):
+        """... and the weight of the rows nearest each candidate, for the weighted
+        k-means++ on the candidates that gives the initial centroids.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusteringServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -580,6 +666,36 @@ def add_ClusteringServicer_to_server(servicer, server):
                     servicer.Evaluate,
                     request_deserializer=segmenta_dot_v1_dot_segmenta__pb2.EvaluateRequest.FromString,
                     response_serializer=segmenta_dot_v1_dot_segmenta__pb2.EvaluateResponse.SerializeToString,
+            ),
+            'PutPartition': grpc.stream_unary_rpc_method_handler(
+                    servicer.PutPartition,
+                    request_deserializer=segmenta_dot_v1_dot_segmenta__pb2.PutPartitionRequest.FromString,
+                    response_serializer=segmenta_dot_v1_dot_segmenta__pb2.Partition.SerializeToString,
+            ),
+            'ReleasePartitions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleasePartitions,
+                    request_deserializer=segmenta_dot_v1_dot_segmenta__pb2.ReleasePartitionsRequest.FromString,
+                    response_serializer=segmenta_dot_v1_dot_segmenta__pb2.ReleasePartitionsResponse.SerializeToString,
+            ),
+            'PartialStep': grpc.unary_unary_rpc_method_handler(
+                    servicer.PartialStep,
+                    request_deserializer=segmenta_dot_v1_dot_segmenta__pb2.PartialStepRequest.FromString,
+                    response_serializer=segmenta_dot_v1_dot_segmenta__pb2.ClusterSums.SerializeToString,
+            ),
+            'PartitionCost': grpc.unary_unary_rpc_method_handler(
+                    servicer.PartitionCost,
+                    request_deserializer=segmenta_dot_v1_dot_segmenta__pb2.PartitionCostRequest.FromString,
+                    response_serializer=segmenta_dot_v1_dot_segmenta__pb2.PartitionCostResponse.SerializeToString,
+            ),
+            'SampleByCost': grpc.unary_unary_rpc_method_handler(
+                    servicer.SampleByCost,
+                    request_deserializer=segmenta_dot_v1_dot_segmenta__pb2.SampleByCostRequest.FromString,
+                    response_serializer=segmenta_dot_v1_dot_segmenta__pb2.SampleByCostResponse.SerializeToString,
+            ),
+            'CandidateWeights': grpc.unary_unary_rpc_method_handler(
+                    servicer.CandidateWeights,
+                    request_deserializer=segmenta_dot_v1_dot_segmenta__pb2.CandidateWeightsRequest.FromString,
+                    response_serializer=segmenta_dot_v1_dot_segmenta__pb2.CandidateWeightsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -690,6 +806,168 @@ class Clustering:
             '/segmenta.v1.Clustering/Evaluate',
             segmenta_dot_v1_dot_segmenta__pb2.EvaluateRequest.SerializeToString,
             segmenta_dot_v1_dot_segmenta__pb2.EvaluateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutPartition(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/segmenta.v1.Clustering/PutPartition',
+            segmenta_dot_v1_dot_segmenta__pb2.PutPartitionRequest.SerializeToString,
+            segmenta_dot_v1_dot_segmenta__pb2.Partition.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleasePartitions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segmenta.v1.Clustering/ReleasePartitions',
+            segmenta_dot_v1_dot_segmenta__pb2.ReleasePartitionsRequest.SerializeToString,
+            segmenta_dot_v1_dot_segmenta__pb2.ReleasePartitionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PartialStep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segmenta.v1.Clustering/PartialStep',
+            segmenta_dot_v1_dot_segmenta__pb2.PartialStepRequest.SerializeToString,
+            segmenta_dot_v1_dot_segmenta__pb2.ClusterSums.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PartitionCost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segmenta.v1.Clustering/PartitionCost',
+            segmenta_dot_v1_dot_segmenta__pb2.PartitionCostRequest.SerializeToString,
+            segmenta_dot_v1_dot_segmenta__pb2.PartitionCostResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SampleByCost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segmenta.v1.Clustering/SampleByCost',
+            segmenta_dot_v1_dot_segmenta__pb2.SampleByCostRequest.SerializeToString,
+            segmenta_dot_v1_dot_segmenta__pb2.SampleByCostResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CandidateWeights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segmenta.v1.Clustering/CandidateWeights',
+            segmenta_dot_v1_dot_segmenta__pb2.CandidateWeightsRequest.SerializeToString,
+            segmenta_dot_v1_dot_segmenta__pb2.CandidateWeightsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1204,6 +1482,11 @@ class ModelsStub:
                 request_serializer=segmenta_dot_v1_dot_segmenta__pb2.ImportModelRequest.SerializeToString,
                 response_deserializer=segmenta_dot_v1_dot_segmenta__pb2.Model.FromString,
                 _registered_method=True)
+        self.CreateKMeans = channel.unary_unary(
+                '/segmenta.v1.Models/CreateKMeans',
+                request_serializer=segmenta_dot_v1_dot_segmenta__pb2.CreateKMeansRequest.SerializeToString,
+                response_deserializer=segmenta_dot_v1_dot_segmenta__pb2.Model.FromString,
+                _registered_method=True)
 
 
 class ModelsServicer:
@@ -1247,6 +1530,14 @@ class ModelsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateKMeans(self, request, context):
+        """Registers centroids fitted elsewhere (a distributed fit's driver) as a
+        k-means model, in the rows' own units, for Assign.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1273,6 +1564,11 @@ def add_ModelsServicer_to_server(servicer, server):
             'Import': grpc.unary_unary_rpc_method_handler(
                     servicer.Import,
                     request_deserializer=segmenta_dot_v1_dot_segmenta__pb2.ImportModelRequest.FromString,
+                    response_serializer=segmenta_dot_v1_dot_segmenta__pb2.Model.SerializeToString,
+            ),
+            'CreateKMeans': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateKMeans,
+                    request_deserializer=segmenta_dot_v1_dot_segmenta__pb2.CreateKMeansRequest.FromString,
                     response_serializer=segmenta_dot_v1_dot_segmenta__pb2.Model.SerializeToString,
             ),
     }
@@ -1412,6 +1708,33 @@ class Models:
             target,
             '/segmenta.v1.Models/Import',
             segmenta_dot_v1_dot_segmenta__pb2.ImportModelRequest.SerializeToString,
+            segmenta_dot_v1_dot_segmenta__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateKMeans(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segmenta.v1.Models/CreateKMeans',
+            segmenta_dot_v1_dot_segmenta__pb2.CreateKMeansRequest.SerializeToString,
             segmenta_dot_v1_dot_segmenta__pb2.Model.FromString,
             options,
             channel_credentials,
