@@ -1157,6 +1157,7 @@ fn scoring_in_streams_takes_the_same_slots_as_unary_calls() {
                 .assign(pb::AssignRequest {
                     model_id: model.id.clone(),
                     rows: big[..d].to_vec(),
+                    n_features: 0,
                 })
                 .await;
             let streamed = stream.await.unwrap();

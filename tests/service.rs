@@ -251,6 +251,7 @@ fn round_trip_matches_the_library() {
         let requests = (0..3).map(|i| pb::AssignRequest {
             model_id: model.id.clone(),
             rows: flat(&x.slice(ndarray::s![i * 10..i * 10 + 10, ..]).to_owned()),
+            n_features: 0,
         });
         let mut answers = server
             .clustering()
@@ -1330,6 +1331,161 @@ fn segment_over_grpc_matches_the_library_and_refreshes_stably() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::NotFound);
+        server.stop().await;
+    });
+}
+
+// ---------------------------------------------------------------- distributed fits
+
+fn part_header(fit_id: &str, index: u32, d: u32, weights: bool) -> pb::PutPartitionRequest {
+    pb::PutPartitionRequest {
+        message: Some(pb::put_partition_request::Message::Header(
+            pb::PartitionHeader {
+                key: Some(pb::PartitionKey {
+                    fit_id: fit_id.into(),
+                    index,
+                }),
+                n_features: d,
+                has_weights: weights,
+                ttl_seconds: 0,
+            },
+        )),
+    }
+}
+
+fn part_rows(values: &[f32], weights: &[f32]) -> pb::PutPartitionRequest {
+    let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    pb::PutPartitionRequest {
+        message: Some(pb::put_partition_request::Message::Rows(
+            pb::PartitionRows {
+                values_f32le: le(values),
+                weights_f32le: le(weights),
+            },
+        )),
+    }
+}
+
+/// Malformed partition streams are refused naming the problem, a refused
+/// upload leaves the earlier one in place, the cache's budget holds, and a
+/// partition's share equals the library's sums over the same rows.
+#[test]
+fn partitions_refuse_malformed_streams_and_keep_the_last_good_upload() {
+    runtime().block_on(async {
+        let dir = TempDir::new().unwrap();
+        let limits = Limits {
+            max_partition_cache_bytes: 4096,
+            ..Limits::default()
+        };
+        let server = TestServer::start(dir.path(), limits).await;
+        let put = |messages: Vec<pb::PutPartitionRequest>| {
+            let mut c = server.clustering();
+            async move { c.put_partition(tokio_stream::iter(messages)).await }
+        };
+        let good = put(vec![
+            part_header("fit-1", 0, 2, false),
+            part_rows(&[0.0, 0.0, 1.0, 1.0], &[]),
+            part_rows(&[9.0, 9.0], &[]),
+        ])
+        .await
+        .unwrap()
+        .into_inner();
+        assert_eq!((good.n_rows, good.n_features, good.replaced), (3, 2, false));
+
+        for (messages, needle) in [
+            (
+                vec![part_rows(&[1.0, 2.0], &[])],
+                "first message must be a header",
+            ),
+            (vec![part_header("../up", 0, 2, false)], "key.fit_id"),
+            (vec![part_header("fit-1", 0, 0, false)], "n_features"),
+            (
+                vec![
+                    part_header("fit-1", 0, 2, false),
+                    part_rows(&[1.0, 2.0, 3.0], &[]),
+                ],
+                "not whole rows of 2",
+            ),
+            (
+                vec![
+                    part_header("fit-1", 0, 2, false),
+                    part_rows(&[1.0, f32::NAN], &[]),
+                ],
+                "non-finite value at row 0, column 1",
+            ),
+            (
+                vec![
+                    part_header("fit-1", 0, 2, true),
+                    part_rows(&[1.0, 2.0], &[]),
+                ],
+                "0 weights for 1 rows",
+            ),
+            (
+                vec![
+                    part_header("fit-1", 0, 2, true),
+                    part_rows(&[1.0, 2.0], &[-1.0]),
+                ],
+                "not a finite non-negative number",
+            ),
+            (
+                vec![
+                    part_header("fit-1", 0, 2, false),
+                    part_rows(&[1.0, 2.0], &[1.0]),
+                ],
+                "has_weights = false",
+            ),
+        ] {
+            let e = put(messages).await.unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+            assert!(e.message().contains(needle), "{needle}: {e}");
+        }
+        // Over the cache's budget (4 KiB): refused, naming the limit.
+        let e = put(vec![
+            part_header("fit-1", 1, 2, false),
+            part_rows(&vec![1.0; 2 * 600], &[]),
+        ])
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted);
+        assert!(e.message().contains("max_partition_cache_bytes"), "{e}");
+
+        // The good upload survived every refused retry of its key.
+        let centroids = vec![0.0f32, 0.0, 10.0, 10.0];
+        let step = server
+            .clustering()
+            .partial_step(pb::PartialStepRequest {
+                rows: Some(pb::RowSource {
+                    source: Some(pb::row_source::Source::Partition(pb::PartitionKey {
+                        fit_id: "fit-1".into(),
+                        index: 0,
+                    })),
+                    ..Default::default()
+                }),
+                centroids: centroids.clone(),
+                backend: pb::Backend::Cpu as i32,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let x = Array2::from_shape_vec((3, 2), vec![0.0f32, 0.0, 1.0, 1.0, 9.0, 9.0]).unwrap();
+        let c = Array2::from_shape_vec((2, 2), centroids).unwrap();
+        let want =
+            segmenta::kmeans::partial::partial_step(&CpuBackend::new(), x.view(), None, c.view())
+                .unwrap();
+        assert_eq!(step.n_rows, 3);
+        assert_eq!(step.weights, want.weights);
+        assert_eq!(step.sums, want.sums.iter().copied().collect::<Vec<f64>>());
+        assert!((step.inertia - want.inertia).abs() < 1e-9);
+        assert!((step.inertia - 2.0 - 2.0).abs() < 1e-5, "{}", step.inertia);
+
+        let released = server
+            .clustering()
+            .release_partitions(pb::ReleasePartitionsRequest {
+                fit_id: "fit-1".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(released.released, 1);
         server.stop().await;
     });
 }

@@ -154,3 +154,20 @@ def test_bad_columns_are_clear_errors(spark, servers):
         KMeans(k=2, servers=[servers[0].address]).fit(df)
     with pytest.raises(ValueError, match="larger than the number of rows"):
         KMeans(k=500, inputCols=["f0"], servers=[servers[0].address]).fit(df)
+
+
+def test_the_readme_example_runs_as_written(spark, servers, tmp_path, monkeypatch, capsys):
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = readme[readme.index("## Scaling out"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code = code.replace("/tmp/segmenta-spark-model", str(tmp_path / "model"))
+    monkeypatch.setenv("SEGMENTA_SERVER", servers[0].address)
+    namespace = {}
+    exec(compile(code, "README.md (Scaling out)", "exec"), namespace)
+    model, same = namespace["model"], namespace["same"]
+    assert len(model.clusterCenters()) == 3 and model.summary.numIter >= 1
+    np.testing.assert_array_equal(np.array(same.clusterCenters()), np.array(model.clusterCenters()))
+    assert "prediction" in capsys.readouterr().out

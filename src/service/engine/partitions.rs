@@ -70,6 +70,7 @@ pub struct PartitionCache {
 }
 
 /// What a put did.
+#[derive(Debug)]
 pub struct Stored {
     pub replaced: bool,
     pub ttl: Duration,

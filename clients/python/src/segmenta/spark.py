@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import time
 import uuid
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -146,16 +147,24 @@ def _feature_column(df, featuresCol: str, inputCols: Optional[Sequence[str]]):
 class KMeansSummary:
     """What the fit measured: ``trainingCost`` (inertia against the final
     centres), ``numIter``, ``converged``, ``costHistory`` (per iteration,
-    against that iteration's centres), ``clusterSizes`` (weight per cluster)."""
+    against that iteration's centres), ``clusterSizes`` (weight per
+    cluster), ``passes`` (Spark jobs run), and wall-clock seconds:
+    ``uploadSeconds`` (caching the partitions), ``initSeconds``,
+    ``iterationSeconds`` (one per Lloyd iteration)."""
 
     def __init__(self, trainingCost: float, numIter: int, converged: bool,
-                 costHistory: List[float], clusterSizes: List[float], passes: int):
+                 costHistory: List[float], clusterSizes: List[float], passes: int,
+                 uploadSeconds: float = 0.0, initSeconds: float = 0.0,
+                 iterationSeconds: Optional[List[float]] = None):
         self.trainingCost = trainingCost
         self.numIter = numIter
         self.converged = converged
         self.costHistory = costHistory
         self.clusterSizes = clusterSizes
         self.passes = passes
+        self.uploadSeconds = uploadSeconds
+        self.initSeconds = initSeconds
+        self.iterationSeconds = iterationSeconds or []
 
     def to_dict(self):
         return dict(self.__dict__)
@@ -360,8 +369,10 @@ class KMeans:
         frame = self._frame(df)
         fit_id = f"spark-{uuid.uuid4().hex}"
         state = {"fit_id": fit_id, "passes": 1}
+        started = time.perf_counter()
         try:
             parts = self._upload_pass(frame, fit_id)
+            uploaded = time.perf_counter()
             full = [p for p in parts if p["n"] > 0]
             if not full:
                 raise ValueError("the DataFrame has no rows")
@@ -374,8 +385,10 @@ class KMeans:
             if n_rows < self.k:
                 raise ValueError(f"k = {self.k} is larger than the number of rows ({n_rows})")
             centers = self._initial_centers(df, frame, state, full).astype(np.float32)
-            history, converged, iteration = [], False, 0
+            initialised = time.perf_counter()
+            history, converged, iteration, seconds = [], False, 0, []
             for iteration in range(1, self.maxIter + 1):
+                tick = time.perf_counter()
                 rows = self._each_partition(
                     df, frame, state, "partial_step", {"centroids": centers},
                     [("sums", "array<double>"), ("weights", "array<double>"), ("inertia", "double")],
@@ -389,6 +402,7 @@ class KMeans:
                 new[alive] = sums[alive] / weights[alive, None]
                 moved = np.sqrt(((new - centers.astype(np.float64)) ** 2).sum(axis=1)).max()
                 centers = new.astype(np.float32)
+                seconds.append(time.perf_counter() - tick)
                 if moved <= self.tol:
                     converged = True
                     break
@@ -396,7 +410,9 @@ class KMeans:
                                          [("cost", "double")], lambda r: {"cost": r[0]})
             sizes = self._sum_weights(df, frame, state, centers)
             summary = KMeansSummary(float(sum(r["cost"] for r in costs)), iteration, converged,
-                                    history, sizes.tolist(), state["passes"] + 2)
+                                    history, sizes.tolist(), state["passes"],
+                                    uploadSeconds=uploaded - started,
+                                    initSeconds=initialised - uploaded, iterationSeconds=seconds)
         finally:
             self._release(fit_id)
         return KMeansModel(centers, featuresCol=self.featuresCol, inputCols=self.inputCols,
