@@ -6,9 +6,10 @@
 
 Starts `target/release/segmenta serve` on 127.0.0.1:0 (one server: this
 machine is one node) and a local Spark with one task slot per core. The data
-are generated in Spark (planted groups plus noise) and cached before timing.
-Both fits start from the same k centres (the first k rows) and run exactly
-`--iters` iterations (tolerance 0).
+are generated in Spark (k overlapping groups: centres drawn with standard
+deviation `--spread`, unit noise) and cached before timing. Both fits start
+from the same k centres (k rows drawn at random) and run `--iters`
+iterations (tolerance 0; the script checks that neither stopped early).
 
 Per iteration:
 * Segmenta: the median of the Lloyd iterations' wall-clock times (each one
@@ -62,6 +63,9 @@ def main():
     parser.add_argument("--k", type=int, default=64)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--partitions", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--spread", type=float, default=0.5,
+                        help="standard deviation of the group centres (noise has 1): overlapping "
+                             "groups keep Lloyd moving for all the iterations")
     parser.add_argument("--binary", default=str(ROOT / "target" / "release" / "segmenta"))
     parser.add_argument("--skip-mllib", action="store_true")
     args = parser.parse_args()
@@ -80,7 +84,7 @@ def main():
              .getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
     rng = np.random.default_rng(0)
-    centres = rng.normal(scale=5.0, size=(args.k, args.dims))
+    centres = rng.normal(scale=args.spread, size=(args.k, args.dims))
     group = (F.col("id") % args.k + 1).cast("int")
     columns = [(F.element_at(F.array(*[F.lit(float(v)) for v in centres[:, j]]), group)
                 + F.randn(seed=j)).cast("float").alias(f"f{j}") for j in range(args.dims)]
@@ -91,7 +95,8 @@ def main():
     n = df.count()
     print(f"data: {n:,} × {args.dims} in {args.partitions} partitions, generated and cached in "
           f"{time.perf_counter() - t:.1f} s; k = {args.k}, {args.iters} iterations, {cores} cores")
-    init = np.array([r.features for r in df.limit(args.k).collect()], dtype=np.float32)
+    first = np.array([r.features for r in df.limit(args.k * 50).collect()], dtype=np.float32)
+    init = first[rng.choice(len(first), size=args.k, replace=False)]
 
     with tempfile.TemporaryDirectory() as data_dir:
         server, address = start_server(args.binary, data_dir)
@@ -104,6 +109,8 @@ def main():
             server.terminate()
             server.wait(20)
     s = model.summary
+    if s.numIter != args.iters:
+        sys.exit(f"Segmenta stopped after {s.numIter} iterations: use more overlapping data (--spread)")
     ours = statistics.median(s.iterationSeconds)
     print(f"segmenta: {total:.2f} s in all ({s.numIter} iterations, {s.passes} Spark jobs); "
           f"caching the partitions {s.uploadSeconds:.2f} s; per iteration median {ours * 1000:.0f} ms "
@@ -117,12 +124,17 @@ def main():
 
     rdd = df.rdd.map(lambda r: Vectors.dense(r.features)).cache()
     rdd.count()
-    times = {}
-    for iters in (1, args.iters):
+    times, centres_after = {}, {}
+    for iters in (1, args.iters - 1, args.iters):
         t = time.perf_counter()
         mllib = MLlibKMeans.train(rdd, args.k, maxIterations=iters, epsilon=0.0,
                                   initialModel=MLlibModel([c.astype(np.float64) for c in init]))
         times[iters] = time.perf_counter() - t
+        centres_after[iters] = np.array(mllib.clusterCenters)
+    # pyspark.mllib does not say how many iterations ran: if the last one
+    # still moved the centres, none stopped early.
+    if np.array_equal(centres_after[args.iters - 1], centres_after[args.iters]):
+        sys.exit("MLlib stopped before the last iteration: use more overlapping data (--spread)")
     per = (times[args.iters] - times[1]) / (args.iters - 1)
     cost = mllib.computeCost(rdd)
     print(f"mllib: {times[args.iters]:.2f} s for {args.iters} iterations ({times[1]:.2f} s for 1); "

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ndarray::{Array1, Array2, ArrayView2};
 
-use super::partitions::{check_fit_id, PartitionRows, Stored};
+use super::partitions::{check_fit_id, PartitionRows, Reservation, Stored};
 use super::{cost, Engine};
 use crate::backend::{Backend, ClusterSums};
 use crate::kmeans::partial;
@@ -131,18 +131,16 @@ impl Engine {
         key: &pb::PartitionKey,
         rows: PartitionRows,
         ttl: Option<Duration>,
+        reservation: Reservation<'_>,
     ) -> ServiceResult<Stored> {
         let (fit_id, index) = Self::partition_key(Some(key))?;
-        self.partitions.put(owner, fit_id, index, rows, ttl)
+        self.partitions
+            .put(owner, fit_id, index, rows, ttl, reservation)
     }
 
     /// The partition header's checks, before any rows are read.
-    pub fn check_partition_header(
-        &self,
-        owner: &str,
-        h: &pb::PartitionHeader,
-    ) -> ServiceResult<()> {
-        let (fit_id, index) = Self::partition_key(h.key.as_ref())?;
+    pub fn check_partition_header(&self, h: &pb::PartitionHeader) -> ServiceResult<()> {
+        Self::partition_key(h.key.as_ref())?;
         let max = self.config.limits.max_features;
         if h.n_features == 0 || h.n_features as usize > max {
             return Err(ServiceError::invalid(
@@ -150,7 +148,7 @@ impl Engine {
                 format!("must be 1 to {max}, got {}", h.n_features),
             ));
         }
-        self.partitions.check_room(owner, fit_id, index, 0)
+        Ok(())
     }
 
     pub fn release_partitions(&self, owner: &str, fit_id: &str) -> ServiceResult<usize> {

@@ -42,7 +42,10 @@ struct Entry {
 #[derive(Default)]
 struct Inner {
     entries: HashMap<Key, Entry>,
+    /// Bytes of cached rows.
     bytes: u64,
+    /// Bytes of uploads still streaming in.
+    reserved: u64,
 }
 
 impl Inner {
@@ -67,6 +70,45 @@ pub struct PartitionCache {
     inner: Mutex<Inner>,
     max_bytes: u64,
     default_ttl: Duration,
+}
+
+/// Bytes held for one upload while it streams in (see [`PartitionCache::reserve`]).
+pub struct Reservation<'a> {
+    cache: &'a PartitionCache,
+    bytes: u64,
+}
+
+impl Reservation<'_> {
+    /// Holds `more` bytes, or RESOURCE_EXHAUSTED when the cache's budget
+    /// (cached rows and every upload in progress) would pass its limit.
+    pub fn grow(&mut self, more: u64) -> ServiceResult<()> {
+        let cache = self.cache;
+        let mut inner = cache.lock();
+        inner.sweep(Instant::now());
+        let after = inner.bytes + inner.reserved + more;
+        if after > cache.max_bytes {
+            return Err(ServiceError::ResourceExhausted {
+                limit: "max_partition_cache_bytes",
+                message: format!(
+                    "caching this partition would hold {after} bytes of partitions (uploads in \
+                     progress included); the limit is {} (release finished fits' partitions, or \
+                     use smaller partitions)",
+                    cache.max_bytes
+                ),
+            });
+        }
+        inner.reserved += more;
+        self.bytes += more;
+        Ok(())
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.cache.lock().reserved -= self.bytes;
+        }
+    }
 }
 
 /// What a put did.
@@ -105,39 +147,19 @@ impl PartitionCache {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether `incoming` more bytes could be cached for `(owner, fit_id,
-    /// index)` now (its current rows would be replaced, so they do not
-    /// count). Checked while a partition streams in, before it is all here.
-    pub fn check_room(
-        &self,
-        owner: &str,
-        fit_id: &str,
-        index: u32,
-        incoming: u64,
-    ) -> ServiceResult<()> {
-        let mut inner = self.lock();
-        inner.sweep(Instant::now());
-        let key = Key {
-            owner: owner.into(),
-            fit_id: fit_id.into(),
-            index,
-        };
-        let current = inner.entries.get(&key).map_or(0, |e| e.rows.bytes());
-        let after = inner.bytes - current + incoming;
-        if after > self.max_bytes {
-            return Err(ServiceError::ResourceExhausted {
-                limit: "max_partition_cache_bytes",
-                message: format!(
-                    "caching this partition would hold {after} bytes of partitions; the limit is {} \
-                     (release finished fits' partitions, or use smaller partitions)",
-                    self.max_bytes
-                ),
-            });
+    /// Room for a partition that is streaming in. Bytes are reserved as they
+    /// arrive, so concurrent uploads together stay under the budget; a key's
+    /// earlier rows count until the new ones replace them (both are in memory
+    /// meanwhile). Dropping the reservation (a failed upload) frees it.
+    pub fn reserve(&self) -> Reservation<'_> {
+        Reservation {
+            cache: self,
+            bytes: 0,
         }
-        Ok(())
     }
 
-    /// Caches `rows` under the key, replacing what was there.
+    /// Caches `rows` under the key, replacing what was there, in place of
+    /// the reservation they arrived under.
     pub fn put(
         &self,
         owner: &str,
@@ -145,21 +167,23 @@ impl PartitionCache {
         index: u32,
         rows: PartitionRows,
         ttl: Option<Duration>,
+        mut reservation: Reservation<'_>,
     ) -> ServiceResult<Stored> {
-        self.check_room(owner, fit_id, index, rows.bytes())?;
+        reservation.grow(rows.bytes().saturating_sub(reservation.bytes))?;
         let ttl = ttl.unwrap_or(self.default_ttl);
         let key = Key {
             owner: owner.into(),
             fit_id: fit_id.into(),
             index,
         };
-        let mut inner = self.lock();
         let bytes = rows.bytes();
         let entry = Entry {
             rows: Arc::new(rows),
             ttl,
             last_used: Instant::now(),
         };
+        let mut inner = self.lock();
+        inner.reserved -= std::mem::take(&mut reservation.bytes);
         let old = inner.entries.insert(key, entry);
         let replaced = old.is_some();
         inner.bytes = inner.bytes - old.map_or(0, |e| e.rows.bytes()) + bytes;
@@ -230,8 +254,11 @@ mod tests {
     #[test]
     fn keys_are_per_caller_replaced_whole_bounded_and_expire() {
         let cache = PartitionCache::new(1000, Duration::from_secs(60));
-        assert!(!cache.put("a", "fit", 0, rows(10), None).unwrap().replaced);
-        assert!(cache.put("a", "fit", 0, rows(20), None).unwrap().replaced);
+        let put = |owner: &str, fit: &str, i: u32, n: usize, ttl: Option<Duration>| {
+            cache.put(owner, fit, i, rows(n), ttl, cache.reserve())
+        };
+        assert!(!put("a", "fit", 0, 10, None).unwrap().replaced);
+        assert!(put("a", "fit", 0, 20, None).unwrap().replaced);
         assert_eq!(cache.get("a", "fit", 0).unwrap().x.nrows(), 20);
         assert_eq!(cache.bytes(), 160);
         // Another caller's key of the same name is not these rows.
@@ -240,23 +267,27 @@ mod tests {
             Err(ServiceError::NotFound { .. })
         ));
         // Over the budget: refused, naming the limit; the old rows stay.
-        let e = cache.put("a", "fit", 1, rows(200), None).unwrap_err();
+        let e = put("a", "fit", 1, 200, None).unwrap_err();
         assert!(e.to_string().contains("max_partition_cache_bytes"), "{e}");
-        // Replacing a key only counts the difference.
-        cache.put("a", "fit", 0, rows(120), None).unwrap();
-        assert_eq!(cache.bytes(), 960);
+        assert_eq!(cache.bytes(), 160);
+        // Uploads in progress count: two streams cannot each take the budget.
+        let mut first = cache.reserve();
+        first.grow(600).unwrap();
+        let mut second = cache.reserve();
+        assert!(second.grow(600).is_err(), "160 + 600 + 600 > 1000");
+        drop(first); // a failed upload frees its bytes
+        second.grow(600).unwrap();
+        drop(second);
         assert!(
-            cache.put("b", "fit", 0, rows(10), None).is_err(),
+            put("b", "fit", 0, 10, None).is_ok(),
             "one budget for all callers"
         );
         assert_eq!(cache.release("a", "fit"), 1);
-        assert_eq!(cache.bytes(), 0);
-        cache
-            .put("b", "fit", 0, rows(1), Some(Duration::from_millis(1)))
-            .unwrap();
+        assert_eq!(cache.bytes(), 80);
+        put("b", "short", 0, 1, Some(Duration::from_millis(1))).unwrap();
         std::thread::sleep(Duration::from_millis(5));
-        assert!(cache.get("b", "fit", 0).is_err(), "expired");
-        assert_eq!(cache.bytes(), 0);
+        assert!(cache.get("b", "short", 0).is_err(), "expired");
+        assert_eq!(cache.bytes(), 80);
         assert!(check_fit_id("fit-1_a.b").is_ok());
         assert!(check_fit_id("../x").is_err() && check_fit_id("").is_err());
     }

@@ -9,7 +9,7 @@ use crate::backend::ClusterSums;
 use crate::kmeans::{KMeansParams, Prediction};
 use crate::service::convert::{backend_choice, job};
 use crate::service::engine::distributed::{check_rows, check_weights, f32_values};
-use crate::service::engine::partitions::PartitionRows;
+use crate::service::engine::partitions::{PartitionRows, Reservation};
 use crate::service::engine::{kmeans_init, Engine, KMeansJob, Origin};
 use crate::service::error::ServiceError;
 use crate::service::gate::{caller, note};
@@ -48,11 +48,10 @@ fn sums_message(s: ClusterSums, n_rows: u64) -> pb::ClusterSums {
 
 /// Reads a PutPartition stream to its end: the header, then whole rows,
 /// each block checked, the cache's room checked as bytes arrive.
-async fn read_partition(
-    engine: &Engine,
-    owner: &str,
+async fn read_partition<'e>(
+    engine: &'e Engine,
     stream: &mut Streaming<pb::PutPartitionRequest>,
-) -> Result<(pb::PartitionHeader, PartitionRows), Status> {
+) -> Result<(pb::PartitionHeader, PartitionRows, Reservation<'e>), Status> {
     use pb::put_partition_request::Message;
     let idle = engine.config.limits.idle_timeout;
     let header = match next_message(stream, idle).await? {
@@ -68,8 +67,8 @@ async fn read_partition(
         }
         None => return Err(ServiceError::invalid("header", "empty stream: no header").into()),
     };
-    engine.check_partition_header(owner, &header)?;
-    let key = header.key.clone().expect("checked");
+    engine.check_partition_header(&header)?;
+    let mut reservation = engine.partitions.reserve();
     let d = header.n_features as usize;
     let (mut values, mut weights) = (Vec::<f32>::new(), Vec::<f32>::new());
     while let Some(msg) = next_message(stream, idle).await? {
@@ -103,10 +102,8 @@ async fn read_partition(
         }
         check_weights("rows.weights_f32le", &w)?;
         let incoming = 4 * (values.len() + v.len() + weights.len() + w.len()) as u64;
-        engine
-            .partitions
-            .check_room(owner, &key.fit_id, key.index, incoming)?;
         engine.check_dataset_size(incoming)?;
+        reservation.grow(4 * (v.len() + w.len()) as u64)?;
         values.extend_from_slice(&v);
         weights.extend_from_slice(&w);
     }
@@ -115,7 +112,7 @@ async fn read_partition(
         x: ndarray::Array2::from_shape_vec((n, d), values).expect("whole rows"),
         weights: header.has_weights.then(|| ndarray::Array1::from(weights)),
     };
-    Ok((header, rows))
+    Ok((header, rows, reservation))
 }
 
 impl TryFrom<pb::FitKMeansRequest> for KMeansJob {
@@ -218,12 +215,14 @@ impl pb::clustering_server::Clustering for ClusteringService {
         let mut stream = request.into_inner();
         // Nothing is cached until the stream has ended cleanly: a broken
         // retry leaves the earlier upload in place.
-        let (header, rows) = read_partition(&self.engine, &who, &mut stream).await?;
+        let (header, rows, reservation) = read_partition(&self.engine, &mut stream).await?;
         let key = header.key.clone().expect("checked");
         let (n_rows, n_features) = (rows.x.nrows() as u64, header.n_features);
         let ttl = (header.ttl_seconds > 0)
             .then(|| std::time::Duration::from_secs(header.ttl_seconds as u64));
-        let stored = self.engine.put_partition(&who, &key, rows, ttl)?;
+        let stored = self
+            .engine
+            .put_partition(&who, &key, rows, ttl, reservation)?;
         Ok(Response::new(pb::Partition {
             key: Some(key),
             n_rows,
