@@ -4,6 +4,7 @@ import io
 import pathlib
 import socket
 
+import grpc
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -234,3 +235,34 @@ def test_bad_partitions_are_refused_with_the_reason(client):
     assert (client.assign(model.id, np.eye(3) * 0.9).labels == [0, 1, 2]).all()
     with pytest.raises(segmenta.InvalidArgument, match="names for 3"):
         client.create_kmeans(np.eye(3), columns=["a"])
+    # A model whose numbers would not read back is refused, not stored.
+    with pytest.raises(segmenta.InvalidArgument, match="finite"):
+        client.create_kmeans(np.eye(3), inertia=float("nan"))
+    # A partition with no rows, and a call that returns rows from a dataset.
+    from segmenta.v1 import segmenta_pb2 as pb
+    from segmenta.v1 import segmenta_pb2_grpc as rpc
+
+    header_only = iter([pb.PutPartitionRequest(header=pb.PartitionHeader(
+        key=pb.PartitionKey(fit_id="f", index=0), n_features=3))])
+    with pytest.raises(grpc.RpcError) as e:  # the raw stub: the Client refuses empty input itself
+        rpc.ClusteringStub(grpc.insecure_channel(client.address)).PutPartition(header_only, timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no rows" in e.value.details()
+    ds = client.upload(X)
+    with pytest.raises(segmenta.InvalidArgument, match="returns rows"):
+        client.sample_by_cost(X[:1], 2.0, 1.0, 1, dataset_id=ds.id)
+    with pytest.raises(segmenta.InvalidArgument, match="ttl_seconds"):
+        client.put_partition("f", 0, X, ttl_seconds=10**6)
+    client.delete_dataset(ds.id)
+
+
+def test_a_pickled_estimator_keeps_its_connection(keyed_server):
+    import pickle
+
+    X = np.array([[0.0, 0], [0, 1], [9, 9], [9, 8]])
+    client = segmenta.Client(keyed_server.address, token=KEYS["writer"][1])
+    with pytest.warns(UserWarning, match="admin key"):
+        km = segmenta.KMeans(2, random_state=0, client=client).fit(X)
+    copy = pickle.loads(pickle.dumps(km))
+    assert copy.client is not client and copy.client.address == client.address
+    # The copy still authenticates: the key travelled with it.
+    assert (copy.predict(X) == km.predict(X)).all()

@@ -129,7 +129,8 @@ def test_weights_random_init_empty_partitions_and_save_load(spark, servers, tmp_
     a = model.transform(df).select("id", "prediction").toPandas().sort_values("id")
     b = loaded.transform(df).select("id", "prediction").toPandas().sort_values("id")
     np.testing.assert_array_equal(a["prediction"].to_numpy(), b["prediction"].to_numpy())
-    # A partition upload was retried (same key twice): the cache holds it once.
+    with pytest.raises(ValueError, match="local path"):
+        model.save("hdfs://namenode/models/segments")
     with pytest.raises(ValueError, match="not a Segmenta Spark model"):
         (tmp_path / "bad").mkdir()
         (tmp_path / "bad" / "model.json").write_text("{}")

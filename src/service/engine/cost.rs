@@ -30,7 +30,7 @@ fn features(limits: &Limits, d: usize) -> ServiceResult<()> {
 
 /// A model must fit in one response message (centroids in two copies:
 /// original and scaled units).
-fn model_fits_message(limits: &Limits, values: usize) -> ServiceResult<()> {
+pub fn model_fits_message(limits: &Limits, values: usize) -> ServiceResult<()> {
     let bytes = 8 * values as u64;
     if bytes > limits.max_message_bytes as u64 / 2 {
         return Err(exhausted(

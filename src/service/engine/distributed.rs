@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ndarray::{Array1, Array2, ArrayView2};
 
-use super::partitions::{check_fit_id, PartitionRows, Reservation, Stored};
+use super::partitions::{check_fit_id, PartitionRows, Reservation, Stored, MAX_TTL};
 use super::{cost, Engine};
 use crate::backend::{Backend, ClusterSums};
 use crate::kmeans::partial;
@@ -141,6 +141,12 @@ impl Engine {
     /// The partition header's checks, before any rows are read.
     pub fn check_partition_header(&self, h: &pb::PartitionHeader) -> ServiceResult<()> {
         Self::partition_key(h.key.as_ref())?;
+        if h.ttl_seconds as u64 > MAX_TTL.as_secs() {
+            return Err(ServiceError::invalid(
+                "header.ttl_seconds",
+                format!("at most {} (a day)", MAX_TTL.as_secs()),
+            ));
+        }
         let max = self.config.limits.max_features;
         if h.n_features == 0 || h.n_features as usize > max {
             return Err(ServiceError::invalid(
@@ -157,10 +163,16 @@ impl Engine {
     }
 
     /// The rows a distributed step works on.
+    /// `n_centre_values`: the centres' values, centres × features (for the
+    /// cost check of a dataset, rows × centres × features, before it is
+    /// loaded); `dataset_allowed`: whether the call may read a stored dataset
+    /// (not one that returns rows).
     async fn source_rows(
         &self,
         owner: &str,
         source: Option<pb::RowSource>,
+        n_centre_values: usize,
+        dataset_allowed: bool,
     ) -> ServiceResult<Arc<PartitionRows>> {
         use pb::row_source::Source;
         let source =
@@ -173,8 +185,15 @@ impl Engine {
             Some(Source::Rows(r)) => {
                 Ok(Arc::new(inline_rows(&r, self.config.limits.max_features)?))
             }
+            Some(Source::DatasetId(_)) if !dataset_allowed => Err(ServiceError::invalid(
+                "rows.dataset_id",
+                "this call returns rows: give a cached partition or inline rows, not a stored dataset",
+            )),
             Some(Source::DatasetId(id)) => {
                 let meta = self.dataset(&id)?;
+                // The whole dataset is loaded: check the work (and so its
+                // size) before reading a byte.
+                cost::assign(meta.n_rows as usize, n_centre_values.max(1), 1)?;
                 let weights_column =
                     (!source.weights_column.is_empty()).then_some(source.weights_column);
                 let mut features = if source.columns.is_empty() {
@@ -221,6 +240,7 @@ impl Engine {
         centre_field: &str,
         centre_values: &[f32],
         backend: i32,
+        dataset_allowed: bool,
         f: impl FnOnce(
                 &dyn Backend,
                 &PartitionRows,
@@ -230,11 +250,35 @@ impl Engine {
             + 'static,
     ) -> ServiceResult<(T, Arc<PartitionRows>)> {
         let choice = backend_choice(backend)?;
-        let rows = self.source_rows(owner, source).await?;
-        let d = rows.x.ncols();
-        let c = centres(centre_field, centre_values, d, self.config.limits.max_k)?;
-        cost::assign(rows.x.nrows(), c.nrows(), d)?;
-        let _slot = self.scoring_slot()?;
+        // One slot per call, waited for: these calls hold a partition's
+        // working memory (labels, distances) and use every core, so they
+        // take turns rather than pile up (a driver's tasks queue here).
+        let _slot = self
+            .distributed
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ServiceError::Unavailable("shutting down".into()))?;
+        let rows = self
+            .source_rows(owner, source, centre_values.len(), dataset_allowed)
+            .await?;
+        let (n, d) = rows.x.dim();
+        if n == 0 {
+            return Err(ServiceError::invalid("rows", "no rows"));
+        }
+        let limits = &self.config.limits;
+        let c = centres(centre_field, centre_values, d, limits.max_k)?;
+        // The reply holds up to k × d doubles (PartialStep's sums).
+        if 8 * c.len() > limits.max_message_bytes / 2 {
+            return Err(ServiceError::ResourceExhausted {
+                limit: "max_message_bytes",
+                message: format!(
+                    "{} centres × {d} features do not fit in one reply",
+                    c.nrows()
+                ),
+            });
+        }
+        cost::assign(n, c.nrows(), d)?;
         let backends = self.backends().await;
         let held = rows.clone();
         let out = tokio::task::spawn_blocking(move || {
@@ -259,6 +303,7 @@ impl Engine {
                 "centroids",
                 &r.centroids,
                 r.backend,
+                true,
                 |b, rows, c| {
                     partial::partial_step(
                         b,
@@ -285,6 +330,7 @@ impl Engine {
                 "centers",
                 &r.centers,
                 r.backend,
+                true,
                 |b, rows, c| {
                     partial::cost(b, rows.x.view(), rows.weights.as_ref().map(|w| w.view()), c)
                 },
@@ -323,6 +369,7 @@ impl Engine {
                 "centers",
                 &r.centers,
                 r.backend,
+                false,
                 move |b, rows, c| {
                     partial::sample_by_cost(
                         b,
@@ -336,18 +383,17 @@ impl Engine {
                 },
             )
             .await?;
-        let sample = rows.x.select(ndarray::Axis(0), &chosen);
-        let bytes = 4 * sample.len();
+        let bytes = 4 * chosen.len() * rows.x.ncols();
         if bytes > self.config.limits.max_message_bytes / 2 {
             return Err(ServiceError::ResourceExhausted {
                 limit: "max_message_bytes",
                 message: format!(
                     "the sample holds {} rows ({bytes} bytes): lower oversampling or check total_cost",
-                    sample.nrows()
+                    chosen.len()
                 ),
             });
         }
-        Ok(sample)
+        Ok(rows.x.select(ndarray::Axis(0), &chosen))
     }
 
     pub async fn candidate_weights(
@@ -362,6 +408,7 @@ impl Engine {
                 "candidates",
                 &r.candidates,
                 r.backend,
+                true,
                 |b, rows, c| {
                     partial::candidate_weights(
                         b,

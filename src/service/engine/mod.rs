@@ -149,6 +149,9 @@ pub struct Engine {
     models: Mutex<HashMap<String, Arc<ModelRecord>>>,
     /// Rows of distributed fits' partitions, in memory.
     pub partitions: partitions::PartitionCache,
+    /// Slots for distributed steps (PartialStep and the k-means|| calls),
+    /// as many as jobs may compute at once; calls wait for one.
+    distributed: Arc<Semaphore>,
     /// Held while a job stores its result, while something is deleted and
     /// while a customer is erased; counts the erasures. A job that read its
     /// input before an erasure, or whose input was deleted meanwhile,
@@ -182,6 +185,7 @@ impl Engine {
         let roots = ImportRoots::new(&config.import_roots)?;
         let partitions =
             partitions::PartitionCache::new(l.max_partition_cache_bytes, l.partition_ttl);
+        let distributed = Arc::new(Semaphore::new(l.max_concurrent_jobs.max(1)));
         let engine = Self {
             uploads: Arc::new(Semaphore::new(l.max_concurrent_uploads.max(1))),
             scoring: Arc::new(Semaphore::new(l.max_concurrent_requests.max(1))),
@@ -192,6 +196,7 @@ impl Engine {
             backends: OnceCell::new(),
             models: Mutex::new(HashMap::new()),
             partitions,
+            distributed,
             commits: Mutex::new(0),
         };
         Ok((Arc::new(engine), unfinished))
@@ -808,7 +813,28 @@ impl Engine {
             ));
         }
         let d = r.centroids.len() / k;
+        if d > limits.max_features {
+            return Err(ServiceError::ResourceExhausted {
+                limit: "max_features",
+                message: format!("{d} features; the limit is {}", limits.max_features),
+            });
+        }
+        cost::model_fits_message(limits, k.saturating_mul(d))?;
         distributed::check_rows("centroids", &r.centroids, d)?;
+        // Stored as JSON, where a non-finite number would not read back.
+        let finite = |v: f64| v.is_finite() && v >= 0.0;
+        if !finite(r.inertia) || !r.inertia_history.iter().all(|&v| finite(v)) {
+            return Err(ServiceError::invalid(
+                "inertia",
+                "inertia and inertia_history must be finite and non-negative",
+            ));
+        }
+        if r.inertia_history.len() > limits.max_iterations {
+            return Err(ServiceError::invalid(
+                "inertia_history",
+                format!("at most {} values (max_iterations)", limits.max_iterations),
+            ));
+        }
         let columns = if r.columns.is_empty() {
             (0..d).map(|j| format!("x{j}")).collect()
         } else {
@@ -819,12 +845,6 @@ impl Engine {
                 "columns",
                 format!("{} names for {d} centroid columns", columns.len()),
             ));
-        }
-        if d > limits.max_features {
-            return Err(ServiceError::ResourceExhausted {
-                limit: "max_features",
-                message: format!("{d} features; the limit is {}", limits.max_features),
-            });
         }
         self.check_names("columns", &columns)?;
         if !r.cluster_sizes.is_empty() && r.cluster_sizes.len() != k {

@@ -20,9 +20,19 @@ pub struct PartitionRows {
     pub weights: Option<Array1<f32>>,
 }
 
+/// What an entry costs beyond its rows: the key, the map's slot, the bookkeeping.
+const ENTRY_OVERHEAD: u64 = 512;
+/// Entries in the cache at most, all callers together: keeps every sweep short.
+pub const MAX_ENTRIES: usize = 65_536;
+/// The longest TTL an upload may ask for.
+pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Expired entries are looked for at most this often (and whenever room is short).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 impl PartitionRows {
+    /// The bytes the entry is charged: its rows, weights and overhead.
     pub fn bytes(&self) -> u64 {
-        4 * (self.x.len() + self.weights.as_ref().map_or(0, |w| w.len())) as u64
+        4 * (self.x.len() + self.weights.as_ref().map_or(0, |w| w.len())) as u64 + ENTRY_OVERHEAD
     }
 }
 
@@ -39,17 +49,25 @@ struct Entry {
     last_used: Instant,
 }
 
-#[derive(Default)]
 struct Inner {
     entries: HashMap<Key, Entry>,
     /// Bytes of cached rows.
     bytes: u64,
     /// Bytes of uploads still streaming in.
     reserved: u64,
+    last_sweep: Instant,
 }
 
 impl Inner {
+    /// Drops expired entries, at most once per [`SWEEP_EVERY`] unless `force`.
+    fn sweep_if_due(&mut self, now: Instant, force: bool) {
+        if force || now.duration_since(self.last_sweep) >= SWEEP_EVERY {
+            self.sweep(now);
+        }
+    }
+
     fn sweep(&mut self, now: Instant) {
+        self.last_sweep = now;
         let before = self.entries.len();
         let mut freed = 0;
         self.entries.retain(|_, e| {
@@ -84,7 +102,11 @@ impl Reservation<'_> {
     pub fn grow(&mut self, more: u64) -> ServiceResult<()> {
         let cache = self.cache;
         let mut inner = cache.lock();
-        inner.sweep(Instant::now());
+        let now = Instant::now();
+        inner.sweep_if_due(now, false);
+        if inner.bytes + inner.reserved + more > cache.max_bytes {
+            inner.sweep_if_due(now, true);
+        }
         let after = inner.bytes + inner.reserved + more;
         if after > cache.max_bytes {
             return Err(ServiceError::ResourceExhausted {
@@ -137,7 +159,12 @@ pub fn check_fit_id(fit_id: &str) -> ServiceResult<()> {
 impl PartitionCache {
     pub fn new(max_bytes: u64, default_ttl: Duration) -> Self {
         Self {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                entries: HashMap::new(),
+                bytes: 0,
+                reserved: 0,
+                last_sweep: Instant::now(),
+            }),
             max_bytes,
             default_ttl,
         }
@@ -183,6 +210,17 @@ impl PartitionCache {
             last_used: Instant::now(),
         };
         let mut inner = self.lock();
+        if !inner.entries.contains_key(&key) && inner.entries.len() >= MAX_ENTRIES {
+            inner.sweep_if_due(Instant::now(), true);
+            if inner.entries.len() >= MAX_ENTRIES {
+                return Err(ServiceError::ResourceExhausted {
+                    limit: "partition_entries",
+                    message: format!(
+                        "{MAX_ENTRIES} partitions are cached; release finished fits' partitions"
+                    ),
+                });
+            }
+        }
         inner.reserved -= std::mem::take(&mut reservation.bytes);
         let old = inner.entries.insert(key, entry);
         let replaced = old.is_some();
@@ -194,18 +232,19 @@ impl PartitionCache {
     pub fn get(&self, owner: &str, fit_id: &str, index: u32) -> ServiceResult<Arc<PartitionRows>> {
         let now = Instant::now();
         let mut inner = self.lock();
-        inner.sweep(now);
+        inner.sweep_if_due(now, false);
         let key = Key {
             owner: owner.into(),
             fit_id: fit_id.into(),
             index,
         };
         match inner.entries.get_mut(&key) {
-            Some(e) => {
+            // Expired but not yet swept: gone all the same.
+            Some(e) if now.duration_since(e.last_used) < e.ttl => {
                 e.last_used = now;
                 Ok(e.rows.clone())
             }
-            None => Err(ServiceError::NotFound {
+            _ => Err(ServiceError::NotFound {
                 what: "partition",
                 id: format!(
                     "{}/{index} (never uploaded by this caller, released, or expired unused; upload it again)",
@@ -228,8 +267,9 @@ impl PartitionCache {
             keep
         });
         inner.bytes -= freed;
-        inner.sweep(Instant::now());
-        before - inner.entries.len()
+        let released = before - inner.entries.len();
+        inner.sweep_if_due(Instant::now(), false);
+        released
     }
 
     /// Bytes cached now (after dropping expired entries).
@@ -237,6 +277,13 @@ impl PartitionCache {
         let mut inner = self.lock();
         inner.sweep(Instant::now());
         inner.bytes
+    }
+
+    /// Partitions cached now (after dropping expired entries).
+    pub fn len(&self) -> usize {
+        let mut inner = self.lock();
+        inner.sweep(Instant::now());
+        inner.entries.len()
     }
 }
 
@@ -253,14 +300,16 @@ mod tests {
 
     #[test]
     fn keys_are_per_caller_replaced_whole_bounded_and_expire() {
-        let cache = PartitionCache::new(1000, Duration::from_secs(60));
+        // rows(n) costs 8n bytes of rows plus the entry's overhead.
+        let cost = |n: u64| 8 * n + ENTRY_OVERHEAD;
+        let cache = PartitionCache::new(cost(120) + cost(20) + 40, Duration::from_secs(60));
         let put = |owner: &str, fit: &str, i: u32, n: usize, ttl: Option<Duration>| {
             cache.put(owner, fit, i, rows(n), ttl, cache.reserve())
         };
         assert!(!put("a", "fit", 0, 10, None).unwrap().replaced);
         assert!(put("a", "fit", 0, 20, None).unwrap().replaced);
         assert_eq!(cache.get("a", "fit", 0).unwrap().x.nrows(), 20);
-        assert_eq!(cache.bytes(), 160);
+        assert_eq!((cache.bytes(), cache.len()), (cost(20), 1));
         // Another caller's key of the same name is not these rows.
         assert!(matches!(
             cache.get("b", "fit", 0),
@@ -269,25 +318,38 @@ mod tests {
         // Over the budget: refused, naming the limit; the old rows stay.
         let e = put("a", "fit", 1, 200, None).unwrap_err();
         assert!(e.to_string().contains("max_partition_cache_bytes"), "{e}");
-        assert_eq!(cache.bytes(), 160);
+        assert_eq!(cache.bytes(), cost(20));
         // Uploads in progress count: two streams cannot each take the budget.
         let mut first = cache.reserve();
-        first.grow(600).unwrap();
+        first.grow(cost(60)).unwrap();
         let mut second = cache.reserve();
-        assert!(second.grow(600).is_err(), "160 + 600 + 600 > 1000");
+        assert!(second.grow(cost(60)).is_err(), "both would pass the budget");
         drop(first); // a failed upload frees its bytes
-        second.grow(600).unwrap();
+        second.grow(cost(60)).unwrap();
         drop(second);
+        put("a", "fit", 0, 120, None).unwrap();
+        assert_eq!(cache.bytes(), cost(120), "a replaced key counts once");
         assert!(
             put("b", "fit", 0, 10, None).is_ok(),
-            "one budget for all callers"
+            "room left: one budget for all callers"
         );
+        assert!(put("c", "fit", 0, 10, None).is_err(), "and no more");
+        // Release counts the caller's own partitions only.
+        put("b", "short", 0, 1, Some(Duration::from_millis(1))).unwrap_err();
         assert_eq!(cache.release("a", "fit"), 1);
-        assert_eq!(cache.bytes(), 80);
+        assert_eq!(cache.bytes(), cost(10));
         put("b", "short", 0, 1, Some(Duration::from_millis(1))).unwrap();
         std::thread::sleep(Duration::from_millis(5));
-        assert!(cache.get("b", "short", 0).is_err(), "expired");
-        assert_eq!(cache.bytes(), 80);
+        assert!(
+            cache.get("b", "short", 0).is_err(),
+            "expired, even before a sweep"
+        );
+        assert_eq!(
+            cache.release("a", "short"),
+            0,
+            "others' expired entries are not counted"
+        );
+        assert_eq!((cache.bytes(), cache.len()), (cost(10), 1));
         assert!(check_fit_id("fit-1_a.b").is_ok());
         assert!(check_fit_id("../x").is_err() && check_fit_id("").is_err());
     }

@@ -76,6 +76,12 @@ async fn read_partition<'e>(
             return Err(ServiceError::invalid("rows", "only rows may follow the header").into());
         };
         let v = f32_values("rows.values_f32le", &block.values_f32le)?;
+        if v.is_empty() {
+            // Each message resets the idle timer: an empty one must not.
+            return Err(
+                ServiceError::invalid("rows.values_f32le", "an empty block of rows").into(),
+            );
+        }
         if !v.len().is_multiple_of(d) {
             return Err(ServiceError::invalid(
                 "rows.values_f32le",
@@ -108,6 +114,16 @@ async fn read_partition<'e>(
         weights.extend_from_slice(&w);
     }
     let n = values.len() / d;
+    if n == 0 {
+        return Err(ServiceError::invalid(
+            "rows",
+            "the partition has no rows (skip empty partitions: they add nothing)",
+        )
+        .into());
+    }
+    // The cache charges exactly the rows: no spare capacity stays behind.
+    values.shrink_to_fit();
+    weights.shrink_to_fit();
     let rows = PartitionRows {
         x: ndarray::Array2::from_shape_vec((n, d), values).expect("whole rows"),
         weights: header.has_weights.then(|| ndarray::Array1::from(weights)),

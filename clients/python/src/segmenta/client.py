@@ -107,9 +107,15 @@ class Client:
         address = address or os.environ.get("SEGMENTA_SERVER")
         if not address:
             raise ValueError("no server address: pass Client(address) or set SEGMENTA_SERVER")
+        token = token if token is not None else (os.environ.get("SEGMENTA_TOKEN") or None)
+        self._connect(address, token, tls, timeout, tuple(options))
+
+    def _connect(self, address, token, tls, timeout, options):
         self.address = address
         self.timeout = timeout
-        token = token if token is not None else (os.environ.get("SEGMENTA_TOKEN") or None)
+        # What a pickled client needs to connect again the same way (a
+        # scikit-learn estimator sent to a joblib worker carries its client).
+        self._spec = (address, token, tls, timeout, options)
         self._channel = connect(address, token=token, tls=tls, options=options)
         self._datasets = rpc.DatasetsStub(self._channel)
         self._jobs = rpc.JobsStub(self._channel)
@@ -134,6 +140,12 @@ class Client:
 
     def __repr__(self) -> str:
         return f"segmenta.Client({self.address!r})"
+
+    def __getstate__(self):
+        return {"spec": self._spec}
+
+    def __setstate__(self, state):
+        self._connect(*state["spec"])
 
     # A connection is shared, not copied (scikit-learn's clone deep-copies
     # an estimator's parameters, and a channel cannot be copied).

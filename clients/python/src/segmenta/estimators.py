@@ -9,6 +9,7 @@ the server after a fit.
 from __future__ import annotations
 
 import inspect
+import os
 import warnings
 from typing import Optional, Union
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from . import _arrays
 from .client import Client
-from .errors import PermissionDenied, SegmentaError
+from .errors import NotFound, PermissionDenied, SegmentaError
 
 try:  # scikit-learn's base classes when it is installed: clone, Pipeline, tags
     from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
@@ -63,20 +64,26 @@ class NotFittedError(ValueError, AttributeError):
     """The estimator is used before ``fit``."""
 
 
+# Clients made from an address (or $SEGMENTA_SERVER), one per address and
+# key, shared by every estimator that names them: no channel per clone.
+_SHARED: dict = {}
+
+
 def _client(client: Union[None, str, Client]) -> Client:
     if isinstance(client, Client):
         return client
-    return Client(client)  # an address, or None: $SEGMENTA_SERVER
+    address = client or os.environ.get("SEGMENTA_SERVER")
+    key = (address, os.environ.get("SEGMENTA_TOKEN"))
+    if key not in _SHARED:
+        _SHARED[key] = Client(address)
+    return _SHARED[key]
 
 
 class _ServerEstimator(BaseEstimator):
     """Shared by KMeans and PCA: the connection, the upload and the clean-up."""
 
     def _connect(self) -> Client:
-        if getattr(self, "_client_obj", None) is None or self._client_key != id(self.client):
-            self._client_obj = _client(self.client)
-            self._client_key = id(self.client)
-        return self._client_obj
+        return _client(self.client)
 
     def _check_fitted(self):
         if not hasattr(self, "model_id_"):
@@ -89,19 +96,24 @@ class _ServerEstimator(BaseEstimator):
                              f"was fitted with {self.n_features_in_}")
         return matrix
 
-    def _upload(self, client: Client, X, weights: Optional[np.ndarray]):
-        matrix = _arrays.as_matrix(X)
-        names = _arrays.column_names(X)
+    def _set_features(self, X, matrix: np.ndarray):
+        """Records the fitted width and names (only once a fit succeeded)."""
         self.n_features_in_ = matrix.shape[1]
+        names = _arrays.column_names(X)
         if names is not None:
             self.feature_names_in_ = np.asarray(names, dtype=object)
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+
+    def _upload(self, client: Client, X, weights: Optional[np.ndarray]):
+        matrix = _arrays.as_matrix(X)
         columns = [f"x{j}" for j in range(matrix.shape[1])]
         if weights is not None:
             matrix = np.column_stack([matrix, weights]).astype(np.float32)
             columns.append("sample_weight")
         dataset = client.upload(matrix, name=f"sklearn-{type(self).__name__.lower()}",
                                 columns=columns, progress=self.progress)
-        return matrix, dataset, columns[: self.n_features_in_]
+        return matrix, dataset, columns[: len(columns) - (weights is not None)]
 
     def _keep_only_model(self, client: Client, dataset_id: str, model_id: str) -> str:
         """Re-registers the model on its own (no link to the rows) and deletes
@@ -119,13 +131,6 @@ class _ServerEstimator(BaseEstimator):
         model = client.import_model(content)
         return model.kmeans.id or model.pca.id
 
-    def __getstate__(self):  # a pickled estimator drops its connection
-        state = self.__dict__.copy()
-        state.pop("_client_obj", None)
-        state.pop("_client_key", None)
-        if not isinstance(state.get("client"), (str, type(None))):
-            state["client"] = state["client"].address
-        return state
 
 
 class KMeans(ClusterMixin, _ServerEstimator):
@@ -140,7 +145,7 @@ class KMeans(ClusterMixin, _ServerEstimator):
     ``n_iter_``, ``n_features_in_``, ``model_id_`` (the server's model).
     """
 
-    def __init__(self, n_clusters: int = 8, *, init="k-means++", n_init: int = 1,
+    def __init__(self, n_clusters: int = 8, *, init="k-means++", n_init="auto",
                  max_iter: int = 300, tol: float = 1e-4, random_state: Optional[int] = None,
                  backend: Optional[str] = None, client=None, keep_data: bool = False,
                  progress: bool = False):
@@ -160,9 +165,14 @@ class KMeans(ClusterMixin, _ServerEstimator):
         client = self._connect()
         if isinstance(self.random_state, np.random.RandomState):
             seed = int(self.random_state.randint(0, 2**31 - 1))
+        elif self.random_state is None:  # as scikit-learn: a fresh seed each fit
+            seed = int(np.random.SeedSequence().entropy % 2**63)
         else:
-            seed = 0 if self.random_state is None else int(self.random_state)
-        n_init = 1 if self.n_init == "auto" else int(self.n_init)
+            seed = int(self.random_state)
+        if self.n_init == "auto":  # scikit-learn's rule
+            n_init = 10 if isinstance(self.init, str) and self.init == "random" else 1
+        else:
+            n_init = int(self.n_init)
         weights = _arrays.as_weights(sample_weight, _arrays.as_matrix(X).shape[0])
         matrix, dataset, columns = self._upload(client, X, weights)
         try:
@@ -178,7 +188,8 @@ class KMeans(ClusterMixin, _ServerEstimator):
             raise
         if self.keep_data:
             self.dataset_id_ = dataset.id
-        d = self.n_features_in_
+        d = len(columns)
+        self._set_features(X, matrix[:, :d])
         self.cluster_centers_ = np.asarray(model.centroids, dtype=np.float64).reshape(-1, d)
         self.n_iter_ = int(model.n_iter)
         self.converged_ = bool(model.converged)
@@ -241,7 +252,7 @@ class PCA(TransformerMixin, _ServerEstimator):
             n_components = min(matrix.shape)
         if not isinstance(n_components, (int, np.integer)) or n_components < 1:
             raise ValueError(f"n_components must be a positive integer or None, got {self.n_components!r}")
-        _, dataset, columns = self._upload(client, X, None)
+        matrix, dataset, columns = self._upload(client, X, None)
         try:
             model = client.fit_pca(dataset.id, int(n_components), columns=columns,
                                    whiten=self.whiten, backend=self.backend, progress=self.progress)
@@ -252,7 +263,8 @@ class PCA(TransformerMixin, _ServerEstimator):
             raise
         if self.keep_data:
             self.dataset_id_ = dataset.id
-        d = self.n_features_in_
+        d = len(columns)
+        self._set_features(X, matrix)
         self.n_components_ = int(model.n_components)
         self.components_ = np.asarray(model.components, dtype=np.float64).reshape(-1, d)
         self.explained_variance_ = np.asarray(model.explained_variance, dtype=np.float64)
@@ -285,5 +297,7 @@ def _delete_quietly(client: Client, dataset_id: str):
     """Best-effort clean-up after a failed fit: the fit's error is the one to raise."""
     try:
         client.delete_dataset(dataset_id, cascade=True)
+    except NotFound:  # already deleted (the failure came after the clean-up)
+        pass
     except SegmentaError as e:
         warnings.warn(f"could not delete the uploaded rows (dataset {dataset_id}): {e}", stacklevel=3)

@@ -227,11 +227,14 @@ class KMeans:
 
     def _upload_pass(self, frame, fit_id: str) -> List[dict]:
         """Caches every partition on its server; per partition: its size,
-        weight, width, and up to k seeded random rows (for initialisation)."""
+        weight, width, and a few seeded random rows (for initialisation)."""
         from pyspark import TaskContext
 
         servers, token, tls, ttl = self.servers, self.token, self.tls, self.partitionTtl
-        k, seed, has_w = self.k, self.seed, bool(self.weightCol)
+        seed, has_w = self.seed, bool(self.weightCol)
+        # Enough random rows for random init (about 2k in all), not k from
+        # every partition: the driver holds them all.
+        per_partition = -(-2 * self.k // max(frame.rdd.getNumPartitions(), 1)) + 1
 
         def task(batches):
             import pyarrow as pa
@@ -250,7 +253,7 @@ class KMeans:
                 except Exception as e:
                     raise _server_error(servers, pid, e) from None
                 rng = np.random.default_rng([seed, pid])
-                sample = X[np.sort(rng.choice(n, size=min(k, n), replace=False))]
+                sample = X[np.sort(rng.choice(n, size=min(per_partition, n), replace=False))]
             yield pa.RecordBatch.from_pydict({
                 "pid": pa.array([pid], pa.int32()), "n": pa.array([n], pa.int64()),
                 "d": pa.array([0 if X is None else X.shape[1]], pa.int32()),
@@ -325,7 +328,7 @@ class KMeans:
                 raise ValueError(f"initMode has shape {centers.shape}; expected (k, d) = ({self.k}, {d})")
             return centers
         rows = np.concatenate([s for s, _, _ in pool])
-        # Each partition sent min(k, n) rows at random: weigh them by the
+        # Each partition sent a few of its rows at random: weigh them by the
         # share of the data they stand for, so any row is as likely.
         per_row = np.concatenate([np.full(len(s), w / max(len(s), 1)) for s, w, _ in pool])
         if self.initMode == "random" or self.k == 1:
@@ -443,8 +446,7 @@ def _local_kmeans(points: np.ndarray, weights: np.ndarray, k: int, rng, iteratio
         closest = np.minimum(closest, ((points - points[i]) ** 2).sum(1))
     centers = np.array(centers)
     for _ in range(iterations):
-        d = ((points[:, None, :] - centers[None, :, :]) ** 2).sum(2)
-        labels = d.argmin(1)
+        labels = _nearest(points, centers)
         new = centers.copy()
         for c in range(k):
             mask = labels == c
@@ -454,6 +456,27 @@ def _local_kmeans(points: np.ndarray, weights: np.ndarray, k: int, rng, iteratio
             break
         centers = new
     return centers.astype(np.float32)
+
+
+def _local_path(path) -> pathlib.Path:
+    """A local directory: a URI (hdfs://, s3a://) is refused, not taken for
+    a local folder named after its scheme."""
+    text = os.fspath(path)
+    if "://" in text:
+        raise ValueError(f"{text}: save and load take a local path (copy the directory to "
+                         "distributed storage yourself)")
+    return pathlib.Path(text)
+
+
+def _nearest(points: np.ndarray, centers: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """The nearest centre of each point, by ‖p‖² − 2p·c + ‖c‖² in chunks
+    (never a points × centres × features array)."""
+    c2 = (centers ** 2).sum(1)
+    out = np.empty(len(points), dtype=np.int64)
+    for start in range(0, len(points), chunk):
+        p = points[start:start + chunk]
+        out[start:start + chunk] = (c2[None, :] - 2 * p @ centers.T).argmin(1)
+    return out
 
 
 class KMeansModel:
@@ -485,15 +508,32 @@ class KMeansModel:
         """The model on every server (Models.CreateKMeans), once."""
         if not self.servers:
             raise ValueError("no Segmenta servers: set model.servers or SEGMENTA_SERVER")
+        s = self.summary
         for i, address in enumerate(self.servers):
             if address not in self._model_ids:
                 client = _client_for(self.servers, i, self.token, self.tls)
-                self._model_ids[address] = client.create_kmeans(self.centers).id
+                self._model_ids[address] = client.create_kmeans(
+                    self.centers, inertia=s.trainingCost if s else 0.0,
+                    n_iter=s.numIter if s else 0, converged=s.converged if s else False,
+                    inertia_history=s.costHistory if s else ()).id
         return dict(self._model_ids)
+
+    def unregister(self) -> List[str]:
+        """Deletes the models ``transform`` registered on the servers (needs
+        an admin key); returns their ids."""
+        deleted = []
+        for i, address in enumerate(self.servers):
+            model_id = self._model_ids.pop(address, None)
+            if model_id:
+                deleted += _client_for(self.servers, i, self.token, self.tls).delete_model(model_id)
+        return deleted
 
     def transform(self, df):
         """The DataFrame with ``predictionCol`` (int): each row's nearest
-        centre, from ``Assign`` on the servers, through ``mapInArrow``."""
+        centre, from ``Assign`` on the servers, through ``mapInArrow``. The
+        first call registers the centroids on each server
+        (``Models.CreateKMeans``, a write key) once per model object;
+        :meth:`unregister` removes them."""
         from pyspark import TaskContext
         from pyspark.sql.types import IntegerType, StructField, StructType
 
@@ -537,7 +577,7 @@ class KMeansModel:
     def save(self, path: Union[str, os.PathLike]):
         """Writes the model to a directory (a local path): centres and
         settings as JSON. No server address or key is written."""
-        out = pathlib.Path(path)
+        out = _local_path(path)
         out.mkdir(parents=True, exist_ok=True)
         doc = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "k": len(self.centers),
                "centers": self.centers.tolist(), "featuresCol": self.featuresCol,
@@ -550,7 +590,7 @@ class KMeansModel:
     @classmethod
     def load(cls, path: Union[str, os.PathLike], servers: Optional[Sequence[str]] = None,
              token: Optional[str] = None, tls=None) -> "KMeansModel":
-        file = pathlib.Path(path) / "model.json"
+        file = _local_path(path) / "model.json"
         try:
             doc = json.loads(file.read_text())
         except (OSError, ValueError) as e:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import io
 import os
 import pathlib
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Union
 
 from .client import Client
+from .errors import JobFailed, SegmentaError
 from .estimators import _client
 from .v1 import segmenta_pb2 as pb
 
@@ -143,7 +145,8 @@ def segment(transactions, *, client: Union[None, str, Client] = None, name: str 
     written under ``artifacts_dir`` when given).
 
     The uploaded log and the run stay on the server (a later refresh needs
-    them) until ``result.delete()``.
+    them) until ``result.delete()``; when the job fails, the log is deleted
+    (with an admin key; otherwise a warning names it).
     """
     client = _client(client)
     data, name = _log_bytes(transactions, name)
@@ -157,7 +160,15 @@ def segment(transactions, *, client: Union[None, str, Client] = None, name: str 
         columns={r: c for r, c in roles.items() if c}, reject_bad_rows=reject_bad_rows,
         max_bad_rows=max_bad_rows, features=features, min_share=min_share, seed=seed,
         n_init=n_init, backend=backend)
-    seg = client.wait(job, progress=progress).segmentation
+    try:
+        seg = client.wait(job, progress=progress).segmentation
+    except JobFailed:
+        # Nothing came of the log: it does not stay on the server.
+        try:
+            client.delete_transactions(log.id, cascade=True)
+        except SegmentaError as e:
+            warnings.warn(f"the uploaded log stays on the server as {log.id}: {e}", stacklevel=2)
+        raise
     wanted = list(seg.artifacts) if artifacts == ARTIFACTS_ALL else list(artifacts or ())
     if artifacts_dir is not None and not wanted:
         wanted = list(seg.artifacts)
