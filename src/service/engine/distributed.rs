@@ -116,6 +116,17 @@ fn centres(field: &str, values: &[f32], d: usize, max_k: usize) -> ServiceResult
     Ok(Array2::from_shape_vec((c, d), values.to_vec()).expect("whole rows"))
 }
 
+/// What a distributed step scores against, and how.
+struct Step<'a> {
+    /// The request's field holding the centres (for errors).
+    field: &'static str,
+    centres: &'a [f32],
+    backend: i32,
+    /// Whether the rows may come from a stored dataset (not for a call
+    /// that returns rows).
+    dataset_allowed: bool,
+}
+
 impl Engine {
     /// A partition key's parts, checked.
     fn partition_key(key: Option<&pb::PartitionKey>) -> ServiceResult<(&str, u32)> {
@@ -237,10 +248,7 @@ impl Engine {
         &self,
         owner: &str,
         source: Option<pb::RowSource>,
-        centre_field: &str,
-        centre_values: &[f32],
-        backend: i32,
-        dataset_allowed: bool,
+        step: Step<'_>,
         f: impl FnOnce(
                 &dyn Backend,
                 &PartitionRows,
@@ -249,6 +257,12 @@ impl Engine {
             + Send
             + 'static,
     ) -> ServiceResult<(T, Arc<PartitionRows>)> {
+        let Step {
+            field: centre_field,
+            centres: centre_values,
+            backend,
+            dataset_allowed,
+        } = step;
         let choice = backend_choice(backend)?;
         // One slot per call, waited for: these calls hold a partition's
         // working memory (labels, distances) and use every core, so they
@@ -300,10 +314,12 @@ impl Engine {
             .on_rows(
                 owner,
                 r.rows,
-                "centroids",
-                &r.centroids,
-                r.backend,
-                true,
+                Step {
+                    field: "centroids",
+                    centres: &r.centroids,
+                    backend: r.backend,
+                    dataset_allowed: true,
+                },
                 |b, rows, c| {
                     partial::partial_step(
                         b,
@@ -327,10 +343,12 @@ impl Engine {
             .on_rows(
                 owner,
                 r.rows,
-                "centers",
-                &r.centers,
-                r.backend,
-                true,
+                Step {
+                    field: "centers",
+                    centres: &r.centers,
+                    backend: r.backend,
+                    dataset_allowed: true,
+                },
                 |b, rows, c| {
                     partial::cost(b, rows.x.view(), rows.weights.as_ref().map(|w| w.view()), c)
                 },
@@ -366,10 +384,12 @@ impl Engine {
             .on_rows(
                 owner,
                 r.rows,
-                "centers",
-                &r.centers,
-                r.backend,
-                false,
+                Step {
+                    field: "centers",
+                    centres: &r.centers,
+                    backend: r.backend,
+                    dataset_allowed: false,
+                },
                 move |b, rows, c| {
                     partial::sample_by_cost(
                         b,
@@ -405,10 +425,12 @@ impl Engine {
             .on_rows(
                 owner,
                 r.rows,
-                "candidates",
-                &r.candidates,
-                r.backend,
-                true,
+                Step {
+                    field: "candidates",
+                    centres: &r.candidates,
+                    backend: r.backend,
+                    dataset_allowed: true,
+                },
                 |b, rows, c| {
                     partial::candidate_weights(
                         b,

@@ -280,7 +280,7 @@ impl PartitionCache {
     }
 
     /// Partitions cached now (after dropping expired entries).
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         let mut inner = self.lock();
         inner.sweep(Instant::now());
         inner.entries.len()
@@ -309,7 +309,7 @@ mod tests {
         assert!(!put("a", "fit", 0, 10, None).unwrap().replaced);
         assert!(put("a", "fit", 0, 20, None).unwrap().replaced);
         assert_eq!(cache.get("a", "fit", 0).unwrap().x.nrows(), 20);
-        assert_eq!((cache.bytes(), cache.len()), (cost(20), 1));
+        assert_eq!((cache.bytes(), cache.count()), (cost(20), 1));
         // Another caller's key of the same name is not these rows.
         assert!(matches!(
             cache.get("b", "fit", 0),
@@ -349,7 +349,7 @@ mod tests {
             0,
             "others' expired entries are not counted"
         );
-        assert_eq!((cache.bytes(), cache.len()), (cost(10), 1));
+        assert_eq!((cache.bytes(), cache.count()), (cost(10), 1));
         assert!(check_fit_id("fit-1_a.b").is_ok());
         assert!(check_fit_id("../x").is_err() && check_fit_id("").is_err());
     }

@@ -95,7 +95,7 @@ async fn read_partition<'e>(
         }
         check_rows("rows.values_f32le", &v, d)?;
         let w = f32_values("rows.weights_f32le", &block.weights_f32le)?;
-        if header.has_weights != !w.is_empty() || (header.has_weights && w.len() * d != v.len()) {
+        if header.has_weights == w.is_empty() || (header.has_weights && w.len() * d != v.len()) {
             return Err(ServiceError::invalid(
                 "rows.weights_f32le",
                 if header.has_weights {
