@@ -150,10 +150,7 @@ pub struct Assignment {
     /// Squared Euclidean distance to the assigned centroid.
     pub distances: Vec<f32>,
     /// Squared distance to the second-nearest centroid (`+∞` when k = 1).
-    /// The same on every backend: `Some` when the last kernel was
-    /// [`Resident::assign`], `None` after a [`Resident::lloyd_step`], which
-    /// need not compute them (the CPU's pruned steps skip them).
-    pub second_distances: Option<Vec<f32>>,
+    pub second_distances: Vec<f32>,
 }
 
 /// Column sums of `x − pivot` and `(x − pivot)²`. The pivot is a point near
@@ -205,18 +202,18 @@ pub trait Resident: Send {
     fn n_rows(&self) -> usize;
     fn n_cols(&self) -> usize;
 
-    /// Assigns every row to its nearest centroid (`k × d`). Labels, distances
-    /// and second distances stay resident.
-    fn assign(&mut self, centroids: ArrayView2<f32>) -> Result<(), BackendError>;
+    /// Every row's nearest centroid (`k × d`): labels, squared distances
+    /// and second-nearest squared distances, downloaded (`O(n)`). Nothing a
+    /// later call depends on is left behind.
+    fn assign(&mut self, centroids: ArrayView2<f32>) -> Result<Assignment, BackendError>;
 
-    /// Sums the rows per cluster, using the labels of the last [`assign`](Self::assign).
-    fn accumulate(&mut self, k: usize) -> Result<ClusterSums, BackendError>;
-
-    /// One Lloyd step's kernels: assign, then accumulate. Backends may fuse them.
-    fn lloyd_step(&mut self, centroids: ArrayView2<f32>) -> Result<ClusterSums, BackendError> {
-        self.assign(centroids)?;
-        self.accumulate(centroids.nrows())
-    }
+    /// One Lloyd step against `centroids` (`k × d`): per cluster the
+    /// weighted sums of the rows nearest to it, their weight, and the
+    /// inertia, reduced on the device and read back (`O(k·d)`). The result
+    /// depends only on the rows and the centroids. Backends may keep caches
+    /// between steps that make later steps cheaper without changing their
+    /// results (the CPU's Hamerly bounds, up to ties within f32 rounding).
+    fn lloyd_step(&mut self, centroids: ArrayView2<f32>) -> Result<ClusterSums, BackendError>;
 
     /// Device time of the last [`lloyd_step`](Self::lloyd_step) in ms, from
     /// GPU timestamp queries where the adapter supports them (`None` on the
@@ -225,10 +222,6 @@ pub trait Resident: Send {
     fn last_step_device_ms(&mut self) -> Option<f64> {
         None
     }
-
-    /// Downloads the last assignment (`O(n)`: once per fit, or to relocate
-    /// empty clusters).
-    fn assignment(&mut self) -> Result<Assignment, BackendError>;
 
     /// Column sums about the first row.
     fn column_sums(&mut self) -> Result<ColumnSums, BackendError>;

@@ -93,8 +93,7 @@ impl KMeansParams {
         }
         let best = best.expect("n_init >= 1");
         // The final E-step: labels and distances for the final centroids.
-        resident.assign(best.centroids.view())?;
-        let assignment = resident.assignment()?;
+        let assignment = resident.assign(best.centroids.view())?;
         Ok(KMeansModel::new(best, assignment, scaler, w, info))
     }
 

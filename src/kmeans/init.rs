@@ -250,9 +250,9 @@ fn kmeans_parallel(
     // Weight each candidate by the rows nearest to it, with the fast kernel.
     let cpu = CpuBackend::new().with_cancel(cancel.clone());
     let mut resident = cpu.upload(x, None)?;
-    resident.assign(candidates.view())?;
+    let nearest = resident.assign(candidates.view())?;
     let mut cand_weight = vec![0.0f32; chosen.len()];
-    for (i, &label) in resident.assignment()?.labels.iter().enumerate() {
+    for (i, &label) in nearest.labels.iter().enumerate() {
         cand_weight[label as usize] += weight(weights, i) as f32;
     }
     kmeans_plus_plus(candidates.view(), Some(&cand_weight), k, rng, cancel)

@@ -45,7 +45,15 @@ pub(super) fn lloyd(
             .filter(|&c| step.weights[c] <= 0.0)
             .collect();
         if !empty.is_empty() {
-            relocate_empty(resident, x, weights, &step, &empty, &mut next)?;
+            relocate_empty(
+                resident,
+                x,
+                weights,
+                centroids.view(),
+                &step,
+                &empty,
+                &mut next,
+            )?;
         }
         let shift: f64 = next
             .iter()
@@ -102,11 +110,14 @@ fn relocate_empty(
     resident: &mut dyn Resident,
     x: ArrayView2<f32>,
     weights: Option<&[f32]>,
+    centroids: ArrayView2<f32>,
     step: &ClusterSums,
     empty: &[usize],
     next: &mut Array2<f32>,
 ) -> Result<(), Error> {
-    let assignment = resident.assignment()?;
+    // The step's assignment, again: an explicit kernel call, not state
+    // left behind by the step.
+    let assignment = resident.assign(centroids)?;
     let mut order: Vec<usize> = (0..x.nrows()).collect();
     order.sort_by(|&a, &b| {
         assignment.distances[b]

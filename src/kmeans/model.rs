@@ -252,18 +252,14 @@ impl KMeansModel {
         super::fit::check_log1p_domain(x, &self.scaler.log1p)?;
         let working = self.scaler.transform(x);
         let mut resident = backend.upload(working.view(), None)?;
-        resident.assign(self.scaled_centroids.view())?;
-        let a = resident.assignment()?;
-        let margins = (self.k() > 1)
-            .then_some(a.second_distances.as_ref())
-            .flatten()
-            .map(|second| {
-                second
-                    .iter()
-                    .zip(&a.distances)
-                    .map(|(&s, &d)| (s - d).max(0.0))
-                    .collect()
-            });
+        let a = resident.assign(self.scaled_centroids.view())?;
+        let margins = (self.k() > 1).then_some(&a.second_distances).map(|second| {
+            second
+                .iter()
+                .zip(&a.distances)
+                .map(|(&s, &d)| (s - d).max(0.0))
+                .collect()
+        });
         Ok(Prediction {
             labels: a.labels,
             distances: a.distances,

@@ -27,9 +27,7 @@ fn nearest(
     x: ArrayView2<f32>,
     centres: ArrayView2<f32>,
 ) -> Result<Assignment, BackendError> {
-    let mut resident = backend.upload(x, None)?;
-    resident.assign(centres)?;
-    resident.assignment()
+    backend.upload(x, None)?.assign(centres)
 }
 
 fn weight(weights: Option<ArrayView1<f32>>, i: usize) -> f64 {

@@ -103,11 +103,6 @@ impl Bounds {
         self.k == k
     }
 
-    /// The centroids of the last step.
-    pub fn centroids(&self) -> &[f32] {
-        &self.centroids
-    }
-
     /// One pruned Lloyd step against `centroids` (`k × d`): relabels
     /// `rows.labels` and returns the per-cluster sums and the inertia
     /// against `centroids`.

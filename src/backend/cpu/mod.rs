@@ -87,8 +87,20 @@ impl Backend for CpuBackend {
         x: ArrayView2<'a, f32>,
         weights: Option<ArrayView1<'a, f32>>,
     ) -> Result<Box<dyn Resident + 'a>, BackendError> {
+        Ok(Box::new(self.upload_cpu(x, weights)))
+    }
+}
+
+impl CpuBackend {
+    /// [`Backend::upload`] as the concrete CPU resident, whose
+    /// [`CpuResident::labels`] show what a pruned step decided.
+    pub fn upload_cpu<'a>(
+        &'a self,
+        x: ArrayView2<'a, f32>,
+        weights: Option<ArrayView1<'a, f32>>,
+    ) -> CpuResident<'a> {
         let n = x.nrows();
-        Ok(Box::new(CpuResident {
+        CpuResident {
             x: if x.is_standard_layout() {
                 CowArray::from(x)
             } else {
@@ -100,12 +112,10 @@ impl Backend for CpuBackend {
             labels: vec![0; n],
             distances: vec![0.0; n],
             second: vec![0.0; n],
-            second_valid: false,
             prune: self.prune,
             bounds: None,
-            distances_stale: false,
             cancel: self.cancel.clone(),
-        }))
+        }
     }
 }
 
@@ -115,25 +125,29 @@ fn block_rows(n: usize) -> usize {
     n.div_ceil(256).max(4096)
 }
 
-struct CpuResident<'a> {
+/// Rows resident on the CPU (borrowed when already row-major).
+pub struct CpuResident<'a> {
     x: CowArray<'a, f32, Ix2>,
     weights: Option<Vec<f32>>,
     labels: Vec<u32>,
     distances: Vec<f32>,
     second: Vec<f32>,
-    /// Set by [`Resident::assign`]; the fused Lloyd step skips the second
-    /// distances, and [`Resident::assignment`] then reports them as NaN.
-    second_valid: bool,
     prune: bool,
-    /// Carried between pruned Lloyd steps; dropped by [`Resident::assign`].
+    /// A cache carried between pruned Lloyd steps (their results do not
+    /// depend on it); dropped by [`Resident::assign`], which reuses the
+    /// label and distance buffers.
     bounds: Option<Bounds>,
-    /// A pruned step leaves `distances` behind; [`Resident::assignment`]
-    /// recomputes them against the bounds' centroids.
-    distances_stale: bool,
     cancel: Cancel,
 }
 
 impl CpuResident<'_> {
+    /// The labels of the last kernel (a step or an assignment): for tests
+    /// and diagnostics of the pruned steps. The [`Resident`] protocol
+    /// itself returns everything a caller needs from each call.
+    pub fn labels(&self) -> &[u32] {
+        &self.labels
+    }
+
     /// Runs the kernel over every block; returns the per-block partials in
     /// block order when `accumulate` is set.
     fn run(&mut self, centroids: ArrayView2<f32>, accumulate: bool, second: bool) -> Vec<Partial> {
@@ -190,10 +204,6 @@ impl CpuResident<'_> {
         total
     }
 
-    fn weight(&self, i: usize) -> f64 {
-        self.weights.as_ref().map_or(1.0, |w| w[i] as f64)
-    }
-
     fn rows(&mut self) -> Rows<'_> {
         Rows {
             x: self.x.as_slice().expect("standard layout"),
@@ -215,9 +225,6 @@ impl CpuResident<'_> {
             &self.distances,
             &self.second,
         ));
-        // A Lloyd step reports no second distances, pruned or not.
-        self.second_valid = false;
-        self.distances_stale = false;
         total
     }
 
@@ -227,28 +234,7 @@ impl CpuResident<'_> {
         let cancel = self.cancel.clone();
         let total = bounds.step(&mut self.rows(), &pc, &cancel);
         self.bounds = Some(bounds);
-        self.second_valid = false;
-        self.distances_stale = true;
         total
-    }
-
-    /// Exact squared distances to the assigned centroids of the last step.
-    fn refresh_distances(&mut self) {
-        let Some(bounds) = &self.bounds else { return };
-        let d = self.x.ncols();
-        let (x, centroids) = (
-            self.x.as_slice().expect("standard layout"),
-            bounds.centroids(),
-        );
-        self.distances
-            .par_iter_mut()
-            .zip(x.par_chunks(d))
-            .zip(self.labels.par_iter())
-            .for_each(|((dist, row), &l)| {
-                let l = l as usize;
-                *dist = squared_distance(row, &centroids[l * d..(l + 1) * d]);
-            });
-        self.distances_stale = false;
     }
 }
 
@@ -261,28 +247,16 @@ impl Resident for CpuResident<'_> {
         self.x.ncols()
     }
 
-    fn assign(&mut self, centroids: ArrayView2<f32>) -> Result<(), BackendError> {
+    fn assign(&mut self, centroids: ArrayView2<f32>) -> Result<Assignment, BackendError> {
+        // The buffers are overwritten: the pruning cache is no longer valid.
+        self.bounds = None;
         self.run(centroids, false, true);
         self.cancel.check()?;
-        self.second_valid = true;
-        self.bounds = None;
-        self.distances_stale = false;
-        Ok(())
-    }
-
-    fn accumulate(&mut self, k: usize) -> Result<ClusterSums, BackendError> {
-        let d = self.x.ncols();
-        let mut total = Partial::zeros(k, d);
-        for (i, (row, &label)) in self.x.rows().into_iter().zip(&self.labels).enumerate() {
-            let w = self.weight(i);
-            let l = label as usize;
-            for (s, &v) in total.sums[l * d..(l + 1) * d].iter_mut().zip(row) {
-                *s += w * v as f64;
-            }
-            total.weights[l] += w;
-            total.inertia += w * self.distances[i] as f64;
-        }
-        Ok(into_sums(total, k, d))
+        Ok(Assignment {
+            labels: self.labels.clone(),
+            distances: self.distances.clone(),
+            second_distances: self.second.clone(),
+        })
     }
 
     /// Fused: the rows are summed while still in cache from the distance pass.
@@ -303,19 +277,7 @@ impl Resident for CpuResident<'_> {
         }
         let total = self.run_summed(centroids, false);
         self.cancel.check()?;
-        self.second_valid = false;
         Ok(into_sums(total, k, d))
-    }
-
-    fn assignment(&mut self) -> Result<Assignment, BackendError> {
-        if self.distances_stale {
-            self.refresh_distances();
-        }
-        Ok(Assignment {
-            labels: self.labels.clone(),
-            distances: self.distances.clone(),
-            second_distances: self.second_valid.then(|| self.second.clone()),
-        })
     }
 
     fn column_sums(&mut self) -> Result<ColumnSums, BackendError> {

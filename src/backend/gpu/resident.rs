@@ -44,8 +44,6 @@ pub struct GpuResident<'a> {
     clusters: Option<Clusters>,
     /// Set up on the first Lloyd step when the device has timestamps.
     timer: Option<Timer>,
-    /// The last kernel was `assign`: second distances are reported.
-    assigned: bool,
 }
 
 /// Two timestamps around a Lloyd step's kernels, resolved on the device and
@@ -108,7 +106,6 @@ impl<'a> GpuResident<'a> {
             chunks,
             clusters: None,
             timer: None,
-            assigned: false,
         })
     }
 
@@ -403,30 +400,31 @@ impl Resident for GpuResident<'_> {
         self.d
     }
 
-    fn assign(&mut self, centroids: ArrayView2<f32>) -> Result<(), BackendError> {
+    fn assign(&mut self, centroids: ArrayView2<f32>) -> Result<Assignment, BackendError> {
+        let k = centroids.nrows();
         let mut encoder = self.encoder("assign");
         self.record_assign(&mut encoder, centroids)?;
         self.gpu.ctx.queue.submit([encoder.finish()]);
         self.gpu.ctx.check()?;
-        self.assigned = true;
-        Ok(())
-    }
-
-    fn accumulate(&mut self, k: usize) -> Result<ClusterSums, BackendError> {
-        if self.clusters.as_ref().is_none_or(|c| c.k != k) {
-            return Err(
-                GpuError::Other(format!("accumulate(k = {k}) without a matching assign")).into(),
-            );
+        let mut second: Vec<f32> = self.read_rows(|c| &c.second)?;
+        if k == 1 {
+            second.fill(f32::INFINITY);
+        } else {
+            second
+                .iter_mut()
+                .filter(|v| **v >= BIG)
+                .for_each(|v| *v = f32::INFINITY);
         }
-        let mut encoder = self.encoder("accumulate");
-        self.record_accumulate(&mut encoder)?;
-        Ok(self.finish_accumulate(encoder)?)
+        Ok(Assignment {
+            labels: self.read_rows(|c| &c.labels)?,
+            distances: self.read_rows(|c| &c.dists)?,
+            second_distances: second,
+        })
     }
 
     /// Assignment, partial sums and reduction in one submission; reads back
     /// only the `k × (d + 2)` totals.
     fn lloyd_step(&mut self, centroids: ArrayView2<f32>) -> Result<ClusterSums, BackendError> {
-        self.assigned = false;
         let mut encoder = self.encoder("lloyd step");
         self.timestamp(&mut encoder, 0);
         self.record_assign(&mut encoder, centroids)?;
@@ -443,24 +441,6 @@ impl Resident for GpuResident<'_> {
         let ticks: Vec<u64> = read_back(&self.gpu.ctx, &t.resolved, 0, 2).ok()?;
         let elapsed = ticks[1].checked_sub(ticks[0])?;
         Some(elapsed as f64 * t.period_ns as f64 * 1e-6)
-    }
-
-    fn assignment(&mut self) -> Result<Assignment, BackendError> {
-        let k1 = self.clusters.as_ref().is_some_and(|c| c.k == 1);
-        let mut second: Vec<f32> = self.read_rows(|c| &c.second)?;
-        if k1 {
-            second.fill(f32::INFINITY);
-        } else {
-            second
-                .iter_mut()
-                .filter(|v| **v >= BIG)
-                .for_each(|v| *v = f32::INFINITY);
-        }
-        Ok(Assignment {
-            labels: self.read_rows(|c| &c.labels)?,
-            distances: self.read_rows(|c| &c.dists)?,
-            second_distances: self.assigned.then_some(second),
-        })
     }
 
     fn column_sums(&mut self) -> Result<ColumnSums, BackendError> {

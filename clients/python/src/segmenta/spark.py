@@ -61,6 +61,15 @@ def _client_for(servers: Sequence[str], index: int, token, tls) -> Client:
     return client
 
 
+def _require_spark():
+    try:
+        import pyarrow  # noqa: F401
+        import pyspark  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"segmenta.spark needs pyspark and pyarrow ({e}): "
+                          "pip install 'segmenta[spark]'") from None
+
+
 def _spark_schema(fields: Sequence[Tuple[str, str]]):
     """A Spark schema from (name, kind) pairs: int, long, bool, double,
     array<float>, array<double>."""
@@ -369,6 +378,7 @@ class KMeans:
 
     def fit(self, df) -> "KMeansModel":
         """Fits on the DataFrame's rows; returns a :class:`KMeansModel`."""
+        _require_spark()
         frame = self._frame(df)
         fit_id = f"spark-{uuid.uuid4().hex}"
         state = {"fit_id": fit_id, "passes": 1}
@@ -537,6 +547,7 @@ class KMeansModel:
         from pyspark import TaskContext
         from pyspark.sql.types import IntegerType, StructField, StructType
 
+        _require_spark()
         if self.predictionCol in df.columns:
             raise ValueError(f"the DataFrame already has a column {self.predictionCol!r}")
         model_ids = self._register()

@@ -148,6 +148,7 @@ def segment(transactions, *, client: Union[None, str, Client] = None, name: str 
     them) until ``result.delete()``; when the job fails, the log is deleted
     (with an admin key; otherwise a warning names it).
     """
+    _pandas()  # before any upload: the results come back as DataFrames
     client = _client(client)
     data, name = _log_bytes(transactions, name)
     log = client.upload_transactions(data, name=name, delimiter=delimiter,
