@@ -167,8 +167,7 @@ def test_partial_sums_of_cached_partitions_add_up_to_the_whole(client, blobs):
     X, _ = blobs
     w = np.linspace(0.5, 2.0, len(X))
     c = X[[0, 250, 500]]
-    ds = client.upload(np.column_stack([X, w]), columns=["a", "b", "c", "d", "w"])
-    whole = client.partial_step(c, dataset_id=ds.id, weights_column="w")
+    whole = client.partial_step(c, rows=X, weights=w)
     assert whole.n_rows == 600 and whole.weights.sum() == pytest.approx(w.sum(), rel=1e-6)
     parts = [(0, 1), (1, 333), (333, 600)]
     for i, (lo, hi) in enumerate(parts):
@@ -186,7 +185,7 @@ def test_partial_sums_of_cached_partitions_add_up_to_the_whole(client, blobs):
     np.testing.assert_array_equal(inline.sums, shares[1].sums)
     # k-means|| steps: cost, seeded sampling, candidate weights.
     cost = sum(client.partition_cost(c[:1], partition=("fit-a", i))[0] for i in range(3))
-    total_cost, n, weight = client.partition_cost(c[:1], dataset_id=ds.id, weights_column="w")
+    total_cost, n, weight = client.partition_cost(c[:1], rows=X, weights=w)
     assert cost == pytest.approx(total_cost, rel=1e-9) and n == 600
     a = client.sample_by_cost(c[:1], 6.0, cost, seed=4, partition=("fit-a", 1))
     b = client.sample_by_cost(c[:1], 6.0, cost, seed=4, partition=("fit-a", 1))
@@ -197,7 +196,6 @@ def test_partial_sums_of_cached_partitions_add_up_to_the_whole(client, blobs):
     assert client.release_partitions("fit-a") == 3
     with pytest.raises(segmenta.NotFound, match="upload it again"):
         client.partial_step(c, partition=("fit-a", 0))
-    client.delete_dataset(ds.id)
 
 
 def test_partitions_expire_and_belong_to_their_caller(keyed_server):
@@ -247,12 +245,8 @@ def test_bad_partitions_are_refused_with_the_reason(client):
     with pytest.raises(grpc.RpcError) as e:  # the raw stub: the Client refuses empty input itself
         rpc.ClusteringStub(grpc.insecure_channel(client.address)).PutPartition(header_only, timeout=30)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no rows" in e.value.details()
-    ds = client.upload(X)
-    with pytest.raises(segmenta.InvalidArgument, match="returns rows"):
-        client.sample_by_cost(X[:1], 2.0, 1.0, 1, dataset_id=ds.id)
     with pytest.raises(segmenta.InvalidArgument, match="ttl_seconds"):
         client.put_partition("f", 0, X, ttl_seconds=10**6)
-    client.delete_dataset(ds.id)
 
 
 def test_a_pickled_estimator_keeps_its_connection(keyed_server):
@@ -266,3 +260,43 @@ def test_a_pickled_estimator_keeps_its_connection(keyed_server):
     assert copy.client is not client and copy.client.address == client.address
     # The copy still authenticates: the key travelled with it.
     assert (copy.predict(X) == km.predict(X)).all()
+
+
+@pytest.fixture(scope="module")
+def tight_server(tmp_path_factory):
+    """A small partition budget and a 1 s idle timeout."""
+    s = Server(tmp_path_factory.mktemp("tight"), "--max-partition-cache-bytes", "300000",
+               "--idle-timeout", "1s")
+    yield s
+    s.stop()
+
+
+def test_steps_charge_working_memory_and_trickling_uploads_are_cut_off(tight_server):
+    import time
+
+    from segmenta.v1 import segmenta_pb2 as pb
+    from segmenta.v1 import segmenta_pb2_grpc as rpc
+
+    with segmenta.Client(tight_server.address) as c:
+        X = np.ones((10_000, 2))
+        c.put_partition("work", 0, X)  # 80 KB cached
+        # A step over it needs 24 bytes a row more (240 KB): past the budget.
+        with pytest.raises(segmenta.ResourceExhausted, match="working memory"):
+            c.partial_step(X[:2], partition=("work", 0))
+        c.release_partitions("work")
+        c.put_partition("work", 0, X[:5_000])
+        assert c.partial_step(X[:2], partition=("work", 0)).n_rows == 5_000
+
+        def trickle():
+            yield pb.PutPartitionRequest(header=pb.PartitionHeader(
+                key=pb.PartitionKey(fit_id="slow", index=0), n_features=1))
+            for _ in range(8):  # 4 bytes every 0.4 s: never idle, far too slow
+                time.sleep(0.4)
+                yield pb.PutPartitionRequest(rows=pb.PartitionRows(
+                    values_f32le=np.ones(1, dtype="<f4").tobytes()))
+
+        stub = rpc.ClusteringStub(grpc.insecure_channel(tight_server.address))
+        with pytest.raises(grpc.RpcError) as e:
+            stub.PutPartition(trickle(), timeout=30)
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e.value
+        assert "bytes/s" in e.value.details()

@@ -2,6 +2,7 @@
 //! inline bytes or a dataset, and one partition's share of a k-means step
 //! or of k-means|| initialisation (see `crate::kmeans::partial`).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,9 +123,37 @@ struct Step<'a> {
     field: &'static str,
     centres: &'a [f32],
     backend: i32,
-    /// Whether the rows may come from a stored dataset (not for a call
-    /// that returns rows).
-    dataset_allowed: bool,
+}
+
+/// Distributed steps that may wait for a slot beyond those running.
+const MAX_WAITING: usize = 16;
+/// Working memory of a step per row: labels, distances, second distances
+/// and the assignment copied out (see `crate::kmeans::partial`).
+const WORK_BYTES_PER_ROW: u64 = 24;
+
+/// One call counted among those running or waiting; refused past `limit`.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize, limit: usize) -> ServiceResult<Self> {
+        let before = count.fetch_add(1, Ordering::SeqCst);
+        let guard = Waiting(count);
+        if before >= limit {
+            return Err(ServiceError::ResourceExhausted {
+                limit: "max_concurrent_jobs",
+                message: format!(
+                    "{before} distributed steps are running or waiting; retry with backoff"
+                ),
+            });
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Engine {
@@ -173,17 +202,12 @@ impl Engine {
         Ok(self.partitions.release(owner, fit_id))
     }
 
-    /// The rows a distributed step works on.
-    /// `n_centre_values`: the centres' values, centres × features (for the
-    /// cost check of a dataset, rows × centres × features, before it is
-    /// loaded); `dataset_allowed`: whether the call may read a stored dataset
-    /// (not one that returns rows).
-    async fn source_rows(
+    /// The rows a distributed step works on: the caller's cached partition
+    /// or the request's own rows.
+    fn source_rows(
         &self,
         owner: &str,
         source: Option<pb::RowSource>,
-        n_centre_values: usize,
-        dataset_allowed: bool,
     ) -> ServiceResult<Arc<PartitionRows>> {
         use pb::row_source::Source;
         let source =
@@ -196,49 +220,7 @@ impl Engine {
             Some(Source::Rows(r)) => {
                 Ok(Arc::new(inline_rows(&r, self.config.limits.max_features)?))
             }
-            Some(Source::DatasetId(_)) if !dataset_allowed => Err(ServiceError::invalid(
-                "rows.dataset_id",
-                "this call returns rows: give a cached partition or inline rows, not a stored dataset",
-            )),
-            Some(Source::DatasetId(id)) => {
-                let meta = self.dataset(&id)?;
-                // The whole dataset is loaded: check the work (and so its
-                // size) before reading a byte.
-                cost::assign(meta.n_rows as usize, n_centre_values.max(1), 1)?;
-                let weights_column =
-                    (!source.weights_column.is_empty()).then_some(source.weights_column);
-                let mut features = if source.columns.is_empty() {
-                    meta.columns.clone()
-                } else {
-                    source.columns
-                };
-                if let Some(w) = &weights_column {
-                    features.retain(|c| c != w);
-                }
-                self.check_names("rows.columns", &features)?;
-                let store = self.store.clone();
-                tokio::task::spawn_blocking(move || {
-                    let (_, data) = store.load_dataset(&id)?;
-                    let (x, _) = data.select_columns(&features).map_err(crate::Error::from)?;
-                    let weights = match &weights_column {
-                        Some(w) => Some(
-                            data.select_columns(std::slice::from_ref(w))
-                                .map_err(crate::Error::from)?
-                                .0
-                                .column(0)
-                                .to_owned(),
-                        ),
-                        None => None,
-                    };
-                    Ok(Arc::new(PartitionRows { x, weights }))
-                })
-                .await
-                .map_err(|e| ServiceError::Internal(e.to_string()))?
-            }
-            None => Err(ServiceError::invalid(
-                "rows",
-                "set partition, rows or dataset_id",
-            )),
+            None => Err(ServiceError::invalid("rows", "set partition or rows")),
         }
     }
 
@@ -261,21 +243,21 @@ impl Engine {
             field: centre_field,
             centres: centre_values,
             backend,
-            dataset_allowed,
         } = step;
         let choice = backend_choice(backend)?;
-        // One slot per call, waited for: these calls hold a partition's
-        // working memory (labels, distances) and use every core, so they
-        // take turns rather than pile up (a driver's tasks queue here).
+        // These calls use every core and hold a partition's working memory,
+        // so they take turns (a driver's tasks queue here); past a few
+        // waiting, more are shed, so queued requests and their inline rows
+        // cannot pile up.
+        let slots = self.config.limits.max_concurrent_jobs.max(1);
+        let _waiting = Waiting::enter(&self.distributed_waiting, slots + MAX_WAITING)?;
         let _slot = self
             .distributed
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| ServiceError::Unavailable("shutting down".into()))?;
-        let rows = self
-            .source_rows(owner, source, centre_values.len(), dataset_allowed)
-            .await?;
+        let rows = self.source_rows(owner, source)?;
         let (n, d) = rows.x.dim();
         if n == 0 {
             return Err(ServiceError::invalid("rows", "no rows"));
@@ -293,6 +275,18 @@ impl Engine {
             });
         }
         cost::assign(n, c.nrows(), d)?;
+        // Labels, distances and second distances per row, held while the
+        // step runs: charged to the partition cache's budget.
+        let mut work = self.partitions.reserve();
+        work.grow(WORK_BYTES_PER_ROW * n as u64)
+            .map_err(|_| ServiceError::ResourceExhausted {
+                limit: "max_partition_cache_bytes",
+                message: format!(
+                    "a step over {n} rows needs {} bytes of working memory, more than the \
+                     partition cache has free: use smaller partitions",
+                    WORK_BYTES_PER_ROW * n as u64
+                ),
+            })?;
         let backends = self.backends().await;
         let held = rows.clone();
         let out = tokio::task::spawn_blocking(move || {
@@ -318,7 +312,6 @@ impl Engine {
                     field: "centroids",
                     centres: &r.centroids,
                     backend: r.backend,
-                    dataset_allowed: true,
                 },
                 |b, rows, c| {
                     partial::partial_step(
@@ -347,7 +340,6 @@ impl Engine {
                     field: "centers",
                     centres: &r.centers,
                     backend: r.backend,
-                    dataset_allowed: true,
                 },
                 |b, rows, c| {
                     partial::cost(b, rows.x.view(), rows.weights.as_ref().map(|w| w.view()), c)
@@ -388,7 +380,6 @@ impl Engine {
                     field: "centers",
                     centres: &r.centers,
                     backend: r.backend,
-                    dataset_allowed: false,
                 },
                 move |b, rows, c| {
                     partial::sample_by_cost(
@@ -429,7 +420,6 @@ impl Engine {
                     field: "candidates",
                     centres: &r.candidates,
                     backend: r.backend,
-                    dataset_allowed: true,
                 },
                 |b, rows, c| {
                     partial::candidate_weights(

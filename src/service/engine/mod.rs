@@ -152,6 +152,8 @@ pub struct Engine {
     /// Slots for distributed steps (PartialStep and the k-means|| calls),
     /// as many as jobs may compute at once; calls wait for one.
     distributed: Arc<Semaphore>,
+    /// Distributed steps running or waiting for a slot.
+    distributed_waiting: std::sync::atomic::AtomicUsize,
     /// Held while a job stores its result, while something is deleted and
     /// while a customer is erased; counts the erasures. A job that read its
     /// input before an erasure, or whose input was deleted meanwhile,
@@ -197,6 +199,7 @@ impl Engine {
             models: Mutex::new(HashMap::new()),
             partitions,
             distributed,
+            distributed_waiting: std::sync::atomic::AtomicUsize::new(0),
             commits: Mutex::new(0),
         };
         Ok((Arc::new(engine), unfinished))

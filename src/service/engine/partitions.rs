@@ -107,14 +107,14 @@ impl Reservation<'_> {
         if inner.bytes + inner.reserved + more > cache.max_bytes {
             inner.sweep_if_due(now, true);
         }
-        let after = inner.bytes + inner.reserved + more;
-        if after > cache.max_bytes {
+        if inner.bytes + inner.reserved + more > cache.max_bytes {
             return Err(ServiceError::ResourceExhausted {
                 limit: "max_partition_cache_bytes",
+                // Other callers' bytes are not named: only the limit.
                 message: format!(
-                    "caching this partition would hold {after} bytes of partitions (uploads in \
-                     progress included); the limit is {} (release finished fits' partitions, or \
-                     use smaller partitions)",
+                    "the partition cache (all callers together, uploads in progress included) \
+                     has no room for {more} more bytes; its limit is {} bytes (release finished \
+                     fits' partitions, or use smaller partitions)",
                     cache.max_bytes
                 ),
             });

@@ -29,6 +29,10 @@ fn response(p: Prediction) -> pb::AssignResponse {
     }
 }
 
+/// The slowest average a partition upload may keep up once it has run past
+/// the idle timeout, in bytes per second.
+const MIN_UPLOAD_RATE: f64 = 64.0 * 1024.0;
+
 /// Whose partitions a call may use: the key's name (`anonymous` without keys).
 fn owner<T>(request: &Request<T>) -> String {
     caller(request).map_or_else(|| "anonymous".to_owned(), |c| c.name.clone())
@@ -71,7 +75,21 @@ async fn read_partition<'e>(
     let mut reservation = engine.partitions.reserve();
     let d = header.n_features as usize;
     let (mut values, mut weights) = (Vec::<f32>::new(), Vec::<f32>::new());
+    let started = std::time::Instant::now();
     while let Some(msg) = next_message(stream, idle).await? {
+        // A trickle (bytes now and then, each resetting the idle timer)
+        // would hold an upload slot for ever: past the idle timeout, the
+        // stream must average MIN_UPLOAD_RATE.
+        let elapsed = started.elapsed();
+        let received = 4.0 * (values.len() + weights.len()) as f64;
+        if elapsed > idle && received < MIN_UPLOAD_RATE * elapsed.as_secs_f64() {
+            return Err(ServiceError::DeadlineExceeded(format!(
+                "the upload averaged {:.0} bytes/s, under the server's minimum of {MIN_UPLOAD_RATE} \
+                 bytes/s; nothing was cached",
+                received / elapsed.as_secs_f64()
+            ))
+            .into());
+        }
         let Some(Message::Rows(block)) = msg.message else {
             return Err(ServiceError::invalid("rows", "only rows may follow the header").into());
         };

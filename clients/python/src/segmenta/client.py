@@ -382,60 +382,54 @@ class Client:
                           pb.ReleasePartitionsRequest(fit_id=fit_id)).released
 
     @staticmethod
-    def _source(partition=None, rows=None, weights=None, dataset_id=None, columns=None,
-                weights_column=None) -> pb.RowSource:
-        given = [partition is not None, rows is not None, dataset_id is not None]
-        if sum(given) != 1:
-            raise ValueError("give one of partition=(fit_id, index), rows= and dataset_id=")
+    def _source(partition=None, rows=None, weights=None) -> pb.RowSource:
+        if (partition is None) == (rows is None):
+            raise ValueError("give one of partition=(fit_id, index) and rows=")
         if partition is not None:
             fit_id, index = partition
             return pb.RowSource(partition=pb.PartitionKey(fit_id=fit_id, index=int(index)))
-        if rows is not None:
-            matrix = _arrays.as_matrix(rows, "rows")
-            inline = pb.InlineRows(values_f32le=matrix.astype("<f4").tobytes(), n_features=matrix.shape[1])
-            if weights is not None:
-                inline.weights_f32le = _arrays.as_weights(weights, matrix.shape[0]).astype("<f4").tobytes()
-            return pb.RowSource(rows=inline)
-        return pb.RowSource(dataset_id=dataset_id, columns=list(columns or ()),
-                            weights_column=weights_column or "")
+        matrix = _arrays.as_matrix(rows, "rows")
+        inline = pb.InlineRows(values_f32le=matrix.astype("<f4").tobytes(), n_features=matrix.shape[1])
+        if weights is not None:
+            inline.weights_f32le = _arrays.as_weights(weights, matrix.shape[0]).astype("<f4").tobytes()
+        return pb.RowSource(rows=inline)
 
-    def partial_step(self, centroids, *, partition=None, rows=None, weights=None, dataset_id=None,
-                     columns=None, weights_column=None, backend: Optional[str] = None) -> PartialSums:
-        """One Lloyd step's sums over one partition (cached, inline or a dataset)."""
+    def partial_step(self, centroids, *, partition=None, rows=None, weights=None,
+                     backend: Optional[str] = None) -> PartialSums:
+        """One Lloyd step's sums over one partition (cached, or rows sent inline)."""
         c = _arrays.as_matrix(centroids, "centroids")
         r = self._call(self._clustering.PartialStep, pb.PartialStepRequest(
-            rows=self._source(partition, rows, weights, dataset_id, columns, weights_column),
+            rows=self._source(partition, rows, weights),
             centroids=c.reshape(-1), backend=_backend(backend)))
         return PartialSums(np.asarray(r.sums, dtype=np.float64).reshape(r.k, r.n_features),
                            np.asarray(r.weights, dtype=np.float64), r.inertia, r.n_rows)
 
-    def partition_cost(self, centers, *, partition=None, rows=None, weights=None, dataset_id=None,
-                       columns=None, weights_column=None, backend: Optional[str] = None):
+    def partition_cost(self, centers, *, partition=None, rows=None, weights=None,
+                       backend: Optional[str] = None):
         """(Σ w·d² to the nearest centre, rows, total weight) of one partition."""
         c = _arrays.as_matrix(centers, "centers")
         r = self._call(self._clustering.PartitionCost, pb.PartitionCostRequest(
-            rows=self._source(partition, rows, weights, dataset_id, columns, weights_column),
+            rows=self._source(partition, rows, weights),
             centers=c.reshape(-1), backend=_backend(backend)))
         return r.cost, r.n_rows, r.total_weight
 
     def sample_by_cost(self, centers, oversampling: float, total_cost: float, seed: int, *,
-                       partition=None, rows=None, weights=None, dataset_id=None, columns=None,
-                       weights_column=None, backend: Optional[str] = None) -> np.ndarray:
+                       partition=None, rows=None, weights=None,
+                       backend: Optional[str] = None) -> np.ndarray:
         """k-means||'s seeded sample of one partition's rows (rows × d, float32)."""
         c = _arrays.as_matrix(centers, "centers")
         r = self._call(self._clustering.SampleByCost, pb.SampleByCostRequest(
-            rows=self._source(partition, rows, weights, dataset_id, columns, weights_column),
+            rows=self._source(partition, rows, weights),
             centers=c.reshape(-1), oversampling=float(oversampling), total_cost=float(total_cost),
             seed=int(seed) & 0xFFFFFFFFFFFFFFFF, backend=_backend(backend)))
         return np.frombuffer(r.values_f32le, dtype="<f4").reshape(r.n_rows, r.n_features)
 
     def candidate_weights(self, candidates, *, partition=None, rows=None, weights=None,
-                          dataset_id=None, columns=None, weights_column=None,
                           backend: Optional[str] = None) -> np.ndarray:
         """Per candidate, the weight of one partition's rows nearest to it."""
         c = _arrays.as_matrix(candidates, "candidates")
         r = self._call(self._clustering.CandidateWeights, pb.CandidateWeightsRequest(
-            rows=self._source(partition, rows, weights, dataset_id, columns, weights_column),
+            rows=self._source(partition, rows, weights),
             candidates=c.reshape(-1), backend=_backend(backend)))
         return np.asarray(r.weights, dtype=np.float64)
 

@@ -38,7 +38,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .client import Client
-from .errors import NotFound
+from .errors import NotFound, ResourceExhausted
 
 __all__ = ["KMeans", "KMeansModel", "KMeansSummary"]
 
@@ -88,6 +88,21 @@ def _arrow_schema(fields: Sequence[Tuple[str, str]]):
     kinds = {"int": pa.int32(), "long": pa.int64(), "bool": pa.bool_(), "double": pa.float64(),
              "array<float>": pa.list_(pa.float32()), "array<double>": pa.list_(pa.float64())}
     return pa.schema([(name, kinds[kind]) for name, kind in fields])
+
+
+def _with_backoff(call, budget_s: float = 120.0):
+    """``call()``, retried with backoff while the server sheds load (its
+    step queue or upload slots are full: the message says to retry)."""
+    delay, waited = 0.05, 0.0
+    while True:
+        try:
+            return call()
+        except ResourceExhausted as e:
+            if "retry" not in e.message or waited >= budget_s:
+                raise
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 2.0)
 
 
 def _server_error(servers, index, error) -> RuntimeError:
@@ -258,7 +273,8 @@ class KMeans:
                     raise ValueError(f"partition {pid}: weights must be finite and non-negative")
                 weight = float(w.sum()) if w is not None else float(n)
                 try:
-                    _client_for(servers, pid, token, tls).put_partition(fit_id, pid, X, w, ttl)
+                    client = _client_for(servers, pid, token, tls)
+                    _with_backoff(lambda: client.put_partition(fit_id, pid, X, w, ttl))
                 except Exception as e:
                     raise _server_error(servers, pid, e) from None
                 rng = np.random.default_rng([seed, pid])
@@ -290,10 +306,11 @@ class KMeans:
             for batch in batches:
                 for pid in batch.column(0).to_pylist():
                     client = _client_for(servers, pid, token, tls)
+                    kwargs = {name: (value(pid) if callable(value) else value)
+                              for name, value in args.items()}
                     try:
-                        reply = getattr(client, call)(partition=(fit_id, pid), backend=backend, **{
-                            name: (value(pid) if callable(value) else value)
-                            for name, value in args.items()})
+                        reply = _with_backoff(lambda: getattr(client, call)(
+                            partition=(fit_id, pid), backend=backend, **kwargs))
                     except NotFound:
                         row = {"pid": pid, "missing": True}
                     except Exception as e:

@@ -339,18 +339,12 @@ class InlineRows(_message.Message):
     def __init__(self, values_f32le: _Optional[bytes] = ..., n_features: _Optional[int] = ..., weights_f32le: _Optional[bytes] = ...) -> None: ...
 
 class RowSource(_message.Message):
-    __slots__ = ("partition", "rows", "dataset_id", "columns", "weights_column")
+    __slots__ = ("partition", "rows")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
-    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
-    COLUMNS_FIELD_NUMBER: _ClassVar[int]
-    WEIGHTS_COLUMN_FIELD_NUMBER: _ClassVar[int]
     partition: PartitionKey
     rows: InlineRows
-    dataset_id: str
-    columns: _containers.RepeatedScalarFieldContainer[str]
-    weights_column: str
-    def __init__(self, partition: _Optional[_Union[PartitionKey, _Mapping]] = ..., rows: _Optional[_Union[InlineRows, _Mapping]] = ..., dataset_id: _Optional[str] = ..., columns: _Optional[_Iterable[str]] = ..., weights_column: _Optional[str] = ...) -> None: ...
+    def __init__(self, partition: _Optional[_Union[PartitionKey, _Mapping]] = ..., rows: _Optional[_Union[InlineRows, _Mapping]] = ...) -> None: ...
 
 class PartialStepRequest(_message.Message):
     __slots__ = ("rows", "centroids", "backend")
