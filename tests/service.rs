@@ -1458,7 +1458,6 @@ fn partitions_refuse_malformed_streams_and_keep_the_last_good_upload() {
                         fit_id: "fit-1".into(),
                         index: 0,
                     })),
-                    ..Default::default()
                 }),
                 centroids: centroids.clone(),
                 backend: pb::Backend::Cpu as i32,
