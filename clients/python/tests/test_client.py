@@ -300,3 +300,17 @@ def test_steps_charge_working_memory_and_trickling_uploads_are_cut_off(tight_ser
             stub.PutPartition(trickle(), timeout=30)
         assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e.value
         assert "bytes/s" in e.value.details()
+
+        # The same holds for dataset uploads, which share the upload slots.
+        def trickle_rows():
+            yield pb.UploadRequest(header=pb.UploadHeader(name="slow", columns=["a"]))
+            for _ in range(8):
+                time.sleep(0.4)
+                yield pb.UploadRequest(rows=pb.RowBlock(values=[1.0]))
+
+        datasets = rpc.DatasetsStub(grpc.insecure_channel(tight_server.address))
+        with pytest.raises(grpc.RpcError) as e:
+            datasets.Upload(trickle_rows(), timeout=30)
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e.value
+        assert "bytes/s" in e.value.details()
+        assert "slow" not in [d.name for d in c.list_datasets()], "nothing was stored"

@@ -15,7 +15,7 @@ use crate::service::error::ServiceError;
 use crate::service::gate::{caller, note};
 use crate::service::proto as pb;
 
-use super::next_message;
+use super::{next_message, UploadPace};
 
 pub struct ClusteringService {
     pub engine: Arc<Engine>,
@@ -28,10 +28,6 @@ fn response(p: Prediction) -> pb::AssignResponse {
         margins: p.margins.unwrap_or_default(),
     }
 }
-
-/// The slowest average a partition upload may keep up once it has run past
-/// the idle timeout, in bytes per second.
-const MIN_UPLOAD_RATE: f64 = 64.0 * 1024.0;
 
 /// Whose partitions a call may use: the key's name (`anonymous` without keys).
 fn owner<T>(request: &Request<T>) -> String {
@@ -75,21 +71,9 @@ async fn read_partition<'e>(
     let mut reservation = engine.partitions.reserve();
     let d = header.n_features as usize;
     let (mut values, mut weights) = (Vec::<f32>::new(), Vec::<f32>::new());
-    let started = std::time::Instant::now();
+    let pace = UploadPace::new(idle);
     while let Some(msg) = next_message(stream, idle).await? {
-        // A trickle (bytes now and then, each resetting the idle timer)
-        // would hold an upload slot for ever: past the idle timeout, the
-        // stream must average MIN_UPLOAD_RATE.
-        let elapsed = started.elapsed();
-        let received = 4.0 * (values.len() + weights.len()) as f64;
-        if elapsed > idle && received < MIN_UPLOAD_RATE * elapsed.as_secs_f64() {
-            return Err(ServiceError::DeadlineExceeded(format!(
-                "the upload averaged {:.0} bytes/s, under the server's minimum of {MIN_UPLOAD_RATE} \
-                 bytes/s; nothing was cached",
-                received / elapsed.as_secs_f64()
-            ))
-            .into());
-        }
+        pace.check(4 * (values.len() + weights.len()) as u64)?;
         let Some(Message::Rows(block)) = msg.message else {
             return Err(ServiceError::invalid("rows", "only rows may follow the header").into());
         };

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use prost::Message as _;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{next_message, page_request, paginate};
+use super::{next_message, page_request, paginate, UploadPace};
 use crate::service::convert::{job, text_format};
 use crate::service::engine::{Engine, Origin};
 use crate::service::error::ServiceError;
@@ -81,7 +81,9 @@ impl pb::datasets_server::Datasets for DatasetsService {
         })?;
         let width = writer.width();
         let mut row = 0u64;
+        let pace = UploadPace::new(idle);
         while let Some(msg) = next_message(&mut stream, idle).await? {
+            pace.check(writer.size_bytes())?;
             let block = match msg.message {
                 Some(Message::Rows(b)) => row_values(b)?,
                 _ => {

@@ -101,6 +101,42 @@ async fn next_message<T>(
     }
 }
 
+/// The slowest average an upload stream may keep up once it has run past
+/// the idle timeout, in bytes per second: a trickle (a few bytes now and
+/// then, each resetting the idle timer) would otherwise hold an upload
+/// slot for ever.
+const MIN_UPLOAD_RATE: f64 = 64.0 * 1024.0;
+
+/// Watches an upload stream's average rate (see [`MIN_UPLOAD_RATE`]).
+struct UploadPace {
+    started: std::time::Instant,
+    idle: Duration,
+}
+
+impl UploadPace {
+    fn new(idle: Duration) -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            idle,
+        }
+    }
+
+    /// An error once past the idle timeout with fewer than
+    /// `MIN_UPLOAD_RATE` bytes a second received on average.
+    fn check(&self, received: u64) -> Result<(), tonic::Status> {
+        let elapsed = self.started.elapsed();
+        let rate = received as f64 / elapsed.as_secs_f64().max(1e-9);
+        if elapsed > self.idle && rate < MIN_UPLOAD_RATE {
+            return Err(ServiceError::DeadlineExceeded(format!(
+                "the upload averaged {rate:.0} bytes/s, under the server's minimum of \
+                 {MIN_UPLOAD_RATE} bytes/s; nothing was stored"
+            ))
+            .into());
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@ use prost::Message as _;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::next_message;
+use super::{next_message, UploadPace};
 use crate::data::TableFormat;
 use crate::segmentation::transactions::{BadRowPolicy, TransactionColumns};
 use crate::segmentation::{KChoice, SegmentParams, SegmentationError};
@@ -183,7 +183,9 @@ impl pb::segmentations_server::Segmentations for SegmentationsService {
         let mut writer = tokio::task::block_in_place(|| {
             store.begin_transactions(&header.name, format, text_format)
         })?;
+        let pace = UploadPace::new(idle);
         while let Some(msg) = next_message(&mut stream, idle).await? {
+            pace.check(writer.size_bytes())?;
             let Some(Message::Chunk(bytes)) = msg.message else {
                 return Err(
                     ServiceError::invalid("chunk", "only chunks may follow the header").into(),
