@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ndarray::{Array1, Array2, ArrayView2};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 
 use super::partitions::{check_fit_id, PartitionRows, Reservation, Stored, MAX_TTL};
 use super::{cost, Engine};
@@ -233,7 +233,8 @@ impl Engine {
         step: Step<'_>,
         f: impl FnOnce(
                 &dyn Backend,
-                &PartitionRows,
+                ArrayView2<f32>,
+                Option<ArrayView1<f32>>,
                 ArrayView2<f32>,
             ) -> Result<T, crate::backend::BackendError>
             + Send
@@ -291,7 +292,9 @@ impl Engine {
         let held = rows.clone();
         let out = tokio::task::spawn_blocking(move || {
             let (backend, _) = backends.resolve(choice)?;
-            f(backend, &held, c.view()).map_err(|e| ServiceError::from(crate::Error::from(e)))
+            let weights = held.weights.as_ref().map(|w| w.view());
+            f(backend, held.x.view(), weights, c.view())
+                .map_err(|e| ServiceError::from(crate::Error::from(e)))
         })
         .await
         .map_err(|e| ServiceError::Internal(e.to_string()))??;
@@ -313,14 +316,7 @@ impl Engine {
                     centres: &r.centroids,
                     backend: r.backend,
                 },
-                |b, rows, c| {
-                    partial::partial_step(
-                        b,
-                        rows.x.view(),
-                        rows.weights.as_ref().map(|w| w.view()),
-                        c,
-                    )
-                },
+                partial::partial_step,
             )
             .await?;
         Ok((sums, rows.x.nrows() as u64))
@@ -341,9 +337,7 @@ impl Engine {
                     centres: &r.centers,
                     backend: r.backend,
                 },
-                |b, rows, c| {
-                    partial::cost(b, rows.x.view(), rows.weights.as_ref().map(|w| w.view()), c)
-                },
+                partial::cost,
             )
             .await?;
         let total_weight = rows
@@ -381,17 +375,7 @@ impl Engine {
                     centres: &r.centers,
                     backend: r.backend,
                 },
-                move |b, rows, c| {
-                    partial::sample_by_cost(
-                        b,
-                        rows.x.view(),
-                        rows.weights.as_ref().map(|w| w.view()),
-                        c,
-                        l,
-                        total,
-                        seed,
-                    )
-                },
+                move |b, x, w, c| partial::sample_by_cost(b, x, w, c, l, total, seed),
             )
             .await?;
         let bytes = 4 * chosen.len() * rows.x.ncols();
@@ -421,14 +405,7 @@ impl Engine {
                     centres: &r.candidates,
                     backend: r.backend,
                 },
-                |b, rows, c| {
-                    partial::candidate_weights(
-                        b,
-                        rows.x.view(),
-                        rows.weights.as_ref().map(|w| w.view()),
-                        c,
-                    )
-                },
+                partial::candidate_weights,
             )
             .await?;
         Ok(w)

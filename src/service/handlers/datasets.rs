@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{next_message, page_request, paginate, UploadPace};
 use crate::service::convert::{job, text_format};
+use crate::service::engine::distributed::f32_values;
 use crate::service::engine::{Engine, Origin};
 use crate::service::error::ServiceError;
 use crate::service::gate::note;
@@ -15,19 +16,7 @@ use crate::service::proto::upload_request::Message;
 fn row_values(block: pb::RowBlock) -> Result<Vec<f32>, ServiceError> {
     match (block.values.is_empty(), block.values_f32le.is_empty()) {
         (_, true) => Ok(block.values),
-        (true, false) => {
-            let bytes = block.values_f32le;
-            if !bytes.len().is_multiple_of(4) {
-                return Err(ServiceError::invalid(
-                    "rows.values_f32le",
-                    format!("{} bytes are not whole 4-byte floats", bytes.len()),
-                ));
-            }
-            Ok(bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-                .collect())
-        }
+        (true, false) => f32_values("rows.values_f32le", &block.values_f32le),
         (false, false) => Err(ServiceError::invalid(
             "rows",
             "set values or values_f32le, not both",

@@ -105,15 +105,30 @@ class _ServerEstimator(BaseEstimator):
         elif hasattr(self, "feature_names_in_"):
             del self.feature_names_in_
 
-    def _upload(self, client: Client, X, weights: Optional[np.ndarray]):
-        matrix = _arrays.as_matrix(X)
+    def _fit_on_server(self, client: Client, X, matrix: np.ndarray,
+                       weights: Optional[np.ndarray], fit):
+        """Uploads ``matrix`` (``X`` converted) and the weights, runs
+        ``fit(dataset_id, columns)`` on the server, keeps only the model
+        (unless ``keep_data``) and records the fitted features. Returns the
+        fitted model message."""
         columns = [f"x{j}" for j in range(matrix.shape[1])]
+        upload, upload_columns = matrix, columns
         if weights is not None:
-            matrix = np.column_stack([matrix, weights]).astype(np.float32)
-            columns.append("sample_weight")
-        dataset = client.upload(matrix, name=f"sklearn-{type(self).__name__.lower()}",
-                                columns=columns, progress=self.progress)
-        return matrix, dataset, columns[: len(columns) - (weights is not None)]
+            upload = np.column_stack([matrix, weights]).astype(np.float32)
+            upload_columns = [*columns, "sample_weight"]
+        dataset = client.upload(upload, name=f"sklearn-{type(self).__name__.lower()}",
+                                columns=upload_columns, progress=self.progress)
+        try:
+            model = fit(dataset.id, columns)
+            self.model_id_ = self._keep_only_model(client, dataset.id, model.id)
+        except BaseException:
+            if not self.keep_data:
+                _delete_quietly(client, dataset.id)
+            raise
+        if self.keep_data:
+            self.dataset_id_ = dataset.id
+        self._set_features(X, matrix)
+        return model
 
     def _keep_only_model(self, client: Client, dataset_id: str, model_id: str) -> str:
         """Re-registers the model on its own (no link to the rows) and deletes
@@ -173,28 +188,20 @@ class KMeans(ClusterMixin, _ServerEstimator):
             n_init = 10 if isinstance(self.init, str) and self.init == "random" else 1
         else:
             n_init = int(self.n_init)
-        weights = _arrays.as_weights(sample_weight, _arrays.as_matrix(X).shape[0])
-        matrix, dataset, columns = self._upload(client, X, weights)
-        try:
-            model = client.fit_kmeans(
-                dataset.id, self.n_clusters, columns=columns, init=self.init, n_init=n_init,
+        matrix = _arrays.as_matrix(X)
+        weights = _arrays.as_weights(sample_weight, matrix.shape[0])
+        model = self._fit_on_server(client, X, matrix, weights, lambda dataset_id, columns: (
+            client.fit_kmeans(
+                dataset_id, self.n_clusters, columns=columns, init=self.init, n_init=n_init,
                 max_iter=self.max_iter, tol=self.tol, seed=seed, backend=self.backend,
                 weights_column="sample_weight" if weights is not None else "",
-                progress=self.progress)
-            self.model_id_ = self._keep_only_model(client, dataset.id, model.id)
-        except BaseException:
-            if not self.keep_data:
-                _delete_quietly(client, dataset.id)
-            raise
-        if self.keep_data:
-            self.dataset_id_ = dataset.id
-        d = len(columns)
-        self._set_features(X, matrix[:, :d])
+                progress=self.progress)))
+        d = self.n_features_in_
         self.cluster_centers_ = np.asarray(model.centroids, dtype=np.float64).reshape(-1, d)
         self.n_iter_ = int(model.n_iter)
         self.converged_ = bool(model.converged)
         self.backend_ = model.backend
-        assignment = client.assign(self.model_id_, matrix[:, :d])
+        assignment = client.assign(self.model_id_, matrix)
         self.labels_ = assignment.labels.astype(np.int32)
         self.inertia_ = _weighted_sum(assignment.distances, weights)
         return self
@@ -252,19 +259,10 @@ class PCA(TransformerMixin, _ServerEstimator):
             n_components = min(matrix.shape)
         if not isinstance(n_components, (int, np.integer)) or n_components < 1:
             raise ValueError(f"n_components must be a positive integer or None, got {self.n_components!r}")
-        matrix, dataset, columns = self._upload(client, X, None)
-        try:
-            model = client.fit_pca(dataset.id, int(n_components), columns=columns,
-                                   whiten=self.whiten, backend=self.backend, progress=self.progress)
-            self.model_id_ = self._keep_only_model(client, dataset.id, model.id)
-        except BaseException:
-            if not self.keep_data:
-                _delete_quietly(client, dataset.id)
-            raise
-        if self.keep_data:
-            self.dataset_id_ = dataset.id
-        d = len(columns)
-        self._set_features(X, matrix)
+        model = self._fit_on_server(client, X, matrix, None, lambda dataset_id, columns: (
+            client.fit_pca(dataset_id, int(n_components), columns=columns, whiten=self.whiten,
+                           backend=self.backend, progress=self.progress)))
+        d = self.n_features_in_
         self.n_components_ = int(model.n_components)
         self.components_ = np.asarray(model.components, dtype=np.float64).reshape(-1, d)
         self.explained_variance_ = np.asarray(model.explained_variance, dtype=np.float64)
