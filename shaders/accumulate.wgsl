@@ -1,10 +1,11 @@
-// Centroid update, step 1: per-segment partial sums per cluster.
+// Centroid update, step 1: per-segment partial sums per cluster, over the
+// rows first..rows of one chunk.
 //
 // WGSL has no portable float atomics, so each workgroup owns one segment of
 // rows and a private slice of the partials buffer: k × (d + 2) values, the
 // weighted row sums, then Σw, then Σw·dist. Every value is written by one
 // thread in row order: the result is deterministic. reduce.wgsl then adds the
-// segments up.
+// segments into a few groups, and the host adds the groups in f64.
 
 struct Params {
     rows: u32,
@@ -12,7 +13,7 @@ struct Params {
     k: u32,
     seg_rows: u32,
     seg_offset: u32,
-    _pad0: u32,
+    first: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -31,7 +32,7 @@ fn main(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let seg = wid.x + wid.y * nwg.x;
-    let start = seg * params.seg_rows;
+    let start = params.first + seg * params.seg_rows;
     if (start >= params.rows) {
         return;
     }

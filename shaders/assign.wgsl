@@ -1,4 +1,5 @@
-// Assignment: nearest and second-nearest centroid of every row of one chunk.
+// Assignment: nearest and second-nearest centroid of the rows first..rows
+// of one chunk (a whole chunk, or the part of it in a step's row range).
 //
 // Tiled: each workgroup takes WG·P rows (P per thread). Centroids are staged
 // through workgroup memory in tiles of TK centroids × TD dimensions; each
@@ -7,10 +8,11 @@
 // then recomputed exactly as Σ (x − c)², as the CPU kernel does.
 
 struct Params {
+    // One past the last row; the first row is `first`.
     rows: u32,
     d: u32,
     k: u32,
-    _pad: u32,
+    first: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -36,7 +38,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let base = (wid.x + wid.y * nwg.x) * WG * P;
+    let base = params.first + (wid.x + wid.y * nwg.x) * WG * P;
     let d = params.d;
     let k = params.k;
     var row: array<u32, 4>;

@@ -1,5 +1,6 @@
-//! The CPU's pruned Lloyd steps (Hamerly's bounds) against exhaustive ones
-//! on the same data and the same centroids at every step.
+//! Pruned Lloyd steps (the Hamerly strategy over the CPU's bounded kernel)
+//! against exhaustive ones, on the same data and the same centroids at
+//! every step.
 //!
 //! Tolerances, and why:
 //! - **Labels** are equal except near ties: both paths pick the nearest
@@ -20,8 +21,8 @@ mod common;
 use common::{assert_ties_only, blobs, dist2, host_sums, uniform, HostSums};
 use ndarray::{Array1, Array2, ArrayView2};
 use segmenta::backend::cpu::CpuBackend;
-use segmenta::backend::{Backend, ClusterSums, Resident};
-use segmenta::kmeans::{Init, KMeansParams};
+use segmenta::backend::{Backend, ClusterSums};
+use segmenta::kmeans::{Init, KMeansParams, Pruning, Stepper};
 
 /// Checks a step's sums, weights and inertia against an f64 host reference
 /// over `labels`.
@@ -79,16 +80,19 @@ fn means(step: &ClusterSums, previous: &Array2<f32>) -> Array2<f32> {
 /// Runs `steps` Lloyd steps on both paths, feeding both the exhaustive
 /// path's means, and checks every step; returns the near ties seen.
 fn compare(x: &Array2<f32>, w: Option<&Array1<f32>>, k: usize, steps: usize) -> usize {
-    let (pruned, exhaustive) = (CpuBackend::new(), CpuBackend::exhaustive());
-    let mut p = pruned.upload_cpu(x.view(), w.map(|w| w.view()));
-    let mut e = exhaustive.upload_cpu(x.view(), w.map(|w| w.view()));
+    // One resident for both strategies: the backend keeps no state between
+    // kernels, so interleaving them changes nothing.
+    let backend = CpuBackend::new();
+    let mut r = backend.upload(x.view(), w.map(|w| w.view())).unwrap();
+    let (mut pruned, mut exhaustive) = (Stepper::new(Pruning::Auto), Stepper::new(Pruning::Off));
     let mut c = x.slice(ndarray::s![..k, ..]).to_owned();
     let mut ties = 0;
     for _ in 0..steps {
-        let got = p.lloyd_step(c.view()).unwrap();
-        let want = e.lloyd_step(c.view()).unwrap();
-        // What each step decided, per row (the CPU resident shows it).
-        let (a, b) = (p.labels().to_vec(), e.labels().to_vec());
+        let got = pruned.step(r.as_mut(), c.view()).unwrap();
+        let want = exhaustive.step(r.as_mut(), c.view()).unwrap();
+        // What each step decided, per row.
+        let a = pruned.labels().expect("a pruned step ran").to_vec();
+        let b = r.assign(c.view()).unwrap().labels;
         ties += assert_ties_only(x.view(), c.view(), &a, &b);
         assert_step(x, w, c.view(), &a, &got);
         assert_step(x, w, c.view(), &b, &want);
@@ -138,16 +142,17 @@ fn fits_with_empty_cluster_relocation_agree() {
     // Centroids stacked on one row: all but one cluster start empty and are
     // relocated, after which the bounds must still hold.
     let init = Array2::from_shape_fn((4, 5), |(_, j)| x[[0, j]]);
-    let fit = |backend: &dyn Backend| {
+    let fit = |pruning: Pruning| {
         KMeansParams::new(4)
+            .pruning(pruning)
             .init(Init::Given(init.clone()))
             .n_init(1)
             .max_iter(30)
             .tol(0.0)
-            .fit(backend, x.view(), None)
+            .fit(&CpuBackend::new(), x.view(), None)
             .unwrap()
     };
-    let (p, e) = (fit(&CpuBackend::new()), fit(&CpuBackend::exhaustive()));
+    let (p, e) = (fit(Pruning::Auto), fit(Pruning::Off));
     assert_ties_only(x.view(), e.centroids().view(), p.labels(), e.labels());
     for (a, b) in p.centroids().iter().zip(e.centroids()) {
         assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");

@@ -33,4 +33,11 @@ pub enum BackendError {
     Gpu(#[from] GpuError),
     #[error("the fit was cancelled")]
     Cancelled,
+    /// A kernel called with rows the resident does not hold: a caller's
+    /// bug, never the data's.
+    #[error("rows {start}..{end} asked of a matrix of {n} rows")]
+    RowRange { start: usize, end: usize, n: usize },
+    /// A kernel this backend does not implement (callers check first).
+    #[error("this backend has no {0} kernel")]
+    Unsupported(&'static str),
 }

@@ -3,21 +3,28 @@
 //! implement the kernels.
 //!
 //! A fit uploads its matrix once ([`Backend::upload`]) and then calls kernels
-//! on the resident copy. A Lloyd step moves only `O(k·d)` values between host
-//! and device: centroids in, per-cluster sums out. Labels and distances stay
-//! resident until [`Resident::assignment`] downloads them once at the end.
+//! on the resident copy. Every kernel takes what it needs and returns what
+//! it computed; none depends on an earlier call. A Lloyd step moves only
+//! `O(k·d)` values between host and device: centroids in, per-cluster sums
+//! out, added up in f64 on the host ([`ClusterSums`]), so steps over row
+//! ranges, chunks streamed in, devices and remote partitions all combine
+//! the same way. Pruning is the Lloyd loop's strategy (`kmeans::hamerly`),
+//! over the [`Resident::bounded_step`] kernel where a backend has one.
 
+pub mod bounds;
 pub mod cpu;
 mod error;
 pub mod gpu;
 mod select;
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ndarray::{Array2, ArrayView1, ArrayView2};
 use serde::{Deserialize, Serialize};
 
+pub use bounds::{BoundShifts, RowBounds};
 pub use error::{BackendError, GpuError};
 pub use select::{select, with_cpu_fallback, BackendChoice};
 
@@ -72,10 +79,12 @@ impl Cancel {
     }
 }
 
-/// Per-cluster sums from one assignment, held in f64. The CPU accumulates
-/// them in f64; the GPU backend still sums and reduces them on the device in
-/// f32 (relative error about 1e-6 for sums of similar terms) and converts
-/// the k × (d + 2) totals once.
+/// Per-cluster sums from one assignment, held and added in f64 on the host.
+/// The CPU accumulates blocks of rows in f64. The GPU sums segments of a
+/// few hundred rows in f32 on the device, adds segments into at most
+/// [`gpu`]'s reduction groups with compensation (still f32), and the host
+/// adds the groups in f64: the f32 error is that of one group's sum
+/// (relative about 1e-6 for similar terms), whatever the number of rows.
 ///
 /// Sums over disjoint sets of rows add up (`+=`, [`ClusterSums::merge`]):
 /// chunks, partitions of a distributed fit and several devices reduce to
@@ -97,6 +106,29 @@ pub struct ClusterSums {
 pub struct SumsShapeError {
     pub left: (usize, usize),
     pub right: (usize, usize),
+}
+
+impl std::ops::AddAssign<&ClusterSums> for ClusterSums {
+    /// [`ClusterSums::merge`] for sums known to have the same shape.
+    ///
+    /// # Panics
+    /// On sums of different shapes; use `merge` where shapes come from
+    /// outside.
+    fn add_assign(&mut self, other: &ClusterSums) {
+        if let Err(e) = self.merge(other) {
+            panic!("{e}");
+        }
+    }
+}
+
+impl std::ops::Add for ClusterSums {
+    type Output = ClusterSums;
+
+    /// See [`AddAssign`](std::ops::AddAssign): panics on different shapes.
+    fn add(mut self, other: ClusterSums) -> ClusterSums {
+        self += &other;
+        self
+    }
 }
 
 impl ClusterSums {
@@ -143,8 +175,9 @@ impl ClusterSums {
     }
 }
 
-/// The full assignment of every resident row, downloaded once.
-#[derive(Debug, Clone)]
+/// Every row's nearest centroid, as every backend reports it: all three
+/// fields always filled, in the same units.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Assignment {
     pub labels: Vec<u32>,
     /// Squared Euclidean distance to the assigned centroid.
@@ -172,6 +205,18 @@ impl ColumnSums {
             .map(|(&p, &s)| p as f64 + s / self.n as f64)
             .collect()
     }
+}
+
+/// Checks that `rows` lies within `n` resident rows.
+pub(crate) fn check_rows(rows: &Range<usize>, n: usize) -> Result<(), BackendError> {
+    if rows.start > rows.end || rows.end > n {
+        return Err(BackendError::RowRange {
+            start: rows.start,
+            end: rows.end,
+            n,
+        });
+    }
+    Ok(())
 }
 
 /// A compute backend: knows how to upload a matrix and which device it is.
@@ -207,13 +252,55 @@ pub trait Resident: Send {
     /// later call depends on is left behind.
     fn assign(&mut self, centroids: ArrayView2<f32>) -> Result<Assignment, BackendError>;
 
-    /// One Lloyd step against `centroids` (`k × d`): per cluster the
-    /// weighted sums of the rows nearest to it, their weight, and the
-    /// inertia, reduced on the device and read back (`O(k·d)`). The result
-    /// depends only on the rows and the centroids. Backends may keep caches
-    /// between steps that make later steps cheaper without changing their
-    /// results (the CPU's Hamerly bounds, up to ties within f32 rounding).
-    fn lloyd_step(&mut self, centroids: ArrayView2<f32>) -> Result<ClusterSums, BackendError>;
+    /// One Lloyd step over the resident rows `rows` against `centroids`
+    /// (`k × d`): per cluster Σw·x and Σw of the rows nearest to it, and
+    /// Σw·d² over the rows, read back as `O(k·d)` values. The result
+    /// depends only on those rows and the centroids; steps over disjoint
+    /// ranges add up to the step over their union (in f64, so up to the
+    /// order of the additions). [`BackendError::RowRange`] for rows the
+    /// resident does not hold.
+    fn step_rows(
+        &mut self,
+        rows: Range<usize>,
+        centroids: ArrayView2<f32>,
+    ) -> Result<ClusterSums, BackendError>;
+
+    /// [`step_rows`](Self::step_rows) over every resident row.
+    fn lloyd_step(&mut self, centroids: ArrayView2<f32>) -> Result<ClusterSums, BackendError> {
+        self.step_rows(0..self.n_rows(), centroids)
+    }
+
+    /// A whole Lloyd step and the assignment it made, for a strategy that
+    /// needs both (the start of a pruned run). Two passes unless a backend
+    /// fuses them.
+    fn step_with_assignment(
+        &mut self,
+        centroids: ArrayView2<f32>,
+    ) -> Result<(ClusterSums, Assignment), BackendError> {
+        let sums = self.lloyd_step(centroids)?;
+        Ok((sums, self.assign(centroids)?))
+    }
+
+    /// Whether [`bounded_step`](Self::bounded_step) is implemented.
+    fn has_bounded_step(&self) -> bool {
+        false
+    }
+
+    /// The per-row half of a Hamerly step against `centroids`: moves every
+    /// row's bounds by `shifts`, rescans the rows whose bounds no longer
+    /// prove their cluster, and updates `bounds` (labels included) in
+    /// place. Returns the change to the cluster sums made by the rows that
+    /// changed cluster: sums and weights, with an inertia of 0 (the
+    /// strategy derives it). Leaves `bounds` unusable when it fails.
+    fn bounded_step(
+        &mut self,
+        centroids: ArrayView2<f32>,
+        shifts: &BoundShifts,
+        bounds: &mut RowBounds,
+    ) -> Result<ClusterSums, BackendError> {
+        let _ = (centroids, shifts, bounds);
+        Err(BackendError::Unsupported("bounded Lloyd step"))
+    }
 
     /// Device time of the last [`lloyd_step`](Self::lloyd_step) in ms, from
     /// GPU timestamp queries where the adapter supports them (`None` on the

@@ -81,6 +81,7 @@ impl KMeansParams {
                 n_init: self.n_init,
                 max_iter: self.max_iter,
                 tol,
+                pruning: self.pruning,
                 control,
             };
             let result = lloyd(resident.as_mut(), working.view(), w, start, &spec)?;

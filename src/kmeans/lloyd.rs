@@ -1,9 +1,10 @@
-//! The Lloyd loop. Each iteration is one backend `lloyd_step` (assignment and
-//! per-cluster sums on the device); only centroids and `k × d` sums cross
-//! between host and device.
+//! The Lloyd loop. Each iteration is one step of its [`Stepper`]
+//! (assignment and per-cluster sums on the device, pruned or exhaustive);
+//! only centroids and `k × d` sums cross between host and device.
 
 use ndarray::{Array2, ArrayView2};
 
+use super::hamerly::{Pruning, Stepper};
 use super::params::{FitControl, Progress};
 use crate::backend::{ClusterSums, Resident};
 use crate::Error;
@@ -23,6 +24,7 @@ pub(super) struct RunSpec<'a> {
     pub max_iter: usize,
     /// Absolute tolerance on the summed squared centroid shift.
     pub tol: f64,
+    pub pruning: Pruning,
     pub control: &'a FitControl,
 }
 
@@ -34,11 +36,12 @@ pub(super) fn lloyd(
     spec: &RunSpec,
 ) -> Result<Run, Error> {
     let mut history = Vec::new();
+    let mut stepper = Stepper::new(spec.pruning);
     for iteration in 1..=spec.max_iter {
         if spec.control.cancelled() {
             return Err(Error::Cancelled);
         }
-        let step = resident.lloyd_step(centroids.view())?;
+        let step = stepper.step(resident, centroids.view())?;
         history.push(step.inertia);
         let mut next = new_centroids(&step, &centroids);
         let empty: Vec<usize> = (0..step.weights.len())

@@ -13,6 +13,7 @@
 //! ```
 
 mod fit;
+pub mod hamerly;
 mod init;
 mod lloyd;
 mod metrics;
@@ -20,6 +21,7 @@ mod model;
 mod params;
 pub mod partial;
 
+pub use hamerly::{Pruning, Stepper};
 pub use metrics::{adjusted_rand_index, evaluate, evaluate_with, Evaluation};
 pub use model::{FitSummary, KMeansModel, Prediction};
 pub use params::{FitControl, Init, KMeansParams, Progress};

@@ -3,6 +3,7 @@ use std::sync::Arc;
 
 use ndarray::Array2;
 
+use super::hamerly::Pruning;
 use crate::error::ParamsError;
 
 /// How the first centroids are chosen.
@@ -31,6 +32,7 @@ pub struct KMeansParams {
     pub(super) seed: u64,
     pub(super) standardize: bool,
     pub(super) log1p: Vec<bool>,
+    pub(super) pruning: Pruning,
 }
 
 impl KMeansParams {
@@ -46,11 +48,20 @@ impl KMeansParams {
             seed: 0,
             standardize: false,
             log1p: Vec::new(),
+            pruning: Pruning::Auto,
         }
     }
 
     pub fn init(mut self, init: Init) -> Self {
         self.init = init;
+        self
+    }
+
+    /// Whether Lloyd steps are pruned (Hamerly's bounds, the default where
+    /// the backend has the kernel). The result is the same up to ties
+    /// within f32 rounding; [`Pruning::Off`] is for measuring kernels.
+    pub fn pruning(mut self, pruning: Pruning) -> Self {
+        self.pruning = pruning;
         self
     }
 

@@ -6,10 +6,11 @@
 //! result does not depend on how the rows were split. Sampling is seeded
 //! per row, so a retried task samples the same rows.
 
-use ndarray::{ArrayView1, ArrayView2};
+use ndarray::{Array2, ArrayView1, ArrayView2};
 
 use super::init::unit_hash;
 use crate::backend::{Assignment, Backend, BackendError, ClusterSums};
+use crate::error::ParamsError;
 
 /// One Lloyd step's sums over `x`: per cluster Σw·x and Σw of the rows
 /// nearest to its centroid, and Σw·d².
@@ -20,6 +21,83 @@ pub fn partial_step(
     centroids: ArrayView2<f32>,
 ) -> Result<ClusterSums, BackendError> {
     backend.upload(x, weights)?.lloyd_step(centroids)
+}
+
+/// A Lloyd step over rows that arrive in chunks and are never resident
+/// together (batches of a stream, a partition read piece by piece): each
+/// chunk is uploaded, stepped and dropped, and the sums are added in f64.
+/// The total is the step over all the rows, up to the order of additions.
+///
+/// ```
+/// use ndarray::array;
+/// use segmenta::backend::cpu::CpuBackend;
+/// use segmenta::kmeans::partial::StreamedStep;
+///
+/// let centroids = array![[0.0f32], [10.0]];
+/// let mut step = StreamedStep::new(&CpuBackend::new(), centroids.view());
+/// step.push(array![[1.0f32], [9.0]].view(), None)?;
+/// step.push(array![[11.0f32]].view(), None)?;
+/// let sums = step.finish();
+/// assert_eq!(sums.weights, vec![1.0, 2.0]);
+/// assert_eq!(sums.sums[[1, 0]], 20.0);
+/// # Ok::<(), segmenta::Error>(())
+/// ```
+pub struct StreamedStep<'b> {
+    backend: &'b dyn Backend,
+    centroids: Array2<f32>,
+    total: ClusterSums,
+    rows: usize,
+}
+
+impl<'b> StreamedStep<'b> {
+    pub fn new(backend: &'b dyn Backend, centroids: ArrayView2<f32>) -> Self {
+        let (k, d) = centroids.dim();
+        Self {
+            backend,
+            centroids: centroids.to_owned(),
+            total: ClusterSums::zeros(k, d),
+            rows: 0,
+        }
+    }
+
+    /// Adds the step over `x` (and its weights) to the total.
+    pub fn push(
+        &mut self,
+        x: ArrayView2<f32>,
+        weights: Option<ArrayView1<f32>>,
+    ) -> Result<(), crate::Error> {
+        let d = self.centroids.ncols();
+        if x.ncols() != d {
+            return Err(ParamsError::WidthMismatch {
+                expected: d,
+                got: x.ncols(),
+            }
+            .into());
+        }
+        if let Some(w) = weights.filter(|w| w.len() != x.nrows()) {
+            return Err(ParamsError::WeightsLength {
+                expected: x.nrows(),
+                got: w.len(),
+            }
+            .into());
+        }
+        if x.nrows() == 0 {
+            return Ok(());
+        }
+        let sums = partial_step(self.backend, x, weights, self.centroids.view())?;
+        self.total += &sums;
+        self.rows += x.nrows();
+        Ok(())
+    }
+
+    /// Rows pushed so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn finish(self) -> ClusterSums {
+        self.total
+    }
 }
 
 fn nearest(

@@ -157,6 +157,9 @@ impl From<Error> for ServiceError {
                 GpuError::Other(_) => Self::Internal(g.to_string()),
             },
             Error::Backend(BackendError::Cancelled) | Error::Cancelled => Self::Cancelled,
+            Error::Backend(e @ (BackendError::RowRange { .. } | BackendError::Unsupported(_))) => {
+                Self::Internal(e.to_string())
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 //! rayon; per-block f64 partials are then added in block order, so a fit gives
 //! the same bits on every run whatever the thread scheduling.
 
-mod bounds;
+mod bounded;
 mod gram;
 mod kernel;
 mod simd;
@@ -14,46 +14,28 @@ pub use kernel::squared_distance;
 use ndarray::{s, Array2, ArrayView1, ArrayView2, Axis, CowArray, Ix2};
 use rayon::prelude::*;
 
+use std::ops::Range;
+
 use super::{
-    Assignment, Backend, BackendError, BackendInfo, BackendKind, Cancel, ClusterSums, ColumnSums,
-    Resident,
+    check_rows, Assignment, Backend, BackendError, BackendInfo, BackendKind, BoundShifts, Cancel,
+    ClusterSums, ColumnSums, Resident, RowBounds,
 };
-use bounds::{Bounds, Rows};
 use kernel::{assign_block, BlockOut, PackedCentroids, Partial};
 
 /// The CPU backend. Uses rayon's global pool.
 ///
-/// Lloyd steps are pruned with Hamerly's bounds (see [`bounds`]): the same
-/// assignment as an exhaustive step, up to ties within f32 rounding, with
-/// most distance computations skipped once centroids settle.
-/// [`CpuBackend::exhaustive`] scores every row against every centroid on
-/// every step, as the GPU does (benchmarks use it to measure the kernels).
-#[derive(Debug, Clone)]
+/// It has the bounded kernel of Hamerly's pruning
+/// ([`Resident::bounded_step`]), which the Lloyd loop uses by default: the
+/// same assignment as an exhaustive step, up to ties within f32 rounding,
+/// with most distance computations skipped once centroids settle.
+#[derive(Debug, Clone, Default)]
 pub struct CpuBackend {
-    prune: bool,
     cancel: Cancel,
-}
-
-impl Default for CpuBackend {
-    fn default() -> Self {
-        Self {
-            prune: true,
-            cancel: Cancel::default(),
-        }
-    }
 }
 
 impl CpuBackend {
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// A backend whose Lloyd steps score every row against every centroid.
-    pub fn exhaustive() -> Self {
-        Self {
-            prune: false,
-            ..Self::default()
-        }
     }
 
     /// Kernels on this backend's residents stop between blocks of rows once
@@ -92,8 +74,7 @@ impl Backend for CpuBackend {
 }
 
 impl CpuBackend {
-    /// [`Backend::upload`] as the concrete CPU resident, whose
-    /// [`CpuResident::labels`] show what a pruned step decided.
+    /// [`Backend::upload`] as the concrete CPU resident.
     pub fn upload_cpu<'a>(
         &'a self,
         x: ArrayView2<'a, f32>,
@@ -108,12 +89,10 @@ impl CpuBackend {
             },
             weights: weights.map(|w| w.to_vec()),
             // Zeroed, so that a fit that never assigns (PCA) never touches
-            // these pages; `second` is only read once a step has written it.
+            // these pages.
             labels: vec![0; n],
             distances: vec![0.0; n],
             second: vec![0.0; n],
-            prune: self.prune,
-            bounds: None,
             cancel: self.cancel.clone(),
         }
     }
@@ -125,32 +104,29 @@ fn block_rows(n: usize) -> usize {
     n.div_ceil(256).max(4096)
 }
 
-/// Rows resident on the CPU (borrowed when already row-major).
+/// Rows resident on the CPU (borrowed when already row-major), and scratch
+/// space for the per-row outputs of the kernels (never read across calls).
 pub struct CpuResident<'a> {
     x: CowArray<'a, f32, Ix2>,
     weights: Option<Vec<f32>>,
     labels: Vec<u32>,
     distances: Vec<f32>,
     second: Vec<f32>,
-    prune: bool,
-    /// A cache carried between pruned Lloyd steps (their results do not
-    /// depend on it); dropped by [`Resident::assign`], which reuses the
-    /// label and distance buffers.
-    bounds: Option<Bounds>,
     cancel: Cancel,
 }
 
 impl CpuResident<'_> {
-    /// The labels of the last kernel (a step or an assignment): for tests
-    /// and diagnostics of the pruned steps. The [`Resident`] protocol
-    /// itself returns everything a caller needs from each call.
-    pub fn labels(&self) -> &[u32] {
-        &self.labels
-    }
-
-    /// Runs the kernel over every block; returns the per-block partials in
-    /// block order when `accumulate` is set.
-    fn run(&mut self, centroids: ArrayView2<f32>, accumulate: bool, second: bool) -> Vec<Partial> {
+    /// Runs the kernel over the blocks of `range`; returns the per-block
+    /// partials in block order when `accumulate` is set. Blocks start at
+    /// `range.start` and have the whole matrix's block length, so a full
+    /// range splits exactly as always (the same bits on every run).
+    fn run(
+        &mut self,
+        range: Range<usize>,
+        centroids: ArrayView2<f32>,
+        accumulate: bool,
+        second: bool,
+    ) -> Vec<Partial> {
         let (n, d, k) = (self.x.nrows(), self.x.ncols(), centroids.nrows());
         let centroids = centroids.as_standard_layout();
         let pc = PackedCentroids::new(centroids.view());
@@ -158,18 +134,22 @@ impl CpuResident<'_> {
         let x = self.x.as_slice().expect("standard layout");
         let weights = self.weights.as_deref();
         let cancel = &self.cancel;
+        let first = range.start;
         let second_chunks: Vec<Option<&mut [f32]>> = if second {
-            self.second.chunks_mut(rows).map(Some).collect()
+            self.second[range.clone()]
+                .chunks_mut(rows)
+                .map(Some)
+                .collect()
         } else {
-            (0..n.div_ceil(rows)).map(|_| None).collect()
+            (0..range.len().div_ceil(rows)).map(|_| None).collect()
         };
-        self.labels
+        self.labels[range.clone()]
             .par_chunks_mut(rows)
-            .zip(self.distances.par_chunks_mut(rows))
+            .zip(self.distances[range].par_chunks_mut(rows))
             .zip(second_chunks)
             .enumerate()
             .map(|(b, ((labels, distances), second))| {
-                let start = b * rows;
+                let start = first + b * rows;
                 let m = labels.len();
                 let mut partial = accumulate.then(|| Partial::zeros(k, d));
                 if cancel.is_set() {
@@ -195,46 +175,26 @@ impl CpuResident<'_> {
     }
 
     /// [`run`](Self::run) with the sums, its blocks added in order.
-    fn run_summed(&mut self, centroids: ArrayView2<f32>, second: bool) -> Partial {
+    fn run_summed(
+        &mut self,
+        range: Range<usize>,
+        centroids: ArrayView2<f32>,
+        second: bool,
+    ) -> ClusterSums {
         let (k, d) = centroids.dim();
         let mut total = Partial::zeros(k, d);
-        for part in self.run(centroids, true, second) {
+        for part in self.run(range, centroids, true, second) {
             total.add(&part);
         }
-        total
+        into_sums(total, k, d)
     }
 
-    fn rows(&mut self) -> Rows<'_> {
-        Rows {
-            x: self.x.as_slice().expect("standard layout"),
-            d: self.x.ncols(),
-            weights: self.weights.as_deref(),
-            labels: &mut self.labels,
-            block: block_rows(self.x.nrows()),
+    fn assignment(&self) -> Assignment {
+        Assignment {
+            labels: self.labels.clone(),
+            distances: self.distances.clone(),
+            second_distances: self.second.clone(),
         }
-    }
-
-    /// An exhaustive step that also records second distances, and the
-    /// bounds built from it.
-    fn first_pruned_step(&mut self, centroids: ArrayView2<f32>) -> Partial {
-        let total = self.run_summed(centroids, true);
-        let centroids = centroids.as_standard_layout();
-        self.bounds = Some(Bounds::new(
-            centroids.as_slice().expect("standard layout"),
-            &total,
-            &self.distances,
-            &self.second,
-        ));
-        total
-    }
-
-    fn pruned_step(&mut self, mut bounds: Bounds, centroids: ArrayView2<f32>) -> Partial {
-        let centroids = centroids.as_standard_layout();
-        let pc = PackedCentroids::new(centroids.view());
-        let cancel = self.cancel.clone();
-        let total = bounds.step(&mut self.rows(), &pc, &cancel);
-        self.bounds = Some(bounds);
-        total
     }
 }
 
@@ -248,36 +208,71 @@ impl Resident for CpuResident<'_> {
     }
 
     fn assign(&mut self, centroids: ArrayView2<f32>) -> Result<Assignment, BackendError> {
-        // The buffers are overwritten: the pruning cache is no longer valid.
-        self.bounds = None;
-        self.run(centroids, false, true);
+        self.run(0..self.x.nrows(), centroids, false, true);
         self.cancel.check()?;
-        Ok(Assignment {
-            labels: self.labels.clone(),
-            distances: self.distances.clone(),
-            second_distances: self.second.clone(),
-        })
+        Ok(self.assignment())
     }
 
     /// Fused: the rows are summed while still in cache from the distance pass.
-    /// Pruned (see [`bounds`]) unless the backend is exhaustive.
-    fn lloyd_step(&mut self, centroids: ArrayView2<f32>) -> Result<ClusterSums, BackendError> {
-        let (k, d) = centroids.dim();
-        if self.prune {
-            let total = match self.bounds.take() {
-                Some(b) if b.fits(k) => self.pruned_step(b, centroids),
-                _ => self.first_pruned_step(centroids),
-            };
-            if self.cancel.is_set() {
-                // Bounds half-updated: never reused, the fit is over.
-                self.bounds = None;
-                return Err(BackendError::Cancelled);
-            }
-            return Ok(into_sums(total, k, d));
-        }
-        let total = self.run_summed(centroids, false);
+    fn step_rows(
+        &mut self,
+        rows: Range<usize>,
+        centroids: ArrayView2<f32>,
+    ) -> Result<ClusterSums, BackendError> {
+        check_rows(&rows, self.x.nrows())?;
+        let sums = self.run_summed(rows, centroids, false);
         self.cancel.check()?;
-        Ok(into_sums(total, k, d))
+        Ok(sums)
+    }
+
+    /// One fused pass that also records second distances.
+    fn step_with_assignment(
+        &mut self,
+        centroids: ArrayView2<f32>,
+    ) -> Result<(ClusterSums, Assignment), BackendError> {
+        let sums = self.run_summed(0..self.x.nrows(), centroids, true);
+        self.cancel.check()?;
+        Ok((sums, self.assignment()))
+    }
+
+    fn has_bounded_step(&self) -> bool {
+        true
+    }
+
+    fn bounded_step(
+        &mut self,
+        centroids: ArrayView2<f32>,
+        shifts: &BoundShifts,
+        bounds: &mut RowBounds,
+    ) -> Result<ClusterSums, BackendError> {
+        let (n, k) = (self.x.nrows(), centroids.nrows());
+        check_rows(&(0..bounds.len()), n)?;
+        if bounds.len() != n
+            || [&shifts.moved, &shifts.shrink, &shifts.half_gap]
+                .iter()
+                .any(|s| s.len() != k)
+        {
+            return Err(BackendError::RowRange {
+                start: 0,
+                end: bounds.len(),
+                n,
+            });
+        }
+        let centroids = centroids.as_standard_layout();
+        let pc = PackedCentroids::new(centroids.view());
+        let delta = bounded::step(
+            bounded::Rows {
+                x: self.x.as_slice().expect("standard layout"),
+                weights: self.weights.as_deref(),
+                block: block_rows(n),
+            },
+            &pc,
+            shifts,
+            bounds,
+            &self.cancel,
+        );
+        self.cancel.check()?;
+        Ok(into_sums(delta, k, self.x.ncols()))
     }
 
     fn column_sums(&mut self) -> Result<ColumnSums, BackendError> {

@@ -5,10 +5,11 @@ use bytemuck::{Pod, Zeroable};
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct AssignParams {
+    /// One past the last row of the chunk to assign.
     pub rows: u32,
     pub d: u32,
     pub k: u32,
-    pub _pad: u32,
+    pub first: u32,
 }
 
 #[repr(C)]
@@ -19,7 +20,8 @@ pub struct AccumulateParams {
     pub k: u32,
     pub seg_rows: u32,
     pub seg_offset: u32,
-    pub _pad: [u32; 3],
+    pub first: u32,
+    pub _pad: [u32; 2],
 }
 
 #[repr(C)]
@@ -27,7 +29,8 @@ pub struct AccumulateParams {
 pub struct ReduceParams {
     pub segments: u32,
     pub width: u32,
-    pub _pad: [u32; 2],
+    pub groups: u32,
+    pub _pad: u32,
 }
 
 #[repr(C)]

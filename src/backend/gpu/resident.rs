@@ -1,6 +1,8 @@
 //! A matrix resident on the GPU, chunked to fit storage bindings, and the
 //! kernel chains that run on it.
 
+use std::ops::Range;
+
 use bytemuck::Pod;
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
 
@@ -8,7 +10,9 @@ use super::buffers::{grid, read_back, read_back_after, storage, uniform};
 use super::params::*;
 use super::pipelines::Kernel;
 use super::GpuBackend;
-use crate::backend::{Assignment, BackendError, ClusterSums, ColumnSums, GpuError, Resident};
+use crate::backend::{
+    check_rows, Assignment, BackendError, ClusterSums, ColumnSums, GpuError, Resident,
+};
 
 /// Values at or above this in `second_dists` mean "no second centroid" (k = 1).
 const BIG: f32 = 3.0e38;
@@ -24,15 +28,51 @@ struct Chunk {
     second: wgpu::Buffer,
 }
 
-/// Buffers and bind groups that depend on k; rebuilt when k changes.
+/// Buffers that depend on k (rebuilt when k changes), sized for a step
+/// over every row, and the bind groups of the last row range stepped.
 struct Clusters {
     k: usize,
     centroids: wgpu::Buffer,
     norms: wgpu::Buffer,
+    partials: wgpu::Buffer,
     totals: wgpu::Buffer,
-    assign: Vec<wgpu::BindGroup>,
+    binds: Option<RangeBinds>,
+}
+
+/// A step's kernels over one row range: per chunk part, a bind group and
+/// its workgroup count.
+struct RangeBinds {
+    rows: Range<usize>,
+    assign: Vec<(wgpu::BindGroup, u32)>,
     accumulate: Vec<(wgpu::BindGroup, u32)>,
     reduce: wgpu::BindGroup,
+    groups: usize,
+}
+
+/// The most groups the device adds segment partials into; the host adds
+/// the groups in f64 ([`add_groups`]).
+const REDUCE_GROUPS: usize = 64;
+
+/// At most this many group totals are read back per reduction (4 MiB).
+const MAX_GROUP_VALUES: usize = 1 << 20;
+
+/// How many groups `segments` partials of `width` values reduce into.
+fn reduce_groups(segments: usize, width: usize) -> usize {
+    segments
+        .min(REDUCE_GROUPS)
+        .min(MAX_GROUP_VALUES / width.max(1))
+        .max(1)
+}
+
+/// Adds `groups × width` f32 group totals in f64, in group order.
+fn add_groups(totals: &[f32], width: usize) -> Vec<f64> {
+    let mut out = vec![0.0; width];
+    for group in totals.chunks_exact(width.max(1)) {
+        for (o, &v) in out.iter_mut().zip(group) {
+            *o += v as f64;
+        }
+    }
+    out
 }
 
 pub struct GpuResident<'a> {
@@ -167,14 +207,15 @@ impl<'a> GpuResident<'a> {
         pass.dispatch_workgroups(gx, gy, 1);
     }
 
-    /// Adds the `segments × width` partials in one pass into `width` totals.
-    fn reduce(
+    /// Adds the `segments × width` partials into `groups × width` totals in
+    /// one pass (see `reduce.wgsl`).
+    fn reduce_bind(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
         partials: &wgpu::Buffer,
         totals: &wgpu::Buffer,
         segments: usize,
         width: usize,
+        groups: usize,
     ) -> wgpu::BindGroup {
         let params = uniform(
             &self.gpu.ctx,
@@ -182,96 +223,141 @@ impl<'a> GpuResident<'a> {
             &ReduceParams {
                 segments: segments as u32,
                 width: width as u32,
-                _pad: [0; 2],
+                groups: groups as u32,
+                _pad: 0,
             },
         );
-        let bind =
-            self.gpu
-                .pipelines
-                .bind(&self.gpu.ctx, Kernel::Reduce, &[partials, totals, &params]);
-        self.dispatch(encoder, Kernel::Reduce, &bind, width.div_ceil(256) as u32);
-        bind
+        self.gpu
+            .pipelines
+            .bind(&self.gpu.ctx, Kernel::Reduce, &[partials, totals, &params])
     }
 
-    /// Builds (or reuses) the buffers that depend on k.
-    fn clusters(&mut self, k: usize) -> Result<&Clusters, GpuError> {
-        if self.clusters.as_ref().is_some_and(|c| c.k == k) {
-            return Ok(self.clusters.as_ref().expect("checked"));
+    fn dispatch_reduce(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        bind: &wgpu::BindGroup,
+        width: usize,
+        groups: usize,
+    ) {
+        self.dispatch(
+            encoder,
+            Kernel::Reduce,
+            bind,
+            (width * groups).div_ceil(256) as u32,
+        );
+    }
+
+    /// The chunks that hold rows of `rows`, with the part of each (as rows
+    /// of the chunk) that lies in it.
+    fn parts(&self, rows: &Range<usize>) -> Vec<(&Chunk, Range<usize>)> {
+        self.chunks
+            .iter()
+            .filter_map(|c| {
+                let first = rows.start.max(c.start);
+                let end = rows.end.min(c.start + c.rows);
+                (first < end).then(|| (c, first - c.start..end - c.start))
+            })
+            .collect()
+    }
+
+    /// Segment length for partials of `width` values: depends only on the
+    /// matrix, so a range's segments are a subset of the whole's.
+    fn seg_rows(&self, width: usize) -> usize {
+        segment_rows(self.n, width, self.gpu.partials_budget())
+    }
+
+    /// Builds (or reuses) the buffers that depend on k, and the bind
+    /// groups for a step over `rows`.
+    fn clusters(&mut self, k: usize, rows: Range<usize>) -> Result<&Clusters, GpuError> {
+        let (d, width) = (self.d, k * (self.d + 2));
+        let seg_rows = self.seg_rows(width);
+        if self.clusters.as_ref().is_none_or(|c| c.k != k) {
+            let ctx = &self.gpu.ctx;
+            let segments: usize = self.chunks.iter().map(|c| c.rows.div_ceil(seg_rows)).sum();
+            let groups = reduce_groups(segments, width);
+            self.clusters = Some(Clusters {
+                k,
+                centroids: storage(ctx, "centroids", (4 * k * d) as u64, None)?,
+                norms: storage(ctx, "centroid norms", (4 * k) as u64, None)?,
+                partials: storage(ctx, "cluster partials", (4 * segments * width) as u64, None)?,
+                totals: storage(ctx, "cluster totals", (4 * groups * width) as u64, None)?,
+                binds: None,
+            });
+        }
+        let cl = self.clusters.as_ref().expect("built above");
+        if cl.binds.as_ref().is_some_and(|b| b.rows == rows) {
+            return Ok(self.clusters.as_ref().expect("built above"));
         }
         let (ctx, pipes) = (&self.gpu.ctx, &self.gpu.pipelines);
-        let (d, width) = (self.d, k * (self.d + 2));
-        let seg_rows = segment_rows(self.n, width, self.gpu.partials_budget());
-        let segments: usize = self.chunks.iter().map(|c| c.rows.div_ceil(seg_rows)).sum();
-        let centroids = storage(ctx, "centroids", (4 * k * d) as u64, None)?;
-        let norms = storage(ctx, "centroid norms", (4 * k) as u64, None)?;
-        let partials = storage(ctx, "cluster partials", (4 * segments * width) as u64, None)?;
-        let totals = storage(ctx, "cluster totals", (4 * width) as u64, None)?;
         let mut assign = Vec::new();
         let mut accumulate = Vec::new();
         let mut seg_offset = 0;
-        for c in &self.chunks {
+        for (c, part) in self.parts(&rows) {
             let p = uniform(
                 ctx,
                 "assign params",
                 &AssignParams {
-                    rows: c.rows as u32,
+                    rows: part.end as u32,
                     d: d as u32,
                     k: k as u32,
-                    _pad: 0,
+                    first: part.start as u32,
                 },
             );
-            assign.push(pipes.bind(
+            let bind = pipes.bind(
                 ctx,
                 Kernel::Assign,
-                &[&c.x, &centroids, &norms, &c.labels, &c.dists, &c.second, &p],
-            ));
-            let chunk_segments = c.rows.div_ceil(seg_rows);
+                &[
+                    &c.x,
+                    &cl.centroids,
+                    &cl.norms,
+                    &c.labels,
+                    &c.dists,
+                    &c.second,
+                    &p,
+                ],
+            );
+            assign.push((bind, part.len().div_ceil(256) as u32));
+            let part_segments = part.len().div_ceil(seg_rows);
             let p = uniform(
                 ctx,
                 "accumulate params",
                 &AccumulateParams {
-                    rows: c.rows as u32,
+                    rows: part.end as u32,
                     d: d as u32,
                     k: k as u32,
                     seg_rows: seg_rows as u32,
                     seg_offset: seg_offset as u32,
-                    _pad: [0; 3],
+                    first: part.start as u32,
+                    _pad: [0; 2],
                 },
             );
             let bind = pipes.bind(
                 ctx,
                 Kernel::Accumulate,
-                &[&c.x, &c.labels, &c.dists, &c.weights, &partials, &p],
+                &[&c.x, &c.labels, &c.dists, &c.weights, &cl.partials, &p],
             );
-            accumulate.push((bind, chunk_segments as u32));
-            seg_offset += chunk_segments;
+            accumulate.push((bind, part_segments as u32));
+            seg_offset += part_segments;
         }
-        let p = uniform(
-            ctx,
-            "reduce params",
-            &ReduceParams {
-                segments: segments as u32,
-                width: width as u32,
-                _pad: [0; 2],
-            },
-        );
-        let reduce = pipes.bind(ctx, Kernel::Reduce, &[&partials, &totals, &p]);
-        self.clusters = Some(Clusters {
-            k,
-            centroids,
-            norms,
-            totals,
+        let groups = reduce_groups(seg_offset, width);
+        let reduce = self.reduce_bind(&cl.partials, &cl.totals, seg_offset, width, groups);
+        let cl = self.clusters.as_mut().expect("built above");
+        cl.binds = Some(RangeBinds {
+            rows,
             assign,
             accumulate,
             reduce,
+            groups,
         });
-        Ok(self.clusters.as_ref().expect("just set"))
+        Ok(self.clusters.as_ref().expect("built above"))
     }
 
+    /// Records the assignment of `rows` against `centroids`.
     fn record_assign(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
         centroids: ArrayView2<f32>,
+        rows: Range<usize>,
     ) -> Result<(), GpuError> {
         let k = centroids.nrows();
         let centroids = centroids.as_standard_layout();
@@ -281,7 +367,7 @@ impl<'a> GpuResident<'a> {
             .into_iter()
             .map(|r| r.iter().map(|&v| v * v).sum())
             .collect();
-        self.clusters(k)?;
+        self.clusters(k, rows)?;
         let cl = self.clusters.as_ref().expect("built above");
         let q = &self.gpu.ctx.queue;
         q.write_buffer(
@@ -290,50 +376,41 @@ impl<'a> GpuResident<'a> {
             bytemuck::cast_slice(centroids.as_slice().expect("standard layout")),
         );
         q.write_buffer(&cl.norms, 0, bytemuck::cast_slice(&norms));
-        for (chunk, bind) in self.chunks.iter().zip(&cl.assign) {
-            self.dispatch(
-                encoder,
-                Kernel::Assign,
-                bind,
-                chunk.rows.div_ceil(256) as u32,
-            );
+        let binds = cl.binds.as_ref().expect("built with the clusters");
+        for (bind, groups) in &binds.assign {
+            self.dispatch(encoder, Kernel::Assign, bind, *groups);
         }
         Ok(())
     }
 
-    fn record_accumulate(&self, encoder: &mut wgpu::CommandEncoder) -> Result<(), GpuError> {
-        let cl = self
-            .clusters
-            .as_ref()
-            .ok_or_else(|| GpuError::Other("accumulate before assign".into()))?;
-        for (bind, segments) in &cl.accumulate {
+    /// Records the partial sums and their reduction for the rows the last
+    /// [`record_assign`](Self::record_assign) assigned.
+    fn record_accumulate(&self, encoder: &mut wgpu::CommandEncoder) {
+        let cl = self.clusters.as_ref().expect("recorded after an assign");
+        let binds = cl.binds.as_ref().expect("built with the clusters");
+        for (bind, segments) in &binds.accumulate {
             self.dispatch(encoder, Kernel::Accumulate, bind, *segments);
         }
         let width = cl.k * (self.d + 2);
-        self.dispatch(
-            encoder,
-            Kernel::Reduce,
-            &cl.reduce,
-            width.div_ceil(256) as u32,
-        );
-        Ok(())
+        self.dispatch_reduce(encoder, &binds.reduce, width, binds.groups);
     }
 
-    /// Submits `encoder` and reads the k × (d + 2) totals.
+    /// Submits `encoder`, reads the group totals and adds them in f64.
     fn finish_accumulate(&self, encoder: wgpu::CommandEncoder) -> Result<ClusterSums, GpuError> {
         let cl = self.clusters.as_ref().expect("recorded before");
+        let groups = cl.binds.as_ref().expect("recorded before").groups;
         let (k, d) = (cl.k, self.d);
+        let width = k * (d + 2);
         let totals: Vec<f32> =
-            read_back_after(&self.gpu.ctx, Some(encoder), &cl.totals, 0, k * (d + 2))?;
+            read_back_after(&self.gpu.ctx, Some(encoder), &cl.totals, 0, groups * width)?;
+        let totals = add_groups(&totals, width);
         let mut sums = Array2::<f64>::zeros((k, d));
         let mut weights = vec![0.0; k];
         let mut inertia = 0.0;
         for (c, row) in totals.chunks_exact(d + 2).enumerate() {
-            for (s, &v) in sums.row_mut(c).iter_mut().zip(&row[..d]) {
-                *s = v as f64;
-            }
-            weights[c] = row[d] as f64;
-            inertia += row[d + 1] as f64;
+            sums.row_mut(c).assign(&ArrayView1::from(&row[..d]));
+            weights[c] = row[d];
+            inertia += row[d + 1];
         }
         Ok(ClusterSums {
             sums,
@@ -353,7 +430,9 @@ impl<'a> GpuResident<'a> {
         Ok(out)
     }
 
-    /// Runs a per-segment kernel over every chunk, reduces, reads `width` totals.
+    /// Runs a per-segment kernel over every chunk, reduces the segments
+    /// into groups on the device, and adds the groups' `width` totals in
+    /// f64.
     fn segmented<P: Pod>(
         &self,
         kernel: Kernel,
@@ -361,12 +440,13 @@ impl<'a> GpuResident<'a> {
         groups_per_segment: usize,
         inputs: &[&wgpu::Buffer],
         params: impl Fn(&Chunk, usize, usize) -> P,
-    ) -> Result<Vec<f32>, GpuError> {
+    ) -> Result<Vec<f64>, GpuError> {
         let ctx = &self.gpu.ctx;
-        let seg_rows = segment_rows(self.n, width, self.gpu.partials_budget());
+        let seg_rows = self.seg_rows(width);
         let segments: usize = self.chunks.iter().map(|c| c.rows.div_ceil(seg_rows)).sum();
+        let groups = reduce_groups(segments, width);
         let partials = storage(ctx, "partials", (4 * segments * width) as u64, None)?;
-        let totals = storage(ctx, "totals", (4 * width) as u64, None)?;
+        let totals = storage(ctx, "totals", (4 * groups * width) as u64, None)?;
         let mut encoder = self.encoder("segmented");
         let mut seg_offset = 0;
         let mut keep = Vec::new();
@@ -386,8 +466,10 @@ impl<'a> GpuResident<'a> {
             seg_offset += chunk_segments;
             keep.push((bind, p));
         }
-        let _reduce = self.reduce(&mut encoder, &partials, &totals, segments, width);
-        read_back_after(ctx, Some(encoder), &totals, 0, width)
+        let reduce = self.reduce_bind(&partials, &totals, segments, width, groups);
+        self.dispatch_reduce(&mut encoder, &reduce, width, groups);
+        let totals: Vec<f32> = read_back_after(ctx, Some(encoder), &totals, 0, groups * width)?;
+        Ok(add_groups(&totals, width))
     }
 }
 
@@ -403,7 +485,7 @@ impl Resident for GpuResident<'_> {
     fn assign(&mut self, centroids: ArrayView2<f32>) -> Result<Assignment, BackendError> {
         let k = centroids.nrows();
         let mut encoder = self.encoder("assign");
-        self.record_assign(&mut encoder, centroids)?;
+        self.record_assign(&mut encoder, centroids, 0..self.n)?;
         self.gpu.ctx.queue.submit([encoder.finish()]);
         self.gpu.ctx.check()?;
         let mut second: Vec<f32> = self.read_rows(|c| &c.second)?;
@@ -422,13 +504,21 @@ impl Resident for GpuResident<'_> {
         })
     }
 
-    /// Assignment, partial sums and reduction in one submission; reads back
-    /// only the `k × (d + 2)` totals.
-    fn lloyd_step(&mut self, centroids: ArrayView2<f32>) -> Result<ClusterSums, BackendError> {
+    /// Assignment, partial sums and reduction into groups in one
+    /// submission; reads back only the groups' `k × (d + 2)` totals.
+    fn step_rows(
+        &mut self,
+        rows: Range<usize>,
+        centroids: ArrayView2<f32>,
+    ) -> Result<ClusterSums, BackendError> {
+        check_rows(&rows, self.n)?;
+        if rows.is_empty() {
+            return Ok(ClusterSums::zeros(centroids.nrows(), self.d));
+        }
         let mut encoder = self.encoder("lloyd step");
         self.timestamp(&mut encoder, 0);
-        self.record_assign(&mut encoder, centroids)?;
-        self.record_accumulate(&mut encoder)?;
+        self.record_assign(&mut encoder, centroids, rows)?;
+        self.record_accumulate(&mut encoder);
         self.timestamp(&mut encoder, 1);
         if let Some(t) = &self.timer {
             encoder.resolve_query_set(&t.queries, 0..2, &t.resolved, 0);
@@ -466,8 +556,8 @@ impl Resident for GpuResident<'_> {
         Ok(ColumnSums {
             n: self.n,
             pivot: self.pivot.clone(),
-            sum: totals[..d].iter().map(|&v| v as f64).collect(),
-            sum_sq: totals[d..].iter().map(|&v| v as f64).collect(),
+            sum: totals[..d].to_vec(),
+            sum_sq: totals[d..].to_vec(),
         })
     }
 
@@ -489,9 +579,7 @@ impl Resident for GpuResident<'_> {
                 _pad: [0; 3],
             },
         )?;
-        Ok(Array2::from_shape_fn((d, d), |(i, j)| {
-            totals[i * d + j] as f64
-        }))
+        Ok(Array2::from_shape_vec((d, d), totals).expect("d × d totals"))
     }
 
     fn project(
@@ -537,5 +625,23 @@ impl Resident for GpuResident<'_> {
                 .assign(&ArrayView2::from_shape((c.rows, nc), &values).expect("rows × c values"));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_are_bounded_and_added_in_f64() {
+        assert_eq!(reduce_groups(0, 10), 1);
+        assert_eq!(reduce_groups(12, 10), 12);
+        assert_eq!(reduce_groups(1000, 10), REDUCE_GROUPS);
+        // Wide partials (a large Gram) read back at most MAX_GROUP_VALUES.
+        assert_eq!(reduce_groups(1000, 1 << 19), 2);
+        assert_eq!(reduce_groups(1000, 1 << 21), 1);
+        // 2^24 + 1 is not an f32; the f64 sum of the groups keeps the 1.
+        let totals = [16_777_216.0f32, 2.0, 1.0, 3.0];
+        assert_eq!(add_groups(&totals, 2), vec![16_777_217.0, 5.0]);
     }
 }

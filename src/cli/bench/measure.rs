@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::workloads::{Task, Workload};
 use segmenta::backend::Backend;
-use segmenta::kmeans::{Init, KMeansParams};
+use segmenta::kmeans::{Init, KMeansParams, Pruning, Stepper};
 use segmenta::pca::PcaParams;
 
 /// One implementation's figures on one workload.
@@ -43,6 +43,7 @@ fn median_min(mut times: Vec<f64>) -> (f64, f64) {
 pub fn run(
     w: &Workload,
     backend: &dyn Backend,
+    pruning: Pruning,
     x: &Array2<f32>,
     iters: usize,
     repeats: usize,
@@ -51,7 +52,7 @@ pub fn run(
     let started = Instant::now();
     let mut device_times = Vec::new();
     let times = match w.task {
-        Task::Lloyd { k } => lloyd(backend, x, k, iters, repeats, &mut device_times)?,
+        Task::Lloyd { k } => lloyd(backend, pruning, x, k, iters, repeats, &mut device_times)?,
         Task::Pca { components } => (0..repeats)
             .map(|_| {
                 let t = Instant::now();
@@ -95,12 +96,13 @@ pub fn run(
 
 /// Wall time per Lloyd iteration of `repeats` whole runs of `iters` steps
 /// from the first k rows, each on a fresh upload (not timed), so that a
-/// pruned backend's first, exhaustive step is counted like the peers' first
+/// pruned run's first, exhaustive step is counted like the peers' first
 /// iteration. One untimed warm-up step first (pipelines, first touch).
 /// Device times per iteration go to `device_times` where the backend has
 /// timestamps.
 fn lloyd(
     backend: &dyn Backend,
+    pruning: Pruning,
     x: &Array2<f32>,
     k: usize,
     iters: usize,
@@ -113,11 +115,12 @@ fn lloyd(
     for _ in 0..repeats.max(1) {
         let mut centroids = initial.clone();
         let mut resident = backend.upload(x.view(), None)?;
+        let mut stepper = Stepper::new(pruning);
         let mut elapsed = 0.0;
         let mut device = Some(0.0);
         for _ in 0..iters {
             let t = Instant::now();
-            let step = resident.lloyd_step(centroids.view())?;
+            let step = stepper.step(resident.as_mut(), centroids.view())?;
             elapsed += t.elapsed().as_secs_f64() * 1e3;
             device = device
                 .zip(resident.last_step_device_ms())

@@ -18,6 +18,7 @@ use measure::Measurement;
 use segmenta::backend::cpu::CpuBackend;
 use segmenta::backend::gpu::{AdapterPolicy, GpuBackend};
 use segmenta::backend::Backend;
+use segmenta::kmeans::Pruning;
 use workloads::{Task, Workload};
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
@@ -184,7 +185,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let host_only = matches!(w.task, Task::KMeansPlusPlus { .. });
         for backend in runs {
             let on_cpu = on_cpu(backend);
-            let mut m = measure::run(w, backend, &x, args.iters, args.repeats)?;
+            let mut m = measure::run(w, backend, Pruning::Auto, &x, args.iters, args.repeats)?;
             let peak = if on_cpu || host_only {
                 cpu_peak
             } else {
@@ -197,8 +198,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             if on_cpu && matches!(w.task, Task::Lloyd { .. }) {
                 // The kernels without pruning: what the GPU path computes.
-                let mut m =
-                    measure::run(w, &CpuBackend::exhaustive(), &x, args.iters, args.repeats)?;
+                let mut m = measure::run(w, backend, Pruning::Off, &x, args.iters, args.repeats)?;
                 m.implementation.push_str(" (exhaustive)");
                 m.peak_fraction = cpu_peak.map(|p| m.gflops / p);
                 results.push(m);
