@@ -5,7 +5,8 @@
 //! trait and its CPU and GPU implementations; [`kmeans`] and [`pca`] are the
 //! algorithms, written once on top of the trait; [`segmentation`] is the
 //! customer workflow built on them (RFM, choosing k, profiles, refresh,
-//! report); [`service`] serves it all over gRPC.
+//! report); [`value`] predicts what customers will buy and are worth
+//! (BG/NBD, Gamma-Gamma, CLV); [`service`] serves it all over gRPC.
 
 pub mod backend;
 pub mod data;
@@ -14,6 +15,7 @@ pub mod kmeans;
 pub mod model_file;
 pub mod pca;
 pub mod segmentation;
+pub mod value;
 
 pub use error::{Error, ParamsError, Result};
 pub mod service;

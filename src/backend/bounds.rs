@@ -33,16 +33,23 @@ pub struct RowBounds {
 }
 
 impl RowBounds {
-    /// Exact bounds from an exhaustive assignment, rounded outwards.
+    /// Exact bounds from an exhaustive assignment, rounded outwards; the
+    /// assignment's buffers become the bounds (no copy).
     pub fn from_assignment(a: Assignment) -> Self {
+        use rayon::prelude::*;
+        let (mut upper, mut lower) = (a.distances, a.second_distances);
+        upper
+            .par_iter_mut()
+            .zip(lower.par_iter_mut())
+            .with_min_len(4096)
+            .for_each(|(u, l)| {
+                *u = round_up(u.sqrt());
+                *l = round_down(l.sqrt());
+            });
         Self {
-            upper: a.distances.iter().map(|&d| round_up(d.sqrt())).collect(),
-            lower: a
-                .second_distances
-                .iter()
-                .map(|&d| round_down(d.sqrt()))
-                .collect(),
             labels: a.labels,
+            upper,
+            lower,
         }
     }
 

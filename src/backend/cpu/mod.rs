@@ -80,7 +80,6 @@ impl CpuBackend {
         x: ArrayView2<'a, f32>,
         weights: Option<ArrayView1<'a, f32>>,
     ) -> CpuResident<'a> {
-        let n = x.nrows();
         CpuResident {
             x: if x.is_standard_layout() {
                 CowArray::from(x)
@@ -88,11 +87,11 @@ impl CpuBackend {
                 CowArray::from(x.as_standard_layout().into_owned())
             },
             weights: weights.map(|w| w.to_vec()),
-            // Zeroed, so that a fit that never assigns (PCA) never touches
-            // these pages.
-            labels: vec![0; n],
-            distances: vec![0.0; n],
-            second: vec![0.0; n],
+            // Allocated by the first kernel that writes them (a PCA never
+            // does).
+            labels: Vec::new(),
+            distances: Vec::new(),
+            second: Vec::new(),
             cancel: self.cancel.clone(),
         }
     }
@@ -128,6 +127,7 @@ impl CpuResident<'_> {
         second: bool,
     ) -> Vec<Partial> {
         let (n, d, k) = (self.x.nrows(), self.x.ncols(), centroids.nrows());
+        self.scratch();
         let centroids = centroids.as_standard_layout();
         let pc = PackedCentroids::new(centroids.view());
         let rows = block_rows(n);
@@ -189,11 +189,26 @@ impl CpuResident<'_> {
         into_sums(total, k, d)
     }
 
-    fn assignment(&self) -> Assignment {
+    /// (Re)allocates the per-row buffers that [`take_assignment`]
+    /// handed out. Zeroed: pages are only touched when written.
+    ///
+    /// [`take_assignment`]: Self::take_assignment
+    fn scratch(&mut self) {
+        let n = self.x.nrows();
+        if self.labels.len() != n {
+            self.labels = vec![0; n];
+            self.distances = vec![0.0; n];
+            self.second = vec![0.0; n];
+        }
+    }
+
+    /// The last kernel's per-row outputs, moved out (not copied): the next
+    /// kernel that needs them allocates new ones.
+    fn take_assignment(&mut self) -> Assignment {
         Assignment {
-            labels: self.labels.clone(),
-            distances: self.distances.clone(),
-            second_distances: self.second.clone(),
+            labels: std::mem::take(&mut self.labels),
+            distances: std::mem::take(&mut self.distances),
+            second_distances: std::mem::take(&mut self.second),
         }
     }
 }
@@ -210,7 +225,7 @@ impl Resident for CpuResident<'_> {
     fn assign(&mut self, centroids: ArrayView2<f32>) -> Result<Assignment, BackendError> {
         self.run(0..self.x.nrows(), centroids, false, true);
         self.cancel.check()?;
-        Ok(self.assignment())
+        Ok(self.take_assignment())
     }
 
     /// Fused: the rows are summed while still in cache from the distance pass.
@@ -232,7 +247,7 @@ impl Resident for CpuResident<'_> {
     ) -> Result<(ClusterSums, Assignment), BackendError> {
         let sums = self.run_summed(0..self.x.nrows(), centroids, true);
         self.cancel.check()?;
-        Ok((sums, self.assignment()))
+        Ok((sums, self.take_assignment()))
     }
 
     fn has_bounded_step(&self) -> bool {

@@ -1,0 +1,55 @@
+//! Customer value: who will buy again, how much, and what they are worth.
+//!
+//! - [`summary`]: per customer `(x, t_x, T)` (repeat purchase days, the
+//!   time of the last, the time observed) and the mean repeat spend, from a
+//!   transaction log and a calibration end date.
+//! - [`bgnbd`]: the BG/NBD purchase model (Fader, Hardie & Lee, 2005,
+//!   "Counting Your Customers the Easy Way"): `P(alive)` and expected
+//!   purchases.
+//! - [`gamma_gamma`]: the Gamma-Gamma spend model (Fader, Hardie & Lee,
+//!   2005, "RFM and CLV: Using Iso-Value Curves"): expected spend.
+//! - [`clv`]: lifetime value over a horizon, value tiers and churn risk.
+//! - [`fit`]: maximum likelihood over log-parameters (L-BFGS), standard
+//!   errors from the observed information.
+//! - [`special`]: ln Γ, ψ and the hypergeometric ₂F₁.
+//! - [`simulate`]: customers drawn from both models, for tests and
+//!   benchmarks.
+
+pub mod bgnbd;
+pub mod clv;
+pub mod fit;
+pub mod gamma_gamma;
+pub mod simulate;
+pub mod special;
+pub mod summary;
+
+pub use bgnbd::{BgNbd, BgNbdParams};
+pub use clv::{ChurnRisk, ChurnThresholds, ValueTier};
+pub use fit::{FitReport, Fitted};
+pub use gamma_gamma::{GammaGamma, GammaGammaParams};
+pub use summary::{Rft, TimeUnit};
+
+/// What can go wrong fitting or applying the value models.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ValueError {
+    #[error("no customer has a repeat purchase: the models need some customers who bought on at least two days")]
+    NoRepeatCustomers,
+    #[error("no customers to fit")]
+    NoCustomers,
+    #[error("customer {index}: {what}")]
+    BadCustomer { index: usize, what: String },
+    /// The optimiser stopped short of a maximum; the best parameters it
+    /// found are in the message, never used silently.
+    #[error("the {model} fit did not converge ({reason}); best parameters found: {best}")]
+    NotConverged {
+        model: &'static str,
+        reason: String,
+        best: String,
+    },
+    #[error("the Gamma-Gamma fit gives q = {q:.4} ≤ 1: mean spend has no finite expectation under these parameters, so expected spend is undefined")]
+    InfiniteSpend { q: f64 },
+    #[error(transparent)]
+    Hyp2f1(#[from] special::Hyp2f1Error),
+    #[error("{0}")]
+    Options(String),
+}
