@@ -82,6 +82,8 @@ pub enum Error {
     Backend(BackendError),
     #[error(transparent)]
     Segmentation(#[from] crate::segmentation::SegmentationError),
+    #[error(transparent)]
+    Value(#[from] crate::value::ValueError),
     #[error("the fit was cancelled")]
     Cancelled,
 }

@@ -3,6 +3,7 @@
 mod assign;
 mod bench;
 mod client;
+mod clv;
 mod keys;
 mod kmeans;
 mod output;
@@ -39,6 +40,9 @@ pub enum Command {
     Demo(segment::DemoArgs),
     /// Segment customers from a transaction log: RFM, k-means, profiles, report.
     Segment(segment::SegmentArgs),
+    /// Lifetime value, churn risk and value tiers from a transaction log
+    /// (BG/NBD and Gamma-Gamma).
+    Clv(clv::ClvArgs),
     /// Cluster the rows of a CSV or Parquet file with k-means.
     Kmeans(kmeans::KmeansArgs),
     /// Principal component analysis of a CSV or Parquet file.
@@ -181,6 +185,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo(args) => segment::run_demo(args),
         Command::Segment(args) => segment::run_segment(args),
+        Command::Clv(args) => clv::run(args),
         Command::Kmeans(args) => kmeans::run(args),
         Command::Pca(args) => pca::run(args),
         Command::Assign(args) => assign::run_assign(args),

@@ -642,7 +642,12 @@ pub fn segment_customers(
 
 /// Fails when more than `allowed` of the rows (or every row) could not be
 /// read: a job on what is left would describe a different customer base.
-fn check_bad_rows(bad: &BadRows, rows: usize, nothing_read: bool, allowed: f64) -> Result<()> {
+pub(crate) fn check_bad_rows(
+    bad: &BadRows,
+    rows: usize,
+    nothing_read: bool,
+    allowed: f64,
+) -> Result<()> {
     if bad.total > 0 && (nothing_read || bad.total as f64 > allowed * rows as f64) {
         return Err(SegmentationError::TooManyBadRows {
             bad: bad.total,

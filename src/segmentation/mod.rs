@@ -10,8 +10,8 @@
 pub mod demo;
 mod error;
 pub mod features;
-mod job;
-mod output;
+pub(crate) mod job;
+pub(crate) mod output;
 pub mod profile;
 pub mod refresh;
 pub mod report;

@@ -7,6 +7,7 @@ use crate::backend::{BackendError, GpuError};
 use crate::data::DataError;
 use crate::segmentation::SegmentationError;
 use crate::service::auth::clip;
+use crate::value::ValueError;
 use crate::Error;
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +157,18 @@ impl From<Error> for ServiceError {
                 | GpuError::DeviceLost(_) => Self::Unavailable(g.to_string()),
                 GpuError::Other(_) => Self::Internal(g.to_string()),
             },
+            Error::Value(v) => {
+                let field = match &v {
+                    ValueError::NoRepeatCustomers | ValueError::NoCustomers => "transactions",
+                    ValueError::BadCustomer { .. } => "customers",
+                    ValueError::Invalid { field, .. } => field,
+                    ValueError::NotConverged { .. } | ValueError::InfiniteSpend { .. } => {
+                        return Self::FailedPrecondition(v.to_string())
+                    }
+                    ValueError::Hyp2f1(_) => return Self::Internal(v.to_string()),
+                };
+                Self::invalid(field, v.to_string())
+            }
             Error::Backend(BackendError::Cancelled) | Error::Cancelled => Self::Cancelled,
             Error::Backend(e @ (BackendError::RowRange { .. } | BackendError::Unsupported(_))) => {
                 Self::Internal(e.to_string())

@@ -430,7 +430,7 @@ mod tests {
             t_x: 1.0,
             t: 5000.0,
         });
-        assert!(p >= 0.0 && p < 1e-100, "{p}");
+        assert!((0.0..1e-100).contains(&p), "{p}");
         // Bought recently: more likely alive than a peer who stopped.
         let recent = m.p_alive(&Rft {
             x: 3,

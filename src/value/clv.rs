@@ -84,10 +84,13 @@ impl ChurnThresholds {
     /// Checks `0 < high ≤ medium < 1`.
     pub fn check(&self) -> Result<(), ValueError> {
         if !(self.high > 0.0 && self.high <= self.medium && self.medium < 1.0) {
-            return Err(ValueError::Options(format!(
+            return Err(ValueError::invalid(
+                "churn_thresholds",
+                format!(
                 "churn thresholds must satisfy 0 < high <= medium < 1, got high = {}, medium = {}",
                 self.high, self.medium
-            )));
+            ),
+            ));
         }
         Ok(())
     }
@@ -116,19 +119,25 @@ pub struct ClvOptions {
 impl ClvOptions {
     pub fn check(&self) -> Result<(), ValueError> {
         if self.horizon == 0 || self.horizon > 100_000 {
-            return Err(ValueError::Options(format!(
-                "the horizon must be between 1 and 100000 periods, got {}",
-                self.horizon
-            )));
+            return Err(ValueError::invalid(
+                "horizon",
+                format!(
+                    "the horizon must be between 1 and 100000 periods, got {}",
+                    self.horizon
+                ),
+            ));
         }
         if !(self.discount_rate.is_finite()
             && self.discount_rate >= 0.0
             && self.discount_rate < 1.0)
         {
-            return Err(ValueError::Options(format!(
-                "the discount rate per period must be in [0, 1), got {}",
-                self.discount_rate
-            )));
+            return Err(ValueError::invalid(
+                "discount_rate",
+                format!(
+                    "the discount rate per period must be in [0, 1), got {}",
+                    self.discount_rate
+                ),
+            ));
         }
         self.churn.check()
     }

@@ -60,12 +60,15 @@ pub const GRADIENT_TOLERANCE: f64 = 1e-5;
 /// L-BFGS iterations per start.
 const MAX_ITERS: u64 = 500;
 
+/// A point, its cost and its gradient.
+type Evaluated = (Vec<f64>, f64, Vec<f64>);
+
 struct Problem<'a> {
     ll: &'a dyn LogLikelihood,
     scale: f64,
     /// The last point evaluated: argmin asks for the cost and the gradient
     /// separately, and both come from one pass over the customers.
-    last: Mutex<Option<(Vec<f64>, f64, Vec<f64>)>>,
+    last: Mutex<Option<Evaluated>>,
 }
 
 impl Problem<'_> {
@@ -150,19 +153,18 @@ fn run(ll: &dyn LogLikelihood, start: &[f64]) -> (Vec<f64>, FitReport) {
     let Some(theta) = state.get_best_param().cloned() else {
         return failed("no parameters were evaluated".into());
     };
-    let problem = result
-        .problem
-        .problem
-        .as_ref()
-        .expect("the executor keeps it");
+    let problem = Problem {
+        ll,
+        scale: ll.customers().max(1.0),
+        last: Mutex::new(None),
+    };
     let (cost, grad) = match problem.eval(&theta) {
         Ok(v) => v,
         Err(e) => return failed(e.to_string()),
     };
     let gradient_norm = grad.iter().map(|g| g * g).sum::<f64>().sqrt();
     let reason = state.get_termination_reason();
-    let stop = reason.map_or("stopped".to_string(), |r| r.text().to_string());
-    let mut stop = stop;
+    let mut stop = reason.map_or("stopped".to_string(), |r| r.text().to_string());
     let mut converged = gradient_norm <= GRADIENT_TOLERANCE
         && !matches!(reason, Some(TerminationReason::MaxItersReached));
     if let Some(i) = theta.iter().position(|t| t.abs() > BOUND_LOG) {

@@ -9,6 +9,8 @@
 //! - [`gamma_gamma`]: the Gamma-Gamma spend model (Fader, Hardie & Lee,
 //!   2005, "RFM and CLV: Using Iso-Value Curves"): expected spend.
 //! - [`clv`]: lifetime value over a horizon, value tiers and churn risk.
+//! - [`job`]: the whole job on a transaction log, holdout check and
+//!   outputs (`segmenta clv`).
 //! - [`fit`]: maximum likelihood over log-parameters (L-BFGS), standard
 //!   errors from the observed information.
 //! - [`special`]: ln Γ, ψ and the hypergeometric ₂F₁.
@@ -19,6 +21,7 @@ pub mod bgnbd;
 pub mod clv;
 pub mod fit;
 pub mod gamma_gamma;
+pub mod job;
 pub mod simulate;
 pub mod special;
 pub mod summary;
@@ -27,6 +30,7 @@ pub use bgnbd::{BgNbd, BgNbdParams};
 pub use clv::{ChurnRisk, ChurnThresholds, ValueTier};
 pub use fit::{FitReport, Fitted};
 pub use gamma_gamma::{GammaGamma, GammaGammaParams};
+pub use job::{run_clv, write_clv_outputs, ClvParams, ClvRun, ClvSummary};
 pub use summary::{Rft, TimeUnit};
 
 /// What can go wrong fitting or applying the value models.
@@ -50,6 +54,16 @@ pub enum ValueError {
     InfiniteSpend { q: f64 },
     #[error(transparent)]
     Hyp2f1(#[from] special::Hyp2f1Error),
-    #[error("{0}")]
-    Options(String),
+    /// An option or date that cannot work, with the request field it is.
+    #[error("{message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+impl ValueError {
+    pub(crate) fn invalid(field: &'static str, message: String) -> Self {
+        Self::Invalid { field, message }
+    }
 }

@@ -227,6 +227,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::excessive_precision)] // the references' own digits
     fn reference_values_in_the_hard_region() {
         // From mpmath 1.4.1's hyp2f1 at 30 digits. Arguments as BG/NBD uses them
         // (r + x, b + x; a + b + x − 1; t/(α + T + t)), near z = 1 and with

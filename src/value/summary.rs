@@ -129,14 +129,19 @@ pub fn summarise(
     };
     let date = |d: i32| date_of(d).to_string();
     if calibration_end < first {
-        return Err(ValueError::Options(format!(
-            "the calibration end {} is before the first purchase in the log ({})",
-            date(calibration_end),
-            date(first)
-        )));
+        return Err(ValueError::invalid(
+            "calibration_end",
+            format!(
+                "the calibration end {} is before the first purchase in the log ({})",
+                date(calibration_end),
+                date(first)
+            ),
+        ));
     }
     if calibration_end > last {
-        return Err(ValueError::Options(format!(
+        return Err(ValueError::invalid(
+            "calibration_end",
+            format!(
             "the calibration end {} is after the last purchase in the log ({}): the days in between would count as days without purchases",
             date(calibration_end),
             date(last)
@@ -144,14 +149,19 @@ pub fn summarise(
     }
     if let Some(h) = holdout_end {
         if h <= calibration_end {
-            return Err(ValueError::Options(format!(
-                "the holdout end {} must come after the calibration end {}",
-                date(h),
-                date(calibration_end)
-            )));
+            return Err(ValueError::invalid(
+                "holdout_end",
+                format!(
+                    "the holdout end {} must come after the calibration end {}",
+                    date(h),
+                    date(calibration_end)
+                ),
+            ));
         }
         if h > last {
-            return Err(ValueError::Options(format!(
+            return Err(ValueError::invalid(
+            "holdout_end",
+            format!(
                 "the holdout end {} is after the last purchase in the log ({}): the days in between would count as days without purchases",
                 date(h),
                 date(last)
@@ -221,7 +231,9 @@ pub fn summarise(
     }
     if let Some(h) = holdout_end {
         if holdout_total == 0 {
-            return Err(ValueError::Options(format!(
+            return Err(ValueError::invalid(
+            "holdout_end",
+            format!(
                 "no customer of the calibration period bought between {} and the holdout end {}: the holdout is empty",
                 date(calibration_end + 1),
                 date(h)

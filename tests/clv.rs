@@ -1,0 +1,253 @@
+//! `segmenta clv` end to end: a transaction log simulated from known BG/NBD
+//! and Gamma-Gamma processes, the JSON and files it writes, the holdout
+//! check, and a clear error for each bad input.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use assert_cmd::Command;
+use chrono::{Duration, NaiveDate};
+use predicates::prelude::*;
+use rand::{RngExt, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use tempfile::TempDir;
+
+fn segmenta() -> Command {
+    let mut cmd = Command::cargo_bin("segmenta").unwrap();
+    cmd.env("XDG_RUNTIME_DIR", std::env::temp_dir());
+    cmd
+}
+
+fn start() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2024, 1, 1).unwrap()
+}
+
+/// A daily log over two years: each customer starts on a random day of the
+/// first year, buys at a personal rate (a Poisson process in days) and
+/// leaves after a purchase with a personal probability; amounts around a
+/// personal mean. Some days carry two lines (one purchase).
+fn write_log(dir: &TempDir, customers: usize) -> PathBuf {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+    let mut text = String::from("customer_id,date,amount\n");
+    let end = 730i64;
+    for c in 0..customers {
+        let first = rng.random_range(0..365i64);
+        let rate = 0.005 + 0.05 * rng.random::<f64>();
+        let leave = 0.02 + 0.3 * rng.random::<f64>();
+        let mean = 20.0 + 80.0 * rng.random::<f64>();
+        let mut day = first as f64;
+        loop {
+            let d = day as i64;
+            if d > end {
+                break;
+            }
+            let amount = mean * (0.5 + rng.random::<f64>());
+            let date = start() + Duration::days(d);
+            writeln!(text, "C{c:05},{date},{amount:.2}").unwrap();
+            if rng.random::<f64>() < 0.1 {
+                writeln!(text, "C{c:05},{date},{:.2}", amount / 2.0).unwrap();
+            }
+            if d > first && rng.random::<f64>() < leave {
+                break;
+            }
+            day += -(1.0 - rng.random::<f64>()).ln() / rate;
+        }
+    }
+    let path = dir.path().join("log.csv");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn json_of(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.assert().success().get_output().stdout.clone();
+    serde_json::from_slice(&out).unwrap()
+}
+
+#[test]
+fn a_log_gives_parameters_scores_files_and_a_holdout_check() {
+    let dir = TempDir::new().unwrap();
+    let log = write_log(&dir, 2000);
+    let out = dir.path().join("out");
+    let v = json_of(segmenta().args([
+        "clv",
+        "--transactions",
+        log.to_str().unwrap(),
+        "--calibration-end",
+        "2025-03-31",
+        "--holdout-end",
+        "2025-12-31",
+        "--horizon",
+        "26",
+        "--discount-rate",
+        "0.002",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]));
+    for key in ["r", "alpha", "a", "b", "log_likelihood"] {
+        let x = v["bgnbd"][key].as_f64().unwrap();
+        assert!(x.is_finite(), "{key} = {x}");
+    }
+    for key in ["r", "alpha", "a", "b"] {
+        assert!(v["bgnbd"]["std_errors"][key].as_f64().unwrap() > 0.0);
+    }
+    for key in ["p", "q", "v"] {
+        assert!(v["gamma_gamma"][key].as_f64().unwrap() > 0.0);
+    }
+    let n = v["n_customers"].as_u64().unwrap();
+    assert!(n > 1000 && v["n_repeat_customers"].as_u64().unwrap() < n);
+    assert_eq!(v["horizon"], 26);
+    // The holdout check: buckets 0 … 7+, totals that add up.
+    let h = &v["holdout"];
+    let buckets = h["by_repeat_purchases"].as_array().unwrap();
+    let total: u64 = buckets
+        .iter()
+        .map(|b| b["customers"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, n);
+    assert_eq!(buckets.last().unwrap()["repeat_purchases"], "7+");
+    let (predicted, actual) = (
+        h["total_predicted"].as_f64().unwrap(),
+        h["total_actual"].as_f64().unwrap(),
+    );
+    assert!(
+        actual > 0.0 && (predicted / actual - 1.0).abs() < 0.5,
+        "{predicted} vs {actual}"
+    );
+    // One row per customer with every column; tiers by CLV rank.
+    let mut rows = csv::Reader::from_path(out.join("customers.csv")).unwrap();
+    let header: Vec<String> = rows.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(
+        header,
+        [
+            "customer_id",
+            "x",
+            "t_x",
+            "T",
+            "p_alive",
+            "expected_purchases",
+            "expected_spend",
+            "clv",
+            "value_tier",
+            "churn_risk"
+        ]
+    );
+    let records: Vec<csv::StringRecord> = rows.records().map(Result::unwrap).collect();
+    assert_eq!(records.len() as u64, n);
+    let clv = |r: &csv::StringRecord| r[7].parse::<f64>().unwrap();
+    let top: Vec<&csv::StringRecord> = records.iter().filter(|r| &r[8] == "Top 1 %").collect();
+    let rest_max = records
+        .iter()
+        .filter(|r| &r[8] == "Rest")
+        .map(clv)
+        .fold(0.0, f64::max);
+    assert_eq!(top.len() as u64, n.div_ceil(100));
+    assert!(top.iter().all(|r| clv(r) >= rest_max));
+    for r in &records {
+        let p: f64 = r[4].parse().unwrap();
+        assert!((0.0..=1.0).contains(&p));
+        let risk = if p < 0.5 {
+            "high"
+        } else if p < 0.8 {
+            "medium"
+        } else {
+            "low"
+        };
+        assert_eq!(&r[9], risk);
+    }
+    assert!(out.join("customers.parquet").exists() && out.join("clv.json").exists());
+}
+
+/// Runs `clv` on `log` with `args` and expects a one-line error with `message`.
+fn fails(log: &std::path::Path, args: &[&str], message: &str) {
+    segmenta()
+        .args(["clv", "--transactions", log.to_str().unwrap()])
+        .args(args)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(message))
+        .stderr(predicate::str::contains("panicked").not());
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let dir = TempDir::new().unwrap();
+    let log = write_log(&dir, 300);
+    fails(
+        &log,
+        &["--calibration-end", "2023-06-01"],
+        "the calibration end 2023-06-01 is before the first purchase in the log (2024-01-",
+    );
+    fails(
+        &log,
+        &["--calibration-end", "2027-01-01"],
+        "the calibration end 2027-01-01 is after the last purchase in the log",
+    );
+    fails(
+        &log,
+        &[
+            "--calibration-end",
+            "2025-03-31",
+            "--holdout-end",
+            "2025-03-01",
+        ],
+        "the holdout end 2025-03-01 must come after the calibration end 2025-03-31",
+    );
+    fails(&log, &["--calibration-end", "31/03/2025"], "31/03/2025");
+    fails(
+        &log,
+        &[
+            "--calibration-end",
+            "2025-03-31",
+            "--churn-thresholds",
+            "0.9,0.2",
+        ],
+        "churn thresholds must satisfy 0 < high <= medium < 1",
+    );
+    fails(
+        &log,
+        &["--calibration-end", "2025-03-31", "--discount-rate", "1.5"],
+        "the discount rate per period must be in [0, 1)",
+    );
+    // Nobody bought twice.
+    let once = dir.path().join("once.csv");
+    std::fs::write(
+        &once,
+        "customer_id,date,amount\nA,2024-01-01,5\nB,2024-02-01,7\nC,2024-03-01,9\n",
+    )
+    .unwrap();
+    fails(
+        &once,
+        &["--calibration-end", "2024-03-01"],
+        "no customer has a repeat purchase",
+    );
+    // The holdout has no purchase at all.
+    let gap = dir.path().join("gap.csv");
+    std::fs::write(
+        &gap,
+        "customer_id,date,amount\nA,2024-01-01,5\nA,2024-01-20,7\nB,2024-01-03,9\nB,2024-02-01,4\nC,2024-01-05,1\nC,2024-02-10,2\nZ,2024-06-01,3\n",
+    )
+    .unwrap();
+    fails(
+        &gap,
+        &[
+            "--calibration-end",
+            "2024-02-10",
+            "--holdout-end",
+            "2024-05-01",
+        ],
+        "the holdout is empty",
+    );
+    // Mostly unreadable amounts: the bad-row summary, as for `segment`.
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(
+        &bad,
+        "customer_id,date,amount\nA,2024-01-01,x\nA,2024-01-20,y\nB,2024-01-03,9\n",
+    )
+    .unwrap();
+    fails(
+        &bad,
+        &["--calibration-end", "2024-01-20"],
+        "2 with an unreadable amount",
+    );
+}
