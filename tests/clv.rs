@@ -251,3 +251,62 @@ fn bad_input_gets_a_clear_error() {
         "2 with an unreadable amount",
     );
 }
+
+#[test]
+fn segment_with_clv_adds_value_columns_profiles_and_charts() {
+    let dir = TempDir::new().unwrap();
+    let log = write_log(&dir, 1500);
+    let out = dir.path().join("seg");
+    let v = json_of(segmenta().args([
+        "segment",
+        "--transactions",
+        log.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--k",
+        "3",
+        "--backend",
+        "cpu",
+        "--clv",
+        "--json",
+    ]));
+    // The value summary rides along, and every segment has a value profile
+    // whose shares add up to the whole.
+    assert!(v["value"]["bgnbd"]["r"].as_f64().unwrap() > 0.0);
+    let segments = v["segments"].as_array().unwrap();
+    let share: f64 = segments
+        .iter()
+        .map(|s| s["value"]["value_share"].as_f64().unwrap())
+        .sum();
+    assert!((share - 1.0).abs() < 1e-9, "{share}");
+    let total: f64 = segments
+        .iter()
+        .map(|s| s["value"]["total_clv"].as_f64().unwrap())
+        .sum();
+    let whole = v["value"]["total_clv"].as_f64().unwrap();
+    assert!((total - whole).abs() <= 1e-9 * whole);
+    // The customer table gains the six value columns after the usual ones.
+    let mut rows = csv::Reader::from_path(out.join("customers.csv")).unwrap();
+    let header: Vec<String> = rows.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(
+        &header[header.len() - 6..],
+        [
+            "p_alive",
+            "expected_purchases",
+            "expected_spend",
+            "clv",
+            "value_tier",
+            "churn_risk"
+        ]
+    );
+    assert_eq!(
+        rows.records().count() as u64,
+        v["n_customers"].as_u64().unwrap()
+    );
+    let report = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(report.contains("<h2>Customer value</h2>"));
+    for chart in ["value_by_segment.png", "p_alive.png"] {
+        assert!(report.contains(chart), "{chart} not in the report");
+        assert!(std::fs::metadata(out.join(chart)).unwrap().len() > 1000);
+    }
+}

@@ -11,21 +11,11 @@ use super::output::{fmt_f, table};
 use segmenta::segmentation::transactions::BadRowPolicy;
 use segmenta::segmentation::{SegmentationError, DEFAULT_MAX_BAD_ROWS};
 use segmenta::value::clv::ChurnThresholds;
-use segmenta::value::{run_clv, write_clv_outputs, ClvParams, TimeUnit};
+use segmenta::value::{run_clv, write_clv_outputs, ClvParams, TimeUnit, ValueOptions};
 
+/// The value models' options, shared by `clv` and `segment --clv`.
 #[derive(Debug, Args)]
-pub struct ClvArgs {
-    /// Transaction log, CSV (with a header) or Parquet.
-    #[arg(long)]
-    pub transactions: PathBuf,
-    /// The models are fitted on purchases up to this date (YYYY-MM-DD,
-    /// inclusive); it must lie within the log.
-    #[arg(long, value_name = "DATE")]
-    pub calibration_end: String,
-    /// Check the predictions against the purchases after the calibration
-    /// end up to this date (inclusive).
-    #[arg(long, value_name = "DATE")]
-    pub holdout_end: Option<String>,
+pub struct ValueArgs {
     /// The unit of t_x, T, the horizon and the discount rate.
     #[arg(long, value_enum, default_value_t = TimeUnit::Week)]
     pub time_unit: TimeUnit,
@@ -40,6 +30,34 @@ pub struct ClvArgs {
     /// below MEDIUM medium, else low.
     #[arg(long, default_value = "0.5,0.8", value_parser = parse_thresholds, value_name = "HIGH,MEDIUM")]
     pub churn_thresholds: ChurnThresholds,
+}
+
+impl ValueArgs {
+    pub fn options(&self) -> ValueOptions {
+        ValueOptions {
+            unit: self.time_unit,
+            horizon: self.horizon,
+            discount_rate: self.discount_rate,
+            churn: self.churn_thresholds,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ClvArgs {
+    /// Transaction log, CSV (with a header) or Parquet.
+    #[arg(long)]
+    pub transactions: PathBuf,
+    /// The models are fitted on purchases up to this date (YYYY-MM-DD,
+    /// inclusive); it must lie within the log.
+    #[arg(long, value_name = "DATE")]
+    pub calibration_end: String,
+    /// Check the predictions against the purchases after the calibration
+    /// end up to this date (inclusive).
+    #[arg(long, value_name = "DATE")]
+    pub holdout_end: Option<String>,
+    #[command(flatten)]
+    pub value: ValueArgs,
     /// Where customers.csv, customers.parquet and clv.json go (default:
     /// nothing is written).
     #[arg(long)]
@@ -85,10 +103,11 @@ pub fn run(args: ClvArgs) -> anyhow::Result<()> {
     params.format = args.log.format();
     params.bad_rows = args.bad_rows;
     params.max_bad_rows = args.max_bad_rows;
-    params.unit = args.time_unit;
-    params.horizon = args.horizon;
-    params.discount_rate = args.discount_rate;
-    params.churn = args.churn_thresholds;
+    let v = args.value.options();
+    params.unit = v.unit;
+    params.horizon = v.horizon;
+    params.discount_rate = v.discount_rate;
+    params.churn = v.churn;
     let run = run_clv(&args.transactions, &params)?;
     let files = args
         .out

@@ -49,6 +49,13 @@ pub struct JobArgs {
     /// (software drivers included). cpu: native CPU kernels.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto, env = "SEGMENTA_BACKEND")]
     pub backend: BackendChoice,
+    /// Also predict each customer's lifetime value and churn risk
+    /// (BG/NBD and Gamma-Gamma as of the as-of date): columns in the
+    /// customer table, value per segment in the profiles and the report.
+    #[arg(long)]
+    pub clv: bool,
+    #[command(flatten)]
+    pub value: super::clv::ValueArgs,
     /// Print one JSON object on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -125,6 +132,7 @@ fn params(
         n_init: job.n_init,
         min_share: job.min_share,
         features: (!job.features.is_empty()).then(|| job.features.clone()),
+        clv: job.clv.then(|| job.value.options()),
         ..SegmentParams::default()
     })
 }
@@ -260,6 +268,7 @@ fn report(
             "k_sweep": run.sweep,
             "refresh": run.refresh,
             "input": run.input,
+            "value": run.value.as_ref().map(|v| &v.summary),
             "files": files,
             "demo": demo,
             "elapsed_seconds": elapsed,
@@ -380,6 +389,42 @@ fn report(
         .collect();
     print!("{}", table(&header, &rows));
     println!("(recency, frequency, monetary: segment medians)");
+    if let Some(v) = &run.value {
+        let s = &v.summary;
+        for w in &s.warnings {
+            eprintln!("warning: {w}");
+        }
+        let header: Vec<String> = [
+            "segment",
+            "mean CLV",
+            "share of value",
+            "mean P(alive)",
+            "high churn risk",
+        ]
+        .map(String::from)
+        .to_vec();
+        let rows: Vec<Vec<String>> = run
+            .profiles
+            .iter()
+            .filter_map(|p| {
+                let v = p.value.as_ref()?;
+                Some(vec![
+                    p.id.to_string(),
+                    format!("{:.2}", v.mean_clv),
+                    format!("{:.1}%", v.value_share * 100.0),
+                    format!("{:.3}", v.mean_p_alive),
+                    v.high_churn_risk.to_string(),
+                ])
+            })
+            .collect();
+        println!(
+            "customer value over the next {} {}s: total CLV {}",
+            s.horizon,
+            s.time_unit.name(),
+            fmt_f(s.total_clv)
+        );
+        print!("{}", table(&header, &rows));
+    }
     if let Some(r) = &run.refresh {
         println!(
             "refresh since {}: {}",

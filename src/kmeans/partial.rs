@@ -33,8 +33,8 @@ pub fn partial_step(
 /// use segmenta::backend::cpu::CpuBackend;
 /// use segmenta::kmeans::partial::StreamedStep;
 ///
-/// let centroids = array![[0.0f32], [10.0]];
-/// let mut step = StreamedStep::new(&CpuBackend::new(), centroids.view());
+/// let (backend, centroids) = (CpuBackend::new(), array![[0.0f32], [10.0]]);
+/// let mut step = StreamedStep::new(&backend, centroids.view());
 /// step.push(array![[1.0f32], [9.0]].view(), None)?;
 /// step.push(array![[11.0f32]].view(), None)?;
 /// let sums = step.finish();

@@ -1,5 +1,6 @@
 //! The segment job: transactions in, named, profiled, stable segments out.
 
+use std::collections::HashMap;
 use std::ops::RangeInclusive;
 use std::path::Path;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use super::features::{
     customer_features, CustomerFeatures, FeatureNotes, FrequencyBasis, FEATURE_NAMES, FREQUENCY,
     MONETARY, RECENCY,
 };
-use super::profile::{profile, ProfileInput, SegmentProfile};
+use super::profile::{profile, ProfileInput, SegmentProfile, ValueProfile};
 use super::refresh::{carry_ids, size_drift, transitions, SegmentChange, SizeDrift, Transitions};
 use super::rfm::{rfm_scores, RfmScore, RfmSegment};
 use super::sweep::{sweep_k, Criteria, KSweep};
@@ -23,6 +24,8 @@ use crate::data::{Delimiter, TextFormat};
 use crate::error::Result;
 use crate::kmeans::{FitControl, Init, KMeansModel, KMeansParams, Prediction};
 use crate::pca::PcaParams;
+use crate::value::clv::{ChurnRisk, Scores};
+use crate::value::{value_as_of, ClvRun, ClvSummary, ValueOptions};
 
 /// How many segments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +165,9 @@ pub struct SegmentParams {
     pub features: Option<Vec<String>>,
     /// The smallest segment a recommended k may have (share of customers).
     pub min_share: f64,
+    /// Also predict each customer's value (BG/NBD and Gamma-Gamma as of
+    /// the as-of date) and profile the segments by it.
+    pub clv: Option<ValueOptions>,
 }
 
 impl Default for SegmentParams {
@@ -178,6 +184,7 @@ impl Default for SegmentParams {
             n_init: 3,
             silhouette_sample: 4000,
             features: None,
+            clv: None,
             min_share: DEFAULT_MIN_SHARE,
         }
     }
@@ -370,6 +377,15 @@ pub struct SegmentRun {
     pub scatter: Scatter,
     pub input: InputSummary,
     pub backend: BackendInfo,
+    /// With [`SegmentParams::clv`].
+    pub value: Option<CustomerValue>,
+}
+
+/// Every customer's predicted value, aligned with the run's customers.
+#[derive(Debug, Clone)]
+pub struct CustomerValue {
+    pub summary: ClvSummary,
+    pub scores: Scores,
 }
 
 impl SegmentRun {
@@ -441,8 +457,66 @@ pub fn run_segmentation(
         frequency_basis: customers.frequency_basis,
         n_customers: customers.ids.len(),
     };
+    let value = match &params.clv {
+        Some(options) => {
+            control.phase("predicting customer value", 0.12);
+            Some(value_as_of(&log, customers.as_of, options)?)
+        }
+        None => None,
+    };
     drop(log);
-    segment_customers(backend, customers, input, params, previous, control)
+    let mut run = segment_customers(backend, customers, input, params, previous, control)?;
+    if let Some(v) = value {
+        attach_value(&mut run, v);
+    }
+    Ok(run)
+}
+
+/// Aligns the value job's scores with the run's customers (the same
+/// customers: both read every line up to the as-of date) and profiles the
+/// segments by them.
+fn attach_value(run: &mut SegmentRun, value: ClvRun) {
+    let at: HashMap<&str, usize> = value
+        .customer_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let s = &value.scores;
+    let mut aligned = Scores::default();
+    for id in &run.customers.ids {
+        let i = at[id.as_str()];
+        aligned.p_alive.push(s.p_alive[i]);
+        aligned.expected_purchases.push(s.expected_purchases[i]);
+        aligned.expected_spend.push(s.expected_spend[i]);
+        aligned.clv.push(s.clv[i]);
+        aligned.value_tier.push(s.value_tier[i]);
+        aligned.churn_risk.push(s.churn_risk[i]);
+    }
+    let total: f64 = aligned.clv.iter().sum();
+    let k = run.profiles.len();
+    let mut acc = vec![(0usize, 0.0f64, 0.0f64, 0usize); k];
+    for (i, &l) in run.prediction.labels.iter().enumerate() {
+        let a = &mut acc[l as usize];
+        a.0 += 1;
+        a.1 += aligned.clv[i];
+        a.2 += aligned.p_alive[i];
+        a.3 += usize::from(aligned.churn_risk[i] == ChurnRisk::High);
+    }
+    for (p, &(n, clv, alive, high)) in run.profiles.iter_mut().zip(&acc) {
+        let n_f = n.max(1) as f64;
+        p.value = Some(ValueProfile {
+            mean_clv: clv / n_f,
+            total_clv: clv,
+            value_share: if total > 0.0 { clv / total } else { 0.0 },
+            mean_p_alive: alive / n_f,
+            high_churn_risk: high,
+        });
+    }
+    run.value = Some(CustomerValue {
+        summary: value.summary,
+        scores: aligned,
+    });
 }
 
 /// The job from customer features on (for callers that build features
@@ -637,6 +711,7 @@ pub fn segment_customers(
         scatter,
         input,
         backend: backend_info,
+        value: None,
     })
 }
 

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::{
-    ArrayRef, BooleanArray, Float32Array, RecordBatch, StringArray, UInt32Array, UInt8Array,
+    ArrayRef, BooleanArray, Float32Array, Float64Array, RecordBatch, StringArray, UInt32Array,
+    UInt8Array,
 };
 use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,7 @@ use super::rfm::RfmSegment;
 use super::sweep::KSweep;
 use crate::backend::BackendInfo;
 use crate::error::Result;
+use crate::value::ClvSummary;
 
 /// Paths of everything [`write_outputs`] wrote.
 #[derive(Debug, Clone, Serialize)]
@@ -98,10 +100,24 @@ pub const CUSTOMER_COLUMNS: [&str; 14] = [
     "outlier",
 ];
 
+/// The columns `--clv` adds after [`CUSTOMER_COLUMNS`].
+pub const VALUE_COLUMNS: [&str; 6] = [
+    "p_alive",
+    "expected_purchases",
+    "expected_spend",
+    "clv",
+    "value_tier",
+    "churn_risk",
+];
+
 fn customers_csv(run: &SegmentRun) -> Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     let fail = |e: csv::Error| SegmentationError::output(Path::new("customers.csv"), e);
-    w.write_record(CUSTOMER_COLUMNS).map_err(fail)?;
+    let mut header: Vec<&str> = CUSTOMER_COLUMNS.to_vec();
+    if run.value.is_some() {
+        header.extend(VALUE_COLUMNS);
+    }
+    w.write_record(&header).map_err(fail)?;
     let margins = run.margins();
     for (i, id) in run.customers.ids.iter().enumerate() {
         let f = run.customers.values.row(i);
@@ -114,6 +130,17 @@ fn customers_csv(run: &SegmentRun) -> Result<Vec<u8>> {
         record.push(run.prediction.distances[i].to_string());
         record.push(margins[i].to_string());
         record.push(run.outliers[i].to_string());
+        if let Some(v) = &run.value {
+            let s = &v.scores;
+            record.extend([
+                s.p_alive[i].to_string(),
+                s.expected_purchases[i].to_string(),
+                s.expected_spend[i].to_string(),
+                s.clv[i].to_string(),
+                s.value_tier[i].name().to_string(),
+                s.churn_risk[i].name().to_string(),
+            ]);
+        }
         w.write_record(&record).map_err(fail)?;
     }
     w.into_inner()
@@ -155,9 +182,22 @@ fn customers_parquet(run: &SegmentRun) -> Result<Vec<u8>> {
     )));
     columns.push(Arc::new(Float32Array::from(run.margins())));
     columns.push(Arc::new(BooleanArray::from(run.outliers.clone())));
-    let batch =
-        RecordBatch::try_from_iter(CUSTOMER_COLUMNS.iter().zip(columns).map(|(n, c)| (*n, c)))
-            .map_err(|e| fail(&e))?;
+    let mut names: Vec<&str> = CUSTOMER_COLUMNS.to_vec();
+    if let Some(v) = &run.value {
+        let s = &v.scores;
+        names.extend(VALUE_COLUMNS);
+        for values in [&s.p_alive, &s.expected_purchases, &s.expected_spend, &s.clv] {
+            columns.push(Arc::new(Float64Array::from(values.clone())));
+        }
+        columns.push(Arc::new(StringArray::from(
+            s.value_tier.iter().map(|t| t.name()).collect::<Vec<_>>(),
+        )));
+        columns.push(Arc::new(StringArray::from(
+            s.churn_risk.iter().map(|c| c.name()).collect::<Vec<_>>(),
+        )));
+    }
+    let batch = RecordBatch::try_from_iter(names.iter().zip(columns).map(|(n, c)| (*n, c)))
+        .map_err(|e| fail(&e))?;
     let mut buffer = Vec::new();
     let mut writer =
         ArrowWriter::try_new(&mut buffer, batch.schema(), None).map_err(|e| fail(&e))?;
@@ -181,6 +221,9 @@ pub struct SegmentsDocument {
     pub input: InputSummary,
     #[serde(default)]
     pub feature_choice: FeatureChoice,
+    /// With `--clv`: the value models and what they predict overall.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<ClvSummary>,
 }
 
 /// How features are transformed before clustering (stored in the model).
@@ -214,6 +257,7 @@ impl SegmentsDocument {
             refresh: run.refresh.clone(),
             input: run.input.clone(),
             feature_choice: run.feature_choice.clone(),
+            value: run.value.as_ref().map(|v| v.summary.clone()),
         }
     }
 }

@@ -34,6 +34,21 @@ pub struct SegmentProfile {
     pub outliers: usize,
     /// Mean assignment margin of the members (higher: more clear-cut).
     pub mean_margin: f64,
+    /// With `--clv`: the members' predicted value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<ValueProfile>,
+}
+
+/// A segment's predicted value (`segment --clv`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValueProfile {
+    pub mean_clv: f64,
+    pub total_clv: f64,
+    /// The segment's share of the whole base's predicted value.
+    pub value_share: f64,
+    pub mean_p_alive: f64,
+    /// Members at high churn risk.
+    pub high_churn_risk: usize,
 }
 
 /// Everything the profiles are computed from, one entry per customer.
@@ -109,6 +124,7 @@ pub fn profile(input: &ProfileInput) -> (Vec<SegmentProfile>, Vec<bool>) {
                 outliers,
                 mean_margin: rows.iter().map(|&i| input.margins[i] as f64).sum::<f64>()
                     / rows.len().max(1) as f64,
+                value: None,
             }
         })
         .collect();

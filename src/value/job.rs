@@ -72,6 +72,44 @@ impl ClvParams {
     }
 }
 
+/// The value options `segment --clv` takes: everything of [`ClvParams`]
+/// but the log and the dates (the calibration end is the as-of date).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ValueOptions {
+    pub unit: TimeUnit,
+    pub horizon: Option<u32>,
+    pub discount_rate: f64,
+    pub churn: ChurnThresholds,
+}
+
+impl Default for ValueOptions {
+    fn default() -> Self {
+        Self {
+            unit: TimeUnit::default(),
+            horizon: None,
+            discount_rate: 0.0,
+            churn: ChurnThresholds::default(),
+        }
+    }
+}
+
+/// The value job for a segmentation as of `as_of`: purchases up to it
+/// (or up to the log's last day when `as_of` is later, as by default).
+pub fn value_as_of(
+    log: &TransactionLog,
+    as_of: NaiveDate,
+    options: &ValueOptions,
+) -> Result<ClvRun, ValueError> {
+    let last = log.lines.iter().map(|l| l.day).max().unwrap_or(0);
+    let end = day_number(as_of).min(last);
+    let mut params = ClvParams::new(crate::segmentation::transactions::date_of(end));
+    params.unit = options.unit;
+    params.horizon = options.horizon;
+    params.discount_rate = options.discount_rate;
+    params.churn = options.churn;
+    clv_of_log(log, &params)
+}
+
 /// Mean predicted and actual holdout purchases of the customers with one
 /// number of calibration repeat purchases (the paper's Figure 4).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -30,7 +30,9 @@ pub use bgnbd::{BgNbd, BgNbdParams};
 pub use clv::{ChurnRisk, ChurnThresholds, ValueTier};
 pub use fit::{FitReport, Fitted};
 pub use gamma_gamma::{GammaGamma, GammaGammaParams};
-pub use job::{run_clv, write_clv_outputs, ClvParams, ClvRun, ClvSummary};
+pub use job::{
+    run_clv, value_as_of, write_clv_outputs, ClvParams, ClvRun, ClvSummary, ValueOptions,
+};
 pub use summary::{Rft, TimeUnit};
 
 /// What can go wrong fitting or applying the value models.

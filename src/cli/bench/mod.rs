@@ -5,6 +5,7 @@ mod load;
 mod measure;
 mod peers;
 mod service;
+mod value;
 mod workloads;
 
 use clap::{Args, ValueEnum};
@@ -73,6 +74,15 @@ pub struct BenchArgs {
     /// With --load: how long the clients send, in seconds.
     #[arg(long, default_value_t = 20)]
     pub load_seconds: u64,
+    /// Measure the value models instead: BG/NBD and Gamma-Gamma fits and
+    /// scoring of simulated customers (with --compare, the lifetimes
+    /// package on the same summary: pip install lifetimes).
+    #[arg(long)]
+    pub clv: bool,
+    /// With --clv: customers simulated (default 1,000,000; 50,000 with
+    /// --quick).
+    #[arg(long, requires = "clv")]
+    pub customers: Option<usize>,
 }
 
 /// Gaussian-ish blobs (sum of uniforms) around `centres` random centres;
@@ -147,6 +157,12 @@ fn backends(which: Which, quick: bool) -> anyhow::Result<Backends> {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.clv {
+        let n = args
+            .customers
+            .unwrap_or(if args.quick { 50_000 } else { 1_000_000 });
+        return value::run(n, args.repeats, args.compare, args.seed, args.json);
+    }
     if args.load {
         return load::run(args.load_seconds, args.quick, args.seed, args.json);
     }

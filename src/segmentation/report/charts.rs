@@ -133,8 +133,65 @@ pub fn write_charts(run: &SegmentRun, dir: &Path) -> Result<Vec<Chart>> {
         file: "segment_sizes.png",
         title: "Customers per segment",
     };
-    draw(dir, &sizes, |a| size_bars(a, run, sizes.title))?;
+    draw(dir, &sizes, |a| {
+        let counts: Vec<f64> = run.profiles.iter().map(|p| p.size as f64).collect();
+        let labels: Vec<String> = run
+            .profiles
+            .iter()
+            .map(|p| format!("{} ({:.1}%)", p.size, p.share * 100.0))
+            .collect();
+        segment_bars(a, run, sizes.title, "customers", &counts, &labels)
+    })?;
     charts.push(sizes);
+    if let Some(v) = &run.value {
+        let value = Chart {
+            file: "value_by_segment.png",
+            title: "Predicted value (CLV) by segment",
+        };
+        draw(dir, &value, |a| {
+            let totals: Vec<f64> = run
+                .profiles
+                .iter()
+                .map(|p| p.value.as_ref().map_or(0.0, |v| v.total_clv))
+                .collect();
+            let labels: Vec<String> = run
+                .profiles
+                .iter()
+                .map(|p| {
+                    p.value.as_ref().map_or(String::new(), |v| {
+                        format!(
+                            "{:.0} ({:.1}%), {:.1} per customer",
+                            v.total_clv,
+                            v.value_share * 100.0,
+                            v.mean_clv
+                        )
+                    })
+                })
+                .collect();
+            segment_bars(
+                a,
+                run,
+                value.title,
+                "predicted value over the horizon",
+                &totals,
+                &labels,
+            )
+        })?;
+        charts.push(value);
+        let alive = Chart {
+            file: "p_alive.png",
+            title: "P(alive): customers by probability of still buying",
+        };
+        draw(dir, &alive, |a| {
+            p_alive_histogram(
+                a,
+                &v.scores.p_alive,
+                &v.summary.churn_thresholds,
+                alive.title,
+            )
+        })?;
+        charts.push(alive);
+    }
     if run.refresh.is_some() {
         let moves = Chart {
             file: "transitions.png",
@@ -503,21 +560,29 @@ fn transition_heatmap(a: &Area, run: &SegmentRun, title: &str) -> std::result::R
 }
 
 /// Horizontal bars: the segment names fit on the axis in full.
-fn size_bars(a: &Area, run: &SegmentRun, title: &str) -> std::result::Result<(), String> {
+/// One horizontal bar per segment, `values[i]` long and labelled
+/// `labels[i]`, in profile order.
+fn segment_bars(
+    a: &Area,
+    run: &SegmentRun,
+    title: &str,
+    x_desc: &str,
+    values: &[f64],
+    labels: &[String],
+) -> std::result::Result<(), String> {
     let k = run.profiles.len();
-    let max = run
-        .profiles
-        .iter()
-        .map(|p| p.size)
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64;
+    let max = values.iter().copied().fold(0.0f64, f64::max).max(1e-9);
+    // Room on the right for the longest label: about 7 px a character on
+    // a plot some 570 px wide, the bars taking what is left (at least a
+    // third).
+    let widest = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0) as f64;
+    let room = 1.02 / (1.0 - (widest * 7.0 / 570.0).min(0.66));
     let mut chart = ChartBuilder::on(a)
         .caption(title, (FONT, 22))
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(290)
-        .build_cartesian_2d(0.0..max * 1.2, 0.0..k as f64)
+        .build_cartesian_2d(0.0..max * room, 0.0..k as f64)
         .map_err(s)?;
     let names = segment_names(run);
     chart
@@ -532,7 +597,8 @@ fn size_bars(a: &Area, run: &SegmentRun, title: &str) -> std::result::Result<(),
                 String::new()
             }
         })
-        .x_desc("customers")
+        .x_desc(x_desc)
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .label_style((FONT, 13))
         .draw()
         .map_err(s)?;
@@ -540,7 +606,7 @@ fn size_bars(a: &Area, run: &SegmentRun, title: &str) -> std::result::Result<(),
         let y = (k - 1 - i) as f64;
         chart
             .draw_series([Rectangle::new(
-                [(0.0, y + 0.15), (p.size as f64, y + 0.85)],
+                [(0.0, y + 0.15), (values[i], y + 0.85)],
                 segment_colour(p.id).filled(),
             )])
             .map_err(s)?;
@@ -551,10 +617,64 @@ fn size_bars(a: &Area, run: &SegmentRun, title: &str) -> std::result::Result<(),
             ));
         chart
             .draw_series([Text::new(
-                format!("{} ({:.1}%)", p.size, p.share * 100.0),
-                (p.size as f64 + max * 0.01, y + 0.5),
+                labels[i].clone(),
+                (values[i] + max * 0.01, y + 0.5),
                 style,
             )])
+            .map_err(s)?;
+    }
+    Ok(())
+}
+
+/// A histogram of P(alive) in 20 bins, coloured by churn risk, with the
+/// thresholds marked.
+fn p_alive_histogram(
+    a: &Area,
+    p_alive: &[f64],
+    thresholds: &crate::value::ChurnThresholds,
+    title: &str,
+) -> std::result::Result<(), String> {
+    const BINS: usize = 20;
+    let mut counts = [0usize; BINS];
+    for &p in p_alive {
+        counts[((p * BINS as f64) as usize).min(BINS - 1)] += 1;
+    }
+    let max = counts.iter().copied().max().unwrap_or(1).max(1) as f64;
+    let mut chart = ChartBuilder::on(a)
+        .caption(title, (FONT, 22))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0.0..1.0, 0.0..max * 1.1)
+        .map_err(s)?;
+    chart
+        .configure_mesh()
+        .x_desc(format!(
+            "P(alive) (high churn risk below {}, medium below {})",
+            thresholds.high, thresholds.medium
+        ))
+        .y_desc("customers")
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .label_style((FONT, 13))
+        .draw()
+        .map_err(s)?;
+    for (b, &c) in counts.iter().enumerate() {
+        let (x0, x1) = (b as f64 / BINS as f64, (b + 1) as f64 / BINS as f64);
+        let colour = match thresholds.risk((x0 + x1) / 2.0) {
+            crate::value::ChurnRisk::High => RGBColor(214, 39, 40),
+            crate::value::ChurnRisk::Medium => RGBColor(255, 160, 40),
+            crate::value::ChurnRisk::Low => RGBColor(44, 160, 44),
+        };
+        chart
+            .draw_series([Rectangle::new([(x0, 0.0), (x1, c as f64)], colour.filled())])
+            .map_err(s)?;
+    }
+    for t in [thresholds.high, thresholds.medium] {
+        chart
+            .draw_series(LineSeries::new(
+                [(t, 0.0), (t, max * 1.1)],
+                BLACK.stroke_width(2),
+            ))
             .map_err(s)?;
     }
     Ok(())

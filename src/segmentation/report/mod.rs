@@ -40,6 +40,7 @@ pub fn html(run: &SegmentRun, charts: &[Chart]) -> String {
         adapter = escape(&run.backend.adapter),
     );
     segments_table(&mut h, run);
+    value_table(&mut h, run);
     for chart in charts {
         let _ = writeln!(
             h,
@@ -105,6 +106,62 @@ fn segments_table(h: &mut String, run: &SegmentRun) {
     h.push_str("<p class=\"note\">Lift is the segment mean over the whole base's mean. \
         Outliers sit farther from their segment's centre than the chosen percentile of its members. \
         The margin is how much farther the second-nearest segment is (squared, in standardised units).</p>\n");
+}
+
+/// With `--clv`: each segment's predicted value and churn risk.
+fn value_table(h: &mut String, run: &SegmentRun) {
+    let Some(v) = &run.value else { return };
+    let s = &v.summary;
+    let _ = writeln!(
+        h,
+        "<h2>Customer value</h2>\n<p>Predicted over the next {} {}s (BG/NBD and Gamma-Gamma fitted on purchases to {}; \
+         discount rate {} per {}): total CLV {:.2}; a new customer buys {:.2} times in that time.</p>\n\
+         <table><tr><th>segment</th><th class=\"l\">description</th><th>mean CLV</th><th>share of predicted value</th>\
+         <th>mean P(alive)</th><th>high churn risk</th></tr>",
+        s.horizon,
+        s.time_unit.name(),
+        s.calibration_end,
+        s.discount_rate,
+        s.time_unit.name(),
+        s.total_clv,
+        s.expected_purchases_new_customer
+    );
+    for p in &run.profiles {
+        let Some(pv) = &p.value else { continue };
+        let c = segment_colour(p.id);
+        let _ = writeln!(
+            h,
+            "<tr><td><span class=\"swatch\" style=\"background:rgb({},{},{})\"></span>{}</td><td class=\"l\">{}</td>\
+             <td>{:.2}</td><td>{:.1}%</td><td>{:.3}</td><td>{} ({:.1}%)</td></tr>",
+            c.0,
+            c.1,
+            c.2,
+            p.id,
+            escape(&p.description),
+            pv.mean_clv,
+            pv.value_share * 100.0,
+            pv.mean_p_alive,
+            pv.high_churn_risk,
+            100.0 * pv.high_churn_risk as f64 / p.size.max(1) as f64
+        );
+    }
+    let _ = writeln!(
+        h,
+        "</table>\n<p class=\"note\">Churn risk: high for P(alive) below {}, medium below {}, low above. \
+         BG/NBD r = {:.4}, α = {:.4}, a = {:.4}, b = {:.4}; Gamma-Gamma p = {:.4}, q = {:.4}, v = {:.4}.</p>",
+        s.churn_thresholds.high,
+        s.churn_thresholds.medium,
+        s.bgnbd.r,
+        s.bgnbd.alpha,
+        s.bgnbd.a,
+        s.bgnbd.b,
+        s.gamma_gamma.p,
+        s.gamma_gamma.q,
+        s.gamma_gamma.v
+    );
+    for w in &s.warnings {
+        let _ = writeln!(h, "<p class=\"note\">Warning: {}</p>", escape(w));
+    }
 }
 
 fn sweep_table(h: &mut String, run: &SegmentRun) {
