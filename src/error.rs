@@ -84,6 +84,8 @@ pub enum Error {
     Segmentation(#[from] crate::segmentation::SegmentationError),
     #[error(transparent)]
     Value(#[from] crate::value::ValueError),
+    #[error(transparent)]
+    Experiment(#[from] crate::experiment::ExperimentError),
     #[error("the fit was cancelled")]
     Cancelled,
 }

@@ -6,11 +6,13 @@
 //! algorithms, written once on top of the trait; [`segmentation`] is the
 //! customer workflow built on them (RFM, choosing k, profiles, refresh,
 //! report); [`value`] predicts what customers will buy and are worth
-//! (BG/NBD, Gamma-Gamma, CLV); [`service`] serves it all over gRPC.
+//! (BG/NBD, Gamma-Gamma, CLV); [`experiment`] draws campaign groups and
+//! measures uplift; [`service`] serves it all over gRPC.
 
 pub mod backend;
 pub mod data;
 mod error;
+pub mod experiment;
 pub mod kmeans;
 pub mod model_file;
 pub mod pca;

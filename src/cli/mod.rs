@@ -10,6 +10,7 @@ mod output;
 mod pca;
 mod segment;
 mod serve;
+mod uplift;
 
 use std::path::PathBuf;
 
@@ -43,6 +44,9 @@ pub enum Command {
     /// Lifetime value, churn risk and value tiers from a transaction log
     /// (BG/NBD and Gamma-Gamma).
     Clv(clv::ClvArgs),
+    /// Campaign uplift per segment: treated against control (groups from
+    /// segment --holdout-share).
+    Uplift(uplift::UpliftArgs),
     /// Cluster the rows of a CSV or Parquet file with k-means.
     Kmeans(kmeans::KmeansArgs),
     /// Principal component analysis of a CSV or Parquet file.
@@ -186,6 +190,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => segment::run_demo(args),
         Command::Segment(args) => segment::run_segment(args),
         Command::Clv(args) => clv::run(args),
+        Command::Uplift(args) => uplift::run(args),
         Command::Kmeans(args) => kmeans::run(args),
         Command::Pca(args) => pca::run(args),
         Command::Assign(args) => assign::run_assign(args),

@@ -14,8 +14,9 @@ use segmenta::segmentation::demo::{write_demo_log, PlantedGroup};
 use segmenta::segmentation::sweep::parse_k_range;
 use segmenta::segmentation::transactions::{BadRowPolicy, TransactionColumns};
 use segmenta::segmentation::{
-    run_segmentation, write_outputs, KChoice, OutputFiles, SegmentControl, SegmentModel,
-    SegmentParams, SegmentRun, SegmentationError, DEFAULT_MAX_BAD_ROWS, DEFAULT_MIN_SHARE,
+    run_segmentation, write_outputs, ExperimentOptions, KChoice, OutputFiles, SegmentControl,
+    SegmentModel, SegmentParams, SegmentRun, SegmentationError, DEFAULT_MAX_BAD_ROWS,
+    DEFAULT_MIN_SHARE,
 };
 
 /// Options shared by `segment` and `demo`.
@@ -56,6 +57,19 @@ pub struct JobArgs {
     pub clv: bool,
     #[command(flatten)]
     pub value: super::clv::ValueArgs,
+    /// Put this share of each segment's customers (0–1, exclusive) in a
+    /// campaign's control group, the rest in treatment: column `group`.
+    #[arg(long, value_name = "SHARE")]
+    pub holdout_share: Option<f64>,
+    /// The campaign's salt: the same salt and customers give the same
+    /// groups; use a new one for each campaign.
+    #[arg(
+        long,
+        default_value = "segmenta",
+        requires = "holdout_share",
+        value_name = "S"
+    )]
+    pub experiment_salt: String,
     /// Print one JSON object on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -133,6 +147,10 @@ fn params(
         min_share: job.min_share,
         features: (!job.features.is_empty()).then(|| job.features.clone()),
         clv: job.clv.then(|| job.value.options()),
+        experiment: job.holdout_share.map(|holdout_share| ExperimentOptions {
+            holdout_share,
+            salt: job.experiment_salt.clone(),
+        }),
         ..SegmentParams::default()
     })
 }
@@ -269,6 +287,7 @@ fn report(
             "refresh": run.refresh,
             "input": run.input,
             "value": run.value.as_ref().map(|v| &v.summary),
+            "experiment": run.groups.as_ref().map(|g| &g.1),
             "files": files,
             "demo": demo,
             "elapsed_seconds": elapsed,
@@ -424,6 +443,20 @@ fn report(
             fmt_f(s.total_clv)
         );
         print!("{}", table(&header, &rows));
+    }
+    if let Some((_, e)) = &run.groups {
+        println!(
+            "campaign groups (salt {:?}): {} treatment, {} control ({} per segment: {})",
+            e.salt,
+            e.treatment,
+            e.control,
+            e.holdout_share,
+            e.control_by_segment
+                .iter()
+                .map(|(s, c, n)| format!("{s}: {c} of {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     if let Some(r) = &run.refresh {
         println!(

@@ -22,6 +22,7 @@ use super::transactions::{read_transactions_as, BadRowPolicy, BadRows, Transacti
 use crate::backend::{Backend, BackendInfo};
 use crate::data::{Delimiter, TextFormat};
 use crate::error::Result;
+use crate::experiment::{assign_groups, Group};
 use crate::kmeans::{FitControl, Init, KMeansModel, KMeansParams, Prediction};
 use crate::pca::PcaParams;
 use crate::value::clv::{ChurnRisk, Scores};
@@ -168,6 +169,27 @@ pub struct SegmentParams {
     /// Also predict each customer's value (BG/NBD and Gamma-Gamma as of
     /// the as-of date) and profile the segments by it.
     pub clv: Option<ValueOptions>,
+    /// Also put every customer in a campaign's treatment or control group,
+    /// stratified by segment.
+    pub experiment: Option<ExperimentOptions>,
+}
+
+/// A campaign's control share and salt (see [`crate::experiment::groups`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentOptions {
+    pub holdout_share: f64,
+    pub salt: String,
+}
+
+/// The groups drawn, per segment and overall.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentSummary {
+    pub holdout_share: f64,
+    pub salt: String,
+    pub treatment: usize,
+    pub control: usize,
+    /// (segment id, control customers, segment size).
+    pub control_by_segment: Vec<(u32, usize, usize)>,
 }
 
 impl Default for SegmentParams {
@@ -185,6 +207,7 @@ impl Default for SegmentParams {
             silhouette_sample: 4000,
             features: None,
             clv: None,
+            experiment: None,
             min_share: DEFAULT_MIN_SHARE,
         }
     }
@@ -379,6 +402,8 @@ pub struct SegmentRun {
     pub backend: BackendInfo,
     /// With [`SegmentParams::clv`].
     pub value: Option<CustomerValue>,
+    /// With [`SegmentParams::experiment`]: per customer, and the summary.
+    pub groups: Option<(Vec<Group>, ExperimentSummary)>,
 }
 
 /// Every customer's predicted value, aligned with the run's customers.
@@ -469,7 +494,37 @@ pub fn run_segmentation(
     if let Some(v) = value {
         attach_value(&mut run, v);
     }
+    if let Some(e) = &params.experiment {
+        run.groups = Some(draw_groups(&run, e)?);
+    }
     Ok(run)
+}
+
+/// Treatment and control per segment (by stable segment id).
+fn draw_groups(run: &SegmentRun, e: &ExperimentOptions) -> Result<(Vec<Group>, ExperimentSummary)> {
+    let strata: Vec<u32> = run
+        .prediction
+        .labels
+        .iter()
+        .map(|&l| run.model.id_of(l))
+        .collect();
+    let groups = assign_groups(&run.customers.ids, &strata, e.holdout_share, &e.salt)
+        .map_err(crate::experiment::ExperimentError::from)?;
+    let mut by: std::collections::BTreeMap<u32, (usize, usize)> = Default::default();
+    for (&s, g) in strata.iter().zip(&groups) {
+        let entry = by.entry(s).or_default();
+        entry.0 += usize::from(*g == Group::Control);
+        entry.1 += 1;
+    }
+    let control = groups.iter().filter(|&&g| g == Group::Control).count();
+    let summary = ExperimentSummary {
+        holdout_share: e.holdout_share,
+        salt: e.salt.clone(),
+        treatment: groups.len() - control,
+        control,
+        control_by_segment: by.into_iter().map(|(s, (c, n))| (s, c, n)).collect(),
+    };
+    Ok((groups, summary))
 }
 
 /// Aligns the value job's scores with the run's customers (the same
@@ -712,6 +767,7 @@ pub fn segment_customers(
         input,
         backend: backend_info,
         value: None,
+        groups: None,
     })
 }
 

@@ -21,9 +21,10 @@ pub mod transactions;
 
 pub use error::{RowProblem, SegmentationError};
 pub use job::{
-    feature_columns, run_segmentation, segment_customers, skewed_columns, FeatureChoice,
-    InputSummary, KChoice, Refresh, Scatter, SegmentControl, SegmentModel, SegmentParams,
-    SegmentRun, DEFAULT_K_RANGE, DEFAULT_MAX_BAD_ROWS, DEFAULT_MIN_SHARE,
+    feature_columns, run_segmentation, segment_customers, skewed_columns, ExperimentOptions,
+    ExperimentSummary, FeatureChoice, InputSummary, KChoice, Refresh, Scatter, SegmentControl,
+    SegmentModel, SegmentParams, SegmentRun, DEFAULT_K_RANGE, DEFAULT_MAX_BAD_ROWS,
+    DEFAULT_MIN_SHARE,
 };
 pub(crate) use output::replace_atomically;
 pub use output::{write_outputs, OutputFiles, Preprocessing, SegmentsDocument, CUSTOMER_COLUMNS};

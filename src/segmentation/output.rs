@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::SegmentationError;
 use super::features::FEATURE_NAMES;
-use super::job::{FeatureChoice, InputSummary, Refresh, SegmentRun};
+use super::job::{ExperimentSummary, FeatureChoice, InputSummary, Refresh, SegmentRun};
 use super::profile::SegmentProfile;
 use super::report;
 use super::rfm::RfmSegment;
@@ -117,6 +117,9 @@ fn customers_csv(run: &SegmentRun) -> Result<Vec<u8>> {
     if run.value.is_some() {
         header.extend(VALUE_COLUMNS);
     }
+    if run.groups.is_some() {
+        header.push("group");
+    }
     w.write_record(&header).map_err(fail)?;
     let margins = run.margins();
     for (i, id) in run.customers.ids.iter().enumerate() {
@@ -140,6 +143,9 @@ fn customers_csv(run: &SegmentRun) -> Result<Vec<u8>> {
                 s.value_tier[i].name().to_string(),
                 s.churn_risk[i].name().to_string(),
             ]);
+        }
+        if let Some((groups, _)) = &run.groups {
+            record.push(groups[i].name().to_string());
         }
         w.write_record(&record).map_err(fail)?;
     }
@@ -196,6 +202,12 @@ fn customers_parquet(run: &SegmentRun) -> Result<Vec<u8>> {
             s.churn_risk.iter().map(|c| c.name()).collect::<Vec<_>>(),
         )));
     }
+    if let Some((groups, _)) = &run.groups {
+        names.push("group");
+        columns.push(Arc::new(StringArray::from(
+            groups.iter().map(|g| g.name()).collect::<Vec<_>>(),
+        )));
+    }
     let batch = RecordBatch::try_from_iter(names.iter().zip(columns).map(|(n, c)| (*n, c)))
         .map_err(|e| fail(&e))?;
     let mut buffer = Vec::new();
@@ -224,6 +236,9 @@ pub struct SegmentsDocument {
     /// With `--clv`: the value models and what they predict overall.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<ClvSummary>,
+    /// With `--holdout-share`: the campaign groups drawn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<ExperimentSummary>,
 }
 
 /// How features are transformed before clustering (stored in the model).
@@ -258,6 +273,7 @@ impl SegmentsDocument {
             input: run.input.clone(),
             feature_choice: run.feature_choice.clone(),
             value: run.value.as_ref().map(|v| v.summary.clone()),
+            experiment: run.groups.as_ref().map(|g| g.1.clone()),
         }
     }
 }

@@ -5,6 +5,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::backend::{BackendError, GpuError};
 use crate::data::DataError;
+use crate::experiment::ExperimentError;
 use crate::segmentation::SegmentationError;
 use crate::service::auth::clip;
 use crate::value::ValueError;
@@ -168,6 +169,17 @@ impl From<Error> for ServiceError {
                     ValueError::Hyp2f1(_) => return Self::Internal(v.to_string()),
                 };
                 Self::invalid(field, v.to_string())
+            }
+            Error::Experiment(x) => {
+                let field = match &x {
+                    ExperimentError::Io { .. } => "path",
+                    ExperimentError::MissingColumn { .. }
+                    | ExperimentError::BadValue { .. }
+                    | ExperimentError::DuplicateId { .. }
+                    | ExperimentError::EmptyGroup(_) => "rows",
+                    ExperimentError::Groups(_) => "holdout_share",
+                };
+                Self::invalid(field, x.to_string())
             }
             Error::Backend(BackendError::Cancelled) | Error::Cancelled => Self::Cancelled,
             Error::Backend(e @ (BackendError::RowRange { .. } | BackendError::Unsupported(_))) => {

@@ -18,10 +18,10 @@ pub struct Chart {
     pub title: &'static str,
 }
 
-const FONT: &str = "sans-serif";
+pub(crate) const FONT: &str = "sans-serif";
 const SIZE: (u32, u32) = (900, 560);
 
-fn register_font() {
+pub(crate) fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // Only fails on bytes that are not a font; these are DejaVu's own.
@@ -46,9 +46,10 @@ pub fn segment_colour(id: usize) -> RGBColor {
     COLOURS[id % COLOURS.len()]
 }
 
-type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+pub(crate) type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 
-fn draw(
+/// Draws one chart into `dir/chart.file` (a PNG).
+pub(crate) fn draw(
     dir: &Path,
     chart: &Chart,
     paint: impl FnOnce(&Area) -> std::result::Result<(), String>,

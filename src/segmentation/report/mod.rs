@@ -5,20 +5,22 @@ mod charts;
 
 use std::fmt::Write;
 
+pub(crate) use charts::{draw as draw_chart, register_font, Area, FONT as CHART_FONT};
 pub use charts::{segment_colour, write_charts, Chart};
+pub(crate) use STYLE as REPORT_STYLE;
 
 use super::features::FEATURE_NAMES;
 use super::rfm::RfmSegment;
 use super::SegmentRun;
 
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1000px;color:#222}\
+pub(crate) const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1000px;color:#222}\
 table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}\
 th{background:#f3f3f3}td.l,th.l{text-align:left}img{max-width:100%;border:1px solid #eee;margin:.5rem 0}\
 .swatch{display:inline-block;width:.9em;height:.9em;border-radius:50%;margin-right:.4em;vertical-align:middle}\

@@ -1,0 +1,234 @@
+//! Campaign experiments: treatment and control groups drawn per segment
+//! ([`groups`], `segment --holdout-share`), and the uplift a campaign made
+//! ([`uplift`], `segmenta uplift`) with a page to read it ([`report`]).
+
+pub mod groups;
+pub mod report;
+pub mod uplift;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use groups::{assign_groups, Group, GroupError};
+pub use uplift::{uplift, Interval, Uplift};
+
+/// One customer's arm, conversion and revenue.
+pub type Observation = (Group, bool, f64);
+
+/// What can go wrong reading an experiment's files.
+#[derive(Debug, thiserror::Error)]
+pub enum ExperimentError {
+    #[error("{}: {error}", path.display())]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{}: no column {column:?} (columns: {available}){hint}", path.display())]
+    MissingColumn {
+        path: PathBuf,
+        column: &'static str,
+        available: String,
+        hint: &'static str,
+    },
+    #[error("{}, row {row}, column {column:?}: {what}", path.display())]
+    BadValue {
+        path: PathBuf,
+        row: usize,
+        column: &'static str,
+        what: &'static str,
+    },
+    #[error("{}: rows {row_a} and {row_b} have the same customer id", path.display())]
+    DuplicateId {
+        path: PathBuf,
+        row_a: usize,
+        row_b: usize,
+    },
+    #[error("no customer is in the {0} group: nothing to compare")]
+    EmptyGroup(&'static str),
+    #[error(transparent)]
+    Groups(#[from] GroupError),
+}
+
+/// Uplift overall and per segment, and what did not match.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpliftReport {
+    pub overall: Uplift,
+    pub segments: Vec<Uplift>,
+    pub customers: usize,
+    /// Assigned customers with no outcome row: counted as not converted,
+    /// no revenue.
+    pub without_outcome: usize,
+    /// Outcome rows whose customer is not in the assignments (ignored).
+    pub unknown_outcomes: usize,
+    pub warnings: Vec<String>,
+}
+
+struct Table {
+    path: PathBuf,
+    reader: csv::Reader<std::fs::File>,
+    header: Vec<String>,
+}
+
+impl Table {
+    fn open(path: &Path) -> Result<Self, ExperimentError> {
+        let io = |error| ExperimentError::Io {
+            path: path.to_owned(),
+            error,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let mut reader = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .from_reader(file);
+        let header = reader
+            .headers()
+            .map_err(|e| io(std::io::Error::other(e)))?
+            .iter()
+            .map(|h| h.trim_start_matches('\u{feff}').to_string())
+            .collect();
+        Ok(Self {
+            path: path.to_owned(),
+            reader,
+            header,
+        })
+    }
+
+    fn column(&self, name: &'static str, hint: &'static str) -> Result<usize, ExperimentError> {
+        self.header
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| ExperimentError::MissingColumn {
+                path: self.path.clone(),
+                column: name,
+                available: self.header.join(", "),
+                hint,
+            })
+    }
+
+    fn rows(
+        &mut self,
+    ) -> impl Iterator<Item = (usize, Result<csv::StringRecord, ExperimentError>)> + '_ {
+        let path = self.path.clone();
+        self.reader.records().enumerate().map(move |(i, r)| {
+            (
+                i + 1,
+                r.map_err(|e| ExperimentError::Io {
+                    path: path.clone(),
+                    error: std::io::Error::other(e),
+                }),
+            )
+        })
+    }
+}
+
+/// Reads `segment`'s customer table (`customer_id`, `segment`, `group`)
+/// and an outcomes table (`customer_id`, `converted` 0/1, `revenue`), and
+/// measures the uplift overall and per segment.
+pub fn measure(assignments: &Path, outcomes: &Path) -> Result<UpliftReport, ExperimentError> {
+    let mut a = Table::open(assignments)?;
+    let id_col = a.column("customer_id", "")?;
+    let seg_col = a.column("segment", "")?;
+    let group_col = a.column(
+        "group",
+        "; draw groups with segment --holdout-share before the campaign",
+    )?;
+    let bad = |path: &Path, row, column, what| ExperimentError::BadValue {
+        path: path.to_owned(),
+        row,
+        column,
+        what,
+    };
+    let mut customers: Vec<(String, String, Group)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for (row, record) in a.rows() {
+        let r = record?;
+        let id = r.get(id_col).unwrap_or("").to_string();
+        if id.is_empty() {
+            return Err(bad(assignments, row, "customer_id", "empty"));
+        }
+        let group = Group::parse(r.get(group_col).unwrap_or(""))
+            .ok_or_else(|| bad(assignments, row, "group", "expected treatment or control"))?;
+        if let Some(&first) = index.get(&id) {
+            return Err(ExperimentError::DuplicateId {
+                path: assignments.to_owned(),
+                row_a: first + 1,
+                row_b: row,
+            });
+        }
+        index.insert(id.clone(), customers.len());
+        customers.push((id, r.get(seg_col).unwrap_or("").to_string(), group));
+    }
+    let mut o = Table::open(outcomes)?;
+    let (oid, conv, rev) = (
+        o.column("customer_id", "")?,
+        o.column("converted", "")?,
+        o.column("revenue", "")?,
+    );
+    let mut outcome: Vec<Option<(bool, f64)>> = vec![None; customers.len()];
+    let mut unknown = 0;
+    for (row, record) in o.rows() {
+        let r = record?;
+        let converted = match r.get(conv).unwrap_or("") {
+            "1" | "true" | "True" | "TRUE" => true,
+            "0" | "false" | "False" | "FALSE" => false,
+            _ => return Err(bad(outcomes, row, "converted", "expected 0 or 1")),
+        };
+        let revenue: f64 = match r.get(rev).unwrap_or("") {
+            "" => 0.0,
+            v => v
+                .parse()
+                .ok()
+                .filter(|x: &f64| x.is_finite())
+                .ok_or_else(|| bad(outcomes, row, "revenue", "not a finite number"))?,
+        };
+        match index.get(r.get(oid).unwrap_or("")) {
+            Some(&i) => outcome[i] = Some((converted, revenue)),
+            None => unknown += 1,
+        }
+    }
+    let without_outcome = outcome.iter().filter(|o| o.is_none()).count();
+    let rows: Vec<Observation> = customers
+        .iter()
+        .zip(&outcome)
+        .map(|((_, _, g), o)| {
+            let (c, r) = o.unwrap_or((false, 0.0));
+            (*g, c, r)
+        })
+        .collect();
+    for (g, name) in [(Group::Treatment, "treatment"), (Group::Control, "control")] {
+        if !rows.iter().any(|r| r.0 == g) {
+            return Err(ExperimentError::EmptyGroup(name));
+        }
+    }
+    let mut by_segment: BTreeMap<(u64, String), Vec<Observation>> = BTreeMap::new();
+    for (c, r) in customers.iter().zip(&rows) {
+        // Numeric segment ids sort as numbers.
+        let key = (c.1.parse::<u64>().unwrap_or(u64::MAX), c.1.clone());
+        by_segment.entry(key).or_default().push(*r);
+    }
+    let overall = uplift("all", &rows);
+    let segments: Vec<Uplift> = by_segment.iter().map(|((_, s), r)| uplift(s, r)).collect();
+    let mut warnings: Vec<String> = std::iter::once(&overall)
+        .chain(&segments)
+        .filter_map(|u| u.warning.clone())
+        .collect();
+    if without_outcome > 0 {
+        warnings.push(format!(
+            "{without_outcome} assigned customers have no outcome row: counted as not converted, no revenue"
+        ));
+    }
+    if unknown > 0 {
+        warnings.push(format!(
+            "{unknown} outcome rows name customers not in the assignments: ignored"
+        ));
+    }
+    Ok(UpliftReport {
+        overall,
+        segments,
+        customers: customers.len(),
+        without_outcome,
+        unknown_outcomes: unknown,
+        warnings,
+    })
+}
