@@ -252,26 +252,52 @@ fn bad_input_gets_a_clear_error() {
         &bad_rev,
         "row 1, column \"revenue\": not a finite number",
     );
-    let only_t = write("only.csv", "customer_id,segment,group\nA,0,treatment\n");
-    fails(&only_t, &outcomes, "no customer is in the control group");
+    let only_t = write(
+        "only.csv",
+        "customer_id,segment,group\nA,0,treatment\nB,0,treatment\n",
+    );
+    fails(
+        &only_t,
+        &outcomes,
+        "fewer than two customers are in the control group",
+    );
+    let dup = write(
+        "d.csv",
+        "customer_id,converted,revenue\nA,1,10\nB,0,0\nA,0,0\n",
+    );
+    fails(&assigned, &dup, "rows 1 and 3 have the same customer id");
     fails(&dir.path().join("missing.csv"), &outcomes, "missing.csv");
-    // Small groups and unmatched rows are warnings, not errors.
+    // Small groups, a segment with one arm and unmatched rows are
+    // warnings, not errors; the segment without a control arm is left out.
+    let assigned = write(
+        "a2.csv",
+        "customer_id,segment,group\nA,0,treatment\nB,0,control\nC,1,treatment\nD,0,treatment\nE,0,control\nF,1,treatment\n",
+    );
     let extra = write("e.csv", "customer_id,converted,revenue\nA,1,10\nZ,1,5\n");
-    segmenta()
-        .args([
-            "uplift",
-            "--assignments",
-            assigned.to_str().unwrap(),
-            "--outcomes",
-            extra.to_str().unwrap(),
-        ])
+    let out = segmenta()
+        .args(["uplift", "--assignments", assigned.to_str().unwrap()])
+        .args(["--outcomes", extra.to_str().unwrap(), "--json"])
         .assert()
         .success()
-        .stderr(predicate::str::contains("groups too small"))
-        .stderr(predicate::str::contains(
-            "1 outcome rows name customers not in the assignments",
-        ))
-        .stderr(predicate::str::contains(
-            "2 assigned customers have no outcome row",
-        ));
+        .stderr(predicate::str::contains("panicked").not())
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let segments: Vec<&str> = v["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stratum"].as_str().unwrap())
+        .collect();
+    assert_eq!(segments, ["0"]);
+    let warnings = v["warnings"].to_string();
+    for w in [
+        "segment 1: 2 treated and 0 control customers, too few to compare; left out",
+        "groups too small",
+        "1 outcome rows name customers not in the assignments",
+        "5 assigned customers have no outcome row",
+    ] {
+        assert!(warnings.contains(w), "{w} not in {warnings}");
+    }
 }

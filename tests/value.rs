@@ -241,6 +241,11 @@ fn a_fit_without_a_maximum_says_so_with_its_best_parameters() {
         Err(ValueError::NotConverged { model, best, .. }) => {
             assert_eq!(model, "BG/NBD");
             assert!(best.contains("alpha = "), "{best}");
+            // The best point found, not the first start (r = 1, α = mean T).
+            assert!(
+                !best.starts_with("r = 1.000000, alpha = 50.000000"),
+                "{best}"
+            );
         }
         other => panic!("expected a non-convergence error, got {other:?}"),
     }

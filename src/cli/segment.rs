@@ -136,6 +136,13 @@ fn params(
     as_of: Option<&str>,
 ) -> anyhow::Result<SegmentParams> {
     let as_of = super::parse_as_of(as_of)?;
+    if let Some(s) = job.holdout_share.filter(|s| !(*s > 0.0 && *s < 1.0)) {
+        // Before the job runs, not after.
+        return Err(segmenta::experiment::GroupError::Share(s).into());
+    }
+    if job.clv {
+        job.value.options().check()?;
+    }
     Ok(SegmentParams {
         columns,
         bad_rows,

@@ -27,6 +27,17 @@ pub struct UpliftArgs {
     pub json: bool,
 }
 
+fn relative(i: Option<segmenta::experiment::Interval>) -> String {
+    i.map_or("–".into(), |r| {
+        format!(
+            "{:+.1}% [{:+.1}, {:+.1}]",
+            r.estimate * 100.0,
+            r.low * 100.0,
+            r.high * 100.0
+        )
+    })
+}
+
 fn row(u: &Uplift) -> Vec<String> {
     let pp = |v: f64| format!("{:+.2}", v * 100.0);
     vec![
@@ -44,11 +55,13 @@ fn row(u: &Uplift) -> Vec<String> {
             pp(u.conversion.low),
             pp(u.conversion.high)
         ),
+        relative(u.conversion_relative),
         format!("{:.4}", u.conversion_p_value),
         format!(
             "{:+.2} [{:+.2}, {:+.2}]",
             u.revenue.estimate, u.revenue.low, u.revenue.high
         ),
+        relative(u.revenue_relative),
         format!("{:.4}", u.revenue_p_value),
     ]
 }
@@ -75,8 +88,10 @@ pub fn run(args: UpliftArgs) -> anyhow::Result<()> {
         "control",
         "conversion T / C",
         "uplift, pp [95 %]",
+        "relative",
         "p",
         "revenue/customer uplift [95 %]",
+        "relative",
         "p",
     ]
     .map(String::from);

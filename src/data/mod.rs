@@ -15,3 +15,21 @@ pub use reader::{
 };
 pub use scaler::{ColumnStats, Scaler};
 pub use text::{Delimiter, TextFormat};
+
+/// Runs a Parquet read and turns a panic inside the parquet crate (it still
+/// has a few on damaged files) into `on_panic()`'s error: a damaged file is
+/// bad input, and must never take a thread down.
+pub fn guard_parquet<T, E>(
+    read: impl FnOnce() -> Result<T, E>,
+    on_panic: impl FnOnce() -> E,
+) -> Result<T, E> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|_| Err(on_panic()))
+}
+
+/// The error for a Parquet file the reader gave up on.
+pub(crate) fn damaged_parquet(path: &std::path::Path) -> DataError {
+    DataError::Malformed {
+        path: path.to_owned(),
+        message: "the Parquet file is damaged (its metadata could not be read)".into(),
+    }
+}

@@ -103,7 +103,10 @@ pub fn read_table_limited(
     })?;
     let (names, flat) = match format {
         TableFormat::Csv => read_csv(file, path, columns, text, limits)?,
-        TableFormat::Parquet => read_parquet(file, path, columns, limits)?,
+        TableFormat::Parquet => super::guard_parquet(
+            || read_parquet(file, path, columns, limits),
+            || super::damaged_parquet(path),
+        )?,
     };
     Dataset::from_rows(names, flat)
 }
@@ -224,34 +227,38 @@ pub fn read_text_column(
                 out.push(record.map_err(malformed)?.get(c).unwrap_or("").to_owned());
             }
         }
-        TableFormat::Parquet => {
-            let malformed = |message: String| DataError::Malformed {
-                path: path.to_owned(),
-                message,
-            };
-            let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-                .map_err(|e| malformed(e.to_string()))?;
-            let header: Vec<String> = builder
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .collect();
-            let c = resolve_columns(&header, &wanted)?[0];
-            for batch in builder.build().map_err(|e| malformed(e.to_string()))? {
-                let batch = batch.map_err(|e| malformed(e.to_string()))?;
-                let text = arrow_cast::cast(batch.column(c), &DataType::Utf8)
+        TableFormat::Parquet => super::guard_parquet(
+            || -> Result<(), DataError> {
+                let malformed = |message: String| DataError::Malformed {
+                    path: path.to_owned(),
+                    message,
+                };
+                let builder = ParquetRecordBatchReaderBuilder::try_new(file)
                     .map_err(|e| malformed(e.to_string()))?;
-                let text = text.as_string::<i32>();
-                out.extend((0..text.len()).map(|i| {
-                    if text.is_null(i) {
-                        String::new()
-                    } else {
-                        text.value(i).to_owned()
-                    }
-                }));
-            }
-        }
+                let header: Vec<String> = builder
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect();
+                let c = resolve_columns(&header, &wanted)?[0];
+                for batch in builder.build().map_err(|e| malformed(e.to_string()))? {
+                    let batch = batch.map_err(|e| malformed(e.to_string()))?;
+                    let text = arrow_cast::cast(batch.column(c), &DataType::Utf8)
+                        .map_err(|e| malformed(e.to_string()))?;
+                    let text = text.as_string::<i32>();
+                    out.extend((0..text.len()).map(|i| {
+                        if text.is_null(i) {
+                            String::new()
+                        } else {
+                            text.value(i).to_owned()
+                        }
+                    }));
+                }
+                Ok(())
+            },
+            || super::damaged_parquet(path),
+        )?,
     }
     Ok(out)
 }

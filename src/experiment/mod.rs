@@ -45,7 +45,7 @@ pub enum ExperimentError {
         row_a: usize,
         row_b: usize,
     },
-    #[error("no customer is in the {0} group: nothing to compare")]
+    #[error("fewer than two customers are in the {0} group: nothing to compare")]
     EmptyGroup(&'static str),
     #[error(transparent)]
     Groups(#[from] GroupError),
@@ -166,6 +166,7 @@ pub fn measure(assignments: &Path, outcomes: &Path) -> Result<UpliftReport, Expe
         o.column("revenue", "")?,
     );
     let mut outcome: Vec<Option<(bool, f64)>> = vec![None; customers.len()];
+    let mut outcome_row = vec![0usize; customers.len()];
     let mut unknown = 0;
     for (row, record) in o.rows() {
         let r = record?;
@@ -183,7 +184,17 @@ pub fn measure(assignments: &Path, outcomes: &Path) -> Result<UpliftReport, Expe
                 .ok_or_else(|| bad(outcomes, row, "revenue", "not a finite number"))?,
         };
         match index.get(r.get(oid).unwrap_or("")) {
-            Some(&i) => outcome[i] = Some((converted, revenue)),
+            Some(&i) if outcome[i].is_some() => {
+                return Err(ExperimentError::DuplicateId {
+                    path: outcomes.to_owned(),
+                    row_a: outcome_row[i],
+                    row_b: row,
+                })
+            }
+            Some(&i) => {
+                outcome[i] = Some((converted, revenue));
+                outcome_row[i] = row;
+            }
             None => unknown += 1,
         }
     }
@@ -197,7 +208,7 @@ pub fn measure(assignments: &Path, outcomes: &Path) -> Result<UpliftReport, Expe
         })
         .collect();
     for (g, name) in [(Group::Treatment, "treatment"), (Group::Control, "control")] {
-        if !rows.iter().any(|r| r.0 == g) {
+        if rows.iter().filter(|r| r.0 == g).count() < 2 {
             return Err(ExperimentError::EmptyGroup(name));
         }
     }
@@ -208,11 +219,26 @@ pub fn measure(assignments: &Path, outcomes: &Path) -> Result<UpliftReport, Expe
         by_segment.entry(key).or_default().push(*r);
     }
     let overall = uplift("all", &rows);
-    let segments: Vec<Uplift> = by_segment.iter().map(|((_, s), r)| uplift(s, r)).collect();
-    let mut warnings: Vec<String> = std::iter::once(&overall)
-        .chain(&segments)
-        .filter_map(|u| u.warning.clone())
-        .collect();
+    let mut warnings = Vec::new();
+    let mut segments = Vec::new();
+    for ((_, s), r) in &by_segment {
+        // Every statistic needs both arms, Welch's two customers in each.
+        let arms =
+            [Group::Treatment, Group::Control].map(|g| r.iter().filter(|o| o.0 == g).count());
+        if arms.iter().any(|&n| n < 2) {
+            warnings.push(format!(
+                "segment {s}: {} treated and {} control customers, too few to compare; left out (the overall figures include them)",
+                arms[0], arms[1]
+            ));
+            continue;
+        }
+        segments.push(uplift(s, r));
+    }
+    warnings.extend(
+        std::iter::once(&overall)
+            .chain(&segments)
+            .filter_map(|u| u.warning.clone()),
+    );
     if without_outcome > 0 {
         warnings.push(format!(
             "{without_outcome} assigned customers have no outcome row: counted as not converted, no revenue"

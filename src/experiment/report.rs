@@ -59,21 +59,24 @@ fn html(report: &UpliftReport, chart: &Chart) -> String {
     h.push_str(
         "<table><tr><th>segment</th><th>treated</th><th>control</th><th>conversion treated / control</th>\
          <th>uplift (95 % interval)</th><th>relative</th><th>p</th><th>revenue per customer treated / control</th>\
-         <th>uplift (95 % interval)</th><th>p</th></tr>\n",
+         <th>uplift (95 % interval)</th><th>relative</th><th>p</th></tr>\n",
     );
-    for u in report.segments.iter().chain([&report.overall]) {
-        let rel = u.conversion_relative.map_or("–".to_string(), |r| {
+    let relative = |i: Option<super::Interval>| {
+        i.map_or("–".to_string(), |r| {
             format!(
                 "{:+.1} % ({:+.1} to {:+.1})",
                 r.estimate * 100.0,
                 r.low * 100.0,
                 r.high * 100.0
             )
-        });
+        })
+    };
+    for u in report.segments.iter().chain([&report.overall]) {
+        let rel = relative(u.conversion_relative);
         let _ = writeln!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2} % / {:.2} %</td><td>{} ({} to {})</td><td>{}</td><td>{:.4}</td>\
-             <td>{:.2} / {:.2}</td><td>{:+.2} ({:+.2} to {:+.2})</td><td>{:.4}</td></tr>",
+             <td>{:.2} / {:.2}</td><td>{:+.2} ({:+.2} to {:+.2})</td><td>{}</td><td>{:.4}</td></tr>",
             escape(&u.stratum),
             u.treatment.customers,
             u.control.customers,
@@ -89,6 +92,7 @@ fn html(report: &UpliftReport, chart: &Chart) -> String {
             u.revenue.estimate,
             u.revenue.low,
             u.revenue.high,
+            relative(u.revenue_relative),
             u.revenue_p_value
         );
     }

@@ -45,12 +45,14 @@ pub struct Uplift {
     pub control: Arm,
     /// Treated minus control conversion rate.
     pub conversion: Interval,
-    /// The conversion difference over the control rate (`None` when the
-    /// control group never converted).
+    /// The conversion difference over the control rate (`None` when either
+    /// group never converted: the log-ratio interval needs both).
     pub conversion_relative: Option<Interval>,
     pub conversion_p_value: f64,
     /// Treated minus control revenue per customer.
     pub revenue: Interval,
+    /// The revenue difference over the control's (`None` when the control
+    /// group had no revenue).
     pub revenue_relative: Option<Interval>,
     pub revenue_p_value: f64,
     /// Set when the groups are too small for the intervals to mean much.
@@ -84,7 +86,7 @@ fn normal_p(z: f64) -> f64 {
     if z.is_nan() {
         return f64::NAN;
     }
-    2.0 * (1.0 - Normal::standard().cdf(z.abs()))
+    2.0 * Normal::standard().sf(z.abs())
 }
 
 /// Uplift of treated over control among `rows` (group, converted, revenue).
@@ -131,7 +133,7 @@ pub fn uplift(stratum: &str, rows: &[super::Observation]) -> Uplift {
     let (q, revenue_p_value) = if se_r > 0.0 && df.is_finite() && df > 0.0 {
         let dist = StudentsT::new(0.0, 1.0, df).expect("positive degrees of freedom");
         let stat = (mt - mc) / se_r;
-        (dist.inverse_cdf(0.975), 2.0 * (1.0 - dist.cdf(stat.abs())))
+        (dist.inverse_cdf(0.975), 2.0 * dist.sf(stat.abs()))
     } else if se_r == 0.0 {
         (0.0, if mt == mc { 1.0 } else { 0.0 })
     } else {

@@ -492,7 +492,7 @@ pub fn run_segmentation(
     drop(log);
     let mut run = segment_customers(backend, customers, input, params, previous, control)?;
     if let Some(v) = value {
-        attach_value(&mut run, v);
+        attach_value(&mut run, v)?;
     }
     if let Some(e) = &params.experiment {
         run.groups = Some(draw_groups(&run, e)?);
@@ -530,7 +530,7 @@ fn draw_groups(run: &SegmentRun, e: &ExperimentOptions) -> Result<(Vec<Group>, E
 /// Aligns the value job's scores with the run's customers (the same
 /// customers: both read every line up to the as-of date) and profiles the
 /// segments by them.
-fn attach_value(run: &mut SegmentRun, value: ClvRun) {
+fn attach_value(run: &mut SegmentRun, value: ClvRun) -> Result<()> {
     let at: HashMap<&str, usize> = value
         .customer_ids
         .iter()
@@ -539,8 +539,14 @@ fn attach_value(run: &mut SegmentRun, value: ClvRun) {
         .collect();
     let s = &value.scores;
     let mut aligned = Scores::default();
-    for id in &run.customers.ids {
-        let i = at[id.as_str()];
+    for (row, id) in run.customers.ids.iter().enumerate() {
+        let Some(&i) = at.get(id.as_str()) else {
+            return Err(crate::value::ValueError::BadCustomer {
+                index: row,
+                what: "a segmented customer without a value row (the two jobs read different customers)".into(),
+            }
+            .into());
+        };
         aligned.p_alive.push(s.p_alive[i]);
         aligned.expected_purchases.push(s.expected_purchases[i]);
         aligned.expected_spend.push(s.expected_spend[i]);
@@ -568,10 +574,16 @@ fn attach_value(run: &mut SegmentRun, value: ClvRun) {
             high_churn_risk: high,
         });
     }
+    // The summary's totals are the segmented customers' (the value job may
+    // also score customers the segmentation leaves out).
+    let mut summary = value.summary;
+    summary.n_customers = aligned.clv.len();
+    summary.total_clv = total;
     run.value = Some(CustomerValue {
-        summary: value.summary,
+        summary,
         scores: aligned,
     });
+    Ok(())
 }
 
 /// The job from customer features on (for callers that build features

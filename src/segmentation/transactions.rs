@@ -590,7 +590,10 @@ pub fn read_transactions_as(
     let mut builder = Builder::new(columns, format, policy);
     match table {
         TableFormat::Csv => read_csv(file, path, &mut builder)?,
-        TableFormat::Parquet => read_parquet(file, path, &mut builder)?,
+        TableFormat::Parquet => crate::data::guard_parquet(
+            || read_parquet(file, path, &mut builder),
+            || crate::data::damaged_parquet(path).into(),
+        )?,
     }
     builder.finish()
 }

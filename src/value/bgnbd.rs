@@ -296,7 +296,8 @@ impl BgNbd {
         let BgNbdParams { r, alpha, a, b } = self.params;
         let x = h.x as f64;
         let s = a.ln() - (b + x - 1.0).ln() + (r + x) * ((alpha + h.t).ln() - (alpha + h.t_x).ln());
-        1.0 - softplus_sigmoid(s).1
+        // 1 / (1 + eˢ), accurate for large s too.
+        softplus_sigmoid(-s).1
     }
 
     /// Expected purchases in the next `t` time units of a customer with
@@ -308,36 +309,33 @@ impl BgNbd {
     /// Expected purchases in `(T, T + t]` given alive at `T`, which depends
     /// on `x` and `T` only (not on `t_x`): callers memoise on `(x, T)`.
     pub fn expected_if_alive(&self, x: u32, big_t: f64, t: f64) -> Result<f64, ValueError> {
-        if t <= 0.0 {
-            return Ok(0.0);
-        }
-        let BgNbdParams { r, alpha, a, b } = self.params;
-        let x = x as f64;
-        let z = t / (alpha + big_t + t);
-        let at = |a: f64| -> Result<f64, ValueError> {
-            let c = a + b + x - 1.0;
-            let f = hyp2f1(r + x, b + x, c, z)?;
-            let ratio = ((r + x) * ((alpha + big_t).ln() - (alpha + big_t + t).ln())).exp();
-            Ok(c / (a - 1.0) * (1.0 - ratio * f))
-        };
-        limit_at_one(a, at)
+        self.bracket(x as f64, self.params.alpha + big_t, t)
     }
 
     /// Expected purchases of a new customer in their first `t` time units
-    /// (eq. 9).
+    /// (eq. 9): the same form with `x = 0` from `α` alone.
     pub fn expected_new(&self, t: f64) -> Result<f64, ValueError> {
+        self.bracket(0.0, self.params.alpha, t)
+    }
+
+    /// `c/(a−1) · (1 − y^(r+x) ₂F₁(r+x, b+x; c; z))` with `c = a+b+x−1`,
+    /// `z = t/(s+t)` and `y = 1 − z = s/(s+t)` (`s = α + T`). Euler's
+    /// transformation turns `y^(r+x) ₂F₁(r+x, b+x; c; z)` into
+    /// `y^(a−1) ₂F₁(a+b−1−r, a−1; c; z)`: the same value, but neither
+    /// factor under- or overflows for heavy buyers over long horizons,
+    /// where the first form multiplies 0 by ∞.
+    fn bracket(&self, x: f64, s: f64, t: f64) -> Result<f64, ValueError> {
         if t <= 0.0 {
             return Ok(0.0);
         }
-        let BgNbdParams { r, alpha, a, b } = self.params;
-        let z = t / (alpha + t);
+        let BgNbdParams { r, b, .. } = self.params;
+        let (z, ln_y) = (t / (s + t), s.ln() - (s + t).ln());
         let at = |a: f64| -> Result<f64, ValueError> {
-            let c = a + b - 1.0;
-            let f = hyp2f1(r, b, c, z)?;
-            let ratio = (r * (alpha.ln() - (alpha + t).ln())).exp();
-            Ok(c / (a - 1.0) * (1.0 - ratio * f))
+            let c = a + b + x - 1.0;
+            let f = hyp2f1(a + b - 1.0 - r, a - 1.0, c, z)?;
+            Ok(c / (a - 1.0) * (1.0 - ((a - 1.0) * ln_y).exp() * f))
         };
-        limit_at_one(a, at)
+        limit_at_one(self.params.a, at)
     }
 }
 
@@ -443,6 +441,26 @@ mod tests {
             t: 38.0,
         });
         assert!(recent > lapsed);
+    }
+
+    #[test]
+    fn heavy_buyers_over_long_horizons_stay_finite() {
+        // y^(r+x) underflows and ₂F₁(r+x, b+x; c; z) overflows here; the
+        // Euler form multiplies neither.
+        let m = cdnow();
+        let h = Rft {
+            x: 700,
+            t_x: 729.0,
+            t: 730.0,
+        };
+        for t in [1.0, 52.0, 5_000.0, 100_000.0] {
+            let e = m.expected_purchases(&h, t).unwrap();
+            assert!(e.is_finite() && e > 0.0, "t = {t}: {e}");
+        }
+        // More time, more purchases.
+        let short = m.expected_purchases(&h, 52.0).unwrap();
+        let long = m.expected_purchases(&h, 520.0).unwrap();
+        assert!(long > short);
     }
 
     #[test]

@@ -193,10 +193,22 @@ pub fn score(
         .collect::<Result<_, _>>()?;
     let index: HashMap<(u32, u64), usize> = keys.iter().enumerate().map(|(i, &k)| (k, i)).collect();
     let mut s = Scores::default();
-    for (r, &m) in rft.iter().zip(spend) {
+    for (i, (r, &m)) in rft.iter().zip(spend).enumerate() {
         let (horizon, discounted) = terms[index[&(r.x, r.t.to_bits())]];
         let alive = bg.p_alive(r);
         let value = gg.expected_spend(r.x, m);
+        if ![alive, horizon, discounted, value]
+            .iter()
+            .all(|v| v.is_finite())
+        {
+            return Err(ValueError::BadCustomer {
+                index: i,
+                what: format!(
+                    "the models give no finite score (P(alive) {alive}, expected purchases {horizon}, spend {value}) for x = {}, t_x = {}, T = {}",
+                    r.x, r.t_x, r.t
+                ),
+            });
+        }
         s.p_alive.push(alive);
         s.expected_purchases.push(alive * horizon);
         s.expected_spend.push(value);

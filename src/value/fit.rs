@@ -9,7 +9,7 @@
 //! total log-likelihood at the optimum, by central differences of the
 //! analytic gradient, inverted.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use argmin::core::{CostFunction, Executor, Gradient, State, TerminationReason};
 use argmin::solver::linesearch::MoreThuenteLineSearch;
@@ -62,6 +62,8 @@ const MAX_ITERS: u64 = 500;
 
 /// A point, its cost and its gradient.
 type Evaluated = (Vec<f64>, f64, Vec<f64>);
+/// The lowest-cost point so far and its cost, shared with the caller.
+type BestSoFar = Arc<Mutex<Option<(Vec<f64>, f64)>>>;
 
 struct Problem<'a> {
     ll: &'a dyn LogLikelihood,
@@ -69,6 +71,20 @@ struct Problem<'a> {
     /// The last point evaluated: argmin asks for the cost and the gradient
     /// separately, and both come from one pass over the customers.
     last: Mutex<Option<Evaluated>>,
+    /// The lowest cost evaluated so far, kept outside the executor: when a
+    /// run fails, it is the best parameters found.
+    best: BestSoFar,
+}
+
+impl<'a> Problem<'a> {
+    fn new(ll: &'a dyn LogLikelihood, best: BestSoFar) -> Self {
+        Self {
+            ll,
+            scale: ll.customers().max(1.0),
+            last: Mutex::new(None),
+            best,
+        }
+    }
 }
 
 impl Problem<'_> {
@@ -96,6 +112,10 @@ impl Problem<'_> {
             ));
         }
         *last = Some((theta.to_vec(), cost, grad.clone()));
+        let mut best = self.best.lock().unwrap_or_else(|e| e.into_inner());
+        if best.as_ref().is_none_or(|(_, c)| cost < *c) {
+            *best = Some((theta.to_vec(), cost));
+        }
         Ok((cost, grad))
     }
 }
@@ -118,11 +138,8 @@ impl Gradient for Problem<'_> {
 
 /// One L-BFGS run from `start` (natural parameters).
 fn run(ll: &dyn LogLikelihood, start: &[f64]) -> (Vec<f64>, FitReport) {
-    let problem = Problem {
-        ll,
-        scale: ll.customers().max(1.0),
-        last: Mutex::new(None),
-    };
+    let best = Arc::new(Mutex::new(None));
+    let problem = Problem::new(ll, best.clone());
     let theta0: Vec<f64> = start.iter().map(|p| p.ln()).collect();
     let solver = LBFGS::new(MoreThuenteLineSearch::new(), 10)
         .with_tolerance_grad(GRADIENT_TOLERANCE * 1e-2)
@@ -132,13 +149,20 @@ fn run(ll: &dyn LogLikelihood, start: &[f64]) -> (Vec<f64>, FitReport) {
             .configure(|s| s.param(theta0.clone()).max_iters(MAX_ITERS))
             .run()
     });
+    // A failed run reports the best point it evaluated (or the start).
+    let scale = ll.customers().max(1.0);
     let failed = |stop: String| {
+        let found = best.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (params, log_likelihood) = match found {
+            Some((theta, cost)) => (theta.iter().map(|t| t.exp()).collect(), -cost * scale),
+            None => (start.to_vec(), f64::NEG_INFINITY),
+        };
         (
-            start.to_vec(),
+            params,
             FitReport {
                 iterations: 0,
                 gradient_norm: f64::NAN,
-                log_likelihood: f64::NEG_INFINITY,
+                log_likelihood,
                 converged: false,
                 stop,
                 std_errors: vec![f64::NAN; start.len()],
@@ -153,11 +177,7 @@ fn run(ll: &dyn LogLikelihood, start: &[f64]) -> (Vec<f64>, FitReport) {
     let Some(theta) = state.get_best_param().cloned() else {
         return failed("no parameters were evaluated".into());
     };
-    let problem = Problem {
-        ll,
-        scale: ll.customers().max(1.0),
-        last: Mutex::new(None),
-    };
+    let problem = Problem::new(ll, Arc::new(Mutex::new(None)));
     let (cost, grad) = match problem.eval(&theta) {
         Ok(v) => v,
         Err(e) => return failed(e.to_string()),

@@ -189,11 +189,12 @@ impl GammaGamma {
 
     /// Expected mean spend per purchase of a customer with `x` repeat
     /// purchase days and mean spend `m`: a weighted average of the
-    /// population mean `p·v/(q−1)` and `m`. Customers without repeats get
-    /// the population mean.
+    /// population mean `p·v/(q−1)` and `m`. Customers without repeats, or
+    /// with a mean of zero or less (refunds; left out of the fit), get the
+    /// population mean.
     pub fn expected_spend(&self, x: u32, m: f64) -> f64 {
         let GammaGammaParams { p, q, v } = self.params;
-        if x == 0 || !m.is_finite() {
+        if x == 0 || !(m.is_finite() && m > 0.0) {
             return p * v / (q - 1.0);
         }
         let x = x as f64;
@@ -260,6 +261,8 @@ mod tests {
         let px = 6.25 * 4.0;
         let want = 2.74 / (px + 2.74) * population + px / (px + 2.74) * m;
         assert!((gg.expected_spend(x, m) - want).abs() < 1e-9);
+        // A refunded-to-zero or negative mean gets the population's.
+        assert_eq!(gg.expected_spend(3, -5.0), gg.expected_spend(0, f64::NAN));
         // More purchases: closer to the customer's own mean.
         assert!((gg.expected_spend(40, m) - m).abs() < (gg.expected_spend(1, m) - m).abs());
     }

@@ -82,6 +82,18 @@ pub struct ValueOptions {
     pub churn: ChurnThresholds,
 }
 
+impl ValueOptions {
+    /// Checks the options before any data is read.
+    pub fn check(&self) -> Result<(), ValueError> {
+        ClvOptions {
+            horizon: self.horizon.unwrap_or(1),
+            discount_rate: self.discount_rate,
+            churn: self.churn,
+        }
+        .check()
+    }
+}
+
 impl Default for ValueOptions {
     fn default() -> Self {
         Self {

@@ -3,10 +3,12 @@
 //! the time observed `T`, all from the first purchase, and the mean spend
 //! per repeat purchase day.
 //!
-//! A purchase is a day with at least one line, as in the BG/NBD paper:
-//! several lines (or orders) on one day are one purchase. The first
-//! purchase day starts the clock and is not a repeat; its spend is left out
-//! of the mean repeat spend, as the Gamma-Gamma papers do.
+//! A purchase is a day with at least one line of zero or more, as in the
+//! BG/NBD paper: several lines (or orders) on one day are one purchase.
+//! Refunds (negative lines) are not purchases, as for `segment`; they net
+//! into the spend of the purchase day they follow. The first purchase day
+//! starts the clock and is not a repeat; its spend is left out of the mean
+//! repeat spend, as the Gamma-Gamma papers do.
 
 use serde::{Deserialize, Serialize};
 
@@ -186,12 +188,22 @@ pub fn summarise(
     let mut holdout_total = 0u64;
     for (c, lines) in days.iter_mut().enumerate() {
         lines.sort_by_key(|&(d, _)| d);
-        // One entry per purchase day with the day's spend.
+        // One entry per purchase day with the day's spend. A day is a
+        // purchase when it has a line of zero or more (as for `segment`); a
+        // refund (a negative line) nets into the spend of the latest
+        // purchase day on or before it, and a refund before any purchase
+        // is dropped.
         let mut purchase_days: Vec<(i32, f64)> = Vec::new();
-        for &(d, s) in lines.iter() {
+        for &(d, s) in lines.iter().filter(|(_, s)| *s >= 0.0) {
             match purchase_days.last_mut() {
                 Some((last_day, spend)) if *last_day == d => *spend += s,
                 _ => purchase_days.push((d, s)),
+            }
+        }
+        for &(d, s) in lines.iter().filter(|(_, s)| *s < 0.0) {
+            let at = purchase_days.partition_point(|&(p, _)| p <= d);
+            if at > 0 {
+                purchase_days[at - 1].1 += s;
             }
         }
         let Some(&(start, _)) = purchase_days.first() else {
@@ -241,4 +253,58 @@ pub fn summarise(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segmentation::transactions::{BadRows, Line};
+
+    fn log(lines: &[(u32, i32, f64)], customers: usize) -> TransactionLog {
+        TransactionLog {
+            customer_ids: (0..customers).map(|c| format!("C{c}")).collect(),
+            lines: lines
+                .iter()
+                .map(|&(customer, day, spend)| Line {
+                    customer,
+                    day,
+                    spend,
+                    order: None,
+                })
+                .collect(),
+            rows_read: lines.len(),
+            bad_rows: BadRows::default(),
+            delimiter: None,
+            date_format: String::new(),
+        }
+    }
+
+    #[test]
+    fn days_are_purchases_and_refunds_net_into_the_day_before() {
+        // Customer 0: days 0 (two lines), 7 and 14, a refund on day 10;
+        // customer 1: only a refund.
+        let l = log(
+            &[
+                (0, 0, 10.0),
+                (0, 0, 5.0),
+                (0, 7, 20.0),
+                (0, 10, -8.0),
+                (0, 14, 30.0),
+                (1, 3, -4.0),
+            ],
+            2,
+        );
+        let s = summarise(&l, 14, None, TimeUnit::Day).unwrap();
+        assert_eq!(s.customer, vec![0]);
+        assert_eq!(
+            s.rft[0],
+            Rft {
+                x: 2,
+                t_x: 14.0,
+                t: 14.0
+            }
+        );
+        // Repeat days 7 (20 − 8) and 14 (30): mean 21.
+        assert_eq!(s.mean_repeat_spend[0], 21.0);
+    }
 }

@@ -51,7 +51,7 @@ impl Engine {
             let path = self.store.transactions_path(&log.id)?;
             let removed = match log.format {
                 TableFormat::Csv => erase_csv(&path, customer_id, log.text_format.delimiter)?,
-                TableFormat::Parquet => erase_parquet(&path, customer_id)?,
+                TableFormat::Parquet => erase_parquet_guarded(&path, customer_id)?,
             };
             if removed > 0 {
                 changed.push(Erased {
@@ -68,7 +68,7 @@ impl Engine {
                 let path = dir.join(name);
                 removed += match name.as_str() {
                     "customers.csv" => erase_csv(&path, customer_id, Some(Delimiter::Comma))?,
-                    "customers.parquet" => erase_parquet(&path, customer_id)?,
+                    "customers.parquet" => erase_parquet_guarded(&path, customer_id)?,
                     "model.json" => erase_model(&path, customer_id)?,
                     // Reports, charts and segments.json hold aggregates only.
                     _ => 0,
@@ -152,6 +152,15 @@ fn erase_csv(path: &Path, id: &str, delimiter: Option<Delimiter>) -> ServiceResu
     })
     .map_err(ServiceError::io)?;
     Ok(hits)
+}
+
+/// [`erase_parquet`], a panic in the parquet crate on a damaged file
+/// becoming a storage error.
+fn erase_parquet_guarded(path: &Path, id: &str) -> ServiceResult<u64> {
+    crate::data::guard_parquet(
+        || erase_parquet(path, id),
+        || storage("a damaged Parquet file"),
+    )
 }
 
 /// Rewrites a Parquet file without the rows that have a column (read as

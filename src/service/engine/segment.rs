@@ -36,12 +36,15 @@ fn log_extent(path: &Path) -> ServiceResult<(u64, u64)> {
     match TableFormat::from_path(path) {
         Ok(TableFormat::Parquet) => {
             let file = std::fs::File::open(path).map_err(ServiceError::io)?;
-            let builder =
-                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-                    .map_err(|_| {
-                        ServiceError::invalid("transactions", "not a valid Parquet file")
-                    })?;
-            let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
+            let invalid = || ServiceError::invalid("transactions", "not a valid Parquet file");
+            let rows = crate::data::guard_parquet(
+                || {
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                        .map(|b| b.metadata().file_metadata().num_rows().max(0) as u64)
+                        .map_err(|_| invalid())
+                },
+                invalid,
+            )?;
             Ok((rows, bytes.max(rows.saturating_mul(BYTES_PER_LINE))))
         }
         _ => Ok((bytes / 12 + 1, bytes)),
