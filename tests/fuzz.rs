@@ -446,6 +446,18 @@ fn extreme_numbers_and_wrong_combinations_are_answered() {
                                 Vec::new()
                             },
                             min_share: (z % 2 == 0).then_some(f),
+                            value: (y % 4 == 1).then(|| pb::ValueOptions {
+                                enabled: x % 2 == 0,
+                                time_unit: e,
+                                horizon: z,
+                                discount_rate: f,
+                                churn_high: f,
+                                churn_medium: -f,
+                            }),
+                            experiment: (y % 4 == 2).then(|| pb::ExperimentOptions {
+                                holdout_share: f,
+                                salt: ["", "x", "\u{0}"][x as usize % 3].repeat(z as usize % 300),
+                            }),
                         })
                         .await
                         .map(|_| ()),

@@ -1055,6 +1055,104 @@ fn segmentation_of(job: &pb::Job) -> pb::Segmentation {
 }
 
 #[test]
+fn segment_over_grpc_predicts_value_and_draws_campaign_groups() {
+    runtime().block_on(async {
+        let dir = TempDir::new().unwrap();
+        let log = dir.path().join("log.csv");
+        segmenta::segmentation::demo::write_demo_log(&log, 2_000, 4).unwrap();
+        let server = TestServer::start(&dir.path().join("data"), Limits::default()).await;
+        let uploaded = server.upload_log(&std::fs::read(&log).unwrap()).await;
+        let request = pb::SegmentRequest {
+            source: Some(pb::segment_request::Source::TransactionsId(uploaded.id)),
+            k_choice: Some(pb::segment_request::KChoice::K(3)),
+            value: Some(pb::ValueOptions {
+                enabled: true,
+                time_unit: pb::TimeUnit::Week as i32,
+                horizon: 26,
+                ..Default::default()
+            }),
+            experiment: Some(pb::ExperimentOptions {
+                holdout_share: 0.25,
+                salt: "spring".into(),
+            }),
+            ..Default::default()
+        };
+        let job = server
+            .segmentations()
+            .segment(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        let (done, _) = server.finish(&job.id).await;
+        let seg = segmentation_of(&done);
+        let share: f64 = seg
+            .segments
+            .iter()
+            .map(|s| s.value.as_ref().expect("a value profile").value_share)
+            .sum();
+        assert!((share - 1.0).abs() < 1e-9, "{share}");
+        for s in &seg.segments {
+            assert_eq!(
+                s.control,
+                (0.25 * s.size as f64).round() as u64,
+                "segment {}",
+                s.id
+            );
+        }
+        let table =
+            String::from_utf8(server.download(&seg.id, "customers.csv").await.unwrap()).unwrap();
+        let header = table.lines().next().unwrap();
+        assert!(
+            header.ends_with(
+                ",p_alive,expected_purchases,expected_spend,clv,value_tier,churn_risk,group"
+            ),
+            "{header}"
+        );
+
+        // Bad options are refused before the job is queued.
+        for (request, field) in [
+            (
+                pb::SegmentRequest {
+                    value: Some(pb::ValueOptions {
+                        enabled: true,
+                        discount_rate: 2.0,
+                        ..Default::default()
+                    }),
+                    ..request.clone()
+                },
+                "discount_rate",
+            ),
+            (
+                pb::SegmentRequest {
+                    value: Some(pb::ValueOptions {
+                        enabled: true,
+                        time_unit: 99,
+                        ..Default::default()
+                    }),
+                    ..request.clone()
+                },
+                "value.time_unit",
+            ),
+            (
+                pb::SegmentRequest {
+                    experiment: Some(pb::ExperimentOptions {
+                        holdout_share: 1.5,
+                        salt: String::new(),
+                    }),
+                    ..request.clone()
+                },
+                "holdout_share",
+            ),
+        ] {
+            let e = server.segmentations().segment(request).await.unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+            assert!(e.message().contains(field), "{field}: {e}");
+        }
+        server.stop().await;
+    });
+}
+
+#[test]
 fn segment_over_grpc_matches_the_library_and_refreshes_stably() {
     use segmenta::segmentation::transactions::TransactionColumns;
     use segmenta::segmentation::{run_segmentation, KChoice, SegmentControl, SegmentParams};

@@ -246,6 +246,19 @@ pub fn segmentation(meta: &SegmentationMeta, doc: &SegmentsDocument) -> pb::Segm
             outlier_threshold: p.outlier_threshold,
             outliers: p.outliers as u64,
             mean_margin: p.mean_margin,
+            value: p.value.as_ref().map(|v| pb::SegmentValue {
+                mean_clv: v.mean_clv,
+                total_clv: v.total_clv,
+                value_share: v.value_share,
+                mean_p_alive: v.mean_p_alive,
+                high_churn_risk: v.high_churn_risk as u64,
+            }),
+            control: doc.experiment.as_ref().map_or(0, |e| {
+                e.control_by_segment
+                    .iter()
+                    .find(|(id, _, _)| *id as usize == p.id)
+                    .map_or(0, |(_, c, _)| *c as u64)
+            }),
         })
         .collect();
     let k_sweep = doc.k_sweep.as_ref().map(|s| pb::KSweep {

@@ -38,6 +38,18 @@ pub struct ClientSegmentArgs {
     /// Recency and tenure are measured to this date (YYYY-MM-DD).
     #[arg(long, value_name = "DATE")]
     as_of: Option<String>,
+    /// Also predict lifetime value and churn risk (as `segment --clv`).
+    #[arg(long)]
+    clv: bool,
+    #[command(flatten)]
+    value: crate::cli::clv::ValueArgs,
+    /// A campaign's control share of each segment (as `segment
+    /// --holdout-share`).
+    #[arg(long, value_name = "SHARE")]
+    holdout_share: Option<f64>,
+    /// The campaign's salt (default "segmenta").
+    #[arg(long, requires = "holdout_share", value_name = "S")]
+    experiment_salt: Option<String>,
     /// A recommended k has no segment below this share of customers.
     #[arg(long, value_name = "FRACTION")]
     min_share: Option<f64>,
@@ -193,6 +205,25 @@ pub async fn run(channel: Conn, a: ClientSegmentArgs) -> anyhow::Result<()> {
         max_bad_rows: a.max_bad_rows,
         features: a.features,
         min_share: a.min_share,
+        value: a.clv.then(|| {
+            let v = a.value.options();
+            pb::ValueOptions {
+                enabled: true,
+                time_unit: match v.unit {
+                    segmenta::value::TimeUnit::Day => pb::TimeUnit::Day,
+                    segmenta::value::TimeUnit::Week => pb::TimeUnit::Week,
+                    segmenta::value::TimeUnit::Month => pb::TimeUnit::Month,
+                } as i32,
+                horizon: v.horizon.unwrap_or(0),
+                discount_rate: v.discount_rate,
+                churn_high: v.churn.high,
+                churn_medium: v.churn.medium,
+            }
+        }),
+        experiment: a.holdout_share.map(|holdout_share| pb::ExperimentOptions {
+            holdout_share,
+            salt: a.experiment_salt.unwrap_or_default(),
+        }),
     };
     let mut client = pb::segmentations_client::SegmentationsClient::new(channel.clone());
     let job = client.segment(request).await?.into_inner();

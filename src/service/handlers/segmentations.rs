@@ -8,13 +8,14 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{next_message, UploadPace};
 use crate::data::TableFormat;
 use crate::segmentation::transactions::{BadRowPolicy, TransactionColumns};
-use crate::segmentation::{KChoice, SegmentParams, SegmentationError};
+use crate::segmentation::{ExperimentOptions, KChoice, SegmentParams, SegmentationError};
 use crate::service::convert::{backend_choice, job, segmentation, text_format};
 use crate::service::engine::{Engine, LogSource, Origin, SegmentJob};
-use crate::service::error::ServiceError;
+use crate::service::error::{ServiceError, ServiceResult};
 use crate::service::gate::{note, AuditIds};
 use crate::service::proto as pb;
 use crate::service::proto::upload_transactions_request::Message;
+use crate::value::{ChurnThresholds, TimeUnit, ValueOptions};
 
 /// Artifacts are sent in chunks of this size, well under any message limit.
 const CHUNK_BYTES: usize = 1 << 20;
@@ -131,6 +132,8 @@ pub(super) fn segment_job(r: pb::SegmentRequest) -> Result<SegmentJob, ServiceEr
             max_bad_rows,
             min_share,
             features: (!r.features.is_empty()).then_some(r.features),
+            clv: value_options(r.value)?,
+            experiment: experiment_options(r.experiment)?,
             ..params
         },
         previous_id: (!r.previous_segmentation_id.is_empty()).then_some(r.previous_segmentation_id),
@@ -296,4 +299,65 @@ impl pb::segmentations_server::Segmentations for SegmentationsService {
             deleted_ids: vec![id],
         }))
     }
+}
+
+/// `SegmentRequest.value`: `None` unless enabled; checked here, before the
+/// job is queued.
+fn value_options(v: Option<pb::ValueOptions>) -> ServiceResult<Option<ValueOptions>> {
+    let Some(v) = v.filter(|v| v.enabled) else {
+        return Ok(None);
+    };
+    let unit = match pb::TimeUnit::try_from(v.time_unit) {
+        Ok(pb::TimeUnit::Unspecified | pb::TimeUnit::Week) => TimeUnit::Week,
+        Ok(pb::TimeUnit::Day) => TimeUnit::Day,
+        Ok(pb::TimeUnit::Month) => TimeUnit::Month,
+        Err(_) => {
+            return Err(ServiceError::invalid(
+                "value.time_unit",
+                format!("unknown time unit {}", v.time_unit),
+            ))
+        }
+    };
+    let or = |x: f64, default: f64| if x == 0.0 { default } else { x };
+    let defaults = ChurnThresholds::default();
+    let options = ValueOptions {
+        unit,
+        horizon: (v.horizon > 0).then_some(v.horizon),
+        discount_rate: v.discount_rate,
+        churn: ChurnThresholds {
+            high: or(v.churn_high, defaults.high),
+            medium: or(v.churn_medium, defaults.medium),
+        },
+    };
+    options.check().map_err(crate::Error::from)?;
+    Ok(Some(options))
+}
+
+/// `SegmentRequest.experiment`: `None` for a share of 0.
+fn experiment_options(
+    e: Option<pb::ExperimentOptions>,
+) -> ServiceResult<Option<ExperimentOptions>> {
+    let Some(e) = e.filter(|e| e.holdout_share != 0.0) else {
+        return Ok(None);
+    };
+    if !(e.holdout_share > 0.0 && e.holdout_share < 1.0) {
+        return Err(crate::Error::from(crate::experiment::ExperimentError::from(
+            crate::experiment::GroupError::Share(e.holdout_share),
+        ))
+        .into());
+    }
+    if e.salt.len() > 256 {
+        return Err(ServiceError::invalid(
+            "experiment.salt",
+            "at most 256 bytes",
+        ));
+    }
+    Ok(Some(ExperimentOptions {
+        holdout_share: e.holdout_share,
+        salt: if e.salt.is_empty() {
+            "segmenta".into()
+        } else {
+            e.salt
+        },
+    }))
 }

@@ -53,6 +53,13 @@ class BadRowPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BAD_ROW_POLICY_UNSPECIFIED: _ClassVar[BadRowPolicy]
     BAD_ROW_POLICY_SKIP: _ClassVar[BadRowPolicy]
     BAD_ROW_POLICY_REJECT: _ClassVar[BadRowPolicy]
+
+class TimeUnit(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TIME_UNIT_UNSPECIFIED: _ClassVar[TimeUnit]
+    TIME_UNIT_DAY: _ClassVar[TimeUnit]
+    TIME_UNIT_WEEK: _ClassVar[TimeUnit]
+    TIME_UNIT_MONTH: _ClassVar[TimeUnit]
 JOB_KIND_UNSPECIFIED: JobKind
 JOB_KIND_IMPORT: JobKind
 JOB_KIND_FIT_KMEANS: JobKind
@@ -79,6 +86,10 @@ FILE_FORMAT_PARQUET: FileFormat
 BAD_ROW_POLICY_UNSPECIFIED: BadRowPolicy
 BAD_ROW_POLICY_SKIP: BadRowPolicy
 BAD_ROW_POLICY_REJECT: BadRowPolicy
+TIME_UNIT_UNSPECIFIED: TimeUnit
+TIME_UNIT_DAY: TimeUnit
+TIME_UNIT_WEEK: TimeUnit
+TIME_UNIT_MONTH: TimeUnit
 
 class UploadRequest(_message.Message):
     __slots__ = ("header", "rows")
@@ -687,7 +698,7 @@ class KRange(_message.Message):
     def __init__(self, min: _Optional[int] = ..., max: _Optional[int] = ...) -> None: ...
 
 class SegmentRequest(_message.Message):
-    __slots__ = ("transactions_id", "transactions_path", "columns", "k", "k_range", "as_of", "previous_segmentation_id", "bad_rows", "outlier_percentile", "seed", "n_init", "backend", "text_format", "max_bad_rows", "features", "min_share")
+    __slots__ = ("transactions_id", "transactions_path", "columns", "k", "k_range", "as_of", "previous_segmentation_id", "bad_rows", "outlier_percentile", "seed", "n_init", "backend", "text_format", "max_bad_rows", "features", "min_share", "value", "experiment")
     TRANSACTIONS_ID_FIELD_NUMBER: _ClassVar[int]
     TRANSACTIONS_PATH_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
@@ -704,6 +715,8 @@ class SegmentRequest(_message.Message):
     MAX_BAD_ROWS_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     MIN_SHARE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     transactions_id: str
     transactions_path: str
     columns: TransactionColumns
@@ -720,7 +733,47 @@ class SegmentRequest(_message.Message):
     max_bad_rows: float
     features: _containers.RepeatedScalarFieldContainer[str]
     min_share: float
-    def __init__(self, transactions_id: _Optional[str] = ..., transactions_path: _Optional[str] = ..., columns: _Optional[_Union[TransactionColumns, _Mapping]] = ..., k: _Optional[int] = ..., k_range: _Optional[_Union[KRange, _Mapping]] = ..., as_of: _Optional[str] = ..., previous_segmentation_id: _Optional[str] = ..., bad_rows: _Optional[_Union[BadRowPolicy, str]] = ..., outlier_percentile: _Optional[float] = ..., seed: _Optional[int] = ..., n_init: _Optional[int] = ..., backend: _Optional[_Union[Backend, str]] = ..., text_format: _Optional[_Union[TextFormat, _Mapping]] = ..., max_bad_rows: _Optional[float] = ..., features: _Optional[_Iterable[str]] = ..., min_share: _Optional[float] = ...) -> None: ...
+    value: ValueOptions
+    experiment: ExperimentOptions
+    def __init__(self, transactions_id: _Optional[str] = ..., transactions_path: _Optional[str] = ..., columns: _Optional[_Union[TransactionColumns, _Mapping]] = ..., k: _Optional[int] = ..., k_range: _Optional[_Union[KRange, _Mapping]] = ..., as_of: _Optional[str] = ..., previous_segmentation_id: _Optional[str] = ..., bad_rows: _Optional[_Union[BadRowPolicy, str]] = ..., outlier_percentile: _Optional[float] = ..., seed: _Optional[int] = ..., n_init: _Optional[int] = ..., backend: _Optional[_Union[Backend, str]] = ..., text_format: _Optional[_Union[TextFormat, _Mapping]] = ..., max_bad_rows: _Optional[float] = ..., features: _Optional[_Iterable[str]] = ..., min_share: _Optional[float] = ..., value: _Optional[_Union[ValueOptions, _Mapping]] = ..., experiment: _Optional[_Union[ExperimentOptions, _Mapping]] = ...) -> None: ...
+
+class ValueOptions(_message.Message):
+    __slots__ = ("enabled", "time_unit", "horizon", "discount_rate", "churn_high", "churn_medium")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    TIME_UNIT_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_FIELD_NUMBER: _ClassVar[int]
+    DISCOUNT_RATE_FIELD_NUMBER: _ClassVar[int]
+    CHURN_HIGH_FIELD_NUMBER: _ClassVar[int]
+    CHURN_MEDIUM_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    time_unit: TimeUnit
+    horizon: int
+    discount_rate: float
+    churn_high: float
+    churn_medium: float
+    def __init__(self, enabled: _Optional[bool] = ..., time_unit: _Optional[_Union[TimeUnit, str]] = ..., horizon: _Optional[int] = ..., discount_rate: _Optional[float] = ..., churn_high: _Optional[float] = ..., churn_medium: _Optional[float] = ...) -> None: ...
+
+class ExperimentOptions(_message.Message):
+    __slots__ = ("holdout_share", "salt")
+    HOLDOUT_SHARE_FIELD_NUMBER: _ClassVar[int]
+    SALT_FIELD_NUMBER: _ClassVar[int]
+    holdout_share: float
+    salt: str
+    def __init__(self, holdout_share: _Optional[float] = ..., salt: _Optional[str] = ...) -> None: ...
+
+class SegmentValue(_message.Message):
+    __slots__ = ("mean_clv", "total_clv", "value_share", "mean_p_alive", "high_churn_risk")
+    MEAN_CLV_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_CLV_FIELD_NUMBER: _ClassVar[int]
+    VALUE_SHARE_FIELD_NUMBER: _ClassVar[int]
+    MEAN_P_ALIVE_FIELD_NUMBER: _ClassVar[int]
+    HIGH_CHURN_RISK_FIELD_NUMBER: _ClassVar[int]
+    mean_clv: float
+    total_clv: float
+    value_share: float
+    mean_p_alive: float
+    high_churn_risk: int
+    def __init__(self, mean_clv: _Optional[float] = ..., total_clv: _Optional[float] = ..., value_share: _Optional[float] = ..., mean_p_alive: _Optional[float] = ..., high_churn_risk: _Optional[int] = ...) -> None: ...
 
 class GetSegmentationRequest(_message.Message):
     __slots__ = ("id",)
@@ -763,7 +816,7 @@ class RfmCount(_message.Message):
     def __init__(self, rfm_segment: _Optional[str] = ..., customers: _Optional[int] = ...) -> None: ...
 
 class SegmentProfile(_message.Message):
-    __slots__ = ("id", "size", "share", "description", "features", "top_rfm_segments", "outlier_threshold", "outliers", "mean_margin")
+    __slots__ = ("id", "size", "share", "description", "features", "top_rfm_segments", "outlier_threshold", "outliers", "mean_margin", "value", "control")
     ID_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     SHARE_FIELD_NUMBER: _ClassVar[int]
@@ -773,6 +826,8 @@ class SegmentProfile(_message.Message):
     OUTLIER_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     OUTLIERS_FIELD_NUMBER: _ClassVar[int]
     MEAN_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_FIELD_NUMBER: _ClassVar[int]
     id: int
     size: int
     share: float
@@ -782,7 +837,9 @@ class SegmentProfile(_message.Message):
     outlier_threshold: float
     outliers: int
     mean_margin: float
-    def __init__(self, id: _Optional[int] = ..., size: _Optional[int] = ..., share: _Optional[float] = ..., description: _Optional[str] = ..., features: _Optional[_Iterable[_Union[FeatureProfile, _Mapping]]] = ..., top_rfm_segments: _Optional[_Iterable[_Union[RfmCount, _Mapping]]] = ..., outlier_threshold: _Optional[float] = ..., outliers: _Optional[int] = ..., mean_margin: _Optional[float] = ...) -> None: ...
+    value: SegmentValue
+    control: int
+    def __init__(self, id: _Optional[int] = ..., size: _Optional[int] = ..., share: _Optional[float] = ..., description: _Optional[str] = ..., features: _Optional[_Iterable[_Union[FeatureProfile, _Mapping]]] = ..., top_rfm_segments: _Optional[_Iterable[_Union[RfmCount, _Mapping]]] = ..., outlier_threshold: _Optional[float] = ..., outliers: _Optional[int] = ..., mean_margin: _Optional[float] = ..., value: _Optional[_Union[SegmentValue, _Mapping]] = ..., control: _Optional[int] = ...) -> None: ...
 
 class KScore(_message.Message):
     __slots__ = ("k", "inertia", "silhouette", "davies_bouldin", "calinski_harabasz", "min_share", "stability", "eligible")
