@@ -18,7 +18,9 @@ use super::profile::{profile, ProfileInput, SegmentProfile, ValueProfile};
 use super::refresh::{carry_ids, size_drift, transitions, SegmentChange, SizeDrift, Transitions};
 use super::rfm::{rfm_scores, RfmScore, RfmSegment};
 use super::sweep::{sweep_k, Criteria, KSweep};
-use super::transactions::{read_transactions_as, BadRowPolicy, BadRows, TransactionColumns};
+use super::transactions::{
+    read_transactions_as, BadRowPolicy, BadRows, TransactionColumns, TransactionLog,
+};
 use crate::backend::{Backend, BackendInfo};
 use crate::data::{Delimiter, TextFormat};
 use crate::error::Result;
@@ -455,20 +457,12 @@ pub fn run_segmentation(
     if !(params.outlier_percentile > 0.0 && params.outlier_percentile < 100.0) {
         return Err(SegmentationError::BadPercentile(params.outlier_percentile).into());
     }
-    if !(0.0..=1.0).contains(&params.max_bad_rows) {
-        return Err(SegmentationError::BadMaxBadRows(params.max_bad_rows).into());
-    }
     control.phase("reading transactions", 0.0);
-    let log = read_transactions_as(
+    let log = read_checked_log(
         transactions,
         &params.columns,
         &params.format,
         params.bad_rows,
-    )?;
-    check_bad_rows(
-        &log.bad_rows,
-        log.rows_read,
-        log.lines.is_empty(),
         params.max_bad_rows,
     )?;
     control.phase("computing features", 0.1);
@@ -783,14 +777,32 @@ pub fn segment_customers(
     })
 }
 
+/// Reads a log for a job: checks `max_bad_rows` first, then fails when
+/// more than that share of the rows could not be read (see
+/// [`check_bad_rows`]).
+pub(crate) fn read_checked_log(
+    path: &Path,
+    columns: &TransactionColumns,
+    format: &TextFormat,
+    policy: BadRowPolicy,
+    max_bad_rows: f64,
+) -> Result<TransactionLog> {
+    if !(0.0..=1.0).contains(&max_bad_rows) {
+        return Err(SegmentationError::BadMaxBadRows(max_bad_rows).into());
+    }
+    let log = read_transactions_as(path, columns, format, policy)?;
+    check_bad_rows(
+        &log.bad_rows,
+        log.rows_read,
+        log.lines.is_empty(),
+        max_bad_rows,
+    )?;
+    Ok(log)
+}
+
 /// Fails when more than `allowed` of the rows (or every row) could not be
 /// read: a job on what is left would describe a different customer base.
-pub(crate) fn check_bad_rows(
-    bad: &BadRows,
-    rows: usize,
-    nothing_read: bool,
-    allowed: f64,
-) -> Result<()> {
+fn check_bad_rows(bad: &BadRows, rows: usize, nothing_read: bool, allowed: f64) -> Result<()> {
     if bad.total > 0 && (nothing_read || bad.total as f64 > allowed * rows as f64) {
         return Err(SegmentationError::TooManyBadRows {
             bad: bad.total,

@@ -154,8 +154,6 @@ fn customers_csv(run: &SegmentRun) -> Result<Vec<u8>> {
 }
 
 fn customers_parquet(run: &SegmentRun) -> Result<Vec<u8>> {
-    let fail =
-        |e: &dyn std::fmt::Display| SegmentationError::output(Path::new("customers.parquet"), e);
     let x = &run.customers.values;
     let mut columns: Vec<ArrayRef> = vec![Arc::new(StringArray::from(run.customers.ids.clone()))];
     for j in 0..FEATURE_NAMES.len() {
@@ -208,6 +206,12 @@ fn customers_parquet(run: &SegmentRun) -> Result<Vec<u8>> {
             groups.iter().map(|g| g.name()).collect::<Vec<_>>(),
         )));
     }
+    parquet_bytes(&names, columns, "customers.parquet")
+}
+
+/// One Parquet file in memory from named columns; errors name `file`.
+pub(crate) fn parquet_bytes(names: &[&str], columns: Vec<ArrayRef>, file: &str) -> Result<Vec<u8>> {
+    let fail = |e: &dyn std::fmt::Display| SegmentationError::output(Path::new(file), e);
     let batch = RecordBatch::try_from_iter(names.iter().zip(columns).map(|(n, c)| (*n, c)))
         .map_err(|e| fail(&e))?;
     let mut buffer = Vec::new();

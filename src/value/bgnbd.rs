@@ -18,10 +18,9 @@
 
 use std::collections::HashMap;
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::fit::{maximise, Fitted, LogLikelihood};
+use super::fit::{maximise, sum_rows, Fitted, LogLikelihood};
 use super::special::{digamma, hyp2f1, ln_gamma};
 use super::summary::Rft;
 use super::ValueError;
@@ -118,10 +117,6 @@ impl Grouped {
     }
 }
 
-/// Rows per parallel block; blocks are added in order (the same bits on
-/// every run).
-const BLOCK: usize = 16_384;
-
 /// Per distinct `x`: `g(x)`, `ln a − ln(b+x−1)` and the derivatives of `g`.
 struct XTerms {
     g: f64,
@@ -179,49 +174,34 @@ impl LogLikelihood for Likelihood<'_> {
         let terms = self.x_terms(&params);
         let ln_alpha = alpha.ln();
         let d = self.data;
-        let blocks: Vec<[f64; 5]> = (0..d.len())
-            .into_par_iter()
-            .step_by(BLOCK)
-            .map(|start| {
-                let mut acc = [0.0f64; 5];
-                for i in start..(start + BLOCK).min(d.len()) {
-                    let (x, w) = (d.x[i], d.count[i]);
-                    let xt = &terms[x as usize];
-                    let xf = x as f64;
-                    let rx = r + xf;
-                    let u = (alpha + d.t[i]).ln();
-                    let inv_t = 1.0 / (alpha + d.t[i]);
-                    let mut ll = xt.g + r * ln_alpha - rx * u;
-                    let mut g = [
-                        xt.dg[0] + ln_alpha - u,
-                        r / alpha - rx * inv_t,
-                        xt.dg[2],
-                        xt.dg[3],
-                    ];
-                    if x > 0 {
-                        let v = (alpha + d.t_x[i]).ln();
-                        let (sp, sig) = softplus_sigmoid(xt.ln_ratio + rx * (u - v));
-                        ll += sp;
-                        g[0] += sig * (u - v);
-                        g[1] += sig * rx * (inv_t - 1.0 / (alpha + d.t_x[i]));
-                        g[2] += sig / a;
-                        g[3] -= sig / (b + xf - 1.0);
-                    }
-                    acc[0] += w * ll;
-                    for j in 0..4 {
-                        acc[j + 1] += w * g[j];
-                    }
-                }
-                acc
-            })
-            .collect();
-        let mut total = [0.0f64; 5];
-        for b in &blocks {
-            for j in 0..5 {
-                total[j] += b[j];
+        sum_rows::<5>(d.len(), |i, acc| {
+            let (x, w) = (d.x[i], d.count[i]);
+            let xt = &terms[x as usize];
+            let xf = x as f64;
+            let rx = r + xf;
+            let u = (alpha + d.t[i]).ln();
+            let inv_t = 1.0 / (alpha + d.t[i]);
+            let mut ll = xt.g + r * ln_alpha - rx * u;
+            let mut g = [
+                xt.dg[0] + ln_alpha - u,
+                r / alpha - rx * inv_t,
+                xt.dg[2],
+                xt.dg[3],
+            ];
+            if x > 0 {
+                let v = (alpha + d.t_x[i]).ln();
+                let (sp, sig) = softplus_sigmoid(xt.ln_ratio + rx * (u - v));
+                ll += sp;
+                g[0] += sig * (u - v);
+                g[1] += sig * rx * (inv_t - 1.0 / (alpha + d.t_x[i]));
+                g[2] += sig / a;
+                g[3] -= sig / (b + xf - 1.0);
             }
-        }
-        (total[0], total[1..].to_vec())
+            acc[0] += w * ll;
+            for j in 0..4 {
+                acc[j + 1] += w * g[j];
+            }
+        })
     }
 
     fn customers(&self) -> f64 {
@@ -396,19 +376,7 @@ mod tests {
             customers: 4.0,
         };
         let p = [0.5, 3.0, 0.8, 2.5];
-        let (_, g) = ll.value_grad(&p);
-        for j in 0..4 {
-            let h = 1e-6 * p[j];
-            let (mut up, mut down) = (p.to_vec(), p.to_vec());
-            up[j] += h;
-            down[j] -= h;
-            let numeric = (ll.value_grad(&up).0 - ll.value_grad(&down).0) / (2.0 * h);
-            assert!(
-                (numeric - g[j]).abs() <= 1e-6 * (1.0 + g[j].abs()),
-                "∂{j}: {numeric} vs {}",
-                g[j]
-            );
-        }
+        crate::value::fit::assert_gradient(&ll, &p);
     }
 
     #[test]

@@ -17,6 +17,37 @@ use argmin::solver::quasinewton::LBFGS;
 use nalgebra::DMatrix;
 use serde::{Deserialize, Serialize};
 
+/// Rows per parallel block of a likelihood sum.
+const BLOCK: usize = 16_384;
+
+/// Σ over rows `0..n` of what `row(i, acc)` adds into `acc`, in parallel
+/// blocks added in order (the same bits on every run), returned as the
+/// log-likelihood (`acc[0]`) and its gradient (the rest).
+pub(crate) fn sum_rows<const N: usize>(
+    n: usize,
+    row: impl Fn(usize, &mut [f64; N]) + Sync,
+) -> (f64, Vec<f64>) {
+    use rayon::prelude::*;
+    let blocks: Vec<[f64; N]> = (0..n)
+        .into_par_iter()
+        .step_by(BLOCK)
+        .map(|start| {
+            let mut acc = [0.0f64; N];
+            for i in start..(start + BLOCK).min(n) {
+                row(i, &mut acc);
+            }
+            acc
+        })
+        .collect();
+    let mut total = [0.0f64; N];
+    for b in &blocks {
+        for (t, v) in total.iter_mut().zip(b) {
+            *t += v;
+        }
+    }
+    (total[0], total[1..].to_vec())
+}
+
 /// A log-likelihood over positive parameters, summed over customers.
 pub(crate) trait LogLikelihood: Sync {
     /// The log-likelihood and its gradient at `p`.
@@ -258,6 +289,25 @@ pub(crate) fn std_errors(ll: &dyn LogLikelihood, p: &[f64]) -> Vec<f64> {
             (0..n).map(|i| cov[(i, i)].sqrt()).collect()
         }
         None => vec![f64::NAN; n],
+    }
+}
+
+/// Asserts that `ll`'s analytic gradient at `p` matches central finite
+/// differences of its value (relative 1e-6).
+#[cfg(test)]
+pub(crate) fn assert_gradient(ll: &dyn LogLikelihood, p: &[f64]) {
+    let (_, g) = ll.value_grad(p);
+    for j in 0..p.len() {
+        let h = 1e-6 * p[j];
+        let (mut up, mut down) = (p.to_vec(), p.to_vec());
+        up[j] += h;
+        down[j] -= h;
+        let numeric = (ll.value_grad(&up).0 - ll.value_grad(&down).0) / (2.0 * h);
+        assert!(
+            (numeric - g[j]).abs() <= 1e-6 * (1.0 + g[j].abs()),
+            "∂{j}: {numeric} vs {}",
+            g[j]
+        );
     }
 }
 

@@ -13,10 +13,9 @@
 //! [`GammaGamma::fit`] measures that correlation and returns it so callers
 //! can warn.
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::fit::{maximise, Fitted, LogLikelihood};
+use super::fit::{maximise, sum_rows, Fitted, LogLikelihood};
 use super::special::{digamma, ln_gamma};
 use super::ValueError;
 
@@ -44,8 +43,6 @@ struct Likelihood<'a> {
     max_x: usize,
 }
 
-const BLOCK: usize = 16_384;
-
 impl LogLikelihood for Likelihood<'_> {
     fn value_grad(&self, params: &[f64]) -> (f64, Vec<f64>) {
         let (p, q, v) = (params[0], params[1], params[2]);
@@ -66,31 +63,16 @@ impl LogLikelihood for Likelihood<'_> {
             })
             .collect();
         let (lq, dq, ln_v) = (ln_gamma(q), digamma(q), v.ln());
-        let blocks: Vec<[f64; 4]> = (0..self.x.len())
-            .into_par_iter()
-            .step_by(BLOCK)
-            .map(|start| {
-                let mut acc = [0.0f64; 4];
-                for i in start..(start + BLOCK).min(self.x.len()) {
-                    let (x, m) = (self.x[i] as f64, self.m[i]);
-                    let t = &per_x[self.x[i] as usize];
-                    let (px, ln_m) = (p * x, m.ln());
-                    let ln_s = (v + x * m).ln();
-                    acc[0] += t[0] - lq + q * ln_v + (px - 1.0) * ln_m + t[1] - (px + q) * ln_s;
-                    acc[1] += x * (t[2] + ln_m + x.ln() - ln_s);
-                    acc[2] += t[3] - dq + ln_v - ln_s;
-                    acc[3] += q / v - (px + q) / (v + x * m);
-                }
-                acc
-            })
-            .collect();
-        let mut total = [0.0f64; 4];
-        for b in &blocks {
-            for j in 0..4 {
-                total[j] += b[j];
-            }
-        }
-        (total[0], total[1..].to_vec())
+        sum_rows::<4>(self.x.len(), |i, acc| {
+            let (x, m) = (self.x[i] as f64, self.m[i]);
+            let t = &per_x[self.x[i] as usize];
+            let (px, ln_m) = (p * x, m.ln());
+            let ln_s = (v + x * m).ln();
+            acc[0] += t[0] - lq + q * ln_v + (px - 1.0) * ln_m + t[1] - (px + q) * ln_s;
+            acc[1] += x * (t[2] + ln_m + x.ln() - ln_s);
+            acc[2] += t[3] - dq + ln_v - ln_s;
+            acc[3] += q / v - (px + q) / (v + x * m);
+        })
     }
 
     fn customers(&self) -> f64 {
@@ -230,19 +212,7 @@ mod tests {
             max_x: 5,
         };
         let p = [2.1, 3.4, 15.0];
-        let (_, g) = ll.value_grad(&p);
-        for j in 0..3 {
-            let h = 1e-6 * p[j];
-            let (mut up, mut down) = (p.to_vec(), p.to_vec());
-            up[j] += h;
-            down[j] -= h;
-            let numeric = (ll.value_grad(&up).0 - ll.value_grad(&down).0) / (2.0 * h);
-            assert!(
-                (numeric - g[j]).abs() <= 1e-6 * (1.0 + g[j].abs()),
-                "∂{j}: {numeric} vs {}",
-                g[j]
-            );
-        }
+        crate::value::fit::assert_gradient(&ll, &p);
     }
 
     #[test]

@@ -5,9 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array};
+use arrow_array::{ArrayRef, Float64Array, StringArray, UInt32Array};
 use chrono::NaiveDate;
-use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
 
 use super::bgnbd::{BgNbd, BgNbdParams};
@@ -18,10 +17,10 @@ use super::summary::{summarise, Summary, TimeUnit};
 use super::ValueError;
 use crate::data::TextFormat;
 use crate::error::Result;
-use crate::segmentation::job::check_bad_rows;
-use crate::segmentation::output::write_atomic;
+use crate::segmentation::job::read_checked_log;
+use crate::segmentation::output::{parquet_bytes, write_atomic};
 use crate::segmentation::transactions::{
-    day_number, read_transactions_as, BadRowPolicy, BadRows, TransactionColumns, TransactionLog,
+    day_number, BadRowPolicy, BadRows, TransactionColumns, TransactionLog,
 };
 use crate::segmentation::{SegmentationError, DEFAULT_MAX_BAD_ROWS};
 
@@ -252,19 +251,11 @@ pub struct ClvRun {
 
 /// Reads `transactions` and runs the job.
 pub fn run_clv(transactions: &Path, params: &ClvParams) -> Result<ClvRun> {
-    if !(0.0..=1.0).contains(&params.max_bad_rows) {
-        return Err(SegmentationError::BadMaxBadRows(params.max_bad_rows).into());
-    }
-    let log = read_transactions_as(
+    let log = read_checked_log(
         transactions,
         &params.columns,
         &params.format,
         params.bad_rows,
-    )?;
-    check_bad_rows(
-        &log.bad_rows,
-        log.rows_read,
-        log.lines.is_empty(),
         params.max_bad_rows,
     )?;
     Ok(clv_of_log(&log, params)?)
@@ -452,8 +443,6 @@ fn customers_csv(run: &ClvRun) -> Result<Vec<u8>> {
 }
 
 fn customers_parquet(run: &ClvRun) -> Result<Vec<u8>> {
-    let fail =
-        |e: &dyn std::fmt::Display| SegmentationError::output(Path::new("customers.parquet"), e);
     let s = &run.scores;
     let h = &run.history.rft;
     let f64s = |v: Vec<f64>| -> ArrayRef { Arc::new(Float64Array::from(v)) };
@@ -473,12 +462,5 @@ fn customers_parquet(run: &ClvRun) -> Result<Vec<u8>> {
             s.churn_risk.iter().map(|c| c.name()).collect::<Vec<_>>(),
         )),
     ];
-    let batch = RecordBatch::try_from_iter(CLV_COLUMNS.iter().zip(columns).map(|(n, c)| (*n, c)))
-        .map_err(|e| fail(&e))?;
-    let mut buffer = Vec::new();
-    let mut writer =
-        ArrowWriter::try_new(&mut buffer, batch.schema(), None).map_err(|e| fail(&e))?;
-    writer.write(&batch).map_err(|e| fail(&e))?;
-    writer.close().map_err(|e| fail(&e))?;
-    Ok(buffer)
+    parquet_bytes(&CLV_COLUMNS, columns, "customers.parquet")
 }
