@@ -2,14 +2,12 @@
 //! and Gamma-Gamma processes, the JSON and files it writes, the holdout
 //! check, and a clear error for each bad input.
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 
+mod common;
+
 use assert_cmd::Command;
-use chrono::{Duration, NaiveDate};
 use predicates::prelude::*;
-use rand::{RngExt, SeedableRng};
-use rand_xoshiro::Xoshiro256PlusPlus;
 use tempfile::TempDir;
 
 fn segmenta() -> Command {
@@ -18,43 +16,10 @@ fn segmenta() -> Command {
     cmd
 }
 
-fn start() -> NaiveDate {
-    NaiveDate::from_ymd_opt(2024, 1, 1).unwrap()
-}
-
-/// A daily log over two years: each customer starts on a random day of the
-/// first year, buys at a personal rate (a Poisson process in days) and
-/// leaves after a purchase with a personal probability; amounts around a
-/// personal mean. Some days carry two lines (one purchase).
+/// The shop of [`common::logs::buying_and_leaving`], seed 5.
 fn write_log(dir: &TempDir, customers: usize) -> PathBuf {
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
-    let mut text = String::from("customer_id,date,amount\n");
-    let end = 730i64;
-    for c in 0..customers {
-        let first = rng.random_range(0..365i64);
-        let rate = 0.005 + 0.05 * rng.random::<f64>();
-        let leave = 0.02 + 0.3 * rng.random::<f64>();
-        let mean = 20.0 + 80.0 * rng.random::<f64>();
-        let mut day = first as f64;
-        loop {
-            let d = day as i64;
-            if d > end {
-                break;
-            }
-            let amount = mean * (0.5 + rng.random::<f64>());
-            let date = start() + Duration::days(d);
-            writeln!(text, "C{c:05},{date},{amount:.2}").unwrap();
-            if rng.random::<f64>() < 0.1 {
-                writeln!(text, "C{c:05},{date},{:.2}", amount / 2.0).unwrap();
-            }
-            if d > first && rng.random::<f64>() < leave {
-                break;
-            }
-            day += -(1.0 - rng.random::<f64>()).ln() / rate;
-        }
-    }
     let path = dir.path().join("log.csv");
-    std::fs::write(&path, text).unwrap();
+    common::logs::buying_and_leaving(&path, customers, 5);
     path
 }
 
@@ -156,6 +121,23 @@ fn a_log_gives_parameters_scores_files_and_a_holdout_check() {
         assert_eq!(&r[9], risk);
     }
     assert!(out.join("customers.parquet").exists() && out.join("clv.json").exists());
+    // The report: the parameters, the holdout table with the JSON's
+    // figures, and both charts drawn.
+    let report = std::fs::read_to_string(out.join("clv.html")).unwrap();
+    assert!(report.contains(&format!("{:.6}", v["bgnbd"]["r"].as_f64().unwrap())));
+    assert!(report.contains("Holdout check"));
+    assert!(report.contains(&format!("{} made", h["total_actual"])));
+    assert!(report.contains(&format!("{:.3}", h["mae"].as_f64().unwrap())));
+    for chart in ["p_alive.png", "holdout.png"] {
+        assert!(report.contains(&format!("src=\"{chart}\"")));
+        assert!(std::fs::metadata(out.join(chart)).unwrap().len() > 1000);
+    }
+    assert_eq!(
+        v["files"]["charts"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        v["files"]
+    );
 }
 
 /// Runs `clv` on `log` with `args` and expects a one-line error with `message`.

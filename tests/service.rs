@@ -1586,3 +1586,429 @@ fn partitions_refuse_malformed_streams_and_keep_the_last_good_upload() {
         server.stop().await;
     });
 }
+
+fn clv_of(job: &pb::Job) -> pb::ClvRun {
+    match job.result.clone() {
+        Some(pb::job::Result::Clv(c)) => c,
+        other => panic!("expected a CLV run, got {other:?} ({})", job.error),
+    }
+}
+
+/// `Clv` gives what `segmenta clv` gives on the same log, stores the same
+/// files beside the segmentations (so downloads, cascades and erasure
+/// reach them), and refuses bad requests before queueing.
+#[test]
+fn clv_over_grpc_matches_the_library_and_writes_its_artifacts() {
+    use segmenta::value::{run_clv, ClvParams, TimeUnit};
+    runtime().block_on(async {
+        let dir = TempDir::new().unwrap();
+        let log = dir.path().join("log.csv");
+        common::logs::buying_and_leaving(&log, 2_000, 5);
+        let server = TestServer::start(&dir.path().join("data"), Limits::default()).await;
+        let uploaded = server.upload_log(&std::fs::read(&log).unwrap()).await;
+        let request = pb::ClvRequest {
+            source: Some(pb::clv_request::Source::TransactionsId(uploaded.id.clone())),
+            calibration_end: "2025-03-31".into(),
+            holdout_end: "2025-12-31".into(),
+            value: Some(pb::ValueOptions {
+                time_unit: pb::TimeUnit::Week as i32,
+                horizon: 26,
+                discount_rate: 0.002,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let job = server
+            .segmentations()
+            .clv(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(job.kind, pb::JobKind::Clv as i32);
+        let (done, _) = server.finish(&job.id).await;
+        let run = clv_of(&done);
+
+        // The same numbers as the library on the same file.
+        let mut params = ClvParams::new(chrono::NaiveDate::from_ymd_opt(2025, 3, 31).unwrap());
+        params.holdout_end = chrono::NaiveDate::from_ymd_opt(2025, 12, 31);
+        params.unit = TimeUnit::Week;
+        params.horizon = Some(26);
+        params.discount_rate = 0.002;
+        let local = run_clv(&log, &params).unwrap().summary;
+        let b = run.bgnbd.clone().unwrap();
+        assert_eq!(
+            [b.r, b.alpha, b.a, b.b],
+            [
+                local.bgnbd.r,
+                local.bgnbd.alpha,
+                local.bgnbd.a,
+                local.bgnbd.b
+            ]
+        );
+        assert_eq!(b.r_std_error, local.bgnbd.std_errors.r);
+        assert!(b.fit.unwrap().converged);
+        let g = run.gamma_gamma.clone().unwrap();
+        assert_eq!(
+            [g.p, g.q, g.v],
+            [
+                local.gamma_gamma.p,
+                local.gamma_gamma.q,
+                local.gamma_gamma.v
+            ]
+        );
+        assert_eq!(run.n_customers, local.n_customers as u64);
+        assert_eq!(run.total_clv, local.total_clv);
+        assert_eq!(run.horizon, 26);
+        assert_eq!(run.time_unit, pb::TimeUnit::Week as i32);
+        let holdout = run.holdout.clone().expect("a holdout check");
+        assert_eq!(
+            holdout.total_actual,
+            local.holdout.as_ref().unwrap().total_actual
+        );
+        assert_eq!(holdout.by_repeat_purchases.len(), 8);
+        assert_eq!(run.bad_rows, local.bad_rows.total as u64);
+
+        // GetClv gives the job's result; the files download.
+        let got = server
+            .segmentations()
+            .get_clv(pb::GetClvRequest { id: run.id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got, run);
+        for name in [
+            "clv.html",
+            "customers.csv",
+            "customers.parquet",
+            "clv.json",
+            "p_alive.png",
+            "holdout.png",
+        ] {
+            assert!(run.artifacts.iter().any(|a| a == name), "{name}");
+        }
+        let table =
+            String::from_utf8(server.download(&run.id, "customers.csv").await.unwrap()).unwrap();
+        assert_eq!(table.lines().count() as u64, run.n_customers + 1);
+        let first = table
+            .lines()
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap()
+            .to_string();
+
+        // A CLV run is not a segmentation, nor a segmentation a CLV run.
+        let e = server
+            .segmentations()
+            .get_segmentation(pb::GetSegmentationRequest { id: run.id.clone() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+        assert!(e.message().contains("GetClv"), "{e}");
+
+        // Erasure reaches the CLV run's customer tables.
+        let erased = pb::privacy_client::PrivacyClient::new(server.channel.clone())
+            .erase_customer(pb::EraseCustomerRequest {
+                customer_id: first.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let hit = erased
+            .changed
+            .iter()
+            .find(|c| c.id == run.id)
+            .expect("the CLV run changed");
+        assert_eq!(hit.rows_removed, 2, "customers.csv and .parquet");
+        let table =
+            String::from_utf8(server.download(&run.id, "customers.csv").await.unwrap()).unwrap();
+        assert!(!table.lines().any(|l| l.starts_with(&format!("{first},"))));
+
+        // Bad requests are refused before the job is queued.
+        for (bad, code, field) in [
+            (
+                pb::ClvRequest {
+                    calibration_end: String::new(),
+                    ..request.clone()
+                },
+                Code::InvalidArgument,
+                "calibration_end",
+            ),
+            (
+                pb::ClvRequest {
+                    calibration_end: "30/06/2025".into(),
+                    ..request.clone()
+                },
+                Code::InvalidArgument,
+                "calibration_end",
+            ),
+            (
+                pb::ClvRequest {
+                    holdout_end: "2026-13-01".into(),
+                    ..request.clone()
+                },
+                Code::InvalidArgument,
+                "holdout_end",
+            ),
+            (
+                pb::ClvRequest {
+                    source: None,
+                    ..request.clone()
+                },
+                Code::InvalidArgument,
+                "source",
+            ),
+            (
+                pb::ClvRequest {
+                    source: Some(pb::clv_request::Source::TransactionsId("tx-nope".into())),
+                    ..request.clone()
+                },
+                Code::NotFound,
+                "tx-nope",
+            ),
+            (
+                pb::ClvRequest {
+                    value: Some(pb::ValueOptions {
+                        churn_high: 0.9,
+                        churn_medium: 0.5,
+                        ..Default::default()
+                    }),
+                    ..request.clone()
+                },
+                Code::InvalidArgument,
+                "churn",
+            ),
+            (
+                pb::ClvRequest {
+                    max_bad_rows: Some(-1.0),
+                    ..request.clone()
+                },
+                Code::InvalidArgument,
+                "max_bad_rows",
+            ),
+        ] {
+            let e = server.segmentations().clv(bad).await.unwrap_err();
+            assert_eq!(e.code(), code, "{field}: {e}");
+            assert!(e.message().contains(field), "{field}: {e}");
+        }
+        // What only the log can tell fails the job, saying why.
+        let job = server
+            .segmentations()
+            .clv(pb::ClvRequest {
+                holdout_end: "2025-01-01".into(),
+                ..request.clone()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let (failed, _) = server.finish(&job.id).await;
+        assert_eq!(failed.state, pb::JobState::Failed as i32);
+        assert!(failed.error.contains("holdout end"), "{}", failed.error);
+
+        // Deleting the log with cascade takes the CLV run too.
+        let deleted = server
+            .segmentations()
+            .delete_transactions(pb::DeleteTransactionsRequest {
+                id: uploaded.id.clone(),
+                cascade: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(deleted.deleted_ids.contains(&run.id), "{deleted:?}");
+        let e = server
+            .segmentations()
+            .get_clv(pb::GetClvRequest { id: run.id.clone() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e}");
+        server.stop().await;
+    });
+}
+
+fn outcome_block(rows: &[(String, bool, f64)]) -> pb::UpliftRequest {
+    pb::UpliftRequest {
+        message: Some(pb::uplift_request::Message::Outcomes(pb::OutcomeBlock {
+            customer_ids: rows.iter().map(|r| r.0.clone()).collect(),
+            converted: rows.iter().map(|r| r.1).collect(),
+            revenue: rows.iter().map(|r| r.2).collect(),
+        })),
+    }
+}
+
+fn uplift_header(id: &str) -> pb::UpliftRequest {
+    pb::UpliftRequest {
+        message: Some(pb::uplift_request::Message::Header(pb::UpliftHeader {
+            segmentation_id: id.into(),
+        })),
+    }
+}
+
+/// `Uplift` on streamed outcomes gives what `segmenta uplift` gives on the
+/// same customers and outcomes, finds a planted lift, and answers bad
+/// streams with errors that name the problem.
+#[test]
+fn uplift_over_grpc_matches_the_library_and_refuses_bad_streams() {
+    runtime().block_on(async {
+        let dir = TempDir::new().unwrap();
+        let log = dir.path().join("log.csv");
+        segmenta::segmentation::demo::write_demo_log(&log, 2_000, 6).unwrap();
+        let server = TestServer::start(&dir.path().join("data"), Limits::default()).await;
+        let uploaded = server.upload_log(&std::fs::read(&log).unwrap()).await;
+        let segment = |experiment| pb::SegmentRequest {
+            source: Some(pb::segment_request::Source::TransactionsId(
+                uploaded.id.clone(),
+            )),
+            k_choice: Some(pb::segment_request::KChoice::K(3)),
+            experiment,
+            ..Default::default()
+        };
+        let mut ids = Vec::new();
+        for experiment in [
+            Some(pb::ExperimentOptions {
+                holdout_share: 0.3,
+                salt: "autumn".into(),
+            }),
+            None,
+        ] {
+            let job = server
+                .segmentations()
+                .segment(segment(experiment))
+                .await
+                .unwrap()
+                .into_inner();
+            ids.push(segmentation_of(&server.finish(&job.id).await.0).id);
+        }
+        let (with_groups, without) = (&ids[0], &ids[1]);
+        let table = server.download(with_groups, "customers.csv").await.unwrap();
+        let assignments = dir.path().join("customers.csv");
+        std::fs::write(&assignments, &table).unwrap();
+
+        // Treated customers convert at about 30 %, control ones at 10 %; one
+        // outcome per customer but the last 50, and a few strangers.
+        let mut reader = csv::Reader::from_reader(table.as_slice());
+        let headers = reader.headers().unwrap().clone();
+        let (id_col, group_col) = (
+            headers.iter().position(|h| h == "customer_id").unwrap(),
+            headers.iter().position(|h| h == "group").unwrap(),
+        );
+        let mut rows: Vec<(String, bool, f64)> = Vec::new();
+        for (i, r) in reader.records().enumerate() {
+            let r = r.unwrap();
+            let treated = &r[group_col] == "treatment";
+            let converted = (i * 7919) % 100 < if treated { 30 } else { 10 };
+            rows.push((
+                r[id_col].to_string(),
+                converted,
+                if converted {
+                    20.0 + (i % 13) as f64
+                } else {
+                    0.0
+                },
+            ));
+        }
+        rows.truncate(rows.len() - 50);
+        rows.push(("stranger-1".into(), true, 5.0));
+        rows.push(("stranger-2".into(), false, 0.0));
+        let outcomes = dir.path().join("outcomes.csv");
+        let mut w = csv::Writer::from_path(&outcomes).unwrap();
+        w.write_record(["customer_id", "converted", "revenue"])
+            .unwrap();
+        for (id, c, r) in &rows {
+            w.write_record([id.clone(), (*c as u8).to_string(), r.to_string()])
+                .unwrap();
+        }
+        w.flush().unwrap();
+        let local = segmenta::experiment::measure(&assignments, &outcomes).unwrap();
+
+        let mut messages = vec![uplift_header(with_groups)];
+        messages.extend(rows.chunks(700).map(outcome_block));
+        let report = server
+            .segmentations()
+            .uplift(tokio_stream::iter(messages))
+            .await
+            .unwrap()
+            .into_inner();
+        let overall = report.overall.clone().unwrap();
+        let conversion = overall.conversion.unwrap();
+        let l = &local.overall;
+        assert_eq!(
+            [conversion.estimate, conversion.low, conversion.high],
+            [l.conversion.estimate, l.conversion.low, l.conversion.high]
+        );
+        assert_eq!(overall.revenue_p_value, l.revenue_p_value);
+        assert!(
+            conversion.low > 0.1 && conversion.high < 0.3,
+            "{conversion:?}"
+        );
+        assert_eq!(report.segments.len(), local.segments.len());
+        assert_eq!(report.without_outcome, 50);
+        assert_eq!(report.unknown_outcomes, 2);
+        assert_eq!(report.warnings, local.warnings);
+        assert_eq!(
+            overall.treatment.unwrap().customers + overall.control.unwrap().customers,
+            report.customers
+        );
+
+        // Bad streams, each answered with what is wrong; the server goes on.
+        let dup = vec![rows[0].clone(), rows[0].clone()];
+        let nan = vec![(rows[0].0.clone(), true, f64::NAN)];
+        let ragged = pb::UpliftRequest {
+            message: Some(pb::uplift_request::Message::Outcomes(pb::OutcomeBlock {
+                customer_ids: vec!["a".into(), "b".into()],
+                converted: vec![true],
+                revenue: vec![1.0, 2.0],
+            })),
+        };
+        let cases: Vec<(Vec<pb::UpliftRequest>, Code, &str)> = vec![
+            (
+                vec![uplift_header(without), outcome_block(&rows[..10])],
+                Code::FailedPrecondition,
+                "no campaign groups",
+            ),
+            (vec![uplift_header("seg-nope")], Code::NotFound, "seg-nope"),
+            (
+                vec![uplift_header("")],
+                Code::InvalidArgument,
+                "segmentation_id",
+            ),
+            (
+                vec![outcome_block(&rows[..3])],
+                Code::InvalidArgument,
+                "header",
+            ),
+            (
+                vec![uplift_header(with_groups), outcome_block(&dup)],
+                Code::InvalidArgument,
+                "rows 1 and 2 have the same customer id",
+            ),
+            (
+                vec![uplift_header(with_groups), outcome_block(&nan)],
+                Code::InvalidArgument,
+                "revenue",
+            ),
+            (
+                vec![uplift_header(with_groups), ragged],
+                Code::InvalidArgument,
+                "one entry per customer",
+            ),
+            (
+                vec![uplift_header(with_groups), uplift_header(with_groups)],
+                Code::InvalidArgument,
+                "only outcome blocks",
+            ),
+        ];
+        for (messages, code, needle) in cases {
+            let e = server
+                .segmentations()
+                .uplift(tokio_stream::iter(messages))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), code, "{needle}: {e}");
+            assert!(e.message().contains(needle), "{needle}: {e}");
+            assert!(!e.message().contains(dir.path().to_str().unwrap()), "{e}");
+        }
+        server.stop().await;
+    });
+}

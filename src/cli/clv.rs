@@ -58,8 +58,8 @@ pub struct ClvArgs {
     pub holdout_end: Option<String>,
     #[command(flatten)]
     pub value: ValueArgs,
-    /// Where customers.csv, customers.parquet and clv.json go (default:
-    /// nothing is written).
+    /// Where customers.csv, customers.parquet, clv.json and the report
+    /// clv.html (with its charts) go (default: nothing is written).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// skip: count unreadable rows and report them; reject: stop at the first.
@@ -196,10 +196,11 @@ pub fn run(args: ClvArgs) -> anyhow::Result<()> {
     }
     if let Some(f) = &files {
         println!(
-            "wrote {}, {} and {}",
+            "wrote {}, {}, {} and the report {}",
             f.customers_csv.display(),
             f.customers_parquet.display(),
-            f.clv_json.display()
+            f.clv_json.display(),
+            f.report_html.display()
         );
     }
     Ok(())

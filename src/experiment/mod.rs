@@ -72,9 +72,10 @@ struct Table {
 }
 
 impl Table {
-    fn open(path: &Path) -> Result<Self, ExperimentError> {
+    /// Opens `path`; errors name it `shown`.
+    fn open(path: &Path, shown: &Path) -> Result<Self, ExperimentError> {
         let io = |error| ExperimentError::Io {
-            path: path.to_owned(),
+            path: shown.to_owned(),
             error,
         };
         let file = std::fs::File::open(path).map_err(io)?;
@@ -88,7 +89,7 @@ impl Table {
             .map(|h| h.trim_start_matches('\u{feff}').to_string())
             .collect();
         Ok(Self {
-            path: path.to_owned(),
+            path: shown.to_owned(),
             reader,
             header,
         })
@@ -122,52 +123,141 @@ impl Table {
     }
 }
 
-/// Reads `segment`'s customer table (`customer_id`, `segment`, `group`)
-/// and an outcomes table (`customer_id`, `converted` 0/1, `revenue`), and
-/// measures the uplift overall and per segment.
-pub fn measure(assignments: &Path, outcomes: &Path) -> Result<UpliftReport, ExperimentError> {
-    let mut a = Table::open(assignments)?;
-    let id_col = a.column("customer_id", "")?;
-    let seg_col = a.column("segment", "")?;
-    let group_col = a.column(
-        "group",
-        "; draw groups with segment --holdout-share before the campaign",
-    )?;
-    let bad = |path: &Path, row, column, what| ExperimentError::BadValue {
+/// An experiment's customers: id, segment and group, from `segment`'s
+/// customer table (`customer_id`, `segment`, `group`).
+pub struct Assignments {
+    customers: Vec<(String, String, Group)>,
+    index: HashMap<String, usize>,
+}
+
+impl Assignments {
+    /// Reads the table at `path`.
+    pub fn read(path: &Path) -> Result<Self, ExperimentError> {
+        Self::read_as(path, path)
+    }
+
+    /// Reads the table at `path`; errors name it `shown` (a service does
+    /// not show its own paths).
+    pub fn read_as(path: &Path, shown: &Path) -> Result<Self, ExperimentError> {
+        let mut a = Table::open(path, shown)?;
+        let id_col = a.column("customer_id", "")?;
+        let seg_col = a.column("segment", "")?;
+        let group_col = a.column(
+            "group",
+            "; draw groups with segment --holdout-share before the campaign",
+        )?;
+        let mut customers: Vec<(String, String, Group)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for (row, record) in a.rows() {
+            let r = record?;
+            let id = r.get(id_col).unwrap_or("").to_string();
+            if id.is_empty() {
+                return Err(bad(shown, row, "customer_id", "empty"));
+            }
+            let group = Group::parse(r.get(group_col).unwrap_or(""))
+                .ok_or_else(|| bad(shown, row, "group", "expected treatment or control"))?;
+            if let Some(&first) = index.get(&id) {
+                return Err(ExperimentError::DuplicateId {
+                    path: shown.to_owned(),
+                    row_a: first + 1,
+                    row_b: row,
+                });
+            }
+            index.insert(id.clone(), customers.len());
+            customers.push((id, r.get(seg_col).unwrap_or("").to_string(), group));
+        }
+        Ok(Self { customers, index })
+    }
+
+    pub fn len(&self) -> usize {
+        self.customers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.customers.is_empty()
+    }
+}
+
+fn bad(path: &Path, row: usize, column: &'static str, what: &'static str) -> ExperimentError {
+    ExperimentError::BadValue {
         path: path.to_owned(),
         row,
         column,
         what,
-    };
-    let mut customers: Vec<(String, String, Group)> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    for (row, record) in a.rows() {
-        let r = record?;
-        let id = r.get(id_col).unwrap_or("").to_string();
-        if id.is_empty() {
-            return Err(bad(assignments, row, "customer_id", "empty"));
-        }
-        let group = Group::parse(r.get(group_col).unwrap_or(""))
-            .ok_or_else(|| bad(assignments, row, "group", "expected treatment or control"))?;
-        if let Some(&first) = index.get(&id) {
-            return Err(ExperimentError::DuplicateId {
-                path: assignments.to_owned(),
-                row_a: first + 1,
-                row_b: row,
-            });
-        }
-        index.insert(id.clone(), customers.len());
-        customers.push((id, r.get(seg_col).unwrap_or("").to_string(), group));
     }
-    let mut o = Table::open(outcomes)?;
+}
+
+/// A campaign's outcomes, recorded row by row against the assignments: at
+/// most one per customer, memory in proportion to the assignments only.
+pub struct Outcomes<'a> {
+    assignments: &'a Assignments,
+    /// What the outcome rows are called in errors.
+    source: PathBuf,
+    outcome: Vec<Option<(bool, f64)>>,
+    row: Vec<usize>,
+    unknown: usize,
+}
+
+impl<'a> Outcomes<'a> {
+    pub fn new(assignments: &'a Assignments, source: &Path) -> Self {
+        Self {
+            assignments,
+            source: source.to_owned(),
+            outcome: vec![None; assignments.len()],
+            row: vec![0; assignments.len()],
+            unknown: 0,
+        }
+    }
+
+    /// Records row `row` (1-based): a customer converted or not, with this
+    /// revenue. A second row for one customer, or a non-finite revenue, is
+    /// an error naming the rows; an id not in the assignments is counted.
+    pub fn record(
+        &mut self,
+        row: usize,
+        id: &str,
+        converted: bool,
+        revenue: f64,
+    ) -> Result<(), ExperimentError> {
+        if !revenue.is_finite() {
+            return Err(bad(&self.source, row, "revenue", "not a finite number"));
+        }
+        match self.assignments.index.get(id) {
+            Some(&i) if self.outcome[i].is_some() => Err(ExperimentError::DuplicateId {
+                path: self.source.clone(),
+                row_a: self.row[i],
+                row_b: row,
+            }),
+            Some(&i) => {
+                self.outcome[i] = Some((converted, revenue));
+                self.row[i] = row;
+                Ok(())
+            }
+            None => {
+                self.unknown += 1;
+                Ok(())
+            }
+        }
+    }
+
+    /// The uplift overall and per segment.
+    pub fn finish(self) -> Result<UpliftReport, ExperimentError> {
+        report(&self.assignments.customers, &self.outcome, self.unknown)
+    }
+}
+
+/// Reads `segment`'s customer table (`customer_id`, `segment`, `group`)
+/// and an outcomes table (`customer_id`, `converted` 0/1, `revenue`), and
+/// measures the uplift overall and per segment.
+pub fn measure(assignments: &Path, outcomes: &Path) -> Result<UpliftReport, ExperimentError> {
+    let a = Assignments::read(assignments)?;
+    let mut recorded = Outcomes::new(&a, outcomes);
+    let mut o = Table::open(outcomes, outcomes)?;
     let (oid, conv, rev) = (
         o.column("customer_id", "")?,
         o.column("converted", "")?,
         o.column("revenue", "")?,
     );
-    let mut outcome: Vec<Option<(bool, f64)>> = vec![None; customers.len()];
-    let mut outcome_row = vec![0usize; customers.len()];
-    let mut unknown = 0;
     for (row, record) in o.rows() {
         let r = record?;
         let converted = match r.get(conv).unwrap_or("") {
@@ -179,29 +269,22 @@ pub fn measure(assignments: &Path, outcomes: &Path) -> Result<UpliftReport, Expe
             "" => 0.0,
             v => v
                 .parse()
-                .ok()
-                .filter(|x: &f64| x.is_finite())
-                .ok_or_else(|| bad(outcomes, row, "revenue", "not a finite number"))?,
+                .map_err(|_| bad(outcomes, row, "revenue", "not a finite number"))?,
         };
-        match index.get(r.get(oid).unwrap_or("")) {
-            Some(&i) if outcome[i].is_some() => {
-                return Err(ExperimentError::DuplicateId {
-                    path: outcomes.to_owned(),
-                    row_a: outcome_row[i],
-                    row_b: row,
-                })
-            }
-            Some(&i) => {
-                outcome[i] = Some((converted, revenue));
-                outcome_row[i] = row;
-            }
-            None => unknown += 1,
-        }
+        recorded.record(row, r.get(oid).unwrap_or(""), converted, revenue)?;
     }
+    recorded.finish()
+}
+
+fn report(
+    customers: &[(String, String, Group)],
+    outcome: &[Option<(bool, f64)>],
+    unknown: usize,
+) -> Result<UpliftReport, ExperimentError> {
     let without_outcome = outcome.iter().filter(|o| o.is_none()).count();
     let rows: Vec<Observation> = customers
         .iter()
-        .zip(&outcome)
+        .zip(outcome)
         .map(|((_, _, g), o)| {
             let (c, r) = o.unwrap_or((false, 0.0));
             (*g, c, r)

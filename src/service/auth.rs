@@ -281,8 +281,9 @@ pub fn method(path: &str) -> Option<Method> {
         ("segmenta.v1.Decomposition", "FitPca") => unary(Write),
         ("segmenta.v1.Decomposition", "Transform" | "InverseTransform") => unary(Read),
         ("segmenta.v1.Segmentations", "UploadTransactions") => stream(Write),
-        ("segmenta.v1.Segmentations", "Segment") => unary(Write),
-        ("segmenta.v1.Segmentations", "GetSegmentation") => unary(Read),
+        ("segmenta.v1.Segmentations", "Segment" | "Clv") => unary(Write),
+        ("segmenta.v1.Segmentations", "Uplift") => stream(Write),
+        ("segmenta.v1.Segmentations", "GetSegmentation" | "GetClv") => unary(Read),
         ("segmenta.v1.Segmentations", "DownloadArtifact") => stream(Read),
         ("segmenta.v1.Segmentations", "DeleteTransactions" | "DeleteSegmentation") => unary(Admin),
         ("segmenta.v1.Models", "Get" | "List" | "Export") => unary(Read),
@@ -410,10 +411,49 @@ mod tests {
         ] {
             assert_eq!(access(read), Some(Access::Needs(Role::Read)), "{read}");
         }
+        // The value jobs and the uplift upload write; reading a CLV run reads.
+        assert_eq!(
+            access("/segmenta.v1.Segmentations/Clv"),
+            Some(Access::Needs(Role::Write))
+        );
+        assert_eq!(
+            method("/segmenta.v1.Segmentations/Uplift"),
+            Some(Method {
+                access: Access::Needs(Role::Write),
+                unary: false
+            })
+        );
+        assert_eq!(
+            access("/segmenta.v1.Segmentations/GetClv"),
+            Some(Access::Needs(Role::Read))
+        );
         assert_eq!(method("/nope"), None);
         assert_eq!(method("//segmenta.v1.Server/GetInfo"), None);
         assert_eq!(method("/segmenta.v1.Server/GetInfo/"), None);
         assert_eq!(method("/segmenta.v1.Datasets/Steal"), None);
+    }
+
+    /// A method the table does not know is refused to every caller: each
+    /// one in the API must be in it, with its streaming as declared.
+    #[test]
+    fn every_method_of_the_api_has_a_role() {
+        use prost::Message as _;
+        let set =
+            prost_types::FileDescriptorSet::decode(crate::service::proto::FILE_DESCRIPTOR_SET)
+                .unwrap();
+        let mut seen = 0;
+        for file in &set.file {
+            for service in &file.service {
+                for m in &service.method {
+                    let path = format!("/{}.{}/{}", file.package(), service.name(), m.name());
+                    let found = method(&path).unwrap_or_else(|| panic!("{path} has no role"));
+                    let unary = !m.client_streaming() && !m.server_streaming();
+                    assert_eq!(found.unary, unary, "{path}");
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen > 40, "{seen} methods");
     }
 
     #[test]

@@ -7,10 +7,13 @@ use super::proto as pb;
 use super::storage::{DatasetMeta, ModelBody, ModelRecord, SegmentationMeta, TransactionsMeta};
 use crate::backend::BackendChoice;
 use crate::data::{Delimiter, TableFormat, TextFormat};
+use crate::experiment::{Interval, Uplift, UpliftReport};
 use crate::kmeans::Evaluation;
 use crate::segmentation::features::FrequencyBasis;
 use crate::segmentation::transactions::check_date_format;
 use crate::segmentation::SegmentsDocument;
+use crate::value::{ClvSummary, TimeUnit};
+use std::collections::HashMap;
 
 pub fn timestamp(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -147,6 +150,7 @@ pub fn job(s: &JobSnapshot, engine: &Engine) -> pb::Job {
         JobKind::FitKMeans => pb::JobKind::FitKmeans,
         JobKind::FitPca => pb::JobKind::FitPca,
         JobKind::Segment => pb::JobKind::Segment,
+        JobKind::Clv => pb::JobKind::Clv,
     };
     let state = match s.state {
         JobState::Queued => pb::JobState::Queued,
@@ -171,6 +175,11 @@ pub fn job(s: &JobSnapshot, engine: &Engine) -> pb::Job {
             .segmentation(id)
             .ok()
             .map(|(meta, doc)| pb::job::Result::Segmentation(segmentation(&meta, &doc))),
+        JobOutput::Clv(id) => engine
+            .store
+            .clv_run(id)
+            .ok()
+            .map(|(meta, summary)| pb::job::Result::Clv(clv_run(&meta, &summary))),
     });
     pb::Job {
         id: s.id.clone(),
@@ -311,18 +320,7 @@ pub fn segmentation(meta: &SegmentationMeta, doc: &SegmentsDocument) -> pb::Segm
     let input = pb::InputSummary {
         rows_read: i.rows_read as u64,
         bad_rows: i.bad_rows.total as u64,
-        bad_rows_by_problem: i
-            .bad_rows
-            .by_problem
-            .iter()
-            .map(|(p, &c)| {
-                let key = serde_json::to_value(p)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                (key, c as u64)
-            })
-            .collect(),
+        bad_rows_by_problem: by_problem(&i.bad_rows),
         lines_after_as_of: i.notes.lines_after_as_of as u64,
         refund_lines: i.notes.refund_lines as u64,
         customers_without_purchase: i.notes.customers_without_purchase as u64,
@@ -355,5 +353,161 @@ pub fn segmentation(meta: &SegmentationMeta, doc: &SegmentsDocument) -> pb::Segm
             .iter()
             .map(|(f, _)| f.clone())
             .collect(),
+    }
+}
+
+/// Unreadable rows by problem, keyed by the problem's name.
+fn by_problem(b: &crate::segmentation::transactions::BadRows) -> HashMap<String, u64> {
+    b.by_problem
+        .iter()
+        .map(|(p, &c)| {
+            let key = serde_json::to_value(p)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            (key, c as u64)
+        })
+        .collect()
+}
+
+pub fn time_unit(unit: TimeUnit) -> pb::TimeUnit {
+    match unit {
+        TimeUnit::Day => pb::TimeUnit::Day,
+        TimeUnit::Week => pb::TimeUnit::Week,
+        TimeUnit::Month => pb::TimeUnit::Month,
+    }
+}
+
+fn fit_diagnostics(
+    log_likelihood: f64,
+    iterations: u64,
+    gradient_norm: f64,
+    converged: bool,
+) -> pb::FitDiagnostics {
+    pb::FitDiagnostics {
+        log_likelihood,
+        iterations,
+        gradient_norm,
+        converged,
+    }
+}
+
+/// A stored CLV run as the API shows it.
+pub fn clv_run(meta: &SegmentationMeta, s: &ClvSummary) -> pb::ClvRun {
+    let (b, g) = (&s.bgnbd, &s.gamma_gamma);
+    pb::ClvRun {
+        id: meta.id.clone(),
+        calibration_end: s.calibration_end.to_string(),
+        time_unit: time_unit(s.time_unit) as i32,
+        horizon: s.horizon,
+        discount_rate: s.discount_rate,
+        churn_high: s.churn_thresholds.high,
+        churn_medium: s.churn_thresholds.medium,
+        n_customers: s.n_customers as u64,
+        n_repeat_customers: s.n_repeat_customers as u64,
+        bgnbd: Some(pb::BgNbdFit {
+            r: b.r,
+            alpha: b.alpha,
+            a: b.a,
+            b: b.b,
+            r_std_error: b.std_errors.r,
+            alpha_std_error: b.std_errors.alpha,
+            a_std_error: b.std_errors.a,
+            b_std_error: b.std_errors.b,
+            fit: Some(fit_diagnostics(
+                b.log_likelihood,
+                b.iterations,
+                b.gradient_norm,
+                b.converged,
+            )),
+        }),
+        gamma_gamma: Some(pb::GammaGammaFit {
+            p: g.p,
+            q: g.q,
+            v: g.v,
+            p_std_error: g.std_errors[0],
+            q_std_error: g.std_errors[1],
+            v_std_error: g.std_errors[2],
+            fit: Some(fit_diagnostics(
+                g.log_likelihood,
+                g.iterations,
+                g.gradient_norm,
+                g.converged,
+            )),
+            frequency_spend_correlation: g.frequency_spend_correlation,
+            customers_fitted: g.customers_fitted as u64,
+            excluded_non_positive_spend: g.excluded_non_positive_spend as u64,
+        }),
+        expected_purchases_new_customer: s.expected_purchases_new_customer,
+        total_clv: s.total_clv,
+        holdout: s.holdout.as_ref().map(|h| pb::HoldoutCheck {
+            holdout_end: h.holdout_end.to_string(),
+            length: h.length,
+            by_repeat_purchases: h
+                .by_repeat_purchases
+                .iter()
+                .map(|b| pb::HoldoutBucket {
+                    repeat_purchases: b.repeat_purchases.clone(),
+                    customers: b.customers as u64,
+                    mean_predicted: b.mean_predicted,
+                    mean_actual: b.mean_actual,
+                })
+                .collect(),
+            mae: h.mae,
+            total_predicted: h.total_predicted,
+            total_actual: h.total_actual,
+        }),
+        rows_read: s.rows_read as u64,
+        bad_rows: s.bad_rows.total as u64,
+        bad_rows_by_problem: by_problem(&s.bad_rows),
+        warnings: s.warnings.clone(),
+        artifacts: meta.artifacts.clone(),
+        created_at: Some(timestamp(meta.created_at_ms)),
+    }
+}
+
+fn interval(i: &Interval) -> pb::Interval {
+    pb::Interval {
+        estimate: i.estimate,
+        low: i.low,
+        high: i.high,
+    }
+}
+
+fn arm(a: &crate::experiment::uplift::Arm) -> pb::Arm {
+    pb::Arm {
+        customers: a.customers as u64,
+        conversions: a.conversions as u64,
+        conversion_rate: a.conversion_rate,
+        revenue_per_customer: a.revenue_per_customer,
+        revenue_sd: a.revenue_sd,
+    }
+}
+
+fn uplift(u: &Uplift) -> pb::Uplift {
+    pb::Uplift {
+        stratum: u.stratum.clone(),
+        treatment: Some(arm(&u.treatment)),
+        control: Some(arm(&u.control)),
+        conversion: Some(interval(&u.conversion)),
+        conversion_relative: u.conversion_relative.as_ref().map(interval),
+        conversion_p_value: u.conversion_p_value,
+        revenue: Some(interval(&u.revenue)),
+        revenue_relative: u.revenue_relative.as_ref().map(interval),
+        revenue_p_value: u.revenue_p_value,
+        warning: u.warning.clone().unwrap_or_default(),
+    }
+}
+
+impl From<&UpliftReport> for pb::UpliftReport {
+    fn from(r: &UpliftReport) -> Self {
+        Self {
+            overall: Some(uplift(&r.overall)),
+            segments: r.segments.iter().map(uplift).collect(),
+            customers: r.customers as u64,
+            without_outcome: r.without_outcome as u64,
+            unknown_outcomes: r.unknown_outcomes as u64,
+            warnings: r.warnings.clone(),
+        }
     }
 }

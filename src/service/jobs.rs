@@ -34,6 +34,7 @@ pub enum JobKind {
     FitKMeans,
     FitPca,
     Segment,
+    Clv,
 }
 
 impl JobKind {
@@ -43,6 +44,7 @@ impl JobKind {
             Self::FitKMeans => "fit_kmeans",
             Self::FitPca => "fit_pca",
             Self::Segment => "segment",
+            Self::Clv => "clv",
         }
     }
 }
@@ -88,12 +90,13 @@ pub enum JobOutput {
     Dataset(String),
     Model(String),
     Segmentation(String),
+    Clv(String),
 }
 
 impl JobOutput {
     pub fn id(&self) -> &str {
         match self {
-            Self::Dataset(id) | Self::Model(id) | Self::Segmentation(id) => id,
+            Self::Dataset(id) | Self::Model(id) | Self::Segmentation(id) | Self::Clv(id) => id,
         }
     }
 }

@@ -140,6 +140,7 @@ impl Metrics {
             JobKind::FitKMeans,
             JobKind::FitPca,
             JobKind::Segment,
+            JobKind::Clv,
         ] {
             for state in [
                 JobState::Queued,

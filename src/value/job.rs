@@ -399,22 +399,45 @@ pub struct ClvFiles {
     pub customers_csv: PathBuf,
     pub customers_parquet: PathBuf,
     pub clv_json: PathBuf,
+    pub report_html: PathBuf,
+    /// The report's PNG charts: `p_alive.png`, and `holdout.png` with a
+    /// holdout.
+    pub charts: Vec<PathBuf>,
 }
 
-/// Writes `customers.csv`, `customers.parquet` and `clv.json` (the
-/// summary) into `dir`, each atomically.
+impl ClvFiles {
+    /// Every file's name, as a service lists them for download.
+    pub fn names(&self) -> Vec<String> {
+        [
+            &self.report_html,
+            &self.customers_csv,
+            &self.customers_parquet,
+            &self.clv_json,
+        ]
+        .into_iter()
+        .chain(&self.charts)
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect()
+    }
+}
+
+/// Writes `customers.csv`, `customers.parquet`, `clv.json` (the summary)
+/// and the report `clv.html` with its charts into `dir`, each atomically.
 pub fn write_clv_outputs(run: &ClvRun, dir: &Path) -> Result<ClvFiles> {
     std::fs::create_dir_all(dir).map_err(|e| SegmentationError::output(dir, e))?;
-    let files = ClvFiles {
+    write_atomic(&dir.join("customers.csv"), &customers_csv(run)?)?;
+    write_atomic(&dir.join("customers.parquet"), &customers_parquet(run)?)?;
+    let doc = serde_json::to_vec_pretty(&run.summary).expect("serialisable");
+    write_atomic(&dir.join("clv.json"), &doc)?;
+    let (page, charts) = super::report::write_report(run, dir)?;
+    write_atomic(&dir.join("clv.html"), page.as_bytes())?;
+    Ok(ClvFiles {
         customers_csv: dir.join("customers.csv"),
         customers_parquet: dir.join("customers.parquet"),
         clv_json: dir.join("clv.json"),
-    };
-    write_atomic(&files.customers_csv, &customers_csv(run)?)?;
-    write_atomic(&files.customers_parquet, &customers_parquet(run)?)?;
-    let doc = serde_json::to_vec_pretty(&run.summary).expect("serialisable");
-    write_atomic(&files.clv_json, &doc)?;
-    Ok(files)
+        report_html: dir.join("clv.html"),
+        charts: charts.iter().map(|c| dir.join(c.file)).collect(),
+    })
 }
 
 fn customers_csv(run: &ClvRun) -> Result<Vec<u8>> {

@@ -10,7 +10,7 @@
 //!   2005, "RFM and CLV: Using Iso-Value Curves"): expected spend.
 //! - [`clv`]: lifetime value over a horizon, value tiers and churn risk.
 //! - [`job`]: the whole job on a transaction log, holdout check and
-//!   outputs (`segmenta clv`).
+//!   outputs (`segmenta clv`), with the report `clv.html`.
 //! - [`fit`]: maximum likelihood over log-parameters (L-BFGS), standard
 //!   errors from the observed information.
 //! - [`special`]: ln Γ, ψ and the hypergeometric ₂F₁.
@@ -22,6 +22,7 @@ pub mod clv;
 pub mod fit;
 pub mod gamma_gamma;
 pub mod job;
+mod report;
 pub mod simulate;
 pub mod special;
 pub mod summary;
@@ -31,7 +32,7 @@ pub use clv::{ChurnRisk, ChurnThresholds, ValueTier};
 pub use fit::{FitReport, Fitted};
 pub use gamma_gamma::{GammaGamma, GammaGammaParams};
 pub use job::{
-    run_clv, value_as_of, write_clv_outputs, ClvParams, ClvRun, ClvSummary, ValueOptions,
+    run_clv, value_as_of, write_clv_outputs, ClvFiles, ClvParams, ClvRun, ClvSummary, ValueOptions,
 };
 pub use summary::{Rft, TimeUnit};
 

@@ -119,3 +119,39 @@ pub fn long_running_shop(path: &Path, customers: usize, seed: u64) {
     }
     w.out.flush().unwrap();
 }
+
+/// A daily log over two years from 2024-01-01, as the value models assume:
+/// each customer starts on a random day of the first year, buys at a personal rate (a Poisson process in days) and
+/// leaves after a purchase with a personal probability; amounts around a
+/// personal mean. Some days carry two lines (one purchase).
+pub fn buying_and_leaving(path: &Path, customers: usize, seed: u64) {
+    use std::fmt::Write as _;
+    let start = NaiveDate::from_ymd_opt(2024, 1, 1).unwrap();
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let mut text = String::from("customer_id,date,amount\n");
+    let end = 730i64;
+    for c in 0..customers {
+        let first = rng.random_range(0..365i64);
+        let rate = 0.005 + 0.05 * rng.random::<f64>();
+        let leave = 0.02 + 0.3 * rng.random::<f64>();
+        let mean = 20.0 + 80.0 * rng.random::<f64>();
+        let mut day = first as f64;
+        loop {
+            let d = day as i64;
+            if d > end {
+                break;
+            }
+            let amount = mean * (0.5 + rng.random::<f64>());
+            let date = start + chrono::Duration::days(d);
+            writeln!(text, "C{c:05},{date},{amount:.2}").unwrap();
+            if rng.random::<f64>() < 0.1 {
+                writeln!(text, "C{c:05},{date},{:.2}", amount / 2.0).unwrap();
+            }
+            if d > first && rng.random::<f64>() < leave {
+                break;
+            }
+            day += -(1.0 - rng.random::<f64>()).ln() / rate;
+        }
+    }
+    std::fs::write(path, text).unwrap();
+}

@@ -783,6 +783,17 @@ async fn watch(channel: Conn, id: &str) -> anyhow::Result<pb::Job> {
                                     );
                                 }
                             }
+                            Some(pb::job::Result::Clv(c)) => {
+                                let b = c.bgnbd.clone().unwrap_or_default();
+                                println!(
+                                    "CLV run {}: {} customers at {} ({} with a repeat purchase), total predicted value {:.2}",
+                                    c.id, c.n_customers, c.calibration_end, c.n_repeat_customers, c.total_clv
+                                );
+                                println!(
+                                    "  BG/NBD r = {:.4}, alpha = {:.4}, a = {:.4}, b = {:.4}",
+                                    b.r, b.alpha, b.a, b.b
+                                );
+                            }
                             None => println!("job {id} succeeded"),
                         }
                         return Ok(job);

@@ -629,7 +629,7 @@ fn segment_bars(
 
 /// A histogram of P(alive) in 20 bins, coloured by churn risk, with the
 /// thresholds marked.
-fn p_alive_histogram(
+pub(crate) fn p_alive_histogram(
     a: &Area,
     p_alive: &[f64],
     thresholds: &crate::value::ChurnThresholds,

@@ -5,7 +5,9 @@ mod charts;
 
 use std::fmt::Write;
 
-pub(crate) use charts::{draw as draw_chart, register_font, Area, FONT as CHART_FONT};
+pub(crate) use charts::{
+    draw as draw_chart, p_alive_histogram, register_font, Area, FONT as CHART_FONT,
+};
 pub use charts::{segment_colour, write_charts, Chart};
 pub(crate) use STYLE as REPORT_STYLE;
 

@@ -2,12 +2,14 @@
 //! the engine checks every request's cost against the limits, does the work
 //! (with the library) and owns storage and jobs.
 
+mod clv;
 mod cost;
 pub mod distributed;
 pub mod partitions;
 mod privacy;
 mod segment;
 
+pub use clv::ClvJob;
 pub use privacy::Erased;
 pub use segment::{LogSource, SegmentJob};
 

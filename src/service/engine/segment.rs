@@ -1,21 +1,21 @@
 //! The segment job over gRPC: same library call as the CLI, outputs staged
 //! and committed into the store, the model registered for Assign.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{Engine, Origin, Source};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{with_cpu_fallback, BackendChoice, BackendKind};
-use crate::data::TableFormat;
+use crate::data::{TableFormat, TextFormat};
 use crate::kmeans::FitControl;
 use crate::segmentation::{
     run_segmentation, write_outputs, KChoice, SegmentControl, SegmentParams,
 };
 use crate::service::error::{ServiceError, ServiceResult};
 use crate::service::jobs::{JobKind, JobOutput, JobProgress, JobSnapshot};
-use crate::service::paths::segmentation_content_error;
-use crate::service::storage::{now_ms, ModelBody, ModelRecord, SegmentationMeta};
+use crate::service::paths::{segmentation_content_error, Allowed};
+use crate::service::storage::{now_ms, ModelBody, ModelRecord, OutputKind, SegmentationMeta};
 
 /// Most values of k one sweep may try (each is a full set of fits).
 const MAX_SWEEP_KS: usize = 64;
@@ -58,6 +58,85 @@ pub enum LogSource {
     ServerPath(String),
 }
 
+/// A transaction log a job reads, found and sized before the job is queued.
+pub(super) struct JobLog {
+    pub path: PathBuf,
+    /// What the outputs record as their source: the log's id, or
+    /// `file:NAME` for a server-side file.
+    pub source: String,
+    pub server_file: bool,
+    /// At most this many lines.
+    pub lines: u64,
+    /// How its text is written: the request's, else the one stored with an
+    /// uploaded log.
+    pub format: TextFormat,
+    uploaded: Option<String>,
+    allowed: Option<Allowed>,
+}
+
+impl JobLog {
+    /// Run at the job's start: a server-side file must still be the one
+    /// allowed.
+    pub fn recheck(&self, engine: &Engine) -> ServiceResult<()> {
+        match &self.allowed {
+            Some(a) => engine.roots.recheck("transactions_path", a),
+            None => Ok(()),
+        }
+    }
+
+    /// What must still exist when the outputs are stored.
+    pub fn commit_source(&self) -> Source<'_> {
+        self.uploaded.as_deref().map_or(Source::None, Source::Log)
+    }
+}
+
+impl Engine {
+    /// Finds the log, checks its size against `max_dataset_bytes`, and
+    /// settles its text format.
+    pub(super) fn job_log(
+        &self,
+        source: &LogSource,
+        text_format: Option<TextFormat>,
+    ) -> ServiceResult<JobLog> {
+        let format = match (text_format, source) {
+            (Some(f), _) => f,
+            (None, LogSource::Uploaded(id)) => self.store.transactions(id)?.text_format,
+            (None, LogSource::ServerPath(_)) => Default::default(),
+        };
+        let (path, label, allowed, uploaded) = match source {
+            LogSource::Uploaded(id) => (
+                self.store.transactions_path(id)?,
+                id.clone(),
+                None,
+                Some(id.clone()),
+            ),
+            LogSource::ServerPath(p) => {
+                let a = self.roots.allow("transactions_path", p)?;
+                // Only the file's name is kept: the server's directory layout
+                // is not the clients' business.
+                let label = format!(
+                    "file:{}",
+                    a.path
+                        .file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+                );
+                (a.path.clone(), label, Some(a), None)
+            }
+        };
+        let (lines, bytes) = log_extent(&path)?;
+        self.check_dataset_size(bytes)?;
+        Ok(JobLog {
+            path,
+            source: label,
+            server_file: allowed.is_some(),
+            lines,
+            format,
+            uploaded,
+            allowed,
+        })
+    }
+}
+
 /// A segment request, checked and typed.
 pub struct SegmentJob {
     pub source: LogSource,
@@ -77,31 +156,9 @@ impl Engine {
         mut job: SegmentJob,
         origin: Origin<'_>,
     ) -> ServiceResult<JobSnapshot> {
-        job.params.format = match (job.text_format.take(), &job.source) {
-            (Some(f), _) => f,
-            (None, LogSource::Uploaded(id)) => self.store.transactions(id)?.text_format,
-            (None, LogSource::ServerPath(_)) => Default::default(),
-        };
-        let mut allowed = None;
-        let (path, source, server_file) = match &job.source {
-            LogSource::Uploaded(id) => (self.store.transactions_path(id)?, id.clone(), false),
-            LogSource::ServerPath(p) => {
-                let a = self.roots.allow("transactions_path", p)?;
-                let path = a.path.clone();
-                allowed = Some(a);
-                // Only the file's name is kept: the server's directory layout
-                // is not the clients' business.
-                let source = format!(
-                    "file:{}",
-                    path.file_name()
-                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
-                );
-                (path, source, true)
-            }
-        };
-        let (lines, bytes) = log_extent(&path)?;
-        self.check_dataset_size(bytes)?;
-        self.check_segment_cost(&job.params, lines)?;
+        let log = self.job_log(&job.source, job.text_format.take())?;
+        job.params.format = log.format.clone();
+        self.check_segment_cost(&job.params, log.lines)?;
         let previous = job
             .previous_id
             .as_deref()
@@ -114,9 +171,7 @@ impl Engine {
         self.spawn(JobKind::Segment, uses_gpu, origin, move |ctx| {
             let cpu = CpuBackend::new().cancel_on(ctx.cancel.clone());
             let backend = backends.for_job(choice, &cpu)?;
-            if let Some(a) = &allowed {
-                engine.roots.recheck("transactions_path", a)?;
-            }
+            log.recheck(&engine)?;
             let erasures = engine.erasures();
             let sink = ctx.clone();
             let control = SegmentControl {
@@ -130,11 +185,11 @@ impl Engine {
                 })),
             };
             let mut run = with_cpu_fallback(choice, backend, |b| {
-                run_segmentation(b, &path, &job.params, previous.as_ref(), &control)
+                run_segmentation(b, &log.path, &job.params, previous.as_ref(), &control)
             })
             // Never a cell value in a job's error: job records are readable
             // by every read key and outlive the log.
-            .map_err(|e| segmentation_content_error(e, server_file))?;
+            .map_err(|e| segmentation_content_error(e, log.server_file))?;
             // Nor in the stored outputs: an unreadable cell can be anything
             // (a name shifted into the date column), and erasure would not
             // find it in segments.json or the report. Rows, columns and
@@ -143,11 +198,9 @@ impl Engine {
                 example.value.clear();
             }
             ctx.phase("writing outputs");
-            let from = match &job.source {
-                LogSource::Uploaded(id) => Source::Log(id),
-                LogSource::ServerPath(_) => Source::None,
-            };
-            engine.commit(erasures, from, || engine.store_segmentation(&run, source))
+            engine.commit(erasures, log.commit_source(), || {
+                engine.store_segmentation(&run, log.source.clone())
+            })
         })
     }
 
@@ -190,7 +243,7 @@ impl Engine {
         run: &crate::segmentation::SegmentRun,
         source: String,
     ) -> ServiceResult<JobOutput> {
-        let (id, staged) = self.store.stage_segmentation()?;
+        let (id, staged) = self.store.stage_outputs(OutputKind::Segmentation)?;
         let written = write_outputs(run, &staged);
         let files = match written {
             Ok(files) => files,
@@ -213,6 +266,7 @@ impl Engine {
         artifacts.dedup();
         let meta = SegmentationMeta {
             id: id.clone(),
+            kind: OutputKind::Segmentation,
             source: source.clone(),
             created_at_ms: now_ms(),
             artifacts,

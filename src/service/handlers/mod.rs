@@ -9,6 +9,7 @@ mod privacy;
 mod resume;
 mod segmentations;
 mod server_info;
+mod value;
 
 pub use clustering::ClusteringService;
 pub use datasets::DatasetsService;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use prost::Message;
 
 use super::segmentations::segment_job;
+use super::value::clv_job;
 use crate::service::convert::text_format;
 use crate::service::engine::{Engine, KMeansJob, Origin, PcaJob};
 use crate::service::error::ServiceError;
@@ -37,6 +38,10 @@ async fn resume(engine: &Arc<Engine>, record: &JobRecord) -> Result<(), ServiceE
         JobKind::Segment => {
             let job = segment_job(decode::<pb::SegmentRequest>(record)?)?;
             engine.segment(job, origin).await?;
+        }
+        JobKind::Clv => {
+            let job = clv_job(decode::<pb::ClvRequest>(record)?)?;
+            engine.clv(job, origin)?;
         }
     }
     Ok(())

@@ -5,17 +5,17 @@ use prost::Message as _;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::value::{bad_row_policy, clv_job, max_bad_rows, value_options};
 use super::{next_message, UploadPace};
 use crate::data::TableFormat;
-use crate::segmentation::transactions::{BadRowPolicy, TransactionColumns};
+use crate::segmentation::transactions::TransactionColumns;
 use crate::segmentation::{ExperimentOptions, KChoice, SegmentParams, SegmentationError};
-use crate::service::convert::{backend_choice, job, segmentation, text_format};
+use crate::service::convert::{backend_choice, clv_run, job, segmentation, text_format};
 use crate::service::engine::{Engine, LogSource, Origin, SegmentJob};
 use crate::service::error::{ServiceError, ServiceResult};
 use crate::service::gate::{note, AuditIds};
 use crate::service::proto as pb;
 use crate::service::proto::upload_transactions_request::Message;
-use crate::value::{ChurnThresholds, TimeUnit, ValueOptions};
 
 /// Artifacts are sent in chunks of this size, well under any message limit.
 const CHUNK_BYTES: usize = 1 << 20;
@@ -24,7 +24,7 @@ pub struct SegmentationsService {
     pub engine: Arc<Engine>,
 }
 
-fn columns(c: Option<pb::TransactionColumns>) -> TransactionColumns {
+pub(super) fn columns(c: Option<pb::TransactionColumns>) -> TransactionColumns {
     let c = c.unwrap_or_default();
     let defaults = TransactionColumns::default();
     let or = |s: String, d: String| if s.is_empty() { d } else { s };
@@ -74,16 +74,7 @@ pub(super) fn segment_job(r: pb::SegmentRequest) -> Result<SegmentJob, ServiceEr
                 .map_err(|_| crate::Error::from(SegmentationError::BadDate(d.to_owned())))?,
         ),
     };
-    let bad_rows = match pb::BadRowPolicy::try_from(r.bad_rows) {
-        Ok(pb::BadRowPolicy::Unspecified | pb::BadRowPolicy::Skip) => BadRowPolicy::Skip,
-        Ok(pb::BadRowPolicy::Reject) => BadRowPolicy::Reject,
-        Err(_) => {
-            return Err(ServiceError::invalid(
-                "bad_rows",
-                format!("unknown policy {}", r.bad_rows),
-            ))
-        }
-    };
+    let bad_rows = bad_row_policy(r.bad_rows)?;
     let defaults = SegmentParams::default();
     let params = SegmentParams {
         columns: columns(r.columns),
@@ -109,7 +100,7 @@ pub(super) fn segment_job(r: pb::SegmentRequest) -> Result<SegmentJob, ServiceEr
         ))
         .into());
     }
-    let max_bad_rows = r.max_bad_rows.unwrap_or(params.max_bad_rows);
+    let max_bad_rows = max_bad_rows(r.max_bad_rows, params.max_bad_rows)?;
     let min_share = r.min_share.unwrap_or(params.min_share);
     if !(0.0..1.0).contains(&min_share) {
         return Err(crate::Error::from(SegmentationError::BadMinShare(min_share)).into());
@@ -122,9 +113,6 @@ pub(super) fn segment_job(r: pb::SegmentRequest) -> Result<SegmentJob, ServiceEr
             "at most the five features, by name",
         ));
     }
-    if !(0.0..=1.0).contains(&max_bad_rows) {
-        return Err(crate::Error::from(SegmentationError::BadMaxBadRows(max_bad_rows)).into());
-    }
     Ok(SegmentJob {
         source,
         text_format: text_format(r.text_format, "text_format")?,
@@ -132,7 +120,11 @@ pub(super) fn segment_job(r: pb::SegmentRequest) -> Result<SegmentJob, ServiceEr
             max_bad_rows,
             min_share,
             features: (!r.features.is_empty()).then_some(r.features),
-            clv: value_options(r.value)?,
+            clv: r
+                .value
+                .filter(|v| v.enabled)
+                .map(|v| value_options(&v))
+                .transpose()?,
             experiment: experiment_options(r.experiment)?,
             ..params
         },
@@ -225,6 +217,38 @@ impl pb::segmentations_server::Segmentations for SegmentationsService {
         Ok(Response::new(job(&snapshot, &self.engine)))
     }
 
+    async fn clv(&self, request: Request<pb::ClvRequest>) -> Result<Response<pb::Job>, Status> {
+        let r = request.get_ref().clone();
+        if let Some(pb::clv_request::Source::TransactionsId(id)) = &r.source {
+            note(&request, &[id]);
+        }
+        let bytes = r.encode_to_vec();
+        let clv = clv_job(r)?;
+        let snapshot = self.engine.clv(clv, Origin::New(&bytes))?;
+        note(&request, &[&snapshot.id]);
+        Ok(Response::new(job(&snapshot, &self.engine)))
+    }
+
+    async fn get_clv(
+        &self,
+        request: Request<pb::GetClvRequest>,
+    ) -> Result<Response<pb::ClvRun>, Status> {
+        note(&request, &[&request.get_ref().id]);
+        let id = request.into_inner().id;
+        let (meta, summary) = tokio::task::block_in_place(|| self.engine.store.clv_run(&id))?;
+        Ok(Response::new(clv_run(&meta, &summary)))
+    }
+
+    async fn uplift(
+        &self,
+        request: Request<Streaming<pb::UpliftRequest>>,
+    ) -> Result<Response<pb::UpliftReport>, Status> {
+        let _slot = self.engine.upload_slot()?;
+        let audit = request.extensions().get::<AuditIds>().cloned();
+        let report = super::value::uplift(&self.engine, audit, request.into_inner()).await?;
+        Ok(Response::new((&report).into()))
+    }
+
     async fn get_segmentation(
         &self,
         request: Request<pb::GetSegmentationRequest>,
@@ -299,38 +323,6 @@ impl pb::segmentations_server::Segmentations for SegmentationsService {
             deleted_ids: vec![id],
         }))
     }
-}
-
-/// `SegmentRequest.value`: `None` unless enabled; checked here, before the
-/// job is queued.
-fn value_options(v: Option<pb::ValueOptions>) -> ServiceResult<Option<ValueOptions>> {
-    let Some(v) = v.filter(|v| v.enabled) else {
-        return Ok(None);
-    };
-    let unit = match pb::TimeUnit::try_from(v.time_unit) {
-        Ok(pb::TimeUnit::Unspecified | pb::TimeUnit::Week) => TimeUnit::Week,
-        Ok(pb::TimeUnit::Day) => TimeUnit::Day,
-        Ok(pb::TimeUnit::Month) => TimeUnit::Month,
-        Err(_) => {
-            return Err(ServiceError::invalid(
-                "value.time_unit",
-                format!("unknown time unit {}", v.time_unit),
-            ))
-        }
-    };
-    let or = |x: f64, default: f64| if x == 0.0 { default } else { x };
-    let defaults = ChurnThresholds::default();
-    let options = ValueOptions {
-        unit,
-        horizon: (v.horizon > 0).then_some(v.horizon),
-        discount_rate: v.discount_rate,
-        churn: ChurnThresholds {
-            high: or(v.churn_high, defaults.high),
-            medium: or(v.churn_medium, defaults.medium),
-        },
-    };
-    options.check().map_err(crate::Error::from)?;
-    Ok(Some(options))
 }
 
 /// `SegmentRequest.experiment`: `None` for a share of 0.

@@ -4,7 +4,7 @@
 //! DATA_DIR/datasets/<id>/meta.json, values.f32   (little-endian f32, row-major)
 //! DATA_DIR/models/<id>.json
 //! DATA_DIR/transactions/<id>/meta.json, log.csv | log.parquet   (as uploaded)
-//! DATA_DIR/segmentations/<id>/meta.json + the segment job's outputs
+//! DATA_DIR/segmentations/<id>/meta.json + a segment or CLV job's outputs
 //! DATA_DIR/jobs/<id>.json                         (job records, see `jobs`)
 //! DATA_DIR/.lock                                  (held while a server runs)
 //! ```
@@ -31,7 +31,7 @@ use crate::pca::PcaModel;
 
 mod segmentations;
 
-pub use segmentations::{SegmentationMeta, TransactionsMeta, TransactionsWriter};
+pub use segmentations::{OutputKind, SegmentationMeta, TransactionsMeta, TransactionsWriter};
 
 pub(crate) const TMP: &str = ".tmp-";
 

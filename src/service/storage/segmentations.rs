@@ -10,6 +10,7 @@ use super::{check_id, new_id, now_ms, sync_dir, tree_bytes, write_json_atomicall
 use crate::data::{TableFormat, TextFormat};
 use crate::segmentation::{SegmentModel, SegmentsDocument};
 use crate::service::error::{ServiceError, ServiceResult};
+use crate::value::ClvSummary;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TransactionsMeta {
@@ -23,11 +24,42 @@ pub struct TransactionsMeta {
     pub created_at_ms: i64,
 }
 
-/// A stored segment job's outputs: where they came from and which files
-/// may be downloaded.
+/// Which job made a stored set of outputs. Both kinds live side by side,
+/// so downloads, deletes, cascades and erasure treat them alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputKind {
+    /// A segment job's (`seg-…`).
+    #[default]
+    Segmentation,
+    /// A CLV job's (`clv-…`).
+    Clv,
+}
+
+impl OutputKind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Segmentation => "seg",
+            Self::Clv => "clv",
+        }
+    }
+
+    fn reader(self) -> &'static str {
+        match self {
+            Self::Segmentation => "GetSegmentation",
+            Self::Clv => "GetClv",
+        }
+    }
+}
+
+/// A stored job's outputs: where they came from and which files may be
+/// downloaded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SegmentationMeta {
     pub id: String,
+    /// Records from before CLV runs are segmentations.
+    #[serde(default)]
+    pub kind: OutputKind,
     /// The transactions id, or the server path the log was read from.
     pub source: String,
     pub created_at_ms: i64,
@@ -128,9 +160,9 @@ impl Store {
         Ok(self.transactions.join(id).join(log_name(meta.format)))
     }
 
-    /// A fresh id and an empty staging directory for a segment job's outputs.
-    pub fn stage_segmentation(&self) -> ServiceResult<(String, PathBuf)> {
-        let id = new_id("seg");
+    /// A fresh id and an empty staging directory for a job's outputs.
+    pub fn stage_outputs(&self, kind: OutputKind) -> ServiceResult<(String, PathBuf)> {
+        let id = new_id(kind.prefix());
         let dir = self.segmentations.join(format!("{TMP}{id}"));
         fs::create_dir_all(&dir).map_err(ServiceError::io)?;
         Ok((id, dir))
@@ -166,15 +198,47 @@ impl Store {
             .map_err(|e| ServiceError::Internal(format!("segmentation {id}, {file}: {e}")))
     }
 
+    /// The outputs' record, if they are of `kind`: another kind's id is
+    /// refused with the call that reads it.
+    fn meta_of(&self, id: &str, kind: OutputKind) -> ServiceResult<SegmentationMeta> {
+        let meta: SegmentationMeta = self.read_json(id, "meta.json")?;
+        if meta.kind != kind {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "{id} is not a {}: read it with {}",
+                match kind {
+                    OutputKind::Segmentation => "segmentation",
+                    OutputKind::Clv => "CLV run",
+                },
+                meta.kind.reader()
+            )));
+        }
+        Ok(meta)
+    }
+
     pub fn segmentation(&self, id: &str) -> ServiceResult<(SegmentationMeta, SegmentsDocument)> {
         Ok((
-            self.read_json(id, "meta.json")?,
+            self.meta_of(id, OutputKind::Segmentation)?,
             self.read_json(id, "segments.json")?,
         ))
     }
 
     pub fn segmentation_model(&self, id: &str) -> ServiceResult<SegmentModel> {
+        self.meta_of(id, OutputKind::Segmentation)?;
         self.read_json(id, "model.json")
+    }
+
+    /// A CLV run's record and summary.
+    pub fn clv_run(&self, id: &str) -> ServiceResult<(SegmentationMeta, ClvSummary)> {
+        Ok((
+            self.meta_of(id, OutputKind::Clv)?,
+            self.read_json(id, "clv.json")?,
+        ))
+    }
+
+    /// The path of a segmentation's customer table, for uplift.
+    pub fn segmentation_customers(&self, id: &str) -> ServiceResult<PathBuf> {
+        self.meta_of(id, OutputKind::Segmentation)?;
+        Ok(self.segmentation_dir(id)?.join("customers.csv"))
     }
 
     /// The path of one of a segmentation's listed artifacts.

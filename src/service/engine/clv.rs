@@ -1,0 +1,73 @@
+//! The CLV job over gRPC: the same library call as `segmenta clv`, its
+//! outputs staged and committed into the store beside the segmentations.
+
+use std::sync::Arc;
+
+use super::segment::LogSource;
+use super::Engine;
+use crate::service::error::{ServiceError, ServiceResult};
+use crate::service::jobs::{JobKind, JobOutput, JobSnapshot};
+use crate::service::paths::segmentation_content_error;
+use crate::service::storage::{now_ms, OutputKind, SegmentationMeta};
+use crate::value::{run_clv, write_clv_outputs, ClvParams, ClvRun};
+
+/// A CLV request, checked and typed.
+pub struct ClvJob {
+    pub source: LogSource,
+    /// As [`super::SegmentJob::text_format`].
+    pub text_format: Option<crate::data::TextFormat>,
+    pub params: ClvParams,
+}
+
+impl Engine {
+    /// Checks the log, then queues the job.
+    pub fn clv(
+        self: &Arc<Self>,
+        mut job: ClvJob,
+        origin: super::Origin<'_>,
+    ) -> ServiceResult<JobSnapshot> {
+        let log = self.job_log(&job.source, job.text_format.take())?;
+        job.params.format = log.format.clone();
+        let engine = self.clone();
+        // The fits are a few passes over per-customer sums: CPU work, bounded
+        // by the log's size, which job_log checked.
+        self.spawn(JobKind::Clv, false, origin, move |ctx| {
+            log.recheck(&engine)?;
+            let erasures = engine.erasures();
+            ctx.phase("fitting the value models");
+            let mut run = run_clv(&log.path, &job.params)
+                .map_err(|e| segmentation_content_error(e, log.server_file))?;
+            // As for segment jobs: no cell of the log in stored outputs.
+            for example in &mut run.summary.bad_rows.examples {
+                example.value.clear();
+            }
+            if ctx.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(ServiceError::Cancelled);
+            }
+            ctx.phase("writing outputs");
+            engine.commit(erasures, log.commit_source(), || {
+                engine.store_clv(&run, log.source.clone())
+            })
+        })
+    }
+
+    fn store_clv(&self, run: &ClvRun, source: String) -> ServiceResult<JobOutput> {
+        let (id, staged) = self.store.stage_outputs(OutputKind::Clv)?;
+        let files = match write_clv_outputs(run, &staged) {
+            Ok(files) => files,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staged);
+                return Err(e.into());
+            }
+        };
+        let meta = SegmentationMeta {
+            id: id.clone(),
+            kind: OutputKind::Clv,
+            source,
+            created_at_ms: now_ms(),
+            artifacts: files.names(),
+        };
+        self.store.commit_segmentation(&staged, &meta)?;
+        Ok(JobOutput::Clv(id))
+    }
+}
