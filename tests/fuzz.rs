@@ -96,6 +96,8 @@ const UNARY: &[&str] = &[
     "/segmenta.v1.Decomposition/InverseTransform",
     "/segmenta.v1.Segmentations/Segment",
     "/segmenta.v1.Segmentations/GetSegmentation",
+    "/segmenta.v1.Segmentations/Clv",
+    "/segmenta.v1.Segmentations/GetClv",
     "/segmenta.v1.Segmentations/DeleteTransactions",
     "/segmenta.v1.Segmentations/DeleteSegmentation",
     "/segmenta.v1.Models/Get",
@@ -112,6 +114,7 @@ const CLIENT_STREAMING: &[&str] = &[
     "/segmenta.v1.Datasets/Upload",
     "/segmenta.v1.Segmentations/UploadTransactions",
     "/segmenta.v1.Clustering/PutPartition",
+    "/segmenta.v1.Segmentations/Uplift",
 ];
 
 const SERVER_STREAMING: &[&str] = &[
@@ -350,7 +353,7 @@ fn extreme_numbers_and_wrong_combinations_are_answered() {
     });
     let id = prop_oneof![Just(dataset.clone()), Just(model.clone()), text()];
     let strategy = (
-        0u8..6,
+        0u8..8,
         id.clone(),
         id,
         extreme_u32(),
@@ -461,6 +464,62 @@ fn extreme_numbers_and_wrong_combinations_are_answered() {
                         })
                         .await
                         .map(|_| ()),
+                    5 => pb::segmentations_client::SegmentationsClient::new(c.clone())
+                        .clv(pb::ClvRequest {
+                            source: Some(if x % 2 == 0 {
+                                pb::clv_request::Source::TransactionsId(a)
+                            } else {
+                                pb::clv_request::Source::TransactionsPath(s.clone())
+                            }),
+                            columns: (y % 2 == 0).then(|| pb::TransactionColumns {
+                                customer: s.clone(),
+                                ..Default::default()
+                            }),
+                            calibration_end: ["", "2025-01-01", "2025-02-30", "+999999-01-01"]
+                                [z as usize % 4]
+                                .into(),
+                            holdout_end: if y % 3 == 0 { s.clone() } else { b },
+                            value: (x % 3 == 0).then(|| pb::ValueOptions {
+                                enabled: y % 2 == 0,
+                                time_unit: e,
+                                horizon: z,
+                                discount_rate: f,
+                                churn_high: -f,
+                                churn_medium: f,
+                            }),
+                            bad_rows: e,
+                            max_bad_rows: (x % 2 == 0).then_some(f),
+                            text_format: (x % 3 != 0).then(|| pb::TextFormat {
+                                delimiter: ["", ";", "::", "\u{0}"][z as usize % 4].into(),
+                                decimal_comma: y % 2 == 0,
+                                date_format: ["", "%d/%m/%Y", "%Q", "%"][y as usize % 4].into(),
+                            }),
+                        })
+                        .await
+                        .map(|_| ()),
+                    6 => {
+                        use pb::uplift_request::Message;
+                        let header = pb::UpliftRequest {
+                            message: Some(Message::Header(pb::UpliftHeader { segmentation_id: a })),
+                        };
+                        let n = values.len();
+                        let block = pb::UpliftRequest {
+                            message: Some(Message::Outcomes(pb::OutcomeBlock {
+                                customer_ids: vec![s; n % 7],
+                                converted: vec![x % 2 == 0; (n + y as usize % 2) % 7],
+                                revenue: values.iter().map(|&v| v as f64 * f).take(n % 7).collect(),
+                            })),
+                        };
+                        let messages = if z % 3 == 0 {
+                            vec![block.clone(), header]
+                        } else {
+                            vec![header, block.clone(), block]
+                        };
+                        pb::segmentations_client::SegmentationsClient::new(c.clone())
+                            .uplift(tokio_stream::iter(messages))
+                            .await
+                            .map(|_| ())
+                    }
                     _ => pb::jobs_client::JobsClient::new(c.clone())
                         .list_jobs(pb::ListJobsRequest {
                             page_size: x,

@@ -65,6 +65,33 @@ def _text_format(delimiter=None, decimal_comma=False, date_format=None) -> pb.Te
                          decimal_comma=bool(decimal_comma), date_format=date_format or "")
 
 
+_TIME_UNITS = {"day": pb.TIME_UNIT_DAY, "week": pb.TIME_UNIT_WEEK, "month": pb.TIME_UNIT_MONTH}
+_ROLES = ("customer", "date", "amount", "quantity", "order")
+
+
+def _check_source(transactions_id: str, transactions_path: str) -> None:
+    if bool(transactions_id) == bool(transactions_path):
+        raise ValueError("give one of transactions_id and transactions_path")
+
+
+def _columns(columns: Optional[Dict[str, str]]) -> pb.TransactionColumns:
+    columns = dict(columns or {})
+    unknown = set(columns) - set(_ROLES)
+    if unknown:
+        raise ValueError(f"unknown column role(s) {sorted(unknown)}: use {', '.join(_ROLES)}")
+    return pb.TransactionColumns(**columns)
+
+
+def _value_options(time_unit: str, horizon: int, discount_rate: float,
+                   churn_thresholds: Optional[Sequence[float]]) -> pb.ValueOptions:
+    unit = _TIME_UNITS.get(str(time_unit).lower())
+    if unit is None:
+        raise ValueError(f"unknown time unit {time_unit!r}: use day, week or month")
+    high, medium = (0.0, 0.0) if churn_thresholds is None else churn_thresholds
+    return pb.ValueOptions(time_unit=unit, horizon=int(horizon), discount_rate=float(discount_rate),
+                           churn_high=float(high), churn_medium=float(medium))
+
+
 class _Progress:
     """A tqdm bar when asked for (``progress=True``); nothing otherwise."""
 
@@ -543,17 +570,15 @@ class Client:
                       min_share: Optional[float] = None, outlier_percentile: float = 0.0,
                       seed: int = 0, n_init: int = 0, backend: Optional[str] = None,
                       delimiter: Optional[str] = None, decimal_comma: bool = False,
-                      date_format: Optional[str] = None) -> pb.Job:
+                      date_format: Optional[str] = None, clv: bool = False,
+                      time_unit: str = "week", horizon: int = 0, discount_rate: float = 0.0,
+                      churn_thresholds: Optional[Sequence[float]] = None,
+                      holdout_share: Optional[float] = None,
+                      experiment_salt: Optional[str] = None) -> pb.Job:
         """Starts a segment job (see :func:`segmenta.segment` for the options)."""
-        if bool(transactions_id) == bool(transactions_path):
-            raise ValueError("give one of transactions_id and transactions_path")
-        columns = dict(columns or {})
-        unknown = set(columns) - {"customer", "date", "amount", "quantity", "order"}
-        if unknown:
-            raise ValueError(f"unknown column role(s) {sorted(unknown)}: use customer, date, amount, "
-                             "quantity, order")
+        _check_source(transactions_id, transactions_path)
         request = pb.SegmentRequest(
-            columns=pb.TransactionColumns(**columns), as_of=as_of or "",
+            columns=_columns(columns), as_of=as_of or "",
             previous_segmentation_id=previous or "",
             bad_rows=pb.BAD_ROW_POLICY_REJECT if reject_bad_rows else pb.BAD_ROW_POLICY_SKIP,
             outlier_percentile=float(outlier_percentile), seed=int(seed), n_init=int(n_init),
@@ -575,7 +600,76 @@ class Client:
             request.min_share = float(min_share)
         if delimiter is not None or decimal_comma or date_format:
             request.text_format.CopyFrom(_text_format(delimiter, decimal_comma, date_format))
+        if clv:
+            request.value.CopyFrom(_value_options(time_unit, horizon, discount_rate, churn_thresholds))
+            request.value.enabled = True
+        if experiment_salt is not None and holdout_share is None:
+            raise ValueError("experiment_salt needs holdout_share")
+        if holdout_share is not None:
+            request.experiment.CopyFrom(pb.ExperimentOptions(
+                holdout_share=float(holdout_share), salt=experiment_salt or ""))
         return self._call(self._segmentations.Segment, request)
+
+    def start_clv(self, transactions_id: str = "", transactions_path: str = "", *,
+                  calibration_end: str, holdout_end: Optional[str] = None,
+                  time_unit: str = "week", horizon: int = 0, discount_rate: float = 0.0,
+                  churn_thresholds: Optional[Sequence[float]] = None,
+                  columns: Optional[Dict[str, str]] = None, reject_bad_rows: bool = False,
+                  max_bad_rows: Optional[float] = None, delimiter: Optional[str] = None,
+                  decimal_comma: bool = False, date_format: Optional[str] = None) -> pb.Job:
+        """Starts a CLV job (see :func:`segmenta.clv` for the options)."""
+        _check_source(transactions_id, transactions_path)
+        request = pb.ClvRequest(
+            columns=_columns(columns), calibration_end=str(calibration_end),
+            holdout_end=str(holdout_end or ""),
+            value=_value_options(time_unit, horizon, discount_rate, churn_thresholds),
+            bad_rows=pb.BAD_ROW_POLICY_REJECT if reject_bad_rows else pb.BAD_ROW_POLICY_SKIP)
+        if transactions_id:
+            request.transactions_id = transactions_id
+        else:
+            request.transactions_path = str(transactions_path)
+        if max_bad_rows is not None:
+            request.max_bad_rows = float(max_bad_rows)
+        if delimiter is not None or decimal_comma or date_format:
+            request.text_format.CopyFrom(_text_format(delimiter, decimal_comma, date_format))
+        return self._call(self._segmentations.Clv, request)
+
+    def get_clv(self, clv_id: str) -> pb.ClvRun:
+        return self._call(self._segmentations.GetClv, pb.GetClvRequest(id=clv_id))
+
+    def uplift(self, segmentation_id: str, customer_ids: Sequence[str], converted: Sequence,
+               revenue: Optional[Sequence[float]] = None,
+               block_bytes: Optional[int] = None) -> pb.UpliftReport:
+        """A campaign's uplift on the groups of a segmentation made with
+        ``holdout_share``: one outcome per customer (``converted`` true/false
+        or 0/1, ``revenue`` default 0), sent in blocks of about
+        ``block_bytes`` (default half the server's message limit). Nothing
+        sent is stored on the server."""
+        ids = [str(c) for c in customer_ids]
+        flags = [bool(c) for c in converted]
+        money = [0.0] * len(ids) if revenue is None else [float(r) for r in revenue]
+        if not len(ids) == len(flags) == len(money):
+            raise ValueError(f"{len(ids)} customer ids, {len(flags)} converted and {len(money)} "
+                             "revenue values: give one of each per customer")
+        budget = block_bytes or max(self.limits.max_message_bytes // 2, 1024)
+
+        def messages():
+            yield pb.UpliftRequest(header=pb.UpliftHeader(segmentation_id=segmentation_id))
+            start = 0
+            while start < len(ids):
+                end, size = start, 0
+                while end < len(ids):
+                    cost = len(ids[end].encode()) + 16  # the id, a flag, a double, tags
+                    if end > start and size + cost > budget:
+                        break
+                    size += cost
+                    end += 1
+                yield pb.UpliftRequest(outcomes=pb.OutcomeBlock(
+                    customer_ids=ids[start:end], converted=flags[start:end],
+                    revenue=money[start:end]))
+                start = end
+
+        return self._call(self._segmentations.Uplift, messages())
 
     def get_segmentation(self, segmentation_id: str) -> pb.Segmentation:
         return self._call(self._segmentations.GetSegmentation,
@@ -585,7 +679,9 @@ class Client:
                           path: Union[None, str, os.PathLike] = None) -> bytes:
         """One of a segmentation's artifacts (``report.html``, a chart,
         ``customers.csv``, ``customers.parquet``, ``segments.json``,
-        ``model.json``); also written to ``path`` when given."""
+        ``model.json``) or a CLV run's (``clv.html``, a chart,
+        ``customers.csv``, ``customers.parquet``, ``clv.json``); also written
+        to ``path`` when given."""
         data = b"".join(chunk.data for chunk in self._stream(
             self._segmentations.DownloadArtifact,
             pb.DownloadArtifactRequest(segmentation_id=segmentation_id, name=name)))

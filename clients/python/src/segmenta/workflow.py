@@ -1,8 +1,11 @@
-"""``segmenta.segment``: the customer workflow from Python.
+"""``segmenta.segment``, ``segmenta.clv`` and ``segmenta.uplift``: the
+customer workflow from Python.
 
 A transaction log (a pandas DataFrame, a local CSV/Parquet path, or the
-file's bytes) goes in; the customers with their features and segment, the
-segment profiles and the choice of k come back as pandas DataFrames.
+file's bytes) goes in; the customers with their features and segment (or
+their predicted value), the segment profiles and the choice of k come back
+as pandas DataFrames. A campaign's outcomes go in to ``uplift``; its uplift
+per segment comes back.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from .errors import JobFailed, SegmentaError
 from .estimators import _client
 from .v1 import segmenta_pb2 as pb
 
-__all__ = ["segment", "SegmentResult"]
+__all__ = ["segment", "SegmentResult", "clv", "ClvResult", "uplift", "UpliftResult"]
 
 ARTIFACTS_ALL = "all"
 
@@ -55,6 +58,50 @@ class SegmentResult:
         return self._client.delete_transactions(self.transactions_id, cascade=True)
 
 
+@dataclass
+class ClvResult:
+    """What a CLV run returns.
+
+    ``customers``: one row per customer (``customer_id, x, t_x, T, p_alive,
+    expected_purchases, expected_spend, clv, value_tier, churn_risk``).
+    ``parameters``: one row per fitted parameter (model, parameter,
+    estimate, std_error). ``holdout``: with a holdout end, mean predicted
+    and actual holdout purchases by calibration repeat purchases (0 … 7+);
+    else empty. ``run``: the server's message (fit diagnostics, MAE,
+    totals, warnings). ``artifacts``: name → bytes of the files asked for."""
+
+    run: pb.ClvRun
+    customers: "object"
+    parameters: "object"
+    holdout: "object"
+    transactions_id: str
+    artifacts: Dict[str, bytes] = field(default_factory=dict)
+    _client: Optional[Client] = field(default=None, repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.run.id
+
+    def delete(self) -> list:
+        """Deletes the uploaded log and everything made from it on the server."""
+        return self._client.delete_transactions(self.transactions_id, cascade=True)
+
+
+@dataclass
+class UpliftResult:
+    """A campaign's uplift. ``table``: one row per segment and one ``all``
+    (sizes, conversion rates, absolute uplift with its 95 % interval and
+    p-value, relative uplift, revenue per customer and its uplift).
+    ``report``: the server's message, with ``warnings``."""
+
+    report: pb.UpliftReport
+    table: "object"
+
+    @property
+    def warnings(self) -> list:
+        return list(self.report.warnings)
+
+
 def _pandas():
     try:
         import pandas
@@ -86,7 +133,7 @@ def _log_bytes(transactions, name: str):
                     f"not {type(transactions).__name__}")
 
 
-def _read_customers(client: Client, seg: pb.Segmentation):
+def _read_customers(client: Client, seg):
     pandas = _pandas()
     if "customers.parquet" in seg.artifacts:
         try:
@@ -106,6 +153,12 @@ def _profiles(seg: pb.Segmentation):
         for f in s.features:
             row[f"{f.feature}_median"] = f.median
             row[f"{f.feature}_lift"] = f.lift
+        if s.HasField("value"):
+            v = s.value
+            row.update(mean_clv=v.mean_clv, total_clv=v.total_clv, value_share=v.value_share,
+                       mean_p_alive=v.mean_p_alive, high_churn_risk=v.high_churn_risk)
+        if s.control:
+            row["control"] = s.control
         rows.append(row)
     return pandas.DataFrame(rows)
 
@@ -134,6 +187,9 @@ def segment(transactions, *, client: Union[None, str, Client] = None, name: str 
             decimal_comma: bool = False, date_format: Optional[str] = None,
             artifacts: Union[None, str, Sequence[str]] = None,
             artifacts_dir: Union[None, str, os.PathLike] = None,
+            clv: bool = False, time_unit: str = "week", horizon: int = 0,
+            discount_rate: float = 0.0, churn_thresholds: Optional[Sequence[float]] = None,
+            holdout_share: Optional[float] = None, experiment_salt: Optional[str] = None,
             progress: bool = False) -> SegmentResult:
     """Segments customers from a transaction log on a Segmenta server.
 
@@ -144,44 +200,178 @@ def segment(transactions, *, client: Union[None, str, Client] = None, name: str 
     ids are kept). ``artifacts``: ``"all"`` or names to download (also
     written under ``artifacts_dir`` when given).
 
+    ``clv=True`` also predicts each customer's value and churn risk as of
+    the as-of date (options as in :func:`clv`): value columns in
+    ``customers``, ``mean_clv``, ``total_clv``, ``value_share``,
+    ``mean_p_alive`` and ``high_churn_risk`` in ``segments``.
+    ``holdout_share`` puts that share of each segment in a campaign's
+    control group (column ``group``; ``control`` in ``segments``), drawn by
+    a keyed hash of ``experiment_salt`` and the customer id; measure the
+    campaign with :func:`uplift`.
+
     The uploaded log and the run stay on the server (a later refresh needs
     them) until ``result.delete()``; when the job fails, the log is deleted
     (with an admin key; otherwise a warning names it).
     """
     _pandas()  # before any upload: the results come back as DataFrames
     client = _client(client)
-    data, name = _log_bytes(transactions, name)
-    log = client.upload_transactions(data, name=name, delimiter=delimiter,
-                                     decimal_comma=decimal_comma, date_format=date_format,
-                                     progress=progress)
     roles = {"customer": customer, "date": date, "amount": amount, "quantity": quantity,
              "order": order}
-    job = client.start_segment(
-        transactions_id=log.id, k=k, k_range=k_range, as_of=as_of, previous=previous,
-        columns={r: c for r, c in roles.items() if c}, reject_bad_rows=reject_bad_rows,
-        max_bad_rows=max_bad_rows, features=features, min_share=min_share, seed=seed,
-        n_init=n_init, backend=backend)
+
+    def start(log_id):
+        return client.start_segment(
+            transactions_id=log_id, k=k, k_range=k_range, as_of=as_of, previous=previous,
+            columns={r: c for r, c in roles.items() if c}, reject_bad_rows=reject_bad_rows,
+            max_bad_rows=max_bad_rows, features=features, min_share=min_share, seed=seed,
+            n_init=n_init, backend=backend, clv=clv, time_unit=time_unit, horizon=horizon,
+            discount_rate=discount_rate, churn_thresholds=churn_thresholds,
+            holdout_share=holdout_share, experiment_salt=experiment_salt)
+
+    log_id, job = _run(client, transactions, name, start, progress, delimiter=delimiter,
+                       decimal_comma=decimal_comma, date_format=date_format)
+    seg = job.segmentation
+    files = _download(client, seg.id, seg.artifacts, artifacts, artifacts_dir)
+    return SegmentResult(segmentation=seg, customers=_read_customers(client, seg),
+                         segments=_profiles(seg), k_sweep=_sweep(seg), transactions_id=log_id,
+                         artifacts=files, _client=client)
+
+
+def _run(client: Client, transactions, name: str, start, progress: bool, **text):
+    """Uploads the log, starts the job with ``start(log_id)`` and waits for
+    it. When the job fails, nothing came of the log: it is deleted (with an
+    admin key; otherwise a warning names it)."""
+    data, name = _log_bytes(transactions, name)
+    log = client.upload_transactions(data, name=name, progress=progress, **text)
     try:
-        seg = client.wait(job, progress=progress).segmentation
-    except JobFailed:
-        # Nothing came of the log: it does not stay on the server.
+        job = client.wait(start(log.id), progress=progress)
+    except (JobFailed, SegmentaError, ValueError):
         try:
             client.delete_transactions(log.id, cascade=True)
         except SegmentaError as e:
-            warnings.warn(f"the uploaded log stays on the server as {log.id}: {e}", stacklevel=2)
+            warnings.warn(f"the uploaded log stays on the server as {log.id}: {e}", stacklevel=3)
         raise
-    wanted = list(seg.artifacts) if artifacts == ARTIFACTS_ALL else list(artifacts or ())
+    return log.id, job
+
+
+def _download(client: Client, run_id: str, available, artifacts, artifacts_dir) -> Dict[str, bytes]:
+    """The artifacts asked for (``"all"`` or names; all when only a
+    directory is given), also written under ``artifacts_dir``."""
+    available = list(available)
+    wanted = available if artifacts == ARTIFACTS_ALL else list(artifacts or ())
     if artifacts_dir is not None and not wanted:
-        wanted = list(seg.artifacts)
-    unknown = [a for a in wanted if a not in seg.artifacts]
+        wanted = available
+    unknown = [a for a in wanted if a not in available]
     if unknown:
-        raise ValueError(f"no artifact(s) {unknown}; this run has {list(seg.artifacts)}")
+        raise ValueError(f"no artifact(s) {unknown}; this run has {available}")
     files = {}
     for artifact in wanted:
         path = pathlib.Path(artifacts_dir) / artifact if artifacts_dir is not None else None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        files[artifact] = client.download_artifact(seg.id, artifact, path)
-    return SegmentResult(segmentation=seg, customers=_read_customers(client, seg),
-                         segments=_profiles(seg), k_sweep=_sweep(seg), transactions_id=log.id,
-                         artifacts=files, _client=client)
+        files[artifact] = client.download_artifact(run_id, artifact, path)
+    return files
+
+
+def _clv_parameters(run: pb.ClvRun):
+    pandas = _pandas()
+    b, g = run.bgnbd, run.gamma_gamma
+    rows = [("BG/NBD", "r", b.r, b.r_std_error), ("BG/NBD", "alpha", b.alpha, b.alpha_std_error),
+            ("BG/NBD", "a", b.a, b.a_std_error), ("BG/NBD", "b", b.b, b.b_std_error),
+            ("Gamma-Gamma", "p", g.p, g.p_std_error), ("Gamma-Gamma", "q", g.q, g.q_std_error),
+            ("Gamma-Gamma", "v", g.v, g.v_std_error)]
+    return pandas.DataFrame(rows, columns=["model", "parameter", "estimate", "std_error"])
+
+
+def _holdout(run: pb.ClvRun):
+    pandas = _pandas()
+    rows = [(b.repeat_purchases, b.customers, b.mean_predicted, b.mean_actual)
+            for b in run.holdout.by_repeat_purchases]
+    return pandas.DataFrame(rows, columns=["repeat_purchases", "customers", "mean_predicted",
+                                           "mean_actual"])
+
+
+def clv(transactions, *, calibration_end: str, client: Union[None, str, Client] = None,
+        name: str = "", holdout_end: Optional[str] = None, time_unit: str = "week",
+        horizon: int = 0, discount_rate: float = 0.0,
+        churn_thresholds: Optional[Sequence[float]] = None, customer: Optional[str] = None,
+        date: Optional[str] = None, amount: Optional[str] = None,
+        quantity: Optional[str] = None, order: Optional[str] = None,
+        max_bad_rows: Optional[float] = None, reject_bad_rows: bool = False,
+        delimiter: Optional[str] = None, decimal_comma: bool = False,
+        date_format: Optional[str] = None, artifacts: Union[None, str, Sequence[str]] = None,
+        artifacts_dir: Union[None, str, os.PathLike] = None,
+        progress: bool = False) -> ClvResult:
+    """Predicts each customer's lifetime value and churn risk from a
+    transaction log on a Segmenta server (as ``segmenta clv``).
+
+    BG/NBD (purchases) and Gamma-Gamma (spend) are fitted on the purchases
+    up to ``calibration_end`` (YYYY-MM-DD); value is summed over ``horizon``
+    periods of ``time_unit`` (``day``, ``week``, ``month``; default a year),
+    discounted at ``discount_rate`` per period. ``churn_thresholds``:
+    ``(high, medium)`` P(alive) cut-offs (default 0.5, 0.8). With
+    ``holdout_end`` the predictions are checked against the purchases
+    after the calibration end. Column and text options as in
+    :func:`segment`.
+    """
+    _pandas()
+    client = _client(client)
+    roles = {"customer": customer, "date": date, "amount": amount, "quantity": quantity,
+             "order": order}
+
+    def start(log_id):
+        return client.start_clv(
+            transactions_id=log_id, calibration_end=calibration_end, holdout_end=holdout_end,
+            time_unit=time_unit, horizon=horizon, discount_rate=discount_rate,
+            churn_thresholds=churn_thresholds, columns={r: c for r, c in roles.items() if c},
+            reject_bad_rows=reject_bad_rows, max_bad_rows=max_bad_rows)
+
+    log_id, job = _run(client, transactions, name, start, progress, delimiter=delimiter,
+                       decimal_comma=decimal_comma, date_format=date_format)
+    run = job.clv
+    files = _download(client, run.id, run.artifacts, artifacts, artifacts_dir)
+    return ClvResult(run=run, customers=_read_customers(client, run), parameters=_clv_parameters(run),
+                     holdout=_holdout(run), transactions_id=log_id, artifacts=files, _client=client)
+
+
+def _interval(message, field_name: str):
+    return getattr(message, field_name) if message.HasField(field_name) else None
+
+
+def uplift(segmentation, outcomes, *, client: Union[None, str, Client] = None,
+           customer: str = "customer_id", converted: str = "converted",
+           revenue: Optional[str] = "revenue") -> UpliftResult:
+    """A campaign's uplift, treated against control, per segment and
+    overall (as ``segmenta uplift``).
+
+    ``segmentation``: a :class:`SegmentResult` (or its id) made with
+    ``holdout_share``. ``outcomes``: a DataFrame with one row per customer
+    (columns ``customer``, ``converted`` 0/1, ``revenue``; ``revenue=None``
+    when there is none). Assigned customers without a row count as not
+    converted. Nothing of the outcomes is stored on the server.
+    """
+    pandas = _pandas()
+    client = _client(client)
+    seg_id = segmentation.id if hasattr(segmentation, "id") else str(segmentation)
+    missing = [c for c in (customer, converted, revenue) if c is not None and c not in outcomes.columns]
+    if missing:
+        raise ValueError(f"outcomes have no column(s) {missing}; they have {list(outcomes.columns)}")
+    report = client.uplift(seg_id, outcomes[customer].astype(str).tolist(),
+                           outcomes[converted].astype(bool).tolist(),
+                           None if revenue is None else outcomes[revenue].astype(float).tolist())
+    rows = []
+    for u in list(report.segments) + [report.overall]:
+        relative = _interval(u, "conversion_relative")
+        rows.append({
+            "segment": u.stratum, "treated": u.treatment.customers, "control": u.control.customers,
+            "conversion_treated": u.treatment.conversion_rate,
+            "conversion_control": u.control.conversion_rate,
+            "uplift": u.conversion.estimate, "uplift_low": u.conversion.low,
+            "uplift_high": u.conversion.high, "p_value": u.conversion_p_value,
+            "relative_uplift": relative.estimate if relative else float("nan"),
+            "revenue_treated": u.treatment.revenue_per_customer,
+            "revenue_control": u.control.revenue_per_customer,
+            "revenue_uplift": u.revenue.estimate, "revenue_uplift_low": u.revenue.low,
+            "revenue_uplift_high": u.revenue.high, "revenue_p_value": u.revenue_p_value,
+            "warning": u.warning,
+        })
+    return UpliftResult(report=report, table=pandas.DataFrame(rows))

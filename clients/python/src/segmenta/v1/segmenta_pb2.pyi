@@ -17,6 +17,7 @@ class JobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_KIND_FIT_KMEANS: _ClassVar[JobKind]
     JOB_KIND_FIT_PCA: _ClassVar[JobKind]
     JOB_KIND_SEGMENT: _ClassVar[JobKind]
+    JOB_KIND_CLV: _ClassVar[JobKind]
 
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -65,6 +66,7 @@ JOB_KIND_IMPORT: JobKind
 JOB_KIND_FIT_KMEANS: JobKind
 JOB_KIND_FIT_PCA: JobKind
 JOB_KIND_SEGMENT: JobKind
+JOB_KIND_CLV: JobKind
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -210,7 +212,7 @@ class JobProgress(_message.Message):
     def __init__(self, phase: _Optional[str] = ..., run: _Optional[int] = ..., iteration: _Optional[int] = ..., inertia: _Optional[float] = ..., fraction: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "kind", "state", "progress", "dataset", "kmeans", "pca", "segmentation", "error", "created_at", "finished_at")
+    __slots__ = ("id", "kind", "state", "progress", "dataset", "kmeans", "pca", "segmentation", "clv", "error", "created_at", "finished_at")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +221,7 @@ class Job(_message.Message):
     KMEANS_FIELD_NUMBER: _ClassVar[int]
     PCA_FIELD_NUMBER: _ClassVar[int]
     SEGMENTATION_FIELD_NUMBER: _ClassVar[int]
+    CLV_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -230,10 +233,11 @@ class Job(_message.Message):
     kmeans: KMeansModel
     pca: PcaModel
     segmentation: Segmentation
+    clv: ClvRun
     error: str
     created_at: _timestamp_pb2.Timestamp
     finished_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., dataset: _Optional[_Union[Dataset, _Mapping]] = ..., kmeans: _Optional[_Union[KMeansModel, _Mapping]] = ..., pca: _Optional[_Union[PcaModel, _Mapping]] = ..., segmentation: _Optional[_Union[Segmentation, _Mapping]] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., dataset: _Optional[_Union[Dataset, _Mapping]] = ..., kmeans: _Optional[_Union[KMeansModel, _Mapping]] = ..., pca: _Optional[_Union[PcaModel, _Mapping]] = ..., segmentation: _Optional[_Union[Segmentation, _Mapping]] = ..., clv: _Optional[_Union[ClvRun, _Mapping]] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("progress", "finished")
@@ -780,6 +784,259 @@ class GetSegmentationRequest(_message.Message):
     ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class ClvRequest(_message.Message):
+    __slots__ = ("transactions_id", "transactions_path", "columns", "calibration_end", "holdout_end", "value", "bad_rows", "max_bad_rows", "text_format")
+    TRANSACTIONS_ID_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTIONS_PATH_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_END_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_END_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    BAD_ROWS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BAD_ROWS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    transactions_id: str
+    transactions_path: str
+    columns: TransactionColumns
+    calibration_end: str
+    holdout_end: str
+    value: ValueOptions
+    bad_rows: BadRowPolicy
+    max_bad_rows: float
+    text_format: TextFormat
+    def __init__(self, transactions_id: _Optional[str] = ..., transactions_path: _Optional[str] = ..., columns: _Optional[_Union[TransactionColumns, _Mapping]] = ..., calibration_end: _Optional[str] = ..., holdout_end: _Optional[str] = ..., value: _Optional[_Union[ValueOptions, _Mapping]] = ..., bad_rows: _Optional[_Union[BadRowPolicy, str]] = ..., max_bad_rows: _Optional[float] = ..., text_format: _Optional[_Union[TextFormat, _Mapping]] = ...) -> None: ...
+
+class GetClvRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class FitDiagnostics(_message.Message):
+    __slots__ = ("log_likelihood", "iterations", "gradient_norm", "converged")
+    LOG_LIKELIHOOD_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_NORM_FIELD_NUMBER: _ClassVar[int]
+    CONVERGED_FIELD_NUMBER: _ClassVar[int]
+    log_likelihood: float
+    iterations: int
+    gradient_norm: float
+    converged: bool
+    def __init__(self, log_likelihood: _Optional[float] = ..., iterations: _Optional[int] = ..., gradient_norm: _Optional[float] = ..., converged: _Optional[bool] = ...) -> None: ...
+
+class BgNbdFit(_message.Message):
+    __slots__ = ("r", "alpha", "a", "b", "r_std_error", "alpha_std_error", "a_std_error", "b_std_error", "fit")
+    R_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    A_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    R_STD_ERROR_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_STD_ERROR_FIELD_NUMBER: _ClassVar[int]
+    A_STD_ERROR_FIELD_NUMBER: _ClassVar[int]
+    B_STD_ERROR_FIELD_NUMBER: _ClassVar[int]
+    FIT_FIELD_NUMBER: _ClassVar[int]
+    r: float
+    alpha: float
+    a: float
+    b: float
+    r_std_error: float
+    alpha_std_error: float
+    a_std_error: float
+    b_std_error: float
+    fit: FitDiagnostics
+    def __init__(self, r: _Optional[float] = ..., alpha: _Optional[float] = ..., a: _Optional[float] = ..., b: _Optional[float] = ..., r_std_error: _Optional[float] = ..., alpha_std_error: _Optional[float] = ..., a_std_error: _Optional[float] = ..., b_std_error: _Optional[float] = ..., fit: _Optional[_Union[FitDiagnostics, _Mapping]] = ...) -> None: ...
+
+class GammaGammaFit(_message.Message):
+    __slots__ = ("p", "q", "v", "p_std_error", "q_std_error", "v_std_error", "fit", "frequency_spend_correlation", "customers_fitted", "excluded_non_positive_spend")
+    P_FIELD_NUMBER: _ClassVar[int]
+    Q_FIELD_NUMBER: _ClassVar[int]
+    V_FIELD_NUMBER: _ClassVar[int]
+    P_STD_ERROR_FIELD_NUMBER: _ClassVar[int]
+    Q_STD_ERROR_FIELD_NUMBER: _ClassVar[int]
+    V_STD_ERROR_FIELD_NUMBER: _ClassVar[int]
+    FIT_FIELD_NUMBER: _ClassVar[int]
+    FREQUENCY_SPEND_CORRELATION_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_FITTED_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_NON_POSITIVE_SPEND_FIELD_NUMBER: _ClassVar[int]
+    p: float
+    q: float
+    v: float
+    p_std_error: float
+    q_std_error: float
+    v_std_error: float
+    fit: FitDiagnostics
+    frequency_spend_correlation: float
+    customers_fitted: int
+    excluded_non_positive_spend: int
+    def __init__(self, p: _Optional[float] = ..., q: _Optional[float] = ..., v: _Optional[float] = ..., p_std_error: _Optional[float] = ..., q_std_error: _Optional[float] = ..., v_std_error: _Optional[float] = ..., fit: _Optional[_Union[FitDiagnostics, _Mapping]] = ..., frequency_spend_correlation: _Optional[float] = ..., customers_fitted: _Optional[int] = ..., excluded_non_positive_spend: _Optional[int] = ...) -> None: ...
+
+class HoldoutBucket(_message.Message):
+    __slots__ = ("repeat_purchases", "customers", "mean_predicted", "mean_actual")
+    REPEAT_PURCHASES_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_PREDICTED_FIELD_NUMBER: _ClassVar[int]
+    MEAN_ACTUAL_FIELD_NUMBER: _ClassVar[int]
+    repeat_purchases: str
+    customers: int
+    mean_predicted: float
+    mean_actual: float
+    def __init__(self, repeat_purchases: _Optional[str] = ..., customers: _Optional[int] = ..., mean_predicted: _Optional[float] = ..., mean_actual: _Optional[float] = ...) -> None: ...
+
+class HoldoutCheck(_message.Message):
+    __slots__ = ("holdout_end", "length", "by_repeat_purchases", "mae", "total_predicted", "total_actual")
+    HOLDOUT_END_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    BY_REPEAT_PURCHASES_FIELD_NUMBER: _ClassVar[int]
+    MAE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_PREDICTED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_ACTUAL_FIELD_NUMBER: _ClassVar[int]
+    holdout_end: str
+    length: float
+    by_repeat_purchases: _containers.RepeatedCompositeFieldContainer[HoldoutBucket]
+    mae: float
+    total_predicted: float
+    total_actual: int
+    def __init__(self, holdout_end: _Optional[str] = ..., length: _Optional[float] = ..., by_repeat_purchases: _Optional[_Iterable[_Union[HoldoutBucket, _Mapping]]] = ..., mae: _Optional[float] = ..., total_predicted: _Optional[float] = ..., total_actual: _Optional[int] = ...) -> None: ...
+
+class ClvRun(_message.Message):
+    __slots__ = ("id", "calibration_end", "time_unit", "horizon", "discount_rate", "churn_high", "churn_medium", "n_customers", "n_repeat_customers", "bgnbd", "gamma_gamma", "expected_purchases_new_customer", "total_clv", "holdout", "rows_read", "bad_rows", "bad_rows_by_problem", "warnings", "artifacts", "created_at")
+    class BadRowsByProblemEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_END_FIELD_NUMBER: _ClassVar[int]
+    TIME_UNIT_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_FIELD_NUMBER: _ClassVar[int]
+    DISCOUNT_RATE_FIELD_NUMBER: _ClassVar[int]
+    CHURN_HIGH_FIELD_NUMBER: _ClassVar[int]
+    CHURN_MEDIUM_FIELD_NUMBER: _ClassVar[int]
+    N_CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    N_REPEAT_CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    BGNBD_FIELD_NUMBER: _ClassVar[int]
+    GAMMA_GAMMA_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_PURCHASES_NEW_CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_CLV_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_FIELD_NUMBER: _ClassVar[int]
+    ROWS_READ_FIELD_NUMBER: _ClassVar[int]
+    BAD_ROWS_FIELD_NUMBER: _ClassVar[int]
+    BAD_ROWS_BY_PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    calibration_end: str
+    time_unit: TimeUnit
+    horizon: int
+    discount_rate: float
+    churn_high: float
+    churn_medium: float
+    n_customers: int
+    n_repeat_customers: int
+    bgnbd: BgNbdFit
+    gamma_gamma: GammaGammaFit
+    expected_purchases_new_customer: float
+    total_clv: float
+    holdout: HoldoutCheck
+    rows_read: int
+    bad_rows: int
+    bad_rows_by_problem: _containers.ScalarMap[str, int]
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    artifacts: _containers.RepeatedScalarFieldContainer[str]
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., calibration_end: _Optional[str] = ..., time_unit: _Optional[_Union[TimeUnit, str]] = ..., horizon: _Optional[int] = ..., discount_rate: _Optional[float] = ..., churn_high: _Optional[float] = ..., churn_medium: _Optional[float] = ..., n_customers: _Optional[int] = ..., n_repeat_customers: _Optional[int] = ..., bgnbd: _Optional[_Union[BgNbdFit, _Mapping]] = ..., gamma_gamma: _Optional[_Union[GammaGammaFit, _Mapping]] = ..., expected_purchases_new_customer: _Optional[float] = ..., total_clv: _Optional[float] = ..., holdout: _Optional[_Union[HoldoutCheck, _Mapping]] = ..., rows_read: _Optional[int] = ..., bad_rows: _Optional[int] = ..., bad_rows_by_problem: _Optional[_Mapping[str, int]] = ..., warnings: _Optional[_Iterable[str]] = ..., artifacts: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class UpliftRequest(_message.Message):
+    __slots__ = ("header", "outcomes")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    header: UpliftHeader
+    outcomes: OutcomeBlock
+    def __init__(self, header: _Optional[_Union[UpliftHeader, _Mapping]] = ..., outcomes: _Optional[_Union[OutcomeBlock, _Mapping]] = ...) -> None: ...
+
+class UpliftHeader(_message.Message):
+    __slots__ = ("segmentation_id",)
+    SEGMENTATION_ID_FIELD_NUMBER: _ClassVar[int]
+    segmentation_id: str
+    def __init__(self, segmentation_id: _Optional[str] = ...) -> None: ...
+
+class OutcomeBlock(_message.Message):
+    __slots__ = ("customer_ids", "converted", "revenue")
+    CUSTOMER_IDS_FIELD_NUMBER: _ClassVar[int]
+    CONVERTED_FIELD_NUMBER: _ClassVar[int]
+    REVENUE_FIELD_NUMBER: _ClassVar[int]
+    customer_ids: _containers.RepeatedScalarFieldContainer[str]
+    converted: _containers.RepeatedScalarFieldContainer[bool]
+    revenue: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, customer_ids: _Optional[_Iterable[str]] = ..., converted: _Optional[_Iterable[bool]] = ..., revenue: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Interval(_message.Message):
+    __slots__ = ("estimate", "low", "high")
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    estimate: float
+    low: float
+    high: float
+    def __init__(self, estimate: _Optional[float] = ..., low: _Optional[float] = ..., high: _Optional[float] = ...) -> None: ...
+
+class Arm(_message.Message):
+    __slots__ = ("customers", "conversions", "conversion_rate", "revenue_per_customer", "revenue_sd")
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    CONVERSIONS_FIELD_NUMBER: _ClassVar[int]
+    CONVERSION_RATE_FIELD_NUMBER: _ClassVar[int]
+    REVENUE_PER_CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    REVENUE_SD_FIELD_NUMBER: _ClassVar[int]
+    customers: int
+    conversions: int
+    conversion_rate: float
+    revenue_per_customer: float
+    revenue_sd: float
+    def __init__(self, customers: _Optional[int] = ..., conversions: _Optional[int] = ..., conversion_rate: _Optional[float] = ..., revenue_per_customer: _Optional[float] = ..., revenue_sd: _Optional[float] = ...) -> None: ...
+
+class Uplift(_message.Message):
+    __slots__ = ("stratum", "treatment", "control", "conversion", "conversion_relative", "conversion_p_value", "revenue", "revenue_relative", "revenue_p_value", "warning")
+    STRATUM_FIELD_NUMBER: _ClassVar[int]
+    TREATMENT_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_FIELD_NUMBER: _ClassVar[int]
+    CONVERSION_FIELD_NUMBER: _ClassVar[int]
+    CONVERSION_RELATIVE_FIELD_NUMBER: _ClassVar[int]
+    CONVERSION_P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    REVENUE_FIELD_NUMBER: _ClassVar[int]
+    REVENUE_RELATIVE_FIELD_NUMBER: _ClassVar[int]
+    REVENUE_P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    WARNING_FIELD_NUMBER: _ClassVar[int]
+    stratum: str
+    treatment: Arm
+    control: Arm
+    conversion: Interval
+    conversion_relative: Interval
+    conversion_p_value: float
+    revenue: Interval
+    revenue_relative: Interval
+    revenue_p_value: float
+    warning: str
+    def __init__(self, stratum: _Optional[str] = ..., treatment: _Optional[_Union[Arm, _Mapping]] = ..., control: _Optional[_Union[Arm, _Mapping]] = ..., conversion: _Optional[_Union[Interval, _Mapping]] = ..., conversion_relative: _Optional[_Union[Interval, _Mapping]] = ..., conversion_p_value: _Optional[float] = ..., revenue: _Optional[_Union[Interval, _Mapping]] = ..., revenue_relative: _Optional[_Union[Interval, _Mapping]] = ..., revenue_p_value: _Optional[float] = ..., warning: _Optional[str] = ...) -> None: ...
+
+class UpliftReport(_message.Message):
+    __slots__ = ("overall", "segments", "customers", "without_outcome", "unknown_outcomes", "warnings")
+    OVERALL_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    WITHOUT_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    overall: Uplift
+    segments: _containers.RepeatedCompositeFieldContainer[Uplift]
+    customers: int
+    without_outcome: int
+    unknown_outcomes: int
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, overall: _Optional[_Union[Uplift, _Mapping]] = ..., segments: _Optional[_Iterable[_Union[Uplift, _Mapping]]] = ..., customers: _Optional[int] = ..., without_outcome: _Optional[int] = ..., unknown_outcomes: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DownloadArtifactRequest(_message.Message):
     __slots__ = ("segmentation_id", "name")

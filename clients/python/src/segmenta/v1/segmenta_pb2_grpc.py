@@ -1181,6 +1181,21 @@ class SegmentationsStub:
                 request_serializer=segmenta_dot_v1_dot_segmenta__pb2.DeleteSegmentationRequest.SerializeToString,
                 response_deserializer=segmenta_dot_v1_dot_segmenta__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.Clv = channel.unary_unary(
+                '/segmenta.v1.Segmentations/Clv',
+                request_serializer=segmenta_dot_v1_dot_segmenta__pb2.ClvRequest.SerializeToString,
+                response_deserializer=segmenta_dot_v1_dot_segmenta__pb2.Job.FromString,
+                _registered_method=True)
+        self.GetClv = channel.unary_unary(
+                '/segmenta.v1.Segmentations/GetClv',
+                request_serializer=segmenta_dot_v1_dot_segmenta__pb2.GetClvRequest.SerializeToString,
+                response_deserializer=segmenta_dot_v1_dot_segmenta__pb2.ClvRun.FromString,
+                _registered_method=True)
+        self.Uplift = channel.stream_unary(
+                '/segmenta.v1.Segmentations/Uplift',
+                request_serializer=segmenta_dot_v1_dot_segmenta__pb2.UpliftRequest.SerializeToString,
+                response_deserializer=segmenta_dot_v1_dot_segmenta__pb2.UpliftReport.FromString,
+                _registered_method=True)
 
 
 class SegmentationsServicer:
@@ -1212,8 +1227,10 @@ class SegmentationsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DownloadArtifact(self, request, context):
-        """Streams one of Segmentation.artifacts: report.html, its PNG charts,
-        customers.csv, customers.parquet, segments.json, model.json.
+        """Streams one of Segmentation.artifacts (report.html, its PNG charts,
+        customers.csv, customers.parquet, segments.json, model.json) or of
+        ClvRun.artifacts (clv.html, its charts, customers.csv,
+        customers.parquet, clv.json): `segmentation_id` takes either id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1229,7 +1246,35 @@ class SegmentationsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteSegmentation(self, request, context):
-        """Removes a segmentation's outputs (customer table, report) and its model.
+        """Removes a segmentation's outputs (customer table, report) and its model,
+        or a ClvRun's outputs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Clv(self, request, context):
+        """Customer lifetime value, as `segmenta clv`: BG/NBD and Gamma-Gamma fitted
+        on the purchases up to the calibration end, every customer scored. The
+        finished Job's result is a ClvRun; its outputs download with
+        DownloadArtifact and go with DeleteSegmentation (and with
+        DeleteTransactions' cascade, and Privacy.EraseCustomer).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetClv(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Uplift(self, request_iterator, context):
+        """A campaign's uplift, as `segmenta uplift`: the outcomes of the customers
+        of a segmentation made with ExperimentOptions, treated against control,
+        per segment and overall. Client streaming: a header, then outcome
+        blocks. Nothing sent is stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1267,6 +1312,21 @@ def add_SegmentationsServicer_to_server(servicer, server):
                     servicer.DeleteSegmentation,
                     request_deserializer=segmenta_dot_v1_dot_segmenta__pb2.DeleteSegmentationRequest.FromString,
                     response_serializer=segmenta_dot_v1_dot_segmenta__pb2.DeleteResponse.SerializeToString,
+            ),
+            'Clv': grpc.unary_unary_rpc_method_handler(
+                    servicer.Clv,
+                    request_deserializer=segmenta_dot_v1_dot_segmenta__pb2.ClvRequest.FromString,
+                    response_serializer=segmenta_dot_v1_dot_segmenta__pb2.Job.SerializeToString,
+            ),
+            'GetClv': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetClv,
+                    request_deserializer=segmenta_dot_v1_dot_segmenta__pb2.GetClvRequest.FromString,
+                    response_serializer=segmenta_dot_v1_dot_segmenta__pb2.ClvRun.SerializeToString,
+            ),
+            'Uplift': grpc.stream_unary_rpc_method_handler(
+                    servicer.Uplift,
+                    request_deserializer=segmenta_dot_v1_dot_segmenta__pb2.UpliftRequest.FromString,
+                    response_serializer=segmenta_dot_v1_dot_segmenta__pb2.UpliftReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1435,6 +1495,87 @@ class Segmentations:
             '/segmenta.v1.Segmentations/DeleteSegmentation',
             segmenta_dot_v1_dot_segmenta__pb2.DeleteSegmentationRequest.SerializeToString,
             segmenta_dot_v1_dot_segmenta__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Clv(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segmenta.v1.Segmentations/Clv',
+            segmenta_dot_v1_dot_segmenta__pb2.ClvRequest.SerializeToString,
+            segmenta_dot_v1_dot_segmenta__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetClv(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segmenta.v1.Segmentations/GetClv',
+            segmenta_dot_v1_dot_segmenta__pb2.GetClvRequest.SerializeToString,
+            segmenta_dot_v1_dot_segmenta__pb2.ClvRun.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Uplift(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/segmenta.v1.Segmentations/Uplift',
+            segmenta_dot_v1_dot_segmenta__pb2.UpliftRequest.SerializeToString,
+            segmenta_dot_v1_dot_segmenta__pb2.UpliftReport.FromString,
             options,
             channel_credentials,
             insecure,
