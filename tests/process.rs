@@ -997,3 +997,136 @@ fn the_cli_client_runs_the_workflow_against_a_real_server() {
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
     drop(server);
 }
+
+/// `client clv` and `client uplift` print what `clv` and `uplift` print
+/// on the same files, and download or write the same pages.
+#[test]
+fn the_cli_client_runs_clv_and_uplift_like_the_local_commands() {
+    let dir = TempDir::new().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[], &[]);
+    let addr = server.addr.clone();
+    let log = dir.path().join("log.csv");
+    common::logs::buying_and_leaving(&log, 800, 21);
+    let log = log.to_str().unwrap();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let (code, out, err) = cli(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let value = [
+        "--calibration-end",
+        "2025-03-31",
+        "--holdout-end",
+        "2025-12-31",
+        "--horizon",
+        "26",
+        "--json",
+    ];
+    let out_dir = dir.path().join("clv");
+    let remote = json(
+        &[
+            &["client", "--server", &addr, "clv", "--transactions", log][..],
+            &value,
+            &["--out", out_dir.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    let local = json(&[&["clv", "--transactions", log][..], &value].concat());
+    for key in [
+        "bgnbd",
+        "gamma_gamma",
+        "holdout",
+        "total_clv",
+        "n_customers",
+    ] {
+        assert_eq!(remote[key], local[key], "{key}");
+    }
+    assert!(remote["id"].as_str().unwrap().starts_with("clv-"));
+    for f in ["clv.html", "holdout.png", "customers.csv", "clv.json"] {
+        assert!(out_dir.join(f).is_file(), "{f}");
+    }
+
+    // Groups drawn on the server, outcomes streamed from a local file.
+    let seg_dir = dir.path().join("seg");
+    let (code, out, err) = cli(&[
+        "client",
+        "--server",
+        &addr,
+        "segment",
+        "--transactions",
+        log,
+        "--k",
+        "3",
+        "--holdout-share",
+        "0.3",
+        "--out",
+        seg_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let seg = out
+        .split_whitespace()
+        .find(|w| w.starts_with("seg-"))
+        .unwrap()
+        .trim_end_matches(':')
+        .to_owned();
+    let customers = std::fs::read_to_string(seg_dir.join("customers.csv")).unwrap();
+    let mut outcomes = String::from("customer_id,converted,revenue\n");
+    let header: Vec<&str> = customers.lines().next().unwrap().split(',').collect();
+    let group = header.iter().position(|h| *h == "group").unwrap();
+    for (i, line) in customers.lines().skip(1).enumerate() {
+        let f: Vec<&str> = line.split(',').collect();
+        let rate = if f[group] == "treatment" { 35 } else { 10 };
+        let converted = (i * 37) % 100 < rate;
+        outcomes.push_str(&format!(
+            "{},{},{}\n",
+            f[0],
+            converted as u8,
+            if converted { "30" } else { "" }
+        ));
+    }
+    let outcomes_path = dir.path().join("outcomes.csv");
+    std::fs::write(&outcomes_path, outcomes).unwrap();
+    let up_dir = dir.path().join("up");
+    let remote = json(&[
+        "client",
+        "--server",
+        &addr,
+        "uplift",
+        "--segmentation",
+        &seg,
+        "--outcomes",
+        outcomes_path.to_str().unwrap(),
+        "--out",
+        up_dir.to_str().unwrap(),
+        "--json",
+    ]);
+    let local = json(&[
+        "uplift",
+        "--assignments",
+        seg_dir.join("customers.csv").to_str().unwrap(),
+        "--outcomes",
+        outcomes_path.to_str().unwrap(),
+        "--json",
+    ]);
+    for key in ["overall", "segments", "customers", "warnings"] {
+        assert_eq!(remote[key], local[key], "{key}");
+    }
+    assert!(remote["overall"]["conversion"]["low"].as_f64().unwrap() > 0.1);
+    assert!(up_dir.join("uplift.html").is_file() && up_dir.join("uplift.png").is_file());
+    // A segmentation without groups: the status code and the reason.
+    let (code, _, err) = cli(&[
+        "client",
+        "--server",
+        &addr,
+        "uplift",
+        "--segmentation",
+        "seg-missing",
+        "--outcomes",
+        outcomes_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("NOT_FOUND") && err.contains("seg-missing"),
+        "{err}"
+    );
+}

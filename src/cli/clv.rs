@@ -122,6 +122,21 @@ pub fn run(args: ClvArgs) -> anyhow::Result<()> {
         println!("{out}");
         return Ok(());
     }
+    print_summary(s);
+    if let Some(f) = &files {
+        println!(
+            "wrote {}, {}, {} and the report {}",
+            f.customers_csv.display(),
+            f.customers_parquet.display(),
+            f.clv_json.display(),
+            f.report_html.display()
+        );
+    }
+    Ok(())
+}
+
+/// The summary as tables: the fits, the totals and the holdout check.
+pub fn print_summary(s: &segmenta::value::ClvSummary) {
     for w in &s.warnings {
         eprintln!("warning: {w}");
     }
@@ -194,14 +209,4 @@ pub fn run(args: ClvArgs) -> anyhow::Result<()> {
             .collect();
         print!("{}", table(&header, &rows));
     }
-    if let Some(f) = &files {
-        println!(
-            "wrote {}, {}, {} and the report {}",
-            f.customers_csv.display(),
-            f.customers_parquet.display(),
-            f.clv_json.display(),
-            f.report_html.display()
-        );
-    }
-    Ok(())
 }

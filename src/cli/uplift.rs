@@ -79,6 +79,15 @@ pub fn run(args: UpliftArgs) -> anyhow::Result<()> {
         println!("{v}");
         return Ok(());
     }
+    print_report(&report);
+    if let Some(f) = files {
+        println!("report: {}", f.html.display());
+    }
+    Ok(())
+}
+
+/// The uplift per segment and overall, as a table; warnings on stderr.
+pub fn print_report(report: &segmenta::experiment::UpliftReport) {
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
@@ -102,8 +111,4 @@ pub fn run(args: UpliftArgs) -> anyhow::Result<()> {
         .map(row)
         .collect();
     print!("{}", table(&header, &rows));
-    if let Some(f) = files {
-        println!("report: {}", f.html.display());
-    }
-    Ok(())
 }

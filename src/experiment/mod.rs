@@ -252,7 +252,20 @@ impl<'a> Outcomes<'a> {
 pub fn measure(assignments: &Path, outcomes: &Path) -> Result<UpliftReport, ExperimentError> {
     let a = Assignments::read(assignments)?;
     let mut recorded = Outcomes::new(&a, outcomes);
-    let mut o = Table::open(outcomes, outcomes)?;
+    read_outcomes(outcomes, |row, id, converted, revenue| {
+        recorded.record(row, id, converted, revenue)
+    })?;
+    recorded.finish()
+}
+
+/// Reads an outcomes table (`customer_id`, `converted` 0/1 or true/false,
+/// `revenue`, empty meaning 0) and hands each row, numbered from 1, to
+/// `each`.
+pub fn read_outcomes(
+    path: &Path,
+    mut each: impl FnMut(usize, &str, bool, f64) -> Result<(), ExperimentError>,
+) -> Result<(), ExperimentError> {
+    let mut o = Table::open(path, path)?;
     let (oid, conv, rev) = (
         o.column("customer_id", "")?,
         o.column("converted", "")?,
@@ -263,17 +276,19 @@ pub fn measure(assignments: &Path, outcomes: &Path) -> Result<UpliftReport, Expe
         let converted = match r.get(conv).unwrap_or("") {
             "1" | "true" | "True" | "TRUE" => true,
             "0" | "false" | "False" | "FALSE" => false,
-            _ => return Err(bad(outcomes, row, "converted", "expected 0 or 1")),
+            _ => return Err(bad(path, row, "converted", "expected 0 or 1")),
         };
         let revenue: f64 = match r.get(rev).unwrap_or("") {
             "" => 0.0,
             v => v
                 .parse()
-                .map_err(|_| bad(outcomes, row, "revenue", "not a finite number"))?,
+                .ok()
+                .filter(|x: &f64| x.is_finite())
+                .ok_or_else(|| bad(path, row, "revenue", "not a finite number"))?,
         };
-        recorded.record(row, r.get(oid).unwrap_or(""), converted, revenue)?;
+        each(row, r.get(oid).unwrap_or(""), converted, revenue)?;
     }
-    recorded.finish()
+    Ok(())
 }
 
 fn report(

@@ -511,3 +511,59 @@ impl From<&UpliftReport> for pb::UpliftReport {
         }
     }
 }
+
+fn interval_of(i: Option<&pb::Interval>) -> Interval {
+    i.map_or(
+        Interval {
+            estimate: f64::NAN,
+            low: f64::NAN,
+            high: f64::NAN,
+        },
+        |i| Interval {
+            estimate: i.estimate,
+            low: i.low,
+            high: i.high,
+        },
+    )
+}
+
+fn arm_of(a: Option<&pb::Arm>) -> crate::experiment::uplift::Arm {
+    let a = a.cloned().unwrap_or_default();
+    crate::experiment::uplift::Arm {
+        customers: a.customers as usize,
+        conversions: a.conversions as usize,
+        conversion_rate: a.conversion_rate,
+        revenue_per_customer: a.revenue_per_customer,
+        revenue_sd: a.revenue_sd,
+    }
+}
+
+fn uplift_of(u: &pb::Uplift) -> Uplift {
+    Uplift {
+        stratum: u.stratum.clone(),
+        treatment: arm_of(u.treatment.as_ref()),
+        control: arm_of(u.control.as_ref()),
+        conversion: interval_of(u.conversion.as_ref()),
+        conversion_relative: u.conversion_relative.as_ref().map(|i| interval_of(Some(i))),
+        conversion_p_value: u.conversion_p_value,
+        revenue: interval_of(u.revenue.as_ref()),
+        revenue_relative: u.revenue_relative.as_ref().map(|i| interval_of(Some(i))),
+        revenue_p_value: u.revenue_p_value,
+        warning: (!u.warning.is_empty()).then(|| u.warning.clone()),
+    }
+}
+
+/// A server's answer back in the library's terms, so a client prints and
+/// writes it as `segmenta uplift` does.
+impl From<&pb::UpliftReport> for UpliftReport {
+    fn from(r: &pb::UpliftReport) -> Self {
+        Self {
+            overall: uplift_of(&r.overall.clone().unwrap_or_default()),
+            segments: r.segments.iter().map(uplift_of).collect(),
+            customers: r.customers as usize,
+            without_outcome: r.without_outcome as usize,
+            unknown_outcomes: r.unknown_outcomes as usize,
+            warnings: r.warnings.clone(),
+        }
+    }
+}

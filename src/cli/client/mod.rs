@@ -16,6 +16,7 @@ use super::TextArgs;
 
 mod info;
 mod segment;
+mod value;
 
 /// The proto form of a text format; `None` when every option is left at
 /// its default, so the server keeps a format stored with an uploaded log.
@@ -157,6 +158,13 @@ pub enum ClientCommand {
     /// Segment customers: upload a transaction log (or name one on the
     /// server), run the segment job, download its report and tables.
     Segment(Box<segment::ClientSegmentArgs>),
+    /// Lifetime value and churn risk (as `segmenta clv`) on the server:
+    /// upload a log (or name one), run the job, print the fits and download
+    /// its report and tables.
+    Clv(Box<value::ClientClvArgs>),
+    /// A campaign's uplift (as `segmenta uplift`) on a segmentation's
+    /// groups: streams a local outcomes file; writes the page locally.
+    Uplift(value::ClientUpliftArgs),
     /// Follow a job until it ends.
     Watch {
         /// Job id (job-…).
@@ -204,12 +212,14 @@ pub enum ClientCommand {
     /// List models.
     Models,
     /// Delete a dataset (ds-…), a model (km-…, pca-…), a transaction log
-    /// (tx-…) or a segmentation (seg-…). Needs the admin role.
+    /// (tx-…), a segmentation (seg-…) or a CLV run (clv-…). Needs the admin
+    /// role.
     Delete {
         /// The object's id.
         id: String,
         /// Also delete what was made from it (models of a dataset,
-        /// segmentations of a log); without it, such a delete is refused.
+        /// segmentations and CLV runs of a log); without it, such a delete
+        /// is refused.
         #[arg(long)]
         cascade: bool,
     },
@@ -438,6 +448,8 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
             }
         }
         ClientCommand::Segment(a) => segment::run(channel, *a).await?,
+        ClientCommand::Clv(a) => value::clv(channel, *a).await?,
+        ClientCommand::Uplift(a) => value::uplift(channel, a).await?,
         ClientCommand::Pca {
             dataset,
             n_components,
@@ -628,7 +640,7 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                         cascade,
                     })
                     .await?
-            } else if id.starts_with("seg-") {
+            } else if id.starts_with("seg-") || id.starts_with("clv-") {
                 pb::segmentations_client::SegmentationsClient::new(channel)
                     .delete_segmentation(pb::DeleteSegmentationRequest { id: id.clone() })
                     .await?
@@ -722,6 +734,24 @@ pub async fn upload(
     let messages = tokio_stream::iter(std::iter::once(header).chain(blocks));
     let mut client = pb::datasets_client::DatasetsClient::new(channel);
     Ok(client.upload(messages).await?.into_inner())
+}
+
+/// Follows a job without a word on stdout (for `--json`): the finished
+/// job, or its error.
+async fn wait_quietly(channel: Conn, id: &str) -> anyhow::Result<pb::Job> {
+    let mut events = pb::jobs_client::JobsClient::new(channel)
+        .watch_job(pb::WatchJobRequest { id: id.to_owned() })
+        .await?
+        .into_inner();
+    while let Some(event) = events.message().await? {
+        if let Some(pb::job_event::Event::Finished(job)) = event.event {
+            return match pb::JobState::try_from(job.state) {
+                Ok(pb::JobState::Succeeded) => Ok(job),
+                _ => anyhow::bail!("job {id} ended: {}", job.error),
+            };
+        }
+    }
+    anyhow::bail!("the server closed the stream before job {id} finished")
 }
 
 /// Follows a job with a progress bar; prints its result and returns the

@@ -16,15 +16,8 @@ use crate::cli::LogArgs;
 
 #[derive(Debug, Args)]
 pub struct ClientSegmentArgs {
-    /// A local transaction log (CSV/TSV or Parquet), uploaded first.
-    #[arg(long, required_unless_present_any = ["transactions_id", "server_path"])]
-    transactions: Option<PathBuf>,
-    /// A log uploaded before (tx-…).
-    #[arg(long, conflicts_with_all = ["transactions", "server_path"])]
-    transactions_id: Option<String>,
-    /// A log under one of the server's import roots.
-    #[arg(long, conflicts_with = "transactions")]
-    server_path: Option<String>,
+    #[command(flatten)]
+    source: LogSourceArgs,
     /// Download the report, charts, customer table, segments.json and
     /// model.json into this directory.
     #[arg(long)]
@@ -85,7 +78,7 @@ pub struct ClientSegmentArgs {
 /// Bytes per upload message.
 const CHUNK: usize = 1 << 20;
 
-async fn upload_log(
+pub(super) async fn upload_log(
     channel: Conn,
     path: &PathBuf,
     text: Option<pb::TextFormat>,
@@ -156,15 +149,9 @@ async fn upload_log(
 pub async fn run(channel: Conn, a: ClientSegmentArgs) -> anyhow::Result<()> {
     use pb::segment_request::{KChoice, Source};
     let text = proto_text_format(&a.log.format());
-    let source = match (&a.transactions, a.transactions_id, a.server_path) {
-        (Some(path), _, _) => {
-            Source::TransactionsId(upload_log(channel.clone(), path, text.clone()).await?)
-        }
-        (None, Some(id), _) => Source::TransactionsId(id),
-        (None, None, Some(p)) => Source::TransactionsPath(p),
-        (None, None, None) => {
-            anyhow::bail!("give --transactions, --transactions-id or --server-path")
-        }
+    let source = match resolve_log(&channel, &a.source, text.clone()).await? {
+        LogRef::Id(id) => Source::TransactionsId(id),
+        LogRef::Path(p) => Source::TransactionsPath(p),
     };
     let k_choice = match (a.k, &a.k_range) {
         (Some(k), _) => Some(KChoice::K(k)),
@@ -179,16 +166,7 @@ pub async fn run(channel: Conn, a: ClientSegmentArgs) -> anyhow::Result<()> {
     };
     let request = pb::SegmentRequest {
         source: Some(source),
-        columns: Some({
-            let c = a.log.columns();
-            pb::TransactionColumns {
-                customer: c.customer,
-                date: c.date,
-                amount: c.amount,
-                quantity: c.quantity.unwrap_or_default(),
-                order: c.order.unwrap_or_default(),
-            }
-        }),
+        columns: Some(proto_columns(&a.log)),
         k_choice,
         as_of: a.as_of.unwrap_or_default(),
         previous_segmentation_id: a.previous.unwrap_or_default(),
@@ -205,20 +183,9 @@ pub async fn run(channel: Conn, a: ClientSegmentArgs) -> anyhow::Result<()> {
         max_bad_rows: a.max_bad_rows,
         features: a.features,
         min_share: a.min_share,
-        value: a.clv.then(|| {
-            let v = a.value.options();
-            pb::ValueOptions {
-                enabled: true,
-                time_unit: match v.unit {
-                    segmenta::value::TimeUnit::Day => pb::TimeUnit::Day,
-                    segmenta::value::TimeUnit::Week => pb::TimeUnit::Week,
-                    segmenta::value::TimeUnit::Month => pb::TimeUnit::Month,
-                } as i32,
-                horizon: v.horizon.unwrap_or(0),
-                discount_rate: v.discount_rate,
-                churn_high: v.churn.high,
-                churn_medium: v.churn.medium,
-            }
+        value: a.clv.then(|| pb::ValueOptions {
+            enabled: true,
+            ..proto_value(&a.value.options())
         }),
         experiment: a.holdout_share.map(|holdout_share| pb::ExperimentOptions {
             holdout_share,
@@ -232,34 +199,110 @@ pub async fn run(channel: Conn, a: ClientSegmentArgs) -> anyhow::Result<()> {
         anyhow::bail!("job {} finished without a segmentation", job.id);
     };
     if let Some(dir) = &a.out {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
-        for name in &seg.artifacts {
-            let mut stream = client
-                .download_artifact(pb::DownloadArtifactRequest {
-                    segmentation_id: seg.id.clone(),
-                    name: name.clone(),
-                })
-                .await?
-                .into_inner();
-            let mut bytes = Vec::new();
-            while let Some(chunk) = stream.message().await? {
-                bytes.extend_from_slice(&chunk.data);
-            }
-            // Names come from the server: keep only a plain file name.
-            let file = std::path::Path::new(name)
-                .file_name()
-                .ok_or_else(|| anyhow::anyhow!("the server named an artifact {name:?}"))?;
-            let path = dir.join(file);
-            std::fs::write(&path, &bytes)
-                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-        }
+        download_all(&mut client, &seg.id, &seg.artifacts, dir).await?;
         println!(
             "{} files downloaded into {}; open {}",
             seg.artifacts.len(),
             dir.display(),
             dir.join("report.html").display()
         );
+    }
+    Ok(())
+}
+
+/// Where a job's transaction log is: a local file to upload, a log
+/// uploaded before, or a file on the server.
+#[derive(Debug, Args)]
+pub struct LogSourceArgs {
+    /// A local transaction log (CSV/TSV or Parquet), uploaded first.
+    #[arg(long, required_unless_present_any = ["transactions_id", "server_path"])]
+    transactions: Option<PathBuf>,
+    /// A log uploaded before (tx-…).
+    #[arg(long, conflicts_with_all = ["transactions", "server_path"])]
+    transactions_id: Option<String>,
+    /// A log under one of the server's import roots.
+    #[arg(long, conflicts_with = "transactions")]
+    server_path: Option<String>,
+}
+
+pub(super) enum LogRef {
+    Id(String),
+    Path(String),
+}
+
+/// Uploads a local log, or names the one given.
+pub(super) async fn resolve_log(
+    channel: &Conn,
+    a: &LogSourceArgs,
+    text: Option<pb::TextFormat>,
+) -> anyhow::Result<LogRef> {
+    Ok(
+        match (&a.transactions, &a.transactions_id, &a.server_path) {
+            (Some(path), _, _) => LogRef::Id(upload_log(channel.clone(), path, text).await?),
+            (None, Some(id), _) => LogRef::Id(id.clone()),
+            (None, None, Some(p)) => LogRef::Path(p.clone()),
+            (None, None, None) => {
+                anyhow::bail!("give --transactions, --transactions-id or --server-path")
+            }
+        },
+    )
+}
+
+pub(super) fn proto_columns(log: &LogArgs) -> pb::TransactionColumns {
+    let c = log.columns();
+    pb::TransactionColumns {
+        customer: c.customer,
+        date: c.date,
+        amount: c.amount,
+        quantity: c.quantity.unwrap_or_default(),
+        order: c.order.unwrap_or_default(),
+    }
+}
+
+/// The value options as the API takes them (`enabled` unset).
+pub(super) fn proto_value(v: &segmenta::value::ValueOptions) -> pb::ValueOptions {
+    pb::ValueOptions {
+        enabled: false,
+        time_unit: match v.unit {
+            segmenta::value::TimeUnit::Day => pb::TimeUnit::Day,
+            segmenta::value::TimeUnit::Week => pb::TimeUnit::Week,
+            segmenta::value::TimeUnit::Month => pb::TimeUnit::Month,
+        } as i32,
+        horizon: v.horizon.unwrap_or(0),
+        discount_rate: v.discount_rate,
+        churn_high: v.churn.high,
+        churn_medium: v.churn.medium,
+    }
+}
+
+/// Downloads every artifact `names` of a segmentation or CLV run into `dir`.
+pub(super) async fn download_all(
+    client: &mut pb::segmentations_client::SegmentationsClient<Conn>,
+    id: &str,
+    names: &[String],
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    for name in names {
+        let mut stream = client
+            .download_artifact(pb::DownloadArtifactRequest {
+                segmentation_id: id.to_owned(),
+                name: name.clone(),
+            })
+            .await?
+            .into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            bytes.extend_from_slice(&chunk.data);
+        }
+        // Names come from the server: keep only a plain file name.
+        let file = std::path::Path::new(name)
+            .file_name()
+            .ok_or_else(|| anyhow::anyhow!("the server named an artifact {name:?}"))?;
+        let path = dir.join(file);
+        std::fs::write(&path, &bytes)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }
     Ok(())
 }

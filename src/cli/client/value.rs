@@ -1,0 +1,171 @@
+//! `client clv` and `client uplift`: the value job and a campaign's uplift
+//! on a server, printed and written as `segmenta clv` and `segmenta
+//! uplift` print and write them locally.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use segmenta::experiment::report::write_uplift;
+use segmenta::experiment::{read_outcomes, UpliftReport};
+use segmenta::service::proto as pb;
+
+use super::segment::{
+    download_all, proto_columns, proto_value, resolve_log, LogRef, LogSourceArgs,
+};
+use super::{proto_text_format, watch, Conn};
+use crate::cli::LogArgs;
+
+#[derive(Debug, Args)]
+pub struct ClientClvArgs {
+    #[command(flatten)]
+    source: LogSourceArgs,
+    /// The models are fitted on purchases up to this date (YYYY-MM-DD).
+    #[arg(long, value_name = "DATE")]
+    calibration_end: String,
+    /// Check the predictions against the purchases up to this date.
+    #[arg(long, value_name = "DATE")]
+    holdout_end: Option<String>,
+    #[command(flatten)]
+    value: crate::cli::clv::ValueArgs,
+    /// Download clv.html, its charts, the customer tables and clv.json
+    /// into this directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    log: LogArgs,
+    /// Stop at the first unreadable row instead of skipping.
+    #[arg(long)]
+    reject_bad_rows: bool,
+    /// Largest fraction of unreadable rows (0–1) before the job fails.
+    #[arg(long, value_name = "FRACTION")]
+    max_bad_rows: Option<f64>,
+    /// Print the run's summary (clv.json) as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn clv(channel: Conn, a: ClientClvArgs) -> anyhow::Result<()> {
+    use pb::clv_request::Source;
+    let text = proto_text_format(&a.log.format());
+    let source = match resolve_log(&channel, &a.source, text.clone()).await? {
+        LogRef::Id(id) => Source::TransactionsId(id),
+        LogRef::Path(p) => Source::TransactionsPath(p),
+    };
+    let request = pb::ClvRequest {
+        source: Some(source),
+        columns: Some(proto_columns(&a.log)),
+        calibration_end: a.calibration_end,
+        holdout_end: a.holdout_end.unwrap_or_default(),
+        value: Some(proto_value(&a.value.options())),
+        bad_rows: if a.reject_bad_rows {
+            pb::BadRowPolicy::Reject
+        } else {
+            pb::BadRowPolicy::Skip
+        } as i32,
+        max_bad_rows: a.max_bad_rows,
+        text_format: text,
+    };
+    let mut client = pb::segmentations_client::SegmentationsClient::new(channel.clone());
+    let job = client.clv(request).await?.into_inner();
+    let finished = if a.json {
+        super::wait_quietly(channel, &job.id).await?
+    } else {
+        watch(channel, &job.id).await?
+    };
+    let Some(pb::job::Result::Clv(run)) = finished.result else {
+        anyhow::bail!("job {} finished without a CLV run", job.id);
+    };
+    // The summary the CLI prints, from the run's own clv.json.
+    let summary = {
+        let dir = tempfile::TempDir::new()?;
+        download_all(&mut client, &run.id, &["clv.json".to_string()], dir.path()).await?;
+        std::fs::read(dir.path().join("clv.json"))?
+    };
+    if let Some(dir) = &a.out {
+        download_all(&mut client, &run.id, &run.artifacts, dir).await?;
+    }
+    if a.json {
+        let mut v: serde_json::Value = serde_json::from_slice(&summary)?;
+        v["id"] = serde_json::json!(run.id);
+        println!("{v}");
+        return Ok(());
+    }
+    crate::cli::clv::print_summary(&serde_json::from_slice(&summary)?);
+    if let Some(dir) = &a.out {
+        println!(
+            "{} files downloaded into {}; open {}",
+            run.artifacts.len(),
+            dir.display(),
+            dir.join("clv.html").display()
+        );
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct ClientUpliftArgs {
+    /// The segmentation whose groups the campaign used (seg-…, made with
+    /// --holdout-share).
+    #[arg(long)]
+    segmentation: String,
+    /// The campaign's outcomes, CSV: customer_id, converted (0/1), revenue.
+    /// Read here and streamed; the server stores none of it.
+    #[arg(long)]
+    outcomes: PathBuf,
+    /// Where uplift.html, uplift.png and uplift.json go.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print one JSON object on stdout instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Outcome rows per message: well under any message limit.
+const OUTCOMES_PER_BLOCK: usize = 20_000;
+
+pub async fn uplift(channel: Conn, a: ClientUpliftArgs) -> anyhow::Result<()> {
+    use pb::uplift_request::Message;
+    let mut block = pb::OutcomeBlock::default();
+    let mut messages = vec![pb::UpliftRequest {
+        message: Some(Message::Header(pb::UpliftHeader {
+            segmentation_id: a.segmentation.clone(),
+        })),
+    }];
+    read_outcomes(&a.outcomes, |_, id, converted, revenue| {
+        block.customer_ids.push(id.to_owned());
+        block.converted.push(converted);
+        block.revenue.push(revenue);
+        if block.customer_ids.len() == OUTCOMES_PER_BLOCK {
+            messages.push(pb::UpliftRequest {
+                message: Some(Message::Outcomes(std::mem::take(&mut block))),
+            });
+        }
+        Ok(())
+    })?;
+    if !block.customer_ids.is_empty() {
+        messages.push(pb::UpliftRequest {
+            message: Some(Message::Outcomes(block)),
+        });
+    }
+    let answer = pb::segmentations_client::SegmentationsClient::new(channel)
+        .uplift(tokio_stream::iter(messages))
+        .await?
+        .into_inner();
+    let report = UpliftReport::from(&answer);
+    let files = a
+        .out
+        .as_deref()
+        .map(|dir| write_uplift(&report, dir))
+        .transpose()?;
+    if a.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["files"] = serde_json::json!(files);
+        println!("{v}");
+        return Ok(());
+    }
+    crate::cli::uplift::print_report(&report);
+    if let Some(f) = files {
+        println!("report: {}", f.html.display());
+    }
+    Ok(())
+}
