@@ -1635,7 +1635,7 @@ fn clv_over_grpc_matches_the_library_and_writes_its_artifacts() {
         params.horizon = Some(26);
         params.discount_rate = 0.002;
         let local = run_clv(&log, &params).unwrap().summary;
-        let b = run.bgnbd.clone().unwrap();
+        let b = run.bgnbd.unwrap();
         assert_eq!(
             [b.r, b.alpha, b.a, b.b],
             [
@@ -1647,7 +1647,7 @@ fn clv_over_grpc_matches_the_library_and_writes_its_artifacts() {
         );
         assert_eq!(b.r_std_error, local.bgnbd.std_errors.r);
         assert!(b.fit.unwrap().converged);
-        let g = run.gamma_gamma.clone().unwrap();
+        let g = run.gamma_gamma.unwrap();
         assert_eq!(
             [g.p, g.q, g.v],
             [

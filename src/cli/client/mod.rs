@@ -814,7 +814,7 @@ async fn watch(channel: Conn, id: &str) -> anyhow::Result<pb::Job> {
                                 }
                             }
                             Some(pb::job::Result::Clv(c)) => {
-                                let b = c.bgnbd.clone().unwrap_or_default();
+                                let b = c.bgnbd.unwrap_or_default();
                                 println!(
                                     "CLV run {}: {} customers at {} ({} with a repeat purchase), total predicted value {:.2}",
                                     c.id, c.n_customers, c.calibration_end, c.n_repeat_customers, c.total_clv
