@@ -453,7 +453,7 @@ mod tests {
                 }
             }
         }
-        assert!(seen > 40, "{seen} methods");
+        assert!(seen >= 39, "{seen} methods: a service is missing from the descriptor");
     }
 
     #[test]
