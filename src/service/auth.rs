@@ -453,7 +453,10 @@ mod tests {
                 }
             }
         }
-        assert!(seen >= 39, "{seen} methods: a service is missing from the descriptor");
+        assert!(
+            seen >= 39,
+            "{seen} methods: a service is missing from the descriptor"
+        );
     }
 
     #[test]
