@@ -232,6 +232,56 @@ fn bad_input_gets_a_clear_error() {
         &["--calibration-end", "2024-01-20"],
         "2 with an unreadable amount",
     );
+    // Ten years at most: past it the work grows and the models say nothing.
+    fails(
+        &log,
+        &[
+            "--calibration-end",
+            "2025-03-31",
+            "--time-unit",
+            "day",
+            "--horizon",
+            "4000",
+        ],
+        "the horizon is at most ten years (3653 days), got 4000",
+    );
+    // Finite amounts whose sum is not: an error naming the customer, never
+    // a stand-in spend.
+    let huge = dir.path().join("huge.csv");
+    let mut text = String::from("customer_id,date,amount\nA,2024-01-01,5\nA,2024-01-20,7\n");
+    for day in 2..12 {
+        text.push_str(&format!("B,2024-01-{day:02},1e308\n"));
+    }
+    std::fs::write(&huge, text).unwrap();
+    fails(
+        &huge,
+        &["--calibration-end", "2024-01-20"],
+        "customer 1: the spend per purchase day does not add up to a finite number",
+    );
+}
+
+/// A set cancel flag stops the job with `Cancelled`, whatever phase it is
+/// in when it is seen.
+#[test]
+fn a_cancelled_job_stops() {
+    use segmenta::value::{run_clv, ClvParams, ValueError};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let dir = TempDir::new().unwrap();
+    let log = write_log(&dir, 2000);
+    let mut params = ClvParams::new(chrono::NaiveDate::from_ymd_opt(2025, 3, 31).unwrap());
+    params.cancel = Some(Arc::new(AtomicBool::new(true)));
+    match run_clv(&log, &params) {
+        Err(segmenta::Error::Value(ValueError::Cancelled)) => {}
+        other => panic!(
+            "expected a cancelled job, got {:?}",
+            other.map(|r| r.summary)
+        ),
+    }
+    params.cancel = Some(Arc::new(AtomicBool::new(false)));
+    if let Err(e) = run_clv(&log, &params) {
+        panic!("{e}");
+    }
 }
 
 #[test]

@@ -1152,22 +1152,34 @@ fn scoring_in_streams_takes_the_same_slots_as_unary_calls() {
                 drop(tx);
                 first
             });
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            let unary = clustering(&c)
-                .assign(pb::AssignRequest {
-                    model_id: model.id.clone(),
-                    rows: big[..d].to_vec(),
-                    n_features: 0,
-                })
-                .await;
+            // Small unary calls, one every few milliseconds, for as long as
+            // the stream's message is in flight: once the stream holds the
+            // slot, the next one is shed. (A fixed sleep raced the upload
+            // on a loaded machine.)
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            let mut shed = None;
+            while !stream.is_finished() && tokio::time::Instant::now() < deadline {
+                let unary = clustering(&c)
+                    .assign(pb::AssignRequest {
+                        model_id: model.id.clone(),
+                        rows: big[..d].to_vec(),
+                        n_features: 0,
+                    })
+                    .await;
+                if let Err(e) = unary {
+                    shed = Some(e);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
             let streamed = stream.await.unwrap();
             match &streamed {
-                // The unary call took the slot first: try again.
+                // A unary call held the slot when the stream's message came: try again.
                 Err(s) if s.code() == Code::ResourceExhausted => continue,
                 other => assert!(other.is_ok(), "{other:?}"),
             }
-            if let Err(e) = unary {
-                refused = Some(e);
+            if shed.is_some() {
+                refused = shed;
                 break;
             }
         }

@@ -1787,6 +1787,18 @@ fn clv_over_grpc_matches_the_library_and_writes_its_artifacts() {
                 Code::InvalidArgument,
                 "max_bad_rows",
             ),
+            (
+                pb::ClvRequest {
+                    value: Some(pb::ValueOptions {
+                        time_unit: pb::TimeUnit::Day as i32,
+                        horizon: 100_000,
+                        ..Default::default()
+                    }),
+                    ..request.clone()
+                },
+                Code::InvalidArgument,
+                "at most ten years",
+            ),
         ] {
             let e = server.segmentations().clv(bad).await.unwrap_err();
             assert_eq!(e.code(), code, "{field}: {e}");
@@ -1805,6 +1817,28 @@ fn clv_over_grpc_matches_the_library_and_writes_its_artifacts() {
         let (failed, _) = server.finish(&job.id).await;
         assert_eq!(failed.state, pb::JobState::Failed as i32);
         assert!(failed.error.contains("holdout end"), "{}", failed.error);
+        // A log that is not what its upload said: refused before queueing,
+        // without the server's paths or the parser's quote of the bytes.
+        let mut messages = vec![tx_header("log.parquet", pb::FileFormat::Parquet)];
+        messages.push(tx_chunk(b"PAR1 customer SECRET-9 not really parquet PAR1"));
+        let junk = server
+            .segmentations()
+            .upload_transactions(tokio_stream::iter(messages))
+            .await
+            .unwrap()
+            .into_inner();
+        let e = server
+            .segmentations()
+            .clv(pb::ClvRequest {
+                source: Some(pb::clv_request::Source::TransactionsId(junk.id)),
+                ..request.clone()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+        assert!(e.message().contains("not a valid Parquet file"), "{e}");
+        assert!(!e.message().contains(dir.path().to_str().unwrap()), "{e}");
+        assert!(!e.message().contains("SECRET"), "{e}");
 
         // Deleting the log with cascade takes the CLV run too.
         let deleted = server
@@ -1954,6 +1988,7 @@ fn uplift_over_grpc_matches_the_library_and_refuses_bad_streams() {
         // Bad streams, each answered with what is wrong; the server goes on.
         let dup = vec![rows[0].clone(), rows[0].clone()];
         let nan = vec![(rows[0].0.clone(), true, f64::NAN)];
+        let huge = vec![(rows[0].0.clone(), true, 1.7e308)];
         let ragged = pb::UpliftRequest {
             message: Some(pb::uplift_request::Message::Outcomes(pb::OutcomeBlock {
                 customer_ids: vec!["a".into(), "b".into()],
@@ -1989,6 +2024,11 @@ fn uplift_over_grpc_matches_the_library_and_refuses_bad_streams() {
                 "revenue",
             ),
             (
+                vec![uplift_header(with_groups), outcome_block(&huge)],
+                Code::InvalidArgument,
+                "at most 1e15",
+            ),
+            (
                 vec![uplift_header(with_groups), ragged],
                 Code::InvalidArgument,
                 "one entry per customer",
@@ -2009,6 +2049,51 @@ fn uplift_over_grpc_matches_the_library_and_refuses_bad_streams() {
             assert!(e.message().contains(needle), "{needle}: {e}");
             assert!(!e.message().contains(dir.path().to_str().unwrap()), "{e}");
         }
+        server.stop().await;
+    });
+}
+
+/// A job whose outputs do not fit in the quota stores nothing: no staged
+/// customer table stays behind for erasure and deletes to miss.
+#[test]
+fn outputs_refused_by_the_quota_leave_nothing_on_disk() {
+    runtime().block_on(async {
+        let dir = TempDir::new().unwrap();
+        let log = dir.path().join("log.csv");
+        common::logs::buying_and_leaving(&log, 600, 7);
+        let size = std::fs::metadata(&log).unwrap().len();
+        let data = dir.path().join("data");
+        let server = TestServer::start(
+            &data,
+            Limits {
+                max_data_dir_bytes: Some(size + 20_000),
+                ..Limits::default()
+            },
+        )
+        .await;
+        let uploaded = server.upload_log(&std::fs::read(&log).unwrap()).await;
+        let job = server
+            .segmentations()
+            .clv(pb::ClvRequest {
+                source: Some(pb::clv_request::Source::TransactionsId(uploaded.id.clone())),
+                calibration_end: "2025-03-31".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let (failed, _) = server.finish(&job.id).await;
+        assert_eq!(failed.state, pb::JobState::Failed as i32);
+        assert!(
+            failed.error.contains("max_data_dir_bytes"),
+            "{}",
+            failed.error
+        );
+        let left: Vec<_> = std::fs::read_dir(data.join("segmentations"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
         server.stop().await;
     });
 }

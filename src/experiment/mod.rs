@@ -187,6 +187,9 @@ fn bad(path: &Path, row: usize, column: &'static str, what: &'static str) -> Exp
     }
 }
 
+/// The largest revenue one outcome may carry.
+pub const MAX_REVENUE: f64 = 1e15;
+
 /// A campaign's outcomes, recorded row by row against the assignments: at
 /// most one per customer, memory in proportion to the assignments only.
 pub struct Outcomes<'a> {
@@ -219,8 +222,15 @@ impl<'a> Outcomes<'a> {
         converted: bool,
         revenue: f64,
     ) -> Result<(), ExperimentError> {
-        if !revenue.is_finite() {
-            return Err(bad(&self.source, row, "revenue", "not a finite number"));
+        // Revenues are added up per arm: beyond this, sums and variances
+        // would leave the floats.
+        if !(revenue.is_finite() && revenue.abs() <= MAX_REVENUE) {
+            return Err(bad(
+                &self.source,
+                row,
+                "revenue",
+                "not a finite number of at most 1e15 in size",
+            ));
         }
         match self.assignments.index.get(id) {
             Some(&i) if self.outcome[i].is_some() => Err(ExperimentError::DuplicateId {

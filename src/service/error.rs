@@ -167,6 +167,7 @@ impl From<Error> for ServiceError {
                         return Self::FailedPrecondition(v.to_string())
                     }
                     ValueError::Hyp2f1(_) => return Self::Internal(v.to_string()),
+                    ValueError::Cancelled => return Self::Cancelled,
                 };
                 Self::invalid(field, v.to_string())
             }

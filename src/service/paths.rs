@@ -153,6 +153,19 @@ pub fn segmentation_content_error(e: crate::Error, server_file: bool) -> Service
             "transactions",
             format!("row {row}, column {:?}: not a number", clip(&column)),
         ),
+        crate::Error::Data(DataError::NotFinite { column, row, .. }) => ServiceError::invalid(
+            "transactions",
+            format!("row {row}, column {:?}: not a finite number", clip(&column)),
+        ),
+        // A parser's message can quote the bytes it choked on, and the path
+        // is the server's.
+        crate::Error::Data(
+            DataError::Malformed { .. } | DataError::Io { .. } | DataError::UnknownFormat { .. },
+        ) => ServiceError::invalid(
+            "transactions",
+            "the log cannot be read as the format it was uploaded as (CSV with a header row, \
+             or Parquet with string, number or date columns)",
+        ),
         crate::Error::Segmentation(SegmentationError::BadRow {
             row,
             problem,
@@ -253,6 +266,37 @@ mod tests {
         std::fs::remove_file(&file).unwrap();
         std::fs::hard_link(outside.path().join("secret.csv"), &file).unwrap();
         assert!(roots.recheck("path", &allowed).is_err());
+    }
+
+    /// An uploaded log's read errors keep the client's column names but
+    /// never the server's path or a parser's quote of the bytes.
+    #[test]
+    fn uploaded_log_errors_name_no_path_and_no_bytes() {
+        let e = segmentation_content_error(
+            DataError::Malformed {
+                path: "/srv/data/transactions/tx-1/log.parquet".into(),
+                message: "Cast error: Failed to convert 2147483647 to temporal".into(),
+            }
+            .into(),
+            false,
+        )
+        .to_string();
+        assert!(!e.contains("/srv") && !e.contains("2147483647"), "{e}");
+        assert!(e.contains("cannot be read as the format"), "{e}");
+        let e = segmentation_content_error(
+            DataError::NotFinite {
+                row: 4,
+                column: "amount".into(),
+                value: f32::INFINITY,
+            }
+            .into(),
+            false,
+        )
+        .to_string();
+        assert!(
+            e.contains("row 4") && e.contains("amount") && !e.contains("inf"),
+            "{e}"
+        );
     }
 
     #[test]

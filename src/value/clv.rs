@@ -14,6 +14,8 @@
 
 use std::collections::HashMap;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -183,13 +185,33 @@ pub fn score(
     spend: &[f64],
     options: &ClvOptions,
 ) -> Result<Scores, ValueError> {
+    score_until(bg, gg, rft, spend, options, None)
+}
+
+/// [`score`], stopping with [`ValueError::Cancelled`] soon after `cancel`
+/// is set (checked before every distinct `(x, T)`: the work is that count
+/// times the horizon's periods).
+pub fn score_until(
+    bg: &BgNbd,
+    gg: &GammaGamma,
+    rft: &[Rft],
+    spend: &[f64],
+    options: &ClvOptions,
+    cancel: Option<&AtomicBool>,
+) -> Result<Scores, ValueError> {
     options.check()?;
     let mut keys: Vec<(u32, u64)> = rft.iter().map(|r| (r.x, r.t.to_bits())).collect();
     keys.sort_unstable();
     keys.dedup();
+    let cancelled = || cancel.is_some_and(|c| c.load(Ordering::Relaxed));
     let terms: Vec<(f64, f64)> = keys
         .par_iter()
-        .map(|&(x, t)| horizon_terms(bg, x, f64::from_bits(t), options))
+        .map(|&(x, t)| {
+            if cancelled() {
+                return Err(ValueError::Cancelled);
+            }
+            horizon_terms(bg, x, f64::from_bits(t), options)
+        })
         .collect::<Result<_, _>>()?;
     let index: HashMap<(u32, u64), usize> = keys.iter().enumerate().map(|(i, &k)| (k, i)).collect();
     let mut s = Scores::default();

@@ -3,6 +3,7 @@
 //! outputs written.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, Float64Array, StringArray, UInt32Array};
@@ -10,7 +11,7 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
 use super::bgnbd::{BgNbd, BgNbdParams};
-use super::clv::{score, ChurnThresholds, ClvOptions, Scores};
+use super::clv::{score_until, ChurnThresholds, ClvOptions, Scores};
 use super::fit::Fitted;
 use super::gamma_gamma::{GammaGamma, GammaGammaFit};
 use super::summary::{summarise, Summary, TimeUnit};
@@ -38,6 +39,30 @@ pub struct ClvParams {
     pub horizon: Option<u32>,
     pub discount_rate: f64,
     pub churn: ChurnThresholds,
+    /// Set to stop the job between its phases and while it scores.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+/// The longest horizon: ten years. The models say little that far ahead,
+/// and scoring takes a 2F1 per period per distinct customer history.
+pub const MAX_HORIZON_DAYS: f64 = 3653.0;
+
+/// Refuses a horizon past [`MAX_HORIZON_DAYS`], in the unit's periods.
+fn check_horizon(unit: TimeUnit, horizon: Option<u32>) -> Result<(), ValueError> {
+    let Some(h) = horizon else {
+        return Ok(());
+    };
+    let max = (MAX_HORIZON_DAYS / unit.days()).floor() as u32;
+    if h > max {
+        return Err(ValueError::invalid(
+            "horizon",
+            format!(
+                "the horizon is at most ten years ({max} {}s), got {h}",
+                unit.name()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl ClvParams {
@@ -53,6 +78,14 @@ impl ClvParams {
             horizon: None,
             discount_rate: 0.0,
             churn: ChurnThresholds::default(),
+            cancel: None,
+        }
+    }
+
+    fn cancelled(&self) -> Result<(), ValueError> {
+        match &self.cancel {
+            Some(c) if c.load(Ordering::Relaxed) => Err(ValueError::Cancelled),
+            _ => Ok(()),
         }
     }
 
@@ -84,6 +117,7 @@ pub struct ValueOptions {
 impl ValueOptions {
     /// Checks the options before any data is read.
     pub fn check(&self) -> Result<(), ValueError> {
+        check_horizon(self.unit, self.horizon)?;
         ClvOptions {
             horizon: self.horizon.unwrap_or(1),
             discount_rate: self.discount_rate,
@@ -264,6 +298,7 @@ pub fn run_clv(transactions: &Path, params: &ClvParams) -> Result<ClvRun> {
 /// The job on a log already read.
 pub fn clv_of_log(log: &TransactionLog, params: &ClvParams) -> Result<ClvRun, ValueError> {
     let options = params.options();
+    check_horizon(params.unit, params.horizon)?;
     options.check()?;
     let history = summarise(
         log,
@@ -271,21 +306,25 @@ pub fn clv_of_log(log: &TransactionLog, params: &ClvParams) -> Result<ClvRun, Va
         params.holdout_end.map(day_number),
         params.unit,
     )?;
+    params.cancelled()?;
     let bg_fit = BgNbd::fit(&history.rft, true)?;
+    params.cancelled()?;
     let x: Vec<u32> = history.rft.iter().map(|r| r.x).collect();
     let gg_fit = GammaGamma::fit(&x, &history.mean_repeat_spend)?;
+    params.cancelled()?;
     let bgnbd = BgNbd {
         params: bg_fit.params,
     };
     let gamma_gamma = GammaGamma {
         params: gg_fit.fitted.params,
     };
-    let scores = score(
+    let scores = score_until(
         &bgnbd,
         &gamma_gamma,
         &history.rft,
         &history.mean_repeat_spend,
         &options,
+        params.cancel.as_deref(),
     )?;
     let mut warnings: Vec<String> = gg_fit.correlation_warning().into_iter().collect();
     if gg_fit.excluded_non_positive > 0 {

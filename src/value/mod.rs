@@ -57,6 +57,8 @@ pub enum ValueError {
     InfiniteSpend { q: f64 },
     #[error(transparent)]
     Hyp2f1(#[from] special::Hyp2f1Error),
+    #[error("cancelled")]
+    Cancelled,
     /// An option or date that cannot work, with the request field it is.
     #[error("{message}")]
     Invalid {

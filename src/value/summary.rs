@@ -224,11 +224,19 @@ pub fn summarise(
             t_x: (last_day - start) as f64 / unit_days,
             t: (calibration_end - start) as f64 / unit_days,
         });
-        out.mean_repeat_spend.push(if x == 0 {
+        let mean = if x == 0 {
             f64::NAN
         } else {
             calibration[1..].iter().map(|(_, s)| s).sum::<f64>() / x as f64
-        });
+        };
+        if x > 0 && !mean.is_finite() {
+            // Amounts near the largest float: never a silent stand-in.
+            return Err(ValueError::BadCustomer {
+                index: out.rft.len() - 1,
+                what: "the spend per purchase day does not add up to a finite number".into(),
+            });
+        }
+        out.mean_repeat_spend.push(mean);
         if let (Some(h), Some(holdout)) = (holdout_end, out.holdout_purchases.as_mut()) {
             let n = purchase_days
                 .iter()

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::segment::LogSource;
 use super::Engine;
-use crate::service::error::{ServiceError, ServiceResult};
+use crate::service::error::ServiceResult;
 use crate::service::jobs::{JobKind, JobOutput, JobSnapshot};
 use crate::service::paths::segmentation_content_error;
 use crate::service::storage::{now_ms, OutputKind, SegmentationMeta};
@@ -35,14 +35,15 @@ impl Engine {
             log.recheck(&engine)?;
             let erasures = engine.erasures();
             ctx.phase("fitting the value models");
-            let mut run = run_clv(&log.path, &job.params)
+            let params = ClvParams {
+                cancel: Some(ctx.cancel.clone()),
+                ..job.params.clone()
+            };
+            let mut run = run_clv(&log.path, &params)
                 .map_err(|e| segmentation_content_error(e, log.server_file))?;
             // As for segment jobs: no cell of the log in stored outputs.
             for example in &mut run.summary.bad_rows.examples {
                 example.value.clear();
-            }
-            if ctx.cancel.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err(ServiceError::Cancelled);
             }
             ctx.phase("writing outputs");
             engine.commit(erasures, log.commit_source(), || {

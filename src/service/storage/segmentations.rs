@@ -169,8 +169,18 @@ impl Store {
     }
 
     /// Makes staged outputs visible under their id, atomically, once they
-    /// fit in the quota.
+    /// fit in the quota. Outputs that are not committed are removed: a
+    /// staged customer table must not outlive its job (erasure and deletes
+    /// see committed outputs only).
     pub fn commit_segmentation(&self, staged: &Path, meta: &SegmentationMeta) -> ServiceResult<()> {
+        let committed = self.commit_staged(staged, meta);
+        if committed.is_err() {
+            let _ = fs::remove_dir_all(staged);
+        }
+        committed
+    }
+
+    fn commit_staged(&self, staged: &Path, meta: &SegmentationMeta) -> ServiceResult<()> {
         write_json_atomically(&staged.join("meta.json"), meta).map_err(ServiceError::io)?;
         let bytes = tree_bytes(staged);
         self.reserve(bytes)?;
