@@ -45,13 +45,32 @@ impl Engine {
                 "a customer id is needed",
             ));
         }
-        self.check_name("customer_id", customer_id)?;
+        // Any id a log can hold, tabs and newlines too: only the length is
+        // bounded. (The id is never logged.)
+        let max = self.config.limits.max_name_bytes;
+        if customer_id.len() > max {
+            return Err(ServiceError::invalid(
+                "customer_id",
+                format!("an id of {} bytes; the limit is {max}", customer_id.len()),
+            ));
+        }
         let mut changed = Vec::new();
+        // A log that cannot be read does not stop the others' erasure; the
+        // call then fails naming it, once everything else is done.
+        let mut unreadable = Vec::new();
         for log in self.store.list_transactions()? {
             let path = self.store.transactions_path(&log.id)?;
             let removed = match log.format {
-                TableFormat::Csv => erase_csv(&path, customer_id, log.text_format.delimiter)?,
-                TableFormat::Parquet => erase_parquet_guarded(&path, customer_id)?,
+                TableFormat::Csv => erase_csv(&path, customer_id, log.text_format.delimiter),
+                TableFormat::Parquet => erase_parquet_guarded(&path, customer_id),
+            };
+            let removed = match removed {
+                Ok(n) => n,
+                Err(ServiceError::Internal(_)) => {
+                    unreadable.push(log.id);
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             if removed > 0 {
                 changed.push(Erased {
@@ -63,16 +82,19 @@ impl Engine {
         }
         for seg in self.store.list_segmentations()? {
             let dir = self.store.segmentation_path(&seg.id)?;
+            // The customer's rows: each table holds them once, so the most
+            // any one file lost (not the sum over the copies).
             let mut removed = 0;
             for name in &seg.artifacts {
                 let path = dir.join(name);
-                removed += match name.as_str() {
+                removed = removed.max(match name.as_str() {
                     "customers.csv" => erase_csv(&path, customer_id, Some(Delimiter::Comma))?,
                     "customers.parquet" => erase_parquet_guarded(&path, customer_id)?,
                     "model.json" => erase_model(&path, customer_id)?,
-                    // Reports, charts and segments.json hold aggregates only.
+                    // Reports, charts, segments.json and clv.json hold
+                    // aggregates only.
                     _ => 0,
-                };
+                });
             }
             if removed > 0 {
                 changed.push(Erased {
@@ -90,6 +112,13 @@ impl Engine {
             });
         }
         self.store.recount();
+        if !unreadable.is_empty() {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "the customer was erased everywhere but in transaction log(s) {}, which cannot be \
+                 read (damaged): delete them (DeleteTransactions), then erase again",
+                unreadable.join(", ")
+            )));
+        }
         Ok(changed)
     }
 }

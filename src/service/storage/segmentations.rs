@@ -96,6 +96,27 @@ impl TransactionsWriter {
             .into_inner()
             .map_err(|e| ServiceError::io(e.into_error()))?;
         file.sync_all().map_err(ServiceError::io)?;
+        if self.meta.format == TableFormat::Parquet {
+            // A log that is not Parquet would fail every job and every
+            // erasure that reads it: refused now, while the sender is here.
+            let path = self.tmp.join(log_name(TableFormat::Parquet));
+            let not_parquet = || {
+                ServiceError::invalid(
+                    "header.format",
+                    "the upload is not a valid Parquet file (its footer cannot be read); \
+                     for a text file use FILE_FORMAT_CSV",
+                )
+            };
+            let file = File::open(&path).map_err(ServiceError::io)?;
+            crate::data::guard_parquet(
+                || {
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                        .map(|_| ())
+                        .map_err(|_| not_parquet())
+                },
+                not_parquet,
+            )?;
+        }
         write_json_atomically(&self.tmp.join("meta.json"), &self.meta).map_err(ServiceError::io)?;
         fs::rename(&self.tmp, self.dest.join(&self.meta.id)).map_err(ServiceError::io)?;
         self.committed = true;

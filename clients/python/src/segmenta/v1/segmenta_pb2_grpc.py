@@ -1993,7 +1993,9 @@ class PrivacyServicer:
         """Removes one customer from every stored transaction log, segmentation
         output (customers.csv/.parquet, model.json, segments.json) and job
         record, rewriting each file atomically. A log line is removed when any
-        of its fields equals the id exactly. Reports what changed.
+        of its fields equals the id exactly. Reports what changed. A stored log
+        that cannot be read does not stop the rest: the call then fails with
+        FAILED_PRECONDITION naming it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
