@@ -1727,6 +1727,20 @@ fn clv_over_grpc_matches_the_library_and_writes_its_artifacts() {
         let table =
             String::from_utf8(server.download(&run.id, "customers.csv").await.unwrap()).unwrap();
         assert!(!table.lines().any(|l| l.starts_with(&format!("{first},"))));
+        // In the service's own tables only the customer_id column names a
+        // customer: erasing "3" leaves the customers with x = 3 alone.
+        assert!(table.lines().any(|l| l.split(',').nth(1) == Some("3")));
+        let erased = pb::privacy_client::PrivacyClient::new(server.channel.clone())
+            .erase_customer(pb::EraseCustomerRequest {
+                customer_id: "3".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!erased.changed.iter().any(|c| c.id == run.id), "{erased:?}");
+        let after =
+            String::from_utf8(server.download(&run.id, "customers.csv").await.unwrap()).unwrap();
+        assert_eq!(after, table);
 
         // Bad requests are refused before the job is queued.
         for (bad, code, field) in [
@@ -1820,6 +1834,27 @@ fn clv_over_grpc_matches_the_library_and_writes_its_artifacts() {
         let (failed, _) = server.finish(&job.id).await;
         assert_eq!(failed.state, pb::JobState::Failed as i32);
         assert!(failed.error.contains("holdout end"), "{}", failed.error);
+        // The request's dates are named, the log's are not (job records
+        // quote no cell of the log).
+        let job = server
+            .segmentations()
+            .clv(pb::ClvRequest {
+                calibration_end: "2027-01-01".into(),
+                holdout_end: String::new(),
+                ..request.clone()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let (failed, _) = server.finish(&job.id).await;
+        assert!(
+            failed
+                .error
+                .contains("2027-01-01 is after the last purchase in the log:"),
+            "{}",
+            failed.error
+        );
+        assert!(!failed.error.contains("(202"), "{}", failed.error);
         // A log that is not what its upload says is refused at upload,
         // without quoting its bytes.
         let mut messages = vec![tx_header("log.parquet", pb::FileFormat::Parquet)];

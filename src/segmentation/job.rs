@@ -479,7 +479,12 @@ pub fn run_segmentation(
     let value = match &params.clv {
         Some(options) => {
             control.phase("predicting customer value", 0.12);
-            Some(value_as_of(&log, customers.as_of, options)?)
+            Some(value_as_of(
+                &log,
+                customers.as_of,
+                options,
+                control.fit.cancel.clone(),
+            )?)
         }
         None => None,
     };

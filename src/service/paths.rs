@@ -159,13 +159,19 @@ pub fn segmentation_content_error(e: crate::Error, server_file: bool) -> Service
         ),
         // A parser's message can quote the bytes it choked on, and the path
         // is the server's.
-        crate::Error::Data(
-            DataError::Malformed { .. } | DataError::Io { .. } | DataError::UnknownFormat { .. },
-        ) => ServiceError::invalid(
-            "transactions",
-            "the log cannot be read as the format it was uploaded as (CSV with a header row, \
-             or Parquet with string, number or date columns)",
-        ),
+        // The stored file could not be read: the server's fault, not the
+        // request's (and the path is the server's).
+        crate::Error::Data(DataError::Io { .. }) => {
+            ServiceError::Internal("the stored log could not be read".into())
+        }
+        crate::Error::Value(v) => crate::Error::Value(v.without_log_dates()).into(),
+        crate::Error::Data(DataError::Malformed { .. } | DataError::UnknownFormat { .. }) => {
+            ServiceError::invalid(
+                "transactions",
+                "the log cannot be read as the format it was uploaded as (CSV with a header \
+                 row, or Parquet with string, number or date columns)",
+            )
+        }
         crate::Error::Segmentation(SegmentationError::BadRow {
             row,
             problem,

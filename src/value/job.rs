@@ -144,6 +144,7 @@ pub fn value_as_of(
     log: &TransactionLog,
     as_of: NaiveDate,
     options: &ValueOptions,
+    cancel: Option<Arc<AtomicBool>>,
 ) -> Result<ClvRun, ValueError> {
     let last = log.lines.iter().map(|l| l.day).max().unwrap_or(0);
     let end = day_number(as_of).min(last);
@@ -152,6 +153,7 @@ pub fn value_as_of(
     params.horizon = options.horizon;
     params.discount_rate = options.discount_rate;
     params.churn = options.churn;
+    params.cancel = cancel;
     clv_of_log(log, &params)
 }
 

@@ -68,6 +68,37 @@ pub enum ValueError {
 }
 
 impl ValueError {
+    /// The error without the log's own dates (its first and last purchase,
+    /// written ` (YYYY-MM-DD)`): a service's job records never quote a
+    /// cell of the log. The dates of the request stay.
+    pub fn without_log_dates(self) -> Self {
+        match self {
+            Self::Invalid { field, message } => {
+                let mut out = String::with_capacity(message.len());
+                let mut rest = message.as_str();
+                while let Some(at) = rest.find(" (") {
+                    let tail = &rest[at + 2..];
+                    let is_date = tail.len() >= 11
+                        && tail.as_bytes()[10] == b')'
+                        && chrono::NaiveDate::parse_from_str(&tail[..10], "%Y-%m-%d").is_ok();
+                    out.push_str(&rest[..at]);
+                    if is_date {
+                        rest = &tail[11..];
+                    } else {
+                        out.push_str(" (");
+                        rest = tail;
+                    }
+                }
+                out.push_str(rest);
+                Self::Invalid {
+                    field,
+                    message: out,
+                }
+            }
+            other => other,
+        }
+    }
+
     pub(crate) fn invalid(field: &'static str, message: String) -> Self {
         Self::Invalid { field, message }
     }

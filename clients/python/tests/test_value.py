@@ -109,6 +109,13 @@ def test_segments_with_value_and_a_campaign_measured(client):
         segmenta.uplift(seg, outcomes.drop(columns=["converted"]), client=client)
     with pytest.raises(ValueError, match="one of each per customer"):
         client.uplift(seg.id, ["a", "b"], [True])
+    with pytest.raises(ValueError, match="converted, row 2"):
+        client.uplift(seg.id, ["a", "b"], [1, float("nan")])
+    with pytest.raises(ValueError, match="converted, row 1"):
+        client.uplift(seg.id, ["a"], ["no"])
+    # Empty revenue cells are no revenue, as in the CLI.
+    gaps = outcomes.assign(revenue=outcomes["revenue"].where(outcomes["converted"]))
+    assert segmenta.uplift(seg, gaps, client=client).table.iloc[-1]["uplift"] == overall["uplift"]
     twice = pd.concat([outcomes.head(2), outcomes.head(1)])
     with pytest.raises(segmenta.InvalidArgument, match="same customer id"):
         segmenta.uplift(seg, twice, client=client)

@@ -120,8 +120,9 @@ pub struct ClientUpliftArgs {
     json: bool,
 }
 
-/// Outcome rows per message: well under any message limit.
-const OUTCOMES_PER_BLOCK: usize = 20_000;
+/// Bytes of outcomes per message (an id, a flag and a double each, with
+/// their tags): well under the server's message limit, whatever the ids.
+const BLOCK_BYTES: usize = 1 << 20;
 
 pub async fn uplift(channel: Conn, a: ClientUpliftArgs) -> anyhow::Result<()> {
     use pb::uplift_request::Message;
@@ -131,15 +132,19 @@ pub async fn uplift(channel: Conn, a: ClientUpliftArgs) -> anyhow::Result<()> {
             segmentation_id: a.segmentation.clone(),
         })),
     }];
+    let mut bytes = 0;
     read_outcomes(&a.outcomes, |_, id, converted, revenue| {
-        block.customer_ids.push(id.to_owned());
-        block.converted.push(converted);
-        block.revenue.push(revenue);
-        if block.customer_ids.len() == OUTCOMES_PER_BLOCK {
+        let size = id.len() + 16;
+        if bytes + size > BLOCK_BYTES && !block.customer_ids.is_empty() {
             messages.push(pb::UpliftRequest {
                 message: Some(Message::Outcomes(std::mem::take(&mut block))),
             });
+            bytes = 0;
         }
+        bytes += size;
+        block.customer_ids.push(id.to_owned());
+        block.converted.push(converted);
+        block.revenue.push(revenue);
         Ok(())
     })?;
     if !block.customer_ids.is_empty() {

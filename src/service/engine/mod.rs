@@ -10,7 +10,7 @@ mod privacy;
 mod segment;
 
 pub use clv::ClvJob;
-pub use privacy::Erased;
+pub use privacy::{Erased, Erasure};
 pub use segment::{LogSource, SegmentJob};
 
 use std::collections::HashMap;
@@ -371,11 +371,13 @@ impl Engine {
     }
 
     /// Erases under the commit lock, so no job stores a result read before.
-    pub fn erase_customer(&self, customer_id: &str) -> ServiceResult<Vec<Erased>> {
+    /// The count moves whatever the outcome: a partial erasure changed
+    /// files too, and a running job must not store what it read before.
+    pub fn erase_customer(&self, customer_id: &str) -> ServiceResult<Erasure> {
         let mut guard = self.commits();
-        let erased = self.erase_customer_unlocked(customer_id)?;
+        let erased = self.erase_customer_unlocked(customer_id);
         *guard += 1;
-        Ok(erased)
+        erased
     }
 
     /// Deletes a dataset; with `cascade`, the models fitted on it too,

@@ -34,11 +34,24 @@ pub struct Erased {
     pub rows_removed: u64,
 }
 
+/// What an erasure did, and the stored files it could not read.
+#[derive(Debug, Default)]
+pub struct Erasure {
+    pub changed: Vec<Erased>,
+    /// Logs and outputs whose content could not be parsed (damaged): the
+    /// customer may still be in them.
+    pub unreadable: Vec<String>,
+}
+
+/// The column the service's own customer tables name customers in: only it
+/// is matched there, so erasing customer "3" leaves segment 3 alone.
+const OUTPUT_ID_COLUMN: &str = "customer_id";
+
 impl Engine {
-    /// Removes `customer_id` from every transaction log, segmentation output
-    /// and job record; returns what changed. The caller holds the commit
-    /// lock ([`Engine::erase_customer`]).
-    pub(super) fn erase_customer_unlocked(&self, customer_id: &str) -> ServiceResult<Vec<Erased>> {
+    /// Removes `customer_id` from every transaction log, segmentation or
+    /// CLV output and job record, going on past files it cannot parse. The
+    /// caller holds the commit lock ([`Engine::erase_customer`]).
+    pub(super) fn erase_customer_unlocked(&self, customer_id: &str) -> ServiceResult<Erasure> {
         if customer_id.is_empty() {
             return Err(ServiceError::invalid(
                 "customer_id",
@@ -54,32 +67,25 @@ impl Engine {
                 format!("an id of {} bytes; the limit is {max}", customer_id.len()),
             ));
         }
-        let mut changed = Vec::new();
-        // A log that cannot be read does not stop the others' erasure; the
-        // call then fails naming it, once everything else is done.
-        let mut unreadable = Vec::new();
+        let mut out = Erasure::default();
         for log in self.store.list_transactions()? {
             let path = self.store.transactions_path(&log.id)?;
+            // An uploaded log's customer column is the jobs' business: any
+            // field equal to the id counts.
             let removed = match log.format {
-                TableFormat::Csv => erase_csv(&path, customer_id, log.text_format.delimiter),
-                TableFormat::Parquet => erase_parquet_guarded(&path, customer_id),
+                TableFormat::Csv => erase_csv(&path, customer_id, log.text_format.delimiter, None),
+                TableFormat::Parquet => erase_parquet_guarded(&path, customer_id, None),
             };
-            let removed = match removed {
-                Ok(n) => n,
-                Err(ServiceError::Internal(_)) => {
-                    unreadable.push(log.id);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            if removed > 0 {
-                changed.push(Erased {
+            match readable(removed, &log.id, &mut out.unreadable)? {
+                0 => {}
+                removed => out.changed.push(Erased {
                     kind: "transaction_log",
                     id: log.id,
                     rows_removed: removed,
-                });
+                }),
             }
         }
+        let id_column = Some(OUTPUT_ID_COLUMN);
         for seg in self.store.list_segmentations()? {
             let dir = self.store.segmentation_path(&seg.id)?;
             // The customer's rows: each table holds them once, so the most
@@ -87,17 +93,21 @@ impl Engine {
             let mut removed = 0;
             for name in &seg.artifacts {
                 let path = dir.join(name);
-                removed = removed.max(match name.as_str() {
-                    "customers.csv" => erase_csv(&path, customer_id, Some(Delimiter::Comma))?,
-                    "customers.parquet" => erase_parquet_guarded(&path, customer_id)?,
-                    "model.json" => erase_model(&path, customer_id)?,
+                let erased = match name.as_str() {
+                    "customers.csv" => {
+                        erase_csv(&path, customer_id, Some(Delimiter::Comma), id_column)
+                    }
+                    "customers.parquet" => erase_parquet_guarded(&path, customer_id, id_column),
+                    "model.json" => erase_model(&path, customer_id),
                     // Reports, charts, segments.json and clv.json hold
                     // aggregates only.
-                    _ => 0,
-                });
+                    _ => Ok(0),
+                };
+                let label = format!("{}/{name}", seg.id);
+                removed = removed.max(readable(erased, &label, &mut out.unreadable)?);
             }
             if removed > 0 {
-                changed.push(Erased {
+                out.changed.push(Erased {
                     kind: "segmentation",
                     id: seg.id,
                     rows_removed: removed,
@@ -105,34 +115,67 @@ impl Engine {
             }
         }
         for job in self.jobs.scrub(customer_id) {
-            changed.push(Erased {
+            out.changed.push(Erased {
                 kind: "job",
                 id: job,
                 rows_removed: 0,
             });
         }
         self.store.recount();
-        if !unreadable.is_empty() {
-            return Err(ServiceError::FailedPrecondition(format!(
-                "the customer was erased everywhere but in transaction log(s) {}, which cannot be \
-                 read (damaged): delete them (DeleteTransactions), then erase again",
-                unreadable.join(", ")
-            )));
-        }
-        Ok(changed)
+        Ok(out)
     }
 }
 
+/// A file's erasure: rows removed, or 0 with `label` noted when its content
+/// cannot be parsed. Any other failure (the disk) stops the erasure.
+fn readable(
+    r: ServiceResult<u64>,
+    label: &str,
+    unreadable: &mut Vec<String>,
+) -> ServiceResult<u64> {
+    match r {
+        Err(ServiceError::Internal(m)) if m.starts_with(UNPARSABLE) => {
+            unreadable.push(label.to_owned());
+            Ok(0)
+        }
+        other => other,
+    }
+}
+
+/// The start of every error about a file's content (never its storage).
+const UNPARSABLE: &str = "erasure: ";
+
+/// A file whose content cannot be parsed (see [`readable`]).
 fn storage(e: impl std::fmt::Display) -> ServiceError {
-    ServiceError::Internal(format!("erasure: {e}"))
+    ServiceError::Internal(format!("{UNPARSABLE}{e}"))
 }
 
 /// Rewrites a text table without the records that have a field equal to
 /// `id` (the header is kept); returns how many went. The delimiter is the
 /// one given (as uploaded) or sniffed, as the readers do; a byte-order
 /// mark and the delimiter are kept.
-fn erase_csv(path: &Path, id: &str, delimiter: Option<Delimiter>) -> ServiceResult<u64> {
-    let matches = |r: &csv::ByteRecord| r.iter().any(|f| f.trim_ascii() == id.as_bytes());
+fn erase_csv(
+    path: &Path,
+    id: &str,
+    delimiter: Option<Delimiter>,
+    column: Option<&str>,
+) -> ServiceResult<u64> {
+    // With `column`, only that field of each record (found in the header)
+    // is compared; a table without it holds no such customer.
+    let mut at: Option<Option<usize>> = None;
+    let matches = |r: &csv::ByteRecord, at: &Option<Option<usize>>| match at {
+        Some(Some(i)) => r.get(*i).is_some_and(|f| f.trim_ascii() == id.as_bytes()),
+        Some(None) => false,
+        None => r.iter().any(|f| f.trim_ascii() == id.as_bytes()),
+    };
+    let locate = |header: &csv::ByteRecord| {
+        column.map(|c| {
+            header.iter().position(|f| {
+                let f = f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f);
+                f.trim_ascii() == c.as_bytes()
+            })
+        })
+    };
     let open = || -> ServiceResult<(csv::Reader<BufReader<File>>, u8, bool)> {
         let mut file = BufReader::new(File::open(path).map_err(ServiceError::io)?);
         let bom = std::io::BufRead::fill_buf(&mut file)
@@ -153,7 +196,9 @@ fn erase_csv(path: &Path, id: &str, delimiter: Option<Delimiter>) -> ServiceResu
     let (mut reader, _, _) = open()?;
     let mut first = true;
     while reader.read_byte_record(&mut record).map_err(storage)? {
-        if !std::mem::take(&mut first) && matches(&record) {
+        if std::mem::take(&mut first) {
+            at = locate(&record);
+        } else if matches(&record, &at) {
             hits += 1;
         }
     }
@@ -173,7 +218,7 @@ fn erase_csv(path: &Path, id: &str, delimiter: Option<Delimiter>) -> ServiceResu
             .read_byte_record(&mut record)
             .map_err(std::io::Error::other)?
         {
-            if std::mem::take(&mut first) || !matches(&record) {
+            if std::mem::take(&mut first) || !matches(&record, &at) {
                 writer.write_byte_record(&record)?;
             }
         }
@@ -185,16 +230,16 @@ fn erase_csv(path: &Path, id: &str, delimiter: Option<Delimiter>) -> ServiceResu
 
 /// [`erase_parquet`], a panic in the parquet crate on a damaged file
 /// becoming a storage error.
-fn erase_parquet_guarded(path: &Path, id: &str) -> ServiceResult<u64> {
+fn erase_parquet_guarded(path: &Path, id: &str, column: Option<&str>) -> ServiceResult<u64> {
     crate::data::guard_parquet(
-        || erase_parquet(path, id),
+        || erase_parquet(path, id, column),
         || storage("a damaged Parquet file"),
     )
 }
 
 /// Rewrites a Parquet file without the rows that have a column (read as
-/// text) equal to `id`.
-fn erase_parquet(path: &Path, id: &str) -> ServiceResult<u64> {
+/// text; only `column` when given) equal to `id`.
+fn erase_parquet(path: &Path, id: &str, column: Option<&str>) -> ServiceResult<u64> {
     let read = || -> ServiceResult<_> {
         ParquetRecordBatchReaderBuilder::try_new(File::open(path).map_err(ServiceError::io)?)
             .and_then(|b| b.build())
@@ -202,7 +247,14 @@ fn erase_parquet(path: &Path, id: &str) -> ServiceResult<u64> {
     };
     let keep_mask = |batch: &RecordBatch| -> ServiceResult<BooleanArray> {
         let mut keep = vec![true; batch.num_rows()];
-        for column in batch.columns() {
+        let schema = batch.schema();
+        let chosen = batch
+            .columns()
+            .iter()
+            .zip(schema.fields())
+            .filter(|(_, f)| column.is_none_or(|c| f.name() == c))
+            .map(|(c, _)| c);
+        for column in chosen {
             let Ok(text) = arrow_cast::cast(column, &DataType::Utf8) else {
                 continue;
             };

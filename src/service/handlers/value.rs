@@ -7,7 +7,7 @@ use tonic::{Status, Streaming};
 
 use super::{next_message, UploadPace};
 use crate::experiment::{Assignments, Outcomes, UpliftReport};
-use crate::segmentation::transactions::BadRowPolicy;
+use crate::segmentation::transactions::{BadRowPolicy, TransactionColumns};
 use crate::segmentation::SegmentationError;
 use crate::service::convert::text_format;
 use crate::service::engine::{ClvJob, Engine, LogSource};
@@ -104,7 +104,12 @@ pub(super) fn clv_job(r: pb::ClvRequest) -> ServiceResult<ClvJob> {
     params.horizon = v.horizon;
     params.discount_rate = v.discount_rate;
     params.churn = v.churn;
-    params.columns = super::segmentations::columns(r.columns);
+    // The models count purchase days, as the paper does: an order column
+    // is not read (and cannot fail the job).
+    params.columns = TransactionColumns {
+        order: None,
+        ..super::segmentations::columns(r.columns)
+    };
     params.bad_rows = bad_row_policy(r.bad_rows)?;
     params.max_bad_rows = max_bad_rows(r.max_bad_rows, params.max_bad_rows)?;
     Ok(ClvJob {

@@ -69,6 +69,23 @@ _TIME_UNITS = {"day": pb.TIME_UNIT_DAY, "week": pb.TIME_UNIT_WEEK, "month": pb.T
 _ROLES = ("customer", "date", "amount", "quantity", "order")
 
 
+_TRUE = {1, True, "1", "true", "True", "TRUE"}
+_FALSE = {0, False, "0", "false", "False", "FALSE"}
+
+
+def _converted(value, row: int) -> bool:
+    """0/1 or true/false, strictly: a NaN or ``"no"`` is an error, never a
+    conversion."""
+    try:
+        if value in _TRUE:
+            return True
+        if value in _FALSE:
+            return False
+    except TypeError:
+        pass
+    raise ValueError(f"converted, row {row + 1}: expected 0/1 or true/false, got {value!r}")
+
+
 def _check_source(transactions_id: str, transactions_path: str) -> None:
     if bool(transactions_id) == bool(transactions_path):
         raise ValueError("give one of transactions_id and transactions_path")
@@ -646,7 +663,7 @@ class Client:
         ``block_bytes`` (default half the server's message limit). Nothing
         sent is stored on the server."""
         ids = [str(c) for c in customer_ids]
-        flags = [bool(c) for c in converted]
+        flags = [_converted(c, i) for i, c in enumerate(converted)]
         money = [0.0] * len(ids) if revenue is None else [float(r) for r in revenue]
         if not len(ids) == len(flags) == len(money):
             raise ValueError(f"{len(ids)} customer ids, {len(flags)} converted and {len(money)} "

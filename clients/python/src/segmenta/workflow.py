@@ -16,7 +16,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Union
 
-from .client import Client
+from .client import Client, _value_options
 from .errors import JobFailed, SegmentaError
 from .estimators import _client
 from .v1 import segmenta_pb2 as pb
@@ -217,6 +217,10 @@ def segment(transactions, *, client: Union[None, str, Client] = None, name: str 
     client = _client(client)
     roles = {"customer": customer, "date": date, "amount": amount, "quantity": quantity,
              "order": order}
+    if clv:
+        _value_options(time_unit, horizon, discount_rate, churn_thresholds)  # checked before upload
+    if experiment_salt is not None and holdout_share is None:
+        raise ValueError("experiment_salt needs holdout_share")
 
     def start(log_id):
         return client.start_segment(
@@ -242,14 +246,24 @@ def _run(client: Client, transactions, name: str, start, progress: bool, **text)
     admin key; otherwise a warning names it)."""
     data, name = _log_bytes(transactions, name)
     log = client.upload_transactions(data, name=name, progress=progress, **text)
-    try:
-        job = client.wait(start(log.id), progress=progress)
-    except (JobFailed, SegmentaError, ValueError):
+
+    def forget():
         try:
             client.delete_transactions(log.id, cascade=True)
         except SegmentaError as e:
-            warnings.warn(f"the uploaded log stays on the server as {log.id}: {e}", stacklevel=3)
+            warnings.warn(f"the uploaded log stays on the server as {log.id}: {e}", stacklevel=4)
+
+    try:
+        job = start(log.id)
+    except SegmentaError:
+        forget()  # refused: nothing runs on the log
         raise
+    try:
+        job = client.wait(job, progress=progress)
+    except JobFailed:
+        forget()  # nothing came of the log
+        raise
+    # Any other error (the network) leaves the job running and its log in place.
     return log.id, job
 
 
@@ -317,6 +331,7 @@ def clv(transactions, *, calibration_end: str, client: Union[None, str, Client] 
     client = _client(client)
     roles = {"customer": customer, "date": date, "amount": amount, "quantity": quantity,
              "order": order}
+    _value_options(time_unit, horizon, discount_rate, churn_thresholds)  # checked before upload
 
     def start(log_id):
         return client.start_clv(
@@ -345,9 +360,10 @@ def uplift(segmentation, outcomes, *, client: Union[None, str, Client] = None,
 
     ``segmentation``: a :class:`SegmentResult` (or its id) made with
     ``holdout_share``. ``outcomes``: a DataFrame with one row per customer
-    (columns ``customer``, ``converted`` 0/1, ``revenue``; ``revenue=None``
-    when there is none). Assigned customers without a row count as not
-    converted. Nothing of the outcomes is stored on the server.
+    (columns ``customer``, ``converted`` 0/1 or true/false, ``revenue``,
+    empty meaning 0; ``revenue=None`` when there is none). Assigned
+    customers without a row count as not converted. Nothing of the outcomes
+    is stored on the server.
     """
     pandas = _pandas()
     client = _client(client)
@@ -356,8 +372,8 @@ def uplift(segmentation, outcomes, *, client: Union[None, str, Client] = None,
     if missing:
         raise ValueError(f"outcomes have no column(s) {missing}; they have {list(outcomes.columns)}")
     report = client.uplift(seg_id, outcomes[customer].astype(str).tolist(),
-                           outcomes[converted].astype(bool).tolist(),
-                           None if revenue is None else outcomes[revenue].astype(float).tolist())
+                           outcomes[converted].tolist(),
+                           None if revenue is None else outcomes[revenue].fillna(0.0).astype(float).tolist())
     rows = []
     for u in list(report.segments) + [report.overall]:
         relative = _interval(u, "conversion_relative")
