@@ -35,6 +35,37 @@ pub struct OutputFiles {
     pub charts: Vec<PathBuf>,
 }
 
+impl OutputFiles {
+    /// Every file's name, as a service lists them for download.
+    pub fn names(&self) -> Vec<String> {
+        file_names(
+            [
+                &self.report_html,
+                &self.customers_csv,
+                &self.customers_parquet,
+                &self.segments_json,
+                &self.model_json,
+            ]
+            .into_iter()
+            .chain(&self.charts),
+        )
+    }
+}
+
+/// The file names of `paths`, in order, each once.
+pub(crate) fn file_names<'a>(paths: impl Iterator<Item = &'a PathBuf>) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for p in paths {
+        if let Some(n) = p.file_name() {
+            let n = n.to_string_lossy().into_owned();
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+    }
+    names
+}
+
 /// Writes every output into `dir` (created if needed). Each file is written
 /// under a temporary name and renamed into place, so a crash never leaves a
 /// half-written file under a final name.

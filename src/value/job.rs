@@ -449,16 +449,16 @@ pub struct ClvFiles {
 impl ClvFiles {
     /// Every file's name, as a service lists them for download.
     pub fn names(&self) -> Vec<String> {
-        [
-            &self.report_html,
-            &self.customers_csv,
-            &self.customers_parquet,
-            &self.clv_json,
-        ]
-        .into_iter()
-        .chain(&self.charts)
-        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .collect()
+        crate::segmentation::output::file_names(
+            [
+                &self.report_html,
+                &self.customers_csv,
+                &self.customers_parquet,
+                &self.clv_json,
+            ]
+            .into_iter()
+            .chain(&self.charts),
+        )
     }
 }
 

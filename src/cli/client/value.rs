@@ -10,7 +10,7 @@ use segmenta::experiment::{read_outcomes, UpliftReport};
 use segmenta::service::proto as pb;
 
 use super::segment::{
-    download_all, proto_columns, proto_value, resolve_log, LogRef, LogSourceArgs,
+    download_all, proto_columns, proto_value, resolve_log, say_downloaded, LogRef, LogSourceArgs,
 };
 use super::{proto_text_format, watch, Conn};
 use crate::cli::LogArgs;
@@ -92,12 +92,7 @@ pub async fn clv(channel: Conn, a: ClientClvArgs) -> anyhow::Result<()> {
     }
     crate::cli::clv::print_summary(&serde_json::from_slice(&summary)?);
     if let Some(dir) = &a.out {
-        println!(
-            "{} files downloaded into {}; open {}",
-            run.artifacts.len(),
-            dir.display(),
-            dir.join("clv.html").display()
-        );
+        say_downloaded(&run.artifacts, dir, "clv.html");
     }
     Ok(())
 }

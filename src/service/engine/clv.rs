@@ -8,7 +8,7 @@ use super::Engine;
 use crate::service::error::ServiceResult;
 use crate::service::jobs::{JobKind, JobOutput, JobSnapshot};
 use crate::service::paths::segmentation_content_error;
-use crate::service::storage::{now_ms, OutputKind, SegmentationMeta};
+use crate::service::storage::OutputKind;
 use crate::value::{run_clv, write_clv_outputs, ClvParams, ClvRun};
 
 /// A CLV request, checked and typed.
@@ -29,8 +29,10 @@ impl Engine {
         let log = self.job_log(&job.source, job.text_format.take())?;
         job.params.format = log.format.clone();
         let engine = self.clone();
-        // The fits are a few passes over per-customer sums: CPU work, bounded
-        // by the log's size, which job_log checked.
+        // CPU work: reading the log (sized by job_log), fits over grouped
+        // per-customer sums, then scoring, whose work is the distinct
+        // histories times the horizon (at most ten years) and which stops
+        // on cancel.
         self.spawn(JobKind::Clv, false, origin, move |ctx| {
             log.recheck(&engine)?;
             let erasures = engine.erasures();
@@ -53,22 +55,9 @@ impl Engine {
     }
 
     fn store_clv(&self, run: &ClvRun, source: String) -> ServiceResult<JobOutput> {
-        let (id, staged) = self.store.stage_outputs(OutputKind::Clv)?;
-        let files = match write_clv_outputs(run, &staged) {
-            Ok(files) => files,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&staged);
-                return Err(e.into());
-            }
-        };
-        let meta = SegmentationMeta {
-            id: id.clone(),
-            kind: OutputKind::Clv,
-            source,
-            created_at_ms: now_ms(),
-            artifacts: files.names(),
-        };
-        self.store.commit_segmentation(&staged, &meta)?;
-        Ok(JobOutput::Clv(id))
+        let meta = self.store.store_outputs(OutputKind::Clv, source, |dir| {
+            Ok(write_clv_outputs(run, dir)?.names())
+        })?;
+        Ok(JobOutput::Clv(meta.id))
     }
 }

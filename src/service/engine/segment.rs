@@ -15,7 +15,7 @@ use crate::segmentation::{
 use crate::service::error::{ServiceError, ServiceResult};
 use crate::service::jobs::{JobKind, JobOutput, JobProgress, JobSnapshot};
 use crate::service::paths::{segmentation_content_error, Allowed};
-use crate::service::storage::{now_ms, ModelBody, ModelRecord, OutputKind, SegmentationMeta};
+use crate::service::storage::{ModelBody, ModelRecord, OutputKind};
 
 /// Most values of k one sweep may try (each is a full set of fits).
 const MAX_SWEEP_KS: usize = 64;
@@ -243,44 +243,20 @@ impl Engine {
         run: &crate::segmentation::SegmentRun,
         source: String,
     ) -> ServiceResult<JobOutput> {
-        let (id, staged) = self.store.stage_outputs(OutputKind::Segmentation)?;
-        let written = write_outputs(run, &staged);
-        let files = match written {
-            Ok(files) => files,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&staged);
-                return Err(e.into());
-            }
-        };
-        let mut artifacts: Vec<String> = [
-            &files.report_html,
-            &files.customers_csv,
-            &files.customers_parquet,
-            &files.segments_json,
-            &files.model_json,
-        ]
-        .into_iter()
-        .chain(&files.charts)
-        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .collect();
-        artifacts.dedup();
-        let meta = SegmentationMeta {
-            id: id.clone(),
-            kind: OutputKind::Segmentation,
-            source: source.clone(),
-            created_at_ms: now_ms(),
-            artifacts,
-        };
-        self.store.commit_segmentation(&staged, &meta)?;
+        let meta = self
+            .store
+            .store_outputs(OutputKind::Segmentation, source.clone(), |dir| {
+                Ok(write_outputs(run, dir)?.names())
+            })?;
         // Registered as a model too, so Assign scores new customers with the
         // stored log1p and scaling.
         self.store.put_model(&ModelRecord {
-            id: id.clone(),
+            id: meta.id.clone(),
             dataset_id: source,
             columns: run.model.features.clone(),
             created_at_ms: meta.created_at_ms,
             body: ModelBody::KMeans(run.model.kmeans.clone()),
         })?;
-        Ok(JobOutput::Segmentation(id))
+        Ok(JobOutput::Segmentation(meta.id))
     }
 }

@@ -181,22 +181,34 @@ impl Store {
         Ok(self.transactions.join(id).join(log_name(meta.format)))
     }
 
-    /// A fresh id and an empty staging directory for a job's outputs.
-    pub fn stage_outputs(&self, kind: OutputKind) -> ServiceResult<(String, PathBuf)> {
+    /// Stores a job's outputs under a fresh id: `write` fills a staging
+    /// directory and names the files to list, which become visible at once
+    /// when they fit in the quota. Outputs that are not committed are
+    /// removed: a staged customer table must not outlive its job (erasure
+    /// and deletes see committed outputs only).
+    pub fn store_outputs(
+        &self,
+        kind: OutputKind,
+        source: String,
+        write: impl FnOnce(&Path) -> crate::error::Result<Vec<String>>,
+    ) -> ServiceResult<SegmentationMeta> {
         let id = new_id(kind.prefix());
-        let dir = self.segmentations.join(format!("{TMP}{id}"));
-        fs::create_dir_all(&dir).map_err(ServiceError::io)?;
-        Ok((id, dir))
-    }
-
-    /// Makes staged outputs visible under their id, atomically, once they
-    /// fit in the quota. Outputs that are not committed are removed: a
-    /// staged customer table must not outlive its job (erasure and deletes
-    /// see committed outputs only).
-    pub fn commit_segmentation(&self, staged: &Path, meta: &SegmentationMeta) -> ServiceResult<()> {
-        let committed = self.commit_staged(staged, meta);
+        let staged = self.segmentations.join(format!("{TMP}{id}"));
+        fs::create_dir_all(&staged).map_err(ServiceError::io)?;
+        let committed = write(&staged)
+            .map_err(ServiceError::from)
+            .and_then(|artifacts| {
+                let meta = SegmentationMeta {
+                    id,
+                    kind,
+                    source,
+                    created_at_ms: now_ms(),
+                    artifacts,
+                };
+                self.commit_staged(&staged, &meta).map(|()| meta)
+            });
         if committed.is_err() {
-            let _ = fs::remove_dir_all(staged);
+            let _ = fs::remove_dir_all(&staged);
         }
         committed
     }
