@@ -37,6 +37,17 @@ pub enum BackendError {
     /// bug, never the data's.
     #[error("rows {start}..{end} asked of a matrix of {n} rows")]
     RowRange { start: usize, end: usize, n: usize },
+    /// A seeding kernel called before [`seed_start`](super::Resident::seed_start),
+    /// or a trial kept that was not scored: a caller's bug.
+    #[error("seeding kernel called out of order (seed_start first, seed_keep after seed_score)")]
+    SeedNotStarted,
+    /// Centres or trials of the wrong width or number: a caller's bug.
+    #[error("{what}: expected {expected}, got {got}")]
+    Shape {
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
     /// A kernel this backend does not implement (callers check first).
     #[error("this backend has no {0} kernel")]
     Unsupported(&'static str),

@@ -207,6 +207,65 @@ impl ColumnSums {
     }
 }
 
+/// Every row's weighted seeding potential `w·D²` (`D²`: the squared
+/// distance to the nearest centre chosen so far), summed over blocks of
+/// consecutive rows: all that k-means++ and k-means|| need on the host to
+/// draw rows. The per-row `D²` stays on the backend
+/// ([`Resident::seed_start`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Potential {
+    /// First row of each block, increasing from 0.
+    pub starts: Vec<usize>,
+    /// Σ w·D² of each block (f64 on the host; the device sums a block of a
+    /// few hundred rows in f32).
+    pub sums: Vec<f64>,
+}
+
+impl Potential {
+    /// Σ w·D² over all rows, blocks added in order.
+    pub fn total(&self) -> f64 {
+        self.sums.iter().sum()
+    }
+
+    /// The block in which the running sum of the blocks passes `target`,
+    /// and how far into that block's sum `target` lies. Where rounding
+    /// leaves `target` at or past the total, the last block with a positive
+    /// sum, and an offset past its end ([`Resident::seed_pick`] then gives
+    /// its last row with a positive potential). `None` when every block's
+    /// sum is zero.
+    pub fn find(&self, target: f64) -> Option<(usize, f64)> {
+        let mut before = 0.0;
+        for (b, &s) in self.sums.iter().enumerate() {
+            if s > 0.0 && target < before + s {
+                return Some((b, target - before));
+            }
+            before += s;
+        }
+        let last = self.sums.iter().rposition(|&s| s > 0.0)?;
+        Some((last, f64::INFINITY))
+    }
+}
+
+/// The most trials k-means++ scores at once (`2 + ln k` stays below it for
+/// any k that fits in memory).
+pub const MAX_SEED_CANDIDATES: usize = 32;
+
+/// A uniform number in [0, 1) from `(salt, i)`, the same on every backend:
+/// a 32-bit integer hash (two rounds of multiply–xorshift), so WGSL, which
+/// has no 64-bit integers, computes the same bits. 24 bits of it, so the
+/// f32 is exact.
+pub fn seed_unit(salt: u32, i: u32) -> f32 {
+    let mix = |mut x: u32| {
+        x ^= x >> 16;
+        x = x.wrapping_mul(0x7feb_352d);
+        x ^= x >> 15;
+        x = x.wrapping_mul(0x846c_a68b);
+        x ^= x >> 16;
+        x
+    };
+    (mix(i ^ mix(salt)) >> 8) as f32 / (1u32 << 24) as f32
+}
+
 /// Checks that `rows` lies within `n` resident rows.
 pub(crate) fn check_rows(rows: &Range<usize>, n: usize) -> Result<(), BackendError> {
     if rows.start > rows.end || rows.end > n {
@@ -309,6 +368,35 @@ pub trait Resident: Send {
     fn last_step_device_ms(&mut self) -> Option<f64> {
         None
     }
+
+    /// Seeding (k-means++, k-means||) starts: every row's `D²` becomes its
+    /// squared distance to `centre` (`d` values, computed exactly as
+    /// `Σ (x − c)²`). Returns the potential.
+    fn seed_start(&mut self, centre: &[f32]) -> Result<Potential, BackendError>;
+
+    /// Lowers every row's `D²` to its squared distance to the nearest of
+    /// `centres` (`m × d`) where that is smaller: k-means||'s new
+    /// candidates. Returns the potential.
+    fn seed_lower(&mut self, centres: ArrayView2<f32>) -> Result<Potential, BackendError>;
+
+    /// The potential each of `candidates` (`t × d`, t ≤ [`MAX_SEED_CANDIDATES`])
+    /// would leave if it were chosen, `Σ w·min(D², ‖x − c‖²)`, without
+    /// changing `D²`: k-means++'s scoring of its trials.
+    fn seed_score(&mut self, candidates: ArrayView2<f32>) -> Result<Vec<f64>, BackendError>;
+
+    /// Lowers `D²` by candidate `j` of the last [`seed_score`](Self::seed_score)
+    /// (the trial k-means++ kept). Returns the potential.
+    fn seed_keep(&mut self, j: usize) -> Result<Potential, BackendError>;
+
+    /// For each `(block, offset)` from [`Potential::find`]: the row of that
+    /// block at which the running sum of `w·D²` (from the block's start)
+    /// first exceeds `offset`; past the block's sum, its last row with a
+    /// positive potential.
+    fn seed_pick(&mut self, draws: &[(usize, f64)]) -> Result<Vec<usize>, BackendError>;
+
+    /// k-means|| sampling: the rows `i` with `seed_unit(salt, i) <
+    /// factor · wᵢ·D²ᵢ` (both sides in f32), in increasing order.
+    fn seed_oversample(&mut self, factor: f64, salt: u32) -> Result<Vec<usize>, BackendError>;
 
     /// Column sums about the first row.
     fn column_sums(&mut self) -> Result<ColumnSums, BackendError>;

@@ -70,6 +70,7 @@ impl KMeansParams {
             let seed = self.seed.wrapping_add(run as u64);
             let start = initial_centroids(
                 &init,
+                resident.as_mut(),
                 working.view(),
                 w,
                 self.k,
@@ -99,8 +100,19 @@ impl KMeansParams {
     }
 
     /// The centroids a fit on `x` would start from, in `x`'s units (no
-    /// scaling): for timing and inspecting the initialisation alone.
+    /// scaling), seeded on the CPU: for timing and inspecting the
+    /// initialisation alone.
     pub fn initial_centroids(&self, x: ArrayView2<f32>) -> Result<ndarray::Array2<f32>> {
+        self.initial_centroids_on(&crate::backend::cpu::CpuBackend::new(), x)
+    }
+
+    /// [`initial_centroids`](Self::initial_centroids) with the seeding
+    /// kernels on `backend` (`x` uploaded once).
+    pub fn initial_centroids_on(
+        &self,
+        backend: &dyn Backend,
+        x: ArrayView2<f32>,
+    ) -> Result<ndarray::Array2<f32>> {
         self.check()?;
         check_finite(x, &[])?;
         if self.k > x.nrows() {
@@ -111,8 +123,10 @@ impl KMeansParams {
             .into());
         }
         let x = x.as_standard_layout();
+        let mut resident = backend.upload(x.view(), None)?;
         Ok(initial_centroids(
             &self.init,
+            resident.as_mut(),
             x.view(),
             None,
             self.k,

@@ -183,9 +183,12 @@ impl From<Error> for ServiceError {
                 Self::invalid(field, x.to_string())
             }
             Error::Backend(BackendError::Cancelled) | Error::Cancelled => Self::Cancelled,
-            Error::Backend(e @ (BackendError::RowRange { .. } | BackendError::Unsupported(_))) => {
-                Self::Internal(e.to_string())
-            }
+            Error::Backend(
+                e @ (BackendError::RowRange { .. }
+                | BackendError::Unsupported(_)
+                | BackendError::SeedNotStarted
+                | BackendError::Shape { .. }),
+            ) => Self::Internal(e.to_string()),
         }
     }
 }

@@ -290,6 +290,15 @@ struct Prefetch<'a> {
 }
 
 impl Prefetch<'_> {
+    /// No prefetching (a tile's second and later strips: the first did it).
+    #[inline(always)]
+    fn none(self) -> Self {
+        Prefetch {
+            lines: &[],
+            every: self.every,
+        }
+    }
+
     #[inline(always)]
     fn at_row(self, r: usize) {
         if r & (self.every - 1) == 0 && r / self.every * LINE < self.lines.len() {
@@ -299,10 +308,11 @@ impl Prefetch<'_> {
 }
 
 /// One 16 × 16 tile: for every row, one vector of columns `j0..j0+16`
-/// times sixteen broadcasts of columns `i0..i0+16`; sixteen independent
-/// accumulators keep the FMA units busy.
-// Index loops mirror the register tile; iterators would obscure it.
-#[allow(clippy::needless_range_loop)]
+/// times sixteen broadcasts of columns `i0..i0+16`. With 32 registers the
+/// sixteen accumulators are one register tile; with 16 (AVX2, where each
+/// accumulator is two registers) they would spill, so the tile is summed as
+/// row strips of 6, 6 and 4 (12 accumulator registers, the row vector and a
+/// broadcast), each a pass over the sub-block, which is in L2 anyway.
 #[inline(always)]
 unsafe fn tile<S: F32x16>(
     a: &[f32],
@@ -312,16 +322,37 @@ unsafe fn tile<S: F32x16>(
     gram: &mut [f64],
     ahead: Prefetch,
 ) {
-    let mut acc = [S::splat(0.0); LANES];
+    if S::REGISTERS >= 32 {
+        strip::<S, LANES>(a, dp, i0, j0, gram, ahead);
+    } else {
+        strip::<S, 6>(a, dp, i0, j0, gram, ahead);
+        strip::<S, 6>(a, dp, i0 + 6, j0, gram, ahead.none());
+        strip::<S, 4>(a, dp, i0 + 12, j0, gram, ahead.none());
+    }
+}
+
+/// Rows `i0..i0 + R` of a tile against columns `j0..j0 + 16`.
+// Index loops mirror the register tile; iterators would obscure it.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn strip<S: F32x16, const R: usize>(
+    a: &[f32],
+    dp: usize,
+    i0: usize,
+    j0: usize,
+    gram: &mut [f64],
+    ahead: Prefetch,
+) {
+    let mut acc = [S::splat(0.0); R];
     for (r, row) in a.chunks_exact(dp).enumerate() {
         ahead.at_row(r);
         let p = row.as_ptr();
         let right = S::load(p.add(j0));
-        for ii in 0..LANES {
+        for ii in 0..R {
             acc[ii] = S::fma(S::splat(*p.add(i0 + ii)), right, acc[ii]);
         }
     }
-    for ii in 0..LANES {
+    for ii in 0..R {
         flush::<S>(acc[ii], gram, (i0 + ii) * dp + j0);
     }
 }
@@ -329,7 +360,7 @@ unsafe fn tile<S: F32x16>(
 /// A tile on the diagonal needs only its upper triangle: its first eight
 /// rows as in [`tile`], its last eight only on their last eight columns, in
 /// half-width vectors (a quarter of the tile's work saved where 512-bit
-/// operations are split in two).
+/// operations are split in two). With 16 registers, as three strips.
 // Index loops mirror the register tile; iterators would obscure it.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
@@ -341,6 +372,12 @@ unsafe fn diagonal_tile<S: F32x16>(
     ahead: Prefetch,
 ) {
     const HALF: usize = LANES / 2;
+    if S::REGISTERS < 32 {
+        strip::<S, 6>(a, dp, i0, i0, gram, ahead);
+        strip::<S, 2>(a, dp, i0 + 6, i0, gram, ahead.none());
+        bottom_corner::<S>(a, dp, i0, gram);
+        return;
+    }
     let mut top = [S::splat(0.0); HALF];
     let mut bottom = [S::Half::splat(0.0); HALF];
     for (r, row) in a.chunks_exact(dp).enumerate() {
@@ -353,10 +390,40 @@ unsafe fn diagonal_tile<S: F32x16>(
             bottom[ii] = S::Half::fma(S::Half::splat(*p.add(HALF + ii)), right, bottom[ii]);
         }
     }
-    let mut lanes = [0.0f32; HALF];
     for ii in 0..HALF {
         flush::<S>(top[ii], gram, (i0 + ii) * dp + i0);
-        bottom[ii].store(lanes.as_mut_ptr());
+    }
+    flush_corner::<S>(&bottom, gram, dp, i0);
+}
+
+/// The diagonal tile's last eight rows on their last eight columns.
+// Index loops mirror the register tile; iterators would obscure it.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn bottom_corner<S: F32x16>(a: &[f32], dp: usize, i0: usize, gram: &mut [f64]) {
+    const HALF: usize = LANES / 2;
+    let mut bottom = [S::Half::splat(0.0); HALF];
+    for row in a.chunks_exact(dp) {
+        let p = row.as_ptr().add(i0 + HALF);
+        let right = S::Half::load(p);
+        for ii in 0..HALF {
+            bottom[ii] = S::Half::fma(S::Half::splat(*p.add(ii)), right, bottom[ii]);
+        }
+    }
+    flush_corner::<S>(&bottom, gram, dp, i0);
+}
+
+#[inline(always)]
+unsafe fn flush_corner<S: F32x16>(
+    bottom: &[S::Half; LANES / 2],
+    gram: &mut [f64],
+    dp: usize,
+    i0: usize,
+) {
+    const HALF: usize = LANES / 2;
+    let mut lanes = [0.0f32; HALF];
+    for (ii, b) in bottom.iter().enumerate() {
+        b.store(lanes.as_mut_ptr());
         let at = (i0 + HALF + ii) * dp + i0 + HALF;
         S::add_scaled_f64(&mut gram[at..at + HALF], &lanes, 1.0);
     }

@@ -4,10 +4,15 @@
 //! lanes, below).
 //!
 //! For larger k, scores are `‖c‖² − 2·x·c` (the `‖x‖²` term does not change the argmin), so
-//! the inner loop is a register-blocked matrix product: a tile of [`ROWS`]
-//! rows against a panel of `V × LANES` centroids, stored transposed
+//! the inner loop is a register-blocked matrix product: a tile of `R` rows
+//! against a panel of `V × LANES` centroids, stored transposed
 //! (`[d][V][LANES]`) so that every step is one broadcast and `V` vector FMAs
-//! per row. The best and second-best scores are tracked per lane and reduced
+//! per row. The tile is sized to the register file: `R × V` accumulators,
+//! `V` panel vectors and a broadcast must fit, or the accumulators spill
+//! and every FMA waits on a store and a reload. With AVX-512's 32 registers
+//! that is 4 × 4 (64 centroids); with AVX2's 16 (8 of our 16-lane values)
+//! it is 6 × 1, twelve 8-lane accumulators: 4 × 4 there spilled 24 of its
+//! 32 and ran at a third of the FMA peak. The best and second-best scores are tracked per lane and reduced
 //! across lanes once per row. The winner's distance is then recomputed exactly
 //! as `Σ (x − c)²`, so reported distances do not suffer the expansion's
 //! cancellation.
@@ -17,7 +22,8 @@ use ndarray::ArrayView2;
 use super::simd::{self, F32x16, SimdKernel};
 
 pub const LANES: usize = 16;
-pub const ROWS: usize = 4;
+/// The most rows of a panel tile ([`PackedCentroids::tile_rows`]).
+const MAX_ROWS: usize = 6;
 /// Up to this many centroids, rows go in the lanes instead of centroids
 /// ([`nearest_in_lanes`]): a panel would leave lanes idle, and the per-row
 /// horizontal reductions and distance recomputation would dominate.
@@ -56,6 +62,7 @@ impl<'c> PackedCentroids<'c> {
             };
         }
         let v = match k {
+            _ if simd::level() < simd::Level::Avx512 => 1,
             0..=16 => 1,
             17..=32 => 2,
             _ => 4,
@@ -85,6 +92,16 @@ impl<'c> PackedCentroids<'c> {
     /// Whether the small-k kernel runs (see [`SMALL_K`]).
     fn rows_in_lanes(&self) -> bool {
         self.centroids.nrows() <= SMALL_K
+    }
+
+    /// Rows per tile: 16 in the lanes for small k; for panels, as many as
+    /// the registers hold beside a panel of `v` vectors (module docs).
+    pub fn tile_rows(&self) -> usize {
+        match (self.rows_in_lanes(), self.v) {
+            (true, _) => LANES,
+            (false, 1) => MAX_ROWS,
+            (false, _) => 4,
+        }
     }
 }
 
@@ -180,7 +197,7 @@ fn assign_block_impl<S: F32x16>(
 ) {
     let d = pc.centroids.ncols();
     let m = x.len() / d;
-    let tile_rows = if pc.rows_in_lanes() { LANES } else { ROWS };
+    let tile_rows = pc.tile_rows();
     let mut padded = vec![0.0f32; tile_rows * d];
     let mut columns = vec![0.0f32; LANES * d];
     let mut second = out.second;
@@ -313,7 +330,7 @@ unsafe fn nearest_in_lanes<S: F32x16, const SECOND: bool>(
     }
 }
 
-/// The large-k kernel: [`ROWS`] rows against panels of centroids (see the
+/// The large-k kernel: [`PackedCentroids::tile_rows`] rows against panels of centroids (see the
 /// module docs), then the winner's (and runner-up's) exact distance.
 #[inline(always)]
 unsafe fn nearest_in_panels<S: F32x16>(tile: &[f32], pc: &PackedCentroids, out: TileOut) {
@@ -325,14 +342,15 @@ unsafe fn nearest_in_panels<S: F32x16>(tile: &[f32], pc: &PackedCentroids, out: 
     let mut nearest = [Nearest {
         label: 0,
         second: 0,
-    }; ROWS];
+    }; MAX_ROWS];
+    let near = &mut nearest;
     match (pc.v, out.second.is_some()) {
-        (1, false) => nearest_tile::<S, 1, false>(tile, pc, &mut nearest),
-        (2, false) => nearest_tile::<S, 2, false>(tile, pc, &mut nearest),
-        (_, false) => nearest_tile::<S, 4, false>(tile, pc, &mut nearest),
-        (1, true) => nearest_tile::<S, 1, true>(tile, pc, &mut nearest),
-        (2, true) => nearest_tile::<S, 2, true>(tile, pc, &mut nearest),
-        (_, true) => nearest_tile::<S, 4, true>(tile, pc, &mut nearest),
+        (1, false) => nearest_tile::<S, MAX_ROWS, 1, false>(tile, pc, near),
+        (2, false) => nearest_tile::<S, 4, 2, false>(tile, pc, near),
+        (_, false) => nearest_tile::<S, 4, 4, false>(tile, pc, near),
+        (1, true) => nearest_tile::<S, MAX_ROWS, 1, true>(tile, pc, near),
+        (2, true) => nearest_tile::<S, 4, 2, true>(tile, pc, near),
+        (_, true) => nearest_tile::<S, 4, 4, true>(tile, pc, near),
     }
     let centroid = |c: u32| &centroids[c as usize * d..(c as usize + 1) * d];
     let mut second = out.second;
@@ -420,26 +438,26 @@ impl<S: F32x16> LaneBest<S> {
 // Index loops mirror the register tile; iterators would obscure it.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn nearest_tile<S: F32x16, const V: usize, const SECOND: bool>(
+unsafe fn nearest_tile<S: F32x16, const R: usize, const V: usize, const SECOND: bool>(
     tile: &[f32],
     pc: &PackedCentroids,
-    out: &mut [Nearest; ROWS],
+    out: &mut [Nearest; MAX_ROWS],
 ) {
     let d = pc.centroids.ncols();
-    assert!(tile.len() >= ROWS * d && pc.panels.len() >= pc.n_panels * d * V);
+    assert!(tile.len() >= R * d && pc.panels.len() >= pc.n_panels * d * V);
     let lane_index: [f32; LANES] = std::array::from_fn(|l| l as f32);
     let lane_index = S::load(lane_index.as_ptr());
     let minus_two = S::splat(-2.0);
-    let mut lanes = [LaneBest::<S>::empty(); ROWS];
+    let mut lanes = [LaneBest::<S>::empty(); R];
     for p in 0..pc.n_panels {
         let panel = pc.panels[p * d * V..].as_ptr() as *const f32;
-        let mut acc = [[S::splat(0.0); V]; ROWS];
+        let mut acc = [[S::splat(0.0); V]; R];
         for j in 0..d {
             let mut c = [S::splat(0.0); V];
             for (v, cv) in c.iter_mut().enumerate() {
                 *cv = S::load(panel.add((j * V + v) * LANES));
             }
-            for r in 0..ROWS {
+            for r in 0..R {
                 let xv = S::splat(*tile.get_unchecked(r * d + j));
                 for v in 0..V {
                     acc[r][v] = S::fma(xv, c[v], acc[r][v]);
@@ -450,13 +468,13 @@ unsafe fn nearest_tile<S: F32x16, const V: usize, const SECOND: bool>(
             let norms = S::load(pc.norms[p * V + v].as_ptr());
             let first = S::splat(((p * V + v) * LANES) as f32);
             let idx = S::fma(S::splat(1.0), lane_index, first);
-            for r in 0..ROWS {
+            for r in 0..R {
                 // score = ‖c‖² − 2·x·c
                 lanes[r].update::<SECOND>(S::fma(minus_two, acc[r][v], norms), idx);
             }
         }
     }
-    for r in 0..ROWS {
+    for r in 0..R {
         out[r] = lanes[r].finish::<SECOND>();
     }
 }

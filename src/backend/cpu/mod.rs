@@ -7,9 +7,13 @@
 mod bounded;
 mod gram;
 mod kernel;
+mod peak;
+mod seed;
 mod simd;
 
 pub use kernel::squared_distance;
+pub use peak::fma_peak_gflops;
+pub use simd::{level as simd_level, Level as SimdLevel};
 
 use ndarray::{s, Array2, ArrayView1, ArrayView2, Axis, CowArray, Ix2};
 use rayon::prelude::*;
@@ -18,7 +22,7 @@ use std::ops::Range;
 
 use super::{
     check_rows, Assignment, Backend, BackendError, BackendInfo, BackendKind, BoundShifts, Cancel,
-    ClusterSums, ColumnSums, Resident, RowBounds,
+    ClusterSums, ColumnSums, Potential, Resident, RowBounds, MAX_SEED_CANDIDATES,
 };
 use kernel::{assign_block, BlockOut, PackedCentroids, Partial};
 
@@ -92,6 +96,7 @@ impl CpuBackend {
             labels: Vec::new(),
             distances: Vec::new(),
             second: Vec::new(),
+            seed: seed::Seed::default(),
             cancel: self.cancel.clone(),
         }
     }
@@ -111,10 +116,35 @@ pub struct CpuResident<'a> {
     labels: Vec<u32>,
     distances: Vec<f32>,
     second: Vec<f32>,
+    /// Seeding's per-row state, allocated by [`Resident::seed_start`].
+    seed: seed::Seed,
     cancel: Cancel,
 }
 
 impl CpuResident<'_> {
+    fn seed_rows(&self) -> seed::Rows<'_> {
+        seed::Rows {
+            x: self.x.as_slice().expect("standard layout"),
+            d: self.x.ncols(),
+            weights: self.weights.as_deref(),
+        }
+    }
+
+    /// Checks that seeding has started and `centres` has the rows' width.
+    fn seed_check(&self, centres: &ArrayView2<f32>) -> Result<(), BackendError> {
+        if self.seed.closest.len() != self.x.nrows() {
+            return Err(BackendError::SeedNotStarted);
+        }
+        if centres.ncols() != self.x.ncols() {
+            return Err(BackendError::Shape {
+                what: "seeding centres",
+                expected: self.x.ncols(),
+                got: centres.ncols(),
+            });
+        }
+        Ok(())
+    }
+
     /// Runs the kernel over the blocks of `range`; returns the per-block
     /// partials in block order when `accumulate` is set. Blocks start at
     /// `range.start` and have the whole matrix's block length, so a full
@@ -288,6 +318,107 @@ impl Resident for CpuResident<'_> {
         );
         self.cancel.check()?;
         Ok(into_sums(delta, k, self.x.ncols()))
+    }
+
+    fn seed_start(&mut self, centre: &[f32]) -> Result<Potential, BackendError> {
+        let n = self.x.nrows();
+        self.seed.closest = vec![f32::INFINITY; n];
+        let centre = ArrayView2::from_shape((1, centre.len()), centre).expect("one row");
+        self.seed_score(centre)?;
+        self.seed_keep(0)
+    }
+
+    /// The exhaustive kernel's nearest distances (exact for the winner),
+    /// then a minimum with `D²`.
+    fn seed_lower(&mut self, centres: ArrayView2<f32>) -> Result<Potential, BackendError> {
+        self.seed_check(&centres)?;
+        if centres.nrows() > 0 {
+            self.run(0..self.x.nrows(), centres, false, false);
+            self.cancel.check()?;
+            let distances = std::mem::take(&mut self.distances);
+            self.seed
+                .closest
+                .par_iter_mut()
+                .zip(&distances)
+                .for_each(|(c, &d)| *c = c.min(d));
+            self.distances = distances;
+        }
+        Ok(seed::potential(&self.seed_rows(), &self.seed.closest))
+    }
+
+    fn seed_score(&mut self, candidates: ArrayView2<f32>) -> Result<Vec<f64>, BackendError> {
+        self.seed_check(&candidates)?;
+        let t = candidates.nrows();
+        if t > MAX_SEED_CANDIDATES {
+            return Err(BackendError::Shape {
+                what: "seeding trials (at most 32)",
+                expected: MAX_SEED_CANDIDATES,
+                got: t,
+            });
+        }
+        self.cancel.check()?;
+        let candidates = candidates.as_standard_layout();
+        let mut minima = std::mem::take(&mut self.seed.minima);
+        minima.resize(t * self.x.nrows(), 0.0);
+        let sums = seed::score(
+            &self.seed_rows(),
+            &self.seed.closest,
+            candidates.as_slice().expect("standard layout"),
+            &mut minima,
+        );
+        self.seed.minima = minima;
+        self.seed.trials = t;
+        Ok(sums)
+    }
+
+    fn seed_keep(&mut self, j: usize) -> Result<Potential, BackendError> {
+        if j >= self.seed.trials || self.seed.closest.len() != self.x.nrows() {
+            return Err(BackendError::SeedNotStarted);
+        }
+        let mut state = std::mem::take(&mut self.seed);
+        let potential = seed::keep(&self.seed_rows(), &mut state, j);
+        self.seed = state;
+        Ok(potential)
+    }
+
+    fn seed_pick(&mut self, draws: &[(usize, f64)]) -> Result<Vec<usize>, BackendError> {
+        let n = self.x.nrows();
+        if self.seed.closest.len() != n {
+            return Err(BackendError::SeedNotStarted);
+        }
+        let starts: Vec<usize> = (0..n).step_by(seed::BLOCK).collect();
+        let rows = self.seed_rows();
+        draws
+            .iter()
+            .map(|&(block, offset)| {
+                if block >= starts.len() {
+                    return Err(BackendError::RowRange {
+                        start: block * seed::BLOCK,
+                        end: block * seed::BLOCK + 1,
+                        n,
+                    });
+                }
+                Ok(seed::pick(
+                    &rows,
+                    &self.seed.closest,
+                    &starts,
+                    block,
+                    offset,
+                ))
+            })
+            .collect()
+    }
+
+    fn seed_oversample(&mut self, factor: f64, salt: u32) -> Result<Vec<usize>, BackendError> {
+        if self.seed.closest.len() != self.x.nrows() {
+            return Err(BackendError::SeedNotStarted);
+        }
+        Ok(seed::oversample(
+            &self.seed_rows(),
+            &self.seed.closest,
+            factor,
+            salt,
+        ))
     }
 
     fn column_sums(&mut self) -> Result<ColumnSums, BackendError> {

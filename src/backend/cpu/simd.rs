@@ -10,22 +10,103 @@ pub trait SimdKernel {
     fn run<S: F32x16>(self) -> Self::Output;
 }
 
-/// Runs `kernel` with AVX-512, else AVX2 + FMA, else portable code.
-pub fn dispatch<K: SimdKernel>(kernel: K) -> K::Output {
+/// The vector instruction sets the kernels are compiled for, widest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+impl Level {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Avx512 => "avx512",
+            Self::Avx2 => "avx2",
+            Self::Portable => "portable",
+        }
+    }
+
+    /// Every level this CPU can run, widest first.
+    pub fn available() -> Vec<Level> {
+        let top = detected();
+        [Self::Avx512, Self::Avx2, Self::Portable]
+            .into_iter()
+            .filter(|l| *l <= top)
+            .collect()
+    }
+}
+
+impl std::fmt::Display for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The widest level this CPU supports.
+pub fn detected() -> Level {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512vl")
         {
-            // SAFETY: the CPU supports the features the function is compiled for.
-            return unsafe { run_avx512(kernel) };
+            return Level::Avx512;
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
+            return Level::Avx2;
+        }
+    }
+    Level::Portable
+}
+
+/// The level the kernels run at: the widest the CPU has, or a narrower one
+/// named by `SEGMENTA_SIMD` (`avx2`, `portable`), read once per process.
+/// Narrowing lets an AVX-512 machine measure and test the AVX2 and portable
+/// paths; a level the CPU lacks is never used (it would fault).
+pub fn level() -> Level {
+    static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let top = detected();
+        let asked = match std::env::var("SEGMENTA_SIMD").ok().as_deref() {
+            Some("avx512") => Level::Avx512,
+            Some("avx2") => Level::Avx2,
+            Some("portable") => Level::Portable,
+            Some(other) if !other.is_empty() && other != "auto" => {
+                tracing::warn!(
+                    value = other,
+                    "SEGMENTA_SIMD is not one of avx512, avx2, portable, auto; ignored"
+                );
+                top
+            }
+            _ => top,
+        };
+        asked.min(top)
+    })
+}
+
+/// Runs `kernel` at [`level`]: AVX-512, AVX2 + FMA, or portable code.
+pub fn dispatch<K: SimdKernel>(kernel: K) -> K::Output {
+    dispatch_at(level(), kernel)
+}
+
+/// Runs `kernel` at `level`, or at the CPU's own level where that is
+/// narrower.
+pub fn dispatch_at<K: SimdKernel>(level: Level, kernel: K) -> K::Output {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let level = level.min(detected());
+        if level == Level::Avx512 {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { run_avx512(kernel) };
+        }
+        if level == Level::Avx2 {
             // SAFETY: as above.
             return unsafe { run_avx2(kernel) };
         }
     }
+    let _ = level;
     kernel.run::<Portable>()
 }
 
@@ -62,6 +143,11 @@ pub fn prefetch(p: *const f32) {
 /// require the CPU features their caller was compiled for; loads and stores
 /// also need 16 readable floats.
 pub trait F32x16: Copy {
+    /// How many values of this type the register file holds: register
+    /// tiles are sized to it, since a tile that spills runs at a fraction of
+    /// the FMA rate (AVX-512: 32 registers of 16 lanes; AVX2: 16 of 8, so
+    /// 8 of these).
+    const REGISTERS: usize;
     type Mask: Copy;
     /// Eight lanes, for work that would leave half of a vector idle: on
     /// CPUs that split 512-bit operations in two it costs half as much.
@@ -139,6 +225,9 @@ impl F32x8 for PortableHalf {
 }
 
 impl F32x16 for Portable {
+    /// As for AVX2: what a 128-bit SIMD unit with 32 registers (NEON) or
+    /// 16 (SSE2) holds, near enough.
+    const REGISTERS: usize = 8;
     type Mask = [bool; 16];
     type Half = PortableHalf;
     #[inline(always)]
@@ -212,10 +301,32 @@ mod x86 {
         }
     }
 
+    /// `sums[j] += w · row[j]`, four values per step with a fused multiply-add (`1·x + s` rounds
+    /// exactly as `x + s`). 256-bit on purpose: the next row of the same
+    /// cluster reloads these sums, and where the core splits a 512-bit
+    /// store in two halves the reload cannot be forwarded from them and
+    /// waits for the store to retire (a quarter of the step's time).
+    #[inline(always)]
+    unsafe fn add_scaled_f64_256(sums: &mut [f64], row: &[f32], w: f64) {
+        let d = row.len();
+        assert!(sums.len() >= d);
+        let wv = _mm256_set1_pd(w);
+        let full = d - d % 4;
+        for j in (0..full).step_by(4) {
+            let x = _mm256_cvtps_pd(_mm_loadu_ps(row.as_ptr().add(j)));
+            let s = _mm256_loadu_pd(sums.as_ptr().add(j));
+            _mm256_storeu_pd(sums.as_mut_ptr().add(j), _mm256_fmadd_pd(wv, x, s));
+        }
+        for j in full..d {
+            sums[j] += w * row[j] as f64;
+        }
+    }
+
     #[derive(Clone, Copy)]
     pub struct Avx512(__m512);
 
     impl F32x16 for Avx512 {
+        const REGISTERS: usize = 32;
         type Mask = __mmask16;
         type Half = Half256;
         #[inline(always)]
@@ -234,25 +345,10 @@ mod x86 {
         unsafe fn sub(a: Self, b: Self) -> Self {
             Self(_mm512_sub_ps(a.0, b.0))
         }
-        /// Four values per step with a fused multiply-add (`1·x + s` rounds
-        /// exactly as `x + s`). 256-bit on purpose: the next row of the same
-        /// cluster reloads these sums, and where the core splits a 512-bit
-        /// store in two halves the reload cannot be forwarded from them and
-        /// waits for the store to retire (a quarter of the step's time).
+        /// See [`add_scaled_f64_256`].
         #[inline(always)]
         unsafe fn add_scaled_f64(sums: &mut [f64], row: &[f32], w: f64) {
-            let d = row.len();
-            assert!(sums.len() >= d);
-            let wv = _mm256_set1_pd(w);
-            let full = d - d % 4;
-            for j in (0..full).step_by(4) {
-                let x = _mm256_cvtps_pd(_mm_loadu_ps(row.as_ptr().add(j)));
-                let s = _mm256_loadu_pd(sums.as_ptr().add(j));
-                _mm256_storeu_pd(sums.as_mut_ptr().add(j), _mm256_fmadd_pd(wv, x, s));
-            }
-            for j in full..d {
-                sums[j] += w * row[j] as f64;
-            }
+            add_scaled_f64_256(sums, row, w)
         }
 
         /// In registers, 16 × 16 at a time: a scalar copy would be
@@ -341,8 +437,14 @@ mod x86 {
     pub struct Avx2(__m256, __m256);
 
     impl F32x16 for Avx2 {
+        const REGISTERS: usize = 8;
         type Mask = (__m256, __m256);
         type Half = Half256;
+        /// See [`add_scaled_f64_256`].
+        #[inline(always)]
+        unsafe fn add_scaled_f64(sums: &mut [f64], row: &[f32], w: f64) {
+            add_scaled_f64_256(sums, row, w)
+        }
         #[inline(always)]
         unsafe fn splat(v: f32) -> Self {
             Self(_mm256_set1_ps(v), _mm256_set1_ps(v))

@@ -12,6 +12,10 @@ pub enum Kernel {
     Gram,
     Project,
     Peak,
+    SeedScore,
+    SeedKeep,
+    SeedPick,
+    SeedSample,
 }
 
 /// Binding kinds in binding order: `R` read-only storage, `W` read-write
@@ -24,7 +28,7 @@ enum Slot {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 7] = [
+    pub const ALL: [Kernel; 11] = [
         Kernel::Assign,
         Kernel::Accumulate,
         Kernel::Reduce,
@@ -32,6 +36,10 @@ impl Kernel {
         Kernel::Gram,
         Kernel::Project,
         Kernel::Peak,
+        Kernel::SeedScore,
+        Kernel::SeedKeep,
+        Kernel::SeedPick,
+        Kernel::SeedSample,
     ];
 
     pub fn source(self) -> &'static str {
@@ -43,6 +51,10 @@ impl Kernel {
             Kernel::Gram => include_str!("../../../shaders/gram.wgsl"),
             Kernel::Project => include_str!("../../../shaders/project.wgsl"),
             Kernel::Peak => include_str!("../../../shaders/peak.wgsl"),
+            Kernel::SeedScore => include_str!("../../../shaders/seed_score.wgsl"),
+            Kernel::SeedKeep => include_str!("../../../shaders/seed_keep.wgsl"),
+            Kernel::SeedPick => include_str!("../../../shaders/seed_pick.wgsl"),
+            Kernel::SeedSample => include_str!("../../../shaders/seed_sample.wgsl"),
         }
     }
 
@@ -56,6 +68,10 @@ impl Kernel {
             Kernel::Gram => &[R, R, W, U],
             Kernel::Project => &[R, R, R, W, U],
             Kernel::Peak => &[W, U],
+            Kernel::SeedScore => &[R, R, R, R, W, U],
+            Kernel::SeedKeep => &[R, R, R, R, W, W, U],
+            Kernel::SeedPick => &[R, R, R, W, U],
+            Kernel::SeedSample => &[R, R, W, U],
         }
     }
 
@@ -68,6 +84,10 @@ impl Kernel {
             Kernel::Gram => "gram",
             Kernel::Project => "project",
             Kernel::Peak => "peak",
+            Kernel::SeedScore => "seed score",
+            Kernel::SeedKeep => "seed keep",
+            Kernel::SeedPick => "seed pick",
+            Kernel::SeedSample => "seed sample",
         }
     }
 }

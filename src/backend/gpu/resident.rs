@@ -11,7 +11,8 @@ use super::params::*;
 use super::pipelines::Kernel;
 use super::GpuBackend;
 use crate::backend::{
-    check_rows, Assignment, BackendError, ClusterSums, ColumnSums, GpuError, Resident,
+    check_rows, Assignment, BackendError, ClusterSums, ColumnSums, GpuError, Potential, Resident,
+    MAX_SEED_CANDIDATES,
 };
 
 /// Values at or above this in `second_dists` mean "no second centroid" (k = 1).
@@ -84,6 +85,30 @@ pub struct GpuResident<'a> {
     clusters: Option<Clusters>,
     /// Set up on the first Lloyd step when the device has timestamps.
     timer: Option<Timer>,
+    /// Seeding's per-row state, from [`Resident::seed_start`] on.
+    seed: Option<Seed>,
+}
+
+/// Rows per block of the seeding potential: one workgroup of
+/// `seed_keep.wgsl`, and what `seed_pick.wgsl` scans.
+const SEED_BLOCK: usize = 256;
+
+/// The most rows k-means|| keeps in one round on the device (4 MiB of
+/// indices); the expected number is ℓ = 2k, so more is a bug.
+const MAX_OVERSAMPLE: usize = 1 << 20;
+
+/// Every row's `D²`, per chunk, and the buffers the seeding kernels share.
+struct Seed {
+    closest: Vec<wgpu::Buffer>,
+    /// Σ w·D² per block of [`SEED_BLOCK`] rows, every chunk's blocks in
+    /// row order.
+    blocks: wgpu::Buffer,
+    /// Each chunk's first block.
+    block_offsets: Vec<usize>,
+    n_blocks: usize,
+    /// Up to [`MAX_SEED_CANDIDATES`] rows of `d`: the trials last scored.
+    candidates: wgpu::Buffer,
+    trials: usize,
 }
 
 /// Two timestamps around a Lloyd step's kernels, resolved on the device and
@@ -146,6 +171,7 @@ impl<'a> GpuResident<'a> {
             chunks,
             clusters: None,
             timer: None,
+            seed: None,
         })
     }
 
@@ -433,12 +459,12 @@ impl<'a> GpuResident<'a> {
     /// Runs a per-segment kernel over every chunk, reduces the segments
     /// into groups on the device, and adds the groups' `width` totals in
     /// f64.
-    fn segmented<P: Pod>(
+    fn segmented<'b, P: Pod>(
         &self,
         kernel: Kernel,
         width: usize,
         groups_per_segment: usize,
-        inputs: &[&wgpu::Buffer],
+        inputs: impl Fn(usize) -> Vec<&'b wgpu::Buffer>,
         params: impl Fn(&Chunk, usize, usize) -> P,
     ) -> Result<Vec<f64>, GpuError> {
         let ctx = &self.gpu.ctx;
@@ -450,10 +476,10 @@ impl<'a> GpuResident<'a> {
         let mut encoder = self.encoder("segmented");
         let mut seg_offset = 0;
         let mut keep = Vec::new();
-        for c in &self.chunks {
+        for (i, c) in self.chunks.iter().enumerate() {
             let p = uniform(ctx, "params", &params(c, seg_rows, seg_offset));
             let mut buffers = vec![&c.x];
-            buffers.extend_from_slice(inputs);
+            buffers.extend(inputs(i));
             buffers.extend([&partials, &p]);
             let bind = self.gpu.pipelines.bind(ctx, kernel, &buffers);
             let chunk_segments = c.rows.div_ceil(seg_rows);
@@ -470,6 +496,139 @@ impl<'a> GpuResident<'a> {
         self.dispatch_reduce(&mut encoder, &reduce, width, groups);
         let totals: Vec<f32> = read_back_after(ctx, Some(encoder), &totals, 0, groups * width)?;
         Ok(add_groups(&totals, width))
+    }
+}
+
+impl GpuResident<'_> {
+    /// Builds the seeding buffers (once per resident).
+    fn seed_state(&mut self) -> Result<&Seed, GpuError> {
+        if self.seed.is_none() {
+            let ctx = &self.gpu.ctx;
+            let mut block_offsets = Vec::with_capacity(self.chunks.len());
+            let mut n_blocks = 0;
+            let mut closest = Vec::with_capacity(self.chunks.len());
+            for c in &self.chunks {
+                block_offsets.push(n_blocks);
+                n_blocks += c.rows.div_ceil(SEED_BLOCK);
+                closest.push(storage(ctx, "seed D²", 4 * c.rows as u64, None)?);
+            }
+            self.seed = Some(Seed {
+                closest,
+                blocks: storage(ctx, "seed blocks", 4 * n_blocks as u64, None)?,
+                block_offsets,
+                n_blocks,
+                candidates: storage(
+                    ctx,
+                    "seed candidates",
+                    (4 * MAX_SEED_CANDIDATES * self.d) as u64,
+                    None,
+                )?,
+                trials: 0,
+            });
+        }
+        Ok(self.seed.as_ref().expect("built above"))
+    }
+
+    fn started_seed(&self) -> Result<&Seed, BackendError> {
+        self.seed
+            .as_ref()
+            .filter(|s| s.trials > 0)
+            .ok_or(BackendError::SeedNotStarted)
+    }
+
+    fn check_width(&self, centres: &ArrayView2<f32>) -> Result<(), BackendError> {
+        if centres.ncols() != self.d {
+            return Err(BackendError::Shape {
+                what: "seeding centres",
+                expected: self.d,
+                got: centres.ncols(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs `seed_keep.wgsl` in `mode` over every chunk and reads the block
+    /// sums back (one submission after whatever `encoder` holds).
+    fn seed_update(
+        &self,
+        mut encoder: wgpu::CommandEncoder,
+        mode: u32,
+        j: usize,
+    ) -> Result<Potential, GpuError> {
+        let (ctx, seed) = (&self.gpu.ctx, self.seed.as_ref().expect("seed state built"));
+        let mut keep = Vec::new();
+        for (i, c) in self.chunks.iter().enumerate() {
+            let p = uniform(
+                ctx,
+                "seed keep params",
+                &SeedKeepParams {
+                    rows: c.rows as u32,
+                    d: self.d as u32,
+                    j: j as u32,
+                    mode,
+                    block_offset: seed.block_offsets[i] as u32,
+                    _pad: [0; 3],
+                },
+            );
+            let bind = self.gpu.pipelines.bind(
+                ctx,
+                Kernel::SeedKeep,
+                &[
+                    &c.x,
+                    &c.weights,
+                    &seed.candidates,
+                    &c.dists,
+                    &seed.closest[i],
+                    &seed.blocks,
+                    &p,
+                ],
+            );
+            self.dispatch(
+                &mut encoder,
+                Kernel::SeedKeep,
+                &bind,
+                c.rows.div_ceil(SEED_BLOCK) as u32,
+            );
+            keep.push((bind, p));
+        }
+        self.potential_after(encoder)
+    }
+
+    /// Submits `encoder` and reads the block sums of `D²`.
+    fn potential_after(&self, encoder: wgpu::CommandEncoder) -> Result<Potential, GpuError> {
+        let seed = self.seed.as_ref().expect("seed state built");
+        let sums: Vec<f32> =
+            read_back_after(&self.gpu.ctx, Some(encoder), &seed.blocks, 0, seed.n_blocks)?;
+        let mut starts = Vec::with_capacity(seed.n_blocks);
+        for c in &self.chunks {
+            starts.extend((0..c.rows).step_by(SEED_BLOCK).map(|r| c.start + r));
+        }
+        Ok(Potential {
+            starts,
+            sums: sums.iter().map(|&v| v as f64).collect(),
+        })
+    }
+
+    fn write_candidates(&self, centres: ArrayView2<f32>) {
+        let centres = centres.as_standard_layout();
+        let seed = self.seed.as_ref().expect("seed state built");
+        self.gpu.ctx.queue.write_buffer(
+            &seed.candidates,
+            0,
+            bytemuck::cast_slice(centres.as_slice().expect("standard layout")),
+        );
+    }
+
+    /// The chunk holding seeding block `block`, and the block's first row
+    /// within it.
+    fn seed_block(&self, block: usize) -> Option<(usize, usize)> {
+        let seed = self.seed.as_ref()?;
+        let chunk = seed
+            .block_offsets
+            .partition_point(|&o| o <= block)
+            .checked_sub(1)?;
+        let local = (block - seed.block_offsets[chunk]) * SEED_BLOCK;
+        (local < self.chunks[chunk].rows).then_some((chunk, local))
     }
 }
 
@@ -533,6 +692,193 @@ impl Resident for GpuResident<'_> {
         Some(elapsed as f64 * t.period_ns as f64 * 1e-6)
     }
 
+    fn seed_start(&mut self, centre: &[f32]) -> Result<Potential, BackendError> {
+        if centre.len() != self.d {
+            return Err(BackendError::Shape {
+                what: "seeding centre",
+                expected: self.d,
+                got: centre.len(),
+            });
+        }
+        self.seed_state()?;
+        let centre = ArrayView2::from_shape((1, self.d), centre).expect("one row");
+        self.write_candidates(centre);
+        let potential = self.seed_update(self.encoder("seed start"), SEED_START, 0)?;
+        self.seed.as_mut().expect("built").trials = 1;
+        Ok(potential)
+    }
+
+    /// The assignment kernel's nearest distances (exact for the winner)
+    /// against the new centres, then a minimum with `D²`, in one
+    /// submission.
+    fn seed_lower(&mut self, centres: ArrayView2<f32>) -> Result<Potential, BackendError> {
+        self.started_seed()?;
+        self.check_width(&centres)?;
+        let mut encoder = self.encoder("seed lower");
+        if centres.nrows() == 0 {
+            // Nothing changes: the block sums on the device are current.
+            return Ok(self.potential_after(encoder)?);
+        }
+        self.record_assign(&mut encoder, centres, 0..self.n)?;
+        Ok(self.seed_update(encoder, SEED_LOWER, 0)?)
+    }
+
+    fn seed_score(&mut self, candidates: ArrayView2<f32>) -> Result<Vec<f64>, BackendError> {
+        self.started_seed()?;
+        self.check_width(&candidates)?;
+        let t = candidates.nrows();
+        if t > MAX_SEED_CANDIDATES || t == 0 {
+            return Err(BackendError::Shape {
+                what: "seeding trials (1 to 32)",
+                expected: MAX_SEED_CANDIDATES,
+                got: t,
+            });
+        }
+        self.write_candidates(candidates);
+        let d = self.d;
+        let seed = self.seed.as_ref().expect("started");
+        let totals = self.segmented(
+            Kernel::SeedScore,
+            t,
+            1,
+            |i| vec![&self.chunks[i].weights, &seed.closest[i], &seed.candidates],
+            |c, seg_rows, seg_offset| SeedScoreParams {
+                rows: c.rows as u32,
+                d: d as u32,
+                t: t as u32,
+                seg_rows: seg_rows as u32,
+                seg_offset: seg_offset as u32,
+                _pad: [0; 3],
+            },
+        )?;
+        self.seed.as_mut().expect("started").trials = t;
+        Ok(totals)
+    }
+
+    /// Recomputes the kept trial's distances (one pass): cheaper on a GPU
+    /// than storing every trial's minima.
+    fn seed_keep(&mut self, j: usize) -> Result<Potential, BackendError> {
+        let trials = self.started_seed()?.trials;
+        if j >= trials {
+            return Err(BackendError::SeedNotStarted);
+        }
+        Ok(self.seed_update(self.encoder("seed keep"), SEED_KEEP, j)?)
+    }
+
+    fn seed_pick(&mut self, draws: &[(usize, f64)]) -> Result<Vec<usize>, BackendError> {
+        self.started_seed()?;
+        let ctx = &self.gpu.ctx;
+        let mut out = vec![0usize; draws.len()];
+        for (ci, c) in self.chunks.iter().enumerate() {
+            let mine: Vec<(usize, SeedDraw)> = draws
+                .iter()
+                .enumerate()
+                .filter_map(|(i, &(block, offset))| {
+                    let (chunk, local) = self.seed_block(block)?;
+                    (chunk == ci).then_some((
+                        i,
+                        SeedDraw {
+                            start: local as u32,
+                            offset: offset as f32,
+                        },
+                    ))
+                })
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let list: Vec<SeedDraw> = mine.iter().map(|(_, d)| *d).collect();
+            let buf = storage(
+                ctx,
+                "seed draws",
+                (8 * list.len()) as u64,
+                Some(bytemuck::cast_slice(&list)),
+            )?;
+            let picked = storage(ctx, "seed picked", (4 * list.len()) as u64, None)?;
+            let p = uniform(
+                ctx,
+                "seed pick params",
+                &SeedPickParams {
+                    rows: c.rows as u32,
+                    count: list.len() as u32,
+                    _pad: [0; 2],
+                },
+            );
+            let seed = self.seed.as_ref().expect("started");
+            let bind = self.gpu.pipelines.bind(
+                ctx,
+                Kernel::SeedPick,
+                &[&c.weights, &seed.closest[ci], &buf, &picked, &p],
+            );
+            let mut encoder = self.encoder("seed pick");
+            self.dispatch(&mut encoder, Kernel::SeedPick, &bind, list.len() as u32);
+            let rows: Vec<u32> = read_back_after(ctx, Some(encoder), &picked, 0, list.len())?;
+            for ((i, _), r) in mine.iter().zip(rows) {
+                out[*i] = c.start + r as usize;
+            }
+        }
+        if let Some(&(block, _)) = draws.iter().find(|(b, _)| self.seed_block(*b).is_none()) {
+            return Err(BackendError::RowRange {
+                start: block * SEED_BLOCK,
+                end: block * SEED_BLOCK + 1,
+                n: self.n,
+            });
+        }
+        Ok(out)
+    }
+
+    fn seed_oversample(&mut self, factor: f64, salt: u32) -> Result<Vec<usize>, BackendError> {
+        self.started_seed()?;
+        let ctx = &self.gpu.ctx;
+        let capacity = self.n.min(MAX_OVERSAMPLE);
+        // A count, then room for `capacity` row indices.
+        let picked = storage(ctx, "seed oversample", 4 * (capacity as u64 + 1), None)?;
+        ctx.queue.write_buffer(&picked, 0, &[0u8; 4]);
+        let seed = self.seed.as_ref().expect("started");
+        let mut encoder = self.encoder("seed oversample");
+        let mut keep = Vec::new();
+        for (i, c) in self.chunks.iter().enumerate() {
+            let p = uniform(
+                ctx,
+                "seed sample params",
+                &SeedSampleParams {
+                    rows: c.rows as u32,
+                    first: c.start as u32,
+                    salt,
+                    capacity: capacity as u32,
+                    factor: factor as f32,
+                    _pad: [0; 3],
+                },
+            );
+            let bind = self.gpu.pipelines.bind(
+                ctx,
+                Kernel::SeedSample,
+                &[&c.weights, &seed.closest[i], &picked, &p],
+            );
+            self.dispatch(
+                &mut encoder,
+                Kernel::SeedSample,
+                &bind,
+                c.rows.div_ceil(256) as u32,
+            );
+            keep.push((bind, p));
+        }
+        let count: Vec<u32> = read_back_after(ctx, Some(encoder), &picked, 0, 1)?;
+        let count = count[0] as usize;
+        if count > capacity {
+            return Err(GpuError::Other(format!(
+                "k-means|| kept {count} rows in one round, more than the {capacity} it has room for"
+            ))
+            .into());
+        }
+        let mut rows: Vec<usize> = read_back::<u32>(ctx, &picked, 4, count)?
+            .into_iter()
+            .map(|r| r as usize)
+            .collect();
+        rows.sort_unstable();
+        Ok(rows)
+    }
+
     fn column_sums(&mut self) -> Result<ColumnSums, BackendError> {
         let d = self.d;
         let pivot = storage(
@@ -545,7 +891,7 @@ impl Resident for GpuResident<'_> {
             Kernel::ColSums,
             2 * d,
             1,
-            &[&pivot],
+            |_| vec![&pivot],
             |c, seg_rows, seg_offset| ColSumsParams {
                 rows: c.rows as u32,
                 d: d as u32,
@@ -569,7 +915,7 @@ impl Resident for GpuResident<'_> {
             Kernel::Gram,
             d * d,
             tiles * tiles,
-            &[&mean],
+            |_| vec![&mean],
             |c, seg_rows, seg_offset| GramParams {
                 rows: c.rows as u32,
                 d: d as u32,

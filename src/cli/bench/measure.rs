@@ -25,8 +25,12 @@ pub struct Measurement {
     /// the adapter supports them (k-means on the GPU).
     pub device_median_ms: Option<f64>,
     pub gflops: f64,
-    /// GFLOP/s over the backend's measured peak, when one was measured.
+    /// GFLOP/s over the backend's measured peak, when one was measured:
+    /// on the CPU the matrix-multiply probe, on a GPU its FMA probe.
     pub peak_fraction: Option<f64>,
+    /// GFLOP/s over the FMA roofline of the instruction set the kernels ran
+    /// at (CPU), or the GPU's FMA probe: the same ceiling on every machine.
+    pub fma_fraction: Option<f64>,
     /// Upload, warm-up and every timed repetition.
     pub end_to_end_ms: Option<f64>,
     /// Peak resident host memory during the measurement (Linux).
@@ -66,7 +70,7 @@ pub fn run(
                 KMeansParams::new(k)
                     .init(Init::KMeansPlusPlus)
                     .seed(r as u64)
-                    .initial_centroids(x.view())?;
+                    .initial_centroids_on(backend, x.view())?;
                 Ok(t.elapsed().as_secs_f64() * 1e3)
             })
             .collect::<anyhow::Result<_>>()?,
@@ -74,14 +78,9 @@ pub fn run(
     let end_to_end_ms = started.elapsed().as_secs_f64() * 1e3;
     let (median_ms, min_ms) = median_min(times);
     let info = backend.info();
-    let host_only = matches!(w.task, Task::KMeansPlusPlus { .. });
     Ok(Measurement {
         workload: w.id,
-        implementation: if host_only {
-            "segmenta (host)".into()
-        } else {
-            format!("segmenta {}", info.backend)
-        },
+        implementation: format!("segmenta {}", info.backend),
         adapter: info.adapter,
         unit: w.unit(),
         median_ms,
@@ -89,6 +88,7 @@ pub fn run(
         device_median_ms: (!device_times.is_empty()).then(|| median_min(device_times).0),
         gflops: w.flop() / (median_ms * 1e-3) / 1e9,
         peak_fraction: None,
+        fma_fraction: None,
         end_to_end_ms: Some(end_to_end_ms),
         peak_rss_mib: peak_rss_mib(),
     })

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::output::table;
 use measure::Measurement;
-use segmenta::backend::cpu::CpuBackend;
+use segmenta::backend::cpu::{fma_peak_gflops, simd_level, CpuBackend, SimdLevel};
 use segmenta::backend::gpu::{AdapterPolicy, GpuBackend};
 use segmenta::backend::Backend;
 use segmenta::kmeans::Pruning;
@@ -175,14 +175,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let workloads = selected(&args)?;
     let (backends, gpu_peak) = backends(args.backend, args.quick)?;
-    let cpu_peak = backends
-        .iter()
-        .any(|b| b.info().backend == segmenta::backend::BackendKind::Cpu)
-        .then(measure::cpu_peak_gflops);
+    let on_cpu = |b: &dyn Backend| b.info().backend == segmenta::backend::BackendKind::Cpu;
+    let peaks = Peaks::measure(backends.iter().any(|b| on_cpu(b.as_ref())), gpu_peak);
     let mut results: Vec<Measurement> = Vec::new();
     let mut skipped: Vec<String> = Vec::new();
     for w in &workloads {
-        let on_cpu = |b: &dyn Backend| b.info().backend == segmenta::backend::BackendKind::Cpu;
         let runs: Vec<&dyn Backend> = backends
             .iter()
             .map(|b| b.as_ref())
@@ -198,25 +195,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             eprintln!("{} ...", w.describe());
         }
         let x = data_for(w, args.seed);
-        let host_only = matches!(w.task, Task::KMeansPlusPlus { .. });
         for backend in runs {
             let on_cpu = on_cpu(backend);
             let mut m = measure::run(w, backend, Pruning::Auto, &x, args.iters, args.repeats)?;
-            let peak = if on_cpu || host_only {
-                cpu_peak
-            } else {
-                gpu_peak
-            };
-            m.peak_fraction = peak.map(|p| m.gflops / p);
+            peaks.rate(&mut m, on_cpu);
             results.push(m);
-            if host_only {
-                break; // the same host code whichever backend is chosen
-            }
             if on_cpu && matches!(w.task, Task::Lloyd { .. }) {
                 // The kernels without pruning: what the GPU path computes.
                 let mut m = measure::run(w, backend, Pruning::Off, &x, args.iters, args.repeats)?;
                 m.implementation.push_str(" (exhaustive)");
-                m.peak_fraction = cpu_peak.map(|p| m.gflops / p);
+                peaks.rate(&mut m, true);
                 results.push(m);
             }
         }
@@ -232,8 +220,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 "iters": args.iters,
                 "repeats": args.repeats,
                 "seed": args.seed,
-                "cpu_peak_gflops": cpu_peak,
-                "gpu_peak_gflops": gpu_peak,
+                "cpu_peak_gflops": peaks.cpu_gemm,
+                "cpu_simd_level": peaks.cpu_level,
+                "cpu_fma_peak_gflops": peaks.cpu_fma.iter().map(|(l, g)| (l.name(), *g)).collect::<std::collections::BTreeMap<_, _>>(),
+                "gpu_peak_gflops": peaks.gpu,
                 "workloads": workloads,
                 "results": results,
                 "skipped": skipped,
@@ -241,23 +231,70 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    print_table(&workloads, &results, cpu_peak, gpu_peak);
+    print_table(&workloads, &results, &peaks);
     for s in &skipped {
         println!("skipped: {s}");
     }
     Ok(())
 }
 
-fn print_table(
-    workloads: &[Workload],
-    results: &[Measurement],
-    cpu_peak: Option<f64>,
-    gpu_peak: Option<f64>,
-) {
-    if let Some(p) = cpu_peak {
+/// The ceilings "% of peak" is measured against: the CPU's matrix-multiply
+/// rate and FMA roofline per instruction set, and the GPU's FMA rate.
+struct Peaks {
+    cpu_gemm: Option<f64>,
+    /// The level the CPU kernels run at (`SEGMENTA_SIMD` can narrow it).
+    cpu_level: SimdLevel,
+    /// Every level this CPU has, widest first.
+    cpu_fma: Vec<(SimdLevel, f64)>,
+    gpu: Option<f64>,
+}
+
+impl Peaks {
+    fn measure(cpu: bool, gpu: Option<f64>) -> Self {
+        Self {
+            cpu_gemm: cpu.then(measure::cpu_peak_gflops),
+            cpu_level: simd_level(),
+            cpu_fma: if cpu {
+                SimdLevel::available()
+                    .into_iter()
+                    .map(|l| (l, fma_peak_gflops(l)))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            gpu,
+        }
+    }
+
+    fn rate(&self, m: &mut Measurement, on_cpu: bool) {
+        if on_cpu {
+            let fma = self.cpu_fma.iter().find(|(l, _)| *l == self.cpu_level);
+            m.peak_fraction = self.cpu_gemm.map(|p| m.gflops / p);
+            m.fma_fraction = fma.map(|(_, p)| m.gflops / p);
+        } else {
+            m.peak_fraction = self.gpu.map(|p| m.gflops / p);
+            m.fma_fraction = m.peak_fraction;
+        }
+    }
+}
+
+fn print_table(workloads: &[Workload], results: &[Measurement], peaks: &Peaks) {
+    if let Some(p) = peaks.cpu_gemm {
         println!("CPU matrix-multiply peak, measured: {p:.1} GFLOP/s");
     }
-    if let Some(p) = gpu_peak {
+    if !peaks.cpu_fma.is_empty() {
+        let each: Vec<String> = peaks
+            .cpu_fma
+            .iter()
+            .map(|(l, g)| format!("{l} {g:.1}"))
+            .collect();
+        println!(
+            "CPU FMA peak, measured: {} GFLOP/s; kernels run at {}",
+            each.join(", "),
+            peaks.cpu_level
+        );
+    }
+    if let Some(p) = peaks.gpu {
         println!("GPU FMA peak, measured: {p:.1} GFLOP/s");
     }
     for w in workloads {
@@ -276,6 +313,7 @@ fn print_table(
             "device ms",
             "GFLOP/s",
             "% of peak",
+            "% of FMA",
             "× first",
             "end-to-end ms",
             "peak RSS MiB",
@@ -295,6 +333,7 @@ fn print_table(
                     opt(m.device_median_ms, 2),
                     format!("{:.1}", m.gflops),
                     opt(m.peak_fraction.map(|f| f * 100.0), 0),
+                    opt(m.fma_fraction.map(|f| f * 100.0), 0),
                     format!("{:.2}", m.median_ms / first.median_ms),
                     opt(m.end_to_end_ms, 0),
                     opt(m.peak_rss_mib, 0),

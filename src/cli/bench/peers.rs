@@ -72,6 +72,7 @@ pub fn compare(w: &Workload, x: &Array2<f32>, iters: usize) -> anyhow::Result<Ve
             device_median_ms: None,
             gflops: w.flop() / (median_ms * 1e-3) / 1e9,
             peak_fraction: None,
+            fma_fraction: None,
             end_to_end_ms: None,
             peak_rss_mib: None,
         })
