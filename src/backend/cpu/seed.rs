@@ -58,11 +58,11 @@ pub(super) fn potential(rows: &Rows, closest: &[f32]) -> Potential {
         .enumerate()
         .map(|(b, block)| {
             let start = b * BLOCK;
-            block
-                .iter()
-                .enumerate()
-                .map(|(r, &c)| rows.weight(start + r) as f64 * c as f64)
-                .sum()
+            let mut acc = [0.0f64; 4];
+            for (r, &c) in block.iter().enumerate() {
+                acc[r % 4] += rows.weight(start + r) as f64 * c as f64;
+            }
+            (acc[0] + acc[1]) + (acc[2] + acc[3])
         })
         .collect();
     Potential {
@@ -119,12 +119,30 @@ pub(super) fn score(
     total
 }
 
-/// `closest = minima[j]`, and the new potential.
+/// `closest = minima[j]` and the new potential, in one pass.
 pub(super) fn keep(rows: &Rows, seed: &mut Seed, j: usize) -> Potential {
     let n = rows.n();
-    seed.closest
-        .copy_from_slice(&seed.minima[j * n..(j + 1) * n]);
-    potential(rows, &seed.closest)
+    let kept = &seed.minima[j * n..(j + 1) * n];
+    let sums = seed
+        .closest
+        .par_chunks_mut(BLOCK)
+        .zip(kept.par_chunks(BLOCK))
+        .enumerate()
+        .map(|(b, (out, src))| {
+            out.copy_from_slice(src);
+            let start = b * BLOCK;
+            // Four partial sums break the f64 add chain; fixed order.
+            let mut acc = [0.0f64; 4];
+            for (r, &c) in src.iter().enumerate() {
+                acc[r % 4] += rows.weight(start + r) as f64 * c as f64;
+            }
+            (acc[0] + acc[1]) + (acc[2] + acc[3])
+        })
+        .collect();
+    Potential {
+        starts: (0..n).step_by(BLOCK).collect(),
+        sums,
+    }
 }
 
 /// The row of `block` where the running sum of w·D² first exceeds `offset`
@@ -208,26 +226,37 @@ unsafe fn score_block<S: F32x16>(k: ScoreBlock) -> Vec<f64> {
     let mut sums = vec![S::splat(0.0); t];
     let mut columns = vec![0.0f32; LANES * d];
     let mut tile = vec![0.0f32; LANES * d];
-    let (mut near, mut w, mut minima) = ([0.0f32; LANES], [1.0f32; LANES], [0.0f32; LANES]);
+    let (mut near, mut w, mut minima) = ([0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES]);
     let c = k.candidates.as_ptr();
     let one = S::splat(1.0);
     for t0 in (0..m).step_by(LANES) {
         let rows = LANES.min(m - t0);
-        // A short last tile is padded with zero rows of zero weight.
-        tile[..rows * d].copy_from_slice(&k.x[t0 * d..(t0 + rows) * d]);
-        tile[rows * d..].fill(0.0);
-        near[..rows].copy_from_slice(&k.closest[t0..t0 + rows]);
-        near[rows..].fill(0.0);
-        match k.weights {
-            Some(ws) => {
-                w[..rows].copy_from_slice(&ws[t0..t0 + rows]);
-                w[rows..].fill(0.0);
+        // Whole tiles are read in place; a short last tile is padded with
+        // zero rows of zero weight.
+        let (rows_in, nearv, wv) = if rows == LANES {
+            let wv = match k.weights {
+                Some(ws) => S::load(ws.as_ptr().add(t0)),
+                None => S::splat(1.0),
+            };
+            (
+                &k.x[t0 * d..(t0 + LANES) * d],
+                S::load(k.closest.as_ptr().add(t0)),
+                wv,
+            )
+        } else {
+            tile[..rows * d].copy_from_slice(&k.x[t0 * d..(t0 + rows) * d]);
+            tile[rows * d..].fill(0.0);
+            near[..rows].copy_from_slice(&k.closest[t0..t0 + rows]);
+            near[rows..].fill(0.0);
+            match k.weights {
+                Some(ws) => w[..rows].copy_from_slice(&ws[t0..t0 + rows]),
+                None => w[..rows].fill(1.0),
             }
-            None => w[rows..].fill(0.0),
-        }
-        S::transpose_tile(&tile, d, &mut columns);
+            w[rows..].fill(0.0);
+            (&tile[..], S::load(near.as_ptr()), S::load(w.as_ptr()))
+        };
+        S::transpose_tile(rows_in, d, &mut columns);
         let column = |j: usize| S::load(columns.as_ptr().add(j * LANES));
-        let (nearv, wv) = (S::load(near.as_ptr()), S::load(w.as_ptr()));
         for g in (0..t).step_by(GROUP) {
             let mut even = [S::splat(0.0); GROUP];
             let mut odd = [S::splat(0.0); GROUP];
