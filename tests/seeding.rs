@@ -62,8 +62,8 @@ fn run_kernels(backend: &dyn Backend, x: &Array2<f32>, w: &Array1<f32>) -> Vec<u
         assert_eq!(scores[j], total(&lowered), "score of trial {j}");
     }
     let p = r.seed_keep(3).unwrap();
-    for i in 0..n {
-        closest[i] = closest[i].min(d2(x.row(i), x.row(trials[3])));
+    for (i, c) in closest.iter_mut().enumerate() {
+        *c = c.min(d2(x.row(i), x.row(trials[3])));
     }
     check(&p, &closest, "keep");
     assert!(r.seed_keep(6).is_err(), "a trial that was not scored");
@@ -109,9 +109,9 @@ fn run_kernels(backend: &dyn Backend, x: &Array2<f32>, w: &Array1<f32>) -> Vec<u
     );
     let new = x.select(ndarray::Axis(0), &drawn);
     let p = r.seed_lower(new.view()).unwrap();
-    for i in 0..n {
+    for (i, near) in closest.iter_mut().enumerate() {
         for c in new.rows() {
-            closest[i] = closest[i].min(d2(x.row(i), c));
+            *near = near.min(d2(x.row(i), c));
         }
     }
     check(&p, &closest, "lower");

@@ -159,8 +159,8 @@ pub(super) fn pick(
     let end = starts.get(block + 1).copied().unwrap_or(closest.len());
     let mut acc = 0.0f64;
     let mut last_positive = None;
-    for i in start..end {
-        let v = rows.weight(i) as f64 * closest[i] as f64;
+    for (i, &c) in closest.iter().enumerate().take(end).skip(start) {
+        let v = rows.weight(i) as f64 * c as f64;
         if v > 0.0 {
             acc += v;
             last_positive = Some(i);
