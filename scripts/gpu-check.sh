@@ -151,10 +151,14 @@ doc = {"quick": os.environ["QUICK"] == "1", "elapsed_s": int(os.environ["ELAPSED
 json.dump(doc, open(os.path.join(out, "gpu-check.json"), "w"), indent=1)
 def f(v, d=1):
     return "-" if v is None else f"{v:.{d}f}"
+fma = ", ".join(f"{k} {v:.1f}" for k, v in (peaks["cpu_fma_peak_gflops"] or {}).items())
+peers = sorted({r["implementation"] for r in results if not r["implementation"].startswith("segmenta")})
 lines = [f"# GPU check{' (--quick)' if doc['quick'] else ''}", "",
          f"Elapsed: {doc['elapsed_s']} s. GPU FMA peak: {f(peaks['gpu_peak_gflops'])} GFLOP/s; "
          f"CPU matrix-multiply peak: {f(peaks['cpu_peak_gflops'])} GFLOP/s; "
-         f"CPU FMA peak: {peaks['cpu_fma_peak_gflops']} (kernels at {peaks['cpu_simd_level']}).", "",
+         f"CPU FMA peak: {fma or '-'} GFLOP/s (kernels at {peaks['cpu_simd_level']}).", "",
+         "Peers: " + (", ".join(peers) if peers else
+                      "none ran (scikit-learn or FAISS missing: see gpu-check.log)") + ".", "",
          "| parity | result |", "|---|---|"]
 lines += [f"| {t} | {r} |" for t, r in parity.items()]
 lines += ["", "| workload | implementation | adapter | unit | median ms | GFLOP/s | % of peak |",

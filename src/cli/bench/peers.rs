@@ -45,7 +45,14 @@ pub fn compare(w: &Workload, x: &Array2<f32>, iters: usize) -> anyhow::Result<Ve
         Task::Pca { components } => ("pca", components),
         Task::KMeansPlusPlus { k } => ("kmeans++", k),
     };
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench_peers.py");
+    // The checkout the binary runs in first (a binary carried to another
+    // machine), else the one it was built from.
+    let here = std::path::Path::new("scripts/bench_peers.py");
+    let script = if here.is_file() {
+        here
+    } else {
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench_peers.py"))
+    };
     let out = Command::new("python3")
         .arg(script)
         .arg(dir.path())
