@@ -51,7 +51,10 @@ pub fn compare(w: &Workload, x: &Array2<f32>, iters: usize) -> anyhow::Result<Ve
     let script = if here.is_file() {
         here
     } else {
-        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench_peers.py"))
+        std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/bench_peers.py"
+        ))
     };
     let out = Command::new("python3")
         .arg(script)
