@@ -25,6 +25,13 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(5) var<uniform> params: Params;
 
+// Where a segment's k × (d + 2) partials fit, they are summed in workgroup
+// memory and written out once: a row's add is then a workgroup-memory
+// read-modify-write, not a global one, with the same additions in the
+// same order (the same bits). Each thread owns its columns, so no barrier.
+const LOCAL: u32 = 2048u;
+var<workgroup> local: array<f32, 2048>;
+
 @compute @workgroup_size(64)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -40,6 +47,28 @@ fn main(
     let d = params.d;
     let width = d + 2u;
     let out = (params.seg_offset + seg) * params.k * width;
+    if (params.k * width <= LOCAL) {
+        for (var col = lid; col < width; col += 64u) {
+            for (var c = 0u; c < params.k; c++) {
+                local[c * width + col] = 0.0;
+            }
+            for (var r = start; r < end; r++) {
+                let w = weights[r];
+                var v = w;
+                if (col < d) {
+                    v = w * x[r * d + col];
+                } else if (col > d) {
+                    v = w * dists[r];
+                }
+                let i = labels[r] * width + col;
+                local[i] = local[i] + v;
+            }
+            for (var c = 0u; c < params.k; c++) {
+                partials[out + c * width + col] = local[c * width + col];
+            }
+        }
+        return;
+    }
     for (var col = lid; col < width; col += 64u) {
         for (var c = 0u; c < params.k; c++) {
             partials[out + c * width + col] = 0.0;

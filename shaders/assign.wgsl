@@ -2,8 +2,12 @@
 // of one chunk (a whole chunk, or the part of it in a step's row range).
 //
 // Tiled: each workgroup takes WG·P rows (P per thread). Centroids are staged
-// through workgroup memory in tiles of TK centroids × TD dimensions; each
-// thread keeps a P × TK block of dot products in registers. The argmin uses
+// through workgroup memory in tiles of TK centroids × TD dimensions, stored
+// dimension-major so that one dimension's TK values are four vec4 loads;
+// each thread keeps a P × TK block of dot products in registers (as vec4s)
+// and loads a dimension's centroid values once for its P rows, so a
+// workgroup-memory load feeds P·4 FMA lanes instead of one. The sums are
+// the same FMAs in the same order as a scalar loop: parity is unchanged. The argmin uses
 // the score ‖c‖² − 2·x·c (‖x‖² does not change it); the winner's distance is
 // then recomputed exactly as Σ (x − c)², as the CPU kernel does.
 
@@ -29,7 +33,7 @@ const TK: u32 = 16u;
 const TD: u32 = 16u;
 const BIG: f32 = 3.0e38;
 
-var<workgroup> tile_c: array<f32, 256>; // TK × TD
+var<workgroup> tile_c: array<vec4<f32>, 64>; // TD × TK, as TK / 4 vec4s per dimension
 var<workgroup> tile_norm: array<f32, 16>; // TK
 
 @compute @workgroup_size(64)
@@ -53,15 +57,20 @@ fn main(
         second[p] = BIG;
     }
     for (var c0 = 0u; c0 < k; c0 += TK) {
-        var acc: array<array<f32, 16>, 4>;
+        var acc: array<array<vec4<f32>, 4>, 4>;
         for (var d0 = 0u; d0 < d; d0 += TD) {
             workgroupBarrier();
-            for (var t = lid; t < TK * TD; t += WG) {
-                let c = c0 + t / TD;
-                let j = d0 + t % TD;
-                var v = 0.0;
-                if (c < k && j < d) {
-                    v = centroids[c * d + j];
+            // One vec4 (four centroids of one dimension) per step; reads of
+            // a centroid's dimensions are consecutive across threads.
+            for (var t = lid; t < TK * TD / 4u; t += WG) {
+                let j = t / (TK / 4u);
+                let q = t % (TK / 4u);
+                var v = vec4<f32>(0.0);
+                for (var e = 0u; e < 4u; e++) {
+                    let c = c0 + q * 4u + e;
+                    if (c < k && d0 + j < d) {
+                        v[e] = centroids[c * d + d0 + j];
+                    }
                 }
                 tile_c[t] = v;
             }
@@ -71,10 +80,16 @@ fn main(
             workgroupBarrier();
             let width = min(TD, d - d0);
             for (var j = 0u; j < width; j++) {
+                var c4 = array<vec4<f32>, 4>(
+                    tile_c[j * 4u],
+                    tile_c[j * 4u + 1u],
+                    tile_c[j * 4u + 2u],
+                    tile_c[j * 4u + 3u],
+                );
                 for (var p = 0u; p < P; p++) {
-                    let xv = x[row[p] * d + d0 + j];
-                    for (var c = 0u; c < TK; c++) {
-                        acc[p][c] = fma(xv, tile_c[c * TD + j], acc[p][c]);
+                    let xv = vec4<f32>(x[row[p] * d + d0 + j]);
+                    for (var q = 0u; q < 4u; q++) {
+                        acc[p][q] = fma(xv, c4[q], acc[p][q]);
                     }
                 }
             }
@@ -82,7 +97,7 @@ fn main(
         for (var p = 0u; p < P; p++) {
             for (var c = 0u; c < TK; c++) {
                 if (c0 + c < k) {
-                    let s = tile_norm[c] - 2.0 * acc[p][c];
+                    let s = tile_norm[c] - 2.0 * acc[p][c / 4u][c % 4u];
                     if (s < best[p]) {
                         second[p] = best[p];
                         second_i[p] = best_i[p];
