@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1 ;;
         --prepare) prepare=1 ;;
-        --out) out="$2"; shift ;;
+        --out) out="${2:?--out needs a directory}"; shift ;;
         --out=*) out="${1#--out=}" ;;
         -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "gpu-check: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -45,12 +45,13 @@ build() {
     mkdir -p "$bin"
     cp target/release/segmenta "$bin/segmenta"
     for t in "${tests[@]}"; do
-        exe=$(cargo test --release --test "$t" --no-run --message-format=json 2>/dev/null \
+        exe=$(cargo test --release --test "$t" --no-run --message-format=json \
             | python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["executable"])' | tail -1)
+        [ -n "$exe" ] || { echo "gpu-check: no test executable for $t" >&2; exit 1; }
         cp "$exe" "$bin/$t"
     done
     # Debug info off: the whole checkout travels in 64 MiB.
@@ -62,8 +63,6 @@ if [ "$prepare" = 1 ]; then
     build
     if command -v apt-get >/dev/null; then
         echo "== fetching the Vulkan loader packages into .gl/"
-        grep -qx '/.gl/' .git/info/exclude 2>/dev/null || echo /.gl/ >>.git/info/exclude
-        grep -qx '/.gpu-check/' .git/info/exclude 2>/dev/null || echo /.gpu-check/ >>.git/info/exclude
         mkdir -p .gl /tmp/amd64/partial
         o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
         # shellcheck disable=SC2086
@@ -77,12 +76,19 @@ fi
 
 started=$(date +%s)
 
-# 1. The Vulkan loader, where the machine lacks one.
-if ! ldconfig -p 2>/dev/null | grep -q libvulkan; then
+# 1. The Vulkan loader, where the machine lacks one (as root into /, else
+# into .gl/root with LD_LIBRARY_PATH).
+libs=$(ldconfig -p 2>/dev/null || true)
+if ! grep libvulkan >/dev/null <<<"$libs"; then
     if ls .gl/*.deb >/dev/null 2>&1; then
         echo "== unpacking the Vulkan loader from .gl/"
-        for f in .gl/*.deb; do dpkg -x "$f" /; done
-        ldconfig
+        if [ "$(id -u)" = 0 ]; then
+            for f in .gl/*.deb; do dpkg -x "$f" /; done
+            ldconfig
+        else
+            for f in .gl/*.deb; do dpkg -x "$f" .gl/root; done
+            export LD_LIBRARY_PATH="$PWD/.gl/root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        fi
     else
         echo "gpu-check: no Vulkan loader here and no .gl/ packages (run --prepare where apt-get works)" >&2
     fi
@@ -93,7 +99,9 @@ if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$icd" ]; then
 fi
 
 # 2. The binaries: carried, or built here.
-if [ ! -x "$bin/segmenta" ]; then
+missing=0
+for f in segmenta "${tests[@]}"; do [ -x "$bin/$f" ] || missing=1; done
+if [ "$missing" = 1 ]; then
     if command -v cargo >/dev/null; then
         build
     else
@@ -103,6 +111,7 @@ if [ ! -x "$bin/segmenta" ]; then
 fi
 
 mkdir -p "$out"
+rm -f "$out"/bench-*.json
 log="$out/gpu-check.log"
 : >"$log"
 
@@ -122,23 +131,27 @@ done
 # 4. The benchmark: every backend, the peers beside them. FAISS trains on
 # every row (max_points_per_centroid raised in bench_peers.py).
 workloads=W1,W3,W4,W5
+bench_failed=0
 if [ "$quick" = 1 ]; then
     # --quick with --backend all skips a software adapter: time the GPU
     # on its own, then the CPU and the peers.
     echo "== bench --quick: gpu"
-    "$bin/segmenta" bench --quick --backend gpu --workload "$workloads" --repeats 1 --json >"$out/bench-gpu.json" 2>>"$log"
+    "$bin/segmenta" bench --quick --backend gpu --workload "$workloads" --repeats 1 --json >"$out/bench-gpu.json" 2>>"$log" \
+        || { bench_failed=1; rm -f "$out/bench-gpu.json"; }
     echo "== bench --quick: cpu and peers"
     "$bin/segmenta" bench --quick --backend cpu --workload "$workloads" --repeats 1 --compare --json >"$out/bench-cpu.json" 2>>"$log" \
-        || "$bin/segmenta" bench --quick --backend cpu --workload "$workloads" --repeats 1 --json >"$out/bench-cpu.json" 2>>"$log"
+        || "$bin/segmenta" bench --quick --backend cpu --workload "$workloads" --repeats 1 --json >"$out/bench-cpu.json" 2>>"$log" \
+        || { bench_failed=1; rm -f "$out/bench-cpu.json"; }
 else
     echo "== bench: every backend and the peers"
     "$bin/segmenta" bench --backend all --workload "$workloads" --repeats 3 --compare --json >"$out/bench-all.json" 2>>"$log" \
-        || "$bin/segmenta" bench --backend all --workload "$workloads" --repeats 3 --json >"$out/bench-all.json" 2>>"$log"
+        || "$bin/segmenta" bench --backend all --workload "$workloads" --repeats 3 --json >"$out/bench-all.json" 2>>"$log" \
+        || { bench_failed=1; rm -f "$out/bench-all.json"; }
 fi
 
 # 5. One JSON and one Markdown table.
 PARITY="$(for t in "${tests[@]}"; do echo "$t=${parity[$t]}"; done)" \
-ELAPSED=$(( $(date +%s) - started )) QUICK=$quick OUT="$out" python3 - <<'PY'
+BENCH_FAILED=$bench_failed ELAPSED=$(( $(date +%s) - started )) QUICK=$quick OUT="$out" python3 - <<'PY'
 import glob, json, os
 out = os.environ["OUT"]
 runs = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(out, "bench-*.json")))]
@@ -147,6 +160,7 @@ results = [r for run in runs for r in run["results"]]
 peaks = {k: next((run[k] for run in runs if run.get(k) is not None), None)
          for k in ["cpu_peak_gflops", "gpu_peak_gflops", "cpu_simd_level", "cpu_fma_peak_gflops"]}
 doc = {"quick": os.environ["QUICK"] == "1", "elapsed_s": int(os.environ["ELAPSED"]),
+       "bench_failed": os.environ["BENCH_FAILED"] == "1",
        "parity": parity, **peaks, "results": results}
 json.dump(doc, open(os.path.join(out, "gpu-check.json"), "w"), indent=1)
 def f(v, d=1):
@@ -169,8 +183,12 @@ for r in results:
                  f"{f(r['median_ms'], 2)} | {f(r.get('gflops'))} | {f(pf * 100 if pf else None, 0)} |")
 open(os.path.join(out, "gpu-check.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
+if doc["bench_failed"]:
+    lines.append("\nA benchmark run FAILED: see gpu-check.log.")
+    print(lines[-1])
+    open(os.path.join(out, "gpu-check.md"), "a").write(lines[-1] + "\n")
 failed = [t for t, r in parity.items() if r.startswith("FAILED")]
-if failed:
-    raise SystemExit(f"gpu-check: parity failed: {', '.join(failed)}")
+if failed or doc["bench_failed"]:
+    raise SystemExit(f"gpu-check: failed: {', '.join(failed + (['bench'] if doc['bench_failed'] else []))}")
 PY
 echo "== wrote $out/gpu-check.json and $out/gpu-check.md"

@@ -19,7 +19,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> picked: array<atomic<u32>>;
 @group(0) @binding(3) var<uniform> params: Params;
 
-fn mix(v: u32) -> u32 {
+fn hash_mix(v: u32) -> u32 {
     var x = v;
     x ^= x >> 16u;
     x *= 0x7feb352du;
@@ -40,7 +40,7 @@ fn main(
         return;
     }
     let global = params.first + r;
-    let u = f32(mix(global ^ mix(params.salt)) >> 8u) / 16777216.0;
+    let u = f32(hash_mix(global ^ hash_mix(params.salt)) >> 8u) / 16777216.0;
     if (u < params.factor * weights[r] * closest[r]) {
         let slot = atomicAdd(&picked[0], 1u);
         if (slot < params.capacity) {

@@ -398,6 +398,10 @@ pub trait Resident: Send {
     /// factor · wᵢ·D²ᵢ` (both sides in f32), in increasing order.
     fn seed_oversample(&mut self, factor: f64, salt: u32) -> Result<Vec<usize>, BackendError>;
 
+    /// Frees the seeding state (`D²`, stored trials) once the centres are
+    /// chosen: the Lloyd steps never read it.
+    fn seed_finish(&mut self) {}
+
     /// Column sums about the first row.
     fn column_sums(&mut self) -> Result<ColumnSums, BackendError>;
 

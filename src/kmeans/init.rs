@@ -30,12 +30,15 @@ pub(super) fn initial_centroids(
     cancel: &Cancel,
 ) -> Result<Array2<f32>, BackendError> {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    Ok(match init {
-        Init::Random => random(x, k, &mut rng),
-        Init::KMeansPlusPlus => kmeans_plus_plus(resident, x, weights, k, &mut rng, cancel)?,
-        Init::KMeansParallel => kmeans_parallel(resident, x, weights, k, &mut rng, cancel)?,
-        Init::Given(c) => c.clone(),
-    })
+    let centres = match init {
+        Init::Random => Ok(random(x, k, &mut rng)),
+        Init::KMeansPlusPlus => kmeans_plus_plus(resident, x, weights, k, &mut rng, cancel),
+        Init::KMeansParallel => kmeans_parallel(resident, x, weights, k, &mut rng, cancel),
+        Init::Given(c) => Ok(c.clone()),
+    };
+    // The per-row seeding state is not needed by the Lloyd steps.
+    resident.seed_finish();
+    centres
 }
 
 fn random(x: ArrayView2<f32>, k: usize, rng: &mut Xoshiro256PlusPlus) -> Array2<f32> {
@@ -140,6 +143,7 @@ fn kmeans_parallel(
     cancel: &Cancel,
 ) -> Result<Array2<f32>, BackendError> {
     const ROUNDS: usize = 5;
+    const WEIGHT_SLICES: usize = 32;
     let n = x.nrows();
     let oversample = 2.0 * k as f64;
     let mut chosen = vec![rng.random_range(0..n)];
@@ -164,12 +168,20 @@ fn kmeans_parallel(
         return kmeans_plus_plus(resident, x, weights, k, rng, cancel);
     }
     let candidates = x.select(ndarray::Axis(0), &chosen);
-    let cand_weight: Vec<f32> = resident
-        .lloyd_step(candidates.view())?
-        .weights
-        .iter()
-        .map(|&w| w as f32)
-        .collect();
+    // Lloyd steps over slices of the rows, their weights added: a step's
+    // per-block partials are `candidates × d` each (about 10k × d here),
+    // so one step over every row at once would hold hundreds of them.
+    let mut weight_sums = vec![0.0f64; chosen.len()];
+    let slice = n.div_ceil(WEIGHT_SLICES).max(1);
+    for start in (0..n).step_by(slice) {
+        cancel.check()?;
+        let part = resident.step_rows(start..(start + slice).min(n), candidates.view())?;
+        weight_sums
+            .iter_mut()
+            .zip(&part.weights)
+            .for_each(|(a, b)| *a += b);
+    }
+    let cand_weight: Vec<f32> = weight_sums.iter().map(|&w| w as f32).collect();
     let cpu = CpuBackend::new().with_cancel(cancel.clone());
     let mut small = cpu.upload(
         candidates.view(),

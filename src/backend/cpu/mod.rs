@@ -321,7 +321,14 @@ impl Resident for CpuResident<'_> {
     }
 
     fn seed_start(&mut self, centre: &[f32]) -> Result<Potential, BackendError> {
-        let n = self.x.nrows();
+        let (n, d) = self.x.dim();
+        if centre.len() != d {
+            return Err(BackendError::Shape {
+                what: "seeding centre",
+                expected: d,
+                got: centre.len(),
+            });
+        }
         self.seed.closest = vec![f32::INFINITY; n];
         let centre = ArrayView2::from_shape((1, centre.len()), centre).expect("one row");
         self.seed_score(centre)?;
@@ -343,15 +350,17 @@ impl Resident for CpuResident<'_> {
                 .for_each(|(c, &d)| *c = c.min(d));
             self.distances = distances;
         }
+        // The stored trials were scored against the old D².
+        self.seed.trials = 0;
         Ok(seed::potential(&self.seed_rows(), &self.seed.closest))
     }
 
     fn seed_score(&mut self, candidates: ArrayView2<f32>) -> Result<Vec<f64>, BackendError> {
         self.seed_check(&candidates)?;
         let t = candidates.nrows();
-        if t > MAX_SEED_CANDIDATES {
+        if t > MAX_SEED_CANDIDATES || t == 0 {
             return Err(BackendError::Shape {
-                what: "seeding trials (at most 32)",
+                what: "seeding trials (1 to 32)",
                 expected: MAX_SEED_CANDIDATES,
                 got: t,
             });
@@ -407,6 +416,10 @@ impl Resident for CpuResident<'_> {
                 ))
             })
             .collect()
+    }
+
+    fn seed_finish(&mut self) {
+        self.seed = seed::Seed::default();
     }
 
     fn seed_oversample(&mut self, factor: f64, salt: u32) -> Result<Vec<usize>, BackendError> {

@@ -827,6 +827,10 @@ impl Resident for GpuResident<'_> {
         Ok(out)
     }
 
+    fn seed_finish(&mut self) {
+        self.seed = None;
+    }
+
     fn seed_oversample(&mut self, factor: f64, salt: u32) -> Result<Vec<usize>, BackendError> {
         self.started_seed()?;
         let ctx = &self.gpu.ctx;
