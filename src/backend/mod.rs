@@ -266,6 +266,31 @@ pub fn seed_unit(salt: u32, i: u32) -> f32 {
     (mix(i ^ mix(salt)) >> 8) as f32 / (1u32 << 24) as f32
 }
 
+/// Checks that seeding centres have the rows' width `d` (every backend
+/// refuses the same way).
+pub(crate) fn check_seed_width(d: usize, got: usize) -> Result<(), BackendError> {
+    if got != d {
+        return Err(BackendError::Shape {
+            what: "seeding centres",
+            expected: d,
+            got,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a number of k-means++ trials: 1 to [`MAX_SEED_CANDIDATES`].
+pub(crate) fn check_seed_trials(t: usize) -> Result<(), BackendError> {
+    if t > MAX_SEED_CANDIDATES || t == 0 {
+        return Err(BackendError::Shape {
+            what: "seeding trials (1 to 32)",
+            expected: MAX_SEED_CANDIDATES,
+            got: t,
+        });
+    }
+    Ok(())
+}
+
 /// Checks that `rows` lies within `n` resident rows.
 pub(crate) fn check_rows(rows: &Range<usize>, n: usize) -> Result<(), BackendError> {
     if rows.start > rows.end || rows.end > n {

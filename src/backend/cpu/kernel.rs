@@ -251,7 +251,47 @@ fn assign_block_impl<S: F32x16>(
 
 /// Centroids scored together in [`nearest_in_lanes`]: with two partial sums
 /// each, eight independent FMA chains hide the FMA latency.
-const GROUP: usize = 4;
+pub const GROUP: usize = 4;
+
+/// Exact squared distances `Σ (x − c)²` of sixteen rows (a transposed
+/// tile: `columns[j · 16 + r]`) to the [`GROUP`] centres stored row-major
+/// from `centres` (`GROUP × d` values), even and odd dimensions in two
+/// sums each, added last.
+///
+/// # Safety
+/// The caller was compiled with S's CPU features; `columns` holds `16 · d`
+/// values and `centres` points at `GROUP · d` readable ones.
+// Index loops mirror the register tile; iterators would obscure it.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+pub unsafe fn group_distances<S: F32x16>(
+    columns: &[f32],
+    centres: *const f32,
+    d: usize,
+) -> [S; GROUP] {
+    let column = |j: usize| S::load(columns.as_ptr().add(j * LANES));
+    let mut even = [S::splat(0.0); GROUP];
+    let mut odd = [S::splat(0.0); GROUP];
+    let mut j = 0;
+    while j + 1 < d {
+        for q in 0..GROUP {
+            let row = centres.add(q * d + j);
+            let a = S::sub(column(j), S::splat(*row));
+            even[q] = S::fma(a, a, even[q]);
+            let b = S::sub(column(j + 1), S::splat(*row.add(1)));
+            odd[q] = S::fma(b, b, odd[q]);
+        }
+        j += 2;
+    }
+    if j < d {
+        for q in 0..GROUP {
+            let a = S::sub(column(j), S::splat(*centres.add(q * d + j)));
+            even[q] = S::fma(a, a, even[q]);
+        }
+    }
+    let one = S::splat(1.0);
+    std::array::from_fn(|q| S::fma(one, even[q], odd[q]))
+}
 
 /// The small-k kernel: sixteen rows in the lanes of one vector, centroids in
 /// an outer loop. The tile is transposed once (in registers where the CPU
@@ -276,33 +316,12 @@ unsafe fn nearest_in_lanes<S: F32x16, const SECOND: bool>(
     );
     S::transpose_tile(tile, d, columns);
     let columns: &[f32] = columns;
-    let column = |j: usize| S::load(columns.as_ptr().add(j * LANES));
     let c = pc.grouped.as_ptr();
-    let one = S::splat(1.0);
     let mut lanes = LaneBest::<S>::empty();
     for g in (0..k).step_by(GROUP) {
-        let mut even = [S::splat(0.0); GROUP];
-        let mut odd = [S::splat(0.0); GROUP];
-        let mut j = 0;
-        while j + 1 < d {
-            for q in 0..GROUP {
-                let row = c.add((g + q) * d + j);
-                let a = S::sub(column(j), S::splat(*row));
-                even[q] = S::fma(a, a, even[q]);
-                let b = S::sub(column(j + 1), S::splat(*row.add(1)));
-                odd[q] = S::fma(b, b, odd[q]);
-            }
-            j += 2;
-        }
-        if j < d {
-            for q in 0..GROUP {
-                let a = S::sub(column(j), S::splat(*c.add((g + q) * d + j)));
-                even[q] = S::fma(a, a, even[q]);
-            }
-        }
+        let dist = group_distances::<S>(columns, c.add(g * d), d);
         for q in 0..GROUP.min(k - g) {
-            let dist = S::fma(one, even[q], odd[q]);
-            lanes.update::<SECOND>(dist, S::splat((g + q) as f32));
+            lanes.update::<SECOND>(dist[q], S::splat((g + q) as f32));
         }
     }
     let rows = out.labels.len();

@@ -21,8 +21,9 @@ use rayon::prelude::*;
 use std::ops::Range;
 
 use super::{
-    check_rows, Assignment, Backend, BackendError, BackendInfo, BackendKind, BoundShifts, Cancel,
-    ClusterSums, ColumnSums, Potential, Resident, RowBounds, MAX_SEED_CANDIDATES,
+    check_rows, check_seed_trials, check_seed_width, Assignment, Backend, BackendError,
+    BackendInfo, BackendKind, BoundShifts, Cancel, ClusterSums, ColumnSums, Potential, Resident,
+    RowBounds,
 };
 use kernel::{assign_block, BlockOut, PackedCentroids, Partial};
 
@@ -135,14 +136,7 @@ impl CpuResident<'_> {
         if self.seed.closest.len() != self.x.nrows() {
             return Err(BackendError::SeedNotStarted);
         }
-        if centres.ncols() != self.x.ncols() {
-            return Err(BackendError::Shape {
-                what: "seeding centres",
-                expected: self.x.ncols(),
-                got: centres.ncols(),
-            });
-        }
-        Ok(())
+        check_seed_width(self.x.ncols(), centres.ncols())
     }
 
     /// Runs the kernel over the blocks of `range`; returns the per-block
@@ -322,13 +316,7 @@ impl Resident for CpuResident<'_> {
 
     fn seed_start(&mut self, centre: &[f32]) -> Result<Potential, BackendError> {
         let (n, d) = self.x.dim();
-        if centre.len() != d {
-            return Err(BackendError::Shape {
-                what: "seeding centre",
-                expected: d,
-                got: centre.len(),
-            });
-        }
+        check_seed_width(d, centre.len())?;
         self.seed.closest = vec![f32::INFINITY; n];
         let centre = ArrayView2::from_shape((1, centre.len()), centre).expect("one row");
         self.seed_score(centre)?;
@@ -358,13 +346,7 @@ impl Resident for CpuResident<'_> {
     fn seed_score(&mut self, candidates: ArrayView2<f32>) -> Result<Vec<f64>, BackendError> {
         self.seed_check(&candidates)?;
         let t = candidates.nrows();
-        if t > MAX_SEED_CANDIDATES || t == 0 {
-            return Err(BackendError::Shape {
-                what: "seeding trials (1 to 32)",
-                expected: MAX_SEED_CANDIDATES,
-                got: t,
-            });
-        }
+        check_seed_trials(t)?;
         self.cancel.check()?;
         let candidates = candidates.as_standard_layout();
         let mut minima = std::mem::take(&mut self.seed.minima);

@@ -5,7 +5,8 @@
 //! Scoring a k-means++ step is the hot loop: `t = 2 + ln k` trials against
 //! every row. Sixteen rows go in the lanes of a vector (the tile transposed
 //! once), four trials at a time with two partial sums each (eight
-//! independent FMA chains), distances exact as `Σ (x − c)²`. Each trial's
+//! independent FMA chains, the small-k assignment kernel's
+//! `group_distances`), distances exact as `Σ (x − c)²`. Each trial's
 //! `min(D², d²)` is stored (trial-major), so keeping the winner is a copy,
 //! not another pass over the rows; weighted sums go into per-lane f32
 //! accumulators, added in f64 once per block. The kernel reads each row once
@@ -14,6 +15,7 @@
 
 use rayon::prelude::*;
 
+use super::kernel::{group_distances, GROUP};
 use super::simd::{self, F32x16, SimdKernel};
 use crate::backend::{seed_unit, Potential};
 
@@ -21,8 +23,6 @@ use crate::backend::{seed_unit, Potential};
 /// order on every run.
 pub const BLOCK: usize = 4096;
 const LANES: usize = 16;
-/// Trials scored together.
-const GROUP: usize = 4;
 
 /// The per-row seeding state.
 #[derive(Default)]
@@ -228,7 +228,6 @@ unsafe fn score_block<S: F32x16>(k: ScoreBlock) -> Vec<f64> {
     let mut tile = vec![0.0f32; LANES * d];
     let (mut near, mut w, mut minima) = ([0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES]);
     let c = k.candidates.as_ptr();
-    let one = S::splat(1.0);
     for t0 in (0..m).step_by(LANES) {
         let rows = LANES.min(m - t0);
         // Whole tiles are read in place; a short last tile is padded with
@@ -256,29 +255,10 @@ unsafe fn score_block<S: F32x16>(k: ScoreBlock) -> Vec<f64> {
             (&tile[..], S::load(near.as_ptr()), S::load(w.as_ptr()))
         };
         S::transpose_tile(rows_in, d, &mut columns);
-        let column = |j: usize| S::load(columns.as_ptr().add(j * LANES));
         for g in (0..t).step_by(GROUP) {
-            let mut even = [S::splat(0.0); GROUP];
-            let mut odd = [S::splat(0.0); GROUP];
-            let mut j = 0;
-            while j + 1 < d {
-                for q in 0..GROUP {
-                    let row = c.add((g + q) * d + j);
-                    let a = S::sub(column(j), S::splat(*row));
-                    even[q] = S::fma(a, a, even[q]);
-                    let b = S::sub(column(j + 1), S::splat(*row.add(1)));
-                    odd[q] = S::fma(b, b, odd[q]);
-                }
-                j += 2;
-            }
-            if j < d {
-                for q in 0..GROUP {
-                    let a = S::sub(column(j), S::splat(*c.add((g + q) * d + j)));
-                    even[q] = S::fma(a, a, even[q]);
-                }
-            }
+            let dists = group_distances::<S>(&columns, c.add(g * d), d);
             for q in 0..GROUP.min(t - g) {
-                let dist = S::fma(one, even[q], odd[q]);
+                let dist = dists[q];
                 // min(D², d²): D² where it is not larger.
                 let lower = S::select(S::lt(dist, nearv), dist, nearv);
                 sums[g + q] = S::fma(wv, lower, sums[g + q]);

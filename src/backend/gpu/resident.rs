@@ -11,8 +11,8 @@ use super::params::*;
 use super::pipelines::Kernel;
 use super::GpuBackend;
 use crate::backend::{
-    check_rows, Assignment, BackendError, ClusterSums, ColumnSums, GpuError, Potential, Resident,
-    MAX_SEED_CANDIDATES,
+    check_rows, check_seed_trials, check_seed_width, Assignment, BackendError, ClusterSums,
+    ColumnSums, GpuError, Potential, Resident, MAX_SEED_CANDIDATES,
 };
 
 /// Values at or above this in `second_dists` mean "no second centroid" (k = 1).
@@ -536,17 +536,6 @@ impl GpuResident<'_> {
             .ok_or(BackendError::SeedNotStarted)
     }
 
-    fn check_width(&self, centres: &ArrayView2<f32>) -> Result<(), BackendError> {
-        if centres.ncols() != self.d {
-            return Err(BackendError::Shape {
-                what: "seeding centres",
-                expected: self.d,
-                got: centres.ncols(),
-            });
-        }
-        Ok(())
-    }
-
     /// Runs `seed_keep.wgsl` in `mode` over every chunk and reads the block
     /// sums back (one submission after whatever `encoder` holds).
     fn seed_update(
@@ -693,13 +682,7 @@ impl Resident for GpuResident<'_> {
     }
 
     fn seed_start(&mut self, centre: &[f32]) -> Result<Potential, BackendError> {
-        if centre.len() != self.d {
-            return Err(BackendError::Shape {
-                what: "seeding centre",
-                expected: self.d,
-                got: centre.len(),
-            });
-        }
+        check_seed_width(self.d, centre.len())?;
         self.seed_state()?;
         let centre = ArrayView2::from_shape((1, self.d), centre).expect("one row");
         self.write_candidates(centre);
@@ -713,7 +696,7 @@ impl Resident for GpuResident<'_> {
     /// submission.
     fn seed_lower(&mut self, centres: ArrayView2<f32>) -> Result<Potential, BackendError> {
         self.started_seed()?;
-        self.check_width(&centres)?;
+        check_seed_width(self.d, centres.ncols())?;
         let mut encoder = self.encoder("seed lower");
         if centres.nrows() == 0 {
             // Nothing changes: the block sums on the device are current.
@@ -725,15 +708,9 @@ impl Resident for GpuResident<'_> {
 
     fn seed_score(&mut self, candidates: ArrayView2<f32>) -> Result<Vec<f64>, BackendError> {
         self.started_seed()?;
-        self.check_width(&candidates)?;
+        check_seed_width(self.d, candidates.ncols())?;
         let t = candidates.nrows();
-        if t > MAX_SEED_CANDIDATES || t == 0 {
-            return Err(BackendError::Shape {
-                what: "seeding trials (1 to 32)",
-                expected: MAX_SEED_CANDIDATES,
-                got: t,
-            });
-        }
+        check_seed_trials(t)?;
         self.write_candidates(candidates);
         let d = self.d;
         let seed = self.seed.as_ref().expect("started");
