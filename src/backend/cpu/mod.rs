@@ -122,13 +122,19 @@ pub struct CpuResident<'a> {
     cancel: Cancel,
 }
 
+/// The rows as the seeding kernels take them: a function of the fields, not
+/// of the resident, so that the seeding state can be borrowed beside it.
+fn seed_rows<'a>(x: &'a CowArray<f32, Ix2>, weights: Option<&'a [f32]>) -> seed::Rows<'a> {
+    seed::Rows {
+        x: x.as_slice().expect("standard layout"),
+        d: x.ncols(),
+        weights,
+    }
+}
+
 impl CpuResident<'_> {
     fn seed_rows(&self) -> seed::Rows<'_> {
-        seed::Rows {
-            x: self.x.as_slice().expect("standard layout"),
-            d: self.x.ncols(),
-            weights: self.weights.as_deref(),
-        }
+        seed_rows(&self.x, self.weights.as_deref())
     }
 
     /// Checks that seeding has started and `centres` has the rows' width.
@@ -315,12 +321,10 @@ impl Resident for CpuResident<'_> {
     }
 
     fn seed_start(&mut self, centre: &[f32]) -> Result<Potential, BackendError> {
-        let (n, d) = self.x.dim();
-        check_seed_width(d, centre.len())?;
-        self.seed.closest = vec![f32::INFINITY; n];
-        let centre = ArrayView2::from_shape((1, centre.len()), centre).expect("one row");
-        self.seed_score(centre)?;
-        self.seed_keep(0)
+        check_seed_width(self.x.ncols(), centre.len())?;
+        self.cancel.check()?;
+        let rows = seed_rows(&self.x, self.weights.as_deref());
+        Ok(self.seed.start(&rows, centre))
     }
 
     /// The exhaustive kernel's nearest distances (exact for the winner),
@@ -338,38 +342,27 @@ impl Resident for CpuResident<'_> {
                 .for_each(|(c, &d)| *c = c.min(d));
             self.distances = distances;
         }
-        // The stored trials were scored against the old D².
-        self.seed.trials = 0;
+        self.seed.lowered();
         Ok(seed::potential(&self.seed_rows(), &self.seed.closest))
     }
 
     fn seed_score(&mut self, candidates: ArrayView2<f32>) -> Result<Vec<f64>, BackendError> {
         self.seed_check(&candidates)?;
-        let t = candidates.nrows();
-        check_seed_trials(t)?;
+        check_seed_trials(candidates.nrows())?;
         self.cancel.check()?;
         let candidates = candidates.as_standard_layout();
-        let mut minima = std::mem::take(&mut self.seed.minima);
-        minima.resize(t * self.x.nrows(), 0.0);
-        let sums = seed::score(
-            &self.seed_rows(),
-            &self.seed.closest,
-            candidates.as_slice().expect("standard layout"),
-            &mut minima,
-        );
-        self.seed.minima = minima;
-        self.seed.trials = t;
-        Ok(sums)
+        let rows = seed_rows(&self.x, self.weights.as_deref());
+        Ok(self
+            .seed
+            .score(&rows, candidates.as_slice().expect("standard layout")))
     }
 
     fn seed_keep(&mut self, j: usize) -> Result<Potential, BackendError> {
-        if j >= self.seed.trials || self.seed.closest.len() != self.x.nrows() {
+        if j >= self.seed.trials() || self.seed.closest.len() != self.x.nrows() {
             return Err(BackendError::SeedNotStarted);
         }
-        let mut state = std::mem::take(&mut self.seed);
-        let potential = seed::keep(&self.seed_rows(), &mut state, j);
-        self.seed = state;
-        Ok(potential)
+        let rows = seed_rows(&self.x, self.weights.as_deref());
+        Ok(self.seed.keep(&rows, j))
     }
 
     fn seed_pick(&mut self, draws: &[(usize, f64)]) -> Result<Vec<usize>, BackendError> {

@@ -3,15 +3,36 @@
 //! (`kmeans::init`) sees only block sums and row indices.
 //!
 //! Scoring a k-means++ step is the hot loop: `t = 2 + ln k` trials against
-//! every row. Sixteen rows go in the lanes of a vector (the tile transposed
-//! once), four trials at a time with two partial sums each (eight
-//! independent FMA chains, the small-k assignment kernel's
-//! `group_distances`), distances exact as `Σ (x − c)²`. Each trial's
-//! `min(D², d²)` is stored (trial-major), so keeping the winner is a copy,
-//! not another pass over the rows; weighted sums go into per-lane f32
-//! accumulators, added in f64 once per block. The kernel reads each row once
-//! per step: at d = 32 that is 128 bytes for 448 flops, so on a 2-core
-//! machine it is bound by memory bandwidth, not the FMA units.
+//! every row. It is bound by memory, not arithmetic (a row of `4·d` bytes
+//! feeds `2·d·t` flops), so what makes it fast is reading fewer rows.
+//!
+//! - **Rows that no trial can bring closer are skipped** (the triangle
+//!   inequality, as in exact accelerated k-means++): each row remembers which
+//!   chosen centre `a` its `D²` is to, and when `‖c − a‖ ≥ 2·D` trial `c`
+//!   cannot be nearer than `D`. The test carries a margin larger than the f32
+//!   rounding of the three distances involved ([`skip_bounds`]), so a
+//!   skipped row is one whose computed distance would not have been below
+//!   `D²` either: the minima, the scores and the kept `D²` are the same bits
+//!   as when every row is computed (and as on the GPU, which computes every
+//!   row). Rows near a chosen centre are skipped; rows of clusters that hold
+//!   no centre yet are not.
+//! - **The rows still computed are packed**: once at most half of a block's
+//!   rows are computed, the block keeps a copy of just those rows, in order,
+//!   and reads them from there, contiguous, instead of scattered through the
+//!   matrix (which waits on memory at every row). The copy shrinks as the
+//!   block's computed rows halve again, and is never more than half the
+//!   block. A block with more rows computed reads them in place, whole
+//!   16-row tiles at a time.
+//! - Rows go sixteen at a time in the lanes of a vector (the tile transposed
+//!   once), four trials at a time with two partial sums each (eight
+//!   independent FMA chains, the small-k assignment kernel's
+//!   `group_distances`), distances exact as `Σ (x − c)²`.
+//!
+//! A block's `min(D², d²)` per trial live in a per-thread scratch that stays
+//! in cache; scores are summed from it in row order, in per-lane f32
+//! accumulators added in f64 once per block. Keeping the winner recomputes
+//! its distances for the rows it may lower, rather than storing `t × n`
+//! minima for every step.
 
 use rayon::prelude::*;
 
@@ -29,9 +50,47 @@ const LANES: usize = 16;
 pub(super) struct Seed {
     /// `D²` per row.
     pub closest: Vec<f32>,
-    /// The last scored trials' `min(D², d²)`, `t × n`, trial-major.
-    pub minima: Vec<f32>,
-    pub trials: usize,
+    /// Which centre each row's `D²` is to, while that is known: through
+    /// k-means++'s steps, not after [`Seed::lowered`].
+    owners: Option<Owners>,
+    /// Per block, the copy of the rows it still computes (module docs).
+    packed: Vec<Packed>,
+    /// Per block, what the last scoring computed, for keeping a trial.
+    scored: Vec<Scored>,
+    /// The last scored trials, zero-padded to whole groups.
+    candidates: Vec<f32>,
+    trials: usize,
+    /// The last scored trials' skip bounds, `t × m` (empty without owners).
+    bounds: Vec<f32>,
+}
+
+struct Owners {
+    /// The centres chosen so far, `m × d`.
+    centres: Vec<f32>,
+    /// Per row, the index in `centres` of the centre its `D²` is to.
+    of_row: Vec<u32>,
+}
+
+/// A block's copy of some of its rows; empty when the block is read in
+/// place.
+#[derive(Default)]
+struct Packed {
+    /// Block-relative rows, increasing.
+    rows: Vec<u32>,
+    /// Their values, `rows.len() × d`.
+    values: Vec<f32>,
+}
+
+/// What the last scoring found in a block: the rows it computed, and per
+/// trial the rows the trial brings closer with their new `D²` (few: those
+/// nearer the trial than to every chosen centre). Keeping a trial applies
+/// its list, without another read of the rows.
+#[derive(Default)]
+struct Scored {
+    rows: Vec<u32>,
+    /// Per trial `j`, `closer[starts[j]..starts[j + 1]]`.
+    closer: Vec<(u32, f32)>,
+    starts: Vec<usize>,
 }
 
 /// Rows `x` (`n × d`), their weights, and `D²`.
@@ -49,6 +108,385 @@ impl Rows<'_> {
     fn weight(&self, i: usize) -> f32 {
         self.weights.map_or(1.0, |w| w[i])
     }
+
+    fn block(&self, b: usize) -> std::ops::Range<usize> {
+        b * BLOCK..((b + 1) * BLOCK).min(self.n())
+    }
+
+    fn block_x(&self, range: &std::ops::Range<usize>) -> &[f32] {
+        &self.x[range.start * self.d..range.end * self.d]
+    }
+}
+
+impl Seed {
+    /// Starts over at one centre: every `D²` is the distance to it.
+    pub fn start(&mut self, rows: &Rows, centre: &[f32]) -> Potential {
+        let n = rows.n();
+        *self = Seed {
+            closest: vec![f32::INFINITY; n],
+            owners: Some(Owners {
+                centres: Vec::new(),
+                of_row: vec![0; n],
+            }),
+            ..Seed::default()
+        };
+        self.score(rows, centre);
+        self.keep(rows, 0)
+    }
+
+    /// `D²` was lowered by other centres ([`lower`]): which centre each row
+    /// is nearest is no longer known, and the stored trials are stale.
+    pub fn lowered(&mut self) {
+        self.owners = None;
+        self.trials = 0;
+        self.packed.iter_mut().for_each(|p| *p = Packed::default());
+        self.scored.clear();
+    }
+
+    /// The number of trials [`Seed::score`] last scored (0 when none are
+    /// stored).
+    pub fn trials(&self) -> usize {
+        self.trials
+    }
+
+    /// Scores `candidates` (`t × d`, row-major) against every row: each
+    /// trial's potential `Σ w·min(D², d²)`. `D²` is unchanged.
+    pub fn score(&mut self, rows: &Rows, candidates: &[f32]) -> Vec<f64> {
+        let (n, d) = (rows.n(), rows.d);
+        let t = candidates.len() / d.max(1);
+        assert!(self.closest.len() == n && t > 0);
+        // Padding is computed, never stored.
+        self.candidates = candidates.to_vec();
+        self.candidates.resize(t.div_ceil(GROUP) * GROUP * d, 0.0);
+        self.trials = t;
+        self.bounds = match &self.owners {
+            Some(o) => skip_bounds(&o.centres, candidates, d),
+            None => Vec::new(),
+        };
+        self.packed.resize_with(n.div_ceil(BLOCK), Packed::default);
+        self.scored.resize_with(n.div_ceil(BLOCK), Scored::default);
+        // A row is computed when some trial might bring it closer.
+        let m = self.bounds.len() / t;
+        let any: Vec<f32> = (0..m)
+            .map(|a| {
+                (0..t)
+                    .map(|j| self.bounds[j * m + a])
+                    .fold(f32::INFINITY, f32::min)
+            })
+            .collect();
+        let of_row = self
+            .owners
+            .as_ref()
+            .filter(|_| m > 0)
+            .map(|o| &o.of_row[..]);
+        let (closest, candidates) = (&self.closest, &self.candidates);
+        let parts: Vec<Vec<f64>> = self
+            .packed
+            .par_iter_mut()
+            .zip(self.scored.par_iter_mut())
+            .enumerate()
+            .map_init(
+                || (Plan::default(), Vec::new(), Vec::new()),
+                |(tiles, lower, closer): &mut Scratch, (b, (packed, scored))| {
+                    let range = rows.block(b);
+                    let (x, near) = (rows.block_x(&range), &closest[range.clone()]);
+                    let owners = of_row.map(|o| (&o[range.clone()], &any[..]));
+                    let todo = &mut scored.rows;
+                    rows_to_compute(owners, near, todo);
+                    repack(todo, x, d, packed);
+                    plan(todo, x, d, packed, tiles);
+                    // Skipped rows keep D² for every trial; when no row is
+                    // skipped, every value is written by the kernel.
+                    if todo.len() == near.len() {
+                        lower.resize(t * near.len(), 0.0);
+                    } else {
+                        lower.clear();
+                        for _ in 0..t {
+                            lower.extend_from_slice(near);
+                        }
+                    }
+                    closer.iter_mut().for_each(Vec::clear);
+                    closer.resize_with(t, Vec::new);
+                    let sums = simd::dispatch(ScoreBlock {
+                        d,
+                        weights: rows.weights.map(|w| &w[range.clone()]),
+                        closest: near,
+                        candidates,
+                        t,
+                        x,
+                        tiles,
+                        lower,
+                        closer,
+                    });
+                    scored.closer.clear();
+                    scored.starts.clear();
+                    for list in closer.iter() {
+                        scored.starts.push(scored.closer.len());
+                        scored.closer.extend_from_slice(list);
+                    }
+                    scored.starts.push(scored.closer.len());
+                    sums
+                },
+            )
+            .collect();
+        let mut total = vec![0.0f64; t];
+        for part in parts {
+            total.iter_mut().zip(part).for_each(|(a, p)| *a += p);
+        }
+        total
+    }
+
+    /// Lowers `D²` by trial `j` of the last [`Seed::score`]; returns the new
+    /// potential. The caller checks `j < trials()`.
+    pub fn keep(&mut self, rows: &Rows, j: usize) -> Potential {
+        let (n, d) = (rows.n(), rows.d);
+        assert!(j < self.trials && self.closest.len() == n);
+        let new_owner = self
+            .owners
+            .as_ref()
+            .map_or(0, |o| (o.centres.len() / d.max(1)) as u32);
+        let mut of_row: Vec<u32> = match &mut self.owners {
+            Some(o) => std::mem::take(&mut o.of_row),
+            None => Vec::new(),
+        };
+        let mut owner_blocks: Vec<Option<&mut [u32]>> = if of_row.is_empty() {
+            (0..n.div_ceil(BLOCK)).map(|_| None).collect()
+        } else {
+            of_row.chunks_mut(BLOCK).map(Some).collect()
+        };
+        let sums = self
+            .closest
+            .par_chunks_mut(BLOCK)
+            .zip(owner_blocks.par_iter_mut())
+            .zip(self.scored.par_iter())
+            .enumerate()
+            .map(|(b, ((near, owner), scored))| {
+                let start = b * BLOCK;
+                for &(r, v) in &scored.closer[scored.starts[j]..scored.starts[j + 1]] {
+                    near[r as usize] = v;
+                    if let Some(owner) = owner.as_deref_mut() {
+                        owner[r as usize] = new_owner;
+                    }
+                }
+                // Four partial sums break the f64 add chain; fixed order.
+                let mut acc = [0.0f64; 4];
+                for (r, &c) in near.iter().enumerate() {
+                    acc[r % 4] += rows.weight(start + r) as f64 * c as f64;
+                }
+                (acc[0] + acc[1]) + (acc[2] + acc[3])
+            })
+            .collect();
+        drop(owner_blocks);
+        if let Some(o) = &mut self.owners {
+            o.of_row = of_row;
+            o.centres
+                .extend_from_slice(&self.candidates[j * d..(j + 1) * d]);
+        }
+        Potential {
+            starts: (0..n).step_by(BLOCK).collect(),
+            sums,
+        }
+    }
+}
+
+/// Fills `todo` with the block-relative indices of the rows to compute,
+/// given the block's `D²` (`near`): with `owners` (each row's centre and a
+/// bound per centre), the rows with `D²` above their centre's bound; without,
+/// every row.
+fn rows_to_compute(owners: Option<(&[u32], &[f32])>, near: &[f32], todo: &mut Vec<u32>) {
+    todo.clear();
+    match owners {
+        None => todo.extend(0..near.len() as u32),
+        Some((of_row, bound)) => {
+            // Branch-free: which rows are computed has no pattern to
+            // predict.
+            todo.resize(near.len(), 0);
+            let mut len = 0;
+            for (r, (&a, &dd)) in of_row.iter().zip(near).enumerate() {
+                todo[len] = r as u32;
+                len += (bound[a as usize] < dd) as usize;
+            }
+            todo.truncate(len);
+        }
+    }
+}
+
+/// Where each of `todo`'s rows is read: from `packed` where it holds the
+/// row, else in place in the block's `x`. Both lists are increasing, so one
+/// walk finds them all.
+fn sources<'a>(
+    todo: &'a [u32],
+    x: &'a [f32],
+    d: usize,
+    packed: &'a Packed,
+) -> impl Iterator<Item = (u32, &'a [f32])> + 'a {
+    let mut p = 0;
+    todo.iter().map(move |&r| {
+        while p < packed.rows.len() && packed.rows[p] < r {
+            p += 1;
+        }
+        let row = if packed.rows.get(p) == Some(&r) {
+            &packed.values[p * d..(p + 1) * d]
+        } else {
+            &x[r as usize * d..(r as usize + 1) * d]
+        };
+        (r, row)
+    })
+}
+
+/// Updates a block's copy of its computed rows before scoring: made once at
+/// most half the block is computed, remade when the computed rows are half
+/// of those copied or rows not in the copy are more than an eighth of it,
+/// dropped when more than half the block is computed again.
+fn repack(todo: &[u32], x: &[f32], d: usize, packed: &mut Packed) {
+    let m = x.len() / d.max(1);
+    if todo.len() * 2 > m {
+        *packed = Packed::default();
+        return;
+    }
+    if !packed.rows.is_empty() {
+        let missing = sources(todo, x, d, packed)
+            .filter(|(_, row)| !packed.values.as_ptr_range().contains(&row.as_ptr()))
+            .count();
+        if todo.len() * 2 > packed.rows.len() && missing * 8 <= packed.rows.len() {
+            return;
+        }
+    } else if todo.is_empty() {
+        return;
+    }
+    let mut values = Vec::with_capacity(todo.len() * d);
+    for (_, row) in sources(todo, x, d, packed) {
+        values.extend_from_slice(row);
+    }
+    *packed = Packed {
+        rows: todo.to_vec(),
+        values,
+    };
+}
+
+/// A scoring thread's buffers: tiles, a block's minima per trial, and per
+/// trial the rows it brings closer.
+type Scratch = (Plan, Vec<f32>, Vec<Vec<(u32, f32)>>);
+
+/// The tiles a kernel computes in a block: whole 16-row tiles in place
+/// (by first row: a few bytes each, where most tiles are), then the others.
+#[derive(Default)]
+struct Plan {
+    in_place: Vec<u32>,
+    tiles: Vec<Tile>,
+}
+
+impl Plan {
+    /// Every tile, the in-place ones built on the caller's stack.
+    fn each(&self, x: &[f32], d: usize) -> impl Iterator<Item = Tile> + '_ {
+        let x = x.as_ptr();
+        let in_place = self.in_place.iter().map(move |&t0| {
+            let mut tile = Tile::EMPTY;
+            (tile.count, tile.contiguous, tile.consecutive) = (LANES, true, true);
+            tile.rows[0] = t0;
+            tile.from[0] = x.wrapping_add(t0 as usize * d);
+            tile
+        });
+        in_place.chain(self.tiles.iter().copied())
+    }
+}
+
+/// Up to sixteen rows a kernel computes together, and where it reads them.
+#[derive(Clone, Copy)]
+struct Tile {
+    /// Block-relative rows, increasing; `count` of them.
+    rows: [u32; LANES],
+    count: usize,
+    /// Each row's first value (for `count` rows).
+    from: [*const f32; LANES],
+    /// Sixteen rows stored one after another from `from[0]`: read in place.
+    contiguous: bool,
+    /// Sixteen consecutive rows of the block from `rows[0]` (only `rows[0]`
+    /// and `from[0]` are set): read in place, `D²` loaded and stored as
+    /// vectors.
+    consecutive: bool,
+}
+
+impl Tile {
+    const EMPTY: Tile = Tile {
+        rows: [0; LANES],
+        count: 0,
+        from: [std::ptr::null(); LANES],
+        contiguous: false,
+        consecutive: false,
+    };
+}
+
+/// The tiles that compute `todo`'s rows of a block: read in place, whole
+/// 16-row tiles of the block holding any of them, when the block has no
+/// copy (computing a skipped row changes nothing); else the rows themselves,
+/// sixteen at a time, from the copy where it holds them.
+fn plan(todo: &[u32], x: &[f32], d: usize, packed: &Packed, plan: &mut Plan) {
+    let Plan { in_place, tiles } = plan;
+    in_place.clear();
+    tiles.clear();
+    let m = x.len() / d.max(1);
+    let empty = Tile::EMPTY;
+    if packed.rows.is_empty() {
+        let mut last = usize::MAX;
+        for &r in todo {
+            let t0 = r as usize / LANES * LANES;
+            if t0 == last {
+                continue;
+            }
+            last = t0;
+            if t0 + LANES <= m {
+                in_place.push(t0 as u32);
+                continue;
+            }
+            let mut tile = empty;
+            tile.count = m - t0;
+            for q in 0..tile.count {
+                tile.rows[q] = (t0 + q) as u32;
+                tile.from[q] = x[(t0 + q) * d..].as_ptr();
+            }
+            tiles.push(tile);
+        }
+        return;
+    }
+    let mut tile = empty;
+    for (r, row) in sources(todo, x, d, packed) {
+        tile.rows[tile.count] = r;
+        tile.from[tile.count] = row.as_ptr();
+        tile.count += 1;
+        if tile.count == LANES {
+            tile.contiguous = (1..LANES).all(|q| tile.from[q] == tile.from[0].wrapping_add(q * d));
+            tile.consecutive = tile.rows[LANES - 1] == tile.rows[0] + (LANES as u32 - 1);
+            tiles.push(tile);
+            tile = empty;
+        }
+    }
+    if tile.count > 0 {
+        tiles.push(tile);
+    }
+}
+
+/// Per trial `j` and chosen centre `a` (`t × m`): a row whose `D²` is to `a`
+/// and at most this bound cannot be brought closer by `j`.
+///
+/// The bound is `‖c − a‖² / (4(1 + ε))`. Exactly, `‖c − a‖ ≥ 2D` gives
+/// `‖x − c‖ ≥ D`. Each of the three squared distances is computed in f32
+/// with a relative error of at most about `(d + 2)·2⁻²⁴`, and the margin `ε`
+/// (at least `2⁻¹⁰`, and `8(d + 2)·2⁻²⁴` for wide rows) exceeds three times
+/// that, so a skipped row's computed distance is never below its computed
+/// `D²`, and `min` would have kept `D²` anyway.
+fn skip_bounds(centres: &[f32], candidates: &[f32], d: usize) -> Vec<f32> {
+    let eps = (1.0f64 / 1024.0).max(8.0 * (d as f64 + 2.0) * 2f64.powi(-24));
+    let scale = (0.25 / (1.0 + eps)) as f32;
+    candidates
+        .chunks_exact(d)
+        .flat_map(|c| {
+            centres.chunks_exact(d).map(move |a| {
+                let dist: f32 = c.iter().zip(a).map(|(x, y)| (x - y) * (x - y)).sum();
+                dist * scale
+            })
+        })
+        .collect()
 }
 
 /// The potential of `closest`: Σ w·D² per block, in f64.
@@ -67,80 +505,6 @@ pub(super) fn potential(rows: &Rows, closest: &[f32]) -> Potential {
         .collect();
     Potential {
         starts: (0..closest.len()).step_by(BLOCK).collect(),
-        sums,
-    }
-}
-
-/// Scores `candidates` (`t × d`, row-major) against every row: fills
-/// `minima` (`t × n`) and returns each trial's potential.
-pub(super) fn score(
-    rows: &Rows,
-    closest: &[f32],
-    candidates: &[f32],
-    minima: &mut [f32],
-) -> Vec<f64> {
-    let (n, d) = (rows.n(), rows.d);
-    let t = candidates.len() / d.max(1);
-    assert!(closest.len() == n && minima.len() == t * n);
-    // Candidates zero-padded to whole groups (padding is computed, not stored).
-    let mut padded = candidates.to_vec();
-    padded.resize(t.div_ceil(GROUP) * GROUP * d, 0.0);
-    // Each block writes its own rows of every trial's minima.
-    let per_block: Vec<Vec<&mut [f32]>> = {
-        let mut trials: Vec<std::slice::ChunksMut<f32>> = minima
-            .chunks_mut(n.max(1))
-            .map(|m| m.chunks_mut(BLOCK))
-            .collect();
-        (0..n.div_ceil(BLOCK))
-            .map(|_| trials.iter_mut().filter_map(|c| c.next()).collect())
-            .collect()
-    };
-    let parts: Vec<Vec<f64>> = per_block
-        .into_par_iter()
-        .enumerate()
-        .map(|(b, mut out)| {
-            let start = b * BLOCK;
-            let m = (n - start).min(BLOCK);
-            simd::dispatch(ScoreBlock {
-                x: &rows.x[start * d..(start + m) * d],
-                d,
-                weights: rows.weights.map(|w| &w[start..start + m]),
-                closest: &closest[start..start + m],
-                candidates: &padded,
-                t,
-                out: &mut out,
-            })
-        })
-        .collect();
-    let mut total = vec![0.0f64; t];
-    for part in parts {
-        total.iter_mut().zip(part).for_each(|(a, p)| *a += p);
-    }
-    total
-}
-
-/// `closest = minima[j]` and the new potential, in one pass.
-pub(super) fn keep(rows: &Rows, seed: &mut Seed, j: usize) -> Potential {
-    let n = rows.n();
-    let kept = &seed.minima[j * n..(j + 1) * n];
-    let sums = seed
-        .closest
-        .par_chunks_mut(BLOCK)
-        .zip(kept.par_chunks(BLOCK))
-        .enumerate()
-        .map(|(b, (out, src))| {
-            out.copy_from_slice(src);
-            let start = b * BLOCK;
-            // Four partial sums break the f64 add chain; fixed order.
-            let mut acc = [0.0f64; 4];
-            for (r, &c) in src.iter().enumerate() {
-                acc[r % 4] += rows.weight(start + r) as f64 * c as f64;
-            }
-            (acc[0] + acc[1]) + (acc[2] + acc[3])
-        })
-        .collect();
-    Potential {
-        starts: (0..n).step_by(BLOCK).collect(),
         sums,
     }
 }
@@ -188,24 +552,98 @@ pub(super) fn oversample(rows: &Rows, closest: &[f32], factor: f64, salt: u32) -
         .collect()
 }
 
-struct ScoreBlock<'a, 'o> {
-    x: &'a [f32],
+/// A tile's rows transposed into `columns` (rows in lanes), and their `D²`;
+/// a short tile is padded with zero rows (`D²` 0).
+///
+/// # Safety
+/// The caller was compiled with S's CPU features; `tile.from` holds
+/// `tile.count` pointers to `d` readable values (`16 · d` from `from[0]`
+/// when contiguous), `tile.rows` indices of `closest`; `buffer` and
+/// `columns` hold `16 · d` values.
+#[inline(always)]
+unsafe fn load_tile<S: F32x16>(
+    tile: &Tile,
+    d: usize,
+    closest: &[f32],
+    buffer: &mut [f32],
+    columns: &mut [f32],
+) -> S {
+    let mut near = [0.0f32; LANES];
+    let nearv = if tile.consecutive {
+        S::load(closest[tile.rows[0] as usize..][..LANES].as_ptr())
+    } else {
+        for q in 0..tile.count {
+            near[q] = closest[tile.rows[q] as usize];
+        }
+        S::load(near.as_ptr())
+    };
+    if tile.contiguous {
+        S::transpose_tile(
+            std::slice::from_raw_parts(tile.from[0], LANES * d),
+            d,
+            columns,
+        );
+        return nearv;
+    }
+    for q in 0..tile.count {
+        // Vector copies: a slice copy of a runtime length is a call to
+        // memmove per row.
+        let (src, dst) = (tile.from[q], buffer.as_mut_ptr().add(q * d));
+        let mut j = 0;
+        while j + LANES <= d {
+            S::load(src.add(j)).store(dst.add(j));
+            j += LANES;
+        }
+        while j < d {
+            *dst.add(j) = *src.add(j);
+            j += 1;
+        }
+    }
+    buffer[tile.count * d..].fill(0.0);
+    S::transpose_tile(buffer, d, columns);
+    nearv
+}
+
+/// Asks for a scattered tile's rows ahead of their use: the hardware
+/// prefetcher does not see them coming.
+#[inline(always)]
+fn prefetch_tile(tile: &Tile, d: usize) {
+    if tile.contiguous {
+        return;
+    }
+    for &row in &tile.from[..tile.count] {
+        let mut j = 0;
+        while j < d {
+            simd::prefetch(row.wrapping_add(j));
+            j += LANES;
+        }
+    }
+}
+
+struct ScoreBlock<'a> {
     d: usize,
     weights: Option<&'a [f32]>,
     closest: &'a [f32],
     /// Zero-padded to whole groups.
     candidates: &'a [f32],
     t: usize,
-    /// Per trial, this block's slice of its minima.
-    out: &'a mut [&'o mut [f32]],
+    /// The block's rows, and the tiles to compute.
+    x: &'a [f32],
+    tiles: &'a Plan,
+    /// Per trial, `min(D², d²)` of every row of the block (`t × m`), `D²`
+    /// where skipped.
+    lower: &'a mut [f32],
+    /// Per trial, the rows it brings closer (`d² < D²`) and their `d²`.
+    closer: &'a mut [Vec<(u32, f32)>],
 }
 
-impl SimdKernel for ScoreBlock<'_, '_> {
+impl SimdKernel for ScoreBlock<'_> {
     /// The block's potential per trial.
     type Output = Vec<f64>;
     #[inline(always)]
     fn run<S: F32x16>(self) -> Vec<f64> {
-        // SAFETY: dispatched with S's CPU features; every slice is sized
+        // SAFETY: dispatched with S's CPU features; the tiles point into the
+        // block's rows or its copy ([`plan`]), and every slice is sized
         // below before any load.
         unsafe { score_block::<S>(self) }
     }
@@ -218,67 +656,93 @@ unsafe fn score_block<S: F32x16>(k: ScoreBlock) -> Vec<f64> {
     let (d, t) = (k.d, k.t);
     let m = k.closest.len();
     assert!(
-        k.x.len() == m * d
-            && k.candidates.len() >= t.div_ceil(GROUP) * GROUP * d
-            && k.out.len() == t
-            && k.out.iter().all(|o| o.len() == m)
+        k.candidates.len() >= t.div_ceil(GROUP) * GROUP * d
+            && k.lower.len() == t * m
+            && k.closer.len() >= t
+            && k.x.len() == m * d
+            && k.tiles.in_place.iter().all(|&t0| t0 as usize + LANES <= m)
+            && k.tiles.tiles.iter().all(|tile| {
+                tile.count <= LANES && tile.rows[..tile.count].iter().all(|&r| (r as usize) < m)
+            })
     );
-    let mut sums = vec![S::splat(0.0); t];
     let mut columns = vec![0.0f32; LANES * d];
-    let mut tile = vec![0.0f32; LANES * d];
-    let (mut near, mut w, mut minima) = ([0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES]);
+    let mut buffer = vec![0.0f32; LANES * d];
+    let mut lanes = [0.0f32; LANES];
     let c = k.candidates.as_ptr();
-    for t0 in (0..m).step_by(LANES) {
-        let rows = LANES.min(m - t0);
-        // Whole tiles are read in place; a short last tile is padded with
-        // zero rows of zero weight.
-        let (rows_in, nearv, wv) = if rows == LANES {
-            let wv = match k.weights {
-                Some(ws) => S::load(ws.as_ptr().add(t0)),
-                None => S::splat(1.0),
-            };
-            (
-                &k.x[t0 * d..(t0 + LANES) * d],
-                S::load(k.closest.as_ptr().add(t0)),
-                wv,
-            )
-        } else {
-            tile[..rows * d].copy_from_slice(&k.x[t0 * d..(t0 + rows) * d]);
-            tile[rows * d..].fill(0.0);
-            near[..rows].copy_from_slice(&k.closest[t0..t0 + rows]);
-            near[rows..].fill(0.0);
-            match k.weights {
-                Some(ws) => w[..rows].copy_from_slice(&ws[t0..t0 + rows]),
-                None => w[..rows].fill(1.0),
-            }
-            w[rows..].fill(0.0);
-            (&tile[..], S::load(near.as_ptr()), S::load(w.as_ptr()))
-        };
-        S::transpose_tile(rows_in, d, &mut columns);
+    let mut tiles = k.tiles.each(k.x, d).peekable();
+    while let Some(tile) = tiles.next() {
+        if let Some(next) = tiles.peek() {
+            prefetch_tile(next, d);
+        }
+        let tile = &tile;
+        let nearv = load_tile::<S>(tile, d, k.closest, &mut buffer, &mut columns);
+        let in_place = tile.consecutive;
         for g in (0..t).step_by(GROUP) {
             let dists = group_distances::<S>(&columns, c.add(g * d), d);
             for q in 0..GROUP.min(t - g) {
-                let dist = dists[q];
                 // min(D², d²): D² where it is not larger.
-                let lower = S::select(S::lt(dist, nearv), dist, nearv);
-                sums[g + q] = S::fma(wv, lower, sums[g + q]);
-                let out = &mut k.out[g + q];
-                if rows == LANES {
-                    lower.store(out.as_mut_ptr().add(t0));
-                } else {
-                    lower.store(minima.as_mut_ptr());
-                    out[t0..t0 + rows].copy_from_slice(&minima[..rows]);
+                let below = S::lt(dists[q], nearv);
+                let lower = S::select(below, dists[q], nearv);
+                let out = &mut k.lower[(g + q) * m..(g + q + 1) * m];
+                let any = S::any(below);
+                if in_place && !any {
+                    lower.store(out.as_mut_ptr().add(tile.rows[0] as usize));
+                    continue;
+                }
+                lower.store(lanes.as_mut_ptr());
+                let closer = &mut k.closer[g + q];
+                for r in 0..tile.count {
+                    let (row, v) = (tile.rows[r] as usize, lanes[r]);
+                    // A consecutive tile sets only rows[0].
+                    let row = if tile.consecutive {
+                        tile.rows[0] as usize + r
+                    } else {
+                        row
+                    };
+                    if any && v < k.closest[row] {
+                        closer.push((row as u32, v));
+                    }
+                    out[row] = v;
                 }
             }
         }
     }
-    sums.iter()
-        .map(|s| {
-            let mut lanes = [0.0f32; LANES];
-            s.store(lanes.as_mut_ptr());
-            lanes.iter().map(|&v| v as f64).sum()
-        })
-        .collect()
+    // Scores in row order: the same additions whichever rows were skipped.
+    // Plain loops: a closure would not inherit S's target features.
+    let (mut w, mut tail) = ([0.0f32; LANES], [0.0f32; LANES]);
+    let mut scores = Vec::with_capacity(t);
+    for j in 0..t {
+        let lower = &k.lower[j * m..(j + 1) * m];
+        let mut sum = S::splat(0.0);
+        for t0 in (0..m).step_by(LANES) {
+            let rows = LANES.min(m - t0);
+            let (wv, lv) = if rows == LANES {
+                let wv = match k.weights {
+                    Some(ws) => S::load(ws.as_ptr().add(t0)),
+                    None => S::splat(1.0),
+                };
+                (wv, S::load(lower.as_ptr().add(t0)))
+            } else {
+                // Padding lanes weigh nothing and hold zero.
+                match k.weights {
+                    Some(ws) => w[..rows].copy_from_slice(&ws[t0..t0 + rows]),
+                    None => w[..rows].fill(1.0),
+                }
+                w[rows..].fill(0.0);
+                tail[..rows].copy_from_slice(&lower[t0..]);
+                tail[rows..].fill(0.0);
+                (S::load(w.as_ptr()), S::load(tail.as_ptr()))
+            };
+            sum = S::fma(wv, lv, sum);
+        }
+        sum.store(lanes.as_mut_ptr());
+        let mut total = 0.0f64;
+        for &v in &lanes {
+            total += v as f64;
+        }
+        scores.push(total);
+    }
+    scores
 }
 
 #[cfg(test)]
@@ -287,7 +751,7 @@ mod tests {
 
     /// The scoring kernel on every vector type the CPU runs, against scalar
     /// loops: a short last tile, an odd d, trials not a multiple of the
-    /// group, weights.
+    /// group, weights, a scattered set of rows to compute.
     #[test]
     fn every_vector_path_scores_as_scalar_loops() {
         let (n, d, t) = (53, 7, 6);
@@ -295,10 +759,15 @@ mod tests {
         let w: Vec<f32> = (0..n).map(|i| 1.0 + (i % 3) as f32).collect();
         let closest: Vec<f32> = (0..n).map(|i| (i * 29 % 400) as f32).collect();
         let mut cands: Vec<f32> = (0..t * d).map(|i| ((i * 13) % 17) as f32 - 8.0).collect();
-        let want_minima: Vec<f32> = (0..t)
+        // Every third row is skipped: it keeps D² for every trial.
+        let todo: Vec<u32> = (0..n as u32).filter(|r| r % 3 != 1).collect();
+        let want_lower: Vec<f32> = (0..t)
             .flat_map(|j| {
                 let (x, cands, closest) = (&x, &cands, &closest);
                 (0..n).map(move |i| {
+                    if i % 3 == 1 {
+                        return closest[i];
+                    }
                     let dist: f32 = (0..d)
                         .map(|c| (x[i * d + c] - cands[j * d + c]).powi(2))
                         .sum();
@@ -309,25 +778,45 @@ mod tests {
         let want: Vec<f64> = (0..t)
             .map(|j| {
                 (0..n)
-                    .map(|i| w[i] as f64 * want_minima[j * n + i] as f64)
+                    .map(|i| w[i] as f64 * want_lower[j * n + i] as f64)
                     .sum()
             })
             .collect();
         cands.resize(t.div_ceil(GROUP) * GROUP * d, 0.0);
+        // Read from a copy of the computed rows, as a packed block is.
+        let packed = Packed {
+            rows: todo.clone(),
+            values: todo
+                .iter()
+                .flat_map(|&r| x[r as usize * d..(r as usize + 1) * d].to_vec())
+                .collect(),
+        };
+        let mut tiles = Plan::default();
+        plan(&todo, &x, d, &packed, &mut tiles);
         let check = |name: &str, run: &dyn Fn(ScoreBlock) -> Vec<f64>| {
-            let mut minima = vec![0.0f32; t * n];
-            let mut out: Vec<&mut [f32]> = minima.chunks_mut(n).collect();
+            let mut lower: Vec<f32> = (0..t).flat_map(|_| closest.iter().copied()).collect();
+            let mut closer = vec![Vec::new(); t];
             let got = run(ScoreBlock {
-                x: &x,
                 d,
                 weights: Some(&w),
                 closest: &closest,
                 candidates: &cands,
                 t,
-                out: &mut out,
+                x: &x,
+                tiles: &tiles,
+                lower: &mut lower,
+                closer: &mut closer,
             });
+            // The rows each trial brings closer, as the minima say.
+            for (j, list) in closer.iter().enumerate() {
+                let want: Vec<(u32, f32)> = (0..n)
+                    .filter(|&i| want_lower[j * n + i] < closest[i])
+                    .map(|i| (i as u32, want_lower[j * n + i]))
+                    .collect();
+                assert_eq!(list, &want, "{name}: trial {j} brings closer");
+            }
             // Integer data: every distance and sum is exact in f32.
-            assert_eq!(minima, want_minima, "{name}: minima");
+            assert_eq!(lower, want_lower, "{name}: minima");
             assert_eq!(got, want, "{name}: potentials");
         };
         check("portable", &|k| k.run::<simd::Portable>());
@@ -340,5 +829,79 @@ mod tests {
                 check("avx512", &|k| k.run::<simd::Avx512>());
             }
         }
+    }
+
+    /// Blobs in 8 dimensions, non-integer, so rounding is real: enough rows
+    /// for several blocks.
+    fn blobs(n: usize, d: usize) -> Vec<f32> {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let centres: Vec<f32> = (0..16 * d).map(|_| next() * 10.0).collect();
+        let mut x = Vec::with_capacity(n * d);
+        for i in 0..n {
+            let c = (i * 7) % 16;
+            for j in 0..d {
+                x.push(centres[c * d + j] + next() - 0.5);
+            }
+        }
+        x
+    }
+
+    /// Skipping rows by their owners changes no bit: twenty greedy steps with
+    /// owners known and unknown give the same scores, `D²` and potentials,
+    /// while most rows are skipped by the end.
+    #[test]
+    fn skipping_rows_changes_no_bit() {
+        let (n, d, t) = (3 * BLOCK + 123, 8, 5);
+        let x = blobs(n, d);
+        let rows = Rows {
+            x: &x,
+            d,
+            weights: None,
+        };
+        let (mut pruned, mut full) = (Seed::default(), Seed::default());
+        assert_eq!(pruned.start(&rows, &x[..d]).sums, {
+            let p = full.start(&rows, &x[..d]);
+            full.lowered();
+            p.sums
+        });
+        let mut packed_blocks = 0;
+        for step in 0..40 {
+            let picks: Vec<usize> = (0..t).map(|q| (step * 7919 + q * 104_729) % n).collect();
+            let cands: Vec<f32> = picks
+                .iter()
+                .flat_map(|&i| x[i * d..(i + 1) * d].to_vec())
+                .collect();
+            let (a, b) = (pruned.score(&rows, &cands), full.score(&rows, &cands));
+            assert_eq!(a, b, "step {step}: scores");
+            let best = (step * 3) % t;
+            let (pa, pb) = (pruned.keep(&rows, best), full.keep(&rows, best));
+            assert_eq!(pa.sums, pb.sums, "step {step}: potentials");
+            assert_eq!(pruned.closest, full.closest, "step {step}: D²");
+            packed_blocks =
+                packed_blocks.max(pruned.packed.iter().filter(|p| !p.rows.is_empty()).count());
+            assert!(full.packed.iter().all(|p| p.rows.is_empty()));
+        }
+        // The test is only worth something if rows really were skipped, and
+        // read from a block's copy.
+        let o = pruned.owners.as_ref().expect("owners kept");
+        let any: Vec<f32> = (0..o.centres.len() / d).map(|a| pruned.bounds[a]).collect();
+        let mut todo = Vec::new();
+        rows_to_compute(
+            Some((&o.of_row[..BLOCK], &any)),
+            &pruned.closest[..BLOCK],
+            &mut todo,
+        );
+        assert!(
+            todo.len() < BLOCK / 2,
+            "{} of {BLOCK} rows computed",
+            todo.len()
+        );
+        assert!(packed_blocks > 0, "no block was ever packed");
     }
 }

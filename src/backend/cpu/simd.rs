@@ -186,6 +186,8 @@ pub trait F32x16: Copy {
     unsafe fn eq(a: Self, b: Self) -> Self::Mask;
     /// Lanes of `yes` where `m` is set, else of `no`.
     unsafe fn select(m: Self::Mask, yes: Self, no: Self) -> Self;
+    /// Whether any lane of `m` is set.
+    unsafe fn any(m: Self::Mask) -> bool;
     /// The smallest lane.
     unsafe fn reduce_min(self) -> f32;
 }
@@ -263,6 +265,10 @@ impl F32x16 for Portable {
         Self(std::array::from_fn(
             |l| if m[l] { yes.0[l] } else { no.0[l] },
         ))
+    }
+    #[inline(always)]
+    unsafe fn any(m: Self::Mask) -> bool {
+        m.iter().any(|&b| b)
     }
     #[inline(always)]
     unsafe fn reduce_min(self) -> f32 {
@@ -387,6 +393,10 @@ mod x86 {
             Self(_mm512_mask_blend_ps(m, no.0, yes.0))
         }
         #[inline(always)]
+        unsafe fn any(m: Self::Mask) -> bool {
+            m != 0
+        }
+        #[inline(always)]
         unsafe fn reduce_min(self) -> f32 {
             _mm512_reduce_min_ps(self.0)
         }
@@ -489,6 +499,10 @@ mod x86 {
                 _mm256_blendv_ps(no.0, yes.0, m.0),
                 _mm256_blendv_ps(no.1, yes.1, m.1),
             )
+        }
+        #[inline(always)]
+        unsafe fn any(m: Self::Mask) -> bool {
+            _mm256_movemask_ps(_mm256_or_ps(m.0, m.1)) != 0
         }
         #[inline(always)]
         unsafe fn reduce_min(self) -> f32 {
