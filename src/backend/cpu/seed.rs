@@ -88,9 +88,8 @@ struct Packed {
 #[derive(Default)]
 struct Scored {
     rows: Vec<u32>,
-    /// Per trial `j`, `closer[starts[j]..starts[j + 1]]`.
-    closer: Vec<(u32, f32)>,
-    starts: Vec<usize>,
+    /// Per trial.
+    closer: Vec<Vec<(u32, f32)>>,
 }
 
 /// Rows `x` (`n × d`), their weights, and `D²`.
@@ -186,8 +185,8 @@ impl Seed {
             .zip(self.scored.par_iter_mut())
             .enumerate()
             .map_init(
-                || (Plan::default(), Vec::new(), Vec::new()),
-                |(tiles, lower, closer): &mut Scratch, (b, (packed, scored))| {
+                || (Plan::default(), Vec::new()),
+                |(tiles, lower): &mut Scratch, (b, (packed, scored))| {
                     let range = rows.block(b);
                     let (x, near) = (rows.block_x(&range), &closest[range.clone()]);
                     let owners = of_row.map(|o| (&o[range.clone()], &any[..]));
@@ -205,9 +204,16 @@ impl Seed {
                             lower.extend_from_slice(near);
                         }
                     }
-                    closer.iter_mut().for_each(Vec::clear);
-                    closer.resize_with(t, Vec::new);
-                    let sums = simd::dispatch(ScoreBlock {
+                    // Cleared, and shrunk once far larger than needed: early
+                    // trials lower many rows, later ones few.
+                    for list in scored.closer.iter_mut() {
+                        if list.capacity() > 4 * list.len() + 1024 {
+                            *list = Vec::new();
+                        }
+                        list.clear();
+                    }
+                    scored.closer.resize_with(t, Vec::new);
+                    simd::dispatch(ScoreBlock {
                         d,
                         weights: rows.weights.map(|w| &w[range.clone()]),
                         closest: near,
@@ -216,16 +222,8 @@ impl Seed {
                         x,
                         tiles,
                         lower,
-                        closer,
-                    });
-                    scored.closer.clear();
-                    scored.starts.clear();
-                    for list in closer.iter() {
-                        scored.starts.push(scored.closer.len());
-                        scored.closer.extend_from_slice(list);
-                    }
-                    scored.starts.push(scored.closer.len());
-                    sums
+                        closer: &mut scored.closer,
+                    })
                 },
             )
             .collect();
@@ -262,7 +260,7 @@ impl Seed {
             .enumerate()
             .map(|(b, ((near, owner), scored))| {
                 let start = b * BLOCK;
-                for &(r, v) in &scored.closer[scored.starts[j]..scored.starts[j + 1]] {
+                for &(r, v) in &scored.closer[j] {
                     near[r as usize] = v;
                     if let Some(owner) = owner.as_deref_mut() {
                         owner[r as usize] = new_owner;
@@ -364,9 +362,8 @@ fn repack(todo: &[u32], x: &[f32], d: usize, packed: &mut Packed) {
     };
 }
 
-/// A scoring thread's buffers: tiles, a block's minima per trial, and per
-/// trial the rows it brings closer.
-type Scratch = (Plan, Vec<f32>, Vec<Vec<(u32, f32)>>);
+/// A scoring thread's buffers: tiles and a block's minima per trial.
+type Scratch = (Plan, Vec<f32>);
 
 /// The tiles a kernel computes in a block: whole 16-row tiles in place
 /// (by first row: a few bytes each, where most tiles are), then the others.
@@ -684,25 +681,31 @@ unsafe fn score_block<S: F32x16>(k: ScoreBlock) -> Vec<f64> {
                 let below = S::lt(dists[q], nearv);
                 let lower = S::select(below, dists[q], nearv);
                 let out = &mut k.lower[(g + q) * m..(g + q + 1) * m];
-                let any = S::any(below);
-                if in_place && !any {
+                let mut bits = S::bits(below);
+                if in_place {
                     lower.store(out.as_mut_ptr().add(tile.rows[0] as usize));
-                    continue;
+                    if bits == 0 {
+                        continue;
+                    }
                 }
                 lower.store(lanes.as_mut_ptr());
+                if !in_place {
+                    for r in 0..tile.count {
+                        out[tile.rows[r] as usize] = lanes[r];
+                    }
+                }
+                // The rows this trial brings closer: set lanes of `below`
+                // (padding lanes have D² 0 and are never below).
                 let closer = &mut k.closer[g + q];
-                for r in 0..tile.count {
-                    let (row, v) = (tile.rows[r] as usize, lanes[r]);
-                    // A consecutive tile sets only rows[0].
-                    let row = if tile.consecutive {
+                while bits != 0 {
+                    let r = bits.trailing_zeros() as usize;
+                    let row = if in_place {
                         tile.rows[0] as usize + r
                     } else {
-                        row
+                        tile.rows[r] as usize
                     };
-                    if any && v < k.closest[row] {
-                        closer.push((row as u32, v));
-                    }
-                    out[row] = v;
+                    closer.push((row as u32, lanes[r]));
+                    bits &= bits - 1;
                 }
             }
         }

@@ -186,8 +186,8 @@ pub trait F32x16: Copy {
     unsafe fn eq(a: Self, b: Self) -> Self::Mask;
     /// Lanes of `yes` where `m` is set, else of `no`.
     unsafe fn select(m: Self::Mask, yes: Self, no: Self) -> Self;
-    /// Whether any lane of `m` is set.
-    unsafe fn any(m: Self::Mask) -> bool;
+    /// The lanes of `m` as bits, lane 0 lowest.
+    unsafe fn bits(m: Self::Mask) -> u32;
     /// The smallest lane.
     unsafe fn reduce_min(self) -> f32;
 }
@@ -267,8 +267,8 @@ impl F32x16 for Portable {
         ))
     }
     #[inline(always)]
-    unsafe fn any(m: Self::Mask) -> bool {
-        m.iter().any(|&b| b)
+    unsafe fn bits(m: Self::Mask) -> u32 {
+        m.iter().rev().fold(0, |acc, &b| (acc << 1) | b as u32)
     }
     #[inline(always)]
     unsafe fn reduce_min(self) -> f32 {
@@ -393,8 +393,8 @@ mod x86 {
             Self(_mm512_mask_blend_ps(m, no.0, yes.0))
         }
         #[inline(always)]
-        unsafe fn any(m: Self::Mask) -> bool {
-            m != 0
+        unsafe fn bits(m: Self::Mask) -> u32 {
+            m as u32
         }
         #[inline(always)]
         unsafe fn reduce_min(self) -> f32 {
@@ -501,8 +501,8 @@ mod x86 {
             )
         }
         #[inline(always)]
-        unsafe fn any(m: Self::Mask) -> bool {
-            _mm256_movemask_ps(_mm256_or_ps(m.0, m.1)) != 0
+        unsafe fn bits(m: Self::Mask) -> u32 {
+            (_mm256_movemask_ps(m.0) as u32) | (_mm256_movemask_ps(m.1) as u32) << 8
         }
         #[inline(always)]
         unsafe fn reduce_min(self) -> f32 {
