@@ -76,8 +76,9 @@ fn draw(
 /// Greedy k-means++ as in scikit-learn: each step draws `2 + ln k`
 /// candidates by `w·D²` and keeps the one that lowers the total potential
 /// most. A step is three kernels: draw the trials (from the block sums),
-/// score them (one pass over the rows), keep the best (no pass on the CPU,
-/// which stored the trials' minima; one on a GPU).
+/// score them (one pass over the rows the trials may lower), keep the best
+/// (no pass on the CPU, which listed the rows each trial lowers; one on a
+/// GPU).
 pub(super) fn kmeans_plus_plus(
     resident: &mut dyn Resident,
     x: ArrayView2<f32>,

@@ -352,9 +352,11 @@ impl Resident for CpuResident<'_> {
         self.cancel.check()?;
         let candidates = candidates.as_standard_layout();
         let rows = seed_rows(&self.x, self.weights.as_deref());
-        Ok(self
-            .seed
-            .score(&rows, candidates.as_slice().expect("standard layout")))
+        Ok(self.seed.score(
+            &rows,
+            candidates.as_slice().expect("standard layout"),
+            candidates.nrows(),
+        ))
     }
 
     fn seed_keep(&mut self, j: usize) -> Result<Potential, BackendError> {

@@ -19,10 +19,10 @@
 //! - **The rows still computed are packed**: once at most half of a block's
 //!   rows are computed, the block keeps a copy of just those rows, in order,
 //!   and reads them from there, contiguous, instead of scattered through the
-//!   matrix (which waits on memory at every row). The copy shrinks as the
-//!   block's computed rows halve again, and is never more than half the
-//!   block. A block with more rows computed reads them in place, whole
-//!   16-row tiles at a time.
+//!   matrix (which waits on memory at every row). The copy is remade when
+//!   the block's computed rows halve again, or when rows outside it must be
+//!   computed, and is never more than half the block. A block with more
+//!   rows computed reads them in place, whole 16-row tiles at a time.
 //! - Rows go sixteen at a time in the lanes of a vector (the tile transposed
 //!   once), four trials at a time with two partial sums each (eight
 //!   independent FMA chains, the small-k assignment kernel's
@@ -30,9 +30,10 @@
 //!
 //! A block's `min(D², d²)` per trial live in a per-thread scratch that stays
 //! in cache; scores are summed from it in row order, in per-lane f32
-//! accumulators added in f64 once per block. Keeping the winner recomputes
-//! its distances for the rows it may lower, rather than storing `t × n`
-//! minima for every step.
+//! accumulators added in f64 once per block. Scoring also lists, per block
+//! and trial, the rows the trial lowers and their new `D²` (found from the
+//! compare mask's bits): keeping the winner applies its list, with no
+//! second read of the rows and no `t × n` minima stored.
 
 use rayon::prelude::*;
 
@@ -129,11 +130,11 @@ impl Seed {
             }),
             ..Seed::default()
         };
-        self.score(rows, centre);
+        self.score(rows, centre, 1);
         self.keep(rows, 0)
     }
 
-    /// `D²` was lowered by other centres ([`lower`]): which centre each row
+    /// `D²` was lowered by other centres (`Resident::seed_lower`): which centre each row
     /// is nearest is no longer known, and the stored trials are stale.
     pub fn lowered(&mut self) {
         self.owners = None;
@@ -150,10 +151,9 @@ impl Seed {
 
     /// Scores `candidates` (`t × d`, row-major) against every row: each
     /// trial's potential `Σ w·min(D², d²)`. `D²` is unchanged.
-    pub fn score(&mut self, rows: &Rows, candidates: &[f32]) -> Vec<f64> {
+    pub fn score(&mut self, rows: &Rows, candidates: &[f32], t: usize) -> Vec<f64> {
         let (n, d) = (rows.n(), rows.d);
-        let t = candidates.len() / d.max(1);
-        assert!(self.closest.len() == n && t > 0);
+        assert!(self.closest.len() == n && t > 0 && candidates.len() == t * d);
         // Padding is computed, never stored.
         self.candidates = candidates.to_vec();
         self.candidates.resize(t.div_ceil(GROUP) * GROUP * d, 0.0);
@@ -280,6 +280,8 @@ impl Seed {
             o.centres
                 .extend_from_slice(&self.candidates[j * d..(j + 1) * d]);
         }
+        // The other trials were scored against the old D².
+        self.trials = 0;
         Potential {
             starts: (0..n).step_by(BLOCK).collect(),
             sums,
@@ -398,9 +400,9 @@ struct Tile {
     from: [*const f32; LANES],
     /// Sixteen rows stored one after another from `from[0]`: read in place.
     contiguous: bool,
-    /// Sixteen consecutive rows of the block from `rows[0]` (only `rows[0]`
-    /// and `from[0]` are set): read in place, `D²` loaded and stored as
-    /// vectors.
+    /// Sixteen consecutive rows of the block from `rows[0]` (the kernels
+    /// read only `rows[0]`, and `from[0]` when contiguous; an in-place tile
+    /// sets no more): `D²` loaded and stored as vectors.
     consecutive: bool,
 }
 
@@ -472,15 +474,32 @@ fn plan(todo: &[u32], x: &[f32], d: usize, packed: &Packed, plan: &mut Plan) {
 /// (at least `2⁻¹⁰`, and `8(d + 2)·2⁻²⁴` for wide rows) exceeds three times
 /// that, so a skipped row's computed distance is never below its computed
 /// `D²`, and `min` would have kept `D²` anyway.
+///
+/// The argument needs relative errors, so where they do not hold the bound
+/// is 0 (only rows at `D²` = 0 are skipped, which is always right): a
+/// distance that overflowed or is not a number, one small enough that
+/// subnormal terms carry absolute errors (below `2⁻¹⁰⁰`), and rows so wide
+/// (`(d + 2)·2⁻²⁴ > 1/64`) that first-order error bounds stop holding.
 fn skip_bounds(centres: &[f32], candidates: &[f32], d: usize) -> Vec<f32> {
-    let eps = (1.0f64 / 1024.0).max(8.0 * (d as f64 + 2.0) * 2f64.powi(-24));
+    let m = centres.len() / d.max(1);
+    let t = candidates.len() / d.max(1);
+    let error = (d as f64 + 2.0) * 2f64.powi(-24);
+    if d == 0 || error > 1.0 / 64.0 {
+        return vec![0.0; t * m];
+    }
+    let eps = (1.0f64 / 1024.0).max(8.0 * error);
     let scale = (0.25 / (1.0 + eps)) as f32;
+    let smallest = 2f32.powi(-100);
     candidates
         .chunks_exact(d)
         .flat_map(|c| {
             centres.chunks_exact(d).map(move |a| {
                 let dist: f32 = c.iter().zip(a).map(|(x, y)| (x - y) * (x - y)).sum();
-                dist * scale
+                if dist.is_finite() && dist >= smallest {
+                    dist * scale
+                } else {
+                    0.0
+                }
             })
         })
         .collect()
@@ -617,6 +636,8 @@ fn prefetch_tile(tile: &Tile, d: usize) {
     }
 }
 
+/// Built only by [`Seed::score`] (and tests) right after [`plan`], whose
+/// pointers it carries.
 struct ScoreBlock<'a> {
     d: usize,
     weights: Option<&'a [f32]>,
@@ -646,6 +667,11 @@ impl SimdKernel for ScoreBlock<'_> {
     }
 }
 
+/// # Safety
+/// The caller was compiled with S's CPU features, and `k.tiles` was planned
+/// ([`plan`]) for `k.x` and the block's current copy, neither changed
+/// since: its raw pointers point into them. Shapes and row indices are
+/// checked here.
 // Index loops mirror the register tile; iterators would obscure it.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
@@ -880,7 +906,7 @@ mod tests {
                 .iter()
                 .flat_map(|&i| x[i * d..(i + 1) * d].to_vec())
                 .collect();
-            let (a, b) = (pruned.score(&rows, &cands), full.score(&rows, &cands));
+            let (a, b) = (pruned.score(&rows, &cands, t), full.score(&rows, &cands, t));
             assert_eq!(a, b, "step {step}: scores");
             let best = (step * 3) % t;
             let (pa, pb) = (pruned.keep(&rows, best), full.keep(&rows, best));
@@ -890,8 +916,8 @@ mod tests {
                 packed_blocks.max(pruned.packed.iter().filter(|p| !p.rows.is_empty()).count());
             assert!(full.packed.iter().all(|p| p.rows.is_empty()));
         }
-        // The test is only worth something if rows really were skipped, and
-        // read from a block's copy.
+        // The test is only worth something if rows really were skipped (by
+        // the first trial's bounds, at least), and read from a block's copy.
         let o = pruned.owners.as_ref().expect("owners kept");
         let any: Vec<f32> = (0..o.centres.len() / d).map(|a| pruned.bounds[a]).collect();
         let mut todo = Vec::new();
@@ -906,5 +932,44 @@ mod tests {
             todo.len()
         );
         assert!(packed_blocks > 0, "no block was ever packed");
+    }
+
+    /// Where the margin argument does not hold (distances that overflow, or
+    /// so small that subnormal terms round absolutely) no row is skipped
+    /// wrongly: from every start, every single trial leaves the same `D²`
+    /// with owners as without.
+    #[test]
+    fn extreme_magnitudes_skip_nothing_wrongly() {
+        let tiny = 2f32.powi(-75);
+        let x = [
+            0.0,
+            1.8e19,
+            1.85e19,
+            -1e19,
+            1e19,
+            1.549 * tiny,
+            2.569 * tiny,
+            3.0e38,
+            -3.0e38,
+        ];
+        let rows = Rows {
+            x: &x,
+            d: 1,
+            weights: None,
+        };
+        for start in 0..x.len() {
+            for trial in 0..x.len() {
+                let (mut pruned, mut full) = (Seed::default(), Seed::default());
+                pruned.start(&rows, &x[start..start + 1]);
+                full.start(&rows, &x[start..start + 1]);
+                full.lowered();
+                let c = &x[trial..trial + 1];
+                assert_eq!(pruned.score(&rows, c, 1), full.score(&rows, c, 1));
+                pruned.keep(&rows, 0);
+                full.keep(&rows, 0);
+                let bits = |s: &Seed| s.closest.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&pruned), bits(&full), "start {start}, trial {trial}");
+            }
+        }
     }
 }
