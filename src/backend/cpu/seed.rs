@@ -13,9 +13,9 @@
 //!   rounding of the three distances involved ([`skip_bounds`]), so a
 //!   skipped row is one whose computed distance would not have been below
 //!   `D²` either: the minima, the scores and the kept `D²` are the same bits
-//!   as when every row is computed (and as on the GPU, which computes every
-//!   row). Rows near a chosen centre are skipped; rows of clusters that hold
-//!   no centre yet are not.
+//!   as when every row is computed (the GPU computes every row, and agrees
+//!   as before: up to f32 rounding). Rows near a chosen centre are skipped;
+//!   rows of clusters that hold no centre yet are not.
 //! - **The rows still computed are packed**: once at most half of a block's
 //!   rows are computed, the block keeps a copy of just those rows, in order,
 //!   and reads them from there, contiguous, instead of scattered through the
