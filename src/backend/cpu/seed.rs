@@ -243,14 +243,9 @@ impl Seed {
             .owners
             .as_ref()
             .map_or(0, |o| (o.centres.len() / d.max(1)) as u32);
-        let mut of_row: Vec<u32> = match &mut self.owners {
-            Some(o) => std::mem::take(&mut o.of_row),
-            None => Vec::new(),
-        };
-        let mut owner_blocks: Vec<Option<&mut [u32]>> = if of_row.is_empty() {
-            (0..n.div_ceil(BLOCK)).map(|_| None).collect()
-        } else {
-            of_row.chunks_mut(BLOCK).map(Some).collect()
+        let mut owner_blocks: Vec<Option<&mut [u32]>> = match &mut self.owners {
+            Some(o) => o.of_row.chunks_mut(BLOCK).map(Some).collect(),
+            None => (0..n.div_ceil(BLOCK)).map(|_| None).collect(),
         };
         let sums = self
             .closest
@@ -259,24 +254,17 @@ impl Seed {
             .zip(self.scored.par_iter())
             .enumerate()
             .map(|(b, ((near, owner), scored))| {
-                let start = b * BLOCK;
                 for &(r, v) in &scored.closer[j] {
                     near[r as usize] = v;
                     if let Some(owner) = owner.as_deref_mut() {
                         owner[r as usize] = new_owner;
                     }
                 }
-                // Four partial sums break the f64 add chain; fixed order.
-                let mut acc = [0.0f64; 4];
-                for (r, &c) in near.iter().enumerate() {
-                    acc[r % 4] += rows.weight(start + r) as f64 * c as f64;
-                }
-                (acc[0] + acc[1]) + (acc[2] + acc[3])
+                block_potential(rows, b * BLOCK, near)
             })
             .collect();
         drop(owner_blocks);
         if let Some(o) = &mut self.owners {
-            o.of_row = of_row;
             o.centres
                 .extend_from_slice(&self.candidates[j * d..(j + 1) * d]);
         }
@@ -510,19 +498,22 @@ pub(super) fn potential(rows: &Rows, closest: &[f32]) -> Potential {
     let sums = closest
         .par_chunks(BLOCK)
         .enumerate()
-        .map(|(b, block)| {
-            let start = b * BLOCK;
-            let mut acc = [0.0f64; 4];
-            for (r, &c) in block.iter().enumerate() {
-                acc[r % 4] += rows.weight(start + r) as f64 * c as f64;
-            }
-            (acc[0] + acc[1]) + (acc[2] + acc[3])
-        })
+        .map(|(b, block)| block_potential(rows, b * BLOCK, block))
         .collect();
     Potential {
         starts: (0..closest.len()).step_by(BLOCK).collect(),
         sums,
     }
+}
+
+/// Σ w·D² of one block starting at row `start`, in f64; four partial sums
+/// break the add chain, in a fixed order.
+fn block_potential(rows: &Rows, start: usize, block: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    for (r, &c) in block.iter().enumerate() {
+        acc[r % 4] += rows.weight(start + r) as f64 * c as f64;
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3])
 }
 
 /// The row of `block` where the running sum of w·D² first exceeds `offset`
