@@ -175,12 +175,14 @@ lines = [f"# GPU check{' (--quick)' if doc['quick'] else ''}", "",
                       "none ran (scikit-learn or FAISS missing: see gpu-check.log)") + ".", "",
          "| parity | result |", "|---|---|"]
 lines += [f"| {t} | {r} |" for t, r in parity.items()]
-lines += ["", "| workload | implementation | adapter | unit | median ms | GFLOP/s | % of peak |",
-          "|---|---|---|---|---|---|---|"]
+lines += ["", "| workload | implementation | adapter | unit | median ms | GFLOP/s | % of peak "
+          "| init ms | init % of a 20-iteration fit |",
+          "|---|---|---|---|---|---|---|---|---|"]
 for r in results:
-    pf = r.get("peak_fraction")
+    pf, share = r.get("peak_fraction"), r.get("init_share")
     lines.append(f"| {r['workload']} | {r['implementation']} | {r['adapter']} | {r['unit']} | "
-                 f"{f(r['median_ms'], 2)} | {f(r.get('gflops'))} | {f(pf * 100 if pf else None, 0)} |")
+                 f"{f(r['median_ms'], 2)} | {f(r.get('gflops'))} | {f(pf * 100 if pf else None, 0)} | "
+                 f"{f(r.get('init_ms'))} | {f(share * 100 if share else None)} |")
 open(os.path.join(out, "gpu-check.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 if doc["bench_failed"]:

@@ -26,6 +26,8 @@ pub enum ParamsError {
     },
     #[error("initial centroids contain a non-finite value at row {row}, column {col}")]
     InitNotFinite { row: usize, col: usize },
+    #[error("an initialisation sample of {rows} rows cannot give k = {k} centres")]
+    InitSampleTooSmall { rows: usize, k: usize },
     #[error("n_components must be at least 1")]
     ZeroComponents,
     #[error("n_components = {n_components} is larger than the number of features ({n_features})")]
@@ -60,6 +62,7 @@ impl ParamsError {
             Self::ZeroMaxIter => "max_iter",
             Self::BadTol(_) => "tol",
             Self::InitShape { .. } | Self::InitNotFinite { .. } => "initial_centroids",
+            Self::InitSampleTooSmall { .. } => "init_sample",
             Self::ZeroComponents
             | Self::ComponentsExceedFeatures { .. }
             | Self::TooFewRows { .. } => "n_components",

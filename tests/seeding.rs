@@ -17,7 +17,7 @@ use ndarray::{Array1, Array2};
 use rand::RngExt;
 use segmenta::backend::cpu::CpuBackend;
 use segmenta::backend::{seed_unit, Backend, Potential};
-use segmenta::kmeans::{Init, KMeansParams};
+use segmenta::kmeans::{Init, InitSample, KMeansParams};
 
 fn integer_data(n: usize, d: usize, seed: u64) -> (Array2<f32>, Array1<f32>) {
     let mut r = rng(seed);
@@ -181,4 +181,105 @@ fn kmeans_plus_plus_finds_every_blob() {
         blobs.sort_unstable();
         assert_eq!(blobs, (0..6).collect::<Vec<_>>(), "{}", b.info().backend);
     }
+}
+
+/// Seeding on a sample: the sample is drawn on the host from the seed, so
+/// both backends still choose the same centres, rows of the data. The
+/// sample really restricts the draws (the centres differ from seeding on
+/// every row, whose draws use the same stream), and a "sample" of every
+/// row is seeding on every row.
+#[test]
+fn seeding_on_a_sample_is_the_same_on_both_backends() {
+    let Some(gpu) = gpu(Some(1000)) else { return };
+    let (x, _) = integer_data(2500, 4, 3);
+    for init in [Init::KMeansPlusPlus, Init::KMeansParallel] {
+        let params = KMeansParams::new(12).init(init.clone()).seed(9);
+        let sampled = params.clone().init_sample(InitSample::Rows(700));
+        let g = sampled.initial_centroids_on(&gpu, x.view()).unwrap();
+        let c = sampled.initial_centroids(x.view()).unwrap();
+        assert_eq!(g, c, "{init:?}");
+        for a in c.rows() {
+            assert!(x.rows().into_iter().any(|r| r == a), "{init:?}: not a row");
+        }
+        let all = params
+            .clone()
+            .init_sample(InitSample::All)
+            .initial_centroids(x.view())
+            .unwrap();
+        assert_ne!(c, all, "{init:?}: the sample changed nothing");
+        let every = params
+            .clone()
+            .init_sample(InitSample::Rows(2500))
+            .initial_centroids(x.view())
+            .unwrap();
+        assert_eq!(every, all, "{init:?}");
+        // Small data are never sampled by default.
+        assert_eq!(params.initial_centroids(x.view()).unwrap(), all);
+    }
+}
+
+#[test]
+fn the_automatic_sample_and_its_limits() {
+    let auto = InitSample::Auto;
+    assert_eq!(auto.rows(131_072, 8, false), None, "up to twice the floor");
+    assert_eq!(auto.rows(131_073, 8, false), Some(65_536));
+    assert_eq!(auto.rows(10_000_000, 256, false), Some(262_144));
+    assert_eq!(auto.rows(10_000_000, 256, true), None, "weighted");
+    assert_eq!(InitSample::Rows(5_000).rows(4_000, 8, true), None);
+    assert_eq!(InitSample::Rows(5_000).rows(9_000, 8, true), Some(5_000));
+    assert_eq!(InitSample::All.rows(10_000_000, 8, false), None);
+    let err = KMeansParams::new(10)
+        .init_sample(InitSample::Rows(9))
+        .check()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "an initialisation sample of 9 rows cannot give k = 10 centres"
+    );
+}
+
+/// The automatic sample is uniform over the rows, not their first part:
+/// with the rows sorted by blob and one blob 50 times smaller than the
+/// rest and last, the default seeding (65,536 of 148,350 rows) still puts
+/// a centre in every blob, and the fit from it equals the fit seeded on
+/// every row up to the order of the clusters.
+#[test]
+fn the_automatic_sample_finds_a_small_blob_at_the_end() {
+    let (big, small, blobs, d) = (7_800, 150, 20, 3);
+    let n = big * (blobs - 1) + small;
+    let mut r = rng(17);
+    let mut truth = Vec::with_capacity(n);
+    let x = Array2::from_shape_fn((n, d), |(i, j)| {
+        let blob = (i / big).min(blobs - 1);
+        if j == 0 {
+            truth.push(blob);
+        }
+        let centre = if j == blob % d {
+            200.0 * (blob / d + 1) as f32
+        } else {
+            0.0
+        };
+        centre + r.random_range(-1.0f32..1.0)
+    });
+    assert_eq!(InitSample::Auto.rows(n, blobs, false), Some(65_536));
+    let params = KMeansParams::new(blobs).seed(3).max_iter(50);
+    let centres = params.initial_centroids(x.view()).unwrap();
+    let mut found: Vec<usize> = centres
+        .rows()
+        .into_iter()
+        .map(|c| truth[x.rows().into_iter().position(|r| r == c).unwrap()])
+        .collect();
+    found.sort_unstable();
+    assert_eq!(found, (0..blobs).collect::<Vec<_>>());
+    let cpu = CpuBackend::new();
+    let sampled = params.fit(&cpu, x.view(), None).unwrap();
+    let every = params
+        .clone()
+        .init_sample(InitSample::All)
+        .fit(&cpu, x.view(), None)
+        .unwrap();
+    let ari = segmenta::kmeans::adjusted_rand_index(sampled.labels(), every.labels());
+    assert_eq!(ari, 1.0);
+    let (a, b) = (sampled.inertia(), every.inertia());
+    assert!((a - b).abs() <= 1e-6 * b, "inertia {a} against {b}");
 }

@@ -9,7 +9,7 @@ use super::output::{fmt_f, progress_bar, table};
 use super::InputArgs;
 use segmenta::backend::{select, with_cpu_fallback};
 use segmenta::data::{read_table, read_table_limited, ReadLimits};
-use segmenta::kmeans::{FitControl, Init, KMeansParams};
+use segmenta::kmeans::{FitControl, Init, InitSample, KMeansParams};
 use segmenta::model_file::TableModel;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -20,6 +20,20 @@ pub enum InitArg {
     KMeansParallel,
     #[value(name = "random")]
     Random,
+}
+
+/// `auto`, `all` or a positive number of rows.
+pub fn parse_init_sample(s: &str) -> Result<InitSample, String> {
+    match s {
+        "auto" => Ok(InitSample::Auto),
+        "all" => Ok(InitSample::All),
+        n => match n.parse::<usize>() {
+            Ok(0) | Err(_) => Err(format!(
+                "{n:?} is not `auto`, `all` or a positive number of rows"
+            )),
+            Ok(rows) => Ok(InitSample::Rows(rows)),
+        },
+    }
 }
 
 #[derive(Debug, Args)]
@@ -35,6 +49,11 @@ pub struct KmeansArgs {
     /// Start from these centroids instead (CSV or Parquet, k rows, same columns).
     #[arg(long, conflicts_with = "init")]
     pub init_centroids: Option<PathBuf>,
+    /// Rows k-means++ and k-means|| draw from: `auto` (a uniform sample of
+    /// 1,024 rows per centre, at least 65,536, on larger unweighted data),
+    /// `all`, or a number of rows.
+    #[arg(long, default_value = "auto", value_parser = parse_init_sample)]
+    pub init_sample: InitSample,
     /// Runs from different seeds; the lowest inertia wins.
     #[arg(long, default_value_t = 1)]
     pub n_init: usize,
@@ -84,6 +103,7 @@ pub fn run(args: KmeansArgs) -> anyhow::Result<()> {
     };
     let params = KMeansParams::new(args.k)
         .init(init)
+        .init_sample(args.init_sample)
         .n_init(args.n_init)
         .max_iter(args.max_iter)
         .tol(args.tol)

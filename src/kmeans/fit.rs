@@ -1,6 +1,6 @@
 use ndarray::{Array1, ArrayView1, ArrayView2};
 
-use super::init::initial_centroids;
+use super::init::{initial_centroids, Seeding};
 use super::lloyd::{lloyd, Run, RunSpec};
 use super::model::KMeansModel;
 use super::params::{FitControl, Init, KMeansParams};
@@ -68,15 +68,14 @@ impl KMeansParams {
         let mut best: Option<Run> = None;
         for run in 0..self.n_init {
             let seed = self.seed.wrapping_add(run as u64);
-            let start = initial_centroids(
-                &init,
-                resident.as_mut(),
-                working.view(),
-                w,
-                self.k,
-                seed,
-                &control.cancel_token(),
-            )?;
+            let seeding = Seeding {
+                backend,
+                resident: Some(resident.as_mut()),
+                x: working.view(),
+                weights: w,
+                sample: self.init_sample,
+            };
+            let start = initial_centroids(&init, seeding, self.k, seed, &control.cancel_token())?;
             let spec = RunSpec {
                 run,
                 n_init: self.n_init,
@@ -107,7 +106,8 @@ impl KMeansParams {
     }
 
     /// [`initial_centroids`](Self::initial_centroids) with the seeding
-    /// kernels on `backend` (`x` uploaded once).
+    /// kernels on `backend`: `x`, or only the sample seeding draws from
+    /// ([`InitSample`](super::InitSample)), uploaded once.
     pub fn initial_centroids_on(
         &self,
         backend: &dyn Backend,
@@ -123,12 +123,16 @@ impl KMeansParams {
             .into());
         }
         let x = x.as_standard_layout();
-        let mut resident = backend.upload(x.view(), None)?;
+        let seeding = Seeding {
+            backend,
+            resident: None,
+            x: x.view(),
+            weights: None,
+            sample: self.init_sample,
+        };
         Ok(initial_centroids(
             &self.init,
-            resident.as_mut(),
-            x.view(),
-            None,
+            seeding,
             self.k,
             self.seed,
             &crate::backend::Cancel::default(),

@@ -13,32 +13,97 @@ use ndarray::{Array2, ArrayView2};
 use rand::{RngExt, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-use super::params::Init;
+use super::params::{Init, InitSample};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, BackendError, Cancel, Potential, Resident};
 
-/// Chooses `k` initial centroids for the rows of `x` (standard layout),
-/// which `resident` holds (with the same weights, `weights`). `cancel` is
-/// checked once per centre (k-means++) or round (k-means||).
+/// What a seeding works with: the data (standard layout) and weights, the
+/// backend, the data as it already holds them (uploaded here when needed
+/// and not given), and which rows to draw from.
+pub(super) struct Seeding<'a> {
+    pub backend: &'a dyn Backend,
+    pub resident: Option<&'a mut dyn Resident>,
+    pub x: ArrayView2<'a, f32>,
+    pub weights: Option<&'a [f32]>,
+    pub sample: InitSample,
+}
+
+/// The sample's row draws use their own stream of the seed, so seeding on
+/// every row draws the same centres as before samples existed.
+const SAMPLE_STREAM: u64 = 0x5eed_5a3b_1e00_0001;
+
+/// Chooses `k` initial centroids for the rows of `s.x` (standard layout).
+/// k-means++ and k-means|| draw from `s.sample`'s rows: a sample is
+/// uploaded to the same backend as a second, small resident, so its
+/// passes run there too. `cancel` is checked once per centre (k-means++)
+/// or round (k-means||).
 pub(super) fn initial_centroids(
     init: &Init,
-    resident: &mut dyn Resident,
-    x: ArrayView2<f32>,
-    weights: Option<&[f32]>,
+    s: Seeding<'_>,
     k: usize,
     seed: u64,
     cancel: &Cancel,
 ) -> Result<Array2<f32>, BackendError> {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    let centres = match init {
-        Init::Random => Ok(random(x, k, &mut rng)),
-        Init::KMeansPlusPlus => kmeans_plus_plus(resident, x, weights, k, &mut rng, cancel),
-        Init::KMeansParallel => kmeans_parallel(resident, x, weights, k, &mut rng, cancel),
-        Init::Given(c) => Ok(c.clone()),
+    let (x, weights) = (s.x, s.weights);
+    let n = x.nrows();
+    let sampled = match init {
+        Init::KMeansPlusPlus | Init::KMeansParallel => s.sample.rows(n, k, weights.is_some()),
+        Init::Random | Init::Given(_) => None,
     };
+    if let Some(m) = sampled {
+        let mut picks_rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ SAMPLE_STREAM);
+        let mut picks = rand::seq::index::sample(&mut picks_rng, n, m).into_vec();
+        // In row order: the copy streams, and the result does not depend
+        // on the order the sampler happened to return.
+        picks.sort_unstable();
+        let rows = x.select(ndarray::Axis(0), &picks);
+        let row_weights: Option<Vec<f32>> = weights.map(|w| picks.iter().map(|&i| w[i]).collect());
+        let mut small = s.backend.upload(
+            rows.view(),
+            row_weights.as_deref().map(ndarray::ArrayView1::from),
+        )?;
+        return draw_centres(
+            init,
+            small.as_mut(),
+            rows.view(),
+            row_weights.as_deref(),
+            k,
+            &mut rng,
+            cancel,
+        );
+    }
+    let mut uploaded = None;
+    let resident = match s.resident {
+        Some(r) => r,
+        None => uploaded
+            .insert(
+                s.backend
+                    .upload(x, weights.map(ndarray::ArrayView1::from))?,
+            )
+            .as_mut(),
+    };
+    let centres = draw_centres(init, resident, x, weights, k, &mut rng, cancel);
     // The per-row seeding state is not needed by the Lloyd steps.
     resident.seed_finish();
     centres
+}
+
+fn draw_centres(
+    init: &Init,
+    resident: &mut dyn Resident,
+    x: ArrayView2<f32>,
+    weights: Option<&[f32]>,
+    k: usize,
+    rng: &mut Xoshiro256PlusPlus,
+    cancel: &Cancel,
+) -> Result<Array2<f32>, BackendError> {
+    match init {
+        Init::Random => Ok(random(x, k, rng)),
+        Init::KMeansPlusPlus => kmeans_plus_plus(resident, x, weights, k, rng, cancel),
+        Init::KMeansParallel => kmeans_parallel(resident, x, weights, k, rng, cancel),
+        Init::Given(c) => Ok(c.clone()),
+    }
 }
 
 fn random(x: ArrayView2<f32>, k: usize, rng: &mut Xoshiro256PlusPlus) -> Array2<f32> {

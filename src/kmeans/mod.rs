@@ -24,4 +24,4 @@ pub mod partial;
 pub use hamerly::{Pruning, Stepper};
 pub use metrics::{adjusted_rand_index, evaluate, evaluate_with, Evaluation};
 pub use model::{FitSummary, KMeansModel, Prediction};
-pub use params::{FitControl, Init, KMeansParams, Progress};
+pub use params::{FitControl, Init, InitSample, KMeansParams, Progress};

@@ -21,11 +21,58 @@ pub enum Init {
     Given(Array2<f32>),
 }
 
+/// Which rows k-means++ and k-means|| draw their centres from.
+///
+/// Greedy k-means++ costs about `2 + ln k` Lloyd steps' worth of distances
+/// over the rows it sees (eight at k = 256), so over every row of a large
+/// fit it can cost as much as the Lloyd loop. A uniform sample of a
+/// thousand rows per centre seeds as well on anything but clusters a
+/// thousand times smaller than the average (each still gets about one
+/// sampled row), and the Lloyd loop then runs on every row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InitSample {
+    /// [`InitSample::AUTO_ROWS`] at most: every row of unweighted data
+    /// up to twice that, else that many drawn uniformly. Weighted fits
+    /// seed on every row (a uniform sample could miss a heavy row).
+    #[default]
+    Auto,
+    /// Every row: exact k-means++ over the data.
+    All,
+    /// At most this many rows, drawn uniformly (every row when there are
+    /// fewer), weights kept. At least k.
+    Rows(usize),
+}
+
+impl InitSample {
+    /// Rows per centre of the automatic sample.
+    pub const AUTO_ROWS_PER_CENTRE: usize = 1024;
+    /// The automatic sample's floor, for small k.
+    pub const AUTO_MIN_ROWS: usize = 65_536;
+
+    /// How many of `n` rows seeding draws from, or `None` for every row.
+    pub fn rows(self, n: usize, k: usize, weighted: bool) -> Option<usize> {
+        let m = match self {
+            Self::All => return None,
+            Self::Auto if weighted => return None,
+            Self::Auto => {
+                let m = (Self::AUTO_ROWS_PER_CENTRE.saturating_mul(k)).max(Self::AUTO_MIN_ROWS);
+                if n <= m.saturating_mul(2) {
+                    return None;
+                }
+                m
+            }
+            Self::Rows(m) => m,
+        };
+        (m < n).then_some(m)
+    }
+}
+
 /// K-means hyperparameters; build with [`KMeansParams::new`] and the setters.
 #[derive(Debug, Clone)]
 pub struct KMeansParams {
     pub(super) k: usize,
     pub(super) init: Init,
+    pub(super) init_sample: InitSample,
     pub(super) n_init: usize,
     pub(super) max_iter: usize,
     pub(super) tol: f64,
@@ -42,6 +89,7 @@ impl KMeansParams {
         Self {
             k,
             init: Init::default(),
+            init_sample: InitSample::default(),
             n_init: 1,
             max_iter: 300,
             tol: 1e-4,
@@ -54,6 +102,14 @@ impl KMeansParams {
 
     pub fn init(mut self, init: Init) -> Self {
         self.init = init;
+        self
+    }
+
+    /// Which rows k-means++ and k-means|| draw from ([`InitSample::Auto`]
+    /// by default: a sample of about a thousand rows per centre on large
+    /// unweighted data).
+    pub fn init_sample(mut self, sample: InitSample) -> Self {
+        self.init_sample = sample;
         self
     }
 
@@ -137,6 +193,11 @@ impl KMeansParams {
         }
         if self.max_iter == 0 {
             return Err(ParamsError::ZeroMaxIter);
+        }
+        if let InitSample::Rows(rows) = self.init_sample {
+            if rows < self.k {
+                return Err(ParamsError::InitSampleTooSmall { rows, k: self.k });
+            }
         }
         if !self.tol.is_finite() || self.tol < 0.0 {
             return Err(ParamsError::BadTol(self.tol));

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::workloads::{Task, Workload};
 use segmenta::backend::Backend;
-use segmenta::kmeans::{Init, KMeansParams, Pruning, Stepper};
+use segmenta::kmeans::{Init, InitSample, KMeansParams, Pruning, Stepper};
 use segmenta::pca::PcaParams;
 
 /// One implementation's figures on one workload.
@@ -35,7 +35,17 @@ pub struct Measurement {
     pub end_to_end_ms: Option<f64>,
     /// Peak resident host memory during the measurement (Linux).
     pub peak_rss_mib: Option<f64>,
+    /// k-means workloads: median time of a fit's default initialisation
+    /// (k-means++ on [`InitSample::Auto`]'s rows), from the host's rows to
+    /// the centres, upload of what it draws from included.
+    pub init_ms: Option<f64>,
+    /// `init_ms` over a whole fit of [`FIT_ITERS`] iterations at
+    /// `median_ms` each: the share of a fit spent choosing where to start.
+    pub init_share: Option<f64>,
 }
+
+/// The Lloyd iterations `init_share` counts a fit as.
+pub const FIT_ITERS: usize = 20;
 
 fn median_min(mut times: Vec<f64>) -> (f64, f64) {
     times.sort_by(f64::total_cmp);
@@ -55,8 +65,16 @@ pub fn run(
     reset_peak_rss();
     let started = Instant::now();
     let mut device_times = Vec::new();
+    let mut init_times = Vec::new();
     let times = match w.task {
-        Task::Lloyd { k } => lloyd(backend, pruning, x, k, iters, repeats, &mut device_times)?,
+        Task::Lloyd { k } => {
+            if pruning == Pruning::Auto {
+                init_times = (0..repeats.max(1))
+                    .map(|r| time_init(backend, x, k, InitSample::Auto, r))
+                    .collect::<anyhow::Result<_>>()?;
+            }
+            lloyd(backend, pruning, x, k, iters, repeats, &mut device_times)?
+        }
         Task::Pca { components } => (0..repeats)
             .map(|_| {
                 let t = Instant::now();
@@ -64,19 +82,14 @@ pub fn run(
                 Ok(t.elapsed().as_secs_f64() * 1e3)
             })
             .collect::<anyhow::Result<_>>()?,
+        // The kernels' benchmark: every row, however many there are.
         Task::KMeansPlusPlus { k } => (0..repeats)
-            .map(|r| {
-                let t = Instant::now();
-                KMeansParams::new(k)
-                    .init(Init::KMeansPlusPlus)
-                    .seed(r as u64)
-                    .initial_centroids_on(backend, x.view())?;
-                Ok(t.elapsed().as_secs_f64() * 1e3)
-            })
+            .map(|r| time_init(backend, x, k, InitSample::All, r))
             .collect::<anyhow::Result<_>>()?,
     };
     let end_to_end_ms = started.elapsed().as_secs_f64() * 1e3;
     let (median_ms, min_ms) = median_min(times);
+    let init_ms = (!init_times.is_empty()).then(|| median_min(init_times).0);
     let info = backend.info();
     Ok(Measurement {
         workload: w.id,
@@ -91,7 +104,27 @@ pub fn run(
         fma_fraction: None,
         end_to_end_ms: Some(end_to_end_ms),
         peak_rss_mib: peak_rss_mib(),
+        init_ms,
+        init_share: init_ms.map(|i| i / (i + FIT_ITERS as f64 * median_ms)),
     })
+}
+
+/// Milliseconds to choose `k` centres for `x` by k-means++ from `sample`'s
+/// rows, with seed `seed`.
+fn time_init(
+    backend: &dyn Backend,
+    x: &Array2<f32>,
+    k: usize,
+    sample: InitSample,
+    seed: usize,
+) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    KMeansParams::new(k)
+        .init(Init::KMeansPlusPlus)
+        .init_sample(sample)
+        .seed(seed as u64)
+        .initial_centroids_on(backend, x.view())?;
+    Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
 /// Wall time per Lloyd iteration of `repeats` whole runs of `iters` steps

@@ -232,6 +232,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     print_table(&workloads, &results, &peaks);
+    if results.iter().any(|m| m.init_ms.is_some()) {
+        println!(
+            "\ninit: a fit's default k-means++ (on the automatic sample of the rows); \
+             % of fit: its share of a fit of {} iterations at the median rate",
+            measure::FIT_ITERS
+        );
+    }
     for s in &skipped {
         println!("skipped: {s}");
     }
@@ -317,6 +324,8 @@ fn print_table(workloads: &[Workload], results: &[Measurement], peaks: &Peaks) {
             "× first",
             "end-to-end ms",
             "peak RSS MiB",
+            "init ms",
+            "init % of fit",
         ]
         .map(String::from)
         .to_vec();
@@ -337,6 +346,8 @@ fn print_table(workloads: &[Workload], results: &[Measurement], peaks: &Peaks) {
                     format!("{:.2}", m.median_ms / first.median_ms),
                     opt(m.end_to_end_ms, 0),
                     opt(m.peak_rss_mib, 0),
+                    opt(m.init_ms, 1),
+                    opt(m.init_share.map(|f| f * 100.0), 1),
                 ]
             })
             .collect();

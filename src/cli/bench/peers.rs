@@ -85,6 +85,8 @@ pub fn compare(w: &Workload, x: &Array2<f32>, iters: usize) -> anyhow::Result<Ve
             fma_fraction: None,
             end_to_end_ms: None,
             peak_rss_mib: None,
+            init_ms: None,
+            init_share: None,
         })
         .collect())
 }

@@ -13,6 +13,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use super::kmeans::InitArg;
 use super::output::progress_bar;
 use super::TextArgs;
+use segmenta::kmeans::InitSample;
 
 mod info;
 mod segment;
@@ -59,6 +60,11 @@ fn fit_request(f: FitArgs) -> anyhow::Result<pb::FitKMeansRequest> {
         columns: f.columns,
         init: init as i32,
         initial_centroids,
+        init_sample_rows: match f.init_sample {
+            InitSample::Auto => None,
+            InitSample::All => Some(0),
+            InitSample::Rows(rows) => Some(rows as u64),
+        },
         n_init: f.n_init,
         max_iter: f.max_iter,
         tol: Some(f.tol),
@@ -256,6 +262,10 @@ pub struct FitArgs {
     /// feature columns in order, original units).
     #[arg(long, conflicts_with = "init")]
     init_centroids: Option<PathBuf>,
+    /// Rows k-means++ and k-means|| draw from: `auto`, `all` or a number
+    /// of rows (as `segmenta kmeans --init-sample`).
+    #[arg(long, default_value = "auto", value_parser = super::kmeans::parse_init_sample)]
+    init_sample: InitSample,
     /// Runs from different seeds; the lowest inertia wins.
     #[arg(long, default_value_t = 1)]
     n_init: u32,

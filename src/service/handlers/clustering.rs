@@ -6,7 +6,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::backend::ClusterSums;
-use crate::kmeans::{KMeansParams, Prediction};
+use crate::kmeans::{InitSample, KMeansParams, Prediction};
 use crate::service::convert::{backend_choice, job};
 use crate::service::engine::distributed::{check_rows, check_weights, f32_values};
 use crate::service::engine::partitions::{PartitionRows, Reservation};
@@ -146,6 +146,11 @@ impl TryFrom<pb::FitKMeansRequest> for KMeansJob {
         let k = r.k as usize;
         let params = KMeansParams::new(k)
             .init(kmeans_init(r.init, r.initial_centroids, k)?)
+            .init_sample(match r.init_sample_rows {
+                None => InitSample::Auto,
+                Some(0) => InitSample::All,
+                Some(rows) => InitSample::Rows(usize::try_from(rows).unwrap_or(usize::MAX)),
+            })
             .n_init(if r.n_init == 0 { 1 } else { r.n_init as usize })
             .max_iter(if r.max_iter == 0 {
                 300
