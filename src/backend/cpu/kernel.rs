@@ -269,28 +269,37 @@ pub unsafe fn group_distances<S: F32x16>(
     centres: *const f32,
     d: usize,
 ) -> [S; GROUP] {
-    let column = |j: usize| S::load(columns.as_ptr().add(j * LANES));
+    let column = columns.as_ptr();
     let mut even = [S::splat(0.0); GROUP];
     let mut odd = [S::splat(0.0); GROUP];
     let mut j = 0;
     while j + 1 < d {
         for q in 0..GROUP {
             let row = centres.add(q * d + j);
-            let a = S::sub(column(j), S::splat(*row));
+            let a = S::sub(S::load(column.add(j * LANES)), S::splat(*row));
             even[q] = S::fma(a, a, even[q]);
-            let b = S::sub(column(j + 1), S::splat(*row.add(1)));
+            let b = S::sub(S::load(column.add((j + 1) * LANES)), S::splat(*row.add(1)));
             odd[q] = S::fma(b, b, odd[q]);
         }
         j += 2;
     }
     if j < d {
         for q in 0..GROUP {
-            let a = S::sub(column(j), S::splat(*centres.add(q * d + j)));
+            let a = S::sub(
+                S::load(column.add(j * LANES)),
+                S::splat(*centres.add(q * d + j)),
+            );
             even[q] = S::fma(a, a, even[q]);
         }
     }
+    // A loop, not `array::from_fn`: its closure is compiled without S's
+    // CPU features, and the FMAs became out-of-line calls (a third of the
+    // AVX2 small-k step).
     let one = S::splat(1.0);
-    std::array::from_fn(|q| S::fma(one, even[q], odd[q]))
+    for q in 0..GROUP {
+        even[q] = S::fma(one, even[q], odd[q]);
+    }
+    even
 }
 
 /// The small-k kernel: sixteen rows in the lanes of one vector, centroids in
