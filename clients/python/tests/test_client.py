@@ -56,6 +56,11 @@ def test_dataframes_and_arrow_tables_keep_their_column_names(client, blobs):
     assert list(ds2.columns) == list(ds.columns) and ds2.n_rows == 600
     model = client.fit_kmeans(ds.id, 3, columns=["recency", "spend"], seed=2)
     assert list(model.columns) == ["recency", "spend"]
+    # Seeding on a sample of the rows, or on every row, finds the same blobs.
+    default = client.fit_kmeans(ds.id, 3, seed=2)
+    for sample in (100, "all"):
+        again = client.fit_kmeans(ds.id, 3, seed=2, init_sample=sample)
+        assert sorted(again.cluster_sizes) == sorted(default.cluster_sizes), sample
     assert client.assign(model.id, frame[["recency", "spend"]]).labels.shape == (600,)
     for d in (ds, ds2):
         client.delete_dataset(d.id, cascade=True)
@@ -116,6 +121,10 @@ def test_errors_are_exceptions_with_the_status_code(client, blobs):
         client.delete_dataset(ds.id)  # it has a model: cascade is needed
     with pytest.raises(ValueError, match="unknown backend"):
         client.fit_kmeans(ds.id, 3, backend="tpu")
+    with pytest.raises(ValueError, match="init_sample must be"):
+        client.fit_kmeans(ds.id, 3, init_sample="most")
+    with pytest.raises(segmenta.InvalidArgument, match="sample of 2 rows cannot give k = 3"):
+        client.fit_kmeans(ds.id, 3, init_sample=2)
     client.delete_dataset(ds.id, cascade=True)
     # A job that fails raises JobFailed with the server's reason.
     log = client.upload_transactions(b"customer_id,date,amount\nC1,not a date,3\n", name="bad.csv")

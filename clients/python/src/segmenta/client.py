@@ -333,15 +333,26 @@ class Client:
                    init: Union[str, np.ndarray] = "k-means++", n_init: int = 1, max_iter: int = 300,
                    tol: float = 1e-4, seed: int = 0, backend: Optional[str] = None,
                    standardize: bool = False, weights_column: str = "", wait: bool = True,
-                   progress: bool = False):
+                   progress: bool = False, init_sample: Union[str, int] = "auto"):
         """Fits k-means on a dataset. ``init``: ``"k-means++"``,
         ``"k-means||"``, ``"random"`` or a k × d array of initial centroids
-        (original units). Returns the :class:`KMeansModel` (or the job, with
-        ``wait=False``)."""
+        (original units). ``init_sample``: the rows k-means++ and k-means||
+        draw from: ``"auto"`` (a uniform sample of 1,024 rows per centre,
+        at least 65,536, on larger unweighted data), ``"all"`` or a number
+        of rows (at least k). Returns the :class:`KMeansModel` (or the job,
+        with ``wait=False``)."""
         request = pb.FitKMeansRequest(
             dataset_id=dataset_id, k=int(k), columns=list(columns or ()), n_init=int(n_init),
             max_iter=int(max_iter), tol=float(tol), seed=int(seed), backend=_backend(backend),
             standardize=bool(standardize), weights_column=weights_column or "")
+        if init_sample == "all":
+            request.init_sample_rows = 0
+        elif isinstance(init_sample, (int, np.integer)) and not isinstance(init_sample, bool) \
+                and init_sample > 0:
+            request.init_sample_rows = int(init_sample)
+        elif init_sample != "auto":
+            raise ValueError(f"init_sample must be 'auto', 'all' or a positive number of rows, "
+                             f"got {init_sample!r}")
         if isinstance(init, str):
             try:
                 request.init = _INITS[init]

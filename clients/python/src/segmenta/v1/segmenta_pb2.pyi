@@ -450,7 +450,7 @@ class CandidateWeightsResponse(_message.Message):
     def __init__(self, weights: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class FitKMeansRequest(_message.Message):
-    __slots__ = ("dataset_id", "k", "columns", "init", "initial_centroids", "n_init", "max_iter", "tol", "seed", "backend", "standardize", "weights_column")
+    __slots__ = ("dataset_id", "k", "columns", "init", "initial_centroids", "n_init", "max_iter", "tol", "seed", "backend", "standardize", "weights_column", "init_sample_rows")
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
@@ -463,6 +463,7 @@ class FitKMeansRequest(_message.Message):
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     STANDARDIZE_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_COLUMN_FIELD_NUMBER: _ClassVar[int]
+    INIT_SAMPLE_ROWS_FIELD_NUMBER: _ClassVar[int]
     dataset_id: str
     k: int
     columns: _containers.RepeatedScalarFieldContainer[str]
@@ -475,7 +476,8 @@ class FitKMeansRequest(_message.Message):
     backend: Backend
     standardize: bool
     weights_column: str
-    def __init__(self, dataset_id: _Optional[str] = ..., k: _Optional[int] = ..., columns: _Optional[_Iterable[str]] = ..., init: _Optional[_Union[InitMethod, str]] = ..., initial_centroids: _Optional[_Iterable[float]] = ..., n_init: _Optional[int] = ..., max_iter: _Optional[int] = ..., tol: _Optional[float] = ..., seed: _Optional[int] = ..., backend: _Optional[_Union[Backend, str]] = ..., standardize: _Optional[bool] = ..., weights_column: _Optional[str] = ...) -> None: ...
+    init_sample_rows: int
+    def __init__(self, dataset_id: _Optional[str] = ..., k: _Optional[int] = ..., columns: _Optional[_Iterable[str]] = ..., init: _Optional[_Union[InitMethod, str]] = ..., initial_centroids: _Optional[_Iterable[float]] = ..., n_init: _Optional[int] = ..., max_iter: _Optional[int] = ..., tol: _Optional[float] = ..., seed: _Optional[int] = ..., backend: _Optional[_Union[Backend, str]] = ..., standardize: _Optional[bool] = ..., weights_column: _Optional[str] = ..., init_sample_rows: _Optional[int] = ...) -> None: ...
 
 class KMeansModel(_message.Message):
     __slots__ = ("id", "dataset_id", "k", "columns", "centroids", "inertia", "n_iter", "inertia_history", "cluster_sizes", "backend", "adapter", "standardized", "created_at", "converged")
