@@ -62,7 +62,7 @@ impl ParamsError {
             Self::ZeroMaxIter => "max_iter",
             Self::BadTol(_) => "tol",
             Self::InitShape { .. } | Self::InitNotFinite { .. } => "initial_centroids",
-            Self::InitSampleTooSmall { .. } => "init_sample",
+            Self::InitSampleTooSmall { .. } => "init_sample_rows",
             Self::ZeroComponents
             | Self::ComponentsExceedFeatures { .. }
             | Self::TooFewRows { .. } => "n_components",

@@ -387,6 +387,12 @@ fn extreme_numbers_and_wrong_combinations_are_answered() {
                             backend: e.rem_euclid(5),
                             standardize: y % 2 == 0,
                             weights_column: if z % 2 == 0 { s } else { String::new() },
+                            init_sample_rows: match e.rem_euclid(4) {
+                                0 => None,
+                                1 => Some(0),
+                                2 => Some(u64::MAX),
+                                _ => Some(y as u64),
+                            },
                         })
                         .await
                         .map(|_| ()),

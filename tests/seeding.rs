@@ -190,14 +190,17 @@ fn kmeans_plus_plus_finds_every_blob() {
 /// row is seeding on every row.
 #[test]
 fn seeding_on_a_sample_is_the_same_on_both_backends() {
-    let Some(gpu) = gpu(Some(1000)) else { return };
+    // 1,200 of 2,500 rows: the sample spans two GPU chunks of 1,000.
+    let gpu = gpu(Some(1000));
     let (x, _) = integer_data(2500, 4, 3);
     for init in [Init::KMeansPlusPlus, Init::KMeansParallel] {
         let params = KMeansParams::new(12).init(init.clone()).seed(9);
-        let sampled = params.clone().init_sample(InitSample::Rows(700));
-        let g = sampled.initial_centroids_on(&gpu, x.view()).unwrap();
+        let sampled = params.clone().init_sample(InitSample::Rows(1200));
         let c = sampled.initial_centroids(x.view()).unwrap();
-        assert_eq!(g, c, "{init:?}");
+        if let Some(gpu) = &gpu {
+            let g = sampled.initial_centroids_on(gpu, x.view()).unwrap();
+            assert_eq!(g, c, "{init:?}");
+        }
         for a in c.rows() {
             assert!(x.rows().into_iter().any(|r| r == a), "{init:?}: not a row");
         }
@@ -226,7 +229,13 @@ fn the_automatic_sample_and_its_limits() {
     assert_eq!(auto.rows(10_000_000, 256, false), Some(262_144));
     assert_eq!(auto.rows(10_000_000, 256, true), None, "weighted");
     assert_eq!(InitSample::Rows(5_000).rows(4_000, 8, true), None);
-    assert_eq!(InitSample::Rows(5_000).rows(9_000, 8, true), Some(5_000));
+    assert_eq!(
+        InitSample::Rows(5_000).rows(10_000, 8, true),
+        None,
+        "half the rows"
+    );
+    assert_eq!(InitSample::Rows(5_000).rows(10_001, 8, true), Some(5_000));
+    assert_eq!(InitSample::Rows(usize::MAX).rows(10_001, 8, false), None);
     assert_eq!(InitSample::All.rows(10_000_000, 8, false), None);
     let err = KMeansParams::new(10)
         .init_sample(InitSample::Rows(9))
@@ -236,6 +245,20 @@ fn the_automatic_sample_and_its_limits() {
         err.to_string(),
         "an initialisation sample of 9 rows cannot give k = 10 centres"
     );
+}
+
+/// Only the rows seeding reads are checked, but a bad one is named by its
+/// row in the data, not in the sample.
+#[test]
+fn a_non_finite_sampled_row_is_named_by_its_row_in_the_data() {
+    let (mut x, _) = integer_data(3000, 4, 5);
+    let params = KMeansParams::new(3).init_sample(InitSample::Rows(1000));
+    // Every tenth row from the sixth: a sample of a third holds some.
+    for i in (5..3000).step_by(10) {
+        x[[i, 1]] = f32::NAN;
+    }
+    let err = params.initial_centroids(x.view()).unwrap_err().to_string();
+    assert!(err.contains("at row 6, column"), "{err}");
 }
 
 /// The automatic sample is uniform over the rows, not their first part:

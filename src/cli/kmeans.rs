@@ -50,9 +50,10 @@ pub struct KmeansArgs {
     #[arg(long, conflicts_with = "init")]
     pub init_centroids: Option<PathBuf>,
     /// Rows k-means++ and k-means|| draw from: `auto` (a uniform sample of
-    /// 1,024 rows per centre, at least 65,536, on larger unweighted data),
-    /// `all`, or a number of rows.
-    #[arg(long, default_value = "auto", value_parser = parse_init_sample)]
+    /// 1,024 rows per centre, at least 65,536, on unweighted data of more
+    /// than twice that), `all`, or a number of rows (a sample when there
+    /// are more than twice as many). `random` draws from every row.
+    #[arg(long, default_value = "auto", value_parser = parse_init_sample, conflicts_with = "init_centroids")]
     pub init_sample: InitSample,
     /// Runs from different seeds; the lowest inertia wins.
     #[arg(long, default_value_t = 1)]

@@ -16,6 +16,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use super::params::{Init, InitSample};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, BackendError, Cancel, Potential, Resident};
+use crate::data::check_finite;
 
 /// What a seeding works with: the data (standard layout) and weights, the
 /// backend, the data as it already holds them (uploaded here when needed
@@ -26,6 +27,9 @@ pub(super) struct Seeding<'a> {
     pub x: ArrayView2<'a, f32>,
     pub weights: Option<&'a [f32]>,
     pub sample: InitSample,
+    /// Check the rows seeding reads for NaN and infinities (a fit has
+    /// checked every row already): only the sample when there is one.
+    pub check_finite: bool,
 }
 
 /// The sample's row draws use their own stream of the seed, so seeding on
@@ -43,7 +47,7 @@ pub(super) fn initial_centroids(
     k: usize,
     seed: u64,
     cancel: &Cancel,
-) -> Result<Array2<f32>, BackendError> {
+) -> crate::Result<Array2<f32>> {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     let (x, weights) = (s.x, s.weights);
     let n = x.nrows();
@@ -58,12 +62,16 @@ pub(super) fn initial_centroids(
         // on the order the sampler happened to return.
         picks.sort_unstable();
         let rows = x.select(ndarray::Axis(0), &picks);
+        if s.check_finite && check_finite(rows.view(), &[]).is_err() {
+            // The error should name the row in `x`, not in the sample.
+            check_finite(x, &[])?;
+        }
         let row_weights: Option<Vec<f32>> = weights.map(|w| picks.iter().map(|&i| w[i]).collect());
         let mut small = s.backend.upload(
             rows.view(),
             row_weights.as_deref().map(ndarray::ArrayView1::from),
         )?;
-        return draw_centres(
+        return Ok(draw_centres(
             init,
             small.as_mut(),
             rows.view(),
@@ -71,7 +79,10 @@ pub(super) fn initial_centroids(
             k,
             &mut rng,
             cancel,
-        );
+        )?);
+    }
+    if s.check_finite {
+        check_finite(x, &[])?;
     }
     let mut uploaded = None;
     let resident = match s.resident {
@@ -86,7 +97,7 @@ pub(super) fn initial_centroids(
     let centres = draw_centres(init, resident, x, weights, k, &mut rng, cancel);
     // The per-row seeding state is not needed by the Lloyd steps.
     resident.seed_finish();
-    centres
+    Ok(centres?)
 }
 
 fn draw_centres(

@@ -31,15 +31,17 @@ pub enum Init {
 /// sampled row), and the Lloyd loop then runs on every row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum InitSample {
-    /// [`InitSample::AUTO_ROWS`] at most: every row of unweighted data
-    /// up to twice that, else that many drawn uniformly. Weighted fits
-    /// seed on every row (a uniform sample could miss a heavy row).
+    /// [`AUTO_ROWS_PER_CENTRE`](Self::AUTO_ROWS_PER_CENTRE) rows per
+    /// centre, at least [`AUTO_MIN_ROWS`](Self::AUTO_MIN_ROWS), as
+    /// [`InitSample::Rows`]. Weighted fits seed on every row (a uniform
+    /// sample could miss a heavy row).
     #[default]
     Auto,
     /// Every row: exact k-means++ over the data.
     All,
-    /// At most this many rows, drawn uniformly (every row when there are
-    /// fewer), weights kept. At least k.
+    /// This many rows, drawn uniformly, weights kept; every row when
+    /// there are at most twice as many (seeding on them costs little
+    /// more than on the sample, and saves the copy). At least k.
     Rows(usize),
 }
 
@@ -54,16 +56,10 @@ impl InitSample {
         let m = match self {
             Self::All => return None,
             Self::Auto if weighted => return None,
-            Self::Auto => {
-                let m = (Self::AUTO_ROWS_PER_CENTRE.saturating_mul(k)).max(Self::AUTO_MIN_ROWS);
-                if n <= m.saturating_mul(2) {
-                    return None;
-                }
-                m
-            }
+            Self::Auto => (Self::AUTO_ROWS_PER_CENTRE.saturating_mul(k)).max(Self::AUTO_MIN_ROWS),
             Self::Rows(m) => m,
         };
-        (m < n).then_some(m)
+        (n > m.saturating_mul(2)).then_some(m)
     }
 }
 

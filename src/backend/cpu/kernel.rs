@@ -303,8 +303,8 @@ pub unsafe fn group_distances<S: F32x16>(
 }
 
 /// The small-k kernel: sixteen rows in the lanes of one vector, centroids in
-/// an outer loop. The tile is transposed once (in registers where the CPU
-/// has AVX-512), distances are computed
+/// an outer loop. The tile is transposed once (in registers on AVX-512 and
+/// AVX2), distances are computed
 /// directly as `Σ (x − c)²` (exact, so nothing is recomputed), and the argmin
 /// is a lane-wise compare: no horizontal reductions. Ties keep the lower
 /// centroid index, as in the panel kernel.

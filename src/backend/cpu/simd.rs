@@ -415,14 +415,16 @@ mod x86 {
         let mut u = [_mm512_setzero_ps(); 16];
         for q in 0..4 {
             let (a0, a1, b0, b1) = (t[4 * q], t[4 * q + 1], t[4 * q + 2], t[4 * q + 3]);
-            let pd = |a: __m512, b: __m512, hi: bool| {
+            // A nested fn, not a closure: closures lack the CPU features.
+            #[inline(always)]
+            unsafe fn pd(a: __m512, b: __m512, hi: bool) -> __m512 {
                 let (a, b) = (_mm512_castps_pd(a), _mm512_castps_pd(b));
                 _mm512_castpd_ps(if hi {
                     _mm512_unpackhi_pd(a, b)
                 } else {
                     _mm512_unpacklo_pd(a, b)
                 })
-            };
+            }
             u[4 * q] = pd(a0, b0, false);
             u[4 * q + 1] = pd(a0, b0, true);
             u[4 * q + 2] = pd(a1, b1, false);

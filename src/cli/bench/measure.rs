@@ -37,7 +37,7 @@ pub struct Measurement {
     pub peak_rss_mib: Option<f64>,
     /// k-means workloads: median time of a fit's default initialisation
     /// (k-means++ on [`InitSample::Auto`]'s rows), from the host's rows to
-    /// the centres, upload of what it draws from included.
+    /// the centres: the sample drawn, checked and uploaded, and seeded.
     pub init_ms: Option<f64>,
     /// `init_ms` over a whole fit of [`FIT_ITERS`] iterations at
     /// `median_ms` each: the share of a fit spent choosing where to start.
@@ -65,16 +65,8 @@ pub fn run(
     reset_peak_rss();
     let started = Instant::now();
     let mut device_times = Vec::new();
-    let mut init_times = Vec::new();
     let times = match w.task {
-        Task::Lloyd { k } => {
-            if pruning == Pruning::Auto {
-                init_times = (0..repeats.max(1))
-                    .map(|r| time_init(backend, x, k, InitSample::Auto, r))
-                    .collect::<anyhow::Result<_>>()?;
-            }
-            lloyd(backend, pruning, x, k, iters, repeats, &mut device_times)?
-        }
+        Task::Lloyd { k } => lloyd(backend, pruning, x, k, iters, repeats, &mut device_times)?,
         Task::Pca { components } => (0..repeats)
             .map(|_| {
                 let t = Instant::now();
@@ -88,8 +80,19 @@ pub fn run(
             .collect::<anyhow::Result<_>>()?,
     };
     let end_to_end_ms = started.elapsed().as_secs_f64() * 1e3;
+    let peak_rss_mib = peak_rss_mib();
+    // After the end-to-end time and peak memory, which are the Lloyd
+    // run's alone.
+    let init_ms = match w.task {
+        Task::Lloyd { k } if pruning == Pruning::Auto => {
+            let times = (0..repeats.max(1))
+                .map(|r| time_init(backend, x, k, InitSample::Auto, r))
+                .collect::<anyhow::Result<_>>()?;
+            Some(median_min(times).0)
+        }
+        _ => None,
+    };
     let (median_ms, min_ms) = median_min(times);
-    let init_ms = (!init_times.is_empty()).then(|| median_min(init_times).0);
     let info = backend.info();
     Ok(Measurement {
         workload: w.id,
@@ -103,7 +106,7 @@ pub fn run(
         peak_fraction: None,
         fma_fraction: None,
         end_to_end_ms: Some(end_to_end_ms),
-        peak_rss_mib: peak_rss_mib(),
+        peak_rss_mib,
         init_ms,
         init_share: init_ms.map(|i| i / (i + FIT_ITERS as f64 * median_ms)),
     })

@@ -264,7 +264,12 @@ pub struct FitArgs {
     init_centroids: Option<PathBuf>,
     /// Rows k-means++ and k-means|| draw from: `auto`, `all` or a number
     /// of rows (as `segmenta kmeans --init-sample`).
-    #[arg(long, default_value = "auto", value_parser = super::kmeans::parse_init_sample)]
+    #[arg(
+        long,
+        default_value = "auto",
+        value_parser = super::kmeans::parse_init_sample,
+        conflicts_with = "init_centroids"
+    )]
     init_sample: InitSample,
     /// Runs from different seeds; the lowest inertia wins.
     #[arg(long, default_value_t = 1)]

@@ -337,9 +337,10 @@ class Client:
         """Fits k-means on a dataset. ``init``: ``"k-means++"``,
         ``"k-means||"``, ``"random"`` or a k × d array of initial centroids
         (original units). ``init_sample``: the rows k-means++ and k-means||
-        draw from: ``"auto"`` (a uniform sample of 1,024 rows per centre,
-        at least 65,536, on larger unweighted data), ``"all"`` or a number
-        of rows (at least k). Returns the :class:`KMeansModel` (or the job,
+        draw from: ``"auto"`` (a uniform sample of 1,024 rows per centre, at
+        least 65,536, on unweighted data of more than twice that), ``"all"``
+        or a number of rows (at least k; a sample only where there are more
+        than twice as many). Returns the :class:`KMeansModel` (or the job,
         with ``wait=False``)."""
         request = pb.FitKMeansRequest(
             dataset_id=dataset_id, k=int(k), columns=list(columns or ()), n_init=int(n_init),
