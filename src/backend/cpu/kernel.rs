@@ -201,7 +201,6 @@ fn assign_block_impl<S: F32x16>(
     let mut padded = vec![0.0f32; tile_rows * d];
     let mut columns = vec![0.0f32; LANES * d];
     let mut second = out.second;
-    let mut inertia = [0.0f64; 4];
     for t in (0..m).step_by(tile_rows) {
         let rows = tile_rows.min(m - t);
         let tile = if rows == tile_rows {
@@ -226,55 +225,115 @@ fn assign_block_impl<S: F32x16>(
             }
         }
         if let Some(p) = out.partial.as_deref_mut() {
-            for r in 0..rows {
-                let i = t + r;
-                let label = out.labels[i] as usize;
-                let w = weights.map_or(1.0, |w| w[i]) as f64;
+            let labels = &out.labels[t..t + rows];
+            for (r, row) in x[t * d..(t + rows) * d].chunks_exact(d).enumerate() {
+                let label = labels[r] as usize;
+                let w = weights.map_or(1.0, |w| w[t + r]) as f64;
                 // SAFETY: as above.
-                unsafe {
-                    S::add_scaled_f64(
-                        &mut p.sums[label * d..(label + 1) * d],
-                        &x[i * d..(i + 1) * d],
-                        w,
-                    );
-                }
+                unsafe { S::add_scaled_f64(&mut p.sums[label * d..(label + 1) * d], row, w) };
                 p.weights[label] += w;
-                inertia[r % 4] += w * out.distances[i] as f64;
             }
         }
     }
     if let Some(p) = out.partial {
-        // Four partial sums break the serial f64 add chain; fixed order.
-        p.inertia += (inertia[0] + inertia[1]) + (inertia[2] + inertia[3]);
+        p.inertia += inertia(out.distances, weights);
     }
 }
 
-/// Centroids scored together in [`nearest_in_lanes`]: with two partial sums
-/// each, eight independent FMA chains hide the FMA latency.
+/// `Σ w · distance` of a block in f64, in a fixed order: four partial
+/// sums, row i in sum i mod 4, so the adds vectorise and no add waits on
+/// the one before (summed per row inside the tile loop, they were a chain
+/// of store-to-load round trips).
+fn inertia(distances: &[f32], weights: Option<&[f32]>) -> f64 {
+    let mut sums = [0.0f64; 4];
+    let chunks = distances.chunks_exact(4);
+    let tail = chunks.remainder();
+    match weights {
+        None => {
+            for c in chunks {
+                for (s, &v) in sums.iter_mut().zip(c) {
+                    *s += v as f64;
+                }
+            }
+            for (s, &v) in sums.iter_mut().zip(tail) {
+                *s += v as f64;
+            }
+        }
+        Some(w) => {
+            for (c, w) in chunks.zip(w.chunks_exact(4)) {
+                for ((s, &v), &w) in sums.iter_mut().zip(c).zip(w) {
+                    *s += w as f64 * v as f64;
+                }
+            }
+            let w_tail = &w[distances.len() - tail.len()..];
+            for ((s, &v), &w) in sums.iter_mut().zip(tail).zip(w_tail) {
+                *s += w as f64 * v as f64;
+            }
+        }
+    }
+    (sums[0] + sums[1]) + (sums[2] + sums[3])
+}
+
+/// Centroids scored together in [`nearest_in_lanes`], at most: with two
+/// partial sums each, eight independent FMA chains hide the FMA latency.
 pub const GROUP: usize = 4;
 
+/// Centroids [`group_distances`] scores at once at S's level: [`GROUP`]
+/// where the register file holds its 2 · GROUP sums beside the operands,
+/// else half as many. On AVX2 a 16-lane sum is two of the 16 ymm
+/// registers, so four centroids' sums (16 ymm) spilled and every FMA
+/// waited on a store and a reload; two (8 ymm) still keep eight FMA chains
+/// in flight. Each centroid's sums are the same either way, so every level
+/// gives the same bits.
+#[inline(always)]
+pub fn group_width<S: F32x16>() -> usize {
+    if S::REGISTERS >= 4 * GROUP {
+        GROUP
+    } else {
+        GROUP / 2
+    }
+}
+
 /// Exact squared distances `Σ (x − c)²` of sixteen rows (a transposed
-/// tile: `columns[j · 16 + r]`) to the [`GROUP`] centres stored row-major
-/// from `centres` (`GROUP × d` values), even and odd dimensions in two
-/// sums each, added last.
+/// tile: `columns[j · 16 + r]`) to the first [`group_width`] of the
+/// [`GROUP`] centres stored row-major from `centres` (`GROUP × d` values),
+/// even and odd dimensions in two sums each, added last; the other entries
+/// are zero.
 ///
 /// # Safety
 /// The caller was compiled with S's CPU features; `columns` holds `16 · d`
 /// values and `centres` points at `GROUP · d` readable ones.
-// Index loops mirror the register tile; iterators would obscure it.
-#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 pub unsafe fn group_distances<S: F32x16>(
     columns: &[f32],
     centres: *const f32,
     d: usize,
 ) -> [S; GROUP] {
+    if group_width::<S>() == GROUP {
+        distances_of::<S, GROUP>(columns, centres, d)
+    } else {
+        distances_of::<S, { GROUP / 2 }>(columns, centres, d)
+    }
+}
+
+/// [`group_distances`] of the first `G` centres.
+///
+/// # Safety
+/// As for [`group_distances`].
+// Index loops mirror the register tile; iterators would obscure it.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn distances_of<S: F32x16, const G: usize>(
+    columns: &[f32],
+    centres: *const f32,
+    d: usize,
+) -> [S; GROUP] {
     let column = columns.as_ptr();
-    let mut even = [S::splat(0.0); GROUP];
-    let mut odd = [S::splat(0.0); GROUP];
+    let mut even = [S::splat(0.0); G];
+    let mut odd = [S::splat(0.0); G];
     let mut j = 0;
     while j + 1 < d {
-        for q in 0..GROUP {
+        for q in 0..G {
             let row = centres.add(q * d + j);
             let a = S::sub(S::load(column.add(j * LANES)), S::splat(*row));
             even[q] = S::fma(a, a, even[q]);
@@ -284,7 +343,7 @@ pub unsafe fn group_distances<S: F32x16>(
         j += 2;
     }
     if j < d {
-        for q in 0..GROUP {
+        for q in 0..G {
             let a = S::sub(
                 S::load(column.add(j * LANES)),
                 S::splat(*centres.add(q * d + j)),
@@ -296,10 +355,11 @@ pub unsafe fn group_distances<S: F32x16>(
     // CPU features, and the FMAs became out-of-line calls (a third of the
     // AVX2 small-k step).
     let one = S::splat(1.0);
-    for q in 0..GROUP {
-        even[q] = S::fma(one, even[q], odd[q]);
+    let mut out = [S::splat(0.0); GROUP];
+    for q in 0..G {
+        out[q] = S::fma(one, even[q], odd[q]);
     }
-    even
+    out
 }
 
 /// The small-k kernel: sixteen rows in the lanes of one vector, centroids in
@@ -327,28 +387,28 @@ unsafe fn nearest_in_lanes<S: F32x16, const SECOND: bool>(
     let columns: &[f32] = columns;
     let c = pc.grouped.as_ptr();
     let mut lanes = LaneBest::<S>::empty();
-    for g in (0..k).step_by(GROUP) {
+    let width = group_width::<S>();
+    for g in (0..k).step_by(width) {
         let dist = group_distances::<S>(columns, c.add(g * d), d);
-        for q in 0..GROUP.min(k - g) {
+        for q in 0..width.min(k - g) {
             lanes.update::<SECOND>(dist[q], S::splat((g + q) as f32));
         }
     }
     let rows = out.labels.len();
     let mut best = [0.0f32; LANES];
-    let mut label = [0.0f32; LANES];
+    let mut label = [0u32; LANES];
     let mut runner_up = [0.0f32; LANES];
-    lanes.best_idx.store(label.as_mut_ptr());
-    for (dst, &l) in out.labels.iter_mut().zip(&label) {
-        *dst = l as u32;
-    }
     // Whole tiles store straight into the outputs (a slice copy of a
     // run-time length would be a `memcpy` call per tile).
     if rows == LANES {
+        lanes.best_idx.store_u32(out.labels.as_mut_ptr());
         lanes.best.store(out.distances.as_mut_ptr());
         if let Some(second) = out.second {
             lanes.second.store(second.as_mut_ptr());
         }
     } else {
+        lanes.best_idx.store_u32(label.as_mut_ptr());
+        out.labels.copy_from_slice(&label[..rows]);
         lanes.best.store(best.as_mut_ptr());
         out.distances.copy_from_slice(&best[..rows]);
         if let Some(second) = out.second {

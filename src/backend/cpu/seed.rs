@@ -37,7 +37,7 @@
 
 use rayon::prelude::*;
 
-use super::kernel::{group_distances, GROUP};
+use super::kernel::{group_distances, group_width, GROUP};
 use super::simd::{self, F32x16, SimdKernel};
 use crate::backend::{seed_unit, Potential};
 
@@ -691,9 +691,10 @@ unsafe fn score_block<S: F32x16>(k: ScoreBlock) -> Vec<f64> {
         let tile = &tile;
         let nearv = load_tile::<S>(tile, d, k.closest, &mut buffer, &mut columns);
         let in_place = tile.consecutive;
-        for g in (0..t).step_by(GROUP) {
+        let width = group_width::<S>();
+        for g in (0..t).step_by(width) {
             let dists = group_distances::<S>(&columns, c.add(g * d), d);
-            for q in 0..GROUP.min(t - g) {
+            for q in 0..width.min(t - g) {
                 // min(D², d²): D² where it is not larger.
                 let below = S::lt(dists[q], nearv);
                 let lower = S::select(below, dists[q], nearv);

@@ -190,6 +190,9 @@ pub trait F32x16: Copy {
     unsafe fn bits(m: Self::Mask) -> u32;
     /// The smallest lane.
     unsafe fn reduce_min(self) -> f32;
+    /// The lanes, whole numbers in `0..2²⁴` (centroid indices carried as
+    /// f32), stored as u32 at `p` (16 writable values).
+    unsafe fn store_u32(self, p: *mut u32);
 }
 
 /// Eight f32 lanes: just what the Gram's diagonal tiles need.
@@ -273,6 +276,12 @@ impl F32x16 for Portable {
     #[inline(always)]
     unsafe fn reduce_min(self) -> f32 {
         self.0.iter().copied().fold(f32::INFINITY, f32::min)
+    }
+    #[inline(always)]
+    unsafe fn store_u32(self, p: *mut u32) {
+        for (l, &v) in self.0.iter().enumerate() {
+            *p.add(l) = v as u32;
+        }
     }
 }
 
@@ -400,6 +409,10 @@ mod x86 {
         unsafe fn reduce_min(self) -> f32 {
             _mm512_reduce_min_ps(self.0)
         }
+        #[inline(always)]
+        unsafe fn store_u32(self, p: *mut u32) {
+            _mm512_storeu_si512(p as *mut _, _mm512_cvttps_epi32(self.0))
+        }
     }
 
     /// 16 × 16 transpose: interleave pairs of rows, then pairs of pairs
@@ -501,7 +514,14 @@ mod x86 {
                 for r0 in [0, 8] {
                     let mut rows = [_mm256_setzero_ps(); 8];
                     for (r, row) in rows.iter_mut().enumerate() {
-                        *row = _mm256_maskload_ps(tile.as_ptr().add((r0 + r) * d + j0), mask);
+                        let p = tile.as_ptr().add((r0 + r) * d + j0);
+                        // A plain load where all 8 values are the row's:
+                        // a masked load costs several times as much.
+                        *row = if width == 8 {
+                            _mm256_loadu_ps(p)
+                        } else {
+                            _mm256_maskload_ps(p, mask)
+                        };
                     }
                     let columns = transpose8(rows);
                     for (c, column) in columns.iter().enumerate().take(width) {
@@ -566,6 +586,11 @@ mod x86 {
             let m = _mm_min_ps(m, _mm_movehl_ps(m, m));
             let m = _mm_min_ss(m, _mm_shuffle_ps::<1>(m, m));
             _mm_cvtss_f32(m)
+        }
+        #[inline(always)]
+        unsafe fn store_u32(self, p: *mut u32) {
+            _mm256_storeu_si256(p as *mut __m256i, _mm256_cvttps_epi32(self.0));
+            _mm256_storeu_si256(p.add(8) as *mut __m256i, _mm256_cvttps_epi32(self.1));
         }
     }
 }
