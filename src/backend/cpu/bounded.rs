@@ -11,8 +11,6 @@
 //! every centroid, by the same microkernels as the exhaustive step, and the
 //! rows that changed cluster move their values between the cluster sums.
 
-use std::borrow::Cow;
-
 use rayon::prelude::*;
 
 use super::kernel::{assign_block, squared_distance, BlockOut, PackedCentroids, Partial};
@@ -98,13 +96,17 @@ impl StepContext<'_, '_> {
         upper: &mut [f32],
         lower: &mut [f32],
     ) -> Option<Partial> {
-        let (k, d) = self.pc.centroids.dim();
+        let d = self.pc.centroids.ncols();
+        if labels.is_empty() {
+            return None;
+        }
         let centroids = self.pc.centroids.as_slice().expect("standard layout");
         let row = |i: usize| &x[i * d..(i + 1) * d];
         // First the bounds alone, streaming through the block; the rows that
         // fail are then read in a second loop whose loads do not wait on
         // branches, and are prefetched ahead: they are scattered, and each
         // is a cache miss.
+        let m = labels.len();
         let mut tighten: Vec<usize> = Vec::new();
         for (i, ((&a, u), l)) in labels
             .iter()
@@ -119,35 +121,48 @@ impl StepContext<'_, '_> {
                 tighten.push(i);
             }
         }
+        let count = tighten.len();
         // Where most rows fail (centroids still moving), one exhaustive
-        // pass over the block costs less than tightening, then gathering.
-        let rescan: Vec<usize> = if tighten.len() * 2 > labels.len() {
-            (0..labels.len()).collect()
-        } else {
-            let mut rescan = Vec::new();
-            for (t, &i) in tighten.iter().enumerate() {
-                if let Some(&ahead) = tighten.get(t + PREFETCH_ROWS) {
-                    prefetch(row(ahead));
-                }
-                let a = labels[i] as usize;
-                let u = up(squared_distance(row(i), &centroids[a * d..(a + 1) * d]).sqrt());
-                upper[i] = u;
-                if u > lower[i].max(self.half_gap[a]) {
-                    rescan.push(i);
-                }
+        // pass over the block costs less than tightening, then gathering;
+        // its distances go straight into the bounds.
+        if count * 2 > m {
+            let mut new_labels = vec![0; m];
+            assign_block(
+                x,
+                None,
+                self.pc,
+                BlockOut {
+                    labels: &mut new_labels,
+                    distances: upper,
+                    second: Some(lower),
+                    partial: None,
+                },
+            );
+            for (u, l) in upper.iter_mut().zip(lower.iter_mut()) {
+                *u = up(u.sqrt());
+                *l = down(l.sqrt());
             }
-            rescan
-        };
+            let moves = moves_of((0..m).zip(&new_labels), labels, weights);
+            return self.apply(x, &moves);
+        }
+        let mut rescan = Vec::new();
+        for (t, &i) in tighten.iter().enumerate() {
+            if let Some(&ahead) = tighten.get(t + PREFETCH_ROWS) {
+                prefetch(row(ahead));
+            }
+            let a = labels[i] as usize;
+            let u = up(squared_distance(row(i), &centroids[a * d..(a + 1) * d]).sqrt());
+            upper[i] = u;
+            if u > lower[i].max(self.half_gap[a]) {
+                rescan.push(i);
+            }
+        }
         if rescan.is_empty() {
             return None;
         }
-        let m = rescan.len();
-        let gathered: Cow<[f32]> = if m == labels.len() {
-            Cow::Borrowed(x)
-        } else {
-            Cow::Owned(rescan.iter().flat_map(|&i| row(i)).copied().collect())
-        };
-        let (mut new_labels, mut nearest, mut second) = (vec![0; m], vec![0.0; m], vec![0.0; m]);
+        let n = rescan.len();
+        let gathered: Vec<f32> = rescan.iter().flat_map(|&i| row(i)).copied().collect();
+        let (mut new_labels, mut nearest, mut second) = (vec![0; n], vec![0.0; n], vec![0.0; n]);
         assign_block(
             &gathered,
             None,
@@ -159,31 +174,51 @@ impl StepContext<'_, '_> {
                 partial: None,
             },
         );
-        let mut moves = Vec::new();
         for (r, &i) in rescan.iter().enumerate() {
             upper[i] = up(nearest[r].sqrt());
             lower[i] = down(second[r].sqrt());
-            if labels[i] != new_labels[r] {
-                moves.push(Move {
-                    row: i,
-                    from: labels[i] as usize,
-                    to: new_labels[r] as usize,
-                    weight: weights.map_or(1.0, |w| w[i] as f64),
-                });
-                labels[i] = new_labels[r];
-            }
         }
+        let moves = moves_of(rescan.iter().copied().zip(&new_labels), labels, weights);
+        self.apply(x, &moves)
+    }
+
+    /// The block's change to the cluster sums from `moves` (`None` if no
+    /// row moved).
+    fn apply(&self, x: &[f32], moves: &[Move]) -> Option<Partial> {
+        let (k, d) = self.pc.centroids.dim();
         if moves.is_empty() {
             return None;
         }
         let mut delta = Partial::zeros(k, d);
         simd::dispatch(ApplyMoves {
             x,
-            moves: &moves,
+            moves,
             delta: &mut delta,
         });
         Some(delta)
     }
+}
+
+/// The rows of `rescanned` (row, new label) whose cluster changed, with
+/// `labels` updated to the new ones.
+fn moves_of<'l>(
+    rescanned: impl Iterator<Item = (usize, &'l u32)>,
+    labels: &mut [u32],
+    weights: Option<&[f32]>,
+) -> Vec<Move> {
+    let mut moves = Vec::new();
+    for (i, &new) in rescanned {
+        if labels[i] != new {
+            moves.push(Move {
+                row: i,
+                from: labels[i] as usize,
+                to: new as usize,
+                weight: weights.map_or(1.0, |w| w[i] as f64),
+            });
+            labels[i] = new;
+        }
+    }
+    moves
 }
 
 /// A row that changed cluster.
