@@ -298,11 +298,11 @@ pub fn group_width<S: F32x16>() -> usize {
 /// tile: `columns[j · 16 + r]`) to the first [`group_width`] of the
 /// [`GROUP`] centres stored row-major from `centres` (`GROUP × d` values),
 /// even and odd dimensions in two sums each, added last; the other entries
-/// are zero.
+/// are +∞, so a caller that offered them anyway would never pick one.
 ///
 /// # Safety
 /// The caller was compiled with S's CPU features; `columns` holds `16 · d`
-/// values and `centres` points at `GROUP · d` readable ones.
+/// values and `centres` points at `group_width::<S>() · d` readable ones.
 #[inline(always)]
 pub unsafe fn group_distances<S: F32x16>(
     columns: &[f32],
@@ -355,7 +355,7 @@ unsafe fn distances_of<S: F32x16, const G: usize>(
     // CPU features, and the FMAs became out-of-line calls (a third of the
     // AVX2 small-k step).
     let one = S::splat(1.0);
-    let mut out = [S::splat(0.0); GROUP];
+    let mut out = [S::splat(f32::INFINITY); GROUP];
     for q in 0..G {
         out[q] = S::fma(one, even[q], odd[q]);
     }

@@ -24,7 +24,8 @@
 //!   computed, and is never more than half the block. A block with more
 //!   rows computed reads them in place, whole 16-row tiles at a time.
 //! - Rows go sixteen at a time in the lanes of a vector (the tile transposed
-//!   once), four trials at a time with two partial sums each (eight
+//!   once), `group_width` trials at a time (four on AVX-512, two where a
+//!   16-lane value takes two registers) with two partial sums each (eight
 //!   independent FMA chains, the small-k assignment kernel's
 //!   `group_distances`), distances exact as `Σ (x − c)²`.
 //!
@@ -683,6 +684,7 @@ unsafe fn score_block<S: F32x16>(k: ScoreBlock) -> Vec<f64> {
     let mut buffer = vec![0.0f32; LANES * d];
     let mut lanes = [0.0f32; LANES];
     let c = k.candidates.as_ptr();
+    let width = group_width::<S>();
     let mut tiles = k.tiles.each(k.x, d).peekable();
     while let Some(tile) = tiles.next() {
         if let Some(next) = tiles.peek() {
@@ -691,7 +693,6 @@ unsafe fn score_block<S: F32x16>(k: ScoreBlock) -> Vec<f64> {
         let tile = &tile;
         let nearv = load_tile::<S>(tile, d, k.closest, &mut buffer, &mut columns);
         let in_place = tile.consecutive;
-        let width = group_width::<S>();
         for g in (0..t).step_by(width) {
             let dists = group_distances::<S>(&columns, c.add(g * d), d);
             for q in 0..width.min(t - g) {

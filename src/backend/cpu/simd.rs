@@ -193,6 +193,9 @@ pub trait F32x16: Copy {
     /// The lanes, whole numbers in `0..2²⁴` (centroid indices carried as
     /// f32), stored as u32 at `p` (16 writable values).
     unsafe fn store_u32(self, p: *mut u32);
+    /// `table[idx[l]]` per lane, each index clamped to the table's last
+    /// entry, so no index can read outside it. `table` is not empty.
+    unsafe fn gather(table: &[f32], idx: &[u32; 16]) -> Self;
 }
 
 /// Eight f32 lanes: just what the Gram's diagonal tiles need.
@@ -282,6 +285,11 @@ impl F32x16 for Portable {
         for (l, &v) in self.0.iter().enumerate() {
             *p.add(l) = v as u32;
         }
+    }
+    #[inline(always)]
+    unsafe fn gather(table: &[f32], idx: &[u32; 16]) -> Self {
+        let last = table.len() - 1;
+        Self(std::array::from_fn(|l| table[(idx[l] as usize).min(last)]))
     }
 }
 
@@ -412,6 +420,13 @@ mod x86 {
         #[inline(always)]
         unsafe fn store_u32(self, p: *mut u32) {
             _mm512_storeu_si512(p as *mut _, _mm512_cvttps_epi32(self.0))
+        }
+        #[inline(always)]
+        unsafe fn gather(table: &[f32], idx: &[u32; 16]) -> Self {
+            assert!(!table.is_empty() && table.len() <= i32::MAX as usize);
+            let last = _mm512_set1_epi32(table.len() as i32 - 1);
+            let i = _mm512_min_epu32(_mm512_loadu_si512(idx.as_ptr() as *const _), last);
+            Self(_mm512_i32gather_ps::<4>(i, table.as_ptr() as _))
         }
     }
 
@@ -591,6 +606,19 @@ mod x86 {
         unsafe fn store_u32(self, p: *mut u32) {
             _mm256_storeu_si256(p as *mut __m256i, _mm256_cvttps_epi32(self.0));
             _mm256_storeu_si256(p.add(8) as *mut __m256i, _mm256_cvttps_epi32(self.1));
+        }
+        #[inline(always)]
+        unsafe fn gather(table: &[f32], idx: &[u32; 16]) -> Self {
+            assert!(!table.is_empty() && table.len() <= i32::MAX as usize);
+            let last = _mm256_set1_epi32(table.len() as i32 - 1);
+            // No closure here: it would be compiled without the CPU features.
+            let p = idx.as_ptr() as *const __m256i;
+            let lo = _mm256_min_epu32(_mm256_loadu_si256(p), last);
+            let hi = _mm256_min_epu32(_mm256_loadu_si256(p.add(1)), last);
+            Self(
+                _mm256_i32gather_ps::<4>(table.as_ptr(), lo),
+                _mm256_i32gather_ps::<4>(table.as_ptr(), hi),
+            )
         }
     }
 }
