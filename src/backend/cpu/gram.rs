@@ -110,6 +110,7 @@ fn block_gram(
     let mut gram = vec![0.0f64; dp * dp];
     let mut scratch = vec![0.0f32; SUB_ROWS * dp];
     let mut sub_sums = vec![0.0f32; dp];
+    let mut sub_gram = vec![0.0f32; dp * dp];
     let block = &rest[..len.min(rest.len())];
     for (s, sub) in block.chunks(SUB_ROWS * d).enumerate() {
         if cancel.is_set() {
@@ -137,9 +138,10 @@ fn block_gram(
         simd::dispatch(UpperGram {
             a: &scratch[..m * dp],
             dp,
-            gram: &mut gram,
+            sums: &mut sub_gram,
             ahead,
         });
+        flush_upper(&mut sub_gram, &mut gram, dp);
     }
     (sums, gram)
 }
@@ -228,53 +230,89 @@ fn padded(d: usize) -> usize {
     d.div_ceil(LANES) * LANES
 }
 
-/// `gram += aᵀ·a` on the tiles `(i, j)` with `i ≤ j`, for `a` of shape
+/// `sums += aᵀ·a` on the tiles `(i, j)` with `i ≤ j`, for `a` of shape
 /// `m × dp` (row-major), prefetching `ahead` on the way. The rows are
 /// already in cache in the layout the microkernel wants, so unlike a
 /// general matrix product nothing is packed.
+///
+/// `sums` holds the f32 sums of the rows so far (`dp × dp`, the upper tiles
+/// only), which the caller adds into its f64 Gram once per sub-block.
+/// Going through them [`CHUNK_ROWS`] rows at a time, every tile's strips
+/// read rows that stay in L1; a whole sub-block is L2's, and an AVX2 strip
+/// reads two lines of it per six cycles of FMAs, close to what L2 delivers.
+/// A strip's running sums go through `sums` between chunks, which is exact:
+/// the same additions in the same order as one pass over the sub-block.
 struct UpperGram<'a> {
     a: &'a [f32],
     dp: usize,
-    gram: &'a mut [f64],
+    sums: &'a mut [f32],
     ahead: &'a [f32],
 }
+
+/// Rows of [`UpperGram`] multiplied per pass over the tiles: 16 KiB of
+/// rows at d = 128, half of L1, beside a strip's sums and the prefetches.
+const CHUNK_ROWS: usize = 32;
 
 impl SimdKernel for UpperGram<'_> {
     type Output = ();
     #[inline(always)]
     fn run<S: F32x16>(self) {
-        let tiles = self.dp / LANES;
-        assert!(self.a.len().is_multiple_of(self.dp) && self.gram.len() == self.dp * self.dp);
+        let UpperGram { a, dp, sums, ahead } = self;
+        let tiles = dp / LANES;
+        assert!(a.len().is_multiple_of(dp) && sums.len() == dp * dp);
         // Each tile prefetches an equal share of `ahead`, in whole lines,
         // spread over its rows.
-        let share = self
-            .ahead
+        let share = ahead
             .len()
             .div_ceil(tiles * (tiles + 1) / 2)
             .next_multiple_of(LINE)
             .max(LINE);
-        let rows = self.a.len() / self.dp;
+        let rows = a.len() / dp;
         // A power of two, so that the row test is a mask.
         let every = 1 << (rows / (share / LINE)).max(1).ilog2();
-        let mut shares = self
-            .ahead
+        let shares: Vec<Prefetch> = ahead
             .chunks(share)
-            .map(|lines| Prefetch { lines, every });
-        for ti in 0..tiles {
-            for tj in ti..tiles {
-                let ahead = shares.next().unwrap_or(Prefetch { lines: &[], every });
-                let (i0, j0) = (ti * LANES, tj * LANES);
-                // SAFETY: dispatched with S's CPU features; the tile's rows
-                // and columns lie inside `a` and `gram` (asserted above).
-                unsafe {
-                    if ti == tj {
-                        diagonal_tile::<S>(self.a, self.dp, i0, self.gram, ahead)
-                    } else {
-                        tile::<S>(self.a, self.dp, i0, j0, self.gram, ahead)
+            .map(|lines| Prefetch { lines, every })
+            .collect();
+        for (c, chunk) in a.chunks(CHUNK_ROWS * dp).enumerate() {
+            let first = c * CHUNK_ROWS;
+            let mut shares = shares.iter().copied();
+            for ti in 0..tiles {
+                for tj in ti..tiles {
+                    let ahead = shares.next().unwrap_or(Prefetch { lines: &[], every });
+                    let tile = Tile {
+                        a: chunk,
+                        first,
+                        dp,
+                        i0: ti * LANES,
+                        j0: tj * LANES,
+                    };
+                    // SAFETY: dispatched with S's CPU features; the tile's
+                    // rows and columns lie inside `a` and `sums` (asserted
+                    // above).
+                    unsafe {
+                        if ti == tj {
+                            diagonal_tile::<S>(tile, sums, ahead)
+                        } else {
+                            off_diagonal_tile::<S>(tile, sums, ahead)
+                        }
                     }
                 }
             }
         }
+    }
+}
+
+/// Adds the upper tiles of the f32 `sums` into the f64 `gram` (both
+/// `dp × dp`) and zeroes them for the next sub-block.
+fn flush_upper(sums: &mut [f32], gram: &mut [f64], dp: usize) {
+    for i in 0..dp {
+        let from = i / LANES * LANES;
+        let at = i * dp + from..(i + 1) * dp;
+        gram[at.clone()]
+            .iter_mut()
+            .zip(&mut sums[at])
+            .for_each(|(g, s)| *g += std::mem::take(s) as f64);
     }
 }
 
@@ -307,45 +345,67 @@ impl Prefetch<'_> {
     }
 }
 
+/// A 16 × 16 tile of the product over a chunk of rows: `a` is the chunk
+/// (`dp` wide), whose first row is row `first` of the sub-block (for the
+/// prefetch schedule); the tile's rows are columns `i0..i0 + 16` of `a`,
+/// its columns `j0..j0 + 16`.
+#[derive(Clone, Copy)]
+struct Tile<'a> {
+    a: &'a [f32],
+    first: usize,
+    dp: usize,
+    i0: usize,
+    j0: usize,
+}
+
+impl Tile<'_> {
+    /// The tile `rows` further down.
+    #[inline(always)]
+    fn down(self, rows: usize) -> Self {
+        Tile {
+            i0: self.i0 + rows,
+            ..self
+        }
+    }
+}
+
 /// One 16 × 16 tile: for every row, one vector of columns `j0..j0+16`
 /// times sixteen broadcasts of columns `i0..i0+16`. With 32 registers the
 /// sixteen accumulators are one register tile; with 16 (AVX2, where each
 /// accumulator is two registers) they would spill, so the tile is summed as
 /// row strips of 6, 6 and 4 (12 accumulator registers, the row vector and a
-/// broadcast), each a pass over the sub-block, which is in L2 anyway.
+/// broadcast), each a pass over the chunk, which is in L1.
 #[inline(always)]
-unsafe fn tile<S: F32x16>(
-    a: &[f32],
-    dp: usize,
-    i0: usize,
-    j0: usize,
-    gram: &mut [f64],
-    ahead: Prefetch,
-) {
+unsafe fn off_diagonal_tile<S: F32x16>(tile: Tile, sums: &mut [f32], ahead: Prefetch) {
     if S::REGISTERS >= 32 {
-        strip::<S, LANES>(a, dp, i0, j0, gram, ahead);
+        strip::<S, LANES>(tile, sums, ahead);
     } else {
-        strip::<S, 6>(a, dp, i0, j0, gram, ahead);
-        strip::<S, 6>(a, dp, i0 + 6, j0, gram, ahead.none());
-        strip::<S, 4>(a, dp, i0 + 12, j0, gram, ahead.none());
+        strip::<S, 6>(tile, sums, ahead);
+        strip::<S, 6>(tile.down(6), sums, ahead.none());
+        strip::<S, 4>(tile.down(12), sums, ahead.none());
     }
 }
 
-/// Rows `i0..i0 + R` of a tile against columns `j0..j0 + 16`.
+/// Rows `i0..i0 + R` of a tile against columns `j0..j0 + 16`, added to
+/// their running sums.
 // Index loops mirror the register tile; iterators would obscure it.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn strip<S: F32x16, const R: usize>(
-    a: &[f32],
-    dp: usize,
-    i0: usize,
-    j0: usize,
-    gram: &mut [f64],
-    ahead: Prefetch,
-) {
+unsafe fn strip<S: F32x16, const R: usize>(tile: Tile, sums: &mut [f32], ahead: Prefetch) {
+    let Tile {
+        a,
+        first,
+        dp,
+        i0,
+        j0,
+    } = tile;
+    let at = |ii: usize| (i0 + ii) * dp + j0;
     let mut acc = [S::splat(0.0); R];
+    for ii in 0..R {
+        acc[ii] = S::load(sums.as_ptr().add(at(ii)));
+    }
     for (r, row) in a.chunks_exact(dp).enumerate() {
-        ahead.at_row(r);
+        ahead.at_row(first + r);
         let p = row.as_ptr();
         let right = S::load(p.add(j0));
         for ii in 0..R {
@@ -353,35 +413,39 @@ unsafe fn strip<S: F32x16, const R: usize>(
         }
     }
     for ii in 0..R {
-        flush::<S>(acc[ii], gram, (i0 + ii) * dp + j0);
+        acc[ii].store(sums.as_mut_ptr().add(at(ii)));
     }
 }
 
 /// A tile on the diagonal needs only its upper triangle: its first eight
-/// rows as in [`tile`], its last eight only on their last eight columns, in
-/// half-width vectors (a quarter of the tile's work saved where 512-bit
-/// operations are split in two). With 16 registers, as three strips.
+/// rows as in [`off_diagonal_tile`], its last eight only on their last
+/// eight columns, in half-width vectors (a quarter of the tile's work saved
+/// where 512-bit operations are split in two). With 16 registers, as three
+/// strips.
 // Index loops mirror the register tile; iterators would obscure it.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn diagonal_tile<S: F32x16>(
-    a: &[f32],
-    dp: usize,
-    i0: usize,
-    gram: &mut [f64],
-    ahead: Prefetch,
-) {
+unsafe fn diagonal_tile<S: F32x16>(tile: Tile, sums: &mut [f32], ahead: Prefetch) {
     const HALF: usize = LANES / 2;
     if S::REGISTERS < 32 {
-        strip::<S, 6>(a, dp, i0, i0, gram, ahead);
-        strip::<S, 2>(a, dp, i0 + 6, i0, gram, ahead.none());
-        bottom_corner::<S>(a, dp, i0, gram);
+        strip::<S, 6>(tile, sums, ahead);
+        strip::<S, 2>(tile.down(6), sums, ahead.none());
+        bottom_corner::<S>(tile, sums);
         return;
     }
+    let Tile {
+        a, first, dp, i0, ..
+    } = tile;
+    let top_at = |ii: usize| (i0 + ii) * dp + i0;
+    let corner_at = |ii: usize| (i0 + HALF + ii) * dp + i0 + HALF;
     let mut top = [S::splat(0.0); HALF];
     let mut bottom = [S::Half::splat(0.0); HALF];
+    for ii in 0..HALF {
+        top[ii] = S::load(sums.as_ptr().add(top_at(ii)));
+        bottom[ii] = S::Half::load(sums.as_ptr().add(corner_at(ii)));
+    }
     for (r, row) in a.chunks_exact(dp).enumerate() {
-        ahead.at_row(r);
+        ahead.at_row(first + r);
         let p = row.as_ptr().add(i0);
         let whole = S::load(p);
         let right = S::Half::load(p.add(HALF));
@@ -391,18 +455,23 @@ unsafe fn diagonal_tile<S: F32x16>(
         }
     }
     for ii in 0..HALF {
-        flush::<S>(top[ii], gram, (i0 + ii) * dp + i0);
+        top[ii].store(sums.as_mut_ptr().add(top_at(ii)));
+        bottom[ii].store(sums.as_mut_ptr().add(corner_at(ii)));
     }
-    flush_corner::<S>(&bottom, gram, dp, i0);
 }
 
 /// The diagonal tile's last eight rows on their last eight columns.
 // Index loops mirror the register tile; iterators would obscure it.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn bottom_corner<S: F32x16>(a: &[f32], dp: usize, i0: usize, gram: &mut [f64]) {
+unsafe fn bottom_corner<S: F32x16>(tile: Tile, sums: &mut [f32]) {
     const HALF: usize = LANES / 2;
+    let Tile { a, dp, i0, .. } = tile;
+    let at = |ii: usize| (i0 + HALF + ii) * dp + i0 + HALF;
     let mut bottom = [S::Half::splat(0.0); HALF];
+    for ii in 0..HALF {
+        bottom[ii] = S::Half::load(sums.as_ptr().add(at(ii)));
+    }
     for row in a.chunks_exact(dp) {
         let p = row.as_ptr().add(i0 + HALF);
         let right = S::Half::load(p);
@@ -410,31 +479,9 @@ unsafe fn bottom_corner<S: F32x16>(a: &[f32], dp: usize, i0: usize, gram: &mut [
             bottom[ii] = S::Half::fma(S::Half::splat(*p.add(ii)), right, bottom[ii]);
         }
     }
-    flush_corner::<S>(&bottom, gram, dp, i0);
-}
-
-#[inline(always)]
-unsafe fn flush_corner<S: F32x16>(
-    bottom: &[S::Half; LANES / 2],
-    gram: &mut [f64],
-    dp: usize,
-    i0: usize,
-) {
-    const HALF: usize = LANES / 2;
-    let mut lanes = [0.0f32; HALF];
-    for (ii, b) in bottom.iter().enumerate() {
-        b.store(lanes.as_mut_ptr());
-        let at = (i0 + HALF + ii) * dp + i0 + HALF;
-        S::add_scaled_f64(&mut gram[at..at + HALF], &lanes, 1.0);
+    for ii in 0..HALF {
+        bottom[ii].store(sums.as_mut_ptr().add(at(ii)));
     }
-}
-
-/// Adds a row of a tile's f32 sums into the block's f64 Gram at `at`.
-#[inline(always)]
-unsafe fn flush<S: F32x16>(acc: S, gram: &mut [f64], at: usize) {
-    let mut lanes = [0.0f32; LANES];
-    acc.store(lanes.as_mut_ptr());
-    S::add_scaled_f64(&mut gram[at..at + LANES], &lanes, 1.0);
 }
 
 #[cfg(test)]
@@ -455,8 +502,8 @@ mod tests {
         let pivot: Vec<f32> = (0..d).map(|j| j as f32 * 0.1).collect();
         let centred: Vec<f32> = (0..m * d).map(|i| x[i] - pivot[i % d]).collect();
         let check = |name: &str, run: &dyn Fn(Centre, UpperGram)| {
-            let (mut out, mut sums, mut gram) =
-                (vec![0.0; m * dp], vec![0.0; dp], vec![0.0; dp * dp]);
+            let (mut out, mut sums, mut gram32) =
+                (vec![0.0; m * dp], vec![0.0; dp], vec![0.0f32; dp * dp]);
             let centre = Centre {
                 x: &x,
                 d,
@@ -479,10 +526,13 @@ mod tests {
                 UpperGram {
                     a: &scratch,
                     dp,
-                    gram: &mut gram,
+                    sums: &mut gram32,
                     ahead: &x,
                 },
             );
+            let mut gram = vec![0.0f64; dp * dp];
+            flush_upper(&mut gram32, &mut gram, dp);
+            assert!(gram32.iter().all(|&v| v == 0.0), "{name}: sums not zeroed");
             for r in 0..m {
                 for j in 0..dp {
                     let want = if j < d { centred[r * d + j] } else { 0.0 };
