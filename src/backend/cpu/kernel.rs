@@ -19,7 +19,7 @@
 
 use ndarray::ArrayView2;
 
-use super::simd::{self, F32x16, SimdKernel};
+use super::simd::{self, F32x16, F32x8, SimdKernel};
 
 pub const LANES: usize = 16;
 /// The most rows of a panel tile ([`PackedCentroids::tile_rows`]).
@@ -46,6 +46,11 @@ pub struct PackedCentroids<'c> {
 
 impl<'c> PackedCentroids<'c> {
     pub fn new(centroids: ArrayView2<'c, f32>) -> Self {
+        Self::for_level(centroids, simd::level())
+    }
+
+    /// Packed for the kernels of `level` (the panel width depends on it).
+    fn for_level(centroids: ArrayView2<'c, f32>, level: simd::Level) -> Self {
         let (k, d) = centroids.dim();
         if k <= SMALL_K {
             let mut grouped = vec![0.0; k.div_ceil(GROUP) * GROUP * d];
@@ -62,7 +67,7 @@ impl<'c> PackedCentroids<'c> {
             };
         }
         let v = match k {
-            _ if simd::level() < simd::Level::Avx512 => 1,
+            _ if level < simd::Level::Avx512 => 1,
             0..=16 => 1,
             17..=32 => 2,
             _ => 4,
@@ -523,6 +528,43 @@ impl<S: F32x16> LaneBest<S> {
     }
 }
 
+/// Per-lane running best score of one row, eight lanes wide: the large-k
+/// kernel's state where registers are few ([`nearest_tile`]). Folding a
+/// panel's sixteen scores into eight lanes as they are offered halves what
+/// six rows keep between panels (12 AVX2 registers, not 24), and so what
+/// spills to the stack and comes back every panel.
+#[derive(Clone, Copy)]
+struct HalfBest<H: F32x8> {
+    best: H,
+    best_idx: H,
+}
+
+impl<H: F32x8> HalfBest<H> {
+    #[inline(always)]
+    unsafe fn empty() -> Self {
+        Self {
+            best: H::splat(f32::INFINITY),
+            best_idx: H::splat(0.0),
+        }
+    }
+
+    /// As [`LaneBest::update`] without the runner-up.
+    #[inline(always)]
+    unsafe fn update(&mut self, scores: H, idx: H) {
+        let better = H::lt(scores, self.best);
+        self.best_idx = H::select(better, idx, self.best_idx);
+        self.best = H::select(better, scores, self.best);
+    }
+
+    /// As [`LaneBest::finish`]: ties go to the lower centroid index.
+    #[inline(always)]
+    unsafe fn label(&self) -> u32 {
+        let best = self.best.reduce_min();
+        let inf = H::splat(f32::INFINITY);
+        H::select(H::eq(self.best, H::splat(best)), self.best_idx, inf).reduce_min() as u32
+    }
+}
+
 // Index loops mirror the register tile; iterators would obscure it.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
@@ -536,22 +578,33 @@ unsafe fn nearest_tile<S: F32x16, const R: usize, const V: usize, const SECOND: 
     let lane_index: [f32; LANES] = std::array::from_fn(|l| l as f32);
     let lane_index = S::load(lane_index.as_ptr());
     let minus_two = S::splat(-2.0);
-    let mut lanes = [LaneBest::<S>::empty(); R];
-    for p in 0..pc.n_panels {
-        let panel = pc.panels[p * d * V..].as_ptr() as *const f32;
-        let mut acc = [[S::splat(0.0); V]; R];
-        for j in 0..d {
-            let mut c = [S::splat(0.0); V];
-            for (v, cv) in c.iter_mut().enumerate() {
-                *cv = S::load(panel.add((j * V + v) * LANES));
-            }
+    // Each lane of a half sees its centroids in increasing index order
+    // (lane l: l, then l + 8, of each panel in turn), so strict `<` keeps
+    // the lower index on ties as the sixteen-lane state does.
+    if !SECOND && V == 1 && S::REGISTERS < 32 {
+        let mut lanes = [HalfBest::<S::Half>::empty(); R];
+        for p in 0..pc.n_panels {
+            let acc = panel_products::<S, R, V>(tile, pc, p);
+            let norms = S::load(pc.norms[p].as_ptr());
+            let first = S::splat((p * LANES) as f32);
+            let (idx_lo, idx_hi) = S::fma(S::splat(1.0), lane_index, first).halves();
             for r in 0..R {
-                let xv = S::splat(*tile.get_unchecked(r * d + j));
-                for v in 0..V {
-                    acc[r][v] = S::fma(xv, c[v], acc[r][v]);
-                }
+                let (lo, hi) = S::fma(minus_two, acc[r][0], norms).halves();
+                lanes[r].update(lo, idx_lo);
+                lanes[r].update(hi, idx_hi);
             }
         }
+        for r in 0..R {
+            out[r] = Nearest {
+                label: lanes[r].label(),
+                second: 0,
+            };
+        }
+        return;
+    }
+    let mut lanes = [LaneBest::<S>::empty(); R];
+    for p in 0..pc.n_panels {
+        let acc = panel_products::<S, R, V>(tile, pc, p);
         for v in 0..V {
             let norms = S::load(pc.norms[p * V + v].as_ptr());
             let first = S::splat(((p * V + v) * LANES) as f32);
@@ -565,6 +618,34 @@ unsafe fn nearest_tile<S: F32x16, const R: usize, const V: usize, const SECOND: 
     for r in 0..R {
         out[r] = lanes[r].finish::<SECOND>();
     }
+}
+
+/// `x · c` of the tile's `R` rows with panel `p`'s `V × 16` centroids: the
+/// register tile of the module docs.
+// Index loops mirror the register tile; iterators would obscure it.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn panel_products<S: F32x16, const R: usize, const V: usize>(
+    tile: &[f32],
+    pc: &PackedCentroids,
+    p: usize,
+) -> [[S; V]; R] {
+    let d = pc.centroids.ncols();
+    let panel = pc.panels[p * d * V..].as_ptr() as *const f32;
+    let mut acc = [[S::splat(0.0); V]; R];
+    for j in 0..d {
+        let mut c = [S::splat(0.0); V];
+        for (v, cv) in c.iter_mut().enumerate() {
+            *cv = S::load(panel.add((j * V + v) * LANES));
+        }
+        for r in 0..R {
+            let xv = S::splat(*tile.get_unchecked(r * d + j));
+            for v in 0..V {
+                acc[r][v] = S::fma(xv, c[v], acc[r][v]);
+            }
+        }
+    }
+    acc
 }
 
 /// Exact squared Euclidean distance, `Σ (a − b)²` in f32, with eight partial
@@ -582,4 +663,70 @@ pub fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
     }
     let tail: f32 = ar.iter().zip(br).map(|(x, y)| (x - y) * (x - y)).sum();
     acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array2;
+
+    /// Small whole numbers, so that every score and distance is exact in
+    /// f32 and the argmin has one right answer: the lowest index among the
+    /// centroids at the least distance. Centroids repeat every 8 and every
+    /// 16 indices, so that exact ties fall in the same lane, in the other
+    /// half of a panel and in another panel. At every level, with and
+    /// without the runner-up (two ways of keeping the per-lane state).
+    #[test]
+    fn every_level_breaks_exact_ties_to_the_lowest_index() {
+        for level in simd::Level::available() {
+            let shapes = [(17usize, 3usize), (40, 19), (64, 32), (70, 5)];
+            for (&(k, d), period) in shapes.iter().flat_map(|s| [8, 16, 24].map(|p| (s, p))) {
+                let c = Array2::from_shape_fn((k, d), |(c, j)| {
+                    ((c % period * 7 + j * 3) % 9) as f32 - 4.0
+                });
+                let m = 53;
+                let x: Vec<f32> = (0..m * d)
+                    .map(|i| ((i * 5 + i / d) % 11) as f32 - 5.0)
+                    .collect();
+                let exact = |r: usize, c_: usize| -> f32 {
+                    (0..d).map(|j| (x[r * d + j] - c[[c_, j]]).powi(2)).sum()
+                };
+                let pc = PackedCentroids::for_level(c.view(), level);
+                for with_second in [false, true] {
+                    let (mut labels, mut distances, mut second) =
+                        (vec![u32::MAX; m], vec![f32::NAN; m], vec![f32::NAN; m]);
+                    simd::dispatch_at(
+                        level,
+                        AssignBlock {
+                            x: &x,
+                            weights: None,
+                            pc: &pc,
+                            out: BlockOut {
+                                labels: &mut labels,
+                                distances: &mut distances,
+                                second: with_second.then_some(&mut second[..]),
+                                partial: None,
+                            },
+                        },
+                    );
+                    for r in 0..m {
+                        let all: Vec<f32> = (0..k).map(|c_| exact(r, c_)).collect();
+                        let least = all.iter().copied().fold(f32::INFINITY, f32::min);
+                        let want = all.iter().position(|&v| v == least).unwrap() as u32;
+                        let at = format!(
+                            "{level}, k = {k}, d = {d}, period {period}, second {with_second}, row {r}"
+                        );
+                        assert_eq!(labels[r], want, "{at}");
+                        assert_eq!(distances[r], least, "{at}");
+                        if with_second {
+                            // The runner-up may tie the winner (a repeat).
+                            let mut sorted = all.clone();
+                            sorted.sort_by(f32::total_cmp);
+                            assert_eq!(second[r], sorted[1], "{at}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -196,15 +196,25 @@ pub trait F32x16: Copy {
     /// `table[idx[l]]` per lane, each index clamped to the table's last
     /// entry, so no index can read outside it. `table` is not empty.
     unsafe fn gather(table: &[f32], idx: &[u32; 16]) -> Self;
+    /// Lanes 0–7 and lanes 8–15.
+    unsafe fn halves(self) -> (Self::Half, Self::Half);
 }
 
-/// Eight f32 lanes: just what the Gram's diagonal tiles need.
+/// Eight f32 lanes: what the Gram's diagonal tiles and the large-k
+/// kernel's per-row minima need.
 pub trait F32x8: Copy {
+    type Mask: Copy;
     unsafe fn splat(v: f32) -> Self;
     unsafe fn load(p: *const f32) -> Self;
     /// `a·b + c`
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
     unsafe fn store(self, p: *mut f32);
+    unsafe fn lt(a: Self, b: Self) -> Self::Mask;
+    unsafe fn eq(a: Self, b: Self) -> Self::Mask;
+    /// Lanes of `yes` where `m` is set, else of `no`.
+    unsafe fn select(m: Self::Mask, yes: Self, no: Self) -> Self;
+    /// The smallest lane.
+    unsafe fn reduce_min(self) -> f32;
 }
 
 #[derive(Clone, Copy)]
@@ -214,6 +224,7 @@ pub struct Portable([f32; 16]);
 pub struct PortableHalf([f32; 8]);
 
 impl F32x8 for PortableHalf {
+    type Mask = [bool; 8];
     #[inline(always)]
     unsafe fn splat(v: f32) -> Self {
         Self([v; 8])
@@ -229,6 +240,24 @@ impl F32x8 for PortableHalf {
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
         std::ptr::write_unaligned(p as *mut [f32; 8], self.0)
+    }
+    #[inline(always)]
+    unsafe fn lt(a: Self, b: Self) -> Self::Mask {
+        std::array::from_fn(|l| a.0[l] < b.0[l])
+    }
+    #[inline(always)]
+    unsafe fn eq(a: Self, b: Self) -> Self::Mask {
+        std::array::from_fn(|l| a.0[l] == b.0[l])
+    }
+    #[inline(always)]
+    unsafe fn select(m: Self::Mask, yes: Self, no: Self) -> Self {
+        Self(std::array::from_fn(
+            |l| if m[l] { yes.0[l] } else { no.0[l] },
+        ))
+    }
+    #[inline(always)]
+    unsafe fn reduce_min(self) -> f32 {
+        self.0.iter().copied().fold(f32::INFINITY, f32::min)
     }
 }
 
@@ -291,6 +320,13 @@ impl F32x16 for Portable {
         let last = table.len() - 1;
         Self(std::array::from_fn(|l| table[(idx[l] as usize).min(last)]))
     }
+    #[inline(always)]
+    unsafe fn halves(self) -> (PortableHalf, PortableHalf) {
+        (
+            PortableHalf(std::array::from_fn(|l| self.0[l])),
+            PortableHalf(std::array::from_fn(|l| self.0[8 + l])),
+        )
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -306,6 +342,7 @@ mod x86 {
     pub struct Half256(__m256);
 
     impl F32x8 for Half256 {
+        type Mask = __m256;
         #[inline(always)]
         unsafe fn splat(v: f32) -> Self {
             Self(_mm256_set1_ps(v))
@@ -322,6 +359,31 @@ mod x86 {
         unsafe fn store(self, p: *mut f32) {
             _mm256_storeu_ps(p, self.0)
         }
+        #[inline(always)]
+        unsafe fn lt(a: Self, b: Self) -> __m256 {
+            _mm256_cmp_ps::<_CMP_LT_OQ>(a.0, b.0)
+        }
+        #[inline(always)]
+        unsafe fn eq(a: Self, b: Self) -> __m256 {
+            _mm256_cmp_ps::<_CMP_EQ_OQ>(a.0, b.0)
+        }
+        #[inline(always)]
+        unsafe fn select(m: __m256, yes: Self, no: Self) -> Self {
+            Self(_mm256_blendv_ps(no.0, yes.0, m))
+        }
+        #[inline(always)]
+        unsafe fn reduce_min(self) -> f32 {
+            min_of_256(self.0)
+        }
+    }
+
+    /// The smallest of eight lanes.
+    #[inline(always)]
+    unsafe fn min_of_256(m: __m256) -> f32 {
+        let m = _mm_min_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_min_ss(m, _mm_shuffle_ps::<1>(m, m));
+        _mm_cvtss_f32(m)
     }
 
     /// `sums[j] += w · row[j]`, four values per step with a fused multiply-add (`1·x + s` rounds
@@ -427,6 +489,15 @@ mod x86 {
             let last = _mm512_set1_epi32(table.len() as i32 - 1);
             let i = _mm512_min_epu32(_mm512_loadu_si512(idx.as_ptr() as *const _), last);
             Self(_mm512_i32gather_ps::<4>(i, table.as_ptr() as _))
+        }
+        #[inline(always)]
+        unsafe fn halves(self) -> (Half256, Half256) {
+            // Through f64 lanes: the f32 extract needs AVX512DQ.
+            let hi = _mm512_extractf64x4_pd::<1>(_mm512_castps_pd(self.0));
+            (
+                Half256(_mm512_castps512_ps256(self.0)),
+                Half256(_mm256_castpd_ps(hi)),
+            )
         }
     }
 
@@ -596,11 +667,7 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn reduce_min(self) -> f32 {
-            let m = _mm256_min_ps(self.0, self.1);
-            let m = _mm_min_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
-            let m = _mm_min_ps(m, _mm_movehl_ps(m, m));
-            let m = _mm_min_ss(m, _mm_shuffle_ps::<1>(m, m));
-            _mm_cvtss_f32(m)
+            min_of_256(_mm256_min_ps(self.0, self.1))
         }
         #[inline(always)]
         unsafe fn store_u32(self, p: *mut u32) {
@@ -619,6 +686,10 @@ mod x86 {
                 _mm256_i32gather_ps::<4>(table.as_ptr(), lo),
                 _mm256_i32gather_ps::<4>(table.as_ptr(), hi),
             )
+        }
+        #[inline(always)]
+        unsafe fn halves(self) -> (Half256, Half256) {
+            (Half256(self.0), Half256(self.1))
         }
     }
 }
