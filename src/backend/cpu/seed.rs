@@ -29,12 +29,12 @@
 //!   independent FMA chains, the small-k assignment kernel's
 //!   `group_distances`), distances exact as `Σ (x − c)²`.
 //!
-//! A block's `min(D², d²)` per trial live in a per-thread scratch that stays
-//! in cache; scores are summed from it in row order, in per-lane f32
-//! accumulators added in f64 once per block. Scoring also lists, per block
-//! and trial, the rows the trial lowers and their new `D²` (found from the
-//! compare mask's bits): keeping the winner applies its list, with no
-//! second read of the rows and no `t × n` minima stored.
+//! Scoring lists, per block and trial, the rows the trial lowers and their
+//! new `D²` (found from the compare mask's bits). A trial's score in a
+//! block is the block's potential less what its list lowers, in f64, so no
+//! per-row minima are stored or summed (`t` values per row, most of them
+//! unchanged `D²`, were once written and read back every step); keeping
+//! the winner applies its list, with no second read of the rows.
 
 use rayon::prelude::*;
 
@@ -64,6 +64,9 @@ pub(super) struct Seed {
     trials: usize,
     /// The last scored trials' skip bounds, `t × m` (empty without owners).
     bounds: Vec<f32>,
+    /// Per block, `Σ w·D²` of `closest` as [`Seed::keep`] found it; empty
+    /// when not known (before the first keep, after [`Seed::lowered`]).
+    potential: Vec<f64>,
 }
 
 struct Owners {
@@ -140,6 +143,7 @@ impl Seed {
     pub fn lowered(&mut self) {
         self.owners = None;
         self.trials = 0;
+        self.potential.clear();
         self.packed.iter_mut().for_each(|p| *p = Packed::default());
         self.scored.clear();
     }
@@ -180,53 +184,46 @@ impl Seed {
             .filter(|_| m > 0)
             .map(|o| &o.of_row[..]);
         let (closest, candidates) = (&self.closest, &self.candidates);
+        let known = &self.potential[..];
+        let known = (known.len() == self.packed.len()).then_some(known);
         let parts: Vec<Vec<f64>> = self
             .packed
             .par_iter_mut()
             .zip(self.scored.par_iter_mut())
             .enumerate()
-            .map_init(
-                || (Plan::default(), Vec::new()),
-                |(tiles, lower): &mut Scratch, (b, (packed, scored))| {
-                    let range = rows.block(b);
-                    let (x, near) = (rows.block_x(&range), &closest[range.clone()]);
-                    let owners = of_row.map(|o| (&o[range.clone()], &any[..]));
-                    let todo = &mut scored.rows;
-                    rows_to_compute(owners, near, todo);
-                    repack(todo, x, d, packed);
-                    plan(todo, x, d, packed, tiles);
-                    // Skipped rows keep D² for every trial; when no row is
-                    // skipped, every value is written by the kernel.
-                    if todo.len() == near.len() {
-                        lower.resize(t * near.len(), 0.0);
-                    } else {
-                        lower.clear();
-                        for _ in 0..t {
-                            lower.extend_from_slice(near);
-                        }
+            .map_init(Plan::default, |tiles, (b, (packed, scored))| {
+                let range = rows.block(b);
+                let (x, near) = (rows.block_x(&range), &closest[range.clone()]);
+                let owners = of_row.map(|o| (&o[range.clone()], &any[..]));
+                let todo = &mut scored.rows;
+                rows_to_compute(owners, near, todo);
+                repack(todo, x, d, packed);
+                plan(todo, x, d, packed, tiles);
+                let potential = match known {
+                    Some(sums) => sums[b],
+                    None => block_potential(rows, range.start, near),
+                };
+                // Cleared, and shrunk once far larger than needed: early
+                // trials lower many rows, later ones few.
+                for list in scored.closer.iter_mut() {
+                    if list.capacity() > 4 * list.len() + 1024 {
+                        *list = Vec::new();
                     }
-                    // Cleared, and shrunk once far larger than needed: early
-                    // trials lower many rows, later ones few.
-                    for list in scored.closer.iter_mut() {
-                        if list.capacity() > 4 * list.len() + 1024 {
-                            *list = Vec::new();
-                        }
-                        list.clear();
-                    }
-                    scored.closer.resize_with(t, Vec::new);
-                    simd::dispatch(ScoreBlock {
-                        d,
-                        weights: rows.weights.map(|w| &w[range.clone()]),
-                        closest: near,
-                        candidates,
-                        t,
-                        x,
-                        tiles,
-                        lower,
-                        closer: &mut scored.closer,
-                    })
-                },
-            )
+                    list.clear();
+                }
+                scored.closer.resize_with(t, Vec::new);
+                simd::dispatch(ScoreBlock {
+                    d,
+                    weights: rows.weights.map(|w| &w[range.clone()]),
+                    closest: near,
+                    candidates,
+                    t,
+                    x,
+                    tiles,
+                    potential,
+                    closer: &mut scored.closer,
+                })
+            })
             .collect();
         let mut total = vec![0.0f64; t];
         for part in parts {
@@ -248,7 +245,7 @@ impl Seed {
             Some(o) => o.of_row.chunks_mut(BLOCK).map(Some).collect(),
             None => (0..n.div_ceil(BLOCK)).map(|_| None).collect(),
         };
-        let sums = self
+        let sums: Vec<f64> = self
             .closest
             .par_chunks_mut(BLOCK)
             .zip(owner_blocks.par_iter_mut())
@@ -271,6 +268,7 @@ impl Seed {
         }
         // The other trials were scored against the old D².
         self.trials = 0;
+        self.potential.clone_from(&sums);
         Potential {
             starts: (0..n).step_by(BLOCK).collect(),
             sums,
@@ -286,17 +284,64 @@ fn rows_to_compute(owners: Option<(&[u32], &[f32])>, near: &[f32], todo: &mut Ve
     todo.clear();
     match owners {
         None => todo.extend(0..near.len() as u32),
-        Some((of_row, bound)) => {
-            // Branch-free: which rows are computed has no pattern to
-            // predict.
-            todo.resize(near.len(), 0);
-            let mut len = 0;
-            for (r, (&a, &dd)) in of_row.iter().zip(near).enumerate() {
-                todo[len] = r as u32;
-                len += (bound[a as usize] < dd) as usize;
+        Some((of_row, bound)) => simd::dispatch(RowsToCompute {
+            of_row,
+            bound,
+            near,
+            todo,
+        }),
+    }
+}
+
+/// [`rows_to_compute`] with owners, sixteen rows at a time: the bounds
+/// gathered by owner, one compare, and the rows whose lanes are set
+/// written out from the mask's bits. Late in k-means++ most sixteens have
+/// none, and the scalar loop it replaced (a tenth of W5's time) went row
+/// by row.
+struct RowsToCompute<'a> {
+    of_row: &'a [u32],
+    bound: &'a [f32],
+    near: &'a [f32],
+    todo: &'a mut Vec<u32>,
+}
+
+impl SimdKernel for RowsToCompute<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: F32x16>(self) {
+        let RowsToCompute {
+            of_row,
+            bound,
+            near,
+            todo,
+        } = self;
+        let m = near.len();
+        assert!(of_row.len() == m && !bound.is_empty());
+        todo.resize(m, 0);
+        let mut len = 0;
+        let whole = m / LANES * LANES;
+        for r0 in (0..whole).step_by(LANES) {
+            let owners: &[u32; LANES] = of_row[r0..r0 + LANES].try_into().expect("sixteen");
+            // SAFETY: dispatched with S's CPU features; `near` holds
+            // sixteen values from `r0` (r0 + 16 ≤ whole ≤ m).
+            let mut bits = unsafe {
+                S::bits(S::lt(
+                    S::gather(bound, owners),
+                    S::load(near.as_ptr().add(r0)),
+                ))
+            };
+            while bits != 0 {
+                todo[len] = (r0 + bits.trailing_zeros() as usize) as u32;
+                len += 1;
+                bits &= bits - 1;
             }
-            todo.truncate(len);
         }
+        // Branch-free: which rows are computed has no pattern to predict.
+        for r in whole..m {
+            todo[len] = r as u32;
+            len += (bound[of_row[r] as usize] < near[r]) as usize;
+        }
+        todo.truncate(len);
     }
 }
 
@@ -352,9 +397,6 @@ fn repack(todo: &[u32], x: &[f32], d: usize, packed: &mut Packed) {
         values,
     };
 }
-
-/// A scoring thread's buffers: tiles and a block's minima per trial.
-type Scratch = (Plan, Vec<f32>);
 
 /// The tiles a kernel computes in a block: whole 16-row tiles in place
 /// (by first row: a few bytes each, where most tiles are), then the others.
@@ -628,6 +670,22 @@ fn prefetch_tile(tile: &Tile, d: usize) {
     }
 }
 
+/// Rows ahead of a contiguous tile that [`prefetch_ahead`] asks for.
+const AHEAD_ROWS: usize = 64;
+
+/// Asks for the sixteen rows [`AHEAD_ROWS`] after a contiguous tile's first:
+/// without it, reading whole tiles in place waited on memory at the
+/// transpose's first loads (a hint: past the matrix's end it does nothing).
+#[inline(always)]
+fn prefetch_ahead(from: *const f32, d: usize) {
+    let ahead = from.wrapping_add(AHEAD_ROWS * d);
+    let mut j = 0;
+    while j < LANES * d {
+        simd::prefetch(ahead.wrapping_add(j));
+        j += LANES;
+    }
+}
+
 /// Built only by [`Seed::score`] (and tests) right after [`plan`], whose
 /// pointers it carries.
 struct ScoreBlock<'a> {
@@ -640,9 +698,8 @@ struct ScoreBlock<'a> {
     /// The block's rows, and the tiles to compute.
     x: &'a [f32],
     tiles: &'a Plan,
-    /// Per trial, `min(D², d²)` of every row of the block (`t × m`), `D²`
-    /// where skipped.
-    lower: &'a mut [f32],
+    /// The block's `Σ w·D²`.
+    potential: f64,
     /// Per trial, the rows it brings closer (`d² < D²`) and their `d²`.
     closer: &'a mut [Vec<(u32, f32)>],
 }
@@ -672,7 +729,6 @@ unsafe fn score_block<S: F32x16>(k: ScoreBlock) -> Vec<f64> {
     let m = k.closest.len();
     assert!(
         k.candidates.len() >= t.div_ceil(GROUP) * GROUP * d
-            && k.lower.len() == t * m
             && k.closer.len() >= t
             && k.x.len() == m * d
             && k.tiles.in_place.iter().all(|&t0| t0 as usize + LANES <= m)
@@ -690,31 +746,22 @@ unsafe fn score_block<S: F32x16>(k: ScoreBlock) -> Vec<f64> {
         if let Some(next) = tiles.peek() {
             prefetch_tile(next, d);
         }
+        if tile.contiguous {
+            prefetch_ahead(tile.from[0], d);
+        }
         let tile = &tile;
         let nearv = load_tile::<S>(tile, d, k.closest, &mut buffer, &mut columns);
         let in_place = tile.consecutive;
         for g in (0..t).step_by(width) {
             let dists = group_distances::<S>(&columns, c.add(g * d), d);
             for q in 0..width.min(t - g) {
-                // min(D², d²): D² where it is not larger.
-                let below = S::lt(dists[q], nearv);
-                let lower = S::select(below, dists[q], nearv);
-                let out = &mut k.lower[(g + q) * m..(g + q + 1) * m];
-                let mut bits = S::bits(below);
-                if in_place {
-                    lower.store(out.as_mut_ptr().add(tile.rows[0] as usize));
-                    if bits == 0 {
-                        continue;
-                    }
+                // The rows this trial brings closer: the lanes with
+                // d² < D² (padding lanes have D² 0, so never).
+                let mut bits = S::bits(S::lt(dists[q], nearv));
+                if bits == 0 {
+                    continue;
                 }
-                lower.store(lanes.as_mut_ptr());
-                if !in_place {
-                    for r in 0..tile.count {
-                        out[tile.rows[r] as usize] = lanes[r];
-                    }
-                }
-                // The rows this trial brings closer: set lanes of `below`
-                // (padding lanes have D² 0 and are never below).
+                dists[q].store(lanes.as_mut_ptr());
                 let closer = &mut k.closer[g + q];
                 while bits != 0 {
                     let r = bits.trailing_zeros() as usize;
@@ -729,42 +776,38 @@ unsafe fn score_block<S: F32x16>(k: ScoreBlock) -> Vec<f64> {
             }
         }
     }
-    // Scores in row order: the same additions whichever rows were skipped.
-    // Plain loops: a closure would not inherit S's target features.
-    let (mut w, mut tail) = ([0.0f32; LANES], [0.0f32; LANES]);
-    let mut scores = Vec::with_capacity(t);
-    for j in 0..t {
-        let lower = &k.lower[j * m..(j + 1) * m];
-        let mut sum = S::splat(0.0);
-        for t0 in (0..m).step_by(LANES) {
-            let rows = LANES.min(m - t0);
-            let (wv, lv) = if rows == LANES {
-                let wv = match k.weights {
-                    Some(ws) => S::load(ws.as_ptr().add(t0)),
-                    None => S::splat(1.0),
-                };
-                (wv, S::load(lower.as_ptr().add(t0)))
-            } else {
-                // Padding lanes weigh nothing and hold zero.
-                match k.weights {
-                    Some(ws) => w[..rows].copy_from_slice(&ws[t0..t0 + rows]),
-                    None => w[..rows].fill(1.0),
+    // What each trial lowers, in f64 in the list's (row) order, four
+    // partial sums so that no add waits on the one before: the same
+    // additions whichever rows were skipped, since a skipped row is never
+    // on a list.
+    let weight = |r: usize| k.weights.map_or(1.0, |w| w[r]) as f64;
+    k.closer[..t]
+        .iter()
+        .map(|list| {
+            let mut sums = [0.0f64; 4];
+            if k.potential.is_finite() {
+                for (i, &(r, v)) in list.iter().enumerate() {
+                    let r = r as usize;
+                    sums[i % 4] += weight(r) * (k.closest[r] as f64 - v as f64);
                 }
-                w[rows..].fill(0.0);
-                tail[..rows].copy_from_slice(&lower[t0..]);
-                tail[rows..].fill(0.0);
-                (S::load(w.as_ptr()), S::load(tail.as_ptr()))
-            };
-            sum = S::fma(wv, lv, sum);
-        }
-        sum.store(lanes.as_mut_ptr());
-        let mut total = 0.0f64;
-        for &v in &lanes {
-            total += v as f64;
-        }
-        scores.push(total);
-    }
-    scores
+                return k.potential - ((sums[0] + sums[1]) + (sums[2] + sums[3]));
+            }
+            // Some D² is infinite (a distance overflowed f32), and there is
+            // no difference to take from it: Σ w·min(D², d²) row by row.
+            let mut lowered = list.iter().peekable();
+            for (r, &near) in k.closest.iter().enumerate() {
+                let v = match lowered.peek() {
+                    Some(&&(row, v)) if row as usize == r => {
+                        lowered.next();
+                        v
+                    }
+                    _ => near,
+                };
+                sums[r % 4] += weight(r) * v as f64;
+            }
+            (sums[0] + sums[1]) + (sums[2] + sums[3])
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -816,7 +859,6 @@ mod tests {
         let mut tiles = Plan::default();
         plan(&todo, &x, d, &packed, &mut tiles);
         let check = |name: &str, run: &dyn Fn(ScoreBlock) -> Vec<f64>| {
-            let mut lower: Vec<f32> = (0..t).flat_map(|_| closest.iter().copied()).collect();
             let mut closer = vec![Vec::new(); t];
             let got = run(ScoreBlock {
                 d,
@@ -826,7 +868,7 @@ mod tests {
                 t,
                 x: &x,
                 tiles: &tiles,
-                lower: &mut lower,
+                potential: (0..n).map(|i| w[i] as f64 * closest[i] as f64).sum(),
                 closer: &mut closer,
             });
             // The rows each trial brings closer, as the minima say.
@@ -837,8 +879,7 @@ mod tests {
                     .collect();
                 assert_eq!(list, &want, "{name}: trial {j} brings closer");
             }
-            // Integer data: every distance and sum is exact in f32.
-            assert_eq!(lower, want_lower, "{name}: minima");
+            // Integer data: every distance and sum is exact.
             assert_eq!(got, want, "{name}: potentials");
         };
         check("portable", &|k| k.run::<simd::Portable>());
@@ -957,7 +998,16 @@ mod tests {
                 full.start(&rows, &x[start..start + 1]);
                 full.lowered();
                 let c = &x[trial..trial + 1];
-                assert_eq!(pruned.score(&rows, c, 1), full.score(&rows, c, 1));
+                let score = pruned.score(&rows, c, 1);
+                assert_eq!(score, full.score(&rows, c, 1));
+                // What lowering would leave, summed directly: an infinite
+                // D² gives an infinite score, never a NaN.
+                let direct: f64 = x
+                    .iter()
+                    .zip(&pruned.closest)
+                    .map(|(&v, &near)| ((v - c[0]) * (v - c[0])).min(near) as f64)
+                    .sum();
+                assert_eq!(score, [direct], "start {start}, trial {trial}");
                 pruned.keep(&rows, 0);
                 full.keep(&rows, 0);
                 let bits = |s: &Seed| s.closest.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
