@@ -398,53 +398,110 @@ fn repack(todo: &[u32], x: &[f32], d: usize, packed: &mut Packed) {
     };
 }
 
-/// The tiles a kernel computes in a block: whole 16-row tiles in place
-/// (by first row: a few bytes each, where most tiles are), then the others.
+/// The tiles a kernel computes in a block: whole 16-row tiles read in place
+/// (by first row, where most tiles are while many rows are computed), then
+/// the others, whose rows and sources sit in flat arrays of sixteen slots
+/// per tile. The kernel reads them by index: building and copying a
+/// 200-byte tile per step, and checking each one's rows, was over a quarter
+/// of the scoring kernel's samples in a W5 profile.
 #[derive(Default)]
 struct Plan {
     in_place: Vec<u32>,
     tiles: Vec<Tile>,
+    /// Sixteen slots per tile in `tiles`: its block-relative rows,
+    /// increasing (a short tile's unused slots hold 0).
+    rows: Vec<u32>,
+    /// Sixteen slots per tile: each row's first value (null when unused).
+    from: Vec<*const f32>,
 }
 
-impl Plan {
-    /// Every tile, the in-place ones built on the caller's stack.
-    fn each(&self, x: &[f32], d: usize) -> impl Iterator<Item = Tile> + '_ {
-        let x = x.as_ptr();
-        let in_place = self.in_place.iter().map(move |&t0| {
-            let mut tile = Tile::EMPTY;
-            (tile.count, tile.contiguous, tile.consecutive) = (LANES, true, true);
-            tile.rows[0] = t0;
-            tile.from[0] = x.wrapping_add(t0 as usize * d);
-            tile
-        });
-        in_place.chain(self.tiles.iter().copied())
-    }
-}
-
-/// Up to sixteen rows a kernel computes together, and where it reads them.
+/// Up to sixteen rows a kernel computes together (their rows and sources
+/// are in the [`Plan`]'s slots).
 #[derive(Clone, Copy)]
 struct Tile {
-    /// Block-relative rows, increasing; `count` of them.
-    rows: [u32; LANES],
     count: usize,
-    /// Each row's first value (for `count` rows).
-    from: [*const f32; LANES],
-    /// Sixteen rows stored one after another from `from[0]`: read in place.
+    /// Sixteen rows stored one after another from the first's source: read
+    /// in place.
     contiguous: bool,
-    /// Sixteen consecutive rows of the block from `rows[0]` (the kernels
-    /// read only `rows[0]`, and `from[0]` when contiguous; an in-place tile
-    /// sets no more): `D²` loaded and stored as vectors.
+    /// Sixteen consecutive rows of the block: `D²` loaded and stored as
+    /// vectors.
     consecutive: bool,
 }
 
-impl Tile {
-    const EMPTY: Tile = Tile {
-        rows: [0; LANES],
-        count: 0,
-        from: [std::ptr::null(); LANES],
-        contiguous: false,
-        consecutive: false,
-    };
+/// One tile as the kernel reads it, built per step from a [`Plan`].
+#[derive(Clone, Copy)]
+struct View<'p> {
+    /// The first row, and its first value.
+    first: u32,
+    base: *const f32,
+    /// All sixteen slots (empty for a tile read in place).
+    rows: &'p [u32],
+    from: &'p [*const f32],
+    count: usize,
+    contiguous: bool,
+    consecutive: bool,
+}
+
+impl Plan {
+    fn len(&self) -> usize {
+        self.in_place.len() + self.tiles.len()
+    }
+
+    /// Tile `i`: the in-place ones first. `x` is the block's rows.
+    #[inline(always)]
+    fn view(&self, i: usize, x: &[f32], d: usize) -> View<'_> {
+        match i.checked_sub(self.in_place.len()) {
+            None => {
+                let t0 = self.in_place[i];
+                View {
+                    first: t0,
+                    base: x.as_ptr().wrapping_add(t0 as usize * d),
+                    rows: &[],
+                    from: &[],
+                    count: LANES,
+                    contiguous: true,
+                    consecutive: true,
+                }
+            }
+            Some(s) => {
+                let Tile {
+                    count,
+                    contiguous,
+                    consecutive,
+                } = self.tiles[s];
+                let (rows, from) = (
+                    &self.rows[s * LANES..][..LANES],
+                    &self.from[s * LANES..][..LANES],
+                );
+                View {
+                    first: rows[0],
+                    base: from[0],
+                    rows,
+                    from,
+                    count,
+                    contiguous,
+                    consecutive,
+                }
+            }
+        }
+    }
+
+    /// Ends the tile whose `count` rows were pushed last: pads its slots
+    /// and records whether it can be read as a whole.
+    fn close(&mut self, count: usize, d: usize) {
+        let s = self.rows.len() - count;
+        let (rows, from) = (&self.rows[s..], &self.from[s..]);
+        let whole = count == LANES;
+        let contiguous = whole && (1..LANES).all(|q| from[q] == from[0].wrapping_add(q * d));
+        let consecutive = whole && rows[LANES - 1] == rows[0] + (LANES as u32 - 1);
+        self.rows.resize(s + LANES, 0);
+        self.from.resize(s + LANES, std::ptr::null());
+        self.tiles.push(Tile {
+            count,
+            contiguous,
+            consecutive,
+        });
+    }
 }
 
 /// The tiles that compute `todo`'s rows of a block: read in place, whole
@@ -452,11 +509,11 @@ impl Tile {
 /// copy (computing a skipped row changes nothing); else the rows themselves,
 /// sixteen at a time, from the copy where it holds them.
 fn plan(todo: &[u32], x: &[f32], d: usize, packed: &Packed, plan: &mut Plan) {
-    let Plan { in_place, tiles } = plan;
-    in_place.clear();
-    tiles.clear();
+    plan.in_place.clear();
+    plan.tiles.clear();
+    plan.rows.clear();
+    plan.from.clear();
     let m = x.len() / d.max(1);
-    let empty = Tile::EMPTY;
     if packed.rows.is_empty() {
         let mut last = usize::MAX;
         for &r in todo {
@@ -466,33 +523,30 @@ fn plan(todo: &[u32], x: &[f32], d: usize, packed: &Packed, plan: &mut Plan) {
             }
             last = t0;
             if t0 + LANES <= m {
-                in_place.push(t0 as u32);
+                plan.in_place.push(t0 as u32);
                 continue;
             }
-            let mut tile = empty;
-            tile.count = m - t0;
-            for q in 0..tile.count {
-                tile.rows[q] = (t0 + q) as u32;
-                tile.from[q] = x[(t0 + q) * d..].as_ptr();
+            // The block's short last tile.
+            for row in t0..m {
+                plan.rows.push(row as u32);
+                plan.from.push(x[row * d..].as_ptr());
             }
-            tiles.push(tile);
+            plan.close(m - t0, d);
         }
         return;
     }
-    let mut tile = empty;
+    let mut count = 0;
     for (r, row) in sources(todo, x, d, packed) {
-        tile.rows[tile.count] = r;
-        tile.from[tile.count] = row.as_ptr();
-        tile.count += 1;
-        if tile.count == LANES {
-            tile.contiguous = (1..LANES).all(|q| tile.from[q] == tile.from[0].wrapping_add(q * d));
-            tile.consecutive = tile.rows[LANES - 1] == tile.rows[0] + (LANES as u32 - 1);
-            tiles.push(tile);
-            tile = empty;
+        plan.rows.push(r);
+        plan.from.push(row.as_ptr());
+        count += 1;
+        if count == LANES {
+            plan.close(count, d);
+            count = 0;
         }
     }
-    if tile.count > 0 {
-        tiles.push(tile);
+    if count > 0 {
+        plan.close(count, d);
     }
 }
 
@@ -607,32 +661,33 @@ pub(super) fn oversample(rows: &Rows, closest: &[f32], factor: f64, salt: u32) -
 ///
 /// # Safety
 /// The caller was compiled with S's CPU features; `tile.from` holds
-/// `tile.count` pointers to `d` readable values (`16 · d` from `from[0]`
-/// when contiguous), `tile.rows` indices of `closest`; `buffer` and
-/// `columns` hold `16 · d` values.
+/// `tile.count` pointers to `d` readable values (`16 · d` from `tile.base`
+/// when contiguous), `tile.rows` sixteen indices of `closest` (sixteen
+/// from `tile.first` when consecutive); `buffer` and `columns` hold
+/// `16 · d` values.
 #[inline(always)]
 unsafe fn load_tile<S: F32x16>(
-    tile: &Tile,
+    tile: &View,
     d: usize,
     closest: &[f32],
     buffer: &mut [f32],
     columns: &mut [f32],
 ) -> S {
-    let mut near = [0.0f32; LANES];
     let nearv = if tile.consecutive {
-        S::load(closest[tile.rows[0] as usize..][..LANES].as_ptr())
+        S::load(closest[tile.first as usize..][..LANES].as_ptr())
+    } else if tile.count == LANES {
+        // Scattered rows' D², one gather (row by row, a fifth of the
+        // kernel's samples once most tiles were packed).
+        S::gather(closest, tile.rows.try_into().expect("sixteen slots"))
     } else {
+        let mut near = [0.0f32; LANES];
         for q in 0..tile.count {
             near[q] = closest[tile.rows[q] as usize];
         }
         S::load(near.as_ptr())
     };
     if tile.contiguous {
-        S::transpose_tile(
-            std::slice::from_raw_parts(tile.from[0], LANES * d),
-            d,
-            columns,
-        );
+        S::transpose_tile(std::slice::from_raw_parts(tile.base, LANES * d), d, columns);
         return nearv;
     }
     for q in 0..tile.count {
@@ -657,7 +712,7 @@ unsafe fn load_tile<S: F32x16>(
 /// Asks for a scattered tile's rows ahead of their use: the hardware
 /// prefetcher does not see them coming.
 #[inline(always)]
-fn prefetch_tile(tile: &Tile, d: usize) {
+fn prefetch_tile(tile: &View, d: usize) {
     if tile.contiguous {
         return;
     }
@@ -732,24 +787,27 @@ unsafe fn score_block<S: F32x16>(k: ScoreBlock) -> Vec<f64> {
             && k.closer.len() >= t
             && k.x.len() == m * d
             && k.tiles.in_place.iter().all(|&t0| t0 as usize + LANES <= m)
-            && k.tiles.tiles.iter().all(|tile| {
-                tile.count <= LANES && tile.rows[..tile.count].iter().all(|&r| (r as usize) < m)
-            })
+            && k.tiles.rows.len() == k.tiles.tiles.len() * LANES
+            && k.tiles.from.len() == k.tiles.rows.len()
+            && k.tiles
+                .tiles
+                .iter()
+                .all(|tile| (1..=LANES).contains(&tile.count))
+            && k.tiles.rows.iter().max().is_none_or(|&r| (r as usize) < m)
     );
     let mut columns = vec![0.0f32; LANES * d];
     let mut buffer = vec![0.0f32; LANES * d];
     let mut lanes = [0.0f32; LANES];
     let c = k.candidates.as_ptr();
     let width = group_width::<S>();
-    let mut tiles = k.tiles.each(k.x, d).peekable();
-    while let Some(tile) = tiles.next() {
-        if let Some(next) = tiles.peek() {
-            prefetch_tile(next, d);
+    for i in 0..k.tiles.len() {
+        if i + 1 < k.tiles.len() {
+            prefetch_tile(&k.tiles.view(i + 1, k.x, d), d);
         }
+        let tile = &k.tiles.view(i, k.x, d);
         if tile.contiguous {
-            prefetch_ahead(tile.from[0], d);
+            prefetch_ahead(tile.base, d);
         }
-        let tile = &tile;
         let nearv = load_tile::<S>(tile, d, k.closest, &mut buffer, &mut columns);
         let in_place = tile.consecutive;
         for g in (0..t).step_by(width) {
@@ -766,7 +824,7 @@ unsafe fn score_block<S: F32x16>(k: ScoreBlock) -> Vec<f64> {
                 while bits != 0 {
                     let r = bits.trailing_zeros() as usize;
                     let row = if in_place {
-                        tile.rows[0] as usize + r
+                        tile.first as usize + r
                     } else {
                         tile.rows[r] as usize
                     };
@@ -816,80 +874,102 @@ mod tests {
 
     /// The scoring kernel on every vector type the CPU runs, against scalar
     /// loops: a short last tile, an odd d, trials not a multiple of the
-    /// group, weights, a scattered set of rows to compute.
+    /// group, weights, and every kind of tile: whole tiles in place, a
+    /// packed copy (contiguous, scattered rows), and a copy holding only
+    /// some of the rows (each read from where it is).
     #[test]
     fn every_vector_path_scores_as_scalar_loops() {
-        let (n, d, t) = (53, 7, 6);
+        let (n, d, t): (usize, usize, usize) = (53, 7, 6);
         let x: Vec<f32> = (0..n * d).map(|i| ((i * 37) % 23) as f32 - 11.0).collect();
         let w: Vec<f32> = (0..n).map(|i| 1.0 + (i % 3) as f32).collect();
-        let closest: Vec<f32> = (0..n).map(|i| (i * 29 % 400) as f32).collect();
+        let closest: Vec<f32> = (0..n).map(|i| (i * 29 % 1200) as f32).collect();
         let mut cands: Vec<f32> = (0..t * d).map(|i| ((i * 13) % 17) as f32 - 8.0).collect();
-        // Every third row is skipped: it keeps D² for every trial.
-        let todo: Vec<u32> = (0..n as u32).filter(|r| r % 3 != 1).collect();
-        let want_lower: Vec<f32> = (0..t)
-            .flat_map(|j| {
-                let (x, cands, closest) = (&x, &cands, &closest);
-                (0..n).map(move |i| {
-                    if i % 3 == 1 {
-                        return closest[i];
-                    }
-                    let dist: f32 = (0..d)
-                        .map(|c| (x[i * d + c] - cands[j * d + c]).powi(2))
-                        .sum();
-                    dist.min(closest[i])
-                })
-            })
-            .collect();
-        let want: Vec<f64> = (0..t)
-            .map(|j| {
-                (0..n)
-                    .map(|i| w[i] as f64 * want_lower[j * n + i] as f64)
-                    .sum()
-            })
-            .collect();
         cands.resize(t.div_ceil(GROUP) * GROUP * d, 0.0);
-        // Read from a copy of the computed rows, as a packed block is.
-        let packed = Packed {
-            rows: todo.clone(),
-            values: todo
+        // Every third row is skipped where the rows are packed.
+        let todo: Vec<u32> = (0..n as u32).filter(|r| r % 3 != 1).collect();
+        let copy = |rows: Vec<u32>| Packed {
+            values: rows
                 .iter()
                 .flat_map(|&r| x[r as usize * d..(r as usize + 1) * d].to_vec())
                 .collect(),
+            rows,
         };
-        let mut tiles = Plan::default();
-        plan(&todo, &x, d, &packed, &mut tiles);
-        let check = |name: &str, run: &dyn Fn(ScoreBlock) -> Vec<f64>| {
-            let mut closer = vec![Vec::new(); t];
-            let got = run(ScoreBlock {
-                d,
-                weights: Some(&w),
-                closest: &closest,
-                candidates: &cands,
-                t,
-                x: &x,
-                tiles: &tiles,
-                potential: (0..n).map(|i| w[i] as f64 * closest[i] as f64).sum(),
-                closer: &mut closer,
-            });
-            // The rows each trial brings closer, as the minima say.
-            for (j, list) in closer.iter().enumerate() {
-                let want: Vec<(u32, f32)> = (0..n)
-                    .filter(|&i| want_lower[j * n + i] < closest[i])
-                    .map(|i| (i as u32, want_lower[j * n + i]))
-                    .collect();
-                assert_eq!(list, &want, "{name}: trial {j} brings closer");
-            }
-            // Integer data: every distance and sum is exact.
-            assert_eq!(got, want, "{name}: potentials");
-        };
-        check("portable", &|k| k.run::<simd::Portable>());
-        #[cfg(target_arch = "x86_64")]
-        {
-            if simd::detected() >= simd::Level::Avx2 {
-                check("avx2", &|k| k.run::<simd::Avx2>());
-            }
-            if simd::detected() >= simd::Level::Avx512 {
-                check("avx512", &|k| k.run::<simd::Avx512>());
+        let half: Vec<u32> = todo.iter().copied().filter(|r| r % 2 == 0).collect();
+        // In place, every tile holding a row to compute is computed whole:
+        // here, all of them.
+        // Each with the tiles it plans: (in place, contiguous, whole and
+        // scattered).
+        let layouts = [
+            ("in place", Packed::default(), n, (3, 0, 0)),
+            ("packed", copy(todo.clone()), todo.len(), (0, 2, 0)),
+            ("half packed", copy(half), todo.len(), (0, 0, 2)),
+        ];
+        for (layout, packed, computed, kinds) in layouts {
+            let skipped = |i: usize| computed < n && i % 3 == 1;
+            let want_lower: Vec<f32> = (0..t)
+                .flat_map(|j| {
+                    let (x, cands, closest) = (&x, &cands, &closest);
+                    (0..n).map(move |i| {
+                        if skipped(i) {
+                            return closest[i];
+                        }
+                        let dist: f32 = (0..d)
+                            .map(|c| (x[i * d + c] - cands[j * d + c]).powi(2))
+                            .sum();
+                        dist.min(closest[i])
+                    })
+                })
+                .collect();
+            let want: Vec<f64> = (0..t)
+                .map(|j| {
+                    (0..n)
+                        .map(|i| w[i] as f64 * want_lower[j * n + i] as f64)
+                        .sum()
+                })
+                .collect();
+            let mut tiles = Plan::default();
+            plan(&todo, &x, d, &packed, &mut tiles);
+            let planned = (
+                tiles.in_place.len(),
+                tiles.tiles.iter().filter(|t| t.contiguous).count(),
+                (tiles.tiles.iter())
+                    .filter(|t| !t.contiguous && t.count == LANES)
+                    .count(),
+            );
+            assert_eq!(planned, kinds, "{layout}: tiles planned");
+            let check = |name: &str, run: &dyn Fn(ScoreBlock) -> Vec<f64>| {
+                let mut closer = vec![Vec::new(); t];
+                let got = run(ScoreBlock {
+                    d,
+                    weights: Some(&w),
+                    closest: &closest,
+                    candidates: &cands,
+                    t,
+                    x: &x,
+                    tiles: &tiles,
+                    potential: (0..n).map(|i| w[i] as f64 * closest[i] as f64).sum(),
+                    closer: &mut closer,
+                });
+                // The rows each trial brings closer, as the minima say.
+                for (j, list) in closer.iter().enumerate() {
+                    let want: Vec<(u32, f32)> = (0..n)
+                        .filter(|&i| want_lower[j * n + i] < closest[i])
+                        .map(|i| (i as u32, want_lower[j * n + i]))
+                        .collect();
+                    assert_eq!(list, &want, "{name}, {layout}: trial {j} brings closer");
+                }
+                // Integer data: every distance and sum is exact.
+                assert_eq!(got, want, "{name}, {layout}: potentials");
+            };
+            check("portable", &|k| k.run::<simd::Portable>());
+            #[cfg(target_arch = "x86_64")]
+            {
+                if simd::detected() >= simd::Level::Avx2 {
+                    check("avx2", &|k| k.run::<simd::Avx2>());
+                }
+                if simd::detected() >= simd::Level::Avx512 {
+                    check("avx512", &|k| k.run::<simd::Avx512>());
+                }
             }
         }
     }
