@@ -217,6 +217,30 @@ pub trait F32x8: Copy {
     unsafe fn reduce_min(self) -> f32;
 }
 
+/// The portable types' lane-wise bodies, shared by 8 and 16 lanes.
+mod lanes {
+    #[inline(always)]
+    pub fn fma<const N: usize>(a: &[f32; N], b: &[f32; N], c: &[f32; N]) -> [f32; N] {
+        std::array::from_fn(|l| a[l] * b[l] + c[l])
+    }
+    #[inline(always)]
+    pub fn lt<const N: usize>(a: &[f32; N], b: &[f32; N]) -> [bool; N] {
+        std::array::from_fn(|l| a[l] < b[l])
+    }
+    #[inline(always)]
+    pub fn eq<const N: usize>(a: &[f32; N], b: &[f32; N]) -> [bool; N] {
+        std::array::from_fn(|l| a[l] == b[l])
+    }
+    #[inline(always)]
+    pub fn select<const N: usize>(m: &[bool; N], yes: &[f32; N], no: &[f32; N]) -> [f32; N] {
+        std::array::from_fn(|l| if m[l] { yes[l] } else { no[l] })
+    }
+    #[inline(always)]
+    pub fn min(v: &[f32]) -> f32 {
+        v.iter().copied().fold(f32::INFINITY, f32::min)
+    }
+}
+
 #[derive(Clone, Copy)]
 pub struct Portable([f32; 16]);
 
@@ -235,7 +259,7 @@ impl F32x8 for PortableHalf {
     }
     #[inline(always)]
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-        Self(std::array::from_fn(|l| a.0[l] * b.0[l] + c.0[l]))
+        Self(lanes::fma(&a.0, &b.0, &c.0))
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
@@ -243,21 +267,19 @@ impl F32x8 for PortableHalf {
     }
     #[inline(always)]
     unsafe fn lt(a: Self, b: Self) -> Self::Mask {
-        std::array::from_fn(|l| a.0[l] < b.0[l])
+        lanes::lt(&a.0, &b.0)
     }
     #[inline(always)]
     unsafe fn eq(a: Self, b: Self) -> Self::Mask {
-        std::array::from_fn(|l| a.0[l] == b.0[l])
+        lanes::eq(&a.0, &b.0)
     }
     #[inline(always)]
     unsafe fn select(m: Self::Mask, yes: Self, no: Self) -> Self {
-        Self(std::array::from_fn(
-            |l| if m[l] { yes.0[l] } else { no.0[l] },
-        ))
+        Self(lanes::select(&m, &yes.0, &no.0))
     }
     #[inline(always)]
     unsafe fn reduce_min(self) -> f32 {
-        self.0.iter().copied().fold(f32::INFINITY, f32::min)
+        lanes::min(&self.0)
     }
 }
 
@@ -277,7 +299,7 @@ impl F32x16 for Portable {
     }
     #[inline(always)]
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-        Self(std::array::from_fn(|l| a.0[l] * b.0[l] + c.0[l]))
+        Self(lanes::fma(&a.0, &b.0, &c.0))
     }
     #[inline(always)]
     unsafe fn sub(a: Self, b: Self) -> Self {
@@ -289,17 +311,15 @@ impl F32x16 for Portable {
     }
     #[inline(always)]
     unsafe fn lt(a: Self, b: Self) -> Self::Mask {
-        std::array::from_fn(|l| a.0[l] < b.0[l])
+        lanes::lt(&a.0, &b.0)
     }
     #[inline(always)]
     unsafe fn eq(a: Self, b: Self) -> Self::Mask {
-        std::array::from_fn(|l| a.0[l] == b.0[l])
+        lanes::eq(&a.0, &b.0)
     }
     #[inline(always)]
     unsafe fn select(m: Self::Mask, yes: Self, no: Self) -> Self {
-        Self(std::array::from_fn(
-            |l| if m[l] { yes.0[l] } else { no.0[l] },
-        ))
+        Self(lanes::select(&m, &yes.0, &no.0))
     }
     #[inline(always)]
     unsafe fn bits(m: Self::Mask) -> u32 {
@@ -307,7 +327,7 @@ impl F32x16 for Portable {
     }
     #[inline(always)]
     unsafe fn reduce_min(self) -> f32 {
-        self.0.iter().copied().fold(f32::INFINITY, f32::min)
+        lanes::min(&self.0)
     }
     #[inline(always)]
     unsafe fn store_u32(self, p: *mut u32) {
