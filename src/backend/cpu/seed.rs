@@ -420,8 +420,8 @@ struct Plan {
 #[derive(Clone, Copy)]
 struct Tile {
     count: usize,
-    /// Sixteen rows stored one after another from the first's source: read
-    /// in place.
+    /// Sixteen rows stored one after another from the first's source (in
+    /// the block or its copy): transposed from there, not copied first.
     contiguous: bool,
     /// Sixteen consecutive rows of the block: `D²` loaded and stored as
     /// vectors.
@@ -431,10 +431,12 @@ struct Tile {
 /// One tile as the kernel reads it, built per step from a [`Plan`].
 #[derive(Clone, Copy)]
 struct View<'p> {
-    /// The first row, and its first value.
+    /// The first row.
     first: u32,
+    /// The first row's first value.
     base: *const f32,
-    /// All sixteen slots (empty for a tile read in place).
+    /// All sixteen slots (empty for a tile of [`Plan::in_place`], which is
+    /// contiguous and consecutive, so reads neither).
     rows: &'p [u32],
     from: &'p [*const f32],
     count: usize,
@@ -493,7 +495,8 @@ impl Plan {
         let (rows, from) = (&self.rows[s..], &self.from[s..]);
         let whole = count == LANES;
         let contiguous = whole && (1..LANES).all(|q| from[q] == from[0].wrapping_add(q * d));
-        let consecutive = whole && rows[LANES - 1] == rows[0] + (LANES as u32 - 1);
+        // Rows increase, so this is sixteen consecutive rows.
+        let consecutive = whole && rows[LANES - 1] - rows[0] == LANES as u32 - 1;
         self.rows.resize(s + LANES, 0);
         self.from.resize(s + LANES, std::ptr::null());
         self.tiles.push(Tile {
@@ -660,11 +663,10 @@ pub(super) fn oversample(rows: &Rows, closest: &[f32], factor: f64, salt: u32) -
 /// a short tile is padded with zero rows (`D²` 0).
 ///
 /// # Safety
-/// The caller was compiled with S's CPU features; `tile.from` holds
-/// `tile.count` pointers to `d` readable values (`16 · d` from `tile.base`
-/// when contiguous), `tile.rows` sixteen indices of `closest` (sixteen
-/// from `tile.first` when consecutive); `buffer` and `columns` hold
-/// `16 · d` values.
+/// The caller was compiled with S's CPU features; `16 · d` values are
+/// readable from `tile.base` when the tile is contiguous, else `tile.from`
+/// holds `tile.count` pointers to `d` readable values each; `buffer` and
+/// `columns` hold `16 · d` values. (Reads of `closest` are checked.)
 #[inline(always)]
 unsafe fn load_tile<S: F32x16>(
     tile: &View,
@@ -677,7 +679,8 @@ unsafe fn load_tile<S: F32x16>(
         S::load(closest[tile.first as usize..][..LANES].as_ptr())
     } else if tile.count == LANES {
         // Scattered rows' D², one gather (row by row, a fifth of the
-        // kernel's samples once most tiles were packed).
+        // kernel's samples once most tiles were packed). The gather clamps
+        // indices; [`score_block`] asserted every row is below m anyway.
         S::gather(closest, tile.rows.try_into().expect("sixteen slots"))
     } else {
         let mut near = [0.0f32; LANES];
@@ -873,20 +876,23 @@ mod tests {
     use super::*;
 
     /// The scoring kernel on every vector type the CPU runs, against scalar
-    /// loops: a short last tile, an odd d, trials not a multiple of the
-    /// group, weights, and every kind of tile: whole tiles in place, a
-    /// packed copy (contiguous, scattered rows), and a copy holding only
+    /// loops: short tiles, an odd d, trials not a multiple of the group,
+    /// weights, and every kind of tile: whole tiles in place (and one with
+    /// nothing to compute, left out), a packed copy (contiguous tiles, one
+    /// of consecutive rows and one scattered), and a copy holding only
     /// some of the rows (each read from where it is).
     #[test]
     fn every_vector_path_scores_as_scalar_loops() {
-        let (n, d, t): (usize, usize, usize) = (53, 7, 6);
+        let (n, d, t): (usize, usize, usize) = (70, 7, 6);
         let x: Vec<f32> = (0..n * d).map(|i| ((i * 37) % 23) as f32 - 11.0).collect();
         let w: Vec<f32> = (0..n).map(|i| 1.0 + (i % 3) as f32).collect();
         let closest: Vec<f32> = (0..n).map(|i| (i * 29 % 1200) as f32).collect();
         let mut cands: Vec<f32> = (0..t * d).map(|i| ((i * 13) % 17) as f32 - 8.0).collect();
         cands.resize(t.div_ceil(GROUP) * GROUP * d, 0.0);
-        // Every third row is skipped where the rows are packed.
-        let todo: Vec<u32> = (0..n as u32).filter(|r| r % 3 != 1).collect();
+        // Rows 0–15, none of 16–31, then every third row skipped.
+        let todo: Vec<u32> = (0..n as u32)
+            .filter(|&r| r < 16 || (r >= 32 && r % 3 != 1))
+            .collect();
         let copy = |rows: Vec<u32>| Packed {
             values: rows
                 .iter()
@@ -895,22 +901,27 @@ mod tests {
             rows,
         };
         let half: Vec<u32> = todo.iter().copied().filter(|r| r % 2 == 0).collect();
+        let listed = |i: usize| todo.contains(&(i as u32));
         // In place, every tile holding a row to compute is computed whole:
-        // here, all of them.
-        // Each with the tiles it plans: (in place, contiguous, whole and
-        // scattered).
-        let layouts = [
-            ("in place", Packed::default(), n, (3, 0, 0)),
-            ("packed", copy(todo.clone()), todo.len(), (0, 2, 0)),
-            ("half packed", copy(half), todo.len(), (0, 0, 2)),
+        // all but rows 16–31. Each layout with the tiles it plans: (in
+        // place, contiguous, whole and not contiguous, consecutive).
+        type Computed<'a> = &'a dyn Fn(usize) -> bool;
+        let layouts: [(&str, Packed, Computed, _); 3] = [
+            (
+                "in place",
+                Packed::default(),
+                &|i| !(16..32).contains(&i),
+                (3, 0, 0, 0),
+            ),
+            ("packed", copy(todo.clone()), &listed, (0, 2, 0, 1)),
+            ("half packed", copy(half), &listed, (0, 0, 2, 1)),
         ];
         for (layout, packed, computed, kinds) in layouts {
-            let skipped = |i: usize| computed < n && i % 3 == 1;
             let want_lower: Vec<f32> = (0..t)
                 .flat_map(|j| {
                     let (x, cands, closest) = (&x, &cands, &closest);
                     (0..n).map(move |i| {
-                        if skipped(i) {
+                        if !computed(i) {
                             return closest[i];
                         }
                         let dist: f32 = (0..d)
@@ -935,6 +946,7 @@ mod tests {
                 (tiles.tiles.iter())
                     .filter(|t| !t.contiguous && t.count == LANES)
                     .count(),
+                tiles.tiles.iter().filter(|t| t.consecutive).count(),
             );
             assert_eq!(planned, kinds, "{layout}: tiles planned");
             let check = |name: &str, run: &dyn Fn(ScoreBlock) -> Vec<f64>| {
