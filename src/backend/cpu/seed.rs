@@ -488,9 +488,15 @@ impl Plan {
         }
     }
 
-    /// Ends the tile whose `count` rows were pushed last: pads its slots
-    /// and records whether it can be read as a whole.
-    fn close(&mut self, count: usize, d: usize) {
+    /// Rows pushed since the last tile was closed.
+    fn open(&self) -> usize {
+        self.rows.len() - self.tiles.len() * LANES
+    }
+
+    /// Ends the tile of the rows pushed since the last: pads its slots and
+    /// records whether it can be read as a whole.
+    fn close(&mut self, d: usize) {
+        let count = self.open();
         let s = self.rows.len() - count;
         let (rows, from) = (&self.rows[s..], &self.from[s..]);
         let whole = count == LANES;
@@ -534,22 +540,19 @@ fn plan(todo: &[u32], x: &[f32], d: usize, packed: &Packed, plan: &mut Plan) {
                 plan.rows.push(row as u32);
                 plan.from.push(x[row * d..].as_ptr());
             }
-            plan.close(m - t0, d);
+            plan.close(d);
         }
         return;
     }
-    let mut count = 0;
     for (r, row) in sources(todo, x, d, packed) {
         plan.rows.push(r);
         plan.from.push(row.as_ptr());
-        count += 1;
-        if count == LANES {
-            plan.close(count, d);
-            count = 0;
+        if plan.open() == LANES {
+            plan.close(d);
         }
     }
-    if count > 0 {
-        plan.close(count, d);
+    if plan.open() > 0 {
+        plan.close(d);
     }
 }
 
