@@ -43,22 +43,28 @@ impl Dataset {
         Self::new(columns, values)
     }
 
-    /// The named columns (all when `wanted` is empty), as a new matrix.
+    /// The named columns (all when `wanted` is empty), as a new matrix (in
+    /// huge pages where it is large: it is what the kernels read, see
+    /// [`super::pages`]).
     pub fn select_columns(
         &self,
         wanted: &[String],
     ) -> Result<(Array2<f32>, Vec<String>), DataError> {
-        if wanted.is_empty() {
-            return Ok((self.values.clone(), self.columns.clone()));
-        }
         let idx = super::resolve_columns(&self.columns, wanted)?;
-        Ok((
-            self.values
-                .select(Axis(1), &idx)
-                .as_standard_layout()
-                .into_owned(),
-            wanted.to_vec(),
-        ))
+        let names = idx.iter().map(|&j| self.columns[j].clone()).collect();
+        let mut flat = super::pages::with_capacity(self.values.nrows() * idx.len());
+        let every = idx.iter().copied().eq(0..self.values.ncols());
+        match self.values.as_slice() {
+            Some(all) if every => flat.extend_from_slice(all),
+            _ => {
+                for row in self.values.rows() {
+                    flat.extend(idx.iter().map(|&j| row[j]));
+                }
+            }
+        }
+        let x = Array2::from_shape_vec((self.values.nrows(), idx.len()), flat)
+            .expect("n × selected values");
+        Ok((x, names))
     }
 
     pub fn n_rows(&self) -> usize {
@@ -102,5 +108,30 @@ pub fn check_finite(x: ArrayView2<f32>, columns: &[String]) -> Result<(), DataEr
                 .unwrap_or_else(|| format!("#{}", j + 1)),
             value: x[[i, j]],
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// All columns (the whole-buffer copy), a reordered subset (the
+    /// gather) and an unknown name.
+    #[test]
+    fn select_columns_copies_all_or_gathers_the_named_ones() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let data = Dataset::from_rows(names(&["a", "b", "c"]), (0..12).map(|v| v as f32).collect())
+            .unwrap();
+        let (all, columns) = data.select_columns(&[]).unwrap();
+        assert_eq!(all, data.values);
+        assert_eq!(columns, names(&["a", "b", "c"]));
+        let (some, columns) = data.select_columns(&names(&["c", "a"])).unwrap();
+        assert_eq!(columns, names(&["c", "a"]));
+        assert_eq!(
+            some,
+            Array2::from_shape_vec((4, 2), vec![2., 0., 5., 3., 8., 6., 11., 9.]).unwrap()
+        );
+        let err = data.select_columns(&names(&["z"])).unwrap_err();
+        assert!(err.to_string().contains('z'), "{err}");
     }
 }

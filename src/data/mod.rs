@@ -3,6 +3,7 @@
 
 mod error;
 mod matrix;
+pub mod pages;
 mod reader;
 mod scaler;
 pub mod text;

@@ -260,26 +260,41 @@ impl SimdKernel for UpperGram<'_> {
         let UpperGram { a, dp, sums, ahead } = self;
         let tiles = dp / LANES;
         assert!(a.len().is_multiple_of(dp) && sums.len() == dp * dp);
-        // Each tile prefetches an equal share of `ahead`, in whole lines,
-        // spread over its rows.
-        let share = ahead
-            .len()
-            .div_ceil(tiles * (tiles + 1) / 2)
-            .next_multiple_of(LINE)
-            .max(LINE);
+        let wide = S::REGISTERS >= 32;
+        let strips = if wide { wide_strips(tiles) } else { Vec::new() };
+        // Each tile (or wide strip) prefetches an equal share of `ahead`,
+        // in whole lines, spread over its rows.
+        let parts = if wide {
+            strips.len()
+        } else {
+            tiles * (tiles + 1) / 2
+        };
+        let share = ahead.len().div_ceil(parts).next_multiple_of(LINE).max(LINE);
         let rows = a.len() / dp;
-        // A power of two, so that the row test is a mask.
-        let every = 1 << (rows / (share / LINE)).max(1).ilog2();
+        // A power of two, so that the row test is a mask and a shift.
+        let shift = (rows / (share / LINE)).max(1).ilog2();
         let shares: Vec<Prefetch> = ahead
             .chunks(share)
-            .map(|lines| Prefetch { lines, every })
+            .map(|lines| Prefetch { lines, shift })
             .collect();
+        let idle = Prefetch { lines: &[], shift };
         for (c, chunk) in a.chunks(CHUNK_ROWS * dp).enumerate() {
             let first = c * CHUNK_ROWS;
             let mut shares = shares.iter().copied();
+            if wide {
+                for &strip in &strips {
+                    let ahead = shares.next().unwrap_or(idle);
+                    // SAFETY: dispatched with S's CPU features; every
+                    // strip's rows and columns lie inside `a` and `sums`
+                    // (asserted above, and `wide_strips` stays within
+                    // `tiles` vectors).
+                    unsafe { wide_strip::<S>(chunk, first, dp, strip, sums, ahead) }
+                }
+                continue;
+            }
             for ti in 0..tiles {
                 for tj in ti..tiles {
-                    let ahead = shares.next().unwrap_or(Prefetch { lines: &[], every });
+                    let ahead = shares.next().unwrap_or(idle);
                     let tile = Tile {
                         a: chunk,
                         first,
@@ -319,12 +334,12 @@ fn flush_upper(sums: &mut [f32], gram: &mut [f64], dp: usize) {
 /// f32 values in a cache line.
 const LINE: usize = 16;
 
-/// A tile's share of the next rows to prefetch: one line every `every`
-/// rows of the product (a power of two), while the share lasts.
+/// A tile's share of the next rows to prefetch: one line every
+/// `1 << shift` rows of the product, while the share lasts.
 #[derive(Clone, Copy)]
 struct Prefetch<'a> {
     lines: &'a [f32],
-    every: usize,
+    shift: u32,
 }
 
 impl Prefetch<'_> {
@@ -333,14 +348,172 @@ impl Prefetch<'_> {
     fn none(self) -> Self {
         Prefetch {
             lines: &[],
-            every: self.every,
+            shift: self.shift,
         }
     }
 
     #[inline(always)]
     fn at_row(self, r: usize) {
-        if r & (self.every - 1) == 0 && r / self.every * LINE < self.lines.len() {
-            simd::prefetch(self.lines[r / self.every * LINE..].as_ptr());
+        let line = (r >> self.shift) * LINE;
+        if r & ((1 << self.shift) - 1) == 0 && line < self.lines.len() {
+            simd::prefetch(self.lines[line..].as_ptr());
+        }
+    }
+}
+
+/// Rows of a [`WideStrip`]: eight broadcasts feed up to three vectors'
+/// FMAs, so there are fewer loads per FMA than in a 16-row, one-vector
+/// tile (11 per 24 FMAs against 17 per 16). With two 512-bit FMA units a
+/// core issues up to two loads a cycle, and the one-vector tile left the
+/// FMA units half idle waiting on them.
+const WIDE_ROWS: usize = 8;
+
+/// A part of the upper triangle for the 32-register level: rows
+/// `i0..i0 + 8` against, from column `col`, first eight columns in a
+/// half-width vector where `half` (the corner of a diagonal tile, whose
+/// other half is below the diagonal), then `vectors` whole vectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct WideStrip {
+    i0: usize,
+    col: usize,
+    half: bool,
+    vectors: usize,
+}
+
+impl WideStrip {
+    /// The first column after the strip.
+    fn end(self) -> usize {
+        self.col + if self.half { LANES / 2 } else { 0 } + self.vectors * LANES
+    }
+}
+
+/// The upper triangle of a `tiles × tiles` grid of 16 × 16 tiles as wide
+/// strips: each tile row's top eight rows from its diagonal to the end,
+/// its bottom eight from the diagonal tile's right half (a half vector) to
+/// the end, split as evenly as possible into at most three vectors a strip
+/// (two beside a half: 8 × 3 accumulators, the vectors and a broadcast fit
+/// in 32 registers).
+fn wide_strips(tiles: usize) -> Vec<WideStrip> {
+    let mut strips = Vec::new();
+    let mut split = |i0: usize, mut col: usize, mut half: bool, vectors: usize| {
+        let most = |half: bool| if half { 2 } else { 3 };
+        let mut left = vectors;
+        while left > 0 || half {
+            // As even as possible: the strips left take `left` between them.
+            let count = (left + usize::from(half)).div_ceil(most(false));
+            let take = left.div_ceil(count.max(1)).min(most(half));
+            strips.push(WideStrip {
+                i0,
+                col,
+                half,
+                vectors: take,
+            });
+            col += if half { LANES / 2 } else { 0 } + take * LANES;
+            left -= take;
+            half = false;
+        }
+    };
+    for ti in 0..tiles {
+        let i0 = ti * LANES;
+        split(i0, i0, false, tiles - ti);
+        split(i0 + WIDE_ROWS, i0 + WIDE_ROWS, true, tiles - ti - 1);
+    }
+    strips
+}
+
+/// One [`WideStrip`] over a chunk of rows (`a`, `dp` wide, whose first
+/// row is row `first` of the sub-block), added to its running sums.
+///
+/// # Safety
+/// S's CPU features are enabled, `dp` is a multiple of 16 with
+/// `strip.end() ≤ dp` and `strip.i0 + 8 ≤ dp`, `a` is whole rows of `dp`
+/// and `sums` is `dp × dp`.
+#[inline(always)]
+unsafe fn wide_strip<S: F32x16>(
+    a: &[f32],
+    first: usize,
+    dp: usize,
+    strip: WideStrip,
+    sums: &mut [f32],
+    ahead: Prefetch,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        match (strip.half, strip.vectors) {
+            (false, 1) => strip8::<S, 1, false>(a, first, dp, strip, sums, ahead),
+            (false, 2) => strip8::<S, 2, false>(a, first, dp, strip, sums, ahead),
+            (false, 3) => strip8::<S, 3, false>(a, first, dp, strip, sums, ahead),
+            (true, 0) => strip8::<S, 0, true>(a, first, dp, strip, sums, ahead),
+            (true, 1) => strip8::<S, 1, true>(a, first, dp, strip, sums, ahead),
+            (true, 2) => strip8::<S, 2, true>(a, first, dp, strip, sums, ahead),
+            _ => unreachable!("wide_strips makes no {strip:?}"),
+        }
+    }
+}
+
+/// [`wide_strip`] with its shape in the type, so the accumulators are
+/// registers: `V` whole vectors, and a half vector first where `H`.
+///
+/// # Safety
+/// As [`wide_strip`], with `V` and `H` the strip's.
+// Index loops mirror the register tile; iterators would obscure it.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn strip8<S: F32x16, const V: usize, const H: bool>(
+    a: &[f32],
+    first: usize,
+    dp: usize,
+    strip: WideStrip,
+    sums: &mut [f32],
+    ahead: Prefetch,
+) {
+    const HALF: usize = LANES / 2;
+    let WideStrip { i0, col, .. } = strip;
+    debug_assert!(strip.end() <= dp && i0 + WIDE_ROWS <= dp && sums.len() == dp * dp);
+    let from = col + if H { HALF } else { 0 };
+    let row_at = |ii: usize| (i0 + ii) * dp;
+    // SAFETY: the caller's contract keeps every offset below inside
+    // `sums` (rows i0..i0 + 8, columns col..end ≤ dp) and each row of `a`.
+    unsafe {
+        let mut corner = [S::Half::splat(0.0); WIDE_ROWS];
+        let mut acc = [[S::splat(0.0); V]; WIDE_ROWS];
+        for ii in 0..WIDE_ROWS {
+            if H {
+                corner[ii] = S::Half::load(sums.as_ptr().add(row_at(ii) + col));
+            }
+            for v in 0..V {
+                acc[ii][v] = S::load(sums.as_ptr().add(row_at(ii) + from + v * LANES));
+            }
+        }
+        for (r, row) in a.chunks_exact(dp).enumerate() {
+            ahead.at_row(first + r);
+            let p = row.as_ptr();
+            let right = if H {
+                S::Half::load(p.add(col))
+            } else {
+                S::Half::splat(0.0)
+            };
+            let mut cols = [S::splat(0.0); V];
+            for v in 0..V {
+                cols[v] = S::load(p.add(from + v * LANES));
+            }
+            for ii in 0..WIDE_ROWS {
+                let x = *p.add(i0 + ii);
+                if H {
+                    corner[ii] = S::Half::fma(S::Half::splat(x), right, corner[ii]);
+                }
+                for v in 0..V {
+                    acc[ii][v] = S::fma(S::splat(x), cols[v], acc[ii][v]);
+                }
+            }
+        }
+        for ii in 0..WIDE_ROWS {
+            if H {
+                corner[ii].store(sums.as_mut_ptr().add(row_at(ii) + col));
+            }
+            for v in 0..V {
+                acc[ii][v].store(sums.as_mut_ptr().add(row_at(ii) + from + v * LANES));
+            }
         }
     }
 }
@@ -369,21 +542,16 @@ impl Tile<'_> {
     }
 }
 
-/// One 16 × 16 tile: for every row, one vector of columns `j0..j0+16`
-/// times sixteen broadcasts of columns `i0..i0+16`. With 32 registers the
-/// sixteen accumulators are one register tile; with 16 (AVX2, where each
-/// accumulator is two registers) they would spill, so the tile is summed as
-/// row strips of 6, 6 and 4 (12 accumulator registers, the row vector and a
-/// broadcast), each a pass over the chunk, which is in L1.
+/// One 16 × 16 tile on a level with 16 registers (AVX2, portable), where
+/// each 16-lane accumulator is two registers: summed as row strips of 6, 6
+/// and 4 (12 accumulator registers, the row vector and a broadcast), each
+/// a pass over the chunk, which is in L1. (With 32 registers the product
+/// goes by [`WideStrip`]s instead.)
 #[inline(always)]
 unsafe fn off_diagonal_tile<S: F32x16>(tile: Tile, sums: &mut [f32], ahead: Prefetch) {
-    if S::REGISTERS >= 32 {
-        strip::<S, LANES>(tile, sums, ahead);
-    } else {
-        strip::<S, 6>(tile, sums, ahead);
-        strip::<S, 6>(tile.down(6), sums, ahead.none());
-        strip::<S, 4>(tile.down(12), sums, ahead.none());
-    }
+    strip::<S, 6>(tile, sums, ahead);
+    strip::<S, 6>(tile.down(6), sums, ahead.none());
+    strip::<S, 4>(tile.down(12), sums, ahead.none());
 }
 
 /// Rows `i0..i0 + R` of a tile against columns `j0..j0 + 16`, added to
@@ -418,46 +586,13 @@ unsafe fn strip<S: F32x16, const R: usize>(tile: Tile, sums: &mut [f32], ahead: 
 }
 
 /// A tile on the diagonal needs only its upper triangle: its first eight
-/// rows as in [`off_diagonal_tile`], its last eight only on their last
-/// eight columns, in half-width vectors (a quarter of the tile's work saved
-/// where 512-bit operations are split in two). With 16 registers, as three
-/// strips.
-// Index loops mirror the register tile; iterators would obscure it.
-#[allow(clippy::needless_range_loop)]
+/// rows as in [`off_diagonal_tile`] (six, then two), its last eight only on
+/// their last eight columns, in half-width vectors.
 #[inline(always)]
 unsafe fn diagonal_tile<S: F32x16>(tile: Tile, sums: &mut [f32], ahead: Prefetch) {
-    const HALF: usize = LANES / 2;
-    if S::REGISTERS < 32 {
-        strip::<S, 6>(tile, sums, ahead);
-        strip::<S, 2>(tile.down(6), sums, ahead.none());
-        bottom_corner::<S>(tile, sums);
-        return;
-    }
-    let Tile {
-        a, first, dp, i0, ..
-    } = tile;
-    let top_at = |ii: usize| (i0 + ii) * dp + i0;
-    let corner_at = |ii: usize| (i0 + HALF + ii) * dp + i0 + HALF;
-    let mut top = [S::splat(0.0); HALF];
-    let mut bottom = [S::Half::splat(0.0); HALF];
-    for ii in 0..HALF {
-        top[ii] = S::load(sums.as_ptr().add(top_at(ii)));
-        bottom[ii] = S::Half::load(sums.as_ptr().add(corner_at(ii)));
-    }
-    for (r, row) in a.chunks_exact(dp).enumerate() {
-        ahead.at_row(first + r);
-        let p = row.as_ptr().add(i0);
-        let whole = S::load(p);
-        let right = S::Half::load(p.add(HALF));
-        for ii in 0..HALF {
-            top[ii] = S::fma(S::splat(*p.add(ii)), whole, top[ii]);
-            bottom[ii] = S::Half::fma(S::Half::splat(*p.add(HALF + ii)), right, bottom[ii]);
-        }
-    }
-    for ii in 0..HALF {
-        top[ii].store(sums.as_mut_ptr().add(top_at(ii)));
-        bottom[ii].store(sums.as_mut_ptr().add(corner_at(ii)));
-    }
+    strip::<S, 6>(tile, sums, ahead);
+    strip::<S, 2>(tile.down(6), sums, ahead.none());
+    bottom_corner::<S>(tile, sums);
 }
 
 /// The diagonal tile's last eight rows on their last eight columns.
@@ -490,11 +625,17 @@ mod tests {
 
     /// Centring and the upper-triangle product on every vector type the CPU
     /// runs (not only the one `dispatch` picks here), against scalar loops:
-    /// three tiles across, so diagonal and off-diagonal tiles, and a row
-    /// count that is not a multiple of anything.
+    /// three tiles across (diagonal and off-diagonal tiles) and eight (every
+    /// wide-strip shape, see `wide_strips_cover_the_upper_triangle_once`),
+    /// and a row count that is not a multiple of anything.
     #[test]
     fn every_vector_path_matches_scalar_loops() {
-        let (m, d) = (37, 40);
+        for d in [40, 123] {
+            matches_scalar_loops(37, d);
+        }
+    }
+
+    fn matches_scalar_loops(m: usize, d: usize) {
         let dp = padded(d);
         let x: Vec<f32> = (0..m * d)
             .map(|i| ((i * 37) % 101) as f32 / 10.0 - 5.0)
@@ -579,6 +720,57 @@ mod tests {
                     c.run::<simd::Avx512>();
                     g.run::<simd::Avx512>();
                 });
+            }
+        }
+    }
+
+    /// Every upper cell of the Gram (and no cell twice) is in exactly one
+    /// wide strip, no strip reaches below the tiles that `flush_upper`
+    /// adds up or past the last column, and each strip's accumulators fit
+    /// in 32 registers; at eight tiles every strip shape occurs.
+    #[test]
+    fn wide_strips_cover_the_upper_triangle_once() {
+        for tiles in 1..=12 {
+            let dp = tiles * LANES;
+            let mut count = vec![0u8; dp * dp];
+            let strips = wide_strips(tiles);
+            for s in &strips {
+                let most = if s.half { 2 } else { 3 };
+                assert!(s.vectors <= most && (s.half || s.vectors > 0), "{s:?}");
+                assert!(
+                    s.end() <= dp && s.i0 + WIDE_ROWS <= dp,
+                    "{s:?} at {tiles} tiles"
+                );
+                for i in s.i0..s.i0 + WIDE_ROWS {
+                    for j in s.col..s.end() {
+                        assert!(
+                            j >= i / LANES * LANES,
+                            "{s:?} reaches below the flushed tiles"
+                        );
+                        count[i * dp + j] += 1;
+                    }
+                }
+            }
+            for i in 0..dp {
+                for j in i..dp {
+                    assert_eq!(count[i * dp + j], 1, "cell ({i}, {j}) at {tiles} tiles");
+                }
+            }
+            if tiles == 8 {
+                let mut shapes: Vec<_> = strips.iter().map(|s| (s.half, s.vectors)).collect();
+                shapes.sort();
+                shapes.dedup();
+                assert_eq!(
+                    shapes,
+                    [
+                        (false, 1),
+                        (false, 2),
+                        (false, 3),
+                        (true, 0),
+                        (true, 1),
+                        (true, 2)
+                    ]
+                );
             }
         }
     }

@@ -90,7 +90,8 @@ pub struct BenchArgs {
 pub fn synthetic(n: usize, d: usize, centres: usize, seed: u64) -> Array2<f32> {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     let c = Array2::from_shape_fn((centres, d), |_| rng.random::<f32>() * 10.0);
-    let mut x = Array2::<f32>::zeros((n, d));
+    let mut x =
+        Array2::from_shape_vec((n, d), segmenta::data::pages::zeros(n * d)).expect("n × d values");
     for mut row in x.rows_mut() {
         let pick = rng.random_range(0..centres);
         for (j, v) in row.iter_mut().enumerate() {

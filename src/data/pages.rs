@@ -1,0 +1,120 @@
+//! Large matrices in 2 MiB pages where the operating system offers them.
+//!
+//! Why: the kernels read rows that are far apart (k-means++ scoring, the
+//! pruned Lloyd steps' rescans) or stream hundreds of megabytes (PCA's
+//! Gram). With 4 KiB pages a 512 MB matrix spans 131,072 pages, far more
+//! than the TLB holds, so scattered reads and prefetches wait on page
+//! walks too. Linux's transparent huge pages are commonly enabled only
+//! for memory that asks (`madvise` mode), so a buffer of
+//! [`HUGE_PAGE_MIN_BYTES`] or more asks, before its pages are first
+//! touched (advice given afterwards changes nothing until the kernel's
+//! background collapse gets to it). Elsewhere, or where the advice is
+//! refused, it is an ordinary `Vec`: the advice is a hint, never a
+//! requirement.
+
+/// Buffers from this size up ask for huge pages: below it the TLB copes,
+/// and a partly used 2 MiB page would waste more of a small buffer.
+pub const HUGE_PAGE_MIN_BYTES: usize = 32 << 20;
+
+const HUGE_PAGE: usize = 2 << 20;
+
+/// An empty `Vec` with room for `len` values, its whole 2 MiB pages
+/// advised as huge pages when it is at least [`HUGE_PAGE_MIN_BYTES`] (on
+/// Linux). Fill it without growing it past `len`, or the values move to
+/// a new allocation without the advice.
+pub fn with_capacity<T: Copy>(len: usize) -> Vec<T> {
+    let v: Vec<T> = Vec::with_capacity(len);
+    advise_huge(
+        v.as_ptr().cast(),
+        len.saturating_mul(std::mem::size_of::<T>()),
+    );
+    v
+}
+
+/// `len` zeros, in a buffer from [`with_capacity`].
+pub fn zeros<T: Copy + Default>(len: usize) -> Vec<T> {
+    let mut v = with_capacity(len);
+    v.resize(len, T::default());
+    v
+}
+
+/// Asks for huge pages on the whole 2 MiB pages inside `bytes` bytes at
+/// `start`; returns whether the advice was given.
+#[cfg(target_os = "linux")]
+fn advise_huge(start: *const u8, bytes: usize) -> bool {
+    if bytes < HUGE_PAGE_MIN_BYTES {
+        return false;
+    }
+    let from = (start as usize).next_multiple_of(HUGE_PAGE);
+    let to = (start as usize + bytes) / HUGE_PAGE * HUGE_PAGE;
+    if to <= from {
+        return false;
+    }
+    // SAFETY: the range lies inside an allocation this process owns
+    // (`start..start + bytes`, rounded inwards), and MADV_HUGEPAGE changes
+    // only how the kernel backs it, never its contents or validity.
+    let rc = unsafe { libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE) };
+    if rc != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "huge pages refused; the buffer keeps ordinary pages"
+        );
+    }
+    rc == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge(_start: *const u8, _bytes: usize) -> bool {
+    false
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// The `VmFlags` of the mapping that holds `addr`, from
+    /// /proc/self/smaps.
+    fn vm_flags(addr: usize) -> Option<String> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let mut inside = false;
+        for line in smaps.lines() {
+            let range = line.split_whitespace().next().unwrap_or("");
+            if let Some((lo, hi)) = range.split_once('-') {
+                if let (Ok(lo), Ok(hi)) =
+                    (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+                {
+                    inside = lo <= addr && addr < hi;
+                    continue;
+                }
+            }
+            if inside {
+                if let Some(flags) = line.strip_prefix("VmFlags:") {
+                    return Some(flags.trim().to_owned());
+                }
+            }
+        }
+        None
+    }
+
+    /// A large buffer's interior is advised (the kernel marks the mapping
+    /// `hg`), a small one's is not, and both hold what was written.
+    #[test]
+    fn large_buffers_ask_for_huge_pages_and_small_ones_do_not() {
+        let n = HUGE_PAGE_MIN_BYTES / 4 + 12_345;
+        let mut large: Vec<f32> = with_capacity(n);
+        let interior = (large.as_ptr() as usize).next_multiple_of(HUGE_PAGE);
+        assert!(advise_huge(large.as_ptr().cast(), n * 4), "madvise refused");
+        large.extend((0..n).map(|i| i as f32));
+        assert_eq!(large.capacity(), n, "filled without growing");
+        assert_eq!(large[n - 1], (n - 1) as f32);
+        let flags = vm_flags(interior).expect("the buffer's mapping in smaps");
+        assert!(
+            flags.split_whitespace().any(|f| f == "hg"),
+            "no huge-page advice on the buffer: VmFlags {flags}"
+        );
+
+        let small: Vec<f32> = zeros(1 << 20);
+        assert!(!advise_huge(small.as_ptr().cast(), 4 << 20));
+        assert!(small.iter().all(|&v| v == 0.0) && small.len() == 1 << 20);
+    }
+}
