@@ -114,9 +114,10 @@ pub fn check_finite(x: ArrayView2<f32>, columns: &[String]) -> Result<(), DataEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ndarray::ShapeBuilder;
 
     /// All columns (the whole-buffer copy), a reordered subset (the
-    /// gather) and an unknown name.
+    /// gather), an unknown name, column-major values and a repeated name.
     #[test]
     fn select_columns_copies_all_or_gathers_the_named_ones() {
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -133,5 +134,21 @@ mod tests {
         );
         let err = data.select_columns(&names(&["z"])).unwrap_err();
         assert!(err.to_string().contains('z'), "{err}");
+
+        // Column-major values (no row-major slice: the gather path for all
+        // columns too), and a name asked for twice.
+        let mut fortran = Array2::zeros((4, 3).f());
+        fortran.assign(&data.values);
+        let data = Dataset {
+            columns: data.columns,
+            values: fortran,
+        };
+        let (all, _) = data.select_columns(&[]).unwrap();
+        assert_eq!(all, data.values);
+        assert!(all.is_standard_layout());
+        let (twice, columns) = data.select_columns(&names(&["b", "b"])).unwrap();
+        assert_eq!(columns, names(&["b", "b"]));
+        assert_eq!(twice.column(0), data.values.column(1));
+        assert_eq!(twice.column(1), data.values.column(1));
     }
 }

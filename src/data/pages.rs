@@ -13,14 +13,17 @@
 //! requirement.
 
 /// Buffers from this size up ask for huge pages: below it the TLB copes,
-/// and a partly used 2 MiB page would waste more of a small buffer.
+/// and a partly used 2 MiB page would waste more of a small buffer. It is
+/// also glibc malloc's largest mmap threshold, so a buffer this large is a
+/// mapping of its own: the advice covers no other allocation, and freeing
+/// the buffer unmaps it.
 pub const HUGE_PAGE_MIN_BYTES: usize = 32 << 20;
 
 const HUGE_PAGE: usize = 2 << 20;
 
 /// An empty `Vec` with room for `len` values, its whole 2 MiB pages
 /// advised as huge pages when it is at least [`HUGE_PAGE_MIN_BYTES`] (on
-/// Linux). Fill it without growing it past `len`, or the values move to
+/// Linux). Fill it without growing it past `len`: a larger buffer may be
 /// a new allocation without the advice.
 pub fn with_capacity<T: Copy>(len: usize) -> Vec<T> {
     let v: Vec<T> = Vec::with_capacity(len);
@@ -28,13 +31,6 @@ pub fn with_capacity<T: Copy>(len: usize) -> Vec<T> {
         v.as_ptr().cast(),
         len.saturating_mul(std::mem::size_of::<T>()),
     );
-    v
-}
-
-/// `len` zeros, in a buffer from [`with_capacity`].
-pub fn zeros<T: Copy + Default>(len: usize) -> Vec<T> {
-    let mut v = with_capacity(len);
-    v.resize(len, T::default());
     v
 }
 
@@ -50,9 +46,10 @@ fn advise_huge(start: *const u8, bytes: usize) -> bool {
     if to <= from {
         return false;
     }
-    // SAFETY: the range lies inside an allocation this process owns
-    // (`start..start + bytes`, rounded inwards), and MADV_HUGEPAGE changes
-    // only how the kernel backs it, never its contents or validity.
+    // SAFETY: MADV_HUGEPAGE is advice on how the kernel backs a range: it
+    // never changes the range's contents or whether it is mapped, so no
+    // range can make it unsound (one that is not mapped fails with
+    // ENOMEM). The callers pass their own buffer, rounded inwards.
     let rc = unsafe { libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE) };
     if rc != 0 {
         tracing::debug!(
@@ -97,15 +94,25 @@ mod tests {
     }
 
     /// A large buffer's interior is advised (the kernel marks the mapping
-    /// `hg`), a small one's is not, and both hold what was written.
+    /// `hg`), a small one's is not, and both hold what was written. Where
+    /// the kernel has no transparent huge pages at all there is nothing to
+    /// check: the test says so and returns.
     #[test]
     fn large_buffers_ask_for_huge_pages_and_small_ones_do_not() {
+        let thp = "/sys/kernel/mm/transparent_hugepage/enabled";
+        if !std::path::Path::new(thp).exists() {
+            eprintln!("SKIPPED: this kernel has no transparent huge pages ({thp} is missing)");
+            return;
+        }
         let n = HUGE_PAGE_MIN_BYTES / 4 + 12_345;
         let mut large: Vec<f32> = with_capacity(n);
-        let interior = (large.as_ptr() as usize).next_multiple_of(HUGE_PAGE);
+        let (at, interior) = (
+            large.as_ptr(),
+            (large.as_ptr() as usize).next_multiple_of(HUGE_PAGE),
+        );
         assert!(advise_huge(large.as_ptr().cast(), n * 4), "madvise refused");
         large.extend((0..n).map(|i| i as f32));
-        assert_eq!(large.capacity(), n, "filled without growing");
+        assert_eq!(large.as_ptr(), at, "filled without moving");
         assert_eq!(large[n - 1], (n - 1) as f32);
         let flags = vm_flags(interior).expect("the buffer's mapping in smaps");
         assert!(
@@ -113,8 +120,9 @@ mod tests {
             "no huge-page advice on the buffer: VmFlags {flags}"
         );
 
-        let small: Vec<f32> = zeros(1 << 20);
+        let mut small: Vec<f32> = with_capacity(1 << 20);
         assert!(!advise_huge(small.as_ptr().cast(), 4 << 20));
-        assert!(small.iter().all(|&v| v == 0.0) && small.len() == 1 << 20);
+        small.resize(1 << 20, 1.5);
+        assert!(small.iter().all(|&v| v == 1.5));
     }
 }

@@ -123,9 +123,15 @@ impl Scaler {
     }
 
     /// Returns a row-major (standard layout) copy, whatever `x`'s layout:
-    /// the kernels read rows as contiguous slices.
+    /// the kernels read rows as contiguous slices. It is what a fit reads,
+    /// so a large one is in huge pages ([`super::pages`]).
     pub fn transform(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        let mut out = x.as_standard_layout().into_owned();
+        let mut flat = super::pages::with_capacity(x.len());
+        match x.as_slice() {
+            Some(all) => flat.extend_from_slice(all),
+            None => flat.extend(x.iter().copied()),
+        }
+        let mut out = Array2::from_shape_vec(x.raw_dim(), flat).expect("x's own shape");
         let mean = Array1::from(self.mean.clone());
         let scale = Array1::from(self.scale.clone());
         let log = Array1::from_shape_fn(self.mean.len(), |j| self.logs(j));

@@ -199,6 +199,10 @@ impl SimdKernel for Centre<'_> {
 const STRIP: usize = 4;
 
 /// [`Centre`] on the `W` vectors of columns from `c`.
+///
+/// # Safety
+/// S's CPU features are enabled; `c + 16·W ≤ d ≤ dp`; `x` is whole rows
+/// of `d`, `out` as many rows of `dp`, `pivot` `d` values and `sums` `dp`.
 #[inline(always)]
 unsafe fn centre_strip<S: F32x16, const W: usize>(
     x: &[f32],
@@ -259,9 +263,12 @@ impl SimdKernel for UpperGram<'_> {
     fn run<S: F32x16>(self) {
         let UpperGram { a, dp, sums, ahead } = self;
         let tiles = dp / LANES;
-        assert!(a.len().is_multiple_of(dp) && sums.len() == dp * dp);
+        assert!(dp.is_multiple_of(LANES) && a.len().is_multiple_of(dp) && sums.len() == dp * dp);
         let wide = S::REGISTERS >= 32;
         let strips = if wide { wide_strips(tiles) } else { Vec::new() };
+        assert!(strips
+            .iter()
+            .all(|s| s.end() <= dp && s.i0 + WIDE_ROWS <= dp));
         // Each tile (or wide strip) prefetches an equal share of `ahead`,
         // in whole lines, spread over its rows.
         let parts = if wide {
@@ -284,11 +291,17 @@ impl SimdKernel for UpperGram<'_> {
             if wide {
                 for &strip in &strips {
                     let ahead = shares.next().unwrap_or(idle);
+                    let tile = Tile {
+                        a: chunk,
+                        first,
+                        dp,
+                        i0: strip.i0,
+                        j0: strip.col,
+                    };
                     // SAFETY: dispatched with S's CPU features; every
-                    // strip's rows and columns lie inside `a` and `sums`
-                    // (asserted above, and `wide_strips` stays within
-                    // `tiles` vectors).
-                    unsafe { wide_strip::<S>(chunk, first, dp, strip, sums, ahead) }
+                    // strip's rows and columns lie inside `a`'s rows and
+                    // `sums` (asserted above).
+                    unsafe { wide_strip::<S>(tile, strip, sums, ahead) }
                 }
                 continue;
             }
@@ -421,65 +434,66 @@ fn wide_strips(tiles: usize) -> Vec<WideStrip> {
     strips
 }
 
-/// One [`WideStrip`] over a chunk of rows (`a`, `dp` wide, whose first
-/// row is row `first` of the sub-block), added to its running sums.
+/// One [`WideStrip`] over a chunk of rows: `tile` gives the chunk, and the
+/// strip's first row (`i0`) and column (`j0`).
 ///
 /// # Safety
-/// S's CPU features are enabled, `dp` is a multiple of 16 with
-/// `strip.end() ≤ dp` and `strip.i0 + 8 ≤ dp`, `a` is whole rows of `dp`
-/// and `sums` is `dp × dp`.
+/// S's CPU features are enabled; `tile.a` is whole rows of `dp`, `sums`
+/// is `dp × dp`, and the strip's rows and columns are below `dp`
+/// (`strip.end() ≤ dp`, `strip.i0 + 8 ≤ dp`).
 #[inline(always)]
-unsafe fn wide_strip<S: F32x16>(
-    a: &[f32],
-    first: usize,
-    dp: usize,
-    strip: WideStrip,
-    sums: &mut [f32],
-    ahead: Prefetch,
-) {
+unsafe fn wide_strip<S: F32x16>(tile: Tile, strip: WideStrip, sums: &mut [f32], ahead: Prefetch) {
     // SAFETY: the caller's contract.
     unsafe {
         match (strip.half, strip.vectors) {
-            (false, 1) => strip8::<S, 1, false>(a, first, dp, strip, sums, ahead),
-            (false, 2) => strip8::<S, 2, false>(a, first, dp, strip, sums, ahead),
-            (false, 3) => strip8::<S, 3, false>(a, first, dp, strip, sums, ahead),
-            (true, 0) => strip8::<S, 0, true>(a, first, dp, strip, sums, ahead),
-            (true, 1) => strip8::<S, 1, true>(a, first, dp, strip, sums, ahead),
-            (true, 2) => strip8::<S, 2, true>(a, first, dp, strip, sums, ahead),
+            (false, 1) => strip8::<S, 1, false>(tile, sums, ahead),
+            (false, 2) => strip8::<S, 2, false>(tile, sums, ahead),
+            (false, 3) => strip8::<S, 3, false>(tile, sums, ahead),
+            (true, 0) => strip8::<S, 0, true>(tile, sums, ahead),
+            (true, 1) => strip8::<S, 1, true>(tile, sums, ahead),
+            (true, 2) => strip8::<S, 2, true>(tile, sums, ahead),
             _ => unreachable!("wide_strips makes no {strip:?}"),
         }
     }
 }
 
-/// [`wide_strip`] with its shape in the type, so the accumulators are
-/// registers: `V` whole vectors, and a half vector first where `H`.
+/// Rows `i0..i0 + 8` of `tile` from column `j0`: first eight columns in a
+/// half-width vector where `H`, then `V` whole vectors, added to their
+/// running sums. The shape is in the type, so the accumulators are
+/// registers.
 ///
 /// # Safety
-/// As [`wide_strip`], with `V` and `H` the strip's.
+/// S's CPU features are enabled; `tile.a` is whole rows of `dp`, `sums`
+/// is `dp × dp`, and rows `i0..i0 + 8` and columns `j0..j0 + 8·H + 16·V`
+/// are below `dp`.
 // Index loops mirror the register tile; iterators would obscure it.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn strip8<S: F32x16, const V: usize, const H: bool>(
-    a: &[f32],
-    first: usize,
-    dp: usize,
-    strip: WideStrip,
+    tile: Tile,
     sums: &mut [f32],
     ahead: Prefetch,
 ) {
     const HALF: usize = LANES / 2;
-    let WideStrip { i0, col, .. } = strip;
-    debug_assert!(strip.end() <= dp && i0 + WIDE_ROWS <= dp && sums.len() == dp * dp);
-    let from = col + if H { HALF } else { 0 };
+    let Tile {
+        a,
+        first,
+        dp,
+        i0,
+        j0,
+    } = tile;
+    let from = j0 + if H { HALF } else { 0 };
+    debug_assert!(from + V * LANES <= dp && i0 + WIDE_ROWS <= dp && sums.len() == dp * dp);
     let row_at = |ii: usize| (i0 + ii) * dp;
     // SAFETY: the caller's contract keeps every offset below inside
-    // `sums` (rows i0..i0 + 8, columns col..end ≤ dp) and each row of `a`.
+    // `sums` (rows i0..i0 + 8, columns j0..from + 16·V ≤ dp) and each row
+    // of `a`.
     unsafe {
         let mut corner = [S::Half::splat(0.0); WIDE_ROWS];
         let mut acc = [[S::splat(0.0); V]; WIDE_ROWS];
         for ii in 0..WIDE_ROWS {
             if H {
-                corner[ii] = S::Half::load(sums.as_ptr().add(row_at(ii) + col));
+                corner[ii] = S::Half::load(sums.as_ptr().add(row_at(ii) + j0));
             }
             for v in 0..V {
                 acc[ii][v] = S::load(sums.as_ptr().add(row_at(ii) + from + v * LANES));
@@ -489,7 +503,7 @@ unsafe fn strip8<S: F32x16, const V: usize, const H: bool>(
             ahead.at_row(first + r);
             let p = row.as_ptr();
             let right = if H {
-                S::Half::load(p.add(col))
+                S::Half::load(p.add(j0))
             } else {
                 S::Half::splat(0.0)
             };
@@ -509,7 +523,7 @@ unsafe fn strip8<S: F32x16, const V: usize, const H: bool>(
         }
         for ii in 0..WIDE_ROWS {
             if H {
-                corner[ii].store(sums.as_mut_ptr().add(row_at(ii) + col));
+                corner[ii].store(sums.as_mut_ptr().add(row_at(ii) + j0));
             }
             for v in 0..V {
                 acc[ii][v].store(sums.as_mut_ptr().add(row_at(ii) + from + v * LANES));
@@ -547,6 +561,11 @@ impl Tile<'_> {
 /// and 4 (12 accumulator registers, the row vector and a broadcast), each
 /// a pass over the chunk, which is in L1. (With 32 registers the product
 /// goes by [`WideStrip`]s instead.)
+///
+/// # Safety
+/// S's CPU features are enabled; `tile.a` is whole rows of `dp`, `sums`
+/// is `dp × dp`, and the tile's rows and columns (`i0..i0 + 16`,
+/// `j0..j0 + 16`) are below `dp`.
 #[inline(always)]
 unsafe fn off_diagonal_tile<S: F32x16>(tile: Tile, sums: &mut [f32], ahead: Prefetch) {
     strip::<S, 6>(tile, sums, ahead);
@@ -556,6 +575,9 @@ unsafe fn off_diagonal_tile<S: F32x16>(tile: Tile, sums: &mut [f32], ahead: Pref
 
 /// Rows `i0..i0 + R` of a tile against columns `j0..j0 + 16`, added to
 /// their running sums.
+///
+/// # Safety
+/// As [`off_diagonal_tile`], for rows `i0..i0 + R`.
 // Index loops mirror the register tile; iterators would obscure it.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
@@ -588,34 +610,22 @@ unsafe fn strip<S: F32x16, const R: usize>(tile: Tile, sums: &mut [f32], ahead: 
 /// A tile on the diagonal needs only its upper triangle: its first eight
 /// rows as in [`off_diagonal_tile`] (six, then two), its last eight only on
 /// their last eight columns, in half-width vectors.
+///
+/// # Safety
+/// As [`off_diagonal_tile`], with `j0 = i0`.
 #[inline(always)]
 unsafe fn diagonal_tile<S: F32x16>(tile: Tile, sums: &mut [f32], ahead: Prefetch) {
-    strip::<S, 6>(tile, sums, ahead);
-    strip::<S, 2>(tile.down(6), sums, ahead.none());
-    bottom_corner::<S>(tile, sums);
-}
-
-/// The diagonal tile's last eight rows on their last eight columns.
-// Index loops mirror the register tile; iterators would obscure it.
-#[allow(clippy::needless_range_loop)]
-#[inline(always)]
-unsafe fn bottom_corner<S: F32x16>(tile: Tile, sums: &mut [f32]) {
     const HALF: usize = LANES / 2;
-    let Tile { a, dp, i0, .. } = tile;
-    let at = |ii: usize| (i0 + HALF + ii) * dp + i0 + HALF;
-    let mut bottom = [S::Half::splat(0.0); HALF];
-    for ii in 0..HALF {
-        bottom[ii] = S::Half::load(sums.as_ptr().add(at(ii)));
-    }
-    for row in a.chunks_exact(dp) {
-        let p = row.as_ptr().add(i0 + HALF);
-        let right = S::Half::load(p);
-        for ii in 0..HALF {
-            bottom[ii] = S::Half::fma(S::Half::splat(*p.add(ii)), right, bottom[ii]);
-        }
-    }
-    for ii in 0..HALF {
-        bottom[ii].store(sums.as_mut_ptr().add(at(ii)));
+    let corner = Tile {
+        i0: tile.i0 + HALF,
+        j0: tile.i0 + HALF,
+        ..tile
+    };
+    // SAFETY: the caller's contract; the corner is inside the tile.
+    unsafe {
+        strip::<S, 6>(tile, sums, ahead);
+        strip::<S, 2>(tile.down(6), sums, ahead.none());
+        strip8::<S, 0, true>(corner, sums, ahead.none());
     }
 }
 

@@ -90,16 +90,16 @@ pub struct BenchArgs {
 pub fn synthetic(n: usize, d: usize, centres: usize, seed: u64) -> Array2<f32> {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     let c = Array2::from_shape_fn((centres, d), |_| rng.random::<f32>() * 10.0);
-    let mut x =
-        Array2::from_shape_vec((n, d), segmenta::data::pages::zeros(n * d)).expect("n × d values");
-    for mut row in x.rows_mut() {
+    // In huge pages, as a fit's working copy is (`data::pages`).
+    let mut x = segmenta::data::pages::with_capacity(n * d);
+    for _ in 0..n {
         let pick = rng.random_range(0..centres);
-        for (j, v) in row.iter_mut().enumerate() {
+        for j in 0..d {
             let noise: f32 = (0..3).map(|_| rng.random::<f32>()).sum::<f32>() - 1.5;
-            *v = c[[pick, j]] + noise;
+            x.push(c[[pick, j]] + noise);
         }
     }
-    x
+    Array2::from_shape_vec((n, d), x).expect("n × d values")
 }
 
 fn data_for(w: &Workload, seed: u64) -> Array2<f32> {

@@ -326,13 +326,10 @@ impl Store {
         File::open(self.dataset_dir(id)?.join("values.f32"))
             .and_then(|mut f| f.read_to_end(&mut bytes))
             .map_err(ServiceError::io)?;
-        // In huge pages where it is large: the fits read it many times.
-        let mut values = crate::data::pages::with_capacity(bytes.len() / 4);
-        values.extend(
-            bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        );
+        let values: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
         let shape = (meta.n_rows as usize, meta.columns.len());
         let values = Array2::from_shape_vec(shape, values)
             .map_err(|e| ServiceError::Internal(format!("dataset {id} is damaged: {e}")))?;
