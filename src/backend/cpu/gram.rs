@@ -440,36 +440,36 @@ fn wide_strips(tiles: usize) -> Vec<WideStrip> {
 /// # Safety
 /// S's CPU features are enabled; `tile.a` is whole rows of `dp`, `sums`
 /// is `dp × dp`, and the strip's rows and columns are below `dp`
-/// (`strip.end() ≤ dp`, `strip.i0 + 8 ≤ dp`).
+/// (`shape.end() ≤ dp`, `shape.i0 + 8 ≤ dp`).
 #[inline(always)]
-unsafe fn wide_strip<S: F32x16>(tile: Tile, strip: WideStrip, sums: &mut [f32], ahead: Prefetch) {
+unsafe fn wide_strip<S: F32x16>(tile: Tile, shape: WideStrip, sums: &mut [f32], ahead: Prefetch) {
     // SAFETY: the caller's contract.
     unsafe {
-        match (strip.half, strip.vectors) {
-            (false, 1) => strip8::<S, 1, false>(tile, sums, ahead),
-            (false, 2) => strip8::<S, 2, false>(tile, sums, ahead),
-            (false, 3) => strip8::<S, 3, false>(tile, sums, ahead),
-            (true, 0) => strip8::<S, 0, true>(tile, sums, ahead),
-            (true, 1) => strip8::<S, 1, true>(tile, sums, ahead),
-            (true, 2) => strip8::<S, 2, true>(tile, sums, ahead),
-            _ => unreachable!("wide_strips makes no {strip:?}"),
+        match (shape.half, shape.vectors) {
+            (false, 1) => strip::<S, WIDE_ROWS, 1, false>(tile, sums, ahead),
+            (false, 2) => strip::<S, WIDE_ROWS, 2, false>(tile, sums, ahead),
+            (false, 3) => strip::<S, WIDE_ROWS, 3, false>(tile, sums, ahead),
+            (true, 0) => strip::<S, WIDE_ROWS, 0, true>(tile, sums, ahead),
+            (true, 1) => strip::<S, WIDE_ROWS, 1, true>(tile, sums, ahead),
+            (true, 2) => strip::<S, WIDE_ROWS, 2, true>(tile, sums, ahead),
+            _ => unreachable!("wide_strips makes no {shape:?}"),
         }
     }
 }
 
-/// Rows `i0..i0 + 8` of `tile` from column `j0`: first eight columns in a
+/// Rows `i0..i0 + R` of `tile` from column `j0`: first eight columns in a
 /// half-width vector where `H`, then `V` whole vectors, added to their
 /// running sums. The shape is in the type, so the accumulators are
-/// registers.
+/// registers: every level's tiles and strips are this one loop.
 ///
 /// # Safety
 /// S's CPU features are enabled; `tile.a` is whole rows of `dp`, `sums`
-/// is `dp × dp`, and rows `i0..i0 + 8` and columns `j0..j0 + 8·H + 16·V`
+/// is `dp × dp`, and rows `i0..i0 + R` and columns `j0..j0 + 8·H + 16·V`
 /// are below `dp`.
 // Index loops mirror the register tile; iterators would obscure it.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn strip8<S: F32x16, const V: usize, const H: bool>(
+unsafe fn strip<S: F32x16, const R: usize, const V: usize, const H: bool>(
     tile: Tile,
     sums: &mut [f32],
     ahead: Prefetch,
@@ -483,15 +483,15 @@ unsafe fn strip8<S: F32x16, const V: usize, const H: bool>(
         j0,
     } = tile;
     let from = j0 + if H { HALF } else { 0 };
-    debug_assert!(from + V * LANES <= dp && i0 + WIDE_ROWS <= dp && sums.len() == dp * dp);
+    debug_assert!(from + V * LANES <= dp && i0 + R <= dp && sums.len() == dp * dp);
     let row_at = |ii: usize| (i0 + ii) * dp;
     // SAFETY: the caller's contract keeps every offset below inside
-    // `sums` (rows i0..i0 + 8, columns j0..from + 16·V ≤ dp) and each row
+    // `sums` (rows i0..i0 + R, columns j0..from + 16·V ≤ dp) and each row
     // of `a`.
     unsafe {
-        let mut corner = [S::Half::splat(0.0); WIDE_ROWS];
-        let mut acc = [[S::splat(0.0); V]; WIDE_ROWS];
-        for ii in 0..WIDE_ROWS {
+        let mut corner = [S::Half::splat(0.0); R];
+        let mut acc = [[S::splat(0.0); V]; R];
+        for ii in 0..R {
             if H {
                 corner[ii] = S::Half::load(sums.as_ptr().add(row_at(ii) + j0));
             }
@@ -511,7 +511,7 @@ unsafe fn strip8<S: F32x16, const V: usize, const H: bool>(
             for v in 0..V {
                 cols[v] = S::load(p.add(from + v * LANES));
             }
-            for ii in 0..WIDE_ROWS {
+            for ii in 0..R {
                 let x = *p.add(i0 + ii);
                 if H {
                     corner[ii] = S::Half::fma(S::Half::splat(x), right, corner[ii]);
@@ -521,7 +521,7 @@ unsafe fn strip8<S: F32x16, const V: usize, const H: bool>(
                 }
             }
         }
-        for ii in 0..WIDE_ROWS {
+        for ii in 0..R {
             if H {
                 corner[ii].store(sums.as_mut_ptr().add(row_at(ii) + j0));
             }
@@ -568,42 +568,11 @@ impl Tile<'_> {
 /// `j0..j0 + 16`) are below `dp`.
 #[inline(always)]
 unsafe fn off_diagonal_tile<S: F32x16>(tile: Tile, sums: &mut [f32], ahead: Prefetch) {
-    strip::<S, 6>(tile, sums, ahead);
-    strip::<S, 6>(tile.down(6), sums, ahead.none());
-    strip::<S, 4>(tile.down(12), sums, ahead.none());
-}
-
-/// Rows `i0..i0 + R` of a tile against columns `j0..j0 + 16`, added to
-/// their running sums.
-///
-/// # Safety
-/// As [`off_diagonal_tile`], for rows `i0..i0 + R`.
-// Index loops mirror the register tile; iterators would obscure it.
-#[allow(clippy::needless_range_loop)]
-#[inline(always)]
-unsafe fn strip<S: F32x16, const R: usize>(tile: Tile, sums: &mut [f32], ahead: Prefetch) {
-    let Tile {
-        a,
-        first,
-        dp,
-        i0,
-        j0,
-    } = tile;
-    let at = |ii: usize| (i0 + ii) * dp + j0;
-    let mut acc = [S::splat(0.0); R];
-    for ii in 0..R {
-        acc[ii] = S::load(sums.as_ptr().add(at(ii)));
-    }
-    for (r, row) in a.chunks_exact(dp).enumerate() {
-        ahead.at_row(first + r);
-        let p = row.as_ptr();
-        let right = S::load(p.add(j0));
-        for ii in 0..R {
-            acc[ii] = S::fma(S::splat(*p.add(i0 + ii)), right, acc[ii]);
-        }
-    }
-    for ii in 0..R {
-        acc[ii].store(sums.as_mut_ptr().add(at(ii)));
+    // SAFETY: the caller's contract; the strips are the tile's rows.
+    unsafe {
+        strip::<S, 6, 1, false>(tile, sums, ahead);
+        strip::<S, 6, 1, false>(tile.down(6), sums, ahead.none());
+        strip::<S, 4, 1, false>(tile.down(12), sums, ahead.none());
     }
 }
 
@@ -623,9 +592,9 @@ unsafe fn diagonal_tile<S: F32x16>(tile: Tile, sums: &mut [f32], ahead: Prefetch
     };
     // SAFETY: the caller's contract; the corner is inside the tile.
     unsafe {
-        strip::<S, 6>(tile, sums, ahead);
-        strip::<S, 2>(tile.down(6), sums, ahead.none());
-        strip8::<S, 0, true>(corner, sums, ahead.none());
+        strip::<S, 6, 1, false>(tile, sums, ahead);
+        strip::<S, 2, 1, false>(tile.down(6), sums, ahead.none());
+        strip::<S, WIDE_ROWS, 0, true>(corner, sums, ahead.none());
     }
 }
 
