@@ -44,7 +44,7 @@ impl Dataset {
     }
 
     /// The named columns (all when `wanted` is empty), as a new matrix (in
-    /// huge pages where it is large: it is what the kernels read, see
+    /// huge pages where it is large: a PCA reads it as it is, see
     /// [`super::pages`]).
     pub fn select_columns(
         &self,
@@ -52,15 +52,12 @@ impl Dataset {
     ) -> Result<(Array2<f32>, Vec<String>), DataError> {
         let idx = super::resolve_columns(&self.columns, wanted)?;
         let names = idx.iter().map(|&j| self.columns[j].clone()).collect();
+        if idx.iter().copied().eq(0..self.values.ncols()) {
+            return Ok((super::pages::standard_copy(self.values.view()), names));
+        }
         let mut flat = super::pages::with_capacity(self.values.nrows() * idx.len());
-        let every = idx.iter().copied().eq(0..self.values.ncols());
-        match self.values.as_slice() {
-            Some(all) if every => flat.extend_from_slice(all),
-            _ => {
-                for row in self.values.rows() {
-                    flat.extend(idx.iter().map(|&j| row[j]));
-                }
-            }
+        for row in self.values.rows() {
+            flat.extend(idx.iter().map(|&j| row[j]));
         }
         let x = Array2::from_shape_vec((self.values.nrows(), idx.len()), flat)
             .expect("n × selected values");
@@ -135,8 +132,8 @@ mod tests {
         let err = data.select_columns(&names(&["z"])).unwrap_err();
         assert!(err.to_string().contains('z'), "{err}");
 
-        // Column-major values (no row-major slice: the gather path for all
-        // columns too), and a name asked for twice.
+        // Column-major values (no row-major slice to copy whole), and a
+        // name asked for twice.
         let mut fortran = Array2::zeros((4, 3).f());
         fortran.assign(&data.values);
         let data = Dataset {

@@ -34,6 +34,17 @@ pub fn with_capacity<T: Copy>(len: usize) -> Vec<T> {
     v
 }
 
+/// A row-major copy of `x`, whatever its layout, in a buffer from
+/// [`with_capacity`]: the working copy a kernel reads.
+pub fn standard_copy(x: ndarray::ArrayView2<f32>) -> ndarray::Array2<f32> {
+    let mut flat = with_capacity(x.len());
+    match x.as_slice() {
+        Some(all) => flat.extend_from_slice(all),
+        None => flat.extend(x.iter().copied()),
+    }
+    ndarray::Array2::from_shape_vec(x.raw_dim(), flat).expect("x's own shape")
+}
+
 /// Asks for huge pages on the whole 2 MiB pages inside `bytes` bytes at
 /// `start`; returns whether the advice was given.
 #[cfg(target_os = "linux")]

@@ -126,12 +126,7 @@ impl Scaler {
     /// the kernels read rows as contiguous slices. It is what a fit reads,
     /// so a large one is in huge pages ([`super::pages`]).
     pub fn transform(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        let mut flat = super::pages::with_capacity(x.len());
-        match x.as_slice() {
-            Some(all) => flat.extend_from_slice(all),
-            None => flat.extend(x.iter().copied()),
-        }
-        let mut out = Array2::from_shape_vec(x.raw_dim(), flat).expect("x's own shape");
+        let mut out = super::pages::standard_copy(x);
         let mean = Array1::from(self.mean.clone());
         let scale = Array1::from(self.scale.clone());
         let log = Array1::from_shape_fn(self.mean.len(), |j| self.logs(j));

@@ -532,10 +532,11 @@ unsafe fn strip<S: F32x16, const R: usize, const V: usize, const H: bool>(
     }
 }
 
-/// A 16 × 16 tile of the product over a chunk of rows: `a` is the chunk
-/// (`dp` wide), whose first row is row `first` of the sub-block (for the
-/// prefetch schedule); the tile's rows are columns `i0..i0 + 16` of `a`,
-/// its columns `j0..j0 + 16`.
+/// A tile of the product over a chunk of rows: `a` is the chunk (`dp`
+/// wide), whose first row is row `first` of the sub-block (for the
+/// prefetch schedule); the tile's rows are columns `i0..` of `a`, its
+/// columns `j0..` (16 of each for a 16-register tile; a [`strip`] says how
+/// many it takes).
 #[derive(Clone, Copy)]
 struct Tile<'a> {
     a: &'a [f32],
