@@ -22,12 +22,17 @@
 //!   matrix (which waits on memory at every row). The copy is remade when
 //!   the block's computed rows halve again, or when rows outside it must be
 //!   computed, and is never more than half the block. A block with more
-//!   rows computed reads them in place, whole 16-row tiles at a time.
-//! - Rows go sixteen at a time in the lanes of a vector (the tile transposed
-//!   once), `group_width` trials at a time (four on AVX-512, two where a
-//!   16-lane value takes two registers) with two partial sums each (eight
-//!   independent FMA chains, the small-k assignment kernel's
-//!   `group_distances`), distances exact as `Σ (x − c)²`.
+//!   rows computed reads them in place.
+//! - **Trials go in the lanes, rows one after another** ([`score_rows`]):
+//!   each listed row is read once per eight trials, its values broadcast
+//!   against eight trials' values, six rows at a time (two on the portable
+//!   path), with even and odd values summed apart (the assignment kernels'
+//!   order: distances are exact `Σ (x − c)²`, the same bits as before at
+//!   each level). Only the listed rows are read, with nothing transposed or
+//!   copied, and rows [`AHEAD`] down the list are prefetched wherever they
+//!   are. (Until session 17 rows went sixteen at a time in the lanes, as
+//!   transposed tiles: whole tiles were read and computed in place, and
+//!   scattered rows copied into a tile first; W5 took a third longer.)
 //!
 //! Scoring lists, per block and trial, the rows the trial lowers and their
 //! new `D²` (found from the compare mask's bits). A trial's score in a
@@ -38,8 +43,7 @@
 
 use rayon::prelude::*;
 
-use super::kernel::{group_distances, group_width, GROUP};
-use super::simd::{self, F32x16, SimdKernel};
+use super::simd::{self, F32x16, F32x8, SimdKernel};
 use crate::backend::{seed_unit, Potential};
 
 /// Rows per block of the potential: fixed, so sums are added in the same
@@ -59,7 +63,7 @@ pub(super) struct Seed {
     packed: Vec<Packed>,
     /// Per block, what the last scoring computed, for keeping a trial.
     scored: Vec<Scored>,
-    /// The last scored trials, zero-padded to whole groups.
+    /// The last scored trials, `t × d`.
     candidates: Vec<f32>,
     trials: usize,
     /// The last scored trials' skip bounds, `t × m` (empty without owners).
@@ -159,9 +163,7 @@ impl Seed {
     pub fn score(&mut self, rows: &Rows, candidates: &[f32], t: usize) -> Vec<f64> {
         let (n, d) = (rows.n(), rows.d);
         assert!(self.closest.len() == n && t > 0 && candidates.len() == t * d);
-        // Padding is computed, never stored.
         self.candidates = candidates.to_vec();
-        self.candidates.resize(t.div_ceil(GROUP) * GROUP * d, 0.0);
         self.trials = t;
         self.bounds = match &self.owners {
             Some(o) => skip_bounds(&o.centres, candidates, d),
@@ -183,7 +185,8 @@ impl Seed {
             .as_ref()
             .filter(|_| m > 0)
             .map(|o| &o.of_row[..]);
-        let (closest, candidates) = (&self.closest, &self.candidates);
+        let closest = &self.closest;
+        let trial_lanes = trials_in_lanes(candidates, t, d);
         let known = &self.potential[..];
         let known = (known.len() == self.packed.len()).then_some(known);
         let parts: Vec<Vec<f64>> = self
@@ -191,14 +194,15 @@ impl Seed {
             .par_iter_mut()
             .zip(self.scored.par_iter_mut())
             .enumerate()
-            .map_init(Plan::default, |tiles, (b, (packed, scored))| {
+            .map_init(Vec::new, |from, (b, (packed, scored))| {
                 let range = rows.block(b);
                 let (x, near) = (rows.block_x(&range), &closest[range.clone()]);
                 let owners = of_row.map(|o| (&o[range.clone()], &any[..]));
                 let todo = &mut scored.rows;
                 rows_to_compute(owners, near, todo);
                 repack(todo, x, d, packed);
-                plan(todo, x, d, packed, tiles);
+                from.clear();
+                from.extend(sources(todo, x, d, packed).map(|(_, row)| row.as_ptr()));
                 let potential = match known {
                     Some(sums) => sums[b],
                     None => block_potential(rows, range.start, near),
@@ -212,17 +216,21 @@ impl Seed {
                     list.clear();
                 }
                 scored.closer.resize_with(t, Vec::new);
-                simd::dispatch(ScoreBlock {
+                simd::dispatch(ScoreRows {
                     d,
-                    weights: rows.weights.map(|w| &w[range.clone()]),
-                    closest: near,
-                    candidates,
                     t,
-                    x,
-                    tiles,
-                    potential,
+                    trials: &trial_lanes,
+                    rows: todo,
+                    from,
+                    closest: near,
                     closer: &mut scored.closer,
-                })
+                });
+                trial_scores(
+                    &scored.closer[..t],
+                    near,
+                    rows.weights.map(|w| &w[range.clone()]),
+                    potential,
+                )
             })
             .collect();
         let mut total = vec![0.0f64; t];
@@ -398,164 +406,6 @@ fn repack(todo: &[u32], x: &[f32], d: usize, packed: &mut Packed) {
     };
 }
 
-/// The tiles a kernel computes in a block: whole 16-row tiles read in place
-/// (by first row, where most tiles are while many rows are computed), then
-/// the others, whose rows and sources sit in flat arrays of sixteen slots
-/// per tile. The kernel reads them by index: building and copying a
-/// 200-byte tile per step, and checking each one's rows, was over a quarter
-/// of the scoring kernel's samples in a W5 profile.
-#[derive(Default)]
-struct Plan {
-    in_place: Vec<u32>,
-    tiles: Vec<Tile>,
-    /// Sixteen slots per tile in `tiles`: its block-relative rows,
-    /// increasing (a short tile's unused slots hold 0).
-    rows: Vec<u32>,
-    /// Sixteen slots per tile: each row's first value (null when unused).
-    from: Vec<*const f32>,
-}
-
-/// Up to sixteen rows a kernel computes together (their rows and sources
-/// are in the [`Plan`]'s slots).
-#[derive(Clone, Copy)]
-struct Tile {
-    count: usize,
-    /// Sixteen rows stored one after another from the first's source (in
-    /// the block or its copy): transposed from there, not copied first.
-    contiguous: bool,
-    /// Sixteen consecutive rows of the block: `D²` loaded and stored as
-    /// vectors.
-    consecutive: bool,
-}
-
-/// One tile as the kernel reads it, built per step from a [`Plan`].
-#[derive(Clone, Copy)]
-struct View<'p> {
-    /// The first row.
-    first: u32,
-    /// The first row's first value.
-    base: *const f32,
-    /// All sixteen slots (empty for a tile of [`Plan::in_place`], which is
-    /// contiguous and consecutive, so reads neither).
-    rows: &'p [u32],
-    from: &'p [*const f32],
-    count: usize,
-    contiguous: bool,
-    consecutive: bool,
-}
-
-impl Plan {
-    fn len(&self) -> usize {
-        self.in_place.len() + self.tiles.len()
-    }
-
-    /// Tile `i`: the in-place ones first. `x` is the block's rows.
-    #[inline(always)]
-    fn view(&self, i: usize, x: &[f32], d: usize) -> View<'_> {
-        match i.checked_sub(self.in_place.len()) {
-            None => {
-                let t0 = self.in_place[i];
-                View {
-                    first: t0,
-                    base: x.as_ptr().wrapping_add(t0 as usize * d),
-                    rows: &[],
-                    from: &[],
-                    count: LANES,
-                    contiguous: true,
-                    consecutive: true,
-                }
-            }
-            Some(s) => {
-                let Tile {
-                    count,
-                    contiguous,
-                    consecutive,
-                } = self.tiles[s];
-                let (rows, from) = (
-                    &self.rows[s * LANES..][..LANES],
-                    &self.from[s * LANES..][..LANES],
-                );
-                View {
-                    first: rows[0],
-                    base: from[0],
-                    rows,
-                    from,
-                    count,
-                    contiguous,
-                    consecutive,
-                }
-            }
-        }
-    }
-
-    /// Rows pushed since the last tile was closed.
-    fn open(&self) -> usize {
-        self.rows.len() - self.tiles.len() * LANES
-    }
-
-    /// Ends the tile of the rows pushed since the last: pads its slots and
-    /// records whether it can be read as a whole.
-    fn close(&mut self, d: usize) {
-        let count = self.open();
-        let s = self.rows.len() - count;
-        let (rows, from) = (&self.rows[s..], &self.from[s..]);
-        let whole = count == LANES;
-        let contiguous = whole && (1..LANES).all(|q| from[q] == from[0].wrapping_add(q * d));
-        // Rows increase, so this is sixteen consecutive rows.
-        let consecutive = whole && rows[LANES - 1] - rows[0] == LANES as u32 - 1;
-        self.rows.resize(s + LANES, 0);
-        self.from.resize(s + LANES, std::ptr::null());
-        self.tiles.push(Tile {
-            count,
-            contiguous,
-            consecutive,
-        });
-    }
-}
-
-/// The tiles that compute `todo`'s rows of a block: read in place, whole
-/// 16-row tiles of the block holding any of them, when the block has no
-/// copy (computing a skipped row changes nothing); else the rows themselves,
-/// sixteen at a time, from the copy where it holds them.
-fn plan(todo: &[u32], x: &[f32], d: usize, packed: &Packed, plan: &mut Plan) {
-    plan.in_place.clear();
-    plan.tiles.clear();
-    plan.rows.clear();
-    plan.from.clear();
-    let m = x.len() / d.max(1);
-    if packed.rows.is_empty() {
-        let mut last = usize::MAX;
-        for &r in todo {
-            let t0 = r as usize / LANES * LANES;
-            if t0 == last {
-                continue;
-            }
-            last = t0;
-            if t0 + LANES <= m {
-                plan.in_place.push(t0 as u32);
-                continue;
-            }
-            // The block's short last tile.
-            for row in t0..m {
-                plan.rows.push(row as u32);
-                plan.from.push(x[row * d..].as_ptr());
-            }
-            plan.close(d);
-        }
-        return;
-    }
-    for (r, row) in sources(todo, x, d, packed) {
-        plan.rows.push(r);
-        plan.from.push(row.as_ptr());
-        if plan.open() == LANES {
-            plan.close(d);
-        }
-    }
-    if plan.open() > 0 {
-        plan.close(d);
-    }
-}
-
 /// Per trial `j` and chosen centre `a` (`t × m`): a row whose `D²` is to `a`
 /// and at most this bound cannot be brought closer by `j`.
 ///
@@ -662,204 +512,185 @@ pub(super) fn oversample(rows: &Rows, closest: &[f32], factor: f64, salt: u32) -
         .collect()
 }
 
-/// A tile's rows transposed into `columns` (rows in lanes), and their `D²`;
-/// a short tile is padded with zero rows (`D²` 0).
-///
-/// # Safety
-/// The caller was compiled with S's CPU features; `16 · d` values are
-/// readable from `tile.base` when the tile is contiguous, else `tile.from`
-/// holds `tile.count` pointers to `d` readable values each; `buffer` and
-/// `columns` hold `16 · d` values. (Reads of `closest` are checked.)
-#[inline(always)]
-unsafe fn load_tile<S: F32x16>(
-    tile: &View,
+/// Trials scored at once: one per lane of an eight-lane vector.
+const TRIAL_LANES: usize = 8;
+
+/// The trials (`t × d`, row-major) with trials in the lanes: per group of
+/// eight, `d` vectors of eight (`out[(g·d + j)·8 + l]` is trial `8g + l`'s
+/// value `j`), padding lanes zero.
+fn trials_in_lanes(candidates: &[f32], t: usize, d: usize) -> Vec<f32> {
+    let groups = t.div_ceil(TRIAL_LANES);
+    let mut out = vec![0.0f32; groups * d * TRIAL_LANES];
+    for (trial, c) in candidates.chunks_exact(d.max(1)).take(t).enumerate() {
+        let (g, l) = (trial / TRIAL_LANES, trial % TRIAL_LANES);
+        for (j, &v) in c.iter().enumerate() {
+            out[(g * d + j) * TRIAL_LANES + l] = v;
+        }
+    }
+    out
+}
+
+/// Rows ahead of the one being scored whose lines are asked for: the
+/// rows a block computes are listed, so this works the same for rows read
+/// in place, from a copy, or scattered.
+const AHEAD: usize = 32;
+
+/// Built only by [`Seed::score`] (and tests): the rows of a block to
+/// score, each by its first value's address.
+struct ScoreRows<'a> {
     d: usize,
-    closest: &[f32],
-    buffer: &mut [f32],
-    columns: &mut [f32],
-) -> S {
-    let nearv = if tile.consecutive {
-        S::load(closest[tile.first as usize..][..LANES].as_ptr())
-    } else if tile.count == LANES {
-        // Scattered rows' D², one gather (row by row, a fifth of the
-        // kernel's samples once most tiles were packed). The gather clamps
-        // indices; [`score_block`] asserted every row is below m anyway.
-        S::gather(closest, tile.rows.try_into().expect("sixteen slots"))
-    } else {
-        let mut near = [0.0f32; LANES];
-        for q in 0..tile.count {
-            near[q] = closest[tile.rows[q] as usize];
-        }
-        S::load(near.as_ptr())
-    };
-    if tile.contiguous {
-        S::transpose_tile(std::slice::from_raw_parts(tile.base, LANES * d), d, columns);
-        return nearv;
-    }
-    for q in 0..tile.count {
-        // Vector copies: a slice copy of a runtime length is a call to
-        // memmove per row.
-        let (src, dst) = (tile.from[q], buffer.as_mut_ptr().add(q * d));
-        let mut j = 0;
-        while j + LANES <= d {
-            S::load(src.add(j)).store(dst.add(j));
-            j += LANES;
-        }
-        while j < d {
-            *dst.add(j) = *src.add(j);
-            j += 1;
-        }
-    }
-    buffer[tile.count * d..].fill(0.0);
-    S::transpose_tile(buffer, d, columns);
-    nearv
-}
-
-/// Asks for a scattered tile's rows ahead of their use: the hardware
-/// prefetcher does not see them coming.
-#[inline(always)]
-fn prefetch_tile(tile: &View, d: usize) {
-    if tile.contiguous {
-        return;
-    }
-    for &row in &tile.from[..tile.count] {
-        let mut j = 0;
-        while j < d {
-            simd::prefetch(row.wrapping_add(j));
-            j += LANES;
-        }
-    }
-}
-
-/// Rows ahead of a contiguous tile that [`prefetch_ahead`] asks for.
-const AHEAD_ROWS: usize = 64;
-
-/// Asks for the sixteen rows [`AHEAD_ROWS`] after a contiguous tile's first:
-/// without it, reading whole tiles in place waited on memory at the
-/// transpose's first loads (a hint: past the matrix's end it does nothing).
-#[inline(always)]
-fn prefetch_ahead(from: *const f32, d: usize) {
-    let ahead = from.wrapping_add(AHEAD_ROWS * d);
-    let mut j = 0;
-    while j < LANES * d {
-        simd::prefetch(ahead.wrapping_add(j));
-        j += LANES;
-    }
-}
-
-/// Built only by [`Seed::score`] (and tests) right after [`plan`], whose
-/// pointers it carries.
-struct ScoreBlock<'a> {
-    d: usize,
-    weights: Option<&'a [f32]>,
-    closest: &'a [f32],
-    /// Zero-padded to whole groups.
-    candidates: &'a [f32],
     t: usize,
-    /// The block's rows, and the tiles to compute.
-    x: &'a [f32],
-    tiles: &'a Plan,
-    /// The block's `Σ w·D²`.
-    potential: f64,
-    /// Per trial, the rows it brings closer (`d² < D²`) and their `d²`.
+    /// [`trials_in_lanes`].
+    trials: &'a [f32],
+    /// Block-relative rows, increasing.
+    rows: &'a [u32],
+    /// Per row in `rows`, where its `d` values are (in the block or its
+    /// copy).
+    from: &'a [*const f32],
+    /// The block's `D²`.
+    closest: &'a [f32],
+    /// Per trial, the rows it brings closer (`d² < D²`) and their `d²`,
+    /// appended in row order.
     closer: &'a mut [Vec<(u32, f32)>],
 }
 
-impl SimdKernel for ScoreBlock<'_> {
-    /// The block's potential per trial.
-    type Output = Vec<f64>;
+impl SimdKernel for ScoreRows<'_> {
+    type Output = ();
     #[inline(always)]
-    fn run<S: F32x16>(self) -> Vec<f64> {
-        // SAFETY: dispatched with S's CPU features; the tiles point into the
-        // block's rows or its copy ([`plan`]), and every slice is sized
-        // below before any load.
-        unsafe { score_block::<S>(self) }
-    }
-}
-
-/// # Safety
-/// The caller was compiled with S's CPU features, and `k.tiles` was planned
-/// ([`plan`]) for `k.x` and the block's current copy, neither changed
-/// since: its raw pointers point into them. Shapes and row indices are
-/// checked here.
-// Index loops mirror the register tile; iterators would obscure it.
-#[allow(clippy::needless_range_loop)]
-#[inline(always)]
-unsafe fn score_block<S: F32x16>(k: ScoreBlock) -> Vec<f64> {
-    let (d, t) = (k.d, k.t);
-    let m = k.closest.len();
-    assert!(
-        k.candidates.len() >= t.div_ceil(GROUP) * GROUP * d
-            && k.closer.len() >= t
-            && k.x.len() == m * d
-            && k.tiles.in_place.iter().all(|&t0| t0 as usize + LANES <= m)
-            && k.tiles.rows.len() == k.tiles.tiles.len() * LANES
-            && k.tiles.from.len() == k.tiles.rows.len()
-            && k.tiles
-                .tiles
-                .iter()
-                .all(|tile| (1..=LANES).contains(&tile.count))
-            && k.tiles.rows.iter().max().is_none_or(|&r| (r as usize) < m)
-    );
-    let mut columns = vec![0.0f32; LANES * d];
-    let mut buffer = vec![0.0f32; LANES * d];
-    let mut lanes = [0.0f32; LANES];
-    let c = k.candidates.as_ptr();
-    let width = group_width::<S>();
-    for i in 0..k.tiles.len() {
-        if i + 1 < k.tiles.len() {
-            prefetch_tile(&k.tiles.view(i + 1, k.x, d), d);
-        }
-        let tile = &k.tiles.view(i, k.x, d);
-        if tile.contiguous {
-            prefetch_ahead(tile.base, d);
-        }
-        let nearv = load_tile::<S>(tile, d, k.closest, &mut buffer, &mut columns);
-        let in_place = tile.consecutive;
-        for g in (0..t).step_by(width) {
-            let dists = group_distances::<S>(&columns, c.add(g * d), d);
-            for q in 0..width.min(t - g) {
-                // The rows this trial brings closer: the lanes with
-                // d² < D² (padding lanes have D² 0, so never).
-                let mut bits = S::bits(S::lt(dists[q], nearv));
-                if bits == 0 {
-                    continue;
-                }
-                dists[q].store(lanes.as_mut_ptr());
-                let closer = &mut k.closer[g + q];
-                while bits != 0 {
-                    let r = bits.trailing_zeros() as usize;
-                    let row = if in_place {
-                        tile.first as usize + r
-                    } else {
-                        tile.rows[r] as usize
-                    };
-                    closer.push((row as u32, lanes[r]));
-                    bits &= bits - 1;
-                }
+    fn run<S: F32x16>(self) {
+        // SAFETY: dispatched with S's CPU features; `from` holds pointers
+        // to `d` readable values each ([`sources`]), and every slice is
+        // sized in [`score_rows`] before any load.
+        unsafe {
+            if <S::Half as F32x8>::REGISTERS >= 16 {
+                score_rows::<S::Half, 6>(self)
+            } else {
+                score_rows::<S::Half, 2>(self)
             }
         }
     }
-    // What each trial lowers, in f64 in the list's (row) order, four
-    // partial sums so that no add waits on the one before: the same
-    // additions whichever rows were skipped, since a skipped row is never
-    // on a list.
-    let weight = |r: usize| k.weights.map_or(1.0, |w| w[r]) as f64;
-    k.closer[..t]
+}
+
+/// Scores `R` rows at a time against eight trials in the lanes of one
+/// vector: per value, a broadcast of the row's value, a subtraction and an
+/// FMA, with even and odd values summed apart and added last, as the
+/// assignment kernels do at the same level, in the same order. The rows are read once per eight trials, with no transposes and
+/// no copies, and only the rows listed.
+///
+/// # Safety
+/// The caller was compiled with `H`'s CPU features, and each of `k.from`'s
+/// pointers has `k.d` readable values. Shapes and row indices are checked
+/// here.
+// Index loops mirror the register tile; iterators would obscure it.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn score_rows<H: F32x8, const R: usize>(k: ScoreRows) {
+    let (d, t, n) = (k.d, k.t, k.rows.len());
+    let groups = t.div_ceil(TRIAL_LANES);
+    assert!(
+        d > 0
+            && k.trials.len() >= groups * d * TRIAL_LANES
+            && k.closer.len() >= t
+            && k.from.len() == n
+            && k.rows.iter().all(|&r| (r as usize) < k.closest.len())
+    );
+    let mut lanes = [0.0f32; TRIAL_LANES];
+    let one = H::splat(1.0);
+    for g in 0..groups {
+        let c = k.trials.as_ptr().add(g * d * TRIAL_LANES);
+        let valid = if t - g * TRIAL_LANES >= TRIAL_LANES {
+            (1u32 << TRIAL_LANES) - 1
+        } else {
+            (1u32 << (t - g * TRIAL_LANES)) - 1
+        };
+        let closer = &mut k.closer[g * TRIAL_LANES..];
+        let mut i = 0;
+        while i < n {
+            let count = R.min(n - i);
+            for &ahead in k.from.iter().skip(i + AHEAD).take(count) {
+                let mut j = 0;
+                while j < d {
+                    simd::prefetch(ahead.wrapping_add(j));
+                    j += LANES;
+                }
+                simd::prefetch(ahead.wrapping_add(d - 1));
+            }
+            // A short last chunk repeats its first row; the repeats are
+            // not reported.
+            let mut p = [k.from[i]; R];
+            for q in 1..count {
+                p[q] = k.from[i + q];
+            }
+            let mut even = [H::splat(0.0); R];
+            let mut odd = [H::splat(0.0); R];
+            let mut j = 0;
+            while j + 1 < d {
+                let (c0, c1) = (
+                    H::load(c.add(j * TRIAL_LANES)),
+                    H::load(c.add((j + 1) * TRIAL_LANES)),
+                );
+                for q in 0..R {
+                    let a = H::sub(H::splat(*p[q].add(j)), c0);
+                    even[q] = H::fma(a, a, even[q]);
+                    let b = H::sub(H::splat(*p[q].add(j + 1)), c1);
+                    odd[q] = H::fma(b, b, odd[q]);
+                }
+                j += 2;
+            }
+            if j < d {
+                let c0 = H::load(c.add(j * TRIAL_LANES));
+                for q in 0..R {
+                    let a = H::sub(H::splat(*p[q].add(j)), c0);
+                    even[q] = H::fma(a, a, even[q]);
+                }
+            }
+            for q in 0..count {
+                let dist = H::fma(one, even[q], odd[q]);
+                let r = k.rows[i + q];
+                let near = H::splat(k.closest[r as usize]);
+                let mut bits = H::bits(H::lt(dist, near)) & valid;
+                if bits == 0 {
+                    continue;
+                }
+                dist.store(lanes.as_mut_ptr());
+                while bits != 0 {
+                    let l = bits.trailing_zeros() as usize;
+                    closer[l].push((r, lanes[l]));
+                    bits &= bits - 1;
+                }
+            }
+            i += R;
+        }
+    }
+}
+
+/// Each trial's potential in a block from what it lowers: the block's
+/// potential less the listed rows' drops, in f64 in the list's (row)
+/// order, four partial sums so that no add waits on the one before. The
+/// same additions whichever rows were skipped, since a skipped row is never
+/// on a list.
+fn trial_scores(
+    closer: &[Vec<(u32, f32)>],
+    closest: &[f32],
+    weights: Option<&[f32]>,
+    potential: f64,
+) -> Vec<f64> {
+    let weight = |r: usize| weights.map_or(1.0, |w| w[r]) as f64;
+    closer
         .iter()
         .map(|list| {
             let mut sums = [0.0f64; 4];
-            if k.potential.is_finite() {
+            if potential.is_finite() {
                 for (i, &(r, v)) in list.iter().enumerate() {
                     let r = r as usize;
-                    sums[i % 4] += weight(r) * (k.closest[r] as f64 - v as f64);
+                    sums[i % 4] += weight(r) * (closest[r] as f64 - v as f64);
                 }
-                return k.potential - ((sums[0] + sums[1]) + (sums[2] + sums[3]));
+                return potential - ((sums[0] + sums[1]) + (sums[2] + sums[3]));
             }
             // Some D² is infinite (a distance overflowed f32), and there is
             // no difference to take from it: Σ w·min(D², d²) row by row.
             let mut lowered = list.iter().peekable();
-            for (r, &near) in k.closest.iter().enumerate() {
+            for (r, &near) in closest.iter().enumerate() {
                 let v = match lowered.peek() {
                     Some(&&(row, v)) if row as usize == r => {
                         lowered.next();
@@ -879,20 +710,17 @@ mod tests {
     use super::*;
 
     /// The scoring kernel on every vector type the CPU runs, against scalar
-    /// loops: short tiles, an odd d, trials not a multiple of the group,
-    /// weights, and every kind of tile: whole tiles in place (and one with
-    /// nothing to compute, left out), a packed copy (contiguous tiles, one
-    /// of consecutive rows and one scattered), and a copy holding only
-    /// some of the rows (each read from where it is).
+    /// loops: an odd d, trials fewer than a vector's lanes and more (a
+    /// second, partial group), a last chunk shorter than the kernel's rows,
+    /// weights, and every place a row is read from: in place, a packed copy,
+    /// and a copy holding only some of the rows (each read from where it is).
     #[test]
     fn every_vector_path_scores_as_scalar_loops() {
-        let (n, d, t): (usize, usize, usize) = (70, 7, 6);
+        let (n, d) = (70, 7);
         let x: Vec<f32> = (0..n * d).map(|i| ((i * 37) % 23) as f32 - 11.0).collect();
         let w: Vec<f32> = (0..n).map(|i| 1.0 + (i % 3) as f32).collect();
         let closest: Vec<f32> = (0..n).map(|i| (i * 29 % 1200) as f32).collect();
-        let mut cands: Vec<f32> = (0..t * d).map(|i| ((i * 13) % 17) as f32 - 8.0).collect();
-        cands.resize(t.div_ceil(GROUP) * GROUP * d, 0.0);
-        // Rows 0–15, none of 16–31, then every third row skipped.
+        // Rows 0–15, none of 16–31, then every third row skipped: 41 rows.
         let todo: Vec<u32> = (0..n as u32)
             .filter(|&r| r < 16 || (r >= 32 && r % 3 != 1))
             .collect();
@@ -904,86 +732,78 @@ mod tests {
             rows,
         };
         let half: Vec<u32> = todo.iter().copied().filter(|r| r % 2 == 0).collect();
-        let listed = |i: usize| todo.contains(&(i as u32));
-        // In place, every tile holding a row to compute is computed whole:
-        // all but rows 16–31. Each layout with the tiles it plans: (in
-        // place, contiguous, whole and not contiguous, consecutive).
-        type Computed<'a> = &'a dyn Fn(usize) -> bool;
-        let layouts: [(&str, Packed, Computed, _); 3] = [
-            (
-                "in place",
-                Packed::default(),
-                &|i| !(16..32).contains(&i),
-                (3, 0, 0, 0),
-            ),
-            ("packed", copy(todo.clone()), &listed, (0, 2, 0, 1)),
-            ("half packed", copy(half), &listed, (0, 0, 2, 1)),
+        let layouts = [
+            ("in place", Packed::default()),
+            ("packed", copy(todo.clone())),
+            ("half packed", copy(half)),
         ];
-        for (layout, packed, computed, kinds) in layouts {
-            let want_lower: Vec<f32> = (0..t)
-                .flat_map(|j| {
-                    let (x, cands, closest) = (&x, &cands, &closest);
-                    (0..n).map(move |i| {
-                        if !computed(i) {
-                            return closest[i];
-                        }
-                        let dist: f32 = (0..d)
-                            .map(|c| (x[i * d + c] - cands[j * d + c]).powi(2))
-                            .sum();
-                        dist.min(closest[i])
-                    })
+        for t in [6, 11] {
+            let cands: Vec<f32> = (0..t * d).map(|i| ((i * 13) % 17) as f32 - 8.0).collect();
+            let trials = trials_in_lanes(&cands, t, d);
+            // Integer data: every distance and sum is exact.
+            let dist = |i: usize, j: usize| -> f32 {
+                (0..d)
+                    .map(|c| (x[i * d + c] - cands[j * d + c]).powi(2))
+                    .sum()
+            };
+            let want_closer: Vec<Vec<(u32, f32)>> = (0..t)
+                .map(|j| {
+                    (todo.iter())
+                        .map(|&r| (r, dist(r as usize, j)))
+                        .filter(|&(r, v)| v < closest[r as usize])
+                        .collect()
                 })
                 .collect();
+            let potential: f64 = (0..n).map(|i| w[i] as f64 * closest[i] as f64).sum();
             let want: Vec<f64> = (0..t)
                 .map(|j| {
                     (0..n)
-                        .map(|i| w[i] as f64 * want_lower[j * n + i] as f64)
+                        .map(|i| {
+                            let listed = todo.contains(&(i as u32));
+                            let v = if listed {
+                                dist(i, j).min(closest[i])
+                            } else {
+                                closest[i]
+                            };
+                            w[i] as f64 * v as f64
+                        })
                         .sum()
                 })
                 .collect();
-            let mut tiles = Plan::default();
-            plan(&todo, &x, d, &packed, &mut tiles);
-            let planned = (
-                tiles.in_place.len(),
-                tiles.tiles.iter().filter(|t| t.contiguous).count(),
-                (tiles.tiles.iter())
-                    .filter(|t| !t.contiguous && t.count == LANES)
-                    .count(),
-                tiles.tiles.iter().filter(|t| t.consecutive).count(),
-            );
-            assert_eq!(planned, kinds, "{layout}: tiles planned");
-            let check = |name: &str, run: &dyn Fn(ScoreBlock) -> Vec<f64>| {
-                let mut closer = vec![Vec::new(); t];
-                let got = run(ScoreBlock {
-                    d,
-                    weights: Some(&w),
-                    closest: &closest,
-                    candidates: &cands,
-                    t,
-                    x: &x,
-                    tiles: &tiles,
-                    potential: (0..n).map(|i| w[i] as f64 * closest[i] as f64).sum(),
-                    closer: &mut closer,
-                });
-                // The rows each trial brings closer, as the minima say.
-                for (j, list) in closer.iter().enumerate() {
-                    let want: Vec<(u32, f32)> = (0..n)
-                        .filter(|&i| want_lower[j * n + i] < closest[i])
-                        .map(|i| (i as u32, want_lower[j * n + i]))
-                        .collect();
-                    assert_eq!(list, &want, "{name}, {layout}: trial {j} brings closer");
-                }
-                // Integer data: every distance and sum is exact.
-                assert_eq!(got, want, "{name}, {layout}: potentials");
-            };
-            check("portable", &|k| k.run::<simd::Portable>());
-            #[cfg(target_arch = "x86_64")]
-            {
-                if simd::detected() >= simd::Level::Avx2 {
-                    check("avx2", &|k| k.run::<simd::Avx2>());
-                }
-                if simd::detected() >= simd::Level::Avx512 {
-                    check("avx512", &|k| k.run::<simd::Avx512>());
+            assert!(want_closer
+                .iter()
+                .all(|l| !l.is_empty() && l.len() < todo.len()));
+            for (layout, packed) in &layouts {
+                let from: Vec<*const f32> = sources(&todo, &x, d, packed)
+                    .map(|(_, row)| row.as_ptr())
+                    .collect();
+                let check = |name: &str, run: &dyn Fn(ScoreRows)| {
+                    let mut closer = vec![Vec::new(); t];
+                    run(ScoreRows {
+                        d,
+                        t,
+                        trials: &trials,
+                        rows: &todo,
+                        from: &from,
+                        closest: &closest,
+                        closer: &mut closer,
+                    });
+                    assert_eq!(
+                        closer, want_closer,
+                        "{name}, {layout}, t = {t}: rows brought closer"
+                    );
+                    let got = trial_scores(&closer, &closest, Some(&w), potential);
+                    assert_eq!(got, want, "{name}, {layout}, t = {t}: potentials");
+                };
+                check("portable", &|k| k.run::<simd::Portable>());
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if simd::detected() >= simd::Level::Avx2 {
+                        check("avx2", &|k| k.run::<simd::Avx2>());
+                    }
+                    if simd::detected() >= simd::Level::Avx512 {
+                        check("avx512", &|k| k.run::<simd::Avx512>());
+                    }
                 }
             }
         }

@@ -203,11 +203,19 @@ pub trait F32x16: Copy {
 /// Eight f32 lanes: what the Gram's diagonal tiles and the large-k
 /// kernel's per-row minima need.
 pub trait F32x8: Copy {
+    /// How many values of this type the register file holds, at least
+    /// (AVX2: 16 ymm; AVX-512 has 32 but shares the type; portable: as
+    /// SSE2's 16 xmm hold, two per value).
+    const REGISTERS: usize;
     type Mask: Copy;
     unsafe fn splat(v: f32) -> Self;
     unsafe fn load(p: *const f32) -> Self;
     /// `a·b + c`
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+    /// `a − b`
+    unsafe fn sub(a: Self, b: Self) -> Self;
+    /// The lanes of `m` as bits, lane 0 lowest.
+    unsafe fn bits(m: Self::Mask) -> u32;
     unsafe fn store(self, p: *mut f32);
     unsafe fn lt(a: Self, b: Self) -> Self::Mask;
     unsafe fn eq(a: Self, b: Self) -> Self::Mask;
@@ -248,6 +256,7 @@ pub struct Portable([f32; 16]);
 pub struct PortableHalf([f32; 8]);
 
 impl F32x8 for PortableHalf {
+    const REGISTERS: usize = 8;
     type Mask = [bool; 8];
     #[inline(always)]
     unsafe fn splat(v: f32) -> Self {
@@ -260,6 +269,14 @@ impl F32x8 for PortableHalf {
     #[inline(always)]
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
         Self(lanes::fma(&a.0, &b.0, &c.0))
+    }
+    #[inline(always)]
+    unsafe fn sub(a: Self, b: Self) -> Self {
+        Self(std::array::from_fn(|l| a.0[l] - b.0[l]))
+    }
+    #[inline(always)]
+    unsafe fn bits(m: Self::Mask) -> u32 {
+        m.iter().rev().fold(0, |acc, &b| (acc << 1) | b as u32)
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
@@ -362,6 +379,7 @@ mod x86 {
     pub struct Half256(__m256);
 
     impl F32x8 for Half256 {
+        const REGISTERS: usize = 16;
         type Mask = __m256;
         #[inline(always)]
         unsafe fn splat(v: f32) -> Self {
@@ -374,6 +392,14 @@ mod x86 {
         #[inline(always)]
         unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
             Self(_mm256_fmadd_ps(a.0, b.0, c.0))
+        }
+        #[inline(always)]
+        unsafe fn sub(a: Self, b: Self) -> Self {
+            Self(_mm256_sub_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn bits(m: __m256) -> u32 {
+            _mm256_movemask_ps(m) as u32
         }
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
