@@ -200,9 +200,7 @@ impl Seed {
                 let owners = of_row.map(|o| (&o[range.clone()], &any[..]));
                 let todo = &mut scored.rows;
                 rows_to_compute(owners, near, todo);
-                repack(todo, x, d, packed);
-                from.clear();
-                from.extend(sources(todo, x, d, packed).map(|(_, row)| row.as_ptr()));
+                repack(todo, x, d, packed, from);
                 let potential = match known {
                     Some(sums) => sums[b],
                     None => block_potential(rows, range.start, near),
@@ -376,25 +374,29 @@ fn sources<'a>(
     })
 }
 
-/// Updates a block's copy of its computed rows before scoring: made once at
+/// Updates a block's copy of its computed rows before scoring, and lists
+/// in `from` where each of `todo`'s rows is read. The copy is made once at
 /// most half the block is computed, remade when the computed rows are half
 /// of those copied or rows not in the copy are more than an eighth of it,
-/// dropped when more than half the block is computed again.
-fn repack(todo: &[u32], x: &[f32], d: usize, packed: &mut Packed) {
+/// and dropped when more than half the block is computed again.
+fn repack(todo: &[u32], x: &[f32], d: usize, packed: &mut Packed, from: &mut Vec<*const f32>) {
     let m = x.len() / d.max(1);
+    from.clear();
     if todo.len() * 2 > m {
         *packed = Packed::default();
+        from.extend(todo.iter().map(|&r| x[r as usize * d..].as_ptr()));
         return;
     }
+    if todo.is_empty() {
+        return;
+    }
+    from.extend(sources(todo, x, d, packed).map(|(_, row)| row.as_ptr()));
     if !packed.rows.is_empty() {
-        let missing = sources(todo, x, d, packed)
-            .filter(|(_, row)| !packed.values.as_ptr_range().contains(&row.as_ptr()))
-            .count();
+        let copied = packed.values.as_ptr_range();
+        let missing = from.iter().filter(|p| !copied.contains(p)).count();
         if todo.len() * 2 > packed.rows.len() && missing * 8 <= packed.rows.len() {
             return;
         }
-    } else if todo.is_empty() {
-        return;
     }
     let mut values = Vec::with_capacity(todo.len() * d);
     for (_, row) in sources(todo, x, d, packed) {
@@ -404,6 +406,8 @@ fn repack(todo: &[u32], x: &[f32], d: usize, packed: &mut Packed) {
         rows: todo.to_vec(),
         values,
     };
+    from.clear();
+    from.extend(packed.values.chunks_exact(d).map(<[f32]>::as_ptr));
 }
 
 /// Per trial `j` and chosen centre `a` (`t × m`): a row whose `D²` is to `a`
@@ -462,9 +466,30 @@ pub(super) fn potential(rows: &Rows, closest: &[f32]) -> Potential {
 /// Σ w·D² of one block starting at row `start`, in f64; four partial sums
 /// break the add chain, in a fixed order.
 fn block_potential(rows: &Rows, start: usize, block: &[f32]) -> f64 {
+    let terms = |r: usize, c: &[f32]| -> [f64; 4] {
+        std::array::from_fn(|q| {
+            c.get(q)
+                .map_or(0.0, |&v| rows.weight(r + q) as f64 * v as f64)
+        })
+    };
+    sum_by_four(
+        block
+            .chunks(4)
+            .enumerate()
+            .map(|(i, c)| terms(start + 4 * i, c)),
+    )
+}
+
+/// Adds terms four at a time into four partial sums (term `i` into sum
+/// `i mod 4`, as a vector of four where the compiler has one: no add waits
+/// on the one before), then the sums pairwise.
+#[inline(always)]
+fn sum_by_four(terms: impl Iterator<Item = [f64; 4]>) -> f64 {
     let mut acc = [0.0f64; 4];
-    for (r, &c) in block.iter().enumerate() {
-        acc[r % 4] += rows.weight(start + r) as f64 * c as f64;
+    for t in terms {
+        for q in 0..4 {
+            acc[q] += t[q];
+        }
     }
     (acc[0] + acc[1]) + (acc[2] + acc[3])
 }
@@ -617,10 +642,14 @@ unsafe fn score_rows<H: F32x8, const R: usize>(k: ScoreRows) {
             }
             // A short last chunk repeats its first row; the repeats are
             // not reported.
-            let mut p = [k.from[i]; R];
-            for q in 1..count {
-                p[q] = k.from[i + q];
-            }
+            let p: [*const f32; R] = match k.from.get(i..i + R) {
+                Some(whole) => whole.try_into().expect("R rows"),
+                None => {
+                    let mut p = [k.from[i]; R];
+                    p[..count].copy_from_slice(&k.from[i..]);
+                    p
+                }
+            };
             let mut even = [H::splat(0.0); R];
             let mut odd = [H::splat(0.0); R];
             let mut j = 0;
@@ -679,14 +708,16 @@ fn trial_scores(
     closer
         .iter()
         .map(|list| {
-            let mut sums = [0.0f64; 4];
             if potential.is_finite() {
-                for (i, &(r, v)) in list.iter().enumerate() {
-                    let r = r as usize;
-                    sums[i % 4] += weight(r) * (closest[r] as f64 - v as f64);
-                }
-                return potential - ((sums[0] + sums[1]) + (sums[2] + sums[3]));
+                let drop = |&(r, v): &(u32, f32)| {
+                    weight(r as usize) * (closest[r as usize] as f64 - v as f64)
+                };
+                let terms = list
+                    .chunks(4)
+                    .map(|c| std::array::from_fn(|q| c.get(q).map_or(0.0, drop)));
+                return potential - sum_by_four(terms);
             }
+            let mut sums = [0.0f64; 4];
             // Some D² is infinite (a distance overflowed f32), and there is
             // no difference to take from it: Σ w·min(D², d²) row by row.
             let mut lowered = list.iter().peekable();
