@@ -330,16 +330,20 @@ impl SimdKernel for RowsToCompute<'_> {
             let owners: &[u32; LANES] = of_row[r0..r0 + LANES].try_into().expect("sixteen");
             // SAFETY: dispatched with S's CPU features; `near` holds
             // sixteen values from `r0` (r0 + 16 ≤ whole ≤ m).
-            let mut bits = unsafe {
+            let bits = unsafe {
                 S::bits(S::lt(
                     S::gather(bound, owners),
                     S::load(near.as_ptr().add(r0)),
                 ))
             };
-            while bits != 0 {
-                todo[len] = (r0 + bits.trailing_zeros() as usize) as u32;
-                len += 1;
-                bits &= bits - 1;
+            // Branch-free within a sixteen: how many lanes are set has no
+            // pattern to predict while many rows are computed.
+            // (Each write is at most at its own row, below m.)
+            if bits != 0 {
+                for q in 0..LANES {
+                    todo[len] = (r0 + q) as u32;
+                    len += ((bits >> q) & 1) as usize;
+                }
             }
         }
         // Branch-free: which rows are computed has no pattern to predict.
