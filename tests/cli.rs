@@ -208,6 +208,37 @@ fn parquet_input_with_a_weights_column() {
     ]);
     assert_eq!(v["cluster_sizes"], serde_json::json!([20, 20]));
     assert_eq!(v["columns"], serde_json::json!(["a", "b"]));
+    // The weights column need not be among `--columns`.
+    let named = json_of(&[
+        "kmeans",
+        "--input",
+        p,
+        "--columns",
+        "a,b",
+        "--weights",
+        "w",
+        "--k",
+        "2",
+        "--backend",
+        "cpu",
+        "--json",
+    ]);
+    assert_eq!(named["columns"], v["columns"]);
+    assert_eq!(named["centroids"], v["centroids"]);
+    fails_with(
+        &[
+            "kmeans",
+            "--input",
+            p,
+            "--k",
+            "2",
+            "--columns",
+            "a,b",
+            "--weights",
+            "v",
+        ],
+        "unknown column \"v\"",
+    );
     fails_with(
         &["kmeans", "--input", p, "--k", "2", "--columns", "a,name"],
         "column \"name\" has type Utf8, which is not numeric",

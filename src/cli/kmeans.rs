@@ -70,7 +70,8 @@ pub struct KmeansArgs {
     /// Scale every feature to unit variance first (stored with the model).
     #[arg(long)]
     pub standardize: bool,
-    /// Column holding sample weights (not used as a feature).
+    /// Column holding sample weights (not used as a feature; read whether or
+    /// not `--columns` names it).
     #[arg(long)]
     pub weights: Option<String>,
     /// Write each row's label and squared distance to this CSV file.
@@ -84,9 +85,16 @@ pub struct KmeansArgs {
 
 pub fn run(args: KmeansArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    // The weights are read whether or not `--columns` names them.
+    let mut wanted = args.input.columns.clone();
+    if let Some(name) = args.weights.as_ref().filter(|_| !wanted.is_empty()) {
+        if !wanted.contains(name) {
+            wanted.push(name.clone());
+        }
+    }
     let data = read_table_limited(
         &args.input.input,
-        &args.input.columns,
+        &wanted,
         &args.input.text.format(None),
         ReadLimits::NONE,
     )?;
