@@ -281,7 +281,7 @@ fn inertia(distances: &[f32], weights: Option<&[f32]>) -> f64 {
 
 /// Centroids scored together in [`nearest_in_lanes`], at most: with two
 /// partial sums each, eight independent FMA chains hide the FMA latency.
-pub const GROUP: usize = 4;
+const GROUP: usize = 4;
 
 /// Centroids [`group_distances`] scores at once at S's level: [`GROUP`]
 /// where the register file holds its 2 · GROUP sums beside the operands,
@@ -291,7 +291,7 @@ pub const GROUP: usize = 4;
 /// in flight. Each centroid's sums are the same either way, so every level
 /// gives the same bits.
 #[inline(always)]
-pub fn group_width<S: F32x16>() -> usize {
+fn group_width<S: F32x16>() -> usize {
     if S::REGISTERS >= 4 * GROUP {
         GROUP
     } else {
@@ -309,11 +309,7 @@ pub fn group_width<S: F32x16>() -> usize {
 /// The caller was compiled with S's CPU features; `columns` holds `16 · d`
 /// values and `centres` points at `group_width::<S>() · d` readable ones.
 #[inline(always)]
-pub unsafe fn group_distances<S: F32x16>(
-    columns: &[f32],
-    centres: *const f32,
-    d: usize,
-) -> [S; GROUP] {
+unsafe fn group_distances<S: F32x16>(columns: &[f32], centres: *const f32, d: usize) -> [S; GROUP] {
     if group_width::<S>() == GROUP {
         distances_of::<S, GROUP>(columns, centres, d)
     } else {
