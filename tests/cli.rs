@@ -192,37 +192,27 @@ fn parquet_input_with_a_weights_column() {
     writer.write(&batch).unwrap();
     writer.close().unwrap();
     let p = path.to_str().unwrap();
-    let v = json_of(&[
-        "kmeans",
-        "--input",
-        p,
-        "--columns",
-        "a,b,w",
-        "--weights",
-        "w",
-        "--k",
-        "2",
-        "--backend",
-        "cpu",
-        "--json",
-    ]);
+    let weighted = |columns: &str| {
+        json_of(&[
+            "kmeans",
+            "--input",
+            p,
+            "--columns",
+            columns,
+            "--weights",
+            "w",
+            "--k",
+            "2",
+            "--backend",
+            "cpu",
+            "--json",
+        ])
+    };
+    let v = weighted("a,b,w");
     assert_eq!(v["cluster_sizes"], serde_json::json!([20, 20]));
     assert_eq!(v["columns"], serde_json::json!(["a", "b"]));
     // The weights column need not be among `--columns`.
-    let named = json_of(&[
-        "kmeans",
-        "--input",
-        p,
-        "--columns",
-        "a,b",
-        "--weights",
-        "w",
-        "--k",
-        "2",
-        "--backend",
-        "cpu",
-        "--json",
-    ]);
+    let named = weighted("a,b");
     assert_eq!(named["columns"], v["columns"]);
     assert_eq!(named["centroids"], v["centroids"]);
     fails_with(

@@ -24,15 +24,17 @@
 //!   computed, and is never more than half the block. A block with more
 //!   rows computed reads them in place.
 //! - **Trials go in the lanes, rows one after another** ([`score_rows`]):
-//!   each listed row is read once per eight trials, its values broadcast
-//!   against eight trials' values, six rows at a time (two on the portable
-//!   path), with even and odd values summed apart (the assignment kernels'
-//!   order: distances are exact `Σ (x − c)²`, the same bits as before at
-//!   each level). Only the listed rows are read, with nothing transposed or
-//!   copied, and rows [`AHEAD`] down the list are prefetched wherever they
-//!   are. (Until session 17 rows went sixteen at a time in the lanes, as
+//!   each listed row's values are broadcast against eight trials' values
+//!   at a time, six rows at a time (two on the portable path), with even
+//!   and odd values summed apart (the assignment kernels' order: distances
+//!   are exact `Σ (x − c)²`, the same bits as before at each level). Only
+//!   the listed rows are read, each once for all trials, in place or from
+//!   the block's copy, with nothing transposed and no row copied into a
+//!   tile; rows [`AHEAD`] down the list are prefetched wherever they are.
+//!   (Until session 17 rows went sixteen at a time in the lanes, as
 //!   transposed tiles: whole tiles were read and computed in place, and
-//!   scattered rows copied into a tile first; W5 took a third longer.)
+//!   scattered rows copied into a tile first. With that session's other
+//!   changes to this file, W5 took 1.5 to 1.8 times as long.)
 //!
 //! Scoring lists, per block and trial, the rows the trial lowers and their
 //! new `D²` (found from the compare mask's bits). A trial's score in a
@@ -392,10 +394,12 @@ fn repack(todo: &[u32], x: &[f32], d: usize, packed: &mut Packed, from: &mut Vec
         return;
     }
     if todo.is_empty() {
+        // Nothing left to compute here: the copy is freed.
+        *packed = Packed::default();
         return;
     }
-    from.extend(sources(todo, x, d, packed).map(|(_, row)| row.as_ptr()));
     if !packed.rows.is_empty() {
+        from.extend(sources(todo, x, d, packed).map(|(_, row)| row.as_ptr()));
         let copied = packed.values.as_ptr_range();
         let missing = from.iter().filter(|p| !copied.contains(p)).count();
         if todo.len() * 2 > packed.rows.len() && missing * 8 <= packed.rows.len() {
@@ -588,8 +592,9 @@ impl SimdKernel for ScoreRows<'_> {
     #[inline(always)]
     fn run<S: F32x16>(self) {
         // SAFETY: dispatched with S's CPU features; `from` holds pointers
-        // to `d` readable values each ([`sources`]), and every slice is
-        // sized in [`score_rows`] before any load.
+        // to `d` readable values each, into the block or its copy as
+        // [`repack`] left them, and every slice is sized in [`score_rows`]
+        // before any load.
         unsafe {
             if <S::Half as F32x8>::REGISTERS >= 16 {
                 score_rows::<S::Half, 6>(self)
@@ -603,8 +608,10 @@ impl SimdKernel for ScoreRows<'_> {
 /// Scores `R` rows at a time against eight trials in the lanes of one
 /// vector: per value, a broadcast of the row's value, a subtraction and an
 /// FMA, with even and odd values summed apart and added last, as the
-/// assignment kernels do at the same level, in the same order. The rows are read once per eight trials, with no transposes and
-/// no copies, and only the rows listed.
+/// assignment kernels do at the same level, in the same order. Only the
+/// listed rows are read, each once for all trials (more than eight go in
+/// further groups of eight while the rows are in L1), with nothing
+/// transposed.
 ///
 /// # Safety
 /// The caller was compiled with `H`'s CPU features, and each of `k.from`'s
@@ -625,34 +632,34 @@ unsafe fn score_rows<H: F32x8, const R: usize>(k: ScoreRows) {
     );
     let mut lanes = [0.0f32; TRIAL_LANES];
     let one = H::splat(1.0);
-    for g in 0..groups {
-        let c = k.trials.as_ptr().add(g * d * TRIAL_LANES);
-        let valid = if t - g * TRIAL_LANES >= TRIAL_LANES {
-            (1u32 << TRIAL_LANES) - 1
-        } else {
-            (1u32 << (t - g * TRIAL_LANES)) - 1
-        };
-        let closer = &mut k.closer[g * TRIAL_LANES..];
-        let mut i = 0;
-        while i < n {
-            let count = R.min(n - i);
-            for &ahead in k.from.iter().skip(i + AHEAD).take(count) {
-                let mut j = 0;
-                while j < d {
-                    simd::prefetch(ahead.wrapping_add(j));
-                    j += LANES;
-                }
-                simd::prefetch(ahead.wrapping_add(d - 1));
+    let mut i = 0;
+    while i < n {
+        let count = R.min(n - i);
+        for &ahead in k.from.iter().skip(i + AHEAD).take(count) {
+            let mut j = 0;
+            while j < d {
+                simd::prefetch(ahead.wrapping_add(j));
+                j += LANES;
             }
-            // A short last chunk repeats its first row; the repeats are
-            // not reported.
-            let p: [*const f32; R] = match k.from.get(i..i + R) {
-                Some(whole) => whole.try_into().expect("R rows"),
-                None => {
-                    let mut p = [k.from[i]; R];
-                    p[..count].copy_from_slice(&k.from[i..]);
-                    p
-                }
+            simd::prefetch(ahead.wrapping_add(d - 1));
+        }
+        // A short last chunk repeats its first row; the repeats are not
+        // reported.
+        let p: [*const f32; R] = match k.from.get(i..i + R) {
+            Some(whole) => whole.try_into().expect("R rows"),
+            None => {
+                let mut p = [k.from[i]; R];
+                p[..count].copy_from_slice(&k.from[i..]);
+                p
+            }
+        };
+        // Each trial's list grows in row order whatever the groups.
+        for g in 0..groups {
+            let c = k.trials.as_ptr().add(g * d * TRIAL_LANES);
+            let valid = if t - g * TRIAL_LANES >= TRIAL_LANES {
+                (1u32 << TRIAL_LANES) - 1
+            } else {
+                (1u32 << (t - g * TRIAL_LANES)) - 1
             };
             let mut even = [H::splat(0.0); R];
             let mut odd = [H::splat(0.0); R];
@@ -677,6 +684,7 @@ unsafe fn score_rows<H: F32x8, const R: usize>(k: ScoreRows) {
                     even[q] = H::fma(a, a, even[q]);
                 }
             }
+            let closer = &mut k.closer[g * TRIAL_LANES..];
             for q in 0..count {
                 let dist = H::fma(one, even[q], odd[q]);
                 let r = k.rows[i + q];
@@ -692,8 +700,8 @@ unsafe fn score_rows<H: F32x8, const R: usize>(k: ScoreRows) {
                     bits &= bits - 1;
                 }
             }
-            i += R;
         }
+        i += R;
     }
 }
 
@@ -840,6 +848,74 @@ mod tests {
                         check("avx512", &|k| k.run::<simd::Avx512>());
                     }
                 }
+            }
+        }
+    }
+
+    /// On non-integer data each distance is the bits of one order of
+    /// operations: per trial and value `x − c`, its square added by FMA to
+    /// an even or an odd sum by the value's parity, then the two sums
+    /// added. Scalar code in that order (fused at the x86 levels, unfused on
+    /// the portable path, as its `fma` is) gives the same bits, for eleven
+    /// trials (a second, partial group of lanes) and an odd d.
+    #[test]
+    fn distances_are_one_order_of_operations_at_every_level() {
+        let (n, d, t) = (53, 11, 11);
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
+        };
+        let x: Vec<f32> = (0..n * d).map(|_| next()).collect();
+        let cands: Vec<f32> = (0..t * d).map(|_| next()).collect();
+        // Every distance is below an infinite D², so every row is listed.
+        let closest = vec![f32::INFINITY; n];
+        let todo: Vec<u32> = (0..n as u32).collect();
+        let from: Vec<*const f32> = todo.iter().map(|&r| x[r as usize * d..].as_ptr()).collect();
+        let trials = trials_in_lanes(&cands, t, d);
+        let reference = |fused: bool, i: usize, j: usize| -> u32 {
+            let fma = |a: f32, b: f32, c: f32| if fused { a.mul_add(b, c) } else { a * b + c };
+            let (mut even, mut odd) = (0.0f32, 0.0f32);
+            for v in 0..d {
+                let a = x[i * d + v] - cands[j * d + v];
+                if v % 2 == 0 {
+                    even = fma(a, a, even);
+                } else {
+                    odd = fma(a, a, odd);
+                }
+            }
+            fma(1.0, even, odd).to_bits()
+        };
+        // The two orders differ on this data, so the test tells them apart.
+        assert!((0..n).any(|i| (0..t).any(|j| reference(true, i, j) != reference(false, i, j))));
+        let check = |name: &str, fused: bool, run: &dyn Fn(ScoreRows)| {
+            let mut closer = vec![Vec::new(); t];
+            run(ScoreRows {
+                d,
+                t,
+                trials: &trials,
+                rows: &todo,
+                from: &from,
+                closest: &closest,
+                closer: &mut closer,
+            });
+            for (j, list) in closer.iter().enumerate() {
+                let got: Vec<(u32, u32)> = list.iter().map(|&(r, v)| (r, v.to_bits())).collect();
+                let want: Vec<(u32, u32)> =
+                    (0..n).map(|i| (i as u32, reference(fused, i, j))).collect();
+                assert_eq!(got, want, "{name}: trial {j}");
+            }
+        };
+        check("portable", false, &|k| k.run::<simd::Portable>());
+        #[cfg(target_arch = "x86_64")]
+        {
+            if simd::detected() >= simd::Level::Avx2 {
+                check("avx2", true, &|k| k.run::<simd::Avx2>());
+            }
+            if simd::detected() >= simd::Level::Avx512 {
+                check("avx512", true, &|k| k.run::<simd::Avx512>());
             }
         }
     }
