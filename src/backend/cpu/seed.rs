@@ -752,6 +752,30 @@ fn trial_scores(
 mod tests {
     use super::*;
 
+    /// The rows each trial brings closer, as `run` (the kernel at one
+    /// level) lists them.
+    fn score_at(
+        run: &dyn Fn(ScoreRows),
+        d: usize,
+        t: usize,
+        trials: &[f32],
+        rows: &[u32],
+        from: &[*const f32],
+        closest: &[f32],
+    ) -> Vec<Vec<(u32, f32)>> {
+        let mut closer = vec![Vec::new(); t];
+        run(ScoreRows {
+            d,
+            t,
+            trials,
+            rows,
+            from,
+            closest,
+            closer: &mut closer,
+        });
+        closer
+    }
+
     /// The scoring kernel on every vector type the CPU runs, against scalar
     /// loops: an odd d, trials fewer than a vector's lanes and more (a
     /// second, partial group), a last chunk shorter than the kernel's rows,
@@ -821,16 +845,7 @@ mod tests {
                     .map(|(_, row)| row.as_ptr())
                     .collect();
                 let check = |name: &str, run: &dyn Fn(ScoreRows)| {
-                    let mut closer = vec![Vec::new(); t];
-                    run(ScoreRows {
-                        d,
-                        t,
-                        trials: &trials,
-                        rows: &todo,
-                        from: &from,
-                        closest: &closest,
-                        closer: &mut closer,
-                    });
+                    let closer = score_at(run, d, t, &trials, &todo, &from, &closest);
                     assert_eq!(
                         closer, want_closer,
                         "{name}, {layout}, t = {t}: rows brought closer"
@@ -891,16 +906,7 @@ mod tests {
         // The two orders differ on this data, so the test tells them apart.
         assert!((0..n).any(|i| (0..t).any(|j| reference(true, i, j) != reference(false, i, j))));
         let check = |name: &str, fused: bool, run: &dyn Fn(ScoreRows)| {
-            let mut closer = vec![Vec::new(); t];
-            run(ScoreRows {
-                d,
-                t,
-                trials: &trials,
-                rows: &todo,
-                from: &from,
-                closest: &closest,
-                closer: &mut closer,
-            });
+            let closer = score_at(run, d, t, &trials, &todo, &from, &closest);
             for (j, list) in closer.iter().enumerate() {
                 let got: Vec<(u32, u32)> = list.iter().map(|&(r, v)| (r, v.to_bits())).collect();
                 let want: Vec<(u32, u32)> =
