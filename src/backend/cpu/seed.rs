@@ -474,29 +474,19 @@ pub(super) fn potential(rows: &Rows, closest: &[f32]) -> Potential {
 /// Σ w·D² of one block starting at row `start`, in f64; four partial sums
 /// break the add chain, in a fixed order.
 fn block_potential(rows: &Rows, start: usize, block: &[f32]) -> f64 {
-    let terms = |r: usize, c: &[f32]| -> [f64; 4] {
-        std::array::from_fn(|q| {
-            c.get(q)
-                .map_or(0.0, |&v| rows.weight(r + q) as f64 * v as f64)
-        })
-    };
-    sum_by_four(
-        block
-            .chunks(4)
-            .enumerate()
-            .map(|(i, c)| terms(start + 4 * i, c)),
-    )
+    sum_by_four(block, |r, &c| rows.weight(start + r) as f64 * c as f64)
 }
 
-/// Adds terms four at a time into four partial sums (term `i` into sum
-/// `i mod 4`, as a vector of four where the compiler has one: no add waits
-/// on the one before), then the sums pairwise.
+/// `Σ term(i, items[i])` in f64, term `i` into partial sum `i mod 4` (no
+/// add waits on the one before), then the sums pairwise. Terms are taken
+/// in order, four at a time, so the sums stay in registers: indexed by
+/// `i % 4` they were kept on the stack, a store and a reload per term.
 #[inline(always)]
-fn sum_by_four(terms: impl Iterator<Item = [f64; 4]>) -> f64 {
+fn sum_by_four<T>(items: &[T], mut term: impl FnMut(usize, &T) -> f64) -> f64 {
     let mut acc = [0.0f64; 4];
-    for t in terms {
-        for q in 0..4 {
-            acc[q] += t[q];
+    for (i, chunk) in items.chunks(4).enumerate() {
+        for (q, sum) in acc.iter_mut().enumerate() {
+            *sum += chunk.get(q).map_or(0.0, |v| term(4 * i + q, v));
         }
     }
     (acc[0] + acc[1]) + (acc[2] + acc[3])
@@ -721,19 +711,15 @@ fn trial_scores(
         .iter()
         .map(|list| {
             if potential.is_finite() {
-                let drop = |&(r, v): &(u32, f32)| {
-                    weight(r as usize) * (closest[r as usize] as f64 - v as f64)
-                };
-                let terms = list
-                    .chunks(4)
-                    .map(|c| std::array::from_fn(|q| c.get(q).map_or(0.0, drop)));
-                return potential - sum_by_four(terms);
+                return potential
+                    - sum_by_four(list, |_, &(r, v)| {
+                        weight(r as usize) * (closest[r as usize] as f64 - v as f64)
+                    });
             }
-            let mut sums = [0.0f64; 4];
             // Some D² is infinite (a distance overflowed f32), and there is
             // no difference to take from it: Σ w·min(D², d²) row by row.
             let mut lowered = list.iter().peekable();
-            for (r, &near) in closest.iter().enumerate() {
+            sum_by_four(closest, |r, &near| {
                 let v = match lowered.peek() {
                     Some(&&(row, v)) if row as usize == r => {
                         lowered.next();
@@ -741,9 +727,8 @@ fn trial_scores(
                     }
                     _ => near,
                 };
-                sums[r % 4] += weight(r) * v as f64;
-            }
-            (sums[0] + sums[1]) + (sums[2] + sums[3])
+                weight(r) * v as f64
+            })
         })
         .collect()
 }
