@@ -232,6 +232,15 @@ mod lanes {
         std::array::from_fn(|l| a[l] * b[l] + c[l])
     }
     #[inline(always)]
+    pub fn sub<const N: usize>(a: &[f32; N], b: &[f32; N]) -> [f32; N] {
+        std::array::from_fn(|l| a[l] - b[l])
+    }
+    /// Lane 0 lowest.
+    #[inline(always)]
+    pub fn bits<const N: usize>(m: &[bool; N]) -> u32 {
+        m.iter().rev().fold(0, |acc, &b| (acc << 1) | b as u32)
+    }
+    #[inline(always)]
     pub fn lt<const N: usize>(a: &[f32; N], b: &[f32; N]) -> [bool; N] {
         std::array::from_fn(|l| a[l] < b[l])
     }
@@ -272,11 +281,11 @@ impl F32x8 for PortableHalf {
     }
     #[inline(always)]
     unsafe fn sub(a: Self, b: Self) -> Self {
-        Self(std::array::from_fn(|l| a.0[l] - b.0[l]))
+        Self(lanes::sub(&a.0, &b.0))
     }
     #[inline(always)]
     unsafe fn bits(m: Self::Mask) -> u32 {
-        m.iter().rev().fold(0, |acc, &b| (acc << 1) | b as u32)
+        lanes::bits(&m)
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
@@ -320,7 +329,7 @@ impl F32x16 for Portable {
     }
     #[inline(always)]
     unsafe fn sub(a: Self, b: Self) -> Self {
-        Self(std::array::from_fn(|l| a.0[l] - b.0[l]))
+        Self(lanes::sub(&a.0, &b.0))
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
@@ -340,7 +349,7 @@ impl F32x16 for Portable {
     }
     #[inline(always)]
     unsafe fn bits(m: Self::Mask) -> u32 {
-        m.iter().rev().fold(0, |acc, &b| (acc << 1) | b as u32)
+        lanes::bits(&m)
     }
     #[inline(always)]
     unsafe fn reduce_min(self) -> f32 {
