@@ -221,6 +221,9 @@ pub trait F32x8: Copy {
     unsafe fn eq(a: Self, b: Self) -> Self::Mask;
     /// Lanes of `yes` where `m` is set, else of `no`.
     unsafe fn select(m: Self::Mask, yes: Self, no: Self) -> Self;
+    /// Per lane `a < b ? a : b`: the same as `select(lt(a, b), a, b)`, in
+    /// one instruction on x86 (a blend is three on Intel cores).
+    unsafe fn min(a: Self, b: Self) -> Self;
     /// The smallest lane.
     unsafe fn reduce_min(self) -> f32;
 }
@@ -302,6 +305,10 @@ impl F32x8 for PortableHalf {
     #[inline(always)]
     unsafe fn select(m: Self::Mask, yes: Self, no: Self) -> Self {
         Self(lanes::select(&m, &yes.0, &no.0))
+    }
+    #[inline(always)]
+    unsafe fn min(a: Self, b: Self) -> Self {
+        Self(lanes::select(&lanes::lt(&a.0, &b.0), &a.0, &b.0))
     }
     #[inline(always)]
     unsafe fn reduce_min(self) -> f32 {
@@ -425,6 +432,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn select(m: __m256, yes: Self, no: Self) -> Self {
             Self(_mm256_blendv_ps(no.0, yes.0, m))
+        }
+        #[inline(always)]
+        unsafe fn min(a: Self, b: Self) -> Self {
+            Self(_mm256_min_ps(a.0, b.0))
         }
         #[inline(always)]
         unsafe fn reduce_min(self) -> f32 {
