@@ -233,6 +233,23 @@ fn parquet_input_with_a_weights_column() {
         &["kmeans", "--input", p, "--k", "2", "--columns", "a,name"],
         "column \"name\" has type Utf8, which is not numeric",
     );
+    // A column named twice would count twice in every distance.
+    for (columns, twice) in [("a,b,a", "a"), ("a,w,w", "w")] {
+        fails_with(
+            &[
+                "kmeans",
+                "--input",
+                p,
+                "--k",
+                "2",
+                "--columns",
+                columns,
+                "--weights",
+                "w",
+            ],
+            &format!("column \"{twice}\" is named more than once"),
+        );
+    }
 }
 
 #[test]

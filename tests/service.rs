@@ -780,6 +780,19 @@ fn bad_requests_get_the_right_code_and_the_server_keeps_serving() {
         let e = server
             .clustering()
             .fit_k_means(pb::FitKMeansRequest {
+                columns: vec!["a".into(), "b".into(), "a".into()],
+                ..fit(2)
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message() == "columns: column \"a\" is named more than once",
+            "{e}"
+        );
+        let e = server
+            .clustering()
+            .fit_k_means(pb::FitKMeansRequest {
                 backend: 99,
                 ..fit(2)
             })

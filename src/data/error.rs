@@ -22,6 +22,9 @@ pub enum DataError {
         available: String,
         hint: String,
     },
+    /// A column asked for twice would silently count twice in distances.
+    #[error("column {name:?} is named more than once")]
+    RepeatedColumn { name: String },
     /// `hint` is empty or starts with a space.
     #[error("column {column:?}, row {row}: {value:?} is not a number{hint}")]
     NotNumeric {

@@ -112,10 +112,15 @@ pub fn read_table_limited(
 }
 
 /// Maps requested column names to positions in the header (all columns when
-/// `wanted` is empty); an unknown name is an error listing the available ones.
+/// `wanted` is empty); an unknown name is an error listing the available
+/// ones, and a name asked for twice is an error too.
 pub fn resolve_columns(header: &[String], wanted: &[String]) -> Result<Vec<usize>, DataError> {
     if wanted.is_empty() {
         return Ok((0..header.len()).collect());
+    }
+    let mut seen = std::collections::HashSet::with_capacity(wanted.len());
+    if let Some(name) = wanted.iter().find(|name| !seen.insert(name.as_str())) {
+        return Err(DataError::RepeatedColumn { name: name.clone() });
     }
     wanted
         .iter()

@@ -99,15 +99,19 @@ impl From<Error> for ServiceError {
                     hint
                 ),
             ),
+            Error::Data(DataError::RepeatedColumn { name }) => Self::invalid(
+                "columns",
+                DataError::RepeatedColumn { name: clip(&name) }.to_string(),
+            ),
             Error::Segmentation(SegmentationError::BadDate(d)) => Self::invalid(
                 "as_of",
                 format!("invalid date {:?}: expected YYYY-MM-DD", clip(&d)),
             ),
             Error::Data(d) => {
                 let field = match &d {
-                    DataError::UnknownColumn { .. } | DataError::NonNumericColumn { .. } => {
-                        "columns"
-                    }
+                    DataError::UnknownColumn { .. }
+                    | DataError::RepeatedColumn { .. }
+                    | DataError::NonNumericColumn { .. } => "columns",
                     DataError::Io { .. }
                     | DataError::UnknownFormat { .. }
                     | DataError::Malformed { .. } => "path",

@@ -123,6 +123,10 @@ pub fn content_error(e: DataError) -> ServiceError {
             "columns",
             format!("the file has no column {:?}", clip(&name)),
         ),
+        DataError::RepeatedColumn { name } => (
+            "columns",
+            DataError::RepeatedColumn { name: clip(&name) }.to_string(),
+        ),
         DataError::NonNumericColumn { .. } => (
             "columns",
             "a chosen column is not numeric (name the numeric columns)".to_owned(),
