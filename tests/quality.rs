@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use common::{adjusted_rand_index, blobs, gpu, reference_lloyd, uniform};
-use ndarray::{array, Array1, Array2};
+use ndarray::{array, Array1, Array2, ShapeBuilder};
 use segmenta::backend::cpu::CpuBackend;
 use segmenta::backend::{
     with_cpu_fallback, Backend, BackendChoice, BackendError, BackendInfo, BackendKind, GpuError,
@@ -162,6 +162,52 @@ fn standardized_model_predicts_raw_rows() {
     let again = model.predict(&CpuBackend::new(), raw.view()).unwrap();
     assert_eq!(again.labels, model.labels());
     assert!(again.margins.unwrap().iter().all(|&m| m >= 0.0));
+}
+
+/// A fit or prediction that takes its rows (scaling them in their own
+/// buffer) gives the same bits as one that borrows them, with and
+/// without standardising and `log1p`, weighted or not; column-major rows
+/// are copied first. The owned prediction also hands back the rows scaled
+/// as the model scales them.
+#[test]
+fn owned_rows_give_the_same_model_as_borrowed_ones() {
+    let (x, _) = blobs(1500, 3, 4, 31);
+    let x = x.mapv(f32::abs);
+    let w = Array1::from_shape_fn(x.nrows(), |i| 1.0 + (i % 4) as f32);
+    let cpu = CpuBackend::new();
+    let control = FitControl::default();
+    let column_major = {
+        let mut f = Array2::zeros(x.raw_dim().f());
+        f.assign(&x);
+        f
+    };
+    for (standardize, log1p) in [
+        (false, vec![]),
+        (true, vec![]),
+        (true, vec![true, false, true]),
+    ] {
+        for weights in [None, Some(w.view())] {
+            let params = KMeansParams::new(5)
+                .standardize(standardize)
+                .log1p(log1p.clone())
+                .seed(2);
+            let borrowed = params.fit_with(&cpu, x.view(), weights, &control).unwrap();
+            for rows in [x.clone(), column_major.clone()] {
+                let owned = params
+                    .fit_owned_with(&cpu, rows, weights, &control)
+                    .unwrap();
+                assert_eq!(owned.centroids(), borrowed.centroids());
+                assert_eq!(owned.labels(), borrowed.labels());
+                assert_eq!(owned.distances(), borrowed.distances());
+                assert_eq!(owned.inertia_history(), borrowed.inertia_history());
+            }
+            let predicted = borrowed.predict(&cpu, x.view()).unwrap();
+            let (owned, scaled) = borrowed.predict_owned(&cpu, x.clone()).unwrap();
+            assert_eq!(owned.labels, predicted.labels);
+            assert_eq!(owned.distances, predicted.distances);
+            assert_eq!(scaled, borrowed.scaler().transform(x.view()));
+        }
+    }
 }
 
 #[test]

@@ -2,12 +2,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use ndarray::Axis;
 use serde_json::json;
 
 use super::output::{fmt_f, progress_bar, table};
 use super::InputArgs;
-use segmenta::backend::{select, with_cpu_fallback};
+use segmenta::backend::{select, with_cpu_fallback, BackendKind};
 use segmenta::data::{read_table, read_table_limited, ReadLimits};
 use segmenta::kmeans::{FitControl, Init, InitSample, KMeansParams};
 use segmenta::model_file::TableModel;
@@ -131,9 +130,16 @@ pub fn run(args: KmeansArgs) -> anyhow::Result<()> {
             p.inertia
         ));
     });
-    let model = with_cpu_fallback(args.input.backend, backend.as_ref(), |b| {
-        params.fit_with(b, x.view(), weights.as_ref().map(|w| w.view()), &control)
-    })?;
+    let (n_rows, n_cols) = x.dim();
+    let weights = weights.as_ref().map(|w| w.view());
+    let model = if backend.info().backend == BackendKind::Cpu {
+        // Nothing to fall back to: the fit scales the rows in place.
+        params.fit_owned_with(backend.as_ref(), x, weights, &control)?
+    } else {
+        with_cpu_fallback(args.input.backend, backend.as_ref(), |b| {
+            params.fit_with(b, x.view(), weights, &control)
+        })?
+    };
     bar.finish_and_clear();
     if let Some(path) = &args.labels_out {
         write_labels(path, model.labels(), model.distances())?;
@@ -151,7 +157,7 @@ pub fn run(args: KmeansArgs) -> anyhow::Result<()> {
             "backend": info.backend,
             "adapter": info.adapter,
             "k": model.k(),
-            "n_rows": x.nrows(),
+            "n_rows": n_rows,
             "columns": columns,
             "n_iter": model.n_iter(),
             "converged": model.converged(),
@@ -169,8 +175,8 @@ pub fn run(args: KmeansArgs) -> anyhow::Result<()> {
     println!(
         "k-means: k = {}, {} rows × {} columns, backend {} [{}]",
         model.k(),
-        x.nrows(),
-        x.ncols(),
+        n_rows,
+        n_cols,
         info.backend,
         info.adapter
     );
@@ -223,8 +229,8 @@ fn split_weights(data: segmenta::data::Dataset, name: &str) -> anyhow::Result<Sp
     }
     let weights = data.values.column(j).to_owned();
     let keep: Vec<usize> = (0..data.n_cols()).filter(|&c| c != j).collect();
-    let columns = keep.iter().map(|&c| data.columns[c].clone()).collect();
-    Ok((data.values.select(Axis(1), &keep), Some(weights), columns))
+    let (x, columns) = data.into_columns_at(&keep);
+    Ok((x, Some(weights), columns))
 }
 
 fn write_labels(path: &std::path::Path, labels: &[u32], distances: &[f32]) -> anyhow::Result<()> {

@@ -64,6 +64,47 @@ impl Dataset {
         Ok((x, names))
     }
 
+    /// [`select_columns`](Self::select_columns) without a second copy of
+    /// the data: each row's chosen values are moved to the front of the
+    /// same buffer (row `r`'s new place never overlaps a later row's
+    /// values, so one pass in row order suffices). A service fit of a
+    /// stored dataset then holds its rows once, not twice.
+    pub fn into_columns(self, wanted: &[String]) -> Result<(Array2<f32>, Vec<String>), DataError> {
+        let idx = super::resolve_columns(&self.columns, wanted)?;
+        Ok(self.into_columns_at(&idx))
+    }
+
+    /// [`into_columns`](Self::into_columns) by position (each below the
+    /// number of columns).
+    pub fn into_columns_at(self, idx: &[usize]) -> (Array2<f32>, Vec<String>) {
+        let names = idx.iter().map(|&j| self.columns[j].clone()).collect();
+        let (n, d) = self.values.dim();
+        let k = idx.len();
+        if !self.values.is_standard_layout() {
+            // Not a row-major buffer to move values within: copy.
+            let values = self.values.select(Axis(1), idx);
+            return (super::pages::standard_copy(values.view()), names);
+        }
+        if idx.iter().copied().eq(0..d) {
+            return (self.values, names);
+        }
+        // The rows start `offset` values into the buffer (0 unless the
+        // array was sliced); writes stay behind every row not yet read.
+        let (mut flat, offset) = self.values.into_raw_vec_and_offset();
+        let start = offset.unwrap_or(0);
+        let mut row = vec![0.0f32; k];
+        for r in 0..n {
+            let from = &flat[start + r * d..start + (r + 1) * d];
+            for (v, &j) in row.iter_mut().zip(idx) {
+                *v = from[j];
+            }
+            flat[r * k..(r + 1) * k].copy_from_slice(&row);
+        }
+        flat.truncate(n * k);
+        let values = Array2::from_shape_vec((n, k), flat).expect("n × selected values");
+        (values, names)
+    }
+
     pub fn n_rows(&self) -> usize {
         self.values.nrows()
     }
@@ -114,7 +155,8 @@ mod tests {
     use ndarray::ShapeBuilder;
 
     /// All columns (the whole-buffer copy), a reordered subset (the
-    /// gather), an unknown name, column-major values and a repeated name.
+    /// gather), an unknown name, column-major values and a repeated name
+    /// (an error: it would count twice in every distance).
     #[test]
     fn select_columns_copies_all_or_gathers_the_named_ones() {
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -143,9 +185,58 @@ mod tests {
         let (all, _) = data.select_columns(&[]).unwrap();
         assert_eq!(all, data.values);
         assert!(all.is_standard_layout());
-        let (twice, columns) = data.select_columns(&names(&["b", "b"])).unwrap();
-        assert_eq!(columns, names(&["b", "b"]));
-        assert_eq!(twice.column(0), data.values.column(1));
-        assert_eq!(twice.column(1), data.values.column(1));
+        let err = data.select_columns(&names(&["b", "a", "b"])).unwrap_err();
+        assert_eq!(err.to_string(), "column \"b\" is named more than once");
+    }
+
+    /// In place, the same matrix and names as the copying selection, for
+    /// every kind of choice; its errors are the same too.
+    #[test]
+    fn into_columns_moves_the_chosen_values_as_select_columns_copies_them() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let header = names(&["a", "b", "c", "d", "e"]);
+        let data =
+            Dataset::from_rows(header, (0..5 * 7).map(|v| v as f32 * 0.5).collect()).unwrap();
+        let mut fortran = Array2::zeros((7, 5).f());
+        fortran.assign(&data.values);
+        let column_major = Dataset {
+            columns: data.columns.clone(),
+            values: fortran,
+        };
+        let choices: [&[&str]; 7] = [
+            &[],
+            &["a", "b", "c", "d", "e"],
+            &["b", "d"],
+            &["e", "a", "c"],
+            &["e"],
+            &["a", "b", "c", "d"],
+            &["b", "c", "d", "e"],
+        ];
+        // Owned but sliced: its rows start partway into the buffer.
+        let taller = Array2::from_shape_fn((9, 5), |(i, j)| (i * 5 + j) as f32 * 0.5 - 1.0);
+        let sliced = Dataset {
+            columns: data.columns.clone(),
+            values: taller.slice_move(ndarray::s![2.., ..]),
+        };
+        assert!(sliced.values.is_standard_layout());
+        for source in [&data, &column_major, &sliced] {
+            for choice in choices {
+                let wanted = names(choice);
+                let copied = source.select_columns(&wanted).unwrap();
+                let moved = source.clone().into_columns(&wanted).unwrap();
+                assert_eq!(moved, copied, "{choice:?}");
+                assert!(moved.0.is_standard_layout(), "{choice:?}");
+            }
+            for bad in [&["z"][..], &["a", "a"][..]] {
+                let wanted = names(bad);
+                let copied = source.select_columns(&wanted).unwrap_err().to_string();
+                let moved = source
+                    .clone()
+                    .into_columns(&wanted)
+                    .unwrap_err()
+                    .to_string();
+                assert_eq!(moved, copied);
+            }
+        }
     }
 }

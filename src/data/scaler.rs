@@ -126,7 +126,18 @@ impl Scaler {
     /// the kernels read rows as contiguous slices. It is what a fit reads,
     /// so a large one is in huge pages ([`super::pages`]).
     pub fn transform(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        let mut out = super::pages::standard_copy(x);
+        self.transform_owned(super::pages::standard_copy(x))
+    }
+
+    /// [`transform`](Self::transform) in `x`'s own buffer when it is
+    /// row-major (else into a copy): the same values, without a second
+    /// copy of the data.
+    pub fn transform_owned(&self, x: Array2<f32>) -> Array2<f32> {
+        let mut out = if x.is_standard_layout() {
+            x
+        } else {
+            super::pages::standard_copy(x.view())
+        };
         let mean = Array1::from(self.mean.clone());
         let scale = Array1::from(self.scale.clone());
         let log = Array1::from_shape_fn(self.mean.len(), |j| self.logs(j));

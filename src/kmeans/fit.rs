@@ -1,4 +1,4 @@
-use ndarray::{Array1, ArrayView1, ArrayView2};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 
 use super::init::{initial_centroids, Seeding};
 use super::lloyd::{lloyd, Run, RunSpec};
@@ -7,6 +7,22 @@ use super::params::{FitControl, Init, KMeansParams};
 use crate::backend::Backend;
 use crate::data::{check_finite, Scaler};
 use crate::error::{ParamsError, Result};
+
+/// The rows a fit or a prediction reads: borrowed (scaled into a copy) or
+/// owned (scaled in place).
+pub(super) enum Input<'a> {
+    View(ArrayView2<'a, f32>),
+    Owned(Array2<f32>),
+}
+
+impl Input<'_> {
+    pub(super) fn view(&self) -> ArrayView2<'_, f32> {
+        match self {
+            Input::View(x) => x.view(),
+            Input::Owned(x) => x.view(),
+        }
+    }
+}
 
 impl KMeansParams {
     /// Fits on `x` (`n × d`) with optional sample weights (length `n`).
@@ -27,6 +43,30 @@ impl KMeansParams {
         weights: Option<ArrayView1<f32>>,
         control: &FitControl,
     ) -> Result<KMeansModel> {
+        self.fit_input(backend, Input::View(x), weights, control)
+    }
+
+    /// [`fit_with`](Self::fit_with) on data the caller no longer needs: it
+    /// is scaled in its own buffer, so the fit holds the rows once where
+    /// `fit_with` holds them and a scaled copy. The same model.
+    pub fn fit_owned_with(
+        &self,
+        backend: &dyn Backend,
+        x: Array2<f32>,
+        weights: Option<ArrayView1<f32>>,
+        control: &FitControl,
+    ) -> Result<KMeansModel> {
+        self.fit_input(backend, Input::Owned(x), weights, control)
+    }
+
+    fn fit_input(
+        &self,
+        backend: &dyn Backend,
+        input: Input,
+        weights: Option<ArrayView1<f32>>,
+        control: &FitControl,
+    ) -> Result<KMeansModel> {
+        let x = input.view();
         self.check()?;
         check_finite(x, &[])?;
         let (n, d) = x.dim();
@@ -47,7 +87,10 @@ impl KMeansParams {
         }
         check_log1p_domain(x, &self.log1p)?;
         let scaler = Scaler::fit_log1p(x, self.standardize, self.log1p.clone());
-        let working = scaler.transform(x);
+        let working = match input {
+            Input::View(x) => scaler.transform(x),
+            Input::Owned(x) => scaler.transform_owned(x),
+        };
         let init = match &self.init {
             Init::Given(c) => Init::Given(self.checked_given(c.view(), d, &scaler)?),
             other => other.clone(),

@@ -1,6 +1,7 @@
 use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 
+use super::fit::Input;
 use super::lloyd::Run;
 use crate::backend::{Assignment, Backend, BackendInfo};
 use crate::data::{check_finite, Scaler};
@@ -241,6 +242,26 @@ impl KMeansModel {
 
     /// Assigns new rows (in original units; the stored scaler is applied).
     pub fn predict(&self, backend: &dyn Backend, x: ArrayView2<f32>) -> Result<Prediction> {
+        self.predict_input(backend, Input::View(x)).map(|(p, _)| p)
+    }
+
+    /// [`predict`](Self::predict) on rows the caller no longer needs: they
+    /// are scaled in their own buffer (held once, not twice) and handed
+    /// back scaled, for work in the model's units after the assignment.
+    pub fn predict_owned(
+        &self,
+        backend: &dyn Backend,
+        x: Array2<f32>,
+    ) -> Result<(Prediction, Array2<f32>)> {
+        self.predict_input(backend, Input::Owned(x))
+    }
+
+    fn predict_input(
+        &self,
+        backend: &dyn Backend,
+        input: Input,
+    ) -> Result<(Prediction, Array2<f32>)> {
+        let x = input.view();
         if x.ncols() != self.n_features() {
             return Err(ParamsError::WidthMismatch {
                 expected: self.n_features(),
@@ -250,9 +271,13 @@ impl KMeansModel {
         }
         check_finite(x, &[])?;
         super::fit::check_log1p_domain(x, &self.scaler.log1p)?;
-        let working = self.scaler.transform(x);
+        let working = match input {
+            Input::View(x) => self.scaler.transform(x),
+            Input::Owned(x) => self.scaler.transform_owned(x),
+        };
         let mut resident = backend.upload(working.view(), None)?;
         let a = resident.assign(self.scaled_centroids.view())?;
+        drop(resident);
         let margins = (self.k() > 1).then_some(&a.second_distances).map(|second| {
             second
                 .iter()
@@ -260,10 +285,11 @@ impl KMeansModel {
                 .map(|(&s, &d)| (s - d).max(0.0))
                 .collect()
         });
-        Ok(Prediction {
+        let prediction = Prediction {
             labels: a.labels,
             distances: a.distances,
             margins,
-        })
+        };
+        Ok((prediction, working))
     }
 }

@@ -568,7 +568,6 @@ impl Engine {
         ctx.phase("loading");
         let erasures = self.erasures();
         let (_, data) = self.store.load_dataset(&job.dataset_id)?;
-        let (x, columns) = data.select_columns(&features).map_err(crate::Error::from)?;
         let weights = match &job.weights_column {
             Some(w) => Some(
                 data.select_columns(std::slice::from_ref(w))
@@ -579,7 +578,8 @@ impl Engine {
             ),
             None => None,
         };
-        drop(data);
+        // The features in the loaded buffer itself: the data is held once.
+        let (x, columns) = data.into_columns(&features).map_err(crate::Error::from)?;
         let sink = ctx.clone();
         let control = FitControl::default()
             .cancel_flag(ctx.cancel.clone())
@@ -595,10 +595,16 @@ impl Engine {
                 })
             });
         ctx.phase("fitting");
-        let model = with_cpu_fallback(choice, backend, |b| {
-            job.params
-                .fit_with(b, x.view(), weights.as_ref().map(|w| w.view()), &control)
-        })?;
+        let weights = weights.as_ref().map(|w| w.view());
+        let model = if backend.info().backend == BackendKind::Cpu {
+            // No GPU to fall back from, so the fit may scale the rows in
+            // their own buffer: held once, not twice.
+            job.params.fit_owned_with(backend, x, weights, &control)?
+        } else {
+            with_cpu_fallback(choice, backend, |b| {
+                job.params.fit_with(b, x.view(), weights, &control)
+            })?
+        };
         self.commit(erasures, Source::Dataset(&job.dataset_id), || {
             self.save_model(&job.dataset_id, columns, ModelBody::KMeans(model))
         })
@@ -659,8 +665,7 @@ impl Engine {
             ctx.phase("loading");
             let erasures = engine.erasures();
             let (_, data) = engine.store.load_dataset(&job.dataset_id)?;
-            let (x, columns) = data.select_columns(&features).map_err(crate::Error::from)?;
-            drop(data);
+            let (x, columns) = data.into_columns(&features).map_err(crate::Error::from)?;
             ctx.phase("fitting");
             let model = with_cpu_fallback(choice, backend, |b| job.params.fit(b, x.view()))?;
             if ctx.cancelled() {
@@ -954,13 +959,11 @@ impl Engine {
                 };
                 let (_, data) = engine.store.load_dataset(&dataset_id)?;
                 let (x, _) = data
-                    .select_columns(&record.columns)
+                    .into_columns(&record.columns)
                     .map_err(crate::Error::from)?;
-                drop(data);
                 let cpu = CpuBackend::new().cancel_on(cancel.clone());
-                let labels = model.predict(&cpu, x.view())?.labels;
-                let scaled = model.scaler().transform(x.view());
-                drop(x);
+                let (prediction, scaled) = model.predict_owned(&cpu, x)?;
+                let labels = prediction.labels;
                 let e = evaluate_with(
                     scaled.view(),
                     &labels,

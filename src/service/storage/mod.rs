@@ -322,17 +322,31 @@ impl Store {
 
     pub fn load_dataset(&self, id: &str) -> ServiceResult<(DatasetMeta, Dataset)> {
         let meta = self.dataset(id)?;
-        let mut bytes = Vec::with_capacity(meta.size_bytes as usize);
-        File::open(self.dataset_dir(id)?.join("values.f32"))
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(ServiceError::io)?;
-        let values: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let damaged =
+            |why: String| ServiceError::Internal(format!("dataset {id} is damaged: {why}"));
         let shape = (meta.n_rows as usize, meta.columns.len());
-        let values = Array2::from_shape_vec(shape, values)
-            .map_err(|e| ServiceError::Internal(format!("dataset {id} is damaged: {e}")))?;
+        let len = shape
+            .0
+            .checked_mul(shape.1)
+            .ok_or_else(|| damaged("its shape overflows".into()))?;
+        let mut file =
+            File::open(self.dataset_dir(id)?.join("values.f32")).map_err(ServiceError::io)?;
+        let on_disk = file.metadata().map_err(ServiceError::io)?.len();
+        if on_disk != len as u64 * 4 {
+            return Err(damaged(format!("{on_disk} bytes of values for {len}")));
+        }
+        // Read straight into the f32 buffer a fit reads (in huge pages
+        // where large): no byte copy beside it, so loading holds the
+        // values once.
+        let mut values: Vec<f32> = crate::data::pages::with_capacity(len);
+        values.resize(len, 0.0);
+        file.read_exact(bytemuck::cast_slice_mut(&mut values))
+            .map_err(ServiceError::io)?;
+        for v in &mut values {
+            // Stored little-endian; a no-op on little-endian machines.
+            *v = f32::from_bits(u32::from_le(v.to_bits()));
+        }
+        let values = Array2::from_shape_vec(shape, values).map_err(|e| damaged(e.to_string()))?;
         Ok((
             meta.clone(),
             Dataset {
@@ -571,6 +585,33 @@ mod tests {
         let (meta, back) = reopened.load_dataset(&kept.id).unwrap();
         assert_eq!(meta, kept);
         assert_eq!(back.values, data.values);
+    }
+
+    /// Values read straight into the f32 buffer come back exact; a values
+    /// file cut short or grown on disk is reported damaged, not read.
+    #[test]
+    fn datasets_load_exactly_and_damaged_ones_are_errors() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let values: Vec<f32> = (0..3 * 40).map(|i| (i as f32 - 50.5) * 1e-3).collect();
+        let data = Dataset::from_rows(vec!["a".into(), "b".into(), "c".into()], values).unwrap();
+        let meta = store.put_dataset("d", &data).unwrap();
+        let (_, back) = store.load_dataset(&meta.id).unwrap();
+        assert_eq!(back.values, data.values);
+        let file = dir
+            .path()
+            .join("datasets")
+            .join(&meta.id)
+            .join("values.f32");
+        let bytes = std::fs::read(&file).unwrap();
+        for damaged in [
+            &bytes[..bytes.len() - 4],
+            &[&bytes[..], &[0u8; 4][..]].concat(),
+        ] {
+            std::fs::write(&file, damaged).unwrap();
+            let e = store.load_dataset(&meta.id).unwrap_err();
+            assert!(e.to_string().contains("is damaged"), "{e}");
+        }
     }
 
     #[test]
