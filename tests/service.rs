@@ -790,6 +790,32 @@ fn bad_requests_get_the_right_code_and_the_server_keeps_serving() {
             e.message() == "columns: column \"a\" is named more than once",
             "{e}"
         );
+        // Also when the weights column is the one repeated, and in an
+        // uploaded header.
+        let e = server
+            .clustering()
+            .fit_k_means(pb::FitKMeansRequest {
+                columns: vec!["a".into(), "b".into(), "b".into()],
+                weights_column: "b".into(),
+                ..fit(2)
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("\"b\" is named more than once"), "{e}");
+        let e = server
+            .datasets()
+            .upload(tokio_stream::iter(vec![
+                header("twice", &["a", "b", "a"]),
+                rows(vec![1.0, 2.0, 3.0]),
+            ]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message() == "header.columns: column \"a\" is named more than once",
+            "{e}"
+        );
         let e = server
             .clustering()
             .fit_k_means(pb::FitKMeansRequest {

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub use bounds::{BoundShifts, RowBounds};
 pub use error::{BackendError, GpuError};
-pub use select::{select, with_cpu_fallback, BackendChoice};
+pub use select::{may_fall_back, select, with_cpu_fallback, BackendChoice};
 
 /// Which implementation ran a computation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

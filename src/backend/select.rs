@@ -33,6 +33,13 @@ pub fn select(choice: BackendChoice) -> Result<Arc<dyn Backend>, BackendError> {
     }
 }
 
+/// Whether [`with_cpu_fallback`] may run its work a second time: only a
+/// GPU under `auto` can fail over to the CPU. When it cannot, the work may
+/// consume its input (a fit may scale the rows in place).
+pub fn may_fall_back(choice: BackendChoice, primary: &dyn Backend) -> bool {
+    choice == BackendChoice::Auto && primary.info().backend == super::BackendKind::Gpu
+}
+
 /// Runs `work` on `primary`; under `auto`, a recoverable GPU failure (device
 /// lost, out of memory) retries the whole work on the CPU with a warning.
 pub fn with_cpu_fallback<T>(

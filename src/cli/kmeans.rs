@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::output::{fmt_f, progress_bar, table};
 use super::InputArgs;
-use segmenta::backend::{select, with_cpu_fallback, BackendKind};
+use segmenta::backend::{may_fall_back, select, with_cpu_fallback};
 use segmenta::data::{read_table, read_table_limited, ReadLimits};
 use segmenta::kmeans::{FitControl, Init, InitSample, KMeansParams};
 use segmenta::model_file::TableModel;
@@ -132,8 +132,8 @@ pub fn run(args: KmeansArgs) -> anyhow::Result<()> {
     });
     let (n_rows, n_cols) = x.dim();
     let weights = weights.as_ref().map(|w| w.view());
-    let model = if backend.info().backend == BackendKind::Cpu {
-        // Nothing to fall back to: the fit scales the rows in place.
+    let model = if !may_fall_back(args.input.backend, backend.as_ref()) {
+        // Run once, so the fit may scale the rows in place.
         params.fit_owned_with(backend.as_ref(), x, weights, &control)?
     } else {
         with_cpu_fallback(args.input.backend, backend.as_ref(), |b| {

@@ -80,8 +80,11 @@ impl Dataset {
         let names = idx.iter().map(|&j| self.columns[j].clone()).collect();
         let (n, d) = self.values.dim();
         let k = idx.len();
-        if !self.values.is_standard_layout() {
-            // Not a row-major buffer to move values within: copy.
+        let mut seen = vec![false; d];
+        let distinct = idx.iter().all(|&j| !std::mem::replace(&mut seen[j], true));
+        if !self.values.is_standard_layout() || !distinct {
+            // Not a row-major buffer to move values within, or more values
+            // a row than it holds: copy.
             let values = self.values.select(Axis(1), idx);
             return (super::pages::standard_copy(values.view()), names);
         }
@@ -203,9 +206,10 @@ mod tests {
             columns: data.columns.clone(),
             values: fortran,
         };
-        let choices: [&[&str]; 7] = [
+        let choices: [&[&str]; 8] = [
             &[],
             &["a", "b", "c", "d", "e"],
+            &["b", "a", "c", "e", "d"],
             &["b", "d"],
             &["e", "a", "c"],
             &["e"],
@@ -237,6 +241,38 @@ mod tests {
                     .to_string();
                 assert_eq!(moved, copied);
             }
+            // By position, a repeated one (more values a row than the row
+            // holds) is copied, not moved over the next row.
+            let (wide, _) = source.clone().into_columns_at(&[4, 4, 0, 1, 2, 3]);
+            for (i, row) in wide.rows().into_iter().enumerate() {
+                assert_eq!(row[0], source.values[[i, 4]]);
+                assert_eq!(row[1], source.values[[i, 4]]);
+                assert_eq!(row[5], source.values[[i, 3]]);
+            }
         }
+        // No rows.
+        let empty = Dataset {
+            columns: data.columns.clone(),
+            values: Array2::zeros((0, 5)),
+        };
+        let (none, columns) = empty.into_columns(&names(&["d", "a"])).unwrap();
+        assert_eq!(none.dim(), (0, 2));
+        assert_eq!(columns, names(&["d", "a"]));
+    }
+
+    /// A header that names a column twice: taking every column, or asking
+    /// for that name, is an error; asking for other columns is not.
+    #[test]
+    fn a_header_naming_a_column_twice_is_refused_where_it_matters() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let header = names(&["a", "b", "a"]);
+        for wanted in [names(&[]), names(&["a"]), names(&["b", "a"])] {
+            let e = super::super::resolve_columns(&header, &wanted).unwrap_err();
+            assert_eq!(e.to_string(), "column \"a\" is named more than once");
+        }
+        assert_eq!(
+            super::super::resolve_columns(&header, &names(&["b"])).unwrap(),
+            [1]
+        );
     }
 }

@@ -11,7 +11,7 @@ pub mod text;
 pub use error::DataError;
 pub use matrix::{check_finite, Dataset};
 pub use reader::{
-    number_hint, read_table, read_table_limited, read_text_column, resolve_columns,
+    first_repeated, number_hint, read_table, read_table_limited, read_text_column, resolve_columns,
     with_delimiter_hint, ReadLimits, TableFormat,
 };
 pub use scaler::{ColumnStats, Scaler};

@@ -111,16 +111,33 @@ pub fn read_table_limited(
     Dataset::from_rows(names, flat)
 }
 
+/// The first name in `names` that an earlier one repeats.
+pub fn first_repeated(names: &[String]) -> Option<&String> {
+    let mut seen = std::collections::HashSet::with_capacity(names.len());
+    names.iter().find(|name| !seen.insert(name.as_str()))
+}
+
 /// Maps requested column names to positions in the header (all columns when
 /// `wanted` is empty); an unknown name is an error listing the available
-/// ones, and a name asked for twice is an error too.
+/// ones. A name is an error too where it could mean two columns: asked
+/// for twice, or (asked for, or all columns taken) named twice in the
+/// header.
 pub fn resolve_columns(header: &[String], wanted: &[String]) -> Result<Vec<usize>, DataError> {
+    let repeated = |name: &String| DataError::RepeatedColumn { name: name.clone() };
     if wanted.is_empty() {
+        if let Some(name) = first_repeated(header) {
+            return Err(repeated(name));
+        }
         return Ok((0..header.len()).collect());
     }
-    let mut seen = std::collections::HashSet::with_capacity(wanted.len());
-    if let Some(name) = wanted.iter().find(|name| !seen.insert(name.as_str())) {
-        return Err(DataError::RepeatedColumn { name: name.clone() });
+    if let Some(name) = first_repeated(wanted) {
+        return Err(repeated(name));
+    }
+    if let Some(name) = wanted
+        .iter()
+        .find(|name| header.iter().filter(|h| h == name).count() > 1)
+    {
+        return Err(repeated(name));
     }
     wanted
         .iter()

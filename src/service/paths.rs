@@ -123,9 +123,10 @@ pub fn content_error(e: DataError) -> ServiceError {
             "columns",
             format!("the file has no column {:?}", clip(&name)),
         ),
-        DataError::RepeatedColumn { name } => (
+        // The name may come from the file's header: not quoted.
+        DataError::RepeatedColumn { .. } => (
             "columns",
-            DataError::RepeatedColumn { name: clip(&name) }.to_string(),
+            "a column is named more than once (in the request or the file's header)".to_owned(),
         ),
         DataError::NonNumericColumn { .. } => (
             "columns",

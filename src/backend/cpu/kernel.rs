@@ -620,7 +620,7 @@ unsafe fn nearest_tile<S: F32x16, const R: usize, const V: usize, const SECOND: 
 /// register tile of the module docs. Two features per pass, from a pointer
 /// per row: the loop's counter and address arithmetic were a fifth of the
 /// AVX2 tile's instructions (W1's exhaustive step 6 % faster there, the
-/// portable path 8 %; AVX-512 unchanged). Each sum's FMAs keep their order.
+/// portable path 11 %; AVX-512 unchanged). Each sum's FMAs keep their order.
 // Index loops mirror the register tile; iterators would obscure it.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]

@@ -27,8 +27,12 @@ use super::paths::{content_error, ImportRoots};
 use super::storage::{new_id, now_ms, DatasetMeta, ModelBody, ModelRecord, OpenError, Store};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::{AdapterPolicy, GpuBackend};
-use crate::backend::{with_cpu_fallback, Backend, BackendChoice, BackendKind, Cancel};
-use crate::data::{read_table_limited, resolve_columns, ReadLimits, TextFormat};
+use crate::backend::{
+    may_fall_back, with_cpu_fallback, Backend, BackendChoice, BackendKind, Cancel,
+};
+use crate::data::{
+    first_repeated, read_table_limited, resolve_columns, DataError, ReadLimits, TextFormat,
+};
 use crate::kmeans::{evaluate_with, Evaluation, FitControl, Init, KMeansParams, Prediction};
 use crate::pca::PcaParams;
 
@@ -514,6 +518,7 @@ impl Engine {
         job.params.check().map_err(crate::Error::from)?;
         self.check_names("columns", &job.columns)?;
         let meta = self.store.dataset(&job.dataset_id)?;
+        self.check_stored_names("dataset", &meta.id, &meta.columns)?;
         let mut features = if job.columns.is_empty() {
             meta.columns.clone()
         } else {
@@ -596,9 +601,9 @@ impl Engine {
             });
         ctx.phase("fitting");
         let weights = weights.as_ref().map(|w| w.view());
-        let model = if backend.info().backend == BackendKind::Cpu {
-            // No GPU to fall back from, so the fit may scale the rows in
-            // their own buffer: held once, not twice.
+        let model = if !may_fall_back(choice, backend) {
+            // Run once, so the fit may scale the rows in their own buffer:
+            // held once, not twice.
             job.params.fit_owned_with(backend, x, weights, &control)?
         } else {
             with_cpu_fallback(choice, backend, |b| {
@@ -638,6 +643,7 @@ impl Engine {
     ) -> ServiceResult<JobSnapshot> {
         self.check_names("columns", &job.columns)?;
         let meta = self.store.dataset(&job.dataset_id)?;
+        self.check_stored_names("dataset", &meta.id, &meta.columns)?;
         let features = if job.columns.is_empty() {
             meta.columns.clone()
         } else {
@@ -937,6 +943,8 @@ impl Engine {
             )));
         };
         let meta = self.store.dataset(dataset_id)?;
+        self.check_stored_names("model", &record.id, &record.columns)?;
+        self.check_stored_names("dataset", &meta.id, &meta.columns)?;
         resolve_columns(&meta.columns, &record.columns).map_err(crate::Error::from)?;
         cost::evaluate(
             &self.config.limits,
@@ -1011,7 +1019,31 @@ impl Engine {
                 message: format!("{} columns; the limit is {max}", names.len()),
             });
         }
-        names.iter().try_for_each(|n| self.check_name(field, n))
+        names.iter().try_for_each(|n| self.check_name(field, n))?;
+        match first_repeated(names) {
+            Some(name) => Err(ServiceError::invalid(
+                field,
+                DataError::RepeatedColumn {
+                    name: crate::service::auth::clip(name),
+                }
+                .to_string(),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// A dataset or model stored by an earlier version may name a column
+    /// twice; it cannot be read by name. Says so, instead of blaming the
+    /// request.
+    fn check_stored_names(&self, what: &str, id: &str, names: &[String]) -> ServiceResult<()> {
+        match first_repeated(names) {
+            Some(name) => Err(ServiceError::FailedPrecondition(format!(
+                "{what} {id} names column {:?} more than once (stored by an earlier \
+                 version); store it again with distinct column names",
+                crate::service::auth::clip(name)
+            ))),
+            None => Ok(()),
+        }
     }
 }
 
