@@ -215,41 +215,20 @@ fn parquet_input_with_a_weights_column() {
     let named = weighted("a,b");
     assert_eq!(named["columns"], v["columns"]);
     assert_eq!(named["centroids"], v["centroids"]);
-    fails_with(
-        &[
-            "kmeans",
-            "--input",
-            p,
-            "--k",
-            "2",
-            "--columns",
-            "a,b",
-            "--weights",
-            "v",
-        ],
-        "unknown column \"v\"",
-    );
+    // An unknown weights column; a column named twice would count twice
+    // in every distance.
+    for (columns, weights, message) in [
+        ("a,b", "v", "unknown column \"v\""),
+        ("a,b,a", "w", "column \"a\" is named more than once"),
+        ("a,w,w", "w", "column \"w\" is named more than once"),
+    ] {
+        let args = ["kmeans", "--input", p, "--k", "2", "--columns", columns];
+        fails_with(&[&args[..], &["--weights", weights]].concat(), message);
+    }
     fails_with(
         &["kmeans", "--input", p, "--k", "2", "--columns", "a,name"],
         "column \"name\" has type Utf8, which is not numeric",
     );
-    // A column named twice would count twice in every distance.
-    for (columns, twice) in [("a,b,a", "a"), ("a,w,w", "w")] {
-        fails_with(
-            &[
-                "kmeans",
-                "--input",
-                p,
-                "--k",
-                "2",
-                "--columns",
-                columns,
-                "--weights",
-                "w",
-            ],
-            &format!("column \"{twice}\" is named more than once"),
-        );
-    }
 }
 
 #[test]
