@@ -7,7 +7,7 @@ use clap::Args;
 use ndarray::Array2;
 
 use super::{parse_as_of, LogArgs, TextArgs};
-use segmenta::backend::{select, with_cpu_fallback, BackendChoice};
+use segmenta::backend::{may_fall_back, select, with_cpu_fallback, BackendChoice};
 use segmenta::data::{read_table_limited, read_text_column, ReadLimits};
 use segmenta::kmeans::Prediction;
 use segmenta::model_file::ModelFile;
@@ -58,12 +58,17 @@ pub struct ScoreArgs {
     pub backend: BackendChoice,
 }
 
+/// Where the work runs once, the rows are scaled in their own buffer (the
+/// file's values are held once, not twice).
 fn predict(
     choice: BackendChoice,
-    x: &Array2<f32>,
+    x: Array2<f32>,
     model: &segmenta::kmeans::KMeansModel,
 ) -> anyhow::Result<Prediction> {
     let backend = select(choice)?;
+    if !may_fall_back(choice, backend.as_ref()) {
+        return Ok(model.predict_owned(backend.as_ref(), x)?.0);
+    }
     Ok(with_cpu_fallback(choice, backend.as_ref(), |b| {
         model.predict(b, x.view())
     })?)
@@ -151,7 +156,7 @@ pub fn run_assign(args: AssignArgs) -> anyhow::Result<()> {
         Some(col) => read_text_column(&args.input, col, &format)?,
         None => (1..=data.n_rows()).map(|i| i.to_string()).collect(),
     };
-    let p = predict(args.backend, &data.values, &model)?;
+    let p = predict(args.backend, data.values, &model)?;
     write_rows(
         args.out.as_deref(),
         args.id_col.as_deref().unwrap_or("row"),
