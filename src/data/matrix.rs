@@ -43,25 +43,17 @@ impl Dataset {
         Self::new(columns, values)
     }
 
-    /// The named columns (all when `wanted` is empty), as a new matrix (in
-    /// huge pages where it is large: a PCA reads it as it is, see
-    /// [`super::pages`]).
+    /// The named columns (all when `wanted` is empty), as a new matrix.
     pub fn select_columns(
         &self,
         wanted: &[String],
     ) -> Result<(Array2<f32>, Vec<String>), DataError> {
         let idx = super::resolve_columns(&self.columns, wanted)?;
-        let names = idx.iter().map(|&j| self.columns[j].clone()).collect();
-        if idx.iter().copied().eq(0..self.values.ncols()) {
-            return Ok((super::pages::standard_copy(self.values.view()), names));
-        }
-        let mut flat = super::pages::with_capacity(self.values.nrows() * idx.len());
-        for row in self.values.rows() {
-            flat.extend(idx.iter().map(|&j| row[j]));
-        }
-        let x = Array2::from_shape_vec((self.values.nrows(), idx.len()), flat)
-            .expect("n × selected values");
-        Ok((x, names))
+        Ok((gather(self.values.view(), &idx), self.names_at(&idx)))
+    }
+
+    fn names_at(&self, idx: &[usize]) -> Vec<String> {
+        idx.iter().map(|&j| self.columns[j].clone()).collect()
     }
 
     /// [`select_columns`](Self::select_columns) without a second copy of
@@ -77,7 +69,7 @@ impl Dataset {
     /// [`into_columns`](Self::into_columns) by position (each below the
     /// number of columns).
     pub fn into_columns_at(self, idx: &[usize]) -> (Array2<f32>, Vec<String>) {
-        let names = idx.iter().map(|&j| self.columns[j].clone()).collect();
+        let names = self.names_at(idx);
         let (n, d) = self.values.dim();
         let k = idx.len();
         let mut seen = vec![false; d];
@@ -85,8 +77,7 @@ impl Dataset {
         if !self.values.is_standard_layout() || !distinct {
             // Not a row-major buffer to move values within, or more values
             // a row than it holds: copy.
-            let values = self.values.select(Axis(1), idx);
-            return (super::pages::standard_copy(values.view()), names);
+            return (gather(self.values.view(), idx), names);
         }
         if idx.iter().copied().eq(0..d) {
             return (self.values, names);
@@ -115,6 +106,20 @@ impl Dataset {
     pub fn n_cols(&self) -> usize {
         self.values.ncols()
     }
+}
+
+/// Columns `idx` of `values` (any layout) as a new row-major matrix, in
+/// huge pages where it is large: a PCA reads it as it is (see
+/// [`super::pages`]).
+fn gather(values: ArrayView2<f32>, idx: &[usize]) -> Array2<f32> {
+    if idx.iter().copied().eq(0..values.ncols()) {
+        return super::pages::standard_copy(values);
+    }
+    let mut flat = super::pages::with_capacity(values.nrows() * idx.len());
+    for row in values.rows() {
+        flat.extend(idx.iter().map(|&j| row[j]));
+    }
+    Array2::from_shape_vec((values.nrows(), idx.len()), flat).expect("n × selected values")
 }
 
 /// Fails on the first NaN or infinity (in row order), naming its row (1-based)

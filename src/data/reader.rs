@@ -1,5 +1,6 @@
 //! CSV (with a header) and Parquet readers producing a [`Dataset`].
 
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -113,7 +114,7 @@ pub fn read_table_limited(
 
 /// The first name in `names` that an earlier one repeats.
 pub fn first_repeated(names: &[String]) -> Option<&String> {
-    let mut seen = std::collections::HashSet::with_capacity(names.len());
+    let mut seen = HashSet::with_capacity(names.len());
     names.iter().find(|name| !seen.insert(name.as_str()))
 }
 
@@ -125,31 +126,29 @@ pub fn first_repeated(names: &[String]) -> Option<&String> {
 pub fn resolve_columns(header: &[String], wanted: &[String]) -> Result<Vec<usize>, DataError> {
     let repeated = |name: &String| DataError::RepeatedColumn { name: name.clone() };
     if wanted.is_empty() {
-        if let Some(name) = first_repeated(header) {
-            return Err(repeated(name));
-        }
-        return Ok((0..header.len()).collect());
+        return match first_repeated(header) {
+            Some(name) => Err(repeated(name)),
+            None => Ok((0..header.len()).collect()),
+        };
     }
     if let Some(name) = first_repeated(wanted) {
         return Err(repeated(name));
     }
-    if let Some(name) = wanted
-        .iter()
-        .find(|name| header.iter().filter(|h| h == name).count() > 1)
-    {
-        return Err(repeated(name));
+    // Each header name's position; `None` where the header names it twice.
+    let mut at: HashMap<&str, Option<usize>> = HashMap::with_capacity(header.len());
+    for (j, name) in header.iter().enumerate() {
+        at.entry(name).and_modify(|p| *p = None).or_insert(Some(j));
     }
     wanted
         .iter()
-        .map(|name| {
-            header
-                .iter()
-                .position(|h| h == name)
-                .ok_or_else(|| DataError::UnknownColumn {
-                    name: name.clone(),
-                    available: header.join(", "),
-                    hint: String::new(),
-                })
+        .map(|name| match at.get(name.as_str()) {
+            Some(&Some(j)) => Ok(j),
+            Some(None) => Err(repeated(name)),
+            None => Err(DataError::UnknownColumn {
+                name: name.clone(),
+                available: header.join(", "),
+                hint: String::new(),
+            }),
         })
         .collect()
 }

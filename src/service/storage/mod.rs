@@ -344,9 +344,11 @@ impl Store {
         values.resize(len, 0.0);
         file.read_exact(bytemuck::cast_slice_mut(&mut values))
             .map_err(ServiceError::io)?;
-        for v in &mut values {
-            // Stored little-endian; a no-op on little-endian machines.
-            *v = f32::from_bits(u32::from_le(v.to_bits()));
+        if cfg!(target_endian = "big") {
+            // Stored little-endian.
+            for v in &mut values {
+                *v = f32::from_bits(u32::from_le(v.to_bits()));
+            }
         }
         let values = Array2::from_shape_vec(shape, values).map_err(|e| damaged(e.to_string()))?;
         Ok((
