@@ -335,7 +335,12 @@ impl Store {
         // Compared in bytes on disk, so no shape in the metadata can
         // overflow the product or size an allocation the file cannot fill.
         if on_disk % 4 != 0 || on_disk / 4 != len as u64 {
-            return Err(damaged(format!("{on_disk} bytes of values for {len}")));
+            return Err(damaged(format!(
+                "its values file holds {on_disk} bytes where {} rows × {} columns need {}",
+                shape.0,
+                shape.1,
+                len as u128 * 4
+            )));
         }
         // Read straight into the f32 buffer a fit reads (in huge pages
         // where large): no byte copy beside it, so loading holds the
