@@ -2229,3 +2229,151 @@ fn erasure_goes_on_past_a_damaged_log_and_names_it() {
         server.stop().await;
     });
 }
+
+/// Pops the last element of the first array under `key` (depth first).
+fn shorten_first(v: &mut serde_json::Value, key: &str) -> bool {
+    match v {
+        serde_json::Value::Object(map) => {
+            if let Some(serde_json::Value::Array(a)) = map.get_mut(key) {
+                return a.pop().is_some();
+            }
+            map.values_mut().any(|v| shorten_first(v, key))
+        }
+        serde_json::Value::Array(a) => a.iter_mut().any(|v| shorten_first(v, key)),
+        _ => false,
+    }
+}
+
+/// Datasets and models damaged on the server's disk are DATA_LOSS (or a
+/// failed job) naming the object and what is wrong, never a panic or a
+/// blamed request; the server keeps serving the objects that are whole.
+#[test]
+fn damaged_stored_objects_are_data_loss_and_the_server_keeps_serving() {
+    runtime().block_on(async {
+        let dir = TempDir::new().unwrap();
+        let server = TestServer::start(dir.path(), Limits::default()).await;
+        let (x, _) = blobs(300, 3, 3, 5);
+        let dataset = server.upload(&["a", "b", "c"], &x).await;
+        let fit = |id: &str| pb::FitKMeansRequest {
+            dataset_id: id.into(),
+            k: 3,
+            backend: pb::Backend::Cpu as i32,
+            ..Default::default()
+        };
+        let job = server.clustering().fit_k_means(fit(&dataset.id)).await;
+        let (job, _) = server.finish(&job.unwrap().into_inner().id).await;
+        let kmeans = kmeans_of(&job);
+        let job = server
+            .decomposition()
+            .fit_pca(pb::FitPcaRequest {
+                dataset_id: dataset.id.clone(),
+                n_components: 2,
+                ..Default::default()
+            })
+            .await;
+        let (job, _) = server.finish(&job.unwrap().into_inner().id).await;
+        let Some(pb::job::Result::Pca(pca)) = job.result else {
+            panic!("no PCA model: {}", job.error)
+        };
+        let stored = dir.path().join("datasets").join(&dataset.id);
+        let meta = std::fs::read(stored.join("meta.json")).unwrap();
+        let get = || {
+            let (mut client, id) = (server.datasets(), dataset.id.clone());
+            async move { client.get(pb::GetDatasetRequest { id }).await }
+        };
+
+        // A values file cut short: the fit's job fails saying so.
+        let values = std::fs::read(stored.join("values.f32")).unwrap();
+        std::fs::write(stored.join("values.f32"), &values[..values.len() - 4]).unwrap();
+        let job = server.clustering().fit_k_means(fit(&dataset.id)).await;
+        let (job, _) = server.finish(&job.unwrap().into_inner().id).await;
+        assert_eq!(job.state, pb::JobState::Failed as i32);
+        assert!(
+            job.error
+                .contains(&format!("dataset {} is damaged", dataset.id))
+                && job.error.contains("values file holds 3596 bytes"),
+            "{}",
+            job.error
+        );
+        std::fs::write(stored.join("values.f32"), &values).unwrap();
+
+        // Metadata that is not JSON, or names no columns.
+        let no_columns = String::from_utf8(meta.clone())
+            .unwrap()
+            .replace(r#""columns":["a","b","c"]"#, r#""columns":[]"#);
+        assert_ne!(
+            no_columns.as_bytes(),
+            &meta[..],
+            "the metadata's form changed"
+        );
+        for (bytes, why) in [
+            (&b"{ not json"[..], "its metadata: "),
+            (no_columns.as_bytes(), "its metadata names no columns"),
+        ] {
+            std::fs::write(stored.join("meta.json"), bytes).unwrap();
+            let e = get().await.unwrap_err();
+            assert_eq!(e.code(), Code::DataLoss, "{e}");
+            assert!(e.message().contains(why), "{e}");
+            let e = server
+                .clustering()
+                .fit_k_means(fit(&dataset.id))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::DataLoss, "{e}");
+        }
+        std::fs::write(stored.join("meta.json"), &meta).unwrap();
+        assert_eq!(get().await.unwrap().into_inner(), dataset);
+
+        // Models: one not JSON, one whose shapes disagree. Damaged while
+        // the server is down (a running one holds the models it used).
+        server.stop().await;
+        let models = dir.path().join("models");
+        let kmeans_file = models.join(format!("{}.json", kmeans.id));
+        std::fs::write(&kmeans_file, b"[1, 2").unwrap();
+        let pca_file = models.join(format!("{}.json", pca.id));
+        let mut record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&pca_file).unwrap()).unwrap();
+        assert!(
+            shorten_first(&mut record, "explained_variance"),
+            "no explained_variance in {record}"
+        );
+        std::fs::write(&pca_file, serde_json::to_vec(&record).unwrap()).unwrap();
+        let server = TestServer::start(dir.path(), Limits::default()).await;
+        let e = server
+            .clustering()
+            .assign(pb::AssignRequest {
+                model_id: kmeans.id.clone(),
+                rows: vec![0.0; 3],
+                n_features: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::DataLoss, "{e}");
+        assert!(
+            e.message()
+                .starts_with(&format!("model {} is damaged", kmeans.id)),
+            "{e}"
+        );
+        let e = server
+            .decomposition()
+            .transform(pb::TransformRequest {
+                model_id: pca.id.clone(),
+                rows: vec![0.0; 3],
+                n_features: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::DataLoss, "{e}");
+        assert!(
+            e.message()
+                .contains("1 explained_variance values for 2 components"),
+            "{e}"
+        );
+
+        // Still serving the whole dataset.
+        let job = server.clustering().fit_k_means(fit(&dataset.id)).await;
+        let (job, _) = server.finish(&job.unwrap().into_inner().id).await;
+        assert_eq!(job.state, pb::JobState::Succeeded as i32, "{}", job.error);
+        server.stop().await;
+    });
+}

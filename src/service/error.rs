@@ -41,6 +41,11 @@ pub enum ServiceError {
     Cancelled,
     #[error("internal error: {0}")]
     Internal(String),
+    /// Something stored on the server's disk (a dataset, a model, a log's
+    /// record) is damaged: not the request's fault, and retrying will not
+    /// help until it is deleted or restored.
+    #[error("{0}")]
+    DataLoss(String),
 }
 
 impl ServiceError {
@@ -49,6 +54,16 @@ impl ServiceError {
             field: field.into(),
             message: message.into(),
         }
+    }
+
+    /// A stored object that cannot be read back as it was written. `what`
+    /// and `id` are the server's own (never client text), `why` says what
+    /// is wrong with it.
+    pub fn damaged(what: &str, id: &str, why: impl std::fmt::Display) -> Self {
+        Self::DataLoss(format!(
+            "{what} {id} is damaged on the server's disk ({why}): delete it, or restore it \
+             from a backup"
+        ))
     }
 
     /// Client input echoed in a message is clipped to a short prefix.
@@ -235,6 +250,7 @@ impl From<ServiceError> for Status {
             ServiceError::DeadlineExceeded(_) => Status::deadline_exceeded(message),
             ServiceError::Cancelled => Status::cancelled(message),
             ServiceError::Internal(_) => Status::internal(message),
+            ServiceError::DataLoss(_) => Status::data_loss(message),
         }
     }
 }

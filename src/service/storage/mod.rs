@@ -316,14 +316,22 @@ impl Store {
 
     pub fn dataset(&self, id: &str) -> ServiceResult<DatasetMeta> {
         let text = fs::read(self.dataset_dir(id)?.join("meta.json")).map_err(ServiceError::io)?;
-        serde_json::from_slice(&text)
-            .map_err(|e| ServiceError::Internal(format!("dataset {id}: {e}")))
+        let meta: DatasetMeta = serde_json::from_slice(&text)
+            .map_err(|e| ServiceError::damaged("dataset", id, format!("its metadata: {e}")))?;
+        if meta.columns.is_empty() {
+            // Every upload and import refuses data without columns.
+            return Err(ServiceError::damaged(
+                "dataset",
+                id,
+                "its metadata names no columns",
+            ));
+        }
+        Ok(meta)
     }
 
     pub fn load_dataset(&self, id: &str) -> ServiceResult<(DatasetMeta, Dataset)> {
         let meta = self.dataset(id)?;
-        let damaged =
-            |why: String| ServiceError::Internal(format!("dataset {id} is damaged: {why}"));
+        let damaged = |why: String| ServiceError::damaged("dataset", id, why);
         let shape = (meta.n_rows as usize, meta.columns.len());
         let len = shape
             .0
@@ -403,12 +411,14 @@ impl Store {
         check_id("model", id)?;
         let path = self.models.join(format!("{id}.json"));
         let text = fs::read(&path).map_err(|_| ServiceError::not_found("model", id))?;
-        let record: ModelRecord = serde_json::from_slice(&text)
-            .map_err(|e| ServiceError::Internal(format!("model {id}: {e}")))?;
-        if let ModelBody::KMeans(m) = &record.body {
-            m.check_consistent()
-                .map_err(|e| ServiceError::Internal(format!("model {id} is damaged: {e}")))?;
+        let record: ModelRecord =
+            serde_json::from_slice(&text).map_err(|e| ServiceError::damaged("model", id, e))?;
+        // Shapes that disagree would panic where the model is used.
+        match &record.body {
+            ModelBody::KMeans(m) => m.check_consistent(),
+            ModelBody::Pca(m) => m.check_consistent(),
         }
+        .map_err(|e| ServiceError::damaged("model", id, e))?;
         Ok(record)
     }
 

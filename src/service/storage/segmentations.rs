@@ -172,7 +172,7 @@ impl Store {
         let text =
             fs::read(self.transactions.join(id).join("meta.json")).map_err(|_| not_found())?;
         serde_json::from_slice(&text)
-            .map_err(|e| ServiceError::Internal(format!("transaction log {id}: {e}")))
+            .map_err(|e| ServiceError::damaged("transaction log", id, format!("its metadata: {e}")))
     }
 
     /// The stored log's file, for the reader.
@@ -238,7 +238,7 @@ impl Store {
     fn read_json<T: serde::de::DeserializeOwned>(&self, id: &str, file: &str) -> ServiceResult<T> {
         let text = fs::read(self.segmentation_dir(id)?.join(file)).map_err(ServiceError::io)?;
         serde_json::from_slice(&text)
-            .map_err(|e| ServiceError::Internal(format!("segmentation {id}, {file}: {e}")))
+            .map_err(|e| ServiceError::damaged("segmentation", id, format!("{file}: {e}")))
     }
 
     /// The outputs' record, if they are of `kind`: another kind's id is
