@@ -382,8 +382,15 @@ impl Store {
                 .to_string_lossy()
                 .into_owned();
             if !name.starts_with(TMP) {
-                if let Ok(meta) = self.dataset(&name) {
-                    out.push(meta);
+                match self.dataset(&name) {
+                    Ok(meta) => out.push(meta),
+                    // Left out of the list, but an operator should know:
+                    // Get says what is wrong (the log never quotes stored
+                    // content) and Delete still takes its id.
+                    Err(ServiceError::DataLoss(_)) => {
+                        tracing::warn!(dataset = %name, "a stored dataset is damaged; left out of the list")
+                    }
+                    Err(_) => {}
                 }
             }
         }
