@@ -330,6 +330,38 @@ fn unknown_column() {
     );
 }
 
+/// Column lists are trimmed like the header's names and never hold an
+/// empty name; a header column without a name (a spreadsheet's index, say)
+/// is refused when every column is taken, and can be left out.
+#[test]
+fn column_lists_are_trimmed_and_unnamed_columns_refused() {
+    let dir = TempDir::new().unwrap();
+    let path = write(&dir, "index.csv", ",a,b\n0,1,2\n1,3,5\n2,8,1\n");
+    let p = path.to_str().unwrap();
+    let fit = |columns: &[&str]| -> Vec<String> {
+        let args = ["kmeans", "--input", p, "--k", "2", "--backend", "cpu"];
+        let all = [&args[..], columns, &["--json"]].concat();
+        all.into_iter().map(str::to_owned).collect()
+    };
+    fn strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let v = json_of(&strs(&fit(&["--columns", " a , b"])));
+    assert_eq!(v["columns"], serde_json::json!(["a", "b"]));
+    fails_with(
+        &strs(&fit(&[])),
+        "column 1 of the header has no name: name it, or choose the columns to use",
+    );
+    // A usage error: clap's exit code 2.
+    for list in ["a,,b", "a,b,", " "] {
+        segmenta()
+            .args(fit(&["--columns", list]))
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("an empty column name"));
+    }
+}
+
 #[test]
 fn non_numeric_value_names_column_and_row() {
     let message = "column \"spend\", row 2: \"abc\" is not a number";

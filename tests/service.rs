@@ -816,6 +816,27 @@ fn bad_requests_get_the_right_code_and_the_server_keeps_serving() {
             e.message() == "header.columns: column \"a\" is named more than once",
             "{e}"
         );
+        // An empty column name, uploaded or asked for.
+        let e = server
+            .datasets()
+            .upload(tokio_stream::iter(vec![
+                header("unnamed", &["a", ""]),
+                rows(vec![1.0, 2.0]),
+            ]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert_eq!(e.message(), "header.columns: a column name is empty");
+        let e = server
+            .clustering()
+            .fit_k_means(pb::FitKMeansRequest {
+                columns: vec!["a".into(), "".into()],
+                ..fit(2)
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert_eq!(e.message(), "columns: a column name is empty");
         let e = server
             .clustering()
             .fit_k_means(pb::FitKMeansRequest {

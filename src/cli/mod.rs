@@ -147,6 +147,15 @@ fn parse_delimiter(s: &str) -> Result<Delimiter, String> {
     s.parse()
 }
 
+/// One name of a comma-separated column list: trimmed, as the readers trim
+/// header names, and never empty.
+pub(crate) fn column_name(s: &str) -> Result<String, String> {
+    match s.trim() {
+        "" => Err("an empty column name (two commas in a row, or one at an end?)".into()),
+        name => Ok(name.to_owned()),
+    }
+}
+
 /// Options shared by the commands that read a table.
 #[derive(Debug, Args)]
 pub struct InputArgs {
@@ -154,7 +163,7 @@ pub struct InputArgs {
     #[arg(long)]
     pub input: PathBuf,
     /// Columns to use, comma-separated (default: all).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = column_name)]
     pub columns: Vec<String>,
     #[command(flatten)]
     pub text: TextArgs,

@@ -7,6 +7,7 @@ use std::time::Instant;
 use clap::Args;
 use serde_json::json;
 
+use super::column_name;
 use super::output::{fmt_f, progress_bar, table};
 use segmenta::backend::{select, with_cpu_fallback, BackendChoice};
 use segmenta::kmeans::adjusted_rand_index;
@@ -35,7 +36,7 @@ pub struct JobArgs {
     /// Features to cluster on, comma-separated, from recency_days,
     /// frequency, monetary, avg_order_value, tenure_days (default: every
     /// one with spread across the customers; all five are profiled).
-    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    #[arg(long, value_delimiter = ',', value_name = "NAMES", value_parser = column_name)]
     pub features: Vec<String>,
     /// Members beyond this percentile of their segment's distances are outliers.
     #[arg(long, default_value_t = 99.0)]

@@ -33,6 +33,11 @@ pub enum DataError {
         value: String,
         hint: String,
     },
+    /// An empty header name (a spreadsheet's index column, say) cannot be
+    /// asked for by name or shown in a profile; taking every column would
+    /// take it silently. `position` counts from 1.
+    #[error("column {position} of the header has no name: name it, or choose the columns to use")]
+    UnnamedColumn { position: usize },
     #[error("column {column:?} has type {dtype}, which is not numeric")]
     NonNumericColumn { column: String, dtype: String },
     #[error("the data has no rows")]

@@ -280,4 +280,21 @@ mod tests {
             [1]
         );
     }
+
+    /// A header column without a name is refused when every column is
+    /// taken, and may be left out.
+    #[test]
+    fn an_unnamed_header_column_is_refused_only_when_taken() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let header = names(&["a", "", "b"]);
+        let e = super::super::resolve_columns(&header, &[]).unwrap_err();
+        assert!(
+            matches!(e, DataError::UnnamedColumn { position: 2 }),
+            "{e}"
+        );
+        assert_eq!(
+            super::super::resolve_columns(&header, &names(&["b", "a"])).unwrap(),
+            [2, 0]
+        );
+    }
 }

@@ -122,10 +122,13 @@ pub fn first_repeated(names: &[String]) -> Option<&String> {
 /// `wanted` is empty); an unknown name is an error listing the available
 /// ones. A name is an error too where it could mean two columns: asked
 /// for twice, or (asked for, or all columns taken) named twice in the
-/// header.
+/// header. Taking all columns is an error where one has no name.
 pub fn resolve_columns(header: &[String], wanted: &[String]) -> Result<Vec<usize>, DataError> {
     let repeated = |name: &String| DataError::RepeatedColumn { name: name.clone() };
     if wanted.is_empty() {
+        if let Some(j) = header.iter().position(String::is_empty) {
+            return Err(DataError::UnnamedColumn { position: j + 1 });
+        }
         return match first_repeated(header) {
             Some(name) => Err(repeated(name)),
             None => Ok((0..header.len()).collect()),

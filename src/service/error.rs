@@ -126,6 +126,7 @@ impl From<Error> for ServiceError {
                 let field = match &d {
                     DataError::UnknownColumn { .. }
                     | DataError::RepeatedColumn { .. }
+                    | DataError::UnnamedColumn { .. }
                     | DataError::NonNumericColumn { .. } => "columns",
                     DataError::Io { .. }
                     | DataError::UnknownFormat { .. }

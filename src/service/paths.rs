@@ -141,6 +141,7 @@ pub fn content_error(e: DataError) -> ServiceError {
         }
         e @ (DataError::NoRows
         | DataError::NoColumns
+        | DataError::UnnamedColumn { .. }
         | DataError::Shape { .. }
         | DataError::TooLarge { .. }) => return crate::Error::from(e).into(),
     };

@@ -12,7 +12,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use super::kmeans::InitArg;
 use super::output::progress_bar;
-use super::TextArgs;
+use super::{column_name, TextArgs};
 use segmenta::kmeans::InitSample;
 
 mod info;
@@ -119,7 +119,7 @@ pub enum ClientCommand {
         #[arg(long)]
         input: PathBuf,
         /// Columns to upload, comma-separated (default: all; all numeric).
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', value_parser = column_name)]
         columns: Vec<String>,
         /// Dataset name (default: the file name).
         #[arg(long)]
@@ -133,7 +133,7 @@ pub enum ClientCommand {
         #[arg(long)]
         path: String,
         /// Columns to keep, comma-separated (default: all; all numeric).
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', value_parser = column_name)]
         columns: Vec<String>,
         /// Dataset name (default: the file name).
         #[arg(long)]
@@ -152,7 +152,7 @@ pub enum ClientCommand {
         #[arg(long)]
         n_components: u32,
         /// Columns to use, comma-separated (default: all).
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', value_parser = column_name)]
         columns: Vec<String>,
         /// Scale projected components to unit variance.
         #[arg(long)]
@@ -191,7 +191,7 @@ pub enum ClientCommand {
         #[arg(long)]
         input: PathBuf,
         /// Feature columns, comma-separated, in the model's order (default: all).
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', value_parser = column_name)]
         columns: Vec<String>,
         /// Column whose values name each row in the output (default: row numbers).
         #[arg(long)]
@@ -253,7 +253,7 @@ pub struct FitArgs {
     #[arg(long)]
     k: u32,
     /// Feature columns, comma-separated (default: all but --weights).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = column_name)]
     columns: Vec<String>,
     /// How the first centroids are chosen.
     #[arg(long, value_enum, default_value = "k-means++")]

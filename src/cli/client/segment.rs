@@ -12,6 +12,7 @@ use segmenta::segmentation::SegmentationError;
 use segmenta::service::proto as pb;
 
 use super::{proto_backend, proto_text_format, watch, Conn};
+use crate::cli::column_name;
 use crate::cli::LogArgs;
 
 #[derive(Debug, Args)]
@@ -48,7 +49,7 @@ pub struct ClientSegmentArgs {
     min_share: Option<f64>,
     /// Features to cluster on, comma-separated (default: every one with
     /// spread across the customers).
-    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    #[arg(long, value_delimiter = ',', value_name = "NAMES", value_parser = column_name)]
     features: Vec<String>,
     /// Refresh: warm-start from this segmentation (seg-…) and keep its ids.
     #[arg(long)]

@@ -1020,6 +1020,9 @@ impl Engine {
             });
         }
         names.iter().try_for_each(|n| self.check_name(field, n))?;
+        if names.iter().any(String::is_empty) {
+            return Err(ServiceError::invalid(field, "a column name is empty"));
+        }
         match first_repeated(names) {
             Some(name) => Err(ServiceError::invalid(
                 field,
