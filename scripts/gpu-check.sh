@@ -163,6 +163,11 @@ doc = {"quick": os.environ["QUICK"] == "1", "elapsed_s": int(os.environ["ELAPSED
        "bench_failed": os.environ["BENCH_FAILED"] == "1",
        "parity": parity, **peaks, "results": results}
 json.dump(doc, open(os.path.join(out, "gpu-check.json"), "w"), indent=1)
+def quick_or_faiss_gpu(results, doc):
+    """Whether the run needed no FAISS GPU row (--quick on the software
+    driver), or has one."""
+    return doc["quick"] or any(r["implementation"].startswith("faiss") and r["adapter"] == "gpu"
+                               for r in results)
 def f(v, d=1):
     return "-" if v is None else f"{v:.{d}f}"
 fma = ", ".join(f"{k} {v:.1f}" for k, v in (peaks["cpu_fma_peak_gflops"] or {}).items())
@@ -173,6 +178,9 @@ lines = [f"# GPU check{' (--quick)' if doc['quick'] else ''}", "",
          f"CPU FMA peak: {fma or '-'} GFLOP/s (kernels at {peaks['cpu_simd_level']}).", "",
          "Peers: " + (", ".join(peers) if peers else
                       "none ran (scikit-learn or FAISS missing: see gpu-check.log)") + ".", "",
+         *([] if quick_or_faiss_gpu(results, doc) else
+           ["FAISS on the GPU did not run: its package (faiss-gpu-cu12, which needs CUDA 12's "
+            "cuBLAS, about 400 MB more) is not installed for this python3.", ""]),
          "| parity | result |", "|---|---|"]
 lines += [f"| {t} | {r} |" for t, r in parity.items()]
 lines += ["", "| workload | implementation | adapter | unit | median ms | GFLOP/s | % of peak "
