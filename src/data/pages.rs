@@ -34,6 +34,21 @@ pub fn with_capacity<T: Copy>(len: usize) -> Vec<T> {
     v
 }
 
+/// [`with_capacity`] for a length read from a file's metadata, which a
+/// damaged file can overstate: where the room cannot be had, an empty
+/// `Vec` that grows as it is filled (ordinary pages), never an abort.
+pub fn try_with_capacity<T: Copy>(len: usize) -> Vec<T> {
+    let mut v: Vec<T> = Vec::new();
+    if v.try_reserve_exact(len).is_err() {
+        return Vec::new();
+    }
+    advise_huge(
+        v.as_ptr().cast(),
+        len.saturating_mul(std::mem::size_of::<T>()),
+    );
+    v
+}
+
 /// A row-major copy of `x`, whatever its layout, in a buffer from
 /// [`with_capacity`]: the working copy a kernel reads.
 pub fn standard_copy(x: ndarray::ArrayView2<f32>) -> ndarray::Array2<f32> {

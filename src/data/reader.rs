@@ -343,12 +343,20 @@ fn read_parquet(
             });
         }
     }
+    let width = picks.len();
+    // The row count is known before the read: the values go into one
+    // buffer of that size (huge pages where large, as a fit's working copy
+    // has; no doubling as it grows). A count over the limits is left to
+    // the read itself to report, as is one the file does not hold.
+    let expected = usize::try_from(builder.metadata().file_metadata().num_rows())
+        .ok()
+        .and_then(|rows| rows.checked_mul(width))
+        .filter(|&n| limits.check_values(n).is_ok());
+    let mut flat: Vec<f32> = expected.map_or_else(Vec::new, super::pages::try_with_capacity);
     let reader = builder
         .with_batch_size(64 * 1024)
         .build()
         .map_err(|e| malformed(e.to_string()))?;
-    let width = picks.len();
-    let mut flat = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| malformed(e.to_string()))?;
         let start = flat.len();
@@ -365,6 +373,10 @@ fn read_parquet(
             debug_assert_eq!(values.len(), batch.num_rows());
             let _ = values.null_count();
         }
+    }
+    if expected != Some(flat.len()) {
+        // The metadata overstated the rows: give back the room not filled.
+        flat.shrink_to_fit();
     }
     let names = picks.iter().map(|&c| header[c].clone()).collect();
     Ok((names, flat))
