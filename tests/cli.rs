@@ -362,6 +362,18 @@ fn column_lists_are_trimmed_and_unnamed_columns_refused() {
     }
 }
 
+/// An id column's digits are never read as a number: taking every column
+/// of a file with customer ids like `cust1` is an error naming the cell.
+#[test]
+fn ids_with_digits_are_not_numbers() {
+    fails_on_file(
+        "ids.csv",
+        "id,x\ncust1,1\ncust2,2\ncust10,10\n",
+        &["kmeans", "--k", "2"],
+        "column \"id\", row 1: \"cust1\" is not a number",
+    );
+}
+
 #[test]
 fn non_numeric_value_names_column_and_row() {
     let message = "column \"spend\", row 2: \"abc\" is not a number";

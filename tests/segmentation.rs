@@ -174,6 +174,9 @@ fn each_bad_row_is_rejected_with_its_row_number() {
         ),
         ("x,2024-02-30,10,1", RowProblem::BadDate, "date"),
         ("x,2024-01-03,ten,1", RowProblem::BadAmount, "amount"),
+        // Digits inside a word are not an amount (a refund of 17 here).
+        ("x,2024-01-03,ABC-17,1", RowProblem::BadAmount, "amount"),
+        ("x,2024-01-03,12 apples,1", RowProblem::BadAmount, "amount"),
         ("x,2024-01-03,10,lots", RowProblem::BadQuantity, "quantity"),
     ];
     for (line, problem, column) in cases {

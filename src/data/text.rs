@@ -182,6 +182,9 @@ pub fn parse_number(text: &str, decimal_comma: bool) -> Option<f64> {
     }
     let last = t.rfind(|c: char| c.is_ascii_digit())?;
     let (prefix, body, suffix) = (&t[..first], &t[first..=last], &t[last + 1..]);
+    if !currency_words_only(prefix, suffix) {
+        return None;
+    }
     let mut negative = parens;
     let mut signs = 0;
     for c in prefix.chars().chain(suffix.chars()) {
@@ -252,6 +255,52 @@ pub fn parse_number(text: &str, decimal_comma: bool) -> Option<f64> {
     .ok()?;
     let v = if negative { -v } else { v };
     v.is_finite().then_some(v)
+}
+
+/// Whether the letters beside a number are at most one word, and that a
+/// currency's code or abbreviation (`USD`, `Rs.`, `kr`, the `R` of `R$`).
+/// Any other word means the cell is not an amount (`cust5`, `ABC-17`,
+/// `12 apples`): reading its digits would invent a number.
+fn currency_words_only(prefix: &str, suffix: &str) -> bool {
+    let mut words = 0;
+    for side in [prefix, suffix] {
+        let mut rest = side;
+        while let Some(start) = rest.find(char::is_alphabetic) {
+            let word_and_after = &rest[start..];
+            let end = word_and_after
+                .find(|c: char| !c.is_alphabetic())
+                .unwrap_or(word_and_after.len());
+            let (word, after) = word_and_after.split_at(end);
+            words += 1;
+            if words > 1 || !is_currency_word(word, after.starts_with('$')) {
+                return false;
+            }
+            rest = after;
+        }
+    }
+    true
+}
+
+/// ISO 4217 codes of the currencies exports commonly carry, and the usual
+/// abbreviations (compared without case).
+const CURRENCY_WORDS: &[&str] = &[
+    "usd", "eur", "gbp", "jpy", "cny", "rmb", "inr", "chf", "cad", "aud", "nzd", "sek", "nok",
+    "dkk", "isk", "pln", "czk", "huf", "ron", "bgn", "rsd", "hrk", "rub", "uah", "try", "ils",
+    "zar", "brl", "mxn", "ars", "clp", "cop", "pen", "uyu", "krw", "twd", "hkd", "sgd", "myr",
+    "thb", "idr", "php", "vnd", "pkr", "bdt", "lkr", "npr", "aed", "sar", "qar", "kwd", "bhd",
+    "omr", "jod", "egp", "mad", "tnd", "ngn", "kes", "ghs", "xof", "xaf", "btc", "rs", "fr",
+    "sfr", "kr", "zł", "kč", "ft", "lei", "rm", "rp", "tl", "dh", "dhs", "ksh", "fcfa", "cfa",
+];
+
+/// Letters written before `$` to say which dollar (`US$`, `R$`, `HK$`).
+const DOLLAR_PREFIXES: &[&str] = &[
+    "us", "a", "au", "c", "ca", "nz", "hk", "s", "r", "mx", "nt", "rd", "j", "tt", "bz", "ec",
+];
+
+fn is_currency_word(word: &str, before_dollar: bool) -> bool {
+    let word = word.to_lowercase();
+    CURRENCY_WORDS.contains(&word.as_str())
+        || (before_dollar && DOLLAR_PREFIXES.contains(&word.as_str()))
 }
 
 /// Currency symbols written next to amounts.
@@ -333,6 +382,25 @@ mod tests {
             ("1 2 3", false, None),
             ("1'234.50", false, Some(1234.5)),
             ("12.50 §", false, None),
+            // Currency words, and words that are not: an id or a label's
+            // digits are never an amount.
+            ("EUR 3", false, Some(3.0)),
+            ("usd 3", false, Some(3.0)),
+            ("100 kr", false, Some(100.0)),
+            ("R$ 10,50", true, Some(10.5)),
+            ("US$1,000", false, Some(1000.0)),
+            ("12,50 zł", true, Some(12.5)),
+            ("cust1", false, None),
+            ("cust10", false, None),
+            ("A-17", false, None),
+            ("ABC-17", false, None),
+            ("XYZ 5", false, None),
+            ("12 apples", false, None),
+            ("x12", false, None),
+            ("12abc", false, None),
+            ("USD 12 EUR", false, None),
+            ("A$ 5", false, Some(5.0)),
+            ("A 5", false, None),
         ];
         for (text, comma, want) in cases {
             assert_eq!(
