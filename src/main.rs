@@ -8,6 +8,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    if !matches!(args.command, cli::Command::Serve(_) | cli::Command::Bench(_)) {
+        quiet_on_closed_pipe();
+    }
     cli::init_logging(args.verbose);
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -15,6 +18,19 @@ fn main() -> ExitCode {
             eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A command whose output is piped into `head` ends quietly when the pipe
+/// closes, as other command-line tools do. Rust ignores SIGPIPE, so every
+/// later `println!` would panic instead. Not for `serve` and `bench`, which
+/// run servers: they keep the error on a closed connection.
+fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default action before any thread is
+    // started; no handler of ours is replaced.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
