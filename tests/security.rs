@@ -738,14 +738,16 @@ fn finished_jobs_are_pruned_and_lists_page() {
             }
         }
         assert_eq!(seen, ids);
-        let e = datasets(&c)
-            .list(pb::ListDatasetsRequest {
-                page_size: 1,
-                page_token: "../../etc".into(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), Code::InvalidArgument);
+        for bad in ["../../etc", "garbage", "AAAA", &format!("km-{}", &ids[0][3..])] {
+            let e = datasets(&c)
+                .list(pb::ListDatasetsRequest {
+                    page_size: 1,
+                    page_token: bad.into(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{bad}");
+        }
         server.stop().await.unwrap();
     });
 }

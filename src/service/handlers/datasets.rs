@@ -148,7 +148,7 @@ impl pb::datasets_server::Datasets for DatasetsService {
         request: Request<pb::ListDatasetsRequest>,
     ) -> Result<Response<pb::ListDatasetsResponse>, Status> {
         let r = request.into_inner();
-        let page = page_request(r.page_size, r.page_token)?;
+        let page = page_request(r.page_size, r.page_token, &["ds"])?;
         let store = self.engine.store.clone();
         let all = tokio::task::block_in_place(|| store.list_datasets())?;
         let (datasets, next_page_token) = paginate(

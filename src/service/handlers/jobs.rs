@@ -84,7 +84,7 @@ impl pb::jobs_server::Jobs for JobsService {
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let r = request.into_inner();
-        let page = page_request(r.page_size, r.page_token)?;
+        let page = page_request(r.page_size, r.page_token, &["job"])?;
         let snapshots = self.engine.jobs.list(page.after.as_deref());
         let engine = &self.engine;
         let (jobs, next_page_token) = paginate(

@@ -37,13 +37,20 @@ struct PageRequest {
     after: Option<String>,
 }
 
-fn page_request(size: u32, token: String) -> Result<PageRequest, ServiceError> {
+/// `kinds`: the id prefixes of the listed objects (`ds`, `km`, …).
+fn page_request(size: u32, token: String, kinds: &[&str]) -> Result<PageRequest, ServiceError> {
     let size = match size as usize {
         0 => DEFAULT_PAGE_SIZE,
         n => n.min(MAX_PAGE_SIZE),
     };
-    // Tokens are the last id of the previous page: our own id syntax.
-    let valid = token.len() < 100 && token.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    // Tokens are the last id of the previous page: an id of the listed
+    // kind, whether or not that object still exists.
+    let valid = token.is_empty()
+        || token.split_once('-').is_some_and(|(kind, rest)| {
+            kinds.contains(&kind)
+                && rest.len() == 32
+                && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        });
     if !valid {
         return Err(ServiceError::invalid(
             "page_token",
@@ -144,30 +151,38 @@ mod tests {
 
     #[test]
     fn pages_end_at_the_count_or_the_byte_budget() {
+        let id = |i: usize| format!("ds-{i:032x}");
         let items = |n: usize| {
-            (0..n).map(|i| {
+            (0..n).map(move |i| {
                 (
-                    format!("ds-{i:03}"),
+                    id(i),
                     super::super::proto::GetDatasetRequest {
                         id: "x".repeat(100),
                     },
                 )
             })
         };
-        let page = page_request(3, String::new()).unwrap();
+        let ds = &["ds"];
+        let page = page_request(3, String::new(), ds).unwrap();
         let (got, next) = paginate(items(10), &page, 1 << 20);
-        assert_eq!((got.len(), next.as_str()), (3, "ds-002"));
-        let page = page_request(3, next).unwrap();
+        assert_eq!((got.len(), next.clone()), (3, id(2)));
+        let page = page_request(3, next, ds).unwrap();
         let (got, next) = paginate(items(10), &page, 1 << 20);
-        assert_eq!((got.len(), next.as_str()), (3, "ds-005"));
-        let page = page_request(100, String::new()).unwrap();
+        assert_eq!((got.len(), next), (3, id(5)));
+        let page = page_request(100, String::new(), ds).unwrap();
         let (got, next) = paginate(items(10), &page, 250);
-        assert_eq!((got.len(), next.as_str()), (2, "ds-001"));
+        assert_eq!((got.len(), next), (2, id(1)));
         let (got, next) = paginate(items(10), &page, 10);
         assert_eq!(got.len(), 1, "a page holds at least one item");
-        assert_eq!(next, "ds-000");
+        assert_eq!(next, id(0));
         let (got, next) = paginate(items(2), &page, 1 << 20);
         assert_eq!((got.len(), next.as_str()), (2, ""));
-        assert!(page_request(1, "../x".into()).is_err());
+        // Only an id of the listed kind is a token.
+        let upper = format!("ds-{:032X}", 0xabc);
+        for bad in ["../x", "garbage", "AAAA", "ds-", "ds-123", &upper] {
+            assert!(page_request(1, bad.into(), ds).is_err(), "{bad}");
+        }
+        assert!(page_request(1, format!("km-{:032x}", 7), ds).is_err());
+        assert!(page_request(1, format!("km-{:032x}", 7), &["km", "pca"]).is_ok());
     }
 }
