@@ -8,7 +8,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    if !matches!(args.command, cli::Command::Serve(_) | cli::Command::Bench(_)) {
+    if !matches!(
+        args.command,
+        cli::Command::Serve(_) | cli::Command::Bench(_)
+    ) {
         quiet_on_closed_pipe();
     }
     cli::init_logging(args.verbose);

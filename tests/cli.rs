@@ -238,7 +238,13 @@ fn parquet_input_with_a_weights_column() {
 fn a_closed_output_pipe_ends_the_command_quietly() {
     use std::os::unix::process::ExitStatusExt;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_segmenta"))
-        .args(["kmeans", "--input", example().to_str().unwrap(), "--k", "300"])
+        .args([
+            "kmeans",
+            "--input",
+            example().to_str().unwrap(),
+            "--k",
+            "300",
+        ])
         .args(["--backend", "cpu"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -738,7 +738,12 @@ fn finished_jobs_are_pruned_and_lists_page() {
             }
         }
         assert_eq!(seen, ids);
-        for bad in ["../../etc", "garbage", "AAAA", &format!("km-{}", &ids[0][3..])] {
+        for bad in [
+            "../../etc",
+            "garbage",
+            "AAAA",
+            &format!("km-{}", &ids[0][3..]),
+        ] {
             let e = datasets(&c)
                 .list(pb::ListDatasetsRequest {
                     page_size: 1,

@@ -777,6 +777,49 @@ fn bad_requests_get_the_right_code_and_the_server_keeps_serving() {
             .await
             .unwrap_err();
         assert!(e.message().contains("unknown column \"zzz\""), "{e}");
+        // Initial centroids: checked before the job, and only with GIVEN.
+        let given = |values: Vec<f32>, init: pb::InitMethod| pb::FitKMeansRequest {
+            init: init as i32,
+            initial_centroids: values,
+            ..fit(2)
+        };
+        for (request, message) in [
+            (
+                given(vec![0.0, 1.0, 2.0, f32::NAN], pb::InitMethod::Given),
+                "initial_centroids: non-finite value (NaN) at row 2, column 2",
+            ),
+            (
+                given(vec![0.0, 1.0, 2.0], pb::InitMethod::Given),
+                "initial_centroids: 3 values do not make 2 centroids",
+            ),
+            (
+                given(vec![0.0; 6], pb::InitMethod::Given),
+                "initial_centroids: 2 centroids of 3 values; the fit has 2 feature columns",
+            ),
+            (
+                given(vec![1.0, 2.0, 3.0], pb::InitMethod::KmeansPlusPlus),
+                "initial_centroids: 3 values given with init INIT_METHOD_KMEANS_PLUS_PLUS",
+            ),
+            (
+                pb::FitKMeansRequest {
+                    weights_column: "zzz".into(),
+                    ..fit(2)
+                },
+                "weights_column: unknown column \"zzz\"",
+            ),
+        ] {
+            let e = server.clustering().fit_k_means(request).await.unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+            assert!(e.message().starts_with(message), "{e}");
+        }
+        // A k past max_k is that limit, whatever the rows.
+        let e = server
+            .clustering()
+            .fit_k_means(fit(200_000))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+        assert!(e.message().contains("max_k"), "{e}");
         let e = server
             .clustering()
             .fit_k_means(pb::FitKMeansRequest {

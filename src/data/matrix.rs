@@ -288,10 +288,7 @@ mod tests {
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let header = names(&["a", "", "b"]);
         let e = super::super::resolve_columns(&header, &[]).unwrap_err();
-        assert!(
-            matches!(e, DataError::UnnamedColumn { position: 2 }),
-            "{e}"
-        );
+        assert!(matches!(e, DataError::UnnamedColumn { position: 2 }), "{e}");
         assert_eq!(
             super::super::resolve_columns(&header, &names(&["b", "a"])).unwrap(),
             [2, 0]

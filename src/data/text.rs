@@ -288,8 +288,8 @@ const CURRENCY_WORDS: &[&str] = &[
     "dkk", "isk", "pln", "czk", "huf", "ron", "bgn", "rsd", "hrk", "rub", "uah", "try", "ils",
     "zar", "brl", "mxn", "ars", "clp", "cop", "pen", "uyu", "krw", "twd", "hkd", "sgd", "myr",
     "thb", "idr", "php", "vnd", "pkr", "bdt", "lkr", "npr", "aed", "sar", "qar", "kwd", "bhd",
-    "omr", "jod", "egp", "mad", "tnd", "ngn", "kes", "ghs", "xof", "xaf", "btc", "rs", "fr",
-    "sfr", "kr", "zł", "kč", "ft", "lei", "rm", "rp", "tl", "dh", "dhs", "ksh", "fcfa", "cfa",
+    "omr", "jod", "egp", "mad", "tnd", "ngn", "kes", "ghs", "xof", "xaf", "btc", "rs", "fr", "sfr",
+    "kr", "zł", "kč", "ft", "lei", "rm", "rp", "tl", "dh", "dhs", "ksh", "fcfa", "cfa",
 ];
 
 /// Letters written before `$` to say which dollar (`US$`, `R$`, `HK$`).

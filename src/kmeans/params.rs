@@ -166,6 +166,11 @@ impl KMeansParams {
         self
     }
 
+    /// How the first centroids are chosen.
+    pub fn init_value(&self) -> &Init {
+        &self.init
+    }
+
     /// Lloyd runs from different initial centroids.
     pub fn n_init_value(&self) -> usize {
         self.n_init

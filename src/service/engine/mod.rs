@@ -525,7 +525,14 @@ impl Engine {
             job.columns.clone()
         };
         if let Some(w) = &job.weights_column {
-            resolve_columns(&meta.columns, std::slice::from_ref(w)).map_err(crate::Error::from)?;
+            resolve_columns(&meta.columns, std::slice::from_ref(w)).map_err(|e| {
+                match ServiceError::from(crate::Error::from(e)) {
+                    ServiceError::InvalidArgument { message, .. } => {
+                        ServiceError::invalid("weights_column", message)
+                    }
+                    other => other,
+                }
+            })?;
             features.retain(|c| c != w);
         }
         if features.is_empty() {
@@ -535,6 +542,27 @@ impl Engine {
             ));
         }
         resolve_columns(&meta.columns, &features).map_err(crate::Error::from)?;
+        if let Init::Given(c) = job.params.init_value() {
+            if c.ncols() != features.len() {
+                return Err(ServiceError::invalid(
+                    "initial_centroids",
+                    format!(
+                        "{} centroids of {} values; the fit has {} feature columns",
+                        c.nrows(),
+                        c.ncols(),
+                        features.len()
+                    ),
+                ));
+            }
+        }
+        // The server's limits first: a k past max_k is refused as such
+        // whatever the dataset.
+        cost::kmeans(
+            &self.config.limits,
+            &job.params,
+            meta.n_rows,
+            features.len(),
+        )?;
         if job.params.k() as u64 > meta.n_rows {
             return Err(ServiceError::invalid(
                 "k",
@@ -545,12 +573,6 @@ impl Engine {
                 ),
             ));
         }
-        cost::kmeans(
-            &self.config.limits,
-            &job.params,
-            meta.n_rows,
-            features.len(),
-        )?;
         let backends = self.backends().await;
         let (backend, choice) = backends.resolve(job.backend)?;
         let uses_gpu = backend.info().backend == BackendKind::Gpu;
@@ -1056,6 +1078,15 @@ pub fn kmeans_init(kind: i32, centroids: Vec<f32>, k: usize) -> ServiceResult<In
     match P::try_from(kind)
         .map_err(|_| ServiceError::invalid("init", format!("unknown init {kind}")))?
     {
+        other if other != P::Given && !centroids.is_empty() => Err(ServiceError::invalid(
+            "initial_centroids",
+            format!(
+                "{} values given with init {}: set init to INIT_METHOD_GIVEN to start from \
+                 them, or send none",
+                centroids.len(),
+                other.as_str_name()
+            ),
+        )),
         P::Unspecified | P::KmeansPlusPlus => Ok(Init::KMeansPlusPlus),
         P::KmeansParallel => Ok(Init::KMeansParallel),
         P::Random => Ok(Init::Random),
@@ -1067,6 +1098,17 @@ pub fn kmeans_init(kind: i32, centroids: Vec<f32>, k: usize) -> ServiceResult<In
                 ));
             }
             let d = centroids.len() / k;
+            if let Some(i) = centroids.iter().position(|v| !v.is_finite()) {
+                return Err(ServiceError::invalid(
+                    "initial_centroids",
+                    format!(
+                        "non-finite value ({}) at row {}, column {}",
+                        centroids[i],
+                        i / d + 1,
+                        i % d + 1
+                    ),
+                ));
+            }
             Ok(Init::Given(
                 Array2::from_shape_vec((k, d), centroids).expect("checked"),
             ))
