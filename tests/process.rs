@@ -794,7 +794,9 @@ fn cli(args: &[&str]) -> (i32, String, String) {
 #[test]
 fn the_cli_client_runs_the_workflow_against_a_real_server() {
     let dir = TempDir::new().unwrap();
-    let server = Server::start(&dir.path().join("data"), &[], &[]);
+    // Small limits, so the client must split what it sends to fit them.
+    let limits = ["--max-assign-rows", "25", "--max-message-bytes", "1000000"];
+    let server = Server::start(&dir.path().join("data"), &limits, &[]);
     let addr = server.addr.clone();
     let url = format!("http://{addr}");
 
@@ -945,6 +947,43 @@ fn the_cli_client_runs_the_workflow_against_a_real_server() {
     };
     assert_eq!(labels(&remote), labels(&local));
     assert!(remote.starts_with("id,label,"), "{remote}");
+    assert_eq!(
+        labels(&remote).len(),
+        60,
+        "three requests of at most 25 rows"
+    );
+    // Without --columns, the model's own columns: the id column is not sent.
+    let (code, by_name, err) = cli(&[
+        "client",
+        "--server",
+        &addr,
+        "assign",
+        "--model",
+        &id,
+        "--input",
+        table.to_str().unwrap(),
+        "--id-col",
+        "id",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(by_name, remote);
+    // An upload of more values than one message holds goes in blocks.
+    let wide = dir.path().join("wide.csv");
+    let mut text = String::from("a,b\n");
+    for i in 0..150_000 {
+        text.push_str(&format!("{},{}\n", i % 97, i % 13));
+    }
+    std::fs::write(&wide, text).unwrap();
+    let (code, out, err) = cli(&[
+        "client",
+        "--server",
+        &addr,
+        "upload",
+        "--input",
+        wide.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("uploaded 150000 rows × 2 columns"), "{out}");
     let exported = dir.path().join("exported.json");
     let (code, _, err) = cli(&[
         "client",

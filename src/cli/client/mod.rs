@@ -190,7 +190,8 @@ pub enum ClientCommand {
         /// The rows, with the model's feature columns.
         #[arg(long)]
         input: PathBuf,
-        /// Feature columns, comma-separated, in the model's order (default: all).
+        /// Feature columns, comma-separated, in the model's order (default:
+        /// the model's columns, by name).
         #[arg(long, value_delimiter = ',', value_parser = column_name)]
         columns: Vec<String>,
         /// Column whose values name each row in the output (default: row numbers).
@@ -297,8 +298,24 @@ pub struct FitArgs {
     detach: bool,
 }
 
-/// Values per upload message: about 2 MiB, well under the 4 MiB default limit.
+/// Values per upload message: about 2 MiB, or less where the server's
+/// message limit is lower ([`message_budget`]).
 const BLOCK_VALUES: usize = 512 * 1024;
+
+/// Bytes one request may take: half the server's message limit (GetInfo),
+/// so framing and the other fields never tip it over; 2 MiB where the
+/// server does not say.
+pub(super) async fn message_budget(channel: Conn) -> (usize, Option<pb::Limits>) {
+    let limits = pb::server_client::ServerClient::new(channel)
+        .get_info(pb::GetInfoRequest {})
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().limits);
+    let budget = limits.as_ref().map_or(2 << 20, |l| {
+        usize::try_from(l.max_message_bytes / 2).unwrap_or(usize::MAX)
+    });
+    (budget.max(1024), limits)
+}
 
 pub fn run(args: ClientArgs) -> anyhow::Result<()> {
     tokio::runtime::Runtime::new()?.block_on(async {
@@ -503,6 +520,13 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
             text,
         } => {
             let format = text.format(None);
+            // By default the model's own columns, by name: an id column
+            // or any other beside them is never sent as a feature.
+            let columns = if columns.is_empty() {
+                model_columns(channel.clone(), &model, max).await?
+            } else {
+                columns
+            };
             let data = read_table_limited(&input, &columns, &format, ReadLimits::NONE)?;
             let ids = match &id_col {
                 Some(col) => Some(read_text_column(&input, col, &format)?),
@@ -519,17 +543,7 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
             } else {
                 None
             };
-            let mut client = pb::clustering_client::ClusteringClient::new(channel)
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max);
-            let r = client
-                .assign(pb::AssignRequest {
-                    model_id: model,
-                    rows: data.values.iter().copied().collect(),
-                    n_features: data.values.ncols() as u32,
-                })
-                .await?
-                .into_inner();
+            let r = assign_in_requests(channel, &model, data.values.view(), max).await?;
             let mut out = csv::Writer::from_writer(std::io::stdout().lock());
             let label_name = if segment_ids.is_some() {
                 "segment"
@@ -696,6 +710,60 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A k-means model's or segmentation's feature columns.
+async fn model_columns(channel: Conn, model: &str, max: usize) -> anyhow::Result<Vec<String>> {
+    let got = pb::models_client::ModelsClient::new(channel)
+        .max_decoding_message_size(max)
+        .get(pb::GetModelRequest {
+            id: model.to_owned(),
+        })
+        .await?
+        .into_inner();
+    match got.model {
+        Some(pb::model::Model::Kmeans(k)) => Ok(k.columns),
+        Some(pb::model::Model::Pca(_)) => anyhow::bail!(
+            "{model} is a PCA model: client assign takes a k-means model or a segmentation"
+        ),
+        None => anyhow::bail!("the server sent model {model} without its content"),
+    }
+}
+
+/// Assigns `rows` in as many requests as the server's limits need (rows
+/// per request under `max_assign_rows`, bytes under half the message
+/// limit), one after another; the answers are joined in order.
+async fn assign_in_requests(
+    channel: Conn,
+    model: &str,
+    rows: ndarray::ArrayView2<'_, f32>,
+    max: usize,
+) -> anyhow::Result<pb::AssignResponse> {
+    let (budget, limits) = message_budget(channel.clone()).await;
+    let d = rows.ncols().max(1);
+    // A row's answer (label, distance, margin) takes up to 16 bytes.
+    let mut per_request = (budget / (4 * d).max(16)).max(1);
+    if let Some(l) = limits.filter(|l| l.max_assign_rows > 0) {
+        per_request = per_request.min(usize::try_from(l.max_assign_rows).unwrap_or(usize::MAX));
+    }
+    let mut client = pb::clustering_client::ClusteringClient::new(channel)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let mut all = pb::AssignResponse::default();
+    for chunk in rows.axis_chunks_iter(ndarray::Axis(0), per_request) {
+        let r = client
+            .assign(pb::AssignRequest {
+                model_id: model.to_owned(),
+                rows: chunk.iter().copied().collect(),
+                n_features: d as u32,
+            })
+            .await?
+            .into_inner();
+        all.labels.extend(r.labels);
+        all.distances.extend(r.distances);
+        all.margins.extend(r.margins);
+    }
+    Ok(all)
+}
+
 /// Every page of a list: `fetch(token)` returns a page and the next token
 /// (empty after the last page).
 async fn all_pages<T, F, Fut>(mut fetch: F) -> anyhow::Result<Vec<T>>
@@ -725,7 +793,8 @@ pub async fn upload(
 ) -> anyhow::Result<pb::Dataset> {
     use pb::upload_request::Message;
     let width = columns.len();
-    let block = (BLOCK_VALUES / width).max(1) * width;
+    let (budget, _) = message_budget(channel.clone()).await;
+    let block = (BLOCK_VALUES.min(budget / 4) / width).max(1) * width;
     let header = pb::UploadRequest {
         message: Some(Message::Header(pb::UploadHeader {
             name: name.to_owned(),

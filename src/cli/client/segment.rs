@@ -76,7 +76,8 @@ pub struct ClientSegmentArgs {
     backend: Option<BackendChoice>,
 }
 
-/// Bytes per upload message.
+/// Bytes per upload message, or fewer where the server's message limit
+/// is lower.
 const CHUNK: usize = 1 << 20;
 
 pub(super) async fn upload_log(
@@ -104,6 +105,7 @@ pub(super) async fn upload_log(
     // Chunks are read as the transport asks for them. A read error must
     // not end the stream as if the file were whole: it sends a second
     // header, which the server refuses, discarding what it received.
+    let chunk = CHUNK.min(super::message_budget(channel.clone()).await.0);
     let failed: std::sync::Arc<std::sync::Mutex<Option<std::io::Error>>> = Default::default();
     let failure = failed.clone();
     let mut done = false;
@@ -111,7 +113,7 @@ pub(super) async fn upload_log(
         if done {
             return None;
         }
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = vec![0u8; chunk];
         match file.read(&mut buf) {
             Ok(0) => None,
             Ok(n) => {

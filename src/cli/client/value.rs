@@ -116,7 +116,7 @@ pub struct ClientUpliftArgs {
 }
 
 /// Bytes of outcomes per message (an id, a flag and a double each, with
-/// their tags): well under the server's message limit, whatever the ids.
+/// their tags), or fewer where the server's message limit is lower.
 const BLOCK_BYTES: usize = 1 << 20;
 
 pub async fn uplift(channel: Conn, a: ClientUpliftArgs) -> anyhow::Result<()> {
@@ -128,9 +128,10 @@ pub async fn uplift(channel: Conn, a: ClientUpliftArgs) -> anyhow::Result<()> {
         })),
     }];
     let mut bytes = 0;
+    let block_bytes = BLOCK_BYTES.min(super::message_budget(channel.clone()).await.0);
     read_outcomes(&a.outcomes, |_, id, converted, revenue| {
         let size = id.len() + 16;
-        if bytes + size > BLOCK_BYTES && !block.customer_ids.is_empty() {
+        if bytes + size > block_bytes && !block.customer_ids.is_empty() {
             messages.push(pb::UpliftRequest {
                 message: Some(Message::Outcomes(std::mem::take(&mut block))),
             });
