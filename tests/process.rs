@@ -646,7 +646,7 @@ fn trace_logs_hold_no_customer_data_and_audit_every_call() {
         pb::clustering_client::ClusteringClient::new(c.clone())
             .assign(with_key(
                 pb::AssignRequest {
-                    model_id: model.id,
+                    model_id: model.id.clone(),
                     rows: vec![4242.4242, 5242.4242, 6242.4242],
                     n_features: 0,
                 },
@@ -729,10 +729,28 @@ fn trace_logs_hold_no_customer_data_and_audit_every_call() {
             ))
             .await
             .unwrap();
+        // Refused for its role: the audit line still names the key.
+        let e = pb::models_client::ModelsClient::new(c.clone())
+            .delete(with_key(
+                pb::DeleteModelRequest {
+                    id: model.id.clone(),
+                },
+                keys.read.as_str(),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
     });
     std::thread::sleep(Duration::from_millis(300));
     let log = server.log();
     assert!(log.lines().count() > 50, "trace output expected:\n{log}");
+    assert!(
+        log.lines().any(|l| l.contains("audit")
+            && l.contains("/segmenta.v1.Models/Delete")
+            && l.contains("key=analyst")
+            && l.contains("PermissionDenied")),
+        "no audit line naming the refused key"
+    );
     for planted in [
         planted_column,
         planted_customer,

@@ -139,7 +139,7 @@ impl GateState {
         headers: &http::HeaderMap,
         path: &str,
         needs: Role,
-    ) -> Result<Caller, Status> {
+    ) -> Result<Caller, (Option<String>, Status)> {
         let Some(keys) = &self.keys else {
             return Ok(Caller {
                 name: "anonymous".into(),
@@ -155,20 +155,25 @@ impl GateState {
                 scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
             });
         let Some(token) = token else {
-            return Err(Status::unauthenticated(
-                "an API key is needed: send the header `authorization: Bearer KEY`",
+            return Err((
+                None,
+                Status::unauthenticated(
+                    "an API key is needed: send the header `authorization: Bearer KEY`",
+                ),
             ));
         };
         let Some(caller) = keys.current().find(token) else {
-            return Err(Status::unauthenticated("unknown API key"));
+            return Err((None, Status::unauthenticated("unknown API key")));
         };
         if caller.role < needs {
-            return Err(Status::permission_denied(format!(
+            // The key is known: the audit line names who was refused.
+            let status = Status::permission_denied(format!(
                 "{} needs the {needs} role; key {:?} has the {} role",
                 method_label(path),
                 caller.name,
                 caller.role
-            )));
+            ));
+            return Err((Some(caller.name), status));
         }
         Ok(caller)
     }
@@ -261,7 +266,10 @@ where
             };
             let caller = match state.authorise(request.headers(), &path, needs) {
                 Ok(c) => c,
-                Err(status) => {
+                Err((known, status)) => {
+                    if let Some(name) = known {
+                        record.caller = name;
+                    }
                     record.code = Some(status.code());
                     return Ok(status.into_http());
                 }
