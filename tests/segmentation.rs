@@ -159,6 +159,32 @@ fn bad_rows_are_counted_when_skipped() {
     );
 }
 
+/// A field that is not UTF-8 (a Latin-1 pound sign) is one bad row,
+/// counted with the fix, not the end of the read; other rows are kept.
+#[test]
+fn a_field_that_is_not_utf8_is_one_bad_row() {
+    let dir = TempDir::new().unwrap();
+    let mut bytes = b"customer_id,date,amount\nA,2024-01-01,10\nB,2024-01-02,12 ".to_vec();
+    bytes.push(0xa3);
+    bytes.extend_from_slice(b"\nC,2024-01-03,7\n");
+    let path = dir.path().join("latin1.csv");
+    std::fs::write(&path, bytes).unwrap();
+    let columns = TransactionColumns::default();
+    let log = read_transactions(&path, &columns, BadRowPolicy::Skip).unwrap();
+    assert_eq!((log.rows_read, log.lines.len()), (3, 2));
+    let b = &log.bad_rows;
+    assert_eq!(b.by_problem[&RowProblem::NotUtf8], 1);
+    let e = &b.examples[0];
+    assert_eq!((e.row, e.column.as_str()), (2, "amount"));
+    assert!(e.fix.as_deref().unwrap().contains("save the file as UTF-8"));
+    let e = read_transactions(&path, &columns, BadRowPolicy::Reject).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("row 2: text that is not UTF-8 (column \"amount\""),
+        "{e}"
+    );
+}
+
 #[test]
 fn each_bad_row_is_rejected_with_its_row_number() {
     let dir = TempDir::new().unwrap();

@@ -10,6 +10,9 @@ pub enum RowProblem {
     BadDate,
     BadAmount,
     BadQuantity,
+    /// A field the job reads holds bytes that are not UTF-8 (an export
+    /// saved as Latin-1 or Windows-1252, say).
+    NotUtf8,
 }
 
 impl RowProblem {
@@ -19,6 +22,7 @@ impl RowProblem {
             Self::BadDate => "an unreadable date",
             Self::BadAmount => "an unreadable amount",
             Self::BadQuantity => "an unreadable quantity",
+            Self::NotUtf8 => "text that is not UTF-8",
         }
     }
 }

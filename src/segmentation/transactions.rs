@@ -407,8 +407,19 @@ impl<'a> Builder<'a> {
                     None => "pass --date-format with its strftime format, e.g. %d.%m.%Y".to_owned(),
                 })
             }
+            RowProblem::NotUtf8 => {
+                Some("save the file as UTF-8 (it may be Latin-1 or Windows-1252)".to_owned())
+            }
             _ => None,
         }
+    }
+
+    /// A row with a field that is not UTF-8: counted and handled as every
+    /// bad row is (`value` is that field, its bad bytes replaced).
+    fn push_not_utf8(&mut self, column: &str, value: &str) -> Result<()> {
+        self.log.rows_read += 1;
+        let row = self.log.rows_read;
+        self.bad(row, RowProblem::NotUtf8, column, value)
     }
 
     fn parse<'r>(&mut self, f: Fields<'r>, row: usize) -> std::result::Result<Line, Problem<'a, 'r>>
@@ -654,13 +665,32 @@ fn read_csv(file: File, path: &Path, builder: &mut Builder) -> Result<()> {
         .map(str::to_owned)
         .collect();
     let at = positions(&header, builder.columns, Some(delimiter))?;
-    let mut record = csv::StringRecord::new();
+    // Bytes first: a field that is not UTF-8 is one bad row, not the end
+    // of the read.
+    let mut record = csv::ByteRecord::new();
     while reader
-        .read_record(&mut record)
+        .read_byte_record(&mut record)
         .map_err(|e| malformed(path, e))?
     {
-        let fields: Fields = std::array::from_fn(|i| at[i].map(|c| record.get(c).unwrap_or("")));
-        builder.push(fields)?;
+        let mut fields: Fields = [None; 5];
+        let mut not_utf8 = None;
+        for (field, c) in fields.iter_mut().zip(&at) {
+            if let Some(c) = *c {
+                let bytes = record.get(c).unwrap_or(b"");
+                match std::str::from_utf8(bytes) {
+                    Ok(text) => *field = Some(text),
+                    Err(_) => {
+                        not_utf8.get_or_insert((c, bytes));
+                    }
+                }
+            }
+        }
+        match not_utf8 {
+            None => builder.push(fields)?,
+            Some((c, bytes)) => {
+                builder.push_not_utf8(&header[c], &String::from_utf8_lossy(bytes))?
+            }
+        }
     }
     Ok(())
 }
