@@ -871,6 +871,19 @@ fn bad_requests_get_the_right_code_and_the_server_keeps_serving() {
         assert_eq!(e.code(), Code::InvalidArgument);
         assert_eq!(e.message(), "header.columns: a column name is empty");
         let e = server
+            .datasets()
+            .upload(tokio_stream::iter(vec![
+                header("padded", &["a", " a "]),
+                rows(vec![1.0, 2.0]),
+            ]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert_eq!(
+            e.message(),
+            "header.columns: a column name starts or ends with white space"
+        );
+        let e = server
             .clustering()
             .fit_k_means(pb::FitKMeansRequest {
                 columns: vec!["a".into(), "".into()],

@@ -65,6 +65,9 @@ pub enum KeyFileError {
     },
     #[error("keys file line {line}: {message}")]
     Line { line: usize, message: String },
+    /// A reload found a file that parses but lists no key.
+    #[error("the keys file lists no keys; keeping the old ones")]
+    NoKeys,
 }
 
 /// One key as the file lists it.
@@ -188,10 +191,7 @@ impl Keys {
     pub fn reload(&self) -> Result<usize, KeyFileError> {
         let fresh = KeySet::load(&self.path)?;
         if fresh.is_empty() {
-            return Err(KeyFileError::Line {
-                line: 0,
-                message: "the file lists no keys; keeping the old ones".into(),
-            });
+            return Err(KeyFileError::NoKeys);
         }
         let n = fresh.len();
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);

@@ -1045,6 +1045,14 @@ impl Engine {
         if names.iter().any(String::is_empty) {
             return Err(ServiceError::invalid(field, "a column name is empty"));
         }
+        // Files' headers and the CLI's lists are trimmed: a padded name
+        // could never be asked for again.
+        if names.iter().any(|n| n.trim() != n) {
+            return Err(ServiceError::invalid(
+                field,
+                "a column name starts or ends with white space",
+            ));
+        }
         match first_repeated(names) {
             Some(name) => Err(ServiceError::invalid(
                 field,
