@@ -179,8 +179,8 @@ lines = [f"# GPU check{' (--quick)' if doc['quick'] else ''}", "",
          "Peers: " + (", ".join(peers) if peers else
                       "none ran (scikit-learn or FAISS missing: see gpu-check.log)") + ".", "",
          *([] if quick_or_faiss_gpu(results, doc) else
-           ["FAISS on the GPU did not run: its package (faiss-gpu-cu12, which needs CUDA 12's "
-            "cuBLAS, about 400 MB more) is not installed for this python3.", ""]),
+           ["FAISS on the GPU did not run (see gpu-check.log): it needs the faiss-gpu-cu12 "
+            "package, with CUDA 12's cuBLAS (about 400 MB more), installed for this python3.", ""]),
          "| parity | result |", "|---|---|"]
 lines += [f"| {t} | {r} |" for t, r in parity.items()]
 lines += ["", "| workload | implementation | adapter | unit | median ms | GFLOP/s | % of peak "

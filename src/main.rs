@@ -10,7 +10,7 @@ fn main() -> ExitCode {
     let args = cli::Cli::parse();
     if !matches!(
         args.command,
-        cli::Command::Serve(_) | cli::Command::Bench(_)
+        cli::Command::Serve(_) | cli::Command::Bench(_) | cli::Command::Client(_)
     ) {
         quiet_on_closed_pipe();
     }
@@ -26,8 +26,10 @@ fn main() -> ExitCode {
 
 /// A command whose output is piped into `head` ends quietly when the pipe
 /// closes, as other command-line tools do. Rust ignores SIGPIPE, so every
-/// later `println!` would panic instead. Not for `serve` and `bench`, which
-/// run servers: they keep the error on a closed connection.
+/// later `println!` would panic instead. Not for `serve`, `bench` and
+/// `client`, which talk over sockets: their vectored writes (`writev`)
+/// would raise SIGPIPE on a connection the other side closed, where the
+/// error must be reported.
 fn quiet_on_closed_pipe() {
     #[cfg(unix)]
     // SAFETY: restoring a signal's default action before any thread is

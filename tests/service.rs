@@ -2451,6 +2451,28 @@ fn damaged_stored_objects_are_data_loss_and_the_server_keeps_serving() {
         let job = server.clustering().fit_k_means(fit(&dataset.id)).await;
         let (job, _) = server.finish(&job.unwrap().into_inner().id).await;
         assert_eq!(job.state, pb::JobState::Succeeded as i32, "{}", job.error);
+
+        // A dataset whose metadata is damaged can still be deleted, as its
+        // error says, and damaged models do not stand in the way.
+        std::fs::write(stored.join("meta.json"), b"{ not json").unwrap();
+        let gone = server
+            .datasets()
+            .delete(pb::DeleteDatasetRequest {
+                id: dataset.id.clone(),
+                cascade: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(gone.deleted_ids.contains(&dataset.id), "{gone:?}");
+        let e = server
+            .datasets()
+            .get(pb::GetDatasetRequest {
+                id: dataset.id.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e}");
         server.stop().await;
     });
 }

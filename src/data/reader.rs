@@ -263,7 +263,7 @@ pub fn read_text_column(
                     .schema()
                     .fields()
                     .iter()
-                    .map(|f| f.name().clone())
+                    .map(|f| f.name().trim().to_owned())
                     .collect();
                 let c = resolve_columns(&header, &wanted)?[0];
                 for batch in builder.build().map_err(|e| malformed(e.to_string()))? {
@@ -331,7 +331,13 @@ fn read_parquet(
     let builder =
         ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| malformed(e.to_string()))?;
     let schema = builder.schema().clone();
-    let header: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    // Trimmed as CSV headers are, so a name is asked for the same way
+    // whatever the format ("Revenue " from a spreadsheet is "Revenue").
+    let header: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| f.name().trim().to_owned())
+        .collect();
     let picks = resolve_columns(&header, wanted)?;
     limits.check_columns(picks.len())?;
     for &c in &picks {

@@ -258,49 +258,85 @@ pub fn parse_number(text: &str, decimal_comma: bool) -> Option<f64> {
 }
 
 /// Whether the letters beside a number are at most one word, and that a
-/// currency's code or abbreviation (`USD`, `Rs.`, `kr`, the `R` of `R$`).
-/// Any other word means the cell is not an amount (`cust5`, `ABC-17`,
-/// `12 apples`): reading its digits would invent a number.
+/// currency's code or abbreviation (`USD`, `Rs.`, `kr`, `円`, the `US` of
+/// `US$`). Any other word means the cell is not an amount (`cust5`,
+/// `12 apples`), and so does a word joined to the digits by a hyphen, the
+/// form of codes and ids (`ABC-17`, `RS-232`): reading their digits would
+/// invent a number.
 fn currency_words_only(prefix: &str, suffix: &str) -> bool {
     let mut words = 0;
-    for side in [prefix, suffix] {
+    for (is_prefix, side) in [(true, prefix), (false, suffix)] {
         let mut rest = side;
+        let mut before = None;
         while let Some(start) = rest.find(char::is_alphabetic) {
+            let previous = rest[..start].chars().last().or(before);
             let word_and_after = &rest[start..];
             let end = word_and_after
                 .find(|c: char| !c.is_alphabetic())
                 .unwrap_or(word_and_after.len());
             let (word, after) = word_and_after.split_at(end);
             words += 1;
-            if words > 1 || !is_currency_word(word, after.starts_with('$')) {
+            let hyphen_id = is_prefix && after.starts_with('-');
+            let dollar = previous == Some('$') || after.trim_start().starts_with('$');
+            if words > 1 || hyphen_id || !is_currency_word(word, dollar) {
                 return false;
             }
+            before = word.chars().last();
             rest = after;
         }
     }
     true
 }
 
-/// ISO 4217 codes of the currencies exports commonly carry, and the usual
-/// abbreviations (compared without case).
-const CURRENCY_WORDS: &[&str] = &[
-    "usd", "eur", "gbp", "jpy", "cny", "rmb", "inr", "chf", "cad", "aud", "nzd", "sek", "nok",
-    "dkk", "isk", "pln", "czk", "huf", "ron", "bgn", "rsd", "hrk", "rub", "uah", "try", "ils",
-    "zar", "brl", "mxn", "ars", "clp", "cop", "pen", "uyu", "krw", "twd", "hkd", "sgd", "myr",
-    "thb", "idr", "php", "vnd", "pkr", "bdt", "lkr", "npr", "aed", "sar", "qar", "kwd", "bhd",
-    "omr", "jod", "egp", "mad", "tnd", "ngn", "kes", "ghs", "xof", "xaf", "btc", "rs", "fr", "sfr",
-    "kr", "zł", "kč", "ft", "lei", "rm", "rp", "tl", "dh", "dhs", "ksh", "fcfa", "cfa",
+/// ISO 4217 codes, as exports write them: in capitals (so `try`, `pen`
+/// or `all` in a cell are words, not lira, sol or lek).
+const ISO_CODES: &[&str] = &[
+    "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT",
+    "BGN", "BHD", "BIF", "BMD", "BND", "BOB", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD", "CAD",
+    "CDF", "CHF", "CLP", "CNY", "COP", "CRC", "CUP", "CVE", "CZK", "DJF", "DKK", "DOP", "DZD",
+    "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP", "GEL", "GHS", "GIP", "GMD", "GNF", "GTQ",
+    "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS", "INR", "IQD", "IRR", "ISK", "JMD", "JOD",
+    "JPY", "KES", "KGS", "KHR", "KMF", "KPW", "KRW", "KWD", "KYD", "KZT", "LAK", "LBP", "LKR",
+    "LRD", "LSL", "LYD", "MAD", "MDL", "MGA", "MKD", "MMK", "MNT", "MOP", "MRU", "MUR", "MVR",
+    "MWK", "MXN", "MYR", "MZN", "NAD", "NGN", "NIO", "NOK", "NPR", "NZD", "OMR", "PAB", "PEN",
+    "PGK", "PHP", "PKR", "PLN", "PYG", "QAR", "RMB", "RON", "RSD", "RUB", "RWF", "SAR", "SBD",
+    "SCR", "SDG", "SEK", "SGD", "SHP", "SLE", "SOS", "SRD", "SSP", "STN", "SYP", "SZL", "THB",
+    "TJS", "TMT", "TND", "TOP", "TRY", "TTD", "TWD", "TZS", "UAH", "UGX", "USD", "UYU", "UZS",
+    "VES", "VND", "VUV", "WST", "XAF", "XCD", "XOF", "XPF", "YER", "ZAR", "ZMW", "ZWL", "BTC",
 ];
 
-/// Letters written before `$` to say which dollar (`US$`, `R$`, `HK$`).
+/// The codes also written in small letters, and the usual abbreviations
+/// and local names, as written.
+const CURRENCY_NAMES: &[&str] = &[
+    "usd", "eur", "gbp", "chf", "jpy", "inr", "cad", "aud", "nzd", "sek", "nok", "dkk", "Rs", "Fr",
+    "SFr", "kr", "Kr", "zł", "Kč", "Ft", "lei", "RM", "Rp", "TL", "Dh", "Dhs", "DH", "KSh", "Ksh",
+    "R", "Bs", "Br", "Gs", "FCFA", "CFA", "Euro", "euro", "Euros", "euros",
+];
+
+/// Letters written beside `$` to say which dollar (`US$`, `R$`, `$US`).
 const DOLLAR_PREFIXES: &[&str] = &[
-    "us", "a", "au", "c", "ca", "nz", "hk", "s", "r", "mx", "nt", "rd", "j", "tt", "bz", "ec",
+    "US", "A", "AU", "C", "CA", "CAN", "NZ", "HK", "S", "R", "Mex", "MX", "NT", "RD", "J", "TT",
+    "BZ", "EC",
 ];
 
-fn is_currency_word(word: &str, before_dollar: bool) -> bool {
-    let word = word.to_lowercase();
-    CURRENCY_WORDS.contains(&word.as_str())
-        || (before_dollar && DOLLAR_PREFIXES.contains(&word.as_str()))
+fn is_currency_word(word: &str, beside_dollar: bool) -> bool {
+    ISO_CODES.contains(&word)
+        || CURRENCY_NAMES.contains(&word)
+        || (beside_dollar && DOLLAR_PREFIXES.contains(&word))
+        // A word in a script without Latin letters, as short as currency
+        // names are there (円, 元, 원, грн, лв, руб).
+        || (!word.chars().any(|c| c.is_ascii_alphabetic()) && word.chars().count() <= 3)
+}
+
+/// A quantity as exports write it: a number, perhaps with a unit word
+/// after it (`2 pcs`, `3x`, `1 Stk.`).
+pub fn parse_quantity(text: &str, decimal_comma: bool) -> Option<f64> {
+    let t = text.trim();
+    let number = t.trim_end_matches(|c: char| c.is_alphabetic() || c == '.');
+    if number.len() == t.len() || !number.ends_with(|c: char| c.is_ascii_digit() || c == ' ') {
+        return parse_number(t, decimal_comma);
+    }
+    parse_number(number, decimal_comma)
 }
 
 /// Currency symbols written next to amounts.
@@ -401,7 +437,30 @@ mod tests {
             ("USD 12 EUR", false, None),
             ("A$ 5", false, Some(5.0)),
             ("A 5", false, None),
+            ("R 100", false, Some(100.0)),
+            ("US $12.50", false, Some(12.5)),
+            ("12,50 $US", true, Some(12.5)),
+            ("CAN$ 5", false, Some(5.0)),
+            ("1,000円", false, Some(1000.0)),
+            ("250 грн", false, Some(250.0)),
+            ("12.50 KZT", false, Some(12.5)),
+            ("CHF 1'234.50", false, Some(1234.5)),
+            ("RS-232", false, None),
+            ("FR-75", false, None),
+            ("try 2", false, None),
+            ("pen 3", false, None),
+            ("клиент5", false, None),
         ];
+        for (text, want) in [
+            ("2 pcs", Some(2.0)),
+            ("3x", Some(3.0)),
+            ("1 Stk.", Some(1.0)),
+            ("4", Some(4.0)),
+            ("lots", None),
+            ("x3", None),
+        ] {
+            assert_eq!(parse_quantity(text, false), want, "{text:?}");
+        }
         for (text, comma, want) in cases {
             assert_eq!(
                 parse_number(text, comma),

@@ -189,7 +189,10 @@ pub fn recommend(scores: &[KScore], min_share: f64) -> (usize, String) {
             if s.min_share < min_share {
                 format!("k = {} has a segment of {:.1} %", s.k, s.min_share * 100.0)
             } else {
-                format!("k = {} is unstable (ARI {:.2})", s.k, s.stability)
+                // Rounded down, so a value just under the bar never reads
+                // as meeting it (0.7459 is 0.74, not 0.75).
+                let ari = (s.stability * 100.0).floor() / 100.0;
+                format!("k = {} is unstable (ARI {ari:.2})", s.k)
             }
         })
         .collect();

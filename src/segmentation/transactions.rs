@@ -11,7 +11,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
 
 use super::error::{RowProblem, SegmentationError};
-use crate::data::text::{csv_reader, parse_number, Delimiter, TextFormat};
+use crate::data::text::{csv_reader, parse_number, parse_quantity, Delimiter, TextFormat};
 use crate::data::{resolve_columns, with_delimiter_hint, DataError, TableFormat};
 use crate::error::Result;
 
@@ -456,7 +456,7 @@ impl<'a> Builder<'a> {
         if let Some(name) = &c.quantity {
             let q = f[3].unwrap_or("");
             spend *=
-                parse_number(q, comma(3)).ok_or((RowProblem::BadQuantity, name.as_str(), q))?;
+                parse_quantity(q, comma(3)).ok_or((RowProblem::BadQuantity, name.as_str(), q))?;
         }
         if let Some((a, b, year, sep)) = pending {
             self.pending.push(PendingDate {
@@ -704,7 +704,7 @@ fn read_parquet(file: File, path: &Path, builder: &mut Builder) -> Result<()> {
         .schema()
         .fields()
         .iter()
-        .map(|f| f.name().clone())
+        .map(|f| f.name().trim().to_owned())
         .collect();
     let at = positions(&header, builder.columns, None)?;
     for (field, c) in at.iter().enumerate() {

@@ -386,12 +386,17 @@ pub fn with_token(channel: Channel, token: Option<&str>) -> anyhow::Result<Conn>
 }
 
 /// The whole chain of an error: tonic's "transport error" says little alone.
+/// The error and its causes, leaving out a cause the line already holds
+/// (transport errors often repeat their source: "tcp connect error").
 fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         source = s.source();
     }
     out
@@ -522,8 +527,9 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
             let format = text.format(None);
             // By default the model's own columns, by name: an id column
             // or any other beside them is never sent as a feature.
+            let (model_columns, k) = model_shape(channel.clone(), &model, max).await?;
             let columns = if columns.is_empty() {
-                model_columns(channel.clone(), &model, max).await?
+                model_columns
             } else {
                 columns
             };
@@ -543,7 +549,7 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
             } else {
                 None
             };
-            let r = assign_in_requests(channel, &model, data.values.view(), max).await?;
+            let r = assign_in_requests(channel, &model, data.values.view(), k, max).await?;
             let mut out = csv::Writer::from_writer(std::io::stdout().lock());
             let label_name = if segment_ids.is_some() {
                 "segment"
@@ -710,8 +716,12 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A k-means model's or segmentation's feature columns.
-async fn model_columns(channel: Conn, model: &str, max: usize) -> anyhow::Result<Vec<String>> {
+/// A k-means model's or segmentation's feature columns, and its k.
+async fn model_shape(
+    channel: Conn,
+    model: &str,
+    max: usize,
+) -> anyhow::Result<(Vec<String>, usize)> {
     let got = pb::models_client::ModelsClient::new(channel)
         .max_decoding_message_size(max)
         .get(pb::GetModelRequest {
@@ -720,7 +730,7 @@ async fn model_columns(channel: Conn, model: &str, max: usize) -> anyhow::Result
         .await?
         .into_inner();
     match got.model {
-        Some(pb::model::Model::Kmeans(k)) => Ok(k.columns),
+        Some(pb::model::Model::Kmeans(m)) => Ok((m.columns, m.k as usize)),
         Some(pb::model::Model::Pca(_)) => anyhow::bail!(
             "{model} is a PCA model: client assign takes a k-means model or a segmentation"
         ),
@@ -729,18 +739,23 @@ async fn model_columns(channel: Conn, model: &str, max: usize) -> anyhow::Result
 }
 
 /// Assigns `rows` in as many requests as the server's limits need (rows
-/// per request under `max_assign_rows`, bytes under half the message
-/// limit), one after another; the answers are joined in order.
+/// per request under `max_assign_rows` and the work limit of one call,
+/// bytes under half the message limit and this client's own), one after
+/// another; the answers are joined in order.
 async fn assign_in_requests(
     channel: Conn,
     model: &str,
     rows: ndarray::ArrayView2<'_, f32>,
+    k: usize,
     max: usize,
 ) -> anyhow::Result<pb::AssignResponse> {
     let (budget, limits) = message_budget(channel.clone()).await;
+    let budget = budget.min(max / 2);
     let d = rows.ncols().max(1);
     // A row's answer (label, distance, margin) takes up to 16 bytes.
     let mut per_request = (budget / (4 * d).max(16)).max(1);
+    let work = segmenta::service::engine::cost::MAX_ASSIGN_WORK / (k.max(1) * d) as f64;
+    per_request = per_request.min((work as usize).max(1));
     if let Some(l) = limits.filter(|l| l.max_assign_rows > 0) {
         per_request = per_request.min(usize::try_from(l.max_assign_rows).unwrap_or(usize::MAX));
     }

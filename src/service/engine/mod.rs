@@ -3,7 +3,7 @@
 //! (with the library) and owns storage and jobs.
 
 mod clv;
-mod cost;
+pub mod cost;
 pub mod distributed;
 pub mod partitions;
 mod privacy;
@@ -388,7 +388,9 @@ impl Engine {
     /// otherwise their existence is FAILED_PRECONDITION. Returns what went.
     pub fn delete_dataset(&self, id: &str, cascade: bool) -> ServiceResult<Vec<String>> {
         let _guard = self.commits();
-        self.store.dataset(id)?;
+        // Only that it exists: a dataset with damaged metadata must still
+        // go (its DATA_LOSS error says to delete it).
+        self.store.dataset_exists(id)?;
         let models = self.store.models_from(id)?;
         self.cascade_or_refuse("dataset", id, &models, cascade)?;
         self.store.delete_dataset(id)?;
@@ -402,7 +404,7 @@ impl Engine {
     /// it (outputs and models) too.
     pub fn delete_transactions(&self, id: &str, cascade: bool) -> ServiceResult<Vec<String>> {
         let _guard = self.commits();
-        self.store.transactions(id)?;
+        self.store.transactions_exist(id)?;
         let derived: Vec<String> = self
             .store
             .list_segmentations()?

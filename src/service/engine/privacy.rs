@@ -108,7 +108,11 @@ impl Engine {
             }
             if removed > 0 {
                 out.changed.push(Erased {
-                    kind: "segmentation",
+                    kind: if seg.id.starts_with("clv-") {
+                        "clv_run"
+                    } else {
+                        "segmentation"
+                    },
                     id: seg.id,
                     rows_removed: removed,
                 });

@@ -27,7 +27,7 @@ impl pb::models_server::Models for ModelsService {
         request: Request<pb::ListModelsRequest>,
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
         let r = request.into_inner();
-        let page = page_request(r.page_size, r.page_token, &["km", "pca"])?;
+        let page = page_request(r.page_size, r.page_token, &["km", "pca", "seg"])?;
         let engine = self.engine.clone();
         let (models, next_page_token) = tokio::task::block_in_place(|| {
             let ids = engine.store.model_ids()?;

@@ -314,6 +314,12 @@ impl Store {
         }
     }
 
+    /// NOT_FOUND unless the dataset is stored, whether or not its
+    /// metadata can be read.
+    pub fn dataset_exists(&self, id: &str) -> ServiceResult<()> {
+        self.dataset_dir(id).map(|_| ())
+    }
+
     pub fn dataset(&self, id: &str) -> ServiceResult<DatasetMeta> {
         let text = fs::read(self.dataset_dir(id)?.join("meta.json")).map_err(ServiceError::io)?;
         let meta: DatasetMeta = serde_json::from_slice(&text)
@@ -467,8 +473,15 @@ impl Store {
     pub fn models_from(&self, source: &str) -> ServiceResult<Vec<String>> {
         let mut out = Vec::new();
         for id in self.model_ids()? {
-            if self.model(&id)?.dataset_id == source {
-                out.push(id);
+            match self.model(&id) {
+                Ok(m) if m.dataset_id == source => out.push(id),
+                Ok(_) => {}
+                // One damaged model must not block deleting every dataset;
+                // it is named in the log and Models.Get says what is wrong.
+                Err(ServiceError::DataLoss(_)) => {
+                    tracing::warn!(model = %id, "a stored model is damaged; left out")
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(out)

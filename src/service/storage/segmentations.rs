@@ -166,6 +166,17 @@ impl Store {
         })
     }
 
+    /// NOT_FOUND unless the log is stored, whether or not its metadata
+    /// can be read.
+    pub fn transactions_exist(&self, id: &str) -> ServiceResult<()> {
+        check_id("transaction log", id)?;
+        if self.transactions.join(id).join("meta.json").is_file() {
+            Ok(())
+        } else {
+            Err(ServiceError::not_found("transaction log", id))
+        }
+    }
+
     pub fn transactions(&self, id: &str) -> ServiceResult<TransactionsMeta> {
         let not_found = || ServiceError::not_found("transaction log", id);
         check_id("transaction log", id)?;
@@ -298,7 +309,7 @@ impl Store {
     }
 
     pub fn delete_transactions(&self, id: &str) -> ServiceResult<()> {
-        self.transactions(id)?;
+        self.transactions_exist(id)?;
         self.remove_tree(&self.transactions, &self.transactions.join(id), id)
     }
 
