@@ -39,16 +39,25 @@ fn quiet_on_closed_pipe() {
     }
 }
 
-/// The error and its causes on one line, leaving out a cause whose text the
-/// line already holds (wrappers often quote their source).
+/// The error and its causes on one line.
 fn one_line(e: &anyhow::Error) -> String {
+    error_chain(e.as_ref()).replace('\n', " ")
+}
+
+/// An error and its causes, joined with ": ", leaving out a cause whose
+/// text the line already holds (wrappers and transport errors often quote
+/// their source: "tcp connect error: tcp connect error"). tonic's
+/// "transport error" says little alone.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut line = e.to_string();
-    for cause in e.chain().skip(1) {
+    let mut source = e.source();
+    while let Some(cause) = source {
         let text = cause.to_string();
         if !line.contains(&text) {
             line.push_str(": ");
             line.push_str(&text);
         }
+        source = cause.source();
     }
-    line.replace('\n', " ")
+    line
 }

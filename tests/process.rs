@@ -927,20 +927,12 @@ fn the_cli_client_runs_the_workflow_against_a_real_server() {
     assert_eq!(code, 0, "{err}");
     let id = out.split_whitespace().next().unwrap().to_owned();
     assert!(id.starts_with("km-"), "{out}");
-    let (code, remote, err) = cli(&[
-        "client",
-        "--server",
-        &addr,
-        "assign",
-        "--model",
-        &id,
-        "--input",
-        table.to_str().unwrap(),
-        "--columns",
-        "x,y",
-        "--id-col",
-        "id",
-    ]);
+    let remote_assign = |columns: &[&str]| {
+        let input = table.to_str().unwrap();
+        let args = ["client", "--server", &addr, "assign", "--model", &id];
+        cli(&[&args[..], &["--input", input, "--id-col", "id"], columns].concat())
+    };
+    let (code, remote, err) = remote_assign(&["--columns", "x,y"]);
     assert_eq!(code, 0, "{err}");
     let (code, local, err) = cli(&[
         "assign",
@@ -971,18 +963,7 @@ fn the_cli_client_runs_the_workflow_against_a_real_server() {
         "three requests of at most 25 rows"
     );
     // Without --columns, the model's own columns: the id column is not sent.
-    let (code, by_name, err) = cli(&[
-        "client",
-        "--server",
-        &addr,
-        "assign",
-        "--model",
-        &id,
-        "--input",
-        table.to_str().unwrap(),
-        "--id-col",
-        "id",
-    ]);
+    let (code, by_name, err) = remote_assign(&[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(by_name, remote);
     // An upload of more values than one message holds goes in blocks.

@@ -385,23 +385,6 @@ pub fn with_token(channel: Channel, token: Option<&str>) -> anyhow::Result<Conn>
     Ok(InterceptedService::new(channel, Bearer(value)))
 }
 
-/// The whole chain of an error: tonic's "transport error" says little alone.
-/// The error and its causes, leaving out a cause the line already holds
-/// (transport errors often repeat their source: "tcp connect error").
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
 async fn connect(args: &ClientArgs) -> anyhow::Result<Conn> {
     let tls = args.ca_cert.is_some();
     let url = if args.server.contains("://") {
@@ -409,8 +392,13 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<Conn> {
     } else {
         format!("{}://{}", if tls { "https" } else { "http" }, args.server)
     };
-    let mut endpoint = segmenta::service::endpoint(&url)
-        .map_err(|e| anyhow::anyhow!("bad server address {:?}: {}", args.server, chain(&e)))?;
+    let mut endpoint = segmenta::service::endpoint(&url).map_err(|e| {
+        anyhow::anyhow!(
+            "bad server address {:?}: {}",
+            args.server,
+            crate::error_chain(&e)
+        )
+    })?;
     if let Some(ca) = &args.ca_cert {
         let read = |p: &PathBuf| {
             std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
@@ -421,12 +409,12 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<Conn> {
         }
         endpoint = endpoint
             .tls_config(config)
-            .map_err(|e| anyhow::anyhow!("TLS: {}", chain(&e)))?;
+            .map_err(|e| anyhow::anyhow!("TLS: {}", crate::error_chain(&e)))?;
     }
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to {url}: {}", chain(&e)))?;
+        .map_err(|e| anyhow::anyhow!("cannot connect to {url}: {}", crate::error_chain(&e)))?;
     with_token(channel, args.token.as_deref())
 }
 

@@ -45,12 +45,7 @@ fn page_request(size: u32, token: String, kinds: &[&str]) -> Result<PageRequest,
     };
     // Tokens are the last id of the previous page: an id of the listed
     // kind, whether or not that object still exists.
-    let valid = token.is_empty()
-        || token.split_once('-').is_some_and(|(kind, rest)| {
-            kinds.contains(&kind)
-                && rest.len() == 32
-                && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        });
+    let valid = token.is_empty() || super::storage::is_id_of(kinds, &token);
     if !valid {
         return Err(ServiceError::invalid(
             "page_token",
