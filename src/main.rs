@@ -14,9 +14,14 @@ fn main() -> ExitCode {
     ) {
         quiet_on_closed_pipe();
     }
+    quiet_device_select_layer();
     cli::init_logging(args.verbose);
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_closed_stdout(&e) => {
+            end_by_sigpipe();
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
@@ -36,6 +41,42 @@ fn quiet_on_closed_pipe() {
     // started; no handler of ours is replaced.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Whether a command failed only because its reader went away: a
+/// `client` command (which keeps SIGPIPE ignored) writing into `| head`.
+fn is_closed_stdout(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Ends the process as the signal would have, so a shell sees the same
+/// status (141) as for any other command cut off by `head`.
+fn end_by_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: the default action ends the process at once; nothing runs
+    // after it that could rely on the signal being ignored.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+}
+
+/// Mesa's Vulkan device-select layer, loaded by the Vulkan loader wherever
+/// Mesa is installed, connects to a Wayland display when it lists GPUs and
+/// prints "error: XDG_RUNTIME_DIR is invalid" on a headless server, where
+/// Segmenta runs. Segmenta picks its adapter itself, so the layer's
+/// ordering is not needed; a user's own `NODEVICE_SELECT` is kept.
+fn quiet_device_select_layer() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none()
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        // Still single-threaded: no thread can read the environment meanwhile.
+        std::env::set_var("NODEVICE_SELECT", "1");
     }
 }
 

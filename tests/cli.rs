@@ -260,6 +260,27 @@ fn a_closed_output_pipe_ends_the_command_quietly() {
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
 }
 
+/// On a headless server (no `XDG_RUNTIME_DIR`) Mesa's Vulkan layer used to
+/// print "error: XDG_RUNTIME_DIR is invalid" while the GPUs were listed,
+/// twice, for a run that went well. Where no Vulkan driver is installed
+/// nothing is listed, and the check holds trivially; CI installs Mesa's.
+#[test]
+fn a_headless_run_prints_no_display_errors() {
+    let out = Command::cargo_bin("segmenta")
+        .unwrap()
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("NODEVICE_SELECT")
+        .env_remove("SEGMENTA_BACKEND")
+        .args(["kmeans", "--input", example().to_str().unwrap(), "--k", "3"])
+        .args(["--backend", "auto", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
+}
+
 #[test]
 fn missing_file() {
     fails_with(
@@ -377,6 +398,8 @@ fn column_lists_are_trimmed_and_unnamed_columns_refused() {
     }
     let v = json_of(&strs(&fit(&["--columns", " a , b"])));
     assert_eq!(v["columns"], serde_json::json!(["a", "b"]));
+    let v = json_of(&strs(&fit(&["--columns", "a", "--weights", " b "])));
+    assert_eq!(v["columns"], serde_json::json!(["a"]));
     fails_with(
         &strs(&fit(&[])),
         "column 1 of the header has no name: name it, or choose the columns to use",
@@ -598,6 +621,33 @@ fn segment_rejects_bad_options_and_rows_clearly() {
     );
     let garbage = write(&dir, "model.json", "{\"not\": \"a model\"}");
     check(&["--previous", garbage.to_str().unwrap()], "previous model");
+    let km = dir.path().join("km.json");
+    let input = example();
+    segmenta()
+        .args(["kmeans", "--input", input.to_str().unwrap(), "--k", "2"])
+        .args(["--backend", "cpu", "--save-model", km.to_str().unwrap()])
+        .assert()
+        .success();
+    check(
+        &["--previous", km.to_str().unwrap()],
+        "a kmeans model file, not a segment model",
+    );
+    check(
+        &["--features", "frequency,monetary,frequency"],
+        "feature \"frequency\" is named more than once",
+    );
+    // Column options are trimmed like the header's names.
+    segmenta()
+        .args(base(&[
+            "--customer-col",
+            " customer_id ",
+            "--max-bad-rows",
+            "0.5",
+            "--k",
+            "2",
+        ]))
+        .assert()
+        .success();
     fails_with(
         &[
             "segment",

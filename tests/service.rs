@@ -1421,6 +1421,22 @@ fn segment_over_grpc_matches_the_library_and_refreshes_stably() {
         .await;
         assert_eq!(e.code(), Code::InvalidArgument);
         assert!(e.message().contains("invalid date"), "{e}");
+        // Features are checked before the job is queued, not when it runs.
+        for (features, message) in [
+            (vec!["bogus"], "features: unknown feature \"bogus\""),
+            (
+                vec!["monetary", "frequency", "monetary"],
+                "features: feature \"monetary\" is named more than once",
+            ),
+        ] {
+            let e = bad(pb::SegmentRequest {
+                features: features.into_iter().map(String::from).collect(),
+                ..request.clone()
+            })
+            .await;
+            assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+            assert!(e.message().contains(message), "{e}");
+        }
         let e = bad(pb::SegmentRequest {
             previous_segmentation_id: "seg-missing".into(),
             ..request.clone()

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use ndarray::Array2;
 
-use super::{parse_as_of, LogArgs, TextArgs};
+use super::{column_name, parse_as_of, LogArgs, TextArgs};
 use segmenta::backend::{may_fall_back, select, with_cpu_fallback, BackendChoice};
 use segmenta::data::{read_table_limited, read_text_column, ReadLimits};
 use segmenta::kmeans::Prediction;
@@ -24,7 +24,7 @@ pub struct AssignArgs {
     #[arg(long)]
     pub input: PathBuf,
     /// Column whose values name each row in the output (default: row numbers).
-    #[arg(long)]
+    #[arg(long, value_parser = column_name)]
     pub id_col: Option<String>,
     /// Write the CSV here instead of standard output.
     #[arg(long)]

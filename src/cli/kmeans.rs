@@ -5,7 +5,7 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::output::{fmt_f, progress_bar, table};
-use super::InputArgs;
+use super::{column_name, InputArgs};
 use segmenta::backend::{may_fall_back, select, with_cpu_fallback};
 use segmenta::data::{read_table, read_table_limited, ReadLimits};
 use segmenta::kmeans::{FitControl, Init, InitSample, KMeansParams};
@@ -71,7 +71,7 @@ pub struct KmeansArgs {
     pub standardize: bool,
     /// Column holding sample weights (not used as a feature; read whether or
     /// not `--columns` names it).
-    #[arg(long)]
+    #[arg(long, value_parser = column_name)]
     pub weights: Option<String>,
     /// Write each row's label and squared distance to this CSV file.
     #[arg(long)]

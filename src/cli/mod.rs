@@ -1,5 +1,16 @@
 //! The `segmenta` command line: thin wrappers over the library.
 
+/// `println!` that returns a closed stdout as an error (`?`) instead of
+/// panicking, for the commands that keep SIGPIPE ignored for their sockets
+/// (`client`, `bench`): `segmenta client … | head` would otherwise panic.
+/// `main` ends such a run quietly, as other tools end.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 mod assign;
 mod bench;
 mod client;
@@ -93,21 +104,21 @@ impl TextArgs {
 #[derive(Debug, Clone, Args)]
 pub struct LogArgs {
     /// Customer ids (any text).
-    #[arg(long, default_value = "customer_id")]
+    #[arg(long, value_parser = column_name, default_value = "customer_id")]
     pub customer_col: String,
     /// Purchase dates: ISO 8601 dates or timestamps, DD/MM/YYYY or
     /// MM/DD/YYYY (detected), or any --date-format.
-    #[arg(long, default_value = "date")]
+    #[arg(long, value_parser = column_name, default_value = "date")]
     pub date_col: String,
     /// Spend per line (a unit price when --quantity-col is given);
     /// negative amounts are refunds.
-    #[arg(long, default_value = "amount")]
+    #[arg(long, value_parser = column_name, default_value = "amount")]
     pub amount_col: String,
     /// When given, a line's spend is amount × quantity.
-    #[arg(long)]
+    #[arg(long, value_parser = column_name)]
     pub quantity_col: Option<String>,
     /// Frequency counts distinct orders (default: distinct purchase days).
-    #[arg(long)]
+    #[arg(long, value_parser = column_name)]
     pub order_col: Option<String>,
     /// strftime format of the date column, e.g. %d/%m/%Y or "%m/%d/%Y %H:%M"
     /// (default: ISO 8601; day-first or month-first dates are detected when

@@ -6,7 +6,7 @@ use ndarray::Array2;
 use serde_json::json;
 
 use super::output::{fmt_f, table};
-use super::InputArgs;
+use super::{column_name, InputArgs};
 use segmenta::backend::{select, with_cpu_fallback};
 use segmenta::data::{read_table_limited, read_text_column, ReadLimits};
 use segmenta::model_file::{ModelFile, TableModel};
@@ -37,7 +37,7 @@ pub struct PcaArgs {
     #[arg(long, requires_all = ["model", "transform_out"])]
     pub inverse: bool,
     /// Column naming each row in --transform-out (default: row numbers).
-    #[arg(long)]
+    #[arg(long, value_parser = column_name)]
     pub id_col: Option<String>,
 }
 

@@ -83,6 +83,31 @@ pub struct FeatureChoice {
     pub left_out: Vec<(String, f64)>,
 }
 
+/// The features a user asked to cluster on, in the table's order: each
+/// known, none named twice (most likely a slip for another feature, so
+/// said rather than clustered on fewer than were listed). Checked before
+/// a job reads its log.
+pub fn asked_features(asked: &[String]) -> std::result::Result<Vec<String>, String> {
+    if let Some(unknown) = asked.iter().find(|a| !FEATURE_NAMES.contains(&a.as_str())) {
+        return Err(format!(
+            "unknown feature {unknown:?}; choose from {}",
+            FEATURE_NAMES.join(", ")
+        ));
+    }
+    let sorted: Vec<String> = FEATURE_NAMES
+        .iter()
+        .filter(|f| asked.iter().any(|a| a == *f))
+        .map(|f| f.to_string())
+        .collect();
+    if let Some(twice) = sorted
+        .iter()
+        .find(|f| asked.iter().filter(|a| a == f).count() > 1)
+    {
+        return Err(format!("feature {twice:?} is named more than once"));
+    }
+    Ok(sorted)
+}
+
 /// The clustered features: the ones asked for, else every feature whose
 /// spread across the base is at least [`super::profile::MIN_SPREAD`] (at
 /// least the two with the most spread).
@@ -92,19 +117,7 @@ fn choose_features(
 ) -> Result<(Vec<usize>, FeatureChoice)> {
     let names = |c: &[usize]| c.iter().map(|&j| FEATURE_NAMES[j].to_owned()).collect();
     if let Some(asked) = asked {
-        let mut sorted: Vec<String> = Vec::new();
-        for f in FEATURE_NAMES {
-            if asked.iter().any(|a| a == f) {
-                sorted.push(f.to_owned());
-            }
-        }
-        if let Some(unknown) = asked.iter().find(|a| !FEATURE_NAMES.contains(&a.as_str())) {
-            return Err(SegmentationError::BadFeatures(format!(
-                "unknown feature {unknown:?}; choose from {}",
-                FEATURE_NAMES.join(", ")
-            ))
-            .into());
-        }
+        let sorted = asked_features(asked).map_err(SegmentationError::BadFeatures)?;
         let c = feature_columns(&sorted).map_err(SegmentationError::BadFeatures)?;
         return Ok((
             c.clone(),
@@ -272,7 +285,21 @@ impl SegmentModel {
             path: name.to_owned(),
             message,
         };
-        let model: Self = serde_json::from_slice(text).map_err(|e| bad(e.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        // A k-means or PCA model file would otherwise fail on the first
+        // field it lacks ("missing field as_of"), which says nothing useful.
+        match value.get("kind").and_then(|k| k.as_str()) {
+            None | Some("segments") => {}
+            Some(kind) => {
+                return Err(bad(format!(
+                    "a {kind} model file, not a segment model: give the model.json a \
+                     segment run wrote"
+                ))
+                .into())
+            }
+        }
+        let model: Self = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
         if model.version > crate::model_file::VERSION {
             return Err(bad(format!(
                 "a version {} model file; this build reads up to version {}",
@@ -456,6 +483,9 @@ pub fn run_segmentation(
 ) -> Result<SegmentRun> {
     if !(params.outlier_percentile > 0.0 && params.outlier_percentile < 100.0) {
         return Err(SegmentationError::BadPercentile(params.outlier_percentile).into());
+    }
+    if let Some(asked) = &params.features {
+        asked_features(asked).map_err(SegmentationError::BadFeatures)?;
     }
     control.phase("reading transactions", 0.0);
     let log = read_checked_log(

@@ -21,9 +21,9 @@ pub mod transactions;
 
 pub use error::{RowProblem, SegmentationError};
 pub use job::{
-    feature_columns, run_segmentation, segment_customers, skewed_columns, ExperimentOptions,
-    ExperimentSummary, FeatureChoice, InputSummary, KChoice, Refresh, Scatter, SegmentControl,
-    SegmentModel, SegmentParams, SegmentRun, DEFAULT_K_RANGE, DEFAULT_MAX_BAD_ROWS,
+    asked_features, feature_columns, run_segmentation, segment_customers, skewed_columns,
+    ExperimentOptions, ExperimentSummary, FeatureChoice, InputSummary, KChoice, Refresh, Scatter,
+    SegmentControl, SegmentModel, SegmentParams, SegmentRun, DEFAULT_K_RANGE, DEFAULT_MAX_BAD_ROWS,
     DEFAULT_MIN_SHARE,
 };
 pub(crate) use output::replace_atomically;

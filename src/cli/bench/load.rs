@@ -217,7 +217,7 @@ pub fn run(seconds: u64, quick: bool, seed: u64, as_json: bool) -> anyhow::Resul
             Err(_) => "still running at the end (abandoned)".into(),
         };
         if as_json {
-            println!(
+            say!(
                 "{}",
                 json!({
                     "clients": CLIENTS, "rows_per_call": ROWS_PER_CALL, "seconds": window,
@@ -229,7 +229,7 @@ pub fn run(seconds: u64, quick: bool, seed: u64, as_json: bool) -> anyhow::Resul
             );
             return Ok(());
         }
-        println!(
+        say!(
             "load on loopback: {CLIENTS} clients × Assign({ROWS_PER_CALL} rows, d = {D}, k = 32) for {window:.1} s, \
              while 2 fits ({n} × 16, k = 512 and 1,024) and 1 evaluation (sample 20,000) run"
         );
@@ -245,7 +245,7 @@ pub fn run(seconds: u64, quick: bool, seed: u64, as_json: bool) -> anyhow::Resul
             vec!["evaluation".into(), eval_note],
             vec!["server peak RSS".into(), rss.map_or("unknown".into(), |r| format!("{r:.0} MiB"))],
         ];
-        print!("{}", table(&header, &rows));
+        say!("{}", table(&header, &rows).trim_end_matches('\n'));
         Ok(())
     })
 }

@@ -214,7 +214,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     if args.json {
-        println!(
+        say!(
             "{}",
             json!({
                 "quick": args.quick,
@@ -232,16 +232,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    print_table(&workloads, &results, &peaks);
+    print_table(&workloads, &results, &peaks)?;
     if results.iter().any(|m| m.init_ms.is_some()) {
-        println!(
+        say!(
             "\ninit: a fit's default k-means++ (on the automatic sample of the rows); \
              % of fit: its share of a fit of {} iterations at the median rate",
             measure::FIT_ITERS
         );
     }
     for s in &skipped {
-        println!("skipped: {s}");
+        say!("skipped: {s}");
     }
     Ok(())
 }
@@ -286,9 +286,13 @@ impl Peaks {
     }
 }
 
-fn print_table(workloads: &[Workload], results: &[Measurement], peaks: &Peaks) {
+fn print_table(
+    workloads: &[Workload],
+    results: &[Measurement],
+    peaks: &Peaks,
+) -> std::io::Result<()> {
     if let Some(p) = peaks.cpu_gemm {
-        println!("CPU matrix-multiply peak, measured: {p:.1} GFLOP/s");
+        say!("CPU matrix-multiply peak, measured: {p:.1} GFLOP/s");
     }
     if !peaks.cpu_fma.is_empty() {
         let each: Vec<String> = peaks
@@ -296,19 +300,19 @@ fn print_table(workloads: &[Workload], results: &[Measurement], peaks: &Peaks) {
             .iter()
             .map(|(l, g)| format!("{l} {g:.1}"))
             .collect();
-        println!(
+        say!(
             "CPU FMA peak, measured: {} GFLOP/s; kernels run at {}",
             each.join(", "),
             peaks.cpu_level
         );
     }
     if let Some(p) = peaks.gpu {
-        println!("GPU FMA peak, measured: {p:.1} GFLOP/s");
+        say!("GPU FMA peak, measured: {p:.1} GFLOP/s");
     }
     for w in workloads {
         let rows: Vec<&Measurement> = results.iter().filter(|m| m.workload == w.id).collect();
         let Some(first) = rows.first() else { continue };
-        println!(
+        say!(
             "\n{} — {}, median of the timed runs",
             w.describe(),
             w.unit()
@@ -352,6 +356,7 @@ fn print_table(workloads: &[Workload], results: &[Measurement], peaks: &Peaks) {
                 ]
             })
             .collect();
-        print!("{}", table(&header, &cells));
+        say!("{}", table(&header, &cells).trim_end_matches('\n'));
     }
+    Ok(())
 }

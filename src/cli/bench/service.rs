@@ -76,16 +76,16 @@ pub fn run(x: &Array2<f32>, k: usize, as_json: bool) -> anyhow::Result<()> {
         let upload_mb_s = bytes / median(upload_secs.clone()) / 1e6;
         let assign_rows_s = median(assign_rates);
         if as_json {
-            println!("{}", json!({"n": n, "d": d, "k": k, "upload_mb_per_s": upload_mb_s, "upload_seconds": upload_secs, "assign_rows_per_request": ASSIGN_ROWS, "assign_rows_per_s": assign_rows_s}));
+            say!("{}", json!({"n": n, "d": d, "k": k, "upload_mb_per_s": upload_mb_s, "upload_seconds": upload_secs, "assign_rows_per_request": ASSIGN_ROWS, "assign_rows_per_s": assign_rows_s}));
             return Ok(());
         }
-        println!("gRPC over loopback, n = {n}, d = {d}, k = {k}, median of {REPEATS}");
+        say!("gRPC over loopback, n = {n}, d = {d}, k = {k}, median of {REPEATS}");
         let header = ["measure", "value"].map(String::from).to_vec();
         let rows = vec![
             vec![format!("upload {:.0} MB", bytes / 1e6), format!("{upload_mb_s:.0} MB/s")],
             vec![format!("Assign, {ASSIGN_ROWS} rows per request"), format!("{:.2} M rows/s", assign_rows_s / 1e6)],
         ];
-        print!("{}", table(&header, &rows));
+        say!("{}", table(&header, &rows).trim_end_matches('\n'));
         Ok(())
     })
 }

@@ -105,7 +105,7 @@ pub fn run(n: usize, repeats: usize, compare: bool, seed: u64, json: bool) -> an
         "total_clv": total_clv,
     });
     if json {
-        println!(
+        say!(
             "{}",
             json!({"customers": n, "horizon_weeks": HORIZON, "repeats": repeats, "segmenta": ours, "lifetimes": peer})
         );
@@ -125,14 +125,15 @@ pub fn run(n: usize, repeats: usize, compare: bool, seed: u64, json: bool) -> an
     .iter()
     .map(|(name, k)| vec![name.to_string(), f(&ours, k), f(p, k)])
     .collect();
-    println!("{n} customers, median of {repeats}; BG/NBD fit without grouping: {ungrouped:.0} ms");
-    print!("{}", table(&header, &rows));
-    println!(
+    say!("{n} customers, median of {repeats}; BG/NBD fit without grouping: {ungrouped:.0} ms");
+    say!("{}", table(&header, &rows).trim_end_matches('\n'));
+    say!(
         "segmenta BG/NBD: {}; Gamma-Gamma: {}",
-        bg.params, gg.fitted.params
+        bg.params,
+        gg.fitted.params
     );
     if let Some(p) = &peer {
-        println!("lifetimes {}: {}", p["version"], p["params"]);
+        say!("lifetimes {}: {}", p["version"], p["params"]);
     }
     Ok(())
 }

@@ -195,7 +195,7 @@ pub enum ClientCommand {
         #[arg(long, value_delimiter = ',', value_parser = column_name)]
         columns: Vec<String>,
         /// Column whose values name each row in the output (default: row numbers).
-        #[arg(long)]
+        #[arg(long, value_parser = column_name)]
         id_col: Option<String>,
         #[command(flatten)]
         text: TextArgs,
@@ -288,7 +288,7 @@ pub struct FitArgs {
     #[arg(long)]
     standardize: bool,
     /// Dataset column holding sample weights (not used as a feature).
-    #[arg(long)]
+    #[arg(long, value_parser = column_name)]
     weights: Option<String>,
     /// Backend on the server (default: the server's).
     #[arg(long, value_enum)]
@@ -436,9 +436,11 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
             });
             let values: std::sync::Arc<[f32]> = data.values.iter().copied().collect();
             let dataset = upload(channel, &name, data.columns.clone(), values).await?;
-            println!(
+            say!(
                 "uploaded {} rows × {} columns as {}",
-                dataset.n_rows, dataset.n_cols, dataset.id
+                dataset.n_rows,
+                dataset.n_cols,
+                dataset.id
             );
         }
         ClientCommand::Import {
@@ -467,7 +469,7 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             if detach {
-                println!("{}", job.id);
+                say!("{}", job.id);
             } else {
                 watch(channel, &job.id).await?;
             }
@@ -503,7 +505,7 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                 .cancel_job(pb::CancelJobRequest { id: job })
                 .await?
                 .into_inner();
-            println!("cancel requested for {}", job.id);
+            say!("cancel requested for {}", job.id);
         }
         ClientCommand::Assign {
             model,
@@ -573,7 +575,7 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                 .into_inner();
             std::fs::write(&out, &file.content)
                 .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
-            println!("model {id} saved to {}", out.display());
+            say!("model {id} saved to {}", out.display());
         }
         ClientCommand::ImportModel { file } => {
             let content = std::fs::read(&file)
@@ -584,9 +586,9 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             match model.model {
-                Some(pb::model::Model::Kmeans(k)) => println!("{}  k-means k = {}", k.id, k.k),
+                Some(pb::model::Model::Kmeans(k)) => say!("{}  k-means k = {}", k.id, k.k),
                 Some(pb::model::Model::Pca(p)) => {
-                    println!("{}  PCA {} components", p.id, p.n_components)
+                    say!("{}  PCA {} components", p.id, p.n_components)
                 }
                 None => {}
             }
@@ -608,7 +610,7 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
             })
             .await?;
             for d in all {
-                println!(
+                say!(
                     "{}  {:>10} rows × {:<3} {}  [{}]",
                     d.id,
                     d.n_rows,
@@ -636,13 +638,18 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
             .await?;
             for m in all {
                 match m.model {
-                    Some(pb::model::Model::Kmeans(k)) => println!(
+                    Some(pb::model::Model::Kmeans(k)) => say!(
                         "{}  k-means k = {}, inertia {:.6e}, dataset {}",
-                        k.id, k.k, k.inertia, k.dataset_id
+                        k.id,
+                        k.k,
+                        k.inertia,
+                        k.dataset_id
                     ),
-                    Some(pb::model::Model::Pca(p)) => println!(
+                    Some(pb::model::Model::Pca(p)) => say!(
                         "{}  PCA {} components, dataset {}",
-                        p.id, p.n_components, p.dataset_id
+                        p.id,
+                        p.n_components,
+                        p.dataset_id
                     ),
                     None => {}
                 }
@@ -673,7 +680,7 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                     .await?
             };
             for deleted in response.into_inner().deleted_ids {
-                println!("deleted {deleted}");
+                say!("deleted {deleted}");
             }
         }
         ClientCommand::EraseCustomer { id } => {
@@ -683,10 +690,10 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                 .into_inner()
                 .changed;
             if changed.is_empty() {
-                println!("no stored object named that customer");
+                say!("no stored object named that customer");
             }
             for c in changed {
-                println!("{} {}: {} rows removed", c.kind, c.id, c.rows_removed);
+                say!("{} {}: {} rows removed", c.kind, c.id, c.rows_removed);
             }
         }
         ClientCommand::Info { json } => {
@@ -695,9 +702,12 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             if json {
-                println!("{}", info::json(&info));
+                say!("{}", info::json(&info));
             } else {
-                print!("{}", info::text(&info));
+                use std::io::Write as _;
+                std::io::stdout()
+                    .lock()
+                    .write_all(info::text(&info).as_bytes())?;
             }
         }
     }
@@ -864,12 +874,14 @@ async fn watch(channel: Conn, id: &str) -> anyhow::Result<pb::Job> {
                 match pb::JobState::try_from(job.state) {
                     Ok(pb::JobState::Succeeded) => {
                         match &job.result {
-                            Some(pb::job::Result::Dataset(d)) => println!(
+                            Some(pb::job::Result::Dataset(d)) => say!(
                                 "dataset {} ({} rows × {} columns)",
-                                d.id, d.n_rows, d.n_cols
+                                d.id,
+                                d.n_rows,
+                                d.n_cols
                             ),
                             Some(pb::job::Result::Kmeans(m)) => {
-                                println!(
+                                say!(
                                     "model {}: k = {}, {} after {} iterations, inertia {:.6e}, backend {} [{}]",
                                     m.id,
                                     m.k,
@@ -879,19 +891,24 @@ async fn watch(channel: Conn, id: &str) -> anyhow::Result<pb::Job> {
                                     m.backend,
                                     m.adapter
                                 );
-                                println!("cluster sizes: {:?}", m.cluster_sizes);
+                                say!("cluster sizes: {:?}", m.cluster_sizes);
                             }
-                            Some(pb::job::Result::Pca(p)) => println!(
+                            Some(pb::job::Result::Pca(p)) => say!(
                                 "model {}: {} components, explained variance ratio {:?}",
-                                p.id, p.n_components, p.explained_variance_ratio
+                                p.id,
+                                p.n_components,
+                                p.explained_variance_ratio
                             ),
                             Some(pb::job::Result::Segmentation(s)) => {
-                                println!(
+                                say!(
                                     "segmentation {}: {} customers as of {} in {} segments",
-                                    s.id, s.n_customers, s.as_of, s.k
+                                    s.id,
+                                    s.n_customers,
+                                    s.as_of,
+                                    s.k
                                 );
                                 for p in &s.segments {
-                                    println!(
+                                    say!(
                                         "  segment {}: {} customers ({:.1}%), {}",
                                         p.id,
                                         p.size,
@@ -902,16 +919,19 @@ async fn watch(channel: Conn, id: &str) -> anyhow::Result<pb::Job> {
                             }
                             Some(pb::job::Result::Clv(c)) => {
                                 let b = c.bgnbd.unwrap_or_default();
-                                println!(
+                                say!(
                                     "CLV run {}: {} customers at {} ({} with a repeat purchase), total predicted value {:.2}",
                                     c.id, c.n_customers, c.calibration_end, c.n_repeat_customers, c.total_clv
                                 );
-                                println!(
+                                say!(
                                     "  BG/NBD r = {:.4}, alpha = {:.4}, a = {:.4}, b = {:.4}",
-                                    b.r, b.alpha, b.a, b.b
+                                    b.r,
+                                    b.alpha,
+                                    b.a,
+                                    b.b
                                 );
                             }
-                            None => println!("job {id} succeeded"),
+                            None => say!("job {id} succeeded"),
                         }
                         return Ok(job);
                     }

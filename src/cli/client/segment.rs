@@ -203,19 +203,24 @@ pub async fn run(channel: Conn, a: ClientSegmentArgs) -> anyhow::Result<()> {
     };
     if let Some(dir) = &a.out {
         download_all(&mut client, &seg.id, &seg.artifacts, dir).await?;
-        say_downloaded(&seg.artifacts, dir, "report.html");
+        say_downloaded(&seg.artifacts, dir, "report.html")?;
     }
     Ok(())
 }
 
 /// Where the downloads went, and the page to open.
-pub(super) fn say_downloaded(names: &[String], dir: &std::path::Path, page: &str) {
-    println!(
+pub(super) fn say_downloaded(
+    names: &[String],
+    dir: &std::path::Path,
+    page: &str,
+) -> std::io::Result<()> {
+    say!(
         "{} files downloaded into {}; open {}",
         names.len(),
         dir.display(),
         dir.join(page).display()
     );
+    Ok(())
 }
 
 /// Where a job's transaction log is: a local file to upload, a log

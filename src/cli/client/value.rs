@@ -87,12 +87,12 @@ pub async fn clv(channel: Conn, a: ClientClvArgs) -> anyhow::Result<()> {
     if a.json {
         let mut v: serde_json::Value = serde_json::from_slice(&summary)?;
         v["id"] = serde_json::json!(run.id);
-        println!("{v}");
+        say!("{v}");
         return Ok(());
     }
     crate::cli::clv::print_summary(&serde_json::from_slice(&summary)?);
     if let Some(dir) = &a.out {
-        say_downloaded(&run.artifacts, dir, "clv.html");
+        say_downloaded(&run.artifacts, dir, "clv.html")?;
     }
     Ok(())
 }
@@ -161,12 +161,12 @@ pub async fn uplift(channel: Conn, a: ClientUpliftArgs) -> anyhow::Result<()> {
     if a.json {
         let mut v = serde_json::to_value(&report)?;
         v["files"] = serde_json::json!(files);
-        println!("{v}");
+        say!("{v}");
         return Ok(());
     }
     crate::cli::uplift::print_report(&report);
     if let Some(f) = files {
-        println!("report: {}", f.html.display());
+        say!("report: {}", f.html.display());
     }
     Ok(())
 }

@@ -113,6 +113,8 @@ pub(super) fn segment_job(r: pb::SegmentRequest) -> Result<SegmentJob, ServiceEr
             "at most the five features, by name",
         ));
     }
+    crate::segmentation::asked_features(&r.features)
+        .map_err(|message| ServiceError::invalid("features", message))?;
     Ok(SegmentJob {
         source,
         text_format: text_format(r.text_format, "text_format")?,
