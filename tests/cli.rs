@@ -320,7 +320,7 @@ fn unsupported_file_type() {
 #[test]
 fn empty_data() {
     fails_on_file("empty.csv", "a,b\n", KMEANS_K1, "the data has no rows");
-    fails_on_file("nothing.csv", "", KMEANS_K1, "no columns");
+    fails_on_file("nothing.csv", "", KMEANS_K1, "the file is empty: no header row");
 }
 
 #[test]
@@ -546,6 +546,57 @@ fn segment_then_refresh_from_the_cli() {
         serde_json::json!([0, 0, 0, 0])
     );
     assert!(second.join("transitions.png").is_file());
+    // A typo'd year (2099) is left out with a warning: the as-of date and
+    // every recency stay as they were.
+    let mut text = std::fs::read_to_string(&log).unwrap();
+    let (customer, rest) = text.lines().nth(1).unwrap().split_once(',').unwrap();
+    let order = rest.split(',').next().unwrap();
+    text.push_str(&format!("{customer},{order},2099-01-01,10\n"));
+    let typo = dir.path().join("typo.csv");
+    std::fs::write(&typo, text).unwrap();
+    let run = |path: &Path, out: &Path| {
+        segmenta()
+            .args(["segment", "--transactions", path.to_str().unwrap()])
+            .args([
+                "--k",
+                "4",
+                "--out",
+                out.to_str().unwrap(),
+                "--backend",
+                "cpu",
+            ])
+            .assert()
+            .success()
+            .get_output()
+            .clone()
+    };
+    let clean = run(&log, &dir.path().join("clean"));
+    let typod = run(&typo, &dir.path().join("typo"));
+    let stderr = String::from_utf8_lossy(&typod.stderr);
+    assert!(
+        stderr.contains(
+            "warning: 1 line dated after today (the latest 2099-01-01) left out: check the dates"
+        ),
+        "{stderr}"
+    );
+    let first_line = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    // "N customers as of DATE from M rows …": one row more, same date.
+    let (a, b) = (first_line(&clean), first_line(&typod));
+    assert_eq!(
+        a.split(" from ").next(),
+        b.split(" from ").next(),
+        "{a}\n{b}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("clean/customers.csv")).unwrap(),
+        std::fs::read(dir.path().join("typo/customers.csv")).unwrap()
+    );
     // The table form names the report.
     segmenta()
         .args([
@@ -618,6 +669,17 @@ fn segment_rejects_bad_options_and_rows_clearly() {
     check(
         &["--outlier-percentile", "100"],
         "outlier percentile must be in (0, 100)",
+    );
+    let header_only = write(&dir, "header.csv", "customer_id,date,amount\n");
+    fails_with(
+        &[
+            "segment",
+            "--transactions",
+            header_only.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "the transaction log has no rows, only a header",
     );
     let garbage = write(&dir, "model.json", "{\"not\": \"a model\"}");
     check(&["--previous", garbage.to_str().unwrap()], "previous model");

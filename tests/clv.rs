@@ -58,6 +58,8 @@ fn a_log_gives_parameters_scores_files_and_a_holdout_check() {
     }
     for key in ["p", "q", "v"] {
         assert!(v["gamma_gamma"][key].as_f64().unwrap() > 0.0);
+        // Named as the BG/NBD's are (an array before).
+        assert!(v["gamma_gamma"]["std_errors"][key].as_f64().unwrap() > 0.0);
     }
     let n = v["n_customers"].as_u64().unwrap();
     assert!(n > 1000 && v["n_repeat_customers"].as_u64().unwrap() < n);
@@ -258,6 +260,68 @@ fn bad_input_gets_a_clear_error() {
         &["--calibration-end", "2024-01-20"],
         "customer 1: the spend per purchase day does not add up to a finite number",
     );
+    // No rows at all, or only a header: said so, not "unknown column".
+    for (name, text, message) in [
+        ("empty.csv", "", "the file is empty: no header row"),
+        (
+            "header.csv",
+            "customer_id,date,amount\n",
+            "the transaction log has no rows, only a header",
+        ),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        fails(&path, &["--calibration-end", "2024-01-20"], message);
+    }
+}
+
+/// A line dated in the future (a typo: 2099 for 2019) is left out with a
+/// warning; before, it moved the "after the last purchase" check, so a
+/// calibration end decades ahead was accepted.
+#[test]
+fn a_future_line_is_left_out_with_a_warning() {
+    let dir = TempDir::new().unwrap();
+    let log = write_log(&dir, 300);
+    let mut text = std::fs::read_to_string(&log).unwrap();
+    let header = text.lines().next().unwrap().to_owned();
+    assert_eq!(
+        header, "customer_id,date,amount",
+        "the log's columns changed"
+    );
+    text.push_str("C00000,2099-01-01,50\n");
+    let typo = dir.path().join("typo.csv");
+    std::fs::write(&typo, &text).unwrap();
+    fails(
+        &typo,
+        &["--calibration-end", "2030-06-30"],
+        "the calibration end 2030-06-30 is after the last purchase in the log",
+    );
+    let run = |path: &std::path::Path| {
+        json_of(
+            segmenta()
+                .args(["clv", "--transactions", path.to_str().unwrap()])
+                .args(["--calibration-end", "2025-03-31", "--json"]),
+        )
+    };
+    let (clean, typo_run) = (run(&log), run(&typo));
+    let warning = "1 line dated after today (the latest 2099-01-01) left out: check the dates";
+    segmenta()
+        .args(["clv", "--transactions", typo.to_str().unwrap()])
+        .args(["--calibration-end", "2025-03-31"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!("warning: {warning}")));
+    assert!(
+        typo_run["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str() == Some(warning)),
+        "{}",
+        typo_run["warnings"]
+    );
+    assert_eq!(clean["bgnbd"], typo_run["bgnbd"]);
+    assert_eq!(clean["total_clv"], typo_run["total_clv"]);
 }
 
 /// A set cancel flag stops the job with `Cancelled`, whatever phase it is

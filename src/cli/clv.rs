@@ -166,9 +166,9 @@ pub fn print_summary(s: &segmenta::value::ClvSummary) {
         rows.push(vec!["BG/NBD".into(), name.into(), fmt_f(v), fmt_f(se)]);
     }
     for (name, v, se) in [
-        ("p", g.p, g.std_errors[0]),
-        ("q", g.q, g.std_errors[1]),
-        ("v", g.v, g.std_errors[2]),
+        ("p", g.p, g.std_errors.p),
+        ("q", g.q, g.std_errors.q),
+        ("v", g.v, g.std_errors.v),
     ] {
         rows.push(vec!["Gamma-Gamma".into(), name.into(), fmt_f(v), fmt_f(se)]);
     }

@@ -304,6 +304,9 @@ fn report(
         return Ok(());
     }
     let i = &run.input;
+    if let Some(w) = i.notes.future.warning() {
+        eprintln!("warning: {w}");
+    }
     if i.bad_rows.total > 0 {
         eprintln!(
             "warning: {} of {} rows skipped as unreadable: {}",

@@ -42,6 +42,10 @@ pub enum DataError {
     NonNumericColumn { column: String, dtype: String },
     #[error("the data has no rows")]
     NoRows,
+    /// A file of zero bytes (or a blank first line): without this, the
+    /// first column asked for would be "unknown" among no columns.
+    #[error("the file is empty: no header row")]
+    NoHeader,
     #[error("the data has no columns")]
     NoColumns,
     #[error("non-finite value ({value}) at row {row}, column {column:?}")]

@@ -125,6 +125,9 @@ pub fn first_repeated(names: &[String]) -> Option<&String> {
 /// header. Taking all columns is an error where one has no name.
 pub fn resolve_columns(header: &[String], wanted: &[String]) -> Result<Vec<usize>, DataError> {
     let repeated = |name: &String| DataError::RepeatedColumn { name: name.clone() };
+    if header.iter().all(String::is_empty) {
+        return Err(DataError::NoHeader);
+    }
     if wanted.is_empty() {
         if let Some(j) = header.iter().position(String::is_empty) {
             return Err(DataError::UnnamedColumn { position: j + 1 });
@@ -182,9 +185,6 @@ fn read_csv(
         .iter()
         .map(str::to_owned)
         .collect();
-    if header.is_empty() {
-        return Err(DataError::NoColumns);
-    }
     let picks =
         resolve_columns(&header, wanted).map_err(|e| with_delimiter_hint(e, &header, delimiter))?;
     limits.check_columns(picks.len())?;

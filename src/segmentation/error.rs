@@ -46,6 +46,13 @@ pub enum SegmentationError {
     },
     #[error("no customer has a purchase on or before the as-of date {as_of}")]
     NoCustomers { as_of: chrono::NaiveDate },
+    #[error("the transaction log has no rows, only a header (or nothing at all)")]
+    NoTransactions,
+    #[error("every line of the log is dated after today ({lines} lines, the latest {latest}): check the date column and its format")]
+    OnlyFutureLines {
+        lines: usize,
+        latest: chrono::NaiveDate,
+    },
     /// `summary` says how many by problem, with examples and fixes;
     /// `summary_without_values` the same without quoting any cell.
     #[error("{}: {summary}", too_many(*bad, *rows, *allowed))]

@@ -44,6 +44,9 @@ pub struct FeatureNotes {
     pub refund_lines: usize,
     /// Customers with refunds but no purchase up to the as-of date.
     pub customers_without_purchase: usize,
+    /// Lines left out when the log was read, dated after that day.
+    #[serde(default)]
+    pub future: super::transactions::FutureLines,
 }
 
 /// One row per customer with at least one purchase, in order of first
@@ -100,7 +103,10 @@ pub fn customer_features(
         log.customer_ids.len()
     ];
     let mut visits: HashSet<(u32, i64)> = HashSet::with_capacity(log.lines.len());
-    let mut notes = FeatureNotes::default();
+    let mut notes = FeatureNotes {
+        future: log.future,
+        ..FeatureNotes::default()
+    };
     for line in &log.lines {
         if line.day > as_of_day {
             notes.lines_after_as_of += 1;

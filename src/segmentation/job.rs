@@ -825,13 +825,24 @@ pub(crate) fn read_checked_log(
     if !(0.0..=1.0).contains(&max_bad_rows) {
         return Err(SegmentationError::BadMaxBadRows(max_bad_rows).into());
     }
-    let log = read_transactions_as(path, columns, format, policy)?;
+    let mut log = read_transactions_as(path, columns, format, policy)?;
     check_bad_rows(
         &log.bad_rows,
         log.rows_read,
         log.lines.is_empty(),
         max_bad_rows,
     )?;
+    if log.lines.is_empty() {
+        return Err(SegmentationError::NoTransactions.into());
+    }
+    log.leave_out_future(chrono::Utc::now().date_naive());
+    if log.lines.is_empty() {
+        return Err(SegmentationError::OnlyFutureLines {
+            lines: log.future.lines,
+            latest: log.future.latest.expect("lines were left out"),
+        }
+        .into());
+    }
     Ok(log)
 }
 

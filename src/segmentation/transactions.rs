@@ -176,6 +176,51 @@ pub struct TransactionLog {
     pub delimiter: Option<Delimiter>,
     /// How dates were read, in words (e.g. "ISO 8601", "%d/%m/%Y (detected)").
     pub date_format: String,
+    /// Lines left out for a date after today ([`Self::leave_out_future`]).
+    pub future: FutureLines,
+}
+
+/// Lines dated after the day they were read: typos (2099 for 2019) or
+/// scheduled orders. Left in, one such line would move the default as-of
+/// date and every customer's recency and tenure with it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FutureLines {
+    pub lines: usize,
+    /// The latest of their dates.
+    pub latest: Option<NaiveDate>,
+}
+
+impl FutureLines {
+    /// What to tell the user, when any line was left out.
+    pub fn warning(&self) -> Option<String> {
+        let latest = self.latest?;
+        Some(format!(
+            "{} line{} dated after today (the latest {latest}) left out: check the dates",
+            self.lines,
+            if self.lines == 1 { "" } else { "s" }
+        ))
+    }
+}
+
+impl TransactionLog {
+    /// Leaves out the lines dated after `today` plus one day (a log written
+    /// in a time zone ahead of this machine's clock is not in the future).
+    pub fn leave_out_future(&mut self, today: NaiveDate) {
+        let limit = day_number(today) + 1;
+        let mut latest = None;
+        let before = self.lines.len();
+        self.lines.retain(|l| {
+            let future = l.day > limit;
+            if future {
+                latest = latest.max(Some(l.day));
+            }
+            !future
+        });
+        self.future = FutureLines {
+            lines: before - self.lines.len(),
+            latest: latest.map(date_of),
+        };
+    }
 }
 
 /// Parses a date or timestamp as written (its calendar date, time zones not

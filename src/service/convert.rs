@@ -324,6 +324,12 @@ pub fn segmentation(meta: &SegmentationMeta, doc: &SegmentsDocument) -> pb::Segm
         lines_after_as_of: i.notes.lines_after_as_of as u64,
         refund_lines: i.notes.refund_lines as u64,
         customers_without_purchase: i.notes.customers_without_purchase as u64,
+        lines_after_today: i.notes.future.lines as u64,
+        latest_future_date: i
+            .notes
+            .future
+            .latest
+            .map_or(String::new(), |d| d.to_string()),
         frequency_basis: match i.frequency_basis {
             FrequencyBasis::Orders => "orders",
             FrequencyBasis::PurchaseDays => "purchase_days",
@@ -425,9 +431,9 @@ pub fn clv_run(meta: &SegmentationMeta, s: &ClvSummary) -> pb::ClvRun {
             p: g.p,
             q: g.q,
             v: g.v,
-            p_std_error: g.std_errors[0],
-            q_std_error: g.std_errors[1],
-            v_std_error: g.std_errors[2],
+            p_std_error: g.std_errors.p,
+            q_std_error: g.std_errors.q,
+            v_std_error: g.std_errors.v,
             fit: Some(fit_diagnostics(
                 g.log_likelihood,
                 g.iterations,
@@ -437,6 +443,7 @@ pub fn clv_run(meta: &SegmentationMeta, s: &ClvSummary) -> pb::ClvRun {
             frequency_spend_correlation: g.frequency_spend_correlation,
             customers_fitted: g.customers_fitted as u64,
             excluded_non_positive_spend: g.excluded_non_positive_spend as u64,
+            p_at_limit: g.p_at_limit,
         }),
         expected_purchases_new_customer: s.expected_purchases_new_customer,
         total_clv: s.total_clv,

@@ -139,6 +139,7 @@ impl From<Error> for ServiceError {
                     }
                     DataError::NotNumeric { .. }
                     | DataError::NoRows
+                    | DataError::NoHeader
                     | DataError::NoColumns
                     | DataError::NotFinite { .. }
                     | DataError::Shape { .. } => "rows",
@@ -153,7 +154,9 @@ impl From<Error> for ServiceError {
                         // Job records never quote a cell of the log.
                         return Self::invalid("transactions", s.without_values());
                     }
-                    SegmentationError::NoCustomers { .. } => "transactions",
+                    SegmentationError::NoCustomers { .. }
+                    | SegmentationError::NoTransactions
+                    | SegmentationError::OnlyFutureLines { .. } => "transactions",
                     SegmentationError::BadMaxBadRows(_) => "max_bad_rows",
                     SegmentationError::BadMinShare(_) => "min_share",
                     SegmentationError::BadFeatures(_) => "features",

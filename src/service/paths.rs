@@ -140,6 +140,7 @@ pub fn content_error(e: DataError) -> ServiceError {
             ("path", format!("row {row}: a value is not a finite number"))
         }
         e @ (DataError::NoRows
+        | DataError::NoHeader
         | DataError::NoColumns
         | DataError::UnnamedColumn { .. }
         | DataError::Shape { .. }

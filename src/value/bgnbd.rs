@@ -204,6 +204,10 @@ impl LogLikelihood for Likelihood<'_> {
         })
     }
 
+    fn names(&self) -> &'static [&'static str] {
+        &["r", "alpha", "a", "b"]
+    }
+
     fn customers(&self) -> f64 {
         self.customers
     }

@@ -54,6 +54,8 @@ pub(crate) trait LogLikelihood: Sync {
     fn value_grad(&self, p: &[f64]) -> (f64, Vec<f64>);
     /// Customers the sum runs over (the objective is per customer).
     fn customers(&self) -> f64;
+    /// The parameters' names, in order, for messages.
+    fn names(&self) -> &'static [&'static str];
 }
 
 /// How a fit ended.
@@ -126,8 +128,14 @@ impl Problem<'_> {
                 return Ok((*c, g.clone()));
             }
         }
-        if theta.iter().any(|t| !t.is_finite() || t.abs() > MAX_LOG) {
-            return Err(argmin::core::Error::msg("a parameter ran past e^±30"));
+        if let Some(i) = theta
+            .iter()
+            .position(|t| !t.is_finite() || t.abs() > MAX_LOG)
+        {
+            let name = self.ll.names().get(i).copied().unwrap_or("?");
+            return Err(argmin::core::Error::msg(format!(
+                "parameter {name} ran past e^±{MAX_LOG}"
+            )));
         }
         let p: Vec<f64> = theta.iter().map(|t| t.exp()).collect();
         let (ll, g) = self.ll.value_grad(&p);
@@ -222,7 +230,7 @@ fn run(ll: &dyn LogLikelihood, start: &[f64]) -> (Vec<f64>, FitReport) {
         converged = false;
         stop = format!(
             "parameter {} ran to e^±{BOUND_LOG} (no finite maximum)",
-            i + 1
+            ll.names().get(i).copied().unwrap_or("?")
         );
     }
     let params: Vec<f64> = theta.iter().map(|t| t.exp()).collect();
@@ -330,6 +338,9 @@ mod tests {
         fn customers(&self) -> f64 {
             self.n
         }
+        fn names(&self) -> &'static [&'static str] {
+            &["lambda"]
+        }
     }
 
     #[test]
@@ -351,5 +362,9 @@ mod tests {
         let ll = Poisson { n: 10.0, s: 0.0 };
         let (_, report) = maximise(&ll, &[vec![1.0]]);
         assert!(!report.converged, "{report:?}");
+        assert!(
+            report.stop.contains("parameter lambda ran to"),
+            "{report:?}"
+        );
     }
 }

@@ -78,6 +78,10 @@ impl LogLikelihood for Likelihood<'_> {
     fn customers(&self) -> f64 {
         self.x.len() as f64
     }
+
+    fn names(&self) -> &'static [&'static str] {
+        &["p", "q", "v"]
+    }
 }
 
 /// A fitted Gamma-Gamma model.
@@ -97,9 +101,23 @@ pub struct GammaGammaFit {
     /// Repeat customers left out for a mean spend of zero or less
     /// (refunds), which the model cannot describe.
     pub excluded_non_positive: usize,
+    /// `p` has no finite maximum, so the fit is the model's limit
+    /// ([`LIMIT_P`]): the spread of mean spend across customers does not
+    /// shrink with more purchases as the model expects (spend per purchase
+    /// that hardly varies within a customer, or spend that rises or falls
+    /// with frequency).
+    #[serde(default)]
+    pub p_at_limit: bool,
 }
 
 impl GammaGammaFit {
+    /// What to tell the user when the fit is the model's limit.
+    pub fn limit_warning(&self) -> Option<String> {
+        self.p_at_limit.then(|| {
+            "the Gamma-Gamma fit found no finite p (mean spend does not settle with more purchases as the model expects: spend per purchase that hardly varies within a customer, or spend tied to frequency); fitted the model's limit, where a repeat customer's expected spend is their own mean spend".to_owned()
+        })
+    }
+
     /// The warning to show when spend and frequency correlate, if they do.
     pub fn correlation_warning(&self) -> Option<String> {
         (self.correlation.abs() > CORRELATION_WARNING).then(|| {
@@ -142,12 +160,28 @@ impl GammaGamma {
             vec![3.0, 4.0, mean_m],
             vec![0.5, 1.5, 0.25 * mean_m],
         ];
-        let (p, report) = maximise(&ll, &starts);
-        let params = GammaGammaParams {
+        let (p, mut report) = maximise(&ll, &starts);
+        let mut params = GammaGammaParams {
             p: p[0],
             q: p[1],
             v: p[2],
         };
+        let unbounded = !report.converged && params.p >= LIMIT_P_FROM;
+        if unbounded {
+            if let Some((q, scale)) = limit_fit(&ms) {
+                params = GammaGammaParams {
+                    p: LIMIT_P,
+                    q,
+                    v: scale / LIMIT_P,
+                };
+                let (log_likelihood, _) = ll.value_grad(&[params.p, params.q, params.v]);
+                report.converged = true;
+                report.log_likelihood = log_likelihood;
+                report.gradient_norm = f64::NAN;
+                report.std_errors = vec![f64::NAN; 3];
+                report.stop = "p has no finite maximum: the model's limit".into();
+            }
+        }
         if !report.converged {
             return Err(ValueError::NotConverged {
                 model: "Gamma-Gamma",
@@ -165,6 +199,7 @@ impl GammaGamma {
             correlation: pearson(&xs.iter().map(|&v| v as f64).collect::<Vec<_>>(), &ms),
             customers: xs.len(),
             excluded_non_positive: excluded,
+            p_at_limit: unbounded && report.converged,
             fitted: Fitted { params, report },
         })
     }
@@ -182,6 +217,44 @@ impl GammaGamma {
         let x = x as f64;
         p * (v + x * m) / (p * x + q - 1.0)
     }
+}
+
+/// A fit that stops with `p` at least this large has found no finite
+/// maximum in `p` (the model would have purchases of one customer vary by
+/// 1 % or less: their coefficient of variation is `1/√p`).
+const LIMIT_P_FROM: f64 = 1e4;
+
+/// `p` in the model's limit: large enough that a customer's expected
+/// spend is their own mean to within 1e-5 relative for any `x ≥ 1`, small
+/// enough that `ln Γ(px)` stays exact in f64.
+pub const LIMIT_P: f64 = 1e7;
+
+/// The Gamma-Gamma model as `p → ∞` with `p·v` fixed: each customer's
+/// mean spend is their true mean `ζ`, and `1/ζ ~ Gamma(q, rate p·v)`
+/// across customers. Returns `(q, p·v)` by maximum likelihood on `1/m`
+/// (`ln q − ψ(q) = ln ȳ − mean ln y`, solved by bisection on `ln q`; the
+/// left side falls from ∞ to 0), or `None` when every mean is the same
+/// (no spread left to fit).
+fn limit_fit(m: &[f64]) -> Option<(f64, f64)> {
+    let n = m.len() as f64;
+    let mean_y = m.iter().map(|v| 1.0 / v).sum::<f64>() / n;
+    let mean_ln_y = m.iter().map(|v| -v.ln()).sum::<f64>() / n;
+    let s = mean_y.ln() - mean_ln_y;
+    if !(s.is_finite() && s > 1e-12) {
+        return None;
+    }
+    let (mut lo, mut hi) = (-20.0f64, 30.0f64);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        let q = mid.exp();
+        if q.ln() - digamma(q) > s {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let q = (0.5 * (lo + hi)).exp();
+    Some((q, q / mean_y))
 }
 
 fn pearson(a: &[f64], b: &[f64]) -> f64 {
@@ -213,6 +286,44 @@ mod tests {
         };
         let p = [2.1, 3.4, 15.0];
         crate::value::fit::assert_gradient(&ll, &p);
+    }
+
+    /// Every purchase of a customer costs the same (a subscription's
+    /// price, say): `p` runs away, and the limit is fitted instead. Its
+    /// `q` and `p·v` are the Gamma MLE of `1/m`, and each repeat customer's
+    /// expected spend is their own mean.
+    #[test]
+    fn an_unbounded_p_fits_the_limit() {
+        // Prices 1/y with y spread like a Gamma(4, rate 100) sample.
+        let prices = [
+            18.5, 22.0, 25.0, 29.9, 31.0, 35.5, 40.0, 44.0, 52.0, 61.0, 75.0, 99.0,
+        ];
+        let (mut x, mut m) = (Vec::new(), Vec::new());
+        for (i, &price) in prices.iter().cycle().take(600).enumerate() {
+            x.push(1 + (i % 7) as u32);
+            m.push(price);
+        }
+        let fit = GammaGamma::fit(&x, &m).unwrap();
+        assert!(fit.p_at_limit, "{:?}", fit.fitted);
+        assert!(fit.limit_warning().is_some());
+        let GammaGammaParams { p, q, v } = fit.fitted.params;
+        assert_eq!(p, LIMIT_P);
+        // The Gamma MLE's condition holds at q, and the rate is q / ȳ.
+        let y: Vec<f64> = m.iter().map(|v| 1.0 / v).collect();
+        let mean_y = y.iter().sum::<f64>() / y.len() as f64;
+        let mean_ln_y = y.iter().map(|v| v.ln()).sum::<f64>() / y.len() as f64;
+        let s = mean_y.ln() - mean_ln_y;
+        assert!((q.ln() - digamma(q) - s).abs() < 1e-9, "q = {q}");
+        assert!((p * v - q / mean_y).abs() < 1e-9 * q / mean_y);
+        let gg = GammaGamma {
+            params: fit.fitted.params,
+        };
+        for &price in &prices {
+            assert!((gg.expected_spend(1, price) / price - 1.0).abs() < 1e-5);
+        }
+        // Nothing to fit when every customer's mean is the same.
+        let same = [25.0; 50];
+        assert!(GammaGamma::fit(&[2; 50], &same).is_err());
     }
 
     #[test]

@@ -224,14 +224,59 @@ pub struct GammaGammaReport {
     pub q: f64,
     pub v: f64,
     pub log_likelihood: f64,
-    pub std_errors: [f64; 3],
+    /// Named as the BG/NBD's are; an older record's `[p, q, v]` reads too.
+    #[serde(deserialize_with = "std_errors_of")]
+    pub std_errors: GammaGammaStdErrors,
     pub iterations: u64,
+    /// NaN (written `null`) for the model's limit, which is not a point
+    /// the optimiser reached.
+    #[serde(deserialize_with = "nan_if_null")]
     pub gradient_norm: f64,
     pub converged: bool,
     /// Pearson correlation of frequency and mean spend.
     pub frequency_spend_correlation: f64,
     pub customers_fitted: usize,
     pub excluded_non_positive_spend: usize,
+    /// `p` had no finite maximum: the fit is the model's limit
+    /// ([`GammaGammaFit::p_at_limit`]).
+    #[serde(default)]
+    pub p_at_limit: bool,
+}
+
+/// Standard errors of the Gamma-Gamma parameters; NaN (written `null`)
+/// where the data do not pin a parameter down (`p` at its limit).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GammaGammaStdErrors {
+    #[serde(deserialize_with = "nan_if_null")]
+    pub p: f64,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub q: f64,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub v: f64,
+}
+
+/// serde_json writes a NaN as `null`; read it back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+fn std_errors_of<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<GammaGammaStdErrors, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Named(GammaGammaStdErrors),
+        Listed([Option<f64>; 3]),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::Named(e) => e,
+        Either::Listed([p, q, v]) => GammaGammaStdErrors {
+            p: p.unwrap_or(f64::NAN),
+            q: q.unwrap_or(f64::NAN),
+            v: v.unwrap_or(f64::NAN),
+        },
+    })
 }
 
 impl GammaGammaReport {
@@ -242,13 +287,18 @@ impl GammaGammaReport {
             q: p.q,
             v: p.v,
             log_likelihood: r.log_likelihood,
-            std_errors: [r.std_errors[0], r.std_errors[1], r.std_errors[2]],
+            std_errors: GammaGammaStdErrors {
+                p: r.std_errors[0],
+                q: r.std_errors[1],
+                v: r.std_errors[2],
+            },
             iterations: r.iterations,
             gradient_norm: r.gradient_norm,
             converged: r.converged,
             frequency_spend_correlation: g.correlation,
             customers_fitted: g.customers,
             excluded_non_positive_spend: g.excluded_non_positive,
+            p_at_limit: g.p_at_limit,
         }
     }
 }
@@ -328,7 +378,9 @@ pub fn clv_of_log(log: &TransactionLog, params: &ClvParams) -> Result<ClvRun, Va
         &options,
         params.cancel.as_deref(),
     )?;
-    let mut warnings: Vec<String> = gg_fit.correlation_warning().into_iter().collect();
+    let mut warnings: Vec<String> = log.future.warning().into_iter().collect();
+    warnings.extend(gg_fit.limit_warning());
+    warnings.extend(gg_fit.correlation_warning());
     if gg_fit.excluded_non_positive > 0 {
         warnings.push(format!(
             "{} repeat customers with a mean spend of zero or less (refunds) were left out of the spend model; they get the population's expected spend",
@@ -527,4 +579,27 @@ fn customers_parquet(run: &ClvRun) -> Result<Vec<u8>> {
         )),
     ];
     parquet_bytes(&CLV_COLUMNS, columns, "customers.parquet")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record written before the standard errors were named, and one
+    /// with an undefined error (`null`), both read back.
+    #[test]
+    fn gamma_gamma_reports_read_old_and_null_errors() {
+        let old = r#"{"p": 2.0, "q": 3.0, "v": 4.0, "log_likelihood": -10.0,
+            "std_errors": [0.1, null, 0.3], "iterations": 5, "gradient_norm": null,
+            "converged": true, "frequency_spend_correlation": 0.1,
+            "customers_fitted": 9, "excluded_non_positive_spend": 0}"#;
+        let r: GammaGammaReport = serde_json::from_str(old).unwrap();
+        assert_eq!((r.std_errors.p, r.std_errors.v), (0.1, 0.3));
+        assert!(r.std_errors.q.is_nan() && r.gradient_norm.is_nan());
+        assert!(!r.p_at_limit);
+        let again: GammaGammaReport =
+            serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(again.std_errors.p, 0.1);
+        assert!(again.std_errors.q.is_nan());
+    }
 }

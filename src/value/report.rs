@@ -103,9 +103,9 @@ fn models_table(h: &mut String, run: &ClvRun) {
         ("BG/NBD", "alpha", b.alpha, b.std_errors.alpha),
         ("BG/NBD", "a", b.a, b.std_errors.a),
         ("BG/NBD", "b", b.b, b.std_errors.b),
-        ("Gamma-Gamma", "p", g.p, g.std_errors[0]),
-        ("Gamma-Gamma", "q", g.q, g.std_errors[1]),
-        ("Gamma-Gamma", "v", g.v, g.std_errors[2]),
+        ("Gamma-Gamma", "p", g.p, g.std_errors.p),
+        ("Gamma-Gamma", "q", g.q, g.std_errors.q),
+        ("Gamma-Gamma", "v", g.v, g.std_errors.v),
     ];
     for (model, name, v, se) in rows {
         let _ = writeln!(

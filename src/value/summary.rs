@@ -192,7 +192,8 @@ pub fn summarise(
         // purchase when it has a line of zero or more (as for `segment`); a
         // refund (a negative line) nets into the spend of the latest
         // purchase day on or before it, and a refund before any purchase
-        // is dropped.
+        // is dropped. Refunds after the calibration end are left out as
+        // its purchases are: the fit sees only what was known then.
         let mut purchase_days: Vec<(i32, f64)> = Vec::new();
         for &(d, s) in lines.iter().filter(|(_, s)| *s >= 0.0) {
             match purchase_days.last_mut() {
@@ -200,7 +201,10 @@ pub fn summarise(
                 _ => purchase_days.push((d, s)),
             }
         }
-        for &(d, s) in lines.iter().filter(|(_, s)| *s < 0.0) {
+        for &(d, s) in lines
+            .iter()
+            .filter(|&&(d, s)| s < 0.0 && d <= calibration_end)
+        {
             let at = purchase_days.partition_point(|&(p, _)| p <= d);
             if at > 0 {
                 purchase_days[at - 1].1 += s;
@@ -284,6 +288,7 @@ mod tests {
             bad_rows: BadRows::default(),
             delimiter: None,
             date_format: String::new(),
+            future: Default::default(),
         }
     }
 
@@ -313,6 +318,27 @@ mod tests {
             }
         );
         // Repeat days 7 (20 − 8) and 14 (30): mean 21.
+        assert_eq!(s.mean_repeat_spend[0], 21.0);
+    }
+
+    #[test]
+    fn refunds_after_the_calibration_end_are_not_seen_by_the_fit() {
+        // Purchases on days 0, 7 and 14; refunds on day 10 (calibration)
+        // and day 20 (after its end on day 14; the log runs to day 30).
+        let l = log(
+            &[
+                (0, 0, 10.0),
+                (0, 7, 20.0),
+                (0, 10, -8.0),
+                (0, 14, 30.0),
+                (0, 20, -25.0),
+                (0, 30, 40.0),
+            ],
+            1,
+        );
+        let s = summarise(&l, 14, None, TimeUnit::Day).unwrap();
+        assert_eq!(s.rft[0].x, 2);
+        // As if the log ended on day 14: days 7 (20 − 8) and 14 (30).
         assert_eq!(s.mean_repeat_spend[0], 21.0);
     }
 }

@@ -271,6 +271,9 @@ fn input_notes(h: &mut String, run: &SegmentRun) {
             super::features::FrequencyBasis::PurchaseDays => "distinct purchase days",
         }
     );
+    if let Some(w) = i.notes.future.warning() {
+        let _ = writeln!(h, "<p class=\"note\">{}.</p>", escape(&w));
+    }
     if i.bad_rows.total > 0 {
         let _ = writeln!(
             h,
