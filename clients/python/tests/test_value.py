@@ -71,7 +71,7 @@ def test_clv_matches_the_cli_and_writes_its_report(client, tmp_path):
     assert result.id in result.delete()
 
 
-def test_segments_with_value_and_a_campaign_measured(client):
+def test_segments_with_value_and_a_campaign_measured(client, tmp_path):
     frame = shop(1200, seed=12)
     seg = segmenta.segment(frame, client=client, k=3, clv=True, horizon=26,
                            holdout_share=0.25, experiment_salt="spring")
@@ -113,6 +113,13 @@ def test_segments_with_value_and_a_campaign_measured(client):
         client.uplift(seg.id, ["a", "b"], [1, float("nan")])
     with pytest.raises(ValueError, match="converted, row 1"):
         client.uplift(seg.id, ["a"], ["no"])
+    # A file's path works as the DataFrame does; anything else is refused.
+    path = tmp_path / "outcomes.csv"
+    outcomes.to_csv(path, index=False)
+    assert segmenta.uplift(seg, path, client=client).table.iloc[-1]["uplift"] == overall["uplift"]
+    assert segmenta.uplift(seg, str(path), client=client).table.iloc[-1]["p_value"] == overall["p_value"]
+    with pytest.raises(TypeError, match="DataFrame or the path"):
+        segmenta.uplift(seg, outcomes.to_dict("list"), client=client)
     # Empty revenue cells are no revenue, as in the CLI.
     gaps = outcomes.assign(revenue=outcomes["revenue"].where(outcomes["converted"]))
     assert segmenta.uplift(seg, gaps, client=client).table.iloc[-1]["uplift"] == overall["uplift"]
@@ -136,6 +143,12 @@ def test_clv_errors_name_the_problem(client):
         client.start_clv(transactions_id="tx-nope", calibration_end="2025-03-31")
     with pytest.raises(ValueError, match="experiment_salt needs holdout_share"):
         client.start_segment(transactions_id="tx-x", experiment_salt="s")
+    # 0 cannot cross the wire as a share (it reads as "no experiment").
+    for share in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="strictly between 0 and 1"):
+            client.start_segment(transactions_id="tx-x", holdout_share=share)
+        with pytest.raises(ValueError, match="strictly between 0 and 1"):
+            segmenta.segment(frame, client=client, holdout_share=share)
     # What only the log can tell fails the job; the upload does not stay.
     uploaded = []
     upload = client.upload_transactions

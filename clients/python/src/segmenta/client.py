@@ -99,6 +99,15 @@ def _columns(columns: Optional[Dict[str, str]]) -> pb.TransactionColumns:
     return pb.TransactionColumns(**columns)
 
 
+def _check_holdout_share(share) -> None:
+    """A holdout share is strictly between 0 and 1. Checked here because
+    the wire form cannot tell 0 from "no experiment": the server would
+    quietly run the job without campaign groups."""
+    share = float(share)
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"holdout_share must be strictly between 0 and 1, got {share}")
+
+
 def _value_options(time_unit: str, horizon: int, discount_rate: float,
                    churn_thresholds: Optional[Sequence[float]]) -> pb.ValueOptions:
     unit = _TIME_UNITS.get(str(time_unit).lower())
@@ -635,6 +644,7 @@ class Client:
         if experiment_salt is not None and holdout_share is None:
             raise ValueError("experiment_salt needs holdout_share")
         if holdout_share is not None:
+            _check_holdout_share(holdout_share)
             request.experiment.CopyFrom(pb.ExperimentOptions(
                 holdout_share=float(holdout_share), salt=experiment_salt or ""))
         return self._call(self._segmentations.Segment, request)

@@ -16,7 +16,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Union
 
-from .client import Client, _value_options
+from .client import Client, _check_holdout_share, _value_options
 from .errors import JobFailed, SegmentaError
 from .estimators import _client
 from .v1 import segmenta_pb2 as pb
@@ -221,6 +221,8 @@ def segment(transactions, *, client: Union[None, str, Client] = None, name: str 
         _value_options(time_unit, horizon, discount_rate, churn_thresholds)  # checked before upload
     if experiment_salt is not None and holdout_share is None:
         raise ValueError("experiment_salt needs holdout_share")
+    if holdout_share is not None:
+        _check_holdout_share(holdout_share)  # before the upload
 
     def start(log_id):
         return client.start_segment(
@@ -359,13 +361,22 @@ def uplift(segmentation, outcomes, *, client: Union[None, str, Client] = None,
     overall (as ``segmenta uplift``).
 
     ``segmentation``: a :class:`SegmentResult` (or its id) made with
-    ``holdout_share``. ``outcomes``: a DataFrame with one row per customer
-    (columns ``customer``, ``converted`` 0/1 or true/false, ``revenue``,
-    empty meaning 0; ``revenue=None`` when there is none). Assigned
-    customers without a row count as not converted. Nothing of the outcomes
-    is stored on the server.
+    ``holdout_share``. ``outcomes``: a DataFrame, or the path of a CSV or
+    Parquet file, with one row per customer (columns ``customer``,
+    ``converted`` 0/1 or true/false, ``revenue``, empty meaning 0;
+    ``revenue=None`` when there is none). Assigned customers without a row
+    count as not converted. Nothing of the outcomes is stored on the
+    server.
     """
     pandas = _pandas()
+    if isinstance(outcomes, (str, os.PathLike)):
+        path = pathlib.Path(outcomes)
+        read = pandas.read_parquet if path.suffix.lower() == ".parquet" else pandas.read_csv
+        # Ids stay text: "007" is not customer 7.
+        outcomes = read(path) if read is pandas.read_parquet else read(path, dtype={customer: str})
+    elif not isinstance(outcomes, pandas.DataFrame):
+        raise TypeError("outcomes must be a pandas DataFrame or the path of a CSV or Parquet "
+                        f"file, not {type(outcomes).__name__}")
     client = _client(client)
     seg_id = segmentation.id if hasattr(segmentation, "id") else str(segmentation)
     missing = [c for c in (customer, converted, revenue) if c is not None and c not in outcomes.columns]

@@ -850,7 +850,7 @@ class BgNbdFit(_message.Message):
     def __init__(self, r: _Optional[float] = ..., alpha: _Optional[float] = ..., a: _Optional[float] = ..., b: _Optional[float] = ..., r_std_error: _Optional[float] = ..., alpha_std_error: _Optional[float] = ..., a_std_error: _Optional[float] = ..., b_std_error: _Optional[float] = ..., fit: _Optional[_Union[FitDiagnostics, _Mapping]] = ...) -> None: ...
 
 class GammaGammaFit(_message.Message):
-    __slots__ = ("p", "q", "v", "p_std_error", "q_std_error", "v_std_error", "fit", "frequency_spend_correlation", "customers_fitted", "excluded_non_positive_spend")
+    __slots__ = ("p", "q", "v", "p_std_error", "q_std_error", "v_std_error", "fit", "frequency_spend_correlation", "customers_fitted", "excluded_non_positive_spend", "p_at_limit")
     P_FIELD_NUMBER: _ClassVar[int]
     Q_FIELD_NUMBER: _ClassVar[int]
     V_FIELD_NUMBER: _ClassVar[int]
@@ -861,6 +861,7 @@ class GammaGammaFit(_message.Message):
     FREQUENCY_SPEND_CORRELATION_FIELD_NUMBER: _ClassVar[int]
     CUSTOMERS_FITTED_FIELD_NUMBER: _ClassVar[int]
     EXCLUDED_NON_POSITIVE_SPEND_FIELD_NUMBER: _ClassVar[int]
+    P_AT_LIMIT_FIELD_NUMBER: _ClassVar[int]
     p: float
     q: float
     v: float
@@ -871,7 +872,8 @@ class GammaGammaFit(_message.Message):
     frequency_spend_correlation: float
     customers_fitted: int
     excluded_non_positive_spend: int
-    def __init__(self, p: _Optional[float] = ..., q: _Optional[float] = ..., v: _Optional[float] = ..., p_std_error: _Optional[float] = ..., q_std_error: _Optional[float] = ..., v_std_error: _Optional[float] = ..., fit: _Optional[_Union[FitDiagnostics, _Mapping]] = ..., frequency_spend_correlation: _Optional[float] = ..., customers_fitted: _Optional[int] = ..., excluded_non_positive_spend: _Optional[int] = ...) -> None: ...
+    p_at_limit: bool
+    def __init__(self, p: _Optional[float] = ..., q: _Optional[float] = ..., v: _Optional[float] = ..., p_std_error: _Optional[float] = ..., q_std_error: _Optional[float] = ..., v_std_error: _Optional[float] = ..., fit: _Optional[_Union[FitDiagnostics, _Mapping]] = ..., frequency_spend_correlation: _Optional[float] = ..., customers_fitted: _Optional[int] = ..., excluded_non_positive_spend: _Optional[int] = ..., p_at_limit: _Optional[bool] = ...) -> None: ...
 
 class HoldoutBucket(_message.Message):
     __slots__ = ("repeat_purchases", "customers", "mean_predicted", "mean_actual")
@@ -1175,7 +1177,7 @@ class Refresh(_message.Message):
     def __init__(self, previous_as_of: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[TransitionRow, _Mapping]]] = ..., arrived: _Optional[_Iterable[int]] = ..., left: _Optional[_Iterable[int]] = ..., size_drift: _Optional[_Iterable[_Union[SizeDrift, _Mapping]]] = ..., stayed_fraction: _Optional[float] = ..., previous_segment_ids: _Optional[_Iterable[int]] = ..., segment_ids: _Optional[_Iterable[int]] = ..., summary: _Optional[str] = ...) -> None: ...
 
 class InputSummary(_message.Message):
-    __slots__ = ("rows_read", "bad_rows", "bad_rows_by_problem", "lines_after_as_of", "refund_lines", "customers_without_purchase", "frequency_basis", "delimiter", "date_format")
+    __slots__ = ("rows_read", "bad_rows", "bad_rows_by_problem", "lines_after_as_of", "refund_lines", "customers_without_purchase", "frequency_basis", "delimiter", "date_format", "lines_after_today", "latest_future_date")
     class BadRowsByProblemEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -1192,6 +1194,8 @@ class InputSummary(_message.Message):
     FREQUENCY_BASIS_FIELD_NUMBER: _ClassVar[int]
     DELIMITER_FIELD_NUMBER: _ClassVar[int]
     DATE_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    LINES_AFTER_TODAY_FIELD_NUMBER: _ClassVar[int]
+    LATEST_FUTURE_DATE_FIELD_NUMBER: _ClassVar[int]
     rows_read: int
     bad_rows: int
     bad_rows_by_problem: _containers.ScalarMap[str, int]
@@ -1201,7 +1205,9 @@ class InputSummary(_message.Message):
     frequency_basis: str
     delimiter: str
     date_format: str
-    def __init__(self, rows_read: _Optional[int] = ..., bad_rows: _Optional[int] = ..., bad_rows_by_problem: _Optional[_Mapping[str, int]] = ..., lines_after_as_of: _Optional[int] = ..., refund_lines: _Optional[int] = ..., customers_without_purchase: _Optional[int] = ..., frequency_basis: _Optional[str] = ..., delimiter: _Optional[str] = ..., date_format: _Optional[str] = ...) -> None: ...
+    lines_after_today: int
+    latest_future_date: str
+    def __init__(self, rows_read: _Optional[int] = ..., bad_rows: _Optional[int] = ..., bad_rows_by_problem: _Optional[_Mapping[str, int]] = ..., lines_after_as_of: _Optional[int] = ..., refund_lines: _Optional[int] = ..., customers_without_purchase: _Optional[int] = ..., frequency_basis: _Optional[str] = ..., delimiter: _Optional[str] = ..., date_format: _Optional[str] = ..., lines_after_today: _Optional[int] = ..., latest_future_date: _Optional[str] = ...) -> None: ...
 
 class Segmentation(_message.Message):
     __slots__ = ("id", "as_of", "k", "n_customers", "features", "log1p", "segments", "k_sweep", "refresh", "input", "artifacts", "backend", "adapter", "created_at", "features_left_out")
