@@ -320,7 +320,12 @@ fn unsupported_file_type() {
 #[test]
 fn empty_data() {
     fails_on_file("empty.csv", "a,b\n", KMEANS_K1, "the data has no rows");
-    fails_on_file("nothing.csv", "", KMEANS_K1, "the file is empty: no header row");
+    fails_on_file(
+        "nothing.csv",
+        "",
+        KMEANS_K1,
+        "the file is empty: no header row",
+    );
 }
 
 #[test]

@@ -335,6 +335,22 @@ fn tls_and_mutual_tls_with_rust_and_python_clients() {
             let e = info(&plain, &keys.read).await.unwrap_err();
             assert_ne!(e.code(), Code::Ok);
         }
+        // The command-line client says what is likely wrong.
+        let addr = server.addr.to_string();
+        let token = keys.read.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_segmenta"))
+                .args(["client", "--server", &addr, "--token", &token, "info"])
+                .env_remove("SEGMENTA_CA_CERT")
+                .env_remove("SEGMENTA_SERVER")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("connect with --ca-cert"), "{stderr}");
         // A client that does not trust the CA is refused at the handshake.
         let other = Pki::new();
         assert!(

@@ -377,7 +377,7 @@ fn report(
                     ),
                     format!("{:.3}", s.silhouette),
                     format!("{:.1}%", s.min_share * 100.0),
-                    format!("{:.2}", s.stability),
+                    segmenta::segmentation::sweep::shown_stability(s.stability),
                     if s.eligible { "yes" } else { "no" }.to_owned(),
                 ]
             })

@@ -66,6 +66,20 @@ pub struct Criteria {
 
 /// Stability needed for a k to be eligible.
 pub const STABLE: f64 = 0.75;
+
+/// A stability to two decimals, as every table and reason shows it:
+/// rounded to nearest, except that a value just under [`STABLE`] is
+/// rounded down, so it never reads as meeting the bar (0.7459 is 0.74, not
+/// 0.75; 0.5254 is 0.53).
+pub fn shown_stability(ari: f64) -> String {
+    let nearest = (ari * 100.0).round() / 100.0;
+    let shown = if ari < STABLE && nearest >= STABLE {
+        (ari * 100.0).floor() / 100.0
+    } else {
+        nearest
+    };
+    format!("{shown:.2}")
+}
 /// Bootstrap fits per k.
 const BOOTSTRAPS: u64 = 3;
 /// Rows per bootstrap sample, and customers the labelings are compared on.
@@ -189,10 +203,11 @@ pub fn recommend(scores: &[KScore], min_share: f64) -> (usize, String) {
             if s.min_share < min_share {
                 format!("k = {} has a segment of {:.1} %", s.k, s.min_share * 100.0)
             } else {
-                // Rounded down, so a value just under the bar never reads
-                // as meeting it (0.7459 is 0.74, not 0.75).
-                let ari = (s.stability * 100.0).floor() / 100.0;
-                format!("k = {} is unstable (ARI {ari:.2})", s.k)
+                format!(
+                    "k = {} is unstable (ARI {})",
+                    s.k,
+                    shown_stability(s.stability)
+                )
             }
         })
         .collect();
@@ -251,6 +266,21 @@ mod tests {
         // Nothing big enough: the silhouette alone.
         let s = [score(3, 0.4, 0.01, 0.9), score(4, 0.6, 0.01, 0.9)];
         assert_eq!(recommend(&s, 0.05).0, 4);
+    }
+
+    /// The reason and the tables show a stability alike: to nearest, but
+    /// never up to the bar from under it.
+    #[test]
+    fn stabilities_are_shown_alike_and_never_at_the_bar_from_under_it() {
+        assert_eq!(shown_stability(0.52537), "0.53");
+        assert_eq!(shown_stability(0.7459), "0.74");
+        assert_eq!(shown_stability(0.75), "0.75");
+        assert_eq!(shown_stability(0.9961), "1.00");
+        let (_, why) = recommend(
+            &[score(3, 0.4, 0.2, 0.9), score(4, 0.6, 0.2, 0.52537)],
+            0.05,
+        );
+        assert!(why.contains("k = 4 is unstable (ARI 0.53)"), "{why}");
     }
 
     #[test]

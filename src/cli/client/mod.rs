@@ -318,14 +318,38 @@ pub(super) async fn message_budget(channel: Conn) -> (usize, Option<pb::Limits>)
 }
 
 pub fn run(args: ClientArgs) -> anyhow::Result<()> {
+    let plaintext = args.ca_cert.is_none() && !args.server.starts_with("https://");
     tokio::runtime::Runtime::new()?.block_on(async {
         run_async(args)
             .await
             .map_err(|e| match e.downcast::<tonic::Status>() {
+                Ok(status) if plaintext && looks_like_tls_mismatch(&status) => anyhow::anyhow!(
+                    "{} (a server with TLS answers a plaintext client this way: connect with \
+                     --ca-cert CA.pem, or SEGMENTA_CA_CERT)",
+                    status_line(&status)
+                ),
                 Ok(status) => anyhow::anyhow!("{}", status_line(&status)),
                 Err(e) => e,
             })
     })
+}
+
+/// A plaintext HTTP/2 request to a TLS port gets no gRPC answer: the TLS
+/// server drops bytes that are not a handshake, and the client sees a
+/// protocol error, a reset or a cancelled call, never a status the server
+/// sent.
+fn looks_like_tls_mismatch(status: &tonic::Status) -> bool {
+    use tonic::Code::*;
+    let m = status.message();
+    matches!(status.code(), Internal | Unknown | Cancelled | Unavailable)
+        && [
+            "h2 protocol error",
+            "transport error",
+            "operation was canceled",
+            "connection",
+        ]
+        .iter()
+        .any(|t| m.contains(t))
 }
 
 /// A status as the server meant it: its code's gRPC name and its message.

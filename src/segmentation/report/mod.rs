@@ -179,12 +179,12 @@ fn sweep_table(h: &mut String, run: &SegmentRun) {
     for s in &sweep.scores {
         let _ = writeln!(
             h,
-            "<tr><td>{}{}</td><td>{:.4}</td><td>{:.1}%</td><td>{:.2}</td><td>{}</td><td>{:.1}</td><td>{:.4}</td><td>{:.1}</td></tr>",
+            "<tr><td>{}{}</td><td>{:.4}</td><td>{:.1}%</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.4}</td><td>{:.1}</td></tr>",
             s.k,
             if s.k == sweep.recommended_k { " ★" } else { "" },
             s.silhouette,
             s.min_share * 100.0,
-            s.stability,
+            super::sweep::shown_stability(s.stability),
             if s.eligible { "yes" } else { "no" },
             s.inertia,
             s.davies_bouldin,
