@@ -250,8 +250,50 @@ fn bad_input_gets_a_clear_error() {
     fails(
         &assigned,
         &bad_rev,
-        "row 1, column \"revenue\": not a finite number",
+        "row 1, column \"revenue\": not a number",
     );
+    fails(
+        &assigned,
+        &write(
+            "dc.csv",
+            "customer_id,converted,converted,revenue\nA,1,0,5\n",
+        ),
+        "column \"converted\" is named more than once",
+    );
+    fails(
+        &assigned,
+        &write("h.csv", "customer_id,converted,revenue\n"),
+        "no outcome rows",
+    );
+    let parquet = write("customers.parquet", "PAR1");
+    fails(&parquet, &outcomes, "a Parquet file; give the CSV table");
+    // Revenue read as transaction amounts are, and 1.0/0.0 flags (what a
+    // table with gaps is written as) are conversions.
+    let four = write(
+        "four.csv",
+        "customer_id,segment,group\nA,0,treatment\nB,0,control\nC,0,treatment\nD,0,control\n",
+    );
+    let money = write(
+        "m.csv",
+        "customer_id,converted,revenue\nA,1.0,$10.00\nB,0.0,\nC,1,10 EUR\nD,1,2.50\n",
+    );
+    let plain = write(
+        "p.csv",
+        "customer_id,converted,revenue\nA,1,10\nB,0,0\nC,1,10\nD,1,2.5\n",
+    );
+    let report = |o: &Path| {
+        let out = segmenta()
+            .args(["uplift", "--assignments", four.to_str().unwrap()])
+            .args(["--outcomes", o.to_str().unwrap(), "--json"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        v["overall"].clone()
+    };
+    assert_eq!(report(&money), report(&plain));
     let only_t = write(
         "only.csv",
         "customer_id,segment,group\nA,0,treatment\nB,0,treatment\n",

@@ -45,6 +45,12 @@ pub enum ExperimentError {
         row_a: usize,
         row_b: usize,
     },
+    #[error("{}: column {column:?} is named more than once", path.display())]
+    RepeatedColumn { path: PathBuf, column: &'static str },
+    #[error("{}: a Parquet file; give the CSV table (customers.csv from the same run)", path.display())]
+    NotCsv { path: PathBuf },
+    #[error("no outcome rows: nothing was measured")]
+    NoOutcomes,
     #[error("fewer than two customers are in the {0} group: nothing to compare")]
     EmptyGroup(&'static str),
     #[error(transparent)]
@@ -78,6 +84,14 @@ impl Table {
             path: shown.to_owned(),
             error,
         };
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+        {
+            return Err(ExperimentError::NotCsv {
+                path: shown.to_owned(),
+            });
+        }
         let file = std::fs::File::open(path).map_err(io)?;
         let mut reader = csv::ReaderBuilder::new()
             .trim(csv::Trim::All)
@@ -96,6 +110,12 @@ impl Table {
     }
 
     fn column(&self, name: &'static str, hint: &'static str) -> Result<usize, ExperimentError> {
+        if self.header.iter().filter(|h| *h == name).count() > 1 {
+            return Err(ExperimentError::RepeatedColumn {
+                path: self.path.clone(),
+                column: name,
+            });
+        }
         self.header
             .iter()
             .position(|h| h == name)
@@ -252,6 +272,11 @@ impl<'a> Outcomes<'a> {
 
     /// The uplift overall and per segment.
     pub fn finish(self) -> Result<UpliftReport, ExperimentError> {
+        // Without a single row, every customer would count as not
+        // converted and the table would be all zeros.
+        if self.unknown == 0 && self.outcome.iter().all(Option::is_none) {
+            return Err(ExperimentError::NoOutcomes);
+        }
         report(&self.assignments.customers, &self.outcome, self.unknown)
     }
 }
@@ -283,18 +308,18 @@ pub fn read_outcomes(
     );
     for (row, record) in o.rows() {
         let r = record?;
+        // A table written where some cells were missing holds 1.0 and 0.0.
         let converted = match r.get(conv).unwrap_or("") {
-            "1" | "true" | "True" | "TRUE" => true,
-            "0" | "false" | "False" | "FALSE" => false,
+            "1" | "1.0" | "true" | "True" | "TRUE" => true,
+            "0" | "0.0" | "false" | "False" | "FALSE" => false,
             _ => return Err(bad(path, row, "converted", "expected 0 or 1")),
         };
+        // Read as transaction amounts are: "$12.50" and "12.50 EUR" too.
         let revenue: f64 = match r.get(rev).unwrap_or("") {
             "" => 0.0,
-            v => v
-                .parse()
-                .ok()
-                .filter(|x: &f64| x.is_finite())
-                .ok_or_else(|| bad(path, row, "revenue", "not a finite number"))?,
+            v => crate::data::text::parse_number(v, false)
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| bad(path, row, "revenue", "not a number"))?,
         };
         each(row, r.get(oid).unwrap_or(""), converted, revenue)?;
     }

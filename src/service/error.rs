@@ -196,8 +196,10 @@ impl From<Error> for ServiceError {
             }
             Error::Experiment(x) => {
                 let field = match &x {
-                    ExperimentError::Io { .. } => "path",
+                    ExperimentError::Io { .. } | ExperimentError::NotCsv { .. } => "path",
+                    ExperimentError::NoOutcomes => "outcomes",
                     ExperimentError::MissingColumn { .. }
+                    | ExperimentError::RepeatedColumn { .. }
                     | ExperimentError::BadValue { .. }
                     | ExperimentError::DuplicateId { .. }
                     | ExperimentError::EmptyGroup(_) => "rows",
