@@ -217,3 +217,20 @@ pub fn reference_lloyd(
         .sum();
     (c, labels, inertia)
 }
+
+/// Runs `cmd` with its stdout closed before it writes (as `| head` leaves
+/// it) and checks it ends as other tools end: by SIGPIPE, never a panic.
+#[cfg(unix)]
+pub fn ends_quietly_on_a_closed_pipe(cmd: &mut std::process::Command) {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{stderr}");
+}
