@@ -45,12 +45,16 @@ fn quiet_on_closed_pipe() {
 }
 
 /// Whether a command failed only because its reader went away: a
-/// `client` command (which keeps SIGPIPE ignored) writing into `| head`.
+/// `client` or `bench` command (which keep SIGPIPE ignored) writing into
+/// `| head`. Only a write marked [`cli::StdoutClosed`] counts: a socket's
+/// broken pipe is an error to report.
 fn is_closed_stdout(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        cause.is::<cli::StdoutClosed>()
+            || cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| inner.is::<cli::StdoutClosed>())
     })
 }
 
@@ -72,9 +76,9 @@ fn end_by_sigpipe() {
 /// Segmenta runs. Segmenta picks its adapter itself, so the layer's
 /// ordering is not needed; a user's own `NODEVICE_SELECT` is kept.
 fn quiet_device_select_layer() {
-    if std::env::var_os("XDG_RUNTIME_DIR").is_none()
-        && std::env::var_os("NODEVICE_SELECT").is_none()
-    {
+    let set = |name| std::env::var_os(name).is_some();
+    // A user's own choice of device (MESA_VK_DEVICE_SELECT) needs the layer.
+    if !set("XDG_RUNTIME_DIR") && !set("NODEVICE_SELECT") && !set("MESA_VK_DEVICE_SELECT") {
         // Still single-threaded: no thread can read the environment meanwhile.
         std::env::set_var("NODEVICE_SELECT", "1");
     }

@@ -515,6 +515,30 @@ fn segment_then_refresh_from_the_cli() {
     assert_eq!(v["k"], 4);
     assert_eq!(v["as_of"], "2026-01-20");
     assert!(v["k_sweep"].is_null());
+    // What segments.json holds, and what only the run knows.
+    let clustered = v["feature_choice"]["clustered"].as_array().unwrap();
+    assert_eq!(
+        &v["preprocessing"]["features"],
+        &serde_json::json!(clustered)
+    );
+    assert_eq!(
+        v["preprocessing"]["log1p"].as_array().map(Vec::len),
+        Some(clustered.len())
+    );
+    assert!(v["converged"].is_boolean() && v["elapsed_seconds"].is_number());
+    let document: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(first.join("segments.json")).unwrap()).unwrap();
+    // (Floats stored as f32 print shorter in the file: compared as such.)
+    for key in ["feature_choice", "input"] {
+        assert_eq!(v[key], document[key], "{key}");
+    }
+    let sizes = |d: &serde_json::Value| -> Vec<(u64, u64)> {
+        let segments = d["segments"].as_array().unwrap().iter();
+        segments
+            .map(|s| (s["id"].as_u64().unwrap(), s["size"].as_u64().unwrap()))
+            .collect()
+    };
+    assert_eq!(sizes(&v), sizes(&document));
     let model = first.join("model.json");
     let second = dir.path().join("second");
     let v = json_of(&[

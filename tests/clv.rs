@@ -193,6 +193,17 @@ fn bad_input_gets_a_clear_error() {
         &["--calibration-end", "2025-03-31", "--discount-rate", "1.5"],
         "the discount rate per period must be in [0, 1)",
     );
+    // A negative number is a value, not an option: the same message.
+    fails(
+        &log,
+        &["--calibration-end", "2025-03-31", "--discount-rate", "-0.5"],
+        "the discount rate per period must be in [0, 1)",
+    );
+    fails(
+        &log,
+        &["--calibration-end", "2025-03-31", "--horizon", "0"],
+        "the horizon must be at least 1 period",
+    );
     // Nobody bought twice.
     let once = dir.path().join("once.csv");
     std::fs::write(

@@ -263,10 +263,24 @@ fn bad_input_gets_a_clear_error() {
     fails(
         &assigned,
         &write("h.csv", "customer_id,converted,revenue\n"),
-        "no outcome rows",
+        "no outcome row is for an assigned customer (0 rows name customers",
     );
     let parquet = write("customers.parquet", "PAR1");
-    fails(&parquet, &outcomes, "a Parquet file; give the CSV table");
+    fails(
+        &parquet,
+        &outcomes,
+        "a Parquet file; give the CSV customer table",
+    );
+    fails(
+        &assigned,
+        &parquet,
+        "a Parquet file; save the outcomes as CSV",
+    );
+    fails(
+        &assigned,
+        &write("x.csv", "customer_id,converted,revenue\nX,1,5\nY,0,0\n"),
+        "no outcome row is for an assigned customer (2 rows name customers not in the assignments)",
+    );
     // Revenue read as transaction amounts are, and 1.0/0.0 flags (what a
     // table with gaps is written as) are conversions.
     let four = write(

@@ -827,6 +827,9 @@ fn the_cli_client_runs_the_workflow_against_a_real_server() {
     assert!(!out.contains("ServerInfo {"), "readable, not Debug: {out}");
     let (code, out, _) = cli(&["client", "--server", &url, "info", "--json"]);
     assert_eq!(code, 0);
+    let (code, _, err) = cli(&["client", "--server", &url, "--token", "", "info"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("the API key is empty"), "{err}");
     // Piped into a reader that has gone (`| head`): a quiet end, as other
     // tools end, not a panic (the client keeps SIGPIPE ignored for its
     // sockets, so its writes see the closed pipe as an error).
@@ -934,6 +937,13 @@ fn the_cli_client_runs_the_workflow_against_a_real_server() {
     assert_eq!(code, 0, "{err}");
     let id = out.split_whitespace().next().unwrap().to_owned();
     assert!(id.starts_with("km-"), "{out}");
+    let (code, out, err) = cli(&["client", "--server", &addr, "models"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&id) && l.ends_with("imported from a model file, no dataset")),
+        "{out}"
+    );
     let remote_assign = |columns: &[&str]| {
         let input = table.to_str().unwrap();
         let args = ["client", "--server", &addr, "assign", "--model", &id];
@@ -941,6 +951,13 @@ fn the_cli_client_runs_the_workflow_against_a_real_server() {
     };
     let (code, remote, err) = remote_assign(&["--columns", "x,y"]);
     assert_eq!(code, 0, "{err}");
+    // Its CSV writer, too, ends quietly on a closed pipe.
+    #[cfg(unix)]
+    common::ends_quietly_on_a_closed_pipe(
+        Command::new(env!("CARGO_BIN_EXE_segmenta"))
+            .args(["client", "--server", &addr, "assign", "--model", &id])
+            .args(["--input", table.to_str().unwrap(), "--id-col", "id"]),
+    );
     let (code, local, err) = cli(&[
         "assign",
         "--model",
@@ -1118,6 +1135,19 @@ fn the_cli_client_runs_clv_and_uplift_like_the_local_commands() {
     let mut outcomes = String::from("customer_id,converted,revenue\n");
     let header: Vec<&str> = customers.lines().next().unwrap().split(',').collect();
     let group = header.iter().position(|h| *h == "group").unwrap();
+    // The groups are said as the local `segment` says them.
+    let control = customers
+        .lines()
+        .skip(1)
+        .filter(|l| l.split(',').nth(group) == Some("control"))
+        .count();
+    let treatment = customers.lines().count() - 1 - control;
+    assert!(
+        out.contains(&format!(
+            "campaign groups: {treatment} treatment, {control} control (per segment: "
+        )),
+        "{out}"
+    );
     for (i, line) in customers.lines().skip(1).enumerate() {
         let f: Vec<&str> = line.split(',').collect();
         let rate = if f[group] == "treatment" { 35 } else { 10 };

@@ -151,9 +151,18 @@ fn keys_and_roles_decide_every_call() {
             "authorization",
             format!("Basic {}", keys.admin).parse().unwrap(),
         );
-        assert_eq!(
-            datasets(&c).list(bad_scheme).await.unwrap_err().code(),
-            Code::Unauthenticated
+        let e = datasets(&c).list(bad_scheme).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+        assert!(e.message().contains("is not `Bearer KEY`"), "{e:?}");
+        assert!(!e.message().contains(&keys.admin), "the key is echoed");
+        // A bare key, without the scheme: the same hint.
+        let mut bare = tonic::Request::new(list());
+        bare.metadata_mut()
+            .insert("authorization", keys.admin.parse().unwrap());
+        let e = datasets(&c).list(bare).await.unwrap_err();
+        assert!(
+            e.message().contains("put `Bearer ` before the API key"),
+            "{e:?}"
         );
 
         // read: reads only.

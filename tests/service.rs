@@ -246,6 +246,24 @@ fn round_trip_matches_the_library() {
         assert_eq!(assigned.labels, expected.labels);
         assert_eq!(assigned.distances, expected.distances);
         assert_eq!(assigned.margins, expected.margins.unwrap());
+        // A NaN is named by the model's own column, not its position.
+        let mut rows = flat(&probe.slice(ndarray::s![..2, ..]).to_owned());
+        rows[4] = f32::NAN;
+        let e = server
+            .clustering()
+            .assign(pb::AssignRequest {
+                model_id: model.id.clone(),
+                rows,
+                n_features: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+        assert!(
+            e.message()
+                .contains("non-finite value (NaN) at row 2, column \"b\""),
+            "{e}"
+        );
 
         // The bidirectional stream answers each request in order.
         let requests = (0..3).map(|i| pb::AssignRequest {
@@ -1443,6 +1461,29 @@ fn segment_over_grpc_matches_the_library_and_refreshes_stably() {
         })
         .await;
         assert_eq!(e.code(), Code::NotFound, "{e}");
+        // A stored model whose labels no longer match its customers is
+        // DATA_LOSS when a refresh asks for it, not a panic in the job.
+        let model_file = dir
+            .path()
+            .join("data/segmentations")
+            .join(&seg.id)
+            .join("model.json");
+        let good = std::fs::read(&model_file).unwrap();
+        let mut model: serde_json::Value = serde_json::from_slice(&good).unwrap();
+        model["labels"].as_array_mut().unwrap().pop();
+        std::fs::write(&model_file, serde_json::to_vec(&model).unwrap()).unwrap();
+        let e = bad(pb::SegmentRequest {
+            previous_segmentation_id: seg.id.clone(),
+            ..request.clone()
+        })
+        .await;
+        assert_eq!(e.code(), Code::DataLoss, "{e}");
+        assert!(
+            e.message()
+                .contains("customer labels do not match the model"),
+            "{e}"
+        );
+        std::fs::write(&model_file, good).unwrap();
         // A job that fails while reading (a rejected bad row) reports the row.
         let broken = server
             .upload_log(b"customer_id,date,amount\na,2024-01-01,5\nb,someday,3\n")
@@ -2356,6 +2397,9 @@ fn damaged_stored_objects_are_data_loss_and_the_server_keeps_serving() {
         let job = server.clustering().fit_k_means(fit(&dataset.id)).await;
         let (job, _) = server.finish(&job.unwrap().into_inner().id).await;
         let kmeans = kmeans_of(&job);
+        let job = server.clustering().fit_k_means(fit(&dataset.id)).await;
+        let (job, _) = server.finish(&job.unwrap().into_inner().id).await;
+        let misnamed = kmeans_of(&job);
         let job = server
             .decomposition()
             .fit_pca(pb::FitPcaRequest {
@@ -2431,7 +2475,26 @@ fn damaged_stored_objects_are_data_loss_and_the_server_keeps_serving() {
             "no explained_variance in {record}"
         );
         std::fs::write(&pca_file, serde_json::to_vec(&record).unwrap()).unwrap();
+        // A column name lost: the count no longer matches the width.
+        let misnamed_file = models.join(format!("{}.json", misnamed.id));
+        let mut record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&misnamed_file).unwrap()).unwrap();
+        record["columns"].as_array_mut().unwrap().pop();
+        std::fs::write(&misnamed_file, serde_json::to_vec(&record).unwrap()).unwrap();
         let server = TestServer::start(dir.path(), Limits::default()).await;
+        let e = server
+            .models()
+            .get(pb::GetModelRequest {
+                id: misnamed.id.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::DataLoss, "{e}");
+        assert!(
+            e.message()
+                .contains("2 column names for a model of 3 features"),
+            "{e}"
+        );
         let e = server
             .clustering()
             .assign(pb::AssignRequest {

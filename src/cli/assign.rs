@@ -181,12 +181,18 @@ pub fn run_score(args: ScoreArgs) -> anyhow::Result<()> {
         ),
     };
     let as_of = parse_as_of(args.as_of.as_deref())?;
-    let log = read_transactions_as(
+    let mut log = read_transactions_as(
         &args.transactions,
         &args.log.columns(),
         &args.log.format(),
         BadRowPolicy::Skip,
     )?;
+    // As `segment` reads a log: a typo'd future date must not move the
+    // as-of date and every recency with it.
+    log.leave_out_future(chrono::Utc::now().date_naive());
+    if let Some(w) = log.future.warning() {
+        eprintln!("warning: {w}");
+    }
     if log.bad_rows.total > 0 {
         eprintln!(
             "warning: {} of {} rows skipped as unreadable: {}",

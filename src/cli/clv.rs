@@ -24,7 +24,12 @@ pub struct ValueArgs {
     #[arg(long, value_name = "N")]
     pub horizon: Option<u32>,
     /// Discount rate per period (time unit), e.g. 0.01 a month.
-    #[arg(long, default_value_t = 0.0, value_name = "R")]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 0.0,
+        value_name = "R"
+    )]
     pub discount_rate: f64,
     /// P(alive) thresholds HIGH,MEDIUM: below HIGH is high churn risk,
     /// below MEDIUM medium, else low.
@@ -67,7 +72,7 @@ pub struct ClvArgs {
     pub bad_rows: BadRowPolicy,
     /// With --bad-rows skip: the largest fraction of unreadable rows (0–1)
     /// before the job fails with a summary of what could not be read.
-    #[arg(long, default_value_t = DEFAULT_MAX_BAD_ROWS, value_name = "FRACTION")]
+    #[arg(long, allow_negative_numbers = true, default_value_t = DEFAULT_MAX_BAD_ROWS, value_name = "FRACTION")]
     pub max_bad_rows: f64,
     #[command(flatten)]
     pub log: super::LogArgs,
@@ -122,7 +127,7 @@ pub fn run(args: ClvArgs) -> anyhow::Result<()> {
         println!("{out}");
         return Ok(());
     }
-    print_summary(s);
+    print_summary(s)?;
     if let Some(f) = &files {
         println!(
             "wrote {}, {}, {} and the report {}",
@@ -136,7 +141,7 @@ pub fn run(args: ClvArgs) -> anyhow::Result<()> {
 }
 
 /// The summary as tables: the fits, the totals and the holdout check.
-pub fn print_summary(s: &segmenta::value::ClvSummary) {
+pub fn print_summary(s: &segmenta::value::ClvSummary) -> std::io::Result<()> {
     for w in &s.warnings {
         eprintln!("warning: {w}");
     }
@@ -149,9 +154,11 @@ pub fn print_summary(s: &segmenta::value::ClvSummary) {
         );
     }
     let unit = s.time_unit.name();
-    println!(
+    say!(
         "{} customers at {} ({} with a repeat purchase), times in {unit}s",
-        s.n_customers, s.calibration_end, s.n_repeat_customers
+        s.n_customers,
+        s.calibration_end,
+        s.n_repeat_customers
     );
     let b = &s.bgnbd;
     let g = &s.gamma_gamma;
@@ -172,19 +179,19 @@ pub fn print_summary(s: &segmenta::value::ClvSummary) {
     ] {
         rows.push(vec!["Gamma-Gamma".into(), name.into(), fmt_f(v), fmt_f(se)]);
     }
-    print!("{}", table(&header, &rows));
-    println!(
+    say!("{}", table(&header, &rows).trim_end_matches('\n'));
+    say!(
         "BG/NBD: log-likelihood {:.2} after {} iterations (gradient norm {:.1e}); Gamma-Gamma: {:.2} after {} (gradient norm {:.1e})",
         b.log_likelihood, b.iterations, b.gradient_norm, g.log_likelihood, g.iterations, g.gradient_norm
     );
-    println!(
+    say!(
         "over the next {} {unit}s: total CLV {}, a new customer buys {:.3} times",
         s.horizon,
         fmt_f(s.total_clv),
         s.expected_purchases_new_customer
     );
     if let Some(h) = &s.holdout {
-        println!(
+        say!(
             "holdout to {} ({:.1} {unit}s): {:.1} purchases predicted, {} made; mean absolute error {:.3} per customer",
             h.holdout_end, h.length, h.total_predicted, h.total_actual, h.mae
         );
@@ -207,6 +214,7 @@ pub fn print_summary(s: &segmenta::value::ClvSummary) {
                 ]
             })
             .collect();
-        print!("{}", table(&header, &rows));
+        say!("{}", table(&header, &rows).trim_end_matches('\n'));
     }
+    Ok(())
 }

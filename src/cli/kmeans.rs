@@ -61,7 +61,7 @@ pub struct KmeansArgs {
     #[arg(long, default_value_t = 300)]
     pub max_iter: usize,
     /// Convergence tolerance, relative to the mean feature variance.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1e-4)]
     pub tol: f64,
     /// Seed of the initialisation: same seed, same data, same model.
     #[arg(long, default_value_t = 0)]

@@ -3,11 +3,12 @@
 /// `println!` that returns a closed stdout as an error (`?`) instead of
 /// panicking, for the commands that keep SIGPIPE ignored for their sockets
 /// (`client`, `bench`): `segmenta client … | head` would otherwise panic.
-/// `main` ends such a run quietly, as other tools end.
+/// The error is marked [`StdoutClosed`], and `main` ends such a run
+/// quietly, as other tools end.
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        writeln!(std::io::stdout().lock(), $($arg)*)?
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err($crate::cli::stdout_failed)?
     }};
 }
 
@@ -22,6 +23,48 @@ mod pca;
 mod segment;
 mod serve;
 mod uplift;
+
+/// What a failed write to stdout carries when the reader went away (a
+/// broken pipe): told apart from a socket's broken pipe, which is an error
+/// to report, never a quiet end.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed by its reader")]
+pub struct StdoutClosed;
+
+/// Marks a write error on stdout that is a closed pipe as [`StdoutClosed`].
+pub fn stdout_failed(e: std::io::Error) -> std::io::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::io::Error::new(std::io::ErrorKind::BrokenPipe, StdoutClosed)
+    } else {
+        e
+    }
+}
+
+/// Stdout for a `csv::Writer` in the socket-holding commands: its write
+/// errors are marked as [`stdout_failed`] marks them.
+pub struct MarkedStdout;
+
+impl std::io::Write for MarkedStdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::stdout().lock().write(buf).map_err(stdout_failed)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().lock().flush().map_err(stdout_failed)
+    }
+}
+
+/// A `csv::Error` with its io error kept findable: csv's own error type
+/// names no `source`, so a closed stdout inside it would read as a failure.
+pub fn csv_error(e: csv::Error) -> anyhow::Error {
+    if e.is_io_error() {
+        if let csv::ErrorKind::Io(io) = e.into_kind() {
+            return io.into();
+        }
+        unreachable!("is_io_error");
+    }
+    e.into()
+}
 
 use std::path::PathBuf;
 

@@ -31,7 +31,7 @@ pub struct JobArgs {
     #[arg(long, value_name = "MIN..MAX")]
     pub k_range: Option<String>,
     /// A recommended k has no segment smaller than this share of customers.
-    #[arg(long, default_value_t = DEFAULT_MIN_SHARE, value_name = "FRACTION")]
+    #[arg(long, allow_negative_numbers = true, default_value_t = DEFAULT_MIN_SHARE, value_name = "FRACTION")]
     pub min_share: f64,
     /// Features to cluster on, comma-separated, from recency_days,
     /// frequency, monetary, avg_order_value, tenure_days (default: every
@@ -39,7 +39,7 @@ pub struct JobArgs {
     #[arg(long, value_delimiter = ',', value_name = "NAMES", value_parser = column_name)]
     pub features: Vec<String>,
     /// Members beyond this percentile of their segment's distances are outliers.
-    #[arg(long, default_value_t = 99.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 99.0)]
     pub outlier_percentile: f64,
     /// k-means runs per k; the lowest inertia wins.
     #[arg(long, default_value_t = 3)]
@@ -60,7 +60,7 @@ pub struct JobArgs {
     pub value: super::clv::ValueArgs,
     /// Put this share of each segment's customers (0–1, exclusive) in a
     /// campaign's control group, the rest in treatment: column `group`.
-    #[arg(long, value_name = "SHARE")]
+    #[arg(long, allow_negative_numbers = true, value_name = "SHARE")]
     pub holdout_share: Option<f64>,
     /// The campaign's salt: the same salt and customers give the same
     /// groups; use a new one for each campaign.
@@ -97,7 +97,7 @@ pub struct SegmentArgs {
     pub bad_rows: BadRowPolicy,
     /// With --bad-rows skip: the largest fraction of unreadable rows (0–1)
     /// before the job fails with a summary of what could not be read.
-    #[arg(long, default_value_t = DEFAULT_MAX_BAD_ROWS, value_name = "FRACTION")]
+    #[arg(long, allow_negative_numbers = true, default_value_t = DEFAULT_MAX_BAD_ROWS, value_name = "FRACTION")]
     pub max_bad_rows: f64,
     #[command(flatten)]
     pub log: super::LogArgs,
@@ -284,22 +284,13 @@ fn report(
 ) -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     if job.json {
-        let out = json!({
-            "as_of": run.model.as_of,
-            "k": run.model.k(),
-            "converged": run.model.kmeans.converged(),
-            "n_customers": run.customers.ids.len(),
-            "backend": run.backend,
-            "segments": run.profiles,
-            "k_sweep": run.sweep,
-            "refresh": run.refresh,
-            "input": run.input,
-            "value": run.value.as_ref().map(|v| &v.summary),
-            "experiment": run.groups.as_ref().map(|g| &g.1),
-            "files": files,
-            "demo": demo,
-            "elapsed_seconds": elapsed,
-        });
+        // segments.json's document (preprocessing and feature choice
+        // included), and what only this run knows.
+        let mut out = serde_json::to_value(segmenta::segmentation::SegmentsDocument::of(run))?;
+        out["converged"] = json!(run.model.kmeans.converged());
+        out["files"] = json!(files);
+        out["demo"] = json!(demo);
+        out["elapsed_seconds"] = json!(elapsed);
         println!("{out}");
         return Ok(());
     }

@@ -79,7 +79,7 @@ pub fn run(args: UpliftArgs) -> anyhow::Result<()> {
         println!("{v}");
         return Ok(());
     }
-    print_report(&report);
+    print_report(&report)?;
     if let Some(f) = files {
         println!("report: {}", f.html.display());
     }
@@ -87,7 +87,7 @@ pub fn run(args: UpliftArgs) -> anyhow::Result<()> {
 }
 
 /// The uplift per segment and overall, as a table; warnings on stderr.
-pub fn print_report(report: &segmenta::experiment::UpliftReport) {
+pub fn print_report(report: &segmenta::experiment::UpliftReport) -> std::io::Result<()> {
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
@@ -110,5 +110,6 @@ pub fn print_report(report: &segmenta::experiment::UpliftReport) {
         .chain([&report.overall])
         .map(row)
         .collect();
-    print!("{}", table(&header, &rows));
+    say!("{}", table(&header, &rows).trim_end_matches('\n'));
+    Ok(())
 }

@@ -125,7 +125,8 @@ pub fn first_repeated(names: &[String]) -> Option<&String> {
 /// header. Taking all columns is an error where one has no name.
 pub fn resolve_columns(header: &[String], wanted: &[String]) -> Result<Vec<usize>, DataError> {
     let repeated = |name: &String| DataError::RepeatedColumn { name: name.clone() };
-    if header.iter().all(String::is_empty) {
+    // Nothing, or one blank line: `,,` is a header of unnamed columns.
+    if header.is_empty() || header == [""] {
         return Err(DataError::NoHeader);
     }
     if wanted.is_empty() {

@@ -47,10 +47,11 @@ pub enum ExperimentError {
     },
     #[error("{}: column {column:?} is named more than once", path.display())]
     RepeatedColumn { path: PathBuf, column: &'static str },
-    #[error("{}: a Parquet file; give the CSV table (customers.csv from the same run)", path.display())]
-    NotCsv { path: PathBuf },
-    #[error("no outcome rows: nothing was measured")]
-    NoOutcomes,
+    /// `advice`: what to give instead.
+    #[error("{}: a Parquet file; {advice}", path.display())]
+    NotCsv { path: PathBuf, advice: &'static str },
+    #[error("no outcome row is for an assigned customer ({unknown} rows name customers not in the assignments): nothing was measured; check that the ids are the segmentation's")]
+    NoOutcomes { unknown: usize },
     #[error("fewer than two customers are in the {0} group: nothing to compare")]
     EmptyGroup(&'static str),
     #[error(transparent)]
@@ -78,8 +79,9 @@ struct Table {
 }
 
 impl Table {
-    /// Opens `path`; errors name it `shown`.
-    fn open(path: &Path, shown: &Path) -> Result<Self, ExperimentError> {
+    /// Opens `path`; errors name it `shown`, and a Parquet file gets
+    /// `advice`.
+    fn open(path: &Path, shown: &Path, advice: &'static str) -> Result<Self, ExperimentError> {
         let io = |error| ExperimentError::Io {
             path: shown.to_owned(),
             error,
@@ -90,6 +92,7 @@ impl Table {
         {
             return Err(ExperimentError::NotCsv {
                 path: shown.to_owned(),
+                advice,
             });
         }
         let file = std::fs::File::open(path).map_err(io)?;
@@ -159,7 +162,11 @@ impl Assignments {
     /// Reads the table at `path`; errors name it `shown` (a service does
     /// not show its own paths).
     pub fn read_as(path: &Path, shown: &Path) -> Result<Self, ExperimentError> {
-        let mut a = Table::open(path, shown)?;
+        let mut a = Table::open(
+            path,
+            shown,
+            "give the CSV customer table (customers.csv from the same run)",
+        )?;
         let id_col = a.column("customer_id", "")?;
         let seg_col = a.column("segment", "")?;
         let group_col = a.column(
@@ -272,10 +279,12 @@ impl<'a> Outcomes<'a> {
 
     /// The uplift overall and per segment.
     pub fn finish(self) -> Result<UpliftReport, ExperimentError> {
-        // Without a single row, every customer would count as not
-        // converted and the table would be all zeros.
-        if self.unknown == 0 && self.outcome.iter().all(Option::is_none) {
-            return Err(ExperimentError::NoOutcomes);
+        // Without a single row for an assigned customer, every customer
+        // would count as not converted and the table would be all zeros.
+        if self.outcome.iter().all(Option::is_none) {
+            return Err(ExperimentError::NoOutcomes {
+                unknown: self.unknown,
+            });
         }
         report(&self.assignments.customers, &self.outcome, self.unknown)
     }
@@ -300,7 +309,7 @@ pub fn read_outcomes(
     path: &Path,
     mut each: impl FnMut(usize, &str, bool, f64) -> Result<(), ExperimentError>,
 ) -> Result<(), ExperimentError> {
-    let mut o = Table::open(path, path)?;
+    let mut o = Table::open(path, path, "save the outcomes as CSV")?;
     let (oid, conv, rev) = (
         o.column("customer_id", "")?,
         o.column("converted", "")?,

@@ -125,6 +125,9 @@ impl SegmentationError {
             Self::AmbiguousDates { column, day_first, month_first, .. } => format!(
                 "dates in column {column:?} can be day-first or month-first, and no date in the file has a day above 12 to tell; pass date_format {day_first} or {month_first}"
             ),
+            Self::OnlyFutureLines { lines, .. } => format!(
+                "every line of the log is dated after today ({lines} lines): check the date column and its format"
+            ),
             other => other.to_string(),
         }
     }

@@ -494,6 +494,7 @@ pub fn run_segmentation(
         &params.format,
         params.bad_rows,
         params.max_bad_rows,
+        params.as_of,
     )?;
     control.phase("computing features", 0.1);
     let customers = customer_features(&log, params.as_of)?;
@@ -815,12 +816,16 @@ pub fn segment_customers(
 /// Reads a log for a job: checks `max_bad_rows` first, then fails when
 /// more than that share of the rows could not be read (see
 /// [`check_bad_rows`]).
+/// Reads a log for a job, failing on too many bad rows or no rows at all,
+/// and leaving out the lines dated after today (or after `asked_until`, a
+/// later date the job names itself, such as `--as-of`).
 pub(crate) fn read_checked_log(
     path: &Path,
     columns: &TransactionColumns,
     format: &TextFormat,
     policy: BadRowPolicy,
     max_bad_rows: f64,
+    asked_until: Option<NaiveDate>,
 ) -> Result<TransactionLog> {
     if !(0.0..=1.0).contains(&max_bad_rows) {
         return Err(SegmentationError::BadMaxBadRows(max_bad_rows).into());
@@ -835,7 +840,8 @@ pub(crate) fn read_checked_log(
     if log.lines.is_empty() {
         return Err(SegmentationError::NoTransactions.into());
     }
-    log.leave_out_future(chrono::Utc::now().date_naive());
+    let today = chrono::Utc::now().date_naive();
+    log.leave_out_future(asked_until.map_or(today, |d| d.max(today)));
     if log.lines.is_empty() {
         return Err(SegmentationError::OnlyFutureLines {
             lines: log.future.lines,

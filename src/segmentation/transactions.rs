@@ -205,6 +205,7 @@ impl FutureLines {
 impl TransactionLog {
     /// Leaves out the lines dated after `today` plus one day (a log written
     /// in a time zone ahead of this machine's clock is not in the future).
+    /// A job that names a later date itself passes that date as `today`.
     pub fn leave_out_future(&mut self, today: NaiveDate) {
         let limit = day_number(today) + 1;
         let mut latest = None;

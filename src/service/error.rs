@@ -150,13 +150,14 @@ impl From<Error> for ServiceError {
                 let field = match &s {
                     SegmentationError::BadRow { .. }
                     | SegmentationError::TooManyBadRows { .. }
+                    | SegmentationError::OnlyFutureLines { .. }
                     | SegmentationError::AmbiguousDates { .. } => {
                         // Job records never quote a cell of the log.
                         return Self::invalid("transactions", s.without_values());
                     }
-                    SegmentationError::NoCustomers { .. }
-                    | SegmentationError::NoTransactions
-                    | SegmentationError::OnlyFutureLines { .. } => "transactions",
+                    SegmentationError::NoCustomers { .. } | SegmentationError::NoTransactions => {
+                        "transactions"
+                    }
                     SegmentationError::BadMaxBadRows(_) => "max_bad_rows",
                     SegmentationError::BadMinShare(_) => "min_share",
                     SegmentationError::BadFeatures(_) => "features",
@@ -197,7 +198,7 @@ impl From<Error> for ServiceError {
             Error::Experiment(x) => {
                 let field = match &x {
                     ExperimentError::Io { .. } | ExperimentError::NotCsv { .. } => "path",
-                    ExperimentError::NoOutcomes => "outcomes",
+                    ExperimentError::NoOutcomes { .. } => "outcomes",
                     ExperimentError::MissingColumn { .. }
                     | ExperimentError::RepeatedColumn { .. }
                     | ExperimentError::BadValue { .. }

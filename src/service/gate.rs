@@ -146,21 +146,25 @@ impl GateState {
                 role: Role::Admin,
             });
         };
-        let token = headers
+        let header = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .filter(|v| v.len() <= 512)
-            .and_then(|v| {
-                let (scheme, token) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            });
-        let Some(token) = token else {
-            return Err((
-                None,
-                Status::unauthenticated(
-                    "an API key is needed: send the header `authorization: Bearer KEY`",
-                ),
-            ));
+            .filter(|v| v.len() <= 512);
+        let token = header.and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            // A header that was sent but not understood is told apart
+            // from none at all; its value is never echoed.
+            let message = match (header.map(str::trim), token) {
+                (Some(_), Some(_)) => "the API key after `Bearer ` is empty",
+                (Some(v), None) if !v.is_empty() => {
+                    "the authorization header is not `Bearer KEY`: put `Bearer ` before the API key"
+                }
+                _ => "an API key is needed: send the header `authorization: Bearer KEY`",
+            };
+            return Err((None, Status::unauthenticated(message)));
         };
         let Some(caller) = keys.current().find(token) else {
             return Err((None, Status::unauthenticated("unknown API key")));

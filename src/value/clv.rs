@@ -120,11 +120,19 @@ pub struct ClvOptions {
 
 impl ClvOptions {
     pub fn check(&self) -> Result<(), ValueError> {
-        if self.horizon == 0 || self.horizon > 100_000 {
+        if self.horizon == 0 {
+            return Err(ValueError::invalid(
+                "horizon",
+                "the horizon must be at least 1 period (at most ten years), got 0".into(),
+            ));
+        }
+        // The job's own bound is ten years in its time unit; this one keeps
+        // a library caller's work finite.
+        if self.horizon > 100_000 {
             return Err(ValueError::invalid(
                 "horizon",
                 format!(
-                    "the horizon must be between 1 and 100000 periods, got {}",
+                    "the horizon must be at most 100000 periods, got {}",
                     self.horizon
                 ),
             ));

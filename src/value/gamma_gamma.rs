@@ -167,19 +167,42 @@ impl GammaGamma {
             v: p[2],
         };
         let unbounded = !report.converged && params.p >= LIMIT_P_FROM;
+        let mut at_limit = false;
         if unbounded {
-            if let Some((q, scale)) = limit_fit(&ms) {
-                params = GammaGammaParams {
-                    p: LIMIT_P,
-                    q,
-                    v: scale / LIMIT_P,
-                };
-                let (log_likelihood, _) = ll.value_grad(&[params.p, params.q, params.v]);
-                report.converged = true;
-                report.log_likelihood = log_likelihood;
-                report.gradient_norm = f64::NAN;
-                report.std_errors = vec![f64::NAN; 3];
-                report.stop = "p has no finite maximum: the model's limit".into();
+            match limit_fit(&ms) {
+                // Taken where the optimiser ran p to its bound, or where
+                // the limit is as likely as the best point it found: a
+                // finite maximum it merely failed to settle on stays an
+                // error. (Far out, ln Γ(px+q) − ln Γ(px) loses digits, so
+                // a bound reached is trusted over a likelihood compared.)
+                Some(limit)
+                    if report.stop.starts_with("parameter p ran")
+                        || limit.log_likelihood
+                            >= report.log_likelihood
+                                - (1e-6 * report.log_likelihood.abs()).max(1e-3) =>
+                {
+                    params = GammaGammaParams {
+                        p: LIMIT_P,
+                        q: limit.q,
+                        v: limit.rate / LIMIT_P,
+                    };
+                    report.converged = true;
+                    report.log_likelihood = limit.log_likelihood;
+                    report.gradient_norm = f64::NAN;
+                    report.std_errors = vec![f64::NAN, limit.q_se, limit.rate_se / LIMIT_P];
+                    report.stop = "p has no finite maximum: the model's limit".into();
+                    at_limit = true;
+                }
+                Some(_) => {}
+                None => {
+                    return Err(ValueError::NotConverged {
+                        model: "Gamma-Gamma",
+                        reason: "every repeat customer has the same mean spend per purchase, so \
+                                 the spend model has nothing to fit"
+                            .into(),
+                        best: params.to_string(),
+                    })
+                }
             }
         }
         if !report.converged {
@@ -199,7 +222,7 @@ impl GammaGamma {
             correlation: pearson(&xs.iter().map(|&v| v as f64).collect::<Vec<_>>(), &ms),
             customers: xs.len(),
             excluded_non_positive: excluded,
-            p_at_limit: unbounded && report.converged,
+            p_at_limit: at_limit,
             fitted: Fitted { params, report },
         })
     }
@@ -224,22 +247,34 @@ impl GammaGamma {
 /// 1 % or less: their coefficient of variation is `1/√p`).
 const LIMIT_P_FROM: f64 = 1e4;
 
-/// `p` in the model's limit: large enough that a customer's expected
-/// spend is their own mean to within 1e-5 relative for any `x ≥ 1`, small
-/// enough that `ln Γ(px)` stays exact in f64.
+/// `p` in the model's limit. A repeat customer's expected spend is then
+/// their own mean up to a relative `(q − 1 − p·v/m) / (p·x)`: below 1e-5
+/// for the `q` and `p·v/m` of real spend (up to a few hundred).
 pub const LIMIT_P: f64 = 1e7;
 
-/// The Gamma-Gamma model as `p → ∞` with `p·v` fixed: each customer's
-/// mean spend is their true mean `ζ`, and `1/ζ ~ Gamma(q, rate p·v)`
-/// across customers. Returns `(q, p·v)` by maximum likelihood on `1/m`
-/// (`ln q − ψ(q) = ln ȳ − mean ln y`, solved by bisection on `ln q`; the
-/// left side falls from ∞ to 0), or `None` when every mean is the same
-/// (no spread left to fit).
-fn limit_fit(m: &[f64]) -> Option<(f64, f64)> {
+/// The Gamma-Gamma model's limit as `p → ∞` with `p·v` fixed.
+struct Limit {
+    q: f64,
+    /// `p·v`: `1/m ~ Gamma(q, rate)`.
+    rate: f64,
+    q_se: f64,
+    rate_se: f64,
+    /// Of the means under the limit (inverse-gamma densities), the value
+    /// the Gamma-Gamma log-likelihood tends to as `p` grows.
+    log_likelihood: f64,
+}
+
+/// As `p → ∞` with `p·v` fixed, each customer's mean spend is their true
+/// mean `ζ`, and `1/ζ ~ Gamma(q, rate p·v)` across customers. Fitted by
+/// maximum likelihood on `1/m` (`ln q − ψ(q) = ln ȳ − mean ln y`, solved by
+/// bisection on `ln q`: the left side falls from ∞ to 0; the rate is
+/// `q/ȳ`), with standard errors from the Gamma's Fisher information.
+/// `None` when every mean is the same (no spread left to fit).
+fn limit_fit(m: &[f64]) -> Option<Limit> {
     let n = m.len() as f64;
     let mean_y = m.iter().map(|v| 1.0 / v).sum::<f64>() / n;
-    let mean_ln_y = m.iter().map(|v| -v.ln()).sum::<f64>() / n;
-    let s = mean_y.ln() - mean_ln_y;
+    let mean_ln_m = m.iter().map(|v| v.ln()).sum::<f64>() / n;
+    let s = mean_y.ln() + mean_ln_m;
     if !(s.is_finite() && s > 1e-12) {
         return None;
     }
@@ -254,7 +289,28 @@ fn limit_fit(m: &[f64]) -> Option<(f64, f64)> {
         }
     }
     let q = (0.5 * (lo + hi)).exp();
-    Some((q, q / mean_y))
+    let rate = q / mean_y;
+    // ψ′(q) by a central difference of ψ: ample for a standard error.
+    let h = 1e-4 * q;
+    let trigamma = (digamma(q + h) - digamma(q - h)) / (2.0 * h);
+    let det = q * trigamma - 1.0;
+    let (q_se, rate_se) = if det > 0.0 {
+        (
+            (q / (n * det)).sqrt(),
+            (rate * rate * trigamma / (n * det)).sqrt(),
+        )
+    } else {
+        (f64::NAN, f64::NAN)
+    };
+    // Σ ln InvGamma(m; q, rate) = n(q ln rate − ln Γ(q)) − (q + 1)Σ ln m − rate·Σ 1/m.
+    let log_likelihood = n * (q * rate.ln() - ln_gamma(q) - (q + 1.0) * mean_ln_m - rate * mean_y);
+    Some(Limit {
+        q,
+        rate,
+        q_se,
+        rate_se,
+        log_likelihood,
+    })
 }
 
 fn pearson(a: &[f64], b: &[f64]) -> f64 {
@@ -321,9 +377,25 @@ mod tests {
         for &price in &prices {
             assert!((gg.expected_spend(1, price) / price - 1.0).abs() < 1e-5);
         }
-        // Nothing to fit when every customer's mean is the same.
+        // Standard errors for q and v; none for p, which is not a point.
+        let se = &fit.fitted.report.std_errors;
+        assert!(se[0].is_nan() && se[1] > 0.0 && se[2] > 0.0, "{se:?}");
+        // The limit's log-likelihood is the Gamma-Gamma's as p grows.
+        let ll = Likelihood {
+            x: &x,
+            m: &m,
+            max_x: 7,
+        };
+        let (at_1e9, _) = ll.value_grad(&[1e9, q, p * v / 1e9]);
+        let limit = fit.fitted.report.log_likelihood;
+        assert!(
+            (at_1e9 - limit).abs() < 1e-3 * limit.abs(),
+            "{at_1e9} vs {limit}"
+        );
+        // Nothing to fit when every customer's mean is the same: said so.
         let same = [25.0; 50];
-        assert!(GammaGamma::fit(&[2; 50], &same).is_err());
+        let e = GammaGamma::fit(&[2; 50], &same).unwrap_err();
+        assert!(e.to_string().contains("the same mean spend"), "{e}");
     }
 
     #[test]

@@ -343,8 +343,14 @@ pub fn run_clv(transactions: &Path, params: &ClvParams) -> Result<ClvRun> {
         &params.format,
         params.bad_rows,
         params.max_bad_rows,
+        Some(params.holdout_end.unwrap_or(params.calibration_end)),
     )?;
-    Ok(clv_of_log(&log, params)?)
+    let mut run = clv_of_log(&log, params)?;
+    // Said here, not in `clv_of_log`: `segment --clv` says it once, for both.
+    if let Some(w) = log.future.warning() {
+        run.summary.warnings.insert(0, w);
+    }
+    Ok(run)
 }
 
 /// The job on a log already read.
@@ -378,8 +384,7 @@ pub fn clv_of_log(log: &TransactionLog, params: &ClvParams) -> Result<ClvRun, Va
         &options,
         params.cancel.as_deref(),
     )?;
-    let mut warnings: Vec<String> = log.future.warning().into_iter().collect();
-    warnings.extend(gg_fit.limit_warning());
+    let mut warnings: Vec<String> = gg_fit.limit_warning().into_iter().collect();
     warnings.extend(gg_fit.correlation_warning());
     if gg_fit.excluded_non_positive > 0 {
         warnings.push(format!(

@@ -111,6 +111,17 @@ def test_bad_input_is_a_clear_error(server, blobs):
         segmenta.KMeans(3, client=server.address).fit(bad)
     with pytest.raises(ValueError, match="2-dimensional"):
         segmenta.KMeans(3, client=server.address).fit(X[:, 0])
+    # A DataFrame's columns are named: a text column, and a NaN.
+    import pandas as pd
+    frame = pd.DataFrame(X, columns=[f"f{j}" for j in range(X.shape[1])])
+    ids = frame.assign(f1=[f"cust{i}" for i in range(len(frame))])
+    with pytest.raises(ValueError, match="column 'f1' is not numeric: row 0 holds 'cust0'"):
+        segmenta.KMeans(3, client=server.address).fit(ids)
+    with pytest.raises(ValueError, match=r"row 5, column 2 \('f2'\)"):
+        segmenta.KMeans(3, client=server.address).fit(pd.DataFrame(bad, columns=frame.columns))
+    # Nullable and boolean columns still read.
+    flags = frame.assign(f0=(frame["f0"] > 0), f1=frame["f1"].astype("Float64"))
+    assert segmenta.KMeans(3, client=server.address).fit(flags).cluster_centers_.shape[1] == X.shape[1]
     with pytest.raises(ValueError, match="unknown init"):
         segmenta.KMeans(3, init="kmeans", client=server.address).fit(X)
     km = segmenta.KMeans(3, client=server.address).fit(X)

@@ -120,6 +120,11 @@ def test_segments_with_value_and_a_campaign_measured(client, tmp_path):
     assert segmenta.uplift(seg, str(path), client=client).table.iloc[-1]["p_value"] == overall["p_value"]
     with pytest.raises(TypeError, match="DataFrame or the path"):
         segmenta.uplift(seg, outcomes.to_dict("list"), client=client)
+    with pytest.raises(ValueError, match="expected a .csv, .tsv or .parquet"):
+        segmenta.uplift(seg, tmp_path / "outcomes.xlsx", client=client)
+    dollars = outcomes.assign(revenue=["$%.2f" % r for r in outcomes["revenue"]])
+    with pytest.raises(ValueError, match="column 'revenue', row 1: '\\$"):
+        segmenta.uplift(seg, dollars, client=client)
     # Empty revenue cells are no revenue, as in the CLI.
     gaps = outcomes.assign(revenue=outcomes["revenue"].where(outcomes["converted"]))
     assert segmenta.uplift(seg, gaps, client=client).table.iloc[-1]["uplift"] == overall["uplift"]

@@ -318,38 +318,65 @@ pub(super) async fn message_budget(channel: Conn) -> (usize, Option<pb::Limits>)
 }
 
 pub fn run(args: ClientArgs) -> anyhow::Result<()> {
-    let plaintext = args.ca_cert.is_none() && !args.server.starts_with("https://");
+    let plaintext = (args.ca_cert.is_none() && !args.server.starts_with("https://"))
+        .then(|| args.server.trim_start_matches("http://").to_owned());
     tokio::runtime::Runtime::new()?.block_on(async {
-        run_async(args)
-            .await
-            .map_err(|e| match e.downcast::<tonic::Status>() {
-                Ok(status) if plaintext && looks_like_tls_mismatch(&status) => anyhow::anyhow!(
-                    "{} (a server with TLS answers a plaintext client this way: connect with \
-                     --ca-cert CA.pem, or SEGMENTA_CA_CERT)",
-                    status_line(&status)
-                ),
-                Ok(status) => anyhow::anyhow!("{}", status_line(&status)),
+        match run_async(args).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(match e.downcast::<tonic::Status>() {
+                Ok(status) => {
+                    let tls = match &plaintext {
+                        Some(addr) if no_answer(&status) => speaks_tls(addr).await,
+                        _ => false,
+                    };
+                    if tls {
+                        anyhow::anyhow!(
+                            "{} (the server speaks TLS and this client did not: connect with \
+                             --ca-cert CA.pem, or SEGMENTA_CA_CERT)",
+                            status_line(&status)
+                        )
+                    } else {
+                        anyhow::anyhow!("{}", status_line(&status))
+                    }
+                }
                 Err(e) => e,
-            })
+            }),
+        }
     })
 }
 
-/// A plaintext HTTP/2 request to a TLS port gets no gRPC answer: the TLS
-/// server drops bytes that are not a handshake, and the client sees a
-/// protocol error, a reset or a cancelled call, never a status the server
-/// sent.
-fn looks_like_tls_mismatch(status: &tonic::Status) -> bool {
+/// A call that got no gRPC status from the server (a protocol error, a
+/// reset, a cancelled call): what a plaintext client gets from a TLS
+/// port, among other causes.
+fn no_answer(status: &tonic::Status) -> bool {
     use tonic::Code::*;
-    let m = status.message();
     matches!(status.code(), Internal | Unknown | Cancelled | Unavailable)
-        && [
-            "h2 protocol error",
-            "transport error",
-            "operation was canceled",
-            "connection",
-        ]
-        .iter()
-        .any(|t| m.contains(t))
+        && status.metadata().get("grpc-status").is_none()
+}
+
+/// Whether `addr` answers the HTTP/2 preface with a TLS record (an alert,
+/// 0x15, or a handshake, 0x16): then the failure was a plaintext client
+/// at a TLS port, and the hint is sure, not a guess.
+async fn speaks_tls(addr: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let wait = std::time::Duration::from_secs(2);
+    let addr = addr.split('/').next().unwrap_or(addr);
+    let Ok(Ok(mut socket)) = tokio::time::timeout(wait, tokio::net::TcpStream::connect(addr)).await
+    else {
+        return false;
+    };
+    if socket
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(wait, socket.read(&mut first)).await,
+        Ok(Ok(1)) if first[0] == 0x15 || first[0] == 0x16
+    )
 }
 
 /// A status as the server meant it: its code's gRPC name and its message.
@@ -402,6 +429,9 @@ impl tonic::service::Interceptor for Bearer {
 pub type Conn = InterceptedService<Channel, Bearer>;
 
 pub fn with_token(channel: Channel, token: Option<&str>) -> anyhow::Result<Conn> {
+    if token.is_some_and(|t| t.trim().is_empty()) {
+        anyhow::bail!("the API key is empty (--token, or SEGMENTA_TOKEN set to nothing)");
+    }
     let value = token
         .map(|t| MetadataValue::try_from(format!("Bearer {t}")))
         .transpose()
@@ -564,7 +594,7 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                 None
             };
             let r = assign_in_requests(channel, &model, data.values.view(), k, max).await?;
-            let mut out = csv::Writer::from_writer(std::io::stdout().lock());
+            let mut out = csv::Writer::from_writer(crate::cli::MarkedStdout);
             let label_name = if segment_ids.is_some() {
                 "segment"
             } else {
@@ -575,7 +605,8 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                 label_name,
                 "distance",
                 "margin",
-            ])?;
+            ])
+            .map_err(crate::cli::csv_error)?;
             for i in 0..r.labels.len() {
                 let id = ids.as_ref().map_or_else(
                     || (i + 1).to_string(),
@@ -587,9 +618,10 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                     .and_then(|s| s.get(label as usize).copied())
                     .unwrap_or(label);
                 let margin = r.margins.get(i).map_or(String::new(), |m| m.to_string());
-                out.write_record([id, label.to_string(), r.distances[i].to_string(), margin])?;
+                out.write_record([id, label.to_string(), r.distances[i].to_string(), margin])
+                    .map_err(crate::cli::csv_error)?;
             }
-            out.flush()?;
+            out.flush().map_err(crate::cli::stdout_failed)?;
         }
         ClientCommand::ExportModel { id, out } => {
             let file = pb::models_client::ModelsClient::new(channel)
@@ -660,20 +692,28 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                 }
             })
             .await?;
+            // Where a model came from, in words: an imported model (a
+            // model file, or a Python estimator's, whose rows were deleted)
+            // and a distributed fit have no dataset.
+            let origin = |dataset: &str| match dataset {
+                "imported" => "imported from a model file, no dataset".to_owned(),
+                "distributed" => "a distributed fit, no dataset".to_owned(),
+                id => format!("dataset {id}"),
+            };
             for m in all {
                 match m.model {
                     Some(pb::model::Model::Kmeans(k)) => say!(
-                        "{}  k-means k = {}, inertia {:.6e}, dataset {}",
+                        "{}  k-means k = {}, inertia {:.6e}, {}",
                         k.id,
                         k.k,
                         k.inertia,
-                        k.dataset_id
+                        origin(&k.dataset_id)
                     ),
                     Some(pb::model::Model::Pca(p)) => say!(
-                        "{}  PCA {} components, dataset {}",
+                        "{}  PCA {} components, {}",
                         p.id,
                         p.n_components,
-                        p.dataset_id
+                        origin(&p.dataset_id)
                     ),
                     None => {}
                 }
@@ -728,10 +768,7 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
             if json {
                 say!("{}", info::json(&info));
             } else {
-                use std::io::Write as _;
-                std::io::stdout()
-                    .lock()
-                    .write_all(info::text(&info).as_bytes())?;
+                say!("{}", info::text(&info).trim_end_matches('\n'));
             }
         }
     }
@@ -938,6 +975,20 @@ async fn watch(channel: Conn, id: &str) -> anyhow::Result<pb::Job> {
                                         p.size,
                                         p.share * 100.0,
                                         p.description
+                                    );
+                                }
+                                // As `segmenta segment --holdout-share` says it.
+                                let control: u64 = s.segments.iter().map(|p| p.control).sum();
+                                if control > 0 {
+                                    let each: Vec<String> = s
+                                        .segments
+                                        .iter()
+                                        .map(|p| format!("{}: {} of {}", p.id, p.control, p.size))
+                                        .collect();
+                                    say!(
+                                        "campaign groups: {} treatment, {control} control (per segment: {})",
+                                        s.n_customers.saturating_sub(control),
+                                        each.join(", ")
                                     );
                                 }
                             }

@@ -151,6 +151,11 @@ pub(super) async fn upload_log(
 
 pub async fn run(channel: Conn, a: ClientSegmentArgs) -> anyhow::Result<()> {
     use pb::segment_request::{KChoice, Source};
+    // Checked before the upload, which would otherwise stay behind.
+    if !a.features.is_empty() {
+        segmenta::segmentation::asked_features(&a.features)
+            .map_err(|e| anyhow::anyhow!("invalid features: {e}"))?;
+    }
     let text = proto_text_format(&a.log.format());
     let source = match resolve_log(&channel, &a.source, text.clone()).await? {
         LogRef::Id(id) => Source::TransactionsId(id),

@@ -90,7 +90,7 @@ pub async fn clv(channel: Conn, a: ClientClvArgs) -> anyhow::Result<()> {
         say!("{v}");
         return Ok(());
     }
-    crate::cli::clv::print_summary(&serde_json::from_slice(&summary)?);
+    crate::cli::clv::print_summary(&serde_json::from_slice(&summary)?)?;
     if let Some(dir) = &a.out {
         say_downloaded(&run.artifacts, dir, "clv.html")?;
     }
@@ -164,7 +164,7 @@ pub async fn uplift(channel: Conn, a: ClientUpliftArgs) -> anyhow::Result<()> {
         say!("{v}");
         return Ok(());
     }
-    crate::cli::uplift::print_report(&report);
+    crate::cli::uplift::print_report(&report)?;
     if let Some(f) = files {
         say!("report: {}", f.html.display());
     }

@@ -259,14 +259,22 @@ impl Engine {
             })
     }
 
-    /// `declared`: the caller's row width (`n_features` in the request; 0 =
-    /// not said), which catches rows of the wrong width whose values happen
-    /// to fill whole rows of the model's.
-    fn check_rows(&self, n_values: usize, width: usize, declared: u32) -> ServiceResult<usize> {
+    /// `declared`: the caller's row width (`n_features`, or `n_components`
+    /// for an inverse transform, in the request; 0 = not said), which
+    /// catches rows of the wrong width whose values happen to fill whole
+    /// rows of the model's.
+    fn check_rows(
+        &self,
+        n_values: usize,
+        width: usize,
+        declared: (&'static str, u32),
+    ) -> ServiceResult<usize> {
+        let (field, declared) = declared;
         if declared != 0 && declared as usize != width {
+            let noun = field.trim_start_matches("n_");
             return Err(ServiceError::invalid(
-                "n_features",
-                format!("the rows have {declared} features; the model has {width}"),
+                field,
+                format!("the rows have {declared} {noun}; the model has {width}"),
             ));
         }
         if width == 0 || !n_values.is_multiple_of(width) {
@@ -291,12 +299,15 @@ impl Engine {
         Ok(rows)
     }
 
+    /// `bytes`: the size so far of data that may still be arriving (an
+    /// upload is stopped at the block that passes the limit), so the
+    /// message says "at least".
     pub fn check_dataset_size(&self, bytes: u64) -> ServiceResult<()> {
         let limit = self.config.limits.max_dataset_bytes;
         if bytes > limit {
             return Err(ServiceError::ResourceExhausted {
                 limit: "max_dataset_bytes",
-                message: format!("the data would hold {bytes} bytes; the limit is {limit}"),
+                message: format!("the data hold at least {bytes} bytes; the limit is {limit}"),
             });
         }
         Ok(())
@@ -358,20 +369,22 @@ impl Engine {
             ));
         }
         let gone = match source {
-            Source::Dataset(id) => self.store.dataset(id).err().map(|_| ("dataset", id)),
+            Source::Dataset(id) => self.store.dataset(id).err().map(|e| ("dataset", id, e)),
             Source::Log(id) => self
                 .store
                 .transactions(id)
                 .err()
-                .map(|_| ("transaction log", id)),
+                .map(|e| ("transaction log", id, e)),
             Source::None => None,
         };
-        if let Some((what, id)) = gone {
-            return Err(ServiceError::FailedPrecondition(format!(
+        match gone {
+            // Damaged on disk, not deleted: said as such (DATA_LOSS).
+            Some((_, _, e @ ServiceError::DataLoss(_))) => Err(e),
+            Some((what, id, _)) => Err(ServiceError::FailedPrecondition(format!(
                 "{what} {id} was deleted while this job ran; nothing was stored"
-            )));
+            ))),
+            None => store(),
         }
-        store()
     }
 
     /// Erases under the commit lock, so no job stores a result read before.
@@ -722,7 +735,7 @@ impl Engine {
                 "model {model_id} is not a k-means model"
             )));
         };
-        let n = self.check_rows(rows.len(), model.n_features(), n_features)?;
+        let n = self.check_rows(rows.len(), model.n_features(), ("n_features", n_features))?;
         cost::assign(n, model.k(), model.n_features())?;
         let _slot = self.scoring_slot()?;
         let record = record.clone();
@@ -733,6 +746,8 @@ impl Engine {
                 unreachable!("checked above")
             };
             let x = Array2::from_shape_vec((n, model.n_features()), rows).expect("checked shape");
+            // Checked here too, so a NaN is named by the model's column.
+            crate::data::check_finite(x.view(), &record.columns).map_err(crate::Error::from)?;
             Ok(model.predict(&CpuBackend::new().cancel_on(cancel), x.view())?)
         })
         .await
@@ -751,7 +766,7 @@ impl Engine {
                 "model {model_id} is not a PCA model"
             )));
         };
-        let n = self.check_rows(rows.len(), model.n_features(), n_features)?;
+        let n = self.check_rows(rows.len(), model.n_features(), ("n_features", n_features))?;
         let _slot = self.scoring_slot()?;
         let record = record.clone();
         tokio::task::spawn_blocking(move || {
@@ -759,6 +774,7 @@ impl Engine {
                 unreachable!("checked above")
             };
             let x = Array2::from_shape_vec((n, model.n_features()), rows).expect("checked shape");
+            crate::data::check_finite(x.view(), &record.columns).map_err(crate::Error::from)?;
             Ok((
                 model.n_components(),
                 model.transform(&CpuBackend::new(), x.view())?,
@@ -935,7 +951,11 @@ impl Engine {
         };
         // The output (n × columns) is no wider than a Transform's input:
         // max_assign_rows bounds both.
-        let n = self.check_rows(values.len(), model.n_components(), n_components)?;
+        let n = self.check_rows(
+            values.len(),
+            model.n_components(),
+            ("n_components", n_components),
+        )?;
         let _slot = self.scoring_slot()?;
         let record = record.clone();
         tokio::task::spawn_blocking(move || {

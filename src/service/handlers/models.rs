@@ -35,9 +35,15 @@ impl pb::models_server::Models for ModelsService {
             let after = ids
                 .into_iter()
                 .filter(|id| page.after.as_ref().is_none_or(|a| id > a));
-            let loaded = after.filter_map(|id| {
-                let m = engine.store.model(&id).ok()?;
-                Some((id, pb::Model::from(&m)))
+            let loaded = after.filter_map(|id| match engine.store.model(&id) {
+                Ok(m) => Some((id, pb::Model::from(&m))),
+                // Left out of the listing, as Datasets.List leaves out a
+                // damaged dataset; the log names it, and Models.Get says
+                // what is wrong with it.
+                Err(e) => {
+                    tracing::warn!(model = %id, error = %e, "a stored model cannot be read; left out of the list");
+                    None
+                }
             });
             Ok::<_, crate::service::error::ServiceError>(paginate(
                 loaded,

@@ -441,6 +441,22 @@ impl Store {
             ModelBody::Pca(m) => m.check_consistent(),
         }
         .map_err(|e| ServiceError::damaged("model", id, e))?;
+        // Every write names each column: a count that disagrees would
+        // misname (or drop) columns in Assign's errors and in exports.
+        let width = match &record.body {
+            ModelBody::KMeans(m) => m.n_features(),
+            ModelBody::Pca(m) => m.n_features(),
+        };
+        if record.columns.len() != width {
+            return Err(ServiceError::damaged(
+                "model",
+                id,
+                format!(
+                    "{} column names for a model of {width} features",
+                    record.columns.len()
+                ),
+            ));
+        }
         Ok(record)
     }
 

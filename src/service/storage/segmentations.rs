@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{check_id, new_id, now_ms, sync_dir, tree_bytes, write_json_atomically, Store, TMP};
 use crate::data::{TableFormat, TextFormat};
-use crate::segmentation::{SegmentModel, SegmentsDocument};
+use crate::segmentation::{SegmentModel, SegmentationError, SegmentsDocument};
 use crate::service::error::{ServiceError, ServiceResult};
 use crate::value::ClvSummary;
 
@@ -237,19 +237,19 @@ impl Store {
     }
 
     fn segmentation_dir(&self, id: &str) -> ServiceResult<PathBuf> {
-        check_id("segmentation", id)?;
+        check_id(what_is(id), id)?;
         let dir = self.segmentations.join(id);
         if dir.join("meta.json").is_file() {
             Ok(dir)
         } else {
-            Err(ServiceError::not_found("segmentation", id))
+            Err(ServiceError::not_found(what_is(id), id))
         }
     }
 
     fn read_json<T: serde::de::DeserializeOwned>(&self, id: &str, file: &str) -> ServiceResult<T> {
         let text = fs::read(self.segmentation_dir(id)?.join(file)).map_err(ServiceError::io)?;
         serde_json::from_slice(&text)
-            .map_err(|e| ServiceError::damaged("segmentation", id, format!("{file}: {e}")))
+            .map_err(|e| ServiceError::damaged(what_is(id), id, format!("{file}: {e}")))
     }
 
     /// The outputs' record, if they are of `kind`: another kind's id is
@@ -276,9 +276,22 @@ impl Store {
         ))
     }
 
+    /// The stored model, run through the checks a model file gets (its
+    /// features, shapes and labels agree), so a damaged one is DATA_LOSS
+    /// here rather than a panic in the refresh that uses it.
     pub fn segmentation_model(&self, id: &str) -> ServiceResult<SegmentModel> {
         self.meta_of(id, OutputKind::Segmentation)?;
-        self.read_json(id, "model.json")
+        let text =
+            fs::read(self.segmentation_dir(id)?.join("model.json")).map_err(ServiceError::io)?;
+        SegmentModel::from_json(&text, "model.json").map_err(|e| {
+            let why = match e {
+                crate::Error::Segmentation(SegmentationError::PreviousModel {
+                    message, ..
+                }) => format!("model.json: {message}"),
+                other => other.to_string(),
+            };
+            ServiceError::damaged(what_is(id), id, why)
+        })
     }
 
     /// A CLV run's record and summary.
@@ -351,5 +364,15 @@ impl Store {
     /// The directory of a stored segmentation's outputs (for erasure).
     pub fn segmentation_path(&self, id: &str) -> ServiceResult<PathBuf> {
         self.segmentation_dir(id)
+    }
+}
+
+/// What an id names in messages: segmentations and CLV runs share a
+/// directory, and `clv-nope` is a CLV run that is not there.
+fn what_is(id: &str) -> &'static str {
+    if id.starts_with("clv-") {
+        "CLV run"
+    } else {
+        "segmentation"
     }
 }

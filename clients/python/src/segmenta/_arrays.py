@@ -22,11 +22,18 @@ def as_matrix(X, what: str = "X") -> np.ndarray:
 
     Raises ``ValueError`` naming the first bad value (NaN or infinite) or a
     wrong shape: the server would refuse them too, after the upload."""
+    names = column_names(X)
     if hasattr(X, "to_pandas") and hasattr(X, "column_names"):  # pyarrow Table / RecordBatch
-        X = np.column_stack([np.asarray(X.column(i).to_numpy(zero_copy_only=False), dtype=np.float64)
+        X = np.column_stack([_numeric(X.column(i).to_numpy(zero_copy_only=False), what, names[i])
                              for i in range(X.num_columns)]) if X.num_columns else np.empty((X.num_rows, 0))
-    elif hasattr(X, "to_numpy"):  # pandas
-        X = X.to_numpy(dtype=np.float64, na_value=np.nan)
+    elif hasattr(X, "to_numpy") and hasattr(X, "columns"):  # pandas DataFrame
+        try:
+            X = X.to_numpy(dtype=np.float64, na_value=np.nan)
+        except (TypeError, ValueError):
+            # Slow, but only to name the column that is not numeric.
+            for i in range(X.shape[1]):
+                _numeric(X.iloc[:, i].to_numpy(dtype=object, na_value=np.nan), what, names[i])
+            raise
     try:
         array = np.asarray(X, dtype=np.float64)
     except (TypeError, ValueError) as e:
@@ -44,12 +51,33 @@ def as_matrix(X, what: str = "X") -> np.ndarray:
     if bad.any():
         row, col = map(int, np.argwhere(bad)[0])
         raise ValueError(f"{what} has {int(bad.sum())} NaN or infinite value(s); the first is "
-                         f"at row {row}, column {col}: {array[row, col]}")
+                         f"at row {row}, column {_shown(col, names)}: {array[row, col]}")
     big = np.abs(array) > np.finfo(np.float32).max
     if big.any():
         row, col = map(int, np.argwhere(big)[0])
-        raise ValueError(f"{what} at row {row}, column {col} ({array[row, col]}) does not fit in float32")
+        raise ValueError(f"{what} at row {row}, column {_shown(col, names)} ({array[row, col]}) "
+                         "does not fit in float32")
     return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _shown(col: int, names: Optional[List[str]]) -> str:
+    """A column as a message names it: by name where it has one."""
+    return f"{col} ({names[col]!r})" if names and col < len(names) else str(col)
+
+
+def _numeric(values, what: str, name: str) -> np.ndarray:
+    """One column as float64, or a ``ValueError`` naming the column and its
+    first value that is not a number (an id or a category left in)."""
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        for row, v in enumerate(values):
+            try:
+                float(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"{what} column {name!r} is not numeric: row {row} holds {v!r}; "
+                                 "leave it out, or encode it as numbers") from None
+        raise
 
 
 def as_weights(sample_weight, n_rows: int) -> Optional[np.ndarray]:

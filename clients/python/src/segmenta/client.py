@@ -320,7 +320,11 @@ class Client:
             for event in self.watch_job(job_id):
                 if event.HasField("progress"):
                     p = event.progress
-                    bar.to(p.fraction, f"{p.phase} it {p.iteration} inertia {p.inertia:.4g}")
+                    # Iterations and inertia only while a fit reports them;
+                    # other phases ("writing outputs") are named alone.
+                    detail = (f" it {p.iteration} inertia {p.inertia:.4g}"
+                              if p.iteration or p.inertia else "")
+                    bar.to(p.fraction, f"{p.phase}{detail}")
                 else:
                     finished = event.finished
                     break

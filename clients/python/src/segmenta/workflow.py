@@ -354,6 +354,14 @@ def _interval(message, field_name: str):
     return getattr(message, field_name) if message.HasField(field_name) else None
 
 
+def _is_number(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
 def uplift(segmentation, outcomes, *, client: Union[None, str, Client] = None,
            customer: str = "customer_id", converted: str = "converted",
            revenue: Optional[str] = "revenue") -> UpliftResult:
@@ -371,9 +379,15 @@ def uplift(segmentation, outcomes, *, client: Union[None, str, Client] = None,
     pandas = _pandas()
     if isinstance(outcomes, (str, os.PathLike)):
         path = pathlib.Path(outcomes)
-        read = pandas.read_parquet if path.suffix.lower() == ".parquet" else pandas.read_csv
-        # Ids stay text: "007" is not customer 7.
-        outcomes = read(path) if read is pandas.read_parquet else read(path, dtype={customer: str})
+        suffix = path.suffix.lower()
+        if suffix == ".parquet":
+            outcomes = pandas.read_parquet(path)
+        elif suffix in (".csv", ".tsv", ".txt"):
+            # Ids stay text: "007" is not customer 7.
+            outcomes = pandas.read_csv(path, sep="\t" if suffix == ".tsv" else ",",
+                                       dtype={customer: str})
+        else:
+            raise ValueError(f"outcomes {path}: expected a .csv, .tsv or .parquet file")
     elif not isinstance(outcomes, pandas.DataFrame):
         raise TypeError("outcomes must be a pandas DataFrame or the path of a CSV or Parquet "
                         f"file, not {type(outcomes).__name__}")
@@ -382,9 +396,17 @@ def uplift(segmentation, outcomes, *, client: Union[None, str, Client] = None,
     missing = [c for c in (customer, converted, revenue) if c is not None and c not in outcomes.columns]
     if missing:
         raise ValueError(f"outcomes have no column(s) {missing}; they have {list(outcomes.columns)}")
+    money = None
+    if revenue is not None:
+        try:
+            money = outcomes[revenue].fillna(0.0).astype(float).tolist()
+        except (TypeError, ValueError):
+            values = outcomes[revenue].fillna(0.0).tolist()
+            row = next(i for i, v in enumerate(values) if not _is_number(v))
+            raise ValueError(f"outcomes column {revenue!r}, row {row + 1}: {values[row]!r} is not a "
+                             "number (convert currency text to numbers first)") from None
     report = client.uplift(seg_id, outcomes[customer].astype(str).tolist(),
-                           outcomes[converted].tolist(),
-                           None if revenue is None else outcomes[revenue].fillna(0.0).astype(float).tolist())
+                           outcomes[converted].tolist(), money)
     rows = []
     for u in list(report.segments) + [report.overall]:
         relative = _interval(u, "conversion_relative")
