@@ -268,6 +268,27 @@ fn a_headless_run_prints_no_display_errors() {
     assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
 }
 
+/// A header holding control characters (a binary file, or a hostile one)
+/// is shown escaped: no escape sequence reaches the terminal.
+#[test]
+fn control_characters_in_a_header_are_shown_escaped() {
+    let dir = TempDir::new().unwrap();
+    let path = write(&dir, "odd.csv", "\u{1b}[2Jwipe,b\n1,2\n3,4\n");
+    let out = segmenta()
+        .args(["kmeans", "--input", path.to_str().unwrap(), "--k", "1"])
+        .args(["--columns", "x", "--backend", "cpu"])
+        .assert()
+        .failure()
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+    assert!(
+        stderr.contains("available columns: \\u{1b}[2Jwipe, b"),
+        "{stderr:?}"
+    );
+}
+
 #[test]
 fn missing_file() {
     fails_with(

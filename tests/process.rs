@@ -1107,6 +1107,37 @@ fn the_cli_client_runs_clv_and_uplift_like_the_local_commands() {
     for f in ["clv.html", "holdout.png", "customers.csv", "clv.json"] {
         assert!(out_dir.join(f).is_file(), "{f}");
     }
+    // A job that fails on what only the log can tell: the log this
+    // command uploaded does not stay behind.
+    let (code, _, err) = cli(&[
+        "client",
+        "--server",
+        &addr,
+        "clv",
+        "--transactions",
+        log,
+        "--calibration-end",
+        "2026-06-30",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("after the last purchase"), "{err}");
+    let uploaded = err
+        .split_whitespace()
+        .find(|w| w.starts_with("tx-"))
+        .unwrap_or_else(|| panic!("no log id in {err}"));
+    assert!(
+        err.contains(&format!(
+            "the uploaded log {uploaded} was deleted, as the job failed"
+        )),
+        "{err}"
+    );
+    let stored = |id: &str| {
+        std::fs::read_dir(dir.path().join("data/transactions"))
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().starts_with(id))
+    };
+    assert!(!stored(uploaded), "the failed run's log stays");
+    assert!(stored("tx-"), "the successful run's log is kept");
 
     // Groups drawn on the server, outcomes streamed from a local file.
     let seg_dir = dir.path().join("seg");

@@ -12,7 +12,7 @@ pub use error::DataError;
 pub use matrix::{check_finite, Dataset};
 pub use reader::{
     first_repeated, number_hint, read_table, read_table_limited, read_text_column, resolve_columns,
-    with_delimiter_hint, ReadLimits, TableFormat,
+    shown_names, with_delimiter_hint, ReadLimits, TableFormat,
 };
 pub use scaler::{ColumnStats, Scaler};
 pub use text::{Delimiter, TextFormat};

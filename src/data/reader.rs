@@ -118,6 +118,31 @@ pub fn first_repeated(names: &[String]) -> Option<&String> {
     names.iter().find(|name| !seen.insert(name.as_str()))
 }
 
+/// A header's names joined for a message, with control characters
+/// escaped: a file that is not text (or a hostile one) must not write
+/// escape sequences to a terminal or raw bytes into a status.
+pub fn shown_names(header: &[String]) -> String {
+    let shown: Vec<String> = header
+        .iter()
+        .map(|name| {
+            if name.chars().any(char::is_control) {
+                name.chars()
+                    .map(|c| {
+                        if c.is_control() {
+                            c.escape_default().to_string()
+                        } else {
+                            c.to_string()
+                        }
+                    })
+                    .collect()
+            } else {
+                name.clone()
+            }
+        })
+        .collect();
+    shown.join(", ")
+}
+
 /// Maps requested column names to positions in the header (all columns when
 /// `wanted` is empty); an unknown name is an error listing the available
 /// ones. A name is an error too where it could mean two columns: asked
@@ -153,7 +178,7 @@ pub fn resolve_columns(header: &[String], wanted: &[String]) -> Result<Vec<usize
             Some(None) => Err(repeated(name)),
             None => Err(DataError::UnknownColumn {
                 name: name.clone(),
-                available: header.join(", "),
+                available: shown_names(header),
                 hint: String::new(),
             }),
         })

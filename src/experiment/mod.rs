@@ -125,7 +125,7 @@ impl Table {
             .ok_or_else(|| ExperimentError::MissingColumn {
                 path: self.path.clone(),
                 column: name,
-                available: self.header.join(", "),
+                available: crate::data::shown_names(&self.header),
                 hint,
             })
     }

@@ -925,10 +925,15 @@ async fn watch(channel: Conn, id: &str) -> anyhow::Result<pb::Job> {
         match event.event {
             Some(pb::job_event::Event::Progress(p)) => {
                 bar.set_position((p.fraction * 1000.0) as u64);
-                bar.set_message(format!(
-                    "{} iteration {} inertia {:.6e}",
-                    p.phase, p.iteration, p.inertia
-                ));
+                // Iterations and inertia only while a fit reports them.
+                bar.set_message(if p.iteration > 0 || p.inertia > 0.0 {
+                    format!(
+                        "{} iteration {} inertia {:.6e}",
+                        p.phase, p.iteration, p.inertia
+                    )
+                } else {
+                    p.phase.clone()
+                });
             }
             Some(pb::job_event::Event::Finished(job)) => {
                 bar.finish_and_clear();

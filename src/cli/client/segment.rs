@@ -157,9 +157,10 @@ pub async fn run(channel: Conn, a: ClientSegmentArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("invalid features: {e}"))?;
     }
     let text = proto_text_format(&a.log.format());
-    let source = match resolve_log(&channel, &a.source, text.clone()).await? {
-        LogRef::Id(id) => Source::TransactionsId(id),
-        LogRef::Path(p) => Source::TransactionsPath(p),
+    let log = resolve_log(&channel, &a.source, text.clone()).await?;
+    let source = match &log {
+        LogRef::Id(id) | LogRef::Uploaded(id) => Source::TransactionsId(id.clone()),
+        LogRef::Path(p) => Source::TransactionsPath(p.clone()),
     };
     let k_choice = match (a.k, &a.k_range) {
         (Some(k), _) => Some(KChoice::K(k)),
@@ -201,8 +202,13 @@ pub async fn run(channel: Conn, a: ClientSegmentArgs) -> anyhow::Result<()> {
         }),
     };
     let mut client = pb::segmentations_client::SegmentationsClient::new(channel.clone());
-    let job = client.segment(request).await?.into_inner();
-    let finished = watch(channel, &job.id).await?;
+    let ran: anyhow::Result<_> = async {
+        let job = client.clone().segment(request).await?.into_inner();
+        let finished = watch(channel.clone(), &job.id).await?;
+        Ok((job, finished))
+    }
+    .await;
+    let (job, finished) = log.forget_on_failure(&channel, ran).await?;
     let Some(pb::job::Result::Segmentation(seg)) = finished.result else {
         anyhow::bail!("job {} finished without a segmentation", job.id);
     };
@@ -245,7 +251,38 @@ pub struct LogSourceArgs {
 
 pub(super) enum LogRef {
     Id(String),
+    /// Uploaded by this command: deleted again if its job fails.
+    Uploaded(String),
     Path(String),
+}
+
+impl LogRef {
+    /// After a failed job: a log this command uploaded is deleted, as the
+    /// Python client does (a later refresh needs only a successful run's
+    /// log). Deleting needs an admin key; otherwise a warning names it.
+    pub(super) async fn forget_on_failure<T>(
+        &self,
+        channel: &Conn,
+        outcome: anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        if let (Err(_), Self::Uploaded(id)) = (&outcome, self) {
+            let deleted = pb::segmentations_client::SegmentationsClient::new(channel.clone())
+                .delete_transactions(pb::DeleteTransactionsRequest {
+                    id: id.clone(),
+                    cascade: false,
+                })
+                .await;
+            match deleted {
+                Ok(_) => eprintln!("the uploaded log {id} was deleted, as the job failed"),
+                Err(e) => eprintln!(
+                    "warning: the uploaded log {id} stays on the server ({}); delete it with \
+                     `segmenta client delete {id}`",
+                    super::status_line(&e)
+                ),
+            }
+        }
+        outcome
+    }
 }
 
 /// Uploads a local log, or names the one given.
@@ -256,7 +293,7 @@ pub(super) async fn resolve_log(
 ) -> anyhow::Result<LogRef> {
     Ok(
         match (&a.transactions, &a.transactions_id, &a.server_path) {
-            (Some(path), _, _) => LogRef::Id(upload_log(channel.clone(), path, text).await?),
+            (Some(path), _, _) => LogRef::Uploaded(upload_log(channel.clone(), path, text).await?),
             (None, Some(id), _) => LogRef::Id(id.clone()),
             (None, None, Some(p)) => LogRef::Path(p.clone()),
             (None, None, None) => {

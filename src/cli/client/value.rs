@@ -47,9 +47,10 @@ pub struct ClientClvArgs {
 pub async fn clv(channel: Conn, a: ClientClvArgs) -> anyhow::Result<()> {
     use pb::clv_request::Source;
     let text = proto_text_format(&a.log.format());
-    let source = match resolve_log(&channel, &a.source, text.clone()).await? {
-        LogRef::Id(id) => Source::TransactionsId(id),
-        LogRef::Path(p) => Source::TransactionsPath(p),
+    let log = resolve_log(&channel, &a.source, text.clone()).await?;
+    let source = match &log {
+        LogRef::Id(id) | LogRef::Uploaded(id) => Source::TransactionsId(id.clone()),
+        LogRef::Path(p) => Source::TransactionsPath(p.clone()),
     };
     let request = pb::ClvRequest {
         source: Some(source),
@@ -66,12 +67,17 @@ pub async fn clv(channel: Conn, a: ClientClvArgs) -> anyhow::Result<()> {
         text_format: text,
     };
     let mut client = pb::segmentations_client::SegmentationsClient::new(channel.clone());
-    let job = client.clv(request).await?.into_inner();
-    let finished = if a.json {
-        super::wait_quietly(channel, &job.id).await?
-    } else {
-        watch(channel, &job.id).await?
-    };
+    let ran: anyhow::Result<_> = async {
+        let job = client.clone().clv(request).await?.into_inner();
+        let finished = if a.json {
+            super::wait_quietly(channel.clone(), &job.id).await?
+        } else {
+            watch(channel.clone(), &job.id).await?
+        };
+        Ok((job, finished))
+    }
+    .await;
+    let (job, finished) = log.forget_on_failure(&channel, ran).await?;
     let Some(pb::job::Result::Clv(run)) = finished.result else {
         anyhow::bail!("job {} finished without a CLV run", job.id);
     };
