@@ -263,7 +263,7 @@ fn bad_input_gets_a_clear_error() {
     fails(
         &assigned,
         &write("h.csv", "customer_id,converted,revenue\n"),
-        "no outcome row is for an assigned customer (0 rows name customers",
+        "no outcome rows: nothing was measured",
     );
     let parquet = write("customers.parquet", "PAR1");
     fails(

@@ -13,6 +13,7 @@ use segmenta::kmeans::Prediction;
 use segmenta::model_file::ModelFile;
 use segmenta::segmentation::features::customer_features;
 use segmenta::segmentation::transactions::{read_transactions_as, BadRowPolicy};
+use segmenta::segmentation::SegmentationError;
 
 #[derive(Debug, Args)]
 pub struct AssignArgs {
@@ -189,7 +190,10 @@ pub fn run_score(args: ScoreArgs) -> anyhow::Result<()> {
     )?;
     // As `segment` reads a log: a typo'd future date must not move the
     // as-of date and every recency with it.
-    log.leave_out_future(chrono::Utc::now().date_naive());
+    if log.lines.is_empty() {
+        return Err(SegmentationError::NoTransactions.into());
+    }
+    log.leave_out_future(chrono::Utc::now().date_naive(), as_of)?;
     if let Some(w) = log.future.warning() {
         eprintln!("warning: {w}");
     }

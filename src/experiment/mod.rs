@@ -50,12 +50,23 @@ pub enum ExperimentError {
     /// `advice`: what to give instead.
     #[error("{}: a Parquet file; {advice}", path.display())]
     NotCsv { path: PathBuf, advice: &'static str },
-    #[error("no outcome row is for an assigned customer ({unknown} rows name customers not in the assignments): nothing was measured; check that the ids are the segmentation's")]
+    #[error("{}", no_outcomes(*unknown))]
     NoOutcomes { unknown: usize },
     #[error("fewer than two customers are in the {0} group: nothing to compare")]
     EmptyGroup(&'static str),
     #[error(transparent)]
     Groups(#[from] GroupError),
+}
+
+fn no_outcomes(unknown: usize) -> String {
+    if unknown == 0 {
+        "no outcome rows: nothing was measured".into()
+    } else {
+        format!(
+            "no outcome row is for an assigned customer ({unknown} rows name customers not in \
+             the assignments): nothing was measured; check that the ids are the segmentation's"
+        )
+    }
 }
 
 /// Uplift overall and per segment, and what did not match.

@@ -48,10 +48,12 @@ pub enum SegmentationError {
     NoCustomers { as_of: chrono::NaiveDate },
     #[error("the transaction log has no rows, only a header (or nothing at all)")]
     NoTransactions,
-    #[error("every line of the log is dated after today ({lines} lines, the latest {latest}): check the date column and its format")]
+    #[error("every line of the log is dated after {after} ({lines} lines, the latest {latest}): check the date column and its format")]
     OnlyFutureLines {
         lines: usize,
         latest: chrono::NaiveDate,
+        /// "today", or the later date the job asked for.
+        after: String,
     },
     /// `summary` says how many by problem, with examples and fixes;
     /// `summary_without_values` the same without quoting any cell.
@@ -125,8 +127,8 @@ impl SegmentationError {
             Self::AmbiguousDates { column, day_first, month_first, .. } => format!(
                 "dates in column {column:?} can be day-first or month-first, and no date in the file has a day above 12 to tell; pass date_format {day_first} or {month_first}"
             ),
-            Self::OnlyFutureLines { lines, .. } => format!(
-                "every line of the log is dated after today ({lines} lines): check the date column and its format"
+            Self::OnlyFutureLines { lines, after, .. } => format!(
+                "every line of the log is dated after {after} ({lines} lines): check the date column and its format"
             ),
             other => other.to_string(),
         }

@@ -815,10 +815,9 @@ pub fn segment_customers(
 
 /// Reads a log for a job: checks `max_bad_rows` first, then fails when
 /// more than that share of the rows could not be read (see
-/// [`check_bad_rows`]).
-/// Reads a log for a job, failing on too many bad rows or no rows at all,
-/// and leaving out the lines dated after today (or after `asked_until`, a
-/// later date the job names itself, such as `--as-of`).
+/// [`check_bad_rows`]) or when there are no rows at all, and leaves out
+/// the lines dated after today (or after `asked_until`, a later date the
+/// job names itself, such as `--as-of`).
 pub(crate) fn read_checked_log(
     path: &Path,
     columns: &TransactionColumns,
@@ -840,15 +839,7 @@ pub(crate) fn read_checked_log(
     if log.lines.is_empty() {
         return Err(SegmentationError::NoTransactions.into());
     }
-    let today = chrono::Utc::now().date_naive();
-    log.leave_out_future(asked_until.map_or(today, |d| d.max(today)));
-    if log.lines.is_empty() {
-        return Err(SegmentationError::OnlyFutureLines {
-            lines: log.future.lines,
-            latest: log.future.latest.expect("lines were left out"),
-        }
-        .into());
-    }
+    log.leave_out_future(chrono::Utc::now().date_naive(), asked_until)?;
     Ok(log)
 }
 

@@ -188,26 +188,43 @@ pub struct FutureLines {
     pub lines: usize,
     /// The latest of their dates.
     pub latest: Option<NaiveDate>,
+    /// A date later than today that the job asked for itself (`--as-of`,
+    /// a holdout end): lines up to it were kept. `None`: today.
+    #[serde(default)]
+    pub after: Option<NaiveDate>,
 }
 
 impl FutureLines {
+    /// "today", or the later date asked for.
+    fn cutoff(&self) -> String {
+        self.after
+            .map_or("today".to_owned(), |d| format!("{d}, the date asked for"))
+    }
+
     /// What to tell the user, when any line was left out.
     pub fn warning(&self) -> Option<String> {
         let latest = self.latest?;
         Some(format!(
-            "{} line{} dated after today (the latest {latest}) left out: check the dates",
+            "{} line{} dated after {} (the latest {latest}) left out: check the dates",
             self.lines,
-            if self.lines == 1 { "" } else { "s" }
+            if self.lines == 1 { "" } else { "s" },
+            self.cutoff()
         ))
     }
 }
 
 impl TransactionLog {
     /// Leaves out the lines dated after `today` plus one day (a log written
-    /// in a time zone ahead of this machine's clock is not in the future).
-    /// A job that names a later date itself passes that date as `today`.
-    pub fn leave_out_future(&mut self, today: NaiveDate) {
-        let limit = day_number(today) + 1;
+    /// in a time zone ahead of this machine's clock is not in the future),
+    /// or after `asked`, a later date the job names itself (`--as-of`).
+    /// A log with nothing left is an error that says why.
+    pub fn leave_out_future(
+        &mut self,
+        today: NaiveDate,
+        asked: Option<NaiveDate>,
+    ) -> std::result::Result<(), SegmentationError> {
+        let after = asked.filter(|&d| d > today);
+        let limit = after.map_or(day_number(today) + 1, day_number);
         let mut latest = None;
         let before = self.lines.len();
         self.lines.retain(|l| {
@@ -220,7 +237,16 @@ impl TransactionLog {
         self.future = FutureLines {
             lines: before - self.lines.len(),
             latest: latest.map(date_of),
+            after,
         };
+        match (self.lines.is_empty(), self.future.latest) {
+            (true, Some(latest)) => Err(SegmentationError::OnlyFutureLines {
+                lines: self.future.lines,
+                latest,
+                after: self.future.cutoff(),
+            }),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -792,6 +818,60 @@ fn read_parquet(file: File, path: &Path, builder: &mut Builder) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tomorrow is kept (time zones), later days are not, unless the job
+    /// asked for a later date; a log with only such lines is an error.
+    #[test]
+    fn future_lines_are_left_out_up_to_the_date_asked_for() {
+        let today = NaiveDate::from_ymd_opt(2026, 12, 7).unwrap();
+        let day = |offset: i32| day_number(today) + offset;
+        let log = |days: &[i32]| TransactionLog {
+            customer_ids: vec!["a".into()],
+            lines: days
+                .iter()
+                .map(|&day| Line {
+                    customer: 0,
+                    day,
+                    spend: 1.0,
+                    order: None,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let days = [day(-3), day(1), day(2), day(40)];
+        let mut plain = log(&days);
+        plain.leave_out_future(today, None).unwrap();
+        assert_eq!(plain.lines.len(), 2);
+        assert_eq!(plain.future.latest, Some(date_of(day(40))));
+        assert_eq!(
+            plain.future.warning().unwrap(),
+            "2 lines dated after today (the latest 2027-01-16) left out: check the dates"
+        );
+        let mut asked = log(&days);
+        let as_of = date_of(day(30));
+        asked.leave_out_future(today, Some(as_of)).unwrap();
+        assert_eq!(asked.lines.len(), 3);
+        assert!(asked
+            .future
+            .warning()
+            .unwrap()
+            .starts_with("1 line dated after 2027-01-06, the date asked for"));
+        // An earlier as-of changes nothing here (its own rule drops later lines).
+        let mut earlier = log(&days);
+        earlier
+            .leave_out_future(today, Some(date_of(day(-10))))
+            .unwrap();
+        assert_eq!(earlier.lines.len(), 2);
+        let e = log(&[day(5), day(9)])
+            .leave_out_future(today, None)
+            .unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with("every line of the log is dated after today (2 lines"));
+        let mut clean = log(&[day(0)]);
+        clean.leave_out_future(today, None).unwrap();
+        assert_eq!(clean.future, FutureLines::default());
+    }
 
     #[test]
     fn dates_and_timestamps_parse_to_their_calendar_day() {

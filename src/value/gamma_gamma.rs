@@ -170,13 +170,16 @@ impl GammaGamma {
         let mut at_limit = false;
         if unbounded {
             match limit_fit(&ms) {
-                // Taken where the optimiser ran p to its bound, or where
+                // Taken where the optimiser ran p (or v, which falls as p
+                // grows with p·v fixed) to its bound, or where
                 // the limit is as likely as the best point it found: a
                 // finite maximum it merely failed to settle on stays an
                 // error. (Far out, ln Γ(px+q) − ln Γ(px) loses digits, so
                 // a bound reached is trusted over a likelihood compared.)
                 Some(limit)
-                    if report.stop.starts_with("parameter p ran")
+                    if ["parameter p ran", "parameter v ran"]
+                        .iter()
+                        .any(|t| report.stop.starts_with(t))
                         || limit.log_likelihood
                             >= report.log_likelihood
                                 - (1e-6 * report.log_likelihood.abs()).max(1e-3) =>

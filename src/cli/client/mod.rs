@@ -345,13 +345,12 @@ pub fn run(args: ClientArgs) -> anyhow::Result<()> {
     })
 }
 
-/// A call that got no gRPC status from the server (a protocol error, a
-/// reset, a cancelled call): what a plaintext client gets from a TLS
-/// port, among other causes.
+/// The codes a call gets without a gRPC status from the server (a
+/// protocol error, a reset, a cancelled call), as a plaintext client does
+/// at a TLS port. A server can send them too: [`speaks_tls`] tells which.
 fn no_answer(status: &tonic::Status) -> bool {
     use tonic::Code::*;
     matches!(status.code(), Internal | Unknown | Cancelled | Unavailable)
-        && status.metadata().get("grpc-status").is_none()
 }
 
 /// Whether `addr` answers the HTTP/2 preface with a TLS record (an alert,
@@ -377,6 +376,15 @@ async fn speaks_tls(addr: &str) -> bool {
         tokio::time::timeout(wait, socket.read(&mut first)).await,
         Ok(Ok(1)) if first[0] == 0x15 || first[0] == 0x16
     )
+}
+
+/// A job the server ended without success (failed or cancelled): unlike
+/// a lost stream, a sure sign the job is over.
+#[derive(Debug, thiserror::Error)]
+#[error("job {id} ended: {error}")]
+pub struct JobEnded {
+    pub id: String,
+    pub error: String,
 }
 
 /// A status as the server meant it: its code's gRPC name and its message.
@@ -905,7 +913,13 @@ async fn wait_quietly(channel: Conn, id: &str) -> anyhow::Result<pb::Job> {
         if let Some(pb::job_event::Event::Finished(job)) = event.event {
             return match pb::JobState::try_from(job.state) {
                 Ok(pb::JobState::Succeeded) => Ok(job),
-                _ => anyhow::bail!("job {id} ended: {}", job.error),
+                _ => {
+                    return Err(JobEnded {
+                        id: id.to_owned(),
+                        error: job.error,
+                    }
+                    .into())
+                }
             };
         }
     }
@@ -1015,7 +1029,13 @@ async fn watch(channel: Conn, id: &str) -> anyhow::Result<pb::Job> {
                         }
                         return Ok(job);
                     }
-                    _ => anyhow::bail!("job {id} ended: {}", job.error),
+                    _ => {
+                        return Err(JobEnded {
+                            id: id.to_owned(),
+                            error: job.error,
+                        }
+                        .into())
+                    }
                 }
             }
             None => {}

@@ -257,29 +257,46 @@ pub(super) enum LogRef {
 }
 
 impl LogRef {
-    /// After a failed job: a log this command uploaded is deleted, as the
+    /// After a job that surely failed (the server refused it, or ended it
+    /// without success): a log this command uploaded is deleted, as the
     /// Python client does (a later refresh needs only a successful run's
-    /// log). Deleting needs an admin key; otherwise a warning names it.
+    /// log). Deleting needs an admin key; otherwise a warning names it. A
+    /// lost connection or a closed stdout says nothing of the job, which
+    /// may still be running: its log stays.
     pub(super) async fn forget_on_failure<T>(
         &self,
         channel: &Conn,
         outcome: anyhow::Result<T>,
     ) -> anyhow::Result<T> {
-        if let (Err(_), Self::Uploaded(id)) = (&outcome, self) {
-            let deleted = pb::segmentations_client::SegmentationsClient::new(channel.clone())
+        let (Err(e), Self::Uploaded(id)) = (&outcome, self) else {
+            return outcome;
+        };
+        let refused = e
+            .downcast_ref::<tonic::Status>()
+            .is_some_and(|s| std::error::Error::source(s).is_none());
+        if !(refused || e.is::<super::JobEnded>()) {
+            return outcome;
+        }
+        let deleted = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            pb::segmentations_client::SegmentationsClient::new(channel.clone())
                 .delete_transactions(pb::DeleteTransactionsRequest {
                     id: id.clone(),
                     cascade: false,
-                })
-                .await;
-            match deleted {
-                Ok(_) => eprintln!("the uploaded log {id} was deleted, as the job failed"),
-                Err(e) => eprintln!(
-                    "warning: the uploaded log {id} stays on the server ({}); delete it with \
-                     `segmenta client delete {id}`",
-                    super::status_line(&e)
-                ),
-            }
+                }),
+        )
+        .await;
+        match deleted {
+            Ok(Ok(_)) => eprintln!("the uploaded log {id} was deleted, as the job failed"),
+            Ok(Err(e)) => eprintln!(
+                "warning: the uploaded log {id} stays on the server ({}); delete it with \
+                 `segmenta client delete {id}`",
+                super::status_line(&e)
+            ),
+            Err(_) => eprintln!(
+                "warning: the uploaded log {id} stays on the server (no answer to its deletion); \
+                 delete it with `segmenta client delete {id}`"
+            ),
         }
         outcome
     }
