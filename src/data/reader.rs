@@ -122,25 +122,15 @@ pub fn first_repeated(names: &[String]) -> Option<&String> {
 /// escaped: a file that is not text (or a hostile one) must not write
 /// escape sequences to a terminal or raw bytes into a status.
 pub fn shown_names(header: &[String]) -> String {
-    let shown: Vec<String> = header
-        .iter()
-        .map(|name| {
-            if name.chars().any(char::is_control) {
-                name.chars()
-                    .map(|c| {
-                        if c.is_control() {
-                            c.escape_default().to_string()
-                        } else {
-                            c.to_string()
-                        }
-                    })
-                    .collect()
-            } else {
-                name.clone()
-            }
-        })
-        .collect();
-    shown.join(", ")
+    let escaped = |name: &String| -> String {
+        name.chars()
+            .map(|c| match c.is_control() {
+                true => c.escape_default().to_string(),
+                false => c.to_string(),
+            })
+            .collect()
+    };
+    header.iter().map(escaped).collect::<Vec<_>>().join(", ")
 }
 
 /// Maps requested column names to positions in the header (all columns when
