@@ -536,6 +536,13 @@ fn segment_then_refresh_from_the_cli() {
     assert_eq!(v["k"], 4);
     assert_eq!(v["as_of"], "2026-01-20");
     assert!(v["k_sweep"].is_null());
+    // A directory the run created holds customers' data: its owner's only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&first).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
     // What segments.json holds, and what only the run knows.
     let clustered = v["feature_choice"]["clustered"].as_array().unwrap();
     assert_eq!(
@@ -650,6 +657,10 @@ fn segment_then_refresh_from_the_cli() {
         .assert()
         .success()
         .stdout(predicate::str::contains("report: ").and(predicate::str::contains("report.html")));
+    // The refresh's chart is gone with the refresh: not beside a report
+    // that no longer shows it.
+    assert!(!second.join("transitions.png").exists());
+    assert!(second.join("pca_scatter.png").is_file());
 }
 
 #[test]
@@ -1003,4 +1014,28 @@ fn score_reproduces_the_segments_of_the_run_that_saved_the_model() {
         let s: usize = r[1].parse().unwrap();
         assert_eq!(segments["segments"][s]["description"], r[2].as_str());
     }
+
+    // The model counted orders: the log read without its order column
+    // (purchase days) would silently move customers, so it is refused.
+    segmenta()
+        .args(["score", "--model", out.to_str().unwrap(), "--transactions"])
+        .args([log.to_str().unwrap(), "--out", scored.to_str().unwrap()])
+        .args(&common[2..])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "the model's frequency counts distinct orders, and this log's counts distinct purchase days",
+        ))
+        .stderr(predicate::str::contains("--order-col"));
+    // So is a refresh.
+    segmenta()
+        .args(["segment", "--transactions", log.to_str().unwrap()])
+        .args(["--previous", out.join("model.json").to_str().unwrap()])
+        .args(["--out", dir.path().join("again").to_str().unwrap()])
+        .args(&common[2..])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "the model's frequency counts distinct orders",
+        ));
 }

@@ -31,6 +31,7 @@ fn header(columns: &[&str]) -> pb::UploadRequest {
         message: Some(Message::Header(pb::UploadHeader {
             name: "t".into(),
             columns: columns.iter().map(|c| c.to_string()).collect(),
+            ..Default::default()
         })),
     }
 }
@@ -409,7 +410,79 @@ fn tls_and_mutual_tls_with_rust_and_python_clients() {
         assert!(refused, "a client without a certificate got through");
         let c = tls_channel(server.addr, &pki, true).await.unwrap();
         info(&c, &keys.read).await.unwrap();
+        // The command-line client says what a refusal means.
+        let cli = |extra: Vec<std::ffi::OsString>| {
+            let (addr, token) = (server.addr.to_string(), keys.read.clone());
+            let ca = dir.path().join("ca.pem");
+            tokio::task::spawn_blocking(move || {
+                let out = std::process::Command::new(env!("CARGO_BIN_EXE_segmenta"))
+                    .args(["client", "--server", &addr, "--token", &token, "--ca-cert"])
+                    .arg(ca)
+                    .args(extra)
+                    .arg("info")
+                    .env_remove("SEGMENTA_SERVER")
+                    .env_remove("SEGMENTA_CLIENT_CERT")
+                    .env_remove("SEGMENTA_CLIENT_KEY")
+                    .output()
+                    .unwrap();
+                (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+            })
+        };
+        let (code, stderr) = cli(Vec::new()).await.unwrap();
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains("--client-cert"), "{stderr}");
+        // A certificate from a CA the server does not trust.
+        let stranger = Pki::new();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        stranger.write(&elsewhere, true);
+        let (code, stderr) = cli(vec![
+            "--client-cert".into(),
+            elsewhere.join("client.pem").into(),
+            "--client-key".into(),
+            elsewhere.join("client.key").into(),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains("client certificate") || stderr.contains("--client-cert"),
+            "{stderr}"
+        );
+        let (code, stderr) = cli(vec![
+            "--client-cert".into(),
+            dir.path().join("client.pem").into(),
+            "--client-key".into(),
+            dir.path().join("client.key").into(),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(code, Some(0), "{stderr}");
         server.stop().await.unwrap();
+
+        // TLS asked of a plaintext server: said as such.
+        let plain = Served::start(ServerConfig {
+            auth_keys: Some(dir.path().join("keys")),
+            ..config(&dir.path().join("plain"))
+        })
+        .await;
+        let (addr, token) = (plain.addr.to_string(), keys.read.clone());
+        let ca = dir.path().join("ca.pem");
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_segmenta"))
+                .args(["client", "--server", &addr, "--token", &token, "--ca-cert"])
+                .arg(ca)
+                .arg("info")
+                .env_remove("SEGMENTA_SERVER")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("does not speak TLS"), "{stderr}");
+        plain.stop().await.unwrap();
     });
 }
 
@@ -443,6 +516,7 @@ fn requests_past_a_limit_are_refused_before_any_work() {
                 message: Some(Message::Header(pb::UploadHeader {
                     name: "wide".into(),
                     columns: wide,
+                    ..Default::default()
                 })),
             }]))
             .await
@@ -454,6 +528,7 @@ fn requests_past_a_limit_are_refused_before_any_work() {
                 message: Some(Message::Header(pb::UploadHeader {
                     name: "n".repeat(1 << 20),
                     columns: vec!["a".into()],
+                    ..Default::default()
                 })),
             }]))
             .await
@@ -628,6 +703,129 @@ fn idle_and_excess_uploads_are_cut_off_and_leave_nothing() {
             .datasets;
         assert!(listed.is_empty(), "{listed:?}");
         upload(&c, None, grouped(3)).await.unwrap();
+        server.stop().await.unwrap();
+    });
+}
+
+/// Reads from `socket` until the server closes it (or 20 s pass); returns
+/// how long that took and how many bytes came.
+fn time_to_close(mut socket: std::net::TcpStream) -> (Duration, usize) {
+    use std::io::Read;
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let t = Instant::now();
+    let (mut buf, mut got) = ([0u8; 4096], 0);
+    while let Ok(n) = socket.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    (t.elapsed(), got)
+}
+
+/// A TLS ClientHello as a real client sends it: recorded from a tonic
+/// client connecting to a listener that never answers.
+async fn client_hello(pki: &Pki) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let recorder = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = recorder.local_addr().unwrap();
+    let pki_ca = pki.ca.clone();
+    let connecting = tokio::spawn(async move {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(pki_ca))
+            .domain_name("localhost");
+        let _ = Channel::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await;
+    });
+    let (mut socket, _) = recorder.accept().await.unwrap();
+    let mut hello = vec![0u8; 16 * 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut hello))
+        .await
+        .unwrap()
+        .unwrap();
+    hello.truncate(n);
+    connecting.abort();
+    assert_eq!(hello[0], 0x16, "a TLS handshake record");
+    hello
+}
+
+/// Connection slots cannot be held by sockets that connect and stall: a
+/// TLS ClientHello followed by silence is cut off at the handshake
+/// timeout like a silent socket, and one address cannot take more than its
+/// share of the slots.
+#[test]
+fn stalled_handshakes_and_one_greedy_peer_cannot_hold_the_slots() {
+    runtime().block_on(async {
+        let dir = TempDir::new().unwrap();
+        let pki = Pki::new();
+        let server = Served::start(ServerConfig {
+            tls: Some(pki.write(dir.path(), true)),
+            limits: Limits {
+                handshake_timeout: Duration::from_secs(1),
+                ..Limits::default()
+            },
+            ..config(dir.path())
+        })
+        .await;
+        let hello = client_hello(&pki).await;
+        let addr = server.addr;
+        let (took, got) = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(&hello).unwrap();
+            time_to_close(s)
+        })
+        .await
+        .unwrap();
+        assert!(got > 0, "the server answered the ClientHello");
+        assert!(
+            took < Duration::from_secs(10),
+            "a stalled TLS handshake held its slot {took:?}"
+        );
+        // A client that finishes the handshake is served.
+        let c = tls_channel(server.addr, &pki, true).await.unwrap();
+        pb::server_client::ServerClient::new(c)
+            .get_info(pb::GetInfoRequest {})
+            .await
+            .unwrap();
+        server.stop().await.unwrap();
+
+        let server = Served::start(ServerConfig {
+            limits: Limits {
+                max_connections_per_peer: 2,
+                handshake_timeout: Duration::from_secs(30),
+                ..Limits::default()
+            },
+            ..config(&dir.path().join("second"))
+        })
+        .await;
+        let addr = server.addr;
+        let held: Vec<std::net::TcpStream> = (0..2)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (took, _) = tokio::task::spawn_blocking(move || {
+            time_to_close(std::net::TcpStream::connect(addr).unwrap())
+        })
+        .await
+        .unwrap();
+        assert!(
+            took < Duration::from_secs(5),
+            "a third connection from one address was kept {took:?}"
+        );
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        pb::server_client::ServerClient::new(server.channel().await)
+            .get_info(pb::GetInfoRequest {})
+            .await
+            .unwrap();
         server.stop().await.unwrap();
     });
 }
@@ -905,6 +1103,7 @@ fn erasing_a_customer_leaves_no_trace_in_the_data_dir() {
                             name: "log.csv".into(),
                             format: pb::FileFormat::Csv as i32,
                             text_format: None,
+                            ..Default::default()
                         },
                     )),
                 },
@@ -932,6 +1131,7 @@ fn erasing_a_customer_leaves_no_trace_in_the_data_dir() {
                                 decimal_comma: true,
                                 ..Default::default()
                             }),
+                            ..Default::default()
                         },
                     )),
                 },
@@ -1138,6 +1338,7 @@ fn scoring_in_streams_takes_the_same_slots_as_unary_calls() {
             message: Some(Message::Header(pb::UploadHeader {
                 name: "s".into(),
                 columns: (0..d).map(|j| format!("f{j}")).collect(),
+                ..Default::default()
             })),
         }];
         messages.push(rows(values));

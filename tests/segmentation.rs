@@ -458,6 +458,56 @@ fn a_refresh_on_unchanged_data_keeps_every_id() {
         ),
         "{e}"
     );
+
+    // Nor its features; the same ones in another order are the same.
+    let features = |names: &[&str]| {
+        demo_params(&SegmentParams {
+            features: Some(names.iter().map(|s| s.to_string()).collect()),
+            ..SegmentParams::default()
+        })
+    };
+    let refresh = |params: &SegmentParams| {
+        run_segmentation(
+            &CpuBackend::new(),
+            &path,
+            params,
+            Some(&previous),
+            &SegmentControl::default(),
+        )
+    };
+    let e = refresh(&features(&["recency_days", "frequency"])).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::Segmentation(SegmentationError::FeaturesMismatch { requested, .. })
+                if requested == "recency_days, frequency"
+        ),
+        "{e}"
+    );
+    let mut same: Vec<&str> = previous.features.iter().map(String::as_str).collect();
+    same.reverse();
+    refresh(&features(&same)).unwrap();
+
+    // A model without its customers (exported for scoring) cannot seed a
+    // refresh: every segment would look new.
+    let mut scoring_only = previous.clone();
+    scoring_only.customer_ids.clear();
+    scoring_only.labels.clear();
+    let e = run_segmentation(
+        &CpuBackend::new(),
+        &path,
+        &params,
+        Some(&scoring_only),
+        &SegmentControl::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Segmentation(SegmentationError::PreviousWithoutCustomers)
+        ),
+        "{e}"
+    );
 }
 
 #[test]

@@ -139,6 +139,7 @@ fn header(name: &str, columns: &[&str]) -> pb::UploadRequest {
         message: Some(Message::Header(pb::UploadHeader {
             name: name.into(),
             columns: columns.iter().map(|c| c.to_string()).collect(),
+            ..Default::default()
         })),
     }
 }
@@ -830,6 +831,29 @@ fn bad_requests_get_the_right_code_and_the_server_keeps_serving() {
             assert_eq!(e.code(), Code::InvalidArgument, "{e}");
             assert!(e.message().starts_with(message), "{e}");
         }
+        // Centroids near f32's limit overflow once squared: the job fails
+        // saying so and stores nothing (no unreadable model left behind).
+        let count_models = || async {
+            server
+                .models()
+                .list(pb::ListModelsRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .models
+                .len()
+        };
+        let before = count_models().await;
+        let job = server
+            .clustering()
+            .fit_k_means(given(vec![3e38, -3e38, 3e38, -3e38], pb::InitMethod::Given))
+            .await
+            .unwrap()
+            .into_inner();
+        let (done, _) = server.finish(&job.id).await;
+        assert_eq!(done.state, pb::JobState::Failed as i32, "{done:?}");
+        assert!(done.error.contains("overflowed"), "{}", done.error);
+        assert_eq!(count_models().await, before);
         // A k past max_k is that limit, whatever the rows.
         let e = server
             .clustering()
@@ -1136,6 +1160,7 @@ fn tx_header(name: &str, format: pb::FileFormat) -> pb::UploadTransactionsReques
                 name: name.into(),
                 format: format as i32,
                 text_format: None,
+                ..Default::default()
             },
         )),
     }
@@ -1382,6 +1407,91 @@ fn segment_over_grpc_matches_the_library_and_refreshes_stably() {
             .unwrap()
             .into_inner();
         assert_eq!(assigned.labels, lib.prediction.labels[..50]);
+        let ids: Vec<u32> = seg.segments.iter().map(|s| s.id).collect();
+        let want: Vec<u32> = assigned.labels.iter().map(|&l| ids[l as usize]).collect();
+        assert_eq!(assigned.segments, want);
+
+        // A segment model keeps its segment ids through Import and Export:
+        // ids that are not positions (as after a refresh) come back as ids.
+        let mut renamed = lib.model.clone();
+        renamed.segment_ids = (0..renamed.k() as u32).map(|i| 3 + 2 * i).collect();
+        renamed.next_segment_id = 3 + 2 * renamed.k() as u32;
+        let imported = server
+            .models()
+            .import(pb::ImportModelRequest {
+                content: serde_json::to_vec(&renamed).unwrap(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(pb::model::Model::Kmeans(km)) = imported.model else {
+            panic!("{imported:?}")
+        };
+        assert_eq!(km.segment_ids, renamed.segment_ids);
+        assert_eq!(km.segment_descriptions, renamed.descriptions);
+        let by_import = server
+            .clustering()
+            .assign(pb::AssignRequest {
+                model_id: km.id.clone(),
+                rows: flat(&x),
+                n_features: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(by_import.labels, assigned.labels);
+        let want: Vec<u32> = by_import.labels.iter().map(|&l| 3 + 2 * l).collect();
+        assert_eq!(by_import.segments, want);
+        for id in [&km.id, &seg.id] {
+            let file = server
+                .models()
+                .export(pb::GetModelRequest { id: id.clone() })
+                .await
+                .unwrap()
+                .into_inner();
+            // A segment model file, for scoring: no customers in it.
+            let exported =
+                segmenta::segmentation::SegmentModel::from_json(&file.content, "export").unwrap();
+            assert!(exported.customer_ids.is_empty() && exported.labels.is_empty());
+            assert_eq!(exported.descriptions, lib.model.descriptions);
+            assert_eq!(exported.frequency_basis, lib.model.frequency_basis);
+            let p = exported.assign(&CpuBackend::new(), x.view()).unwrap();
+            assert_eq!(p.labels, assigned.labels);
+            let expect_ids = if id == &km.id {
+                &renamed.segment_ids
+            } else {
+                &ids
+            };
+            assert_eq!(&exported.ids(), expect_ids, "{id}");
+        }
+        // A plain k-means model answers without segments.
+        let plain = server
+            .models()
+            .create_k_means(pb::CreateKMeansRequest {
+                columns: vec!["a".into()],
+                k: 2,
+                centroids: vec![0.0, 1.0],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(pb::model::Model::Kmeans(plain)) = plain.model else {
+            panic!()
+        };
+        assert!(plain.segment_ids.is_empty());
+        let a = server
+            .clustering()
+            .assign(pb::AssignRequest {
+                model_id: plain.id,
+                rows: vec![0.9, 0.1],
+                n_features: 1,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(a.labels, [1, 0]);
+        assert!(a.segments.is_empty());
 
         // A refresh on the same log keeps every customer's segment id.
         let refresh = pb::SegmentRequest {
@@ -1619,6 +1729,7 @@ fn part_header(fit_id: &str, index: u32, d: u32, weights: bool) -> pb::PutPartit
                 n_features: d,
                 has_weights: weights,
                 ttl_seconds: 0,
+                ..Default::default()
             },
         )),
     }
@@ -2360,6 +2471,291 @@ fn erasure_goes_on_past_a_damaged_log_and_names_it() {
             })
             .await
             .unwrap();
+        server.stop().await;
+    });
+}
+
+/// A job may read an uploaded log with another delimiter than the upload
+/// named; the erasure must then split its lines as that job did, or the
+/// customer the job found stays on disk (and comes back in the next run).
+#[test]
+fn erasure_splits_a_log_as_the_jobs_that_read_it_did() {
+    runtime().block_on(async {
+        let dir = TempDir::new().unwrap();
+        let data = dir.path().join("data");
+        let server = TestServer::start(&data, Limits::default()).await;
+        let mut text = String::from("customer_id|date|amount\n");
+        for c in 0..30 {
+            for day in 1..=3 {
+                text.push_str(&format!(
+                    "P{c:05}|2025-0{day}-1{}|{}\n",
+                    c % 9,
+                    10 + c * day
+                ));
+            }
+        }
+        let upload = |delimiter: &str| pb::UploadTransactionsRequest {
+            message: Some(pb::upload_transactions_request::Message::Header(
+                pb::TransactionsHeader {
+                    name: "pipes.csv".into(),
+                    format: pb::FileFormat::Csv as i32,
+                    text_format: Some(pb::TextFormat {
+                        delimiter: delimiter.into(),
+                        ..Default::default()
+                    }),
+                    size_bytes: text.len() as u64,
+                },
+            )),
+        };
+        // The uploader said ","; the job says "|".
+        let log = server
+            .segmentations()
+            .upload_transactions(tokio_stream::iter(vec![
+                upload(","),
+                tx_chunk(text.as_bytes()),
+            ]))
+            .await
+            .unwrap()
+            .into_inner();
+        let job = server
+            .segmentations()
+            .segment(pb::SegmentRequest {
+                source: Some(pb::segment_request::Source::TransactionsId(log.id.clone())),
+                k_choice: Some(pb::segment_request::KChoice::K(2)),
+                text_format: Some(pb::TextFormat {
+                    delimiter: "|".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let (done, _) = server.finish(&job.id).await;
+        assert_eq!(done.state, pb::JobState::Succeeded as i32, "{}", done.error);
+        let erased = pb::privacy_client::PrivacyClient::new(server.channel.clone())
+            .erase_customer(pb::EraseCustomerRequest {
+                customer_id: "P00003".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let on_log = erased.changed.iter().find(|c| c.id == log.id).unwrap();
+        assert_eq!(on_log.rows_removed, 3);
+        let stored =
+            std::fs::read_to_string(data.join("transactions").join(&log.id).join("log.csv"))
+                .unwrap();
+        assert!(!stored.contains("P00003"), "{stored}");
+        assert_eq!(stored.lines().count(), 1 + 29 * 3);
+        server.stop().await;
+    });
+}
+
+/// An upload that ends short of what its header declared (as a stream the
+/// client cancelled ends, to the server) is refused and leaves nothing; a
+/// partition upload cut short keeps the earlier one.
+#[test]
+fn uploads_cut_short_of_their_declared_size_are_refused() {
+    runtime().block_on(async {
+        let dir = TempDir::new().unwrap();
+        let server = TestServer::start(dir.path(), Limits::default()).await;
+        let declared = |rows: u64| pb::UploadRequest {
+            message: Some(Message::Header(pb::UploadHeader {
+                name: "d".into(),
+                columns: vec!["a".into(), "b".into()],
+                n_rows: rows,
+            })),
+        };
+        let e = server
+            .datasets()
+            .upload(tokio_stream::iter(vec![
+                declared(3),
+                rows(vec![1.0, 2.0, 3.0, 4.0]),
+            ]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+        assert!(
+            e.message().contains("header.n_rows") && e.message().contains("ended after 2"),
+            "{e}"
+        );
+        let whole = server
+            .datasets()
+            .upload(tokio_stream::iter(vec![
+                declared(2),
+                rows(vec![1.0, 2.0, 3.0, 4.0]),
+            ]))
+            .await
+            .unwrap()
+            .into_inner();
+        let listed = server
+            .datasets()
+            .list(pb::ListDatasetsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .datasets;
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].id, whole.id);
+
+        let log = b"customer_id,date,amount\nA,2025-01-02,5\nB,2025-01-0";
+        let header = |size: u64| pb::UploadTransactionsRequest {
+            message: Some(pb::upload_transactions_request::Message::Header(
+                pb::TransactionsHeader {
+                    name: "cut.csv".into(),
+                    format: pb::FileFormat::Csv as i32,
+                    size_bytes: size,
+                    ..Default::default()
+                },
+            )),
+        };
+        let e = server
+            .segmentations()
+            .upload_transactions(tokio_stream::iter(vec![header(80), tx_chunk(log)]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+        assert!(e.message().contains("header.size_bytes"), "{e}");
+        let kept = std::fs::read_dir(dir.path().join("transactions"))
+            .unwrap()
+            .count();
+        assert_eq!(kept, 0, "nothing of the cut log was kept");
+
+        let mut part = part_header("fit-cut", 0, 2, false);
+        let good = server
+            .clustering()
+            .put_partition(tokio_stream::iter(vec![
+                part.clone(),
+                part_rows(&[1.0, 2.0, 3.0, 4.0], &[]),
+            ]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(good.n_rows, 2);
+        if let Some(pb::put_partition_request::Message::Header(h)) = &mut part.message {
+            h.n_rows = 5;
+        }
+        let e = server
+            .clustering()
+            .put_partition(tokio_stream::iter(vec![part, part_rows(&[9.0, 9.0], &[])]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+        server.stop().await;
+    });
+}
+
+/// k-means|| scores several times k candidate centres: a k under `max_k`
+/// must not be refused for them, while a Lloyd step's centroids stay
+/// bounded by `max_k` itself.
+#[test]
+fn candidate_centres_are_not_held_to_max_k() {
+    runtime().block_on(async {
+        let dir = TempDir::new().unwrap();
+        let server = TestServer::start(
+            dir.path(),
+            Limits {
+                max_k: 4,
+                ..Limits::default()
+            },
+        )
+        .await;
+        let rows: Vec<f32> = (0..40).map(|i| (i % 7) as f32).collect();
+        server
+            .clustering()
+            .put_partition(tokio_stream::iter(vec![
+                part_header("fit-k", 0, 2, false),
+                part_rows(&rows, &[]),
+            ]))
+            .await
+            .unwrap();
+        let source = || {
+            Some(pb::RowSource {
+                source: Some(pb::row_source::Source::Partition(pb::PartitionKey {
+                    fit_id: "fit-k".into(),
+                    index: 0,
+                })),
+            })
+        };
+        let nine: Vec<f32> = (0..18).map(|i| i as f32).collect();
+        let cost = server
+            .clustering()
+            .partition_cost(pb::PartitionCostRequest {
+                rows: source(),
+                centers: nine.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(cost.n_rows, 20);
+        let e = server
+            .clustering()
+            .partial_step(pb::PartialStepRequest {
+                rows: source(),
+                centroids: nine,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+        assert!(e.message().contains("9 centroids"), "{e}");
+        server.stop().await;
+    });
+}
+
+/// A small compressed Parquet file whose one value unpacks into megabytes
+/// is refused at the upload: it would swell in every job's memory and on
+/// disk at an erasure.
+#[test]
+fn a_parquet_log_counts_as_what_it_unpacks_into() {
+    use arrow_array::{ArrayRef, RecordBatch, StringArray};
+    runtime().block_on(async {
+        let dir = TempDir::new().unwrap();
+        let server = TestServer::start(
+            dir.path(),
+            Limits {
+                max_dataset_bytes: 1 << 20,
+                ..Limits::default()
+            },
+        )
+        .await;
+        let big = "A".repeat(4 << 20);
+        let column = |v: Vec<&str>| -> ArrayRef { std::sync::Arc::new(StringArray::from(v)) };
+        let batch = RecordBatch::try_from_iter([
+            ("customer_id", column(vec![big.as_str(), "B"])),
+            ("date", column(vec!["2025-01-01", "2025-01-02"])),
+            ("amount", column(vec!["1", "2"])),
+        ])
+        .unwrap();
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+            .set_dictionary_enabled(false)
+            .build();
+        let mut bytes = Vec::new();
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(&mut bytes, batch.schema(), Some(props)).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        assert!(bytes.len() < 64 * 1024, "{} bytes", bytes.len());
+        let e = server
+            .segmentations()
+            .upload_transactions(tokio_stream::iter(vec![
+                tx_header("bomb.parquet", pb::FileFormat::Parquet),
+                tx_chunk(&bytes),
+            ]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+        assert!(
+            e.message().contains("max_dataset_bytes") && e.message().contains("unpacks"),
+            "{e}"
+        );
+        // Nothing was kept.
+        let kept = std::fs::read_dir(dir.path().join("transactions"))
+            .unwrap()
+            .count();
+        assert_eq!(kept, 0);
         server.stop().await;
     });
 }

@@ -7,7 +7,7 @@ use clap::Args;
 use ndarray::Array2;
 
 use super::{column_name, parse_as_of, LogArgs, TextArgs};
-use segmenta::backend::{may_fall_back, select, with_cpu_fallback, BackendChoice};
+use segmenta::backend::{may_fall_back, select, with_cpu_fallback, BackendChoice, BackendInfo};
 use segmenta::data::{read_table_limited, read_text_column, ReadLimits};
 use segmenta::kmeans::Prediction;
 use segmenta::model_file::ModelFile;
@@ -61,18 +61,23 @@ pub struct ScoreArgs {
 
 /// Where the work runs once, the rows are scaled in their own buffer (the
 /// file's values are held once, not twice).
+/// The prediction, and the backend that made it (the CPU after a GPU
+/// failure under `auto`).
 fn predict(
     choice: BackendChoice,
     x: Array2<f32>,
     model: &segmenta::kmeans::KMeansModel,
-) -> anyhow::Result<Prediction> {
+) -> anyhow::Result<(Prediction, BackendInfo)> {
     let backend = select(choice)?;
     if !may_fall_back(choice, backend.as_ref()) {
-        return Ok(model.predict_owned(backend.as_ref(), x)?.0);
+        return Ok((model.predict_owned(backend.as_ref(), x)?.0, backend.info()));
     }
-    Ok(with_cpu_fallback(choice, backend.as_ref(), |b| {
+    let mut used = backend.info();
+    let p = with_cpu_fallback(choice, backend.as_ref(), |b| {
+        used = b.info();
         model.predict(b, x.view())
-    })?)
+    })?;
+    Ok((p, used))
 }
 
 fn writer(out: Option<&Path>) -> anyhow::Result<csv::Writer<Box<dyn std::io::Write>>> {
@@ -91,7 +96,7 @@ fn write_rows(
     out: Option<&Path>,
     id_name: &str,
     ids: &[String],
-    p: &Prediction,
+    (p, backend): (&Prediction, &BackendInfo),
     segments: Option<(&[String], &[u32])>,
 ) -> anyhow::Result<()> {
     let descriptions = segments.map(|s| s.0);
@@ -133,7 +138,13 @@ fn write_rows(
     }
     w.flush()?;
     if let Some(path) = out {
-        eprintln!("{} rows written to {}", ids.len(), path.display());
+        eprintln!(
+            "{} rows written to {}; backend {} [{}]",
+            ids.len(),
+            path.display(),
+            backend.backend,
+            backend.adapter
+        );
     }
     Ok(())
 }
@@ -157,12 +168,12 @@ pub fn run_assign(args: AssignArgs) -> anyhow::Result<()> {
         Some(col) => read_text_column(&args.input, col, &format)?,
         None => (1..=data.n_rows()).map(|i| i.to_string()).collect(),
     };
-    let p = predict(args.backend, data.values, &model)?;
+    let (p, used) = predict(args.backend, data.values, &model)?;
     write_rows(
         args.out.as_deref(),
         args.id_col.as_deref().unwrap_or("row"),
         &ids,
-        &p,
+        (&p, &used),
         segments.as_ref().map(|(d, i)| (d.as_slice(), i.as_slice())),
     )
 }
@@ -206,8 +217,11 @@ pub fn run_score(args: ScoreArgs) -> anyhow::Result<()> {
         );
     }
     let customers = customer_features(&log, as_of)?;
+    model.check_basis(customers.frequency_basis)?;
     let backend = select(args.backend)?;
+    let mut used = backend.info();
     let p = with_cpu_fallback(args.backend, backend.as_ref(), |b| {
+        used = b.info();
         model.assign(b, customers.values.view())
     })?;
     eprintln!(
@@ -220,7 +234,7 @@ pub fn run_score(args: ScoreArgs) -> anyhow::Result<()> {
         args.out.as_deref(),
         "customer_id",
         &customers.ids,
-        &p,
+        (&p, &used),
         Some((&model.descriptions, &model.ids())),
     )
 }

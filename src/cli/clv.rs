@@ -121,6 +121,8 @@ pub fn run(args: ClvArgs) -> anyhow::Result<()> {
         .transpose()?;
     let s = &run.summary;
     if args.json {
+        // On stderr with --json too: a pipeline reading stdout still logs them.
+        print_warnings(s);
         let mut out = serde_json::to_value(s).expect("serialisable");
         out["files"] = json!(files);
         out["elapsed_seconds"] = json!(started.elapsed().as_secs_f64());
@@ -140,8 +142,8 @@ pub fn run(args: ClvArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The summary as tables: the fits, the totals and the holdout check.
-pub fn print_summary(s: &segmenta::value::ClvSummary) -> std::io::Result<()> {
+/// The run's warnings and skipped rows, on stderr.
+pub fn print_warnings(s: &segmenta::value::ClvSummary) {
     for w in &s.warnings {
         eprintln!("warning: {w}");
     }
@@ -153,6 +155,12 @@ pub fn print_summary(s: &segmenta::value::ClvSummary) -> std::io::Result<()> {
             s.bad_rows.summary(true)
         );
     }
+}
+
+/// The summary as tables: the fits, the totals and the holdout check
+/// (the warnings first, on stderr).
+pub fn print_summary(s: &segmenta::value::ClvSummary) -> std::io::Result<()> {
+    print_warnings(s);
     let unit = s.time_unit.name();
     say!(
         "{} customers at {} ({} with a repeat purchase), times in {unit}s",

@@ -232,7 +232,8 @@ pub struct InputArgs {
 
 pub fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        // A keys-file reload is the operator's own act: confirmed even here.
+        0 => "warn,segmenta::keys=info",
         1 => "info",
         _ => "debug",
     };

@@ -217,7 +217,7 @@ pub fn run_segment(args: SegmentArgs) -> anyhow::Result<()> {
 
 pub fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    std::fs::create_dir_all(&args.out)?;
+    segmenta::segmentation::create_private_dir_all(&args.out)?;
     let log_path = args.out.join("transactions.csv");
     if !args.job.json {
         eprintln!(
@@ -283,17 +283,7 @@ fn report(
     demo: Option<serde_json::Value>,
 ) -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
-    if job.json {
-        // segments.json's document (preprocessing and feature choice
-        // included), and what only this run knows.
-        let mut out = serde_json::to_value(segmenta::segmentation::SegmentsDocument::of(run))?;
-        out["converged"] = json!(run.model.kmeans.converged());
-        out["files"] = json!(files);
-        out["demo"] = json!(demo);
-        out["elapsed_seconds"] = json!(elapsed);
-        println!("{out}");
-        return Ok(());
-    }
+    // On stderr with --json too: a pipeline reading stdout still logs them.
     let i = &run.input;
     if let Some(w) = i.notes.future.warning() {
         eprintln!("warning: {w}");
@@ -305,6 +295,17 @@ fn report(
             i.rows_read,
             i.bad_rows.summary(true)
         );
+    }
+    if job.json {
+        // segments.json's document (preprocessing and feature choice
+        // included), and what only this run knows.
+        let mut out = serde_json::to_value(segmenta::segmentation::SegmentsDocument::of(run))?;
+        out["converged"] = json!(run.model.kmeans.converged());
+        out["files"] = json!(files);
+        out["demo"] = json!(demo);
+        out["elapsed_seconds"] = json!(elapsed);
+        println!("{out}");
+        return Ok(());
     }
     println!(
         "{} customers as of {} from {} rows ({} unreadable rows skipped); backend {} [{}]",

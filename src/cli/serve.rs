@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Args;
 use segmenta::backend::BackendChoice;
 use segmenta::service::{serve_with, shutdown_signal, Limits, ServerConfig, TlsFiles};
@@ -105,7 +106,11 @@ pub struct LimitArgs {
     /// Connections open at once (keep it under the process's file limit).
     #[arg(long, default_value_t = Limits::default().max_connections, env = "SEGMENTA_MAX_CONNECTIONS")]
     pub max_connections: usize,
-    /// A new connection silent this long is closed.
+    /// Connections open at once from one address (raise it behind a proxy).
+    #[arg(long, default_value_t = Limits::default().max_connections_per_peer, env = "SEGMENTA_MAX_CONNECTIONS_PER_PEER")]
+    pub max_connections_per_peer: usize,
+    /// A new connection that has not spoken (over TLS: not answered the
+    /// server's handshake) in this long is closed.
     #[arg(long, default_value = "10s", value_parser = duration, env = "SEGMENTA_HANDSHAKE_TIMEOUT")]
     pub handshake_timeout: Duration,
     /// Bytes in a name (datasets, logs, columns).
@@ -149,6 +154,7 @@ impl From<LimitArgs> for Limits {
             max_concurrent_uploads: a.max_concurrent_uploads,
             max_streams_per_connection: a.max_streams_per_connection,
             max_connections: a.max_connections,
+            max_connections_per_peer: a.max_connections_per_peer,
             handshake_timeout: a.handshake_timeout,
             max_name_bytes: a.max_name_bytes,
             request_timeout: a.request_timeout,
@@ -180,7 +186,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&args.addr).await?;
+        let listener = tokio::net::TcpListener::bind(&args.addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (--addr HOST:PORT)", args.addr))?;
         let local = listener.local_addr()?;
         if config.auth_keys.is_none() && !local.ip().is_loopback() && !args.insecure {
             anyhow::bail!(

@@ -332,7 +332,14 @@ pub fn read_outcomes(
         let converted = match r.get(conv).unwrap_or("") {
             "1" | "1.0" | "true" | "True" | "TRUE" => true,
             "0" | "0.0" | "false" | "False" | "FALSE" => false,
-            _ => return Err(bad(path, row, "converted", "expected 0 or 1")),
+            _ => {
+                return Err(bad(
+                    path,
+                    row,
+                    "converted",
+                    "expected 0 or 1 (or true/false)",
+                ))
+            }
         };
         // Read as transaction amounts are: "$12.50" and "12.50 EUR" too.
         let revenue: f64 = match r.get(rev).unwrap_or("") {

@@ -23,7 +23,7 @@ pub struct UpliftFiles {
 
 /// Writes `uplift.html`, `uplift.png` and `uplift.json` into `dir`.
 pub fn write_uplift(report: &UpliftReport, dir: &Path) -> Result<UpliftFiles> {
-    std::fs::create_dir_all(dir)
+    crate::segmentation::create_private_dir_all(dir)
         .map_err(|e| crate::segmentation::SegmentationError::output(dir, e))?;
     let chart = Chart {
         file: "uplift.png",

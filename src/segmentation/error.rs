@@ -89,8 +89,17 @@ pub enum SegmentationError {
     BadPercentile(f64),
     #[error("previous model {path}: {message}")]
     PreviousModel { path: String, message: String },
+    #[error("the previous model has no customers (a model exported for scoring): a refresh needs the model.json its segment run wrote")]
+    PreviousWithoutCustomers,
     #[error("a refresh keeps the previous model's k = {previous}; got k = {requested} (fit without a previous model to change k)")]
     KMismatch { previous: usize, requested: usize },
+    #[error("the model's frequency counts {}, and this log's counts {}: {}", fitted.counts(), basis.counts(), basis.advice())]
+    BasisMismatch {
+        fitted: super::features::FrequencyBasis,
+        basis: super::features::FrequencyBasis,
+    },
+    #[error("a refresh keeps the previous model's features ({previous}); got {requested} (fit without a previous model to change them)")]
+    FeaturesMismatch { previous: String, requested: String },
     #[error("cannot write {path}: {message}")]
     Output { path: PathBuf, message: String },
 }

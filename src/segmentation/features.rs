@@ -35,6 +35,28 @@ pub enum FrequencyBasis {
     PurchaseDays,
 }
 
+impl FrequencyBasis {
+    /// What frequency counts, in words.
+    pub fn counts(self) -> &'static str {
+        match self {
+            FrequencyBasis::Orders => "distinct orders",
+            FrequencyBasis::PurchaseDays => "distinct purchase days",
+        }
+    }
+
+    /// How to read a log with this basis as the other.
+    pub fn advice(self) -> &'static str {
+        match self {
+            FrequencyBasis::Orders => {
+                "read the log without its order column (no --order-col; no `columns.order` over gRPC)"
+            }
+            FrequencyBasis::PurchaseDays => {
+                "name the log's order column as when the model was fitted (--order-col; `columns.order` over gRPC)"
+            }
+        }
+    }
+}
+
 /// Lines and customers left out of the features, and why.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FeatureNotes {

@@ -241,6 +241,11 @@ pub struct SegmentModel {
     pub kind: String,
     pub as_of: NaiveDate,
     pub features: Vec<String>,
+    /// What frequency counted when the model was fitted: scoring or
+    /// refreshing with the other basis would silently move customers.
+    /// Absent in files from before it was recorded (then unchecked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_basis: Option<FrequencyBasis>,
     /// Clusters on `log1p` (where the features are skewed) then
     /// standardised features; the preprocessing is stored inside.
     pub kmeans: KMeansModel,
@@ -270,6 +275,17 @@ fn segments_kind() -> String {
 }
 
 impl SegmentModel {
+    /// Refuses customers whose frequency counts something else than the
+    /// model's did (a log read with or without its order column).
+    pub fn check_basis(&self, basis: FrequencyBasis) -> Result<()> {
+        match self.frequency_basis {
+            Some(fitted) if fitted != basis => {
+                Err(SegmentationError::BasisMismatch { fitted, basis }.into())
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let name = path.display().to_string();
         let text = std::fs::read(path).map_err(|e| SegmentationError::PreviousModel {
@@ -325,6 +341,18 @@ impl SegmentModel {
                 model.kmeans.k()
             ))
             .into());
+        }
+        let ids = &model.segment_ids;
+        if !ids.is_empty() && ids.len() != model.kmeans.k() {
+            return Err(bad(format!(
+                "{} segment ids for k = {}",
+                ids.len(),
+                model.kmeans.k()
+            ))
+            .into());
+        }
+        if ids.iter().enumerate().any(|(i, id)| ids[..i].contains(id)) {
+            return Err(bad("a segment id is listed twice".into()).into());
         }
         if model.labels.len() != model.customer_ids.len()
             || model.labels.iter().any(|&l| l as usize >= model.kmeans.k())
@@ -635,7 +663,24 @@ pub fn segment_customers(
     }
     let (columns, feature_choice) = match previous {
         Some(p) => {
+            if p.customer_ids.is_empty() {
+                // A model exported for scoring: matching segments by their
+                // customers would call every segment new.
+                return Err(SegmentationError::PreviousWithoutCustomers.into());
+            }
+            p.check_basis(customers.frequency_basis)?;
             let c = feature_columns(&p.features).map_err(SegmentationError::BadFeatures)?;
+            if let Some(asked) = &params.features {
+                // Asked in any order; a refresh clusters in the table's.
+                let asked = asked_features(asked).map_err(SegmentationError::BadFeatures)?;
+                if asked != p.features {
+                    return Err(SegmentationError::FeaturesMismatch {
+                        previous: p.features.join(", "),
+                        requested: asked.join(", "),
+                    }
+                    .into());
+                }
+            }
             let choice = FeatureChoice {
                 clustered: p.features.clone(),
                 left_out: Vec::new(),
@@ -731,8 +776,7 @@ pub fn segment_customers(
             (&p.ids(), &vec![0; k]),
             (&p.customer_ids, &p.labels),
             (&customers.ids, &prediction.labels),
-        )
-        .counts;
+        );
         carry_ids(&overlap, &p.ids(), p.next_segment_id)
     });
     let (segment_ids, next_segment_id, changes) = match carry {
@@ -787,6 +831,7 @@ pub fn segment_customers(
         kind: segments_kind(),
         as_of: customers.as_of,
         features: feature_choice.clustered.clone(),
+        frequency_basis: Some(customers.frequency_basis),
         descriptions: profiles.iter().map(|p| p.description.clone()).collect(),
         segment_ids,
         next_segment_id,

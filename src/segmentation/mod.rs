@@ -27,4 +27,7 @@ pub use job::{
     DEFAULT_MIN_SHARE,
 };
 pub(crate) use output::replace_atomically;
-pub use output::{write_outputs, OutputFiles, Preprocessing, SegmentsDocument, CUSTOMER_COLUMNS};
+pub use output::{
+    create_private_dir_all, write_outputs, OutputFiles, Preprocessing, SegmentsDocument,
+    CUSTOMER_COLUMNS,
+};

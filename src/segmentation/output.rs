@@ -70,7 +70,7 @@ pub(crate) fn file_names<'a>(paths: impl Iterator<Item = &'a PathBuf>) -> Vec<St
 /// under a temporary name and renamed into place, so a crash never leaves a
 /// half-written file under a final name.
 pub fn write_outputs(run: &SegmentRun, dir: &Path) -> Result<OutputFiles> {
-    fs::create_dir_all(dir).map_err(|e| SegmentationError::output(dir, e))?;
+    create_private_dir_all(dir).map_err(|e| SegmentationError::output(dir, e))?;
     let files = OutputFiles {
         customers_csv: dir.join("customers.csv"),
         customers_parquet: dir.join("customers.parquet"),
@@ -86,6 +86,7 @@ pub fn write_outputs(run: &SegmentRun, dir: &Path) -> Result<OutputFiles> {
     let model = serde_json::to_vec(&run.model).expect("serialisable");
     write_atomic(&files.model_json, &model)?;
     let charts = report::write_charts(run, dir)?;
+    report::remove_stale_charts(dir, &charts, report::SEGMENT_CHARTS)?;
     let html = report::html(run, &charts);
     write_atomic(&files.report_html, html.as_bytes())?;
     Ok(OutputFiles {
@@ -96,6 +97,17 @@ pub fn write_outputs(run: &SegmentRun, dir: &Path) -> Result<OutputFiles> {
 
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     replace_atomically(path, bytes).map_err(|e| SegmentationError::output(path, e).into())
+}
+
+/// Creates `dir` and any missing parents readable by their owner only
+/// (0700 on Unix): they hold customers' data. An existing directory keeps
+/// its mode (the user chose it).
+pub fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
 }
 
 /// Writes `bytes` under a temporary name (this process's), syncs and

@@ -56,7 +56,10 @@ pub enum SegmentChange {
 /// A pair continues a segment when more than this share of each side's
 /// customers (those in both runs) are the same customers: a majority.
 const SAME_GROUP: f64 = 0.5;
-/// A part holding this share of a segment counts in a split or merge.
+/// A part holding this share of a segment's customers counts in a split or
+/// merge. Of all its customers, arrivals and leavers included: a segment of
+/// 3,000 new customers and 6 returning ones is new, not a merge of the
+/// segments those 6 came from.
 const NOTABLE_PART: f64 = 0.25;
 
 /// Carries segment ids from the previous run to the current clusters by the
@@ -64,13 +67,17 @@ const NOTABLE_PART: f64 = 0.25;
 /// customers (Hungarian algorithm), kept only where the pair is the same
 /// group ([`SAME_GROUP`]); every other current cluster gets a new id.
 ///
-/// `overlap[o][n]`: customers in previous cluster `o` and current cluster `n`.
-pub fn carry_ids(overlap: &[Vec<usize>], previous_ids: &[u32], next_id: u32) -> IdCarry {
+/// `t.counts[o][n]`: customers in previous cluster `o` and current cluster
+/// `n`; `t.arrived` and `t.left` weigh splits and merges ([`NOTABLE_PART`]).
+pub fn carry_ids(t: &Transitions, previous_ids: &[u32], next_id: u32) -> IdCarry {
+    let overlap = &t.counts;
     let (k_old, k_new) = (overlap.len(), overlap.first().map_or(0, Vec::len));
     let rows: Vec<usize> = overlap.iter().map(|r| r.iter().sum()).collect();
     let cols: Vec<usize> = (0..k_new)
         .map(|n| overlap.iter().map(|r| r[n]).sum())
         .collect();
+    let old_size = |o: usize| rows[o] + t.left.get(o).copied().unwrap_or(0);
+    let new_size = |n: usize| cols[n] + t.arrived.get(n).copied().unwrap_or(0);
     let mut ids = vec![u32::MAX; k_new];
     if k_old > 0 && k_new > 0 {
         // kuhn_munkres needs rows ≤ columns: match from the smaller side.
@@ -101,7 +108,7 @@ pub fn carry_ids(overlap: &[Vec<usize>], previous_ids: &[u32], next_id: u32) -> 
     }
     for (o, &old_id) in previous_ids.iter().enumerate() {
         let into: Vec<u32> = (0..k_new)
-            .filter(|&n| rows[o] > 0 && overlap[o][n] as f64 >= NOTABLE_PART * rows[o] as f64)
+            .filter(|&n| rows[o] > 0 && overlap[o][n] as f64 >= NOTABLE_PART * old_size(o) as f64)
             .map(|n| ids[n])
             .collect();
         if into.len() > 1 {
@@ -113,7 +120,7 @@ pub fn carry_ids(overlap: &[Vec<usize>], previous_ids: &[u32], next_id: u32) -> 
     }
     for n in 0..k_new {
         let from: Vec<u32> = (0..k_old)
-            .filter(|&o| cols[n] > 0 && overlap[o][n] as f64 >= NOTABLE_PART * cols[n] as f64)
+            .filter(|&o| cols[n] > 0 && overlap[o][n] as f64 >= NOTABLE_PART * new_size(n) as f64)
             .map(|o| previous_ids[o])
             .collect();
         if from.len() > 1 {
@@ -305,15 +312,26 @@ mod tests {
         assert_eq!(match_segments(old.view(), new.view()), [2, 0, 1]);
     }
 
+    /// Transitions with nobody arriving or leaving.
+    fn closed(counts: &[Vec<usize>]) -> Transitions {
+        Transitions {
+            previous_ids: Vec::new(),
+            ids: Vec::new(),
+            counts: counts.to_vec(),
+            arrived: vec![0; counts.first().map_or(0, Vec::len)],
+            left: vec![0; counts.len()],
+        }
+    }
+
     #[test]
     fn ids_follow_the_customers_and_new_groups_get_new_ids() {
         // Clusters swapped places: ids follow the customers.
-        let c = carry_ids(&[vec![2, 95], vec![90, 3]], &[0, 1], 2);
+        let c = carry_ids(&closed(&[vec![2, 95], vec![90, 3]]), &[0, 1], 2);
         assert_eq!(c.ids, [1, 0]);
         assert!(c.changes.is_empty(), "{:?}", c.changes);
         // Old 3 split 55/45; old 5 and 7 merged, 7 the majority of the merge.
         let overlap = [vec![55, 45, 0], vec![0, 0, 40], vec![0, 0, 45]];
-        let c = carry_ids(&overlap, &[3, 5, 7], 8);
+        let c = carry_ids(&closed(&overlap), &[3, 5, 7], 8);
         assert_eq!(
             c.ids,
             [3, 8, 7],
@@ -332,11 +350,46 @@ mod tests {
         assert_eq!(c.changes.len(), 4, "{:?}", c.changes);
         assert_eq!(c.next_id, 9);
         // A cluster that is no group's majority gets a new id.
-        let c = carry_ids(&[vec![30, 30], vec![30, 30]], &[0, 1], 2);
+        let c = carry_ids(&closed(&[vec![30, 30], vec![30, 30]]), &[0, 1], 2);
         assert_eq!(c.ids, [2, 3]);
         // Ids are never reused: a retired id stays retired.
-        let c = carry_ids(&[vec![0, 10], vec![10, 0]], &[0, 2], 3);
+        let c = carry_ids(&closed(&[vec![0, 10], vec![10, 0]]), &[0, 2], 3);
         assert_eq!(c.ids, [2, 0]);
+    }
+
+    #[test]
+    fn arrivals_and_leavers_weigh_splits_and_merges() {
+        // Current 2 is 3,000 new customers and 6 returning ones, 4 from old
+        // 0 and 2 from old 1: new, not a merge of 0 and 1.
+        let mut t = closed(&[vec![900, 0, 4], vec![0, 800, 2]]);
+        t.arrived = vec![100, 100, 3000];
+        let c = carry_ids(&t, &[0, 1], 2);
+        assert_eq!(c.ids, [0, 1, 2]);
+        assert_eq!(c.changes, [SegmentChange::New { id: 2 }]);
+        // The same 6 in a segment of 8 (2 arrivals) are a merge.
+        t.arrived = vec![100, 100, 2];
+        let c = carry_ids(&t, &[0, 1], 2);
+        assert!(c.changes.contains(&SegmentChange::Merged {
+            into: 2,
+            from: vec![0, 1]
+        }));
+        // Old 0 split 300/300 of its 2,400 (1,800 left): not a split.
+        let mut t = closed(&[vec![300, 300], vec![0, 500]]);
+        t.left = vec![1800, 0];
+        let c = carry_ids(&t, &[0, 1], 2);
+        assert!(
+            !c.changes
+                .iter()
+                .any(|c| matches!(c, SegmentChange::Split { .. })),
+            "{:?}",
+            c.changes
+        );
+        t.left = vec![0, 0];
+        let c = carry_ids(&t, &[0, 1], 2);
+        assert!(c
+            .changes
+            .iter()
+            .any(|c| matches!(c, SegmentChange::Split { from: 0, .. })));
     }
 
     #[test]

@@ -68,6 +68,9 @@ pub enum KeyFileError {
     /// A reload found a file that parses but lists no key.
     #[error("the keys file lists no keys; keeping the old ones")]
     NoKeys,
+    /// Anyone who may write the file may add an admin key.
+    #[error("the keys file {path} may be written by other users (mode {mode:o}): `chmod go-w` it")]
+    Writable { path: PathBuf, mode: u32 },
 }
 
 /// One key as the file lists it.
@@ -132,10 +135,22 @@ impl KeySet {
     }
 
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Io {
+        let io = |source| KeyFileError::Io {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
+            if mode & 0o022 != 0 {
+                return Err(KeyFileError::Writable {
+                    path: path.to_owned(),
+                    mode: mode & 0o777,
+                });
+            }
+        }
+        let text = std::fs::read_to_string(path).map_err(io)?;
         Self::parse(&text)
     }
 
@@ -332,6 +347,29 @@ mod tests {
         assert_eq!(keys.find(b).unwrap().role, Role::Admin);
         assert_eq!(keys.find("sgk_gamma"), None);
         assert_eq!(keys.find(&hash_key(a)), None, "the hash is not the key");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_keys_file_others_may_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("keys");
+        let hash = hex::encode(Sha256::digest(b"sgk_alpha"));
+        std::fs::write(&path, format!("a admin {hash}\n")).unwrap();
+        let chmod =
+            |mode| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        chmod(0o666);
+        let Err(e) = KeySet::load(&path) else {
+            panic!("a world-writable keys file was loaded")
+        };
+        assert!(
+            matches!(e, KeyFileError::Writable { mode: 0o666, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("chmod go-w"), "{e}");
+        chmod(0o644);
+        assert_eq!(KeySet::load(&path).unwrap().len(), 1);
     }
 
     #[test]

@@ -68,8 +68,12 @@ pub struct Limits {
     pub max_streams_per_connection: u32,
     /// Connections open at once; more are closed as they arrive.
     pub max_connections: usize,
-    /// A new connection that sends nothing (no HTTP/2 preface, no TLS
-    /// ClientHello) for this long is closed.
+    /// Connections open at once from one peer address, so one host cannot
+    /// take every slot (raise it behind a proxy or load balancer).
+    pub max_connections_per_peer: usize,
+    /// A new connection that has not sent its first bytes (the HTTP/2
+    /// preface) or, over TLS, finished the handshake's first exchange in
+    /// this long is closed.
     pub handshake_timeout: Duration,
     /// Bytes of a name (datasets, logs, columns).
     pub max_name_bytes: usize,
@@ -105,6 +109,7 @@ impl Default for Limits {
             max_concurrent_uploads: 8,
             max_streams_per_connection: 128,
             max_connections: 1024,
+            max_connections_per_peer: 256,
             handshake_timeout: Duration::from_secs(10),
             max_name_bytes: 256,
             request_timeout: Duration::from_secs(300),

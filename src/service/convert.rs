@@ -108,6 +108,11 @@ impl From<&ModelRecord> for pb::Model {
                 standardized: m.scaler().standardize,
                 created_at: Some(timestamp(r.created_at_ms)),
                 converged: m.converged(),
+                segment_ids: r.segments.as_ref().map_or_else(Vec::new, |s| s.ids.clone()),
+                segment_descriptions: r
+                    .segments
+                    .as_ref()
+                    .map_or_else(Vec::new, |s| s.descriptions.clone()),
             }),
             ModelBody::Pca(m) => pb::model::Model::Pca(pb::PcaModel {
                 id: r.id.clone(),

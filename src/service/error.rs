@@ -5,6 +5,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::backend::{BackendError, GpuError};
 use crate::data::DataError;
+use crate::error::ParamsError;
 use crate::experiment::ExperimentError;
 use crate::segmentation::SegmentationError;
 use crate::service::auth::clip;
@@ -100,6 +101,21 @@ fn clip_list(s: &str) -> String {
 impl From<Error> for ServiceError {
     fn from(e: Error) -> Self {
         match e {
+            // Job errors are kept and readable by every read key: the
+            // weight's kind, never its value.
+            Error::Params(ParamsError::BadWeight { row, value }) => Self::invalid(
+                "weights",
+                format!(
+                    "sample weight at row {row} is {}: weights must be finite and >= 0",
+                    if value.is_nan() {
+                        "not a number"
+                    } else if value.is_infinite() {
+                        "infinite"
+                    } else {
+                        "negative"
+                    }
+                ),
+            ),
             Error::Params(p) => Self::invalid(p.field(), p.to_string()),
             Error::Data(DataError::UnknownColumn {
                 name,
@@ -160,13 +176,16 @@ impl From<Error> for ServiceError {
                     }
                     SegmentationError::BadMaxBadRows(_) => "max_bad_rows",
                     SegmentationError::BadMinShare(_) => "min_share",
-                    SegmentationError::BadFeatures(_) => "features",
+                    SegmentationError::BadFeatures(_)
+                    | SegmentationError::FeaturesMismatch { .. } => "features",
+                    SegmentationError::BasisMismatch { .. } => "columns.order",
                     SegmentationError::TooFewCustomers { .. }
                     | SegmentationError::BadKRange(_)
                     | SegmentationError::KMismatch { .. } => "k",
                     SegmentationError::BadDate(_) => "as_of",
                     SegmentationError::BadPercentile(_) => "outlier_percentile",
-                    SegmentationError::PreviousModel { .. } => "previous_model_id",
+                    SegmentationError::PreviousModel { .. }
+                    | SegmentationError::PreviousWithoutCustomers => "previous_model_id",
                     SegmentationError::Output { .. } => return Self::Internal(s.to_string()),
                 };
                 Self::invalid(field, s.to_string())

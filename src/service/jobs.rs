@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -120,7 +120,19 @@ pub struct JobSnapshot {
 pub struct JobRecord {
     pub snapshot: JobSnapshot,
     pub request: String,
+    /// Times the job started running without finishing (the server
+    /// stopped under it, or died): past [`MAX_STARTS`] it is not run again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub starts: u32,
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Starts a job gets: one whose run took the server down (out of memory,
+/// say) would otherwise take it down again at every restart.
+pub const MAX_STARTS: u32 = 3;
 
 pub struct JobHandle {
     cancel: Arc<AtomicBool>,
@@ -128,6 +140,8 @@ pub struct JobHandle {
     /// Kept until the job finishes (a finished job never runs again), so
     /// retained jobs hold no request bytes, in memory or on disk.
     request: Mutex<String>,
+    /// As [`JobRecord::starts`].
+    starts: AtomicU32,
 }
 
 impl JobHandle {
@@ -265,6 +279,24 @@ impl Jobs {
                     continue;
                 }
             };
+            let mut record = record;
+            if !record.snapshot.state.is_finished() && record.starts >= MAX_STARTS {
+                // Its runs took the server down: failed, not run again.
+                let s = &mut record.snapshot;
+                s.state = JobState::Failed;
+                s.error = Some(format!(
+                    "the server stopped {} times while this job ran (it may need more memory \
+                     than the server has); it is not run again",
+                    record.starts
+                ));
+                s.finished_at_ms = Some(now_ms());
+                record.request.clear();
+                record.starts = 0;
+                tracing::error!(job = %s.id, "a job the server stopped under {MAX_STARTS} times is not run again");
+                if let Err(e) = write_json_atomically(&path, &record) {
+                    tracing::error!(job = %record.snapshot.id, "cannot store the job record: {e}");
+                }
+            }
             // Unfinished jobs are visible (queued) at once, before the
             // engine runs them again; their handle is reused then.
             let mut shown = record.snapshot.clone();
@@ -286,6 +318,7 @@ impl Jobs {
                     } else {
                         record.request.clone()
                     }),
+                    starts: AtomicU32::new(record.starts),
                 }),
             );
             if !record.snapshot.state.is_finished() {
@@ -375,10 +408,11 @@ impl Jobs {
         }
     }
 
-    fn persist(&self, snapshot: &JobSnapshot, request: &str) {
+    fn persist(&self, snapshot: &JobSnapshot, request: &str, starts: u32) {
         let record = JobRecord {
             snapshot: snapshot.clone(),
             request: request.to_owned(),
+            starts,
         };
         let path = self.dir.join(format!("{}.json", snapshot.id));
         if let Err(e) = write_json_atomically(&path, &record) {
@@ -432,7 +466,7 @@ impl Jobs {
         s.state = JobState::Failed;
         s.error = Some(error);
         s.finished_at_ms = Some(now_ms());
-        self.persist(&s, "");
+        self.persist(&s, "", 0);
         if let Some(h) = self.lock().get(&s.id) {
             h.drop_request();
             h.state.send_replace(s);
@@ -464,12 +498,15 @@ impl Jobs {
             created_at_ms,
             finished_at_ms: None,
         };
-        self.persist(&snapshot, &request);
         let existing = self
             .lock()
             .get(&id)
             .filter(|h| !h.snapshot().state.is_finished())
             .cloned();
+        let starts = existing
+            .as_ref()
+            .map_or(0, |h| h.starts.load(Ordering::Relaxed));
+        self.persist(&snapshot, &request, starts);
         let handle = match existing {
             // A job from before a restart: same watchers, same cancel flag.
             Some(h) => {
@@ -482,6 +519,7 @@ impl Jobs {
                     cancel: Arc::new(AtomicBool::new(false)),
                     state: tx,
                     request: Mutex::new(request),
+                    starts: AtomicU32::new(0),
                 });
                 self.lock().insert(id, h.clone());
                 h
@@ -509,7 +547,10 @@ impl Jobs {
                 Err(ServiceError::Cancelled)
             } else {
                 handle.state.send_modify(|s| s.state = JobState::Running);
-                jobs.persist(&handle.snapshot(), &handle.request());
+                // Counted before the work runs: a run that kills the
+                // process is counted too.
+                let starts = handle.starts.fetch_add(1, Ordering::Relaxed) + 1;
+                jobs.persist(&handle.snapshot(), &handle.request(), starts);
                 let (ctx2, pool) = (ctx.clone(), jobs.pool.clone());
                 tokio::task::spawn_blocking(move || pool.install(|| work(&ctx2)))
                     .await
@@ -525,7 +566,15 @@ impl Jobs {
             };
             drop((gpu, permit));
             if jobs.is_closing() && matches!(result, Err(ServiceError::Cancelled)) {
-                // Stopped by shutdown, not by a client: run again at the next start.
+                // Stopped by shutdown, not by a client: run again at the
+                // next start, and this start does not count against it.
+                let starts = match handle.snapshot().state {
+                    JobState::Running => handle.starts.fetch_sub(1, Ordering::Relaxed) - 1,
+                    _ => handle.starts.load(Ordering::Relaxed),
+                };
+                let mut shown = handle.snapshot();
+                shown.state = JobState::Queued;
+                jobs.persist(&shown, &handle.request(), starts);
                 return;
             }
             handle.state.send_modify(|s| {
@@ -548,7 +597,7 @@ impl Jobs {
                 }
             });
             handle.drop_request();
-            jobs.persist(&handle.snapshot(), "");
+            jobs.persist(&handle.snapshot(), "", 0);
             jobs.prune();
         });
         snapshot
@@ -590,7 +639,11 @@ impl Jobs {
                 h.state.send_modify(|s| {
                     s.error = s.error.as_ref().map(|e| e.replace(needle, "[erased]"));
                 });
-                self.persist(&h.snapshot(), &h.request());
+                self.persist(
+                    &h.snapshot(),
+                    &h.request(),
+                    h.starts.load(Ordering::Relaxed),
+                );
                 changed.push(snapshot.id);
             }
         }
@@ -619,5 +672,67 @@ impl Jobs {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> JobLimits {
+        JobLimits {
+            max_concurrent: 1,
+            max_queued: 4,
+            retention: Duration::from_secs(3600),
+            max_retained: 100,
+        }
+    }
+
+    fn record(id: &str, starts: u32) -> JobRecord {
+        JobRecord {
+            snapshot: JobSnapshot {
+                id: id.into(),
+                kind: JobKind::FitKMeans,
+                state: JobState::Running,
+                progress: JobProgress::default(),
+                output: None,
+                error: None,
+                created_at_ms: now_ms(),
+                finished_at_ms: None,
+            },
+            request: "00".into(),
+            starts,
+        }
+    }
+
+    #[test]
+    fn a_job_the_server_stopped_under_again_and_again_is_not_run_again() {
+        let dir = tempfile::TempDir::new().unwrap();
+        for (id, starts) in [("job-once", 1), ("job-looping", MAX_STARTS)] {
+            let path = dir.path().join(format!("{id}.json"));
+            write_json_atomically(&path, &record(id, starts)).unwrap();
+        }
+        let (jobs, unfinished) = Jobs::open(dir.path(), limits()).unwrap();
+        let ids: Vec<&str> = unfinished.iter().map(|r| r.snapshot.id.as_str()).collect();
+        assert_eq!(ids, ["job-once"], "one crash gets another try");
+        assert_eq!(unfinished[0].starts, 1);
+        let failed = jobs.get("job-looping").unwrap().snapshot();
+        assert_eq!(failed.state, JobState::Failed);
+        assert!(
+            failed.error.as_deref().unwrap().contains("not run again"),
+            "{failed:?}"
+        );
+        // And so it stays, its request gone, at the next start.
+        drop(jobs);
+        let (jobs, unfinished) = Jobs::open(dir.path(), limits()).unwrap();
+        assert_eq!(unfinished.len(), 1);
+        assert_eq!(
+            jobs.get("job-looping").unwrap().snapshot().state,
+            JobState::Failed
+        );
+        let stored: JobRecord =
+            serde_json::from_slice(&std::fs::read(dir.path().join("job-looping.json")).unwrap())
+                .unwrap();
+        assert!(stored.request.is_empty());
     }
 }

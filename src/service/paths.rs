@@ -133,9 +133,13 @@ pub fn content_error(e: DataError) -> ServiceError {
             "a chosen column is not numeric (name the numeric columns)".to_owned(),
         ),
         // The column's name comes from the file's header: not quoted.
-        DataError::NotNumeric { row, .. } => {
-            ("path", format!("row {row}: a value is not a number"))
-        }
+        DataError::NotNumeric { row, .. } => (
+            "path",
+            format!(
+                "row {row}: a value is not a number (an id or text column cannot be \
+                     clustered: name the numeric ones in `columns`)"
+            ),
+        ),
         DataError::NotFinite { row, .. } => {
             ("path", format!("row {row}: a value is not a finite number"))
         }

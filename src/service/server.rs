@@ -23,7 +23,7 @@ use super::proto::{self as pb, FILE_DESCRIPTOR_SET};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot open the data directory: {0}")]
+    #[error(transparent)]
     DataDir(#[from] EngineError),
     #[error(transparent)]
     Keys(#[from] KeyFileError),
@@ -38,6 +38,12 @@ pub enum ServeError {
     Metrics(std::io::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("TLS: the certificate {cert} and key {key} cannot serve: {source}")]
+    TlsIdentity {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+        source: tonic::transport::Error,
+    },
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -113,7 +119,11 @@ pub async fn serve_with(
         }
         None => None,
     };
-    let tls = config.tls.as_ref().map(tls_config).transpose()?;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|files| Ok::<_, ServeError>((tls_config(files)?, files.clone())))
+        .transpose()?;
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(TcpListener::bind(addr).await.map_err(ServeError::Metrics)?),
         None => None,
@@ -207,8 +217,16 @@ pub async fn serve_with(
         metrics: metrics.clone(),
     });
     let mut builder = Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
+    let tls_on = tls.is_some();
+    if let Some((tls, files)) = tls {
+        // A key that is not the certificate's is found here.
+        builder = builder
+            .tls_config(tls)
+            .map_err(|source| ServeError::TlsIdentity {
+                cert: files.cert,
+                key: files.key,
+                source,
+            })?;
     }
     let router = builder
         // HTTP/2's default 64 KiB windows throttle megabyte messages even on
@@ -268,8 +286,11 @@ pub async fn serve_with(
     // itself: `admit` sets it, or Nagle's algorithm meets delayed ACKs and
     // adds ~40 ms per call.
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let peers = super::conn::Peers::new(limits.max_connections_per_peer);
     let incoming = TcpListenerStream::new(listener).map(move |conn| {
-        conn.and_then(|socket| super::conn::admit(socket, &slots, limits.handshake_timeout))
+        conn.and_then(|socket| {
+            super::conn::admit(socket, &slots, &peers, limits.handshake_timeout, tls_on)
+        })
     });
     router
         .serve_with_incoming_shutdown(incoming, shutdown)
@@ -288,7 +309,7 @@ fn spawn_key_reloader(keys: Arc<Keys>) {
         };
         while hup.recv().await.is_some() {
             match keys.reload() {
-                Ok(n) => tracing::info!(keys = n, "keys file reloaded"),
+                Ok(n) => tracing::info!(target: "segmenta::keys", keys = n, "keys file reloaded"),
                 Err(e) => tracing::error!("keys file not reloaded, the old keys stay: {e}"),
             }
         }

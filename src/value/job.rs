@@ -522,7 +522,8 @@ impl ClvFiles {
 /// Writes `customers.csv`, `customers.parquet`, `clv.json` (the summary)
 /// and the report `clv.html` with its charts into `dir`, each atomically.
 pub fn write_clv_outputs(run: &ClvRun, dir: &Path) -> Result<ClvFiles> {
-    std::fs::create_dir_all(dir).map_err(|e| SegmentationError::output(dir, e))?;
+    crate::segmentation::create_private_dir_all(dir)
+        .map_err(|e| SegmentationError::output(dir, e))?;
     write_atomic(&dir.join("customers.csv"), &customers_csv(run)?)?;
     write_atomic(&dir.join("customers.parquet"), &customers_parquet(run)?)?;
     let doc = serde_json::to_vec_pretty(&run.summary).expect("serialisable");

@@ -12,7 +12,8 @@ use super::job::{ClvRun, HoldoutCheck};
 use super::{ChurnRisk, ValueTier};
 use crate::error::Result;
 use crate::segmentation::report::{
-    draw_chart, escape, p_alive_histogram, register_font, Area, Chart, CHART_FONT, REPORT_STYLE,
+    draw_chart, escape, p_alive_histogram, register_font, remove_stale_charts, Area, Chart,
+    CHART_FONT, REPORT_STYLE,
 };
 
 const ALIVE: Chart = Chart {
@@ -36,6 +37,7 @@ pub(super) fn write_report(run: &ClvRun, dir: &Path) -> Result<(String, Vec<Char
         draw_chart(dir, &HOLDOUT, |a| holdout_chart(a, h, HOLDOUT.title))?;
         charts.push(HOLDOUT);
     }
+    remove_stale_charts(dir, &charts, &[ALIVE.file, HOLDOUT.file])?;
     Ok((html(run, &charts), charts))
 }
 

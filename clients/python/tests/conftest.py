@@ -108,6 +108,64 @@ def blobs():
     return X, labels
 
 
+# --- Spark -------------------------------------------------------------------
+# PySpark starts its JVM with a fork of this process. A fork while gRPC's
+# threads run (any earlier test's channel) can lose the JVM's handshake
+# ("Java gateway process exited before sending its port number"), so when
+# the Spark tests are collected the session starts before any test runs.
+
+SPARK_PARTITIONS = 4
+_spark_session = None
+
+
+def spark_session():
+    """The tests' one local Spark session, started on first use."""
+    global _spark_session
+    if _spark_session is None:
+        _spark_session = _start_spark()
+    return _spark_session
+
+
+def _start_spark():
+    import sys
+    from pyspark.sql import SparkSession
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
+    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    builder = (SparkSession.builder.master(f"local[{SPARK_PARTITIONS},2]")  # 2 tries per task
+               .appName("segmenta-tests")
+               .config("spark.driver.host", "127.0.0.1")
+               .config("spark.driver.bindAddress", "127.0.0.1")
+               .config("spark.ui.enabled", "false")
+               .config("spark.sql.shuffle.partitions", str(SPARK_PARTITIONS))
+               .config("spark.sql.execution.arrow.pyspark.enabled", "true"))
+    try:
+        session = builder.getOrCreate()
+    except Exception as e:  # noqa: BLE001 - retried once, loudly, then raised
+        if "Java gateway process exited" not in str(e):
+            raise
+        print(f"\nWARNING: Spark's JVM did not start ({e}); retrying once", file=sys.stderr, flush=True)
+        session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection
+def pytest_collection_modifyitems(session, config, items):
+    if any(item.path.name == "test_spark.py" for item in items):
+        try:
+            import pyspark  # noqa: F401
+        except ImportError:
+            return  # test_spark.py skips loudly (or fails under SEGMENTA_REQUIRE_SPARK)
+        spark_session()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _spark_session is not None:
+        _spark_session.stop()
+
+
 def deadline(seconds):
     end = time.monotonic() + seconds
     return lambda: time.monotonic() < end

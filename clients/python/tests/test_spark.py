@@ -9,7 +9,6 @@ implementation (float64, its own init), so it is compared on inertia (1 %).
 """
 import os
 import socket
-import sys
 
 import numpy as np
 import pytest
@@ -25,29 +24,12 @@ except ImportError:
 import segmenta
 from segmenta.spark import KMeans, KMeansModel
 from sklearn.metrics import adjusted_rand_score
-from conftest import Server
-
-PARTITIONS = 4
+from conftest import SPARK_PARTITIONS as PARTITIONS, Server, spark_session
 
 
 @pytest.fixture(scope="module")
 def spark():
-    from pyspark.sql import SparkSession
-
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
-    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
-    session = (SparkSession.builder.master(f"local[{PARTITIONS},2]")  # 2 tries per task
-               .appName("segmenta-tests")
-               .config("spark.driver.host", "127.0.0.1")
-               .config("spark.driver.bindAddress", "127.0.0.1")
-               .config("spark.ui.enabled", "false")
-               .config("spark.sql.shuffle.partitions", str(PARTITIONS))
-               .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-               .getOrCreate())
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
+    return spark_session()
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +117,36 @@ def test_weights_random_init_empty_partitions_and_save_load(spark, servers, tmp_
         (tmp_path / "bad").mkdir()
         (tmp_path / "bad" / "model.json").write_text("{}")
         KMeansModel.load(tmp_path / "bad")
+
+
+def test_a_large_offset_keeps_its_precision_and_tol_zero_converges(spark, servers):
+    # Epoch seconds: two groups 60 s apart around 1.7e9. In float32 as sent
+    # (7 digits) they would be 128 s steps apart; taken off a point inside
+    # the data first, they keep their precision.
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 4000)
+    t = 1_700_000_000 + labels * 60 + rng.normal(0, 5, len(labels))
+    import pandas as pd
+    df = spark.createDataFrame(pd.DataFrame({"t": t, "x": rng.normal(size=len(labels)),
+                                             "truth": labels})).repartition(PARTITIONS).cache()
+    model = KMeans(k=2, inputCols=["t", "x"], seed=1, tol=0.0, maxIter=50,
+                   servers=[s.address for s in servers]).fit(df)
+    predicted = model.transform(df).select("truth", "prediction").toPandas()
+    assert adjusted_rand_score(predicted["truth"], predicted["prediction"]) == 1.0
+    centres = sorted(c[0] for c in model.clusterCenters())
+    assert centres[1] - centres[0] == pytest.approx(60, abs=1)
+    # tol = 0: converged once the centres stop changing, not at maxIter.
+    assert model.summary.converged and model.summary.numIter < 50
+    # Checked on the driver, before any Spark job.
+    with pytest.raises(ValueError, match="unknown backend"):
+        KMeans(k=2, inputCols=["t"], backend="bogus", servers=[servers[0].address])
+    with pytest.raises(ValueError, match="tls.ca_cert: no such file"):
+        KMeans(k=2, inputCols=["t"], tls=segmenta.Tls(ca_cert="/nonexistent/ca.pem"),
+               servers=[servers[0].address])
+    # A missing feature (null, or NaN, as pandas writes it) names its column.
+    holes = spark.createDataFrame(pd.DataFrame({"a": [1.0, None, 3.0, 4.0], "b": [1.0, 2.0, 3.0, 4.0]}))
+    with pytest.raises(Exception, match="(null value in column 'a'|column 'a' at row 2)"):
+        KMeans(k=2, inputCols=["a", "b"], servers=[servers[0].address]).fit(holes)
 
 
 def test_a_server_that_is_down_fails_the_task_with_its_address(spark):

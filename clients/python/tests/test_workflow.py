@@ -35,6 +35,10 @@ def test_segment_a_dataframe_and_refresh_it(client, tmp_path):
     assert b"<h2>Segments</h2>" in result.artifacts["report.html"]
     assert (tmp_path / "report.html").read_bytes() == result.artifacts["report.html"]
     assert result.k_sweep.empty
+    # Assign by the segmentation answers in its stable segment ids.
+    features = result.customers[list(result.segmentation.features)]
+    assigned = client.assign(result.id, features)
+    assert (assigned.segments == result.customers["segment"].to_numpy()).all()
     # A refresh keeps the segment ids.
     again = segmenta.segment(frame, client=client, customer="client", date="day", amount="total",
                              previous=result.id)

@@ -59,7 +59,10 @@ impl Backend for CpuBackend {
     fn info(&self) -> BackendInfo {
         BackendInfo {
             backend: BackendKind::Cpu,
-            adapter: format!("cpu ({} threads)", rayon::current_num_threads()),
+            adapter: match rayon::current_num_threads() {
+                1 => "cpu (1 thread)".to_owned(),
+                n => format!("cpu ({n} threads)"),
+            },
         }
     }
 

@@ -13,6 +13,7 @@ fn limits_json(l: &pb::Limits) -> serde_json::Value {
         "max_concurrent_requests": l.max_concurrent_requests,
         "max_concurrent_uploads": l.max_concurrent_uploads,
         "max_connections": l.max_connections,
+        "max_connections_per_peer": l.max_connections_per_peer,
         "max_streams_per_connection": l.max_streams_per_connection,
         "max_assign_rows": l.max_assign_rows,
         "max_features": l.max_features,
@@ -26,6 +27,8 @@ fn limits_json(l: &pb::Limits) -> serde_json::Value {
         "handshake_timeout_seconds": l.handshake_timeout_seconds,
         "job_retention_seconds": l.job_retention_seconds,
         "max_retained_jobs": l.max_retained_jobs,
+        "max_partition_cache_bytes": l.max_partition_cache_bytes,
+        "partition_ttl_seconds": l.partition_ttl_seconds,
     })
 }
 
@@ -38,6 +41,7 @@ pub fn json(i: &pb::ServerInfo) -> serde_json::Value {
         "default_adapter": i.default_adapter,
         "auth_required": i.auth_required,
         "tls": i.tls,
+        "client_certificates": i.client_certificates,
         "server_paths": i.server_paths,
         "limits": i.limits.as_ref().map(limits_json),
     })
@@ -51,16 +55,21 @@ fn yes(b: bool) -> &'static str {
     }
 }
 
+/// A byte count as set: whole binary units when it is one, else the
+/// exact count (1,000,000 is not "1 MiB").
 fn bytes(n: u64) -> String {
     if n == 0 {
         return "no limit".into();
     }
-    let mib = n as f64 / (1u64 << 20) as f64;
-    if mib >= 1024.0 {
-        format!("{:.1} GiB", mib / 1024.0)
-    } else {
-        format!("{mib:.0} MiB")
+    for (unit, name) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
+        if n >= unit && n.is_multiple_of(unit) {
+            return format!("{} {name}", n / unit);
+        }
     }
+    format!(
+        "{} bytes",
+        segmenta::segmentation::transactions::thousands(n as usize)
+    )
 }
 
 pub fn text(i: &pb::ServerInfo) -> String {
@@ -77,12 +86,16 @@ pub fn text(i: &pb::ServerInfo) -> String {
     out.push_str(&format!(
         "API keys required: {}   TLS: {}   server-side paths: {}\n",
         yes(i.auth_required),
-        yes(i.tls),
+        if i.client_certificates {
+            "yes, with client certificates (mutual TLS)"
+        } else {
+            yes(i.tls)
+        },
         yes(i.server_paths)
     ));
     if let Some(l) = &i.limits {
         out.push_str("limits:\n");
-        let rows: [(&str, String); 14] = [
+        let rows: [(&str, String); 15] = [
             ("message size", bytes(l.max_message_bytes)),
             ("dataset size", bytes(l.max_dataset_bytes)),
             ("data directory", bytes(l.max_data_dir_bytes)),
@@ -96,8 +109,11 @@ pub fn text(i: &pb::ServerInfo) -> String {
             (
                 "requests",
                 format!(
-                    "{} at once, {} uploads, {} connections",
-                    l.max_concurrent_requests, l.max_concurrent_uploads, l.max_connections
+                    "{} at once, {} uploads, {} connections ({} per address)",
+                    l.max_concurrent_requests,
+                    l.max_concurrent_uploads,
+                    l.max_connections,
+                    l.max_connections_per_peer
                 ),
             ),
             ("rows per Assign", l.max_assign_rows.to_string()),
@@ -122,6 +138,14 @@ pub fn text(i: &pb::ServerInfo) -> String {
                 ),
             ),
             ("name length", format!("{} bytes", l.max_name_bytes)),
+            (
+                "partition cache",
+                format!(
+                    "{}, unused ones kept {} s",
+                    bytes(l.max_partition_cache_bytes),
+                    l.partition_ttl_seconds
+                ),
+            ),
         ];
         for (name, value) in rows {
             out.push_str(&format!("  {name:<20} {value}\n"));

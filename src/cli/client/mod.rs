@@ -320,29 +320,69 @@ pub(super) async fn message_budget(channel: Conn) -> (usize, Option<pb::Limits>)
 pub fn run(args: ClientArgs) -> anyhow::Result<()> {
     let plaintext = (args.ca_cert.is_none() && !args.server.starts_with("https://"))
         .then(|| args.server.trim_start_matches("http://").to_owned());
+    let client_cert = args.client_cert.is_some();
     tokio::runtime::Runtime::new()?.block_on(async {
         match run_async(args).await {
             Ok(()) => Ok(()),
             Err(e) => Err(match e.downcast::<tonic::Status>() {
                 Ok(status) => {
-                    let tls = match &plaintext {
-                        Some(addr) if no_answer(&status) => speaks_tls(addr).await,
-                        _ => false,
-                    };
-                    if tls {
-                        anyhow::anyhow!(
-                            "{} (the server speaks TLS and this client did not: connect with \
-                             --ca-cert CA.pem, or SEGMENTA_CA_CERT)",
-                            status_line(&status)
-                        )
-                    } else {
-                        anyhow::anyhow!("{}", status_line(&status))
+                    let line = status_line(&status);
+                    if !no_answer(&status) {
+                        return Err(anyhow::anyhow!("{line}"));
+                    }
+                    match &plaintext {
+                        Some(addr) if speaks_tls(addr).await => anyhow::anyhow!(
+                            "{line} (the server speaks TLS and this client did not: connect with \
+                             --ca-cert CA.pem, or SEGMENTA_CA_CERT)"
+                        ),
+                        Some(_) => anyhow::anyhow!("{line}"),
+                        None => {
+                            // The transport's causes name a TLS alert, if any.
+                            let chain = crate::error_chain(&status);
+                            match tls_hint(&chain, client_cert) {
+                                Some(hint) => anyhow::anyhow!("{chain} ({hint})"),
+                                None if chain.contains("transport error") && !client_cert => {
+                                    anyhow::anyhow!(
+                                        "{chain} (if the server requires client certificates, \
+                                         pass --client-cert and --client-key)"
+                                    )
+                                }
+                                None => anyhow::anyhow!("{line}"),
+                            }
+                        }
                     }
                 }
                 Err(e) => e,
             }),
         }
     })
+}
+
+/// What a TLS failure most likely means, from the names rustls gives its
+/// alerts and certificate errors in the error's text.
+fn tls_hint(chain: &str, client_cert: bool) -> Option<&'static str> {
+    let has = |s: &str| chain.contains(s);
+    if has("InvalidContentType") || has("corrupt message") {
+        Some("the server does not speak TLS: connect without --ca-cert")
+    } else if has("CertificateRequired") || (!client_cert && has("HandshakeFailure")) {
+        Some("the server requires a client certificate (mutual TLS): pass --client-cert and --client-key")
+    } else if client_cert && (has("UnknownCA") || has("BadCertificate") || has("DecryptError")) {
+        Some(
+            "the server did not accept the client certificate: it must be issued by the CA the \
+             server trusts (its --tls-client-ca)",
+        )
+    } else if has("UnsupportedCertVersion") {
+        Some(
+            "an X.509 version 1 certificate: TLS needs version 3 (with openssl, sign it with \
+             `-extfile` naming a subjectAltName)",
+        )
+    } else if has("UnknownIssuer") {
+        Some("the server's certificate is not issued by the CA in --ca-cert")
+    } else if has("NotValidForName") {
+        Some("the server's certificate does not name the host in --server")
+    } else {
+        None
+    }
 }
 
 /// The codes a call gets without a gRPC status from the server (a
@@ -469,14 +509,23 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<Conn> {
         if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
             config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
         }
-        endpoint = endpoint
-            .tls_config(config)
-            .map_err(|e| anyhow::anyhow!("TLS: {}", crate::error_chain(&e)))?;
+        let client_cert = args.client_cert.is_some();
+        endpoint = endpoint.tls_config(config).map_err(|e| {
+            let chain = crate::error_chain(&e);
+            match tls_hint(&chain, client_cert) {
+                Some(hint) => anyhow::anyhow!("TLS: {chain} ({hint})"),
+                None => anyhow::anyhow!("TLS: {chain}"),
+            }
+        })?;
     }
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to {url}: {}", crate::error_chain(&e)))?;
+    let client_cert = args.client_cert.is_some();
+    let channel = endpoint.connect().await.map_err(|e| {
+        let chain = crate::error_chain(&e);
+        match tls.then(|| tls_hint(&chain, client_cert)).flatten() {
+            Some(hint) => anyhow::anyhow!("cannot connect to {url}: {chain} ({hint})"),
+            None => anyhow::anyhow!("cannot connect to {url}: {chain}"),
+        }
+    })?;
     with_token(channel, args.token.as_deref())
 }
 
@@ -567,7 +616,17 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                 .cancel_job(pb::CancelJobRequest { id: job })
                 .await?
                 .into_inner();
-            say!("cancel requested for {}", job.id);
+            // A job that had ended is left as it ended: say so.
+            match pb::JobState::try_from(job.state) {
+                Ok(pb::JobState::Succeeded) => {
+                    say!("{} had already succeeded: nothing to cancel", job.id)
+                }
+                Ok(pb::JobState::Failed) => {
+                    say!("{} had already failed: nothing to cancel", job.id)
+                }
+                Ok(pb::JobState::Cancelled) => say!("{} is cancelled", job.id),
+                _ => say!("cancel requested for {}", job.id),
+            }
         }
         ClientCommand::Assign {
             model,
@@ -579,9 +638,9 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
             let format = text.format(None);
             // By default the model's own columns, by name: an id column
             // or any other beside them is never sent as a feature.
-            let (model_columns, k) = model_shape(channel.clone(), &model, max).await?;
+            let shape = model_shape(channel.clone(), &model, max).await?;
             let columns = if columns.is_empty() {
-                model_columns
+                shape.columns.clone()
             } else {
                 columns
             };
@@ -590,30 +649,23 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                 Some(col) => Some(read_text_column(&input, col, &format)?),
                 None => None,
             };
-            // A segmentation's labels are positions in its segments: report
-            // the stable segment ids, as customers.csv does.
-            let segment_ids: Option<Vec<u32>> = if model.starts_with("seg-") {
-                let seg = pb::segmentations_client::SegmentationsClient::new(channel.clone())
-                    .get_segmentation(pb::GetSegmentationRequest { id: model.clone() })
-                    .await?
-                    .into_inner();
-                Some(seg.segments.iter().map(|p| p.id).collect())
-            } else {
-                None
-            };
-            let r = assign_in_requests(channel, &model, data.values.view(), k, max).await?;
+            let r = assign_in_requests(channel, &model, data.values.view(), shape.k, max).await?;
             let mut out = csv::Writer::from_writer(crate::cli::MarkedStdout);
-            let label_name = if segment_ids.is_some() {
-                "segment"
+            // A segment model (a segmentation, or an imported model.json)
+            // answers in its stable segment ids, with descriptions, as
+            // offline `assign` writes them.
+            let segment_model = !shape.descriptions.is_empty();
+            if segment_model && r.segments.len() != r.labels.len() {
+                anyhow::bail!("the server sent no segment ids for segment model {model}");
+            }
+            let header: &[&str] = if segment_model {
+                &["segment", "description", "distance", "margin"]
             } else {
-                "label"
+                &["label", "distance", "margin"]
             };
-            out.write_record([
-                id_col.as_deref().unwrap_or("row"),
-                label_name,
-                "distance",
-                "margin",
-            ])
+            out.write_record(
+                std::iter::once(id_col.as_deref().unwrap_or("row")).chain(header.iter().copied()),
+            )
             .map_err(crate::cli::csv_error)?;
             for i in 0..r.labels.len() {
                 let id = ids.as_ref().map_or_else(
@@ -621,17 +673,31 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                     |ids| ids.get(i).cloned().unwrap_or_default(),
                 );
                 let label = r.labels[i];
-                let label = segment_ids
-                    .as_ref()
-                    .and_then(|s| s.get(label as usize).copied())
-                    .unwrap_or(label);
                 let margin = r.margins.get(i).map_or(String::new(), |m| m.to_string());
-                out.write_record([id, label.to_string(), r.distances[i].to_string(), margin])
-                    .map_err(crate::cli::csv_error)?;
+                let distance = r.distances[i].to_string();
+                let record = if segment_model {
+                    let description = shape
+                        .descriptions
+                        .get(label as usize)
+                        .cloned()
+                        .unwrap_or_default();
+                    vec![id, r.segments[i].to_string(), description, distance, margin]
+                } else {
+                    vec![id, label.to_string(), distance, margin]
+                };
+                out.write_record(record).map_err(crate::cli::csv_error)?;
             }
             out.flush().map_err(crate::cli::stdout_failed)?;
         }
         ClientCommand::ExportModel { id, out } => {
+            match id_kind(&id) {
+                Some(IdKind::Model) => {}
+                Some(kind) => anyhow::bail!(
+                    "{id} is {}: only models (km-…, pca-…) and segmentations (seg-…) export",
+                    kind.name()
+                ),
+                None => anyhow::bail!("{id} is not an id Segmenta gives: {ID_FORMS}"),
+            }
             let file = pb::models_client::ModelsClient::new(channel)
                 .max_decoding_message_size(max)
                 .export(pb::GetModelRequest { id: id.clone() })
@@ -673,6 +739,9 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                 }
             })
             .await?;
+            if all.is_empty() {
+                say!("no datasets");
+            }
             for d in all {
                 say!(
                     "{}  {:>10} rows × {:<3} {}  [{}]",
@@ -708,6 +777,9 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                 "distributed" => "a distributed fit, no dataset".to_owned(),
                 id => format!("dataset {id}"),
             };
+            if all.is_empty() {
+                say!("no models");
+            }
             for m in all {
                 match m.model {
                     Some(pb::model::Model::Kmeans(k)) => say!(
@@ -728,28 +800,45 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
             }
         }
         ClientCommand::Delete { id, cascade } => {
-            let response = if id.starts_with("ds-") {
-                pb::datasets_client::DatasetsClient::new(channel)
-                    .delete(pb::DeleteDatasetRequest {
-                        id: id.clone(),
-                        cascade,
-                    })
-                    .await?
-            } else if id.starts_with("tx-") {
-                pb::segmentations_client::SegmentationsClient::new(channel)
-                    .delete_transactions(pb::DeleteTransactionsRequest {
-                        id: id.clone(),
-                        cascade,
-                    })
-                    .await?
-            } else if id.starts_with("seg-") || id.starts_with("clv-") {
-                pb::segmentations_client::SegmentationsClient::new(channel)
-                    .delete_segmentation(pb::DeleteSegmentationRequest { id: id.clone() })
-                    .await?
-            } else {
-                pb::models_client::ModelsClient::new(channel)
-                    .delete(pb::DeleteModelRequest { id: id.clone() })
-                    .await?
+            let Some(kind) = id_kind(&id) else {
+                anyhow::bail!("{id} is not an id Segmenta gives: {ID_FORMS}");
+            };
+            let response = match kind {
+                IdKind::Dataset => {
+                    pb::datasets_client::DatasetsClient::new(channel)
+                        .delete(pb::DeleteDatasetRequest {
+                            id: id.clone(),
+                            cascade,
+                        })
+                        .await?
+                }
+                IdKind::Transactions => {
+                    pb::segmentations_client::SegmentationsClient::new(channel)
+                        .delete_transactions(pb::DeleteTransactionsRequest {
+                            id: id.clone(),
+                            cascade,
+                        })
+                        .await?
+                }
+                IdKind::Clv => {
+                    pb::segmentations_client::SegmentationsClient::new(channel)
+                        .delete_segmentation(pb::DeleteSegmentationRequest { id: id.clone() })
+                        .await?
+                }
+                IdKind::Model if id.starts_with("seg-") => {
+                    pb::segmentations_client::SegmentationsClient::new(channel)
+                        .delete_segmentation(pb::DeleteSegmentationRequest { id: id.clone() })
+                        .await?
+                }
+                IdKind::Model => {
+                    pb::models_client::ModelsClient::new(channel)
+                        .delete(pb::DeleteModelRequest { id: id.clone() })
+                        .await?
+                }
+                IdKind::Job => anyhow::bail!(
+                    "{id} is a job: jobs are not deleted (the server forgets them after \
+                     --job-retention; `client cancel` stops a running one)"
+                ),
             };
             for deleted in response.into_inner().deleted_ids {
                 say!("deleted {deleted}");
@@ -783,12 +872,15 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A k-means model's or segmentation's feature columns, and its k.
-async fn model_shape(
-    channel: Conn,
-    model: &str,
-    max: usize,
-) -> anyhow::Result<(Vec<String>, usize)> {
+/// What `client assign` needs of a k-means model or segmentation.
+struct ModelShape {
+    columns: Vec<String>,
+    k: usize,
+    /// A segment model's description per centroid row; empty otherwise.
+    descriptions: Vec<String>,
+}
+
+async fn model_shape(channel: Conn, model: &str, max: usize) -> anyhow::Result<ModelShape> {
     let got = pb::models_client::ModelsClient::new(channel)
         .max_decoding_message_size(max)
         .get(pb::GetModelRequest {
@@ -797,7 +889,11 @@ async fn model_shape(
         .await?
         .into_inner();
     match got.model {
-        Some(pb::model::Model::Kmeans(m)) => Ok((m.columns, m.k as usize)),
+        Some(pb::model::Model::Kmeans(m)) => Ok(ModelShape {
+            k: m.k as usize,
+            columns: m.columns,
+            descriptions: m.segment_descriptions,
+        }),
         Some(pb::model::Model::Pca(_)) => anyhow::bail!(
             "{model} is a PCA model: client assign takes a k-means model or a segmentation"
         ),
@@ -819,8 +915,8 @@ async fn assign_in_requests(
     let (budget, limits) = message_budget(channel.clone()).await;
     let budget = budget.min(max / 2);
     let d = rows.ncols().max(1);
-    // A row's answer (label, distance, margin) takes up to 16 bytes.
-    let mut per_request = (budget / (4 * d).max(16)).max(1);
+    // A row's answer (label, segment, distance, margin) takes up to 21 bytes.
+    let mut per_request = (budget / (4 * d).max(24)).max(1);
     let work = segmenta::service::engine::cost::MAX_ASSIGN_WORK / (k.max(1) * d) as f64;
     per_request = per_request.min((work as usize).max(1));
     if let Some(l) = limits.filter(|l| l.max_assign_rows > 0) {
@@ -840,6 +936,7 @@ async fn assign_in_requests(
             .await?
             .into_inner();
         all.labels.extend(r.labels);
+        all.segments.extend(r.segments);
         all.distances.extend(r.distances);
         all.margins.extend(r.margins);
     }
@@ -880,6 +977,7 @@ pub async fn upload(
     let header = pb::UploadRequest {
         message: Some(Message::Header(pb::UploadHeader {
             name: name.to_owned(),
+            n_rows: (values.len() / width.max(1)) as u64,
             columns,
         })),
     };
@@ -923,11 +1021,77 @@ async fn wait_quietly(channel: Conn, id: &str) -> anyhow::Result<pb::Job> {
             };
         }
     }
-    anyhow::bail!("the server closed the stream before job {id} finished")
+    anyhow::bail!(
+        "the server closed the stream before job {id} finished (`segmenta client watch {id}` \
+         follows it)"
+    )
 }
 
 /// Follows a job with a progress bar; prints its result and returns the
 /// finished job, or fails with its error.
+/// What an id names, by its prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdKind {
+    Dataset,
+    Transactions,
+    /// A k-means or PCA model, or a segmentation (also a model).
+    Model,
+    Clv,
+    Job,
+}
+
+impl IdKind {
+    fn name(self) -> &'static str {
+        match self {
+            IdKind::Dataset => "a dataset",
+            IdKind::Transactions => "a transaction log",
+            IdKind::Model => "a model",
+            IdKind::Clv => "a CLV run",
+            IdKind::Job => "a job",
+        }
+    }
+}
+
+const ID_FORMS: &str = "ids begin ds-, tx-, km-, pca-, seg-, clv- or job-";
+
+fn id_kind(id: &str) -> Option<IdKind> {
+    let (prefix, _) = id.split_once('-')?;
+    Some(match prefix {
+        "ds" => IdKind::Dataset,
+        "tx" => IdKind::Transactions,
+        "km" | "pca" | "seg" => IdKind::Model,
+        "clv" => IdKind::Clv,
+        "job" => IdKind::Job,
+        _ => return None,
+    })
+}
+
+/// What `segmenta segment` warns of, from a segmentation's input summary.
+fn segmentation_warnings(i: &pb::InputSummary) {
+    if i.lines_after_today > 0 {
+        eprintln!(
+            "warning: {} line{} dated after today (the latest {}) left out: check the dates",
+            i.lines_after_today,
+            if i.lines_after_today == 1 { "" } else { "s" },
+            i.latest_future_date
+        );
+    }
+    if i.bad_rows > 0 {
+        let mut by: Vec<String> = i
+            .bad_rows_by_problem
+            .iter()
+            .map(|(problem, n)| format!("{n} {}", problem.replace('_', " ")))
+            .collect();
+        by.sort();
+        eprintln!(
+            "warning: {} of {} rows skipped as unreadable ({})",
+            i.bad_rows,
+            i.rows_read,
+            by.join(", ")
+        );
+    }
+}
+
 async fn watch(channel: Conn, id: &str) -> anyhow::Result<pb::Job> {
     let mut events = pb::jobs_client::JobsClient::new(channel)
         .watch_job(pb::WatchJobRequest { id: id.to_owned() })
@@ -935,7 +1099,16 @@ async fn watch(channel: Conn, id: &str) -> anyhow::Result<pb::Job> {
         .into_inner();
     let bar = progress_bar(1000, false);
     bar.set_message(format!("job {id}"));
-    while let Some(event) = events.message().await? {
+    // A stream lost mid-job says nothing of the job, which goes on (or runs
+    // again after a restart): the error names it and how to follow it.
+    let lost = |status: tonic::Status| {
+        anyhow::anyhow!(
+            "{} (lost the job's progress stream; job {id} may still be running: \
+             `segmenta client watch {id}` follows it)",
+            status_line(&status)
+        )
+    };
+    while let Some(event) = events.message().await.map_err(lost)? {
         match event.event {
             Some(pb::job_event::Event::Progress(p)) => {
                 bar.set_position((p.fraction * 1000.0) as u64);
@@ -971,7 +1144,18 @@ async fn watch(channel: Conn, id: &str) -> anyhow::Result<pb::Job> {
                                     m.backend,
                                     m.adapter
                                 );
-                                say!("cluster sizes: {:?}", m.cluster_sizes);
+                                // A large k's sizes would make one endless line.
+                                const SHOWN: usize = 32;
+                                let sizes = &m.cluster_sizes;
+                                if sizes.len() > SHOWN {
+                                    say!(
+                                        "cluster sizes: {:?} … and {} more",
+                                        &sizes[..SHOWN],
+                                        sizes.len() - SHOWN
+                                    );
+                                } else {
+                                    say!("cluster sizes: {sizes:?}");
+                                }
                             }
                             Some(pb::job::Result::Pca(p)) => say!(
                                 "model {}: {} components, explained variance ratio {:?}",
@@ -980,6 +1164,9 @@ async fn watch(channel: Conn, id: &str) -> anyhow::Result<pb::Job> {
                                 p.explained_variance_ratio
                             ),
                             Some(pb::job::Result::Segmentation(s)) => {
+                                if let Some(i) = &s.input {
+                                    segmentation_warnings(i);
+                                }
                                 say!(
                                     "segmentation {}: {} customers as of {} in {} segments",
                                     s.id,
@@ -987,6 +1174,9 @@ async fn watch(channel: Conn, id: &str) -> anyhow::Result<pb::Job> {
                                     s.as_of,
                                     s.k
                                 );
+                                if let Some(r) = &s.refresh {
+                                    say!("refresh since {}: {}", r.previous_as_of, r.summary);
+                                }
                                 for p in &s.segments {
                                     say!(
                                         "  segment {}: {} customers ({:.1}%), {}",
@@ -1041,5 +1231,8 @@ async fn watch(channel: Conn, id: &str) -> anyhow::Result<pb::Job> {
             None => {}
         }
     }
-    anyhow::bail!("the server closed the stream before job {id} finished")
+    anyhow::bail!(
+        "the server closed the stream before job {id} finished (`segmenta client watch {id}` \
+         follows it)"
+    )
 }

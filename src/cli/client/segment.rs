@@ -24,7 +24,7 @@ pub struct ClientSegmentArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Number of segments (default: chosen from --k-range).
-    #[arg(long, conflicts_with = "k_range")]
+    #[arg(long, conflicts_with = "k_range", value_parser = clap::value_parser!(u32).range(1..))]
     k: Option<u32>,
     /// Try every k in MIN..MAX and keep the recommended one.
     #[arg(long, value_name = "MIN..MAX")]
@@ -95,11 +95,17 @@ pub(super) async fn upload_log(
     let name = path
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    // Declared, so a stream cut short is refused rather than stored.
+    let size_bytes = file
+        .metadata()
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
+        .len();
     let header = pb::UploadTransactionsRequest {
         message: Some(Message::Header(pb::TransactionsHeader {
             name,
             format: format as i32,
             text_format: text,
+            size_bytes,
         })),
     };
     // Chunks are read as the transport asks for them. A read error must
@@ -156,12 +162,7 @@ pub async fn run(channel: Conn, a: ClientSegmentArgs) -> anyhow::Result<()> {
         segmenta::segmentation::asked_features(&a.features)
             .map_err(|e| anyhow::anyhow!("invalid features: {e}"))?;
     }
-    let text = proto_text_format(&a.log.format());
-    let log = resolve_log(&channel, &a.source, text.clone()).await?;
-    let source = match &log {
-        LogRef::Id(id) | LogRef::Uploaded(id) => Source::TransactionsId(id.clone()),
-        LogRef::Path(p) => Source::TransactionsPath(p.clone()),
-    };
+    // Checked before the upload, too.
     let k_choice = match (a.k, &a.k_range) {
         (Some(k), _) => Some(KChoice::K(k)),
         (None, Some(r)) => {
@@ -172,6 +173,12 @@ pub async fn run(channel: Conn, a: ClientSegmentArgs) -> anyhow::Result<()> {
             }))
         }
         (None, None) => None,
+    };
+    let text = proto_text_format(&a.log.format());
+    let log = resolve_log(&channel, &a.source, text.clone()).await?;
+    let source = match &log {
+        LogRef::Id(id) | LogRef::Uploaded(id) => Source::TransactionsId(id.clone()),
+        LogRef::Path(p) => Source::TransactionsPath(p.clone()),
     };
     let request = pb::SegmentRequest {
         source: Some(source),
@@ -275,6 +282,9 @@ impl LogRef {
             .downcast_ref::<tonic::Status>()
             .is_some_and(|s| std::error::Error::source(s).is_none());
         if !(refused || e.is::<super::JobEnded>()) {
+            if !crate::is_closed_stdout(e) {
+                eprintln!("the uploaded log {id} stays on the server, for the job");
+            }
             return outcome;
         }
         let deleted = tokio::time::timeout(
@@ -354,7 +364,7 @@ pub(super) async fn download_all(
     names: &[String],
     dir: &std::path::Path,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)
+    segmenta::segmentation::create_private_dir_all(dir)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
     for name in names {
         let mut stream = client

@@ -90,13 +90,15 @@ pub async fn clv(channel: Conn, a: ClientClvArgs) -> anyhow::Result<()> {
     if let Some(dir) = &a.out {
         download_all(&mut client, &run.id, &run.artifacts, dir).await?;
     }
+    let parsed: segmenta::value::ClvSummary = serde_json::from_slice(&summary)?;
     if a.json {
+        crate::cli::clv::print_warnings(&parsed);
         let mut v: serde_json::Value = serde_json::from_slice(&summary)?;
         v["id"] = serde_json::json!(run.id);
         say!("{v}");
         return Ok(());
     }
-    crate::cli::clv::print_summary(&serde_json::from_slice(&summary)?)?;
+    crate::cli::clv::print_summary(&parsed)?;
     if let Some(dir) = &a.out {
         say_downloaded(&run.artifacts, dir, "clv.html")?;
     }

@@ -67,6 +67,37 @@ fn s<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
 
+/// Removes the charts in `possible` that this run did not draw: a rerun
+/// into the same directory must not leave an earlier run's chart beside a
+/// report that no longer shows it.
+pub fn remove_stale_charts(dir: &Path, drawn: &[Chart], possible: &[&str]) -> Result<()> {
+    for file in possible
+        .iter()
+        .filter(|f| !drawn.iter().any(|c| c.file == **f))
+    {
+        let path = dir.join(file);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(SegmentationError::output(&path, e.to_string()).into())
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Every chart [`write_charts`] may draw.
+pub const SEGMENT_CHARTS: &[&str] = &[
+    "elbow.png",
+    "silhouette.png",
+    "pca_scatter.png",
+    "profile_heatmap.png",
+    "segment_sizes.png",
+    "value_by_segment.png",
+    "p_alive.png",
+    "transitions.png",
+];
+
 /// Draws every chart that applies to `run` into `dir`.
 pub fn write_charts(run: &SegmentRun, dir: &Path) -> Result<Vec<Chart>> {
     register_font();

@@ -8,7 +8,7 @@ use std::fmt::Write;
 pub(crate) use charts::{
     draw as draw_chart, p_alive_histogram, register_font, Area, FONT as CHART_FONT,
 };
-pub use charts::{segment_colour, write_charts, Chart};
+pub use charts::{remove_stale_charts, segment_colour, write_charts, Chart, SEGMENT_CHARTS};
 pub(crate) use STYLE as REPORT_STYLE;
 
 use super::features::FEATURE_NAMES;
@@ -266,10 +266,7 @@ fn input_notes(h: &mut String, run: &SegmentRun) {
         i.notes.lines_after_as_of,
         i.notes.refund_lines,
         i.notes.customers_without_purchase,
-        match i.frequency_basis {
-            super::features::FrequencyBasis::Orders => "distinct orders",
-            super::features::FrequencyBasis::PurchaseDays => "distinct purchase days",
-        }
+        i.frequency_basis.counts()
     );
     if let Some(w) = i.notes.future.warning() {
         let _ = writeln!(h, "<p class=\"note\">{}.</p>", escape(&w));

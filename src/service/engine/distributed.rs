@@ -95,7 +95,15 @@ fn inline_rows(r: &pb::InlineRows, max_features: usize) -> ServiceResult<Partiti
     })
 }
 
-/// Centres sent with a request: `c × d`, finite, at least one.
+/// How many k-means|| candidates a step may score per `max_k`: a driver
+/// oversamples 2k centres a round for a few rounds (MLlib's `initSteps`),
+/// so a k well under `max_k` has several times as many candidates. The
+/// work limit still bounds what they cost.
+const CANDIDATES_PER_K: usize = 16;
+
+/// Centres sent with a request: `c × d`, finite, at least one. The
+/// centroids of a Lloyd step are bounded by `max_k`; candidate centres
+/// (k-means||) by [`CANDIDATES_PER_K`] times that.
 fn centres(field: &str, values: &[f32], d: usize, max_k: usize) -> ServiceResult<Array2<f32>> {
     if values.is_empty() || !values.len().is_multiple_of(d) {
         return Err(ServiceError::invalid(
@@ -107,10 +115,18 @@ fn centres(field: &str, values: &[f32], d: usize, max_k: usize) -> ServiceResult
         ));
     }
     let c = values.len() / d;
-    if c > max_k {
+    let (limit, what) = if field == "centroids" {
+        (max_k, "centroids")
+    } else {
+        (
+            max_k.saturating_mul(CANDIDATES_PER_K).saturating_add(1),
+            "candidate centres (max_k × 16 + 1 for k-means||)",
+        )
+    };
+    if c > limit {
         return Err(ServiceError::ResourceExhausted {
             limit: "max_k",
-            message: format!("{c} centres; the limit is {max_k}"),
+            message: format!("{c} {what}; the limit is {limit}"),
         });
     }
     check_rows(field, values, d)?;

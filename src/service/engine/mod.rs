@@ -24,7 +24,9 @@ use super::config::ServerConfig;
 use super::error::{ServiceError, ServiceResult};
 use super::jobs::{JobContext, JobKind, JobLimits, JobOutput, JobRecord, JobSnapshot, Jobs};
 use super::paths::{content_error, ImportRoots};
-use super::storage::{new_id, now_ms, DatasetMeta, ModelBody, ModelRecord, OpenError, Store};
+use super::storage::{
+    new_id, now_ms, DatasetMeta, ModelBody, ModelRecord, OpenError, SegmentNames, Store,
+};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::{AdapterPolicy, GpuBackend};
 use crate::backend::{
@@ -123,8 +125,9 @@ pub enum Origin<'a> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error(transparent)]
+    #[error("cannot open the data directory: {0}")]
     Store(#[from] OpenError),
+    /// An import root that cannot be opened (the message names it).
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -455,7 +458,7 @@ impl Engine {
         }
         let shown: Vec<&str> = dependents.iter().take(20).map(String::as_str).collect();
         Err(ServiceError::FailedPrecondition(format!(
-            "{what} {id} has {} derived object(s) ({}{}); delete them first or set cascade = true",
+            "{what} {id} has {} derived object(s) ({}{}); delete them first, or delete with cascade (`--cascade` in the CLI)",
             dependents.len(),
             shown.join(", "),
             if dependents.len() > shown.len() {
@@ -662,12 +665,34 @@ impl Engine {
             ModelBody::KMeans(_) => "km",
             ModelBody::Pca(_) => "pca",
         };
+        // Values near f32's limit overflow once squared: such a fit "ends"
+        // with infinite inertia, and a record holding it could not be read
+        // back (JSON has no infinity).
+        let finite = match &body {
+            ModelBody::KMeans(m) => {
+                m.inertia().is_finite()
+                    && m.inertia_history().iter().all(|v| v.is_finite())
+                    && m.centroids().iter().all(|v| v.is_finite())
+            }
+            ModelBody::Pca(m) => {
+                m.components().iter().all(|v| v.is_finite())
+                    && m.explained_variance().iter().all(|v| v.is_finite())
+            }
+        };
+        if !finite {
+            return Err(ServiceError::invalid(
+                "data",
+                "the fit overflowed (an inertia or centroid is not a finite number): values or \
+                 initial centroids near 1e38 overflow when squared; scale them. Nothing was stored",
+            ));
+        }
         let record = ModelRecord {
             id: new_id(prefix),
             dataset_id: dataset_id.to_owned(),
             columns,
             created_at_ms: now_ms(),
             body,
+            segments: None,
         };
         self.store.put_model(&record)?;
         Ok(JobOutput::Model(record.id))
@@ -728,7 +753,7 @@ impl Engine {
         model_id: &str,
         rows: Vec<f32>,
         n_features: u32,
-    ) -> ServiceResult<Prediction> {
+    ) -> ServiceResult<(Prediction, Vec<u32>)> {
         let record = self.model(model_id)?;
         let ModelBody::KMeans(model) = &record.body else {
             return Err(ServiceError::FailedPrecondition(format!(
@@ -748,7 +773,12 @@ impl Engine {
             let x = Array2::from_shape_vec((n, model.n_features()), rows).expect("checked shape");
             // Checked here too, so a NaN is named by the model's column.
             crate::data::check_finite(x.view(), &record.columns).map_err(crate::Error::from)?;
-            Ok(model.predict(&CpuBackend::new().cancel_on(cancel), x.view())?)
+            let prediction = model.predict(&CpuBackend::new().cancel_on(cancel), x.view())?;
+            let ids = record
+                .segments
+                .as_ref()
+                .map_or_else(Vec::new, |s| s.ids.clone());
+            Ok((prediction, ids))
         })
         .await
         .map_err(|e| ServiceError::Internal(e.to_string()))?
@@ -788,6 +818,12 @@ impl Engine {
     pub fn export_model(&self, record: &ModelRecord) -> Vec<u8> {
         let columns = record.columns.clone();
         match &record.body {
+            // Its segment ids and descriptions go with it, its customers not.
+            ModelBody::KMeans(model) if record.segments.is_some() => {
+                let names = record.segments.as_ref().expect("matched");
+                return serde_json::to_vec(&names.model_file(&columns, model))
+                    .expect("serialisable");
+            }
             ModelBody::KMeans(model) => crate::model_file::TableModel::Kmeans {
                 columns,
                 model: model.clone(),
@@ -806,15 +842,19 @@ impl Engine {
         let file = ModelFile::parse(content, "the model file").map_err(|e| {
             ServiceError::invalid("content", crate::service::auth::clip(&e.to_string()))
         })?;
-        let (columns, body) = match file {
+        let (columns, body, segments) = match file {
             ModelFile::Table(TableModel::Kmeans { columns, model }) => {
-                (columns, ModelBody::KMeans(model))
+                (columns, ModelBody::KMeans(model), None)
             }
             ModelFile::Table(TableModel::Pca { columns, model }) => {
-                (columns, ModelBody::Pca(model))
+                (columns, ModelBody::Pca(model), None)
             }
-            // Customer ids and labels stay behind: a model needs none.
-            ModelFile::Segments(s) => (s.features, ModelBody::KMeans(s.kmeans)),
+            // Customer ids and labels stay behind: a model needs none. Its
+            // segment ids stay with it, so Assign answers in them.
+            ModelFile::Segments(s) => {
+                let names = SegmentNames::of(&s);
+                (s.features, ModelBody::KMeans(s.kmeans), Some(names))
+            }
         };
         let limits = &self.config.limits;
         if columns.len() > limits.max_features {
@@ -846,6 +886,7 @@ impl Engine {
             columns,
             created_at_ms: now_ms(),
             body,
+            segments,
         };
         self.store.put_model(&record)?;
         Ok(record)
@@ -931,6 +972,7 @@ impl Engine {
             body: ModelBody::KMeans(crate::kmeans::KMeansModel::from_centroids(
                 centroids, summary, backend,
             )),
+            segments: None,
         };
         self.store.put_model(&record)?;
         Ok(record)

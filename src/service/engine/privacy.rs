@@ -73,7 +73,16 @@ impl Engine {
             // An uploaded log's customer column is the jobs' business: any
             // field equal to the id counts.
             let removed = match log.format {
-                TableFormat::Csv => erase_csv(&path, customer_id, log.text_format.delimiter, None),
+                TableFormat::Csv => {
+                    // Split as the upload said, as sniffed, and as every
+                    // job that read it with another delimiter did.
+                    let mut ways = vec![log.text_format.delimiter, None];
+                    ways.extend(log.read_delimiters.iter().copied().map(Some));
+                    ways.dedup();
+                    ways.into_iter().try_fold(0, |sum, d| {
+                        Ok::<_, ServiceError>(sum + erase_csv(&path, customer_id, d, None)?)
+                    })
+                }
                 TableFormat::Parquet => erase_parquet_guarded(&path, customer_id, None),
             };
             match readable(removed, &log.id, &mut out.unreadable)? {
@@ -292,8 +301,13 @@ fn erase_parquet(path: &Path, id: &str, column: Option<&str>) -> ServiceResult<u
         batches.push(arrow_select::filter::filter_record_batch(&batch, &mask).map_err(storage)?);
     }
     replace_file_with(path, |out| {
-        let mut writer =
-            ArrowWriter::try_new(out, Arc::clone(&schema), None).map_err(std::io::Error::other)?;
+        // Compressed, as logs are written: uncompressed, an erasure could
+        // swell a stored log far past its size.
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+            .build();
+        let mut writer = ArrowWriter::try_new(out, Arc::clone(&schema), Some(props))
+            .map_err(std::io::Error::other)?;
         for b in &batches {
             writer.write(b).map_err(std::io::Error::other)?;
         }

@@ -1,13 +1,13 @@
 //! The segment job over gRPC: same library call as the CLI, outputs staged
 //! and committed into the store, the model registered for Assign.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{Engine, Origin, Source};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{with_cpu_fallback, BackendChoice, BackendKind};
-use crate::data::{TableFormat, TextFormat};
+use crate::data::TextFormat;
 use crate::kmeans::FitControl;
 use crate::segmentation::{
     run_segmentation, write_outputs, KChoice, SegmentControl, SegmentParams,
@@ -21,35 +21,6 @@ use crate::service::storage::{ModelBody, ModelRecord, OutputKind};
 const MAX_SWEEP_KS: usize = 64;
 /// Most k-means runs per k in a segment job.
 const MAX_SEGMENT_N_INIT: usize = 100;
-
-/// Memory a parsed log line takes (customer id, day, amount, order), to
-/// bound what a small compressed Parquet file can unpack into.
-const BYTES_PER_LINE: u64 = 64;
-
-/// A log's size before parsing: at most how many lines it holds, and how
-/// many bytes it counts as against `max_dataset_bytes`. A Parquet file
-/// states its rows in its footer and counts as what they unpack into; a CSV
-/// file counts as itself, and a line takes at least 12 bytes (`a,2026-1-1,1`
-/// and a newline).
-fn log_extent(path: &Path) -> ServiceResult<(u64, u64)> {
-    let bytes = std::fs::metadata(path).map_err(ServiceError::io)?.len();
-    match TableFormat::from_path(path) {
-        Ok(TableFormat::Parquet) => {
-            let file = std::fs::File::open(path).map_err(ServiceError::io)?;
-            let invalid = || ServiceError::invalid("transactions", "not a valid Parquet file");
-            let rows = crate::data::guard_parquet(
-                || {
-                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-                        .map(|b| b.metadata().file_metadata().num_rows().max(0) as u64)
-                        .map_err(|_| invalid())
-                },
-                invalid,
-            )?;
-            Ok((rows, bytes.max(rows.saturating_mul(BYTES_PER_LINE))))
-        }
-        _ => Ok((bytes / 12 + 1, bytes)),
-    }
-}
 
 /// Where the transaction log comes from.
 #[derive(Debug, Clone)]
@@ -123,7 +94,10 @@ impl Engine {
                 (a.path.clone(), label, Some(a), None)
             }
         };
-        let (lines, bytes) = log_extent(&path)?;
+        if let (LogSource::Uploaded(id), Some(d)) = (source, format.delimiter) {
+            self.store.note_read_delimiter(id, d)?;
+        }
+        let (lines, bytes) = crate::service::storage::log_extent(&path)?;
         self.check_dataset_size(bytes)?;
         Ok(JobLog {
             path,
@@ -256,6 +230,7 @@ impl Engine {
             columns: run.model.features.clone(),
             created_at_ms: meta.created_at_ms,
             body: ModelBody::KMeans(run.model.kmeans.clone()),
+            segments: Some(crate::service::storage::SegmentNames::of(&run.model)),
         })?;
         Ok(JobOutput::Segmentation(meta.id))
     }

@@ -15,14 +15,20 @@ use crate::service::error::ServiceError;
 use crate::service::gate::{caller, note};
 use crate::service::proto as pb;
 
-use super::{next_message, UploadPace};
+use super::{check_declared, next_message, UploadPace};
 
 pub struct ClusteringService {
     pub engine: Arc<Engine>,
 }
 
-fn response(p: Prediction) -> pb::AssignResponse {
+/// `segment_ids`: a segment model's id per centroid row (empty otherwise).
+fn response((p, segment_ids): (Prediction, Vec<u32>)) -> pb::AssignResponse {
     pb::AssignResponse {
+        segments: if segment_ids.is_empty() {
+            Vec::new()
+        } else {
+            p.labels.iter().map(|&l| segment_ids[l as usize]).collect()
+        },
         labels: p.labels,
         distances: p.distances,
         margins: p.margins.unwrap_or_default(),
@@ -241,6 +247,7 @@ impl pb::clustering_server::Clustering for ClusteringService {
         let (header, rows, reservation) = read_partition(&self.engine, &mut stream).await?;
         let key = header.key.clone().expect("checked");
         let (n_rows, n_features) = (rows.x.nrows() as u64, header.n_features);
+        check_declared("header.n_rows", "rows", header.n_rows, n_rows)?;
         let ttl = (header.ttl_seconds > 0)
             .then(|| std::time::Duration::from_secs(header.ttl_seconds as u64));
         let stored = self

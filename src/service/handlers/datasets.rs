@@ -3,7 +3,7 @@ use std::sync::Arc;
 use prost::Message as _;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{next_message, page_request, paginate, UploadPace};
+use super::{check_declared, next_message, page_request, paginate, UploadPace};
 use crate::service::convert::{job, text_format};
 use crate::service::engine::distributed::f32_values;
 use crate::service::engine::{Engine, Origin};
@@ -106,6 +106,7 @@ impl pb::datasets_server::Datasets for DatasetsService {
             tokio::task::block_in_place(|| writer.append(&block))?;
             row += (block.len() / width) as u64;
         }
+        check_declared("header.n_rows", "rows", header.n_rows, row)?;
         if row == 0 {
             return Err(ServiceError::invalid("rows", "the upload has no rows").into());
         }

@@ -104,6 +104,29 @@ async fn next_message<T>(
     }
 }
 
+/// Refuses an upload whose header declared a size (`declared`, 0: none)
+/// that the stream did not deliver. tonic ends a client stream the client
+/// cancelled (RST_STREAM) as if it had finished, so only the count tells a
+/// truncated upload from a whole one.
+fn check_declared(
+    field: &str,
+    unit: &str,
+    declared: u64,
+    received: u64,
+) -> Result<(), tonic::Status> {
+    if declared != 0 && declared != received {
+        return Err(ServiceError::invalid(
+            field,
+            format!(
+                "the header declared {declared} {unit} and the upload ended after {received} \
+                 (cancelled or cut short?); nothing was stored"
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// The slowest average an upload stream may keep up once it has run past
 /// the idle timeout, in bytes per second: a trickle (a few bytes now and
 /// then, each resetting the idle timer) would otherwise hold an upload

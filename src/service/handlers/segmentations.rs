@@ -6,7 +6,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::value::{bad_row_policy, clv_job, max_bad_rows, value_options};
-use super::{next_message, UploadPace};
+use super::{check_declared, next_message, UploadPace};
 use crate::data::TableFormat;
 use crate::segmentation::transactions::TransactionColumns;
 use crate::segmentation::{ExperimentOptions, KChoice, SegmentParams, SegmentationError};
@@ -192,10 +192,17 @@ impl pb::segmentations_server::Segmentations for SegmentationsService {
                 .check_dataset_size(writer.size_bytes() + bytes.len() as u64)?;
             tokio::task::block_in_place(|| writer.append(&bytes))?;
         }
+        check_declared(
+            "header.size_bytes",
+            "bytes",
+            header.size_bytes,
+            writer.size_bytes(),
+        )?;
         if writer.size_bytes() == 0 {
             return Err(ServiceError::invalid("chunk", "the upload is empty").into());
         }
-        let meta = tokio::task::block_in_place(|| writer.finish())?;
+        let max = self.engine.config.limits.max_dataset_bytes;
+        let meta = tokio::task::block_in_place(|| writer.finish(max))?;
         if let Some(a) = audit {
             a.push(&meta.id);
         }

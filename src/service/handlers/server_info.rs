@@ -54,10 +54,17 @@ impl pb::server_server::Server for ServerService {
                 max_partition_cache_bytes: l.max_partition_cache_bytes,
                 partition_ttl_seconds: l.partition_ttl.as_secs_f64(),
                 max_connections: l.max_connections as u32,
+                max_connections_per_peer: l.max_connections_per_peer as u32,
                 handshake_timeout_seconds: l.handshake_timeout.as_secs_f64(),
             }),
             auth_required: self.engine.config.auth_keys.is_some(),
             tls: self.engine.config.tls.is_some(),
+            client_certificates: self
+                .engine
+                .config
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.client_ca.is_some()),
             server_paths: self.engine.roots.is_enabled(),
         }))
     }

@@ -31,7 +31,9 @@ use crate::pca::PcaModel;
 
 mod segmentations;
 
-pub use segmentations::{OutputKind, SegmentationMeta, TransactionsMeta, TransactionsWriter};
+pub use segmentations::{
+    log_extent, OutputKind, SegmentationMeta, TransactionsMeta, TransactionsWriter,
+};
 
 pub(crate) const TMP: &str = ".tmp-";
 
@@ -59,6 +61,80 @@ pub struct ModelRecord {
     pub columns: Vec<String>,
     pub created_at_ms: i64,
     pub body: ModelBody,
+    /// A segment model's names for its clusters (absent for plain k-means
+    /// and PCA models, and in segmentations' records from before it was
+    /// kept, which [`Store::model`] completes from the segmentation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segments: Option<SegmentNames>,
+}
+
+/// What makes a k-means model a segment model: per centroid row, the
+/// stable segment id and description, so Assign and Export give segment
+/// ids, not positions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentNames {
+    pub as_of: chrono::NaiveDate,
+    pub ids: Vec<u32>,
+    pub descriptions: Vec<String>,
+    pub next_id: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_basis: Option<crate::segmentation::features::FrequencyBasis>,
+}
+
+impl SegmentNames {
+    /// A segment model's names (its customers stay behind).
+    pub fn of(model: &crate::segmentation::SegmentModel) -> Self {
+        Self {
+            as_of: model.as_of,
+            ids: model.ids(),
+            descriptions: model.descriptions.clone(),
+            next_id: model.next_segment_id,
+            frequency_basis: model.frequency_basis,
+        }
+    }
+
+    /// The segment model file for a record with these names, without
+    /// customers: it scores (`assign`, `score`) but cannot seed a refresh.
+    pub fn model_file(
+        &self,
+        columns: &[String],
+        kmeans: &crate::kmeans::KMeansModel,
+    ) -> crate::segmentation::SegmentModel {
+        crate::segmentation::SegmentModel {
+            format: crate::model_file::FORMAT.into(),
+            version: crate::model_file::VERSION,
+            kind: "segments".into(),
+            as_of: self.as_of,
+            features: columns.to_vec(),
+            frequency_basis: self.frequency_basis,
+            kmeans: kmeans.clone(),
+            descriptions: self.descriptions.clone(),
+            segment_ids: self.ids.clone(),
+            next_segment_id: self.next_id,
+            customer_ids: Vec::new(),
+            labels: Vec::new(),
+        }
+    }
+}
+
+/// Closes the data directory to other users (0700): everything under it
+/// is someone's customer data, whatever the umask left on the files.
+fn make_private(root: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(root)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            fs::set_permissions(root, fs::Permissions::from_mode(mode & 0o700))?;
+            tracing::warn!(
+                dir = %root.display(),
+                "the data directory was open to other users ({:o}); it is now {:o}",
+                mode & 0o777,
+                mode & 0o700
+            );
+        }
+    }
+    Ok(())
 }
 
 pub fn now_ms() -> i64 {
@@ -194,7 +270,8 @@ impl Store {
     /// Opens (creating if needed) a data directory, locks it, and clears
     /// temporaries left by a crash.
     pub fn open_with_quota(root: &Path, quota: Option<u64>) -> Result<Self, OpenError> {
-        fs::create_dir_all(root)?;
+        crate::segmentation::create_private_dir_all(root)?;
+        make_private(root)?;
         let lock = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -457,6 +534,25 @@ impl Store {
                 ),
             ));
         }
+        let mut record = record;
+        if let (ModelBody::KMeans(m), Some(names)) = (&record.body, &record.segments) {
+            if names.ids.len() != m.k() || names.descriptions.len() != m.k() {
+                return Err(ServiceError::damaged(
+                    "model",
+                    id,
+                    format!(
+                        "{} segment ids and {} descriptions for k = {}",
+                        names.ids.len(),
+                        names.descriptions.len(),
+                        m.k()
+                    ),
+                ));
+            }
+        }
+        // A segmentation's record from before the names were kept with it.
+        if record.segments.is_none() && is_id_of(&["seg"], id) {
+            record.segments = Some(SegmentNames::of(&self.segmentation_model(id)?));
+        }
         Ok(record)
     }
 
@@ -493,6 +589,13 @@ impl Store {
         sync_dir(&self.models).map_err(ServiceError::io)
     }
 
+    /// The `dataset_id` of a model record that does not read as a model.
+    fn damaged_model_source(&self, id: &str) -> Option<String> {
+        let text = fs::read(self.models.join(format!("{id}.json"))).ok()?;
+        let value: serde_json::Value = serde_json::from_slice(&text).ok()?;
+        value.get("dataset_id")?.as_str().map(str::to_owned)
+    }
+
     /// Ids of the models fitted on a dataset (or made from a log). Reads
     /// each model in turn, keeping only its id.
     pub fn models_from(&self, source: &str) -> ServiceResult<Vec<String>> {
@@ -502,9 +605,15 @@ impl Store {
                 Ok(m) if m.dataset_id == source => out.push(id),
                 Ok(_) => {}
                 // One damaged model must not block deleting every dataset;
-                // it is named in the log and Models.Get says what is wrong.
+                // it goes with its dataset when its record still names it
+                // (its centroids came from those rows), else the log names
+                // it and Models.Get says what is wrong.
                 Err(ServiceError::DataLoss(_)) => {
-                    tracing::warn!(model = %id, "a stored model is damaged; left out")
+                    if self.damaged_model_source(&id).as_deref() == Some(source) {
+                        out.push(id);
+                    } else {
+                        tracing::warn!(model = %id, "a stored model is damaged; left out")
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -676,6 +785,25 @@ mod tests {
             let e = store.load_dataset(&meta.id).unwrap_err();
             assert!(e.to_string().contains("is damaged"), "{e}");
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_data_directory_is_closed_to_other_users() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::TempDir::new().unwrap();
+        // Created by the store: private, parents included.
+        let fresh = dir.path().join("a/b");
+        drop(Store::open(&fresh).unwrap());
+        assert_eq!(mode(&fresh), 0o700);
+        assert_eq!(mode(&dir.path().join("a")), 0o700);
+        // Made by an operator with a loose umask: closed at open.
+        let loose = dir.path().join("loose");
+        fs::create_dir(&loose).unwrap();
+        fs::set_permissions(&loose, fs::Permissions::from_mode(0o755)).unwrap();
+        drop(Store::open(&loose).unwrap());
+        assert_eq!(mode(&loose), 0o700);
     }
 
     #[test]

@@ -20,6 +20,11 @@ pub struct TransactionsMeta {
     /// How the text of the log is written, as its uploader said.
     #[serde(default)]
     pub text_format: TextFormat,
+    /// Other delimiters jobs read the log with (a job's text format
+    /// overrides the upload's): an erasure splits its lines by each, so a
+    /// customer a job found is found by the erasure too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_delimiters: Vec<crate::data::Delimiter>,
     pub size_bytes: u64,
     pub created_at_ms: i64,
 }
@@ -90,7 +95,11 @@ impl TransactionsWriter {
         Ok(())
     }
 
-    pub fn finish(mut self) -> ServiceResult<TransactionsMeta> {
+    /// Commits the upload. A Parquet log must be valid and unpack into at
+    /// most `max_bytes` ([`log_extent`]): refused now, while the sender is
+    /// here, it can neither fail every job nor swell on disk when an
+    /// erasure rewrites it.
+    pub fn finish(mut self, max_bytes: u64) -> ServiceResult<TransactionsMeta> {
         let file = self.file.take().expect("finish once");
         let file = file
             .into_inner()
@@ -116,6 +125,15 @@ impl TransactionsWriter {
                 },
                 not_parquet,
             )?;
+            let (_, unpacked) = log_extent(&path)?;
+            if unpacked > max_bytes {
+                return Err(ServiceError::ResourceExhausted {
+                    limit: "max_dataset_bytes",
+                    message: format!(
+                        "the Parquet log unpacks into at least {unpacked} bytes; the limit is {max_bytes}"
+                    ),
+                });
+            }
         }
         write_json_atomically(&self.tmp.join("meta.json"), &self.meta).map_err(ServiceError::io)?;
         fs::rename(&self.tmp, self.dest.join(&self.meta.id)).map_err(ServiceError::io)?;
@@ -131,6 +149,50 @@ impl Drop for TransactionsWriter {
             let _ = fs::remove_dir_all(&self.tmp);
             self.store.release(self.meta.size_bytes);
         }
+    }
+}
+
+/// Memory a parsed log line takes (customer id, day, amount, order), to
+/// bound what a small compressed Parquet file can unpack into.
+const BYTES_PER_LINE: u64 = 64;
+
+/// A log's size before parsing: at most how many lines it holds, and how
+/// many bytes it counts as against `max_dataset_bytes`. A Parquet file
+/// counts as what it unpacks into: its rows (each at least
+/// [`BYTES_PER_LINE`]) and the uncompressed size of its columns, both from
+/// its footer, so neither many tiny rows nor one enormous value in a small
+/// compressed file gets past the limit. A CSV file counts as itself, and a
+/// line takes at least 12 bytes (`a,2026-1-1,1` and a newline).
+pub fn log_extent(path: &Path) -> ServiceResult<(u64, u64)> {
+    let bytes = fs::metadata(path).map_err(ServiceError::io)?.len();
+    match TableFormat::from_path(path) {
+        Ok(TableFormat::Parquet) => {
+            let file = File::open(path).map_err(ServiceError::io)?;
+            let invalid = || ServiceError::invalid("transactions", "not a valid Parquet file");
+            let (rows, unpacked) = crate::data::guard_parquet(
+                || {
+                    let builder =
+                        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                            file,
+                        )
+                        .map_err(|_| invalid())?;
+                    let meta = builder.metadata();
+                    let unpacked: u64 = meta
+                        .row_groups()
+                        .iter()
+                        .flat_map(|g| g.columns())
+                        .map(|c| c.uncompressed_size().max(0) as u64)
+                        .fold(0, u64::saturating_add);
+                    Ok((meta.file_metadata().num_rows().max(0) as u64, unpacked))
+                },
+                invalid,
+            )?;
+            Ok((
+                rows,
+                bytes.max(rows.saturating_mul(BYTES_PER_LINE)).max(unpacked),
+            ))
+        }
+        _ => Ok((bytes / 12 + 1, bytes)),
     }
 }
 
@@ -155,6 +217,7 @@ impl Store {
                 name: name.to_owned(),
                 format,
                 text_format,
+                read_delimiters: Vec::new(),
                 size_bytes: 0,
                 created_at_ms: now_ms(),
             },
@@ -184,6 +247,28 @@ impl Store {
             fs::read(self.transactions.join(id).join("meta.json")).map_err(|_| not_found())?;
         serde_json::from_slice(&text)
             .map_err(|e| ServiceError::damaged("transaction log", id, format!("its metadata: {e}")))
+    }
+
+    /// Records that a job reads log `id` split by `delimiter`, before it
+    /// does ([`TransactionsMeta::read_delimiters`]).
+    pub fn note_read_delimiter(
+        &self,
+        id: &str,
+        delimiter: crate::data::Delimiter,
+    ) -> ServiceResult<()> {
+        // Read, change, write: one at a time, or two jobs' notes could
+        // overwrite each other.
+        static NOTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = NOTING.lock().unwrap_or_else(|p| p.into_inner());
+        let mut meta = self.transactions(id)?;
+        if meta.text_format.delimiter == Some(delimiter)
+            || meta.read_delimiters.contains(&delimiter)
+        {
+            return Ok(());
+        }
+        meta.read_delimiters.push(delimiter);
+        write_json_atomically(&self.transactions.join(id).join("meta.json"), &meta)
+            .map_err(ServiceError::io)
     }
 
     /// The stored log's file, for the reader.

@@ -44,11 +44,26 @@ class PartialSums(NamedTuple):
 
 class Assignment(NamedTuple):
     """Per row: the nearest centroid, its squared distance (scaled units when
-    the model standardizes) and the margin to the second nearest."""
+    the model standardizes) and the margin to the second nearest; for a
+    segment model (a segmentation ``seg-…``, or an imported ``model.json``),
+    ``segments`` holds each row's stable segment id (else ``None``)."""
 
     labels: np.ndarray
     distances: np.ndarray
     margins: np.ndarray
+    segments: Optional[np.ndarray] = None
+
+
+def _assignment(responses) -> Assignment:
+    """One :class:`Assignment` from the answers to one or more requests."""
+    def joined(field, dtype):
+        parts = [np.asarray(getattr(r, field), dtype=dtype) for r in responses]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+
+    labels = joined("labels", np.int64)
+    segments = joined("segments", np.int64)
+    return Assignment(labels, joined("distances", np.float32), joined("margins", np.float32),
+                      segments if len(segments) == len(labels) and len(labels) else None)
 
 
 def _backend(name: Optional[str]) -> int:
@@ -262,7 +277,8 @@ class Client:
         bar = _Progress(progress, n, "upload", "rows")
 
         def messages():
-            yield pb.UploadRequest(header=pb.UploadHeader(name=name, columns=names))
+            # The row count is declared: a stream cut short is refused, not stored.
+            yield pb.UploadRequest(header=pb.UploadHeader(name=name, columns=names, n_rows=n))
             for start in range(0, n, step):
                 block = matrix[start:start + step]
                 yield pb.UploadRequest(rows=pb.RowBlock(values_f32le=block.astype("<f4", copy=False).tobytes()))
@@ -355,6 +371,10 @@ class Client:
         or a number of rows (at least k; a sample only where there are more
         than twice as many). Returns the :class:`KMeansModel` (or the job,
         with ``wait=False``)."""
+        # 0 means "the server's default" on the wire: refused here, named.
+        for name, value in (("k", k), ("n_init", n_init), ("max_iter", max_iter)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
         request = pb.FitKMeansRequest(
             dataset_id=dataset_id, k=int(k), columns=list(columns or ()), n_init=int(n_init),
             max_iter=int(max_iter), tol=float(tol), seed=int(seed), backend=_backend(backend),
@@ -387,18 +407,15 @@ class Client:
         Large inputs go in several calls within the server's limits."""
         matrix = _arrays.as_matrix(X)
         n, d = matrix.shape
-        step = self._rows_per_message(d)
+        step = self._rows_per_message(max(d, 6))  # an answer takes up to 21 bytes a row
         if self.limits.max_assign_rows:
             step = min(step, int(self.limits.max_assign_rows))
-        labels, distances, margins = [], [], []
+        responses = []
         for start in range(0, n, step):
             block = matrix[start:start + step]
-            r = self._call(self._clustering.Assign,
-                           pb.AssignRequest(model_id=model_id, rows=block.reshape(-1), n_features=d))
-            labels.append(np.asarray(r.labels, dtype=np.int64))
-            distances.append(np.asarray(r.distances, dtype=np.float32))
-            margins.append(np.asarray(r.margins, dtype=np.float32))
-        return Assignment(np.concatenate(labels), np.concatenate(distances), np.concatenate(margins))
+            responses.append(self._call(self._clustering.Assign, pb.AssignRequest(
+                model_id=model_id, rows=block.reshape(-1), n_features=d)))
+        return _assignment(responses)
 
     def assign_stream(self, model_id: str, batches: Iterable) -> Iterator[Assignment]:
         """One :class:`Assignment` per batch of rows, in order, over one stream."""
@@ -409,9 +426,7 @@ class Client:
 
         try:
             for r in self._clustering.AssignStream(requests()):
-                yield Assignment(np.asarray(r.labels, dtype=np.int64),
-                                 np.asarray(r.distances, dtype=np.float32),
-                                 np.asarray(r.margins, dtype=np.float32))
+                yield _assignment([r])
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
@@ -436,7 +451,8 @@ class Client:
 
         def messages():
             yield pb.PutPartitionRequest(header=pb.PartitionHeader(
-                key=key, n_features=d, has_weights=w is not None, ttl_seconds=int(ttl_seconds)))
+                key=key, n_features=d, has_weights=w is not None, ttl_seconds=int(ttl_seconds),
+                n_rows=n))
             for start in range(0, n, step):
                 rows = pb.PartitionRows(values_f32le=matrix[start:start + step].astype("<f4").tobytes())
                 if w is not None:
@@ -590,7 +606,7 @@ class Client:
                 raise ValueError(f"unknown format {format!r}: use 'csv' or 'parquet'")
         chunk = _arrays.rows_per_message(1, self.limits.max_message_bytes)[1]
         bar = _Progress(progress, len(data), "upload", "B")
-        header = pb.TransactionsHeader(name=name, format=file_format,
+        header = pb.TransactionsHeader(name=name, format=file_format, size_bytes=len(data),
                                        text_format=_text_format(delimiter, decimal_comma, date_format))
 
         def messages():

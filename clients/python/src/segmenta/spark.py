@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .client import Client
+from .client import Client, _backend
 from .errors import NotFound, ResourceExhausted
 
 __all__ = ["KMeans", "KMeansModel", "KMeansSummary"]
@@ -45,19 +45,27 @@ __all__ = ["KMeans", "KMeansModel", "KMeansSummary"]
 _FEATURES = "_segmenta_features"
 _WEIGHT = "_segmenta_weight"
 MODEL_FORMAT = "segmenta-spark-kmeans"
-MODEL_VERSION = 1
+# 2: the model has an `offset` (version 1 files read with none).
+MODEL_VERSION = 2
 
 # One client per (server, key, TLS) in each Python worker: Spark reuses its
 # workers across tasks, so channels are reused across iterations.
 _CLIENTS: Dict[tuple, Client] = {}
 
 
-def _client_for(servers: Sequence[str], index: int, token, tls) -> Client:
+# Seconds one call to a server may take by default: a frozen server (a
+# stopped process, a network partition) fails the task, naming it, instead
+# of hanging the fit.
+CALL_TIMEOUT_S = 120.0
+
+
+def _client_for(servers: Sequence[str], index: int, token, tls,
+                timeout: float = CALL_TIMEOUT_S) -> Client:
     address = servers[index % len(servers)]
-    key = (address, token, repr(tls))
+    key = (address, token, repr(tls), timeout)
     client = _CLIENTS.get(key)
     if client is None:
-        client = _CLIENTS[key] = Client(address, token=token or "", tls=tls, timeout=600)
+        client = _CLIENTS[key] = Client(address, token=token or "", tls=tls, timeout=timeout)
     return client
 
 
@@ -110,12 +118,24 @@ def _server_error(servers, index, error) -> RuntimeError:
     return RuntimeError(f"segmenta server {address} (partition {index}): {error}")
 
 
-def _matrix(batches, has_weights: bool) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
-    """A partition's rows from its Arrow batches: (rows × d float32, weights)."""
+def _column_name(names: Optional[Sequence[str]], j: int) -> str:
+    return repr(names[j]) if names and j < len(names) else f"#{j + 1} of the vector"
+
+
+def _matrix(batches, has_weights: bool, offset: Optional[np.ndarray] = None,
+            names: Optional[Sequence[str]] = None
+            ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """A partition's rows from its Arrow batches: (rows × d float32, weights).
+
+    The kernels compute in float32: the rows are read in float64 and
+    ``offset`` (a point inside the data) is taken off first, so a feature
+    with a large offset and a small spread (epoch seconds, say) keeps its
+    precision. Nulls and non-finite values are errors naming the column
+    (``names``: the input columns) and the row within the partition."""
     import pyarrow.compute as pc
 
     blocks, weights = [], []
-    d = None
+    d, row0 = None, 0
     for batch in batches:
         if batch.num_rows == 0:
             continue
@@ -129,8 +149,23 @@ def _matrix(batches, has_weights: bool) -> Tuple[Optional[np.ndarray], Optional[
         if (lengths != d).any():
             bad = int(np.argmax(lengths != d))
             raise ValueError(f"feature vectors of different lengths: {d} and {int(lengths[bad])}")
-        values = column.flatten().to_numpy(zero_copy_only=False)
-        blocks.append(np.asarray(values, dtype=np.float32).reshape(-1, d))
+        flat = column.flatten()
+        values = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float64)
+        if flat.null_count:
+            i = int(np.argmax(~flat.is_valid().to_numpy(zero_copy_only=False)))
+            raise ValueError(f"a null value in column {_column_name(names, i % d)} at row "
+                             f"{row0 + i // d + 1} of this partition: fill or drop it first")
+        values = values.reshape(-1, d)
+        if offset is not None:
+            values = values - offset
+        block = values.astype(np.float32)
+        if not np.isfinite(block).all():
+            r, j = (int(v[0]) for v in np.nonzero(~np.isfinite(block)))
+            raise ValueError(f"column {_column_name(names, j)} at row {row0 + r + 1} of this "
+                             f"partition is {values[r, j] + (offset[j] if offset is not None else 0)!r}: "
+                             "features must be finite numbers within float32's range")
+        blocks.append(block)
+        row0 += block.shape[0]
         if has_weights:
             w = batch.column(batch.schema.get_field_index(_WEIGHT)).to_numpy(zero_copy_only=False)
             weights.append(np.asarray(w, dtype=np.float32))
@@ -154,16 +189,16 @@ def _feature_column(df, featuresCol: str, inputCols: Optional[Sequence[str]]):
             if not isinstance(df.schema[c].dataType, NumericType):
                 raise ValueError(f"inputCols: column {c!r} is {df.schema[c].dataType.simpleString()}, "
                                  "not numeric")
-        return F.array(*[F.col(c).cast("float") for c in inputCols])
+        return F.array(*[F.col(c).cast("double") for c in inputCols])
     if featuresCol not in df.columns:
         raise ValueError(f"featuresCol {featuresCol!r} is not a column of the DataFrame ({df.columns}); "
                          "pass inputCols=[...] for numeric columns")
     dtype = df.schema[featuresCol].dataType
     if isinstance(dtype, ArrayType):
-        return F.col(featuresCol).cast("array<float>")
+        return F.col(featuresCol).cast("array<double>")
     if dtype.typeName() == "vector" or type(dtype).__name__ == "VectorUDT":
         from pyspark.ml.functions import vector_to_array
-        return vector_to_array(F.col(featuresCol), dtype="float32")
+        return vector_to_array(F.col(featuresCol), dtype="float64")
     raise ValueError(f"featuresCol {featuresCol!r} is {dtype.simpleString()}: use an ML vector, an "
                      "array of numbers, or inputCols=[...]")
 
@@ -211,7 +246,7 @@ class KMeans:
                  maxIter: int = 20, tol: float = 1e-4, seed: Optional[int] = None,
                  servers: Optional[Sequence[str]] = None, predictionCol: str = "prediction",
                  token: Optional[str] = None, tls=None, backend: Optional[str] = None,
-                 partitionTtl: int = 600):
+                 partitionTtl: int = 600, timeout: float = CALL_TIMEOUT_S):
         if int(k) < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         if isinstance(initMode, str) and initMode not in ("k-means||", "random"):
@@ -236,6 +271,17 @@ class KMeans:
         self.tls = tls
         self.backend = backend
         self.partitionTtl = int(partitionTtl)
+        if not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
+        self.timeout = float(timeout)
+        self._offset: Optional[np.ndarray] = None
+        # Checked here, on the driver: inside a task they would surface as
+        # a server's error after a Spark job.
+        _backend(backend)
+        for name in ("ca_cert", "client_cert", "client_key"):
+            path = getattr(tls, name, None)
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(f"tls.{name}: no such file: {path}")
 
     # ------------------------------------------------------------ passes
 
@@ -255,7 +301,8 @@ class KMeans:
         from pyspark import TaskContext
 
         servers, token, tls, ttl = self.servers, self.token, self.tls, self.partitionTtl
-        seed, has_w = self.seed, bool(self.weightCol)
+        seed, has_w, timeout = self.seed, bool(self.weightCol), self.timeout
+        offset, names = self._offset, self.inputCols
         # Enough random rows for random init (about 2k in all), not k from
         # every partition: the driver holds them all.
         per_partition = -(-2 * self.k // max(frame.rdd.getNumPartitions(), 1)) + 1
@@ -264,7 +311,10 @@ class KMeans:
             import pyarrow as pa
 
             pid = TaskContext.get().partitionId()
-            X, w = _matrix(batches, has_w)
+            try:
+                X, w = _matrix(batches, has_w, offset, names)
+            except ValueError as e:
+                raise ValueError(f"partition {pid}: {e}") from None
             n = 0 if X is None else X.shape[0]
             sample = np.empty((0, 0), dtype=np.float32)
             weight = 0.0
@@ -273,7 +323,7 @@ class KMeans:
                     raise ValueError(f"partition {pid}: weights must be finite and non-negative")
                 weight = float(w.sum()) if w is not None else float(n)
                 try:
-                    client = _client_for(servers, pid, token, tls)
+                    client = _client_for(servers, pid, token, tls, timeout)
                     _with_backoff(lambda: client.put_partition(fit_id, pid, X, w, ttl))
                 except Exception as e:
                     raise _server_error(servers, pid, e) from None
@@ -297,6 +347,7 @@ class KMeans:
         index) sent; ``result`` maps the reply to the row's ``fields``. A
         partition the server lost comes back as ``missing``."""
         servers, token, tls, backend = self.servers, self.token, self.tls, self.backend
+        timeout = self.timeout
         fields = [("pid", "int"), ("missing", "bool"), *fields]
 
         def task(batches):
@@ -305,7 +356,7 @@ class KMeans:
             out_schema = _arrow_schema(fields)
             for batch in batches:
                 for pid in batch.column(0).to_pylist():
-                    client = _client_for(servers, pid, token, tls)
+                    client = _client_for(servers, pid, token, tls, timeout)
                     kwargs = {name: (value(pid) if callable(value) else value)
                               for name, value in args.items()}
                     try:
@@ -338,7 +389,8 @@ class KMeans:
             lost = [r["pid"] for r in rows if r["missing"]]
             if lost:
                 raise RuntimeError(f"partitions {lost} were lost again right after being uploaded: "
-                                   "is the servers' max_partition_cache_bytes too small?")
+                                   "did their server restart again, or is its "
+                                   "max_partition_cache_bytes too small?")
         return sorted(rows, key=lambda r: r["pid"])
 
     # ------------------------------------------------------------ init
@@ -349,10 +401,10 @@ class KMeans:
         pool = [(np.asarray(p["sample"], dtype=np.float32).reshape(-1, d), p["weight"], p["n"])
                 for p in parts]
         if not isinstance(self.initMode, str):
-            centers = np.asarray(self.initMode, dtype=np.float32)
+            centers = np.asarray(self.initMode, dtype=np.float64)
             if centers.shape != (self.k, d):
                 raise ValueError(f"initMode has shape {centers.shape}; expected (k, d) = ({self.k}, {d})")
-            return centers
+            return (centers - self._offset).astype(np.float32)
         rows = np.concatenate([s for s, _, _ in pool])
         # Each partition sent a few of its rows at random: weigh them by the
         # share of the data they stand for, so any row is as likely.
@@ -393,10 +445,25 @@ class KMeans:
 
     # ------------------------------------------------------------ fit
 
+    def _offset_of(self, frame) -> Optional[np.ndarray]:
+        """A point inside the data (the mean of a few of its rows, in
+        float64): the rows are sent less it (see :func:`_matrix`)."""
+        rows = [r[_FEATURES] for r in frame.select(_FEATURES).limit(256).collect()
+                if r[_FEATURES] is not None]
+        widths = {len(r) for r in rows}
+        if len(widths) != 1:
+            return None  # no rows, or ragged ones: the upload pass says which
+        values = np.asarray([[np.nan if v is None else v for v in r] for r in rows], dtype=np.float64)
+        values[~np.isfinite(values)] = np.nan
+        with np.errstate(all="ignore"):
+            offset = np.nanmean(values, axis=0) if len(values) else None
+        return None if offset is None else np.nan_to_num(offset, nan=0.0)
+
     def fit(self, df) -> "KMeansModel":
         """Fits on the DataFrame's rows; returns a :class:`KMeansModel`."""
         _require_spark()
         frame = self._frame(df)
+        self._offset = self._offset_of(frame)
         fit_id = f"spark-{uuid.uuid4().hex}"
         state = {"fit_id": fit_id, "passes": 1}
         started = time.perf_counter()
@@ -410,6 +477,8 @@ class KMeans:
             if len(widths) != 1:
                 raise ValueError(f"feature vectors of different lengths across partitions: {sorted(widths)}")
             state["d"] = d = widths.pop()
+            if self._offset is None or len(self._offset) != d:
+                self._offset = np.zeros(d)
             state["pids"] = sorted(p["pid"] for p in full)
             n_rows = sum(p["n"] for p in full)
             if n_rows < self.k:
@@ -430,8 +499,11 @@ class KMeans:
                 new = centers.astype(np.float64)
                 alive = weights > 0
                 new[alive] = sums[alive] / weights[alive, None]
-                moved = np.sqrt(((new - centers.astype(np.float64)) ** 2).sum(axis=1)).max()
-                centers = new.astype(np.float32)
+                # Between the centres as used (float32): an unchanged
+                # assignment gives the same ones, so tol = 0 converges.
+                new = new.astype(np.float32)
+                moved = np.sqrt(((new.astype(np.float64) - centers) ** 2).sum(axis=1)).max()
+                centers = new
                 seconds.append(time.perf_counter() - tick)
                 if moved <= self.tol:
                     converged = True
@@ -447,12 +519,14 @@ class KMeans:
             self._release(fit_id)
         return KMeansModel(centers, featuresCol=self.featuresCol, inputCols=self.inputCols,
                            predictionCol=self.predictionCol, servers=self.servers, token=self.token,
-                           tls=self.tls, summary=summary)
+                           tls=self.tls, summary=summary, offset=self._offset,
+                           timeout=self.timeout)
 
     def _release(self, fit_id: str):
         for i in range(len(self.servers)):
             try:
-                _client_for(self.servers, i, self.token, self.tls).release_partitions(fit_id)
+                _client_for(self.servers, i, self.token, self.tls,
+                            self.timeout).release_partitions(fit_id)
             except Exception:  # a server that is down has lost them anyway; they expire
                 pass
 
@@ -513,8 +587,13 @@ class KMeansModel:
     def __init__(self, centers: np.ndarray, featuresCol: str = "features",
                  inputCols: Optional[Sequence[str]] = None, predictionCol: str = "prediction",
                  servers: Optional[Sequence[str]] = None, token: Optional[str] = None, tls=None,
-                 summary: Optional[KMeansSummary] = None):
+                 summary: Optional[KMeansSummary] = None, offset: Optional[np.ndarray] = None,
+                 timeout: float = CALL_TIMEOUT_S):
+        # The centres less `offset` (float32, as the servers hold them);
+        # clusterCenters() adds it back in float64.
         self.centers = np.asarray(centers, dtype=np.float32)
+        self.offset = (np.zeros(self.centers.shape[1]) if offset is None
+                       else np.asarray(offset, dtype=np.float64))
         self.featuresCol = featuresCol
         self.inputCols = list(inputCols) if inputCols else None
         self.predictionCol = predictionCol
@@ -522,10 +601,11 @@ class KMeansModel:
         self.token = token if token is not None else (os.environ.get("SEGMENTA_TOKEN") or None)
         self.tls = tls
         self.summary = summary
+        self.timeout = float(timeout)
         self._model_ids: Dict[str, str] = {}
 
     def clusterCenters(self) -> List[np.ndarray]:
-        return [c.astype(np.float64) for c in self.centers]
+        return [c.astype(np.float64) + self.offset for c in self.centers]
 
     @property
     def hasSummary(self) -> bool:
@@ -538,11 +618,14 @@ class KMeansModel:
         s = self.summary
         for i, address in enumerate(self.servers):
             if address not in self._model_ids:
-                client = _client_for(self.servers, i, self.token, self.tls)
-                self._model_ids[address] = client.create_kmeans(
-                    self.centers, inertia=s.trainingCost if s else 0.0,
-                    n_iter=s.numIter if s else 0, converged=s.converged if s else False,
-                    inertia_history=s.costHistory if s else ()).id
+                client = _client_for(self.servers, i, self.token, self.tls, self.timeout)
+                try:
+                    self._model_ids[address] = client.create_kmeans(
+                        self.centers, inertia=s.trainingCost if s else 0.0,
+                        n_iter=s.numIter if s else 0, converged=s.converged if s else False,
+                        inertia_history=s.costHistory if s else ()).id
+                except Exception as e:
+                    raise RuntimeError(f"segmenta server {address}: {e}") from None
         return dict(self._model_ids)
 
     def unregister(self) -> List[str]:
@@ -552,7 +635,8 @@ class KMeansModel:
         for i, address in enumerate(self.servers):
             model_id = self._model_ids.pop(address, None)
             if model_id:
-                deleted += _client_for(self.servers, i, self.token, self.tls).delete_model(model_id)
+                deleted += _client_for(self.servers, i, self.token, self.tls,
+                                       self.timeout).delete_model(model_id)
         return deleted
 
     def transform(self, df):
@@ -568,8 +652,9 @@ class KMeansModel:
         if self.predictionCol in df.columns:
             raise ValueError(f"the DataFrame already has a column {self.predictionCol!r}")
         model_ids = self._register()
-        servers, token, tls = self.servers, self.token, self.tls
+        servers, token, tls, timeout = self.servers, self.token, self.tls, self.timeout
         d = self.centers.shape[1]
+        offset, names = self.offset, self.inputCols
         schema = StructType(df.schema.fields + [StructField(self.predictionCol, IntegerType())])
         prediction = self.predictionCol
         with_features = df.withColumn(_FEATURES, _feature_column(df, self.featuresCol, self.inputCols))
@@ -578,12 +663,12 @@ class KMeansModel:
             import pyarrow as pa
 
             pid = TaskContext.get().partitionId()
-            client = _client_for(servers, pid, token, tls)
+            client = _client_for(servers, pid, token, tls, timeout)
             model_id = model_ids[servers[pid % len(servers)]]
             for batch in batches:
                 where = batch.schema.get_field_index(_FEATURES)
                 if batch.num_rows:
-                    X, _ = _matrix([batch], False)
+                    X, _ = _matrix([batch], False, offset, names)
                     if X.shape[1] != d:
                         raise ValueError(f"rows have {X.shape[1]} features; the model has {d}")
                     try:
@@ -599,7 +684,7 @@ class KMeansModel:
 
     def predict(self, features) -> int:
         """The nearest centre of one feature vector (on the driver)."""
-        x = np.asarray(features, dtype=np.float64).reshape(-1)
+        x = np.asarray(features, dtype=np.float64).reshape(-1) - self.offset
         return int(((self.centers.astype(np.float64) - x) ** 2).sum(1).argmin())
 
     def save(self, path: Union[str, os.PathLike]):
@@ -608,7 +693,8 @@ class KMeansModel:
         out = _local_path(path)
         out.mkdir(parents=True, exist_ok=True)
         doc = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "k": len(self.centers),
-               "centers": self.centers.tolist(), "featuresCol": self.featuresCol,
+               "centers": self.centers.tolist(), "offset": self.offset.tolist(),
+               "featuresCol": self.featuresCol,
                "inputCols": self.inputCols, "predictionCol": self.predictionCol,
                "summary": self.summary.to_dict() if self.summary else None}
         tmp = out / "model.json.tmp"
@@ -630,4 +716,4 @@ class KMeansModel:
         summary = KMeansSummary(**doc["summary"]) if doc.get("summary") else None
         return cls(np.asarray(doc["centers"], dtype=np.float32), featuresCol=doc["featuresCol"],
                    inputCols=doc["inputCols"], predictionCol=doc["predictionCol"], servers=servers,
-                   token=token, tls=tls, summary=summary)
+                   token=token, tls=tls, summary=summary, offset=doc.get("offset"))

@@ -102,12 +102,14 @@ class UploadRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., rows: _Optional[_Union[RowBlock, _Mapping]] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
-    __slots__ = ("name", "columns")
+    __slots__ = ("name", "columns", "n_rows")
     NAME_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    N_ROWS_FIELD_NUMBER: _ClassVar[int]
     name: str
     columns: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., columns: _Optional[_Iterable[str]] = ...) -> None: ...
+    n_rows: int
+    def __init__(self, name: _Optional[str] = ..., columns: _Optional[_Iterable[str]] = ..., n_rows: _Optional[int] = ...) -> None: ...
 
 class RowBlock(_message.Message):
     __slots__ = ("values", "values_f32le")
@@ -290,16 +292,18 @@ class PartitionKey(_message.Message):
     def __init__(self, fit_id: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
 
 class PartitionHeader(_message.Message):
-    __slots__ = ("key", "n_features", "has_weights", "ttl_seconds")
+    __slots__ = ("key", "n_features", "has_weights", "ttl_seconds", "n_rows")
     KEY_FIELD_NUMBER: _ClassVar[int]
     N_FEATURES_FIELD_NUMBER: _ClassVar[int]
     HAS_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    N_ROWS_FIELD_NUMBER: _ClassVar[int]
     key: PartitionKey
     n_features: int
     has_weights: bool
     ttl_seconds: int
-    def __init__(self, key: _Optional[_Union[PartitionKey, _Mapping]] = ..., n_features: _Optional[int] = ..., has_weights: _Optional[bool] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+    n_rows: int
+    def __init__(self, key: _Optional[_Union[PartitionKey, _Mapping]] = ..., n_features: _Optional[int] = ..., has_weights: _Optional[bool] = ..., ttl_seconds: _Optional[int] = ..., n_rows: _Optional[int] = ...) -> None: ...
 
 class PartitionRows(_message.Message):
     __slots__ = ("values_f32le", "weights_f32le")
@@ -480,7 +484,7 @@ class FitKMeansRequest(_message.Message):
     def __init__(self, dataset_id: _Optional[str] = ..., k: _Optional[int] = ..., columns: _Optional[_Iterable[str]] = ..., init: _Optional[_Union[InitMethod, str]] = ..., initial_centroids: _Optional[_Iterable[float]] = ..., n_init: _Optional[int] = ..., max_iter: _Optional[int] = ..., tol: _Optional[float] = ..., seed: _Optional[int] = ..., backend: _Optional[_Union[Backend, str]] = ..., standardize: _Optional[bool] = ..., weights_column: _Optional[str] = ..., init_sample_rows: _Optional[int] = ...) -> None: ...
 
 class KMeansModel(_message.Message):
-    __slots__ = ("id", "dataset_id", "k", "columns", "centroids", "inertia", "n_iter", "inertia_history", "cluster_sizes", "backend", "adapter", "standardized", "created_at", "converged")
+    __slots__ = ("id", "dataset_id", "k", "columns", "centroids", "inertia", "n_iter", "inertia_history", "cluster_sizes", "backend", "adapter", "standardized", "created_at", "converged", "segment_ids", "segment_descriptions")
     ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -495,6 +499,8 @@ class KMeansModel(_message.Message):
     STANDARDIZED_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     CONVERGED_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_DESCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
     id: str
     dataset_id: str
     k: int
@@ -509,7 +515,9 @@ class KMeansModel(_message.Message):
     standardized: bool
     created_at: _timestamp_pb2.Timestamp
     converged: bool
-    def __init__(self, id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., k: _Optional[int] = ..., columns: _Optional[_Iterable[str]] = ..., centroids: _Optional[_Iterable[float]] = ..., inertia: _Optional[float] = ..., n_iter: _Optional[int] = ..., inertia_history: _Optional[_Iterable[float]] = ..., cluster_sizes: _Optional[_Iterable[int]] = ..., backend: _Optional[str] = ..., adapter: _Optional[str] = ..., standardized: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., converged: _Optional[bool] = ...) -> None: ...
+    segment_ids: _containers.RepeatedScalarFieldContainer[int]
+    segment_descriptions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., k: _Optional[int] = ..., columns: _Optional[_Iterable[str]] = ..., centroids: _Optional[_Iterable[float]] = ..., inertia: _Optional[float] = ..., n_iter: _Optional[int] = ..., inertia_history: _Optional[_Iterable[float]] = ..., cluster_sizes: _Optional[_Iterable[int]] = ..., backend: _Optional[str] = ..., adapter: _Optional[str] = ..., standardized: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., converged: _Optional[bool] = ..., segment_ids: _Optional[_Iterable[int]] = ..., segment_descriptions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AssignRequest(_message.Message):
     __slots__ = ("model_id", "rows", "n_features")
@@ -522,14 +530,16 @@ class AssignRequest(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., rows: _Optional[_Iterable[float]] = ..., n_features: _Optional[int] = ...) -> None: ...
 
 class AssignResponse(_message.Message):
-    __slots__ = ("labels", "distances", "margins")
+    __slots__ = ("labels", "distances", "margins", "segments")
     LABELS_FIELD_NUMBER: _ClassVar[int]
     DISTANCES_FIELD_NUMBER: _ClassVar[int]
     MARGINS_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     labels: _containers.RepeatedScalarFieldContainer[int]
     distances: _containers.RepeatedScalarFieldContainer[float]
     margins: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, labels: _Optional[_Iterable[int]] = ..., distances: _Optional[_Iterable[float]] = ..., margins: _Optional[_Iterable[float]] = ...) -> None: ...
+    segments: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, labels: _Optional[_Iterable[int]] = ..., distances: _Optional[_Iterable[float]] = ..., margins: _Optional[_Iterable[float]] = ..., segments: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
     __slots__ = ("model_id", "dataset_id", "silhouette_sample_size", "seed")
@@ -658,14 +668,16 @@ class UploadTransactionsRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[TransactionsHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class TransactionsHeader(_message.Message):
-    __slots__ = ("name", "format", "text_format")
+    __slots__ = ("name", "format", "text_format", "size_bytes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     TEXT_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     format: FileFormat
     text_format: TextFormat
-    def __init__(self, name: _Optional[str] = ..., format: _Optional[_Union[FileFormat, str]] = ..., text_format: _Optional[_Union[TextFormat, _Mapping]] = ...) -> None: ...
+    size_bytes: int
+    def __init__(self, name: _Optional[str] = ..., format: _Optional[_Union[FileFormat, str]] = ..., text_format: _Optional[_Union[TextFormat, _Mapping]] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class TransactionLog(_message.Message):
     __slots__ = ("id", "name", "format", "size_bytes", "created_at")
@@ -1316,7 +1328,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_message_bytes", "max_dataset_bytes", "max_concurrent_jobs", "max_assign_rows", "max_data_dir_bytes", "max_features", "max_k", "max_iterations", "max_fit_work", "max_silhouette_sample", "max_queued_jobs", "max_concurrent_requests", "max_concurrent_uploads", "max_streams_per_connection", "max_name_bytes", "request_timeout_seconds", "idle_timeout_seconds", "job_retention_seconds", "max_retained_jobs", "max_connections", "handshake_timeout_seconds", "max_partition_cache_bytes", "partition_ttl_seconds")
+    __slots__ = ("max_message_bytes", "max_dataset_bytes", "max_concurrent_jobs", "max_assign_rows", "max_data_dir_bytes", "max_features", "max_k", "max_iterations", "max_fit_work", "max_silhouette_sample", "max_queued_jobs", "max_concurrent_requests", "max_concurrent_uploads", "max_streams_per_connection", "max_name_bytes", "request_timeout_seconds", "idle_timeout_seconds", "job_retention_seconds", "max_retained_jobs", "max_connections", "handshake_timeout_seconds", "max_partition_cache_bytes", "partition_ttl_seconds", "max_connections_per_peer")
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_DATASET_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENT_JOBS_FIELD_NUMBER: _ClassVar[int]
@@ -1340,6 +1352,7 @@ class Limits(_message.Message):
     HANDSHAKE_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_PARTITION_CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
     PARTITION_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONNECTIONS_PER_PEER_FIELD_NUMBER: _ClassVar[int]
     max_message_bytes: int
     max_dataset_bytes: int
     max_concurrent_jobs: int
@@ -1363,10 +1376,11 @@ class Limits(_message.Message):
     handshake_timeout_seconds: float
     max_partition_cache_bytes: int
     partition_ttl_seconds: float
-    def __init__(self, max_message_bytes: _Optional[int] = ..., max_dataset_bytes: _Optional[int] = ..., max_concurrent_jobs: _Optional[int] = ..., max_assign_rows: _Optional[int] = ..., max_data_dir_bytes: _Optional[int] = ..., max_features: _Optional[int] = ..., max_k: _Optional[int] = ..., max_iterations: _Optional[int] = ..., max_fit_work: _Optional[float] = ..., max_silhouette_sample: _Optional[int] = ..., max_queued_jobs: _Optional[int] = ..., max_concurrent_requests: _Optional[int] = ..., max_concurrent_uploads: _Optional[int] = ..., max_streams_per_connection: _Optional[int] = ..., max_name_bytes: _Optional[int] = ..., request_timeout_seconds: _Optional[float] = ..., idle_timeout_seconds: _Optional[float] = ..., job_retention_seconds: _Optional[float] = ..., max_retained_jobs: _Optional[int] = ..., max_connections: _Optional[int] = ..., handshake_timeout_seconds: _Optional[float] = ..., max_partition_cache_bytes: _Optional[int] = ..., partition_ttl_seconds: _Optional[float] = ...) -> None: ...
+    max_connections_per_peer: int
+    def __init__(self, max_message_bytes: _Optional[int] = ..., max_dataset_bytes: _Optional[int] = ..., max_concurrent_jobs: _Optional[int] = ..., max_assign_rows: _Optional[int] = ..., max_data_dir_bytes: _Optional[int] = ..., max_features: _Optional[int] = ..., max_k: _Optional[int] = ..., max_iterations: _Optional[int] = ..., max_fit_work: _Optional[float] = ..., max_silhouette_sample: _Optional[int] = ..., max_queued_jobs: _Optional[int] = ..., max_concurrent_requests: _Optional[int] = ..., max_concurrent_uploads: _Optional[int] = ..., max_streams_per_connection: _Optional[int] = ..., max_name_bytes: _Optional[int] = ..., request_timeout_seconds: _Optional[float] = ..., idle_timeout_seconds: _Optional[float] = ..., job_retention_seconds: _Optional[float] = ..., max_retained_jobs: _Optional[int] = ..., max_connections: _Optional[int] = ..., handshake_timeout_seconds: _Optional[float] = ..., max_partition_cache_bytes: _Optional[int] = ..., partition_ttl_seconds: _Optional[float] = ..., max_connections_per_peer: _Optional[int] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("version", "backends", "gpu_adapters", "default_backend", "default_adapter", "limits", "auth_required", "tls", "server_paths")
+    __slots__ = ("version", "backends", "gpu_adapters", "default_backend", "default_adapter", "limits", "auth_required", "tls", "server_paths", "client_certificates")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKENDS_FIELD_NUMBER: _ClassVar[int]
     GPU_ADAPTERS_FIELD_NUMBER: _ClassVar[int]
@@ -1376,6 +1390,7 @@ class ServerInfo(_message.Message):
     AUTH_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     TLS_FIELD_NUMBER: _ClassVar[int]
     SERVER_PATHS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
     version: str
     backends: _containers.RepeatedScalarFieldContainer[str]
     gpu_adapters: _containers.RepeatedScalarFieldContainer[str]
@@ -1385,7 +1400,8 @@ class ServerInfo(_message.Message):
     auth_required: bool
     tls: bool
     server_paths: bool
-    def __init__(self, version: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., gpu_adapters: _Optional[_Iterable[str]] = ..., default_backend: _Optional[str] = ..., default_adapter: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., auth_required: _Optional[bool] = ..., tls: _Optional[bool] = ..., server_paths: _Optional[bool] = ...) -> None: ...
+    client_certificates: bool
+    def __init__(self, version: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., gpu_adapters: _Optional[_Iterable[str]] = ..., default_backend: _Optional[str] = ..., default_adapter: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., auth_required: _Optional[bool] = ..., tls: _Optional[bool] = ..., server_paths: _Optional[bool] = ..., client_certificates: _Optional[bool] = ...) -> None: ...
 
 class EraseCustomerRequest(_message.Message):
     __slots__ = ("customer_id",)

@@ -568,8 +568,9 @@ class ClusteringServicer:
     def Assign(self, request, context):
         """Raw rows in; the model's scaler (and log1p) is applied. A segmentation
         id works too: rows are customers' features in Segmentation.features
-        order, and a label is a position in Segmentation.segments (whose `id`
-        is the stable segment id).
+        order, a label is a position in Segmentation.segments, and
+        AssignResponse.segments holds the stable segment ids (as for a segment
+        model imported from a model.json).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1655,8 +1656,11 @@ class ModelsServicer:
 
     def Export(self, request, context):
         """The model as a model file: the format `kmeans --save-model` and
-        `pca --save-model` write and `segmenta assign` / `pca --model` read
-        (a segmentation exports its k-means model).
+        `pca --save-model` write and `segmenta assign` / `pca --model` read. A
+        segment model (a segmentation, or an imported model.json) exports as a
+        segment model file with its segment ids and descriptions but without
+        its customers: for scoring (`segmenta assign`, `score`), not for a
+        refresh (download the segmentation's model.json for that).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1664,8 +1668,8 @@ class ModelsServicer:
 
     def Import(self, request, context):
         """Registers a model file (k-means, PCA, or a segment run's model.json,
-        whose k-means model is kept without its customers) as a new model for
-        Assign and Transform.
+        kept with its segment ids and descriptions but without its customers)
+        as a new model for Assign and Transform.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
