@@ -144,6 +144,20 @@ def main():
             return f"a plaintext channel is refused: {e.code().name}"
         raise CheckFailed("a plaintext call to the TLS port succeeded")
 
+    def plaintext_client_is_told():
+        import segmenta
+
+        client = segmenta.Client(args.server, token=args.token, timeout=PLAINTEXT_TIMEOUT)
+        try:
+            client.info()
+        except segmenta.SegmentaError as e:
+            expect("the server speaks TLS" in e.message,
+                   f"a plaintext segmenta.Client got no TLS hint: {e}")
+            return "a plaintext segmenta.Client is told the server speaks TLS"
+        finally:
+            client.close()
+        raise CheckFailed("a plaintext segmenta.Client call to the TLS port succeeded")
+
     def health_without_token():
         check = without_token.unary_unary(
             HEALTH_CHECK, request_serializer=health_serialize,
@@ -154,7 +168,7 @@ def main():
         return f"grpc.health.v1 Check over TLS without a key: SERVING ({how})"
 
     checks = [info_over_tls, list_without_token, list_with_token,
-              plaintext_refused, health_without_token]
+              plaintext_refused, plaintext_client_is_told, health_without_token]
     passed = 0
     for check in checks:
         try:

@@ -70,3 +70,15 @@ def test_segment_errors_name_the_problem(client):
         segmenta.segment(b"customer_id,date,amount\nC1,2025-01-02,\"12,50\"\n", client=client, k=3)
     with pytest.raises(ValueError, match="unknown column role"):
         client.start_segment(transactions_id="x", columns={"shop": "s"})
+
+
+def test_skipped_rows_are_warned_of_and_urls_are_addresses(server):
+    frame = log(90, seed=7)
+    text = frame.to_csv(index=False) + "C99999,not-a-date,5.0\n"
+    # An http:// URL is a plaintext address, as on the command line.
+    client = segmenta.Client(f"http://{server.address}", timeout=120)
+    with pytest.warns(UserWarning, match=r"1 of \d+ rows skipped as unreadable \(1 bad date\)"):
+        result = segmenta.segment(text.encode(), client=client, customer="client", date="day",
+                                  amount="total", k=3)
+    assert result.segmentation.input.bad_rows == 1
+    result.delete()

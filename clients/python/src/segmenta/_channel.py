@@ -74,6 +74,22 @@ class BearerInterceptor(grpc.UnaryUnaryClientInterceptor,
         return continuation(self._with_token(client_call_details), request_iterator)
 
 
+def speaks_tls(address: str, wait: float = 2.0) -> bool:
+    """Whether ``address`` answers the HTTP/2 preface with a TLS record (an
+    alert or a handshake): then a plaintext client's failure there means
+    the server wants TLS, for sure, not as a guess."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=wait) as s:
+            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            first = s.recv(1)
+    except (OSError, ValueError):
+        return False
+    return first[:1] in (b"\x15", b"\x16")
+
+
 def connect(address: str, token: Optional[str] = None,
             tls: Union[None, bool, Tls] = None, options=()) -> grpc.Channel:
     """A channel to ``address`` (``host:port``). ``tls``: ``None``/``False``

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 
 from . import _arrays
-from ._channel import Tls, connect
+from ._channel import Tls, connect, speaks_tls
 from .errors import JobFailed, SegmentaError, from_rpc_error
 from .v1 import segmenta_pb2 as pb
 from .v1 import segmenta_pb2_grpc as rpc
@@ -175,6 +175,13 @@ class Client:
         address = address or os.environ.get("SEGMENTA_SERVER")
         if not address:
             raise ValueError("no server address: pass Client(address) or set SEGMENTA_SERVER")
+        # A URL as the command-line client takes it: http:// is plaintext,
+        # https:// TLS (with the system's CAs unless tls= says otherwise).
+        if address.startswith("http://"):
+            address = address[len("http://"):].rstrip("/")
+        elif address.startswith("https://"):
+            address = address[len("https://"):].rstrip("/")
+            tls = True if tls is None else tls
         token = token if token is not None else (os.environ.get("SEGMENTA_TOKEN") or None)
         self._connect(address, token, tls, timeout, tuple(options))
 
@@ -223,17 +230,28 @@ class Client:
     def __deepcopy__(self, memo) -> "Client":
         return self
 
+    def _error(self, e: grpc.RpcError):
+        """The package's exception, with a hint where a plaintext client
+        met a TLS port (the port's own answer tells, see ``speaks_tls``)."""
+        error = from_rpc_error(e)
+        plaintext = self._spec[2] in (None, False)
+        if plaintext and error.code == grpc.StatusCode.UNAVAILABLE and speaks_tls(self.address):
+            error.message += (" (the server speaks TLS and this client did not: "
+                              "pass tls=segmenta.Tls(ca_cert=...))")
+            error.args = (f"{error.code.name}: {error.message}",)
+        return error
+
     def _call(self, method, request, timeout=None):
         try:
             return method(request, timeout=timeout if timeout is not None else self.timeout)
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise self._error(e) from None
 
     def _stream(self, method, request) -> Iterator:
         try:
             yield from method(request, timeout=None)
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise self._error(e) from None
 
     def _pages(self, method, request_type, field: str, page_size: int = 0) -> Iterator:
         token = ""
@@ -428,7 +446,7 @@ class Client:
             for r in self._clustering.AssignStream(requests()):
                 yield _assignment([r])
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise self._error(e) from None
 
     def evaluate(self, model_id: str, dataset_id: str, silhouette_sample_size: int = 0,
                  seed: int = 0) -> pb.EvaluateResponse:

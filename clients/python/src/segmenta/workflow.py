@@ -236,10 +236,24 @@ def segment(transactions, *, client: Union[None, str, Client] = None, name: str 
     log_id, job = _run(client, transactions, name, start, progress, delimiter=delimiter,
                        decimal_comma=decimal_comma, date_format=date_format)
     seg = job.segmentation
+    _warn_input(seg.input)
     files = _download(client, seg.id, seg.artifacts, artifacts, artifacts_dir)
     return SegmentResult(segmentation=seg, customers=_read_customers(client, seg),
                          segments=_profiles(seg), k_sweep=_sweep(seg), transactions_id=log_id,
                          artifacts=files, _client=client)
+
+
+def _warn_input(summary: pb.InputSummary):
+    """What ``segmenta segment`` warns of on stderr, as Python warnings:
+    rows skipped as unreadable and lines dated after today."""
+    if summary.lines_after_today:
+        warnings.warn(f"{summary.lines_after_today} line(s) dated after today (the latest "
+                      f"{summary.latest_future_date}) left out: check the dates", stacklevel=3)
+    if summary.bad_rows:
+        by = ", ".join(f"{n} {problem.replace('_', ' ')}"
+                       for problem, n in sorted(summary.bad_rows_by_problem.items()))
+        warnings.warn(f"{summary.bad_rows} of {summary.rows_read} rows skipped as unreadable "
+                      f"({by}); the segmentation's input summary has them", stacklevel=3)
 
 
 def _run(client: Client, transactions, name: str, start, progress: bool, **text):
@@ -345,6 +359,8 @@ def clv(transactions, *, calibration_end: str, client: Union[None, str, Client] 
     log_id, job = _run(client, transactions, name, start, progress, delimiter=delimiter,
                        decimal_comma=decimal_comma, date_format=date_format)
     run = job.clv
+    for w in run.warnings:  # as `segmenta clv` prints them on stderr
+        warnings.warn(w, stacklevel=2)
     files = _download(client, run.id, run.artifacts, artifacts, artifacts_dir)
     return ClvResult(run=run, customers=_read_customers(client, run), parameters=_clv_parameters(run),
                      holdout=_holdout(run), transactions_id=log_id, artifacts=files, _client=client)
