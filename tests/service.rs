@@ -2507,7 +2507,8 @@ fn erasure_splits_a_log_as_the_jobs_that_read_it_did() {
                 },
             )),
         };
-        // The uploader said ","; the job says "|".
+        // The uploader said ","; the job says "|" (after one that said ";"
+        // and failed: a failed job's delimiter is not recorded).
         let log = server
             .segmentations()
             .upload_transactions(tokio_stream::iter(vec![
@@ -2533,6 +2534,31 @@ fn erasure_splits_a_log_as_the_jobs_that_read_it_did() {
             .into_inner();
         let (done, _) = server.finish(&job.id).await;
         assert_eq!(done.state, pb::JobState::Succeeded as i32, "{}", done.error);
+        let failed = server
+            .segmentations()
+            .segment(pb::SegmentRequest {
+                source: Some(pb::segment_request::Source::TransactionsId(log.id.clone())),
+                k_choice: Some(pb::segment_request::KChoice::K(2)),
+                text_format: Some(pb::TextFormat {
+                    delimiter: ";".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await;
+        if let Ok(job) = failed {
+            let (done, _) = server.finish(&job.into_inner().id).await;
+            assert_eq!(done.state, pb::JobState::Failed as i32);
+        }
+        let meta: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(data.join("transactions").join(&log.id).join("meta.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            meta["read_delimiters"],
+            serde_json::json!(["pipe"]),
+            "{meta}"
+        );
         let erased = pb::privacy_client::PrivacyClient::new(server.channel.clone())
             .erase_customer(pb::EraseCustomerRequest {
                 customer_id: "P00003".into(),

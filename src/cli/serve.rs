@@ -109,8 +109,8 @@ pub struct LimitArgs {
     /// Connections open at once from one address (raise it behind a proxy).
     #[arg(long, default_value_t = Limits::default().max_connections_per_peer, env = "SEGMENTA_MAX_CONNECTIONS_PER_PEER")]
     pub max_connections_per_peer: usize,
-    /// A new connection that has not spoken (over TLS: not answered the
-    /// server's handshake) in this long is closed.
+    /// A new connection that has not spoken in this long is closed; over
+    /// TLS, one whose handshake has not finished in this long too.
     #[arg(long, default_value = "10s", value_parser = duration, env = "SEGMENTA_HANDSHAKE_TIMEOUT")]
     pub handshake_timeout: Duration,
     /// Bytes in a name (datasets, logs, columns).

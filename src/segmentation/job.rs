@@ -351,7 +351,8 @@ impl SegmentModel {
             ))
             .into());
         }
-        if ids.iter().enumerate().any(|(i, id)| ids[..i].contains(id)) {
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
+        if !ids.iter().all(|id| seen.insert(*id)) {
             return Err(bad("a segment id is listed twice".into()).into());
         }
         if model.labels.len() != model.customer_ids.len()

@@ -72,8 +72,8 @@ pub struct Limits {
     /// take every slot (raise it behind a proxy or load balancer).
     pub max_connections_per_peer: usize,
     /// A new connection that has not sent its first bytes (the HTTP/2
-    /// preface) or, over TLS, finished the handshake's first exchange in
-    /// this long is closed.
+    /// preface or a TLS ClientHello) in this long is closed; over TLS the
+    /// whole handshake must also finish within it.
     pub handshake_timeout: Duration,
     /// Bytes of a name (datasets, logs, columns).
     pub max_name_bytes: usize,

@@ -1,8 +1,9 @@
 //! Accepted connections, bounded: a cap on how many are open, in all and
-//! from one peer address, and a deadline for a new connection's first
-//! exchange, so sockets that connect and say nothing (or start a TLS
-//! handshake and stall) cannot hold the slots. Once a connection has
-//! spoken, HTTP/2 keepalive and the per-call timeouts take over.
+//! from one peer (address, or IPv6 /64), and a deadline for a new
+//! connection's first bytes, so sockets that connect and say nothing
+//! cannot hold the slots (over TLS, the handshake's own timeout then
+//! bounds the rest of it). Once a connection has spoken, HTTP/2 keepalive
+//! and the per-call timeouts take over.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -36,9 +37,11 @@ impl Peers {
     }
 
     fn admit(self: &Arc<Self>, ip: IpAddr) -> io::Result<PeerSlot> {
+        let ip = peer_key(ip);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let n = open.entry(ip).or_insert(0);
         if *n >= self.limit {
+            warn_refused(ip);
             return Err(io::Error::other(
                 "connection refused: max_connections_per_peer are open from this address",
             ));
@@ -48,6 +51,37 @@ impl Peers {
             peers: self.clone(),
             ip,
         })
+    }
+}
+
+/// The peer a connection counts against: its address, or for IPv6 its
+/// /64 (one host commonly holds a whole /64).
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().expect("matched")),
+        v4 => v4,
+    }
+}
+
+/// Logs a refused peer, at most once every 10 s (an attack must not
+/// flood the log).
+fn warn_refused(ip: IpAddr) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    if now >= last + 10
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(peer = %ip, "connections refused: max_connections_per_peer are open from this peer");
     }
 }
 
@@ -74,11 +108,6 @@ pub struct Guarded {
     inner: TcpStream,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     seen: usize,
-    /// Over TLS the deadline also covers the handshake: it ends only with
-    /// bytes the client sent after the server first wrote (its second
-    /// flight), so a ClientHello followed by silence is cut off too.
-    tls: bool,
-    wrote: bool,
     _slot: OwnedSemaphorePermit,
     _peer: Option<PeerSlot>,
 }
@@ -90,7 +119,6 @@ pub fn admit(
     slots: &Arc<Semaphore>,
     peers: &Arc<Peers>,
     first_bytes: Duration,
-    tls: bool,
 ) -> io::Result<Guarded> {
     let slot = slots
         .clone()
@@ -105,8 +133,6 @@ pub fn admit(
         inner: stream,
         deadline: Some(Box::pin(tokio::time::sleep(first_bytes))),
         seen: 0,
-        tls,
-        wrote: false,
         _slot: slot,
         _peer: peer,
     })
@@ -122,17 +148,15 @@ impl AsyncRead for Guarded {
             if deadline.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    "the connection did not finish its first exchange in time",
+                    "the connection sent nothing in time",
                 )));
             }
         }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
-            let got = buf.filled().len() - before;
-            let second_flight = self.wrote && got > 0 && self.seen > 0;
-            self.seen += got;
-            if self.seen >= FIRST_BYTES && (!self.tls || second_flight) {
+            self.seen += buf.filled().len() - before;
+            if self.seen >= FIRST_BYTES {
                 self.deadline = None;
             }
         }
@@ -146,11 +170,7 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = polled {
-            self.wrote |= n > 0;
-        }
-        polled
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -166,11 +186,7 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = polled {
-            self.wrote |= n > 0;
-        }
-        polled
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -183,5 +199,34 @@ impl Connected for Guarded {
 
     fn connect_info(&self) -> TcpConnectInfo {
         self.inner.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_are_addresses_and_ipv6_64s() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(peer_key(ip("10.0.0.7")), ip("10.0.0.7"));
+        assert_eq!(peer_key(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            peer_key(ip("2001:db8:1:2:ffff::9")),
+            peer_key(ip("2001:db8:1:2::1"))
+        );
+        assert_ne!(
+            peer_key(ip("2001:db8:1:3::1")),
+            peer_key(ip("2001:db8:1:2::1"))
+        );
+        assert_eq!(peer_key(ip("::ffff:10.0.0.7")), ip("10.0.0.7"));
+        // Slots are counted per peer and given back.
+        let peers = Peers::new(2);
+        let a = peers.admit(ip("2001:db8::1")).unwrap();
+        let _b = peers.admit(ip("2001:db8::2")).unwrap();
+        assert!(peers.admit(ip("2001:db8::3")).is_err());
+        assert!(peers.admit(ip("10.0.0.1")).is_ok());
+        drop(a);
+        assert!(peers.admit(ip("2001:db8::3")).is_ok());
     }
 }

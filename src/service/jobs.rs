@@ -672,6 +672,23 @@ impl Jobs {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // A job still running (reading a large log, say, with no
+        // cancellation check) was stopped by a clean shutdown, not killed:
+        // this run does not count against its starts.
+        for h in &handles {
+            let stopped = h.state.send_if_modified(|s| {
+                let running = s.state == JobState::Running;
+                if running {
+                    s.state = JobState::Queued;
+                }
+                running
+            });
+            if stopped {
+                let starts = h.starts.load(Ordering::Relaxed).saturating_sub(1);
+                h.starts.store(starts, Ordering::Relaxed);
+                self.persist(&h.snapshot(), &h.request(), starts);
+            }
+        }
     }
 }
 

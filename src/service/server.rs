@@ -73,15 +73,18 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
-fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, ServeError> {
+/// The TLS settings; the whole handshake must finish within `handshake`
+/// (a ClientHello and then silence would otherwise hold a connection slot).
+fn tls_config(files: &TlsFiles, handshake: Duration) -> Result<ServerTlsConfig, ServeError> {
     let read = |path: &std::path::Path| {
         std::fs::read(path).map_err(|source| ServeError::TlsFile {
             path: path.to_owned(),
             source,
         })
     };
-    let mut tls =
-        ServerTlsConfig::new().identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?));
+    let mut tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?))
+        .timeout(handshake);
     if let Some(ca) = &files.client_ca {
         tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
     }
@@ -122,7 +125,10 @@ pub async fn serve_with(
     let tls = config
         .tls
         .as_ref()
-        .map(|files| Ok::<_, ServeError>((tls_config(files)?, files.clone())))
+        .map(|files| {
+            let tls = tls_config(files, config.limits.handshake_timeout)?;
+            Ok::<_, ServeError>((tls, files.clone()))
+        })
         .transpose()?;
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(TcpListener::bind(addr).await.map_err(ServeError::Metrics)?),
@@ -217,7 +223,6 @@ pub async fn serve_with(
         metrics: metrics.clone(),
     });
     let mut builder = Server::builder();
-    let tls_on = tls.is_some();
     if let Some((tls, files)) = tls {
         // A key that is not the certificate's is found here.
         builder = builder
@@ -288,9 +293,7 @@ pub async fn serve_with(
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let peers = super::conn::Peers::new(limits.max_connections_per_peer);
     let incoming = TcpListenerStream::new(listener).map(move |conn| {
-        conn.and_then(|socket| {
-            super::conn::admit(socket, &slots, &peers, limits.handshake_timeout, tls_on)
-        })
+        conn.and_then(|socket| super::conn::admit(socket, &slots, &peers, limits.handshake_timeout))
     });
     router
         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -339,16 +339,17 @@ pub fn run(args: ClientArgs) -> anyhow::Result<()> {
                         None => {
                             // The transport's causes name a TLS alert, if any.
                             let chain = crate::error_chain(&status);
-                            match tls_hint(&chain, client_cert) {
-                                Some(hint) => anyhow::anyhow!("{chain} ({hint})"),
-                                None if chain.contains("transport error") && !client_cert => {
-                                    anyhow::anyhow!(
-                                        "{chain} (if the server requires client certificates, \
-                                         pass --client-cert and --client-key)"
-                                    )
-                                }
-                                None => anyhow::anyhow!("{line}"),
-                            }
+                            // Else the likely cause, said as a condition: a
+                            // server that checks client certificates ends
+                            // the connection without a status.
+                            let hint = tls_hint(&chain, client_cert).unwrap_or(if client_cert {
+                                "if the server checks client certificates, it did not accept \
+                                 this one: it must be issued by the CA the server trusts"
+                            } else {
+                                "if the server requires client certificates, pass --client-cert \
+                                 and --client-key"
+                            });
+                            anyhow::anyhow!("{chain} ({hint})")
                         }
                     }
                 }
@@ -638,7 +639,18 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
             let format = text.format(None);
             // By default the model's own columns, by name: an id column
             // or any other beside them is never sent as a feature.
-            let shape = model_shape(channel.clone(), &model, max).await?;
+            let mut shape = model_shape(channel.clone(), &model, max).await?;
+            // A server from before segment models carried their ids: the
+            // segmentation says them.
+            let mut legacy_ids: Vec<u32> = Vec::new();
+            if shape.descriptions.is_empty() && model.starts_with("seg-") {
+                let seg = pb::segmentations_client::SegmentationsClient::new(channel.clone())
+                    .get_segmentation(pb::GetSegmentationRequest { id: model.clone() })
+                    .await?
+                    .into_inner();
+                legacy_ids = seg.segments.iter().map(|p| p.id).collect();
+                shape.descriptions = seg.segments.into_iter().map(|p| p.description).collect();
+            }
             let columns = if columns.is_empty() {
                 shape.columns.clone()
             } else {
@@ -649,7 +661,15 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                 Some(col) => Some(read_text_column(&input, col, &format)?),
                 None => None,
             };
-            let r = assign_in_requests(channel, &model, data.values.view(), shape.k, max).await?;
+            let mut r =
+                assign_in_requests(channel, &model, data.values.view(), shape.k, max).await?;
+            if r.segments.is_empty() && !legacy_ids.is_empty() {
+                r.segments = r
+                    .labels
+                    .iter()
+                    .map(|&l| legacy_ids.get(l as usize).copied().unwrap_or(l))
+                    .collect();
+            }
             let mut out = csv::Writer::from_writer(crate::cli::MarkedStdout);
             // A segment model (a segmentation, or an imported model.json)
             // answers in its stable segment ids, with descriptions, as

@@ -49,6 +49,7 @@ impl Engine {
             }
             ctx.phase("writing outputs");
             engine.commit(erasures, log.commit_source(), || {
+                log.note_delimiter(&engine)?;
                 engine.store_clv(&run, log.source.clone())
             })
         })

@@ -74,11 +74,15 @@ impl Engine {
             // field equal to the id counts.
             let removed = match log.format {
                 TableFormat::Csv => {
-                    // Split as the upload said, as sniffed, and as every
-                    // job that read it with another delimiter did.
-                    let mut ways = vec![log.text_format.delimiter, None];
-                    ways.extend(log.read_delimiters.iter().copied().map(Some));
-                    ways.dedup();
+                    // Split as the upload said (sniffed when it said
+                    // nothing, as its jobs then read it), and as every job
+                    // that succeeded reading it with another delimiter did.
+                    let mut ways = vec![log.text_format.delimiter];
+                    for d in &log.read_delimiters {
+                        if !ways.contains(&Some(*d)) {
+                            ways.push(Some(*d));
+                        }
+                    }
                     ways.into_iter().try_fold(0, |sum, d| {
                         Ok::<_, ServiceError>(sum + erase_csv(&path, customer_id, d, None)?)
                     })

@@ -59,6 +59,18 @@ impl JobLog {
     pub fn commit_source(&self) -> Source<'_> {
         self.uploaded.as_deref().map_or(Source::None, Source::Log)
     }
+
+    /// Run with the outputs' commit (under the lock erasure takes), once
+    /// the job read the log: an uploaded log read with a delimiter other
+    /// than its upload's is to be split that way by erasure too. Only a
+    /// job that succeeded records one: a refused or failed request must
+    /// not make erasure split the log wrongly.
+    pub fn note_delimiter(&self, engine: &Engine) -> ServiceResult<()> {
+        match (&self.uploaded, self.format.delimiter) {
+            (Some(id), Some(d)) => engine.store.note_read_delimiter(id, d),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Engine {
@@ -94,9 +106,6 @@ impl Engine {
                 (a.path.clone(), label, Some(a), None)
             }
         };
-        if let (LogSource::Uploaded(id), Some(d)) = (source, format.delimiter) {
-            self.store.note_read_delimiter(id, d)?;
-        }
         let (lines, bytes) = crate::service::storage::log_extent(&path)?;
         self.check_dataset_size(bytes)?;
         Ok(JobLog {
@@ -173,6 +182,7 @@ impl Engine {
             }
             ctx.phase("writing outputs");
             engine.commit(erasures, log.commit_source(), || {
+                log.note_delimiter(&engine)?;
                 engine.store_segmentation(&run, log.source.clone())
             })
         })

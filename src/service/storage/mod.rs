@@ -122,16 +122,32 @@ impl SegmentNames {
 fn make_private(root: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(root)?.permissions().mode();
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let meta = fs::metadata(root)?;
+        let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
-            fs::set_permissions(root, fs::Permissions::from_mode(mode & 0o700))?;
-            tracing::warn!(
-                dir = %root.display(),
-                "the data directory was open to other users ({:o}); it is now {:o}",
-                mode & 0o777,
-                mode & 0o700
-            );
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let owner = meta.uid() == unsafe { libc::geteuid() };
+            // Only the owner may change it; a directory handed to the
+            // server by a platform (a volume shared with a group) stays as
+            // it is, said in the log.
+            let closed = owner
+                && fs::set_permissions(root, fs::Permissions::from_mode(mode & 0o700)).is_ok();
+            if closed {
+                tracing::warn!(
+                    dir = %root.display(),
+                    "the data directory was open to other users ({:o}); it is now {:o}",
+                    mode & 0o777,
+                    mode & 0o700
+                );
+            } else {
+                tracing::warn!(
+                    dir = %root.display(),
+                    "the data directory is open to other users ({:o}) and this server cannot \
+                     change that: restrict it where it is provisioned",
+                    mode & 0o777
+                );
+            }
         }
     }
     Ok(())
@@ -499,11 +515,15 @@ impl Store {
         check_id("model", &record.id)?;
         let path = self.models.join(format!("{}.json", record.id));
         let text = serde_json::to_vec(record).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        // A record written over (a migration) stops counting its old size.
+        let replaced = fs::metadata(&path).map_or(0, |m| m.len());
         self.reserve(text.len() as u64)?;
         write_bytes_atomically(&path, &text).map_err(|e| {
             self.release(text.len() as u64);
             ServiceError::io(e)
-        })
+        })?;
+        self.release(replaced);
+        Ok(())
     }
 
     pub fn model(&self, id: &str) -> ServiceResult<ModelRecord> {
@@ -549,9 +569,16 @@ impl Store {
                 ));
             }
         }
-        // A segmentation's record from before the names were kept with it.
+        // A segmentation's record from before the names were kept with it:
+        // completed from the segmentation once, and written back. Without
+        // its segmentation it still reads (Assign then has no segment ids).
         if record.segments.is_none() && is_id_of(&["seg"], id) {
-            record.segments = Some(SegmentNames::of(&self.segmentation_model(id)?));
+            if let Ok(model) = self.segmentation_model(id) {
+                record.segments = Some(SegmentNames::of(&model));
+                if let Err(e) = self.put_model(&record) {
+                    tracing::warn!(model = %id, "cannot store the model's segment ids: {e}");
+                }
+            }
         }
         Ok(record)
     }
@@ -615,6 +642,8 @@ impl Store {
                         tracing::warn!(model = %id, "a stored model is damaged; left out")
                     }
                 }
+                // Deleted meanwhile.
+                Err(ServiceError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
         }

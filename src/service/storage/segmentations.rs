@@ -183,7 +183,15 @@ pub fn log_extent(path: &Path) -> ServiceResult<(u64, u64)> {
                         .flat_map(|g| g.columns())
                         .map(|c| c.uncompressed_size().max(0) as u64)
                         .fold(0, u64::saturating_add);
-                    Ok((meta.file_metadata().num_rows().max(0) as u64, unpacked))
+                    // The file's count and its row groups' counts, the
+                    // larger: a footer may state either falsely.
+                    let grouped: u64 = meta
+                        .row_groups()
+                        .iter()
+                        .map(|g| g.num_rows().max(0) as u64)
+                        .fold(0, u64::saturating_add);
+                    let stated = meta.file_metadata().num_rows().max(0) as u64;
+                    Ok((stated.max(grouped), unpacked))
                 },
                 invalid,
             )?;

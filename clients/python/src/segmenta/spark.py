@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import pathlib
 import time
 import uuid
@@ -56,7 +57,7 @@ _CLIENTS: Dict[tuple, Client] = {}
 # Seconds one call to a server may take by default: a frozen server (a
 # stopped process, a network partition) fails the task, naming it, instead
 # of hanging the fit.
-CALL_TIMEOUT_S = 120.0
+CALL_TIMEOUT_S = 300.0
 
 
 def _client_for(servers: Sequence[str], index: int, token, tls,
@@ -116,6 +117,16 @@ def _with_backoff(call, budget_s: float = 120.0):
 def _server_error(servers, index, error) -> RuntimeError:
     address = servers[index % len(servers)]
     return RuntimeError(f"segmenta server {address} (partition {index}): {error}")
+
+
+def _width(batch) -> int:
+    """The length of a batch's first feature vector (0 when it has none)."""
+    import pyarrow.compute as pc
+
+    column = batch.column(batch.schema.get_field_index(_FEATURES))
+    if len(column) == 0:
+        return 0
+    return int(pc.list_value_length(column)[0].as_py() or 0)
 
 
 def _column_name(names: Optional[Sequence[str]], j: int) -> str:
@@ -281,7 +292,9 @@ class KMeans:
         for name in ("ca_cert", "client_cert", "client_key"):
             path = getattr(tls, name, None)
             if path is not None and not os.path.isfile(path):
-                raise ValueError(f"tls.{name}: no such file: {path}")
+                # The executors read it; it may exist only there.
+                warnings.warn(f"tls.{name}: no such file on the driver: {path} (the executors "
+                              "must have it)", stacklevel=2)
 
     # ------------------------------------------------------------ passes
 
@@ -589,10 +602,10 @@ class KMeansModel:
                  servers: Optional[Sequence[str]] = None, token: Optional[str] = None, tls=None,
                  summary: Optional[KMeansSummary] = None, offset: Optional[np.ndarray] = None,
                  timeout: float = CALL_TIMEOUT_S):
-        # The centres less `offset` (float32, as the servers hold them);
-        # clusterCenters() adds it back in float64.
-        self.centers = np.asarray(centers, dtype=np.float32)
-        self.offset = (np.zeros(self.centers.shape[1]) if offset is None
+        # The centres less `offset` (float32), as the servers hold them and
+        # rows are sent: `centers` and clusterCenters() add it back.
+        self._shifted = np.asarray(centers, dtype=np.float32)
+        self.offset = (np.zeros(self._shifted.shape[1]) if offset is None
                        else np.asarray(offset, dtype=np.float64))
         self.featuresCol = featuresCol
         self.inputCols = list(inputCols) if inputCols else None
@@ -604,8 +617,13 @@ class KMeansModel:
         self.timeout = float(timeout)
         self._model_ids: Dict[str, str] = {}
 
+    @property
+    def centers(self) -> np.ndarray:
+        """The centres in the data's units (k × d, float64)."""
+        return self._shifted.astype(np.float64) + self.offset
+
     def clusterCenters(self) -> List[np.ndarray]:
-        return [c.astype(np.float64) + self.offset for c in self.centers]
+        return list(self.centers)
 
     @property
     def hasSummary(self) -> bool:
@@ -620,8 +638,10 @@ class KMeansModel:
             if address not in self._model_ids:
                 client = _client_for(self.servers, i, self.token, self.tls, self.timeout)
                 try:
+                    # In the offset units the rows are sent in (see _matrix):
+                    # use it through this object, not by its id alone.
                     self._model_ids[address] = client.create_kmeans(
-                        self.centers, inertia=s.trainingCost if s else 0.0,
+                        self._shifted, inertia=s.trainingCost if s else 0.0,
                         n_iter=s.numIter if s else 0, converged=s.converged if s else False,
                         inertia_history=s.costHistory if s else ()).id
                 except Exception as e:
@@ -653,7 +673,7 @@ class KMeansModel:
             raise ValueError(f"the DataFrame already has a column {self.predictionCol!r}")
         model_ids = self._register()
         servers, token, tls, timeout = self.servers, self.token, self.tls, self.timeout
-        d = self.centers.shape[1]
+        d = self._shifted.shape[1]
         offset, names = self.offset, self.inputCols
         schema = StructType(df.schema.fields + [StructField(self.predictionCol, IntegerType())])
         prediction = self.predictionCol
@@ -668,9 +688,10 @@ class KMeansModel:
             for batch in batches:
                 where = batch.schema.get_field_index(_FEATURES)
                 if batch.num_rows:
+                    width = _width(batch)
+                    if width != d:
+                        raise ValueError(f"rows have {width} features; the model has {d}")
                     X, _ = _matrix([batch], False, offset, names)
-                    if X.shape[1] != d:
-                        raise ValueError(f"rows have {X.shape[1]} features; the model has {d}")
                     try:
                         labels = client.assign(model_id, X).labels.astype(np.int32)
                     except Exception as e:
@@ -684,16 +705,18 @@ class KMeansModel:
 
     def predict(self, features) -> int:
         """The nearest centre of one feature vector (on the driver)."""
-        x = np.asarray(features, dtype=np.float64).reshape(-1) - self.offset
-        return int(((self.centers.astype(np.float64) - x) ** 2).sum(1).argmin())
+        x = np.asarray(features, dtype=np.float64).reshape(-1)
+        if x.shape[0] != self._shifted.shape[1]:
+            raise ValueError(f"{x.shape[0]} features; the model has {self._shifted.shape[1]}")
+        return int(((self._shifted.astype(np.float64) - (x - self.offset)) ** 2).sum(1).argmin())
 
     def save(self, path: Union[str, os.PathLike]):
         """Writes the model to a directory (a local path): centres and
         settings as JSON. No server address or key is written."""
         out = _local_path(path)
         out.mkdir(parents=True, exist_ok=True)
-        doc = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "k": len(self.centers),
-               "centers": self.centers.tolist(), "offset": self.offset.tolist(),
+        doc = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "k": len(self._shifted),
+               "centers": self._shifted.tolist(), "offset": self.offset.tolist(),
                "featuresCol": self.featuresCol,
                "inputCols": self.inputCols, "predictionCol": self.predictionCol,
                "summary": self.summary.to_dict() if self.summary else None}
