@@ -571,7 +571,14 @@ fn sigkill_at_any_moment_loses_nothing_acknowledged() {
         assert!(!ids.is_empty(), "no job was acknowledged in {ROUNDS} rounds");
         for id in &ids {
             let job = finish(&c, id, Duration::from_secs(120)).await;
-            assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+            // Or failed as a job the server was killed under again and
+            // again (the crash-loop guard), said as such.
+            assert!(
+                job.state == pb::JobState::Succeeded as i32
+                    || (job.state == pb::JobState::Failed as i32
+                        && job.error.contains("the server stopped")),
+                "{job:?}"
+            );
         }
         eprintln!(
             "{ROUNDS} rounds: {} datasets, {} logs, {} jobs acknowledged; all intact, all jobs done",

@@ -319,6 +319,34 @@ fn python_has_grpc() -> bool {
     ok
 }
 
+/// `segmenta client --server ADDR --token TOKEN [extra] info` in a child
+/// process: its exit code and stderr.
+async fn cli_info(
+    addr: std::net::SocketAddr,
+    token: &str,
+    extra: Vec<std::ffi::OsString>,
+) -> (Option<i32>, String) {
+    let (addr, token) = (addr.to_string(), token.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_segmenta"))
+            .args(["client", "--server", &addr, "--token", &token])
+            .args(extra)
+            .arg("info")
+            .env_remove("SEGMENTA_SERVER")
+            .env_remove("SEGMENTA_CA_CERT")
+            .env_remove("SEGMENTA_CLIENT_CERT")
+            .env_remove("SEGMENTA_CLIENT_KEY")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
 #[test]
 fn tls_and_mutual_tls_with_rust_and_python_clients() {
     runtime().block_on(async {
@@ -346,20 +374,8 @@ fn tls_and_mutual_tls_with_rust_and_python_clients() {
             assert_ne!(e.code(), Code::Ok);
         }
         // The command-line client says what is likely wrong.
-        let addr = server.addr.to_string();
-        let token = keys.read.clone();
-        let out = tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_segmenta"))
-                .args(["client", "--server", &addr, "--token", &token, "info"])
-                .env_remove("SEGMENTA_CA_CERT")
-                .env_remove("SEGMENTA_SERVER")
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let (code, stderr) = cli_info(server.addr, &keys.read, Vec::new()).await;
+        assert_eq!(code, Some(1), "{stderr}");
         assert!(stderr.contains("connect with --ca-cert"), "{stderr}");
         // A client that does not trust the CA is refused at the handshake.
         let other = Pki::new();
@@ -411,24 +427,11 @@ fn tls_and_mutual_tls_with_rust_and_python_clients() {
         let c = tls_channel(server.addr, &pki, true).await.unwrap();
         info(&c, &keys.read).await.unwrap();
         // The command-line client says what a refusal means.
+        let ca: Vec<std::ffi::OsString> = vec!["--ca-cert".into(), dir.path().join("ca.pem").into()];
         let cli = |extra: Vec<std::ffi::OsString>| {
-            let (addr, token) = (server.addr.to_string(), keys.read.clone());
-            let ca = dir.path().join("ca.pem");
-            tokio::task::spawn_blocking(move || {
-                let out = std::process::Command::new(env!("CARGO_BIN_EXE_segmenta"))
-                    .args(["client", "--server", &addr, "--token", &token, "--ca-cert"])
-                    .arg(ca)
-                    .args(extra)
-                    .arg("info")
-                    .env_remove("SEGMENTA_SERVER")
-                    .env_remove("SEGMENTA_CLIENT_CERT")
-                    .env_remove("SEGMENTA_CLIENT_KEY")
-                    .output()
-                    .unwrap();
-                (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
-            })
+            cli_info(server.addr, &keys.read, [ca.clone(), extra].concat())
         };
-        let (code, stderr) = cli(Vec::new()).await.unwrap();
+        let (code, stderr) = cli(Vec::new()).await;
         assert_eq!(code, Some(1), "{stderr}");
         assert!(stderr.contains("--client-cert"), "{stderr}");
         // A certificate from a CA the server does not trust.
@@ -442,8 +445,7 @@ fn tls_and_mutual_tls_with_rust_and_python_clients() {
             "--client-key".into(),
             elsewhere.join("client.key").into(),
         ])
-        .await
-        .unwrap();
+        .await;
         assert_eq!(code, Some(1), "{stderr}");
         assert!(
             stderr.contains("client certificate") || stderr.contains("--client-cert"),
@@ -455,8 +457,7 @@ fn tls_and_mutual_tls_with_rust_and_python_clients() {
             "--client-key".into(),
             dir.path().join("client.key").into(),
         ])
-        .await
-        .unwrap();
+        .await;
         assert_eq!(code, Some(0), "{stderr}");
         server.stop().await.unwrap();
 
@@ -466,21 +467,8 @@ fn tls_and_mutual_tls_with_rust_and_python_clients() {
             ..config(&dir.path().join("plain"))
         })
         .await;
-        let (addr, token) = (plain.addr.to_string(), keys.read.clone());
-        let ca = dir.path().join("ca.pem");
-        let out = tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_segmenta"))
-                .args(["client", "--server", &addr, "--token", &token, "--ca-cert"])
-                .arg(ca)
-                .arg("info")
-                .env_remove("SEGMENTA_SERVER")
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let (code, stderr) = cli_info(plain.addr, &keys.read, ca.clone()).await;
+        assert_eq!(code, Some(1), "{stderr}");
         assert!(stderr.contains("does not speak TLS"), "{stderr}");
         plain.stop().await.unwrap();
     });

@@ -840,20 +840,17 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                         })
                         .await?
                 }
-                IdKind::Clv => {
-                    pb::segmentations_client::SegmentationsClient::new(channel)
-                        .delete_segmentation(pb::DeleteSegmentationRequest { id: id.clone() })
-                        .await?
-                }
-                IdKind::Model if id.starts_with("seg-") => {
-                    pb::segmentations_client::SegmentationsClient::new(channel)
-                        .delete_segmentation(pb::DeleteSegmentationRequest { id: id.clone() })
-                        .await?
-                }
-                IdKind::Model => {
-                    pb::models_client::ModelsClient::new(channel)
-                        .delete(pb::DeleteModelRequest { id: id.clone() })
-                        .await?
+                // A segmentation goes with its outputs, not as a model alone.
+                IdKind::Clv | IdKind::Model => {
+                    if kind == IdKind::Clv || id.starts_with("seg-") {
+                        pb::segmentations_client::SegmentationsClient::new(channel)
+                            .delete_segmentation(pb::DeleteSegmentationRequest { id: id.clone() })
+                            .await?
+                    } else {
+                        pb::models_client::ModelsClient::new(channel)
+                            .delete(pb::DeleteModelRequest { id: id.clone() })
+                            .await?
+                    }
                 }
                 IdKind::Job => anyhow::bail!(
                     "{id} is a job: jobs are not deleted (the server forgets them after \
