@@ -2777,6 +2777,35 @@ fn a_parquet_log_counts_as_what_it_unpacks_into() {
             e.message().contains("max_dataset_bytes") && e.message().contains("unpacks"),
             "{e}"
         );
+        // An honest footer, but a dictionary repeating one 32 KiB value in
+        // 16,000 rows (512 MiB once expanded): the pages tell.
+        let wide = "B".repeat(32 << 10);
+        let n = 16_000;
+        let batch = RecordBatch::try_from_iter([
+            ("customer_id", column(vec![wide.as_str(); n])),
+            ("date", column(vec!["2025-01-01"; n])),
+            ("amount", column(vec!["1"; n])),
+        ])
+        .unwrap();
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+            .build();
+        let mut bytes = Vec::new();
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(&mut bytes, batch.schema(), Some(props)).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        assert!(bytes.len() < 64 * 1024, "{} bytes", bytes.len());
+        let e = server
+            .segmentations()
+            .upload_transactions(tokio_stream::iter(vec![
+                tx_header("dictionary.parquet", pb::FileFormat::Parquet),
+                tx_chunk(&bytes),
+            ]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+        assert!(e.message().contains("unpacks into more than"), "{e}");
         // Nothing was kept.
         let kept = std::fs::read_dir(dir.path().join("transactions"))
             .unwrap()

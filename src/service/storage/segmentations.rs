@@ -134,6 +134,11 @@ impl TransactionsWriter {
                     ),
                 });
             }
+            // The footer's sizes are what it says; the pages are checked too.
+            crate::data::guard_parquet(
+                || check_parquet_cells(&path, max_bytes),
+                || ServiceError::invalid("header.format", "the upload is not a valid Parquet file"),
+            )?;
         }
         write_json_atomically(&self.tmp.join("meta.json"), &self.meta).map_err(ServiceError::io)?;
         fs::rename(&self.tmp, self.dest.join(&self.meta.id)).map_err(ServiceError::io)?;
@@ -202,6 +207,97 @@ pub fn log_extent(path: &Path) -> ServiceResult<(u64, u64)> {
         }
         _ => Ok((bytes / 12 + 1, bytes)),
     }
+}
+
+/// The longest cell a stored Parquet log may hold: ids, dates and amounts
+/// are short, and one huge value (compressed or dictionary-encoded into a
+/// few bytes) would be copied into every row that refers to it.
+const MAX_PARQUET_CELL_BYTES: usize = 64 * 1024;
+
+/// Reads a Parquet log once, keeping string columns dictionary-encoded (so
+/// nothing is expanded), and refuses it when a cell is longer than
+/// [`MAX_PARQUET_CELL_BYTES`] or its cells, expanded as the readers expand
+/// them, would pass `max_bytes`: a footer can lie, and a dictionary can
+/// repeat one long value in every row, so only the decoded pages tell.
+fn check_parquet_cells(path: &Path, max_bytes: u64) -> ServiceResult<()> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::Array;
+    use arrow_schema::{DataType, Field, Schema};
+    use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+    let refuse = |message: String| ServiceError::ResourceExhausted {
+        limit: "max_dataset_bytes",
+        message,
+    };
+    let invalid = || {
+        ServiceError::invalid(
+            "header.format",
+            "the upload is not a valid Parquet file (its pages cannot be read)",
+        )
+    };
+    let open = || File::open(path).map_err(ServiceError::io);
+    let plain = ParquetRecordBatchReaderBuilder::try_new(open()?).map_err(|_| invalid())?;
+    let fields: Vec<Field> = plain
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 => f.as_ref().clone().with_data_type(
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+            ),
+            DataType::Binary | DataType::LargeBinary => f.as_ref().clone().with_data_type(
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Binary)),
+            ),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    let options = ArrowReaderOptions::new().with_schema(std::sync::Arc::new(Schema::new(fields)));
+    let reader = ParquetRecordBatchReaderBuilder::try_new_with_options(open()?, options)
+        .and_then(|b| b.with_batch_size(8 * 1024).build())
+        .map_err(|_| invalid())?;
+    let mut expanded = 0u64;
+    for batch in reader {
+        let batch = batch.map_err(|_| invalid())?;
+        for column in batch.columns() {
+            let bytes = match column.as_any_dictionary_opt() {
+                Some(dict) => {
+                    let values = dict.values();
+                    let lengths: Vec<usize> = match values.data_type() {
+                        DataType::Utf8 => {
+                            let v = values.as_string::<i32>();
+                            (0..v.len()).map(|i| v.value(i).len()).collect()
+                        }
+                        DataType::Binary => {
+                            let v = values.as_binary::<i32>();
+                            (0..v.len()).map(|i| v.value(i).len()).collect()
+                        }
+                        _ => Vec::new(),
+                    };
+                    if let Some(&longest) = lengths.iter().max() {
+                        if longest > MAX_PARQUET_CELL_BYTES {
+                            return Err(refuse(format!(
+                                "a cell of {longest} bytes; the most a Parquet log's cell may \
+                                 hold is {MAX_PARQUET_CELL_BYTES}"
+                            )));
+                        }
+                    }
+                    let keys = dict.normalized_keys();
+                    keys.iter()
+                        .enumerate()
+                        .filter(|&(i, _)| dict.keys().is_valid(i))
+                        .map(|(_, &k)| lengths.get(k).copied().unwrap_or(0) as u64 + 8)
+                        .sum()
+                }
+                None => column.get_array_memory_size() as u64,
+            };
+            expanded = expanded.saturating_add(bytes);
+        }
+        if expanded > max_bytes {
+            return Err(refuse(format!(
+                "the Parquet log unpacks into more than {max_bytes} bytes (the limit)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn log_name(format: TableFormat) -> String {
