@@ -988,6 +988,13 @@ fn score_reproduces_the_segments_of_the_run_that_saved_the_model() {
         .args(common)
         .assert()
         .success();
+    // Customers' ids and segments: the new file is its owner's only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&scored).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
     let table = read_csv(&out.join("customers.csv"));
     let col = |name: &str| table[0].iter().position(|c| c == name).unwrap();
     let (id, segment) = (col("customer_id"), col("segment"));

@@ -71,6 +71,9 @@ pub enum KeyFileError {
     /// Anyone who may write the file may add an admin key.
     #[error("the keys file {path} may be written by other users (mode {mode:o}): `chmod go-w` it")]
     Writable { path: PathBuf, mode: u32 },
+    /// Its owner, or anyone who may replace it in its directory, may too.
+    #[error("the keys file {path} {problem}: only this server's user (or root) may control it")]
+    NotOurs { path: PathBuf, problem: String },
 }
 
 /// One key as the file lists it.
@@ -141,13 +144,46 @@ impl KeySet {
         };
         #[cfg(unix)]
         {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            let meta = std::fs::metadata(path).map_err(io)?;
+            let mode = meta.permissions().mode();
             if mode & 0o022 != 0 {
                 return Err(KeyFileError::Writable {
                     path: path.to_owned(),
                     mode: mode & 0o777,
                 });
+            }
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let me = unsafe { libc::geteuid() };
+            let not_ours = |problem: String| KeyFileError::NotOurs {
+                path: path.to_owned(),
+                problem,
+            };
+            if meta.uid() != me && meta.uid() != 0 {
+                return Err(not_ours(format!("is owned by user {}", meta.uid())));
+            }
+            // A directory others may write lets them rename a file of their
+            // own over it (unless sticky); so does one owned by another user.
+            let parent = std::fs::canonicalize(path)
+                .ok()
+                .and_then(|p| p.parent().map(std::path::Path::to_owned));
+            if let Some(dir) = parent {
+                let d = std::fs::metadata(&dir).map_err(io)?;
+                let dmode = d.permissions().mode();
+                if dmode & 0o022 != 0 && dmode & 0o1000 == 0 {
+                    return Err(not_ours(format!(
+                        "is in {}, which other users may write (mode {:o})",
+                        dir.display(),
+                        dmode & 0o7777
+                    )));
+                }
+                if d.uid() != me && d.uid() != 0 {
+                    return Err(not_ours(format!(
+                        "is in {}, owned by user {}",
+                        dir.display(),
+                        d.uid()
+                    )));
+                }
             }
         }
         let text = std::fs::read_to_string(path).map_err(io)?;
@@ -369,6 +405,16 @@ mod tests {
         );
         assert!(e.to_string().contains("chmod go-w"), "{e}");
         chmod(0o644);
+        assert_eq!(KeySet::load(&path).unwrap().len(), 1);
+        // A directory others may write (not sticky): they could rename
+        // their own file over it.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let Err(e) = KeySet::load(&path) else {
+            panic!("a keys file in a world-writable directory was loaded")
+        };
+        assert!(e.to_string().contains("other users may write"), "{e}");
+        // Sticky, as /tmp: others cannot replace what is not theirs.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
         assert_eq!(KeySet::load(&path).unwrap().len(), 1);
     }
 
