@@ -158,6 +158,12 @@ fn labels_out_writes_one_row_per_input_row() {
         ])
         .assert()
         .success();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "a new labels file is its owner's only");
+    }
     let text = std::fs::read_to_string(out).unwrap();
     assert_eq!(text.lines().count(), 801);
     assert!(text.starts_with("row,label,distance"));

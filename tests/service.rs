@@ -2754,24 +2754,31 @@ fn a_parquet_log_counts_as_what_it_unpacks_into() {
             ("amount", column(vec!["1", "2"])),
         ])
         .unwrap();
-        let props = parquet::file::properties::WriterProperties::builder()
-            .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
-            .set_dictionary_enabled(false)
-            .build();
-        let mut bytes = Vec::new();
-        let mut w =
-            parquet::arrow::ArrowWriter::try_new(&mut bytes, batch.schema(), Some(props)).unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
-        assert!(bytes.len() < 64 * 1024, "{} bytes", bytes.len());
-        let e = server
-            .segmentations()
-            .upload_transactions(tokio_stream::iter(vec![
-                tx_header("bomb.parquet", pb::FileFormat::Parquet),
-                tx_chunk(&bytes),
-            ]))
-            .await
-            .unwrap_err();
+        // Written small (zstd), then uploaded: the server's answer.
+        let upload = |batch: RecordBatch, dictionary: bool| {
+            let props = parquet::file::properties::WriterProperties::builder()
+                .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+                .set_dictionary_enabled(dictionary)
+                .build();
+            let mut bytes = Vec::new();
+            let mut w =
+                parquet::arrow::ArrowWriter::try_new(&mut bytes, batch.schema(), Some(props))
+                    .unwrap();
+            w.write(&batch).unwrap();
+            w.close().unwrap();
+            assert!(bytes.len() < 64 * 1024, "{} bytes", bytes.len());
+            let mut client = server.segmentations();
+            async move {
+                client
+                    .upload_transactions(tokio_stream::iter(vec![
+                        tx_header("bomb.parquet", pb::FileFormat::Parquet),
+                        tx_chunk(&bytes),
+                    ]))
+                    .await
+                    .unwrap_err()
+            }
+        };
+        let e = upload(batch, false).await;
         assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
         assert!(
             e.message().contains("max_dataset_bytes") && e.message().contains("unpacks"),
@@ -2787,23 +2794,7 @@ fn a_parquet_log_counts_as_what_it_unpacks_into() {
             ("amount", column(vec!["1"; n])),
         ])
         .unwrap();
-        let props = parquet::file::properties::WriterProperties::builder()
-            .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
-            .build();
-        let mut bytes = Vec::new();
-        let mut w =
-            parquet::arrow::ArrowWriter::try_new(&mut bytes, batch.schema(), Some(props)).unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
-        assert!(bytes.len() < 64 * 1024, "{} bytes", bytes.len());
-        let e = server
-            .segmentations()
-            .upload_transactions(tokio_stream::iter(vec![
-                tx_header("dictionary.parquet", pb::FileFormat::Parquet),
-                tx_chunk(&bytes),
-            ]))
-            .await
-            .unwrap_err();
+        let e = upload(batch, true).await;
         assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
         assert!(e.message().contains("unpacks into more than"), "{e}");
         // Nothing was kept.

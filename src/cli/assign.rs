@@ -80,20 +80,12 @@ fn predict(
     Ok((p, used))
 }
 
-/// Creates (or truncates) `path`, a new file readable by its owner only.
-fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)
-}
-
 fn writer(out: Option<&Path>) -> anyhow::Result<csv::Writer<Box<dyn std::io::Write>>> {
     let sink: Box<dyn std::io::Write> = match out {
         // Customers' ids and segments: a new file is its owner's only.
         Some(p) => Box::new(
-            private_file(p).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?,
+            super::private_file(p)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?,
         ),
         None => Box::new(std::io::stdout().lock()),
     };

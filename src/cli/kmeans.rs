@@ -234,7 +234,9 @@ fn split_weights(data: segmenta::data::Dataset, name: &str) -> anyhow::Result<Sp
 }
 
 fn write_labels(path: &std::path::Path, labels: &[u32], distances: &[f32]) -> anyhow::Result<()> {
-    let mut w = csv::Writer::from_path(path)?;
+    let file = super::private_file(path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    let mut w = csv::Writer::from_writer(file);
     w.write_record(["row", "label", "distance"])?;
     for (i, (l, d)) in labels.iter().zip(distances).enumerate() {
         w.write_record([(i + 1).to_string(), l.to_string(), d.to_string()])?;

@@ -24,6 +24,16 @@ mod segment;
 mod serve;
 mod uplift;
 
+/// Creates (or truncates) `path` for a table of customers' data: a new
+/// file is readable by its owner only (0600 on Unix).
+pub fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
 /// What a failed write to stdout carries when the reader went away (a
 /// broken pipe): told apart from a socket's broken pipe, which is an error
 /// to report, never a quiet end.

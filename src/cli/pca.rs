@@ -125,8 +125,9 @@ fn write_rows(
     names: &[String],
     values: &Array2<f32>,
 ) -> anyhow::Result<()> {
-    let mut w = csv::Writer::from_path(path)
+    let file = super::private_file(path)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    let mut w = csv::Writer::from_writer(file);
     let mut header = vec![id_name.to_owned()];
     header.extend(names.iter().cloned());
     w.write_record(&header)?;
