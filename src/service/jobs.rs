@@ -567,14 +567,8 @@ impl Jobs {
             drop((gpu, permit));
             if jobs.is_closing() && matches!(result, Err(ServiceError::Cancelled)) {
                 // Stopped by shutdown, not by a client: run again at the
-                // next start, and this start does not count against it.
-                let starts = match handle.snapshot().state {
-                    JobState::Running => handle.starts.fetch_sub(1, Ordering::Relaxed) - 1,
-                    _ => handle.starts.load(Ordering::Relaxed),
-                };
-                let mut shown = handle.snapshot();
-                shown.state = JobState::Queued;
-                jobs.persist(&shown, &handle.request(), starts);
+                // next start. `Jobs::shutdown` stores it as queued, this
+                // start not counted, as for a job still running then.
                 return;
             }
             handle.state.send_modify(|s| {
@@ -672,9 +666,9 @@ impl Jobs {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // A job still running (reading a large log, say, with no
-        // cancellation check) was stopped by a clean shutdown, not killed:
-        // this run does not count against its starts.
+        // Every job still running, or stopped by the cancel above, was
+        // stopped by a clean shutdown, not killed: stored as queued, this
+        // run not counted against its starts (the one place that does so).
         for h in &handles {
             let stopped = h.state.send_if_modified(|s| {
                 let running = s.state == JobState::Running;
@@ -751,5 +745,35 @@ mod tests {
             serde_json::from_slice(&std::fs::read(dir.path().join("job-looping.json")).unwrap())
                 .unwrap();
         assert!(stored.request.is_empty());
+    }
+
+    /// A clean shutdown does not count against a job's starts, once, however
+    /// the job stopped (at its cancellation check, or still running).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_clean_shutdown_does_not_count_a_start() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("job-crashed-once.json");
+        write_json_atomically(&path, &record("job-crashed-once", 1)).unwrap();
+        let (jobs, unfinished) = Jobs::open(dir.path(), limits()).unwrap();
+        let jobs = Arc::new(jobs);
+        // Runs again (its second start), then the server shuts down.
+        jobs.resume(&unfinished[0], false, |ctx| {
+            while !ctx.cancelled() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(ServiceError::Cancelled)
+        });
+        let running = Instant::now();
+        while jobs.get("job-crashed-once").unwrap().snapshot().state != JobState::Running {
+            assert!(running.elapsed() < Duration::from_secs(20), "never started");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        jobs.shutdown(Duration::from_secs(10)).await;
+        let stored: JobRecord = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(stored.snapshot.state, JobState::Queued);
+        assert_eq!(
+            stored.starts, 1,
+            "the earlier crash still counts, this stop not"
+        );
     }
 }

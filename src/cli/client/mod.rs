@@ -1085,13 +1085,14 @@ fn id_kind(id: &str) -> Option<IdKind> {
 
 /// What `segmenta segment` warns of, from a segmentation's input summary.
 fn segmentation_warnings(i: &pb::InputSummary) {
-    if i.lines_after_today > 0 {
-        eprintln!(
-            "warning: {} line{} dated after today (the latest {}) left out: check the dates",
-            i.lines_after_today,
-            if i.lines_after_today == 1 { "" } else { "s" },
-            i.latest_future_date
-        );
+    // Worded by the library, as `segmenta segment` words it.
+    let future = segmenta::segmentation::transactions::FutureLines {
+        lines: i.lines_after_today as usize,
+        latest: chrono::NaiveDate::parse_from_str(&i.latest_future_date, "%Y-%m-%d").ok(),
+        after: None,
+    };
+    if let Some(w) = future.warning().filter(|_| future.lines > 0) {
+        eprintln!("warning: {w}");
     }
     if i.bad_rows > 0 {
         let mut by: Vec<String> = i

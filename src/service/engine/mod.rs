@@ -817,23 +817,22 @@ impl Engine {
     /// A stored model as a model file.
     pub fn export_model(&self, record: &ModelRecord) -> Vec<u8> {
         let columns = record.columns.clone();
-        match &record.body {
+        match (&record.body, &record.segments) {
             // Its segment ids and descriptions go with it, its customers not.
-            ModelBody::KMeans(model) if record.segments.is_some() => {
-                let names = record.segments.as_ref().expect("matched");
-                return serde_json::to_vec(&names.model_file(&columns, model))
-                    .expect("serialisable");
+            (ModelBody::KMeans(model), Some(names)) => {
+                serde_json::to_vec(&names.model_file(&columns, model)).expect("serialisable")
             }
-            ModelBody::KMeans(model) => crate::model_file::TableModel::Kmeans {
+            (ModelBody::KMeans(model), None) => crate::model_file::TableModel::Kmeans {
                 columns,
                 model: model.clone(),
-            },
-            ModelBody::Pca(model) => crate::model_file::TableModel::Pca {
+            }
+            .to_bytes(),
+            (ModelBody::Pca(model), _) => crate::model_file::TableModel::Pca {
                 columns,
                 model: model.clone(),
-            },
+            }
+            .to_bytes(),
         }
-        .to_bytes()
     }
 
     /// Checks a model file against the limits and stores it as a new model.

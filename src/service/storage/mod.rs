@@ -530,7 +530,7 @@ impl Store {
         check_id("model", id)?;
         let path = self.models.join(format!("{id}.json"));
         let text = fs::read(&path).map_err(|_| ServiceError::not_found("model", id))?;
-        let record: ModelRecord =
+        let mut record: ModelRecord =
             serde_json::from_slice(&text).map_err(|e| ServiceError::damaged("model", id, e))?;
         // Shapes that disagree would panic where the model is used.
         match &record.body {
@@ -554,7 +554,6 @@ impl Store {
                 ),
             ));
         }
-        let mut record = record;
         if let (ModelBody::KMeans(m), Some(names)) = (&record.body, &record.segments) {
             if names.ids.len() != m.k() || names.descriptions.len() != m.k() {
                 return Err(ServiceError::damaged(
