@@ -594,6 +594,11 @@ fn sigkill_at_any_moment_loses_nothing_acknowledged() {
 
 #[test]
 fn trace_logs_hold_no_customer_data_and_audit_every_call() {
+    // A service manager's usual umask, which would leave files readable
+    // by every user; the server must not keep it.
+    // SAFETY: umask has no preconditions; other tests only create
+    // temporary files, whose modes they do not check.
+    unsafe { libc::umask(0o022) };
     let dir = TempDir::new().unwrap();
     let file = dir.path().join("keys");
     let keys = Keys::write_file(&file);
@@ -755,6 +760,10 @@ fn trace_logs_hold_no_customer_data_and_audit_every_call() {
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
     });
     std::thread::sleep(Duration::from_millis(300));
+    // Whatever umask the server was started under (this test's), what it
+    // wrote is its user's alone.
+    let open = open_to_others(&dir.path().join("data"));
+    assert!(open.is_empty(), "readable by others: {open:?}");
     let log = server.log();
     assert!(log.lines().count() > 50, "trace output expected:\n{log}");
     assert!(
@@ -799,6 +808,26 @@ fn trace_logs_hold_no_customer_data_and_audit_every_call() {
             "no audit line for {audited}"
         );
     }
+}
+
+/// Every file or directory under `root` that group or others may use.
+fn open_to_others(root: &Path) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut open = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.permissions().mode() & 0o077 != 0 {
+                open.push((path.clone(), meta.permissions().mode() & 0o777));
+            }
+            if meta.is_dir() {
+                todo.push(path);
+            }
+        }
+    }
+    open
 }
 
 /// Runs the `segmenta` binary; returns (exit code, stdout, stderr).

@@ -167,10 +167,23 @@ impl From<LimitArgs> for Limits {
     }
 }
 
+/// Every file the server writes holds someone's customers: whatever umask
+/// the service manager handed over, new files are the server's user's
+/// alone (0600, directories 0700).
+fn close_new_files() {
+    #[cfg(unix)]
+    // SAFETY: umask has no preconditions and cannot fail; it runs before
+    // any thread that creates files exists.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 /// How long the process waits for compute threads after the server stops.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    close_new_files();
     let config = ServerConfig {
         data_dir: args.data_dir,
         backend: args.backend,
