@@ -1167,8 +1167,11 @@ fn erasing_a_customer_leaves_no_trace_in_the_data_dir() {
         }
         let eu_file = data.join("transactions").join(&european.id).join("log.csv");
         let kept = std::fs::read(&eu_file).unwrap();
-        assert!(kept.starts_with(b"\xEF\xBB\xBFcustomer_id;date;amount"), "{:?}", String::from_utf8_lossy(&kept));
-        assert!(String::from_utf8_lossy(&kept).contains("C001;01/02/2026;"), "delimiter kept");
+        // BOM, delimiter, quoting and Windows line ends as uploaded.
+        assert_eq!(
+            String::from_utf8_lossy(&kept),
+            "\u{FEFF}customer_id;date;amount\r\nC001;01/02/2026;\"1.234,50\"\r\n"
+        );
         assert!(
             changed.iter().any(|o| o.kind == "segmentation"),
             "{changed:?}"

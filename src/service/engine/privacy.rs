@@ -9,7 +9,7 @@
 //! centroids, so neither can name a customer.
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -169,8 +169,9 @@ fn storage(e: impl std::fmt::Display) -> ServiceError {
 
 /// Rewrites a text table without the records that have a field equal to
 /// `id` (the header is kept); returns how many went. The delimiter is the
-/// one given (as uploaded) or sniffed, as the readers do; a byte-order
-/// mark and the delimiter are kept.
+/// one given (as uploaded) or sniffed, as the readers do. Every other byte
+/// is copied as it was (byte-order mark, quoting, line ends), so the log
+/// reads exactly as before, less that customer.
 fn erase_csv(
     path: &Path,
     id: &str,
@@ -193,53 +194,53 @@ fn erase_csv(
             })
         })
     };
-    let open = || -> ServiceResult<(csv::Reader<BufReader<File>>, u8, bool)> {
-        let mut file = BufReader::new(File::open(path).map_err(ServiceError::io)?);
-        let bom = std::io::BufRead::fill_buf(&mut file)
-            .map_err(ServiceError::io)?
-            .starts_with(b"\xEF\xBB\xBF");
-        let d = crate::data::text::prepare(&mut file, delimiter).map_err(ServiceError::io)?;
-        let reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .delimiter(d.byte())
-            .from_reader(file);
-        Ok((reader, d.byte(), bom))
-    };
-    // A first pass decides whether anything changes, so untouched files
-    // are never rewritten.
+    let mut file = BufReader::new(File::open(path).map_err(ServiceError::io)?);
+    let bom = std::io::BufRead::fill_buf(&mut file)
+        .map_err(ServiceError::io)?
+        .starts_with(b"\xEF\xBB\xBF");
+    // Offsets below count from after the mark `prepare` skips.
+    let base = if bom { 3 } else { 0 };
+    let d = crate::data::text::prepare(&mut file, delimiter).map_err(ServiceError::io)?;
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .delimiter(d.byte())
+        .from_reader(file);
+    // A first pass finds the byte ranges of the records to drop, so
+    // untouched files are never rewritten.
+    let mut drop: Vec<std::ops::Range<u64>> = Vec::new();
     let mut hits = 0u64;
     let mut record = csv::ByteRecord::new();
-    let (mut reader, _, _) = open()?;
     let mut first = true;
-    while reader.read_byte_record(&mut record).map_err(storage)? {
+    loop {
+        let from = reader.position().byte();
+        if !reader.read_byte_record(&mut record).map_err(storage)? {
+            break;
+        }
         if std::mem::take(&mut first) {
             at = locate(&record);
         } else if matches(&record, &at) {
             hits += 1;
+            let to = reader.position().byte();
+            match drop.last_mut() {
+                Some(last) if last.end == base + from => last.end = base + to,
+                _ => drop.push(base + from..base + to),
+            }
         }
     }
     if hits == 0 {
         return Ok(0);
     }
-    let (mut reader, delimiter, bom) = open()?;
     replace_file_with(path, |out| {
-        if bom {
-            std::io::Write::write_all(out, b"\xEF\xBB\xBF")?;
+        let mut from = File::open(path)?;
+        let mut kept = 0u64;
+        for gone in &drop {
+            std::io::copy(&mut (&mut from).take(gone.start - kept), out)?;
+            from.seek(std::io::SeekFrom::Start(gone.end))?;
+            kept = gone.end;
         }
-        let mut writer = csv::WriterBuilder::new()
-            .delimiter(delimiter)
-            .from_writer(out);
-        let mut first = true;
-        while reader
-            .read_byte_record(&mut record)
-            .map_err(std::io::Error::other)?
-        {
-            if std::mem::take(&mut first) || !matches(&record, &at) {
-                writer.write_byte_record(&record)?;
-            }
-        }
-        writer.flush()
+        std::io::copy(&mut from, out)?;
+        Ok(())
     })
     .map_err(ServiceError::io)?;
     Ok(hits)
