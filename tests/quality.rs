@@ -41,6 +41,50 @@ fn blobs_are_recovered() {
     }
 }
 
+/// One wild value (a mistyped amount of 10¹² among tens) must not cost the
+/// other rows their differences: centred on the mean (3.3 × 10⁹ here), the
+/// f32 working copy rounded every ordinary row of that column to the same
+/// number, and three planted groups came back with centroids at 0.
+#[test]
+fn one_wild_value_leaves_the_other_clusters_intact() {
+    let (x, truth) = blobs(300, 2, 3, 9);
+    let mut wild = Array2::<f32>::zeros((301, 2));
+    wild.slice_mut(ndarray::s![..300, ..]).assign(&x);
+    wild[(300, 0)] = 1e12;
+    let mut expected = truth.clone();
+    expected.push(3);
+    for b in backends() {
+        for standardize in [false, true] {
+            let model = KMeansParams::new(4)
+                .standardize(standardize)
+                .n_init(3)
+                .seed(2)
+                .fit(b.as_ref(), wild.view(), None)
+                .unwrap();
+            let ari = adjusted_rand_index(&expected, model.labels());
+            assert!(
+                ari >= 0.99,
+                "{:?} standardize {standardize}: ARI {ari}",
+                b.info()
+            );
+            // The planted groups' centroids are where their rows are.
+            for c in 0..3 {
+                let rows: Vec<usize> = (0..300).filter(|&i| truth[i] == c).collect();
+                let label = model.labels()[rows[0]] as usize;
+                for j in 0..2 {
+                    let mean = rows.iter().map(|&i| x[(i, j)]).sum::<f32>() / rows.len() as f32;
+                    let got = model.centroids()[(label, j)];
+                    assert!(
+                        (got - mean).abs() <= 1e-3 * mean.abs().max(1.0),
+                        "{:?}: centroid {label} feature {j} is {got}, its rows' mean {mean}",
+                        b.info()
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn inertia_matches_an_independent_reference() {
     let x = uniform(1500, 4, 0.0, 10.0, 2);

@@ -59,7 +59,11 @@ impl ColumnStats {
 ///
 /// K-means always centres its working copy — like scikit-learn — because the
 /// fast distance expansion `‖x‖² − 2x·c + ‖c‖²` loses precision far from the
-/// origin. With `standardize`, `scale` is the standard deviation (1 for
+/// origin. It centres on `centre`, the median of a sample of rows, not on the
+/// mean: one wild value (an amount of 10¹² among tens) drags the mean so far
+/// from the other rows that, subtracted in f32, it wipes out their
+/// differences; the median stays among them. Distances do not depend on the
+/// centre, only their precision does. With `standardize`, `scale` is the standard deviation (1 for
 /// constant columns); otherwise it is 1 and distances stay in original units.
 /// `log1p` tames right-skewed features such as spend, whose long tail would
 /// otherwise own a cluster of its own; it is stored so that new rows get the
@@ -67,6 +71,10 @@ impl ColumnStats {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scaler {
     pub mean: Vec<f32>,
+    /// What the working copy is centred on; absent in models written before
+    /// it existed, which were centred on `mean`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub centre: Option<Vec<f32>>,
     pub scale: Vec<f32>,
     pub standardize: bool,
     /// Per column: take `ln(1 + x)` first. Empty means no column.
@@ -104,10 +112,27 @@ impl Scaler {
             .collect();
         Self {
             mean: stats.mean.iter().map(|&m| m as f32).collect(),
+            centre: Some(sample_median(x)),
             scale,
             standardize,
             log1p,
         }
+    }
+
+    /// The scaler that leaves rows as they are.
+    pub fn identity(d: usize) -> Self {
+        Self {
+            mean: vec![0.0; d],
+            centre: None,
+            scale: vec![1.0; d],
+            standardize: false,
+            log1p: Vec::new(),
+        }
+    }
+
+    /// What each column is centred on (see [`Scaler`]).
+    pub fn centre(&self) -> &[f32] {
+        self.centre.as_deref().unwrap_or(&self.mean)
     }
 
     /// The first value that `ln(1 + x)` cannot take (≤ −1), as 0-based
@@ -138,7 +163,7 @@ impl Scaler {
         } else {
             super::pages::standard_copy(x.view())
         };
-        let mean = Array1::from(self.mean.clone());
+        let mean = Array1::from(self.centre().to_vec());
         let scale = Array1::from(self.scale.clone());
         let log = Array1::from_shape_fn(self.mean.len(), |j| self.logs(j));
         Zip::from(out.rows_mut()).par_for_each(|mut row| {
@@ -157,13 +182,39 @@ impl Scaler {
     pub fn inverse_transform(&self, x: ArrayView2<f32>) -> Array2<f32> {
         let mut out = x.as_standard_layout().into_owned();
         for mut row in out.rows_mut() {
-            for (j, ((v, &m), &s)) in row.iter_mut().zip(&self.mean).zip(&self.scale).enumerate() {
+            for (j, ((v, &m), &s)) in row
+                .iter_mut()
+                .zip(self.centre())
+                .zip(&self.scale)
+                .enumerate()
+            {
                 let x = *v * s + m;
                 *v = if self.logs(j) { x.exp_m1() } else { x };
             }
         }
         out
     }
+}
+
+/// Rows the centre is the median of: enough to land among the bulk of any
+/// column, few enough to cost nothing beside a fit.
+const CENTRE_SAMPLE: usize = 4096;
+
+/// Per column, the median of up to [`CENTRE_SAMPLE`] evenly spaced rows
+/// (every row of a smaller table): the same on every run.
+fn sample_median(x: ArrayView2<f32>) -> Vec<f32> {
+    let (n, d) = x.dim();
+    let m = n.min(CENTRE_SAMPLE);
+    (0..d)
+        .map(|j| {
+            let mut column: Vec<f32> = (0..m).map(|i| x[(i * n / m.max(1), j)]).collect();
+            if column.is_empty() {
+                return 0.0;
+            }
+            let mid = column.len() / 2;
+            *column.select_nth_unstable_by(mid, f32::total_cmp).1
+        })
+        .collect()
 }
 
 fn apply_log1p(x: ArrayView2<f32>, log1p: &[bool]) -> Array2<f32> {
@@ -176,4 +227,32 @@ fn apply_log1p(x: ArrayView2<f32>, log1p: &[bool]) -> Array2<f32> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn a_wild_value_moves_the_mean_but_not_the_centre() {
+        let x = array![[1.0f32], [2.0], [3.0], [4.0], [1e12]];
+        let s = Scaler::fit(x.view(), false);
+        assert!(s.mean[0] > 1e11);
+        assert_eq!(s.centre(), &[3.0]);
+        // Ordinary rows keep their differences in the working copy.
+        let w = s.transform(x.view());
+        assert_eq!(w.column(0).to_vec()[..4], [-2.0, -1.0, 0.0, 1.0]);
+        assert_eq!(s.inverse_transform(w.view()), x);
+    }
+
+    #[test]
+    fn a_model_written_before_the_centre_is_centred_on_its_mean() {
+        let old: Scaler =
+            serde_json::from_str(r#"{"mean":[5.0,1.0],"scale":[2.0,1.0],"standardize":true}"#)
+                .unwrap();
+        assert_eq!(old.centre(), &[5.0, 1.0]);
+        let w = old.transform(array![[7.0f32, 1.0]].view());
+        assert_eq!(w, array![[1.0f32, 0.0]]);
+    }
 }

@@ -103,12 +103,7 @@ impl KMeansModel {
         Self {
             scaled_centroids: centroids.clone(),
             centroids,
-            scaler: Scaler {
-                mean: vec![0.0; d],
-                scale: vec![1.0; d],
-                standardize: false,
-                log1p: Vec::new(),
-            },
+            scaler: Scaler::identity(d),
             labels: Vec::new(),
             distances: Vec::new(),
             inertia: summary.inertia,
@@ -154,10 +149,15 @@ impl KMeansModel {
                 self.scaled_centroids.dim()
             ));
         }
-        if s.mean.len() != d || s.scale.len() != d || !(s.log1p.is_empty() || s.log1p.len() == d) {
+        if s.mean.len() != d
+            || s.centre().len() != d
+            || s.scale.len() != d
+            || !(s.log1p.is_empty() || s.log1p.len() == d)
+        {
             return Err(format!(
-                "the scaler has {} means, {} scales and {} log1p flags for {d} features",
+                "the scaler has {} means, {} centres, {} scales and {} log1p flags for {d} features",
                 s.mean.len(),
+                s.centre().len(),
                 s.scale.len(),
                 s.log1p.len()
             ));
@@ -172,7 +172,8 @@ impl KMeansModel {
             .centroids
             .iter()
             .chain(&self.scaled_centroids)
-            .chain(&s.mean);
+            .chain(&s.mean)
+            .chain(s.centre());
         if finite.into_iter().any(|v| !v.is_finite())
             || s.scale.iter().any(|v| !(v.is_finite() && *v > 0.0))
         {

@@ -296,6 +296,10 @@ pub struct Preprocessing {
     /// Mean and standard deviation after log1p.
     pub mean: Vec<f32>,
     pub scale: Vec<f32>,
+    /// What distances are measured on: `(x − centre) / scale` per feature
+    /// (a median, so one wild value cannot cost the others their precision).
+    #[serde(default)]
+    pub centre: Vec<f32>,
 }
 
 impl SegmentsDocument {
@@ -313,6 +317,7 @@ impl SegmentsDocument {
                     .collect(),
                 mean: scaler.mean.clone(),
                 scale: scaler.scale.clone(),
+                centre: scaler.centre().to_vec(),
             },
             segments: run.profiles.clone(),
             k_sweep: run.sweep.clone(),
