@@ -315,7 +315,7 @@ fn extreme_numbers_and_wrong_combinations_are_answered() {
                     message: Some(Message::Header(pb::UploadHeader {
                         name: "f".into(),
                         columns: vec!["a".into(), "b".into(), "c".into()],
-                        ..Default::default()
+                        n_rows: 200,
                     })),
                 },
                 pb::UploadRequest {

@@ -190,7 +190,7 @@ async fn upload(
         message: Some(Message::Header(pb::UploadHeader {
             name: "d".into(),
             columns: columns.iter().map(|c| c.to_string()).collect(),
-            ..Default::default()
+            n_rows: (values.len() / columns.len()) as u64,
         })),
     }];
     for block in values.chunks(columns.len() * 4096) {
@@ -513,7 +513,7 @@ fn sigkill_at_any_moment_loses_nothing_acknowledged() {
                                                     name: "log.csv".into(),
                                                     format: pb::FileFormat::Csv as i32,
                                                     text_format: None,
-                                                    ..Default::default()
+                                                    size_bytes: bytes.len() as u64,
                                                 },
                                             ),
                                         ),
@@ -621,7 +621,7 @@ fn trace_logs_hold_no_customer_data_and_audit_every_call() {
                 message: Some(Message::Header(pb::UploadHeader {
                     name: "planteddatasetname".into(),
                     columns: vec![planted_column.into(), "b".into(), "c".into()],
-                    ..Default::default()
+                    n_rows: 100,
                 })),
             },
             pb::UploadRequest {
@@ -687,7 +687,7 @@ fn trace_logs_hold_no_customer_data_and_audit_every_call() {
                                 name: "plantedlogname.csv".into(),
                                 format: pb::FileFormat::Csv as i32,
                                 text_format: None,
-                                ..Default::default()
+                                size_bytes: log.len() as u64,
                             },
                         )),
                     },

@@ -26,12 +26,12 @@ fn config(dir: &Path) -> ServerConfig {
     }
 }
 
-fn header(columns: &[&str]) -> pb::UploadRequest {
+fn header(columns: &[&str], n_rows: usize) -> pb::UploadRequest {
     pb::UploadRequest {
         message: Some(Message::Header(pb::UploadHeader {
             name: "t".into(),
             columns: columns.iter().map(|c| c.to_string()).collect(),
-            ..Default::default()
+            n_rows: n_rows as u64,
         })),
     }
 }
@@ -75,7 +75,7 @@ async fn upload(
     key: Option<&str>,
     values: Vec<f32>,
 ) -> Result<pb::Dataset, tonic::Status> {
-    let stream = tokio_stream::iter(vec![header(&["a", "b"]), rows(values)]);
+    let stream = tokio_stream::iter(vec![header(&["a", "b"], values.len() / 2), rows(values)]);
     let request = match key {
         Some(k) => with_key(stream, k),
         None => tonic::Request::new(stream),
@@ -504,7 +504,7 @@ fn requests_past_a_limit_are_refused_before_any_work() {
                 message: Some(Message::Header(pb::UploadHeader {
                     name: "wide".into(),
                     columns: wide,
-                    ..Default::default()
+                    n_rows: 1,
                 })),
             }]))
             .await
@@ -516,7 +516,7 @@ fn requests_past_a_limit_are_refused_before_any_work() {
                 message: Some(Message::Header(pb::UploadHeader {
                     name: "n".repeat(1 << 20),
                     columns: vec!["a".into()],
-                    ..Default::default()
+                    n_rows: 1,
                 })),
             }]))
             .await
@@ -636,7 +636,7 @@ fn idle_and_excess_uploads_are_cut_off_and_leave_nothing() {
         .await;
         let c = server.channel().await;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(header(&["a", "b"])).await.unwrap();
+        tx.send(header(&["a", "b"], 2)).await.unwrap();
         tx.send(rows(vec![1.0, 2.0])).await.unwrap();
         let started = Instant::now();
         let mut client = datasets(&c);
@@ -828,7 +828,7 @@ fn cancel_stops_a_fit_with_a_huge_k_promptly() {
         let values: Vec<f32> = (0..2 * n as u64)
             .map(|i| ((i * 7919) % 10007) as f32)
             .collect();
-        let mut messages = vec![header(&["a", "b"])];
+        let mut messages = vec![header(&["a", "b"], n)];
         messages.extend(values.chunks(100_000).map(|b| rows(b.to_vec())));
         let d = datasets(&c)
             .upload(tokio_stream::iter(messages))
@@ -1091,7 +1091,7 @@ fn erasing_a_customer_leaves_no_trace_in_the_data_dir() {
                             name: "log.csv".into(),
                             format: pb::FileFormat::Csv as i32,
                             text_format: None,
-                            ..Default::default()
+                            size_bytes: log.len() as u64,
                         },
                     )),
                 },
@@ -1119,7 +1119,7 @@ fn erasing_a_customer_leaves_no_trace_in_the_data_dir() {
                                 decimal_comma: true,
                                 ..Default::default()
                             }),
-                            ..Default::default()
+                            size_bytes: eu.len() as u64,
                         },
                     )),
                 },
@@ -1329,7 +1329,7 @@ fn scoring_in_streams_takes_the_same_slots_as_unary_calls() {
             message: Some(Message::Header(pb::UploadHeader {
                 name: "s".into(),
                 columns: (0..d).map(|j| format!("f{j}")).collect(),
-                ..Default::default()
+                n_rows: 5000,
             })),
         }];
         messages.push(rows(values));

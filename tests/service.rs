@@ -94,7 +94,7 @@ impl TestServer {
 
     /// Uploads in blocks of 500 rows, alternating the two encodings.
     async fn upload(&self, columns: &[&str], x: &Array2<f32>) -> pb::Dataset {
-        let mut messages = vec![header("test", columns)];
+        let mut messages = vec![header("test", columns, x.nrows())];
         let values = x.as_standard_layout().to_owned();
         for (i, block) in values
             .as_slice()
@@ -134,12 +134,12 @@ impl TestServer {
     }
 }
 
-fn header(name: &str, columns: &[&str]) -> pb::UploadRequest {
+fn header(name: &str, columns: &[&str], n_rows: usize) -> pb::UploadRequest {
     pb::UploadRequest {
         message: Some(Message::Header(pb::UploadHeader {
             name: name.into(),
             columns: columns.iter().map(|c| c.to_string()).collect(),
-            ..Default::default()
+            n_rows: n_rows as u64,
         })),
     }
 }
@@ -633,7 +633,7 @@ fn bad_requests_get_the_right_code_and_the_server_keeps_serving() {
             server
                 .datasets()
                 .upload(tokio_stream::iter(vec![
-                    header("x", &["a", "b"]),
+                    header("x", &["a", "b"], 2),
                     rows(vec![1.0, 2.0, 3.0]),
                 ]))
                 .await,
@@ -644,7 +644,7 @@ fn bad_requests_get_the_right_code_and_the_server_keeps_serving() {
             server
                 .datasets()
                 .upload(tokio_stream::iter(vec![
-                    header("x", &["a", "b"]),
+                    header("x", &["a", "b"], 2),
                     rows(vec![1.0, 2.0, 3.0, f32::NAN]),
                 ]))
                 .await,
@@ -654,18 +654,31 @@ fn bad_requests_get_the_right_code_and_the_server_keeps_serving() {
                 .contains("non-finite value at row 2, column \"b\""),
             "{e}"
         );
-        let e = code(
-            server
-                .datasets()
-                .upload(tokio_stream::iter(vec![header("x", &["a"])]))
-                .await,
-        );
-        assert!(e.message().contains("no rows"), "{e}");
+        // A header must say how many rows follow: a cancelled stream ends
+        // like a whole one, and only the count tells them apart.
         let e = code(
             server
                 .datasets()
                 .upload(tokio_stream::iter(vec![
-                    header("x", &["a"]),
+                    header("x", &["a"], 0),
+                    rows(vec![1.0]),
+                ]))
+                .await,
+        );
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().starts_with("header.n_rows: required"), "{e}");
+        let e = code(
+            server
+                .datasets()
+                .upload(tokio_stream::iter(vec![header("x", &["a"], 1)]))
+                .await,
+        );
+        assert!(e.message().contains("ended after 0"), "{e}");
+        let e = code(
+            server
+                .datasets()
+                .upload(tokio_stream::iter(vec![
+                    header("x", &["a"], 1),
                     raw_rows(vec![0, 0, 128]),
                 ]))
                 .await,
@@ -683,7 +696,7 @@ fn bad_requests_get_the_right_code_and_the_server_keeps_serving() {
         let e = code(
             server
                 .datasets()
-                .upload(tokio_stream::iter(vec![header("x", &["a"]), both]))
+                .upload(tokio_stream::iter(vec![header("x", &["a"], 1), both]))
                 .await,
         );
         assert_eq!(e.code(), Code::InvalidArgument, "{e}");
@@ -693,13 +706,13 @@ fn bad_requests_get_the_right_code_and_the_server_keeps_serving() {
             server
                 .datasets()
                 .upload(tokio_stream::iter(vec![
-                    header("x", &["a"]),
+                    header("x", &["a"], 300_000),
                     rows(vec![0.0; 300_000]),
                 ]))
                 .await,
         );
         assert_eq!(e.code(), Code::OutOfRange, "{e}");
-        let blocks: Vec<_> = std::iter::once(header("x", &["a"]))
+        let blocks: Vec<_> = std::iter::once(header("x", &["a"], 25_000))
             .chain((0..5).map(|_| rows(vec![0.0; 5000])))
             .collect();
         let e = code(server.datasets().upload(tokio_stream::iter(blocks)).await);
@@ -891,7 +904,7 @@ fn bad_requests_get_the_right_code_and_the_server_keeps_serving() {
         let e = server
             .datasets()
             .upload(tokio_stream::iter(vec![
-                header("twice", &["a", "b", "a"]),
+                header("twice", &["a", "b", "a"], 1),
                 rows(vec![1.0, 2.0, 3.0]),
             ]))
             .await
@@ -905,7 +918,7 @@ fn bad_requests_get_the_right_code_and_the_server_keeps_serving() {
         let e = server
             .datasets()
             .upload(tokio_stream::iter(vec![
-                header("unnamed", &["a", ""]),
+                header("unnamed", &["a", ""], 1),
                 rows(vec![1.0, 2.0]),
             ]))
             .await
@@ -915,7 +928,7 @@ fn bad_requests_get_the_right_code_and_the_server_keeps_serving() {
         let e = server
             .datasets()
             .upload(tokio_stream::iter(vec![
-                header("padded", &["a", " a "]),
+                header("padded", &["a", " a "], 1),
                 rows(vec![1.0, 2.0]),
             ]))
             .await
@@ -1153,14 +1166,14 @@ fn python_client_round_trip() {
 
 // ---------------------------------------------------------------- segmentation
 
-fn tx_header(name: &str, format: pb::FileFormat) -> pb::UploadTransactionsRequest {
+fn tx_header(name: &str, format: pb::FileFormat, size: usize) -> pb::UploadTransactionsRequest {
     pb::UploadTransactionsRequest {
         message: Some(pb::upload_transactions_request::Message::Header(
             pb::TransactionsHeader {
                 name: name.into(),
                 format: format as i32,
                 text_format: None,
-                ..Default::default()
+                size_bytes: size as u64,
             },
         )),
     }
@@ -1180,7 +1193,7 @@ impl TestServer {
     }
 
     async fn upload_log(&self, bytes: &[u8]) -> pb::TransactionLog {
-        let mut messages = vec![tx_header("log.csv", pb::FileFormat::Csv)];
+        let mut messages = vec![tx_header("log.csv", pb::FileFormat::Csv, bytes.len())];
         messages.extend(bytes.chunks(64 * 1024).map(tx_chunk));
         self.segmentations()
             .upload_transactions(tokio_stream::iter(messages))
@@ -1628,7 +1641,7 @@ fn segment_over_grpc_matches_the_library_and_refreshes_stably() {
         let e = server
             .segmentations()
             .upload_transactions(tokio_stream::iter(vec![
-                tx_header("x", pb::FileFormat::Unspecified),
+                tx_header("x", pb::FileFormat::Unspecified, 1),
                 tx_chunk(b"x"),
             ]))
             .await
@@ -1639,10 +1652,24 @@ fn segment_over_grpc_matches_the_library_and_refreshes_stably() {
             .upload_transactions(tokio_stream::iter(vec![tx_header(
                 "x",
                 pb::FileFormat::Csv,
+                0,
             )]))
             .await
             .unwrap_err();
-        assert!(e.message().contains("empty"), "{e}");
+        assert!(
+            e.message().starts_with("header.size_bytes: required"),
+            "{e}"
+        );
+        let e = server
+            .segmentations()
+            .upload_transactions(tokio_stream::iter(vec![tx_header(
+                "x",
+                pb::FileFormat::Csv,
+                1,
+            )]))
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("ended after 0"), "{e}");
         // Still serving; deleting removes the outputs, the model and the log.
         server
             .segmentations()
@@ -1718,7 +1745,13 @@ fn segment_over_grpc_matches_the_library_and_refreshes_stably() {
 
 // ---------------------------------------------------------------- distributed fits
 
-fn part_header(fit_id: &str, index: u32, d: u32, weights: bool) -> pb::PutPartitionRequest {
+fn part_header(
+    fit_id: &str,
+    index: u32,
+    d: u32,
+    weights: bool,
+    n_rows: usize,
+) -> pb::PutPartitionRequest {
     pb::PutPartitionRequest {
         message: Some(pb::put_partition_request::Message::Header(
             pb::PartitionHeader {
@@ -1729,7 +1762,7 @@ fn part_header(fit_id: &str, index: u32, d: u32, weights: bool) -> pb::PutPartit
                 n_features: d,
                 has_weights: weights,
                 ttl_seconds: 0,
-                ..Default::default()
+                n_rows: n_rows as u64,
             },
         )),
     }
@@ -1764,7 +1797,7 @@ fn partitions_refuse_malformed_streams_and_keep_the_last_good_upload() {
             async move { c.put_partition(tokio_stream::iter(messages)).await }
         };
         let good = put(vec![
-            part_header("fit-1", 0, 2, false),
+            part_header("fit-1", 0, 2, false, 3),
             part_rows(&[0.0, 0.0, 1.0, 1.0], &[]),
             part_rows(&[9.0, 9.0], &[]),
         ])
@@ -1778,39 +1811,39 @@ fn partitions_refuse_malformed_streams_and_keep_the_last_good_upload() {
                 vec![part_rows(&[1.0, 2.0], &[])],
                 "first message must be a header",
             ),
-            (vec![part_header("../up", 0, 2, false)], "key.fit_id"),
-            (vec![part_header("fit-1", 0, 0, false)], "n_features"),
+            (vec![part_header("../up", 0, 2, false, 1)], "key.fit_id"),
+            (vec![part_header("fit-1", 0, 0, false, 1)], "n_features"),
             (
                 vec![
-                    part_header("fit-1", 0, 2, false),
+                    part_header("fit-1", 0, 2, false, 1),
                     part_rows(&[1.0, 2.0, 3.0], &[]),
                 ],
                 "not whole rows of 2",
             ),
             (
                 vec![
-                    part_header("fit-1", 0, 2, false),
+                    part_header("fit-1", 0, 2, false, 1),
                     part_rows(&[1.0, f32::NAN], &[]),
                 ],
                 "non-finite value at row 0, column 1",
             ),
             (
                 vec![
-                    part_header("fit-1", 0, 2, true),
+                    part_header("fit-1", 0, 2, true, 1),
                     part_rows(&[1.0, 2.0], &[]),
                 ],
                 "0 weights for 1 rows",
             ),
             (
                 vec![
-                    part_header("fit-1", 0, 2, true),
+                    part_header("fit-1", 0, 2, true, 1),
                     part_rows(&[1.0, 2.0], &[-1.0]),
                 ],
                 "not a finite non-negative number",
             ),
             (
                 vec![
-                    part_header("fit-1", 0, 2, false),
+                    part_header("fit-1", 0, 2, false, 1),
                     part_rows(&[1.0, 2.0], &[1.0]),
                 ],
                 "has_weights = false",
@@ -1822,7 +1855,7 @@ fn partitions_refuse_malformed_streams_and_keep_the_last_good_upload() {
         }
         // Over the cache's budget (4 KiB): refused, naming the limit.
         let e = put(vec![
-            part_header("fit-1", 1, 2, false),
+            part_header("fit-1", 1, 2, false, 600),
             part_rows(&vec![1.0; 2 * 600], &[]),
         ])
         .await
@@ -2141,8 +2174,13 @@ fn clv_over_grpc_matches_the_library_and_writes_its_artifacts() {
         assert!(!failed.error.contains("(202"), "{}", failed.error);
         // A log that is not what its upload says is refused at upload,
         // without quoting its bytes.
-        let mut messages = vec![tx_header("log.parquet", pb::FileFormat::Parquet)];
-        messages.push(tx_chunk(b"PAR1 customer SECRET-9 not really parquet PAR1"));
+        let fake = b"PAR1 customer SECRET-9 not really parquet PAR1";
+        let mut messages = vec![tx_header(
+            "log.parquet",
+            pb::FileFormat::Parquet,
+            fake.len(),
+        )];
+        messages.push(tx_chunk(fake));
         let e = server
             .segmentations()
             .upload_transactions(tokio_stream::iter(messages))
@@ -2431,7 +2469,7 @@ fn erasure_goes_on_past_a_damaged_log_and_names_it() {
         let damaged = server
             .segmentations()
             .upload_transactions(tokio_stream::iter(vec![
-                tx_header("log.parquet", pb::FileFormat::Parquet),
+                tx_header("log.parquet", pb::FileFormat::Parquet, bytes.len()),
                 tx_chunk(&bytes),
             ]))
             .await
@@ -2647,7 +2685,7 @@ fn uploads_cut_short_of_their_declared_size_are_refused() {
             .count();
         assert_eq!(kept, 0, "nothing of the cut log was kept");
 
-        let mut part = part_header("fit-cut", 0, 2, false);
+        let mut part = part_header("fit-cut", 0, 2, false, 2);
         let good = server
             .clustering()
             .put_partition(tokio_stream::iter(vec![
@@ -2690,7 +2728,7 @@ fn candidate_centres_are_not_held_to_max_k() {
         server
             .clustering()
             .put_partition(tokio_stream::iter(vec![
-                part_header("fit-k", 0, 2, false),
+                part_header("fit-k", 0, 2, false, rows.len() / 2),
                 part_rows(&rows, &[]),
             ]))
             .await
@@ -2771,7 +2809,7 @@ fn a_parquet_log_counts_as_what_it_unpacks_into() {
             async move {
                 client
                     .upload_transactions(tokio_stream::iter(vec![
-                        tx_header("bomb.parquet", pb::FileFormat::Parquet),
+                        tx_header("bomb.parquet", pb::FileFormat::Parquet, bytes.len()),
                         tx_chunk(&bytes),
                     ]))
                     .await

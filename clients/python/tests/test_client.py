@@ -249,11 +249,21 @@ def test_bad_partitions_are_refused_with_the_reason(client):
     from segmenta.v1 import segmenta_pb2 as pb
     from segmenta.v1 import segmenta_pb2_grpc as rpc
 
+    stub = rpc.ClusteringStub(grpc.insecure_channel(client.address))
     header_only = iter([pb.PutPartitionRequest(header=pb.PartitionHeader(
-        key=pb.PartitionKey(fit_id="f", index=0), n_features=3))])
+        key=pb.PartitionKey(fit_id="f", index=0), n_features=3, n_rows=1))])
     with pytest.raises(grpc.RpcError) as e:  # the raw stub: the Client refuses empty input itself
-        rpc.ClusteringStub(grpc.insecure_channel(client.address)).PutPartition(header_only, timeout=30)
+        stub.PutPartition(header_only, timeout=30)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no rows" in e.value.details()
+    # A header that does not say how many rows follow is refused: a
+    # cancelled stream would otherwise be cached as if whole.
+    undeclared = iter([pb.PutPartitionRequest(header=pb.PartitionHeader(
+        key=pb.PartitionKey(fit_id="f", index=0), n_features=1)),
+        pb.PutPartitionRequest(rows=pb.PartitionRows(values_f32le=np.ones(1, dtype="<f4").tobytes()))])
+    with pytest.raises(grpc.RpcError) as e:
+        stub.PutPartition(undeclared, timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.details().startswith("header.n_rows: required"), e.value.details()
     with pytest.raises(segmenta.InvalidArgument, match="ttl_seconds"):
         client.put_partition("f", 0, X, ttl_seconds=10**6)
 
@@ -298,7 +308,7 @@ def test_steps_charge_working_memory_and_trickling_uploads_are_cut_off(tight_ser
 
         def trickle():
             yield pb.PutPartitionRequest(header=pb.PartitionHeader(
-                key=pb.PartitionKey(fit_id="slow", index=0), n_features=1))
+                key=pb.PartitionKey(fit_id="slow", index=0), n_features=1, n_rows=8))
             for _ in range(8):  # 4 bytes every 0.4 s: never idle, far too slow
                 time.sleep(0.4)
                 yield pb.PutPartitionRequest(rows=pb.PartitionRows(
@@ -312,7 +322,7 @@ def test_steps_charge_working_memory_and_trickling_uploads_are_cut_off(tight_ser
 
         # The same holds for dataset uploads, which share the upload slots.
         def trickle_rows():
-            yield pb.UploadRequest(header=pb.UploadHeader(name="slow", columns=["a"]))
+            yield pb.UploadRequest(header=pb.UploadHeader(name="slow", columns=["a"], n_rows=8))
             for _ in range(8):
                 time.sleep(0.4)
                 yield pb.UploadRequest(rows=pb.RowBlock(values=[1.0]))

@@ -15,7 +15,7 @@ use crate::service::error::ServiceError;
 use crate::service::gate::{caller, note};
 use crate::service::proto as pb;
 
-use super::{check_declared, next_message, UploadPace};
+use super::{check_declared, next_message, require_declared, UploadPace};
 
 pub struct ClusteringService {
     pub engine: Arc<Engine>,
@@ -74,6 +74,7 @@ async fn read_partition<'e>(
         None => return Err(ServiceError::invalid("header", "empty stream: no header").into()),
     };
     engine.check_partition_header(&header)?;
+    require_declared("header.n_rows", "rows", header.n_rows)?;
     let mut reservation = engine.partitions.reserve();
     let d = header.n_features as usize;
     let (mut values, mut weights) = (Vec::<f32>::new(), Vec::<f32>::new());

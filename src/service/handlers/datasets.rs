@@ -3,7 +3,7 @@ use std::sync::Arc;
 use prost::Message as _;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{check_declared, next_message, page_request, paginate, UploadPace};
+use super::{check_declared, next_message, page_request, paginate, require_declared, UploadPace};
 use crate::service::convert::{job, text_format};
 use crate::service::engine::distributed::f32_values;
 use crate::service::engine::{Engine, Origin};
@@ -64,6 +64,7 @@ impl pb::datasets_server::Datasets for DatasetsService {
         }
         self.engine.check_name("header.name", &header.name)?;
         self.engine.check_names("header.columns", &header.columns)?;
+        require_declared("header.n_rows", "rows", header.n_rows)?;
         let store = self.engine.store.clone();
         let mut writer = tokio::task::block_in_place(|| {
             store.begin_dataset(&header.name, header.columns.clone())

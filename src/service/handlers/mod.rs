@@ -104,17 +104,32 @@ async fn next_message<T>(
     }
 }
 
-/// Refuses an upload whose header declared a size (`declared`, 0: none)
-/// that the stream did not deliver. tonic ends a client stream the client
-/// cancelled (RST_STREAM) as if it had finished, so only the count tells a
-/// truncated upload from a whole one.
+/// Refuses an upload header that does not say how much follows: tonic ends
+/// a client stream the client cancelled (RST_STREAM) as if it had finished,
+/// so only the declared count tells a truncated upload from a whole one.
+fn require_declared(field: &str, unit: &str, declared: u64) -> Result<(), tonic::Status> {
+    if declared == 0 {
+        return Err(ServiceError::invalid(
+            field,
+            format!(
+                "required: the number of {unit} that follow, so that a stream cut short or \
+                 cancelled is never stored as if whole"
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Refuses an upload that ended with another size than its header
+/// declared (see [`require_declared`]).
 fn check_declared(
     field: &str,
     unit: &str,
     declared: u64,
     received: u64,
 ) -> Result<(), tonic::Status> {
-    if declared != 0 && declared != received {
+    if declared != received {
         return Err(ServiceError::invalid(
             field,
             format!(

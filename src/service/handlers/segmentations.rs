@@ -6,7 +6,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::value::{bad_row_policy, clv_job, max_bad_rows, value_options};
-use super::{check_declared, next_message, UploadPace};
+use super::{check_declared, next_message, require_declared, UploadPace};
 use crate::data::TableFormat;
 use crate::segmentation::transactions::TransactionColumns;
 use crate::segmentation::{ExperimentOptions, KChoice, SegmentParams, SegmentationError};
@@ -174,6 +174,7 @@ impl pb::segmentations_server::Segmentations for SegmentationsService {
             }
         };
         self.engine.check_name("header.name", &header.name)?;
+        require_declared("header.size_bytes", "bytes", header.size_bytes)?;
         let text_format =
             text_format(header.text_format, "header.text_format")?.unwrap_or_default();
         let store = self.engine.store.clone();
