@@ -417,3 +417,42 @@ fn segment_with_clv_adds_value_columns_profiles_and_charts() {
         assert!(std::fs::metadata(out.join(chart)).unwrap().len() > 1000);
     }
 }
+
+/// A report is shared: an unreadable cell (here an e-mail shifted into the
+/// amount column) is named by row and column in the files `clv` and
+/// `segment` write, never quoted; the terminal, the analyst's own, shows it.
+#[test]
+fn written_files_never_quote_an_unreadable_cell() {
+    let dir = TempDir::new().unwrap();
+    let log = write_log(&dir, 1000);
+    let mut text = std::fs::read_to_string(&log).unwrap();
+    text.push_str("Jane Doe,2025-05-05,jane.doe@example.com\n");
+    std::fs::write(&log, text).unwrap();
+    for (name, extra) in [
+        ("clv", &["--calibration-end", "2025-03-31"][..]),
+        ("segment", &["--clv", "--k", "3"][..]),
+    ] {
+        let out = dir.path().join(name);
+        let run = segmenta()
+            .args([name, "--transactions", log.to_str().unwrap()])
+            .args(extra)
+            .args(["--out", out.to_str().unwrap()])
+            .assert()
+            .success();
+        let said = String::from_utf8_lossy(&run.get_output().stderr).into_owned()
+            + &String::from_utf8_lossy(&run.get_output().stdout);
+        assert!(said.contains("jane.doe@example.com"), "{name}: {said}");
+        let mut files = 0;
+        for entry in std::fs::read_dir(&out).unwrap() {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            files += 1;
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains("jane.doe"),
+                "{name}: {} quotes the cell",
+                path.display()
+            );
+        }
+        assert!(files >= 4, "{name}: {files} files");
+    }
+}

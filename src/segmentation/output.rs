@@ -322,9 +322,15 @@ impl SegmentsDocument {
             segments: run.profiles.clone(),
             k_sweep: run.sweep.clone(),
             refresh: run.refresh.clone(),
-            input: run.input.clone(),
+            input: InputSummary {
+                bad_rows: run.input.bad_rows.without_values(),
+                ..run.input.clone()
+            },
             feature_choice: run.feature_choice.clone(),
-            value: run.value.as_ref().map(|v| v.summary.clone()),
+            value: run.value.as_ref().map(|v| crate::value::job::ClvSummary {
+                bad_rows: v.summary.bad_rows.without_values(),
+                ..v.summary.clone()
+            }),
             experiment: run.groups.as_ref().map(|g| g.1.clone()),
         }
     }

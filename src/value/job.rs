@@ -526,7 +526,11 @@ pub fn write_clv_outputs(run: &ClvRun, dir: &Path) -> Result<ClvFiles> {
         .map_err(|e| SegmentationError::output(dir, e))?;
     write_atomic(&dir.join("customers.csv"), &customers_csv(run)?)?;
     write_atomic(&dir.join("customers.parquet"), &customers_parquet(run)?)?;
-    let doc = serde_json::to_vec_pretty(&run.summary).expect("serialisable");
+    let summary = ClvSummary {
+        bad_rows: run.summary.bad_rows.without_values(),
+        ..run.summary.clone()
+    };
+    let doc = serde_json::to_vec_pretty(&summary).expect("serialisable");
     write_atomic(&dir.join("clv.json"), &doc)?;
     let (page, charts) = super::report::write_report(run, dir)?;
     write_atomic(&dir.join("clv.html"), page.as_bytes())?;

@@ -275,7 +275,7 @@ fn input_notes(h: &mut String, run: &SegmentRun) {
         let _ = writeln!(
             h,
             "<p class=\"note\">Skipped rows by problem: {}</p>",
-            escape(&i.bad_rows.summary(true))
+            escape(&i.bad_rows.summary(false))
         );
     }
     let _ = writeln!(
