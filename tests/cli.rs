@@ -1052,3 +1052,45 @@ fn score_reproduces_the_segments_of_the_run_that_saved_the_model() {
             "the model's frequency counts distinct orders",
         ));
 }
+
+/// Spend is money: the customer table must reconcile with the books, cent
+/// for cent, however large the totals (f32 kept 300000 for 300000.01 and
+/// 123456792 for 123456789).
+#[test]
+fn customer_tables_keep_spend_to_the_cent() {
+    let dir = TempDir::new().unwrap();
+    let mut log = String::from("customer_id,date,amount\n");
+    for c in 0..20 {
+        log.push_str(&format!(
+            "c{c},2025-0{}-1{},{}.25\n",
+            1 + c % 9,
+            c % 10,
+            10 + c
+        ));
+    }
+    log.push_str("P,2025-01-01,300000.01\nQ,2025-01-02,123456789\nQ,2025-03-02,0.01\n");
+    let path = write(&dir, "log.csv", &log);
+    let out = dir.path().join("out");
+    segmenta()
+        .args([
+            "segment",
+            "--transactions",
+            path.to_str().unwrap(),
+            "--k",
+            "2",
+        ])
+        .args(["--backend", "cpu", "--out", out.to_str().unwrap()])
+        .assert()
+        .success();
+    let table = read_csv(&out.join("customers.csv"));
+    let monetary = table[0].iter().position(|c| c == "monetary").unwrap();
+    let aov = table[0]
+        .iter()
+        .position(|c| c == "avg_order_value")
+        .unwrap();
+    let row = |id: &str| table.iter().find(|r| r[0] == id).unwrap().clone();
+    assert_eq!(row("P")[monetary], "300000.01");
+    assert_eq!(row("Q")[monetary], "123456789.01");
+    assert_eq!(row("Q")[aov], "61728394.505");
+    assert_eq!(row("c3")[monetary], "13.25");
+}

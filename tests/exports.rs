@@ -61,7 +61,7 @@ fn european(a: f64) -> String {
     format!("{grouped},{frac}")
 }
 
-fn features(path: &Path, format: &TextFormat) -> Vec<Vec<f32>> {
+fn features(path: &Path, format: &TextFormat) -> Vec<Vec<f64>> {
     let log = read_transactions_as(
         path,
         &TransactionColumns::default(),
@@ -70,7 +70,7 @@ fn features(path: &Path, format: &TextFormat) -> Vec<Vec<f32>> {
     )
     .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let f = customer_features(&log, None).unwrap();
-    let mut rows: Vec<(String, Vec<f32>)> = f
+    let mut rows: Vec<(String, Vec<f64>)> = f
         .ids
         .iter()
         .enumerate()

@@ -37,7 +37,7 @@ fn features_by_id(
     columns: &TransactionColumns,
     as_of: Option<NaiveDate>,
 ) -> (
-    HashMap<String, Vec<f32>>,
+    HashMap<String, Vec<f64>>,
     segmenta::segmentation::features::CustomerFeatures,
 ) {
     let log = read_transactions(path, columns, BadRowPolicy::Reject).unwrap();
@@ -718,7 +718,7 @@ fn output_files_are_valid() {
     // model.json loads back and assigns its customers as the run did.
     let model = SegmentModel::load(&files.model_json).unwrap();
     let again = model
-        .assign(&CpuBackend::new(), run.customers.values.view())
+        .assign(&CpuBackend::new(), run.customers.values_f32().view())
         .unwrap();
     assert_eq!(again.labels, run.prediction.labels);
 }

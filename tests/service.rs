@@ -1408,7 +1408,11 @@ fn segment_over_grpc_matches_the_library_and_refreshes_stably() {
         assert_eq!(e.code(), Code::NotFound, "{e}");
 
         // The segmentation is a model: Assign applies its log1p and scaling.
-        let x = lib.customers.values.slice(ndarray::s![..50, ..]).to_owned();
+        let x = lib
+            .customers
+            .values_f32()
+            .slice(ndarray::s![..50, ..])
+            .to_owned();
         let assigned = server
             .clustering()
             .assign(pb::AssignRequest {

@@ -223,7 +223,7 @@ pub fn run_score(args: ScoreArgs) -> anyhow::Result<()> {
     let mut used = backend.info();
     let p = with_cpu_fallback(args.backend, backend.as_ref(), |b| {
         used = b.info();
-        model.assign(b, customers.values.view())
+        model.assign(b, customers.values_f32().view())
     })?;
     eprintln!(
         "{} customers scored as of {} against the segments of {}",

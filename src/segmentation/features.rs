@@ -76,8 +76,11 @@ pub struct FeatureNotes {
 #[derive(Debug, Clone)]
 pub struct CustomerFeatures {
     pub ids: Vec<String>,
-    /// `n × 5`, columns as in [`FEATURE_NAMES`], original units.
-    pub values: Array2<f32>,
+    /// `n × 5`, columns as in [`FEATURE_NAMES`], original units. In f64:
+    /// spend is money, and f32 keeps cents only below about 130,000 (and
+    /// whole units below 16.7 million); the tables written must reconcile
+    /// with the books.
+    pub values: Array2<f64>,
     pub as_of: NaiveDate,
     pub frequency_basis: FrequencyBasis,
     pub notes: FeatureNotes,
@@ -89,6 +92,13 @@ struct Acc {
     last: i32,
     spend: f64,
     purchases: bool,
+}
+
+impl CustomerFeatures {
+    /// The features as the kernels read them (f32).
+    pub fn values_f32(&self) -> Array2<f32> {
+        self.values.mapv(|v| v as f32)
+    }
 }
 
 /// Computes recency, frequency, monetary, average order value and tenure as
@@ -168,11 +178,11 @@ pub fn customer_features(
         let f = frequency[c] as f64;
         ids.push(log.customer_ids[c].clone());
         flat.extend([
-            (as_of_day - a.last) as f32,
-            f as f32,
-            monetary as f32,
-            (monetary / f) as f32,
-            (as_of_day - a.first) as f32,
+            (as_of_day - a.last) as f64,
+            f,
+            monetary,
+            monetary / f,
+            (as_of_day - a.first) as f64,
         ]);
     }
     if ids.is_empty() {

@@ -655,7 +655,8 @@ pub fn segment_customers(
     previous: Option<&SegmentModel>,
     control: &SegmentControl,
 ) -> Result<SegmentRun> {
-    let all = customers.values.view();
+    let all32 = customers.values_f32();
+    let all = all32.view();
     let n = all.nrows();
     let col = |j: usize| all.column(j).to_vec();
     let rfm = rfm_scores(&col(RECENCY), &col(FREQUENCY), &col(MONETARY));
@@ -800,7 +801,7 @@ pub fn segment_customers(
     };
     let margins = prediction.margins.clone().unwrap_or_else(|| vec![0.0; n]);
     let (mut profiles, outliers) = profile(&ProfileInput {
-        values: all,
+        values: customers.values.view(),
         labels: &prediction.labels,
         distances: &prediction.distances,
         margins: &margins,

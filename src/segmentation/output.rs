@@ -200,7 +200,7 @@ fn customers_parquet(run: &SegmentRun) -> Result<Vec<u8>> {
     let x = &run.customers.values;
     let mut columns: Vec<ArrayRef> = vec![Arc::new(StringArray::from(run.customers.ids.clone()))];
     for j in 0..FEATURE_NAMES.len() {
-        columns.push(Arc::new(Float32Array::from(x.column(j).to_vec())));
+        columns.push(Arc::new(Float64Array::from(x.column(j).to_vec())));
     }
     for pick in [
         |s: &super::rfm::RfmScore| s.r,

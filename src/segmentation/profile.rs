@@ -54,7 +54,7 @@ pub struct ValueProfile {
 /// Everything the profiles are computed from, one entry per customer.
 pub struct ProfileInput<'a> {
     /// `n × 5` features in original units.
-    pub values: ArrayView2<'a, f32>,
+    pub values: ArrayView2<'a, f64>,
     pub labels: &'a [u32],
     pub distances: &'a [f32],
     pub margins: &'a [f32],
@@ -85,10 +85,9 @@ pub fn profile(input: &ProfileInput) -> (Vec<SegmentProfile>, Vec<bool>) {
                 .iter()
                 .enumerate()
                 .map(|(j, name)| {
-                    let mut v: Vec<f64> =
-                        rows.iter().map(|&i| input.values[[i, j]] as f64).collect();
+                    let mut v: Vec<f64> = rows.iter().map(|&i| input.values[[i, j]]).collect();
                     let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
-                    let base = base_mean[j] as f64;
+                    let base = base_mean[j];
                     FeatureProfile {
                         feature: name.to_string(),
                         mean,
@@ -154,12 +153,12 @@ pub struct BaseStats {
 }
 
 impl BaseStats {
-    pub fn of(values: ArrayView2<f32>) -> Self {
+    pub fn of<A: Copy + Into<f64>>(values: ArrayView2<A>) -> Self {
         Self {
             sorted: values
                 .axis_iter(Axis(1))
                 .map(|c| {
-                    let mut v: Vec<f64> = c.iter().map(|&x| x as f64).collect();
+                    let mut v: Vec<f64> = c.iter().map(|&x| x.into()).collect();
                     v.sort_by(f64::total_cmp);
                     v
                 })
