@@ -757,3 +757,60 @@ fn gpu_and_cpu_segment_the_same_customers_alike() {
         assert!((a - b).abs() <= 1e-3 * a.abs().max(1.0), "{a} vs {b}");
     }
 }
+
+/// Customers with fewer distinct profiles than k: the sweep stops at the
+/// number of profiles instead of recommending a k with empty segments, a
+/// fixed k above it is refused, and customers all alike have nothing to
+/// segment.
+#[test]
+fn k_never_exceeds_the_distinct_customer_profiles() {
+    let dir = TempDir::new().unwrap();
+    let mut two = String::from("customer_id,date,amount\n");
+    let mut alike = two.clone();
+    for c in 0..300 {
+        two.push_str(&format!("T{c},2025-05-01,25\n"));
+        if c % 2 == 1 {
+            two.push_str(&format!("T{c},2025-05-03,25\n"));
+        }
+        alike.push_str(&format!("S{c},2025-05-01,25\n"));
+    }
+    let two = write(&dir, "two.csv", &two);
+    let alike = write(&dir, "alike.csv", &alike);
+    let params = |k: Option<KChoice>| SegmentParams {
+        features: Some(vec!["frequency".into()]),
+        k,
+        ..SegmentParams::default()
+    };
+    let run = |path: &Path, k: Option<KChoice>| {
+        run_segmentation(
+            &CpuBackend::new(),
+            path,
+            &params(k),
+            None,
+            &SegmentControl::default(),
+        )
+    };
+    let chosen = run(&two, None).unwrap();
+    assert_eq!(chosen.model.k(), 2);
+    assert!(chosen.profiles.iter().all(|p| p.size == 150));
+    let sweep = chosen.sweep.as_ref().unwrap();
+    assert_eq!(sweep.scores.len(), 1, "{sweep:?}");
+    assert!(
+        sweep.reason.contains("only 2 distinct profiles"),
+        "{}",
+        sweep.reason
+    );
+    let e = run(&two, Some(KChoice::Fixed(3))).unwrap_err().to_string();
+    assert!(
+        e.contains("only 2 distinct customer profiles in frequency")
+            && e.contains("k = 2 or fewer"),
+        "{e}"
+    );
+    let e = run(&alike, Some(KChoice::Fixed(2)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("all 300 customers are alike in frequency"),
+        "{e}"
+    );
+}

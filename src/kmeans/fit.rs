@@ -139,7 +139,16 @@ impl KMeansParams {
         let best = best.expect("n_init >= 1");
         // The final E-step: labels and distances for the final centroids.
         let assignment = resident.assign(best.centroids.view())?;
-        Ok(KMeansModel::new(best, assignment, scaler, w, info))
+        let model = KMeansModel::new(best, assignment, scaler, w, info);
+        let empty = model.cluster_sizes().iter().filter(|&&s| s == 0).count();
+        if empty > 0 {
+            tracing::warn!(
+                k = self.k,
+                "{empty} of {} clusters ended empty: the data has fewer distinct points than k",
+                self.k
+            );
+        }
+        Ok(model)
     }
 
     /// The centroids a fit on `x` would start from, in `x`'s units (no

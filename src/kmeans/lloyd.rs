@@ -139,9 +139,8 @@ fn relocate_empty(
             .by_ref()
             .find(|&i| counts[assignment.labels[i] as usize] > 1)
         else {
-            tracing::warn!(
-                "cluster {e} is empty and no row can be moved into it: the data has fewer distinct points than k"
-            );
+            // Said once, when the fit ends (not every iteration).
+            tracing::debug!("cluster {e} is empty and no row can be moved into it");
             continue;
         };
         let old = assignment.labels[i] as usize;

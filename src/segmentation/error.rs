@@ -81,6 +81,24 @@ pub enum SegmentationError {
     BadFeatures(String),
     #[error("{n_customers} customers are too few to form {k} segments")]
     TooFewCustomers { n_customers: usize, k: usize },
+    #[error(
+        "all {n_customers} customers are alike in {features}: there is nothing to segment \
+         (choose other features, or a log with more history)"
+    )]
+    AllAlike {
+        n_customers: usize,
+        features: String,
+    },
+    #[error(
+        "only {distinct} distinct customer profiles in {features}: {k} segments would leave \
+         {} empty; ask for k = {distinct} or fewer",
+        k - distinct
+    )]
+    FewProfiles {
+        distinct: usize,
+        k: usize,
+        features: String,
+    },
     #[error("invalid k range {0:?}: expected MIN..MAX with 1 <= MIN <= MAX, e.g. 2..12")]
     BadKRange(String),
     #[error("invalid date {0:?}: expected YYYY-MM-DD")]

@@ -693,6 +693,28 @@ pub fn segment_customers(
     };
     let clustered = all.select(Axis(1), &columns);
     let x = clustered.view();
+    let feature_list = || {
+        columns
+            .iter()
+            .map(|&j| FEATURE_NAMES[j])
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // Segments beyond the distinct profiles would be empty, whatever k-means
+    // does; counted up to the largest k that could be asked for.
+    let largest_k = match &params.k {
+        Some(KChoice::Fixed(k)) => *k,
+        Some(KChoice::Range(r)) => *r.end(),
+        None => *DEFAULT_K_RANGE.end(),
+    };
+    let distinct = distinct_rows(x, largest_k.max(previous.map_or(0, |p| p.k())) + 1);
+    if distinct == 1 && n > 1 {
+        return Err(SegmentationError::AllAlike {
+            n_customers: n,
+            features: feature_list(),
+        }
+        .into());
+    }
     let rfm_segments: Vec<RfmSegment> = rfm.iter().map(RfmScore::segment).collect();
 
     let log1p = previous.map_or_else(|| skewed_columns(x), |p| p.kmeans.scaler().log1p.clone());
@@ -733,6 +755,14 @@ pub fn segment_customers(
         }
         (None, Some(KChoice::Fixed(k))) => {
             check_enough(n, *k)?;
+            if *k > distinct {
+                return Err(SegmentationError::FewProfiles {
+                    distinct,
+                    k: *k,
+                    features: feature_list(),
+                }
+                .into());
+            }
             (
                 base.with_k(*k).fit_with(backend, x, None, &control.fit)?,
                 None,
@@ -744,7 +774,8 @@ pub fn segment_customers(
                 _ => DEFAULT_K_RANGE,
             };
             check_enough(n, *range.start())?;
-            let range = *range.start()..=(*range.end()).min(n);
+            let end = (*range.end()).min(n).min(distinct);
+            let range = (*range.start()).min(end)..=end;
             let on_fit = |i: usize, total: usize| {
                 control.phase(
                     &format!("choosing k: {i}/{total} fitted"),
@@ -767,6 +798,14 @@ pub fn segment_customers(
                 .into_iter()
                 .nth(sweep.recommended_k - range.start())
                 .expect("recommended k is in the range");
+            let mut sweep = sweep;
+            if distinct <= largest_k {
+                sweep.reason = format!(
+                    "{}; no k above {distinct} was tried: the customers have only {distinct} \
+                     distinct profiles",
+                    sweep.reason
+                );
+            }
             (best, Some(sweep))
         }
     };
@@ -904,6 +943,18 @@ fn check_bad_rows(bad: &BadRows, rows: usize, nothing_read: bool, allowed: f64) 
         .into());
     }
     Ok(())
+}
+
+/// How many distinct rows `x` has, counting up to `cap`.
+fn distinct_rows(x: ArrayView2<f32>, cap: usize) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    for row in x.rows() {
+        seen.insert(row.iter().map(|v| v.to_bits()).collect::<Vec<u32>>());
+        if seen.len() >= cap {
+            break;
+        }
+    }
+    seen.len()
 }
 
 fn check_enough(n_customers: usize, k: usize) -> Result<()> {

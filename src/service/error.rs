@@ -179,7 +179,9 @@ impl From<Error> for ServiceError {
                     SegmentationError::BadFeatures(_)
                     | SegmentationError::FeaturesMismatch { .. } => "features",
                     SegmentationError::BasisMismatch { .. } => "columns.order",
+                    SegmentationError::AllAlike { .. } => "features",
                     SegmentationError::TooFewCustomers { .. }
+                    | SegmentationError::FewProfiles { .. }
                     | SegmentationError::BadKRange(_)
                     | SegmentationError::KMismatch { .. } => "k",
                     SegmentationError::BadDate(_) => "as_of",
