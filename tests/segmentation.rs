@@ -814,3 +814,45 @@ fn k_never_exceeds_the_distinct_customer_profiles() {
         "{e}"
     );
 }
+
+/// A log the value models cannot be fitted on (no customer bought twice)
+/// costs the value columns, not the segments: the run says why, and so
+/// does segments.json.
+#[test]
+fn segments_are_made_when_the_value_models_cannot_be() {
+    let dir = TempDir::new().unwrap();
+    let mut log = String::from("customer_id,date,amount\n");
+    for c in 0..120 {
+        log.push_str(&format!(
+            "O{c},2025-0{}-1{},{}\n",
+            1 + c % 9,
+            c % 10,
+            5 + (c * 37) % 400
+        ));
+    }
+    let path = write(&dir, "log.csv", &log);
+    let params = SegmentParams {
+        k: Some(KChoice::Fixed(3)),
+        clv: Some(segmenta::value::ValueOptions::default()),
+        ..SegmentParams::default()
+    };
+    let run = run_segmentation(
+        &CpuBackend::new(),
+        &path,
+        &params,
+        None,
+        &SegmentControl::default(),
+    )
+    .unwrap();
+    assert_eq!(run.model.k(), 3);
+    assert!(run.value.is_none());
+    let why = run.value_unavailable.as_deref().unwrap();
+    assert!(why.contains("no customer has a repeat purchase"), "{why}");
+    let out = dir.path().join("out");
+    write_outputs(&run, &out).unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("segments.json")).unwrap()).unwrap();
+    assert_eq!(doc["value_unavailable"], why);
+    let report = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(report.contains("Not predicted: no customer has a repeat purchase"));
+}

@@ -296,6 +296,9 @@ fn report(
             i.bad_rows.summary(true)
         );
     }
+    if let Some(why) = &run.value_unavailable {
+        eprintln!("warning: no customer value (the segments are whole without it): {why}");
+    }
     if job.json {
         // segments.json's document (preprocessing and feature choice
         // included), and what only this run knows.

@@ -28,7 +28,7 @@ use crate::experiment::{assign_groups, Group};
 use crate::kmeans::{FitControl, Init, KMeansModel, KMeansParams, Prediction};
 use crate::pca::PcaParams;
 use crate::value::clv::{ChurnRisk, Scores};
-use crate::value::{value_as_of, ClvRun, ClvSummary, ValueOptions};
+use crate::value::{value_as_of, ClvRun, ClvSummary, ValueError, ValueOptions};
 
 /// How many segments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -460,6 +460,9 @@ pub struct SegmentRun {
     pub backend: BackendInfo,
     /// With [`SegmentParams::clv`].
     pub value: Option<CustomerValue>,
+    /// With [`SegmentParams::clv`], when the value models cannot be fitted
+    /// on this log: why. The segments are whole without them.
+    pub value_unavailable: Option<String>,
     /// With [`SegmentParams::experiment`]: per customer, and the summary.
     pub groups: Option<(Vec<Group>, ExperimentSummary)>,
 }
@@ -536,20 +539,31 @@ pub fn run_segmentation(
         frequency_basis: customers.frequency_basis,
         n_customers: customers.ids.len(),
     };
+    let mut value_unavailable = None;
     let value = match &params.clv {
         Some(options) => {
             control.phase("predicting customer value", 0.12);
-            Some(value_as_of(
-                &log,
-                customers.as_of,
-                options,
-                control.fit.cancel.clone(),
-            )?)
+            match value_as_of(&log, customers.as_of, options, control.fit.cancel.clone()) {
+                Ok(v) => Some(v),
+                // What the log cannot support costs the value columns, not
+                // the segments.
+                Err(
+                    e @ (ValueError::NotConverged { .. }
+                    | ValueError::InfiniteSpend { .. }
+                    | ValueError::NoRepeatCustomers),
+                ) => {
+                    tracing::warn!("no customer value: {e}");
+                    value_unavailable = Some(e.to_string());
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         None => None,
     };
     drop(log);
     let mut run = segment_customers(backend, customers, input, params, previous, control)?;
+    run.value_unavailable = value_unavailable;
     if let Some(v) = value {
         attach_value(&mut run, v)?;
     }
@@ -895,6 +909,7 @@ pub fn segment_customers(
         input,
         backend: backend_info,
         value: None,
+        value_unavailable: None,
         groups: None,
     })
 }

@@ -283,6 +283,10 @@ pub struct SegmentsDocument {
     /// With `--clv`: the value models and what they predict overall.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<ClvSummary>,
+    /// With `--clv`, when the value models cannot be fitted on this log:
+    /// why (the segments are whole without them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_unavailable: Option<String>,
     /// With `--holdout-share`: the campaign groups drawn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub experiment: Option<ExperimentSummary>,
@@ -331,6 +335,7 @@ impl SegmentsDocument {
                 bad_rows: v.summary.bad_rows.without_values(),
                 ..v.summary.clone()
             }),
+            value_unavailable: run.value_unavailable.clone(),
             experiment: run.groups.as_ref().map(|g| g.1.clone()),
         }
     }

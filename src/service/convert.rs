@@ -364,6 +364,7 @@ pub fn segmentation(meta: &SegmentationMeta, doc: &SegmentsDocument) -> pb::Segm
             .iter()
             .map(|(f, _)| f.clone())
             .collect(),
+        value_unavailable: doc.value_unavailable.clone().unwrap_or_default(),
     }
 }
 

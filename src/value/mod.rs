@@ -53,7 +53,7 @@ pub enum ValueError {
         reason: String,
         best: String,
     },
-    #[error("the Gamma-Gamma fit gives q = {q:.4} ≤ 1: mean spend has no finite expectation under these parameters, so expected spend is undefined")]
+    #[error("the Gamma-Gamma fit gives q = {q:.4} ≤ 1: customers' typical order values differ so widely (a few spend far more per order than the rest) that expected spend is undefined; leave out wholesale or outlier customers, or use the monetary feature instead")]
     InfiniteSpend { q: f64 },
     #[error(transparent)]
     Hyp2f1(#[from] special::Hyp2f1Error),

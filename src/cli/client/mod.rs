@@ -1185,6 +1185,12 @@ async fn watch(channel: Conn, id: &str) -> anyhow::Result<pb::Job> {
                                 if let Some(i) = &s.input {
                                     segmentation_warnings(i);
                                 }
+                                if !s.value_unavailable.is_empty() {
+                                    eprintln!(
+                                        "warning: no customer value: {}",
+                                        s.value_unavailable
+                                    );
+                                }
                                 say!(
                                     "segmentation {}: {} customers as of {} in {} segments",
                                     s.id,

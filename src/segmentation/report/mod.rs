@@ -114,6 +114,13 @@ fn segments_table(h: &mut String, run: &SegmentRun) {
 
 /// With `--clv`: each segment's predicted value and churn risk.
 fn value_table(h: &mut String, run: &SegmentRun) {
+    if let Some(why) = &run.value_unavailable {
+        let _ = writeln!(
+            h,
+            "<h2>Customer value</h2>\n<p class=\"note\">Not predicted: {}.</p>",
+            escape(why)
+        );
+    }
     let Some(v) = &run.value else { return };
     let s = &v.summary;
     let _ = writeln!(

@@ -237,6 +237,9 @@ def segment(transactions, *, client: Union[None, str, Client] = None, name: str 
                        decimal_comma=decimal_comma, date_format=date_format)
     seg = job.segmentation
     _warn_input(seg.input)
+    if seg.value_unavailable:
+        warnings.warn(f"no customer value (the segments are whole without it): "
+                      f"{seg.value_unavailable}", stacklevel=2)
     files = _download(client, seg.id, seg.artifacts, artifacts, artifacts_dir)
     return SegmentResult(segmentation=seg, customers=_read_customers(client, seg),
                          segments=_profiles(seg), k_sweep=_sweep(seg), transactions_id=log_id,

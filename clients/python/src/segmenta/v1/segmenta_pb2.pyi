@@ -1222,7 +1222,7 @@ class InputSummary(_message.Message):
     def __init__(self, rows_read: _Optional[int] = ..., bad_rows: _Optional[int] = ..., bad_rows_by_problem: _Optional[_Mapping[str, int]] = ..., lines_after_as_of: _Optional[int] = ..., refund_lines: _Optional[int] = ..., customers_without_purchase: _Optional[int] = ..., frequency_basis: _Optional[str] = ..., delimiter: _Optional[str] = ..., date_format: _Optional[str] = ..., lines_after_today: _Optional[int] = ..., latest_future_date: _Optional[str] = ...) -> None: ...
 
 class Segmentation(_message.Message):
-    __slots__ = ("id", "as_of", "k", "n_customers", "features", "log1p", "segments", "k_sweep", "refresh", "input", "artifacts", "backend", "adapter", "created_at", "features_left_out")
+    __slots__ = ("id", "as_of", "k", "n_customers", "features", "log1p", "segments", "k_sweep", "refresh", "input", "artifacts", "backend", "adapter", "created_at", "features_left_out", "value_unavailable")
     ID_FIELD_NUMBER: _ClassVar[int]
     AS_OF_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -1238,6 +1238,7 @@ class Segmentation(_message.Message):
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     FEATURES_LEFT_OUT_FIELD_NUMBER: _ClassVar[int]
+    VALUE_UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
     id: str
     as_of: str
     k: int
@@ -1253,7 +1254,8 @@ class Segmentation(_message.Message):
     adapter: str
     created_at: _timestamp_pb2.Timestamp
     features_left_out: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., as_of: _Optional[str] = ..., k: _Optional[int] = ..., n_customers: _Optional[int] = ..., features: _Optional[_Iterable[str]] = ..., log1p: _Optional[_Iterable[bool]] = ..., segments: _Optional[_Iterable[_Union[SegmentProfile, _Mapping]]] = ..., k_sweep: _Optional[_Union[KSweep, _Mapping]] = ..., refresh: _Optional[_Union[Refresh, _Mapping]] = ..., input: _Optional[_Union[InputSummary, _Mapping]] = ..., artifacts: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., adapter: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., features_left_out: _Optional[_Iterable[str]] = ...) -> None: ...
+    value_unavailable: str
+    def __init__(self, id: _Optional[str] = ..., as_of: _Optional[str] = ..., k: _Optional[int] = ..., n_customers: _Optional[int] = ..., features: _Optional[_Iterable[str]] = ..., log1p: _Optional[_Iterable[bool]] = ..., segments: _Optional[_Iterable[_Union[SegmentProfile, _Mapping]]] = ..., k_sweep: _Optional[_Union[KSweep, _Mapping]] = ..., refresh: _Optional[_Union[Refresh, _Mapping]] = ..., input: _Optional[_Union[InputSummary, _Mapping]] = ..., artifacts: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., adapter: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., features_left_out: _Optional[_Iterable[str]] = ..., value_unavailable: _Optional[str] = ...) -> None: ...
 
 class CreateKMeansRequest(_message.Message):
     __slots__ = ("columns", "k", "centroids", "inertia", "n_iter", "converged", "inertia_history", "cluster_sizes")
