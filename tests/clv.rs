@@ -180,6 +180,11 @@ fn bad_input_gets_a_clear_error() {
     fails(&log, &["--calibration-end", "31/03/2025"], "31/03/2025");
     fails(
         &log,
+        &["--calibration-end", "2025-03-31", "--order-col", "order_id"],
+        "--order-col is not used by clv: its models count purchase days",
+    );
+    fails(
+        &log,
         &[
             "--calibration-end",
             "2025-03-31",

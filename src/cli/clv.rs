@@ -102,6 +102,7 @@ fn date(text: &str) -> Result<chrono::NaiveDate, SegmentationError> {
 
 pub fn run(args: ClvArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    args.log.refuse_order_col()?;
     let mut params = ClvParams::new(date(&args.calibration_end)?);
     params.holdout_end = args.holdout_end.as_deref().map(date).transpose()?;
     params.columns = args.log.columns();

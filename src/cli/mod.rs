@@ -171,6 +171,7 @@ pub struct LogArgs {
     #[arg(long, value_parser = column_name)]
     pub quantity_col: Option<String>,
     /// Frequency counts distinct orders (default: distinct purchase days).
+    /// Not for `clv`, whose models count purchase days.
     #[arg(long, value_parser = column_name)]
     pub order_col: Option<String>,
     /// strftime format of the date column, e.g. %d/%m/%Y or "%m/%d/%Y %H:%M"
@@ -195,6 +196,18 @@ impl LogArgs {
 
     pub fn format(&self) -> TextFormat {
         self.text.format(self.date_format.clone())
+    }
+
+    /// Refuses `--order-col` where nothing reads it: the value models count
+    /// purchase days, as the BG/NBD paper does.
+    pub fn refuse_order_col(&self) -> anyhow::Result<()> {
+        if self.order_col.is_some() {
+            anyhow::bail!(
+                "--order-col is not used by clv: its models count purchase days (several \
+                 orders on one day are one purchase, as in the BG/NBD paper); leave it out"
+            );
+        }
+        Ok(())
     }
 }
 

@@ -46,6 +46,7 @@ pub struct ClientClvArgs {
 
 pub async fn clv(channel: Conn, a: ClientClvArgs) -> anyhow::Result<()> {
     use pb::clv_request::Source;
+    a.log.refuse_order_col()?;
     let text = proto_text_format(&a.log.format());
     let log = resolve_log(&channel, &a.source, text.clone()).await?;
     let source = match &log {
