@@ -3039,3 +3039,96 @@ fn damaged_stored_objects_are_data_loss_and_the_server_keeps_serving() {
         server.stop().await;
     });
 }
+
+/// Scoring calls refuse what they cannot answer before any work: a NaN
+/// component, a reply over the message limit (with the rows that would
+/// fit), rows whose squared distance overflows float32; the server keeps
+/// serving.
+#[test]
+fn scoring_refuses_what_it_cannot_answer() {
+    runtime().block_on(async {
+        let dir = TempDir::new().unwrap();
+        let limits = Limits {
+            max_message_bytes: 64 << 10,
+            ..Limits::default()
+        };
+        let server = TestServer::start(dir.path(), limits).await;
+        let (x, _) = blobs(500, 8, 2, 4);
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
+        let dataset = server.upload(&names, &x).await;
+        let job = server
+            .decomposition()
+            .fit_pca(pb::FitPcaRequest {
+                dataset_id: dataset.id.clone(),
+                n_components: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(pb::job::Result::Pca(pca)) = server.finish(&job.id).await.0.result else {
+            panic!("no PCA model")
+        };
+        let inverse = |values: Vec<f32>| {
+            let mut d = server.decomposition();
+            let model_id = pca.id.clone();
+            async move {
+                d.inverse_transform(pb::InverseTransformRequest {
+                    model_id,
+                    values,
+                    n_components: 1,
+                })
+                .await
+            }
+        };
+        let e = inverse(vec![0.5, f32::NAN]).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+        assert!(e.message().contains("component 1"), "{e}");
+        // 3,000 rows of 8 floats back: 96,000 bytes over a 65,536 limit.
+        let e = inverse(vec![0.5; 3000]).await.unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+        assert!(
+            e.message().contains("max_message_bytes")
+                && e.message().contains("send at most 2016 rows"),
+            "{e}"
+        );
+        let back = inverse(vec![0.5; 2000]).await.unwrap().into_inner();
+        assert_eq!(back.rows.len(), 2000 * 8);
+
+        let job = server
+            .clustering()
+            .fit_k_means(pb::FitKMeansRequest {
+                dataset_id: dataset.id.clone(),
+                k: 2,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(pb::job::Result::Kmeans(model)) = server.finish(&job.id).await.0.result else {
+            panic!("no k-means model")
+        };
+        let e = server
+            .clustering()
+            .assign(pb::AssignRequest {
+                model_id: model.id.clone(),
+                rows: vec![3e38; 8],
+                n_features: 8,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+        assert!(e.message().starts_with("rows: row 1 is too far"), "{e}");
+        let fine = server
+            .clustering()
+            .assign(pb::AssignRequest {
+                model_id: model.id.clone(),
+                rows: x.row(0).to_vec(),
+                n_features: 8,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(fine.distances[0].is_finite());
+    });
+}

@@ -44,6 +44,26 @@ pub fn model_fits_message(limits: &Limits, values: usize) -> ServiceResult<()> {
     Ok(())
 }
 
+/// A scoring reply of `rows` rows, `bytes_per_row` each, must fit in one
+/// response message: refused before any work, with the rows that would.
+pub fn reply_fits_message(limits: &Limits, rows: usize, bytes_per_row: usize) -> ServiceResult<()> {
+    // Headroom for field tags and lengths.
+    let budget = limits.max_message_bytes.saturating_sub(1024);
+    let bytes = rows as u64 * bytes_per_row as u64;
+    if bytes > budget as u64 {
+        return Err(exhausted(
+            "max_message_bytes",
+            format!(
+                "the reply to {rows} rows would take {bytes} bytes, more than the message limit \
+                 of {} bytes: send at most {} rows per request",
+                limits.max_message_bytes,
+                budget / bytes_per_row.max(1)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub fn kmeans(limits: &Limits, params: &KMeansParams, n_rows: u64, d: usize) -> ServiceResult<()> {
     let k = params.k();
     features(limits, d)?;

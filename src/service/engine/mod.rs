@@ -762,6 +762,8 @@ impl Engine {
         };
         let n = self.check_rows(rows.len(), model.n_features(), ("n_features", n_features))?;
         cost::assign(n, model.k(), model.n_features())?;
+        // A label, a distance, a margin and a segment id per row.
+        cost::reply_fits_message(&self.config.limits, n, 4 * 5)?;
         let _slot = self.scoring_slot()?;
         let record = record.clone();
         let cancel = Arc::new(AtomicBool::new(false));
@@ -774,6 +776,16 @@ impl Engine {
             // Checked here too, so a NaN is named by the model's column.
             crate::data::check_finite(x.view(), &record.columns).map_err(crate::Error::from)?;
             let prediction = model.predict(&CpuBackend::new().cancel_on(cancel), x.view())?;
+            if let Some(i) = prediction.distances.iter().position(|d| !d.is_finite()) {
+                return Err(ServiceError::invalid(
+                    "rows",
+                    format!(
+                        "row {} is too far from every centroid for float32: its squared distance \
+                         overflows (values near 1e19 or above); scale the rows as the model's were",
+                        i + 1
+                    ),
+                ));
+            }
             let ids = record
                 .segments
                 .as_ref()
@@ -797,6 +809,7 @@ impl Engine {
             )));
         };
         let n = self.check_rows(rows.len(), model.n_features(), ("n_features", n_features))?;
+        cost::reply_fits_message(&self.config.limits, n, 4 * model.n_components())?;
         let _slot = self.scoring_slot()?;
         let record = record.clone();
         tokio::task::spawn_blocking(move || {
@@ -990,13 +1003,13 @@ impl Engine {
                 "model {model_id} is not a PCA model"
             )));
         };
-        // The output (n × columns) is no wider than a Transform's input:
-        // max_assign_rows bounds both.
         let n = self.check_rows(
             values.len(),
             model.n_components(),
             ("n_components", n_components),
         )?;
+        // The reply (n × columns) is wider than the request.
+        cost::reply_fits_message(&self.config.limits, n, 4 * model.n_features())?;
         let _slot = self.scoring_slot()?;
         let record = record.clone();
         tokio::task::spawn_blocking(move || {
@@ -1005,6 +1018,10 @@ impl Engine {
             };
             let y =
                 Array2::from_shape_vec((n, model.n_components()), values).expect("checked shape");
+            let components: Vec<String> = (1..=model.n_components())
+                .map(|c| format!("component {c}"))
+                .collect();
+            crate::data::check_finite(y.view(), &components).map_err(crate::Error::from)?;
             Ok(model.inverse_transform(y.view())?)
         })
         .await
