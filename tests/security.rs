@@ -483,6 +483,7 @@ fn requests_past_a_limit_are_refused_before_any_work() {
                 max_features: 8,
                 max_k: 50,
                 max_silhouette_sample: 1000,
+                max_iterations: 200,
                 ..Limits::default()
             },
             ..config(dir.path())
@@ -554,6 +555,18 @@ fn requests_past_a_limit_are_refused_before_any_work() {
                 .unwrap_err(),
             "max_iterations",
         );
+        // Unset, max_iter (300) yields to the limit rather than break it.
+        let job = clustering(&c)
+            .fit_k_means(fit(3, 2, 0))
+            .await
+            .unwrap()
+            .into_inner();
+        let job = finish(&c, None, &job.id).await;
+        assert!(
+            matches!(job.result, Some(pb::job::Result::Kmeans(_))),
+            "{}",
+            job.error
+        );
         let job = clustering(&c)
             .fit_k_means(fit(3, 1, 50))
             .await
@@ -563,6 +576,18 @@ fn requests_past_a_limit_are_refused_before_any_work() {
         let Some(pb::job::Result::Kmeans(model)) = job.result else {
             panic!("{}", job.error)
         };
+        // So does the default silhouette sample (10,000).
+        let default = clustering(&c)
+            .evaluate(pb::EvaluateRequest {
+                model_id: model.id.clone(),
+                dataset_id: d.id.clone(),
+                silhouette_sample_size: 0,
+                seed: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(default.silhouette_sample_size, 300);
         let e = clustering(&c)
             .evaluate(pb::EvaluateRequest {
                 model_id: model.id.clone(),

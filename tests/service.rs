@@ -1363,6 +1363,15 @@ fn segment_over_grpc_matches_the_library_and_refreshes_stably() {
             progress.iter().any(|p| p.phase.starts_with("choosing k")),
             "{progress:?}"
         );
+        // Progress never goes back, "writing outputs" included.
+        assert!(
+            progress.windows(2).all(|w| w[1].fraction >= w[0].fraction),
+            "{:?}",
+            progress
+                .iter()
+                .map(|p| (&p.phase, p.fraction))
+                .collect::<Vec<_>>()
+        );
 
         // The same job through the library gives the same segments.
         let params = SegmentParams {

@@ -183,9 +183,14 @@ pub struct JobContext {
 }
 
 impl JobContext {
+    /// Reports progress; `fraction` never goes back (a new phase that does
+    /// not know its share keeps the last one).
     pub fn progress(&self, mut p: JobProgress) {
         p.elapsed_seconds = self.started.elapsed().as_secs_f64();
-        self.state.send_modify(|s| s.progress = p);
+        self.state.send_modify(|s| {
+            p.fraction = p.fraction.max(s.progress.fraction);
+            s.progress = p;
+        });
     }
 
     pub fn phase(&self, phase: &str) {

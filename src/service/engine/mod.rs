@@ -106,6 +106,9 @@ pub struct KMeansJob {
     pub weights_column: Option<String>,
     pub params: KMeansParams,
     pub backend: Option<BackendChoice>,
+    /// Whether the request set max_iter: the default (300) yields to the
+    /// server's max_iterations instead of being refused by it.
+    pub max_iter_given: bool,
 }
 
 pub struct PcaJob {
@@ -530,10 +533,14 @@ impl Engine {
     /// Checks the request and its cost before queueing, then starts the fit.
     pub async fn fit_kmeans(
         self: &Arc<Self>,
-        job: KMeansJob,
+        mut job: KMeansJob,
         origin: Origin<'_>,
     ) -> ServiceResult<JobSnapshot> {
         job.params.check().map_err(crate::Error::from)?;
+        let cap = self.config.limits.max_iterations / job.params.n_init_value().max(1);
+        if !job.max_iter_given && job.params.max_iter_value() > cap {
+            job.params = job.params.clone().max_iter(cap.max(1));
+        }
         self.check_names("columns", &job.columns)?;
         let meta = self.store.dataset(&job.dataset_id)?;
         self.check_stored_names("dataset", &meta.id, &meta.columns)?;
@@ -911,11 +918,15 @@ impl Engine {
     ) -> ServiceResult<ModelRecord> {
         let limits = &self.config.limits;
         let k = r.k as usize;
-        if k == 0 || k > limits.max_k {
-            return Err(ServiceError::invalid(
-                "k",
-                format!("must be 1 to {}, got {k}", limits.max_k),
-            ));
+        if k == 0 {
+            return Err(ServiceError::invalid("k", "must be at least 1"));
+        }
+        // A limit is RESOURCE_EXHAUSTED wherever it is met, as in FitKMeans.
+        if k > limits.max_k {
+            return Err(ServiceError::ResourceExhausted {
+                limit: "max_k",
+                message: format!("k = {k}; the limit is {}", limits.max_k),
+            });
         }
         if r.centroids.is_empty() || !r.centroids.len().is_multiple_of(k) {
             return Err(ServiceError::invalid(

@@ -173,6 +173,7 @@ impl TryFrom<pb::FitKMeansRequest> for KMeansJob {
             weights_column: (!r.weights_column.is_empty()).then_some(r.weights_column),
             params,
             backend: backend_choice(r.backend)?,
+            max_iter_given: r.max_iter != 0,
         })
     }
 }
@@ -339,7 +340,8 @@ impl pb::clustering_server::Clustering for ClusteringService {
         );
         let r = request.into_inner();
         let sample = if r.silhouette_sample_size == 0 {
-            10_000
+            // The default yields to the server's limit.
+            10_000.min(self.engine.config.limits.max_silhouette_sample)
         } else {
             r.silhouette_sample_size as usize
         };
