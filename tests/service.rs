@@ -523,6 +523,7 @@ fn cancel_a_running_fit_and_restart_on_the_same_data() {
             .await
             .expect("cancelled promptly");
         assert_eq!(done.state, pb::JobState::Cancelled as i32);
+        assert_eq!(done.error_code, Code::Cancelled as i32);
 
         // Shutting down with a fit running cancels it; no model is written.
         let job = server
@@ -866,6 +867,7 @@ fn bad_requests_get_the_right_code_and_the_server_keeps_serving() {
         let (done, _) = server.finish(&job.id).await;
         assert_eq!(done.state, pb::JobState::Failed as i32, "{done:?}");
         assert!(done.error.contains("overflowed"), "{}", done.error);
+        assert_eq!(done.error_code, Code::InvalidArgument as i32);
         assert_eq!(count_models().await, before);
         // A k past max_k is that limit, whatever the rows.
         let e = server
@@ -1641,6 +1643,8 @@ fn segment_over_grpc_matches_the_library_and_refreshes_stably() {
             "{}",
             failed.error
         );
+        // The failure's code, as the call would have failed with.
+        assert_eq!(failed.error_code, Code::InvalidArgument as i32);
         // Malformed upload streams.
         let e = server
             .segmentations()

@@ -193,6 +193,7 @@ pub fn job(s: &JobSnapshot, engine: &Engine) -> pb::Job {
         progress: Some((&s.progress).into()),
         result,
         error: s.error.clone().unwrap_or_default(),
+        error_code: s.error_code.unwrap_or(0),
         created_at: Some(timestamp(s.created_at_ms)),
         finished_at: s.finished_at_ms.map(timestamp),
     }

@@ -256,29 +256,39 @@ fn bounded(mut message: String) -> String {
     message
 }
 
+impl ServiceError {
+    /// The gRPC code of this error: of a call's status, and of a failed
+    /// job's record (`Job.error_code`).
+    pub fn code(&self) -> Code {
+        match self {
+            ServiceError::InvalidArgument { .. } => Code::InvalidArgument,
+            ServiceError::NotFound { .. } | ServiceError::NotFoundIn { .. } => Code::NotFound,
+            ServiceError::PermissionDenied(_) => Code::PermissionDenied,
+            ServiceError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ServiceError::ResourceExhausted { .. } => Code::ResourceExhausted,
+            ServiceError::Unavailable(_) => Code::Unavailable,
+            ServiceError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            ServiceError::Cancelled => Code::Cancelled,
+            ServiceError::Internal(_) => Code::Internal,
+            ServiceError::DataLoss(_) => Code::DataLoss,
+        }
+    }
+}
+
 impl From<ServiceError> for Status {
     fn from(e: ServiceError) -> Self {
         let message = bounded(e.to_string());
+        let code = e.code();
         match e {
             ServiceError::InvalidArgument {
                 field,
                 message: why,
             } => Status::with_error_details(
-                Code::InvalidArgument,
+                code,
                 message,
                 ErrorDetails::with_bad_request_violation(field, bounded(why)),
             ),
-            ServiceError::NotFound { .. } | ServiceError::NotFoundIn { .. } => {
-                Status::not_found(message)
-            }
-            ServiceError::PermissionDenied(_) => Status::permission_denied(message),
-            ServiceError::FailedPrecondition(_) => Status::failed_precondition(message),
-            ServiceError::ResourceExhausted { .. } => Status::resource_exhausted(message),
-            ServiceError::Unavailable(_) => Status::unavailable(message),
-            ServiceError::DeadlineExceeded(_) => Status::deadline_exceeded(message),
-            ServiceError::Cancelled => Status::cancelled(message),
-            ServiceError::Internal(_) => Status::internal(message),
-            ServiceError::DataLoss(_) => Status::data_loss(message),
+            _ => Status::new(code, message),
         }
     }
 }

@@ -110,6 +110,10 @@ pub struct JobSnapshot {
     pub progress: JobProgress,
     pub output: Option<JobOutput>,
     pub error: Option<String>,
+    /// The gRPC code of `error` (`tonic::Code` as a number); absent in
+    /// records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<i32>,
     pub created_at_ms: i64,
     pub finished_at_ms: Option<i64>,
 }
@@ -294,6 +298,7 @@ impl Jobs {
                      than the server has); it is not run again",
                     record.starts
                 ));
+                s.error_code = Some(tonic::Code::ResourceExhausted as i32);
                 s.finished_at_ms = Some(now_ms());
                 record.request.clear();
                 record.starts = 0;
@@ -466,10 +471,11 @@ impl Jobs {
 
     /// Marks a job from before a restart failed (its request no longer
     /// makes sense, e.g. its dataset was deleted).
-    pub fn fail_stored(&self, record: &JobRecord, error: String) {
+    pub fn fail_stored(&self, record: &JobRecord, error: &ServiceError) {
         let mut s = record.snapshot.clone();
         s.state = JobState::Failed;
-        s.error = Some(error);
+        s.error = Some(format!("after a restart: {error}"));
+        s.error_code = Some(error.code() as i32);
         s.finished_at_ms = Some(now_ms());
         self.persist(&s, "", 0);
         if let Some(h) = self.lock().get(&s.id) {
@@ -500,6 +506,7 @@ impl Jobs {
             },
             output: None,
             error: None,
+            error_code: None,
             created_at_ms,
             finished_at_ms: None,
         };
@@ -585,13 +592,13 @@ impl Jobs {
                         s.progress.phase = "done".into();
                         s.output = Some(out);
                     }
-                    Err(ServiceError::Cancelled) => {
-                        s.state = JobState::Cancelled;
-                        s.error = Some("cancelled".into());
-                    }
                     Err(e) => {
-                        s.state = JobState::Failed;
+                        s.state = match e {
+                            ServiceError::Cancelled => JobState::Cancelled,
+                            _ => JobState::Failed,
+                        };
                         s.error = Some(e.to_string());
+                        s.error_code = Some(e.code() as i32);
                     }
                 }
             });
@@ -713,6 +720,7 @@ mod tests {
                 progress: JobProgress::default(),
                 output: None,
                 error: None,
+                error_code: None,
                 created_at_ms: now_ms(),
                 finished_at_ms: None,
             },

@@ -131,6 +131,8 @@ def test_errors_are_exceptions_with_the_status_code(client, blobs):
     with pytest.raises(segmenta.JobFailed, match="could be read") as failed:
         client.wait(client.start_segment(transactions_id=log.id, k=3))
     assert failed.value.job.state == segmenta.v1.segmenta_pb2.JOB_STATE_FAILED
+    # The server's code for the failure: the log will never read.
+    assert failed.value.code == grpc.StatusCode.INVALID_ARGUMENT
     client.delete_transactions(log.id, cascade=True)
 
 

@@ -57,9 +57,7 @@ pub async fn resume_jobs(engine: &Arc<Engine>, records: Vec<JobRecord>) {
             Ok(()) => tracing::info!(job = %id, "job from before the restart queued again"),
             Err(e) => {
                 tracing::warn!(job = %id, "job from before the restart cannot run again");
-                engine
-                    .jobs
-                    .fail_stored(&record, format!("after a restart: {e}"));
+                engine.jobs.fail_stored(&record, &e);
             }
         }
     }

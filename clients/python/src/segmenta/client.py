@@ -371,6 +371,9 @@ class Client:
         if finished.state != pb.JOB_STATE_SUCCEEDED:
             state = "cancelled" if finished.state == pb.JOB_STATE_CANCELLED else "failed"
             code = grpc.StatusCode.CANCELLED if state == "cancelled" else grpc.StatusCode.ABORTED
+            # The code the server recorded (0 from servers that kept none).
+            code = next((c for c in grpc.StatusCode if c.value[0] == finished.error_code and
+                         finished.error_code), code)
             raise JobFailed(finished, f"job {job_id} {state}: {finished.error}", code)
         return finished
 

@@ -55,7 +55,9 @@ class DeadlineExceeded(SegmentaError, TimeoutError):
 class JobFailed(SegmentaError):
     """A server job (fit, import, segment) ended failed or cancelled.
 
-    ``job`` is the finished :class:`segmenta.v1.segmenta_pb2.Job`."""
+    ``job`` is the finished :class:`segmenta.v1.segmenta_pb2.Job`; ``code``
+    is the failure's gRPC code as the server recorded it (``INVALID_ARGUMENT``:
+    the input will never work; ``RESOURCE_EXHAUSTED``: a limit; ...)."""
 
     def __init__(self, job, message: str, code: grpc.StatusCode = grpc.StatusCode.ABORTED):
         super().__init__(code, message)

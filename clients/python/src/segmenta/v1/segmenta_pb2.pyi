@@ -214,7 +214,7 @@ class JobProgress(_message.Message):
     def __init__(self, phase: _Optional[str] = ..., run: _Optional[int] = ..., iteration: _Optional[int] = ..., inertia: _Optional[float] = ..., fraction: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "kind", "state", "progress", "dataset", "kmeans", "pca", "segmentation", "clv", "error", "created_at", "finished_at")
+    __slots__ = ("id", "kind", "state", "progress", "dataset", "kmeans", "pca", "segmentation", "clv", "error", "created_at", "finished_at", "error_code")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +227,7 @@ class Job(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: JobKind
     state: JobState
@@ -239,7 +240,8 @@ class Job(_message.Message):
     error: str
     created_at: _timestamp_pb2.Timestamp
     finished_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., dataset: _Optional[_Union[Dataset, _Mapping]] = ..., kmeans: _Optional[_Union[KMeansModel, _Mapping]] = ..., pca: _Optional[_Union[PcaModel, _Mapping]] = ..., segmentation: _Optional[_Union[Segmentation, _Mapping]] = ..., clv: _Optional[_Union[ClvRun, _Mapping]] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    error_code: int
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., dataset: _Optional[_Union[Dataset, _Mapping]] = ..., kmeans: _Optional[_Union[KMeansModel, _Mapping]] = ..., pca: _Optional[_Union[PcaModel, _Mapping]] = ..., segmentation: _Optional[_Union[Segmentation, _Mapping]] = ..., clv: _Optional[_Union[ClvRun, _Mapping]] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_code: _Optional[int] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("progress", "finished")
