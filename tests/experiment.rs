@@ -356,4 +356,20 @@ fn bad_input_gets_a_clear_error() {
     ] {
         assert!(warnings.contains(w), "{w} not in {warnings}");
     }
+    // The table marks the rows too small to mean much, not only stderr.
+    let table = segmenta()
+        .args(["uplift", "--assignments", assigned.to_str().unwrap()])
+        .args(["--outcomes", extra.to_str().unwrap()])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let table = String::from_utf8(table).unwrap();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.trim_start().starts_with("0 (small)")),
+        "{table}"
+    );
 }

@@ -77,7 +77,11 @@ fn html(report: &UpliftReport, chart: &Chart) -> String {
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2} % / {:.2} %</td><td>{} ({} to {})</td><td>{}</td><td>{:.4}</td>\
              <td>{:.2} / {:.2}</td><td>{:+.2} ({:+.2} to {:+.2})</td><td>{}</td><td>{:.4}</td></tr>",
-            escape(&u.stratum),
+            escape(&if u.warning.is_some() {
+                format!("{} (small)", u.stratum)
+            } else {
+                u.stratum.clone()
+            }),
             u.treatment.customers,
             u.control.customers,
             u.treatment.conversion_rate * 100.0,
@@ -104,7 +108,7 @@ fn html(report: &UpliftReport, chart: &Chart) -> String {
         file = chart.file
     );
     h.push_str(
-        "<p class=\"note\">Conversion: difference of rates with a Wald interval, two-proportion z-test. \
+        "<p class=\"note\">Conversion: difference of rates with Newcombe's score interval, two-proportion z-test. \
          Revenue per customer: Welch's t-test. Relative uplift: delta method. pp: percentage points.</p>\n",
     );
     for w in &report.warnings {

@@ -1,9 +1,11 @@
 //! Campaign uplift: treated against control, per segment and overall.
 //!
-//! Conversion: the difference of the two rates with a 95 % Wald interval
-//! (unpooled standard error) and the two-proportion z-test's p-value
-//! (pooled); the relative uplift's interval by the delta method on the log
-//! of the rate ratio. Revenue per customer: Welch's t-test (unequal
+//! Conversion: the difference of the two rates with Newcombe's hybrid score
+//! interval (from each rate's Wilson interval: it stays sensible with no or
+//! few conversions, where the Wald interval collapses to a point or
+//! excludes 0 beside a large p-value) and the two-proportion z-test's
+//! p-value (pooled); the relative uplift's interval by the delta method on
+//! the log of the rate ratio. Revenue per customer: Welch's t-test (unequal
 //! variances, Welch–Satterthwaite degrees of freedom); the relative
 //! uplift's interval by the delta method on the ratio of means.
 
@@ -77,6 +79,20 @@ fn arm(rows: &[(bool, f64)]) -> Arm {
     }
 }
 
+/// Wilson's score interval for `k` successes in `n` trials.
+fn wilson(k: usize, n: usize, z: f64) -> (f64, f64) {
+    let (k, n) = (k as f64, n.max(1) as f64);
+    let p = k / n;
+    let z2 = z * z;
+    let centre = p + z2 / (2.0 * n);
+    let half = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    let d = 1.0 + z2 / n;
+    (
+        ((centre - half) / d).max(0.0),
+        ((centre + half) / d).min(1.0),
+    )
+}
+
 fn z975() -> f64 {
     Normal::standard().inverse_cdf(0.975)
 }
@@ -101,13 +117,14 @@ pub fn uplift(stratum: &str, rows: &[super::Observation]) -> Uplift {
     let (nt, nc) = (t.customers as f64, c.customers as f64);
     let (pt, pc) = (t.conversion_rate, c.conversion_rate);
     let z = z975();
-    // Conversion.
+    // Conversion: Newcombe (1998), method 10.
     let diff = pt - pc;
-    let se = (pt * (1.0 - pt) / nt + pc * (1.0 - pc) / nc).sqrt();
+    let (lt, ut) = wilson(t.conversions, t.customers, z);
+    let (lc, uc) = wilson(c.conversions, c.customers, z);
     let conversion = Interval {
         estimate: diff,
-        low: diff - z * se,
-        high: diff + z * se,
+        low: diff - ((pt - lt).powi(2) + (uc - pc).powi(2)).sqrt(),
+        high: diff + ((ut - pt).powi(2) + (pc - lc).powi(2)).sqrt(),
     };
     let pooled = (t.conversions + c.conversions) as f64 / (nt + nc);
     let se_pooled = (pooled * (1.0 - pooled) * (1.0 / nt + 1.0 / nc)).sqrt();
@@ -198,9 +215,18 @@ mod tests {
         r.extend(rows(1000, 100, Group::Control, |_| 0.0));
         let u = uplift("all", &r);
         assert!((u.conversion.estimate - 0.02).abs() < 1e-12);
-        // se = √(.12·.88/1000 + .1·.9/1000) = 0.0139857
-        let se = (0.12f64 * 0.88 / 1000.0 + 0.1 * 0.9 / 1000.0).sqrt();
-        assert!((u.conversion.high - (0.02 + 1.959_963_985 * se)).abs() < 1e-9);
+        // statsmodels' confint_proportions_2indep(120, 1000, 100, 1000,
+        // method="newcomb"): (-0.0074921675, 0.0475506675).
+        assert!(
+            (u.conversion.low + 0.007_492_167_5).abs() < 1e-8,
+            "{:?}",
+            u.conversion
+        );
+        assert!(
+            (u.conversion.high - 0.047_550_667_5).abs() < 1e-8,
+            "{:?}",
+            u.conversion
+        );
         // z = 0.02 / √(.11·.89·.002) = 1.42932, p = 0.15292 (two-sided)
         assert!(
             (u.conversion_p_value - 0.152_918).abs() < 1e-5,
@@ -236,6 +262,41 @@ mod tests {
             (u.revenue_p_value / 3.298_238e-7 - 1.0).abs() < 1e-3,
             "{}",
             u.revenue_p_value
+        );
+    }
+
+    /// No conversions in control, or none anywhere: the interval keeps its
+    /// width (Wald's gave [+10, +34] beside p = 0.24, and [0, 0]), as
+    /// statsmodels' Newcombe interval gives: (6/27 vs 0/9) →
+    /// (-0.0986805, 0.4075693); (0/100 vs 0/100) → ±0.0369935.
+    #[test]
+    fn intervals_stay_honest_without_conversions() {
+        let mut r = rows(27, 6, Group::Treatment, |_| 0.0);
+        r.extend(rows(9, 0, Group::Control, |_| 0.0));
+        let u = uplift("0", &r);
+        assert!(
+            (u.conversion.low + 0.098_680_48).abs() < 1e-7,
+            "{:?}",
+            u.conversion
+        );
+        assert!(
+            (u.conversion.high - 0.407_569_29).abs() < 1e-7,
+            "{:?}",
+            u.conversion
+        );
+        let mut r = rows(100, 0, Group::Treatment, |_| 0.0);
+        r.extend(rows(100, 0, Group::Control, |_| 0.0));
+        let u = uplift("all", &r);
+        assert_eq!(u.conversion.estimate, 0.0);
+        assert!(
+            (u.conversion.high - 0.036_993_50).abs() < 1e-7,
+            "{:?}",
+            u.conversion
+        );
+        assert!(
+            (u.conversion.low + 0.036_993_50).abs() < 1e-7,
+            "{:?}",
+            u.conversion
         );
     }
 
