@@ -356,6 +356,35 @@ fn bad_input_gets_a_clear_error() {
     ] {
         assert!(warnings.contains(w), "{w} not in {warnings}");
     }
+    // A European spreadsheet's outcomes: BOM, semicolons, decimal commas.
+    let eu = write(
+        "eu.csv",
+        "\u{feff}customer_id;converted;revenue\nA;1;\"1.234,50\"\nZ;1;5,00\n",
+    );
+    fails(
+        &assigned,
+        &eu,
+        "row 1, column \"revenue\": not a number (it reads with --decimal-comma)",
+    );
+    let v: serde_json::Value = serde_json::from_slice(
+        &segmenta()
+            .args(["uplift", "--assignments", assigned.to_str().unwrap()])
+            .args([
+                "--outcomes",
+                eu.to_str().unwrap(),
+                "--decimal-comma",
+                "--json",
+            ])
+            .assert()
+            .success()
+            .get_output()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(
+        v["overall"]["treatment"]["revenue_per_customer"],
+        1234.5 / 4.0
+    );
     // The table marks the rows too small to mean much, not only stderr.
     let table = segmenta()
         .args(["uplift", "--assignments", assigned.to_str().unwrap()])

@@ -2321,7 +2321,7 @@ fn uplift_over_grpc_matches_the_library_and_refuses_bad_streams() {
                 .unwrap();
         }
         w.flush().unwrap();
-        let local = segmenta::experiment::measure(&assignments, &outcomes).unwrap();
+        let local = segmenta::experiment::measure(&assignments, &outcomes, false).unwrap();
 
         let mut messages = vec![uplift_header(with_groups)];
         messages.extend(rows.chunks(700).map(outcome_block));

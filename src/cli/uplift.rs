@@ -22,6 +22,10 @@ pub struct UpliftArgs {
     /// is written).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Revenue is written 12,50 and 1.234,50 (the delimiter is sniffed
+    /// from the header either way).
+    #[arg(long)]
+    pub decimal_comma: bool,
     /// Print one JSON object on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -73,7 +77,7 @@ fn row(u: &Uplift) -> Vec<String> {
 }
 
 pub fn run(args: UpliftArgs) -> anyhow::Result<()> {
-    let report = measure(&args.assignments, &args.outcomes)?;
+    let report = measure(&args.assignments, &args.outcomes, args.decimal_comma)?;
     let files = args
         .out
         .as_deref()

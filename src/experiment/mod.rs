@@ -85,7 +85,7 @@ pub struct UpliftReport {
 
 struct Table {
     path: PathBuf,
-    reader: csv::Reader<std::fs::File>,
+    reader: csv::Reader<std::io::BufReader<std::fs::File>>,
     header: Vec<String>,
 }
 
@@ -106,9 +106,13 @@ impl Table {
                 advice,
             });
         }
-        let file = std::fs::File::open(path).map_err(io)?;
+        let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
+        // Delimited as a spreadsheet in any locale saves it: sniffed from
+        // the header as transaction logs are (a BOM skipped).
+        let delimiter = crate::data::text::prepare(&mut file, None).map_err(io)?;
         let mut reader = csv::ReaderBuilder::new()
             .trim(csv::Trim::All)
+            .delimiter(delimiter.byte())
             .from_reader(file);
         let header = reader
             .headers()
@@ -304,20 +308,25 @@ impl<'a> Outcomes<'a> {
 /// Reads `segment`'s customer table (`customer_id`, `segment`, `group`)
 /// and an outcomes table (`customer_id`, `converted` 0/1, `revenue`), and
 /// measures the uplift overall and per segment.
-pub fn measure(assignments: &Path, outcomes: &Path) -> Result<UpliftReport, ExperimentError> {
+pub fn measure(
+    assignments: &Path,
+    outcomes: &Path,
+    decimal_comma: bool,
+) -> Result<UpliftReport, ExperimentError> {
     let a = Assignments::read(assignments)?;
     let mut recorded = Outcomes::new(&a, outcomes);
-    read_outcomes(outcomes, |row, id, converted, revenue| {
+    read_outcomes(outcomes, decimal_comma, |row, id, converted, revenue| {
         recorded.record(row, id, converted, revenue)
     })?;
     recorded.finish()
 }
 
 /// Reads an outcomes table (`customer_id`, `converted` 0/1 or true/false,
-/// `revenue`, empty meaning 0) and hands each row, numbered from 1, to
-/// `each`.
+/// `revenue`, empty meaning 0; revenue written `12,50` with
+/// `decimal_comma`) and hands each row, numbered from 1, to `each`.
 pub fn read_outcomes(
     path: &Path,
+    decimal_comma: bool,
     mut each: impl FnMut(usize, &str, bool, f64) -> Result<(), ExperimentError>,
 ) -> Result<(), ExperimentError> {
     let mut o = Table::open(path, path, "save the outcomes as CSV")?;
@@ -344,9 +353,17 @@ pub fn read_outcomes(
         // Read as transaction amounts are: "$12.50" and "12.50 EUR" too.
         let revenue: f64 = match r.get(rev).unwrap_or("") {
             "" => 0.0,
-            v => crate::data::text::parse_number(v, false)
+            v => crate::data::text::parse_number(v, decimal_comma)
                 .filter(|x| x.is_finite())
-                .ok_or_else(|| bad(path, row, "revenue", "not a number"))?,
+                .ok_or_else(|| {
+                    let other = crate::data::text::parse_number(v, !decimal_comma).is_some();
+                    let what = match (other, decimal_comma) {
+                        (true, false) => "not a number (it reads with --decimal-comma)",
+                        (true, true) => "not a number (it reads without --decimal-comma)",
+                        (false, _) => "not a number",
+                    };
+                    bad(path, row, "revenue", what)
+                })?,
         };
         each(row, r.get(oid).unwrap_or(""), converted, revenue)?;
     }

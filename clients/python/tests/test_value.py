@@ -125,6 +125,17 @@ def test_segments_with_value_and_a_campaign_measured(client, tmp_path):
     dollars = outcomes.assign(revenue=["$%.2f" % r for r in outcomes["revenue"]])
     with pytest.raises(ValueError, match="column 'revenue', row 1: '\\$"):
         segmenta.uplift(seg, dollars, client=client)
+    # A European spreadsheet's file: semicolons, decimal commas.
+    eu = tmp_path / "eu.csv"
+    outcomes.to_csv(eu, index=False, sep=";", decimal=",")
+    with pytest.raises(ValueError, match="pass decimal_comma=True"):
+        segmenta.uplift(seg, eu, client=client)
+    assert (segmenta.uplift(seg, eu, client=client, decimal_comma=True).table.iloc[-1]["revenue_uplift"]
+            == pytest.approx(overall["revenue_uplift"]))
+    # No revenue sent: its figures are not measured (NaN), not "no effect".
+    none = segmenta.uplift(seg, outcomes.drop(columns=["revenue"]), client=client, revenue=None)
+    assert none.table["revenue_uplift"].isna().all() and none.table["revenue_p_value"].isna().all()
+    assert none.table.iloc[-1]["uplift"] == overall["uplift"]
     # Empty revenue cells are no revenue, as in the CLI.
     gaps = outcomes.assign(revenue=outcomes["revenue"].where(outcomes["converted"]))
     assert segmenta.uplift(seg, gaps, client=client).table.iloc[-1]["uplift"] == overall["uplift"]

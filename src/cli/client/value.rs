@@ -119,6 +119,9 @@ pub struct ClientUpliftArgs {
     /// Where uplift.html, uplift.png and uplift.json go.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Revenue is written 12,50 and 1.234,50 (as `segmenta uplift`).
+    #[arg(long)]
+    decimal_comma: bool,
     /// Print one JSON object on stdout instead of a table.
     #[arg(long)]
     json: bool,
@@ -138,7 +141,7 @@ pub async fn uplift(channel: Conn, a: ClientUpliftArgs) -> anyhow::Result<()> {
     }];
     let mut bytes = 0;
     let block_bytes = BLOCK_BYTES.min(super::message_budget(channel.clone()).await.0);
-    read_outcomes(&a.outcomes, |_, id, converted, revenue| {
+    read_outcomes(&a.outcomes, a.decimal_comma, |_, id, converted, revenue| {
         let size = id.len() + 16;
         if bytes + size > block_bytes && !block.customer_ids.is_empty() {
             messages.push(pb::UpliftRequest {

@@ -383,7 +383,7 @@ def _is_number(v) -> bool:
 
 def uplift(segmentation, outcomes, *, client: Union[None, str, Client] = None,
            customer: str = "customer_id", converted: str = "converted",
-           revenue: Optional[str] = "revenue") -> UpliftResult:
+           revenue: Optional[str] = "revenue", decimal_comma: bool = False) -> UpliftResult:
     """A campaign's uplift, treated against control, per segment and
     overall (as ``segmenta uplift``).
 
@@ -391,8 +391,10 @@ def uplift(segmentation, outcomes, *, client: Union[None, str, Client] = None,
     ``holdout_share``. ``outcomes``: a DataFrame, or the path of a CSV or
     Parquet file, with one row per customer (columns ``customer``,
     ``converted`` 0/1 or true/false, ``revenue``, empty meaning 0;
-    ``revenue=None`` when there is none). Assigned customers without a row
-    count as not converted. Nothing of the outcomes is stored on the
+    ``revenue=None`` when there is none: the revenue figures are then NaN).
+    A CSV's delimiter is sniffed from its header; ``decimal_comma`` reads
+    revenue written ``12,50`` and ``1.234,50``. Assigned customers without
+    a row count as not converted. Nothing of the outcomes is stored on the
     server.
     """
     pandas = _pandas()
@@ -402,9 +404,13 @@ def uplift(segmentation, outcomes, *, client: Union[None, str, Client] = None,
         if suffix == ".parquet":
             outcomes = pandas.read_parquet(path)
         elif suffix in (".csv", ".tsv", ".txt"):
-            # Ids stay text: "007" is not customer 7.
-            outcomes = pandas.read_csv(path, sep="\t" if suffix == ".tsv" else ",",
-                                       dtype={customer: str})
+            # Ids stay text: "007" is not customer 7. The delimiter is the
+            # header's, as a spreadsheet in any locale saves it.
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                head = f.readline()
+            sep = "\t" if suffix == ".tsv" else max(",;\t|", key=head.count)
+            outcomes = pandas.read_csv(path, sep=sep, dtype={customer: str}, encoding="utf-8-sig",
+                                       **({"decimal": ",", "thousands": "."} if decimal_comma else {}))
         else:
             raise ValueError(f"outcomes {path}: expected a .csv, .tsv or .parquet file")
     elif not isinstance(outcomes, pandas.DataFrame):
@@ -418,12 +424,15 @@ def uplift(segmentation, outcomes, *, client: Union[None, str, Client] = None,
     money = None
     if revenue is not None:
         try:
-            money = outcomes[revenue].fillna(0.0).astype(float).tolist()
+            money = pandas.to_numeric(outcomes[revenue]).fillna(0.0).astype(float).tolist()
         except (TypeError, ValueError):
-            values = outcomes[revenue].fillna(0.0).tolist()
+            values = outcomes[revenue].tolist()
             row = next(i for i, v in enumerate(values) if not _is_number(v))
+            hint = ("pass decimal_comma=True" if not decimal_comma and _is_number(
+                str(values[row]).replace(".", "").replace(",", "."))
+                else "convert currency text to numbers first")
             raise ValueError(f"outcomes column {revenue!r}, row {row + 1}: {values[row]!r} is not a "
-                             "number (convert currency text to numbers first)") from None
+                             f"number ({hint})") from None
     report = client.uplift(seg_id, outcomes[customer].astype(str).tolist(),
                            outcomes[converted].tolist(), money)
     rows = []
@@ -436,10 +445,15 @@ def uplift(segmentation, outcomes, *, client: Union[None, str, Client] = None,
             "uplift": u.conversion.estimate, "uplift_low": u.conversion.low,
             "uplift_high": u.conversion.high, "p_value": u.conversion_p_value,
             "relative_uplift": relative.estimate if relative else float("nan"),
-            "revenue_treated": u.treatment.revenue_per_customer,
-            "revenue_control": u.control.revenue_per_customer,
-            "revenue_uplift": u.revenue.estimate, "revenue_uplift_low": u.revenue.low,
-            "revenue_uplift_high": u.revenue.high, "revenue_p_value": u.revenue_p_value,
+            # No revenue sent: not measured, not "no effect".
+            **({"revenue_treated": u.treatment.revenue_per_customer,
+                "revenue_control": u.control.revenue_per_customer,
+                "revenue_uplift": u.revenue.estimate, "revenue_uplift_low": u.revenue.low,
+                "revenue_uplift_high": u.revenue.high, "revenue_p_value": u.revenue_p_value}
+               if money is not None else
+               dict.fromkeys(("revenue_treated", "revenue_control", "revenue_uplift",
+                              "revenue_uplift_low", "revenue_uplift_high", "revenue_p_value"),
+                             float("nan"))),
             "warning": u.warning,
         })
     return UpliftResult(report=report, table=pandas.DataFrame(rows))
