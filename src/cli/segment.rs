@@ -463,6 +463,9 @@ fn report(
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        if let Some(w) = e.warning() {
+            eprintln!("warning: {w}");
+        }
     }
     if let Some(r) = &run.refresh {
         println!(

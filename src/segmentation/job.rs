@@ -207,6 +207,34 @@ pub struct ExperimentSummary {
     pub control_by_segment: Vec<(u32, usize, usize)>,
 }
 
+impl ExperimentSummary {
+    /// What the groups drawn cannot measure, said before the campaign
+    /// rather than after it: uplift needs two customers in each group.
+    pub fn warning(&self) -> Option<String> {
+        let thin: Vec<String> = self
+            .control_by_segment
+            .iter()
+            .filter(|&&(_, c, n)| c < 2 || n - c < 2)
+            .map(|(s, c, _)| format!("{s} ({c})"))
+            .collect();
+        if self.control < 2 || self.treatment < 2 {
+            Some(format!(
+                "{} in control and {} treated: uplift needs at least two customers in each \
+                 group; raise the holdout share (or segment more customers)",
+                self.control, self.treatment
+            ))
+        } else if !thin.is_empty() {
+            Some(format!(
+                "segments {} have fewer than two customers in a group (control counts in \
+                 brackets): their uplift cannot be measured, only the overall one",
+                thin.join(", ")
+            ))
+        } else {
+            None
+        }
+    }
+}
+
 impl Default for SegmentParams {
     fn default() -> Self {
         Self {
@@ -1048,4 +1076,35 @@ fn scatter(
         labels: rows.iter().map(|&i| labels[i]).collect(),
         explained_variance_ratio: [ratio[0], ratio.get(1).copied().unwrap_or(0.0)],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(by: &[(u32, usize, usize)]) -> ExperimentSummary {
+        let control = by.iter().map(|b| b.1).sum();
+        let n: usize = by.iter().map(|b| b.2).sum();
+        ExperimentSummary {
+            holdout_share: 0.1,
+            salt: "s".into(),
+            treatment: n - control,
+            control,
+            control_by_segment: by.to_vec(),
+        }
+    }
+
+    #[test]
+    fn groups_too_thin_to_measure_are_said_before_the_campaign() {
+        let w = summary(&[(0, 1, 6), (1, 0, 4)]).warning().unwrap();
+        assert!(w.starts_with("1 in control and 9 treated"), "{w}");
+        let w = summary(&[(0, 5, 50), (1, 1, 40), (2, 4, 5)])
+            .warning()
+            .unwrap();
+        assert!(
+            w.starts_with("segments 1 (1), 2 (4) have fewer than two"),
+            "{w}"
+        );
+        assert_eq!(summary(&[(0, 5, 50), (1, 4, 40)]).warning(), None);
+    }
 }

@@ -1223,6 +1223,20 @@ async fn watch(channel: Conn, id: &str) -> anyhow::Result<pb::Job> {
                                         s.n_customers.saturating_sub(control),
                                         each.join(", ")
                                     );
+                                    let summary = segmenta::segmentation::ExperimentSummary {
+                                        holdout_share: 0.0,
+                                        salt: String::new(),
+                                        treatment: s.n_customers.saturating_sub(control) as usize,
+                                        control: control as usize,
+                                        control_by_segment: s
+                                            .segments
+                                            .iter()
+                                            .map(|p| (p.id, p.control as usize, p.size as usize))
+                                            .collect(),
+                                    };
+                                    if let Some(w) = summary.warning() {
+                                        eprintln!("warning: {w}");
+                                    }
                                 }
                             }
                             Some(pb::job::Result::Clv(c)) => {
