@@ -66,8 +66,10 @@ def test_segment_a_csv_path_with_a_k_sweep(client, tmp_path):
 def test_segment_errors_name_the_problem(client):
     with pytest.raises(TypeError, match="DataFrame"):
         segmenta.segment(42, client=client)
-    with pytest.raises(segmenta.JobFailed, match="decimal-comma|decimal_comma"):
+    # The advice is in this package's arguments, not the command line's.
+    with pytest.raises(segmenta.JobFailed, match="pass decimal_comma=True") as failed:
         segmenta.segment(b"customer_id,date,amount\nC1,2025-01-02,\"12,50\"\n", client=client, k=3)
+    assert "--" not in str(failed.value), failed.value
     with pytest.raises(ValueError, match="unknown column role"):
         client.start_segment(transactions_id="x", columns={"shop": "s"})
 

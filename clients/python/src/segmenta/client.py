@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _arrays
 from ._channel import Tls, connect, speaks_tls
-from .errors import JobFailed, SegmentaError, from_rpc_error
+from .errors import JobFailed, SegmentaError, from_rpc_error, in_python
 from .v1 import segmenta_pb2 as pb
 from .v1 import segmenta_pb2_grpc as rpc
 
@@ -374,7 +374,7 @@ class Client:
             # The code the server recorded (0 from servers that kept none).
             code = next((c for c in grpc.StatusCode if c.value[0] == finished.error_code and
                          finished.error_code), code)
-            raise JobFailed(finished, f"job {job_id} {state}: {finished.error}", code)
+            raise JobFailed(finished, f"job {job_id} {state}: {in_python(finished.error)}", code)
         return finished
 
     # ------------------------------------------------------------ k-means

@@ -77,8 +77,33 @@ _BY_CODE = {
 }
 
 
+# The server words its advice as the command line does; here it is said
+# with this package's arguments.
+_IN_PYTHON = (
+    ("pass --decimal-comma", "pass decimal_comma=True"),
+    ("without --decimal-comma", "without decimal_comma=True"),
+    ("with --decimal-comma", "with decimal_comma=True"),
+    ("--decimal-comma", "decimal_comma=True"),
+    ("--date-format", "date_format="),
+    ("--max-bad-rows ", "max_bad_rows="),
+    ("--max-bad-rows", "max_bad_rows"),
+    ("--delimiter", "delimiter="),
+    ("--min-share", "min_share"),
+    ("segment --holdout-share", "segment(..., holdout_share=...)"),
+    ("no --order-col; ", ""),
+    ("--order-col; ", ""),
+)
+
+
+def in_python(message: str) -> str:
+    """``message`` with command-line flags said as this package's arguments."""
+    for flag, argument in _IN_PYTHON:
+        message = message.replace(flag, argument)
+    return message
+
+
 def from_rpc_error(error: grpc.RpcError) -> SegmentaError:
     """The package's exception for a failed gRPC call."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     message = error.details() if hasattr(error, "details") else str(error)
-    return _BY_CODE.get(code, SegmentaError)(code, message or "")
+    return _BY_CODE.get(code, SegmentaError)(code, in_python(message or ""))
