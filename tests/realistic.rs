@@ -23,13 +23,7 @@ fn params() -> SegmentParams {
 }
 
 fn base_median(run: &SegmentRun, j: usize) -> f64 {
-    let mut v: Vec<f64> = run
-        .customers
-        .values
-        .column(j)
-        .iter()
-        .map(|&x| x as f64)
-        .collect();
+    let mut v: Vec<f64> = run.customers.values.column(j).to_vec();
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
