@@ -912,6 +912,15 @@ fn the_cli_client_runs_the_workflow_against_a_real_server() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("segmentation seg-"), "{out}");
+    // The uploaded log is held for refreshes, and listed.
+    let (code, listed, err) = cli(&["client", "--server", &addr, "transactions"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("tx-") && l.ends_with("  eu.csv")),
+        "{listed}"
+    );
     for f in [
         "report.html",
         "customers.csv",

@@ -1337,6 +1337,29 @@ fn segment_over_grpc_matches_the_library_and_refreshes_stably() {
         let server = TestServer::start(&dir.path().join("data"), Limits::default()).await;
         let uploaded = server.upload_log(&std::fs::read(&log).unwrap()).await;
         assert_eq!(uploaded.size_bytes, std::fs::metadata(&log).unwrap().len());
+        // Every log held is listed, paged in upload order: none is lost to
+        // a reply that never arrived.
+        let second = server
+            .upload_log(b"customer_id,date,amount\nA,2025-01-02,5\n")
+            .await;
+        let list = |page_token: String| {
+            let mut s = server.segmentations();
+            async move {
+                s.list_transactions(pb::ListTransactionsRequest {
+                    page_size: 1,
+                    page_token,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+            }
+        };
+        let first_page = list(String::new()).await;
+        assert_eq!(first_page.transactions, vec![uploaded.clone()]);
+        let second_page = list(first_page.next_page_token).await;
+        assert_eq!(second_page.transactions.len(), 1);
+        assert_eq!(second_page.transactions[0].id, second.id);
+        assert!(second_page.next_page_token.is_empty(), "the last page");
 
         let request = pb::SegmentRequest {
             source: Some(pb::segment_request::Source::TransactionsId(

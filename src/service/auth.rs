@@ -334,7 +334,9 @@ pub fn method(path: &str) -> Option<Method> {
         ("segmenta.v1.Segmentations", "UploadTransactions") => stream(Write),
         ("segmenta.v1.Segmentations", "Segment" | "Clv") => unary(Write),
         ("segmenta.v1.Segmentations", "Uplift") => stream(Write),
-        ("segmenta.v1.Segmentations", "GetSegmentation" | "GetClv") => unary(Read),
+        ("segmenta.v1.Segmentations", "GetSegmentation" | "GetClv" | "ListTransactions") => {
+            unary(Read)
+        }
         ("segmenta.v1.Segmentations", "DownloadArtifact") => stream(Read),
         ("segmenta.v1.Segmentations", "DeleteTransactions" | "DeleteSegmentation") => unary(Admin),
         ("segmenta.v1.Models", "Get" | "List" | "Export") => unary(Read),

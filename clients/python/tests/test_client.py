@@ -128,6 +128,7 @@ def test_errors_are_exceptions_with_the_status_code(client, blobs):
     client.delete_dataset(ds.id, cascade=True)
     # A job that fails raises JobFailed with the server's reason.
     log = client.upload_transactions(b"customer_id,date,amount\nC1,not a date,3\n", name="bad.csv")
+    assert log.id in [t.id for t in client.list_transactions()]
     with pytest.raises(segmenta.JobFailed, match="could be read") as failed:
         client.wait(client.start_segment(transactions_id=log.id, k=3))
     assert failed.value.job.state == segmenta.v1.segmenta_pb2.JOB_STATE_FAILED

@@ -218,6 +218,8 @@ pub enum ClientCommand {
     Datasets,
     /// List models.
     Models,
+    /// List uploaded transaction logs.
+    Transactions,
     /// Delete a dataset (ds-…), a model (km-…, pca-…), a transaction log
     /// (tx-…), a segmentation (seg-…) or a CLV run (clv-…). Needs the admin
     /// role.
@@ -771,6 +773,29 @@ async fn run_async(args: ClientArgs) -> anyhow::Result<()> {
                     d.name,
                     d.columns.join(",")
                 );
+            }
+        }
+        ClientCommand::Transactions => {
+            let client = pb::segmentations_client::SegmentationsClient::new(channel);
+            let all = all_pages(|page_token| {
+                let mut client = client.clone();
+                async move {
+                    let page = client
+                        .list_transactions(pb::ListTransactionsRequest {
+                            page_size: 0,
+                            page_token,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((page.transactions, page.next_page_token))
+                }
+            })
+            .await?;
+            if all.is_empty() {
+                say!("no transaction logs");
+            }
+            for t in all {
+                say!("{}  {:>12} bytes  {}", t.id, t.size_bytes, t.name);
             }
         }
         ClientCommand::Models => {

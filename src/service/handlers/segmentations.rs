@@ -6,7 +6,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::value::{bad_row_policy, clv_job, max_bad_rows, value_options};
-use super::{check_declared, next_message, require_declared, UploadPace};
+use super::{check_declared, next_message, page_request, paginate, require_declared, UploadPace};
 use crate::data::TableFormat;
 use crate::segmentation::transactions::TransactionColumns;
 use crate::segmentation::{ExperimentOptions, KChoice, SegmentParams, SegmentationError};
@@ -257,6 +257,26 @@ impl pb::segmentations_server::Segmentations for SegmentationsService {
         let audit = request.extensions().get::<AuditIds>().cloned();
         let report = super::value::uplift(&self.engine, audit, request.into_inner()).await?;
         Ok(Response::new((&report).into()))
+    }
+
+    async fn list_transactions(
+        &self,
+        request: Request<pb::ListTransactionsRequest>,
+    ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
+        let r = request.into_inner();
+        let page = page_request(r.page_size, r.page_token, &["tx"])?;
+        let store = self.engine.store.clone();
+        let all = tokio::task::block_in_place(|| store.list_transactions())?;
+        let (transactions, next_page_token) = paginate(
+            all.iter()
+                .map(|t| (t.id.clone(), pb::TransactionLog::from(t))),
+            &page,
+            self.engine.config.limits.max_message_bytes / 2,
+        );
+        Ok(Response::new(pb::ListTransactionsResponse {
+            transactions,
+            next_page_token,
+        }))
     }
 
     async fn get_segmentation(

@@ -769,6 +769,11 @@ class Client:
             pathlib.Path(path).write_bytes(data)
         return data
 
+    def list_transactions(self, page_size: int = 0) -> Iterator[pb.TransactionLog]:
+        """Every uploaded transaction log, page by page."""
+        return self._pages(self._segmentations.ListTransactions, pb.ListTransactionsRequest,
+                           "transactions", page_size)
+
     def delete_transactions(self, transactions_id: str, cascade: bool = False) -> List[str]:
         return list(self._call(self._segmentations.DeleteTransactions,
                                pb.DeleteTransactionsRequest(id=transactions_id, cascade=cascade)).deleted_ids)

@@ -655,6 +655,22 @@ class DeleteTransactionsRequest(_message.Message):
     cascade: bool
     def __init__(self, id: _Optional[str] = ..., cascade: _Optional[bool] = ...) -> None: ...
 
+class ListTransactionsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListTransactionsResponse(_message.Message):
+    __slots__ = ("transactions", "next_page_token")
+    TRANSACTIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    transactions: _containers.RepeatedCompositeFieldContainer[TransactionLog]
+    next_page_token: str
+    def __init__(self, transactions: _Optional[_Iterable[_Union[TransactionLog, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
 class DeleteSegmentationRequest(_message.Message):
     __slots__ = ("id",)
     ID_FIELD_NUMBER: _ClassVar[int]

@@ -1157,6 +1157,11 @@ class SegmentationsStub:
                 request_serializer=segmenta_dot_v1_dot_segmenta__pb2.UploadTransactionsRequest.SerializeToString,
                 response_deserializer=segmenta_dot_v1_dot_segmenta__pb2.TransactionLog.FromString,
                 _registered_method=True)
+        self.ListTransactions = channel.unary_unary(
+                '/segmenta.v1.Segmentations/ListTransactions',
+                request_serializer=segmenta_dot_v1_dot_segmenta__pb2.ListTransactionsRequest.SerializeToString,
+                response_deserializer=segmenta_dot_v1_dot_segmenta__pb2.ListTransactionsResponse.FromString,
+                _registered_method=True)
         self.Segment = channel.unary_unary(
                 '/segmenta.v1.Segmentations/Segment',
                 request_serializer=segmenta_dot_v1_dot_segmenta__pb2.SegmentRequest.SerializeToString,
@@ -1209,6 +1214,14 @@ class SegmentationsServicer:
     def UploadTransactions(self, request_iterator, context):
         """Client streaming: first a header, then the file's bytes in chunks (each
         well under the server's message limit). The log is parsed by Segment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTransactions(self, request, context):
+        """The uploaded logs, in id (upload) order, paged as Datasets.List: what
+        is held, so none is forgotten (an upload whose reply was lost, say).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1289,6 +1302,11 @@ def add_SegmentationsServicer_to_server(servicer, server):
                     request_deserializer=segmenta_dot_v1_dot_segmenta__pb2.UploadTransactionsRequest.FromString,
                     response_serializer=segmenta_dot_v1_dot_segmenta__pb2.TransactionLog.SerializeToString,
             ),
+            'ListTransactions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTransactions,
+                    request_deserializer=segmenta_dot_v1_dot_segmenta__pb2.ListTransactionsRequest.FromString,
+                    response_serializer=segmenta_dot_v1_dot_segmenta__pb2.ListTransactionsResponse.SerializeToString,
+            ),
             'Segment': grpc.unary_unary_rpc_method_handler(
                     servicer.Segment,
                     request_deserializer=segmenta_dot_v1_dot_segmenta__pb2.SegmentRequest.FromString,
@@ -1361,6 +1379,33 @@ class Segmentations:
             '/segmenta.v1.Segmentations/UploadTransactions',
             segmenta_dot_v1_dot_segmenta__pb2.UploadTransactionsRequest.SerializeToString,
             segmenta_dot_v1_dot_segmenta__pb2.TransactionLog.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTransactions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segmenta.v1.Segmentations/ListTransactions',
+            segmenta_dot_v1_dot_segmenta__pb2.ListTransactionsRequest.SerializeToString,
+            segmenta_dot_v1_dot_segmenta__pb2.ListTransactionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
