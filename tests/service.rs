@@ -1480,6 +1480,19 @@ fn segment_over_grpc_matches_the_library_and_refreshes_stably() {
         };
         assert_eq!(km.segment_ids, renamed.segment_ids);
         assert_eq!(km.segment_descriptions, renamed.descriptions);
+        // A damaged file: the error is clipped but keeps where it broke.
+        let mut damaged = serde_json::to_string_pretty(&renamed).unwrap();
+        damaged.insert_str(damaged.find("\"features\"").unwrap(), "oops ");
+        let e = server
+            .models()
+            .import(pb::ImportModelRequest {
+                content: damaged.into_bytes(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+        assert!(e.message().contains(" at line "), "{e}");
+        assert!(e.message().len() < 300, "{e}");
         let by_import = server
             .clustering()
             .assign(pb::AssignRequest {

@@ -859,7 +859,16 @@ impl Engine {
     pub fn import_model(&self, content: &[u8]) -> ServiceResult<ModelRecord> {
         use crate::model_file::{ModelFile, TableModel};
         let file = ModelFile::parse(content, "the model file").map_err(|e| {
-            ServiceError::invalid("content", crate::service::auth::clip(&e.to_string()))
+            // Clipped (it may quote the file), but the place of the fault
+            // kept: "… at line 3 column 14".
+            let text = e.to_string();
+            let shown = match text.rfind(" at line ") {
+                Some(at) if text.len() - at <= 40 => {
+                    format!("{}{}", crate::service::auth::clip(&text[..at]), &text[at..])
+                }
+                _ => crate::service::auth::clip(&text),
+            };
+            ServiceError::invalid("content", shown)
         })?;
         let (columns, body, segments) = match file {
             ModelFile::Table(TableModel::Kmeans { columns, model }) => {
