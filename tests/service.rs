@@ -688,6 +688,21 @@ fn bad_requests_get_the_right_code_and_the_server_keeps_serving() {
             e.message().contains("3 bytes are not whole 4-byte floats"),
             "{e}"
         );
+        // Whole floats that are not whole rows name the field they came in.
+        let e = code(
+            server
+                .datasets()
+                .upload(tokio_stream::iter(vec![
+                    header("x", &["a", "b"], 2),
+                    raw_rows(vec![0; 12]),
+                ]))
+                .await,
+        );
+        assert!(
+            e.message()
+                .starts_with("rows.values_f32le: a block of 3 values is not whole rows"),
+            "{e}"
+        );
         let both = pb::UploadRequest {
             message: Some(Message::Rows(pb::RowBlock {
                 values: vec![1.0],

@@ -13,10 +13,14 @@ use crate::service::proto as pb;
 use crate::service::proto::upload_request::Message;
 
 /// The block's values, from whichever of its two fields is set.
-fn row_values(block: pb::RowBlock) -> Result<Vec<f32>, ServiceError> {
+/// A block's values and the field they came in (what errors about them name).
+fn row_values(block: pb::RowBlock) -> Result<(&'static str, Vec<f32>), ServiceError> {
     match (block.values.is_empty(), block.values_f32le.is_empty()) {
-        (_, true) => Ok(block.values),
-        (true, false) => f32_values("rows.values_f32le", &block.values_f32le),
+        (_, true) => Ok(("rows.values", block.values)),
+        (true, false) => {
+            let field = "rows.values_f32le";
+            Ok((field, f32_values(field, &block.values_f32le)?))
+        }
         (false, false) => Err(ServiceError::invalid(
             "rows",
             "set values or values_f32le, not both",
@@ -74,7 +78,7 @@ impl pb::datasets_server::Datasets for DatasetsService {
         let pace = UploadPace::new(idle);
         while let Some(msg) = next_message(&mut stream, idle).await? {
             pace.check(writer.size_bytes())?;
-            let block = match msg.message {
+            let (field, block) = match msg.message {
                 Some(Message::Rows(b)) => row_values(b)?,
                 _ => {
                     return Err(ServiceError::invalid(
@@ -86,7 +90,7 @@ impl pb::datasets_server::Datasets for DatasetsService {
             };
             if !block.len().is_multiple_of(width) {
                 return Err(ServiceError::invalid(
-                    "rows.values",
+                    field,
                     format!("a block of {} values is not whole rows of {width} columns (after row {row})", block.len()),
                 )
                 .into());
@@ -94,7 +98,7 @@ impl pb::datasets_server::Datasets for DatasetsService {
             if let Some(i) = block.iter().position(|v| !v.is_finite()) {
                 let (r, c) = (row + (i / width) as u64 + 1, i % width);
                 return Err(ServiceError::invalid(
-                    "rows.values",
+                    field,
                     format!(
                         "non-finite value at row {r}, column {:?}",
                         header.columns[c]
