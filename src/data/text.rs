@@ -182,6 +182,13 @@ pub fn parse_number(text: &str, decimal_comma: bool) -> Option<f64> {
     }
     let last = t.rfind(|c: char| c.is_ascii_digit())?;
     let (prefix, body, suffix) = (&t[..first], &t[first..=last], &t[last + 1..]);
+    // "CHF 10.-" and "10,–" are whole amounts (Swiss and German price
+    // tags), not a trailing minus: only a dash after digits is one.
+    let dec = if decimal_comma { ',' } else { '.' };
+    let suffix = ['-', '\u{2013}', '\u{2212}']
+        .iter()
+        .find_map(|&d| suffix.strip_prefix(dec).and_then(|s| s.strip_prefix(d)))
+        .unwrap_or(suffix);
     if !currency_words_only(prefix, suffix) {
         return None;
     }
@@ -390,6 +397,10 @@ mod tests {
             ("$1,234.50", false, Some(1234.5)),
             ("1,234,567", false, Some(1_234_567.0)),
             ("(12.50)", false, Some(-12.5)),
+            ("CHF 10.-", false, Some(10.0)),
+            ("10.\u{2013}", false, Some(10.0)),
+            ("10,-", true, Some(10.0)),
+            ("10.00-", false, Some(-10.0)),
             ("12.50 USD", false, Some(12.5)),
             ("£3", false, Some(3.0)),
             ("12,50", false, None),
