@@ -311,11 +311,12 @@ fn report(
         return Ok(());
     }
     println!(
-        "{} customers as of {} from {} rows ({} unreadable rows skipped); backend {} [{}]",
+        "{} customers as of {} from {} rows ({} unreadable row{} skipped); backend {} [{}]",
         run.customers.ids.len(),
         run.model.as_of,
         i.rows_read,
         i.bad_rows.total,
+        if i.bad_rows.total == 1 { "" } else { "s" },
         run.backend.backend,
         run.backend.adapter
     );
