@@ -1069,6 +1069,10 @@ fn customer_tables_keep_spend_to_the_cent() {
         ));
     }
     log.push_str("P,2025-01-01,300000.01\nQ,2025-01-02,123456789\nQ,2025-03-02,0.01\n");
+    // Binary sums of decimal amounts: 12.50 + 7.30 + 0.10 is
+    // 19.900000000000002 in f64, 0.1 + 0.2 is 0.30000000000000004.
+    log.push_str("R,2025-01-05,12.50\nR,2025-01-05,7.30\nR,2025-01-05,0.10\n");
+    log.push_str("S,2025-01-06,0.1\nS,2025-02-06,0.2\n");
     let path = write(&dir, "log.csv", &log);
     let out = dir.path().join("out");
     segmenta()
@@ -1093,4 +1097,7 @@ fn customer_tables_keep_spend_to_the_cent() {
     assert_eq!(row("Q")[monetary], "123456789.01");
     assert_eq!(row("Q")[aov], "61728394.505");
     assert_eq!(row("c3")[monetary], "13.25");
+    assert_eq!(row("R")[monetary], "19.9");
+    assert_eq!(row("S")[monetary], "0.3");
+    assert_eq!(row("S")[aov], "0.15");
 }

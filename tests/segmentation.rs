@@ -806,6 +806,11 @@ fn k_never_exceeds_the_distinct_customer_profiles() {
             && e.contains("k = 2 or fewer"),
         "{e}"
     );
+    // A range asked for is refused as a --k would be.
+    let e = run(&two, Some(KChoice::Range(3..=5)))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ask for k = 2 or fewer"), "{e}");
     let e = run(&alike, Some(KChoice::Fixed(2)))
         .unwrap_err()
         .to_string();

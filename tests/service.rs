@@ -2003,6 +2003,23 @@ fn clv_over_grpc_matches_the_library_and_writes_its_artifacts() {
             }),
             ..Default::default()
         };
+        // An order column would be ignored by the models: refused.
+        let e = server
+            .segmentations()
+            .clv(pb::ClvRequest {
+                columns: Some(pb::TransactionColumns {
+                    order: "order_id".into(),
+                    ..Default::default()
+                }),
+                ..request.clone()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+        assert!(
+            e.message().starts_with("columns.order: not used by Clv"),
+            "{e}"
+        );
         let job = server
             .segmentations()
             .clv(request.clone())

@@ -214,7 +214,7 @@ impl ExperimentSummary {
         let thin: Vec<String> = self
             .control_by_segment
             .iter()
-            .filter(|&&(_, c, n)| c < 2 || n - c < 2)
+            .filter(|&&(_, c, n)| c < 2 || n.saturating_sub(c) < 2)
             .map(|(s, c, _)| format!("{s} ({c})"))
             .collect();
         if self.control < 2 || self.treatment < 2 {
@@ -578,6 +578,7 @@ pub fn run_segmentation(
                 Err(
                     e @ (ValueError::NotConverged { .. }
                     | ValueError::InfiniteSpend { .. }
+                    | ValueError::Hyp2f1(_)
                     | ValueError::NoRepeatCustomers),
                 ) => {
                     tracing::warn!("no customer value: {e}");
@@ -789,7 +790,14 @@ pub fn segment_customers(
             // tolerance: identical data, say) keep them, so the refresh
             // reproduces the previous assignment instead of nudging
             // customers on a border across it.
-            if fit.n_iter() == 1 && fit.converged() && fit.scaler() == p.kmeans.scaler() {
+            // The same scaling (the centre aside: distances do not depend on
+            // it, and models before it was kept have none).
+            let (a, b) = (fit.scaler(), p.kmeans.scaler());
+            let same_scaling = a.mean == b.mean
+                && a.scale == b.scale
+                && a.standardize == b.standardize
+                && a.log1p == b.log1p;
+            if fit.n_iter() == 1 && fit.converged() && same_scaling {
                 (p.kmeans.clone(), None)
             } else {
                 (fit, None)
@@ -816,6 +824,16 @@ pub fn segment_customers(
                 _ => DEFAULT_K_RANGE,
             };
             check_enough(n, *range.start())?;
+            // A range asked for is refused as a --k would be; the default
+            // one shrinks to what the customers allow.
+            if params.k.is_some() && *range.start() > distinct {
+                return Err(SegmentationError::FewProfiles {
+                    distinct,
+                    k: *range.start(),
+                    features: feature_list(),
+                }
+                .into());
+            }
             let end = (*range.end()).min(n).min(distinct);
             let range = (*range.start()).min(end)..=end;
             let on_fit = |i: usize, total: usize| {
@@ -841,7 +859,7 @@ pub fn segment_customers(
                 .nth(sweep.recommended_k - range.start())
                 .expect("recommended k is in the range");
             let mut sweep = sweep;
-            if distinct <= largest_k {
+            if distinct < largest_k {
                 sweep.reason = format!(
                     "{}; no k above {distinct} was tried: the customers have only {distinct} \
                      distinct profiles",

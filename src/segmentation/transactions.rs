@@ -127,8 +127,6 @@ impl BadRows {
         }
     }
 
-    /// One line: how many rows by problem, an example of each (with its
-    /// value when `values`) and the option that would fix it.
     /// These counts and examples without the cells' values, for whatever is
     /// written to a file: an unreadable cell can be anything (a name or an
     /// e-mail shifted into the amount column), and a report is shared.
@@ -140,6 +138,8 @@ impl BadRows {
         out
     }
 
+    /// One line: how many rows by problem, an example of each (with its
+    /// value when `values`) and the option that would fix it.
     pub fn summary(&self, values: bool) -> String {
         self.by_problem
             .iter()

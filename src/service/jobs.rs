@@ -187,20 +187,23 @@ pub struct JobContext {
 }
 
 impl JobContext {
-    /// Reports progress; `fraction` never goes back (a new phase that does
-    /// not know its share keeps the last one).
     pub fn progress(&self, mut p: JobProgress) {
         p.elapsed_seconds = self.started.elapsed().as_secs_f64();
-        self.state.send_modify(|s| {
-            p.fraction = p.fraction.max(s.progress.fraction);
-            s.progress = p;
-        });
+        self.state.send_modify(|s| s.progress = p);
     }
 
+    /// A new phase that does not know its share of the work keeps the
+    /// fraction reached so far. (Only a job that starts over — a GPU
+    /// failure run again on the CPU — reports a lower one.)
     pub fn phase(&self, phase: &str) {
-        self.progress(JobProgress {
-            phase: phase.to_owned(),
-            ..Default::default()
+        let elapsed_seconds = self.started.elapsed().as_secs_f64();
+        self.state.send_modify(|s| {
+            s.progress = JobProgress {
+                phase: phase.to_owned(),
+                fraction: s.progress.fraction,
+                elapsed_seconds,
+                ..Default::default()
+            }
         });
     }
 

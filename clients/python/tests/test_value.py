@@ -176,6 +176,8 @@ def test_clv_errors_name_the_problem(client):
 
     client.upload_transactions = recording
     try:
+        with pytest.raises(ValueError, match="order is not used by clv"):
+            segmenta.clv(frame, client=client, calibration_end="2025-03-31", order="order_id")
         with pytest.raises(segmenta.JobFailed, match="calibration end"):
             segmenta.clv(frame, client=client, calibration_end="2030-01-01")
     finally:

@@ -66,7 +66,7 @@ fn fit_request(f: FitArgs) -> anyhow::Result<pb::FitKMeansRequest> {
             InitSample::Rows(rows) => Some(rows as u64),
         },
         n_init: f.n_init,
-        max_iter: f.max_iter,
+        max_iter: f.max_iter.unwrap_or(0),
         tol: Some(f.tol),
         seed: f.seed,
         backend: proto_backend(f.backend) as i32,
@@ -277,9 +277,10 @@ pub struct FitArgs {
     /// Runs from different seeds; the lowest inertia wins.
     #[arg(long, default_value_t = 1)]
     n_init: u32,
-    /// Most Lloyd iterations per run.
-    #[arg(long, default_value_t = 300)]
-    max_iter: u32,
+    /// Most Lloyd iterations per run (default 300, or what the server's
+    /// max_iterations allows).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_iter: Option<u32>,
     /// Convergence tolerance, relative to the mean feature variance.
     #[arg(long, default_value_t = 1e-4)]
     tol: f64,

@@ -44,9 +44,7 @@ impl Engine {
             let mut run = run_clv(&log.path, &params)
                 .map_err(|e| segmentation_content_error(e, log.server_file))?;
             // As for segment jobs: no cell of the log in stored outputs.
-            for example in &mut run.summary.bad_rows.examples {
-                example.value.clear();
-            }
+            run.summary.bad_rows = run.summary.bad_rows.without_values();
             ctx.phase("writing outputs");
             engine.commit(erasures, log.commit_source(), || {
                 log.note_delimiter(&engine)?;

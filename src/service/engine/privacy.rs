@@ -231,6 +231,29 @@ fn erase_csv(
     if hits == 0 {
         return Ok(0);
     }
+    // The csv reader ends a CRLF record after its \r and starts the next
+    // at the \n: a range that starts at that \n moves one byte on (and
+    // takes its own \n), so the lines kept keep their CRLF — the last one
+    // too when the file has no final line end.
+    {
+        use std::os::unix::fs::FileExt;
+        let file = File::open(path).map_err(ServiceError::io)?;
+        let byte = |at: u64| {
+            let mut b = [0u8];
+            matches!(file.read_at(&mut b, at), Ok(1)).then_some(b[0])
+        };
+        for gone in &mut drop {
+            if byte(gone.start) == Some(b'\n')
+                && gone.start > 0
+                && byte(gone.start - 1) == Some(b'\r')
+            {
+                gone.start += 1;
+                if byte(gone.end) == Some(b'\n') {
+                    gone.end += 1;
+                }
+            }
+        }
+    }
     replace_file_with(path, |out| {
         let mut from = File::open(path)?;
         let mut kept = 0u64;
@@ -344,4 +367,42 @@ fn erase_model(path: &Path, id: &str) -> ServiceResult<u64> {
         write_bytes_atomically(path, &text).map_err(ServiceError::io)?;
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `text` with customer `X` erased (the first field compared).
+    fn erased(text: &str) -> String {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("log.csv");
+        std::fs::write(&path, text).unwrap();
+        erase_csv(&path, "X", None, Some("customer_id")).unwrap();
+        String::from_utf8(std::fs::read(&path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn erasure_keeps_every_other_byte_whatever_the_file_shape() {
+        let h = "customer_id,amount";
+        for (text, kept) in [
+            // LF and CRLF, with and without a last line end.
+            (format!("{h}\nA,1\nX,2\nB,3\n"), format!("{h}\nA,1\nB,3\n")),
+            (format!("{h}\nA,1\nX,2"), format!("{h}\nA,1\n")),
+            (
+                format!("{h}\r\nA,1\r\nX,2\r\nB,3\r\n"),
+                format!("{h}\r\nA,1\r\nB,3\r\n"),
+            ),
+            (format!("{h}\r\nA,1\r\nX,2"), format!("{h}\r\nA,1\r\n")),
+            (format!("{h}\r\nX,2\r\nX,4\r\nB,3"), format!("{h}\r\nB,3")),
+            // A quoted field holding a line end, a blank line (kept: not
+            // the customer's), a BOM.
+            (
+                format!("\u{feff}{h}\nX,\"a\nb\"\n\nA,\"c\r\nd\"\n"),
+                format!("\u{feff}{h}\n\nA,\"c\r\nd\"\n"),
+            ),
+        ] {
+            assert_eq!(erased(&text), kept, "{text:?}");
+        }
+    }
 }

@@ -177,9 +177,7 @@ impl Engine {
             // (a name shifted into the date column), and erasure would not
             // find it in segments.json or the report. Rows, columns and
             // fixes stay.
-            for example in &mut run.input.bad_rows.examples {
-                example.value.clear();
-            }
+            run.input.bad_rows = run.input.bad_rows.without_values();
             ctx.phase("writing outputs");
             engine.commit(erasures, log.commit_source(), || {
                 log.note_delimiter(&engine)?;

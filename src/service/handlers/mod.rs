@@ -112,8 +112,8 @@ fn require_declared(field: &str, unit: &str, declared: u64) -> Result<(), tonic:
         return Err(ServiceError::invalid(
             field,
             format!(
-                "required: the number of {unit} that follow, so that a stream cut short or \
-                 cancelled is never stored as if whole"
+                "required: the number of {unit} that follow (an empty upload is refused \
+                 anyway), so that a stream cut short or cancelled is never stored as if whole"
             ),
         )
         .into());

@@ -7,7 +7,7 @@ use tonic::{Status, Streaming};
 
 use super::{next_message, UploadPace};
 use crate::experiment::{Assignments, Outcomes, UpliftReport};
-use crate::segmentation::transactions::{BadRowPolicy, TransactionColumns};
+use crate::segmentation::transactions::BadRowPolicy;
 use crate::segmentation::SegmentationError;
 use crate::service::convert::text_format;
 use crate::service::engine::{ClvJob, Engine, LogSource};
@@ -105,11 +105,15 @@ pub(super) fn clv_job(r: pb::ClvRequest) -> ServiceResult<ClvJob> {
     params.discount_rate = v.discount_rate;
     params.churn = v.churn;
     // The models count purchase days, as the paper does: an order column
-    // is not read (and cannot fail the job).
-    params.columns = TransactionColumns {
-        order: None,
-        ..super::segmentations::columns(r.columns)
-    };
+    // would be ignored, so it is refused (as the CLI refuses --order-col).
+    params.columns = super::segmentations::columns(r.columns);
+    if params.columns.order.is_some() {
+        return Err(ServiceError::invalid(
+            "columns.order",
+            "not used by Clv: its models count purchase days (several orders on one day are \
+             one purchase, as in the BG/NBD paper); leave it empty",
+        ));
+    }
     params.bad_rows = bad_row_policy(r.bad_rows)?;
     params.max_bad_rows = max_bad_rows(r.max_bad_rows, params.max_bad_rows)?;
     Ok(ClvJob {

@@ -380,7 +380,8 @@ class Client:
     # ------------------------------------------------------------ k-means
 
     def fit_kmeans(self, dataset_id: str, k: int, columns: Optional[Sequence[str]] = None,
-                   init: Union[str, np.ndarray] = "k-means++", n_init: int = 1, max_iter: int = 300,
+                   init: Union[str, np.ndarray] = "k-means++", n_init: int = 1,
+                   max_iter: Optional[int] = None,
                    tol: float = 1e-4, seed: int = 0, backend: Optional[str] = None,
                    standardize: bool = False, weights_column: str = "", wait: bool = True,
                    progress: bool = False, init_sample: Union[str, int] = "auto"):
@@ -390,15 +391,17 @@ class Client:
         draw from: ``"auto"`` (a uniform sample of 1,024 rows per centre, at
         least 65,536, on unweighted data of more than twice that), ``"all"``
         or a number of rows (at least k; a sample only where there are more
-        than twice as many). Returns the :class:`KMeansModel` (or the job,
-        with ``wait=False``)."""
+        than twice as many). ``max_iter``: unset, 300 or what the server's
+        ``max_iterations`` allows. Returns the :class:`KMeansModel` (or the
+        job, with ``wait=False``)."""
         # 0 means "the server's default" on the wire: refused here, named.
-        for name, value in (("k", k), ("n_init", n_init), ("max_iter", max_iter)):
+        asked = (("k", k), ("n_init", n_init)) + ((("max_iter", max_iter),) if max_iter is not None else ())
+        for name, value in asked:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
         request = pb.FitKMeansRequest(
             dataset_id=dataset_id, k=int(k), columns=list(columns or ()), n_init=int(n_init),
-            max_iter=int(max_iter), tol=float(tol), seed=int(seed), backend=_backend(backend),
+            max_iter=int(max_iter or 0), tol=float(tol), seed=int(seed), backend=_backend(backend),
             standardize=bool(standardize), weights_column=weights_column or "")
         if init_sample == "all":
             request.init_sample_rows = 0

@@ -2,6 +2,8 @@
 carrying the gRPC status code and the server's message."""
 from __future__ import annotations
 
+import re
+
 import grpc
 
 
@@ -80,25 +82,30 @@ _BY_CODE = {
 # The server words its advice as the command line does; here it is said
 # with this package's arguments.
 _IN_PYTHON = (
-    ("pass --decimal-comma", "pass decimal_comma=True"),
-    ("without --decimal-comma", "without decimal_comma=True"),
-    ("with --decimal-comma", "with decimal_comma=True"),
-    ("--decimal-comma", "decimal_comma=True"),
-    ("--date-format", "date_format="),
-    ("--max-bad-rows ", "max_bad_rows="),
-    ("--max-bad-rows", "max_bad_rows"),
-    ("--delimiter", "delimiter="),
-    ("--min-share", "min_share"),
-    ("segment --holdout-share", "segment(..., holdout_share=...)"),
-    ("no --order-col; ", ""),
-    ("--order-col; ", ""),
+    (re.compile(r"--(date-format|delimiter|max-bad-rows) ('[^']*'|[^\s)]+?)(?=[:,;.]?(?:\s|\)|$))"),
+     lambda m: f"{m.group(1).replace('-', '_')}={_quoted(m.group(2))}"),
+    (re.compile(r"--decimal-comma"), lambda m: "decimal_comma=True"),
+    (re.compile(r"--(max-bad-rows|min-share|date-format|delimiter)"),
+     lambda m: m.group(1).replace("-", "_")),
+    (re.compile(r"segment --holdout-share"), lambda m: "segment(..., holdout_share=...)"),
+    (re.compile(r"(no )?--order-col; "), lambda m: ""),
 )
+
+
+def _quoted(value: str) -> str:
+    """A value as a Python literal: numbers as they are, text quoted."""
+    value = value.strip("'")
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return repr(value)
 
 
 def in_python(message: str) -> str:
     """``message`` with command-line flags said as this package's arguments."""
-    for flag, argument in _IN_PYTHON:
-        message = message.replace(flag, argument)
+    for pattern, replace in _IN_PYTHON:
+        message = pattern.sub(replace, message)
     return message
 
 

@@ -344,12 +344,14 @@ def clv(transactions, *, calibration_end: str, client: Union[None, str, Client] 
     ``(high, medium)`` P(alive) cut-offs (default 0.5, 0.8). With
     ``holdout_end`` the predictions are checked against the purchases
     after the calibration end. Column and text options as in
-    :func:`segment`.
+    :func:`segment` (but no ``order``: the models count purchase days).
     """
     _pandas()
+    if order:
+        raise ValueError("order is not used by clv: its models count purchase days (several "
+                         "orders on one day are one purchase, as in the BG/NBD paper)")
     client = _client(client)
-    roles = {"customer": customer, "date": date, "amount": amount, "quantity": quantity,
-             "order": order}
+    roles = {"customer": customer, "date": date, "amount": amount, "quantity": quantity}
     _value_options(time_unit, horizon, discount_rate, churn_thresholds)  # checked before upload
 
     def start(log_id):
@@ -427,7 +429,8 @@ def uplift(segmentation, outcomes, *, client: Union[None, str, Client] = None,
             money = pandas.to_numeric(outcomes[revenue]).fillna(0.0).astype(float).tolist()
         except (TypeError, ValueError):
             values = outcomes[revenue].tolist()
-            row = next(i for i, v in enumerate(values) if not _is_number(v))
+            row = next(i for i, v in enumerate(values)
+                       if not (_is_number(v) or pandas.isna(v)))
             hint = ("pass decimal_comma=True" if not decimal_comma and _is_number(
                 str(values[row]).replace(".", "").replace(",", "."))
                 else "convert currency text to numbers first")
