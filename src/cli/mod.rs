@@ -203,8 +203,8 @@ impl LogArgs {
     pub fn refuse_order_col(&self) -> anyhow::Result<()> {
         if self.order_col.is_some() {
             anyhow::bail!(
-                "--order-col is not used by clv: its models count purchase days (several \
-                 orders on one day are one purchase, as in the BG/NBD paper); leave it out"
+                "--order-col is not used by clv: {}; leave it out",
+                segmenta::value::COUNTS_PURCHASE_DAYS
             );
         }
         Ok(())

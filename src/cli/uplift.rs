@@ -45,13 +45,7 @@ fn relative(i: Option<segmenta::experiment::Interval>) -> String {
 fn row(u: &Uplift) -> Vec<String> {
     let pp = |v: f64| format!("{:+.2}", v * 100.0);
     vec![
-        // Too small for its intervals to mean much: marked in the row, not
-        // only in a warning above the table.
-        if u.warning.is_some() {
-            format!("{} (small)", u.stratum)
-        } else {
-            u.stratum.clone()
-        },
+        u.label(),
         u.treatment.customers.to_string(),
         u.control.customers.to_string(),
         format!(

@@ -130,6 +130,16 @@ impl Scaler {
         }
     }
 
+    /// Whether `other` scales rows as this one does. The centre is left out:
+    /// distances do not depend on it, and models written before it was kept
+    /// have none.
+    pub fn scales_alike(&self, other: &Scaler) -> bool {
+        self.mean == other.mean
+            && self.scale == other.scale
+            && self.standardize == other.standardize
+            && self.log1p == other.log1p
+    }
+
     /// What each column is centred on (see [`Scaler`]).
     pub fn centre(&self) -> &[f32] {
         self.centre.as_deref().unwrap_or(&self.mean)
@@ -163,12 +173,12 @@ impl Scaler {
         } else {
             super::pages::standard_copy(x.view())
         };
-        let mean = Array1::from(self.centre().to_vec());
+        let centre = Array1::from(self.centre().to_vec());
         let scale = Array1::from(self.scale.clone());
         let log = Array1::from_shape_fn(self.mean.len(), |j| self.logs(j));
         Zip::from(out.rows_mut()).par_for_each(|mut row| {
             Zip::from(&mut row)
-                .and(&mean)
+                .and(&centre)
                 .and(&scale)
                 .and(&log)
                 .for_each(|v, &m, &s, &l| {

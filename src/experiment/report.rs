@@ -77,11 +77,7 @@ fn html(report: &UpliftReport, chart: &Chart) -> String {
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2} % / {:.2} %</td><td>{} ({} to {})</td><td>{}</td><td>{:.4}</td>\
              <td>{:.2} / {:.2}</td><td>{:+.2} ({:+.2} to {:+.2})</td><td>{}</td><td>{:.4}</td></tr>",
-            escape(&if u.warning.is_some() {
-                format!("{} (small)", u.stratum)
-            } else {
-                u.stratum.clone()
-            }),
+            escape(&u.label()),
             u.treatment.customers,
             u.control.customers,
             u.treatment.conversion_rate * 100.0,

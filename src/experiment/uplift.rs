@@ -61,6 +61,18 @@ pub struct Uplift {
     pub warning: Option<String>,
 }
 
+impl Uplift {
+    /// The stratum as tables show it: one too small for its intervals to
+    /// mean much is marked in its row, not only in a warning beside it.
+    pub fn label(&self) -> String {
+        if self.warning.is_some() {
+            format!("{} (small)", self.stratum)
+        } else {
+            self.stratum.clone()
+        }
+    }
+}
+
 fn arm(rows: &[(bool, f64)]) -> Arm {
     let n = rows.len();
     let conversions = rows.iter().filter(|r| r.0).count();

@@ -750,7 +750,7 @@ pub fn segment_customers(
         Some(KChoice::Range(r)) => *r.end(),
         None => *DEFAULT_K_RANGE.end(),
     };
-    let distinct = distinct_rows(x, largest_k.max(previous.map_or(0, |p| p.k())) + 1);
+    let distinct = distinct_rows(x, largest_k + 1);
     if distinct == 1 && n > 1 {
         return Err(SegmentationError::AllAlike {
             n_customers: n,
@@ -790,14 +790,8 @@ pub fn segment_customers(
             // tolerance: identical data, say) keep them, so the refresh
             // reproduces the previous assignment instead of nudging
             // customers on a border across it.
-            // The same scaling (the centre aside: distances do not depend on
-            // it, and models before it was kept have none).
-            let (a, b) = (fit.scaler(), p.kmeans.scaler());
-            let same_scaling = a.mean == b.mean
-                && a.scale == b.scale
-                && a.standardize == b.standardize
-                && a.log1p == b.log1p;
-            if fit.n_iter() == 1 && fit.converged() && same_scaling {
+            if fit.n_iter() == 1 && fit.converged() && fit.scaler().scales_alike(p.kmeans.scaler())
+            {
                 (p.kmeans.clone(), None)
             } else {
                 (fit, None)

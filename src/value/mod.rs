@@ -28,6 +28,10 @@ pub mod special;
 pub mod summary;
 
 pub use bgnbd::{BgNbd, BgNbdParams};
+
+/// Why the value models take no order column, wherever one is refused.
+pub const COUNTS_PURCHASE_DAYS: &str = "its models count purchase days (several orders on one \
+     day are one purchase, as in the BG/NBD paper)";
 pub use clv::{ChurnRisk, ChurnThresholds, ValueTier};
 pub use fit::{FitReport, Fitted};
 pub use gamma_gamma::{GammaGamma, GammaGammaParams};

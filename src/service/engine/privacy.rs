@@ -235,12 +235,12 @@ fn erase_csv(
     // at the \n: a range that starts at that \n moves one byte on (and
     // takes its own \n), so the lines kept keep their CRLF — the last one
     // too when the file has no final line end.
+    let source = File::open(path).map_err(ServiceError::io)?;
     {
         use std::os::unix::fs::FileExt;
-        let file = File::open(path).map_err(ServiceError::io)?;
         let byte = |at: u64| {
             let mut b = [0u8];
-            matches!(file.read_at(&mut b, at), Ok(1)).then_some(b[0])
+            matches!(source.read_at(&mut b, at), Ok(1)).then_some(b[0])
         };
         for gone in &mut drop {
             if byte(gone.start) == Some(b'\n')
@@ -255,7 +255,7 @@ fn erase_csv(
         }
     }
     replace_file_with(path, |out| {
-        let mut from = File::open(path)?;
+        let mut from = &source;
         let mut kept = 0u64;
         for gone in &drop {
             std::io::copy(&mut (&mut from).take(gone.start - kept), out)?;

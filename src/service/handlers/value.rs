@@ -110,8 +110,10 @@ pub(super) fn clv_job(r: pb::ClvRequest) -> ServiceResult<ClvJob> {
     if params.columns.order.is_some() {
         return Err(ServiceError::invalid(
             "columns.order",
-            "not used by Clv: its models count purchase days (several orders on one day are \
-             one purchase, as in the BG/NBD paper); leave it empty",
+            format!(
+                "not used by Clv: {}; leave it empty",
+                crate::value::COUNTS_PURCHASE_DAYS
+            ),
         ));
     }
     params.bad_rows = bad_row_policy(r.bad_rows)?;
