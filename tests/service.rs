@@ -3173,6 +3173,22 @@ fn scoring_refuses_what_it_cannot_answer() {
                 && e.message().contains("send at most 2016 rows"),
             "{e}"
         );
+        // Finite rows that overflow once projected are refused, not inf.
+        let e = server
+            .decomposition()
+            .transform(pb::TransformRequest {
+                model_id: pca.id.clone(),
+                // Along the component's signs: Σ|c| > 1 times 3e38.
+                rows: pca.components.iter().map(|c| 3e38f32.copysign(*c)).collect(),
+                n_features: 8,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+        assert!(
+            e.message().starts_with("rows: row 1 overflows float32"),
+            "{e}"
+        );
         let back = inverse(vec![0.5; 2000]).await.unwrap().into_inner();
         assert_eq!(back.rows.len(), 2000 * 8);
 

@@ -181,6 +181,26 @@ pub enum Source<'a> {
     None,
 }
 
+/// Refuses a scoring reply that overflowed float32 (finite rows near 1e38):
+/// an infinity is no answer. `field` is the request's rows.
+fn refuse_overflow(out: &Array2<f32>, field: &str) -> ServiceResult<()> {
+    match out
+        .rows()
+        .into_iter()
+        .position(|r| r.iter().any(|v| !v.is_finite()))
+    {
+        Some(i) => Err(ServiceError::invalid(
+            field,
+            format!(
+                "row {} overflows float32 once projected (values near 1e38); scale the rows \
+                 as the model's were",
+                i + 1
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 impl Engine {
     /// Opens the data directory (locking it) and the job records. Returns
     /// the records of jobs that had not finished, to run again.
@@ -825,10 +845,9 @@ impl Engine {
             };
             let x = Array2::from_shape_vec((n, model.n_features()), rows).expect("checked shape");
             crate::data::check_finite(x.view(), &record.columns).map_err(crate::Error::from)?;
-            Ok((
-                model.n_components(),
-                model.transform(&CpuBackend::new(), x.view())?,
-            ))
+            let y = model.transform(&CpuBackend::new(), x.view())?;
+            refuse_overflow(&y, "rows")?;
+            Ok((model.n_components(), y))
         })
         .await
         .map_err(|e| ServiceError::Internal(e.to_string()))?
@@ -1042,7 +1061,9 @@ impl Engine {
                 .map(|c| format!("component {c}"))
                 .collect();
             crate::data::check_finite(y.view(), &components).map_err(crate::Error::from)?;
-            Ok(model.inverse_transform(y.view())?)
+            let x = model.inverse_transform(y.view())?;
+            refuse_overflow(&x, "values")?;
+            Ok(x)
         })
         .await
         .map_err(|e| ServiceError::Internal(e.to_string()))?
