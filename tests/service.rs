@@ -3179,7 +3179,11 @@ fn scoring_refuses_what_it_cannot_answer() {
             .transform(pb::TransformRequest {
                 model_id: pca.id.clone(),
                 // Along the component's signs: Σ|c| > 1 times 3e38.
-                rows: pca.components.iter().map(|c| 3e38f32.copysign(*c)).collect(),
+                rows: pca
+                    .components
+                    .iter()
+                    .map(|c| 3e38f32.copysign(*c))
+                    .collect(),
                 n_features: 8,
             })
             .await
