@@ -35,7 +35,11 @@ pub struct PackedCentroids<'c> {
     /// Vectors per panel: 1, 2 or 4 (a panel holds `v × 16` centroids).
     v: usize,
     n_panels: usize,
-    /// `n_panels × d × v` vectors of LANES values; padding centroids are 0.
+    /// `n_panels × d × v` vectors of LANES values, each centroid's times −2
+    /// (exact), so that a score is the panel product plus the norm: an add,
+    /// where `−2·acc + ‖c‖²` was an FMA (on cores whose adds have pipes of
+    /// their own, Zen's, one operation per row and panel off the FMA
+    /// pipes, same bits). Padding centroids are 0.
     panels: Vec<[f32; LANES]>,
     /// `n_panels × v` vectors of ‖c‖²; padding is +∞ so it never wins.
     norms: Vec<[f32; LANES]>,
@@ -80,7 +84,7 @@ impl<'c> PackedCentroids<'c> {
             let (p, slot) = (c / width, c % width);
             let (vi, lane) = (slot / LANES, slot % LANES);
             for (j, &value) in row.iter().enumerate() {
-                panels[(p * d + j) * v + vi][lane] = value;
+                panels[(p * d + j) * v + vi][lane] = -2.0 * value;
             }
             norms[p * v + vi][lane] = row.iter().map(|&x| x * x).sum();
         }
@@ -573,7 +577,8 @@ unsafe fn nearest_tile<S: F32x16, const R: usize, const V: usize, const SECOND: 
     assert!(tile.len() >= R * d && pc.panels.len() >= pc.n_panels * d * V);
     let lane_index: [f32; LANES] = std::array::from_fn(|l| l as f32);
     let lane_index = S::load(lane_index.as_ptr());
-    let minus_two = S::splat(-2.0);
+    // fma(1, a, b) is a + b exactly; compilers emit the add.
+    let one = S::splat(1.0);
     // Each lane of a half sees its centroids in increasing index order
     // (lane l: l, then l + 8, of each panel in turn), so strict `<` keeps
     // the lower index on ties as the sixteen-lane state does.
@@ -585,7 +590,7 @@ unsafe fn nearest_tile<S: F32x16, const R: usize, const V: usize, const SECOND: 
             let first = S::splat((p * LANES) as f32);
             let (idx_lo, idx_hi) = S::fma(S::splat(1.0), lane_index, first).halves();
             for r in 0..R {
-                let (lo, hi) = S::fma(minus_two, acc[r][0], norms).halves();
+                let (lo, hi) = S::fma(one, acc[r][0], norms).halves();
                 lanes[r].update(lo, idx_lo);
                 lanes[r].update(hi, idx_hi);
             }
@@ -606,8 +611,8 @@ unsafe fn nearest_tile<S: F32x16, const R: usize, const V: usize, const SECOND: 
             let first = S::splat(((p * V + v) * LANES) as f32);
             let idx = S::fma(S::splat(1.0), lane_index, first);
             for r in 0..R {
-                // score = ‖c‖² − 2·x·c
-                lanes[r].update::<SECOND>(S::fma(minus_two, acc[r][v], norms), idx);
+                // score = ‖c‖² + x·(−2c)
+                lanes[r].update::<SECOND>(S::fma(one, acc[r][v], norms), idx);
             }
         }
     }
@@ -616,7 +621,7 @@ unsafe fn nearest_tile<S: F32x16, const R: usize, const V: usize, const SECOND: 
     }
 }
 
-/// `x · c` of the tile's `R` rows with panel `p`'s `V × 16` centroids: the
+/// `x · (−2c)` of the tile's `R` rows with panel `p`'s `V × 16` centroids: the
 /// register tile of the module docs. Two features per pass, from a pointer
 /// per row: the loop's counter and address arithmetic were a fifth of the
 /// AVX2 tile's instructions (W1's exhaustive step 6 % faster there, the

@@ -452,8 +452,11 @@ mod x86 {
         _mm_cvtss_f32(m)
     }
 
-    /// `sums[j] += w · row[j]`, four values per step with a fused multiply-add (`1·x + s` rounds
-    /// exactly as `x + s`). 256-bit on purpose: the next row of the same
+    /// `sums[j] += w · row[j]`, four values per step: a plain add when
+    /// `w = 1` (unweighted fits; on Zen cores adds have pipes of their own,
+    /// so this keeps the FMA pipes for the distances), else a fused
+    /// multiply-add (`1·x + s` rounds exactly as `x + s`, so both give the
+    /// same bits). 256-bit on purpose: the next row of the same
     /// cluster reloads these sums, and where the core splits a 512-bit
     /// store in two halves the reload cannot be forwarded from them and
     /// waits for the store to retire (a quarter of the step's time).
@@ -463,10 +466,18 @@ mod x86 {
         assert!(sums.len() >= d);
         let wv = _mm256_set1_pd(w);
         let full = d - d % 4;
-        for j in (0..full).step_by(4) {
-            let x = _mm256_cvtps_pd(_mm_loadu_ps(row.as_ptr().add(j)));
-            let s = _mm256_loadu_pd(sums.as_ptr().add(j));
-            _mm256_storeu_pd(sums.as_mut_ptr().add(j), _mm256_fmadd_pd(wv, x, s));
+        if w == 1.0 {
+            for j in (0..full).step_by(4) {
+                let x = _mm256_cvtps_pd(_mm_loadu_ps(row.as_ptr().add(j)));
+                let s = _mm256_loadu_pd(sums.as_ptr().add(j));
+                _mm256_storeu_pd(sums.as_mut_ptr().add(j), _mm256_add_pd(s, x));
+            }
+        } else {
+            for j in (0..full).step_by(4) {
+                let x = _mm256_cvtps_pd(_mm_loadu_ps(row.as_ptr().add(j)));
+                let s = _mm256_loadu_pd(sums.as_ptr().add(j));
+                _mm256_storeu_pd(sums.as_mut_ptr().add(j), _mm256_fmadd_pd(wv, x, s));
+            }
         }
         for j in full..d {
             sums[j] += w * row[j] as f64;
