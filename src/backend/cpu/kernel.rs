@@ -3,9 +3,10 @@
 //! (rows in lanes, [`nearest_in_lanes`]) and one for larger k (centroids in
 //! lanes, below).
 //!
-//! For larger k, scores are `‖c‖² − 2·x·c` (the `‖x‖²` term does not change the argmin), so
+//! For larger k, scores are `½‖c‖² − x·c` (half the squared distance
+//! less `½‖x‖²`, which does not change the argmin), so
 //! the inner loop is a register-blocked matrix product: a tile of `R` rows
-//! against a panel of `V × LANES` centroids, stored transposed
+//! against a panel of `V × LANES` centroids, stored negated and transposed
 //! (`[d][V][LANES]`) so that every step is one broadcast and `V` vector FMAs
 //! per row. The tile is sized to the register file: `R × V` accumulators,
 //! `V` panel vectors and a broadcast must fit, or the accumulators spill
@@ -35,13 +36,17 @@ pub struct PackedCentroids<'c> {
     /// Vectors per panel: 1, 2 or 4 (a panel holds `v × 16` centroids).
     v: usize,
     n_panels: usize,
-    /// `n_panels × d × v` vectors of LANES values, each centroid's times −2
-    /// (exact), so that a score is the panel product plus the norm: an add,
-    /// where `−2·acc + ‖c‖²` was an FMA (on cores whose adds have pipes of
-    /// their own, Zen's, one operation per row and panel off the FMA
-    /// pipes, same bits). Padding centroids are 0.
+    /// `n_panels × d × v` vectors of LANES values: each centroid negated,
+    /// so that a score, `½‖c‖² − x·c`, is the panel product plus
+    /// `norms`: an add, where `‖c‖² − 2·x·c` was an FMA (on cores
+    /// whose adds have pipes of their own, Zen's, one operation per row
+    /// and panel off the FMA pipes). Negation and halving are exact, so
+    /// scores are the old ones halved and order and tie alike; a panel of
+    /// `−2c` would have overflowed where `x·c` passes f32's half maximum
+    /// (coordinates near 1e19) and picked a wrong label. Padding
+    /// centroids are 0.
     panels: Vec<[f32; LANES]>,
-    /// `n_panels × v` vectors of ‖c‖²; padding is +∞ so it never wins.
+    /// `n_panels × v` vectors of ½‖c‖²; padding is +∞ so it never wins.
     norms: Vec<[f32; LANES]>,
     /// For the small-k kernel instead of panels: the centroids row-major,
     /// zero-padded to a whole number of [`GROUP`]s.
@@ -84,9 +89,9 @@ impl<'c> PackedCentroids<'c> {
             let (p, slot) = (c / width, c % width);
             let (vi, lane) = (slot / LANES, slot % LANES);
             for (j, &value) in row.iter().enumerate() {
-                panels[(p * d + j) * v + vi][lane] = -2.0 * value;
+                panels[(p * d + j) * v + vi][lane] = -value;
             }
-            norms[p * v + vi][lane] = row.iter().map(|&x| x * x).sum();
+            norms[p * v + vi][lane] = 0.5 * row.iter().map(|&x| x * x).sum::<f32>();
         }
         Self {
             centroids,
@@ -611,7 +616,7 @@ unsafe fn nearest_tile<S: F32x16, const R: usize, const V: usize, const SECOND: 
             let first = S::splat(((p * V + v) * LANES) as f32);
             let idx = S::fma(S::splat(1.0), lane_index, first);
             for r in 0..R {
-                // score = ‖c‖² + x·(−2c)
+                // score = ½‖c‖² + x·(−c)
                 lanes[r].update::<SECOND>(S::fma(one, acc[r][v], norms), idx);
             }
         }
@@ -621,7 +626,7 @@ unsafe fn nearest_tile<S: F32x16, const R: usize, const V: usize, const SECOND: 
     }
 }
 
-/// `x · (−2c)` of the tile's `R` rows with panel `p`'s `V × 16` centroids: the
+/// `x · (−c)` of the tile's `R` rows with panel `p`'s `V × 16` centroids: the
 /// register tile of the module docs. Two features per pass, from a pointer
 /// per row: the loop's counter and address arithmetic were a fifth of the
 /// AVX2 tile's instructions (W1's exhaustive step 6 % faster there, the
@@ -706,6 +711,47 @@ mod tests {
     /// 16 indices, so that exact ties fall in the same lane, in the other
     /// half of a panel and in another panel. At every level, with and
     /// without the runner-up (two ways of keeping the per-lane state).
+    /// Coordinates near 1.5e19: `x·c` passes half of f32's maximum, so a
+    /// panel of `−2c` gave every centroid a score of −∞ and the lowest
+    /// index won (a review's find). The nearest must still win, at every
+    /// level, with and without the runner-up.
+    #[test]
+    fn every_level_finds_the_nearest_at_large_magnitudes() {
+        for level in simd::Level::available() {
+            let k = 17;
+            let c = Array2::from_shape_fn((k, 1), |(c, _)| match c {
+                0 => 1.4e19f32,
+                1 => 1.5e19,
+                _ => -1e19 - c as f32 * 1e17,
+            });
+            let x = [1.5e19f32, 1.4e19, -1.2e19];
+            let want = [1u32, 0, 16];
+            let pc = PackedCentroids::for_level(c.view(), level);
+            for with_second in [false, true] {
+                let (mut labels, mut distances, mut second) =
+                    ([u32::MAX; 3], [f32::NAN; 3], [0.0; 3]);
+                simd::dispatch_at(
+                    level,
+                    AssignBlock {
+                        x: &x,
+                        weights: None,
+                        pc: &pc,
+                        out: BlockOut {
+                            labels: &mut labels,
+                            distances: &mut distances,
+                            second: with_second.then_some(&mut second[..]),
+                            partial: None,
+                        },
+                    },
+                );
+                assert_eq!(labels, want, "{level}, second {with_second}");
+                for (r, &l) in want.iter().enumerate() {
+                    assert_eq!(distances[r], (x[r] - c[[l as usize, 0]]).powi(2), "{level}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn every_level_breaks_exact_ties_to_the_lowest_index() {
         for level in simd::Level::available() {
