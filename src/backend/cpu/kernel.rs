@@ -711,6 +711,34 @@ mod tests {
     /// 16 indices, so that exact ties fall in the same lane, in the other
     /// half of a panel and in another panel. At every level, with and
     /// without the runner-up (two ways of keeping the per-lane state).
+    /// The rows of `x` assigned at `level`: labels, distances and (when
+    /// asked, else NaN) second distances.
+    fn assign_at(
+        level: simd::Level,
+        x: &[f32],
+        pc: &PackedCentroids,
+        with_second: bool,
+    ) -> (Vec<u32>, Vec<f32>, Vec<f32>) {
+        let m = x.len() / pc.centroids.ncols();
+        let (mut labels, mut distances, mut second) =
+            (vec![u32::MAX; m], vec![f32::NAN; m], vec![f32::NAN; m]);
+        simd::dispatch_at(
+            level,
+            AssignBlock {
+                x,
+                weights: None,
+                pc,
+                out: BlockOut {
+                    labels: &mut labels,
+                    distances: &mut distances,
+                    second: with_second.then_some(&mut second[..]),
+                    partial: None,
+                },
+            },
+        );
+        (labels, distances, second)
+    }
+
     /// Coordinates near 1.5e19: `x·c` passes half of f32's maximum, so a
     /// panel of `−2c` gave every centroid a score of −∞ and the lowest
     /// index won (a review's find). The nearest must still win, at every
@@ -728,22 +756,7 @@ mod tests {
             let want = [1u32, 0, 16];
             let pc = PackedCentroids::for_level(c.view(), level);
             for with_second in [false, true] {
-                let (mut labels, mut distances, mut second) =
-                    ([u32::MAX; 3], [f32::NAN; 3], [0.0; 3]);
-                simd::dispatch_at(
-                    level,
-                    AssignBlock {
-                        x: &x,
-                        weights: None,
-                        pc: &pc,
-                        out: BlockOut {
-                            labels: &mut labels,
-                            distances: &mut distances,
-                            second: with_second.then_some(&mut second[..]),
-                            partial: None,
-                        },
-                    },
-                );
+                let (labels, distances, _) = assign_at(level, &x, &pc, with_second);
                 assert_eq!(labels, want, "{level}, second {with_second}");
                 for (r, &l) in want.iter().enumerate() {
                     assert_eq!(distances[r], (x[r] - c[[l as usize, 0]]).powi(2), "{level}");
@@ -769,22 +782,7 @@ mod tests {
                 };
                 let pc = PackedCentroids::for_level(c.view(), level);
                 for with_second in [false, true] {
-                    let (mut labels, mut distances, mut second) =
-                        (vec![u32::MAX; m], vec![f32::NAN; m], vec![f32::NAN; m]);
-                    simd::dispatch_at(
-                        level,
-                        AssignBlock {
-                            x: &x,
-                            weights: None,
-                            pc: &pc,
-                            out: BlockOut {
-                                labels: &mut labels,
-                                distances: &mut distances,
-                                second: with_second.then_some(&mut second[..]),
-                                partial: None,
-                            },
-                        },
-                    );
+                    let (labels, distances, second) = assign_at(level, &x, &pc, with_second);
                     for r in 0..m {
                         let all: Vec<f32> = (0..k).map(|c_| exact(r, c_)).collect();
                         let least = all.iter().copied().fold(f32::INFINITY, f32::min);
