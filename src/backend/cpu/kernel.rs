@@ -593,7 +593,7 @@ unsafe fn nearest_tile<S: F32x16, const R: usize, const V: usize, const SECOND: 
             let acc = panel_products::<S, R, V>(tile, pc, p);
             let norms = S::load(pc.norms[p].as_ptr());
             let first = S::splat((p * LANES) as f32);
-            let (idx_lo, idx_hi) = S::fma(S::splat(1.0), lane_index, first).halves();
+            let (idx_lo, idx_hi) = S::fma(one, lane_index, first).halves();
             for r in 0..R {
                 let (lo, hi) = S::fma(one, acc[r][0], norms).halves();
                 lanes[r].update(lo, idx_lo);
@@ -614,7 +614,7 @@ unsafe fn nearest_tile<S: F32x16, const R: usize, const V: usize, const SECOND: 
         for v in 0..V {
             let norms = S::load(pc.norms[p * V + v].as_ptr());
             let first = S::splat(((p * V + v) * LANES) as f32);
-            let idx = S::fma(S::splat(1.0), lane_index, first);
+            let idx = S::fma(one, lane_index, first);
             for r in 0..R {
                 // score = ½‖c‖² + x·(−c)
                 lanes[r].update::<SECOND>(S::fma(one, acc[r][v], norms), idx);

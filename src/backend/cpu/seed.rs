@@ -635,23 +635,8 @@ unsafe fn score_rows<H: F32x8, const R: usize>(k: ScoreRows) {
         }
         // A short last chunk repeats its first row; the repeats are not
         // reported.
-        let p: [*const f32; R] = match k.from.get(i..i + R) {
-            Some(whole) => whole.try_into().expect("R rows"),
-            None => {
-                let mut p = [k.from[i]; R];
-                p[..count].copy_from_slice(&k.from[i..]);
-                p
-            }
-        };
-        // The rows' indices, the first repeated like its values.
-        let row: [u32; R] = match k.rows.get(i..i + R) {
-            Some(whole) => whole.try_into().expect("R rows"),
-            None => {
-                let mut row = [k.rows[i]; R];
-                row[..count].copy_from_slice(&k.rows[i..]);
-                row
-            }
-        };
+        let p: [*const f32; R] = chunk(k.from, i);
+        let row: [u32; R] = chunk(k.rows, i);
         // Each trial's list grows in row order whatever the groups.
         for g in 0..groups {
             let c = k.trials.as_ptr().add(g * d * TRIAL_LANES);
@@ -714,6 +699,20 @@ unsafe fn score_rows<H: F32x8, const R: usize>(k: ScoreRows) {
             }
         }
         i += R;
+    }
+}
+
+/// `items[i..i + R]`, or where fewer are left, those and then `items[i]`
+/// repeated. `i < items.len()`.
+#[inline(always)]
+fn chunk<T: Copy, const R: usize>(items: &[T], i: usize) -> [T; R] {
+    match items.get(i..i + R) {
+        Some(whole) => whole.try_into().expect("R items"),
+        None => {
+            let mut out = [items[i]; R];
+            out[..items.len() - i].copy_from_slice(&items[i..]);
+            out
+        }
     }
 }
 
